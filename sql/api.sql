@@ -1,0 +1,343 @@
+-- pg_dialer SQL API for campaigns (process-call-batches seed).
+-- Errors carry SQLSTATEs: 22023 bad argument value, P0002 unknown id, 22P02 malformed JSON element.
+
+CREATE FUNCTION dialer._check_e164(p_phone text, p_what text DEFAULT 'phone number')
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_phone IS NULL OR p_phone !~ '^\+[1-9][0-9]{6,14}$' THEN
+        RAISE EXCEPTION '% % is not in E.164 form', p_what, coalesce(quote_literal(p_phone), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Write it as + country code and number, digits only, e.g. +14155550123.';
+    END IF;
+    RETURN p_phone;
+END $$;
+
+CREATE FUNCTION dialer._check_timezone(p_tz text)
+RETURNS text LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_tz IS NULL OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_tz) THEN
+        RAISE EXCEPTION 'unknown time zone %', coalesce(quote_literal(p_tz), 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use an IANA zone name such as ''Europe/Berlin'' or ''UTC''.';
+    END IF;
+    RETURN p_tz;
+END $$;
+
+CREATE FUNCTION dialer._check_provider(p_provider text)
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_provider IS NULL OR p_provider NOT IN ('ultravox', 'twilio', 'webhook') THEN
+        RAISE EXCEPTION 'unknown provider %', coalesce(quote_literal(p_provider), 'NULL')
+            USING ERRCODE = '22023', HINT = 'The providers are ''ultravox'', ''twilio'' and ''webhook''.';
+    END IF;
+    RETURN p_provider;
+END $$;
+
+CREATE FUNCTION dialer._check_agency(p_agency_id bigint)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_agency_id IS NULL OR NOT EXISTS (SELECT 1 FROM dialer.agencies WHERE id = p_agency_id) THEN
+        RAISE EXCEPTION 'agency % does not exist', coalesce(p_agency_id::text, 'NULL')
+            USING ERRCODE = 'P0002', HINT = 'Create it with dialer.create_agency(name).';
+    END IF;
+    RETURN p_agency_id;
+END $$;
+
+CREATE FUNCTION dialer._check_positive(p_value integer, p_name text)
+RETURNS integer LANGUAGE plpgsql IMMUTABLE AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_value IS NULL OR p_value <= 0 THEN
+        RAISE EXCEPTION '% must be a positive integer, got %', p_name, coalesce(p_value::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN p_value;
+END $$;
+
+CREATE FUNCTION dialer._batch_for_update(p_batch_id bigint)
+RETURNS dialer.call_batches LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches;
+BEGIN
+    SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch % does not exist', coalesce(p_batch_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    RETURN b;
+END $$;
+
+CREATE FUNCTION dialer.create_agency(name text, timezone text DEFAULT 'UTC')
+RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    new_id bigint;
+BEGIN
+    IF name IS NULL OR length(btrim(name)) = 0 THEN
+        RAISE EXCEPTION 'agency name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    PERFORM dialer._check_timezone(timezone);
+    INSERT INTO dialer.agencies (name, timezone) VALUES (create_agency.name, create_agency.timezone)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'an agency named % already exists', quote_literal(create_agency.name)
+        USING ERRCODE = '23505';
+END $$;
+
+-- SECURITY DEFINER: callers may store keys without being able to read them back.
+CREATE FUNCTION dialer.set_provider_credentials(agency_id bigint, provider text, api_key text,
+    base_url text DEFAULT NULL, account_sid text DEFAULT NULL, webhook_secret text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    PERFORM dialer._check_provider(provider);
+    IF api_key IS NULL OR length(api_key) = 0 THEN
+        RAISE EXCEPTION 'api_key must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF base_url IS NOT NULL AND base_url !~ '^https?://[^[:space:]]+$' THEN
+        RAISE EXCEPTION 'base_url % is not an http(s) URL', quote_literal(base_url) USING ERRCODE = '22023';
+    END IF;
+    IF provider = 'twilio' AND account_sid IS NULL THEN
+        RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO dialer.provider_credentials AS pc (agency_id, provider, api_key, base_url, account_sid, webhook_secret)
+    VALUES (set_provider_credentials.agency_id, set_provider_credentials.provider, set_provider_credentials.api_key,
+            rtrim(set_provider_credentials.base_url, '/'), set_provider_credentials.account_sid,
+            set_provider_credentials.webhook_secret)
+    ON CONFLICT ON CONSTRAINT provider_credentials_pkey DO UPDATE
+        SET api_key = EXCLUDED.api_key, base_url = EXCLUDED.base_url, account_sid = EXCLUDED.account_sid,
+            webhook_secret = EXCLUDED.webhook_secret, updated_at = now();
+END $$;
+
+CREATE FUNCTION dialer.get_agency_credentials(agency_id bigint, provider text DEFAULT 'ultravox')
+RETURNS TABLE (api_key text, base_url text, account_sid text, webhook_secret text, max_calls_per_second integer)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pc.api_key, pc.base_url, pc.account_sid, pc.webhook_secret, pc.max_calls_per_second
+      FROM dialer.provider_credentials pc
+     WHERE pc.agency_id = get_agency_credentials.agency_id AND pc.provider = get_agency_credentials.provider
+$$;
+REVOKE EXECUTE ON FUNCTION dialer.get_agency_credentials(bigint, text) FROM PUBLIC;
+
+CREATE FUNCTION dialer.create_agent_mapping(agency_id bigint, provider text, external_agent_id text,
+    agent_name text DEFAULT NULL, from_number text DEFAULT NULL, request_template jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    new_id bigint;
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    PERFORM dialer._check_provider(provider);
+    IF external_agent_id IS NULL OR length(btrim(external_agent_id)) = 0 THEN
+        RAISE EXCEPTION 'external_agent_id must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF from_number IS NOT NULL THEN
+        PERFORM dialer._check_e164(from_number, 'from_number');
+    END IF;
+    IF request_template IS NULL OR jsonb_typeof(request_template) <> 'object' THEN
+        RAISE EXCEPTION 'request_template must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO dialer.agent_mappings (agency_id, provider, external_agent_id, agent_name, from_number, request_template)
+    VALUES (create_agent_mapping.agency_id, provider, external_agent_id, agent_name, from_number, request_template)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
+
+CREATE FUNCTION dialer.create_batch(agency_id bigint, agent_mapping_id bigint, name text,
+    calls_per_minute integer DEFAULT 10, max_concurrent integer DEFAULT 5,
+    scheduled_for timestamptz DEFAULT NULL, max_attempts integer DEFAULT 3)
+RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    new_id bigint;
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    IF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m
+                    WHERE m.id = create_batch.agent_mapping_id AND m.agency_id = create_batch.agency_id) THEN
+        RAISE EXCEPTION 'agent mapping % does not exist for agency %', coalesce(agent_mapping_id::text, 'NULL'), agency_id
+            USING ERRCODE = 'P0002', HINT = 'Create it with dialer.create_agent_mapping(...).';
+    END IF;
+    IF name IS NULL OR length(btrim(name)) = 0 THEN
+        RAISE EXCEPTION 'batch name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    PERFORM dialer._check_positive(calls_per_minute, 'calls_per_minute');
+    PERFORM dialer._check_positive(max_concurrent, 'max_concurrent');
+    PERFORM dialer._check_positive(max_attempts, 'max_attempts');
+    INSERT INTO dialer.call_batches (agency_id, agent_mapping_id, name, calls_per_minute, max_concurrent,
+                                     scheduled_for, max_attempts, status)
+    VALUES (create_batch.agency_id, create_batch.agent_mapping_id, create_batch.name, create_batch.calls_per_minute,
+            create_batch.max_concurrent, create_batch.scheduled_for, create_batch.max_attempts,
+            CASE WHEN create_batch.scheduled_for > now() THEN 'scheduled' ELSE 'pending' END)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
+
+-- All or nothing: every element is checked before any row is written. A number already in
+-- the batch is skipped (unique(batch_id, phone_number)); the count of rows added is returned.
+CREATE FUNCTION dialer.add_contacts(batch_id bigint, contacts jsonb)
+RETURNS integer LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches;
+    el jsonb;
+    idx integer := 0;
+    added integer;
+    max_elements constant integer := 100000;
+BEGIN
+    b := dialer._batch_for_update(batch_id);
+    IF b.status IN ('completed', 'cancelled') THEN
+        RAISE EXCEPTION 'batch % is %; contacts can only be added to an open batch', b.id, b.status
+            USING ERRCODE = '55000';
+    END IF;
+    IF contacts IS NULL OR jsonb_typeof(contacts) <> 'array' THEN
+        RAISE EXCEPTION 'contacts must be a JSON array of objects' USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_array_length(contacts) > max_elements THEN
+        RAISE EXCEPTION 'too many contacts in one call: % (at most %)', jsonb_array_length(contacts), max_elements
+            USING ERRCODE = '54000', HINT = 'Split the list into several add_contacts calls.';
+    END IF;
+    FOR el IN SELECT value FROM jsonb_array_elements(contacts) LOOP
+        IF jsonb_typeof(el) <> 'object' THEN
+            RAISE EXCEPTION 'contacts[%] must be a JSON object, got %', idx, jsonb_typeof(el) USING ERRCODE = '22P02';
+        END IF;
+        IF jsonb_typeof(el->'phone_number') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'contacts[%].phone_number is missing or not a string', idx USING ERRCODE = '22P02';
+        END IF;
+        IF (el->>'phone_number') !~ '^\+[1-9][0-9]{6,14}$' THEN
+            RAISE EXCEPTION 'contacts[%].phone_number % is not in E.164 form', idx, quote_literal(el->>'phone_number')
+                USING ERRCODE = '22023', HINT = 'Write it as + country code and number, e.g. +14155550123.';
+        END IF;
+        IF el ? 'name' AND jsonb_typeof(el->'name') NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'contacts[%].name must be a string', idx USING ERRCODE = '22P02';
+        END IF;
+        IF el ? 'variables' AND jsonb_typeof(el->'variables') NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'contacts[%].variables must be a JSON object', idx USING ERRCODE = '22P02';
+        END IF;
+        IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'number'
+                                OR (el->>'priority') !~ '^-?[0-9]{1,6}$') THEN
+            RAISE EXCEPTION 'contacts[%].priority must be an integer', idx USING ERRCODE = '22P02';
+        END IF;
+        IF el ? 'lead_ref' AND jsonb_typeof(el->'lead_ref') NOT IN ('string', 'number', 'null') THEN
+            RAISE EXCEPTION 'contacts[%].lead_ref must be a string', idx USING ERRCODE = '22P02';
+        END IF;
+        IF el ? 'source' AND jsonb_typeof(el->'source') NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'contacts[%].source must be a string', idx USING ERRCODE = '22P02';
+        END IF;
+        idx := idx + 1;
+    END LOOP;
+
+    WITH ins AS (
+        INSERT INTO dialer.campaign_contacts (batch_id, phone_number, name, variables, priority, lead_ref, source, status)
+        SELECT b.id, e->>'phone_number', e->>'name', coalesce(nullif(e->'variables', 'null'::jsonb), '{}'),
+               coalesce((e->>'priority')::integer, 2), e->>'lead_ref', e->>'source',
+               CASE WHEN b.status = 'processing' THEN 'queued' ELSE 'pending' END
+          FROM jsonb_array_elements(contacts) WITH ORDINALITY AS t(e, ord)
+         ORDER BY ord
+        ON CONFLICT (batch_id, phone_number) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) INTO added FROM ins;
+
+    UPDATE dialer.call_batches
+       SET total_contacts = total_contacts + added, queued_count = queued_count + added
+     WHERE id = b.id;
+    RETURN added;
+END $$;
+
+-- The seed's RPC: the next queued contacts of a batch that are due, best priority first.
+-- Rows are locked (SKIP LOCKED) so concurrent claimers never get the same contact.
+CREATE FUNCTION dialer.get_batch_contacts_to_call(batch_id bigint, max_contacts integer)
+RETURNS SETOF dialer.campaign_contacts LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM dialer._batch_for_update(batch_id);
+    IF max_contacts IS NULL OR max_contacts < 0 THEN
+        RAISE EXCEPTION 'max_contacts must be zero or more, got %', coalesce(max_contacts::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+        SELECT c.* FROM dialer.campaign_contacts c
+         WHERE c.batch_id = get_batch_contacts_to_call.batch_id AND c.status = 'queued'
+           AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= clock_timestamp())
+         ORDER BY c.priority, c.id
+         LIMIT max_contacts
+           FOR UPDATE SKIP LOCKED;
+END $$;
+
+-- The seed's RPC: atomically moves a batch's counters. queued_count follows in_progress so that
+-- a contact leaving the queue for a call is counted once.
+CREATE FUNCTION dialer.update_batch_progress(batch_id bigint, failed_delta integer DEFAULT 0,
+    in_progress_delta integer DEFAULT 0, completed_delta integer DEFAULT 0)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE dialer.call_batches b
+       SET failed_count      = b.failed_count + coalesce(failed_delta, 0),
+           in_progress_count = greatest(b.in_progress_count + coalesce(in_progress_delta, 0), 0),
+           completed_count   = b.completed_count + coalesce(completed_delta, 0)
+     WHERE b.id = update_batch_progress.batch_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch % does not exist', coalesce(batch_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+END $$;
+
+CREATE FUNCTION dialer.pause_batch(batch_id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    IF b.status NOT IN ('pending', 'scheduled', 'processing') THEN
+        RETURN false;
+    END IF;
+    UPDATE dialer.call_batches SET status = 'paused' WHERE id = b.id;
+    RETURN true;
+END $$;
+
+CREATE FUNCTION dialer.resume_batch(batch_id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    IF b.status <> 'paused' THEN
+        RETURN false;
+    END IF;
+    -- Back to pending so the next tick promotes it (and queues contacts added meanwhile).
+    UPDATE dialer.call_batches SET status = 'pending' WHERE id = b.id;
+    PERFORM dialer.wake();
+    RETURN true;
+END $$;
+
+-- Calls already placed go on; nothing further is dialed.
+CREATE FUNCTION dialer.cancel_batch(batch_id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+    n integer;
+BEGIN
+    IF b.status IN ('completed', 'cancelled') THEN
+        RETURN false;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = 'cancelled', last_error = 'batch cancelled', updated_at = now()
+     WHERE campaign_contacts.batch_id = b.id AND status IN ('pending', 'queued');
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE dialer.call_batches
+       SET status = 'cancelled', queued_count = greatest(queued_count - n, 0), completed_at = now()
+     WHERE id = b.id;
+    RETURN true;
+END $$;
+
+CREATE VIEW dialer.batch_progress AS
+SELECT b.id AS batch_id, b.agency_id, b.name, b.status,
+       b.total_contacts, b.queued_count, b.in_progress_count, b.completed_count, b.failed_count,
+       CASE WHEN b.total_contacts = 0 THEN 0
+            ELSE round(100.0 * (b.completed_count + b.failed_count) / b.total_contacts, 1) END AS percent_done,
+       b.calls_per_minute, b.max_concurrent, b.last_error,
+       b.scheduled_for, b.created_at, b.started_at, b.completed_at
+  FROM dialer.call_batches b;

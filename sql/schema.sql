@@ -1,0 +1,140 @@
+-- pg_dialer schema: tables, indexes and privileges. Loaded first (bootstrap).
+-- The extension's schema `dialer` is created by CREATE EXTENSION (control file `schema`).
+
+CREATE TABLE dialer.agencies (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL UNIQUE CHECK (length(btrim(name)) > 0),
+    timezone   text NOT NULL DEFAULT 'UTC',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Never readable by PUBLIC: only the extension owner (and SECURITY DEFINER functions).
+CREATE TABLE dialer.provider_credentials (
+    agency_id            bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
+    provider             text NOT NULL CHECK (provider IN ('ultravox', 'twilio', 'webhook')),
+    api_key              text NOT NULL,
+    account_sid          text,
+    base_url             text,
+    webhook_secret       text,
+    max_calls_per_second integer CHECK (max_calls_per_second IS NULL OR max_calls_per_second > 0),
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (agency_id, provider)
+);
+REVOKE ALL ON dialer.provider_credentials FROM PUBLIC;
+
+CREATE TABLE dialer.agent_mappings (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agency_id         bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
+    provider          text NOT NULL CHECK (provider IN ('ultravox', 'twilio', 'webhook')),
+    external_agent_id text NOT NULL,
+    agent_name        text,
+    from_number       text CHECK (from_number IS NULL OR from_number ~ '^\+[1-9][0-9]{6,14}$'),
+    request_template  jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(request_template) = 'object'),
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON dialer.agent_mappings (agency_id);
+
+CREATE TABLE dialer.call_batches (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agency_id          bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
+    agent_mapping_id   bigint NOT NULL REFERENCES dialer.agent_mappings(id),
+    name               text NOT NULL,
+    status             text NOT NULL DEFAULT 'pending'
+                       CHECK (status IN ('pending', 'scheduled', 'processing', 'paused', 'completed', 'cancelled')),
+    scheduled_for      timestamptz,
+    calls_per_minute   integer NOT NULL DEFAULT 10 CHECK (calls_per_minute > 0),
+    max_concurrent     integer NOT NULL DEFAULT 5 CHECK (max_concurrent > 0),
+    max_attempts       integer NOT NULL DEFAULT 3 CHECK (max_attempts > 0),
+    retry_delay        interval NOT NULL DEFAULT '2 seconds' CHECK (retry_delay >= '0'),
+    retry_backoff      numeric NOT NULL DEFAULT 2 CHECK (retry_backoff >= 1),
+    priority           integer NOT NULL DEFAULT 2,
+    total_contacts     integer NOT NULL DEFAULT 0,
+    queued_count       integer NOT NULL DEFAULT 0,
+    in_progress_count  integer NOT NULL DEFAULT 0,
+    completed_count    integer NOT NULL DEFAULT 0,
+    failed_count       integer NOT NULL DEFAULT 0,
+    last_error         text,
+    -- Pacing state lives here, not in the worker's memory, so it survives restarts.
+    next_slot_at       timestamptz,
+    rate_limited_until timestamptz,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    started_at         timestamptz,
+    completed_at       timestamptz
+);
+CREATE INDEX ON dialer.call_batches (status, priority, created_at)
+    WHERE status IN ('pending', 'scheduled', 'processing');
+
+CREATE TABLE dialer.campaign_contacts (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    batch_id        bigint NOT NULL REFERENCES dialer.call_batches(id) ON DELETE CASCADE,
+    phone_number    text NOT NULL CHECK (phone_number ~ '^\+[1-9][0-9]{6,14}$'),
+    name            text,
+    variables       jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(variables) = 'object'),
+    lead_ref        text,
+    source          text,
+    priority        integer NOT NULL DEFAULT 2,
+    status          text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'queued', 'in_progress', 'completed', 'failed', 'cancelled', 'in_doubt')),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    call_id         bigint,
+    last_error      text,
+    handoff         text CHECK (handoff IS NULL OR handoff IN ('manual_pending', 'manual_assigned')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (batch_id, phone_number)
+);
+-- The claim: queued contacts of a batch, best priority first, first in first out.
+CREATE INDEX campaign_contacts_claim_idx ON dialer.campaign_contacts (batch_id, priority, id)
+    WHERE status = 'queued';
+CREATE INDEX ON dialer.campaign_contacts (batch_id, status);
+
+CREATE TABLE dialer.calls (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    contact_id       bigint NOT NULL REFERENCES dialer.campaign_contacts(id) ON DELETE CASCADE,
+    batch_id         bigint NOT NULL REFERENCES dialer.call_batches(id) ON DELETE CASCADE,
+    agency_id        bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
+    provider         text NOT NULL,
+    provider_call_id text,
+    idempotency_key  text NOT NULL UNIQUE,
+    -- dialing: claimed, request possibly on the wire; in_progress: the provider accepted it;
+    -- ended: the provider reported its end; failed / rate_limited / network_error: not placed;
+    -- in_doubt: the request may have reached the provider, outcome unknown.
+    status           text NOT NULL DEFAULT 'dialing'
+                     CHECK (status IN ('dialing', 'in_progress', 'ended', 'failed', 'rate_limited', 'network_error', 'in_doubt')),
+    end_reason       text,
+    disposition      text,
+    error            text,
+    http_status      integer,
+    latency_ms       double precision,
+    request          jsonb,
+    response         jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    dispatched_at    timestamptz,
+    answered_at      timestamptz,
+    ended_at         timestamptz,
+    last_polled_at   timestamptz
+);
+CREATE INDEX ON dialer.calls (batch_id, created_at);
+CREATE INDEX ON dialer.calls (contact_id);
+CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress');
+CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
+
+ALTER TABLE dialer.campaign_contacts
+    ADD CONSTRAINT campaign_contacts_call_fk FOREIGN KEY (call_id) REFERENCES dialer.calls(id) ON DELETE SET NULL;
+
+CREATE TABLE dialer.runs (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    duration_ms  double precision,
+    mode         text NOT NULL CHECK (mode IN ('worker', 'function')),
+    batches      integer NOT NULL DEFAULT 0,
+    initiated    integer NOT NULL DEFAULT 0,
+    failed       integer NOT NULL DEFAULT 0,
+    rate_limited integer NOT NULL DEFAULT 0,
+    status       text NOT NULL CHECK (status IN ('COMPLETED', 'SKIPPED_CONCURRENT', 'ERROR')),
+    error        text
+);
+CREATE INDEX ON dialer.runs (started_at);
+
+GRANT USAGE ON SCHEMA dialer TO PUBLIC;

@@ -1,0 +1,319 @@
+-- The tick's database steps. Each is called by the worker (or process_batches) in its own short
+-- transaction; no transaction stays open while a provider request is on the wire.
+
+-- Step 1: due pending/scheduled batches start processing; their pending contacts are queued.
+CREATE FUNCTION dialer._promote_batches(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH started AS (
+        UPDATE dialer.call_batches
+           SET status = 'processing', started_at = coalesce(started_at, p_now)
+         WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now)
+        RETURNING id
+    )
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+      FROM started s WHERE c.batch_id = s.id AND c.status = 'pending';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Batches with work due now: queued contacts due, a free concurrency slot, a due pacing slot,
+-- and no provider back-off in force. Seed order: oldest first (priority before that).
+CREATE FUNCTION dialer._due_batches(p_now timestamptz, p_limit integer)
+RETURNS TABLE (batch_id bigint, agency_id bigint, agent_mapping_id bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT b.id, b.agency_id, b.agent_mapping_id
+      FROM dialer.call_batches b
+     WHERE b.status = 'processing'
+       AND b.in_progress_count < b.max_concurrent
+       AND (b.next_slot_at IS NULL OR b.next_slot_at <= p_now)
+       AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
+       AND EXISTS (SELECT 1 FROM dialer.campaign_contacts c
+                    WHERE c.batch_id = b.id AND c.status = 'queued'
+                      AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now))
+     ORDER BY b.priority, b.created_at, b.id
+     LIMIT p_limit
+$$;
+
+-- Step 2: claim up to p_budget contacts of one batch, within its pacing and concurrency.
+-- Pacing: calls are spaced 60000 / calls_per_minute ms apart (next_slot_at), catching up at most
+-- one slot after an idle spell, and never more than calls_per_minute claims in the last 60 s.
+-- The claimed contacts go in_progress with attempts + 1 and a `calls` row in 'dialing' carrying
+-- the idempotency key; all of it commits before any request is sent.
+CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer)
+RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
+               lead_ref text, source text, attempts integer, idempotency_key text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    b dialer.call_batches;
+    spacing interval;
+    slot timestamptz;
+    n integer;
+    claimed integer;
+    recent integer;
+BEGIN
+    SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id AND status = 'processing'
+       FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now) THEN
+        RETURN;
+    END IF;
+    spacing := make_interval(secs => 60.0 / b.calls_per_minute);
+    slot := b.next_slot_at;
+    IF slot IS NULL OR slot < p_now - spacing THEN
+        slot := p_now;
+    ELSIF slot > p_now THEN
+        RETURN;
+    END IF;
+    n := 1 + floor(extract(epoch FROM (p_now - slot)) / extract(epoch FROM spacing))::integer;
+    n := least(n, b.max_concurrent - b.in_progress_count, p_budget);
+    IF n > 1 OR b.calls_per_minute <= 60 THEN
+        SELECT count(*) INTO recent FROM dialer.calls k
+         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '60 seconds';
+        n := least(n, b.calls_per_minute - recent);
+    END IF;
+    IF n <= 0 THEN
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    WITH picked AS (
+        SELECT c.id FROM dialer.campaign_contacts c
+         WHERE c.batch_id = b.id AND c.status = 'queued'
+           AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now)
+         ORDER BY c.priority, c.id
+         LIMIT n
+           FOR UPDATE SKIP LOCKED
+    ), claimed_contacts AS (
+        UPDATE dialer.campaign_contacts c
+           SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL
+          FROM picked WHERE c.id = picked.id
+        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts
+    ), new_calls AS (
+        INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at)
+        SELECT cc.id, b.id, b.agency_id, m.provider,
+               format('pgd-%s-%s-%s', b.id, cc.id, cc.attempts), 'dialing', p_now
+          FROM claimed_contacts cc, dialer.agent_mappings m
+         WHERE m.id = b.agent_mapping_id
+        RETURNING id, calls.contact_id, calls.idempotency_key
+    )
+    SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
+           nc.idempotency_key
+      FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
+
+    GET DIAGNOSTICS claimed = ROW_COUNT;
+    IF claimed > 0 THEN
+        UPDATE dialer.campaign_contacts c SET call_id = k.id
+          FROM dialer.calls k
+         WHERE k.batch_id = b.id AND k.status = 'dialing' AND k.created_at = p_now AND c.id = k.contact_id;
+        UPDATE dialer.call_batches
+           SET next_slot_at = slot + spacing * claimed,
+               queued_count = greatest(queued_count - claimed, 0),
+               in_progress_count = in_progress_count + claimed
+         WHERE id = b.id;
+    END IF;
+END $$;
+
+-- Step 4: record dispatch results, one JSON object per call:
+-- {call_id, outcome: accepted|rate_limited|failed|network_error|timeout, http_status, provider_call_id,
+--  error, latency_ms, retry_after_secs, request, response}
+-- Returns {"initiated": n, "failed": n, "rate_limited": n, "retried": n, "in_doubt": n}.
+CREATE FUNCTION dialer._record_dispatch(p_results jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    outcome text;
+    backoff interval;
+    initiated integer := 0;
+    failed integer := 0;
+    rate_limited integer := 0;
+    retried integer := 0;
+    doubtful integer := 0;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        outcome := r->>'outcome';
+
+        UPDATE dialer.calls
+           SET status = CASE outcome WHEN 'accepted' THEN 'in_progress' WHEN 'rate_limited' THEN 'rate_limited'
+                                     WHEN 'network_error' THEN 'network_error' WHEN 'timeout' THEN 'in_doubt'
+                                     ELSE 'failed' END,
+               provider_call_id = r->>'provider_call_id',
+               http_status = (r->>'http_status')::integer,
+               latency_ms = (r->>'latency_ms')::double precision,
+               error = r->>'error',
+               request = r->'request',
+               response = r->'response',
+               dispatched_at = to_timestamp((r->>'dispatched_at_ms')::double precision / 1000.0)
+         WHERE id = k.id;
+
+        IF outcome = 'accepted' THEN
+            initiated := initiated + 1;
+        ELSIF outcome = 'rate_limited' THEN
+            -- Not an attempt: back to the queue, the whole batch waits for Retry-After.
+            rate_limited := rate_limited + 1;
+            backoff := make_interval(secs => greatest(coalesce((r->>'retry_after_secs')::double precision, 60), 0));
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0), next_attempt_at = now_ts + backoff,
+                   updated_at = now_ts, last_error = 'rate limited by provider'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff),
+                   queued_count = queued_count + 1
+             WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF outcome = 'network_error' THEN
+            -- The request never reached the provider: retried, and not counted as an attempt.
+            retried := retried + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                   next_attempt_at = now_ts + greatest(b.retry_delay, interval '1 second'),
+                   updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF outcome = 'timeout' THEN
+            -- The request may have reached the provider: never redialed blindly.
+            doubtful := doubtful + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'in_doubt', updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF c.attempts < b.max_attempts THEN
+            retried := retried + 1;
+            backoff := b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', next_attempt_at = now_ts + backoff, updated_at = now_ts,
+                   last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSE
+            failed := failed + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'failed', updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, failed_delta => 1, in_progress_delta => -1);
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('initiated', initiated, 'failed', failed, 'rate_limited', rate_limited,
+                              'retried', retried, 'in_doubt', doubtful);
+END $$;
+
+-- Step 5: calls the provider accepted whose outcome we have not heard for a while.
+CREATE FUNCTION dialer._calls_to_poll(p_now timestamptz, p_every interval, p_limit integer)
+RETURNS TABLE (call_id bigint, agency_id bigint, provider text, provider_call_id text)
+LANGUAGE sql AS $$
+    UPDATE dialer.calls k SET last_polled_at = p_now
+     WHERE k.id IN (SELECT id FROM dialer.calls
+                     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL
+                       AND coalesce(last_polled_at, created_at) <= p_now - p_every
+                     ORDER BY coalesce(last_polled_at, created_at)
+                     LIMIT p_limit
+                       FOR UPDATE SKIP LOCKED)
+    RETURNING k.id, k.agency_id, k.provider, k.provider_call_id
+$$;
+
+-- Records provider status look-ups: [{call_id, ended: bool, end_reason, answered_at, ended_at, response}].
+-- An ended call completes its contact (whatever the outcome; the outcome is kept on the call).
+CREATE FUNCTION dialer._record_status(p_results jsonb)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    n integer := 0;
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'in_progress' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        UPDATE dialer.calls
+           SET answered_at = coalesce(answered_at, (r->>'answered_at')::timestamptz),
+               response = coalesce(r->'response', response)
+         WHERE id = k.id;
+        CONTINUE WHEN NOT coalesce((r->>'ended')::boolean, false);
+        UPDATE dialer.calls
+           SET status = 'ended', end_reason = r->>'end_reason',
+               ended_at = coalesce((r->>'ended_at')::timestamptz, clock_timestamp())
+         WHERE id = k.id;
+        UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp()
+         WHERE id = k.contact_id AND status = 'in_progress';
+        IF FOUND THEN
+            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1, completed_delta => 1);
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Step 7: a batch is complete when nothing is left to dial and nothing is in progress.
+CREATE FUNCTION dialer._complete_batches(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
+     WHERE b.status = 'processing'
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts c
+                        WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress'));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- When the worker should look again: the earliest pacing slot, retry, back-off or scheduled start.
+CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval)
+RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT min(t) FROM (
+        SELECT min(coalesce(k.last_polled_at, k.created_at)) + p_poll_every AS t FROM dialer.calls k
+         WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+        UNION ALL
+        SELECT greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                        (SELECT coalesce(min(c.next_attempt_at), p_now) FROM dialer.campaign_contacts c
+                          WHERE c.batch_id = b.id AND c.status = 'queued')) AS t
+          FROM dialer.call_batches b
+         WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
+           AND EXISTS (SELECT 1 FROM dialer.campaign_contacts c WHERE c.batch_id = b.id AND c.status = 'queued')
+        UNION ALL
+        SELECT coalesce(min(scheduled_for), p_now) FROM dialer.call_batches
+         WHERE status IN ('pending', 'scheduled')
+    ) due
+$$;
+
+-- At worker start: attempts left in 'dialing' by a dead backend may have reached the provider.
+-- They are held in_doubt (never redialed blindly) until settled.
+CREATE FUNCTION dialer._settle_stale_dialing(p_older_than timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    k dialer.calls;
+    n integer := 0;
+BEGIN
+    FOR k IN SELECT * FROM dialer.calls WHERE status = 'dialing' AND created_at < p_older_than
+              FOR UPDATE SKIP LOCKED LOOP
+        UPDATE dialer.calls SET status = 'in_doubt', error = 'worker stopped while dialing; outcome unknown'
+         WHERE id = k.id;
+        UPDATE dialer.campaign_contacts SET status = 'in_doubt', updated_at = clock_timestamp(),
+               last_error = 'worker stopped while dialing; outcome unknown'
+         WHERE id = k.contact_id AND status = 'in_progress';
+        IF FOUND THEN
+            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1);
+        END IF;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION dialer._log_run(p_started timestamptz, p_mode text, p_batches integer, p_initiated integer,
+    p_failed integer, p_rate_limited integer, p_status text, p_error text)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO dialer.runs (started_at, duration_ms, mode, batches, initiated, failed, rate_limited, status, error)
+    VALUES (p_started, extract(epoch FROM clock_timestamp() - p_started) * 1000, p_mode, p_batches, p_initiated,
+            p_failed, p_rate_limited, p_status, p_error)
+$$;

@@ -1,0 +1,3 @@
+//! SQL functions written in Rust (the rest of the API is SQL in `sql/api.sql`).
+
+pub mod process;

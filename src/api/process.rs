@@ -1,0 +1,105 @@
+//! `dialer.process_batches()`: one tick in the caller's session (pg_cron's entry point), and
+//! `dialer.wake()`.
+
+use crate::dispatch::{JobKind, Pool};
+use crate::error::DialerError;
+use crate::gucs::Settings;
+use crate::tick::{self, Counts, TargetCache};
+use crate::wake;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Runs one tick now and returns the seed's response shapes:
+/// `{"batches_processed","calls_initiated","calls_failed"}`, `{"processed":0,"message":"No batches to process"}`
+/// or `{"status":"SKIPPED_CONCURRENT"}` when the worker (or another caller) is mid-tick.
+///
+/// It runs inside the caller's transaction, so its provider requests are sent before that
+/// transaction commits; the worker, which commits each claim first, is the crash-safe path.
+#[pg_extern]
+fn process_batches() -> JsonB {
+    match run_tick() {
+        Ok(v) => JsonB(v),
+        Err(e) => raise(e),
+    }
+}
+
+/// Wakes the worker now instead of at its next poll.
+#[pg_extern]
+fn wake() {
+    wake::wake_worker();
+}
+
+pub fn raise(e: DialerError) -> ! {
+    let code = match e.sqlstate() {
+        "22023" => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        "P0002" => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+        "28000" => PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+    };
+    ereport!(ERROR, code, e.to_string());
+}
+
+fn unix_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+fn run_tick() -> Result<Value, DialerError> {
+    let started = unix_ms();
+    if !tick::try_tick_lock()? {
+        tick::log_run(started, "function", Counts::default(), "SKIPPED_CONCURRENT", None)?;
+        return Ok(json!({"status": "SKIPPED_CONCURRENT"}));
+    }
+    let settings = Settings::read();
+    tick::promote()?;
+    let active = tick::active_batch_count()?;
+    if active == 0 {
+        tick::log_run(started, "function", Counts::default(), "COMPLETED", None)?;
+        return Ok(json!({"processed": 0, "message": "No batches to process"}));
+    }
+    let mut cache = TargetCache::default();
+    let (jobs, unbuildable, _served) = tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, &mut cache)?;
+    let mut counts = Counts { batches: active.min(settings.max_batches_per_run as i64) as i32, ..Counts::default() };
+    if !unbuildable.is_empty() {
+        counts.add(tick::record_outcomes(unbuildable)?);
+    }
+    let polls = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, 500, &mut cache)?;
+
+    if !jobs.is_empty() || !polls.is_empty() {
+        let threads = settings.http_concurrency.min(jobs.len() + polls.len()).max(1);
+        let mut pool = Pool::new(threads, settings.http_timeout)
+            .map_err(|e| DialerError::Database(format!("could not start HTTP threads: {e}")))?;
+        let mut pending: HashSet<i64> = HashSet::new();
+        for job in jobs.into_iter().chain(polls) {
+            if let JobKind::Place { call_id, .. } = job.kind {
+                pending.insert(call_id);
+            }
+            pool.submit(job);
+        }
+        let results = pool.wait_all(Instant::now() + settings.http_timeout + Duration::from_secs(2));
+        for r in &results {
+            if let JobKind::Place { call_id, .. } = r.kind {
+                pending.remove(&call_id);
+            }
+        }
+        counts.add(tick::record_dispatch(&results)?);
+        tick::record_status(&results)?;
+        // Requests still without an answer may have reached the provider: hold them in doubt.
+        let unanswered: Vec<Value> = pending
+            .into_iter()
+            .map(|call_id| json!({"call_id": call_id, "outcome": "timeout", "error": "no answer within dialer.http_timeout"}))
+            .collect();
+        if !unanswered.is_empty() {
+            counts.add(tick::record_outcomes(unanswered)?);
+        }
+    }
+    tick::complete_batches()?;
+    tick::log_run(started, "function", counts, "COMPLETED", None)?;
+    Ok(json!({
+        "batches_processed": counts.batches,
+        "calls_initiated": counts.initiated,
+        "calls_failed": counts.failed,
+    }))
+}

@@ -1,0 +1,194 @@
+//! The HTTP thread pool. Threads here never touch Postgres: they take requests, send them with
+//! ureq, and hand results back to the worker's main thread through a channel, poking a pipe that
+//! the main thread waits on beside its latch.
+
+use crate::providers::{HttpRequest, HttpResponse, Method, TransportError};
+use std::io::{Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What a job is for; carried through unchanged to its result.
+#[derive(Debug, Clone)]
+pub enum JobKind {
+    /// Place a call (POST).
+    Place { call_id: i64, batch_id: i64, provider: String },
+    /// Ask about a call in progress (GET).
+    Status { call_id: i64, provider: String },
+}
+
+pub struct Job {
+    pub kind: JobKind,
+    pub request: HttpRequest,
+}
+
+pub struct JobResult {
+    pub kind: JobKind,
+    pub request: HttpRequest,
+    pub result: Result<HttpResponse, TransportError>,
+    pub sent_at_ms: f64,
+    pub latency_ms: f64,
+}
+
+pub struct Pool {
+    jobs: Option<Sender<Job>>,
+    results: Receiver<JobResult>,
+    wake_read: UnixStream,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl Pool {
+    pub fn new(threads: usize, timeout: Duration) -> std::io::Result<Pool> {
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let (res_tx, res_rx) = mpsc::channel::<JobResult>();
+        let (wake_read, wake_write) = UnixStream::pair()?;
+        wake_read.set_nonblocking(true)?;
+        wake_write.set_nonblocking(true)?;
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let wake_write = Arc::new(wake_write);
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .max_idle_connections_per_host(threads.max(1))
+            .build();
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads.max(1) {
+            let job_rx = Arc::clone(&job_rx);
+            let res_tx = res_tx.clone();
+            let wake = Arc::clone(&wake_write);
+            let agent = agent.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("pg_dialer-http-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let Ok(rx) = job_rx.lock() else { return };
+                        match rx.recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        }
+                    };
+                    let sent_at_ms = unix_ms();
+                    let started = Instant::now();
+                    let result = send(&agent, &job.request);
+                    let out = JobResult {
+                        kind: job.kind,
+                        request: job.request,
+                        result,
+                        sent_at_ms,
+                        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    };
+                    if res_tx.send(out).is_err() {
+                        return;
+                    }
+                    // A full pipe already means "wake up"; nothing to do on WouldBlock.
+                    let _ = (&*wake).write(&[1u8]);
+                })?;
+            handles.push(handle);
+        }
+        Ok(Pool { jobs: Some(job_tx), results: res_rx, wake_read, threads: handles, in_flight: 0 })
+    }
+
+    /// The file descriptor that becomes readable when results are waiting.
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake_read.as_raw_fd()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub fn submit(&mut self, job: Job) {
+        if let Some(tx) = &self.jobs {
+            if tx.send(job).is_ok() {
+                self.in_flight += 1;
+            }
+        }
+    }
+
+    /// Results that are ready now, without blocking.
+    pub fn drain(&mut self) -> Vec<JobResult> {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = (&self.wake_read).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        let out: Vec<JobResult> = self.results.try_iter().collect();
+        self.in_flight = self.in_flight.saturating_sub(out.len());
+        out
+    }
+
+    /// Waits up to `deadline` for every job in flight to finish (for SIGTERM and for
+    /// process_batches, which returns only when its calls are recorded).
+    pub fn wait_all(&mut self, deadline: Instant) -> Vec<JobResult> {
+        let mut out = Vec::new();
+        while self.in_flight > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match self.results.recv_timeout(deadline - now) {
+                Ok(r) => {
+                    self.in_flight -= 1;
+                    out.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the job channel ends the threads once they finish their current request.
+        self.jobs.take();
+        for t in self.threads.drain(..) {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn unix_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+/// Sends one request. HTTP error statuses are responses, not errors.
+pub fn send(agent: &ureq::Agent, req: &HttpRequest) -> Result<HttpResponse, TransportError> {
+    let mut r = match req.method {
+        Method::Get => agent.get(&req.url),
+        Method::Post => agent.post(&req.url),
+    };
+    for (k, v) in &req.headers {
+        r = r.set(k, v);
+    }
+    let result = match &req.body {
+        Some(body) => r.send_string(body),
+        None => r.call(),
+    };
+    let response = match result {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(ureq::Error::Transport(t)) => {
+            let text = t.to_string();
+            return Err(match t.kind() {
+                ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::InvalidUrl
+                | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::InsecureRequestHttpsOnly => {
+                    TransportError::NotSent(text)
+                }
+                _ => TransportError::Unknown(text),
+            });
+        }
+    };
+    let status = response.status();
+    let retry_after = response.header("Retry-After").map(str::to_string);
+    let mut body = String::new();
+    // Provider bodies are small; cap what we keep so a hostile endpoint cannot exhaust memory.
+    let _ = response.into_reader().take(256 * 1024).read_to_string(&mut body);
+    Ok(HttpResponse { status, retry_after, body })
+}

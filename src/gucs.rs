@@ -1,0 +1,97 @@
+//! Configuration (GUCs). Defaults follow DESIGN.md; times are in milliseconds (units accepted).
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+use std::time::Duration;
+
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static MAX_BATCHES_PER_RUN: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static HTTP_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
+pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static MAX_EXECUTION_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(25_000);
+pub static MAX_CALLS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static CALL_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30 * 60 * 1000);
+pub static STATUS_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+
+pub fn register(preloading: bool) {
+    // dialer.database can only be set at server start, so only a preloaded library defines it.
+    if preloading {
+        GucRegistry::define_string_guc(
+        c"dialer.database",
+        c"Database the pg_dialer worker serves.",
+        c"The worker waits quietly until CREATE EXTENSION pg_dialer has run there.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    }
+    GucRegistry::define_bool_guc(
+        c"dialer.enabled",
+        c"Whether the pg_dialer worker dispatches calls at all.",
+        c"",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32, GucFlags); 9] = [
+        (c"dialer.poll_interval", c"Longest idle sleep of the worker.", &POLL_INTERVAL_MS, 10, 3_600_000, GucFlags::UNIT_MS),
+        (c"dialer.max_batches_per_run", c"Batches served per tick.", &MAX_BATCHES_PER_RUN, 1, 100_000, GucFlags::default()),
+        (c"dialer.http_concurrency", c"Provider requests in flight at once.", &HTTP_CONCURRENCY, 1, 1024, GucFlags::default()),
+        (c"dialer.http_timeout", c"Timeout of one provider request.", &HTTP_TIMEOUT_MS, 100, 600_000, GucFlags::UNIT_MS),
+        (c"dialer.max_execution_time", c"Bound on one tick.", &MAX_EXECUTION_TIME_MS, 100, 3_600_000, GucFlags::UNIT_MS),
+        (c"dialer.max_calls_per_second", c"Global cap on calls placed per second (0 = none).", &MAX_CALLS_PER_SECOND, 0, 1_000_000, GucFlags::default()),
+        (c"dialer.call_timeout", c"An in-progress call without outcome after this long is reconciled.", &CALL_TIMEOUT_MS, 1000, i32::MAX, GucFlags::UNIT_MS),
+        (c"dialer.status_poll_interval", c"How often the provider is asked about a call in progress.", &STATUS_POLL_INTERVAL_MS, 100, 3_600_000, GucFlags::UNIT_MS),
+        (c"dialer.max_claim_per_batch", c"Most contacts of one batch claimed in one tick.", &MAX_CLAIM_PER_BATCH, 1, 100_000, GucFlags::default()),
+    ];
+    for (name, short, setting, min, max, flags) in ints {
+        GucRegistry::define_int_guc(name, short, c"", setting, min, max, GucContext::Sighup, flags);
+    }
+}
+
+pub static MAX_CLAIM_PER_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+fn ms(setting: &GucSetting<i32>) -> Duration {
+    Duration::from_millis(setting.get().max(0) as u64)
+}
+
+/// A snapshot of the settings, read at the top of each loop (after a SIGHUP reload).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub enabled: bool,
+    pub poll_interval: Duration,
+    pub max_batches_per_run: i32,
+    pub http_concurrency: usize,
+    pub http_timeout: Duration,
+    pub max_execution_time: Duration,
+    pub max_calls_per_second: i32,
+    pub call_timeout: Duration,
+    pub status_poll_interval: Duration,
+    pub max_claim_per_batch: i32,
+}
+
+impl Settings {
+    pub fn read() -> Settings {
+        Settings {
+            enabled: ENABLED.get(),
+            poll_interval: ms(&POLL_INTERVAL_MS),
+            max_batches_per_run: MAX_BATCHES_PER_RUN.get(),
+            http_concurrency: HTTP_CONCURRENCY.get().max(1) as usize,
+            http_timeout: ms(&HTTP_TIMEOUT_MS),
+            max_execution_time: ms(&MAX_EXECUTION_TIME_MS),
+            max_calls_per_second: MAX_CALLS_PER_SECOND.get(),
+            call_timeout: ms(&CALL_TIMEOUT_MS),
+            status_poll_interval: ms(&STATUS_POLL_INTERVAL_MS),
+            max_claim_per_batch: MAX_CLAIM_PER_BATCH.get(),
+        }
+    }
+
+    pub fn database() -> String {
+        DATABASE
+            .get()
+            .and_then(|c| c.into_string().ok())
+            .unwrap_or_else(|| "postgres".to_string())
+    }
+}

@@ -1,0 +1,61 @@
+//! pg_dialer: schedules and places outbound AI voice calls from inside PostgreSQL.
+
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+pub mod api;
+pub mod dispatch;
+pub mod error;
+pub mod gucs;
+pub mod providers;
+pub mod tick;
+pub mod txn;
+pub mod wake;
+pub mod worker;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema"]);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
+
+/// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
+const WORKER_RESTART: Duration = Duration::from_secs(1);
+
+#[allow(non_snake_case)]
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::register(preloading);
+    if !preloading {
+        return;
+    }
+    wake::init_shmem();
+    BackgroundWorkerBuilder::new("pg_dialer worker")
+        .set_type("pg_dialer")
+        .set_library("pg_dialer")
+        .set_function("pg_dialer_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(WORKER_RESTART))
+        .load();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    // Kept in its own file; `#[pg_schema]` needs an inline module.
+    include!("pg_tests.rs");
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,407 @@
+//! The tick's database side: thin Rust over the SQL functions of `sql/tick.sql`.
+//! Callers own the transaction; every statement uses `$n` parameters.
+
+use crate::dispatch::{Job, JobKind, JobResult};
+use crate::error::DialerError;
+use crate::providers::{self, CallSpec, Credentials, DispatchOutcome, ProviderTarget};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// Key of the advisory lock that keeps ticks from overlapping ("pg_dialer" in ASCII).
+pub const TICK_LOCK_KEY: i64 = 0x70675f6469616c;
+
+fn db<E: std::fmt::Display>(e: E) -> DialerError {
+    DialerError::Database(e.to_string())
+}
+
+pub fn extension_ready() -> Result<bool, DialerError> {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_dialer')")
+        .map(|v| v.unwrap_or(false))
+        .map_err(db)
+}
+
+pub fn try_tick_lock() -> Result<bool, DialerError> {
+    Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1)", &[TICK_LOCK_KEY.into()])
+        .map(|v| v.unwrap_or(false))
+        .map_err(db)
+}
+
+pub fn promote() -> Result<i32, DialerError> {
+    Spi::get_one::<i32>("SELECT dialer._promote_batches(clock_timestamp())")
+        .map(|v| v.unwrap_or(0))
+        .map_err(db)
+}
+
+pub fn active_batch_count() -> Result<i64, DialerError> {
+    Spi::get_one::<i64>("SELECT count(*) FROM dialer.call_batches WHERE status = 'processing'")
+        .map(|v| v.unwrap_or(0))
+        .map_err(db)
+}
+
+pub fn complete_batches() -> Result<i32, DialerError> {
+    Spi::get_one::<i32>("SELECT dialer._complete_batches(clock_timestamp())")
+        .map(|v| v.unwrap_or(0))
+        .map_err(db)
+}
+
+/// Milliseconds until the next pacing slot, retry or scheduled start; None when nothing waits.
+pub fn ms_until_next_due(poll_every_ms: f64) -> Result<Option<f64>, DialerError> {
+    Spi::get_one_with_args::<f64>(
+        "SELECT (extract(epoch FROM dialer._next_due(clock_timestamp(), make_interval(secs => $1 / 1000.0))
+                 - clock_timestamp()) * 1000)::float8",
+        &[poll_every_ms.into()],
+    )
+    .map_err(db)
+}
+
+pub fn settle_stale_dialing(older_than_ms: f64) -> Result<i32, DialerError> {
+    Spi::get_one_with_args::<i32>(
+        "SELECT dialer._settle_stale_dialing(clock_timestamp() - make_interval(secs => $1 / 1000.0))",
+        &[older_than_ms.into()],
+    )
+    .map(|v| v.unwrap_or(0))
+    .map_err(db)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub batches: i32,
+    pub initiated: i32,
+    pub failed: i32,
+    pub rate_limited: i32,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: Counts) {
+        self.batches += other.batches;
+        self.initiated += other.initiated;
+        self.failed += other.failed;
+        self.rate_limited += other.rate_limited;
+    }
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0 && self.initiated == 0 && self.failed == 0 && self.rate_limited == 0
+    }
+}
+
+pub fn log_run(started: f64, mode: &str, counts: Counts, status: &str, error: Option<&str>) -> Result<(), DialerError> {
+    Spi::run_with_args(
+        "SELECT dialer._log_run(to_timestamp($1 / 1000.0), $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            started.into(),
+            mode.into(),
+            counts.batches.into(),
+            counts.initiated.into(),
+            counts.failed.into(),
+            counts.rate_limited.into(),
+            status.into(),
+            error.into(),
+        ],
+    )
+    .map_err(db)
+}
+
+/// Agent mappings and credentials, read at most once per tick per mapping / agency.
+#[derive(Default)]
+pub struct TargetCache {
+    targets: HashMap<i64, Result<ProviderTarget, String>>,
+    credentials: HashMap<(i64, String), Option<Credentials>>,
+}
+
+impl TargetCache {
+    pub fn target(&mut self, mapping_id: i64, agency_id: i64) -> Result<ProviderTarget, DialerError> {
+        if let Some(found) = self.targets.get(&mapping_id) {
+            return found.clone().map_err(DialerError::InvalidArgument);
+        }
+        let loaded = self.load(mapping_id, agency_id);
+        match &loaded {
+            Ok(t) => {
+                self.targets.insert(mapping_id, Ok(t.clone()));
+            }
+            Err(e @ DialerError::MissingCredentials { .. }) | Err(e @ DialerError::NotFound(_)) => {
+                self.targets.insert(mapping_id, Err(e.to_string()));
+            }
+            Err(_) => {}
+        }
+        loaded
+    }
+
+    fn load(&mut self, mapping_id: i64, agency_id: i64) -> Result<ProviderTarget, DialerError> {
+        let row = Spi::connect(|client| {
+            let table = client.select(
+                "SELECT provider, external_agent_id, agent_name, from_number, request_template
+                   FROM dialer.agent_mappings WHERE id = $1",
+                Some(1),
+                &[mapping_id.into()],
+            )?;
+            let mut out = None;
+            for r in table {
+                out = Some((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?,
+                    r.get::<String>(4)?,
+                    r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(db)?;
+        let Some((provider, external_agent_id, agent_name, from_number, request_template)) = row else {
+            return Err(DialerError::NotFound(format!("agent mapping {mapping_id} does not exist")));
+        };
+        let key = (agency_id, provider.clone());
+        if !self.credentials.contains_key(&key) {
+            let creds = Spi::connect(|client| {
+                let table = client.select(
+                    "SELECT api_key, base_url, account_sid FROM dialer.provider_credentials
+                      WHERE agency_id = $1 AND provider = $2",
+                    Some(1),
+                    &[agency_id.into(), provider.as_str().into()],
+                )?;
+                let mut out = None;
+                for r in table {
+                    out = Some(Credentials {
+                        api_key: r.get::<String>(1)?.unwrap_or_default(),
+                        base_url: r.get::<String>(2)?,
+                        account_sid: r.get::<String>(3)?,
+                    });
+                }
+                Ok::<_, pgrx::spi::Error>(out)
+            })
+            .map_err(db)?;
+            self.credentials.insert(key.clone(), creds);
+        }
+        let credentials = self
+            .credentials
+            .get(&key)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| DialerError::MissingCredentials { agency_id, provider: provider.clone() })?;
+        Ok(ProviderTarget { provider, external_agent_id, agent_name, from_number, request_template, credentials })
+    }
+
+    pub fn credentials(&mut self, agency_id: i64, provider: &str) -> Result<Option<Credentials>, DialerError> {
+        let key = (agency_id, provider.to_string());
+        if let Some(c) = self.credentials.get(&key) {
+            return Ok(c.clone());
+        }
+        let creds = Spi::connect(|client| {
+            let table = client.select(
+                "SELECT api_key, base_url, account_sid FROM dialer.provider_credentials
+                  WHERE agency_id = $1 AND provider = $2",
+                Some(1),
+                &[agency_id.into(), provider.into()],
+            )?;
+            let mut out = None;
+            for r in table {
+                out = Some(Credentials {
+                    api_key: r.get::<String>(1)?.unwrap_or_default(),
+                    base_url: r.get::<String>(2)?,
+                    account_sid: r.get::<String>(3)?,
+                });
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(db)?;
+        self.credentials.insert(key, creds.clone());
+        Ok(creds)
+    }
+}
+
+fn set_batch_error(batch_id: i64, error: &str) -> Result<(), DialerError> {
+    Spi::run_with_args(
+        "UPDATE dialer.call_batches SET last_error = $2 WHERE id = $1 AND last_error IS DISTINCT FROM $2",
+        &[batch_id.into(), error.into()],
+    )
+    .map_err(db)
+}
+
+/// Step 2: claims due contacts of due batches (caller's transaction, committed before any
+/// request is sent) and turns them into HTTP jobs. Calls whose request cannot be built are
+/// recorded as failed results at once.
+/// Returns the jobs to send, failed outcomes to record (requests that could not be built), and
+/// the number of batches served.
+pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
+    let due: Vec<(i64, i64, i64)> = Spi::connect(|client| {
+        let table = client.select(
+            "SELECT batch_id, agency_id, agent_mapping_id FROM dialer._due_batches(clock_timestamp(), $1)",
+            None,
+            &[max_batches.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in table {
+            out.push((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0)));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(db)?;
+
+    let mut jobs = Vec::new();
+    let mut unbuildable = Vec::new();
+    let mut batches = 0;
+    for (batch_id, agency_id, mapping_id) in due {
+        let target = match cache.target(mapping_id, agency_id) {
+            Ok(t) => t,
+            Err(e @ (DialerError::MissingCredentials { .. } | DialerError::NotFound(_) | DialerError::InvalidArgument(_))) => {
+                // Do not burn contacts on a configuration problem: say so on the batch and wait.
+                set_batch_error(batch_id, &e.to_string())?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let specs = claim_batch(batch_id, budget_per_batch)?;
+        if specs.is_empty() {
+            continue;
+        }
+        batches += 1;
+        for spec in specs {
+            let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
+            match providers::build_call_request(&target, &spec) {
+                Ok(request) => jobs.push(Job { kind, request }),
+                Err(error) => unbuildable.push(failed_build_json(spec.call_id, &error)),
+            }
+        }
+    }
+    Ok((jobs, unbuildable, batches))
+}
+
+fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError> {
+    Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key
+               FROM dialer._claim_batch($1, clock_timestamp(), $2)",
+            None,
+            &[batch_id.into(), budget.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in table {
+            out.push(CallSpec {
+                call_id: r.get::<i64>(1)?.unwrap_or(0),
+                batch_id,
+                contact_id: r.get::<i64>(2)?.unwrap_or(0),
+                phone_number: r.get::<String>(3)?.unwrap_or_default(),
+                name: r.get::<String>(4)?,
+                variables: r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                lead_ref: r.get::<String>(6)?,
+                idempotency_key: r.get::<String>(7)?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(db)
+}
+
+/// Step 4: records the results of call requests in one short transaction (the caller's).
+pub fn record_dispatch(results: &[JobResult]) -> Result<Counts, DialerError> {
+    let mut items = Vec::new();
+    for r in results {
+        let JobKind::Place { call_id, provider, .. } = &r.kind else { continue };
+        let outcome = providers::interpret_call_response(provider, r.result.clone(), &r.request.secrets);
+        items.push(dispatch_json(*call_id, r, &outcome));
+    }
+    if items.is_empty() {
+        return Ok(Counts::default());
+    }
+    record_outcomes(items)
+}
+
+pub fn record_outcomes(items: Vec<Value>) -> Result<Counts, DialerError> {
+    let summary = Spi::get_one_with_args::<JsonB>("SELECT dialer._record_dispatch($1)", &[JsonB(Value::Array(items)).into()])
+        .map_err(db)?
+        .map(|j| j.0)
+        .unwrap_or(Value::Null);
+    let n = |k: &str| summary.get(k).and_then(Value::as_i64).unwrap_or(0) as i32;
+    Ok(Counts { batches: 0, initiated: n("initiated"), failed: n("failed"), rate_limited: n("rate_limited") })
+}
+
+pub fn failed_build_json(call_id: i64, error: &str) -> Value {
+    json!({"call_id": call_id, "outcome": "failed", "error": error})
+}
+
+fn dispatch_json(call_id: i64, r: &JobResult, outcome: &DispatchOutcome) -> Value {
+    let (http_status, response) = match &r.result {
+        Ok(resp) => (
+            Some(resp.status),
+            serde_json::from_str::<Value>(&resp.body).unwrap_or_else(|_| Value::String(resp.body.chars().take(2000).collect())),
+        ),
+        Err(_) => (None, Value::Null),
+    };
+    let mut v = json!({
+        "call_id": call_id,
+        "outcome": outcome.kind(),
+        "http_status": http_status,
+        "latency_ms": r.latency_ms,
+        "dispatched_at_ms": r.sent_at_ms,
+        "request": r.request.audit,
+        "response": response,
+    });
+    if let Some(map) = v.as_object_mut() {
+        match outcome {
+            DispatchOutcome::Accepted { provider_call_id } => {
+                map.insert("provider_call_id".into(), json!(provider_call_id));
+            }
+            DispatchOutcome::RateLimited { retry_after_secs } => {
+                map.insert("retry_after_secs".into(), json!(retry_after_secs));
+            }
+            DispatchOutcome::Failed { error } | DispatchOutcome::NetworkError { error } | DispatchOutcome::Timeout { error } => {
+                map.insert("error".into(), json!(error));
+            }
+        }
+    }
+    v
+}
+
+/// Step 5: status look-ups for calls in progress that we have not heard about for a while.
+pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, DialerError> {
+    let rows: Vec<(i64, i64, String, String)> = Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT call_id, agency_id, provider, provider_call_id
+               FROM dialer._calls_to_poll(clock_timestamp(), make_interval(secs => $1 / 1000.0), $2)",
+            None,
+            &[every_ms.into(), limit.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in table {
+            out.push((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(db)?;
+    let mut jobs = Vec::new();
+    for (call_id, agency_id, provider, provider_call_id) in rows {
+        let Some(creds) = cache.credentials(agency_id, &provider)? else { continue };
+        if let Ok(request) = providers::build_status_request(&provider, &creds, &provider_call_id) {
+            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request });
+        }
+    }
+    Ok(jobs)
+}
+
+pub fn record_status(results: &[JobResult]) -> Result<i32, DialerError> {
+    let mut items = Vec::new();
+    for r in results {
+        let JobKind::Status { call_id, provider } = &r.kind else { continue };
+        let Ok(resp) = &r.result else { continue };
+        let Some(status) = providers::interpret_status_response(provider, resp) else { continue };
+        items.push(json!({
+            "call_id": call_id,
+            "ended": status.ended,
+            "end_reason": status.end_reason,
+            "answered_at": status.answered_at,
+            "ended_at": status.ended_at,
+        }));
+    }
+    if items.is_empty() {
+        return Ok(0);
+    }
+    Spi::get_one_with_args::<i32>("SELECT dialer._record_status($1)", &[JsonB(Value::Array(items)).into()])
+        .map(|v| v.unwrap_or(0))
+        .map_err(db)
+}

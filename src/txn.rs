@@ -1,0 +1,55 @@
+//! Short transactions for the worker. Unlike `BackgroundWorker::transaction`, an error (ours or a
+//! Postgres ERROR) rolls the transaction back and is returned, so one bad tick never ends the
+//! worker.
+
+use crate::error::DialerError;
+use pgrx::pg_sys;
+use pgrx::PgTryBuilder;
+use std::panic::AssertUnwindSafe;
+
+pub fn run<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, DialerError> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let body = AssertUnwindSafe(body);
+    let outcome = PgTryBuilder::new(move || {
+        let body = body;
+        Ok((body.0)())
+    })
+        .catch_others(|caught| {
+            let message = match &caught {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+            };
+            Err(message)
+        })
+        .execute();
+    match outcome {
+        Ok(Ok(value)) => {
+            unsafe {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Ok(value)
+        }
+        Ok(Err(e)) => {
+            abort();
+            Err(e)
+        }
+        Err(message) => {
+            abort();
+            Err(DialerError::Database(message))
+        }
+    }
+}
+
+fn abort() {
+    unsafe {
+        // As PostgresMain does after an error: abort, back to a sane memory context.
+        pg_sys::AbortCurrentTransaction();
+        pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+    }
+}

@@ -1,0 +1,229 @@
+//! The background worker: a latch loop that records finished requests, claims what is due,
+//! hands requests to the HTTP pool, and sleeps until the next pacing slot.
+
+use crate::dispatch::{JobResult, Pool};
+use crate::gucs::Settings;
+use crate::tick::{self, Counts, TargetCache};
+use crate::{txn, wake};
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Status look-ups are batched: at most this often, at most this many per round.
+const POLL_ROUND_EVERY: Duration = Duration::from_millis(250);
+const POLL_ROUND_LIMIT: i32 = 500;
+/// After an error, wait this long before trying again (never a hot loop).
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = Settings::database();
+    // A database that does not exist yet ends this start (FATAL); the restart time brings us back.
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    wake::publish_worker_pid(unsafe { pg_sys::MyProcPid });
+    log!("pg_dialer worker started, serving database \"{database}\"");
+
+    let mut worker = match Worker::new() {
+        Ok(w) => w,
+        Err(e) => {
+            warning!("pg_dialer worker could not start its HTTP pool: {e}");
+            unsafe { pg_sys::proc_exit(1) };
+        }
+    };
+    worker.run();
+    wake::publish_worker_pid(0);
+    // Exit code 1 so that the postmaster restarts us after pg_terminate_backend; during a
+    // shutdown it does not restart anything.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+fn unix_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+struct Worker {
+    settings: Settings,
+    pool: Pool,
+    rebuild_pool: bool,
+    next_due: Option<Instant>,
+    next_poll_round: Instant,
+    settled_at_start: bool,
+    skipping: bool,
+    extension_seen: bool,
+}
+
+impl Worker {
+    fn new() -> std::io::Result<Worker> {
+        let settings = Settings::read();
+        let pool = Pool::new(settings.http_concurrency, settings.http_timeout)?;
+        Ok(Worker {
+            settings,
+            pool,
+            rebuild_pool: false,
+            next_due: None,
+            next_poll_round: Instant::now(),
+            settled_at_start: false,
+            skipping: false,
+            extension_seen: false,
+        })
+    }
+
+    fn run(&mut self) {
+        loop {
+            if BackgroundWorker::sigterm_received() {
+                self.shutdown();
+                return;
+            }
+            if BackgroundWorker::sighup_received() {
+                self.reload();
+            }
+            let wait = match self.iteration() {
+                Ok(wait) => wait,
+                Err(e) => {
+                    warning!("pg_dialer: tick failed: {e}");
+                    let _ = txn::run(|| tick::log_run(unix_ms(), "worker", Counts::default(), "ERROR", Some(&e.to_string())));
+                    ERROR_BACKOFF
+                }
+            };
+            if !self.wait(wait) {
+                self.shutdown();
+                return;
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        let new = Settings::read();
+        if new.http_concurrency != self.settings.http_concurrency || new.http_timeout != self.settings.http_timeout {
+            self.rebuild_pool = true;
+        }
+        self.settings = new;
+    }
+
+    /// One pass of the loop. Returns how long to sleep.
+    fn iteration(&mut self) -> Result<Duration, crate::error::DialerError> {
+        if self.rebuild_pool && self.pool.in_flight() == 0 {
+            if let Ok(pool) = Pool::new(self.settings.http_concurrency, self.settings.http_timeout) {
+                self.pool = pool;
+            }
+            self.rebuild_pool = false;
+        }
+        if !txn::run(tick::extension_ready)? {
+            if self.extension_seen {
+                log!("pg_dialer: extension dropped; waiting for CREATE EXTENSION pg_dialer");
+                self.extension_seen = false;
+            }
+            return Ok(self.settings.poll_interval);
+        }
+        self.extension_seen = true;
+        if !self.settled_at_start {
+            // Attempts left in 'dialing' by a previous worker may have reached the provider.
+            let n = txn::run(|| tick::settle_stale_dialing(0.0))?;
+            if n > 0 {
+                log!("pg_dialer: {n} attempt(s) left dialing by a previous worker are now in_doubt");
+            }
+            self.settled_at_start = true;
+        }
+
+        let started = unix_ms();
+        let finished = self.pool.drain();
+        let mut counts = self.record(finished)?;
+
+        if !self.settings.enabled {
+            return Ok(self.settings.poll_interval);
+        }
+
+        let now = Instant::now();
+        let do_poll = now >= self.next_poll_round;
+        if do_poll {
+            self.next_poll_round = now + POLL_ROUND_EVERY;
+        }
+        let settings = self.settings.clone();
+        let outcome = txn::run(|| {
+            if !tick::try_tick_lock()? {
+                return Ok(None);
+            }
+            tick::promote()?;
+            let mut cache = TargetCache::default();
+            let (jobs, unbuildable, batches) =
+                tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, &mut cache)?;
+            let polls = if do_poll {
+                tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, POLL_ROUND_LIMIT, &mut cache)?
+            } else {
+                Vec::new()
+            };
+            tick::complete_batches()?;
+            let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0)?;
+            Ok(Some((jobs, unbuildable, batches, polls, next)))
+        })?;
+
+        let Some((jobs, unbuildable, batches, polls, next_due_ms)) = outcome else {
+            if !self.skipping {
+                self.skipping = true;
+                txn::run(|| tick::log_run(started, "worker", Counts::default(), "SKIPPED_CONCURRENT", None))?;
+            }
+            return Ok(Duration::from_millis(100));
+        };
+        self.skipping = false;
+        // The claim is committed: only now may requests leave.
+        let submitted = jobs.len();
+        for job in jobs.into_iter().chain(polls) {
+            self.pool.submit(job);
+        }
+        if !unbuildable.is_empty() {
+            counts.add(txn::run(|| tick::record_outcomes(unbuildable))?);
+        }
+        counts.batches = batches;
+        if !counts.is_empty() || submitted > 0 {
+            txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))?;
+        }
+
+        self.next_due = next_due_ms.map(|ms| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64));
+        let mut wait = self.settings.poll_interval;
+        if let Some(due) = self.next_due {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
+        Ok(wait)
+    }
+
+    fn record(&mut self, results: Vec<JobResult>) -> Result<Counts, crate::error::DialerError> {
+        if results.is_empty() {
+            return Ok(Counts::default());
+        }
+        txn::run(|| {
+            let counts = tick::record_dispatch(&results)?;
+            tick::record_status(&results)?;
+            tick::complete_batches()?;
+            Ok(counts)
+        })
+    }
+
+    /// Sleeps on the latch and the HTTP pool's pipe. Returns false when it is time to exit.
+    fn wait(&mut self, timeout: Duration) -> bool {
+        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH | pg_sys::WL_SOCKET_READABLE) as i32;
+        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
+        let rc = unsafe {
+            let rc = pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, self.pool.wake_fd(), timeout_ms, pg_sys::PG_WAIT_EXTENSION);
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+            rc
+        };
+        if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+            unsafe { pg_sys::proc_exit(1) };
+        }
+        pgrx::check_for_interrupts!();
+        true
+    }
+
+    /// SIGTERM: let requests in flight finish (or time out) and record them before exit.
+    fn shutdown(&mut self) {
+        let deadline = Instant::now() + self.settings.http_timeout + Duration::from_secs(1);
+        let results = self.pool.wait_all(deadline);
+        if let Err(e) = self.record(results) {
+            warning!("pg_dialer: could not record requests in flight at shutdown: {e}");
+        }
+        log!("pg_dialer worker stopping");
+    }
+}
