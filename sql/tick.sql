@@ -21,14 +21,14 @@ END $$;
 
 -- Batches with work due now: queued contacts due, a free concurrency slot, a due pacing slot,
 -- and no provider back-off in force. Seed order: oldest first (priority before that).
-CREATE FUNCTION dialer._due_batches(p_now timestamptz, p_limit integer)
+CREATE FUNCTION dialer._due_batches(p_now timestamptz, p_limit integer, p_lead interval DEFAULT '0')
 RETURNS TABLE (batch_id bigint, agency_id bigint, agent_mapping_id bigint)
 LANGUAGE sql STABLE AS $$
     SELECT b.id, b.agency_id, b.agent_mapping_id
       FROM dialer.call_batches b
      WHERE b.status = 'processing'
        AND b.in_progress_count < b.max_concurrent
-       AND (b.next_slot_at IS NULL OR b.next_slot_at <= p_now)
+       AND (b.next_slot_at IS NULL OR b.next_slot_at <= p_now + p_lead)
        AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
        AND EXISTS (SELECT 1 FROM dialer.campaign_contacts c
                     WHERE c.batch_id = b.id AND c.status = 'queued'
@@ -38,13 +38,16 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Step 2: claim up to p_budget contacts of one batch, within its pacing and concurrency.
--- Pacing: calls are spaced 60000 / calls_per_minute ms apart (next_slot_at), catching up at most
--- one slot after an idle spell, and never more than calls_per_minute claims in the last 60 s.
+-- Pacing: calls are spaced 60000 / calls_per_minute ms apart (next_slot_at), and never more than
+-- calls_per_minute claims in the last 60 s.
+-- Slots up to p_lead ahead may be claimed: each row carries its slot time (slot_at_ms) and the
+-- request is held until then, so a worker waking a little late or early does not bunch calls.
 -- The claimed contacts go in_progress with attempts + 1 and a `calls` row in 'dialing' carrying
 -- the idempotency key; all of it commits before any request is sent.
-CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer)
+CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer,
+    p_lead interval DEFAULT '0')
 RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
-               lead_ref text, source text, attempts integer, idempotency_key text)
+               lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     b dialer.call_batches;
@@ -60,13 +63,14 @@ BEGIN
         RETURN;
     END IF;
     spacing := make_interval(secs => 60.0 / b.calls_per_minute);
+    -- A slot already past is taken as now: catching up would put two calls closer than spacing.
     slot := b.next_slot_at;
-    IF slot IS NULL OR slot < p_now - spacing THEN
+    IF slot IS NULL OR slot < p_now THEN
         slot := p_now;
-    ELSIF slot > p_now THEN
+    ELSIF slot > p_now + p_lead THEN
         RETURN;
     END IF;
-    n := 1 + floor(extract(epoch FROM (p_now - slot)) / extract(epoch FROM spacing))::integer;
+    n := 1 + floor(extract(epoch FROM (p_now + p_lead - slot)) / extract(epoch FROM spacing))::integer;
     n := least(n, b.max_concurrent - b.in_progress_count, p_budget);
     IF n > 1 OR b.calls_per_minute <= 60 THEN
         SELECT count(*) INTO recent FROM dialer.calls k
@@ -89,17 +93,19 @@ BEGIN
         UPDATE dialer.campaign_contacts c
            SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL
           FROM picked WHERE c.id = picked.id
-        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts
+        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority
     ), new_calls AS (
+        -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
         INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at)
         SELECT cc.id, b.id, b.agency_id, m.provider,
-               format('pgd-%s-%s-%s', b.id, cc.id, cc.attempts), 'dialing', p_now
+               format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now
           FROM claimed_contacts cc, dialer.agent_mappings m
          WHERE m.id = b.agent_mapping_id
         RETURNING id, calls.contact_id, calls.idempotency_key
     )
     SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
-           nc.idempotency_key
+           nc.idempotency_key,
+           extract(epoch FROM slot + spacing * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000
       FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
 
     GET DIAGNOSTICS claimed = ROW_COUNT;

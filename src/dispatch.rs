@@ -22,6 +22,8 @@ pub enum JobKind {
 pub struct Job {
     pub kind: JobKind,
     pub request: HttpRequest,
+    /// Hold the request until this unix time (ms): its pacing slot.
+    pub not_before_ms: Option<f64>,
 }
 
 pub struct JobResult {
@@ -70,6 +72,12 @@ impl Pool {
                             Err(_) => return,
                         }
                     };
+                    if let Some(at) = job.not_before_ms {
+                        let early_ms = at - unix_ms();
+                        if early_ms > 0.0 {
+                            std::thread::sleep(Duration::from_micros((early_ms.min(1000.0) * 1000.0) as u64));
+                        }
+                    }
                     let sent_at_ms = unix_ms();
                     let started = Instant::now();
                     let result = send(&agent, &job.request);

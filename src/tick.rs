@@ -9,6 +9,10 @@ use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
+/// Pacing slots this close ahead are claimed now and their requests held until the slot, so
+/// that the worker's wake-up jitter does not shift calls (see `_claim_batch`).
+pub const CLAIM_LEAD_MS: f64 = 25.0;
+
 /// Key of the advisory lock that keeps ticks from overlapping ("pg_dialer" in ASCII).
 pub const TICK_LOCK_KEY: i64 = 0x70675f6469616c;
 
@@ -226,9 +230,10 @@ fn set_batch_error(batch_id: i64, error: &str) -> Result<(), DialerError> {
 pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
     let due: Vec<(i64, i64, i64)> = Spi::connect(|client| {
         let table = client.select(
-            "SELECT batch_id, agency_id, agent_mapping_id FROM dialer._due_batches(clock_timestamp(), $1)",
+            "SELECT batch_id, agency_id, agent_mapping_id
+               FROM dialer._due_batches(clock_timestamp(), $1, make_interval(secs => $2 / 1000.0))",
             None,
-            &[max_batches.into()],
+            &[max_batches.into(), CLAIM_LEAD_MS.into()],
         )?;
         let mut out = Vec::new();
         for r in table {
@@ -259,7 +264,7 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
         for spec in specs {
             let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
             match providers::build_call_request(&target, &spec) {
-                Ok(request) => jobs.push(Job { kind, request }),
+                Ok(request) => jobs.push(Job { kind, request, not_before_ms: Some(spec.slot_at_ms) }),
                 Err(error) => unbuildable.push(failed_build_json(spec.call_id, &error)),
             }
         }
@@ -270,10 +275,10 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
 fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError> {
     Spi::connect_mut(|client| {
         let table = client.update(
-            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key
-               FROM dialer._claim_batch($1, clock_timestamp(), $2)",
+            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms
+               FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0))",
             None,
-            &[batch_id.into(), budget.into()],
+            &[batch_id.into(), budget.into(), CLAIM_LEAD_MS.into()],
         )?;
         let mut out = Vec::new();
         for r in table {
@@ -286,6 +291,7 @@ fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError>
                 variables: r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_else(|| json!({})),
                 lead_ref: r.get::<String>(6)?,
                 idempotency_key: r.get::<String>(7)?.unwrap_or_default(),
+                slot_at_ms: r.get::<f64>(8)?.unwrap_or(0.0),
             });
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -378,7 +384,7 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
     for (call_id, agency_id, provider, provider_call_id) in rows {
         let Some(creds) = cache.credentials(agency_id, &provider)? else { continue };
         if let Ok(request) = providers::build_status_request(&provider, &creds, &provider_call_id) {
-            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request });
+            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request, not_before_ms: None });
         }
     }
     Ok(jobs)

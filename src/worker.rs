@@ -184,7 +184,9 @@ impl Worker {
         self.next_due = next_due_ms.map(|ms| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64));
         let mut wait = self.settings.poll_interval;
         if let Some(due) = self.next_due {
-            wait = wait.min(due.saturating_duration_since(Instant::now()));
+            // Wake a little before the slot: the claim may take slots up to CLAIM_LEAD_MS ahead.
+            let lead = Duration::from_micros((tick::CLAIM_LEAD_MS * 500.0) as u64);
+            wait = wait.min(due.saturating_duration_since(Instant::now() + lead));
         }
         Ok(wait)
     }

@@ -16,6 +16,8 @@ pub struct CallSpec {
     pub variables: Value,
     pub lead_ref: Option<String>,
     pub idempotency_key: String,
+    /// The pacing slot (unix ms) this call was claimed for; it is not sent earlier.
+    pub slot_at_ms: f64,
 }
 
 /// The agent mapping and credentials of a batch, read once per tick.

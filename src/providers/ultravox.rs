@@ -121,6 +121,7 @@ mod tests {
             variables: json!({"plan": "gold"}),
             lead_ref: None,
             idempotency_key: "pgd-3-42-1".into(),
+            slot_at_ms: 0.0,
         }
     }
 

@@ -1,0 +1,238 @@
+//! Integration-test harness: a throwaway Postgres 15 cluster with pg_dialer preloaded (the
+//! extension installed by `cargo pgrx install`), real connections, and the provider simulator
+//! in-process on loopback.
+
+use postgres::{Client, NoTls};
+use provider_sim::{SimConfig, Simulator};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use provider_sim;
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const API_KEY: &str = "sk-test-3f9a1c77e2";
+
+fn running_as_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a Postgres program, as `postgres` when we are root (Postgres refuses root).
+fn pg_command(program: &str) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(55432)
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// initdb + start, with `shared_preload_libraries = 'pg_dialer'` and the given extra settings.
+    pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("pg_dialer_it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create cluster dir");
+        if running_as_root() {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().map(|s| s.success());
+            assert_eq!(ok.ok(), Some(true), "chown {dir:?} to postgres");
+        }
+        let data = dir.join("data");
+        let out = pg_command("initdb")
+            .args(["-D", path_str(&data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'pg_dialer'\ndialer.database = 'postgres'\n\
+             dialer.status_poll_interval = '300ms'\ndialer.http_timeout = '5s'\n\
+             fsync = off\nsynchronous_commit = off\nlog_min_messages = warning\nlog_line_prefix = '%m [%p] %b '\n",
+            path_str(&dir)
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        cluster
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let data = self.data();
+        let log = self.dir.join("server.log");
+        let out = pg_command("pg_ctl")
+            .args(["-D", path_str(&data), "-l", path_str(&log)])
+            .args(args)
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log()
+        );
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn connect(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port), NoTls) {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot connect to test cluster: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = pg_command("pg_ctl").args(["-D", path_str(&data), "stop", "-m", "immediate", "-w"]).output();
+        if std::thread::panicking() {
+            eprintln!("--- server log of {:?} ---\n{}", self.dir, self.server_log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// Polls `cond` until it returns Some or the deadline passes (then panics with `what`).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A cluster with the extension created, a simulator, and one agency + Ultravox agent wired to it.
+pub struct Scenario {
+    pub sim: Simulator,
+    pub db: Client,
+    pub agency_id: i64,
+    pub mapping_id: i64,
+    // Dropped last: the cluster outlives the connection.
+    pub cluster: Cluster,
+}
+
+impl Scenario {
+    pub fn new(name: &str, sim_config: SimConfig, extra_conf: &[&str]) -> Scenario {
+        let sim = Simulator::start(sim_config, 0).expect("start simulator");
+        let cluster = Cluster::start(name, extra_conf);
+        let mut db = cluster.connect();
+        db.batch_execute("CREATE EXTENSION pg_dialer").expect("create extension");
+        let agency_id: i64 = db.query_one("SELECT dialer.create_agency('Acme Loans', 'America/New_York')", &[]).unwrap().get(0);
+        db.execute(
+            "SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)",
+            &[&agency_id, &API_KEY, &sim.base_url()],
+        )
+        .unwrap();
+        let mapping_id: i64 = db
+            .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', 'agent-ava', 'Ava')", &[&agency_id])
+            .unwrap()
+            .get(0);
+        Scenario { sim, db, agency_id, mapping_id, cluster }
+    }
+
+    pub fn sim_config(min_ms: u64, max_ms: u64) -> SimConfig {
+        SimConfig {
+            api_key: Some(API_KEY.to_string()),
+            call_duration_ms_min: min_ms,
+            call_duration_ms_max: max_ms,
+            ..SimConfig::default()
+        }
+    }
+
+    pub fn batch(&mut self, name: &str, cpm: i32, max_concurrent: i32, max_attempts: i32) -> i64 {
+        self.db
+            .query_one(
+                "SELECT dialer.create_batch($1, $2, $3, $4, $5, NULL, $6)",
+                &[&self.agency_id, &self.mapping_id, &name, &cpm, &max_concurrent, &max_attempts],
+            )
+            .unwrap()
+            .get(0)
+    }
+
+    /// Adds `n` contacts numbered from `first` (E.164, +1555…).
+    pub fn add_numbers(&mut self, batch: i64, numbers: &[String]) -> i32 {
+        let contacts: Vec<serde_json::Value> = numbers
+            .iter()
+            .enumerate()
+            .map(|(i, n)| serde_json::json!({"phone_number": n, "name": format!("Lead {i}"), "variables": {"idx": i}}))
+            .collect();
+        self.db
+            .query_one("SELECT dialer.add_contacts($1, $2)", &[&batch, &serde_json::Value::Array(contacts)])
+            .unwrap()
+            .get(0)
+    }
+
+    pub fn wake(&mut self) {
+        self.db.execute("SELECT dialer.wake()", &[]).unwrap();
+    }
+
+    pub fn batch_status(&mut self, batch: i64) -> String {
+        self.db.query_one("SELECT status FROM dialer.call_batches WHERE id = $1", &[&batch]).unwrap().get(0)
+    }
+
+    pub fn wait_batch_completed(&mut self, batch: i64, timeout: Duration) {
+        let db = &mut self.db;
+        wait_for(&format!("batch {batch} to complete"), timeout, || {
+            let s: String = db.query_one("SELECT status FROM dialer.call_batches WHERE id = $1", &[&batch]).ok()?.get(0);
+            (s == "completed").then_some(())
+        });
+    }
+
+    pub fn worker_pid(&mut self) -> Option<i32> {
+        self.db
+            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type LIKE '%pg_dialer%'", &[])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    }
+}
+
+pub fn numbers(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
+}

@@ -1,0 +1,220 @@
+//! The Foundation slice end to end: worker + real cluster + simulator over loopback.
+//! Every assertion about dialing is made from the simulator's own request log.
+
+use pg_dialer_integration::provider_sim::{Provider, Rule};
+use pg_dialer_integration::{numbers, wait_for, Scenario, API_KEY};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+fn posts_to_calls(s: &Scenario) -> Vec<pg_dialer_integration::provider_sim::RequestRecord> {
+    s.sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.provider == Provider::Ultravox && r.method == "POST" && r.path == "/api/calls")
+        .collect()
+}
+
+#[test]
+fn fifty_contacts_at_600_per_minute_are_each_dialed_once_and_the_batch_completes() {
+    let mut s = Scenario::new("fifty", Scenario::sim_config(200, 400), &[]);
+    let batch = s.batch("fifty", 600, 20, 3);
+    let nums = numbers("+1555010", 50);
+    assert_eq!(s.add_numbers(batch, &nums), 50);
+    s.wake();
+    s.wait_batch_completed(batch, Duration::from_secs(60));
+
+    let posts = posts_to_calls(&s);
+    assert_eq!(posts.len(), 50, "one POST per contact");
+    let dialed: HashSet<String> = posts.iter().filter_map(|p| p.to.clone()).collect();
+    assert_eq!(dialed, nums.iter().cloned().collect::<HashSet<_>>(), "every number exactly once");
+
+    let rows = s
+        .db
+        .query(
+            "SELECT c.id, c.phone_number, c.status, c.attempts, k.provider_call_id, k.idempotency_key, k.status, k.request
+               FROM dialer.campaign_contacts c JOIN dialer.calls k ON k.id = c.call_id WHERE c.batch_id = $1",
+            &[&batch],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 50);
+    let by_number: HashMap<String, _> = posts.iter().map(|p| (p.to.clone().unwrap_or_default(), p)).collect();
+    for row in rows {
+        let contact_id: i64 = row.get(0);
+        let phone: String = row.get(1);
+        let status: String = row.get(2);
+        let attempts: i32 = row.get(3);
+        let provider_call_id: Option<String> = row.get(4);
+        let key: String = row.get(5);
+        let call_status: String = row.get(6);
+        let request: Value = row.get(7);
+        assert_eq!((status.as_str(), attempts, call_status.as_str()), ("completed", 1, "ended"), "{phone}");
+        let post = by_number[&phone];
+        assert!(post.auth_ok, "X-API-Key sent");
+        assert_eq!(post.status, Some(201));
+        assert_eq!(provider_call_id, post.call_id, "callId stored on the calls row");
+        let body = &post.body;
+        assert_eq!(body["medium"]["telnyx"]["destinationPhoneNumber"], phone.as_str());
+        assert_eq!(body["firstSpeaker"], "FIRST_SPEAKER_AGENT");
+        assert_eq!(body["agentId"], "agent-ava");
+        assert_eq!(body["metadata"]["batch_id"], batch.to_string());
+        assert_eq!(body["metadata"]["contact_id"], contact_id.to_string());
+        assert_eq!(body["metadata"]["idempotency_key"], key.as_str());
+        assert!(body["templateContext"]["idx"].is_number());
+        assert!(!request.to_string().contains(API_KEY), "no key in calls.request");
+    }
+    let counters = s
+        .db
+        .query_one(
+            "SELECT total_contacts, queued_count, in_progress_count, completed_count, failed_count
+               FROM dialer.batch_progress WHERE batch_id = $1",
+            &[&batch],
+        )
+        .unwrap();
+    let c: (i32, i32, i32, i32, i32) = (counters.get(0), counters.get(1), counters.get(2), counters.get(3), counters.get(4));
+    assert_eq!(c, (50, 0, 0, 50, 0));
+    let runs: i64 = s.db.query_one("SELECT count(*) FROM dialer.runs WHERE mode = 'worker' AND status = 'COMPLETED'", &[]).unwrap().get(0);
+    assert!(runs > 0, "ticks are logged in runs");
+}
+
+#[test]
+fn pacing_at_120_per_minute_and_max_concurrent_hold_at_the_provider() {
+    let mut s = Scenario::new("pacing", Scenario::sim_config(1800, 2200), &[]);
+    let batch = s.batch("paced", 120, 3, 3);
+    let nums = numbers("+1555020", 12);
+    s.add_numbers(batch, &nums);
+    s.wake();
+    s.wait_batch_completed(batch, Duration::from_secs(90));
+
+    let posts = posts_to_calls(&s);
+    assert_eq!(posts.len(), 12);
+    let mut times: Vec<i64> = posts.iter().map(|p| p.received_at_us).collect();
+    times.sort();
+    let min_gap_us = times.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(i64::MAX);
+    // 60000 / 120 = 500 ms between calls; a few ms of jitter allowed.
+    assert!(min_gap_us >= 495_000, "two POSTs only {min_gap_us} µs apart");
+    let calls = s.sim.calls();
+    let peak = pg_dialer_integration::provider_sim::max_concurrent_calls(calls.iter());
+    assert!(peak <= 3, "{peak} calls at once, max_concurrent is 3");
+    assert_eq!(peak, 3, "the limit is reached, so it is what held the rate");
+}
+
+#[test]
+fn a_429_requeues_and_redials_after_retry_after_and_a_500_fails_the_contact() {
+    let mut s = Scenario::new("errors", Scenario::sim_config(100, 200), &[]);
+    s.sim.set_rules(vec![
+        Rule::new("+15550300001").status(429).retry_after_secs(2).times(1),
+        Rule::new("+15550300002").status(500).message("agent overloaded"),
+    ]);
+    let limited = s.batch("limited", 600, 5, 3);
+    s.add_numbers(limited, &["+15550300001".to_string()]);
+    let failing = s.batch("failing", 600, 5, 1);
+    s.add_numbers(failing, &["+15550300002".to_string()]);
+    s.wake();
+
+    // The 429: back to queued (not an attempt), then dialed again after Retry-After.
+    let db = &mut s.db;
+    wait_for("the 429 to be recorded", Duration::from_secs(20), || {
+        let row = db
+            .query_one("SELECT status, attempts FROM dialer.campaign_contacts WHERE phone_number = '+15550300001'", &[])
+            .ok()?;
+        let (st, attempts): (String, i32) = (row.get(0), row.get(1));
+        let rl: i64 = db.query_one("SELECT count(*) FROM dialer.calls WHERE status = 'rate_limited'", &[]).ok()?.get(0);
+        (rl == 1).then_some((st, attempts))
+    });
+    s.wait_batch_completed(limited, Duration::from_secs(30));
+    let posts: Vec<_> = posts_to_calls(&s).into_iter().filter(|p| p.to.as_deref() == Some("+15550300001")).collect();
+    assert_eq!(posts.len(), 2, "one 429, one redial");
+    assert_eq!(posts[0].status, Some(429));
+    assert_eq!(posts[1].status, Some(201));
+    let gap = posts[1].received_at_us - posts[0].received_at_us;
+    assert!(gap >= 1_990_000, "redialed {gap} µs after a Retry-After of 2 s");
+    let status: String = s.db.query_one("SELECT status FROM dialer.campaign_contacts WHERE phone_number = '+15550300001'", &[]).unwrap().get(0);
+    assert_eq!(status, "completed");
+
+    // The 500: failed with the error text, counted on the batch.
+    s.wait_batch_completed(failing, Duration::from_secs(30));
+    let row = s
+        .db
+        .query_one("SELECT status, last_error FROM dialer.campaign_contacts WHERE phone_number = '+15550300002'", &[])
+        .unwrap();
+    let (st, err): (String, Option<String>) = (row.get(0), row.get(1));
+    assert_eq!(st, "failed");
+    let err = err.unwrap_or_default();
+    assert!(err.contains("500") && err.contains("agent overloaded"), "{err}");
+    let failed: i32 = s.db.query_one("SELECT failed_count FROM dialer.call_batches WHERE id = $1", &[&failing]).unwrap().get(0);
+    assert_eq!(failed, 1);
+}
+
+#[test]
+fn process_batches_from_a_session_returns_the_seed_shapes() {
+    // The worker stays out of the way: dialer.enabled = off.
+    let mut s = Scenario::new("fn", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
+    let v: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
+    assert_eq!(v, serde_json::json!({"processed": 0, "message": "No batches to process"}));
+
+    let batch = s.batch("manual", 1, 5, 3);
+    s.add_numbers(batch, &numbers("+1555040", 3));
+    let v: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
+    assert_eq!(v, serde_json::json!({"batches_processed": 1, "calls_initiated": 1, "calls_failed": 0}));
+    assert_eq!(posts_to_calls(&s).len(), 1, "1 call per minute: one slot now");
+
+    // A tick already running elsewhere: the loser says so and records it.
+    let mut holder = s.cluster.connect();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock(x'70675f6469616c'::bigint)", &[]).unwrap();
+    let v: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
+    assert_eq!(v, serde_json::json!({"status": "SKIPPED_CONCURRENT"}));
+    tx.rollback().unwrap();
+    let (mode, status): (String, String) = {
+        let r = s.db.query_one("SELECT mode, status FROM dialer.runs ORDER BY id DESC LIMIT 1", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((mode.as_str(), status.as_str()), ("function", "SKIPPED_CONCURRENT"));
+}
+
+#[test]
+fn the_worker_comes_back_after_pg_terminate_backend_and_finishes_the_batch() {
+    let mut s = Scenario::new("restart", Scenario::sim_config(200, 300), &[]);
+    let batch = s.batch("restart", 300, 10, 3);
+    let nums = numbers("+1555050", 20);
+    s.add_numbers(batch, &nums);
+    let first_pid = wait_for("the worker", Duration::from_secs(20), || s.worker_pid());
+    s.wake();
+    wait_for("a few calls", Duration::from_secs(20), || (posts_to_calls(&s).len() >= 3).then_some(()));
+    let killed: bool = s.db.query_one("SELECT pg_terminate_backend($1)", &[&first_pid]).unwrap().get(0);
+    assert!(killed);
+    let second_pid = wait_for("a new worker", Duration::from_secs(20), || s.worker_pid().filter(|p| *p != first_pid));
+    assert_ne!(first_pid, second_pid);
+    s.wait_batch_completed(batch, Duration::from_secs(60));
+    let posts = posts_to_calls(&s);
+    let mut seen = HashSet::new();
+    for p in &posts {
+        assert!(seen.insert(p.to.clone()), "{:?} dialed twice", p.to);
+    }
+    assert_eq!(seen.len(), 20);
+}
+
+#[test]
+fn bad_input_over_a_real_connection_gets_sqlstates_and_writes_nothing() {
+    let mut s = Scenario::new("badinput", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
+    let (agency, mapping) = (s.agency_id, s.mapping_id);
+    let batch = s.batch("b", 10, 2, 3);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15550000001\"}},{{\"phone_number\":\"0044 20 7946\"}}]')"), "22023", "contacts[1].phone_number"),
+        (format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15550000001\"}},\"oops\"]')"), "22P02", "contacts[1] must be a JSON object"),
+        (format!("SELECT dialer.create_batch({agency}, {mapping}, 'x', 0)"), "22023", "calls_per_minute"),
+        (format!("SELECT dialer.create_batch({agency}, {mapping}, 'x', -5)"), "22023", "calls_per_minute"),
+        ("SELECT dialer.add_contacts(987654, '[]')".to_string(), "P0002", "batch 987654 does not exist"),
+        (format!("SELECT dialer.create_batch(55555, {mapping}, 'x')"), "P0002", "agency 55555 does not exist"),
+    ];
+    for (sql, code, text) in cases {
+        let err = s.db.batch_execute(&sql).expect_err(&sql);
+        let db_err = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db_err.code().code(), code, "{sql}: {}", db_err.message());
+        assert!(db_err.message().contains(text), "{sql}: {}", db_err.message());
+    }
+    let contacts: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts", &[]).unwrap().get(0);
+    let batches: i64 = s.db.query_one("SELECT count(*) FROM dialer.call_batches", &[]).unwrap().get(0);
+    assert_eq!((contacts, batches), (0, 1));
+}

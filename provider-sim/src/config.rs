@@ -1,0 +1,370 @@
+//! Simulator knobs ([`SimConfig`]) and deterministic fault rules ([`Rule`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// Which provider API a request or call belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Ultravox,
+    Twilio,
+    Generic,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Ultravox => "ultravox",
+            Provider::Twilio => "twilio",
+            Provider::Generic => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// All behaviour knobs. `Default` = no faults, no latency, calls last 2000..=4000 ms, no API key.
+///
+/// Serializing never includes `api_key` (nor `log_file`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SimConfig {
+    /// Fixed delay before answering a POST that creates a call.
+    pub latency_ms: u64,
+    /// Extra uniform random delay in `0..=latency_jitter_ms` added to `latency_ms`.
+    pub latency_jitter_ms: u64,
+    /// Fraction (0..=1) of create POSTs answered 500.
+    pub error_rate: f64,
+    /// Fraction (0..=1) of create POSTs answered 429 with `Retry-After`.
+    pub rate_limit_rate: f64,
+    /// `Retry-After` value for random 429s (and rules that give none).
+    pub retry_after_secs: u64,
+    /// Fraction (0..=1) of create POSTs held for `hang_secs` without an answer.
+    pub hang_rate: f64,
+    /// How long a hung request is held (then answered 504 if the client is still there).
+    pub hang_secs: u64,
+    /// Fraction (0..=1) of create POSTs whose TCP connection is closed without an answer.
+    pub drop_rate: f64,
+    /// Simulated call length (created → ended), uniform in `min..=max` ms.
+    pub call_duration_ms_min: u64,
+    pub call_duration_ms_max: u64,
+    /// `None` = accept any key. Never serialized.
+    #[serde(skip_serializing)]
+    pub api_key: Option<String>,
+    /// When set, Twilio requests must use this AccountSid (path and basic-auth user).
+    pub twilio_account_sid: Option<String>,
+    /// Deterministic rules, first match wins.
+    pub rules: Vec<Rule>,
+    /// Most request records kept in memory (oldest dropped first). The `--log` file keeps all.
+    pub log_capacity: usize,
+    /// JSON-lines request log file; fixed at start, ignored by run-time updates.
+    #[serde(skip)]
+    pub log_file: Option<PathBuf>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            error_rate: 0.0,
+            rate_limit_rate: 0.0,
+            retry_after_secs: 1,
+            hang_rate: 0.0,
+            hang_secs: 3600,
+            drop_rate: 0.0,
+            call_duration_ms_min: 2000,
+            call_duration_ms_max: 4000,
+            api_key: None,
+            twilio_account_sid: None,
+            rules: Vec::new(),
+            log_capacity: 1_000_000,
+            log_file: None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Checks ranges; returns a human-readable reason on failure.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("error_rate", self.error_rate),
+            ("rate_limit_rate", self.rate_limit_rate),
+            ("hang_rate", self.hang_rate),
+            ("drop_rate", self.drop_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name} must be between 0 and 1, got {v}"));
+            }
+        }
+        if self.call_duration_ms_min > self.call_duration_ms_max {
+            return Err(format!(
+                "call_duration_ms_min ({}) > call_duration_ms_max ({})",
+                self.call_duration_ms_min, self.call_duration_ms_max
+            ));
+        }
+        if self.log_capacity == 0 {
+            return Err("log_capacity must be at least 1".into());
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            r.validate().map_err(|e| format!("rules[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes an arbitrary config valid (clamps rates, orders the duration range).
+    pub(crate) fn sanitize(&mut self) {
+        for v in [
+            &mut self.error_rate,
+            &mut self.rate_limit_rate,
+            &mut self.hang_rate,
+            &mut self.drop_rate,
+        ] {
+            *v = if v.is_finite() {
+                v.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+        }
+        if self.call_duration_ms_min > self.call_duration_ms_max {
+            std::mem::swap(
+                &mut self.call_duration_ms_min,
+                &mut self.call_duration_ms_max,
+            );
+        }
+        self.log_capacity = self.log_capacity.max(1);
+        self.rules.retain(|r| r.validate().is_ok());
+    }
+
+    /// Applies a partial JSON update (`{"error_rate":0.1,"rules":[...]}`); unknown keys are errors.
+    /// `"api_key"` may be a string or null. Nothing changes unless the whole update is valid.
+    pub fn apply_json(&mut self, patch: &Value) -> Result<(), String> {
+        let obj = patch
+            .as_object()
+            .ok_or_else(|| "config update must be a JSON object".to_string())?;
+        let mut cur = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
+        let mut api_key = self.api_key.clone();
+        let cur_obj = cur
+            .as_object_mut()
+            .ok_or_else(|| "internal: config is not an object".to_string())?;
+        for (k, v) in obj {
+            match k.as_str() {
+                "api_key" => {
+                    api_key = match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(s.clone()),
+                        _ => return Err("api_key must be a string or null".into()),
+                    }
+                }
+                "api_key_set" => {} // echo of our own output; ignore
+                "call_duration_ms" => {
+                    let s = v.as_str().ok_or_else(|| {
+                        "call_duration_ms must be a string like \"200..400\"".to_string()
+                    })?;
+                    let (a, b) = parse_duration_range(s)?;
+                    cur_obj.insert("call_duration_ms_min".into(), a.into());
+                    cur_obj.insert("call_duration_ms_max".into(), b.into());
+                }
+                _ if cur_obj.contains_key(k) => {
+                    cur_obj.insert(k.clone(), v.clone());
+                }
+                _ => return Err(format!("unknown config field `{k}`")),
+            }
+        }
+        let mut next: SimConfig = serde_json::from_value(cur).map_err(|e| e.to_string())?;
+        next.api_key = api_key;
+        next.log_file = self.log_file.clone();
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// The config as JSON without the key, plus `"api_key_set": bool`.
+    pub fn public_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("api_key_set".into(), Value::Bool(self.api_key.is_some()));
+        }
+        v
+    }
+}
+
+/// Parses `"MIN..MAX"`, `"MIN..=MAX"`, `"MIN-MAX"` or a single `"N"` (milliseconds).
+pub fn parse_duration_range(s: &str) -> Result<(u64, u64), String> {
+    let s = s.trim();
+    let parts: Option<(&str, &str)> = s
+        .split_once("..=")
+        .or_else(|| s.split_once(".."))
+        .or_else(|| s.split_once('-'));
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("bad duration `{x}` in `{s}` (want MIN..MAX in ms)"))
+    };
+    let (a, b) = match parts {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let n = num(s)?;
+            (n, n)
+        }
+    };
+    if a > b {
+        return Err(format!("duration range `{s}`: MIN > MAX"));
+    }
+    Ok((a, b))
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A deterministic behaviour for create requests to one destination number.
+///
+/// First matching rule wins; it is consumed after `times` matches (absent = forever).
+/// A matching rule decides the outcome alone: random faults are not applied on top.
+/// Outcome precedence: `drop_connection`, then `hang`, then `status` >= 400
+/// (429 gets `Retry-After`), else the call is created (with `duration_ms`/`end_reason`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Destination number to match exactly; absent = every number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Restrict to one provider; absent = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hang: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hang_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drop_connection: bool,
+    /// Overrides the configured latency for matching requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// e.g. "hangup" (default), "voicemail", "unjoined", "busy", "no-answer", "failed".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    /// Remaining uses; absent = forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
+}
+
+impl Rule {
+    /// A rule matching `to` that (until more is set) just creates the call normally.
+    pub fn new(to: impl Into<String>) -> Rule {
+        Rule {
+            to: Some(to.into()),
+            ..Rule::default()
+        }
+    }
+    pub fn status(mut self, status: u16) -> Rule {
+        self.status = Some(status);
+        self
+    }
+    pub fn retry_after_secs(mut self, secs: u64) -> Rule {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+    pub fn message(mut self, msg: impl Into<String>) -> Rule {
+        self.message = Some(msg.into());
+        self
+    }
+    pub fn hang(mut self) -> Rule {
+        self.hang = true;
+        self
+    }
+    pub fn hang_secs(mut self, secs: u64) -> Rule {
+        self.hang = true;
+        self.hang_secs = Some(secs);
+        self
+    }
+    pub fn drop_connection(mut self) -> Rule {
+        self.drop_connection = true;
+        self
+    }
+    pub fn latency_ms(mut self, ms: u64) -> Rule {
+        self.latency_ms = Some(ms);
+        self
+    }
+    pub fn duration_ms(mut self, ms: u64) -> Rule {
+        self.duration_ms = Some(ms);
+        self
+    }
+    pub fn end_reason(mut self, reason: impl Into<String>) -> Rule {
+        self.end_reason = Some(reason.into());
+        self
+    }
+    pub fn times(mut self, n: u32) -> Rule {
+        self.times = Some(n);
+        self
+    }
+    pub fn provider(mut self, p: Provider) -> Rule {
+        self.provider = Some(p);
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.status {
+            if !(200..=599).contains(&s) {
+                return Err(format!("status {s} out of range 200..=599"));
+            }
+        }
+        if self.times == Some(0) {
+            return Err("times must be at least 1 (omit it for forever)".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn matches(&self, provider: Provider, to: &str) -> bool {
+        self.to.as_deref().is_none_or(|t| t == to) && self.provider.is_none_or(|p| p == provider)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn partial_update_and_unknown_field() {
+        let mut c = SimConfig::default();
+        c.apply_json(&json!({"error_rate": 0.5, "api_key": "k", "rules": [{"to": "+1", "status": 429, "times": 1}]}))
+            .unwrap();
+        assert_eq!(c.error_rate, 0.5);
+        assert_eq!(c.api_key.as_deref(), Some("k"));
+        assert_eq!(c.rules.len(), 1);
+        assert!(c.apply_json(&json!({"eror_rate": 0.5})).is_err());
+        assert!(c.apply_json(&json!({"error_rate": 2.0})).is_err());
+        assert_eq!(c.error_rate, 0.5);
+        let pub_json = c.public_json().to_string();
+        assert!(!pub_json.contains("\"k\""), "{pub_json}");
+        assert!(pub_json.contains("\"api_key_set\":true"));
+        c.apply_json(&json!({"call_duration_ms": "100..200"}))
+            .unwrap();
+        assert_eq!((c.call_duration_ms_min, c.call_duration_ms_max), (100, 200));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_duration_range("2000..4000").unwrap(), (2000, 4000));
+        assert_eq!(parse_duration_range("5..=6").unwrap(), (5, 6));
+        assert_eq!(parse_duration_range("7").unwrap(), (7, 7));
+        assert!(parse_duration_range("9..1").is_err());
+        assert!(parse_duration_range("x").is_err());
+    }
+}

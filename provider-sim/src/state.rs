@@ -1,0 +1,466 @@
+//! Shared simulator state: config, request log, created calls, fault decisions.
+
+use crate::config::{Provider, SimConfig};
+use crate::log::{Clock, RequestLog};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A call created by the simulator (as listed by `GET /_sim/calls`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SimCall {
+    pub call_id: String,
+    pub provider: Provider,
+    pub to: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Metadata sent at creation (`Value::Null` if none).
+    #[serde(default)]
+    pub metadata: Value,
+    pub created_at_us: i64,
+    /// When the callee "answers" (20% into the call); `None` if the call never connects.
+    #[serde(default)]
+    pub joined_at_us: Option<i64>,
+    /// Scheduled end (created + simulated duration).
+    pub ended_at_us: i64,
+    /// "hangup" by default; a rule can choose another ("voicemail", "unjoined", "busy", ...).
+    pub end_reason: String,
+}
+
+impl SimCall {
+    /// `metadata.batch_id` as a string, if present.
+    pub fn batch_id(&self) -> Option<String> {
+        match self.metadata.get("batch_id")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+    /// True while `created_at_us <= t < ended_at_us`.
+    pub fn active_at(&self, t_us: i64) -> bool {
+        self.created_at_us <= t_us && t_us < self.ended_at_us
+    }
+}
+
+/// Greatest number of calls simultaneously in progress (a call ending at `t` does not
+/// overlap one created at `t`).
+pub fn max_concurrent_calls<'a>(calls: impl IntoIterator<Item = &'a SimCall>) -> usize {
+    let mut ev: Vec<(i64, i32)> = Vec::new();
+    for c in calls {
+        ev.push((c.created_at_us, 1));
+        ev.push((c.ended_at_us, -1));
+    }
+    ev.sort_unstable(); // -1 sorts before +1 at equal times
+    let (mut cur, mut max) = (0i64, 0i64);
+    for (_, d) in ev {
+        cur += d as i64;
+        max = max.max(cur);
+    }
+    max as usize
+}
+
+/// End reasons meaning the callee never answered.
+pub(crate) fn never_connects(end_reason: &str) -> bool {
+    matches!(
+        end_reason,
+        "unjoined"
+            | "busy"
+            | "no-answer"
+            | "no_answer"
+            | "failed"
+            | "connection_error"
+            | "canceled"
+    )
+}
+
+/// Counts exposed by `GET /_sim/stats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SimStats {
+    pub requests: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub by_provider: BTreeMap<String, u64>,
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    /// Requests closed without an answer (dropped connection, client gone).
+    pub unanswered: u64,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    pub calls_created: u64,
+    pub active_calls: u64,
+    /// Greatest number of simultaneous calls seen overall.
+    pub max_active_calls: u64,
+    /// Greatest number of simultaneous calls per `metadata.batch_id`.
+    pub max_active_calls_by_batch: BTreeMap<String, u64>,
+}
+
+pub(crate) struct CallState {
+    pub call: SimCall,
+    /// Request body (Ultravox echoes it back in the call object).
+    pub body: Value,
+    pub account_sid: Option<String>,
+    pub machine_detection: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct CallStore {
+    pub calls: Vec<CallState>,
+    by_id: HashMap<String, usize>,
+    active_ends: BinaryHeap<Reverse<i64>>,
+    max_active: usize,
+}
+
+impl CallStore {
+    pub fn insert(&mut self, c: CallState, now_us: i64) {
+        self.active_at(now_us);
+        self.active_ends.push(Reverse(c.call.ended_at_us));
+        self.max_active = self.max_active.max(self.active_ends.len());
+        self.by_id.insert(c.call.call_id.clone(), self.calls.len());
+        self.calls.push(c);
+    }
+    pub fn get(&self, id: &str) -> Option<&CallState> {
+        self.by_id.get(id).and_then(|&i| self.calls.get(i))
+    }
+    pub fn active_at(&mut self, now_us: i64) -> usize {
+        while self
+            .active_ends
+            .peek()
+            .is_some_and(|Reverse(e)| *e <= now_us)
+        {
+            self.active_ends.pop();
+        }
+        self.active_ends.len()
+    }
+}
+
+/// What to do with a create request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    Create {
+        duration_ms: u64,
+        end_reason: Option<String>,
+    },
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    Error {
+        status: u16,
+        message: Option<String>,
+    },
+    Hang {
+        secs: u64,
+    },
+    Drop,
+}
+
+pub(crate) struct AppState {
+    pub clock: Clock,
+    pub config: Mutex<SimConfig>,
+    pub log: Arc<RequestLog>,
+    pub calls: Mutex<CallStore>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AppState {
+    pub fn new(mut config: SimConfig) -> std::io::Result<AppState> {
+        config.sanitize();
+        let clock = Clock::new();
+        let log = RequestLog::new(clock, config.log_capacity, config.log_file.as_deref())?;
+        Ok(AppState {
+            clock,
+            config: Mutex::new(config),
+            log: Arc::new(log),
+            calls: Mutex::new(CallStore::default()),
+        })
+    }
+
+    pub fn config(&self) -> SimConfig {
+        lock(&self.config).clone()
+    }
+
+    pub fn api_key(&self) -> Option<String> {
+        lock(&self.config).api_key.clone()
+    }
+
+    /// Decides the fate of a create request (consuming a matching rule) and its delay.
+    pub fn decide(&self, provider: Provider, to: &str) -> (Duration, Outcome) {
+        let mut cfg = lock(&self.config);
+        let mut rng = rand::rng();
+        let rule = match cfg.rules.iter().position(|r| r.matches(provider, to)) {
+            Some(i) => {
+                let r = cfg.rules[i].clone();
+                if let Some(t) = cfg.rules[i].times.as_mut() {
+                    *t = t.saturating_sub(1);
+                    if *t == 0 {
+                        cfg.rules.remove(i);
+                    }
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let jitter = if cfg.latency_jitter_ms > 0 {
+            rng.random_range(0..=cfg.latency_jitter_ms)
+        } else {
+            0
+        };
+        let base = rule
+            .as_ref()
+            .and_then(|r| r.latency_ms)
+            .unwrap_or(cfg.latency_ms);
+        let delay = Duration::from_millis(base + jitter);
+        let duration = |rng: &mut rand::rngs::ThreadRng| {
+            rng.random_range(
+                cfg.call_duration_ms_min..=cfg.call_duration_ms_max.max(cfg.call_duration_ms_min),
+            )
+        };
+        let outcome = match rule {
+            Some(r) => {
+                if r.drop_connection {
+                    Outcome::Drop
+                } else if r.hang {
+                    Outcome::Hang {
+                        secs: r.hang_secs.unwrap_or(cfg.hang_secs),
+                    }
+                } else {
+                    match r.status {
+                        Some(429) => Outcome::RateLimited {
+                            retry_after_secs: r.retry_after_secs.unwrap_or(cfg.retry_after_secs),
+                        },
+                        Some(s) if s >= 400 => Outcome::Error {
+                            status: s,
+                            message: r.message.clone(),
+                        },
+                        _ => Outcome::Create {
+                            duration_ms: r.duration_ms.unwrap_or_else(|| duration(&mut rng)),
+                            end_reason: r.end_reason.clone(),
+                        },
+                    }
+                }
+            }
+            None => {
+                let x: f64 = rng.random();
+                let t_drop = cfg.drop_rate;
+                let t_hang = t_drop + cfg.hang_rate;
+                let t_429 = t_hang + cfg.rate_limit_rate;
+                let t_500 = t_429 + cfg.error_rate;
+                if x < t_drop {
+                    Outcome::Drop
+                } else if x < t_hang {
+                    Outcome::Hang {
+                        secs: cfg.hang_secs,
+                    }
+                } else if x < t_429 {
+                    Outcome::RateLimited {
+                        retry_after_secs: cfg.retry_after_secs,
+                    }
+                } else if x < t_500 {
+                    Outcome::Error {
+                        status: 500,
+                        message: None,
+                    }
+                } else {
+                    Outcome::Create {
+                        duration_ms: duration(&mut rng),
+                        end_reason: None,
+                    }
+                }
+            }
+        };
+        (delay, outcome)
+    }
+
+    /// Stores a new call and returns a copy of its public record.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_call(
+        &self,
+        provider: Provider,
+        call_id: String,
+        to: String,
+        from: Option<String>,
+        metadata: Value,
+        body: Value,
+        duration_ms: u64,
+        end_reason: Option<String>,
+        account_sid: Option<String>,
+        machine_detection: bool,
+    ) -> SimCall {
+        let now = self.clock.now_us();
+        let dur_us = (duration_ms as i64).saturating_mul(1000);
+        let end_reason = end_reason.unwrap_or_else(|| "hangup".to_string());
+        let joined_at_us = if never_connects(&end_reason) {
+            None
+        } else {
+            Some(now + dur_us / 5)
+        };
+        let call = SimCall {
+            call_id,
+            provider,
+            to: Some(to),
+            from,
+            metadata,
+            created_at_us: now,
+            joined_at_us,
+            ended_at_us: now + dur_us,
+            end_reason,
+        };
+        let out = call.clone();
+        lock(&self.calls).insert(
+            CallState {
+                call,
+                body,
+                account_sid,
+                machine_detection,
+            },
+            now,
+        );
+        out
+    }
+
+    pub fn calls(&self) -> Vec<SimCall> {
+        lock(&self.calls)
+            .calls
+            .iter()
+            .map(|c| c.call.clone())
+            .collect()
+    }
+
+    pub fn reset(&self) {
+        lock(&self.config).rules.clear();
+        *lock(&self.calls) = CallStore::default();
+        self.log.clear();
+    }
+
+    pub fn stats(&self) -> SimStats {
+        let (c, in_flight) = self.log.counters();
+        let now = self.clock.now_us();
+        let (calls, active, max_active) = {
+            let mut store = lock(&self.calls);
+            let active = store.active_at(now);
+            let calls: Vec<SimCall> = store.calls.iter().map(|c| c.call.clone()).collect();
+            (calls, active, store.max_active)
+        };
+        let mut by_batch: BTreeMap<String, Vec<&SimCall>> = BTreeMap::new();
+        for call in &calls {
+            if let Some(b) = call.batch_id() {
+                by_batch.entry(b).or_default().push(call);
+            }
+        }
+        let class = |lo: u16| {
+            c.by_status
+                .iter()
+                .filter(|(s, _)| **s / 100 == lo / 100)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        SimStats {
+            requests: c.total,
+            by_status: c
+                .by_status
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
+            by_provider: c
+                .by_provider
+                .iter()
+                .map(|(p, n)| (p.to_string(), *n))
+                .collect(),
+            status_2xx: class(200),
+            status_4xx: class(400),
+            status_5xx: class(500),
+            unanswered: c.unanswered,
+            in_flight,
+            max_in_flight: c.max_in_flight,
+            calls_created: calls.len() as u64,
+            active_calls: active as u64,
+            max_active_calls: max_active as u64,
+            max_active_calls_by_batch: by_batch
+                .into_iter()
+                .map(|(b, v)| (b, max_concurrent_calls(v) as u64))
+                .collect(),
+        }
+    }
+}
+
+/// Value of `metadata.<field>` compared as text (strings verbatim, others as JSON).
+pub(crate) fn metadata_field_matches(metadata: &Value, field: &str, want: &str) -> bool {
+    match metadata.get(field) {
+        Some(Value::String(s)) => s == want,
+        Some(Value::Null) | None => false,
+        Some(other) => {
+            let text = other.to_string();
+            text == want
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(a: i64, b: i64) -> SimCall {
+        SimCall {
+            call_id: String::new(),
+            provider: Provider::Generic,
+            to: None,
+            from: None,
+            metadata: Value::Null,
+            created_at_us: a,
+            joined_at_us: None,
+            ended_at_us: b,
+            end_reason: "hangup".into(),
+        }
+    }
+
+    #[test]
+    fn concurrency_sweep() {
+        let cs = [call(0, 10), call(5, 15), call(10, 20), call(12, 13)];
+        assert_eq!(max_concurrent_calls(&cs), 3);
+        assert_eq!(max_concurrent_calls(&cs[..1]), 1);
+        assert_eq!(max_concurrent_calls(&[]), 0);
+    }
+
+    #[test]
+    fn rules_consumed_and_first_match_wins() {
+        use crate::config::Rule;
+        let st = AppState::new(SimConfig {
+            rules: vec![
+                Rule::new("+1").status(429).times(1),
+                Rule::new("+1").status(500),
+            ],
+            ..SimConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            st.decide(Provider::Ultravox, "+1").1,
+            Outcome::RateLimited {
+                retry_after_secs: 1
+            }
+        );
+        assert_eq!(
+            st.decide(Provider::Ultravox, "+1").1,
+            Outcome::Error {
+                status: 500,
+                message: None
+            }
+        );
+        assert_eq!(
+            st.decide(Provider::Ultravox, "+1").1,
+            Outcome::Error {
+                status: 500,
+                message: None
+            }
+        );
+        assert!(matches!(
+            st.decide(Provider::Ultravox, "+2").1,
+            Outcome::Create { .. }
+        ));
+    }
+}
