@@ -47,7 +47,8 @@ $$;
 CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer,
     p_lead interval DEFAULT '0')
 RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
-               lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision)
+               lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
+               spacing_ms double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     b dialer.call_batches;
@@ -105,7 +106,8 @@ BEGIN
     )
     SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
            nc.idempotency_key,
-           extract(epoch FROM slot + spacing * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000
+           extract(epoch FROM slot + spacing * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
+           60000.0::float8 / b.calls_per_minute
       FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
 
     GET DIAGNOSTICS claimed = ROW_COUNT;

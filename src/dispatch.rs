@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +25,9 @@ pub struct Job {
     pub request: HttpRequest,
     /// Hold the request until this unix time (ms): its pacing slot.
     pub not_before_ms: Option<f64>,
+    /// (batch id, spacing ms): never send two requests of one batch closer than the spacing,
+    /// measured at the moment of sending (the slot in the database is measured at the claim).
+    pub spacing: Option<(i64, f64)>,
 }
 
 pub struct JobResult {
@@ -50,6 +54,7 @@ impl Pool {
         wake_read.set_nonblocking(true)?;
         wake_write.set_nonblocking(true)?;
         let job_rx = Arc::new(Mutex::new(job_rx));
+        let last_send: Arc<Mutex<HashMap<i64, f64>>> = Arc::new(Mutex::new(HashMap::new()));
         let wake_write = Arc::new(wake_write);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout.min(Duration::from_secs(5)))
@@ -62,6 +67,7 @@ impl Pool {
             let res_tx = res_tx.clone();
             let wake = Arc::clone(&wake_write);
             let agent = agent.clone();
+            let last_send = Arc::clone(&last_send);
             let handle = std::thread::Builder::new()
                 .name(format!("pg_dialer-http-{i}"))
                 .spawn(move || loop {
@@ -72,11 +78,10 @@ impl Pool {
                             Err(_) => return,
                         }
                     };
-                    if let Some(at) = job.not_before_ms {
-                        let early_ms = at - unix_ms();
-                        if early_ms > 0.0 {
-                            std::thread::sleep(Duration::from_micros((early_ms.min(1000.0) * 1000.0) as u64));
-                        }
+                    let send_at = reserve_send_time(&last_send, &job);
+                    let early_ms = send_at - unix_ms();
+                    if early_ms > 0.0 {
+                        std::thread::sleep(Duration::from_micros((early_ms.min(60_000.0) * 1000.0) as u64));
                     }
                     let sent_at_ms = unix_ms();
                     let started = Instant::now();
@@ -160,6 +165,25 @@ impl Drop for Pool {
             }
         }
     }
+}
+
+/// When this job may be sent: its slot, and no sooner than `spacing` after the previous request
+/// of its batch. Reserving under the lock keeps the order even when threads race.
+fn reserve_send_time(last_send: &Mutex<HashMap<i64, f64>>, job: &Job) -> f64 {
+    let mut at = job.not_before_ms.unwrap_or(0.0).max(unix_ms());
+    if let Some((batch_id, spacing_ms)) = job.spacing {
+        if let Ok(mut map) = last_send.lock() {
+            if let Some(prev) = map.get(&batch_id) {
+                at = at.max(prev + spacing_ms);
+            }
+            map.insert(batch_id, at);
+            if map.len() > 100_000 {
+                let cutoff = unix_ms() - 120_000.0;
+                map.retain(|_, t| *t > cutoff);
+            }
+        }
+    }
+    at
 }
 
 fn unix_ms() -> f64 {

@@ -264,7 +264,12 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
         for spec in specs {
             let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
             match providers::build_call_request(&target, &spec) {
-                Ok(request) => jobs.push(Job { kind, request, not_before_ms: Some(spec.slot_at_ms) }),
+                Ok(request) => jobs.push(Job {
+                    kind,
+                    request,
+                    not_before_ms: Some(spec.slot_at_ms),
+                    spacing: Some((batch_id, spec.spacing_ms)),
+                }),
                 Err(error) => unbuildable.push(failed_build_json(spec.call_id, &error)),
             }
         }
@@ -275,7 +280,7 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
 fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError> {
     Spi::connect_mut(|client| {
         let table = client.update(
-            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms
+            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms
                FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0))",
             None,
             &[batch_id.into(), budget.into(), CLAIM_LEAD_MS.into()],
@@ -292,6 +297,7 @@ fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError>
                 lead_ref: r.get::<String>(6)?,
                 idempotency_key: r.get::<String>(7)?.unwrap_or_default(),
                 slot_at_ms: r.get::<f64>(8)?.unwrap_or(0.0),
+                spacing_ms: r.get::<f64>(9)?.unwrap_or(0.0),
             });
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -384,7 +390,7 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
     for (call_id, agency_id, provider, provider_call_id) in rows {
         let Some(creds) = cache.credentials(agency_id, &provider)? else { continue };
         if let Ok(request) = providers::build_status_request(&provider, &creds, &provider_call_id) {
-            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request, not_before_ms: None });
+            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request, not_before_ms: None, spacing: None });
         }
     }
     Ok(jobs)

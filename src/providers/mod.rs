@@ -18,6 +18,8 @@ pub struct CallSpec {
     pub idempotency_key: String,
     /// The pacing slot (unix ms) this call was claimed for; it is not sent earlier.
     pub slot_at_ms: f64,
+    /// 60000 / calls_per_minute of its batch.
+    pub spacing_ms: f64,
 }
 
 /// The agent mapping and credentials of a batch, read once per tick.

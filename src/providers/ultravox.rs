@@ -122,6 +122,7 @@ mod tests {
             lead_ref: None,
             idempotency_key: "pgd-3-42-1".into(),
             slot_at_ms: 0.0,
+            spacing_ms: 0.0,
         }
     }
 
