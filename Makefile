@@ -1,0 +1,41 @@
+# pg_dialer — `make demo`, `make test`, `make bench`. Each runs the idempotent set-up first.
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGRX_TEST_DATA ?= /tmp/pg_dialer-pgrx-test
+CARGO ?= cargo
+
+.PHONY: setup install install-release test unit-test pg-test sim-test integration-test demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+# The extension into the system Postgres 15 (debug build: fast to compile, used by the tests).
+install: setup
+	$(CARGO) pgrx install --pg-config $(PG_CONFIG)
+
+install-release: setup
+	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
+
+# Unit tests (pure modules) and #[pg_test]s run together under cargo pgrx test.
+pg-test: setup
+	@mkdir -p $(PGRX_TEST_DATA)
+	@if [ "$$(id -u)" = 0 ]; then chown postgres $(PGRX_TEST_DATA); fi
+	$(CARGO) pgrx test pg15 $$( [ "$$(id -u)" = 0 ] && echo --runas postgres ) --pgdata $(PGRX_TEST_DATA)/data
+
+sim-test: setup
+	$(CARGO) test -p provider-sim
+
+# A real cluster with the worker preloaded, the simulator on loopback (see pgrx-tests/).
+integration-test: install
+	$(CARGO) test -p pg_dialer_integration -- --test-threads=2
+
+test: pg-test sim-test integration-test
+
+demo: install-release
+	$(CARGO) run --release -q -p pg_dialer_demo -- $(DEMO_ARGS)
+
+bench: install-release
+	$(CARGO) run --release -q -p pg_dialer_bench -- $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(PGRX_TEST_DATA)
