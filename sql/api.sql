@@ -173,6 +173,7 @@ BEGIN
             create_batch.max_concurrent, create_batch.scheduled_for, create_batch.max_attempts,
             CASE WHEN create_batch.scheduled_for > now() THEN 'scheduled' ELSE 'pending' END)
     RETURNING id INTO new_id;
+    PERFORM dialer._wake_on_commit();
     RETURN new_id;
 END $$;
 
@@ -237,7 +238,7 @@ BEGIN
                CASE WHEN b.status = 'processing' THEN 'queued' ELSE 'pending' END
           FROM jsonb_array_elements(contacts) WITH ORDINALITY AS t(e, ord)
          ORDER BY ord
-        ON CONFLICT (batch_id, phone_number) DO NOTHING
+        ON CONFLICT (batch_id, phone_number) WHERE NOT is_job DO NOTHING
         RETURNING 1
     )
     SELECT count(*) INTO added FROM ins;
@@ -245,6 +246,9 @@ BEGIN
     UPDATE dialer.call_batches
        SET total_contacts = total_contacts + added, queued_count = queued_count + added
      WHERE id = b.id;
+    IF added > 0 THEN
+        PERFORM dialer._wake_on_commit();
+    END IF;
     RETURN added;
 END $$;
 
@@ -309,7 +313,7 @@ BEGIN
     END IF;
     -- Back to pending so the next tick promotes it (and queues contacts added meanwhile).
     UPDATE dialer.call_batches SET status = 'pending' WHERE id = b.id;
-    PERFORM dialer.wake();
+    PERFORM dialer._wake_on_commit();
     RETURN true;
 END $$;
 

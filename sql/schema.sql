@@ -39,6 +39,9 @@ CREATE TABLE dialer.call_batches (
     agency_id          bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
     agent_mapping_id   bigint NOT NULL REFERENCES dialer.agent_mappings(id),
     name               text NOT NULL,
+    -- campaign: a batch of contacts (process-call-batches); queue: an agency's default call queue,
+    -- where each contact is one job (call-queue-bullmq). One engine dials both.
+    kind               text NOT NULL DEFAULT 'campaign' CHECK (kind IN ('campaign', 'queue')),
     status             text NOT NULL DEFAULT 'pending'
                        CHECK (status IN ('pending', 'scheduled', 'processing', 'paused', 'completed', 'cancelled')),
     scheduled_for      timestamptz,
@@ -63,6 +66,7 @@ CREATE TABLE dialer.call_batches (
 );
 CREATE INDEX ON dialer.call_batches (status, priority, created_at)
     WHERE status IN ('pending', 'scheduled', 'processing');
+CREATE UNIQUE INDEX call_batches_one_queue_per_agency ON dialer.call_batches (agency_id) WHERE kind = 'queue';
 
 CREATE TABLE dialer.campaign_contacts (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -80,10 +84,21 @@ CREATE TABLE dialer.campaign_contacts (
     call_id         bigint,
     last_error      text,
     handoff         text CHECK (handoff IS NULL OR handoff IN ('manual_pending', 'manual_assigned')),
+    -- Queue jobs: a per-job agent, the message and metadata passed to the provider, a dedupe key.
+    is_job          boolean NOT NULL DEFAULT false,
+    agent_mapping_id bigint REFERENCES dialer.agent_mappings(id),
+    message         text,
+    metadata        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
+    dedupe_key      text,
+    recurring_call_id bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (batch_id, phone_number)
+    updated_at      timestamptz NOT NULL DEFAULT now()
 );
+-- A campaign dials a number once; a queue may call the same number many times (reminders).
+CREATE UNIQUE INDEX campaign_contacts_batch_id_phone_number_key ON dialer.campaign_contacts (batch_id, phone_number)
+    WHERE NOT is_job;
+CREATE UNIQUE INDEX campaign_contacts_dedupe_key ON dialer.campaign_contacts (batch_id, dedupe_key)
+    WHERE dedupe_key IS NOT NULL;
 -- The claim: queued contacts of a batch, best priority first, first in first out.
 CREATE INDEX campaign_contacts_claim_idx ON dialer.campaign_contacts (batch_id, priority, id)
     WHERE status = 'queued';
@@ -122,6 +137,25 @@ CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NU
 
 ALTER TABLE dialer.campaign_contacts
     ADD CONSTRAINT campaign_contacts_call_fk FOREIGN KEY (call_id) REFERENCES dialer.calls(id) ON DELETE SET NULL;
+
+CREATE TABLE dialer.recurring_calls (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agency_id        bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
+    agent_mapping_id bigint NOT NULL REFERENCES dialer.agent_mappings(id),
+    phone_number     text NOT NULL CHECK (phone_number ~ '^\+[1-9][0-9]{6,14}$'),
+    cron             text NOT NULL,
+    timezone         text NOT NULL DEFAULT 'UTC',
+    next_run_at      timestamptz,
+    last_run_at      timestamptz,
+    active           boolean NOT NULL DEFAULT true,
+    -- The job each occurrence creates: message, priority, metadata, lead_id.
+    template         jsonb NOT NULL DEFAULT '{}',
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON dialer.recurring_calls (next_run_at) WHERE active;
+ALTER TABLE dialer.campaign_contacts
+    ADD CONSTRAINT campaign_contacts_recurring_fk FOREIGN KEY (recurring_call_id)
+    REFERENCES dialer.recurring_calls(id) ON DELETE SET NULL;
 
 CREATE TABLE dialer.runs (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -7,6 +7,7 @@ RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
+    PERFORM dialer._promote_recurring(p_now);
     WITH started AS (
         UPDATE dialer.call_batches
            SET status = 'processing', started_at = coalesce(started_at, p_now)
@@ -48,7 +49,7 @@ CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budg
     p_lead interval DEFAULT '0')
 RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
                lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
-               spacing_ms double precision)
+               spacing_ms double precision, agent_mapping_id bigint, metadata jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     b dialer.call_batches;
@@ -94,20 +95,20 @@ BEGIN
         UPDATE dialer.campaign_contacts c
            SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL
           FROM picked WHERE c.id = picked.id
-        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority
+        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority,
+                  coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata
     ), new_calls AS (
         -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
         INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at)
         SELECT cc.id, b.id, b.agency_id, m.provider,
                format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now
-          FROM claimed_contacts cc, dialer.agent_mappings m
-         WHERE m.id = b.agent_mapping_id
+          FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
         RETURNING id, calls.contact_id, calls.idempotency_key
     )
     SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
            nc.idempotency_key,
            extract(epoch FROM slot + spacing * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
-           60000.0::float8 / b.calls_per_minute
+           60000.0::float8 / b.calls_per_minute, cc.mapping_id, cc.metadata
       FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
 
     GET DIAGNOSTICS claimed = ROW_COUNT;
@@ -269,7 +270,7 @@ DECLARE
     n integer;
 BEGIN
     UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
-     WHERE b.status = 'processing'
+     WHERE b.status = 'processing' AND b.kind = 'campaign'
        AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts c
                         WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress'));
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -292,6 +293,8 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
         UNION ALL
         SELECT coalesce(min(scheduled_for), p_now) FROM dialer.call_batches
          WHERE status IN ('pending', 'scheduled')
+        UNION ALL
+        SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
     ) due
 $$;
 

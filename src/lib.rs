@@ -5,6 +5,7 @@ use pgrx::prelude::*;
 use std::time::Duration;
 
 pub mod api;
+pub mod cron;
 pub mod dispatch;
 pub mod error;
 pub mod gucs;
@@ -19,6 +20,7 @@ pub mod worker;
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
+extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit]);
 
 /// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
 const WORKER_RESTART: Duration = Duration::from_secs(1);

@@ -262,6 +262,18 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
         }
         batches += 1;
         for spec in specs {
+            // A queue job may name its own agent; its target is looked up (once per tick) too.
+            let target = if spec.agent_mapping_id == mapping_id || spec.agent_mapping_id == 0 {
+                target.clone()
+            } else {
+                match cache.target(spec.agent_mapping_id, agency_id) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        unbuildable.push(failed_build_json(spec.call_id, &e.to_string()));
+                        continue;
+                    }
+                }
+            };
             let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
             match providers::build_call_request(&target, &spec) {
                 Ok(request) => jobs.push(Job {
@@ -280,7 +292,8 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
 fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError> {
     Spi::connect_mut(|client| {
         let table = client.update(
-            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms
+            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
+                    agent_mapping_id, metadata
                FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0))",
             None,
             &[batch_id.into(), budget.into(), CLAIM_LEAD_MS.into()],
@@ -298,6 +311,8 @@ fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError>
                 idempotency_key: r.get::<String>(7)?.unwrap_or_default(),
                 slot_at_ms: r.get::<f64>(8)?.unwrap_or(0.0),
                 spacing_ms: r.get::<f64>(9)?.unwrap_or(0.0),
+                agent_mapping_id: r.get::<i64>(10)?.unwrap_or(0),
+                metadata: r.get::<JsonB>(11)?.map(|j| j.0).unwrap_or_else(|| json!({})),
             });
         }
         Ok::<_, pgrx::spi::Error>(out)

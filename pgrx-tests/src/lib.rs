@@ -236,3 +236,43 @@ impl Scenario {
 pub fn numbers(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:04}")).collect()
 }
+
+/// POSTs that created (or tried to create) calls, as the simulator received them.
+pub fn call_posts(sim: &Simulator) -> Vec<provider_sim::RequestRecord> {
+    let mut v: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && (r.path == "/api/calls" || r.path.ends_with("/Calls.json") || r.path == "/v1/calls"))
+        .collect();
+    v.sort_by_key(|r| r.seq);
+    v
+}
+
+pub fn posts_to(sim: &Simulator, number: &str) -> Vec<provider_sim::RequestRecord> {
+    call_posts(sim).into_iter().filter(|r| r.to.as_deref() == Some(number)).collect()
+}
+
+impl Scenario {
+    /// Sets a server setting and reloads (SIGHUP), waiting until this session sees it.
+    pub fn set_config(&mut self, name: &str, value: &str) {
+        self.db.execute(&format!("ALTER SYSTEM SET {name} = '{value}'"), &[]).unwrap();
+        self.db.execute("SELECT pg_reload_conf()", &[]).unwrap();
+        let db = &mut self.db;
+        wait_for(&format!("{name} = {value}"), Duration::from_secs(10), || {
+            let v: String = db.query_one("SELECT current_setting($1)", &[&name]).ok()?.get(0);
+            (v == value).then_some(())
+        });
+    }
+
+    pub fn job_state(&mut self, job: i64) -> String {
+        self.db.query_one("SELECT dialer.job_status($1)->>'state'", &[&job]).unwrap().get(0)
+    }
+
+    pub fn wait_job_state(&mut self, job: i64, state: &str, timeout: Duration) -> serde_json::Value {
+        let db = &mut self.db;
+        wait_for(&format!("job {job} to be {state}"), timeout, || {
+            let v: serde_json::Value = db.query_one("SELECT dialer.job_status($1)", &[&job]).ok()?.get(0);
+            (v["state"] == state).then_some(v)
+        })
+    }
+}

@@ -1,3 +1,4 @@
 //! SQL functions written in Rust (the rest of the API is SQL in `sql/api.sql`).
 
 pub mod process;
+pub mod queue;

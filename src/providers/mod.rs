@@ -20,6 +20,10 @@ pub struct CallSpec {
     pub slot_at_ms: f64,
     /// 60000 / calls_per_minute of its batch.
     pub spacing_ms: f64,
+    /// The agent mapping that places this call (a queue job may name its own).
+    pub agent_mapping_id: i64,
+    /// Caller metadata passed through to the provider (queue jobs).
+    pub metadata: Value,
 }
 
 /// The agent mapping and credentials of a batch, read once per tick.

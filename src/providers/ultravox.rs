@@ -24,11 +24,15 @@ pub fn build_call_request(target: &ProviderTarget, call: &CallSpec) -> Result<Ht
     if let (Some(name), Some(map)) = (&call.name, context.as_object_mut()) {
         map.entry("name").or_insert_with(|| Value::String(name.clone()));
     }
-    let mut metadata = json!({
-        "batch_id": call.batch_id.to_string(),
-        "contact_id": call.contact_id.to_string(),
-        "idempotency_key": call.idempotency_key,
-    });
+    // The caller's metadata goes through; our correlation fields cannot be overridden by it.
+    let mut metadata = merge_json(
+        &call.metadata,
+        &json!({
+            "batch_id": call.batch_id.to_string(),
+            "contact_id": call.contact_id.to_string(),
+            "idempotency_key": call.idempotency_key,
+        }),
+    );
     if let (Some(lead), Some(map)) = (&call.lead_ref, metadata.as_object_mut()) {
         map.insert("lead_ref".into(), Value::String(lead.clone()));
     }
@@ -123,6 +127,8 @@ mod tests {
             idempotency_key: "pgd-3-42-1".into(),
             slot_at_ms: 0.0,
             spacing_ms: 0.0,
+            agent_mapping_id: 1,
+            metadata: json!({"campaign": "Q4", "contact_id": "spoofed"}),
         }
     }
 
@@ -138,6 +144,7 @@ mod tests {
         assert_eq!(body["metadata"]["contact_id"], "42");
         assert_eq!(body["metadata"]["batch_id"], "3");
         assert_eq!(body["metadata"]["idempotency_key"], "pgd-3-42-1");
+        assert_eq!(body["metadata"]["campaign"], "Q4", "caller metadata passes through");
         assert_eq!(body["templateContext"], json!({"plan": "gold", "name": "Ann"}));
         assert!(!req.audit.to_string().contains("k-123"), "audit must not hold the key");
     }

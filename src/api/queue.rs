@@ -1,0 +1,36 @@
+//! Rust helpers behind the call-queue SQL API (`sql/queue.sql`): cron evaluation and the
+//! wake-on-commit that makes immediate calls immediate.
+
+use crate::{cron, wake};
+use pgrx::prelude::*;
+use pgrx::{register_xact_callback, PgXactCallbackEvent};
+use std::cell::Cell;
+
+/// Next occurrence of a 5-field cron expression strictly after `after_epoch` (seconds), in `tz`.
+#[pg_extern(immutable, parallel_safe)]
+fn _cron_next_epoch(cron_expr: &str, tz: &str, after_epoch: f64) -> f64 {
+    match cron::next_after_epoch(cron_expr, tz, after_epoch) {
+        Ok(v) => v,
+        Err(msg) => crate::api::process::raise(crate::error::DialerError::InvalidArgument(msg)),
+    }
+}
+
+thread_local! {
+    static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes the worker when the current transaction commits (so it sees the new rows), once per
+/// transaction however many jobs it schedules; nothing happens if it rolls back.
+#[pg_extern]
+fn _wake_on_commit() {
+    if WAKE_PENDING.with(|p| p.replace(true)) {
+        return;
+    }
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        WAKE_PENDING.with(|p| p.set(false));
+        wake::wake_worker();
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        WAKE_PENDING.with(|p| p.set(false));
+    });
+}
