@@ -1,21 +1,27 @@
 # pg_dialer — `make demo`, `make test`, `make bench`. Each runs the idempotent set-up first.
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+# The extension is installed into a private copy of the system Postgres 15 (target/pg15), so
+# that tests, the demo and the benchmarks of this checkout never race another checkout's install.
+PG_PREFIX ?= $(CURDIR)/target/pg15
+PG_CONFIG := $(PG_PREFIX)/lib/postgresql/15/bin/pg_config
+export PG_DIALER_PG_BIN := $(PG_PREFIX)/lib/postgresql/15/bin
 PGRX_TEST_DATA ?= /tmp/pg_dialer-pgrx-test
 CARGO ?= cargo
 
-.PHONY: setup install install-release test unit-test pg-test sim-test integration-test demo bench clean
+.PHONY: setup install install-release test pg-test sim-test integration-test demo bench clean
 
 setup:
 	@bash scripts/setup.sh
+	@bash scripts/pg-prefix.sh $(PG_PREFIX)
 
-# The extension into the system Postgres 15 (debug build: fast to compile, used by the tests).
+# Debug build: fast to compile, used by the tests.
 install: setup
 	$(CARGO) pgrx install --pg-config $(PG_CONFIG)
 
 install-release: setup
 	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
 
-# Unit tests (pure modules) and #[pg_test]s run together under cargo pgrx test.
+# Unit tests (pure modules) and #[pg_test]s run together under cargo pgrx test (which installs
+# into the Postgres that `cargo pgrx init` registered, the system one).
 pg-test: setup
 	@mkdir -p $(PGRX_TEST_DATA)
 	@if [ "$$(id -u)" = 0 ]; then chown postgres $(PGRX_TEST_DATA); fi

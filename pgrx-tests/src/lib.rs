@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 pub use provider_sim;
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where the Postgres 15 programs are: `PG_DIALER_PG_BIN` (the Makefile points it at the private
+/// copy the extension was installed into), else the system's.
+pub fn pg_bin() -> String {
+    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+}
 pub const API_KEY: &str = "sk-test-3f9a1c77e2";
 
 fn running_as_root() -> bool {
@@ -19,7 +23,7 @@ fn running_as_root() -> bool {
 
 /// Runs a Postgres program, as `postgres` when we are root (Postgres refuses root).
 fn pg_command(program: &str) -> Command {
-    let path = format!("{PG_BIN}/{program}");
+    let path = format!("{}/{program}", pg_bin());
     if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
