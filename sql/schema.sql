@@ -84,6 +84,8 @@ CREATE TABLE dialer.campaign_contacts (
     call_id         bigint,
     last_error      text,
     handoff         text CHECK (handoff IS NULL OR handoff IN ('manual_pending', 'manual_assigned')),
+    -- What came of it: success | not_interested | ai_failed | trashed (invalid number).
+    outcome         text,
     -- Queue jobs: a per-job agent, the message and metadata passed to the provider, a dedupe key.
     is_job          boolean NOT NULL DEFAULT false,
     agent_mapping_id bigint REFERENCES dialer.agent_mappings(id),
@@ -119,6 +121,7 @@ CREATE TABLE dialer.calls (
                      CHECK (status IN ('dialing', 'in_progress', 'ended', 'failed', 'rate_limited', 'network_error', 'in_doubt')),
     end_reason       text,
     disposition      text,
+    notes            text,
     error            text,
     http_status      integer,
     latency_ms       double precision,
@@ -128,7 +131,9 @@ CREATE TABLE dialer.calls (
     dispatched_at    timestamptz,
     answered_at      timestamptz,
     ended_at         timestamptz,
-    last_polled_at   timestamptz
+    last_polled_at   timestamptz,
+    -- In-doubt attempts are looked up at the provider by idempotency key this many times at most.
+    lookup_attempts  integer NOT NULL DEFAULT 0
 );
 CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX ON dialer.calls (contact_id);

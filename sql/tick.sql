@@ -17,6 +17,11 @@ BEGIN
     UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
       FROM started s WHERE c.batch_id = s.id AND c.status = 'pending';
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- Contacts committed by add_contacts while the statement above ran were not in its snapshot;
+    -- this statement's newer snapshot sees them.
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+      FROM dialer.call_batches b
+     WHERE b.status = 'processing' AND c.batch_id = b.id AND c.status = 'pending';
     RETURN n;
 END $$;
 
@@ -208,10 +213,18 @@ BEGIN
         ELSE
             failed := failed + 1;
             UPDATE dialer.campaign_contacts
-               SET status = 'failed', updated_at = now_ts, last_error = r->>'error'
+               SET status = 'failed', updated_at = now_ts, last_error = r->>'error', outcome = 'ai_failed'
              WHERE id = c.id;
             UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
             PERFORM dialer.update_batch_progress(b.id, failed_delta => 1, in_progress_delta => -1);
+            PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'phone_number', c.phone_number, 'attempts', c.attempts, 'error', r->>'error'));
+            -- The seed's fallback: the humans take over, first in line.
+            PERFORM dialer._hand_off(c.id, r->>'error', true);
+        END IF;
+        IF outcome = 'failed' AND current_setting('dialer.notify_failures', true) = 'on' THEN
+            PERFORM dialer._notify('call_failed', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempt', c.attempts, 'error', r->>'error', 'http_status', r->'http_status'));
         END IF;
     END LOOP;
     RETURN jsonb_build_object('initiated', initiated, 'failed', failed, 'rate_limited', rate_limited,
@@ -249,14 +262,7 @@ BEGIN
                response = coalesce(r->'response', response)
          WHERE id = k.id;
         CONTINUE WHEN NOT coalesce((r->>'ended')::boolean, false);
-        UPDATE dialer.calls
-           SET status = 'ended', end_reason = r->>'end_reason',
-               ended_at = coalesce((r->>'ended_at')::timestamptz, clock_timestamp())
-         WHERE id = k.id;
-        UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp()
-         WHERE id = k.contact_id AND status = 'in_progress';
-        IF FOUND THEN
-            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1, completed_delta => 1);
+        IF dialer._end_call(k.id, r->>'end_reason', (r->>'answered_at')::timestamptz, (r->>'ended_at')::timestamptz) THEN
             n := n + 1;
         END IF;
     END LOOP;
@@ -329,3 +335,67 @@ RETURNS void LANGUAGE sql AS $$
     VALUES (p_started, extract(epoch FROM clock_timestamp() - p_started) * 1000, p_mode, p_batches, p_initiated,
             p_failed, p_rate_limited, p_status, p_error)
 $$;
+
+-- Step 5b: attempts in doubt to look up at the provider (by idempotency key), a few times at most.
+CREATE FUNCTION dialer._calls_to_look_up(p_now timestamptz, p_limit integer)
+RETURNS TABLE (call_id bigint, agency_id bigint, provider text, idempotency_key text, phone_number text,
+               claimed_at text)
+LANGUAGE sql AS $$
+    UPDATE dialer.calls k SET last_polled_at = p_now, lookup_attempts = k.lookup_attempts + 1
+      FROM dialer.campaign_contacts c
+     WHERE c.id = k.contact_id
+       AND k.id IN (SELECT id FROM dialer.calls
+                     WHERE status = 'in_doubt' AND lookup_attempts < 5
+                       AND coalesce(last_polled_at, created_at) <= p_now - interval '1 second' * (1 + lookup_attempts * lookup_attempts)
+                     ORDER BY id LIMIT p_limit
+                       FOR UPDATE SKIP LOCKED)
+    RETURNING k.id, k.agency_id, k.provider, k.idempotency_key, c.phone_number,
+              to_char(k.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+$$;
+
+-- Records look-ups: [{call_id, result: found|not_found, provider_call_id}]. Found → adopted: the
+-- call is in progress after all. Not found (the provider answered) → the attempt never happened:
+-- the contact is queued again, not counted as an attempt.
+CREATE FUNCTION dialer._record_lookup(p_results jsonb)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    c dialer.campaign_contacts;
+    b dialer.call_batches;
+    n integer := 0;
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'in_doubt' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        IF r->>'result' = 'found' THEN
+            UPDATE dialer.calls SET status = 'in_progress', provider_call_id = coalesce(r->>'provider_call_id', provider_call_id),
+                   error = 'adopted: found at the provider by idempotency key', last_polled_at = NULL
+             WHERE id = k.id;
+            IF c.status = 'in_doubt' AND c.call_id = k.id THEN
+                UPDATE dialer.campaign_contacts SET status = 'in_progress', updated_at = clock_timestamp(), last_error = NULL
+                 WHERE id = c.id;
+                PERFORM dialer.update_batch_progress(b.id, in_progress_delta => 1);
+            END IF;
+            n := n + 1;
+        ELSIF r->>'result' = 'not_found' THEN
+            UPDATE dialer.calls SET status = 'network_error', error = 'no answer, and not found at the provider: never placed'
+             WHERE id = k.id;
+            IF c.status = 'in_doubt' AND c.call_id = k.id THEN
+                UPDATE dialer.campaign_contacts
+                   SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                       next_attempt_at = clock_timestamp() + greatest(b.retry_delay, interval '1 second'),
+                       updated_at = clock_timestamp(), last_error = 'previous attempt never reached the provider'
+                 WHERE id = c.id;
+                UPDATE dialer.call_batches
+                   SET queued_count = queued_count + 1,
+                       status = CASE WHEN status = 'completed' THEN 'processing' ELSE status END, completed_at = NULL
+                 WHERE id = b.id;
+            END IF;
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;

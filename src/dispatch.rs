@@ -18,6 +18,8 @@ pub enum JobKind {
     Place { call_id: i64, batch_id: i64, provider: String },
     /// Ask about a call in progress (GET).
     Status { call_id: i64, provider: String },
+    /// Look for an attempt in doubt by its idempotency key (GET).
+    Lookup { attempt: crate::providers::lookup::InDoubt },
 }
 
 pub struct Job {

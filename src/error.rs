@@ -13,6 +13,12 @@ pub enum DialerError {
     MissingCredentials { agency_id: i64, provider: String },
     #[error("provider request could not be built: {0}")]
     BadRequestTemplate(String),
+    #[error("{0}")]
+    MalformedInput(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("database error: {0}")]
     Database(String),
 }
@@ -24,6 +30,9 @@ impl DialerError {
             DialerError::InvalidArgument(_) | DialerError::BadRequestTemplate(_) => "22023",
             DialerError::NotFound(_) => "P0002",
             DialerError::MissingCredentials { .. } => "28000",
+            DialerError::MalformedInput(_) => "22P02",
+            DialerError::TooLarge(_) => "54000",
+            DialerError::Unauthorized(_) => "28000",
             DialerError::Database(_) => "XX000",
         }
     }

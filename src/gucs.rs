@@ -6,6 +6,7 @@ use std::time::Duration;
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static NOTIFY_FAILURES: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static MAX_BATCHES_PER_RUN: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static HTTP_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
@@ -32,6 +33,14 @@ pub fn register(preloading: bool) {
         c"Whether the pg_dialer worker dispatches calls at all.",
         c"",
         &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"dialer.notify_failures",
+        c"NOTIFY dialer_events on every failed attempt, not only when retries run out.",
+        c"",
+        &NOTIFY_FAILURES,
         GucContext::Sighup,
         GucFlags::default(),
     );

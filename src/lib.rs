@@ -13,6 +13,7 @@ pub mod providers;
 pub mod tick;
 pub mod txn;
 pub mod wake;
+pub mod webhooks;
 pub mod worker;
 
 ::pgrx::pg_module_magic!();
@@ -20,6 +21,7 @@ pub mod worker;
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
+extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
 extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit]);
 
 /// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).

@@ -3,6 +3,7 @@
 
 use crate::dispatch::{Job, JobKind, JobResult};
 use crate::error::DialerError;
+use crate::providers::lookup::{self, InDoubt, LookupResult};
 use crate::providers::{self, CallSpec, Credentials, DispatchOutcome, ProviderTarget};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -36,6 +37,16 @@ pub fn promote() -> Result<i32, DialerError> {
     Spi::get_one::<i32>("SELECT dialer._promote_batches(clock_timestamp())")
         .map(|v| v.unwrap_or(0))
         .map_err(db)
+}
+
+/// Hand-offs waiting for a telecaller who has since become available.
+pub fn assign_pending() -> Result<i32, DialerError> {
+    Spi::get_one::<i32>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM dialer.followups WHERE status = 'open' AND telecaller_id IS NULL)
+                     THEN dialer._assign_pending() ELSE 0 END",
+    )
+    .map(|v| v.unwrap_or(0))
+    .map_err(db)
 }
 
 pub fn active_batch_count() -> Result<i64, DialerError> {
@@ -421,14 +432,69 @@ pub fn record_status(results: &[JobResult]) -> Result<i32, DialerError> {
             "call_id": call_id,
             "ended": status.ended,
             "end_reason": status.end_reason,
-            "answered_at": status.answered_at,
-            "ended_at": status.ended_at,
+            "answered_at": crate::api::webhooks::clean_timestamp(status.answered_at.as_deref()),
+            "ended_at": crate::api::webhooks::clean_timestamp(status.ended_at.as_deref()),
         }));
     }
     if items.is_empty() {
         return Ok(0);
     }
     Spi::get_one_with_args::<i32>("SELECT dialer._record_status($1)", &[JsonB(Value::Array(items)).into()])
+        .map(|v| v.unwrap_or(0))
+        .map_err(db)
+}
+
+/// Step 5b: look-ups of attempts in doubt (timeouts, a worker that died mid-request).
+pub fn lookup_jobs(limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, DialerError> {
+    let rows: Vec<(i64, InDoubt)> = Spi::connect_mut(|client| {
+        let table = client.update(
+            "SELECT call_id, agency_id, provider, idempotency_key, phone_number, claimed_at
+               FROM dialer._calls_to_look_up(clock_timestamp(), $1)",
+            None,
+            &[limit.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in table {
+            let attempt = InDoubt {
+                call_id: r.get::<i64>(1)?.unwrap_or(0),
+                provider: r.get::<String>(3)?.unwrap_or_default(),
+                idempotency_key: r.get::<String>(4)?.unwrap_or_default(),
+                phone_number: r.get::<String>(5)?.unwrap_or_default(),
+                claimed_at: r.get::<String>(6)?.unwrap_or_default(),
+            };
+            out.push((r.get::<i64>(2)?.unwrap_or(0), attempt));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(db)?;
+    let mut jobs = Vec::new();
+    for (agency_id, attempt) in rows {
+        // Without credentials the provider cannot be asked: the attempt stays in doubt.
+        let Some(creds) = cache.credentials(agency_id, &attempt.provider)? else { continue };
+        if let Ok(request) = lookup::build_request(&attempt, &creds) {
+            jobs.push(Job { kind: JobKind::Lookup { attempt }, request, not_before_ms: None, spacing: None });
+        }
+    }
+    Ok(jobs)
+}
+
+pub fn record_lookups(results: &[JobResult]) -> Result<i32, DialerError> {
+    let mut items = Vec::new();
+    for r in results {
+        let JobKind::Lookup { attempt } = &r.kind else { continue };
+        let Ok(resp) = &r.result else { continue };
+        match lookup::parse(attempt, resp) {
+            LookupResult::Found { provider_call_id } => {
+                items.push(json!({"call_id": attempt.call_id, "result": "found", "provider_call_id": provider_call_id}))
+            }
+            LookupResult::NotFound => items.push(json!({"call_id": attempt.call_id, "result": "not_found"})),
+            LookupResult::Unknown => {}
+        }
+    }
+    if items.is_empty() {
+        return Ok(0);
+    }
+    Spi::get_one_with_args::<i32>("SELECT dialer._record_lookup($1)", &[JsonB(Value::Array(items)).into()])
         .map(|v| v.unwrap_or(0))
         .map_err(db)
 }

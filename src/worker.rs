@@ -147,11 +147,20 @@ impl Worker {
                 return Ok(None);
             }
             tick::promote()?;
+            if do_poll {
+                tick::assign_pending()?;
+            }
             let mut cache = TargetCache::default();
             let (jobs, unbuildable, batches) =
                 tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, &mut cache)?;
             let polls = if do_poll {
-                tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, POLL_ROUND_LIMIT, &mut cache)?
+                // Requests that should have been answered by now but were not recorded: their
+                // process died mid-request. Held in doubt, then looked up.
+                let stale_ms = (settings.http_timeout.as_secs_f64() * 2.0 + 2.0) * 1000.0;
+                tick::settle_stale_dialing(stale_ms)?;
+                let mut jobs = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, POLL_ROUND_LIMIT, &mut cache)?;
+                jobs.extend(tick::lookup_jobs(POLL_ROUND_LIMIT, &mut cache)?);
+                jobs
             } else {
                 Vec::new()
             };
@@ -195,12 +204,34 @@ impl Worker {
         if results.is_empty() {
             return Ok(Counts::default());
         }
-        txn::run(|| {
+        let grouped = txn::run(|| {
             let counts = tick::record_dispatch(&results)?;
             tick::record_status(&results)?;
+            tick::record_lookups(&results)?;
             tick::complete_batches()?;
             Ok(counts)
-        })
+        });
+        match grouped {
+            Ok(counts) => Ok(counts),
+            Err(e) => {
+                // One bad result must not hold back the others: record them one by one.
+                warning!("pg_dialer: recording {} results together failed ({e}); recording one by one", results.len());
+                let mut counts = Counts::default();
+                for r in &results {
+                    let one = std::slice::from_ref(r);
+                    match txn::run(|| {
+                        let c = tick::record_dispatch(one)?;
+                        tick::record_status(one)?;
+                        tick::record_lookups(one)?;
+                        Ok(c)
+                    }) {
+                        Ok(c) => counts.add(c),
+                        Err(e) => warning!("pg_dialer: a result could not be recorded: {e}"),
+                    }
+                }
+                Ok(counts)
+            }
+        }
     }
 
     /// Sleeps on the latch and the HTTP pool's pipe. Returns false when it is time to exit.

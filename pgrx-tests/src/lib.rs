@@ -221,11 +221,31 @@ impl Scenario {
     }
 
     pub fn wait_batch_completed(&mut self, batch: i64, timeout: Duration) {
-        let db = &mut self.db;
-        wait_for(&format!("batch {batch} to complete"), timeout, || {
-            let s: String = db.query_one("SELECT status FROM dialer.call_batches WHERE id = $1", &[&batch]).ok()?.get(0);
-            (s == "completed").then_some(())
-        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.batch_status(batch) == "completed" {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for batch {batch} to complete\n{}", self.describe(batch));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Where a batch stands: counters, contacts and calls by status (for failure messages).
+    pub fn describe(&mut self, batch: i64) -> String {
+        let q = |db: &mut Client, sql: &str| -> String {
+            db.query(sql, &[&batch])
+                .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_else(|e| e.to_string())
+        };
+        format!(
+            "batch: {}\ncontacts: {}\ncalls: {}",
+            q(&mut self.db, "SELECT row_to_json(b)::text FROM dialer.call_batches b WHERE id = $1"),
+            q(&mut self.db, "SELECT status || ' ' || count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 GROUP BY status"),
+            q(&mut self.db, "SELECT status || ' ' || count(*) || ' ' || coalesce(max(error), '') FROM dialer.calls WHERE batch_id = $1 GROUP BY status"),
+        )
     }
 
     pub fn worker_pid(&mut self) -> Option<i32> {

@@ -37,6 +37,8 @@ pub fn raise(e: DialerError) -> ! {
         "22023" => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         "P0002" => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
         "28000" => PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        "22P02" => PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+        "54000" => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
     };
     ereport!(ERROR, code, e.to_string());

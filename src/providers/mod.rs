@@ -1,6 +1,9 @@
 //! Provider adapters: pure request building and response parsing, no pgrx, no I/O.
 //! The factory picks the adapter by the agent mapping's provider.
 
+pub mod generic;
+pub mod lookup;
+pub mod twilio;
 pub mod ultravox;
 
 use serde_json::{Map, Value};
@@ -128,6 +131,8 @@ const MAX_ERROR_LEN: usize = 500;
 pub fn build_call_request(target: &ProviderTarget, call: &CallSpec) -> Result<HttpRequest, String> {
     match target.provider.as_str() {
         "ultravox" => ultravox::build_call_request(target, call),
+        "twilio" => twilio::build_call_request(target, call),
+        "webhook" => generic::build_call_request(target, call),
         other => Err(format!("provider '{other}' is not supported by this version of pg_dialer")),
     }
 }
@@ -139,9 +144,16 @@ pub fn interpret_call_response(provider: &str, result: Result<HttpResponse, Tran
         Err(TransportError::NotSent(e)) => return DispatchOutcome::NetworkError { error: scrub(&e, secrets) },
         Err(TransportError::Unknown(e)) => return DispatchOutcome::Timeout { error: scrub(&e, secrets) },
     };
+    let rate_limited = response.status == 429 || (provider == "twilio" && twilio::is_rate_limited(&response));
     match response.status {
-        200..=299 => DispatchOutcome::Accepted { provider_call_id: ultravox::call_id_of(&response.body) },
-        429 => DispatchOutcome::RateLimited {
+        200..=299 => DispatchOutcome::Accepted {
+            provider_call_id: match provider {
+                "twilio" => twilio::call_id_of(&response.body),
+                "webhook" => generic::call_id_of(&response.body),
+                _ => ultravox::call_id_of(&response.body),
+            },
+        },
+        _ if rate_limited => DispatchOutcome::RateLimited {
             retry_after_secs: response
                 .retry_after
                 .as_deref()
@@ -157,6 +169,8 @@ pub fn interpret_call_response(provider: &str, result: Result<HttpResponse, Tran
 pub fn build_status_request(provider: &str, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String> {
     match provider {
         "ultravox" => Ok(ultravox::build_status_request(creds, provider_call_id)),
+        "twilio" => twilio::build_status_request(creds, provider_call_id),
+        "webhook" => generic::build_status_request(creds, provider_call_id),
         other => Err(format!("provider '{other}' is not supported by this version of pg_dialer")),
     }
 }
@@ -164,6 +178,8 @@ pub fn build_status_request(provider: &str, creds: &Credentials, provider_call_i
 pub fn interpret_status_response(provider: &str, response: &HttpResponse) -> Option<CallStatus> {
     match provider {
         "ultravox" => ultravox::parse_status(response),
+        "twilio" => twilio::parse_status(response),
+        "webhook" => generic::parse_status(response),
         _ => None,
     }
 }

@@ -156,7 +156,7 @@ mod tests {
         let body: Value = serde_json::from_str(req.body.as_deref().unwrap()).unwrap();
         assert_eq!(body["medium"]["telnyx"]["outgoing"], json!({"to": "+15550001111", "from": "+15559990000"}));
         assert_eq!(body["voice"], "Mark");
-        assert_eq!(body["metadata"]["campaign"], "x");
+        assert_eq!(body["metadata"]["campaign"], "Q4", "the call's own metadata wins over the template's");
         assert_eq!(body["metadata"]["contact_id"], "42");
         assert_eq!(body["firstSpeaker"], "FIRST_SPEAKER_AGENT");
     }

@@ -1,0 +1,118 @@
+//! `dialer.ingest_webhook(provider, body, headers)`: provider call events, signature-checked,
+//! applied once.
+
+use crate::api::process::raise;
+use crate::error::DialerError;
+use crate::webhooks::{self, CallEvent};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+
+#[pg_extern]
+fn ingest_webhook(provider: &str, body: &str, headers: default!(JsonB, "'{}'")) -> JsonB {
+    match ingest(provider, body, &headers.0) {
+        Ok(v) => JsonB(v),
+        Err(e) => raise(e),
+    }
+}
+
+/// Normalises a provider timestamp so a malformed one can never break the SQL that stores it.
+pub fn clean_timestamp(t: Option<&str>) -> Option<String> {
+    t.and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok()).map(|d| d.to_rfc3339())
+}
+
+fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerError> {
+    if body.len() > webhooks::MAX_BODY_BYTES {
+        return Err(DialerError::TooLarge(format!(
+            "webhook body of {} bytes is larger than {} bytes",
+            body.len(),
+            webhooks::MAX_BODY_BYTES
+        )));
+    }
+    if !headers.is_object() {
+        return Err(DialerError::InvalidArgument("headers must be a JSON object of header names to values".into()));
+    }
+    let event = match provider {
+        "ultravox" => webhooks::parse_ultravox(body),
+        "twilio" => webhooks::parse_twilio(body),
+        other => {
+            return Err(DialerError::InvalidArgument(format!(
+                "webhooks are accepted from 'ultravox' and 'twilio', not {other:?}"
+            )))
+        }
+    }
+    .map_err(DialerError::MalformedInput)?;
+    let Some(event) = event else {
+        return Ok(json!({"status": "ignored", "reason": "event type not handled"}));
+    };
+
+    // The call, and the secret of the agency that placed it.
+    let row = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT k.id, k.agency_id, pc.webhook_secret, pc.api_key
+               FROM dialer.calls k
+               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = k.agency_id AND pc.provider = k.provider
+              WHERE k.provider = $1 AND k.provider_call_id = $2
+              ORDER BY k.id DESC LIMIT 1",
+            None,
+            &[provider.into(), event.provider_call_id.as_str().into()],
+        )?;
+        let mut out = None;
+        for r in t {
+            out = Some((r.get::<i64>(1)?.unwrap_or(0), r.get::<String>(3)?, r.get::<String>(4)?));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(|e| DialerError::Database(e.to_string()))?;
+    let Some((call_id, webhook_secret, api_key)) = row else {
+        return Ok(json!({"status": "ignored", "reason": "no call with this provider call id"}));
+    };
+
+    let h = webhooks::headers_map(headers);
+    let now = chrono::Utc::now().timestamp();
+    let verified = match provider {
+        // Ultravox: the agency's webhook secret; without one, deliveries are accepted unsigned.
+        "ultravox" => webhook_secret.as_deref().map(|s| webhooks::verify_ultravox(s, body, &h, now)),
+        // Twilio signs with the account's auth token (or a dedicated secret when set).
+        _ => webhook_secret.as_deref().or(api_key.as_deref()).map(|s| webhooks::verify_twilio(s, body, &h)),
+    };
+    if let Some(Err(why)) = verified {
+        return Err(DialerError::Unauthorized(format!("{provider} webhook refused: {why}")));
+    }
+    apply(provider, call_id, &event)
+}
+
+fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, DialerError> {
+    let payload = json!({"ended": event.ended, "end_reason": event.end_reason});
+    let first = Spi::get_one_with_args::<bool>(
+        "SELECT dialer._webhook_first_delivery($1, $2, $3, $4)",
+        &[provider.into(), event.event_id.as_str().into(), call_id.into(), JsonB(payload).into()],
+    )
+    .map_err(|e| DialerError::Database(e.to_string()))?
+    .unwrap_or(false);
+    if !first {
+        return Ok(json!({"status": "duplicate", "call_id": call_id}));
+    }
+    let answered = clean_timestamp(event.answered_at.as_deref());
+    if !event.ended {
+        Spi::run_with_args(
+            "UPDATE dialer.calls SET answered_at = coalesce(answered_at, $2::timestamptz) WHERE id = $1",
+            &[call_id.into(), answered.into()],
+        )
+        .map_err(|e| DialerError::Database(e.to_string()))?;
+        return Ok(json!({"status": "applied", "call_id": call_id, "ended": false}));
+    }
+    let changed = Spi::get_one_with_args::<bool>(
+        "SELECT dialer._end_call($1, $2, $3::timestamptz, $4::timestamptz)",
+        &[
+            call_id.into(),
+            event.end_reason.clone().into(),
+            answered.into(),
+            clean_timestamp(event.ended_at.as_deref()).into(),
+        ],
+    )
+    .map_err(|e| DialerError::Database(e.to_string()))?
+    .unwrap_or(false);
+    Ok(json!({"status": if changed { "applied" } else { "already_final" }, "call_id": call_id, "ended": true,
+              "end_reason": event.end_reason}))
+}
