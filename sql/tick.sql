@@ -279,7 +279,10 @@ BEGIN
     UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
      WHERE b.status = 'processing' AND b.kind = 'campaign' AND b.total_contacts > 0
        AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts c
-                        WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress'));
+                        WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress'))
+       -- an attempt in doubt that is still being looked up may yet be dialed again
+       AND NOT EXISTS (SELECT 1 FROM dialer.calls k
+                        WHERE k.batch_id = b.id AND k.status IN ('in_doubt', 'dialing') AND k.lookup_attempts < 5);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
