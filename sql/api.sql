@@ -105,13 +105,34 @@ BEGIN
     IF provider = 'twilio' AND account_sid IS NULL THEN
         RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
     END IF;
-    INSERT INTO dialer.provider_credentials AS pc (agency_id, provider, api_key, base_url, account_sid, webhook_secret)
+    -- Twilio accounts start at 1 call per second; raise it with set_provider_rate_limit.
+    INSERT INTO dialer.provider_credentials AS pc (agency_id, provider, api_key, base_url, account_sid, webhook_secret,
+                                                   max_calls_per_second)
     VALUES (set_provider_credentials.agency_id, set_provider_credentials.provider, set_provider_credentials.api_key,
             rtrim(set_provider_credentials.base_url, '/'), set_provider_credentials.account_sid,
-            set_provider_credentials.webhook_secret)
+            set_provider_credentials.webhook_secret,
+            CASE WHEN set_provider_credentials.provider = 'twilio' THEN 1 END)
     ON CONFLICT ON CONSTRAINT provider_credentials_pkey DO UPDATE
         SET api_key = EXCLUDED.api_key, base_url = EXCLUDED.base_url, account_sid = EXCLUDED.account_sid,
             webhook_secret = EXCLUDED.webhook_secret, updated_at = now();
+END $$;
+
+-- The provider account's own limit, shared by every batch that uses it (NULL = none).
+CREATE FUNCTION dialer.set_provider_rate_limit(agency_id bigint, provider text, max_calls_per_second integer)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF max_calls_per_second IS NOT NULL AND max_calls_per_second <= 0 THEN
+        RAISE EXCEPTION 'max_calls_per_second must be a positive integer or NULL, got %', max_calls_per_second
+            USING ERRCODE = '22023';
+    END IF;
+    UPDATE dialer.provider_credentials pc
+       SET max_calls_per_second = set_provider_rate_limit.max_calls_per_second, next_slot_at = NULL, updated_at = now()
+     WHERE pc.agency_id = set_provider_rate_limit.agency_id AND pc.provider = set_provider_rate_limit.provider;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no % credentials for agency %', provider, agency_id USING ERRCODE = 'P0002',
+            HINT = 'Store them first with dialer.set_provider_credentials(...).';
+    END IF;
 END $$;
 
 CREATE FUNCTION dialer.get_agency_credentials(agency_id bigint, provider text DEFAULT 'ultravox')
@@ -312,7 +333,8 @@ BEGIN
         RETURN false;
     END IF;
     -- Back to pending so the next tick promotes it (and queues contacts added meanwhile).
-    UPDATE dialer.call_batches SET status = 'pending' WHERE id = b.id;
+    -- Slots skipped while paused are not made up.
+    UPDATE dialer.call_batches SET status = 'pending', next_slot_at = NULL WHERE id = b.id;
     PERFORM dialer._wake_on_commit();
     RETURN true;
 END $$;

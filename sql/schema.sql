@@ -17,6 +17,9 @@ CREATE TABLE dialer.provider_credentials (
     base_url             text,
     webhook_secret       text,
     max_calls_per_second integer CHECK (max_calls_per_second IS NULL OR max_calls_per_second > 0),
+    -- Pacing of the provider account, shared by every batch that uses it.
+    next_slot_at         timestamptz,
+    rate_limited_until   timestamptz,
     updated_at           timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (agency_id, provider)
 );
@@ -105,6 +108,7 @@ CREATE UNIQUE INDEX campaign_contacts_dedupe_key ON dialer.campaign_contacts (ba
 CREATE INDEX campaign_contacts_claim_idx ON dialer.campaign_contacts (batch_id, priority, id)
     WHERE status = 'queued';
 CREATE INDEX ON dialer.campaign_contacts (batch_id, status);
+CREATE INDEX campaign_contacts_due_idx ON dialer.campaign_contacts (batch_id, next_attempt_at) WHERE status = 'queued';
 
 CREATE TABLE dialer.calls (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -137,7 +141,8 @@ CREATE TABLE dialer.calls (
 );
 CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX ON dialer.calls (contact_id);
-CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress');
+CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
+CREATE INDEX calls_in_doubt_idx ON dialer.calls (batch_id) WHERE status = 'in_doubt';
 CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
 
 ALTER TABLE dialer.campaign_contacts
@@ -161,6 +166,12 @@ CREATE INDEX ON dialer.recurring_calls (next_run_at) WHERE active;
 ALTER TABLE dialer.campaign_contacts
     ADD CONSTRAINT campaign_contacts_recurring_fk FOREIGN KEY (recurring_call_id)
     REFERENCES dialer.recurring_calls(id) ON DELETE SET NULL;
+
+-- Pacing shared across batches (the global dialer.max_calls_per_second).
+CREATE TABLE dialer.pacing_state (
+    key          text PRIMARY KEY,
+    next_slot_at timestamptz
+);
 
 CREATE TABLE dialer.runs (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

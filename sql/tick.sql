@@ -10,7 +10,7 @@ BEGIN
     PERFORM dialer._promote_recurring(p_now);
     WITH started AS (
         UPDATE dialer.call_batches
-           SET status = 'processing', started_at = coalesce(started_at, p_now)
+           SET status = 'processing', started_at = coalesce(started_at, p_now), next_slot_at = NULL
          WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now)
         RETURNING id
     )
@@ -36,6 +36,9 @@ LANGUAGE sql STABLE AS $$
        AND b.in_progress_count < b.max_concurrent
        AND (b.next_slot_at IS NULL OR b.next_slot_at <= p_now + p_lead)
        AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
+       AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
+                          ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+                        WHERE m.id = b.agent_mapping_id AND pc.rate_limited_until > p_now)
        AND EXISTS (SELECT 1 FROM dialer.campaign_contacts c
                     WHERE c.batch_id = b.id AND c.status = 'queued'
                       AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now))
@@ -43,45 +46,104 @@ LANGUAGE sql STABLE AS $$
      LIMIT p_limit
 $$;
 
--- Step 2: claim up to p_budget contacts of one batch, within its pacing and concurrency.
--- Pacing: calls are spaced 60000 / calls_per_minute ms apart (next_slot_at), and never more than
--- calls_per_minute claims in the last 60 s.
--- Slots up to p_lead ahead may be claimed: each row carries its slot time (slot_at_ms) and the
--- request is held until then, so a worker waking a little late or early does not bunch calls.
--- The claimed contacts go in_progress with attempts + 1 and a `calls` row in 'dialing' carrying
--- the idempotency key; all of it commits before any request is sent.
+-- Step 2: claim up to p_budget contacts of one batch, within its pacing and concurrency, and
+-- within the pacing of its provider credential (max_calls_per_second) and the global cap.
+--
+-- Pacing is a schedule of send times: a batch's calls are spaced 60000 / calls_per_minute ms apart
+-- (next_slot_at, kept here so it survives restarts). Slots up to p_lead ahead are claimed now and
+-- each row carries its send time (slot_at_ms); the request is held until then. A worker that is
+-- a little late takes the slot as now (spacing is never shortened). Slots missed while no worker ran
+-- (before p_catch_up_before, the worker's start) are made up at a quarter of the spacing, without
+-- ever letting more than calls_per_minute calls into any 60 seconds; slots a batch skipped because
+-- it was at max_concurrent are not made up.
+-- The claimed contacts go in_progress with attempts + 1 and a `calls` row in 'dialing' carrying the
+-- idempotency key; all of it commits before any request is sent.
 CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer,
-    p_lead interval DEFAULT '0')
+    p_lead interval DEFAULT '0', p_global_cps integer DEFAULT 0, p_catch_up_before timestamptz DEFAULT NULL)
 RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
                lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
-               spacing_ms double precision, agent_mapping_id bigint, metadata jsonb)
+               spacing_ms double precision, agent_mapping_id bigint, metadata jsonb, credential_key text,
+               credential_gap_ms double precision, global_gap_ms double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     b dialer.call_batches;
+    cred dialer.provider_credentials;
+    has_cred boolean;
+    g_next timestamptz;
     spacing interval;
+    b_gap interval;
+    c_gap interval := '0';
+    g_gap interval := '0';
+    gap interval;
     slot timestamptz;
+    start timestamptz;
+    last_send timestamptz;
+    catching_up boolean := false;
     n integer;
     claimed integer;
     recent integer;
+    active integer;
 BEGIN
     SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id AND status = 'processing'
        FOR UPDATE SKIP LOCKED;
     IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now) THEN
         RETURN;
     END IF;
+    SELECT pc.* INTO cred FROM dialer.provider_credentials pc
+      JOIN dialer.agent_mappings m ON m.agency_id = pc.agency_id AND m.provider = pc.provider
+     WHERE m.id = b.agent_mapping_id
+       FOR UPDATE OF pc;
+    has_cred := FOUND;
+    IF has_cred AND cred.rate_limited_until > p_now THEN
+        RETURN;  -- the provider account told us to wait (429 on another batch, perhaps)
+    END IF;
+
     spacing := make_interval(secs => 60.0 / b.calls_per_minute);
-    -- A slot already past is taken as now: catching up would put two calls closer than spacing.
+    b_gap := spacing;
     slot := b.next_slot_at;
-    IF slot IS NULL OR slot < p_now THEN
+    IF slot IS NULL THEN
+        slot := p_now;
+    ELSIF slot < p_now - greatest(spacing * 2, interval '1 second') AND slot < p_catch_up_before THEN
+        catching_up := true;
+        slot := greatest(slot, p_now - interval '60 seconds');
+        b_gap := spacing / 4;
+    ELSIF slot < p_now THEN
         slot := p_now;
     ELSIF slot > p_now + p_lead THEN
         RETURN;
     END IF;
-    n := 1 + floor(extract(epoch FROM (p_now + p_lead - slot)) / extract(epoch FROM spacing))::integer;
-    n := least(n, b.max_concurrent - b.in_progress_count, p_budget);
-    IF n > 1 OR b.calls_per_minute <= 60 THEN
+    start := CASE WHEN catching_up THEN p_now ELSE slot END;
+    gap := b_gap;
+    IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+        c_gap := make_interval(secs => 1.0 / cred.max_calls_per_second);
+        start := greatest(start, coalesce(cred.next_slot_at, p_now));
+        gap := greatest(gap, c_gap);
+    END IF;
+    IF p_global_cps > 0 THEN
+        g_gap := make_interval(secs => 1.0 / p_global_cps);
+        INSERT INTO dialer.pacing_state (key) VALUES ('global') ON CONFLICT DO NOTHING;
+        SELECT next_slot_at INTO g_next FROM dialer.pacing_state WHERE key = 'global' FOR UPDATE;
+        start := greatest(start, coalesce(g_next, p_now));
+        gap := greatest(gap, g_gap);
+    END IF;
+    IF start > p_now + p_lead THEN
+        RETURN;
+    END IF;
+    IF catching_up THEN
+        n := 1 + floor(extract(epoch FROM (least(p_now, p_catch_up_before) - slot)) / extract(epoch FROM spacing))::integer;
+    ELSE
+        n := 1 + floor(extract(epoch FROM (p_now + p_lead - start)) / extract(epoch FROM gap))::integer;
+    END IF;
+    -- max_concurrent counts calls dialing or in progress, and attempts in doubt that may be live.
+    active := b.in_progress_count
+              + (SELECT count(*) FROM dialer.calls k WHERE k.batch_id = b.id AND k.status = 'in_doubt'
+                                                      AND k.lookup_attempts < 5)::integer;
+    n := least(n, b.max_concurrent - active, p_budget);
+    IF catching_up THEN
+        -- Spaced slots cannot put more than calls_per_minute into 60 s; compressed ones are
+        -- counted (61 s: a send may trail its claim by the lead).
         SELECT count(*) INTO recent FROM dialer.calls k
-         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '60 seconds';
+         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '61 seconds' AND k.status <> 'network_error';
         n := least(n, b.calls_per_minute - recent);
     END IF;
     IF n <= 0 THEN
@@ -112,20 +174,31 @@ BEGIN
     )
     SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
            nc.idempotency_key,
-           extract(epoch FROM slot + spacing * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
-           60000.0::float8 / b.calls_per_minute, cc.mapping_id, cc.metadata
+           extract(epoch FROM start + gap * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
+           extract(epoch FROM b_gap)::float8 * 1000, cc.mapping_id, cc.metadata,
+           CASE WHEN has_cred AND cred.max_calls_per_second IS NOT NULL THEN cred.agency_id || ':' || cred.provider END,
+           extract(epoch FROM c_gap)::float8 * 1000, extract(epoch FROM g_gap)::float8 * 1000
       FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
 
     GET DIAGNOSTICS claimed = ROW_COUNT;
     IF claimed > 0 THEN
+        last_send := start + gap * (claimed - 1);
         UPDATE dialer.campaign_contacts c SET call_id = k.id
           FROM dialer.calls k
          WHERE k.batch_id = b.id AND k.status = 'dialing' AND k.created_at = p_now AND c.id = k.contact_id;
         UPDATE dialer.call_batches
-           SET next_slot_at = slot + spacing * claimed,
+           SET next_slot_at = CASE WHEN catching_up THEN slot + spacing * claimed
+                                   ELSE greatest(slot + spacing * claimed, last_send + spacing) END,
                queued_count = greatest(queued_count - claimed, 0),
                in_progress_count = in_progress_count + claimed
          WHERE id = b.id;
+        IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+            UPDATE dialer.provider_credentials SET next_slot_at = last_send + c_gap
+             WHERE agency_id = cred.agency_id AND provider = cred.provider;
+        END IF;
+        IF p_global_cps > 0 THEN
+            UPDATE dialer.pacing_state SET next_slot_at = last_send + g_gap WHERE key = 'global';
+        END IF;
     END IF;
 END $$;
 
@@ -183,6 +256,10 @@ BEGIN
                SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff),
                    queued_count = queued_count + 1
              WHERE id = b.id;
+            -- The limit is the provider account's: every batch sharing the credential waits.
+            UPDATE dialer.provider_credentials
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff)
+             WHERE agency_id = k.agency_id AND provider = k.provider;
             PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
         ELSIF outcome = 'network_error' THEN
             -- The request never reached the provider: retried, and not counted as an attempt.
@@ -294,10 +371,20 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
         SELECT min(coalesce(k.last_polled_at, k.created_at)) + p_poll_every AS t FROM dialer.calls k
          WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
         UNION ALL
+        SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
+          FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
+        UNION ALL
         SELECT greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
-                        (SELECT coalesce(min(c.next_attempt_at), p_now) FROM dialer.campaign_contacts c
-                          WHERE c.batch_id = b.id AND c.status = 'queued')) AS t
+                        coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now),
+                        CASE WHEN EXISTS (SELECT 1 FROM dialer.campaign_contacts c
+                                           WHERE c.batch_id = b.id AND c.status = 'queued'
+                                             AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now))
+                             THEN p_now
+                             ELSE (SELECT min(c.next_attempt_at) FROM dialer.campaign_contacts c
+                                    WHERE c.batch_id = b.id AND c.status = 'queued') END) AS t
           FROM dialer.call_batches b
+          LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
+          LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
          WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
            AND EXISTS (SELECT 1 FROM dialer.campaign_contacts c WHERE c.batch_id = b.id AND c.status = 'queued')
         UNION ALL

@@ -27,13 +27,17 @@ pub struct Job {
     pub request: HttpRequest,
     /// Hold the request until this unix time (ms): its pacing slot.
     pub not_before_ms: Option<f64>,
-    /// (batch id, spacing ms): never send two requests of one batch closer than the spacing,
-    /// measured at the moment of sending (the slot in the database is measured at the claim).
-    pub spacing: Option<(i64, f64)>,
+    /// (pacing key, spacing ms): never send two requests of one key (a batch, a provider
+    /// account, everything) closer than its spacing, measured at the moment of sending.
+    pub spacing: Vec<(String, f64)>,
+    /// The provider account this request goes to: requests in flight are counted per account so
+    /// that a hanging provider cannot take every thread.
+    pub flight_key: Option<String>,
 }
 
 pub struct JobResult {
     pub kind: JobKind,
+    pub flight_key: Option<String>,
     pub request: HttpRequest,
     pub result: Result<HttpResponse, TransportError>,
     pub sent_at_ms: f64,
@@ -46,6 +50,7 @@ pub struct Pool {
     wake_read: UnixStream,
     threads: Vec<std::thread::JoinHandle<()>>,
     in_flight: usize,
+    in_flight_by_key: HashMap<String, usize>,
 }
 
 impl Pool {
@@ -56,7 +61,7 @@ impl Pool {
         wake_read.set_nonblocking(true)?;
         wake_write.set_nonblocking(true)?;
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let last_send: Arc<Mutex<HashMap<i64, f64>>> = Arc::new(Mutex::new(HashMap::new()));
+        let last_send: Arc<Mutex<HashMap<String, f64>>> = Arc::new(Mutex::new(HashMap::new()));
         let wake_write = Arc::new(wake_write);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout.min(Duration::from_secs(5)))
@@ -90,6 +95,7 @@ impl Pool {
                     let result = send(&agent, &job.request);
                     let out = JobResult {
                         kind: job.kind,
+                        flight_key: job.flight_key,
                         request: job.request,
                         result,
                         sent_at_ms,
@@ -103,7 +109,7 @@ impl Pool {
                 })?;
             handles.push(handle);
         }
-        Ok(Pool { jobs: Some(job_tx), results: res_rx, wake_read, threads: handles, in_flight: 0 })
+        Ok(Pool { jobs: Some(job_tx), results: res_rx, wake_read, threads: handles, in_flight: 0, in_flight_by_key: HashMap::new() })
     }
 
     /// The file descriptor that becomes readable when results are waiting.
@@ -115,10 +121,31 @@ impl Pool {
         self.in_flight
     }
 
+    /// Requests in flight per provider account.
+    pub fn in_flight_by_account(&self) -> HashMap<String, usize> {
+        self.in_flight_by_key.clone()
+    }
+
     pub fn submit(&mut self, job: Job) {
+        let key = job.flight_key.clone();
         if let Some(tx) = &self.jobs {
             if tx.send(job).is_ok() {
                 self.in_flight += 1;
+                if let Some(k) = key {
+                    *self.in_flight_by_key.entry(k).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, r: &JobResult) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(k) = &r.flight_key {
+            if let Some(n) = self.in_flight_by_key.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.in_flight_by_key.remove(k);
+                }
             }
         }
     }
@@ -132,7 +159,9 @@ impl Pool {
             }
         }
         let out: Vec<JobResult> = self.results.try_iter().collect();
-        self.in_flight = self.in_flight.saturating_sub(out.len());
+        for r in &out {
+            self.finished(r);
+        }
         out
     }
 
@@ -147,7 +176,7 @@ impl Pool {
             }
             match self.results.recv_timeout(deadline - now) {
                 Ok(r) => {
-                    self.in_flight -= 1;
+                    self.finished(&r);
                     out.push(r);
                 }
                 Err(_) => break,
@@ -171,18 +200,23 @@ impl Drop for Pool {
 
 /// When this job may be sent: its slot, and no sooner than `spacing` after the previous request
 /// of its batch. Reserving under the lock keeps the order even when threads race.
-fn reserve_send_time(last_send: &Mutex<HashMap<i64, f64>>, job: &Job) -> f64 {
+fn reserve_send_time(last_send: &Mutex<HashMap<String, f64>>, job: &Job) -> f64 {
     let mut at = job.not_before_ms.unwrap_or(0.0).max(unix_ms());
-    if let Some((batch_id, spacing_ms)) = job.spacing {
-        if let Ok(mut map) = last_send.lock() {
-            if let Some(prev) = map.get(&batch_id) {
+    if job.spacing.is_empty() {
+        return at;
+    }
+    if let Ok(mut map) = last_send.lock() {
+        for (key, spacing_ms) in &job.spacing {
+            if let Some(prev) = map.get(key) {
                 at = at.max(prev + spacing_ms);
             }
-            map.insert(batch_id, at);
-            if map.len() > 100_000 {
-                let cutoff = unix_ms() - 120_000.0;
-                map.retain(|_, t| *t > cutoff);
-            }
+        }
+        for (key, _) in &job.spacing {
+            map.insert(key.clone(), at);
+        }
+        if map.len() > 100_000 {
+            let cutoff = unix_ms() - 120_000.0;
+            map.retain(|_, t| *t > cutoff);
         }
     }
     at

@@ -238,7 +238,14 @@ fn set_batch_error(batch_id: i64, error: &str) -> Result<(), DialerError> {
 /// recorded as failed results at once.
 /// Returns the jobs to send, failed outcomes to record (requests that could not be built), and
 /// the number of batches served.
-pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
+pub fn claim(
+    max_batches: i32,
+    budget_per_batch: i32,
+    global_cps: i32,
+    catch_up_before_ms: Option<f64>,
+    room_for: &dyn Fn(&str) -> usize,
+    cache: &mut TargetCache,
+) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
     let due: Vec<(i64, i64, i64)> = Spi::connect(|client| {
         let table = client.select(
             "SELECT batch_id, agency_id, agent_mapping_id
@@ -267,7 +274,14 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
             }
             Err(e) => return Err(e),
         };
-        let specs = claim_batch(batch_id, budget_per_batch)?;
+        // A provider account whose requests fill its share of the HTTP threads (it is slow or
+        // hanging) gets no more until some come back; other accounts go on.
+        let room = room_for(&format!("{agency_id}:{}", target.provider));
+        if room == 0 {
+            continue;
+        }
+        let budget = budget_per_batch.min(room.min(i32::MAX as usize) as i32);
+        let specs = claim_batch(batch_id, budget, global_cps, catch_up_before_ms)?;
         if specs.is_empty() {
             continue;
         }
@@ -287,12 +301,22 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
             };
             let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
             match providers::build_call_request(&target, &spec) {
-                Ok(request) => jobs.push(Job {
-                    kind,
-                    request,
-                    not_before_ms: Some(spec.slot_at_ms),
-                    spacing: Some((batch_id, spec.spacing_ms)),
-                }),
+                Ok(request) => {
+                    let mut spacing = vec![(format!("batch:{batch_id}"), spec.spacing_ms)];
+                    if let Some(key) = &spec.credential_key {
+                        spacing.push((format!("account:{key}"), spec.credential_gap_ms));
+                    }
+                    if spec.global_gap_ms > 0.0 {
+                        spacing.push(("global".to_string(), spec.global_gap_ms));
+                    }
+                    jobs.push(Job {
+                        kind,
+                        request,
+                        not_before_ms: Some(spec.slot_at_ms),
+                        spacing,
+                        flight_key: Some(format!("{agency_id}:{}", target.provider)),
+                    })
+                }
                 Err(error) => unbuildable.push(failed_build_json(spec.call_id, &error)),
             }
         }
@@ -300,14 +324,15 @@ pub fn claim(max_batches: i32, budget_per_batch: i32, cache: &mut TargetCache) -
     Ok((jobs, unbuildable, batches))
 }
 
-fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError> {
+fn claim_batch(batch_id: i64, budget: i32, global_cps: i32, catch_up_before_ms: Option<f64>) -> Result<Vec<CallSpec>, DialerError> {
     Spi::connect_mut(|client| {
         let table = client.update(
             "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
-                    agent_mapping_id, metadata
-               FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0))",
+                    agent_mapping_id, metadata, credential_key, credential_gap_ms, global_gap_ms
+               FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0), $4,
+                                        to_timestamp($5 / 1000.0))",
             None,
-            &[batch_id.into(), budget.into(), CLAIM_LEAD_MS.into()],
+            &[batch_id.into(), budget.into(), CLAIM_LEAD_MS.into(), global_cps.into(), catch_up_before_ms.into()],
         )?;
         let mut out = Vec::new();
         for r in table {
@@ -324,6 +349,9 @@ fn claim_batch(batch_id: i64, budget: i32) -> Result<Vec<CallSpec>, DialerError>
                 spacing_ms: r.get::<f64>(9)?.unwrap_or(0.0),
                 agent_mapping_id: r.get::<i64>(10)?.unwrap_or(0),
                 metadata: r.get::<JsonB>(11)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                credential_key: r.get::<String>(12)?,
+                credential_gap_ms: r.get::<f64>(13)?.unwrap_or(0.0),
+                global_gap_ms: r.get::<f64>(14)?.unwrap_or(0.0),
             });
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -416,7 +444,7 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
     for (call_id, agency_id, provider, provider_call_id) in rows {
         let Some(creds) = cache.credentials(agency_id, &provider)? else { continue };
         if let Ok(request) = providers::build_status_request(&provider, &creds, &provider_call_id) {
-            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request, not_before_ms: None, spacing: None });
+            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request, not_before_ms: None, spacing: Vec::new(), flight_key: None });
         }
     }
     Ok(jobs)
@@ -472,7 +500,7 @@ pub fn lookup_jobs(limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, Dial
         // Without credentials the provider cannot be asked: the attempt stays in doubt.
         let Some(creds) = cache.credentials(agency_id, &attempt.provider)? else { continue };
         if let Ok(request) = lookup::build_request(&attempt, &creds) {
-            jobs.push(Job { kind: JobKind::Lookup { attempt }, request, not_before_ms: None, spacing: None });
+            jobs.push(Job { kind: JobKind::Lookup { attempt }, request, not_before_ms: None, spacing: Vec::new(), flight_key: None });
         }
     }
     Ok(jobs)

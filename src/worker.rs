@@ -52,6 +52,8 @@ struct Worker {
     settled_at_start: bool,
     skipping: bool,
     extension_seen: bool,
+    /// When this worker started: pacing slots missed before it (no worker ran) are made up.
+    started_ms: f64,
 }
 
 impl Worker {
@@ -67,6 +69,7 @@ impl Worker {
             settled_at_start: false,
             skipping: false,
             extension_seen: false,
+            started_ms: unix_ms(),
         })
     }
 
@@ -142,6 +145,11 @@ impl Worker {
             self.next_poll_round = now + POLL_ROUND_EVERY;
         }
         let settings = self.settings.clone();
+        let started_ms = self.started_ms;
+        let in_flight = self.pool.in_flight_by_account();
+        // One provider account may use at most three quarters of the HTTP threads.
+        let share = (settings.http_concurrency * 3 / 4).max(1);
+        let room_for = move |account: &str| share.saturating_sub(in_flight.get(account).copied().unwrap_or(0));
         let outcome = txn::run(|| {
             if !tick::try_tick_lock()? {
                 return Ok(None);
@@ -152,7 +160,7 @@ impl Worker {
             }
             let mut cache = TargetCache::default();
             let (jobs, unbuildable, batches) =
-                tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, &mut cache)?;
+                tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, settings.max_calls_per_second, Some(started_ms), &room_for, &mut cache)?;
             let polls = if do_poll {
                 // Requests that should have been answered by now but were not recorded: their
                 // process died mid-request. Held in doubt, then looked up.

@@ -101,6 +101,7 @@ mod tests {
             call_id: 1, batch_id: 2, contact_id: 3, phone_number: "+15550001111".into(), name: None,
             variables: json!({"x": 1}), lead_ref: Some("L1".into()), idempotency_key: "k".into(),
             slot_at_ms: 0.0, spacing_ms: 0.0, agent_mapping_id: 1, metadata: json!({}),
+            credential_key: None, credential_gap_ms: 0.0, global_gap_ms: 0.0,
         };
         let req = build_call_request(&t, &call).unwrap();
         assert_eq!(req.url, "http://127.0.0.1:9/v1/calls");

@@ -27,6 +27,11 @@ pub struct CallSpec {
     pub agent_mapping_id: i64,
     /// Caller metadata passed through to the provider (queue jobs).
     pub metadata: Value,
+    /// Pacing of the provider account (`agency:provider`) when it has max_calls_per_second.
+    pub credential_key: Option<String>,
+    pub credential_gap_ms: f64,
+    /// Pacing of the global dialer.max_calls_per_second (0 = none).
+    pub global_gap_ms: f64,
 }
 
 /// The agent mapping and credentials of a batch, read once per tick.

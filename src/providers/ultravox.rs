@@ -129,6 +129,9 @@ mod tests {
             spacing_ms: 0.0,
             agent_mapping_id: 1,
             metadata: json!({"campaign": "Q4", "contact_id": "spoofed"}),
+            credential_key: None,
+            credential_gap_ms: 0.0,
+            global_gap_ms: 0.0,
         }
     }
 
