@@ -91,8 +91,10 @@ END $$;
 -- SECURITY DEFINER: callers may store keys without being able to read them back.
 CREATE FUNCTION dialer.set_provider_credentials(agency_id bigint, provider text, api_key text,
     base_url text DEFAULT NULL, account_sid text DEFAULT NULL, webhook_secret text DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+    attempt integer;
 BEGIN
     PERFORM dialer._check_agency(agency_id);
     PERFORM dialer._check_provider(provider);
@@ -105,21 +107,33 @@ BEGIN
     IF provider = 'twilio' AND account_sid IS NULL THEN
         RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
     END IF;
-    -- Twilio accounts start at 1 call per second; raise it with set_provider_rate_limit.
-    INSERT INTO dialer.provider_credentials AS pc (agency_id, provider, api_key, base_url, account_sid, webhook_secret,
-                                                   max_calls_per_second)
-    VALUES (set_provider_credentials.agency_id, set_provider_credentials.provider, set_provider_credentials.api_key,
-            rtrim(set_provider_credentials.base_url, '/'), set_provider_credentials.account_sid,
-            set_provider_credentials.webhook_secret,
-            CASE WHEN set_provider_credentials.provider = 'twilio' THEN 1 END)
-    ON CONFLICT ON CONSTRAINT provider_credentials_pkey DO UPDATE
-        SET api_key = EXCLUDED.api_key, base_url = EXCLUDED.base_url, account_sid = EXCLUDED.account_sid,
-            webhook_secret = EXCLUDED.webhook_secret, updated_at = now();
+    -- Update, else insert: an application role may write keys but not read them, and
+    -- INSERT ... ON CONFLICT DO UPDATE would need to read them.
+    FOR attempt IN 1..2 LOOP
+        UPDATE dialer.provider_credentials pc
+           SET api_key = set_provider_credentials.api_key, base_url = rtrim(set_provider_credentials.base_url, '/'),
+               account_sid = set_provider_credentials.account_sid,
+               webhook_secret = set_provider_credentials.webhook_secret, updated_at = now()
+         WHERE pc.agency_id = set_provider_credentials.agency_id AND pc.provider = set_provider_credentials.provider;
+        EXIT WHEN FOUND;
+        BEGIN
+            -- Twilio accounts start at 1 call per second; raise it with set_provider_rate_limit.
+            INSERT INTO dialer.provider_credentials (agency_id, provider, api_key, base_url, account_sid, webhook_secret,
+                                                     max_calls_per_second)
+            VALUES (set_provider_credentials.agency_id, set_provider_credentials.provider, set_provider_credentials.api_key,
+                    rtrim(set_provider_credentials.base_url, '/'), set_provider_credentials.account_sid,
+                    set_provider_credentials.webhook_secret,
+                    CASE WHEN set_provider_credentials.provider = 'twilio' THEN 1 END);
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;  -- stored concurrently: update it on the next pass
+        END;
+    END LOOP;
 END $$;
 
 -- The provider account's own limit, shared by every batch that uses it (NULL = none).
 CREATE FUNCTION dialer.set_provider_rate_limit(agency_id bigint, provider text, max_calls_per_second integer)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     IF max_calls_per_second IS NOT NULL AND max_calls_per_second <= 0 THEN

@@ -23,6 +23,7 @@ extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
 extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
 extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit]);
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["leads", "queue"], finalize);
 
 /// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
 const WORKER_RESTART: Duration = Duration::from_secs(1);

@@ -388,10 +388,14 @@ pub fn failed_build_json(call_id: i64, error: &str) -> Value {
 
 fn dispatch_json(call_id: i64, r: &JobResult, outcome: &DispatchOutcome) -> Value {
     let (http_status, response) = match &r.result {
-        Ok(resp) => (
-            Some(resp.status),
-            serde_json::from_str::<Value>(&resp.body).unwrap_or_else(|_| Value::String(resp.body.chars().take(2000).collect())),
-        ),
+        Ok(resp) => {
+            // A provider that echoes the request (key included) must not put the key in our tables.
+            let body = providers::scrub(&resp.body, &r.request.secrets);
+            (
+                Some(resp.status),
+                serde_json::from_str::<Value>(&body).unwrap_or_else(|_| Value::String(body.chars().take(2000).collect())),
+            )
+        }
         Err(_) => (None, Value::Null),
     };
     let mut v = json!({

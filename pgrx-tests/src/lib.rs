@@ -248,6 +248,29 @@ impl Scenario {
         )
     }
 
+    /// A fresh connection (after a crash restart the old one is gone).
+    pub fn reconnect(&mut self) {
+        self.db = self.cluster.connect();
+    }
+
+    /// Runs a query, reconnecting while the server restarts.
+    pub fn query_retrying(&mut self, sql: &str, timeout: Duration) -> Vec<postgres::Row> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.db.query(sql, &[]) {
+                Ok(rows) => return rows,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Ok(c) = Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.cluster.port), NoTls) {
+                        self.db = c;
+                    }
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
+    }
+
     pub fn worker_pid(&mut self) -> Option<i32> {
         self.db
             .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type LIKE '%pg_dialer%'", &[])
