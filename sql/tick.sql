@@ -103,7 +103,7 @@ BEGIN
     slot := b.next_slot_at;
     IF slot IS NULL THEN
         slot := p_now;
-    ELSIF slot < p_now - greatest(spacing * 2, interval '1 second') AND slot < p_catch_up_before THEN
+    ELSIF slot < p_now - spacing AND slot < p_catch_up_before THEN
         catching_up := true;
         slot := greatest(slot, p_now - interval '60 seconds');
         b_gap := spacing / 4;

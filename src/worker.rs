@@ -22,6 +22,17 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     let database = Settings::database();
     // A database that does not exist yet ends this start (FATAL); the restart time brings us back.
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // A claim must be durable before its request leaves: whatever synchronous_commit the server
+    // runs with, this worker's commits wait for the WAL flush. (With it off, a crash could forget
+    // a claim whose call was already placed, and the person would be called again.)
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     wake::publish_worker_pid(unsafe { pg_sys::MyProcPid });
     log!("pg_dialer worker started, serving database \"{database}\"");
 
