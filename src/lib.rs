@@ -15,6 +15,7 @@ pub mod txn;
 pub mod wake;
 pub mod webhooks;
 pub mod worker;
+pub mod zones;
 
 ::pgrx::pg_module_magic!();
 

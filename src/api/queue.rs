@@ -34,3 +34,9 @@ fn _wake_on_commit() {
         WAKE_PENDING.with(|p| p.set(false));
     });
 }
+
+/// The IANA zone of a number's country when that country has only one; NULL otherwise.
+#[pg_extern(immutable, parallel_safe)]
+fn _zone_for_number(phone_number: &str) -> Option<&'static str> {
+    crate::zones::zone_for_number(phone_number)
+}
