@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The Postgres 15 programs: `PG_DIALER_PG_BIN` (set by the Makefile to the private copy the
+/// extension was installed into), else the system's.
+pub fn pg_bin() -> String {
+    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+}
 
 fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -18,7 +22,7 @@ fn running_as_root() -> bool {
 /// It gets its own process group so that a Ctrl-C in the terminal reaches only the demo, which
 /// then shuts the cluster down in order.
 fn pg_command(program: &str) -> Command {
-    let path = format!("{PG_BIN}/{program}");
+    let path = format!("{}/{program}", pg_bin());
     let mut c = if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
@@ -37,13 +41,13 @@ fn run(mut cmd: Command, what: &str) -> Result<Output, String> {
 /// Checks what the demo needs before touching anything, with the fix for each gap.
 pub fn preflight() -> Result<(), String> {
     for prog in ["initdb", "pg_ctl", "postgres"] {
-        if !Path::new(PG_BIN).join(prog).exists() {
+        if !Path::new(&pg_bin()).join(prog).exists() {
             return Err(format!(
-                "Postgres 15 is not installed ({PG_BIN}/{prog} is missing): run `make setup`"
+                "Postgres 15 is not installed ({}/{prog} is missing): run `make setup`", pg_bin()
             ));
         }
     }
-    let pg_config = Path::new(PG_BIN).join("pg_config");
+    let pg_config = Path::new(&pg_bin()).join("pg_config");
     let ask = |flag: &str, fallback: &str| -> PathBuf {
         Command::new(&pg_config)
             .arg(flag)
