@@ -263,14 +263,21 @@ BEGIN
         IF el ? 'source' AND jsonb_typeof(el->'source') NOT IN ('string', 'null') THEN
             RAISE EXCEPTION 'contacts[%].source must be a string', idx USING ERRCODE = '22P02';
         END IF;
+        IF el ? 'timezone' AND (jsonb_typeof(el->'timezone') <> 'string'
+                                OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = el->>'timezone')) THEN
+            RAISE EXCEPTION 'contacts[%].timezone % is not a known IANA time zone', idx, el->'timezone'
+                USING ERRCODE = '22023';
+        END IF;
         idx := idx + 1;
     END LOOP;
 
     WITH ins AS (
-        INSERT INTO dialer.campaign_contacts (batch_id, phone_number, name, variables, priority, lead_ref, source, status)
+        INSERT INTO dialer.campaign_contacts (batch_id, phone_number, name, variables, priority, lead_ref, source, status,
+                                              timezone)
         SELECT b.id, e->>'phone_number', e->>'name', coalesce(nullif(e->'variables', 'null'::jsonb), '{}'),
                coalesce((e->>'priority')::integer, 2), e->>'lead_ref', e->>'source',
-               CASE WHEN b.status = 'processing' THEN 'queued' ELSE 'pending' END
+               CASE WHEN b.status = 'processing' THEN 'queued' ELSE 'pending' END,
+               coalesce(e->>'timezone', dialer._zone_for_number(e->>'phone_number'))
           FROM jsonb_array_elements(contacts) WITH ORDINALITY AS t(e, ord)
          ORDER BY ord
         ON CONFLICT (batch_id, phone_number) WHERE NOT is_job DO NOTHING

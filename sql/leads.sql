@@ -201,6 +201,9 @@ CREATE FUNCTION dialer._end_call(p_call_id bigint, p_end_reason text, p_answered
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    retry_after interval;
 BEGIN
     SELECT * INTO k FROM dialer.calls WHERE id = p_call_id FOR UPDATE;
     IF NOT FOUND OR k.status NOT IN ('in_progress', 'dialing', 'in_doubt') THEN
@@ -211,6 +214,22 @@ BEGIN
            answered_at = coalesce(answered_at, p_answered_at),
            ended_at = coalesce(p_ended_at, clock_timestamp())
      WHERE id = k.id;
+    -- Per-outcome retry delays (no-answer, busy, voicemail, failed): try again later instead.
+    SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+    retry_after := (b.retry_delays ->> dialer._retry_outcome(p_end_reason))::interval;
+    IF retry_after IS NOT NULL AND c.attempts < b.max_attempts AND c.call_id = k.id
+       AND c.status IN ('in_progress', 'in_doubt') THEN
+        UPDATE dialer.campaign_contacts
+           SET status = 'queued', next_attempt_at = clock_timestamp() + retry_after, updated_at = clock_timestamp(),
+               last_error = 'call ended: ' || p_end_reason
+         WHERE id = c.id;
+        UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+        IF c.status = 'in_progress' THEN
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        END IF;
+        RETURN true;
+    END IF;
     UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp()
      WHERE id = k.contact_id AND status IN ('in_progress', 'in_doubt') AND call_id = k.id;
     IF FOUND THEN

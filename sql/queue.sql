@@ -102,9 +102,10 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO dialer.campaign_contacts (batch_id, phone_number, variables, lead_ref, priority, status,
-        next_attempt_at, is_job, agent_mapping_id, message, metadata, dedupe_key, recurring_call_id)
+        next_attempt_at, is_job, agent_mapping_id, message, metadata, dedupe_key, recurring_call_id, timezone)
     VALUES (q, p_to, jsonb_strip_nulls(jsonb_build_object('message', p_message)), p_lead_id, p_priority, 'queued',
-            p_run_at, true, p_mapping_id, p_message, coalesce(p_metadata, '{}'), p_dedupe_key, p_recurring_id)
+            p_run_at, true, p_mapping_id, p_message, coalesce(p_metadata, '{}'), p_dedupe_key, p_recurring_id,
+            dialer._zone_for_number(p_to))
     ON CONFLICT (batch_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
     RETURNING id INTO job;
     IF job IS NULL THEN  -- a concurrent caller used the same dedupe key first

@@ -5,6 +5,8 @@ CREATE TABLE dialer.agencies (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name       text NOT NULL UNIQUE CHECK (length(btrim(name)) > 0),
     timezone   text NOT NULL DEFAULT 'UTC',
+    -- Compliance: most attempts per number per (agency-local) day across all batches; NULL = no cap.
+    max_attempts_per_number_per_day integer CHECK (max_attempts_per_number_per_day IS NULL OR max_attempts_per_number_per_day > 0),
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -60,6 +62,13 @@ CREATE TABLE dialer.call_batches (
     completed_count    integer NOT NULL DEFAULT 0,
     failed_count       integer NOT NULL DEFAULT 0,
     last_error         text,
+    -- Calling window, in each contact's own time zone: [window_start, window_end) on window_days
+    -- (ISO weekdays, 1 = Monday). NULL = any time.
+    window_start       time,
+    window_end         time,
+    window_days        integer[],
+    -- Retry delay per call outcome: {"no-answer": "1 hour", "busy": "10 minutes", "voicemail": ..., "failed": ...}.
+    retry_delays       jsonb NOT NULL DEFAULT '{}',
     -- Pacing state lives here, not in the worker's memory, so it survives restarts.
     next_slot_at       timestamptz,
     rate_limited_until timestamptz,
@@ -96,6 +105,9 @@ CREATE TABLE dialer.campaign_contacts (
     metadata        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
     dedupe_key      text,
     recurring_call_id bigint,
+    -- The contact's IANA zone: given, else from the number's country when it has one zone, else
+    -- NULL (the agency's zone applies).
+    timezone        text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
@@ -118,6 +130,10 @@ CREATE TABLE dialer.calls (
     provider         text NOT NULL,
     provider_call_id text,
     idempotency_key  text NOT NULL UNIQUE,
+    -- Audit: the number, and the contact's local time and zone when it was dialed.
+    phone_number     text,
+    local_time       timestamp,
+    timezone         text,
     -- dialing: claimed, request possibly on the wire; in_progress: the provider accepted it;
     -- ended: the provider reported its end; failed / rate_limited / network_error: not placed;
     -- in_doubt: the request may have reached the provider, outcome unknown.
@@ -144,6 +160,10 @@ CREATE INDEX ON dialer.calls (contact_id);
 CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
 CREATE INDEX calls_in_doubt_idx ON dialer.calls (batch_id) WHERE status = 'in_doubt';
 CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
+-- Never two live calls to one number, whatever batch or agency: the database enforces it.
+CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number)
+    WHERE status IN ('dialing', 'in_progress', 'in_doubt');
+CREATE INDEX calls_number_day_idx ON dialer.calls (agency_id, phone_number, created_at);
 
 ALTER TABLE dialer.campaign_contacts
     ADD CONSTRAINT campaign_contacts_call_fk FOREIGN KEY (call_id) REFERENCES dialer.calls(id) ON DELETE SET NULL;

@@ -59,6 +59,7 @@ GRANT SELECT (agency_id, provider, base_url, account_sid, max_calls_per_second, 
               updated_at),
       INSERT, UPDATE ON dialer.provider_credentials TO dialer_user;
 GRANT SELECT, INSERT, UPDATE ON dialer.pacing_state TO dialer_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.do_not_call, dialer.agency_holidays TO dialer_user;
 GRANT ALL ON ALL TABLES IN SCHEMA dialer TO dialer_admin;
 GRANT EXECUTE ON FUNCTION dialer.get_agency_credentials(bigint, text) TO dialer_admin;
 
@@ -74,6 +75,13 @@ ALTER TABLE dialer.recurring_calls ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dialer.telecallers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dialer.followups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dialer.agency_members ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dialer.do_not_call ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dialer.agency_holidays ENABLE ROW LEVEL SECURITY;
+-- Everyone honours the global do-not-call list; only the owner and dialer_admin change it.
+CREATE POLICY read_dnc ON dialer.do_not_call FOR SELECT USING (agency_id IS NULL OR agency_id = ANY (dialer.current_agency_ids()));
+CREATE POLICY own_dnc ON dialer.do_not_call FOR ALL USING (agency_id = ANY (dialer.current_agency_ids()))
+    WITH CHECK (agency_id = ANY (dialer.current_agency_ids()));
+CREATE POLICY tenant ON dialer.agency_holidays USING (agency_id = ANY (dialer.current_agency_ids()));
 
 -- Agencies and their members are created by the owner or dialer_admin.
 CREATE POLICY tenant ON dialer.agencies USING (id = ANY (dialer.current_agency_ids()));

@@ -79,6 +79,7 @@ DECLARE
     start timestamptz;
     last_send timestamptz;
     catching_up boolean := false;
+    agency_tz text;
     n integer;
     claimed integer;
     recent integer;
@@ -149,26 +150,40 @@ BEGIN
     IF n <= 0 THEN
         RETURN;
     END IF;
+    -- Compliance, against live tables: do-not-call, calling windows, attempt caps.
+    PERFORM dialer._compliance_prepare(b, p_now, greatest(n * 4, 50));
+    SELECT timezone INTO agency_tz FROM dialer.agencies WHERE id = b.agency_id;
 
     RETURN QUERY
-    WITH picked AS (
-        SELECT c.id FROM dialer.campaign_contacts c
+    WITH candidates AS (
+        SELECT c.id, c.phone_number, c.priority FROM dialer.campaign_contacts c
          WHERE c.batch_id = b.id AND c.status = 'queued'
            AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now)
+           -- one live call per number, across every batch (the unique index enforces it)
+           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                                        AND k.status IN ('dialing', 'in_progress', 'in_doubt'))
          ORDER BY c.priority, c.id
-         LIMIT n
+         LIMIT n * 2
            FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        SELECT d.id FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.priority FROM candidates cd
+                           ORDER BY cd.phone_number, cd.priority, cd.id) d
+         ORDER BY d.priority, d.id
+         LIMIT n
     ), claimed_contacts AS (
         UPDATE dialer.campaign_contacts c
            SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL
           FROM picked WHERE c.id = picked.id
         RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority,
-                  coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata
+                  coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata,
+                  coalesce(c.timezone, agency_tz) AS zone
     ), new_calls AS (
         -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
-        INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at)
+        INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
+                                  phone_number, local_time, timezone)
         SELECT cc.id, b.id, b.agency_id, m.provider,
-               format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now
+               format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now,
+               cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone
           FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
         RETURNING id, calls.contact_id, calls.idempotency_key
     )

@@ -24,7 +24,8 @@ extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
 extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
 extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit]);
-extension_sql_file!("../sql/security.sql", name = "security", requires = ["leads", "queue"], finalize);
+extension_sql_file!("../sql/compliance.sql", name = "compliance", requires = ["leads", "queue", api::queue::_zone_for_number]);
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["compliance"], finalize);
 
 /// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
 const WORKER_RESTART: Duration = Duration::from_secs(1);
@@ -38,6 +39,7 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     wake::init_shmem();
+    zones::warm_up();
     BackgroundWorkerBuilder::new("pg_dialer worker")
         .set_type("pg_dialer")
         .set_library("pg_dialer")

@@ -26,6 +26,12 @@ const SINGLE_ZONE: &[(&str, &str)] = &[
     ("VN", "Asia/Ho_Chi_Minh"), ("ZA", "Africa/Johannesburg"),
 ];
 
+/// Parses the phone-number metadata now. Called in the postmaster when the library is preloaded,
+/// so every backend inherits it instead of paying ~0.1-0.5 s on its first number.
+pub fn warm_up() {
+    let _ = zone_for_number("+442079460000");
+}
+
 /// The zone of an E.164 number's country when that country has one; None otherwise.
 pub fn zone_for_number(e164: &str) -> Option<&'static str> {
     if e164.len() > 20 {
@@ -58,3 +64,4 @@ mod tests {
         }
     }
 }
+
