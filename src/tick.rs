@@ -39,6 +39,16 @@ pub fn promote() -> Result<i32, DialerError> {
         .map_err(db)
 }
 
+/// Calls still open long after dialer.call_timeout (the provider never said they ended).
+pub fn close_abandoned(call_timeout_ms: f64) -> Result<i32, DialerError> {
+    Spi::get_one_with_args::<i32>(
+        "SELECT dialer._close_abandoned(clock_timestamp(), make_interval(secs => $1 / 1000.0))",
+        &[call_timeout_ms.into()],
+    )
+    .map(|v| v.unwrap_or(0))
+    .map_err(db)
+}
+
 /// Hand-offs waiting for a telecaller who has since become available.
 pub fn assign_pending() -> Result<i32, DialerError> {
     Spi::get_one::<i32>(
@@ -166,33 +176,8 @@ impl TargetCache {
         let Some((provider, external_agent_id, agent_name, from_number, request_template)) = row else {
             return Err(DialerError::NotFound(format!("agent mapping {mapping_id} does not exist")));
         };
-        let key = (agency_id, provider.clone());
-        if !self.credentials.contains_key(&key) {
-            let creds = Spi::connect(|client| {
-                let table = client.select(
-                    "SELECT api_key, base_url, account_sid FROM dialer.provider_credentials
-                      WHERE agency_id = $1 AND provider = $2",
-                    Some(1),
-                    &[agency_id.into(), provider.as_str().into()],
-                )?;
-                let mut out = None;
-                for r in table {
-                    out = Some(Credentials {
-                        api_key: r.get::<String>(1)?.unwrap_or_default(),
-                        base_url: r.get::<String>(2)?,
-                        account_sid: r.get::<String>(3)?,
-                    });
-                }
-                Ok::<_, pgrx::spi::Error>(out)
-            })
-            .map_err(db)?;
-            self.credentials.insert(key.clone(), creds);
-        }
         let credentials = self
-            .credentials
-            .get(&key)
-            .cloned()
-            .flatten()
+            .credentials(agency_id, &provider)?
             .ok_or_else(|| DialerError::MissingCredentials { agency_id, provider: provider.clone() })?;
         Ok(ProviderTarget { provider, external_agent_id, agent_name, from_number, request_template, credentials })
     }

@@ -96,8 +96,15 @@ impl Worker {
             let wait = match self.iteration() {
                 Ok(wait) => wait,
                 Err(e) => {
-                    warning!("pg_dialer: tick failed: {e}");
-                    let _ = txn::run(|| tick::log_run(unix_ms(), "worker", Counts::default(), "ERROR", Some(&e.to_string())));
+                    if txn::run(tick::extension_ready).unwrap_or(false) {
+                        warning!("pg_dialer: tick failed: {e}");
+                        let _ = txn::run(|| tick::log_run(unix_ms(), "worker", Counts::default(), "ERROR", Some(&e.to_string())));
+                    } else {
+                        if self.extension_seen {
+                            log!("pg_dialer: extension dropped; waiting for CREATE EXTENSION pg_dialer");
+                        }
+                        self.extension_seen = false;
+                    }
                     ERROR_BACKOFF
                 }
             };
@@ -125,14 +132,14 @@ impl Worker {
             }
             self.rebuild_pool = false;
         }
-        if !txn::run(tick::extension_ready)? {
-            if self.extension_seen {
-                log!("pg_dialer: extension dropped; waiting for CREATE EXTENSION pg_dialer");
-                self.extension_seen = false;
+        // Checked until the extension is seen; afterwards a DROP EXTENSION shows up as a failing
+        // tick, which clears extension_seen (see run), so the fast path spends no query on it.
+        if !self.extension_seen {
+            if !txn::run(tick::extension_ready)? {
+                return Ok(self.settings.poll_interval);
             }
-            return Ok(self.settings.poll_interval);
+            self.extension_seen = true;
         }
-        self.extension_seen = true;
         if !self.settled_at_start {
             // Attempts left in 'dialing' by a previous worker may have reached the provider.
             let n = txn::run(|| tick::settle_stale_dialing(0.0))?;
@@ -161,34 +168,18 @@ impl Worker {
         // One provider account may use at most three quarters of the HTTP threads.
         let share = (settings.http_concurrency * 3 / 4).max(1);
         let room_for = move |account: &str| share.saturating_sub(in_flight.get(account).copied().unwrap_or(0));
+        // The claim: its own short transaction, so that requests leave as soon as it commits.
         let outcome = txn::run(|| {
             if !tick::try_tick_lock()? {
                 return Ok(None);
             }
             tick::promote()?;
-            if do_poll {
-                tick::assign_pending()?;
-            }
             let mut cache = TargetCache::default();
-            let (jobs, unbuildable, batches) =
+            let claimed =
                 tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, settings.max_calls_per_second, Some(started_ms), &room_for, &mut cache)?;
-            let polls = if do_poll {
-                // Requests that should have been answered by now but were not recorded: their
-                // process died mid-request. Held in doubt, then looked up.
-                let stale_ms = (settings.http_timeout.as_secs_f64() * 2.0 + 2.0) * 1000.0;
-                tick::settle_stale_dialing(stale_ms)?;
-                let mut jobs = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, POLL_ROUND_LIMIT, &mut cache)?;
-                jobs.extend(tick::lookup_jobs(POLL_ROUND_LIMIT, &mut cache)?);
-                jobs
-            } else {
-                Vec::new()
-            };
-            tick::complete_batches()?;
-            let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0)?;
-            Ok(Some((jobs, unbuildable, batches, polls, next)))
+            Ok(Some(claimed))
         })?;
-
-        let Some((jobs, unbuildable, batches, polls, next_due_ms)) = outcome else {
+        let Some((jobs, unbuildable, batches)) = outcome else {
             if !self.skipping {
                 self.skipping = true;
                 txn::run(|| tick::log_run(started, "worker", Counts::default(), "SKIPPED_CONCURRENT", None))?;
@@ -198,7 +189,32 @@ impl Worker {
         self.skipping = false;
         // The claim is committed: only now may requests leave.
         let submitted = jobs.len();
-        for job in jobs.into_iter().chain(polls) {
+        for job in jobs {
+            self.pool.submit(job);
+        }
+
+        // Housekeeping after the requests are on their way: status look-ups, lost attempts,
+        // hand-offs, completed batches, and when to look again.
+        let (polls, next_due_ms) = txn::run(|| {
+            let mut cache = TargetCache::default();
+            let polls = if do_poll {
+                tick::assign_pending()?;
+                // Requests that should have been answered by now but were not recorded: their
+                // process died mid-request. Held in doubt, then looked up.
+                let stale_ms = (settings.http_timeout.as_secs_f64() * 2.0 + 2.0) * 1000.0;
+                tick::settle_stale_dialing(stale_ms)?;
+                tick::close_abandoned(settings.call_timeout.as_secs_f64() * 1000.0)?;
+                let mut jobs = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, POLL_ROUND_LIMIT, &mut cache)?;
+                jobs.extend(tick::lookup_jobs(POLL_ROUND_LIMIT, &mut cache)?);
+                jobs
+            } else {
+                Vec::new()
+            };
+            tick::complete_batches()?;
+            let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0)?;
+            Ok((polls, next))
+        })?;
+        for job in polls {
             self.pool.submit(job);
         }
         if !unbuildable.is_empty() {

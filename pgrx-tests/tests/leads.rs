@@ -387,3 +387,19 @@ fn health_view_and_notify_payloads_after_a_known_run() {
     assert!(health["execution_duration"].1 && health["provider_latency"].1 && health["batch_size_variation"].1);
     assert!(call_posts(&s.sim).len() == 4);
 }
+
+#[test]
+fn a_call_the_provider_never_ends_is_closed_after_the_call_timeout() {
+    // The provider keeps saying "in progress" (a 10-minute call); no webhook ever comes.
+    let mut s = Scenario::new("l-abandoned", Scenario::sim_config(600_000, 600_000), &["dialer.call_timeout = '1s'"]);
+    let mapping = s.mapping_id;
+    let b = batch_for_mapping(&mut s, mapping, "abandoned", 3, json!([{"phone_number": "+15552700001"}]));
+    s.wait_batch_completed(b, Duration::from_secs(30));
+    let (status, reason): (String, String) = {
+        let r = s.db.query_one("SELECT status, end_reason FROM dialer.calls WHERE batch_id = $1", &[&b]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((status.as_str(), reason.as_str()), ("ended", "no_outcome"));
+    let polled = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.starts_with("/api/calls/")).count();
+    assert!(polled >= 1, "the provider was asked before the call was given up");
+}
