@@ -237,7 +237,18 @@ DECLARE
     doubtful integer := 0;
     now_ts timestamptz := clock_timestamp();
 BEGIN
-    FOR r IN SELECT value FROM jsonb_array_elements(p_results) LOOP
+    -- Accepted calls (nearly all of them) in one statement: the call row goes in_progress.
+    UPDATE dialer.calls acc
+       SET status = 'in_progress', provider_call_id = a.provider_call_id, http_status = a.http_status,
+           latency_ms = a.latency_ms, request = a.request, response = a.response,
+           dispatched_at = to_timestamp(a.dispatched_at_ms / 1000.0)
+      FROM jsonb_to_recordset(p_results) AS a(call_id bigint, outcome text, provider_call_id text, http_status integer,
+                                                latency_ms double precision, dispatched_at_ms double precision,
+                                                request jsonb, response jsonb)
+     WHERE a.outcome = 'accepted' AND acc.id = a.call_id AND acc.status = 'dialing';
+    GET DIAGNOSTICS initiated = ROW_COUNT;
+
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
         SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
         CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
         SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
@@ -257,9 +268,7 @@ BEGIN
                dispatched_at = to_timestamp((r->>'dispatched_at_ms')::double precision / 1000.0)
          WHERE id = k.id;
 
-        IF outcome = 'accepted' THEN
-            initiated := initiated + 1;
-        ELSIF outcome = 'rate_limited' THEN
+        IF outcome = 'rate_limited' THEN
             -- Not an attempt: back to the queue, the whole batch waits for Retry-After.
             rate_limited := rate_limited + 1;
             backoff := make_interval(secs => greatest(coalesce((r->>'retry_after_secs')::double precision, 60), 0));

@@ -249,7 +249,15 @@ pub fn claim(
     let mut jobs = Vec::new();
     let mut unbuildable = Vec::new();
     let mut batches = 0;
+    // dialer.max_execution_time bounds one tick: batches not reached wait for the next one.
+    let deadline = std::time::Instant::now() + crate::gucs::Settings::read().max_execution_time;
+    // What the HTTP pool can take (room_for("") is the pool's room across all accounts).
+    let mut total_left = room_for("");
+    let mut claimed_now: HashMap<String, usize> = HashMap::new();
     for (batch_id, agency_id, mapping_id) in due {
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
         let target = match cache.target(mapping_id, agency_id) {
             Ok(t) => t,
             Err(e @ (DialerError::MissingCredentials { .. } | DialerError::NotFound(_) | DialerError::InvalidArgument(_))) => {
@@ -261,7 +269,9 @@ pub fn claim(
         };
         // A provider account whose requests fill its share of the HTTP threads (it is slow or
         // hanging) gets no more until some come back; other accounts go on.
-        let room = room_for(&format!("{agency_id}:{}", target.provider));
+        let account = format!("{agency_id}:{}", target.provider);
+        let taken = claimed_now.get(&account).copied().unwrap_or(0);
+        let room = room_for(&account).saturating_sub(taken).min(total_left);
         if room == 0 {
             continue;
         }
@@ -270,6 +280,8 @@ pub fn claim(
         if specs.is_empty() {
             continue;
         }
+        *claimed_now.entry(account).or_insert(0) += specs.len();
+        total_left = total_left.saturating_sub(specs.len());
         batches += 1;
         for spec in specs {
             // A queue job may name its own agent; its target is looked up (once per tick) too.

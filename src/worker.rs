@@ -165,9 +165,26 @@ impl Worker {
         let settings = self.settings.clone();
         let started_ms = self.started_ms;
         let in_flight = self.pool.in_flight_by_account();
+        // Claim no more than the pool can send soon: a huge claim would only wait in the queue
+        // (and its results would wait to be recorded) while the next tick could have run.
+        let pool_room = (settings.http_concurrency * 4).saturating_sub(self.pool.in_flight());
+        if pool_room == 0 {
+            let wait = self.settings.poll_interval.min(Duration::from_millis(50));
+            counts.batches = 0;
+            if !counts.is_empty() {
+                txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))?;
+            }
+            return Ok(wait);
+        }
         // One provider account may use at most three quarters of the HTTP threads.
         let share = (settings.http_concurrency * 3 / 4).max(1);
-        let room_for = move |account: &str| share.saturating_sub(in_flight.get(account).copied().unwrap_or(0));
+        // "" asks for the pool's room overall; an account name for that account's share.
+        let room_for = move |account: &str| {
+            if account.is_empty() {
+                return pool_room;
+            }
+            share.saturating_sub(in_flight.get(account).copied().unwrap_or(0)).min(pool_room)
+        };
         // The claim: its own short transaction, so that requests leave as soon as it commits.
         let outcome = txn::run(|| {
             if !tick::try_tick_lock()? {
@@ -195,6 +212,7 @@ impl Worker {
 
         // Housekeeping after the requests are on their way: status look-ups, lost attempts,
         // hand-offs, completed batches, and when to look again.
+        let idle = self.pool.in_flight() == 0;
         let (polls, next_due_ms) = txn::run(|| {
             let mut cache = TargetCache::default();
             let polls = if do_poll {
@@ -202,7 +220,11 @@ impl Worker {
                 // Requests that should have been answered by now but were not recorded: their
                 // process died mid-request. Held in doubt, then looked up.
                 let stale_ms = (settings.http_timeout.as_secs_f64() * 2.0 + 2.0) * 1000.0;
-                tick::settle_stale_dialing(stale_ms)?;
+                // Only when nothing of ours is in flight: under load our own requests may wait
+                // longer than that to be recorded.
+                if idle {
+                    tick::settle_stale_dialing(stale_ms)?;
+                }
                 tick::close_abandoned(settings.call_timeout.as_secs_f64() * 1000.0)?;
                 let mut jobs = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, POLL_ROUND_LIMIT, &mut cache)?;
                 jobs.extend(tick::lookup_jobs(POLL_ROUND_LIMIT, &mut cache)?);
