@@ -99,7 +99,9 @@ BEGIN
         RETURN;  -- the provider account told us to wait (429 on another batch, perhaps)
     END IF;
 
-    spacing := make_interval(secs => 60.0 / b.calls_per_minute);
+    -- 20 ms more per minute than calls_per_minute allows: calls k and k + calls_per_minute are then
+    -- more than 60 s apart even with a little jitter, so no 60-second window holds one too many.
+    spacing := make_interval(secs => 60.02 / b.calls_per_minute);
     b_gap := spacing;
     slot := b.next_slot_at;
     IF slot IS NULL THEN

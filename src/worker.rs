@@ -236,6 +236,7 @@ impl Worker {
             let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0)?;
             Ok((polls, next))
         })?;
+        let progressed = submitted > 0 || !polls.is_empty() || !counts.is_empty();
         for job in polls {
             self.pool.submit(job);
         }
@@ -253,6 +254,11 @@ impl Worker {
             // Wake a little before the slot: the claim may take slots up to CLAIM_LEAD_MS ahead.
             let lead = Duration::from_micros((tick::CLAIM_LEAD_MS * 500.0) as u64);
             wait = wait.min(due.saturating_duration_since(Instant::now() + lead));
+        }
+        if !progressed && wait < Duration::from_millis(1) {
+            // Something is due that this pass could not do (a poll round not yet open, the HTTP
+            // pool or a batch full): do not spin. Results and new work wake us anyway.
+            wait = self.next_poll_round.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), POLL_ROUND_EVERY);
         }
         Ok(wait)
     }
