@@ -165,8 +165,8 @@ CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number
     WHERE status IN ('dialing', 'in_progress', 'in_doubt');
 CREATE INDEX calls_number_day_idx ON dialer.calls (agency_id, phone_number, created_at);
 
-ALTER TABLE dialer.campaign_contacts
-    ADD CONSTRAINT campaign_contacts_call_fk FOREIGN KEY (call_id) REFERENCES dialer.calls(id) ON DELETE SET NULL;
+-- campaign_contacts.call_id (the latest attempt) is kept by the claim itself; a foreign key
+-- would cost a look-up per claimed contact on the hottest path.
 
 CREATE TABLE dialer.recurring_calls (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

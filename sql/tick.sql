@@ -168,22 +168,26 @@ BEGIN
          LIMIT n * 2
            FOR UPDATE SKIP LOCKED
     ), picked AS (
-        SELECT d.id FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.priority FROM candidates cd
-                           ORDER BY cd.phone_number, cd.priority, cd.id) d
+        -- The call row's id is drawn here so the contact can point at it in the same statement.
+        SELECT d.id, nextval(pg_get_serial_sequence('dialer.calls', 'id')) AS new_call_id
+          FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.priority FROM candidates cd
+                 ORDER BY cd.phone_number, cd.priority, cd.id) d
          ORDER BY d.priority, d.id
          LIMIT n
     ), claimed_contacts AS (
         UPDATE dialer.campaign_contacts c
-           SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL
+           SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL,
+               call_id = picked.new_call_id
           FROM picked WHERE c.id = picked.id
         RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority,
                   coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata,
-                  coalesce(c.timezone, agency_tz) AS zone
+                  coalesce(c.timezone, agency_tz) AS zone, c.call_id AS new_call_id
     ), new_calls AS (
         -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
-        INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
+        INSERT INTO dialer.calls (id, contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
                                   phone_number, local_time, timezone)
-        SELECT cc.id, b.id, b.agency_id, m.provider,
+        OVERRIDING SYSTEM VALUE
+        SELECT cc.new_call_id, cc.id, b.id, b.agency_id, m.provider,
                format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now,
                cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone
           FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
@@ -200,9 +204,6 @@ BEGIN
     GET DIAGNOSTICS claimed = ROW_COUNT;
     IF claimed > 0 THEN
         last_send := start + gap * (claimed - 1);
-        UPDATE dialer.campaign_contacts c SET call_id = k.id
-          FROM dialer.calls k
-         WHERE k.batch_id = b.id AND k.status = 'dialing' AND k.created_at = p_now AND c.id = k.contact_id;
         UPDATE dialer.call_batches
            SET next_slot_at = CASE WHEN catching_up THEN slot + spacing * claimed
                                    ELSE greatest(slot + spacing * claimed, last_send + spacing) END,
