@@ -1,0 +1,285 @@
+//! Scenario 1: throughput. Contacts in many batches with limits out of the way; calls/s from the
+//! first to the last POST the simulator saw, and CPU per 1,000 calls.
+
+use crate::bullmq::{NodeRun, Redis};
+use crate::cluster::Setup;
+use crate::common::*;
+use crate::procstat;
+use crate::report::Row;
+use crate::sim::{SimProcess, API_KEY};
+use crate::stats;
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+pub struct TpResult {
+    pub rate: Option<f64>,
+    /// Calls placed / seconds from the start signal to the last POST.
+    pub rate_e2e: Option<f64>,
+    pub placed: usize,
+    pub wanted: usize,
+    pub cpu_per_1k: f64,
+    pub sim_cpu_per_1k: f64,
+    /// pg_dialer worker's peak RSS (MB).
+    pub hwm_mb: Option<f64>,
+    pub details: Vec<String>,
+}
+
+const CALL_MS: (u64, u64) = (50, 100);
+
+fn shape(opts: &Opts) -> (usize, usize) {
+    if opts.quick {
+        (100, 100)
+    } else {
+        (100, 1000)
+    }
+}
+
+/// How long one throughput run may dial before it is measured as it stands.
+fn cap(opts: &Opts, latency_ms: u64) -> Duration {
+    match (opts.quick, latency_ms) {
+        (true, 0) => Duration::from_secs(60),
+        (true, _) => Duration::from_secs(90),
+        (false, 0) => Duration::from_secs(150),
+        (false, _) => Duration::from_secs(180),
+    }
+}
+
+/// Waits until the simulator has created `n` calls, or `cap` has passed.
+fn wait_calls(sim: &SimProcess, n: u64, cap: Duration) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        sleep_checked(Duration::from_millis(250))?;
+        let got = sim.calls_created()?;
+        if got >= n {
+            return Ok(got);
+        }
+        if start.elapsed() > cap {
+            eprintln!("bench: {got} of {n} calls after {cap:?}; measuring what there is");
+            return Ok(got);
+        }
+    }
+}
+
+fn post_times(sim: &SimProcess, details: &mut Vec<String>) -> Result<Vec<i64>> {
+    let posts = sim.posts()?;
+    let distinct: HashSet<&str> = posts.iter().filter_map(|p| p.to.as_deref()).collect();
+    let not_201 = posts.iter().filter(|p| p.status != Some(201)).count();
+    if distinct.len() != posts.len() || not_201 > 0 {
+        details.push(format!("{} POSTs for {} distinct numbers, {not_201} not answered 201", posts.len(), distinct.len()));
+    }
+    Ok(posts.iter().map(|p| p.received_at_us).collect())
+}
+
+pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
+    let (nb, per) = shape(opts);
+    let n = nb * per;
+    let sim = SimProcess::start(latency_ms, CALL_MS)?;
+    let mut conf = vec![
+        "dialer.enabled = off".to_string(),
+        "dialer.http_concurrency = 64".into(),
+        format!("dialer.max_claim_per_batch = {}", opts.claim),
+        "dialer.max_batches_per_run = 100".into(),
+        // Status look-ups are not part of placing calls (BullMQ makes none): out of the way.
+        "dialer.status_poll_interval = '10min'".into(),
+        "dialer.http_timeout = '10s'".into(),
+    ];
+    conf.extend(pgss_conf(opts));
+    let mut s = Setup::new(&format!("tp{latency_ms}"), &sim.url, API_KEY, &conf)?;
+    pgss_create(&mut s.db, opts)?;
+    let load = Instant::now();
+    for b in 0..nb {
+        let id = s.batch(&format!("throughput {b}"), 1_000_000, 100_000)?;
+        s.add_contacts(id, &format!("+1{:03}", b % 1000), 0, per)?;
+    }
+    s.db.batch_execute("ANALYZE")?;
+    let load_s = load.elapsed().as_secs_f64();
+    let pm = s.cluster.postmaster_pid()?;
+    let worker = s.worker_pid().context("the pg_dialer worker is not running (no pg_stat_activity row with backend_type 'pg_dialer')")?;
+    let mut details = vec![format!(
+        "pg_dialer, simulator latency {latency_ms} ms: {n} contacts in {nb} batches (calls_per_minute 1,000,000, max_concurrent 100,000; loaded with add_contacts in {load_s:.1} s), http_concurrency 64, max_claim_per_batch {}, max_batches_per_run 100, status_poll_interval 10min, simulated calls {}–{} ms",
+        opts.claim, CALL_MS.0, CALL_MS.1
+    )];
+    if opts.pgss {
+        s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
+    }
+    let cpu0 = procstat::pg_cpu(pm);
+    let thr0 = procstat::threads_cpu(worker);
+    let sim0 = procstat::cpu_seconds(sim.pid()).unwrap_or(0.0);
+    let t_start = now_us();
+    s.set_config("dialer.enabled", "on")?;
+    let cap = cap(opts, latency_ms);
+    let got = wait_calls(&sim, n as u64, cap)?;
+    if (got as usize) < n {
+        details.push(format!("  stopped after {} s with {got} of {n} calls placed", cap.as_secs()));
+    } else {
+        // Wait for the worker to record every answer too: that is part of the work.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let dialing: i64 = s.db.query_one("SELECT count(*) FROM dialer.calls WHERE status = 'dialing'", &[])?.get(0);
+            if dialing == 0 || Instant::now() > deadline {
+                if dialing > 0 {
+                    details.push(format!("  {dialing} answers not yet recorded ('dialing') 30 s after the last POST"));
+                }
+                break;
+            }
+            sleep_checked(Duration::from_millis(500))?;
+        }
+    }
+    let cpu1 = procstat::pg_cpu(pm);
+    let thr1 = procstat::threads_cpu(worker);
+    let sim1 = procstat::cpu_seconds(sim.pid()).unwrap_or(0.0);
+    let times = post_times(&sim, &mut details)?;
+    let rate = stats::rate_per_s(&times);
+    let calls = times.len().max(got as usize);
+    let mut dcpu = cpu1.delta(&cpu0);
+    // The bench's own connection (progress queries) is not the engine's work.
+    let own = dcpu.by_role.remove("client backends").unwrap_or(0.0);
+    let k = calls.max(1) as f64 / 1000.0;
+    let rate_e2e = times.iter().max().map(|last| times.len() as f64 / ((last - t_start) as f64 / 1e6));
+    let mut thr = std::collections::BTreeMap::new();
+    for (name, v) in &thr1 {
+        thr.insert(name.clone(), v - thr0.get(name).copied().unwrap_or(0.0));
+    }
+    details.extend(split_lines("  Postgres CPU by process (without the bench's own connection)", &dcpu.by_role));
+    details.push(format!("  the bench's own connection: {own:.2} s CPU"));
+    details.extend(split_lines("  pg_dialer worker CPU by thread", &thr));
+    details.push(format!("  simulator CPU {:.2} s; {calls} POSTs; {}", sim1 - sim0, rate.map(|r| format!("{r:.0} calls/s")).unwrap_or_default()));
+    let (ticks, p50, p95, max, initiated) = tick_stats(&mut s.db, None, None)?;
+    details.push(format!(
+        "  dialer.runs: {ticks} ticks logged, duration p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms; {initiated} calls initiated; {:.0} calls per tick",
+        initiated as f64 / ticks.max(1) as f64
+    ));
+    details.push(format!("  {}", memory_line(worker)));
+    for l in pgss_top(&mut s.db, opts, 15) {
+        details.push(format!("  {l}"));
+    }
+    let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|v| v as f64 / 1024.0);
+    Ok(TpResult { rate, rate_e2e, placed: times.len(), wanted: n, cpu_per_1k: dcpu.total() / k, sim_cpu_per_1k: (sim1 - sim0) / k, hwm_mb, details })
+}
+
+pub fn bull(opts: &Opts) -> Result<TpResult> {
+    let Some(node) = &opts.node else { bail!("BullMQ side not prepared") };
+    let (nb, per) = shape(opts);
+    let n = nb * per;
+    let sim = SimProcess::start(0, CALL_MS)?;
+    let redis = Redis::start()?;
+    let cfg = serde_json::json!({
+        "mode": "throughput", "redis_port": redis.port, "sim_url": sim.url, "api_key": API_KEY,
+        "n": n, "concurrency": 64, "limit_max": 1_000_000, "limit_duration_ms": 60_000, "timeout_s": 600,
+    });
+    let mut run = NodeRun::start(node, &cfg)?;
+    let load = Instant::now();
+    run.wait_event("loaded", Duration::from_secs(600))?;
+    let load_s = load.elapsed().as_secs_f64();
+    let pids = [run.pid(), redis.pid()];
+    let cpu = |pids: &[i32]| pids.iter().map(|p| procstat::cpu_seconds(*p).unwrap_or(0.0)).collect::<Vec<f64>>();
+    let c0 = cpu(&pids);
+    let sim0 = procstat::cpu_seconds(sim.pid()).unwrap_or(0.0);
+    let t_start = now_us();
+    run.send_line("go")?;
+    let done = run.wait_event("done", Duration::from_secs(900))?;
+    let c1 = cpu(&pids);
+    let sim1 = procstat::cpu_seconds(sim.pid()).unwrap_or(0.0);
+    run.finish();
+    let mut details = vec![format!(
+        "BullMQ, simulator latency 0 ms: {n} jobs added with addBulk in {load_s:.1} s (not timed), Worker concurrency 64, limiter {{max: 1,000,000, duration: 60,000}}, attempts 3, exponential back-off 2 s; worker reported {}",
+        done
+    )];
+    let times = post_times(&sim, &mut details)?;
+    let rate = stats::rate_per_s(&times);
+    let rate_e2e = times.iter().max().map(|last| times.len() as f64 / ((last - t_start) as f64 / 1e6));
+    let k = times.len().max(1) as f64 / 1000.0;
+    details.push(format!(
+        "  CPU: node {:.2} s, redis-server {:.2} s, simulator {:.2} s; {} POSTs; {}",
+        c1[0] - c0[0],
+        c1[1] - c0[1],
+        sim1 - sim0,
+        times.len(),
+        rate.map(|r| format!("{r:.0} calls/s")).unwrap_or_default()
+    ));
+    Ok(TpResult {
+        rate,
+        rate_e2e,
+        placed: times.len(),
+        wanted: n,
+        cpu_per_1k: ((c1[0] - c0[0]) + (c1[1] - c0[1])) / k,
+        sim_cpu_per_1k: (sim1 - sim0) / k,
+        hwm_mb: None,
+        details,
+    })
+}
+
+pub fn run(opts: &Opts) -> Outcome {
+    let mut out = Outcome::default();
+    let pg0 = if opts.tp_latencies.contains(&0) { pg(opts, 0) } else { Err(anyhow::anyhow!("not run")) };
+    if let Err(e) = &pg0 {
+        if e.to_string() != "not run" {
+            eprintln!("bench: throughput (pg_dialer, 0 ms) failed: {e:#}");
+        }
+    }
+    let bull = if opts.skip_bullmq || opts.node.is_none() {
+        None
+    } else {
+        let b = bull(opts);
+        if let Err(e) = &b {
+            eprintln!("bench: throughput (BullMQ) failed: {e:#}");
+        }
+        Some(b)
+    };
+    let pg100 = if crate::cleanup::interrupted() || !opts.tp_latencies.contains(&100) {
+        Err(anyhow::anyhow!("not run"))
+    } else {
+        pg(opts, 100)
+    };
+    if let Err(e) = &pg100 {
+        if e.to_string() != "not run" {
+            eprintln!("bench: throughput (pg_dialer, 100 ms) failed: {e:#}");
+        }
+    }
+
+    let (nb, per) = shape(opts);
+    let sc0 = format!("1. Throughput, {} contacts / {nb} batches, sim 0 ms", nb * per);
+    let b_ok = bull.as_ref().and_then(|b| b.as_ref().ok());
+    match &pg0 {
+        Ok(p) => {
+            let target_met = p.rate.map(|r| r >= 10_000.0);
+            out.rows.push(Row::new(&sc0, "calls/s (first→last POST)", p.rate, b_ok.and_then(|b| b.rate), 0).target("≥ 10,000", target_met));
+            out.rows.push(Row::new(&sc0, "calls/s (start → last POST)", p.rate_e2e, b_ok.and_then(|b| b.rate_e2e), 0));
+            if p.placed < p.wanted {
+                out.rows.push(Row::new(&sc0, &format!("calls placed (of {}) before the time cap", p.wanted), Some(p.placed as f64), b_ok.map(|b| b.placed as f64), 0));
+            }
+            out.rows.push(Row::new(&sc0, "CPU s / 1k calls: Postgres | node+redis", Some(p.cpu_per_1k), b_ok.map(|b| b.cpu_per_1k), 3));
+            out.rows.push(Row::new(&sc0, "CPU s / 1k calls: simulator", Some(p.sim_cpu_per_1k), b_ok.map(|b| b.sim_cpu_per_1k), 3));
+            out.rows.push(Row::new(&sc0, "pg_dialer worker peak memory MB (VmHWM)", p.hwm_mb, None, 1));
+            out.details.extend(p.details.iter().cloned());
+        }
+        Err(e) if e.to_string() == "not run" => {}
+        Err(e) => out.rows.push(Row::failed(&sc0, &format!("{e:#}"))),
+    }
+    match &bull {
+        Some(Ok(b)) => out.details.extend(b.details.iter().cloned()),
+        Some(Err(e)) => {
+            out.details.push(format!("BullMQ throughput failed: {e:#}"));
+            if pg0.is_err() {
+                out.rows.push(Row::failed(&format!("{sc0} (BullMQ)"), &format!("{e:#}")));
+            }
+        }
+        None => {}
+    }
+    let sc1 = format!("1. Throughput, {} contacts / {nb} batches, sim 100 ms", nb * per);
+    match &pg100 {
+        Ok(p) => {
+            out.rows.push(Row::new(&sc1, "calls/s (first→last POST)", p.rate, None, 0).target("bound: 480 (¾ of 64 threads per provider account × 10/s)", None));
+            out.rows.push(Row::new(&sc1, "calls/s (start → last POST)", p.rate_e2e, None, 0));
+            if p.placed < p.wanted {
+                out.rows.push(Row::new(&sc1, &format!("calls placed (of {}) before the time cap", p.wanted), Some(p.placed as f64), None, 0));
+            }
+            out.rows.push(Row::new(&sc1, "CPU s / 1k calls: Postgres", Some(p.cpu_per_1k), None, 3));
+            out.details.extend(p.details.iter().cloned());
+        }
+        Err(e) if e.to_string() == "not run" => {}
+        Err(e) => out.rows.push(Row::failed(&sc1, &format!("{e:#}"))),
+    }
+    out
+}
