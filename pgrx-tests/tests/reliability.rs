@@ -134,7 +134,12 @@ fn pacing_holds_across_ten_worker_restarts() {
 
 #[test]
 fn secrets_stay_secret_even_with_everything_logged() {
-    let mut s = Scenario::new("secrets", Scenario::sim_config(200, 300), &[]);
+    let mut s = Scenario::new(
+        "secrets",
+        Scenario::sim_config(200, 300),
+        &["shared_preload_libraries = 'pg_dialer,pg_stat_statements'", "pg_stat_statements.track = all"],
+    );
+    s.db.batch_execute("CREATE EXTENSION pg_stat_statements").unwrap();
     // A provider that echoes the key back in its error.
     s.sim.set_rules(vec![Rule::new("+15556200002").status(500).message(&format!("bad key {API_KEY}"))]);
     s.set_config("log_statement", "all");
@@ -164,6 +169,13 @@ fn secrets_stay_secret_even_with_everything_logged() {
     assert!(log.contains("LOG:  execute") || log.contains("LOG:  statement:"), "log_statement = all was in force");
     // The key was stored before logging was turned up; nothing while calls ran may print it.
     assert!(!log.contains(API_KEY), "the key is in the server log");
+    // Statement statistics keep normalised texts: parameters, the key among them, never appear.
+    let leaked: i64 = s
+        .db
+        .query_one("SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%' || $1 || '%'", &[&API_KEY])
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0, "the key is in pg_stat_statements");
 
     // Privileges: applications (dialer_user) can write keys but never read them.
     s.db.batch_execute("CREATE ROLE app_a LOGIN; GRANT dialer_user TO app_a;").unwrap();
