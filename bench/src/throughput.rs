@@ -66,7 +66,11 @@ fn post_times(sim: &SimProcess, details: &mut Vec<String>) -> Result<Vec<i64>> {
     let distinct: HashSet<&str> = posts.iter().filter_map(|p| p.to.as_deref()).collect();
     let not_201 = posts.iter().filter(|p| p.status != Some(201)).count();
     if distinct.len() != posts.len() || not_201 > 0 {
-        details.push(format!("{} POSTs for {} distinct numbers, {not_201} not answered 201", posts.len(), distinct.len()));
+        details.push(format!(
+            "  {} POSTs for {} distinct numbers; {not_201} not answered 201 (yet: still in flight when the log was read)",
+            posts.len(),
+            distinct.len()
+        ));
     }
     Ok(posts.iter().map(|p| p.received_at_us).collect())
 }

@@ -26,8 +26,24 @@ function emit(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
 }
 
+// CLOCK_REALTIME in µs, as the simulator and the Rust side read it. performance.timeOrigin may be
+// off by up to a millisecond, so it is calibrated against the moment Date.now() (whole ms of the
+// real-time clock) ticks over.
+function calibrate() {
+  const offsets = [];
+  for (let k = 0; k < 7; k += 1) {
+    const a = Date.now();
+    let b = a;
+    while (b === a) b = Date.now();
+    offsets.push(b - (performance.timeOrigin + performance.now()));
+  }
+  offsets.sort((x, y) => x - y);
+  return offsets[3];
+}
+const clockOffsetMs = calibrate();
+
 function nowUs() {
-  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+  return Math.round((performance.timeOrigin + performance.now() + clockOffsetMs) * 1000);
 }
 
 // POST /api/calls with the body pg_dialer sends (see src/providers/ultravox.rs).
