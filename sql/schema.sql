@@ -158,7 +158,12 @@ CREATE TABLE dialer.calls (
 CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX ON dialer.calls (contact_id);
 CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
-CREATE INDEX calls_in_doubt_idx ON dialer.calls (batch_id) WHERE status = 'in_doubt';
+-- Attempts of a batch not yet settled (max_concurrent counts those in doubt; a batch with any
+-- is not complete).
+CREATE INDEX calls_unsettled_idx ON dialer.calls (batch_id) WHERE status IN ('in_doubt', 'dialing');
+-- Status polls: the calls heard from longest ago first.
+CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(last_polled_at, created_at)))
+    WHERE status = 'in_progress' AND provider_call_id IS NOT NULL;
 CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
 -- Never two live calls to one number, whatever batch or agency: the database enforces it.
 CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number)

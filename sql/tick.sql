@@ -25,8 +25,29 @@ BEGIN
     RETURN n;
 END $$;
 
+-- When a batch's earliest queued contact is due: p_now if one is due already, the earliest retry
+-- time otherwise, NULL when none is queued. Two probes of campaign_contacts_due_idx; plpgsql so
+-- that each is planned on its own as a parameterised index scan.
+CREATE FUNCTION dialer._batch_due_at(p_batch_id bigint, p_now timestamptz)
+RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    due timestamptz;
+BEGIN
+    IF EXISTS (SELECT 1 FROM dialer.campaign_contacts c
+                WHERE c.batch_id = p_batch_id AND c.status = 'queued' AND c.next_attempt_at IS NULL) THEN
+        RETURN p_now;
+    END IF;
+    SELECT c.next_attempt_at INTO due FROM dialer.campaign_contacts c
+     WHERE c.batch_id = p_batch_id AND c.status = 'queued' AND c.next_attempt_at IS NOT NULL
+     ORDER BY c.next_attempt_at LIMIT 1;
+    RETURN due;
+END $$;
+
 -- Batches with work due now: queued contacts due, a free concurrency slot, a due pacing slot,
 -- and no provider back-off in force. Seed order: oldest first (priority before that).
+-- The contact tests are scalar subqueries on purpose: they stay per-batch index probes whatever
+-- the planner believes about campaign_contacts (right after a bulk load its statistics say the
+-- table is empty, and an EXISTS pulled up into a join then scanned the whole index per batch).
 CREATE FUNCTION dialer._due_batches(p_now timestamptz, p_limit integer, p_lead interval DEFAULT '0')
 RETURNS TABLE (batch_id bigint, agency_id bigint, agent_mapping_id bigint)
 LANGUAGE sql STABLE AS $$
@@ -39,9 +60,7 @@ LANGUAGE sql STABLE AS $$
        AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
                           ON pc.agency_id = m.agency_id AND pc.provider = m.provider
                         WHERE m.id = b.agent_mapping_id AND pc.rate_limited_until > p_now)
-       AND EXISTS (SELECT 1 FROM dialer.campaign_contacts c
-                    WHERE c.batch_id = b.id AND c.status = 'queued'
-                      AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now))
+       AND dialer._batch_due_at(b.id, p_now) <= p_now
      ORDER BY b.priority, b.created_at, b.id
      LIMIT p_limit
 $$;
@@ -382,38 +401,38 @@ DECLARE
 BEGIN
     UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
      WHERE b.status = 'processing' AND b.kind = 'campaign' AND b.total_contacts > 0
-       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts c
-                        WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress'))
+       -- (scalar subqueries: per-batch index probes, whatever the statistics say; see _due_batches)
+       AND (SELECT 1 FROM dialer.campaign_contacts c
+             WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress') LIMIT 1) IS NULL
        -- an attempt in doubt that is still being looked up may yet be dialed again
-       AND NOT EXISTS (SELECT 1 FROM dialer.calls k
-                        WHERE k.batch_id = b.id AND k.status IN ('in_doubt', 'dialing') AND k.lookup_attempts < 5);
+       AND (SELECT 1 FROM dialer.calls k
+             WHERE k.batch_id = b.id AND k.status IN ('in_doubt', 'dialing') AND k.lookup_attempts < 5 LIMIT 1) IS NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
 
--- When the worker should look again: the earliest pacing slot, retry, back-off or scheduled start.
-CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval)
+-- When the worker should look again: the earliest pacing slot, retry, back-off, scheduled start,
+-- status poll or look-up. Every term is an index probe (per processing batch for the batches).
+-- Polls and look-ups are done in rounds: they count from p_rounds_from (the next round) at the earliest.
+CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
 RETURNS timestamptz LANGUAGE sql STABLE AS $$
     SELECT min(t) FROM (
-        SELECT min(coalesce(k.last_polled_at, k.created_at)) + p_poll_every AS t FROM dialer.calls k
-         WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
-        UNION ALL
-        SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
-          FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
+        SELECT greatest(r.t, p_rounds_from) AS t FROM (
+            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+              WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
+            UNION ALL
+            SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
+              FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
+        ) r WHERE r.t IS NOT NULL
         UNION ALL
         SELECT greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
-                        coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now),
-                        CASE WHEN EXISTS (SELECT 1 FROM dialer.campaign_contacts c
-                                           WHERE c.batch_id = b.id AND c.status = 'queued'
-                                             AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now))
-                             THEN p_now
-                             ELSE (SELECT min(c.next_attempt_at) FROM dialer.campaign_contacts c
-                                    WHERE c.batch_id = b.id AND c.status = 'queued') END) AS t
+                        coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now), d.due)
           FROM dialer.call_batches b
           LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
           LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
-         WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
-           AND EXISTS (SELECT 1 FROM dialer.campaign_contacts c WHERE c.batch_id = b.id AND c.status = 'queued')
+          CROSS JOIN LATERAL (SELECT dialer._batch_due_at(b.id, p_now) AS due OFFSET 0) d
+         WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent AND d.due IS NOT NULL
         UNION ALL
         SELECT coalesce(min(scheduled_for), p_now) FROM dialer.call_batches
          WHERE status IN ('pending', 'scheduled')
@@ -513,6 +532,31 @@ BEGIN
             END IF;
             n := n + 1;
         END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Planner statistics of the hot tables, refreshed when a table has changed more than its own size
+-- since its last ANALYZE (a campaign loaded into an empty table, a first burst of calls). Autovacuum
+-- catches up within a minute or so; until then the planner would take a table of 100,000 rows for
+-- an empty one. Steady state is left to autovacuum. Returns the tables analysed.
+CREATE FUNCTION dialer._refresh_statistics()
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+    n integer := 0;
+BEGIN
+    -- Never wait behind autovacuum (or anyone else) for the lock: try again next time.
+    SET LOCAL lock_timeout = '20ms';
+    FOR t IN SELECT c.oid::regclass FROM pg_catalog.pg_class c
+              WHERE c.oid IN ('dialer.campaign_contacts'::regclass, 'dialer.calls'::regclass, 'dialer.call_batches'::regclass)
+                AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples) LOOP
+        BEGIN
+            EXECUTE format('ANALYZE %s', t);
+            n := n + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
     END LOOP;
     RETURN n;
 END $$;

@@ -6,9 +6,10 @@ use crate::providers::{HttpRequest, HttpResponse, Method, TransportError};
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a job is for; carried through unchanged to its result.
@@ -45,7 +46,7 @@ pub struct JobResult {
 }
 
 pub struct Pool {
-    jobs: Option<Sender<Job>>,
+    shared: Arc<Shared>,
     results: Receiver<JobResult>,
     wake_read: UnixStream,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -53,63 +54,119 @@ pub struct Pool {
     in_flight_by_key: HashMap<String, usize>,
 }
 
+/// The job queue the threads take from. A thread skips jobs of a provider account that already
+/// has its share of the threads at work, so a slow or hanging provider delays only its own
+/// requests while the others pass it in the queue.
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    /// Most threads one provider account (Job::flight_key) may occupy at once.
+    share: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    working: HashMap<String, usize>,
+    closed: bool,
+}
+
+impl Shared {
+    /// Blocks until a job this thread may take is queued; None once the pool is closed and empty.
+    fn take(&self) -> Option<Job> {
+        let mut q = self.queue.lock().ok()?;
+        loop {
+            let share = self.share;
+            let pick = {
+                let working = &q.working;
+                q.jobs.iter().position(|j| match &j.flight_key {
+                    Some(k) => working.get(k).copied().unwrap_or(0) < share,
+                    None => true,
+                })
+            };
+            if let Some(i) = pick {
+                let job = q.jobs.remove(i)?;
+                if let Some(k) = &job.flight_key {
+                    *q.working.entry(k.clone()).or_insert(0) += 1;
+                }
+                return Some(job);
+            }
+            if q.closed && q.jobs.is_empty() {
+                return None;
+            }
+            q = self.ready.wait(q).ok()?;
+        }
+    }
+
+    fn done(&self, flight_key: &Option<String>) {
+        let Some(k) = flight_key else { return };
+        if let Ok(mut q) = self.queue.lock() {
+            if let Some(n) = q.working.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    q.working.remove(k);
+                }
+            }
+        }
+        // A job of this account may have been waiting for the thread just freed.
+        self.ready.notify_all();
+    }
+}
+
 impl Pool {
     pub fn new(threads: usize, timeout: Duration) -> std::io::Result<Pool> {
-        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let threads = threads.max(1);
         let (res_tx, res_rx) = mpsc::channel::<JobResult>();
         let (wake_read, wake_write) = UnixStream::pair()?;
         wake_read.set_nonblocking(true)?;
         wake_write.set_nonblocking(true)?;
-        let job_rx = Arc::new(Mutex::new(job_rx));
+        // One provider account may use at most three quarters of the threads.
+        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), ready: Condvar::new(), share: (threads * 3 / 4).max(1) });
         let last_send: Arc<Mutex<HashMap<String, f64>>> = Arc::new(Mutex::new(HashMap::new()));
         let wake_write = Arc::new(wake_write);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout.min(Duration::from_secs(5)))
             .timeout(timeout)
-            .max_idle_connections_per_host(threads.max(1))
+            .max_idle_connections_per_host(threads)
             .build();
         let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads.max(1) {
-            let job_rx = Arc::clone(&job_rx);
+        for i in 0..threads {
+            let shared = Arc::clone(&shared);
             let res_tx = res_tx.clone();
             let wake = Arc::clone(&wake_write);
             let agent = agent.clone();
             let last_send = Arc::clone(&last_send);
             let handle = std::thread::Builder::new()
                 .name(format!("pg_dialer-http-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let Ok(rx) = job_rx.lock() else { return };
-                        match rx.recv() {
-                            Ok(job) => job,
-                            Err(_) => return,
+                .spawn(move || {
+                    while let Some(job) = shared.take() {
+                        let send_at = reserve_send_time(&last_send, &job);
+                        let early_ms = send_at - unix_ms();
+                        if early_ms > 0.0 {
+                            std::thread::sleep(Duration::from_micros((early_ms.min(60_000.0) * 1000.0) as u64));
                         }
-                    };
-                    let send_at = reserve_send_time(&last_send, &job);
-                    let early_ms = send_at - unix_ms();
-                    if early_ms > 0.0 {
-                        std::thread::sleep(Duration::from_micros((early_ms.min(60_000.0) * 1000.0) as u64));
+                        let sent_at_ms = unix_ms();
+                        let started = Instant::now();
+                        let result = send(&agent, &job.request);
+                        shared.done(&job.flight_key);
+                        let out = JobResult {
+                            kind: job.kind,
+                            flight_key: job.flight_key,
+                            request: job.request,
+                            result,
+                            sent_at_ms,
+                            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        };
+                        if res_tx.send(out).is_err() {
+                            return;
+                        }
+                        // A full pipe already means "wake up"; nothing to do on WouldBlock.
+                        let _ = (&*wake).write(&[1u8]);
                     }
-                    let sent_at_ms = unix_ms();
-                    let started = Instant::now();
-                    let result = send(&agent, &job.request);
-                    let out = JobResult {
-                        kind: job.kind,
-                        flight_key: job.flight_key,
-                        request: job.request,
-                        result,
-                        sent_at_ms,
-                        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    };
-                    if res_tx.send(out).is_err() {
-                        return;
-                    }
-                    // A full pipe already means "wake up"; nothing to do on WouldBlock.
-                    let _ = (&*wake).write(&[1u8]);
                 })?;
             handles.push(handle);
         }
-        Ok(Pool { jobs: Some(job_tx), results: res_rx, wake_read, threads: handles, in_flight: 0, in_flight_by_key: HashMap::new() })
+        Ok(Pool { shared, results: res_rx, wake_read, threads: handles, in_flight: 0, in_flight_by_key: HashMap::new() })
     }
 
     /// The file descriptor that becomes readable when results are waiting.
@@ -121,20 +178,20 @@ impl Pool {
         self.in_flight
     }
 
-    /// Requests in flight per provider account.
+    /// Requests in flight (queued or on the wire) per provider account.
     pub fn in_flight_by_account(&self) -> HashMap<String, usize> {
         self.in_flight_by_key.clone()
     }
 
     pub fn submit(&mut self, job: Job) {
         let key = job.flight_key.clone();
-        if let Some(tx) = &self.jobs {
-            if tx.send(job).is_ok() {
-                self.in_flight += 1;
-                if let Some(k) = key {
-                    *self.in_flight_by_key.entry(k).or_insert(0) += 1;
-                }
-            }
+        let Ok(mut q) = self.shared.queue.lock() else { return };
+        q.jobs.push_back(job);
+        drop(q);
+        self.shared.ready.notify_one();
+        self.in_flight += 1;
+        if let Some(k) = key {
+            *self.in_flight_by_key.entry(k).or_insert(0) += 1;
         }
     }
 
@@ -188,8 +245,11 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // Closing the job channel ends the threads once they finish their current request.
-        self.jobs.take();
+        // Closing the queue ends the threads once it is empty and their requests are done.
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.closed = true;
+        }
+        self.shared.ready.notify_all();
         for t in self.threads.drain(..) {
             if t.is_finished() {
                 let _ = t.join();

@@ -71,14 +71,21 @@ pub fn complete_batches() -> Result<i32, DialerError> {
         .map_err(db)
 }
 
-/// Milliseconds until the next pacing slot, retry or scheduled start; None when nothing waits.
-pub fn ms_until_next_due(poll_every_ms: f64) -> Result<Option<f64>, DialerError> {
+/// Milliseconds until the next pacing slot, retry, scheduled start, status poll or look-up (those
+/// two not before the next poll round); None when nothing waits.
+pub fn ms_until_next_due(poll_every_ms: f64, next_round_in_ms: f64) -> Result<Option<f64>, DialerError> {
     Spi::get_one_with_args::<f64>(
-        "SELECT (extract(epoch FROM dialer._next_due(clock_timestamp(), make_interval(secs => $1 / 1000.0))
+        "SELECT (extract(epoch FROM dialer._next_due(clock_timestamp(), make_interval(secs => $1 / 1000.0),
+                                                     clock_timestamp() + make_interval(secs => $2 / 1000.0))
                  - clock_timestamp()) * 1000)::float8",
-        &[poll_every_ms.into()],
+        &[poll_every_ms.into(), next_round_in_ms.into()],
     )
     .map_err(db)
+}
+
+/// See `dialer._refresh_statistics`: ANALYZE a hot table that has outgrown its statistics.
+pub fn refresh_statistics() -> Result<i32, DialerError> {
+    Spi::get_one::<i32>("SELECT dialer._refresh_statistics()").map(|v| v.unwrap_or(0)).map_err(db)
 }
 
 pub fn settle_stale_dialing(older_than_ms: f64) -> Result<i32, DialerError> {

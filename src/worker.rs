@@ -12,6 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Status look-ups are batched: at most this often, at most this many per round.
 const POLL_ROUND_EVERY: Duration = Duration::from_millis(250);
 const POLL_ROUND_LIMIT: i32 = 500;
+/// Requests claimed ahead of the HTTP threads, as a multiple of their number.
+const CLAIM_AHEAD: usize = 4;
+/// How often the hot tables' planner statistics are checked (see `dialer._refresh_statistics`).
+const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// After an error, wait this long before trying again (never a hot loop).
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -63,6 +67,9 @@ struct Worker {
     settled_at_start: bool,
     skipping: bool,
     extension_seen: bool,
+    /// Passes in a row that found work due but could do none of it (see the end of iteration).
+    idle_passes: u32,
+    next_statistics_check: Instant,
     /// When this worker started: pacing slots missed before it (no worker ran) are made up.
     started_ms: f64,
 }
@@ -80,6 +87,8 @@ impl Worker {
             settled_at_start: false,
             skipping: false,
             extension_seen: false,
+            idle_passes: 0,
+            next_statistics_check: Instant::now(),
             started_ms: unix_ms(),
         })
     }
@@ -108,6 +117,9 @@ impl Worker {
                     ERROR_BACKOFF
                 }
             };
+            // A background worker flushes its table statistics itself; without them autovacuum
+            // never learns what this worker wrote (rate-limited inside to once a second).
+            unsafe { pg_sys::pgstat_report_stat(false) };
             if !self.wait(wait) {
                 self.shutdown();
                 return;
@@ -167,7 +179,7 @@ impl Worker {
         let in_flight = self.pool.in_flight_by_account();
         // Claim no more than the pool can send soon: a huge claim would only wait in the queue
         // (and its results would wait to be recorded) while the next tick could have run.
-        let pool_room = (settings.http_concurrency * 4).saturating_sub(self.pool.in_flight());
+        let pool_room = (settings.http_concurrency * CLAIM_AHEAD).saturating_sub(self.pool.in_flight());
         if pool_room == 0 {
             let wait = self.settings.poll_interval.min(Duration::from_millis(50));
             counts.batches = 0;
@@ -176,8 +188,10 @@ impl Worker {
             }
             return Ok(wait);
         }
-        // One provider account may use at most three quarters of the HTTP threads.
-        let share = (settings.http_concurrency * 3 / 4).max(1);
+        // The pool lets one provider account work at most three quarters of its threads; its
+        // queue holds as much for the account again, so a hanging provider's calls wait there
+        // rather than being claimed while they cannot be sent.
+        let share = (settings.http_concurrency * CLAIM_AHEAD * 3 / 4).max(1);
         // "" asks for the pool's room overall; an account name for that account's share.
         let room_for = move |account: &str| {
             if account.is_empty() {
@@ -233,9 +247,15 @@ impl Worker {
                 Vec::new()
             };
             tick::complete_batches()?;
-            let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0)?;
+            // Polls and look-ups go in rounds: one due before the next round waits for it.
+            let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
+            let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0, next_round_in_ms)?;
             Ok((polls, next))
         })?;
+        if do_poll && now >= self.next_statistics_check {
+            self.next_statistics_check = now + STATISTICS_CHECK_EVERY;
+            txn::run(tick::refresh_statistics)?;
+        }
         let progressed = submitted > 0 || !polls.is_empty() || !counts.is_empty();
         for job in polls {
             self.pool.submit(job);
@@ -256,9 +276,13 @@ impl Worker {
             wait = wait.min(due.saturating_duration_since(Instant::now() + lead));
         }
         if !progressed && wait < Duration::from_millis(1) {
-            // Something is due that this pass could not do (a poll round not yet open, the HTTP
-            // pool or a batch full): do not spin. Results and new work wake us anyway.
-            wait = self.next_poll_round.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), POLL_ROUND_EVERY);
+            // Something is due that this pass could not do (a provider account's share of the
+            // HTTP threads is full, or every queued number is on a live call elsewhere): back off
+            // 2, 4, 8 … 128 ms rather than spin. Results and new work wake us anyway.
+            self.idle_passes = (self.idle_passes + 1).min(7);
+            wait = Duration::from_millis(1 << self.idle_passes);
+        } else {
+            self.idle_passes = 0;
         }
         Ok(wait)
     }
