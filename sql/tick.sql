@@ -8,6 +8,11 @@ DECLARE
     n integer;
 BEGIN
     PERFORM dialer._promote_recurring(p_now);
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts WHERE status = 'pending') THEN
+        RETURN 0;
+    END IF;
     WITH started AS (
         UPDATE dialer.call_batches
            SET status = 'processing', started_at = coalesce(started_at, p_now), next_slot_at = NULL
@@ -19,9 +24,10 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     -- Contacts committed by add_contacts while the statement above ran were not in its snapshot;
     -- this statement's newer snapshot sees them.
+    -- (campaign_contacts_pending_idx holds only pending contacts: this costs nearly nothing.)
     UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
-      FROM dialer.call_batches b
-     WHERE b.status = 'processing' AND c.batch_id = b.id AND c.status = 'pending';
+     WHERE c.status = 'pending'
+       AND c.batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.status = 'processing');
     RETURN n;
 END $$;
 
@@ -48,9 +54,12 @@ END $$;
 -- The contact tests are scalar subqueries on purpose: they stay per-batch index probes whatever
 -- the planner believes about campaign_contacts (right after a bulk load its statistics say the
 -- table is empty, and an EXISTS pulled up into a join then scanned the whole index per batch).
+-- (plpgsql rather than sql: its plan is cached, where a sql function's body is planned on every call.)
 CREATE FUNCTION dialer._due_batches(p_now timestamptz, p_limit integer, p_lead interval DEFAULT '0')
 RETURNS TABLE (batch_id bigint, agency_id bigint, agent_mapping_id bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
     SELECT b.id, b.agency_id, b.agent_mapping_id
       FROM dialer.call_batches b
      WHERE b.status = 'processing'
@@ -62,8 +71,8 @@ LANGUAGE sql STABLE AS $$
                         WHERE m.id = b.agent_mapping_id AND pc.rate_limited_until > p_now)
        AND dialer._batch_due_at(b.id, p_now) <= p_now
      ORDER BY b.priority, b.created_at, b.id
-     LIMIT p_limit
-$$;
+     LIMIT p_limit;
+END $$;
 
 -- Step 2: claim up to p_budget contacts of one batch, within its pacing and concurrency, and
 -- within the pacing of its provider credential (max_calls_per_second) and the global cap.
@@ -412,34 +421,48 @@ BEGIN
 END $$;
 
 -- When the worker should look again: the earliest pacing slot, retry, back-off, scheduled start,
--- status poll or look-up. Every term is an index probe (per processing batch for the batches).
--- Polls and look-ups are done in rounds: they count from p_rounds_from (the next round) at the earliest.
+-- status poll or look-up. Polls and look-ups are done in rounds: they count from p_rounds_from
+-- (the next round) at the earliest.
 CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
-RETURNS timestamptz LANGUAGE sql STABLE AS $$
-    SELECT min(t) FROM (
-        SELECT greatest(r.t, p_rounds_from) AS t FROM (
+RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    best timestamptz;
+    r record;
+    due timestamptz;
+BEGIN
+    SELECT min(t) INTO best FROM (
+        SELECT greatest(q.t, p_rounds_from) AS t FROM (
             (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
               WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
               ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
             UNION ALL
             SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
               FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
-        ) r WHERE r.t IS NOT NULL
-        UNION ALL
-        SELECT greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
-                        coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now), d.due)
-          FROM dialer.call_batches b
-          LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
-          LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
-          CROSS JOIN LATERAL (SELECT dialer._batch_due_at(b.id, p_now) AS due OFFSET 0) d
-         WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent AND d.due IS NOT NULL
+        ) q WHERE q.t IS NOT NULL
         UNION ALL
         SELECT coalesce(min(scheduled_for), p_now) FROM dialer.call_batches
          WHERE status IN ('pending', 'scheduled')
         UNION ALL
         SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
-    ) due
-$$;
+    ) due_at;
+    -- A batch is due at the later of its pacing / back-off time and its earliest queued contact.
+    -- Batches in order of the first, so that the contact look-ups stop as soon as no batch can
+    -- beat what is found; those with contacts counted as queued first.
+    FOR r IN SELECT b.id, greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                                   coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
+               FROM dialer.call_batches b
+               LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
+               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+              WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
+              ORDER BY 2, b.queued_count > 0 DESC LOOP
+        EXIT WHEN best IS NOT NULL AND (r.slot_at >= best OR best <= p_now);
+        due := dialer._batch_due_at(r.id, p_now);
+        IF due IS NOT NULL THEN
+            best := least(best, greatest(r.slot_at, due));
+        END IF;
+    END LOOP;
+    RETURN best;
+END $$;
 
 -- At worker start: attempts left in 'dialing' by a dead backend may have reached the provider.
 -- They are held in_doubt (never redialed blindly) until settled.
