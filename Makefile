@@ -7,7 +7,7 @@ export PG_DIALER_PG_BIN := $(PG_PREFIX)/lib/postgresql/15/bin
 PGRX_TEST_DATA ?= /tmp/pg_dialer-pgrx-test
 CARGO ?= cargo
 
-.PHONY: setup install install-release test pg-test sim-test integration-test demo bench clean
+.PHONY: setup install install-release install-upgrades test pg-test sim-test integration-test demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,9 +16,16 @@ setup:
 # Debug build: fast to compile, used by the tests.
 install: setup
 	$(CARGO) pgrx install --pg-config $(PG_CONFIG)
+	@$(MAKE) -s install-upgrades
 
 install-release: setup
 	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
+	@$(MAKE) -s install-upgrades
+
+# ALTER EXTENSION pg_dialer UPDATE: the upgrade scripts, and the previous release's install script
+# (CREATE EXTENSION pg_dialer VERSION '0.1.0', for the upgrade test).
+install-upgrades:
+	cp sql/upgrade/pg_dialer--*.sql "$$($(PG_CONFIG) --sharedir)/extension/"
 
 # Unit tests (pure modules) and #[pg_test]s run together under cargo pgrx test (which installs
 # into the Postgres that `cargo pgrx init` registered, the system one).

@@ -21,11 +21,18 @@ fn db<E: std::fmt::Display>(e: E) -> DialerError {
     DialerError::Database(e.to_string())
 }
 
-pub fn extension_ready() -> Result<bool, DialerError> {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_dialer')")
-        .map(|v| v.unwrap_or(false))
-        .map_err(db)
+/// The version of the extension's SQL installed in this database (None: not installed).
+pub fn installed_version() -> Result<Option<String>, DialerError> {
+    Spi::get_one::<String>("SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'pg_dialer'").map_err(db)
 }
+
+/// The extension is installed, at the version of this library (after a new library is installed,
+/// its SQL arrives with ALTER EXTENSION pg_dialer UPDATE).
+pub fn extension_ready() -> Result<bool, DialerError> {
+    Ok(installed_version()?.as_deref() == Some(LIBRARY_VERSION))
+}
+
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn try_tick_lock() -> Result<bool, DialerError> {
     Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1)", &[TICK_LOCK_KEY.into()])

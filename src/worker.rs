@@ -69,6 +69,8 @@ struct Worker {
     extension_seen: bool,
     /// Passes in a row that found work due but could do none of it (see the end of iteration).
     idle_passes: u32,
+    /// The extension version last warned about (its SQL older than this library).
+    version_warned: Option<String>,
     next_statistics_check: Instant,
     /// When this worker started: pacing slots missed before it (no worker ran) are made up.
     started_ms: f64,
@@ -88,6 +90,7 @@ impl Worker {
             skipping: false,
             extension_seen: false,
             idle_passes: 0,
+            version_warned: None,
             next_statistics_check: Instant::now(),
             started_ms: unix_ms(),
         })
@@ -147,8 +150,26 @@ impl Worker {
         // Checked until the extension is seen; afterwards a DROP EXTENSION shows up as a failing
         // tick, which clears extension_seen (see run), so the fast path spends no query on it.
         if !self.extension_seen {
-            if !txn::run(tick::extension_ready)? {
-                return Ok(self.settings.poll_interval);
+            match txn::run(tick::installed_version)? {
+                None => return Ok(self.settings.poll_interval),
+                Some(v) if v != tick::LIBRARY_VERSION => {
+                    // The library was upgraded and the SQL not yet: calling functions that do not
+                    // exist (or mean something else) would only fail. Say what to do, and wait.
+                    if self.version_warned.as_deref() != Some(v.as_str()) {
+                        warning!(
+                            "pg_dialer: the extension in database \"{}\" is version {v} and the library {}; \
+                             the worker waits until ALTER EXTENSION pg_dialer UPDATE has run there",
+                            Settings::database(),
+                            tick::LIBRARY_VERSION
+                        );
+                        self.version_warned = Some(v);
+                    }
+                    return Ok(ERROR_BACKOFF);
+                }
+                Some(_) => {}
+            }
+            if self.version_warned.take().is_some() {
+                log!("pg_dialer: extension updated to {}; dialing resumes", tick::LIBRARY_VERSION);
             }
             self.extension_seen = true;
         }

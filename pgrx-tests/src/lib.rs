@@ -107,9 +107,13 @@ impl Cluster {
     }
 
     pub fn connect(&self) -> Client {
+        self.connect_to("postgres")
+    }
+
+    pub fn connect_to(&self, dbname: &str) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port), NoTls) {
+            match Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname={dbname}", self.port), NoTls) {
                 Ok(c) => return c,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -163,10 +167,15 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn new(name: &str, sim_config: SimConfig, extra_conf: &[&str]) -> Scenario {
+        Scenario::with_extension(name, sim_config, extra_conf, "CREATE EXTENSION pg_dialer")
+    }
+
+    /// As `new`, creating the extension with `create_extension` (e.g. an older version).
+    pub fn with_extension(name: &str, sim_config: SimConfig, extra_conf: &[&str], create_extension: &str) -> Scenario {
         let sim = Simulator::start(sim_config, 0).expect("start simulator");
         let cluster = Cluster::start(name, extra_conf);
         let mut db = cluster.connect();
-        db.batch_execute("CREATE EXTENSION pg_dialer").expect("create extension");
+        db.batch_execute(create_extension).expect("create extension");
         let agency_id: i64 = db.query_one("SELECT dialer.create_agency('Acme Loans', 'America/New_York')", &[]).unwrap().get(0);
         db.execute(
             "SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)",

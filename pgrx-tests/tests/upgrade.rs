@@ -1,0 +1,104 @@
+//! ALTER EXTENSION pg_dialer UPDATE from the previous release (0.1.0, its install script kept in
+//! sql/upgrade/): the worker waits while the SQL is older than the library, the update keeps the
+//! data and dialing resumes, and the upgraded catalog is the same as a fresh install's.
+
+use pg_dialer_integration::{numbers, wait_for, Scenario};
+use postgres::Client;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const PREVIOUS: &str = "0.1.0";
+
+/// Everything the extension defines in schema dialer, one line per object, in a form that does
+/// not depend on the order objects were created in (column numbers, OIDs).
+fn catalog(db: &mut Client) -> BTreeSet<String> {
+    let sql = r#"
+        SELECT 'function ' || p.oid::regprocedure::text || ' acl=' || coalesce(p.proacl::text, '-')
+               || ' definer=' || p.prosecdef || E'\n' || pg_get_functiondef(p.oid)
+          FROM pg_proc p WHERE p.pronamespace = 'dialer'::regnamespace
+        UNION ALL
+        SELECT 'relation ' || c.relname || ' kind=' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '-')
+               || ' rls=' || c.relrowsecurity || ' options=' || coalesce(c.reloptions::text, '-')
+          FROM pg_class c WHERE c.relnamespace = 'dialer'::regnamespace
+        UNION ALL
+        SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+               || ' notnull=' || a.attnotnull || ' identity=' || a.attidentity::text
+               || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') || ' acl=' || coalesce(a.attacl::text, '-')
+          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE c.relnamespace = 'dialer'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'dialer'::regnamespace
+        UNION ALL
+        SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+          FROM pg_constraint WHERE connamespace = 'dialer'::regnamespace
+        UNION ALL
+        SELECT 'view ' || c.relname || E'\n' || pg_get_viewdef(c.oid)
+          FROM pg_class c WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind IN ('v', 'm')
+        UNION ALL
+        SELECT 'policy ' || tablename || '.' || policyname || ' ' || cmd || ' ' || roles::text || ' '
+               || coalesce(qual, '-') || ' ' || coalesce(with_check, '-')
+          FROM pg_policies WHERE schemaname = 'dialer'
+        UNION ALL
+        SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+          FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+         WHERE c.relnamespace = 'dialer'::regnamespace AND NOT t.tgisinternal
+        UNION ALL
+        SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid)
+          FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+         WHERE e.extname = 'pg_dialer' AND d.deptype = 'e'
+    "#;
+    db.query(sql, &[]).expect("read the catalog").into_iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+#[test]
+fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fresh_install() {
+    let create_old = format!("CREATE EXTENSION pg_dialer VERSION '{PREVIOUS}'");
+    let mut s = Scenario::with_extension("upgrade", Scenario::sim_config(100, 200), &[], &create_old);
+    let version: String = s.db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_dialer'", &[]).unwrap().get(0);
+    assert_eq!(version, PREVIOUS);
+
+    // Data written through the previous release's API.
+    let batch = s.batch("before the upgrade", 600, 10, 3);
+    let nums = numbers("+1555030", 20);
+    assert_eq!(s.add_numbers(batch, &nums), 20);
+    s.wake();
+
+    // A library newer than the SQL: the worker says what to do and dials nobody.
+    wait_for("the worker to ask for ALTER EXTENSION pg_dialer UPDATE", Duration::from_secs(30), || {
+        s.cluster.server_log().contains("ALTER EXTENSION pg_dialer UPDATE").then_some(())
+    });
+    assert_eq!(s.sim.requests().len(), 0, "nothing is dialed while the SQL is older than the library");
+
+    s.db.batch_execute("ALTER EXTENSION pg_dialer UPDATE").expect("ALTER EXTENSION pg_dialer UPDATE");
+    let version: String = s.db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_dialer'", &[]).unwrap().get(0);
+    assert_ne!(version, PREVIOUS, "updated to the library's version");
+
+    // The batch made before the update is dialed after it, each number once.
+    s.wait_batch_completed(batch, Duration::from_secs(60));
+    let posts = pg_dialer_integration::call_posts(&s.sim);
+    let mut dialed: Vec<String> = posts.iter().filter_map(|p| p.to.clone()).collect();
+    dialed.sort();
+    let mut expected = nums.clone();
+    expected.sort();
+    assert_eq!(dialed, expected, "every contact added before the update dialed exactly once after it");
+
+    // The upgraded catalog is what a fresh install of this version creates.
+    s.db.batch_execute("CREATE DATABASE fresh_install").unwrap();
+    let mut fresh = s.cluster.connect_to("fresh_install");
+    fresh.batch_execute("CREATE EXTENSION pg_dialer").unwrap();
+    let fresh_version: String = fresh.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_dialer'", &[]).unwrap().get(0);
+    assert_eq!(fresh_version, version);
+    let upgraded = catalog(&mut s.db);
+    let installed = catalog(&mut fresh);
+    let only_upgraded: Vec<&String> = upgraded.difference(&installed).collect();
+    let only_fresh: Vec<&String> = installed.difference(&upgraded).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "the upgrade script does not produce a fresh install's catalog\n--- only after the upgrade:\n{}\n--- only in a fresh install:\n{}",
+        only_upgraded.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+        only_fresh.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+    );
+    assert!(upgraded.len() > 300, "the comparison covers the whole extension ({} objects)", upgraded.len());
+}
