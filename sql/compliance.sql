@@ -133,6 +133,23 @@ BEGIN
     END IF;
 END $$;
 
+-- When a batch's window changes, the contacts its old window deferred are looked at again. They
+-- are those whose next_attempt_at is the opening the old window gave them when they were last
+-- looked at (_compliance_prepare sets both at once); a job waiting for its own run_at, a retry
+-- waiting out its back-off and a contact held by the daily cap keep their time.
+CREATE FUNCTION dialer._release_window_deferrals(p_old dialer.call_batches)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_old.window_start IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE dialer.campaign_contacts c SET next_attempt_at = NULL
+      FROM dialer.agencies a
+     WHERE a.id = p_old.agency_id AND c.batch_id = p_old.id AND c.status = 'queued' AND c.next_attempt_at > now()
+       AND c.next_attempt_at = dialer._next_opening(c.updated_at, coalesce(c.timezone, a.timezone), p_old.window_start,
+                                                    p_old.window_end, p_old.window_days, a.id);
+END $$;
+
 CREATE FUNCTION dialer.set_calling_window(batch_id bigint, start_time time, end_time time,
     days integer[] DEFAULT '{1,2,3,4,5,6,7}')
 RETURNS void LANGUAGE plpgsql AS $$
@@ -141,10 +158,8 @@ DECLARE
     b dialer.call_batches := dialer._batch_for_update(batch_id);
 BEGIN
     PERFORM dialer._check_window(start_time, end_time, days);
+    PERFORM dialer._release_window_deferrals(b);
     UPDATE dialer.call_batches SET window_start = start_time, window_end = end_time, window_days = days WHERE id = b.id;
-    -- Contacts deferred under the old window are looked at again.
-    UPDATE dialer.campaign_contacts c SET next_attempt_at = NULL
-     WHERE c.batch_id = b.id AND c.status = 'queued' AND c.next_attempt_at > now() AND c.attempts = 0;
     PERFORM dialer._wake_on_commit();
 END $$;
 
@@ -154,9 +169,8 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     b dialer.call_batches := dialer._batch_for_update(batch_id);
 BEGIN
+    PERFORM dialer._release_window_deferrals(b);
     UPDATE dialer.call_batches SET window_start = NULL, window_end = NULL, window_days = NULL WHERE id = b.id;
-    UPDATE dialer.campaign_contacts c SET next_attempt_at = NULL
-     WHERE c.batch_id = b.id AND c.status = 'queued' AND c.next_attempt_at > now() AND c.attempts = 0;
     PERFORM dialer._wake_on_commit();
 END $$;
 

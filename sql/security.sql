@@ -98,3 +98,12 @@ CREATE POLICY tenant ON dialer.followups
 GRANT SELECT ON dialer.agency_members TO dialer_user;
 CREATE POLICY own_roles ON dialer.agency_members
     USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'MEMBER')));
+
+-- The views read with the caller's rights, so row-level security applies through them: a tenant
+-- sees its own batches, attempts in doubt and health figures only.
+ALTER VIEW dialer.batch_progress SET (security_invoker = true);
+ALTER VIEW dialer.in_doubt SET (security_invoker = true);
+ALTER VIEW dialer.health SET (security_invoker = true);
+-- Webhook events belong to the agency of their call (events matching no call: owner and admin).
+ALTER TABLE dialer.webhook_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON dialer.webhook_events USING (call_id IN (SELECT k.id FROM dialer.calls k));

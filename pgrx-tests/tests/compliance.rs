@@ -108,6 +108,19 @@ fn only_contacts_inside_their_window_are_dialed_and_the_rest_wait_for_the_openin
         .unwrap();
     assert_eq!(row.get::<_, String>(0), noon);
     assert!(row.get::<_, bool>(1));
+
+    // A window change brings forward what the old window deferred, and nothing else: a job
+    // delayed by its caller keeps its time.
+    let job: i64 = s.db.query_one("SELECT dialer.schedule_call('+15557100009', delay => '1 day')", &[]).unwrap().get(0);
+    let agency = s.agency_id;
+    s.db.execute("SELECT dialer.set_queue_calling_window($1, '00:00', '23:59')", &[&agency]).unwrap();
+    s.db.execute("SELECT dialer.set_queue_calling_window($1, '00:30', '23:30')", &[&agency]).unwrap();
+    assert_eq!(s.job_state(job), "delayed", "a window change does not bring a delayed job forward");
+    s.db.execute("SELECT dialer.set_calling_window($1, '00:00', '23:59')", &[&batch]).unwrap();
+    wait_for("the night contact, released by the wider window", Duration::from_secs(15), || {
+        posts_to(&s.sim, "+15557100002").into_iter().next()
+    });
+    assert!(posts_to(&s.sim, "+15557100009").is_empty(), "the delayed job waits for its time");
 }
 
 #[test]

@@ -20,7 +20,12 @@ fn every_sql_example_in_the_readme_runs() {
     }
     assert!(blocks.len() >= 3, "README has its SQL examples");
     // A fresh cluster with the worker off: the examples create agency 1 themselves.
-    let mut s = Scenario::new("readme", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
+    // pg_cron is preloaded: the pg_cron recipes run too.
+    let mut s = Scenario::new(
+        "readme",
+        Scenario::sim_config(100, 200),
+        &["dialer.enabled = off", "shared_preload_libraries = 'pg_dialer,pg_cron'", "cron.database_name = 'postgres'"],
+    );
     s.db.batch_execute("DROP EXTENSION pg_dialer CASCADE; CREATE EXTENSION pg_dialer;").unwrap();
     for block in blocks {
         s.db.batch_execute(&block).unwrap_or_else(|e| panic!("README example failed: {:?}\n{block}", e.as_db_error().map(|d| d.message().to_string())));

@@ -225,11 +225,28 @@ fn row_level_security_keeps_tenants_apart() {
     s.db.execute("SELECT dialer.schedule_call('+15556300002', agency_id => $1, agent_mapping_id => $2)", &[&b, &mb]).unwrap();
     s.db.batch_execute("CREATE ROLE tenant_a NOLOGIN; GRANT dialer_user TO tenant_a; CREATE ROLE jwt_user NOLOGIN; GRANT dialer_user TO jwt_user;").unwrap();
     s.db.execute("INSERT INTO dialer.agency_members VALUES ($1, 'tenant_a')", &[&a]).unwrap();
+    // An attempt in doubt and a webhook event for each agency (written as the owner).
+    s.db.batch_execute(
+        "UPDATE dialer.campaign_contacts SET status = 'in_doubt';
+         INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, phone_number)
+         SELECT c.id, c.batch_id, b.agency_id, 'ultravox', 'rls-' || c.id, 'ended', c.phone_number
+           FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id;
+         INSERT INTO dialer.webhook_events (provider, event_id, call_id)
+         SELECT 'ultravox', 'evt-' || k.id, k.id FROM dialer.calls k;",
+    )
+    .unwrap();
 
     let mut tx = s.db.transaction().unwrap();
     tx.batch_execute("SET LOCAL ROLE tenant_a").unwrap();
     let seen: Vec<String> = tx.query("SELECT phone_number FROM dialer.campaign_contacts", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(seen, vec!["+15556300001"]);
+    // The views apply the same rules (they read with the caller's rights).
+    let agencies: Vec<i64> = tx.query("SELECT DISTINCT agency_id FROM dialer.batch_progress", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(agencies, vec![a], "batch_progress shows a tenant its own batches only");
+    let doubtful: Vec<i64> = tx.query("SELECT DISTINCT agency_id FROM dialer.in_doubt", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(doubtful, vec![a], "in_doubt shows a tenant its own attempts only");
+    let events: i64 = tx.query_one("SELECT count(*) FROM dialer.webhook_events", &[]).unwrap().get(0);
+    assert_eq!(events, 1, "a tenant sees the webhook events of its own calls only");
     let err = tx.query("SELECT dialer.schedule_call('+15556300003', agency_id => $1)", &[&b]).unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("does not exist"), "another tenant's agency is invisible");
     tx.rollback().unwrap();

@@ -18,6 +18,7 @@ CREATE INDEX campaign_contacts_pending_idx ON dialer.campaign_contacts (batch_id
 -- _next_due takes the time of the next poll round as a third argument.
 DROP FUNCTION dialer._next_due(timestamptz, interval);
 
+-- Functions new or changed since 0.1.0 (scripts/upgrade-functions.py lists them).
 -- _batch_due_at
 CREATE OR REPLACE FUNCTION dialer._batch_due_at(p_batch_id bigint, p_now timestamptz)
 RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
@@ -166,3 +167,49 @@ BEGIN
     RETURN n;
 END $$;
 
+-- _release_window_deferrals
+CREATE OR REPLACE FUNCTION dialer._release_window_deferrals(p_old dialer.call_batches)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_old.window_start IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE dialer.campaign_contacts c SET next_attempt_at = NULL
+      FROM dialer.agencies a
+     WHERE a.id = p_old.agency_id AND c.batch_id = p_old.id AND c.status = 'queued' AND c.next_attempt_at > now()
+       AND c.next_attempt_at = dialer._next_opening(c.updated_at, coalesce(c.timezone, a.timezone), p_old.window_start,
+                                                    p_old.window_end, p_old.window_days, a.id);
+END $$;
+
+-- clear_calling_window
+CREATE OR REPLACE FUNCTION dialer.clear_calling_window(batch_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    PERFORM dialer._release_window_deferrals(b);
+    UPDATE dialer.call_batches SET window_start = NULL, window_end = NULL, window_days = NULL WHERE id = b.id;
+    PERFORM dialer._wake_on_commit();
+END $$;
+
+-- set_calling_window
+CREATE OR REPLACE FUNCTION dialer.set_calling_window(batch_id bigint, start_time time, end_time time,
+    days integer[] DEFAULT '{1,2,3,4,5,6,7}')
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    PERFORM dialer._check_window(start_time, end_time, days);
+    PERFORM dialer._release_window_deferrals(b);
+    UPDATE dialer.call_batches SET window_start = start_time, window_end = end_time, window_days = days WHERE id = b.id;
+    PERFORM dialer._wake_on_commit();
+END $$;
+
+-- Row-level security reaches through the views and covers webhook events.
+ALTER VIEW dialer.batch_progress SET (security_invoker = true);
+ALTER VIEW dialer.in_doubt SET (security_invoker = true);
+ALTER VIEW dialer.health SET (security_invoker = true);
+ALTER TABLE dialer.webhook_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON dialer.webhook_events USING (call_id IN (SELECT k.id FROM dialer.calls k));
