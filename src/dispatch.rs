@@ -108,8 +108,8 @@ impl Shared {
                 }
             }
         }
-        // A job of this account may have been waiting for the thread just freed.
-        self.ready.notify_all();
+        // No notify: a job of this account that waited for a free share is taken by this very
+        // thread when it comes back to take() (waking every thread here cost more than the sends).
     }
 }
 
