@@ -76,7 +76,8 @@ CREATE TABLE dialer.call_batches (
     started_at         timestamptz,
     completed_at       timestamptz
 );
-CREATE INDEX ON dialer.call_batches (status, priority, created_at)
+-- Batches in the order they are served: _due_batches reads it in order and stops at its limit.
+CREATE INDEX call_batches_serve_order_idx ON dialer.call_batches (status, priority, created_at, id)
     WHERE status IN ('pending', 'scheduled', 'processing');
 CREATE UNIQUE INDEX call_batches_one_queue_per_agency ON dialer.call_batches (agency_id) WHERE kind = 'queue';
 

@@ -61,6 +61,8 @@ GRANT SELECT (agency_id, provider, base_url, account_sid, max_calls_per_second, 
 GRANT SELECT, INSERT, UPDATE ON dialer.pacing_state TO dialer_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.do_not_call, dialer.agency_holidays TO dialer_user;
 GRANT ALL ON ALL TABLES IN SCHEMA dialer TO dialer_admin;
+-- process_batches() draws attempt ids from the calls sequence itself.
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA dialer TO dialer_admin;
 GRANT EXECUTE ON FUNCTION dialer.get_agency_credentials(bigint, text) TO dialer_admin;
 
 -- Row-level security: a tenant sees and touches only its agencies' rows. The owner and

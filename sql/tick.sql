@@ -92,7 +92,10 @@ RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, 
                lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
                spacing_ms double precision, agent_mapping_id bigint, metadata jsonb, credential_key text,
                credential_gap_ms double precision, global_gap_ms double precision)
-LANGUAGE plpgsql AS $$
+-- The candidates must come from campaign_contacts_claim_idx in order, stopping at the limit; a
+-- bitmap scan would read and sort the whole batch (the planner cannot tell how many candidates
+-- the live-call and do-not-call tests let through, and guesses one).
+LANGUAGE plpgsql SET enable_bitmapscan = off AS $$
 DECLARE
     b dialer.call_batches;
     cred dialer.provider_credentials;
@@ -189,15 +192,19 @@ BEGIN
         SELECT c.id, c.phone_number, c.priority FROM dialer.campaign_contacts c
          WHERE c.batch_id = b.id AND c.status = 'queued'
            AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now)
-           -- one live call per number, across every batch (the unique index enforces it)
-           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
-                                                        AND k.status IN ('dialing', 'in_progress', 'in_doubt'))
+           -- one live call per number, across every batch (the unique index enforces it); a
+           -- scalar subquery, so that it stays one probe of that index per candidate
+           AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                              AND k.status IN ('dialing', 'in_progress', 'in_doubt') LIMIT 1) IS NULL
+           -- never a number on the do-not-call list (_compliance_prepare marks those next in line)
+           AND (SELECT 1 FROM dialer.do_not_call d WHERE d.phone_number = c.phone_number
+                                                    AND (d.agency_id IS NULL OR d.agency_id = b.agency_id) LIMIT 1) IS NULL
          ORDER BY c.priority, c.id
          LIMIT n * 2
            FOR UPDATE SKIP LOCKED
     ), picked AS (
         -- The call row's id is drawn here so the contact can point at it in the same statement.
-        SELECT d.id, nextval(pg_get_serial_sequence('dialer.calls', 'id')) AS new_call_id
+        SELECT d.id, nextval('dialer.calls_id_seq'::regclass) AS new_call_id
           FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.priority FROM candidates cd
                  ORDER BY cd.phone_number, cd.priority, cd.id) d
          ORDER BY d.priority, d.id
@@ -403,13 +410,17 @@ END $$;
 
 -- Step 7: a batch is complete when nothing is left to dial and nothing is in progress. A batch
 -- that has no contacts yet is waiting for them, not done.
-CREATE FUNCTION dialer._complete_batches(p_now timestamptz)
+-- With p_by_counters, only batches whose counters say nothing is queued or in progress are looked
+-- at (a tick's quick pass, which then costs nothing per busy batch); the worker's poll rounds look
+-- at every batch, so a counter that was ever wrong cannot keep a batch open.
+CREATE FUNCTION dialer._complete_batches(p_now timestamptz, p_by_counters boolean DEFAULT false)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
     UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
      WHERE b.status = 'processing' AND b.kind = 'campaign' AND b.total_contacts > 0
+       AND (NOT p_by_counters OR (b.queued_count <= 0 AND b.in_progress_count <= 0))
        -- (scalar subqueries: per-batch index probes, whatever the statistics say; see _due_batches)
        AND (SELECT 1 FROM dialer.campaign_contacts c
              WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress') LIMIT 1) IS NULL

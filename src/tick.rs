@@ -72,8 +72,9 @@ pub fn active_batch_count() -> Result<i64, DialerError> {
         .map_err(db)
 }
 
-pub fn complete_batches() -> Result<i32, DialerError> {
-    Spi::get_one::<i32>("SELECT dialer._complete_batches(clock_timestamp())")
+/// Marks finished batches completed; `by_counters`: look only at batches whose counters say so.
+pub fn complete_batches(by_counters: bool) -> Result<i32, DialerError> {
+    Spi::get_one_with_args::<i32>("SELECT dialer._complete_batches(clock_timestamp(), $1)", &[by_counters.into()])
         .map(|v| v.unwrap_or(0))
         .map_err(db)
 }

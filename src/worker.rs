@@ -16,6 +16,8 @@ const POLL_ROUND_LIMIT: i32 = 500;
 const CLAIM_AHEAD: usize = 4;
 /// How often the hot tables' planner statistics are checked (see `dialer._refresh_statistics`).
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often every processing batch is checked for completion, counters aside.
+const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// After an error, wait this long before trying again (never a hot loop).
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -72,6 +74,7 @@ struct Worker {
     /// The extension version last warned about (its SQL older than this library).
     version_warned: Option<String>,
     next_statistics_check: Instant,
+    next_full_completion_check: Instant,
     /// When this worker started: pacing slots missed before it (no worker ran) are made up.
     started_ms: f64,
 }
@@ -92,6 +95,7 @@ impl Worker {
             idle_passes: 0,
             version_warned: None,
             next_statistics_check: Instant::now(),
+            next_full_completion_check: Instant::now(),
             started_ms: unix_ms(),
         })
     }
@@ -267,7 +271,12 @@ impl Worker {
             } else {
                 Vec::new()
             };
-            tick::complete_batches()?;
+            // Every batch is looked at now and then; otherwise those whose counters say done.
+            let full_check = do_poll && now >= self.next_full_completion_check;
+            if full_check {
+                self.next_full_completion_check = now + FULL_COMPLETION_CHECK_EVERY;
+            }
+            tick::complete_batches(!full_check)?;
             // Polls and look-ups go in rounds: one due before the next round waits for it.
             let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
             let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0, next_round_in_ms)?;
@@ -316,7 +325,7 @@ impl Worker {
             let counts = tick::record_dispatch(&results)?;
             tick::record_status(&results)?;
             tick::record_lookups(&results)?;
-            tick::complete_batches()?;
+            tick::complete_batches(true)?;
             Ok(counts)
         });
         match grouped {

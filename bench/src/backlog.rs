@@ -24,6 +24,7 @@ pub struct BacklogResult {
     pub steps: Vec<(String, f64)>,
     pub tick_p50: f64,
     pub tick_p95: f64,
+    pub tick_ms_per_call: f64,
     pub ticks: i64,
     pub calls_per_s: f64,
     pub hwm_mb: Option<f64>,
@@ -116,6 +117,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     let thr1 = procstat::threads_cpu(worker);
     let wall = w0.elapsed().as_secs_f64();
     let (ticks, p50, p95, max, initiated) = tick_stats(&mut s.db, Some(t0), Some(t1))?;
+    let per_call = tick_ms_per_call(&mut s.db, Some(t0), Some(t1))?;
     let calls_per_s = (c1 - c0) as f64 / ((t1 - t0) as f64 / 1e6);
     let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|k| k as f64 / 1024.0);
     let anon_mb = procstat::status_kb(worker, "RssAnon").map(|k| k as f64 / 1024.0);
@@ -146,6 +148,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
         steps,
         tick_p50: p50,
         tick_p95: p95,
+        tick_ms_per_call: per_call,
         ticks,
         calls_per_s,
         hwm_mb,
@@ -180,6 +183,12 @@ pub fn run(opts: &Opts) -> Outcome {
             out.rows.push(Row::new(&sc, &format!("tick p50 ms: {} backlog ({} ticks)", b.contacts, b.ticks), Some(b.tick_p50), None, 2));
             out.rows.push(Row::new(&sc, &format!("tick p50 ms: 1,000 backlog ({} ticks)", s.ticks), Some(s.tick_p50), None, 2));
             out.rows.push(Row::new(&sc, "tick p50: big / small", Some(tr), None, 2).target("≤ 2×", Some(tr <= 2.0)));
+            let pr = b.tick_ms_per_call / s.tick_ms_per_call;
+            out.rows.push(
+                Row::new(&sc, "tick ms per call placed: big | small", Some(b.tick_ms_per_call), None, 3)
+                    .target(&format!("small {:.3} ms", s.tick_ms_per_call), None),
+            );
+            out.rows.push(Row::new(&sc, "tick per call: big / small", Some(pr), None, 2).target("≤ 2×", Some(pr <= 2.0)));
             out.rows.push(Row::new(&sc, "tick p95 ms: big | small", Some(b.tick_p95), None, 2).target(&format!("small {:.2} ms", s.tick_p95), None));
             out.rows.push(Row::new(&sc, "calls/s dialed: big | small (demand 16.7)", Some(b.calls_per_s), None, 1).target(&format!("small {:.1}", s.calls_per_s), None));
             let hwm = b.hwm_mb.into_iter().chain(s.hwm_mb).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));

@@ -127,6 +127,20 @@ pub fn tick_stats(db: &mut Client, since_us: Option<i64>, until_us: Option<i64>)
     Ok((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
 }
 
+/// Worker tick time per call placed (ms), over the ticks that placed calls: a fair comparison of
+/// ticks that do different amounts of work.
+pub fn tick_ms_per_call(db: &mut Client, since_us: Option<i64>, until_us: Option<i64>) -> Result<f64> {
+    let r = db.query_one(
+        "SELECT coalesce(sum(duration_ms) / nullif(sum(initiated), 0), 0)::float8
+           FROM dialer.runs
+          WHERE mode = 'worker' AND status = 'COMPLETED' AND initiated > 0
+            AND ($1::float8 IS NULL OR started_at >= to_timestamp($1::float8 / 1e6))
+            AND ($2::float8 IS NULL OR started_at < to_timestamp($2::float8 / 1e6))",
+        &[&since_us.map(|v| v as f64), &until_us.map(|v| v as f64)],
+    )?;
+    Ok(r.get(0))
+}
+
 pub fn memory_line(pid: i32) -> String {
     let kb = |f: &str| crate::procstat::status_kb(pid, f).map(|v| format!("{:.1} MB", v as f64 / 1024.0)).unwrap_or_else(|| "?".into());
     format!(

@@ -99,7 +99,7 @@ fn run_tick() -> Result<Value, DialerError> {
             counts.add(tick::record_outcomes(unanswered)?);
         }
     }
-    tick::complete_batches()?;
+    tick::complete_batches(false)?;
     tick::log_run(started, "function", counts, "COMPLETED", None)?;
     Ok(json!({
         "batches_processed": counts.batches,
