@@ -79,6 +79,8 @@ CREATE TABLE dialer.call_batches (
 -- Batches in the order they are served: _due_batches reads it in order and stops at its limit.
 CREATE INDEX call_batches_serve_order_idx ON dialer.call_batches (status, priority, created_at, id)
     WHERE status IN ('pending', 'scheduled', 'processing');
+-- Running batches by pacing slot: when the worker should look next (_next_due) reads it in order.
+CREATE INDEX call_batches_next_slot_idx ON dialer.call_batches (next_slot_at NULLS FIRST) WHERE status = 'processing';
 CREATE UNIQUE INDEX call_batches_one_queue_per_agency ON dialer.call_batches (agency_id) WHERE kind = 'queue';
 
 CREATE TABLE dialer.campaign_contacts (

@@ -59,12 +59,14 @@ CREATE FUNCTION dialer._due_batches(p_now timestamptz, p_limit integer, p_lead i
 RETURNS TABLE (batch_id bigint, agency_id bigint, agent_mapping_id bigint)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
+    -- Batches whose pacing slot has come, from call_batches_next_slot_idx (two ranges: a slot
+    -- that has come, or none yet), so that a thousand batches waiting for their slots cost nothing.
     RETURN QUERY
     SELECT b.id, b.agency_id, b.agent_mapping_id
-      FROM dialer.call_batches b
-     WHERE b.status = 'processing'
-       AND b.in_progress_count < b.max_concurrent
-       AND (b.next_slot_at IS NULL OR b.next_slot_at <= p_now + p_lead)
+      FROM (SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at <= p_now + p_lead
+            UNION ALL
+            SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at IS NULL) b
+     WHERE b.in_progress_count < b.max_concurrent
        AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
        AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
                           ON pc.agency_id = m.agency_id AND pc.provider = m.provider
@@ -434,8 +436,10 @@ END $$;
 -- When the worker should look again: the earliest pacing slot, retry, back-off, scheduled start,
 -- status poll or look-up. Polls and look-ups are done in rounds: they count from p_rounds_from
 -- (the next round) at the earliest.
+-- (enable_sort off: the batches must come in index order, read only as far as needed; a sort
+-- would read them all.)
 CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
-RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
 DECLARE
     best timestamptz;
     r record;
@@ -457,16 +461,18 @@ BEGIN
         SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
     ) due_at;
     -- A batch is due at the later of its pacing / back-off time and its earliest queued contact.
-    -- Batches in order of the first, so that the contact look-ups stop as soon as no batch can
-    -- beat what is found; those with contacts counted as queued first.
-    FOR r IN SELECT b.id, greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
-                                   coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
+    -- Batches are read in the order of their pacing slot (call_batches_next_slot_idx), a lower
+    -- bound of that time, so the look-ups stop at the first batch that cannot beat what is found.
+    FOR r IN SELECT b.id, b.next_slot_at,
+                    greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                             coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
                FROM dialer.call_batches b
                LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
                LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
               WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
-              ORDER BY 2, b.queued_count > 0 DESC LOOP
-        EXIT WHEN best IS NOT NULL AND (r.slot_at >= best OR best <= p_now);
+              ORDER BY b.next_slot_at NULLS FIRST LOOP
+        EXIT WHEN best IS NOT NULL AND (coalesce(r.next_slot_at, p_now) >= best OR best <= p_now);
+        CONTINUE WHEN best IS NOT NULL AND r.slot_at >= best;
         due := dialer._batch_due_at(r.id, p_now);
         IF due IS NOT NULL THEN
             best := least(best, greatest(r.slot_at, due));

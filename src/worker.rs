@@ -276,12 +276,13 @@ impl Worker {
             } else {
                 Vec::new()
             };
-            // Every batch is looked at now and then; otherwise those whose counters say done.
-            let full_check = do_poll && now >= self.next_full_completion_check;
-            if full_check {
+            // Batches whose calls ended are completed as their results are recorded (by the
+            // counters); every batch is looked at now and then as well (calls ended by webhooks,
+            // contacts cancelled, a counter that was ever wrong).
+            if do_poll && now >= self.next_full_completion_check {
                 self.next_full_completion_check = now + FULL_COMPLETION_CHECK_EVERY;
+                tick::complete_batches(false)?;
             }
-            tick::complete_batches(!full_check)?;
             // Polls and look-ups go in rounds: one due before the next round waits for it.
             let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
             let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0, next_round_in_ms)?;

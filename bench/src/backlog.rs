@@ -107,6 +107,14 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     let worker = s.worker_pid().context("the pg_dialer worker is not running")?;
     let thr0 = procstat::threads_cpu(worker);
     let w0 = std::time::Instant::now();
+    // Each batch's first slot at a random point of its first interval: the demand is then a steady
+    // 16.7 calls/s from the start (all 1,000 batches due at once would be one burst, then a minute
+    // with nothing due).
+    s.db.execute(
+        "UPDATE dialer.call_batches SET next_slot_at = clock_timestamp() + random() * make_interval(secs => 60.0 / calls_per_minute)
+          WHERE status = 'processing'",
+        &[],
+    )?;
     s.set_config("dialer.enabled", "on")?;
     sleep_checked(Duration::from_secs(if opts.quick { 3 } else { 5 }))?;
     let t0 = now_us();

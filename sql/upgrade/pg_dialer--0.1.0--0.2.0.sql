@@ -22,6 +22,9 @@ DROP INDEX dialer.call_batches_status_priority_created_at_idx;
 CREATE INDEX call_batches_serve_order_idx ON dialer.call_batches (status, priority, created_at, id)
     WHERE status IN ('pending', 'scheduled', 'processing');
 
+-- Running batches by pacing slot (when the worker should look next).
+CREATE INDEX call_batches_next_slot_idx ON dialer.call_batches (next_slot_at NULLS FIRST) WHERE status = 'processing';
+
 -- New arguments: _next_due takes the time of the next poll round, _complete_batches whether to
 -- trust the batch counters.
 DROP FUNCTION dialer._next_due(timestamptz, interval);
@@ -295,12 +298,14 @@ CREATE OR REPLACE FUNCTION dialer._due_batches(p_now timestamptz, p_limit intege
 RETURNS TABLE (batch_id bigint, agency_id bigint, agent_mapping_id bigint)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
+    -- Batches whose pacing slot has come, from call_batches_next_slot_idx (two ranges: a slot
+    -- that has come, or none yet), so that a thousand batches waiting for their slots cost nothing.
     RETURN QUERY
     SELECT b.id, b.agency_id, b.agent_mapping_id
-      FROM dialer.call_batches b
-     WHERE b.status = 'processing'
-       AND b.in_progress_count < b.max_concurrent
-       AND (b.next_slot_at IS NULL OR b.next_slot_at <= p_now + p_lead)
+      FROM (SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at <= p_now + p_lead
+            UNION ALL
+            SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at IS NULL) b
+     WHERE b.in_progress_count < b.max_concurrent
        AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
        AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
                           ON pc.agency_id = m.agency_id AND pc.provider = m.provider
@@ -312,7 +317,7 @@ END $$;
 
 -- _next_due
 CREATE OR REPLACE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
-RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
 DECLARE
     best timestamptz;
     r record;
@@ -334,16 +339,18 @@ BEGIN
         SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
     ) due_at;
     -- A batch is due at the later of its pacing / back-off time and its earliest queued contact.
-    -- Batches in order of the first, so that the contact look-ups stop as soon as no batch can
-    -- beat what is found; those with contacts counted as queued first.
-    FOR r IN SELECT b.id, greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
-                                   coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
+    -- Batches are read in the order of their pacing slot (call_batches_next_slot_idx), a lower
+    -- bound of that time, so the look-ups stop at the first batch that cannot beat what is found.
+    FOR r IN SELECT b.id, b.next_slot_at,
+                    greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                             coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
                FROM dialer.call_batches b
                LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
                LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
               WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
-              ORDER BY 2, b.queued_count > 0 DESC LOOP
-        EXIT WHEN best IS NOT NULL AND (r.slot_at >= best OR best <= p_now);
+              ORDER BY b.next_slot_at NULLS FIRST LOOP
+        EXIT WHEN best IS NOT NULL AND (coalesce(r.next_slot_at, p_now) >= best OR best <= p_now);
+        CONTINUE WHEN best IS NOT NULL AND r.slot_at >= best;
         due := dialer._batch_due_at(r.id, p_now);
         IF due IS NOT NULL THEN
             best := least(best, greatest(r.slot_at, due));
