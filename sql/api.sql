@@ -88,7 +88,9 @@ EXCEPTION WHEN unique_violation THEN
         USING ERRCODE = '23505';
 END $$;
 
--- SECURITY DEFINER: callers may store keys without being able to read them back.
+-- Callers store keys without being able to read them back: dialer_user has INSERT and UPDATE on
+-- provider_credentials but no SELECT on the key columns, so this function writes without reading
+-- (an UPDATE, then an INSERT when no row was there; ON CONFLICT would need to read the row).
 CREATE FUNCTION dialer.set_provider_credentials(agency_id bigint, provider text, api_key text,
     base_url text DEFAULT NULL, account_sid text DEFAULT NULL, webhook_secret text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -405,6 +405,7 @@ BEGIN
                'failed', count(*) FILTER (WHERE st = 'failed'),
                'delayed', count(*) FILTER (WHERE st = 'delayed'),
                'paused', count(*) FILTER (WHERE st = 'paused'),
+               'cancelled', count(*) FILTER (WHERE st = 'cancelled'),
                'total', count(*))
       INTO result
       FROM (SELECT dialer._job_state(c.status, c.next_attempt_at, b.status) AS st

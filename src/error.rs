@@ -11,8 +11,6 @@ pub enum DialerError {
     NotFound(String),
     #[error("no {provider} credentials for agency {agency_id}: call dialer.set_provider_credentials({agency_id}, '{provider}', <api key>)")]
     MissingCredentials { agency_id: i64, provider: String },
-    #[error("provider request could not be built: {0}")]
-    BadRequestTemplate(String),
     #[error("{0}")]
     MalformedInput(String),
     #[error("{0}")]
@@ -27,7 +25,7 @@ impl DialerError {
     /// The SQLSTATE reported when this error reaches a SQL caller.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            DialerError::InvalidArgument(_) | DialerError::BadRequestTemplate(_) => "22023",
+            DialerError::InvalidArgument(_) => "22023",
             DialerError::NotFound(_) => "P0002",
             DialerError::MissingCredentials { .. } => "28000",
             DialerError::MalformedInput(_) => "22P02",

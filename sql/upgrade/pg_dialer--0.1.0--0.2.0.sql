@@ -445,6 +445,32 @@ BEGIN
     PERFORM dialer._wake_on_commit();
 END $$;
 
+-- queue_stats
+CREATE OR REPLACE FUNCTION dialer.queue_stats(batch_id bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    IF batch_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dialer.call_batches WHERE id = batch_id) THEN
+        RAISE EXCEPTION 'batch % does not exist', batch_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT jsonb_build_object(
+               'waiting', count(*) FILTER (WHERE st = 'waiting'),
+               'active', count(*) FILTER (WHERE st = 'active'),
+               'completed', count(*) FILTER (WHERE st = 'completed'),
+               'failed', count(*) FILTER (WHERE st = 'failed'),
+               'delayed', count(*) FILTER (WHERE st = 'delayed'),
+               'paused', count(*) FILTER (WHERE st = 'paused'),
+               'cancelled', count(*) FILTER (WHERE st = 'cancelled'),
+               'total', count(*))
+      INTO result
+      FROM (SELECT dialer._job_state(c.status, c.next_attempt_at, b.status) AS st
+              FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
+             WHERE CASE WHEN queue_stats.batch_id IS NULL THEN b.kind = 'queue'
+                        ELSE b.id = queue_stats.batch_id END) s;
+    RETURN result;
+END $$;
+
 -- set_calling_window
 CREATE OR REPLACE FUNCTION dialer.set_calling_window(batch_id bigint, start_time time, end_time time,
     days integer[] DEFAULT '{1,2,3,4,5,6,7}')
