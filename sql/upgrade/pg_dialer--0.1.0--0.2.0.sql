@@ -138,9 +138,11 @@ BEGIN
     n := least(n, b.max_concurrent - active, p_budget);
     IF catching_up THEN
         -- Spaced slots cannot put more than calls_per_minute into 60 s; compressed ones are
-        -- counted (61 s: a send may trail its claim by the lead).
+        -- counted over 60.6 s: the same 600 ms of margin as the spacing, for a send that trails
+        -- its claim. (61 s counted two calls too many at the 1% spacing, so a restart's missed
+        -- slots were never quite made up.)
         SELECT count(*) INTO recent FROM dialer.calls k
-         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '61 seconds' AND k.status <> 'network_error';
+         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '60.6 seconds' AND k.status <> 'network_error';
         n := least(n, b.calls_per_minute - recent);
     END IF;
     IF n <= 0 THEN
