@@ -202,8 +202,7 @@ BEGIN
            AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
                                               AND k.status IN ('dialing', 'in_progress', 'in_doubt') LIMIT 1) IS NULL
            -- never a number on the do-not-call list (_compliance_prepare marks those next in line)
-           AND (SELECT 1 FROM dialer.do_not_call d WHERE d.phone_number = c.phone_number
-                                                    AND (d.agency_id IS NULL OR d.agency_id = b.agency_id) LIMIT 1) IS NULL
+           AND NOT dialer._on_dnc(c.phone_number, b.agency_id)
          ORDER BY c.priority, c.id
          LIMIT n * 2
            FOR UPDATE SKIP LOCKED

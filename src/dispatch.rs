@@ -99,14 +99,8 @@ impl Shared {
     }
 
     fn done(&self, flight_key: &Option<String>) {
-        let Some(k) = flight_key else { return };
         if let Ok(mut q) = self.queue.lock() {
-            if let Some(n) = q.working.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    q.working.remove(k);
-                }
-            }
+            count_down(&mut q.working, flight_key);
         }
         // No notify: a job of this account that waited for a free share is taken by this very
         // thread when it comes back to take() (waking every thread here cost more than the sends).
@@ -197,14 +191,7 @@ impl Pool {
 
     fn finished(&mut self, r: &JobResult) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(k) = &r.flight_key {
-            if let Some(n) = self.in_flight_by_key.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.in_flight_by_key.remove(k);
-                }
-            }
-        }
+        count_down(&mut self.in_flight_by_key, &r.flight_key);
     }
 
     /// Results that are ready now, without blocking.
@@ -254,6 +241,17 @@ impl Drop for Pool {
             if t.is_finished() {
                 let _ = t.join();
             }
+        }
+    }
+}
+
+/// One request of `key` fewer in `counts`; a key whose count reaches zero is removed.
+fn count_down(counts: &mut HashMap<String, usize>, key: &Option<String>) {
+    let Some(k) = key else { return };
+    if let Some(n) = counts.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(k);
         }
     }
 }

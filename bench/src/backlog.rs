@@ -124,8 +124,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     let c1 = sim.calls_created()?;
     let thr1 = procstat::threads_cpu(worker);
     let wall = w0.elapsed().as_secs_f64();
-    let (ticks, p50, p95, max, initiated) = tick_stats(&mut s.db, Some(t0), Some(t1))?;
-    let per_call = tick_ms_per_call(&mut s.db, Some(t0), Some(t1))?;
+    let (ticks, p50, p95, max, initiated, per_call) = tick_stats(&mut s.db, Some(t0), Some(t1))?;
     let calls_per_s = (c1 - c0) as f64 / ((t1 - t0) as f64 / 1e6);
     let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|k| k as f64 / 1024.0);
     let anon_mb = procstat::status_kb(worker, "RssAnon").map(|k| k as f64 / 1024.0);

@@ -113,32 +113,22 @@ pub fn split_lines(title: &str, split: &BTreeMap<String, f64>) -> Vec<String> {
 
 /// Ticks logged by the worker in dialer.runs (optionally only those started after `since_us`
 /// and before `until_us`): count, p50, p95, max duration and calls initiated.
-pub fn tick_stats(db: &mut Client, since_us: Option<i64>, until_us: Option<i64>) -> Result<(i64, f64, f64, f64, i64)> {
+/// The worker's ticks in the interval: (count, duration p50, p95, max, calls initiated, tick ms
+/// per call placed over the ticks that placed calls: a fair comparison of ticks doing different
+/// amounts of work).
+pub fn tick_stats(db: &mut Client, since_us: Option<i64>, until_us: Option<i64>) -> Result<(i64, f64, f64, f64, i64, f64)> {
     let r = db.query_one(
         "SELECT count(*), coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0),
                 coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms), 0),
-                coalesce(max(duration_ms), 0), coalesce(sum(initiated), 0)::bigint
+                coalesce(max(duration_ms), 0), coalesce(sum(initiated), 0)::bigint,
+                coalesce(sum(duration_ms) FILTER (WHERE initiated > 0) / nullif(sum(initiated), 0), 0)::float8
            FROM dialer.runs
           WHERE mode = 'worker' AND status = 'COMPLETED'
             AND ($1::float8 IS NULL OR started_at >= to_timestamp($1::float8 / 1e6))
             AND ($2::float8 IS NULL OR started_at < to_timestamp($2::float8 / 1e6))",
         &[&since_us.map(|v| v as f64), &until_us.map(|v| v as f64)],
     )?;
-    Ok((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-}
-
-/// Worker tick time per call placed (ms), over the ticks that placed calls: a fair comparison of
-/// ticks that do different amounts of work.
-pub fn tick_ms_per_call(db: &mut Client, since_us: Option<i64>, until_us: Option<i64>) -> Result<f64> {
-    let r = db.query_one(
-        "SELECT coalesce(sum(duration_ms) / nullif(sum(initiated), 0), 0)::float8
-           FROM dialer.runs
-          WHERE mode = 'worker' AND status = 'COMPLETED' AND initiated > 0
-            AND ($1::float8 IS NULL OR started_at >= to_timestamp($1::float8 / 1e6))
-            AND ($2::float8 IS NULL OR started_at < to_timestamp($2::float8 / 1e6))",
-        &[&since_us.map(|v| v as f64), &until_us.map(|v| v as f64)],
-    )?;
-    Ok(r.get(0))
+    Ok((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
 }
 
 pub fn memory_line(pid: i32) -> String {

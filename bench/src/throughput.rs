@@ -149,7 +149,7 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
     details.push(format!("  the bench's own connection: {own:.2} s CPU"));
     details.extend(split_lines("  pg_dialer worker CPU by thread", &thr));
     details.push(format!("  simulator CPU {:.2} s; {calls} POSTs; {}", sim1 - sim0, rate.map(|r| format!("{r:.0} calls/s")).unwrap_or_default()));
-    let (ticks, p50, p95, max, initiated) = tick_stats(&mut s.db, None, None)?;
+    let (ticks, p50, p95, max, initiated, _) = tick_stats(&mut s.db, None, None)?;
     details.push(format!(
         "  dialer.runs: {ticks} ticks logged, duration p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms; {initiated} calls initiated; {:.0} calls per tick",
         initiated as f64 / ticks.max(1) as f64
