@@ -28,9 +28,10 @@ CREATE FUNCTION dialer._check_provider(p_provider text)
 RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 #variable_conflict use_column
 BEGIN
-    IF p_provider IS NULL OR p_provider NOT IN ('ultravox', 'twilio', 'webhook') THEN
+    IF p_provider IS NULL OR p_provider NOT IN ('ultravox', 'twilio', 'vapi', 'retell', 'bland', 'webhook') THEN
         RAISE EXCEPTION 'unknown provider %', coalesce(quote_literal(p_provider), 'NULL')
-            USING ERRCODE = '22023', HINT = 'The providers are ''ultravox'', ''twilio'' and ''webhook''.';
+            USING ERRCODE = '22023',
+            HINT = 'The providers are ''ultravox'', ''twilio'', ''vapi'', ''retell'', ''bland'' and ''webhook''.';
     END IF;
     RETURN p_provider;
 END $$;
@@ -161,7 +162,8 @@ $$;
 REVOKE EXECUTE ON FUNCTION dialer.get_agency_credentials(bigint, text) FROM PUBLIC;
 
 CREATE FUNCTION dialer.create_agent_mapping(agency_id bigint, provider text, external_agent_id text,
-    agent_name text DEFAULT NULL, from_number text DEFAULT NULL, request_template jsonb DEFAULT '{}')
+    agent_name text DEFAULT NULL, from_number text DEFAULT NULL, request_template jsonb DEFAULT '{}',
+    carrier text DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -169,19 +171,48 @@ DECLARE
 BEGIN
     PERFORM dialer._check_agency(agency_id);
     PERFORM dialer._check_provider(provider);
-    IF external_agent_id IS NULL OR length(btrim(external_agent_id)) = 0 THEN
-        RAISE EXCEPTION 'external_agent_id must not be empty' USING ERRCODE = '22023';
-    END IF;
     IF from_number IS NOT NULL THEN
         PERFORM dialer._check_e164(from_number, 'from_number');
     END IF;
     IF request_template IS NULL OR jsonb_typeof(request_template) <> 'object' THEN
         RAISE EXCEPTION 'request_template must be a JSON object' USING ERRCODE = '22023';
     END IF;
-    INSERT INTO dialer.agent_mappings (agency_id, provider, external_agent_id, agent_name, from_number, request_template)
-    VALUES (create_agent_mapping.agency_id, provider, external_agent_id, agent_name, from_number, request_template)
+    IF carrier IS NOT NULL AND provider <> 'ultravox' THEN
+        RAISE EXCEPTION 'carrier is for Ultravox mappings only (a % mapping dials through its own account)', provider
+            USING ERRCODE = '22023';
+    END IF;
+    -- The row's trigger checks the rest against the provider's API (dialer._check_agent_mapping).
+    INSERT INTO dialer.agent_mappings (agency_id, provider, external_agent_id, agent_name, from_number, request_template,
+                                       carrier)
+    VALUES (create_agent_mapping.agency_id, provider, nullif(btrim(external_agent_id), ''), agent_name, from_number,
+            request_template, CASE WHEN provider = 'ultravox' THEN coalesce(carrier, 'telnyx') END)
     RETURNING id INTO new_id;
     RETURN new_id;
+END $$;
+
+-- Every agent mapping, however written, is one its provider would accept: an unknown or mistyped
+-- template field, a missing from number or agent id is refused here, not found at dial time.
+CREATE FUNCTION dialer._agent_mapping_checked()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._check_agent_mapping(NEW.provider, NEW.external_agent_id, NEW.from_number, NEW.carrier,
+                                        NEW.request_template);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
+    FOR EACH ROW EXECUTE FUNCTION dialer._agent_mapping_checked();
+
+-- A mapping stored before its checks existed (an upgrade) is checked again before a batch or job
+-- uses it, so nobody is queued for a request the provider will refuse.
+CREATE FUNCTION dialer._check_mapping_usable(p_mapping_id bigint)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    m dialer.agent_mappings;
+BEGIN
+    SELECT * INTO m FROM dialer.agent_mappings WHERE id = p_mapping_id;
+    IF FOUND THEN
+        PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id, m.from_number, m.carrier, m.request_template);
+    END IF;
 END $$;
 
 CREATE FUNCTION dialer.create_batch(agency_id bigint, agent_mapping_id bigint, name text,
@@ -198,6 +229,7 @@ BEGIN
         RAISE EXCEPTION 'agent mapping % does not exist for agency %', coalesce(agent_mapping_id::text, 'NULL'), agency_id
             USING ERRCODE = 'P0002', HINT = 'Create it with dialer.create_agent_mapping(...).';
     END IF;
+    PERFORM dialer._check_mapping_usable(agent_mapping_id);
     IF name IS NULL OR length(btrim(name)) = 0 THEN
         RAISE EXCEPTION 'batch name must not be empty' USING ERRCODE = '22023';
     END IF;

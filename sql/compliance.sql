@@ -294,8 +294,10 @@ END $$;
 -- The outcome a provider's end reason stands for, for retry_delays.
 CREATE FUNCTION dialer._retry_outcome(p_end_reason text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    -- The adapters speak pg_dialer's own words (src/providers/outcome.rs); the others are the
+    -- words a generic AI caller may use.
     SELECT CASE
-        WHEN p_end_reason IN ('no-answer', 'no_answer', 'unjoined', 'timeout') THEN 'no-answer'
+        WHEN p_end_reason IN ('no-answer', 'no_answer', 'unjoined') THEN 'no-answer'
         WHEN p_end_reason = 'busy' THEN 'busy'
         WHEN p_end_reason IN ('voicemail', 'machine') THEN 'voicemail'
         WHEN p_end_reason IN ('failed', 'connection_error', 'system_error') THEN 'failed'

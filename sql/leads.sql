@@ -172,8 +172,8 @@ CREATE FUNCTION dialer._outcome_of_end_reason(p_reason text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN p_reason IN ('invalid_number', 'invalid-number') THEN 'trashed'
-        WHEN p_reason IN ('unjoined', 'timeout', 'connection_error', 'system_error', 'no-answer', 'busy',
-                          'failed', 'canceled', 'voicemail') THEN 'ai_failed'
+        WHEN p_reason IN ('no-answer', 'busy', 'voicemail', 'failed', 'canceled',
+                          'no_answer', 'unjoined', 'connection_error', 'system_error') THEN 'ai_failed'
         ELSE NULL   -- ended normally: the application's disposition says how it went
     END
 $$;

@@ -55,11 +55,13 @@ BEGIN
             RAISE EXCEPTION 'agency % has no agent mapping', p_agency_id USING ERRCODE = 'P0002',
                 HINT = 'Create one with dialer.create_agent_mapping(agency_id, provider, external_agent_id).';
         END IF;
+        PERFORM dialer._check_mapping_usable(found_id);
         RETURN found_id;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings WHERE id = p_mapping_id AND agency_id = p_agency_id) THEN
         RAISE EXCEPTION 'agent mapping % does not exist for agency %', p_mapping_id, p_agency_id USING ERRCODE = 'P0002';
     END IF;
+    PERFORM dialer._check_mapping_usable(p_mapping_id);
     RETURN p_mapping_id;
 END $$;
 

@@ -13,7 +13,7 @@ CREATE TABLE dialer.agencies (
 -- Never readable by PUBLIC: only the extension owner (and SECURITY DEFINER functions).
 CREATE TABLE dialer.provider_credentials (
     agency_id            bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
-    provider             text NOT NULL CHECK (provider IN ('ultravox', 'twilio', 'webhook')),
+    provider             text NOT NULL CHECK (provider IN ('ultravox', 'twilio', 'vapi', 'retell', 'bland', 'webhook')),
     api_key              text NOT NULL,
     account_sid          text,
     base_url             text,
@@ -30,12 +30,16 @@ REVOKE ALL ON dialer.provider_credentials FROM PUBLIC;
 CREATE TABLE dialer.agent_mappings (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     agency_id         bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
-    provider          text NOT NULL CHECK (provider IN ('ultravox', 'twilio', 'webhook')),
-    external_agent_id text NOT NULL,
+    provider          text NOT NULL CHECK (provider IN ('ultravox', 'twilio', 'vapi', 'retell', 'bland', 'webhook')),
+    -- The provider's agent (Ultravox agent, Vapi assistant, Retell agent, Bland pathway); NULL where
+    -- the provider can call without one (Ultravox from the template's systemPrompt, Retell, Bland task).
+    external_agent_id text,
     agent_name        text,
     from_number       text CHECK (from_number IS NULL OR from_number ~ '^\+[1-9][0-9]{6,14}$'),
     request_template  jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(request_template) = 'object'),
-    created_at        timestamptz NOT NULL DEFAULT now()
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    -- Ultravox only: the carrier account (imported into Ultravox) that places the call.
+    carrier           text CHECK (carrier IN ('telnyx', 'twilio', 'plivo'))
 );
 CREATE INDEX ON dialer.agent_mappings (agency_id);
 

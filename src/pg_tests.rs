@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 fn agency_with_mapping() -> (i64, i64) {
     let agency = Spi::get_one::<i64>("SELECT dialer.create_agency('Acme', 'Europe/Berlin')").unwrap().unwrap();
     let mapping = Spi::get_one_with_args::<i64>(
-        "SELECT dialer.create_agent_mapping($1, 'ultravox', 'agent-1', 'Ava')",
+        "SELECT dialer.create_agent_mapping($1, 'ultravox', '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55', 'Ava', '+14155550100')",
         &[agency.into()],
     )
     .unwrap()
@@ -103,6 +103,19 @@ fn bad_arguments_are_refused_with_sqlstates() {
     assert!(msg.contains("unknown provider"), "{msg}");
     let (_, msg) = expect_error(&format!("SELECT dialer.create_agent_mapping({agency}, 'ultravox', 'a', NULL, '0123')"));
     assert!(msg.contains("from_number"), "{msg}");
+    let (code, msg) = expect_error(&format!(
+        "SELECT dialer.create_agent_mapping({agency}, 'ultravox', '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55', NULL, NULL)"
+    ));
+    assert_eq!(code, "ERRCODE_INVALID_PARAMETER_VALUE");
+    assert!(msg.contains("needs a from_number"), "{msg}");
+    let (_, msg) = expect_error(&format!(
+        "SELECT dialer.create_agent_mapping({agency}, 'ultravox', '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55', NULL, '+14155550100', '{{\"firstSpeaker\": \"FIRST_SPEAKER_AGENT\"}}')"
+    ));
+    assert!(msg.contains("has no field named \"firstSpeaker\""), "{msg}");
+    let (_, msg) = expect_error(&format!(
+        "SELECT dialer.create_agent_mapping({agency}, 'twilio', NULL, NULL, '+14155550100', '{{}}', 'plivo')"
+    ));
+    assert!(msg.contains("carrier is for Ultravox"), "{msg}");
     let batches = Spi::get_one::<i64>("SELECT count(*) FROM dialer.call_batches").unwrap();
     assert_eq!(batches, Some(0), "nothing written by refused calls");
 }
@@ -168,4 +181,18 @@ fn process_batches_with_nothing_to_do() {
     assert_eq!(v.0, serde_json::json!({"processed": 0, "message": "No batches to process"}));
     let status = Spi::get_one::<String>("SELECT status FROM dialer.runs ORDER BY id DESC LIMIT 1").unwrap();
     assert_eq!(status.as_deref(), Some("COMPLETED"));
+}
+
+#[pg_test]
+fn agent_mappings_are_checked_however_they_are_written() {
+    let (_, mapping) = agency_with_mapping();
+    let (code, msg) = expect_error(&format!(
+        "UPDATE dialer.agent_mappings SET request_template = '{{\"agentId\": \"x\"}}' WHERE id = {mapping}"
+    ));
+    assert_eq!(code, "ERRCODE_INVALID_PARAMETER_VALUE");
+    assert!(msg.contains("request_template.agentId is set by pg_dialer"), "{msg}");
+    let (_, msg) = expect_error(&format!("UPDATE dialer.agent_mappings SET from_number = NULL WHERE id = {mapping}"));
+    assert!(msg.contains("needs a from_number"), "{msg}");
+    let carrier = Spi::get_one_with_args::<String>("SELECT carrier FROM dialer.agent_mappings WHERE id = $1", &[mapping.into()]).unwrap();
+    assert_eq!(carrier.as_deref(), Some("telnyx"), "Ultravox mappings dial through Telnyx by default, as the seed");
 }

@@ -4,7 +4,7 @@
 use crate::dispatch::{Job, JobKind, JobResult};
 use crate::error::DialerError;
 use crate::providers::lookup::{self, InDoubt, LookupResult};
-use crate::providers::{self, CallSpec, Credentials, DispatchOutcome, ProviderTarget};
+use crate::providers::{self, CallSpec, Credentials, DispatchOutcome, Mapping, ProviderTarget};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -170,7 +170,7 @@ impl TargetCache {
     fn load(&mut self, mapping_id: i64, agency_id: i64) -> Result<ProviderTarget, DialerError> {
         let row = Spi::connect(|client| {
             let table = client.select(
-                "SELECT provider, external_agent_id, agent_name, from_number, request_template
+                "SELECT provider, external_agent_id, from_number, carrier, request_template
                    FROM dialer.agent_mappings WHERE id = $1",
                 Some(1),
                 &[mapping_id.into()],
@@ -179,22 +179,24 @@ impl TargetCache {
             for r in table {
                 out = Some((
                     r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<String>(3)?,
-                    r.get::<String>(4)?,
-                    r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                    Mapping {
+                        external_agent_id: r.get::<String>(2)?,
+                        from_number: r.get::<String>(3)?,
+                        carrier: r.get::<String>(4)?,
+                        request_template: r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                    },
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
         .map_err(db)?;
-        let Some((provider, external_agent_id, agent_name, from_number, request_template)) = row else {
+        let Some((provider, mapping)) = row else {
             return Err(DialerError::NotFound(format!("agent mapping {mapping_id} does not exist")));
         };
         let credentials = self
             .credentials(agency_id, &provider)?
             .ok_or_else(|| DialerError::MissingCredentials { agency_id, provider: provider.clone() })?;
-        Ok(ProviderTarget { provider, external_agent_id, agent_name, from_number, request_template, credentials })
+        Ok(ProviderTarget { provider, mapping, credentials })
     }
 
     pub fn credentials(&mut self, agency_id: i64, provider: &str) -> Result<Option<Credentials>, DialerError> {
@@ -376,7 +378,7 @@ pub fn record_dispatch(results: &[JobResult]) -> Result<Counts, DialerError> {
     let mut items = Vec::new();
     for r in results {
         let JobKind::Place { call_id, provider, .. } = &r.kind else { continue };
-        let outcome = providers::interpret_call_response(provider, r.result.clone(), &r.request.secrets);
+        let outcome = providers::interpret_call_response(provider, &r.request, r.result.clone());
         items.push(dispatch_json(*call_id, r, &outcome));
     }
     if items.is_empty() {

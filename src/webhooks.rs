@@ -6,6 +6,7 @@
 //! `X-Twilio-Signature`; since the URL Twilio called is not in the body, callers pass it in the
 //! `X-Webhook-Url` header.
 
+use crate::providers::outcome;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -54,10 +55,7 @@ pub fn verify_ultravox(secret: &str, body: &str, headers: &HashMap<String, Strin
     let ts = headers
         .get("x-ultravox-webhook-timestamp")
         .ok_or("missing X-Ultravox-Webhook-Timestamp header")?;
-    let sent = chrono::DateTime::parse_from_rfc3339(ts.trim())
-        .map(|t| t.timestamp())
-        .or_else(|_| ts.trim().parse::<i64>())
-        .map_err(|_| "X-Ultravox-Webhook-Timestamp is not a timestamp".to_string())?;
+    let sent = webhook_timestamp(ts).ok_or("X-Ultravox-Webhook-Timestamp is not an ISO 8601 date-time")?;
     if (now_epoch - sent).abs() > MAX_SKEW_SECS {
         return Err(format!("stale webhook: timestamp is {}s from now (at most {MAX_SKEW_SECS}s allowed)", now_epoch - sent));
     }
@@ -71,6 +69,27 @@ pub fn verify_ultravox(secret: &str, body: &str, headers: &HashMap<String, Strin
     } else {
         Err("webhook signature does not match".into())
     }
+}
+
+/// Ultravox's timestamp: an ISO 8601 date-time, sent without a UTC offset (its own example reads
+/// it with Python's `datetime.fromisoformat`), which then means UTC; with an offset, or as unix
+/// seconds, it is read as given.
+pub fn webhook_timestamp(ts: &str) -> Option<i64> {
+    let t = ts.trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Some(d.timestamp());
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(d) = chrono::NaiveDateTime::parse_from_str(t, format) {
+            return Some(d.and_utc().timestamp());
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+        if let Ok(d) = chrono::DateTime::parse_from_str(t, format) {
+            return Some(d.timestamp());
+        }
+    }
+    t.parse::<i64>().ok()
 }
 
 pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> Result<String, String> {
@@ -118,7 +137,7 @@ pub fn parse_ultravox(body: &str) -> Result<Option<CallEvent>, String> {
             provider_call_id: id.to_string(),
             event_id: format!("{event}:{id}"),
             ended: true,
-            end_reason: text("endReason"),
+            end_reason: Some(outcome::ultravox(call.get("endReason").and_then(Value::as_str)).to_string()),
             answered_at: text("joined"),
             ended_at: text("ended"),
         })),
@@ -143,13 +162,23 @@ pub fn parse_twilio(body: &str) -> Result<Option<CallEvent>, String> {
     let status = params.get("CallStatus").ok_or("status callback has no CallStatus")?;
     let ended = crate::providers::twilio::FINAL_STATUSES.contains(&status.as_str());
     let seq = params.get("SequenceNumber").cloned().unwrap_or_else(|| sha256_hex(body));
+    let at = params.get("Timestamp").and_then(|t| chrono::DateTime::parse_from_rfc2822(t).ok()).map(|t| t.to_rfc3339());
+    // Answered: the in-progress event's time, or on the final event its time less the seconds talked.
+    let talked = params.get("CallDuration").and_then(|d| d.parse::<i64>().ok()).filter(|d| *d > 0);
+    let answered_at = match (status.as_str(), &at, talked) {
+        ("in-progress", Some(t), _) => Some(t.clone()),
+        ("completed", Some(t), Some(d)) => chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| (t - chrono::Duration::seconds(d)).to_rfc3339()),
+        _ => None,
+    };
     Ok(Some(CallEvent {
         provider_call_id: sid.clone(),
         event_id: format!("{sid}:{status}:{seq}"),
         ended,
-        end_reason: ended.then(|| status.clone()),
-        answered_at: None,
-        ended_at: None,
+        end_reason: ended.then(|| outcome::twilio(status, params.get("AnsweredBy").map(String::as_str)).to_string()),
+        answered_at,
+        ended_at: if ended { at } else { None },
     }))
 }
 
@@ -179,6 +208,19 @@ mod tests {
     }
 
     #[test]
+    fn ultravox_timestamps_with_or_without_an_offset() {
+        let utc = chrono::DateTime::parse_from_rfc3339("2026-12-01T20:01:02Z").unwrap().timestamp();
+        for ts in ["2026-12-01T20:01:02.123456", "2026-12-01T20:01:02", "2026-12-01T20:01:02Z", "2026-12-01T21:01:02+01:00", "2026-12-01 20:01:02.5"] {
+            assert_eq!(webhook_timestamp(ts), Some(utc), "{ts}");
+        }
+        assert_eq!(webhook_timestamp("yesterday"), None);
+        let body = r#"{"event":"call.ended","call":{"callId":"c1"}}"#;
+        let ts = "2026-12-01T20:01:02.123456";
+        let h = headers_map(&json!({"X-Ultravox-Webhook-Timestamp": ts, "X-Ultravox-Webhook-Signature": sign("s", body, ts)}));
+        assert_eq!(verify_ultravox("s", body, &h, utc + 5), Ok(()), "a naive timestamp (Ultravox's own form) is UTC");
+    }
+
+    #[test]
     fn twilio_known_vector() {
         // The example from Twilio's security documentation.
         let params: Vec<(String, String)> = [
@@ -196,12 +238,19 @@ mod tests {
     fn parsing() {
         let e = parse_ultravox(r#"{"event":"call.ended","call":{"callId":"c1","endReason":"unjoined"}}"#).unwrap().unwrap();
         assert!(e.ended);
-        assert_eq!(e.end_reason.as_deref(), Some("unjoined"));
+        assert_eq!(e.end_reason.as_deref(), Some("no-answer"), "in pg_dialer's words");
         assert_eq!(parse_ultravox(r#"{"event":"call.billed","call":{"callId":"c1"}}"#).unwrap(), None);
         assert!(parse_ultravox("not json").is_err());
         assert!(parse_ultravox(r#"{"event":"call.ended"}"#).is_err());
         let t = parse_twilio("CallSid=CA1&CallStatus=busy&SequenceNumber=3").unwrap().unwrap();
         assert_eq!((t.ended, t.end_reason.as_deref(), t.event_id.as_str()), (true, Some("busy"), "CA1:busy:3"));
+        let t = parse_twilio("CallSid=CA1&CallStatus=completed&AnsweredBy=machine_start&CallDuration=20&Timestamp=Tue,+01+Dec+2026+10:00:20+%2B0000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.end_reason.as_deref(), Some("voicemail"), "an answering machine is voicemail");
+        assert_eq!(t.answered_at.as_deref(), Some("2026-12-01T10:00:00+00:00"));
+        let t = parse_twilio("CallSid=CA1&CallStatus=in-progress&Timestamp=Tue,+01+Dec+2026+10:00:00+%2B0000").unwrap().unwrap();
+        assert_eq!((t.ended, t.answered_at.as_deref()), (false, Some("2026-12-01T10:00:00+00:00")));
         assert!(parse_twilio("CallStatus=busy").is_err());
     }
 

@@ -219,7 +219,11 @@ impl Setup {
         let agency_id: i64 = db.query_one("SELECT dialer.create_agency('Bench Co', 'UTC')", &[])?.get(0);
         db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&agency_id, &api_key, &sim_url])?;
         let mapping_id: i64 =
-            db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', 'agent-ava', 'Ava')", &[&agency_id])?.get(0);
+            db.query_one(
+                "SELECT dialer.create_agent_mapping($1, 'ultravox', '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55', 'Ava', '+14155550100')",
+                &[&agency_id],
+            )?
+            .get(0);
         Ok(Setup { db, agency_id, mapping_id, cluster })
     }
 

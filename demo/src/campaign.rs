@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 
 pub const AGENCY: &str = "Sunrise Dental";
 pub const TIMEZONE: &str = "America/Chicago";
-pub const AGENT_ID: &str = "agent-ava";
+/// An Ultravox agent id (a UUID) and the number Ultravox dials from through the carrier account.
+pub const AGENT_ID: &str = "5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55";
+pub const FROM_NUMBER: &str = "+14155550100";
 pub const AGENT_NAME: &str = "Ava";
 pub const CAMPAIGN: &str = "Spring check-up reminders";
 pub const API_KEY: &str = "sk-demo-7c41d09e55";

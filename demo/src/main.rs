@@ -202,8 +202,8 @@ fn run(args: &Args) -> Result<i32, String> {
     .map_err(|e| format!("dialer.set_provider_credentials failed: {}", pg_err(&e)))?;
     let mapping_id: i64 = db
         .query_one(
-            "SELECT dialer.create_agent_mapping($1, 'ultravox', $2, $3)",
-            &[&agency_id, &campaign::AGENT_ID, &campaign::AGENT_NAME],
+            "SELECT dialer.create_agent_mapping($1, 'ultravox', $2, $3, $4)",
+            &[&agency_id, &campaign::AGENT_ID, &campaign::AGENT_NAME, &campaign::FROM_NUMBER],
         )
         .map_err(|e| format!("dialer.create_agent_mapping failed: {}", pg_err(&e)))?
         .get(0);

@@ -16,6 +16,10 @@ pub fn pg_bin() -> String {
     std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
 }
 pub const API_KEY: &str = "sk-test-3f9a1c77e2";
+/// The Ultravox agent of the default scenario (Ultravox agent ids are UUIDs).
+pub const AGENT_ID: &str = "5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55";
+/// The caller ID the default scenario dials from.
+pub const FROM_NUMBER: &str = "+14155550100";
 
 fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -183,7 +187,10 @@ impl Scenario {
         )
         .unwrap();
         let mapping_id: i64 = db
-            .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', 'agent-ava', 'Ava')", &[&agency_id])
+            .query_one(
+                "SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'Ava', $3)",
+                &[&agency_id, &AGENT_ID, &FROM_NUMBER],
+            )
             .unwrap()
             .get(0);
         Scenario { sim, db, agency_id, mapping_id, cluster }
@@ -294,11 +301,19 @@ pub fn numbers(prefix: &str, n: usize) -> Vec<String> {
 }
 
 /// POSTs that created (or tried to create) calls, as the simulator received them.
+/// The create-call endpoints of every provider the simulator speaks.
+pub fn is_create_path(path: &str) -> bool {
+    path == "/api/calls"
+        || (path.starts_with("/api/agents/") && path.ends_with("/calls"))
+        || path.ends_with("/Calls.json")
+        || ["/voiceapi/v1/calls", "/call", "/v2/create-phone-call", "/v1/calls"].contains(&path)
+}
+
 pub fn call_posts(sim: &Simulator) -> Vec<provider_sim::RequestRecord> {
     let mut v: Vec<_> = sim
         .requests()
         .into_iter()
-        .filter(|r| r.method == "POST" && (r.path == "/api/calls" || r.path.ends_with("/Calls.json") || r.path == "/v1/calls"))
+        .filter(|r| r.method == "POST" && is_create_path(&r.path))
         .collect();
     v.sort_by_key(|r| r.seq);
     v

@@ -1,13 +1,15 @@
-//! ALTER EXTENSION pg_dialer UPDATE from the previous release (0.1.0, its install script kept in
+//! ALTER EXTENSION pg_dialer UPDATE from the previous release (0.2.0, its install script kept in
 //! sql/upgrade/): the worker waits while the SQL is older than the library, the update keeps the
-//! data and dialing resumes, and the upgraded catalog is the same as a fresh install's.
+//! data and dialing resumes (with requests the strict simulator accepts), a mapping the previous
+//! release let through is refused before use, and the upgraded catalog is the same as a fresh
+//! install's.
 
 use pg_dialer_integration::{numbers, wait_for, Scenario};
 use postgres::Client;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const PREVIOUS: &str = "0.1.0";
+const PREVIOUS: &str = "0.2.0";
 
 /// Everything the extension defines in schema dialer, one line per object, in a form that does
 /// not depend on the order objects were created in (column numbers, OIDs).
@@ -61,6 +63,12 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
 
     // Data written through the previous release's API.
     let batch = s.batch("before the upgrade", 600, 10, 3);
+    // 0.2.0 took an Ultravox mapping with no from number (it then sent a request Ultravox refuses).
+    let no_from: i64 = s
+        .db
+        .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'No caller ID')", &[&s.agency_id, &pg_dialer_integration::AGENT_ID])
+        .unwrap()
+        .get(0);
     let nums = numbers("+1555030", 20);
     assert_eq!(s.add_numbers(batch, &nums), 20);
     s.wake();
@@ -75,6 +83,15 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
     let version: String = s.db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_dialer'", &[]).unwrap().get(0);
     assert_ne!(version, PREVIOUS, "updated to the library's version");
 
+    let carrier: Option<String> =
+        s.db.query_one("SELECT carrier FROM dialer.agent_mappings WHERE id = $1", &[&s.mapping_id]).unwrap().get(0);
+    assert_eq!(carrier.as_deref(), Some("telnyx"), "existing Ultravox mappings keep dialing through Telnyx");
+    let refused = s
+        .db
+        .query_one("SELECT dialer.create_batch($1, $2, 'no caller id')", &[&s.agency_id, &no_from])
+        .expect_err("a mapping without a from number cannot be used after the upgrade");
+    assert!(refused.as_db_error().map(|e| e.message().contains("needs a from_number")).unwrap_or(false), "{refused}");
+
     // The batch made before the update is dialed after it, each number once.
     s.wait_batch_completed(batch, Duration::from_secs(60));
     let posts = pg_dialer_integration::call_posts(&s.sim);
@@ -83,6 +100,8 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
     let mut expected = nums.clone();
     expected.sort();
     assert_eq!(dialed, expected, "every contact added before the update dialed exactly once after it");
+    let agent_path = format!("/api/agents/{}/calls", pg_dialer_integration::AGENT_ID);
+    assert!(posts.iter().all(|p| p.path == agent_path && p.status == Some(201)), "agent calls, accepted by the strict simulator");
 
     // The upgraded catalog is what a fresh install of this version creates.
     s.db.batch_execute("CREATE DATABASE fresh_install").unwrap();

@@ -73,8 +73,11 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
     let verified = match provider {
         // Ultravox: the agency's webhook secret; without one, deliveries are accepted unsigned.
         "ultravox" => webhook_secret.as_deref().map(|s| webhooks::verify_ultravox(s, body, &h, now)),
-        // Twilio signs with the account's auth token (or a dedicated secret when set).
-        _ => webhook_secret.as_deref().or(api_key.as_deref()).map(|s| webhooks::verify_twilio(s, body, &h)),
+        // Twilio signs with the account's auth token, and only with it.
+        _ => Some(match api_key.as_deref() {
+            Some(token) => webhooks::verify_twilio(token, body, &h),
+            None => Err("no twilio auth token is stored for the agency that placed this call".to_string()),
+        }),
     };
     if let Some(Err(why)) = verified {
         return Err(DialerError::Unauthorized(format!("{provider} webhook refused: {why}")));

@@ -1,12 +1,85 @@
 //! Provider adapters: pure request building and response parsing, no pgrx, no I/O.
-//! The factory picks the adapter by the agent mapping's provider.
+//! One file per provider behind the [`Adapter`] trait; [`adapter`] is the factory that picks
+//! one by the agent mapping's provider. Adding a provider is one file and one line there.
 
+pub mod bland;
 pub mod generic;
 pub mod lookup;
+pub mod outcome;
+pub mod retell;
 pub mod twilio;
 pub mod ultravox;
+pub mod vapi;
 
+use lookup::{InDoubt, LookupResult};
 use serde_json::{Map, Value};
+
+/// What one provider's API looks like to the worker.
+pub trait Adapter: Sync {
+    /// Checks an agent mapping when it is created or changed, so that a request the provider
+    /// would refuse is caught there and not at dial time. The error names the field.
+    fn check_mapping(&self, mapping: &Mapping) -> Result<(), String>;
+    /// The request that places one call.
+    fn call_request(&self, target: &ProviderTarget, call: &CallSpec) -> Result<HttpRequest, String>;
+    /// The provider's id of a call it accepted, from its answer.
+    fn call_id(&self, body: &str) -> Option<String>;
+    /// A refusal that means "not now": the contact waits, the account is held, no attempt counts.
+    fn is_capacity_wait(&self, response: &HttpResponse) -> bool {
+        matches!(response.status, 429 | 503)
+    }
+    /// The request that asks how a call is going.
+    fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String>;
+    /// What the provider said about a call; None when the answer says nothing usable.
+    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus>;
+    /// The request that looks for an attempt whose answer was lost; Err when this provider
+    /// cannot be asked (the attempt then stays in doubt: never redialed blindly).
+    fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String>;
+    fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult;
+}
+
+/// The factory: the adapter for a provider name (`agent_mappings.provider`).
+pub fn adapter(provider: &str) -> Option<&'static dyn Adapter> {
+    Some(match provider {
+        "ultravox" => &ultravox::Ultravox,
+        "twilio" => &twilio::Twilio,
+        "vapi" => &vapi::Vapi,
+        "retell" => &retell::Retell,
+        "bland" => &bland::Bland,
+        "webhook" => &generic::Webhook,
+        _ => return None,
+    })
+}
+
+pub const PROVIDERS: [&str; 6] = ["ultravox", "twilio", "vapi", "retell", "bland", "webhook"];
+
+fn unsupported(provider: &str) -> String {
+    format!("provider '{provider}' is not supported by this version of pg_dialer (use one of {})", PROVIDERS.join(", "))
+}
+
+/// An agent mapping as stored: who calls, from which number, with what template.
+#[derive(Debug, Clone, Default)]
+pub struct Mapping {
+    /// The provider's agent / assistant / pathway id; None or empty where the provider allows none.
+    pub external_agent_id: Option<String>,
+    pub from_number: Option<String>,
+    /// Ultravox only: the carrier account Ultravox places the call through.
+    pub carrier: Option<String>,
+    pub request_template: Value,
+}
+
+impl Mapping {
+    pub fn agent_id(&self) -> Option<&str> {
+        self.external_agent_id.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+    pub fn template(&self) -> Result<&Map<String, Value>, String> {
+        self.request_template.as_object().ok_or_else(|| "request_template must be a JSON object".to_string())
+    }
+}
+
+/// Checks an agent mapping with its provider's adapter.
+pub fn check_mapping(provider: &str, mapping: &Mapping) -> Result<(), String> {
+    adapter(provider).ok_or_else(|| unsupported(provider))?.check_mapping(mapping)
+}
 
 /// Everything needed to place one call, as read from the database at claim time.
 #[derive(Debug, Clone)]
@@ -38,10 +111,7 @@ pub struct CallSpec {
 #[derive(Debug, Clone)]
 pub struct ProviderTarget {
     pub provider: String,
-    pub external_agent_id: String,
-    pub agent_name: Option<String>,
-    pub from_number: Option<String>,
-    pub request_template: Value,
+    pub mapping: Mapping,
     pub credentials: Credentials,
 }
 
@@ -79,6 +149,25 @@ pub struct HttpRequest {
     pub audit: Value,
     /// Secret strings to scrub from any error text derived from this request.
     pub secrets: Vec<String>,
+    /// Where the provider's call id is in its answer (a JSON pointer), when the mapping says so.
+    pub call_id_pointer: Option<String>,
+}
+
+impl HttpRequest {
+    /// A JSON request with the given auth headers; the audit copy holds the body, not the headers.
+    pub fn json(method: Method, url: String, auth: Vec<(String, String)>, body: Option<&Value>, secrets: Vec<String>) -> Result<HttpRequest, String> {
+        let text = body.map(serde_json::to_string).transpose().map_err(|e| e.to_string())?;
+        let mut headers = auth;
+        if text.is_some() {
+            headers.push(("Content-Type".into(), "application/json".into()));
+        }
+        let verb = if method == Method::Post { "POST" } else { "GET" };
+        let audit = match body {
+            Some(b) => serde_json::json!({"method": verb, "url": url, "body": b}),
+            None => serde_json::json!({"method": verb, "url": url}),
+        };
+        Ok(HttpRequest { method, url, headers, body: text, audit, secrets, call_id_pointer: None })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +212,7 @@ impl DispatchOutcome {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CallStatus {
     pub ended: bool,
+    /// The outcome in pg_dialer's own words (see [`outcome`]), whatever the provider called it.
     pub end_reason: Option<String>,
     pub answered_at: Option<String>,
     pub ended_at: Option<String>,
@@ -134,31 +224,28 @@ const MAX_ERROR_LEN: usize = 500;
 
 /// Builds the request that places a call, by provider.
 pub fn build_call_request(target: &ProviderTarget, call: &CallSpec) -> Result<HttpRequest, String> {
-    match target.provider.as_str() {
-        "ultravox" => ultravox::build_call_request(target, call),
-        "twilio" => twilio::build_call_request(target, call),
-        "webhook" => generic::build_call_request(target, call),
-        other => Err(format!("provider '{other}' is not supported by this version of pg_dialer")),
-    }
+    adapter(&target.provider).ok_or_else(|| unsupported(&target.provider))?.call_request(target, call)
 }
 
 /// Interprets the provider's answer to a call request.
-pub fn interpret_call_response(provider: &str, result: Result<HttpResponse, TransportError>, secrets: &[String]) -> DispatchOutcome {
+pub fn interpret_call_response(provider: &str, request: &HttpRequest, result: Result<HttpResponse, TransportError>) -> DispatchOutcome {
+    let secrets = &request.secrets;
     let response = match result {
         Ok(r) => r,
         Err(TransportError::NotSent(e)) => return DispatchOutcome::NetworkError { error: scrub(&e, secrets) },
         Err(TransportError::Unknown(e)) => return DispatchOutcome::Timeout { error: scrub(&e, secrets) },
     };
-    let rate_limited = response.status == 429 || (provider == "twilio" && twilio::is_rate_limited(&response));
+    let Some(a) = adapter(provider) else {
+        return DispatchOutcome::Failed { error: unsupported(provider) };
+    };
     match response.status {
         200..=299 => DispatchOutcome::Accepted {
-            provider_call_id: match provider {
-                "twilio" => twilio::call_id_of(&response.body),
-                "webhook" => generic::call_id_of(&response.body),
-                _ => ultravox::call_id_of(&response.body),
+            provider_call_id: match &request.call_id_pointer {
+                Some(p) => generic::call_id_at(&response.body, p),
+                None => a.call_id(&response.body),
             },
         },
-        _ if rate_limited => DispatchOutcome::RateLimited {
+        _ if a.is_capacity_wait(&response) => DispatchOutcome::RateLimited {
             retry_after_secs: response
                 .retry_after
                 .as_deref()
@@ -172,21 +259,179 @@ pub fn interpret_call_response(provider: &str, result: Result<HttpResponse, Tran
 }
 
 pub fn build_status_request(provider: &str, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String> {
-    match provider {
-        "ultravox" => Ok(ultravox::build_status_request(creds, provider_call_id)),
-        "twilio" => twilio::build_status_request(creds, provider_call_id),
-        "webhook" => generic::build_status_request(creds, provider_call_id),
-        other => Err(format!("provider '{other}' is not supported by this version of pg_dialer")),
-    }
+    adapter(provider).ok_or_else(|| unsupported(provider))?.status_request(creds, provider_call_id)
 }
 
 pub fn interpret_status_response(provider: &str, response: &HttpResponse) -> Option<CallStatus> {
-    match provider {
-        "ultravox" => ultravox::parse_status(response),
-        "twilio" => twilio::parse_status(response),
-        "webhook" => generic::parse_status(response),
-        _ => None,
+    adapter(provider)?.parse_status(response)
+}
+
+/// A provider's call id as a path segment: nothing that could steer the URL elsewhere.
+pub fn path_segment(id: &str) -> String {
+    id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
+}
+
+/// `base_url` of the credentials without its trailing slash, or the provider's official host.
+pub fn base_url<'a>(creds: &'a Credentials, default: &'a str) -> &'a str {
+    creds.base_url.as_deref().unwrap_or(default).trim_end_matches('/')
+}
+
+/// 404 on a status look-up: the provider no longer knows the call (treated as ended).
+fn not_found_status(response: &HttpResponse) -> Option<CallStatus> {
+    (response.status == 404).then(|| CallStatus { ended: true, end_reason: Some("not_found".into()), ..Default::default() })
+}
+
+/// The JSON body of a successful answer.
+fn ok_json(response: &HttpResponse) -> Option<Value> {
+    if !(200..300).contains(&response.status) {
+        return None;
     }
+    serde_json::from_str(&response.body).ok()
+}
+
+/// Metadata values as the providers that take only strings want them: strings stay, anything
+/// else is JSON-encoded.
+pub fn string_values(v: &Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })))
+            .collect(),
+        _ => Map::new(),
+    }
+}
+
+/// The correlation fields every call carries (strings), after the caller's own metadata, which
+/// cannot override them.
+pub fn correlation_metadata(call: &CallSpec) -> Map<String, Value> {
+    let mut m = string_values(&call.metadata);
+    m.insert("batch_id".into(), Value::String(call.batch_id.to_string()));
+    m.insert("contact_id".into(), Value::String(call.contact_id.to_string()));
+    m.insert("idempotency_key".into(), Value::String(call.idempotency_key.clone()));
+    if let Some(lead) = &call.lead_ref {
+        m.insert("lead_ref".into(), Value::String(lead.clone()));
+    }
+    m
+}
+
+/// The contact's variables (and name) as string-keyed values for the agent's template.
+pub fn template_variables(call: &CallSpec) -> Map<String, Value> {
+    let mut m = match &call.variables {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    if let Some(name) = &call.name {
+        m.entry("name").or_insert_with(|| Value::String(name.clone()));
+    }
+    m
+}
+
+/// A phone number in E.164 (`+` and 8 to 15 digits).
+pub fn is_e164(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or("");
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+}
+
+/// The from number a phone call needs, or an error that says where to set it.
+pub fn need_from_number<'a>(provider: &str, mapping: &'a Mapping) -> Result<&'a str, String> {
+    match mapping.from_number.as_deref() {
+        Some(f) if is_e164(f) => Ok(f),
+        Some(f) => Err(format!("from_number {f:?} is not an E.164 phone number (+ and 8 to 15 digits)")),
+        None => Err(format!(
+            "a {provider} phone call needs a from_number (the caller ID it dials from): give one to create_agent_mapping"
+        )),
+    }
+}
+
+/// The agent id a provider needs, or an error that says so.
+pub fn need_agent_id<'a>(provider: &str, what: &str, mapping: &'a Mapping) -> Result<&'a str, String> {
+    mapping.agent_id().ok_or_else(|| format!("a {provider} agent mapping needs external_agent_id (the {what})"))
+}
+
+/// Checks a template's fields against a list of (name, JSON type) the provider accepts,
+/// naming the first unknown or mistyped field.
+pub fn check_fields(provider: &str, what: &str, template: &Map<String, Value>, allowed: &[(&str, Kind)], ours: &[&str]) -> Result<(), String> {
+    for (k, v) in template {
+        if ours.contains(&k.as_str()) {
+            return Err(format!("request_template.{k} is set by pg_dialer for every call; remove it from the template"));
+        }
+        let Some((_, kind)) = allowed.iter().find(|(name, _)| name == k) else {
+            return Err(format!("request_template.{k}: {what} has no field named {k:?} ({provider} refuses unknown fields)"));
+        };
+        if !kind.accepts(v) {
+            return Err(format!("request_template.{k} must be {}, not {}", kind.name(), json_type(v)));
+        }
+    }
+    Ok(())
+}
+
+/// JSON types of template fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    /// A duration string such as "30s" or "1.5s" (protobuf Duration in JSON).
+    Duration,
+    Number,
+    Integer,
+    Boolean,
+    Object,
+    Array,
+    /// String, number or boolean: a form parameter.
+    Scalar,
+    /// A string or an array of strings (repeated form parameter).
+    StringList,
+}
+
+impl Kind {
+    pub fn accepts(self, v: &Value) -> bool {
+        match self {
+            Kind::String => v.is_string(),
+            Kind::Duration => v.as_str().is_some_and(is_duration),
+            Kind::Number => v.is_number(),
+            Kind::Integer => v.is_i64() || v.is_u64(),
+            Kind::Boolean => v.is_boolean(),
+            Kind::Object => v.is_object(),
+            Kind::Array => v.is_array(),
+            Kind::Scalar => v.is_string() || v.is_number() || v.is_boolean(),
+            Kind::StringList => v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "a string",
+            Kind::Duration => "a duration string such as \"30s\"",
+            Kind::Number => "a number",
+            Kind::Integer => "an integer",
+            Kind::Boolean => "true or false",
+            Kind::Object => "a JSON object",
+            Kind::Array => "a JSON array",
+            Kind::Scalar => "a string, number or boolean",
+            Kind::StringList => "a string or an array of strings",
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// "30s", "1.5s", "-2s" (the JSON form of a protobuf Duration).
+fn is_duration(s: &str) -> bool {
+    let Some(n) = s.strip_suffix('s') else { return false };
+    let n = n.strip_prefix('-').unwrap_or(n);
+    let (int, frac) = n.split_once('.').unwrap_or((n, ""));
+    !int.is_empty() && int.len() <= 12 && int.bytes().all(|b| b.is_ascii_digit()) && frac.len() <= 9 && frac.bytes().all(|b| b.is_ascii_digit())
+        && (frac.is_empty() == !n.contains('.'))
 }
 
 /// Retry-After is either delta-seconds or an HTTP date.
@@ -251,9 +496,20 @@ pub fn merge_json(base: &Value, overlay: &Value) -> Value {
 }
 
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
+mod spec_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn req(secrets: &[&str]) -> HttpRequest {
+        let mut r = HttpRequest::json(Method::Post, "http://h/x".into(), vec![], None, secrets.iter().map(|s| s.to_string()).collect()).unwrap();
+        r.call_id_pointer = None;
+        r
+    }
 
     #[test]
     fn retry_after_seconds_and_dates() {
@@ -265,27 +521,80 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_without_header_waits_default() {
-        let r = HttpResponse { status: 429, retry_after: None, body: String::new() };
-        assert_eq!(
-            interpret_call_response("ultravox", Ok(r), &[]),
-            DispatchOutcome::RateLimited { retry_after_secs: DEFAULT_RETRY_AFTER_SECS }
-        );
+    fn capacity_answers_429_and_503_wait() {
+        for provider in PROVIDERS {
+            let r = HttpResponse { status: 429, retry_after: None, body: String::new() };
+            assert_eq!(
+                interpret_call_response(provider, &req(&[]), Ok(r)),
+                DispatchOutcome::RateLimited { retry_after_secs: DEFAULT_RETRY_AFTER_SECS },
+                "{provider} 429"
+            );
+            let r = HttpResponse { status: 503, retry_after: Some("7".into()), body: String::new() };
+            assert_eq!(interpret_call_response(provider, &req(&[]), Ok(r)), DispatchOutcome::RateLimited { retry_after_secs: 7.0 }, "{provider} 503");
+            let r = HttpResponse { status: 500, retry_after: None, body: String::new() };
+            assert_eq!(interpret_call_response(provider, &req(&[]), Ok(r)).kind(), "failed", "{provider} 500");
+        }
     }
 
     #[test]
     fn errors_carry_detail_without_secrets() {
-        let r = HttpResponse { status: 500, retry_after: None, body: r#"{"detail":"bad key sk-secret-123"}"#.into() };
-        let out = interpret_call_response("ultravox", Ok(r), &["sk-secret-123".to_string()]);
-        assert_eq!(out, DispatchOutcome::Failed { error: "ultravox answered HTTP 500: bad key [redacted]".into() });
+        let r = HttpResponse { status: 400, retry_after: None, body: r#"{"detail":"bad key sk-secret-123"}"#.into() };
+        let out = interpret_call_response("ultravox", &req(&["sk-secret-123"]), Ok(r));
+        assert_eq!(out, DispatchOutcome::Failed { error: "ultravox answered HTTP 400: bad key [redacted]".into() });
     }
 
     #[test]
     fn transport_errors_split_by_whether_sent() {
-        let not_sent = interpret_call_response("ultravox", Err(TransportError::NotSent("refused".into())), &[]);
+        let not_sent = interpret_call_response("ultravox", &req(&[]), Err(TransportError::NotSent("refused".into())));
         assert_eq!(not_sent.kind(), "network_error");
-        let unknown = interpret_call_response("ultravox", Err(TransportError::Unknown("timed out".into())), &[]);
+        let unknown = interpret_call_response("ultravox", &req(&[]), Err(TransportError::Unknown("timed out".into())));
         assert_eq!(unknown.kind(), "timeout");
+    }
+
+    #[test]
+    fn call_id_pointer_of_the_mapping_wins() {
+        let mut r = req(&[]);
+        r.call_id_pointer = Some("/data/call/uuid".into());
+        let ok = HttpResponse { status: 201, retry_after: None, body: r#"{"data":{"call":{"uuid":"u-1"}},"id":"other"}"#.into() };
+        assert_eq!(interpret_call_response("webhook", &r, Ok(ok)), DispatchOutcome::Accepted { provider_call_id: Some("u-1".into()) });
+    }
+
+    #[test]
+    fn unknown_provider_is_named() {
+        let e = check_mapping("acme", &Mapping::default()).unwrap_err();
+        assert!(e.contains("'acme'") && e.contains("ultravox, twilio, vapi, retell, bland, webhook"), "{e}");
+    }
+
+    #[test]
+    fn metadata_values_become_strings() {
+        let m = string_values(&json!({"n": 5, "o": {"a": 1}, "s": "x", "b": true}));
+        assert_eq!(Value::Object(m), json!({"n": "5", "o": "{\"a\":1}", "s": "x", "b": "true"}));
+    }
+
+    #[test]
+    fn template_kinds() {
+        assert!(Kind::Duration.accepts(&json!("30s")));
+        assert!(Kind::Duration.accepts(&json!("1.5s")));
+        assert!(!Kind::Duration.accepts(&json!("30")));
+        assert!(!Kind::Duration.accepts(&json!("1.s")));
+        assert!(!Kind::Duration.accepts(&json!(30)));
+        assert!(Kind::StringList.accepts(&json!(["a", "b"])));
+        assert!(!Kind::StringList.accepts(&json!([1])));
+        let allowed = [("voice", Kind::String)];
+        let t = json!({"voice": 3}).as_object().cloned().unwrap();
+        assert!(check_fields("X", "X's request", &t, &allowed, &[]).unwrap_err().contains("request_template.voice must be a string"));
+        let t = json!({"voise": "a"}).as_object().cloned().unwrap();
+        assert!(check_fields("X", "X's request", &t, &allowed, &[]).unwrap_err().contains("has no field named \"voise\""));
+        let t = json!({"medium": {}}).as_object().cloned().unwrap();
+        assert!(check_fields("X", "X's request", &t, &allowed, &["medium"]).unwrap_err().contains("set by pg_dialer"));
+    }
+
+    #[test]
+    fn e164() {
+        assert!(is_e164("+15550001111"));
+        assert!(!is_e164("15550001111"));
+        assert!(!is_e164("+0555000111"));
+        assert!(!is_e164("+1555"));
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! Bland AI, to its documentation (docs.bland.ai, "Send Call": `POST https://api.bland.ai/v1/calls`;
+//! "Call Details": `GET /v1/calls/{call_id}`); Bland publishes no OpenAPI description we could
+//! check against. Auth is the key itself in the `authorization` header. The body: `phone_number`,
+//! `from` (the mapping's from number), `pathway_id` (the mapping's agent) or the template's
+//! `task`, `request_data` (the contact's variables) and `metadata`.
+
+use super::lookup::{InDoubt, LookupResult};
+use super::{
+    base_url, check_fields, correlation_metadata, not_found_status, ok_json, outcome, path_segment, template_variables,
+    Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+};
+use serde_json::{json, Value};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.bland.ai";
+
+/// Send Call parameters a template may set (from the documentation).
+pub const SEND_CALL_FIELDS: &[(&str, Kind)] = &[
+    ("task", Kind::String),
+    ("voice", Kind::String),
+    ("first_sentence", Kind::String),
+    ("wait_for_greeting", Kind::Boolean),
+    ("block_interruptions", Kind::Boolean),
+    ("interruption_threshold", Kind::Integer),
+    ("model", Kind::String),
+    ("temperature", Kind::Number),
+    ("keywords", Kind::Array),
+    ("pronunciation_guide", Kind::Array),
+    ("transfer_phone_number", Kind::String),
+    ("transfer_list", Kind::Object),
+    ("language", Kind::String),
+    ("timezone", Kind::String),
+    ("request_data", Kind::Object),
+    ("tools", Kind::Array),
+    ("dynamic_data", Kind::Array),
+    ("start_time", Kind::String),
+    ("voicemail_message", Kind::String),
+    ("voicemail_action", Kind::String),
+    ("retry", Kind::Object),
+    ("max_duration", Kind::Number),
+    ("record", Kind::Boolean),
+    ("webhook", Kind::String),
+    ("webhook_events", Kind::Array),
+    ("metadata", Kind::Object),
+    ("summary_prompt", Kind::String),
+    ("analysis_schema", Kind::Object),
+    ("answered_by_enabled", Kind::Boolean),
+    ("background_track", Kind::String),
+    ("noise_cancellation", Kind::Boolean),
+    ("ignore_button_press", Kind::Boolean),
+    ("pathway_version", Kind::Integer),
+    ("local_dialing", Kind::Boolean),
+];
+const OURS: &[&str] = &["phone_number", "from", "pathway_id"];
+
+pub struct Bland;
+
+fn auth(creds: &Credentials) -> Vec<(String, String)> {
+    vec![("authorization".into(), creds.api_key.clone())]
+}
+
+impl Adapter for Bland {
+    fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
+        let t = mapping.template()?;
+        check_fields("Bland", "Bland's Send Call", t, SEND_CALL_FIELDS, OURS)?;
+        if mapping.agent_id().is_none() && !t.get("task").is_some_and(Value::is_string) {
+            return Err("a bland agent mapping needs external_agent_id (a pathway id) or request_template.task (the prompt)".into());
+        }
+        if let Some(f) = mapping.from_number.as_deref() {
+            if !super::is_e164(f) {
+                return Err(format!("from_number {f:?} is not an E.164 phone number"));
+            }
+        }
+        Ok(())
+    }
+
+    fn call_request(&self, target: &ProviderTarget, call: &CallSpec) -> Result<HttpRequest, String> {
+        self.check_mapping(&target.mapping)?;
+        let m = &target.mapping;
+        let mut body = m.template()?.clone();
+        body.insert("phone_number".into(), json!(call.phone_number));
+        if let Some(from) = &m.from_number {
+            body.insert("from".into(), json!(from));
+        }
+        if let Some(pathway) = m.agent_id() {
+            body.insert("pathway_id".into(), json!(pathway));
+        }
+        let mut data = body.get("request_data").and_then(Value::as_object).cloned().unwrap_or_default();
+        data.extend(template_variables(call));
+        body.insert("request_data".into(), Value::Object(data));
+        let mut meta = body.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        meta.extend(correlation_metadata(call));
+        body.insert("metadata".into(), Value::Object(meta));
+        let url = format!("{}/v1/calls", base_url(&target.credentials, DEFAULT_BASE_URL));
+        HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&Value::Object(body)), vec![target.credentials.api_key.clone()])
+    }
+
+    fn call_id(&self, body: &str) -> Option<String> {
+        let v: Value = serde_json::from_str(body).ok()?;
+        v.get("call_id").and_then(Value::as_str).map(str::to_string)
+    }
+
+    /// Bland answers some refusals with HTTP 200 and `"status": "error"`; only a success counts.
+    fn is_capacity_wait(&self, response: &HttpResponse) -> bool {
+        matches!(response.status, 429 | 503)
+    }
+
+    fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
+        let url = format!("{}/v1/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
+        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+    }
+
+    /// `completed: true` (or a final `status`) → over; `answered_by` tells voicemail apart.
+    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
+        if let Some(s) = not_found_status(response) {
+            return Some(s);
+        }
+        let v = ok_json(response)?;
+        let status = v.get("status").and_then(Value::as_str).unwrap_or("");
+        let ended = v.get("completed").and_then(Value::as_bool).unwrap_or(false)
+            || matches!(status, "completed" | "complete" | "failed" | "busy" | "no-answer" | "canceled" | "cancelled");
+        let status = if status == "complete" { "completed" } else { status };
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Some(CallStatus {
+            ended,
+            end_reason: ended.then(|| outcome::bland(status, v.get("answered_by").and_then(Value::as_str)).to_string()),
+            answered_at: text("started_at"),
+            ended_at: text("end_at").or_else(|| text("ended_at")),
+        })
+    }
+
+    /// Bland's call list cannot be searched by our metadata: a lost attempt stays in doubt.
+    fn lookup_request(&self, _attempt: &InDoubt, _creds: &Credentials) -> Result<HttpRequest, String> {
+        Err("bland calls cannot be looked up by idempotency key: the attempt stays in doubt for review".into())
+    }
+
+    fn parse_lookup(&self, _attempt: &InDoubt, _response: &HttpResponse) -> LookupResult {
+        LookupResult::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::test_support::{body, call, mapping, target};
+
+    #[test]
+    fn send_call_and_details() {
+        let t = target("bland", mapping(Some("pw-1"), Some("+15559990000"), json!({"voice": "maya"})));
+        let req = Bland.call_request(&t, &call()).unwrap();
+        assert_eq!(req.url, "http://127.0.0.1:9/v1/calls");
+        assert!(req.headers.contains(&("authorization".into(), "k-secret-123".into())));
+        let b = body(&req);
+        assert_eq!((b["phone_number"].as_str(), b["from"].as_str(), b["pathway_id"].as_str()), (Some("+15550001111"), Some("+15559990000"), Some("pw-1")));
+        assert_eq!(b["request_data"]["plan"], "gold");
+        assert_eq!(b["metadata"]["idempotency_key"], "pgd-3-42-1");
+        assert!(Bland.check_mapping(&mapping(None, None, json!({}))).unwrap_err().contains("task"));
+        assert!(Bland.check_mapping(&mapping(None, None, json!({"task": "x", "taks": 1}))).unwrap_err().contains("no field named"));
+        let s = Bland
+            .parse_status(&HttpResponse { status: 200, retry_after: None, body: r#"{"call_id":"c","status":"completed","completed":true,"answered_by":"voicemail"}"#.into() })
+            .unwrap();
+        assert_eq!((s.ended, s.end_reason.as_deref()), (true, Some("voicemail")));
+    }
+}

@@ -1,0 +1,143 @@
+//! Vapi, to its published OpenAPI description: `POST {base}/call` with `Authorization: Bearer`,
+//! a `CreateCallDTO`: `assistantId` (the mapping's agent), `phoneNumberId` (a Vapi phone-number
+//! id, from the template: Vapi dials from numbers it knows by id, not by E.164), `customer.number`,
+//! and per-call `assistantOverrides.variableValues` / `.metadata`. `GET /call/{id}` for status;
+//! `GET /call?createdAtGe=…` to find a lost attempt by the metadata it carried.
+
+use super::lookup::{InDoubt, LookupResult};
+use super::{
+    base_url, check_fields, correlation_metadata, need_agent_id, not_found_status, ok_json, outcome, path_segment,
+    template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method,
+    ProviderTarget,
+};
+use serde_json::{json, Value};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.vapi.ai";
+
+/// Fields of Vapi's CreateCallDTO a template may set (the spec test checks them).
+pub const CREATE_CALL_FIELDS: &[(&str, Kind)] = &[
+    ("name", Kind::String),
+    ("transport", Kind::Object),
+    ("schedulePlan", Kind::Object),
+    ("assistant", Kind::Object),
+    ("assistantOverrides", Kind::Object),
+    ("squadId", Kind::String),
+    ("squad", Kind::Object),
+    ("squadOverrides", Kind::Object),
+    ("workflowId", Kind::String),
+    ("workflow", Kind::Object),
+    ("workflowOverrides", Kind::Object),
+    ("phoneNumberId", Kind::String),
+    ("phoneNumber", Kind::Object),
+];
+const OURS: &[&str] = &["assistantId", "customer", "customers", "customerId"];
+
+pub struct Vapi;
+
+fn auth(creds: &Credentials) -> Vec<(String, String)> {
+    vec![("Authorization".into(), format!("Bearer {}", creds.api_key))]
+}
+
+impl Adapter for Vapi {
+    fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
+        need_agent_id("vapi", "Vapi assistant id", mapping)?;
+        let t = mapping.template()?;
+        check_fields("Vapi", "Vapi's CreateCallDTO", t, CREATE_CALL_FIELDS, OURS)?;
+        if !t.contains_key("phoneNumberId") && !t.contains_key("phoneNumber") {
+            return Err("a vapi agent mapping needs request_template.phoneNumberId (the id of the Vapi phone number to dial from)".into());
+        }
+        Ok(())
+    }
+
+    fn call_request(&self, target: &ProviderTarget, call: &CallSpec) -> Result<HttpRequest, String> {
+        self.check_mapping(&target.mapping)?;
+        let m = &target.mapping;
+        let mut body = m.template()?.clone();
+        body.insert("assistantId".into(), json!(need_agent_id("vapi", "Vapi assistant id", m)?));
+        body.insert("customer".into(), json!({"number": call.phone_number}));
+        let mut overrides = body.get("assistantOverrides").and_then(Value::as_object).cloned().unwrap_or_default();
+        let mut vars = overrides.get("variableValues").and_then(Value::as_object).cloned().unwrap_or_default();
+        vars.extend(template_variables(call));
+        overrides.insert("variableValues".into(), Value::Object(vars));
+        let mut meta = overrides.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        meta.extend(correlation_metadata(call));
+        overrides.insert("metadata".into(), Value::Object(meta));
+        body.insert("assistantOverrides".into(), Value::Object(overrides));
+        let url = format!("{}/call", base_url(&target.credentials, DEFAULT_BASE_URL));
+        HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&Value::Object(body)), vec![target.credentials.api_key.clone()])
+    }
+
+    fn call_id(&self, body: &str) -> Option<String> {
+        let v: Value = serde_json::from_str(body).ok()?;
+        v.get("id").and_then(Value::as_str).map(str::to_string)
+    }
+
+    fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
+        let url = format!("{}/call/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
+        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+    }
+
+    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
+        if let Some(s) = not_found_status(response) {
+            return Some(s);
+        }
+        let v = ok_json(response)?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let ended = text("status")? == "ended";
+        Some(CallStatus {
+            ended,
+            end_reason: ended.then(|| outcome::vapi(v.get("endedReason").and_then(Value::as_str)).to_string()),
+            answered_at: text("startedAt"),
+            ended_at: text("endedAt"),
+        })
+    }
+
+    /// The calls created since the claim; the one whose overrides carry the key is ours.
+    fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
+        let url = format!(
+            "{}/call?createdAtGe={}&limit=100",
+            base_url(creds, DEFAULT_BASE_URL),
+            super::lookup::enc(&attempt.claimed_at)
+        );
+        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+    }
+
+    fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
+        let Some(Value::Array(calls)) = ok_json(response) else { return LookupResult::Unknown };
+        let found = calls.iter().find(|c| {
+            c.pointer("/assistantOverrides/metadata/idempotency_key").and_then(Value::as_str) == Some(attempt.idempotency_key.as_str())
+        });
+        match found {
+            Some(c) => LookupResult::Found { provider_call_id: c.get("id").and_then(Value::as_str).map(str::to_string) },
+            // Up to 100 calls since the claim were listed; more than that cannot prove absence.
+            None if calls.len() >= 100 => LookupResult::Unknown,
+            None => LookupResult::NotFound,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::test_support::{body, call, mapping, target, UUID};
+
+    #[test]
+    fn create_call_and_status() {
+        let t = target("vapi", mapping(Some(UUID), None, json!({"phoneNumberId": "pn-1"})));
+        let req = Vapi.call_request(&t, &call()).unwrap();
+        assert_eq!(req.url, "http://127.0.0.1:9/call");
+        assert!(req.headers.contains(&("Authorization".into(), "Bearer k-secret-123".into())));
+        let b = body(&req);
+        assert_eq!(b["assistantId"], UUID);
+        assert_eq!(b["phoneNumberId"], "pn-1");
+        assert_eq!(b["customer"], json!({"number": "+15550001111"}));
+        assert_eq!(b["assistantOverrides"]["variableValues"]["plan"], "gold");
+        assert_eq!(b["assistantOverrides"]["metadata"]["idempotency_key"], "pgd-3-42-1");
+        assert!(Vapi.check_mapping(&mapping(Some(UUID), None, json!({}))).unwrap_err().contains("phoneNumberId"));
+        assert!(Vapi.check_mapping(&mapping(None, None, json!({"phoneNumberId": "p"}))).unwrap_err().contains("assistant id"));
+        let s = Vapi
+            .parse_status(&HttpResponse { status: 200, retry_after: None, body: r#"{"id":"c","status":"ended","endedReason":"voicemail"}"#.into() })
+            .unwrap();
+        assert_eq!((s.ended, s.end_reason.as_deref()), (true, Some("voicemail")));
+    }
+}
