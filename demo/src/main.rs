@@ -131,12 +131,18 @@ fn run(args: &Args) -> Result<i32, String> {
             latency_ms: 120,
             latency_jitter_ms: 180,
             rules,
+            // As strict as Ultravox itself when the published specs are at hand.
+            spec_dir: provider_contract::default_spec_dir(),
             ..SimConfig::default()
         },
         0,
     )
     .map_err(|e| format!("could not start the provider simulator on 127.0.0.1: {e}"))?;
     ok_line(format_args!("provider simulator (Ultravox API) listening on {}", style(sim.base_url()).bold()));
+    detail(match provider_contract::default_spec_dir() {
+        Some(dir) => format!("every request is checked against the published specs in {}", dir.display()),
+        None => "no provider specs found (../shared/provider-specs): only the simulator's built-in checks apply".to_string(),
+    });
     detail(format!(
         "calls last {}–{} s · ~3% answered 500 · ~2% answered 429 (Retry-After {RETRY_AFTER_SECS} s) · 120–300 ms per request",
         CALL_MS.0 / 1000,

@@ -196,9 +196,12 @@ impl Scenario {
         Scenario { sim, db, agency_id, mapping_id, cluster }
     }
 
+    /// A simulator as strict as the real services: every request is checked against the
+    /// providers' published specs (`../shared/provider-specs`).
     pub fn sim_config(min_ms: u64, max_ms: u64) -> SimConfig {
         SimConfig {
             api_key: Some(API_KEY.to_string()),
+            spec_dir: Some(spec_dir()),
             call_duration_ms_min: min_ms,
             call_duration_ms_max: max_ms,
             ..SimConfig::default()
@@ -301,6 +304,12 @@ pub fn numbers(prefix: &str, n: usize) -> Vec<String> {
 }
 
 /// POSTs that created (or tried to create) calls, as the simulator received them.
+/// The providers' published specs; the tests refuse to run against a lenient simulator.
+pub fn spec_dir() -> PathBuf {
+    provider_contract::default_spec_dir()
+        .expect("the providers' specs (../shared/provider-specs) are needed: set PROVIDER_SPEC_DIR to their folder")
+}
+
 /// The create-call endpoints of every provider the simulator speaks.
 pub fn is_create_path(path: &str) -> bool {
     path == "/api/calls"
@@ -345,5 +354,90 @@ impl Scenario {
             let v: serde_json::Value = db.query_one("SELECT dialer.job_status($1)", &[&job]).ok()?.get(0);
             (v["state"] == state).then_some(v)
         })
+    }
+}
+
+/// What an application's webhook endpoint (a Supabase Edge Function, say) does: takes the
+/// provider's POST on loopback and hands its body and headers, untouched, to
+/// `dialer.ingest_webhook(provider, body, headers)`; for Twilio it adds `X-Webhook-Url`, the URL
+/// it was called at (Twilio signs it). It answers 200 when the database took the event, else 500.
+pub struct WebhookReceiver {
+    pub url: String,
+    results: std::sync::Arc<std::sync::Mutex<Vec<Result<serde_json::Value, String>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WebhookReceiver {
+    pub fn start(cluster: &Cluster, provider: &'static str) -> WebhookReceiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the webhook receiver");
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let url = format!("http://{}/hooks/{provider}", listener.local_addr().expect("receiver address"));
+        let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (mut db, results2, stop2, base) = (cluster.connect(), results.clone(), stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let mut reader = BufReader::new(match stream.try_clone() {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                });
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut headers = serde_json::Map::new();
+                let mut length = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.trim_end().split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        headers.insert(k.to_string(), serde_json::Value::String(v.trim().to_string()));
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let body = String::from_utf8_lossy(&body).into_owned();
+                if provider == "twilio" {
+                    let origin = base.split("/hooks/").next().unwrap_or("");
+                    headers.insert("X-Webhook-Url".into(), serde_json::Value::String(format!("{origin}{target}")));
+                }
+                let outcome = db
+                    .query_one("SELECT dialer.ingest_webhook($1, $2, $3)", &[&provider, &body, &serde_json::Value::Object(headers)])
+                    .map(|r| r.get::<_, serde_json::Value>(0))
+                    .map_err(|e| e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
+                let status = if outcome.is_ok() { "200 OK" } else { "500 Internal Server Error" };
+                if let Ok(mut r) = results2.lock() {
+                    r.push(outcome);
+                }
+                let mut out = stream;
+                let _ = out.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+            }
+        });
+        WebhookReceiver { url, results, stop }
+    }
+
+    /// What `ingest_webhook` answered for each delivery so far.
+    pub fn results(&self) -> Vec<Result<serde_json::Value, String>> {
+        self.results.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

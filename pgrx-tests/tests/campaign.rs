@@ -2,7 +2,7 @@
 //! Every assertion about dialing is made from the simulator's own request log.
 
 use pg_dialer_integration::provider_sim::{Provider, Rule};
-use pg_dialer_integration::{numbers, wait_for, Scenario, API_KEY};
+use pg_dialer_integration::{numbers, wait_for, Scenario, AGENT_ID, API_KEY, FROM_NUMBER};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -54,9 +54,11 @@ fn fifty_contacts_at_600_per_minute_are_each_dialed_once_and_the_batch_completes
         assert_eq!(post.status, Some(201));
         assert_eq!(provider_call_id, post.call_id, "callId stored on the calls row");
         let body = &post.body;
-        assert_eq!(body["medium"]["telnyx"]["destinationPhoneNumber"], phone.as_str());
-        assert_eq!(body["firstSpeaker"], "FIRST_SPEAKER_AGENT");
-        assert_eq!(body["agentId"], "agent-ava");
+        assert_eq!(post.path, format!("/api/agents/{AGENT_ID}/calls"), "a call with an agent goes to the agent's calls");
+        assert_eq!(body["medium"], serde_json::json!({"telnyx": {"outgoing": {"to": phone, "from": FROM_NUMBER}}}));
+        assert_eq!(body["firstSpeakerSettings"], serde_json::json!({"agent": {}}));
+        assert!(body.get("agentId").is_none() && body.get("firstSpeaker").is_none(), "no field Ultravox refuses");
+        assert!(body["metadata"].as_object().is_some_and(|m| m.values().all(Value::is_string)), "metadata values are strings");
         assert_eq!(body["metadata"]["batch_id"], batch.to_string());
         assert_eq!(body["metadata"]["contact_id"], contact_id.to_string());
         assert_eq!(body["metadata"]["idempotency_key"], key.as_str());

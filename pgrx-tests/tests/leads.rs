@@ -48,7 +48,7 @@ fn twilio_and_generic_adapters_send_their_exact_requests() {
         )
         .unwrap()
         .get(0);
-    let generic_url = format!("{base}/v1/calls");
+    let generic_url = format!("{base}/voiceapi/v1/calls");
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'webhook', $2, $3)", &[&agency, &API_KEY, &generic_url]).unwrap();
     let generic: i64 = s
         .db
@@ -76,7 +76,7 @@ fn twilio_and_generic_adapters_send_their_exact_requests() {
     let g = posts_to(&s.sim, "+15552100002");
     assert_eq!(g.len(), 1);
     let g = &g[0];
-    assert_eq!((g.provider, g.path.as_str(), g.auth_ok), (Provider::Generic, "/v1/calls", true));
+    assert_eq!((g.provider, g.path.as_str(), g.auth_ok), (Provider::Generic, "/voiceapi/v1/calls", true));
     assert_eq!(g.body["phone_number"], "+15552100002");
     assert_eq!(g.body["lead_ref"], "L-2");
     assert_eq!(g.body["variables"]["plan"], "gold");

@@ -221,7 +221,11 @@ fn row_level_security_keeps_tenants_apart() {
     let mut s = Scenario::new("rls", Scenario::sim_config(200, 300), &["dialer.enabled = off"]);
     let a = s.agency_id;
     let b: i64 = s.db.query_one("SELECT dialer.create_agency('Other Co')", &[]).unwrap().get(0);
-    let mb: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', 'agent-b')", &[&b]).unwrap().get(0);
+    let mb: i64 = s
+        .db
+        .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'B', '+14155550111')", &[&b, &pg_dialer_integration::AGENT_ID])
+        .unwrap()
+        .get(0);
     s.db.execute("SELECT dialer.schedule_call('+15556300001', agency_id => $1)", &[&a]).unwrap();
     s.db.execute("SELECT dialer.schedule_call('+15556300002', agency_id => $1, agent_mapping_id => $2)", &[&b, &mb]).unwrap();
     s.db.batch_execute("CREATE ROLE tenant_a NOLOGIN; GRANT dialer_user TO tenant_a; CREATE ROLE jwt_user NOLOGIN; GRANT dialer_user TO jwt_user;").unwrap();
