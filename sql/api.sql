@@ -110,6 +110,10 @@ BEGIN
     IF provider = 'twilio' AND account_sid IS NULL THEN
         RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
     END IF;
+    IF provider = 'twilio' AND account_sid !~ '^AC[0-9a-fA-F]{32}$' THEN
+        RAISE EXCEPTION 'account_sid % is not a Twilio account SID (AC followed by 32 hex digits)', quote_literal(account_sid)
+            USING ERRCODE = '22023', HINT = 'Copy it from the Twilio console (Account Info).';
+    END IF;
     -- Update, else insert: an application role may write keys but not read them, and
     -- INSERT ... ON CONFLICT DO UPDATE would need to read them.
     FOR attempt IN 1..2 LOOP

@@ -173,7 +173,7 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN p_reason IN ('invalid_number', 'invalid-number') THEN 'trashed'
         WHEN p_reason IN ('no-answer', 'busy', 'voicemail', 'failed', 'canceled',
-                          'no_answer', 'unjoined', 'connection_error', 'system_error') THEN 'ai_failed'
+                          'no_answer', 'unjoined', 'connection_error', 'system_error', 'machine', 'cancelled') THEN 'ai_failed'
         ELSE NULL   -- ended normally: the application's disposition says how it went
     END
 $$;

@@ -27,10 +27,26 @@ fn run_logged(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| format!("run {what}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = err.lines().collect();
-        bail!("{what} failed ({}):\n{}", out.status, lines[lines.len().saturating_sub(15)..].join("\n"));
+        bail!("{what} failed ({}):\n{}", out.status, error_lines(&err).join("\n"));
     }
     Ok(())
+}
+
+/// The lines that say what went wrong: npm's own `npm error` lines (not the usage text it prints
+/// after them), or the last lines of whatever else failed.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .take_while(|l| !l.contains("npm error Clean install a project") && !l.contains("npm error Usage:"))
+        .filter(|l| l.starts_with("npm error") || l.starts_with("npm ERR!"))
+        .collect();
+    if errors.is_empty() {
+        lines[lines.len().saturating_sub(15)..].to_vec()
+    } else {
+        errors.into_iter().take(20).collect()
+    }
 }
 
 /// Node, the npm packages and redis-server: installs what is missing, or says what to do.
@@ -224,5 +240,16 @@ impl Drop for NodeRun {
             let _ = self.child.wait();
         }
         cleanup::unregister(self.cleanup_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn npm_errors_come_before_its_usage_text() {
+        let stderr = "npm error code EUSAGE\nnpm error\nnpm error `npm ci` can only install packages when your package.json and package-lock.json are in sync.\nnpm error Missing: @msgpackr-extract/msgpackr-extract-linux-x64@3.0.3 from lock file\nnpm error\nnpm error Clean install a project\nnpm error\nnpm error Usage:\nnpm error npm ci\nnpm error Options:\nnpm error [--install-strategy <hoisted|nested|shallow|linked>]\n";
+        let lines = super::error_lines(stderr);
+        assert!(lines.iter().any(|l| l.contains("Missing: @msgpackr-extract")), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("Options")), "{lines:?}");
     }
 }

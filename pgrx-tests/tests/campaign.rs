@@ -11,7 +11,7 @@ fn posts_to_calls(s: &Scenario) -> Vec<pg_dialer_integration::provider_sim::Requ
     s.sim
         .requests()
         .into_iter()
-        .filter(|r| r.provider == Provider::Ultravox && r.method == "POST" && r.path == "/api/calls")
+        .filter(|r| r.provider == Provider::Ultravox && r.method == "POST" && pg_dialer_integration::is_create_path(&r.path))
         .collect()
 }
 

@@ -73,7 +73,7 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN p_reason IN ('invalid_number', 'invalid-number') THEN 'trashed'
         WHEN p_reason IN ('no-answer', 'busy', 'voicemail', 'failed', 'canceled',
-                          'no_answer', 'unjoined', 'connection_error', 'system_error') THEN 'ai_failed'
+                          'no_answer', 'unjoined', 'connection_error', 'system_error', 'machine', 'cancelled') THEN 'ai_failed'
         ELSE NULL   -- ended normally: the application's disposition says how it went
     END
 $$;
@@ -173,6 +173,53 @@ BEGIN
     RETURNING id INTO new_id;
     PERFORM dialer._wake_on_commit();
     RETURN new_id;
+END $$;
+
+-- set_provider_credentials: changed
+CREATE OR REPLACE FUNCTION dialer.set_provider_credentials(agency_id bigint, provider text, api_key text,
+    base_url text DEFAULT NULL, account_sid text DEFAULT NULL, webhook_secret text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    attempt integer;
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    PERFORM dialer._check_provider(provider);
+    IF api_key IS NULL OR length(api_key) = 0 THEN
+        RAISE EXCEPTION 'api_key must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF base_url IS NOT NULL AND base_url !~ '^https?://[^[:space:]]+$' THEN
+        RAISE EXCEPTION 'base_url % is not an http(s) URL', quote_literal(base_url) USING ERRCODE = '22023';
+    END IF;
+    IF provider = 'twilio' AND account_sid IS NULL THEN
+        RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
+    END IF;
+    IF provider = 'twilio' AND account_sid !~ '^AC[0-9a-fA-F]{32}$' THEN
+        RAISE EXCEPTION 'account_sid % is not a Twilio account SID (AC followed by 32 hex digits)', quote_literal(account_sid)
+            USING ERRCODE = '22023', HINT = 'Copy it from the Twilio console (Account Info).';
+    END IF;
+    -- Update, else insert: an application role may write keys but not read them, and
+    -- INSERT ... ON CONFLICT DO UPDATE would need to read them.
+    FOR attempt IN 1..2 LOOP
+        UPDATE dialer.provider_credentials pc
+           SET api_key = set_provider_credentials.api_key, base_url = rtrim(set_provider_credentials.base_url, '/'),
+               account_sid = set_provider_credentials.account_sid,
+               webhook_secret = set_provider_credentials.webhook_secret, updated_at = now()
+         WHERE pc.agency_id = set_provider_credentials.agency_id AND pc.provider = set_provider_credentials.provider;
+        EXIT WHEN FOUND;
+        BEGIN
+            -- Twilio accounts start at 1 call per second; raise it with set_provider_rate_limit.
+            INSERT INTO dialer.provider_credentials (agency_id, provider, api_key, base_url, account_sid, webhook_secret,
+                                                     max_calls_per_second)
+            VALUES (set_provider_credentials.agency_id, set_provider_credentials.provider, set_provider_credentials.api_key,
+                    rtrim(set_provider_credentials.base_url, '/'), set_provider_credentials.account_sid,
+                    set_provider_credentials.webhook_secret,
+                    CASE WHEN set_provider_credentials.provider = 'twilio' THEN 1 END);
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;  -- stored concurrently: update it on the next pass
+        END;
+    END LOOP;
 END $$;
 
 
