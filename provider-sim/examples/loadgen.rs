@@ -1,5 +1,6 @@
 //! Throughput probe: `cargo run -p provider-sim --release --example loadgen -- [REQUESTS] [THREADS] [URL]`.
-//! Without URL it starts an in-process simulator. Each thread keeps one keep-alive connection.
+//! Without URL it starts an in-process simulator (checking requests against the specs in
+//! `PROVIDER_SPEC_DIR` when that is set). Each thread keeps one keep-alive connection.
 
 use provider_sim::{SimConfig, Simulator};
 use serde_json::json;
@@ -16,6 +17,7 @@ fn main() {
                 SimConfig {
                     call_duration_ms_min: 1000,
                     call_duration_ms_max: 1000,
+                    spec_dir: std::env::var_os("PROVIDER_SPEC_DIR").map(Into::into),
                     ..SimConfig::default()
                 },
                 0,
@@ -37,7 +39,7 @@ fn main() {
                 let mut ok = 0usize;
                 for i in (t..total).step_by(threads) {
                     let body = json!({
-                        "medium": {"telnyx": {"destinationPhoneNumber": format!("+1555{i:07}")}},
+                        "medium": {"telnyx": {"outgoing": {"to": format!("+1555{i:07}"), "from": "+15550000000"}}},
                         "metadata": {"batch_id": "load", "idempotency_key": format!("k{i}")}
                     });
                     if agent

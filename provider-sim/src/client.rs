@@ -3,6 +3,7 @@
 use crate::config::Rule;
 use crate::log::RequestRecord;
 use crate::state::{SimCall, SimStats};
+use crate::webhooks::WebhookRecord;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -111,12 +112,17 @@ impl SimClient {
         self.get("/_sim/config")
     }
 
-    /// Clears the request log, calls and rules.
+    /// Clears the request log, calls, webhooks and rules.
     pub fn reset(&self) -> Result<(), SimClientError> {
         self.post::<Value>("/_sim/reset", &Value::Null).map(|_| ())
     }
 
     pub fn stats(&self) -> Result<SimStats, SimClientError> {
         self.get("/_sim/stats")
+    }
+
+    /// Webhooks the simulator sent (Ultravox events, Twilio status callbacks).
+    pub fn webhooks(&self) -> Result<Vec<WebhookRecord>, SimClientError> {
+        self.get("/_sim/webhooks")
     }
 }

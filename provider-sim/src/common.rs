@@ -5,7 +5,7 @@ use crate::log::RecordGuard;
 use crate::state::{AppState, Outcome};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -62,26 +62,66 @@ pub(crate) fn raw_body(bytes: &[u8]) -> Value {
 
 /// Form fields as a JSON object; repeated keys become arrays.
 pub(crate) fn form_to_json(pairs: &[(String, String)]) -> Value {
-    let mut m = Map::new();
-    for (k, v) in pairs {
-        match m.get_mut(k) {
-            None => {
-                m.insert(k.clone(), Value::String(v.clone()));
+    provider_contract::form_to_json(pairs)
+}
+
+/// Marks a request as refused by the request checks (`fault: "invalid_request"`).
+pub(crate) fn refuse(rec: &RecordGuard, errors: &[String]) {
+    let text = errors.join("; ");
+    rec.update(|r| {
+        r.fault = Some("invalid_request".to_string());
+        r.error = Some(text);
+    });
+}
+
+/// The body as JSON for the log, or the raw text when it is not JSON; plus the parse result.
+pub(crate) fn parse_json_body(
+    body: &Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> (Value, Result<Value, String>) {
+    match body {
+        Ok(b) => match serde_json::from_slice::<Value>(b) {
+            Ok(v) => (v.clone(), Ok(v)),
+            Err(e) if b.iter().all(u8::is_ascii_whitespace) => {
+                (raw_body(b), Err(format!("empty request body ({e})")))
             }
-            Some(Value::Array(a)) => a.push(Value::String(v.clone())),
-            Some(other) => {
-                let first = other.take();
-                *other = Value::Array(vec![first, Value::String(v.clone())]);
-            }
-        }
+            Err(e) => (raw_body(b), Err(format!("invalid JSON: {e}"))),
+        },
+        Err(e) => (Value::Null, Err(e.body_text())),
     }
-    Value::Object(m)
+}
+
+/// `"metadata"`-like field as the call's metadata (`Null` if absent).
+pub(crate) fn field_value(body: &Value, pointer: &str) -> Value {
+    body.pointer(pointer).cloned().unwrap_or(Value::Null)
+}
+
+/// A non-empty string at `pointer`.
+pub(crate) fn str_at(body: &Value, pointer: &str) -> Option<String> {
+    body.pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+}
+
+/// `Authorization: Bearer <key>` (any key when none is configured).
+pub(crate) fn bearer_ok(st: &AppState, headers: &HeaderMap) -> bool {
+    match st.api_key() {
+        None => true,
+        Some(k) => header_str(headers, "authorization")
+            .and_then(|v| v.trim().split_once(' '))
+            .is_some_and(|(scheme, tok)| scheme.eq_ignore_ascii_case("bearer") && tok.trim() == k),
+    }
 }
 
 /// Why a create request got no call.
 pub(crate) enum Fault {
     RateLimited {
         retry_after_secs: u64,
+    },
+    /// 503 + `Retry-After` (out of capacity).
+    Capacity {
+        retry_after_secs: u64,
+        message: Option<String>,
     },
     Error {
         status: u16,
@@ -104,6 +144,7 @@ pub(crate) async fn gate(
     let fault = match &outcome {
         Outcome::Create { .. } => None,
         Outcome::RateLimited { .. } => Some("rate_limited"),
+        Outcome::Capacity { .. } => Some("capacity"),
         Outcome::Error { .. } => Some("error"),
         Outcome::Hang { .. } => Some("hang"),
         Outcome::Drop => Some("drop_connection"),
@@ -124,6 +165,13 @@ pub(crate) async fn gate(
             end_reason,
         } => Ok((duration_ms, end_reason)),
         Outcome::RateLimited { retry_after_secs } => Err(Fault::RateLimited { retry_after_secs }),
+        Outcome::Capacity {
+            retry_after_secs,
+            message,
+        } => Err(Fault::Capacity {
+            retry_after_secs,
+            message,
+        }),
         Outcome::Error { status, message } => Err(Fault::Error { status, message }),
         Outcome::Hang { .. } => Err(Fault::HangExpired),
         Outcome::Drop => {
@@ -132,6 +180,29 @@ pub(crate) async fn gate(
             std::future::pending::<Result<(u64, Option<String>), Fault>>().await
         }
     }
+}
+
+/// Parses a date filter: `YYYY-MM-DD` (midnight UTC), RFC 3339 or RFC 2822; unix µs.
+pub(crate) fn parse_date_us(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(d.timestamp_micros());
+    }
+    if let Ok(d) = chrono::DateTime::parse_from_rfc2822(s) {
+        return Some(d.timestamp_micros());
+    }
+    if let Ok(d) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(d.and_utc().timestamp_micros());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc().timestamp_micros())
+}
+
+/// Unix µs as epoch milliseconds (Retell's timestamps).
+pub(crate) fn epoch_ms(us: i64) -> Value {
+    Value::from(us.div_euclid(1000))
 }
 
 /// A positive page size from the first of `names` present, else `default`.

@@ -10,6 +10,10 @@ use std::path::PathBuf;
 pub enum Provider {
     Ultravox,
     Twilio,
+    Vapi,
+    Retell,
+    Bland,
+    /// The generic "VoiceAPI" AI caller under `/voiceapi/v1/calls`.
     Generic,
 }
 
@@ -18,6 +22,9 @@ impl Provider {
         match self {
             Provider::Ultravox => "ultravox",
             Provider::Twilio => "twilio",
+            Provider::Vapi => "vapi",
+            Provider::Retell => "retell",
+            Provider::Bland => "bland",
             Provider::Generic => "generic",
         }
     }
@@ -29,9 +36,10 @@ impl std::fmt::Display for Provider {
     }
 }
 
-/// All behaviour knobs. `Default` = no faults, no latency, calls last 2000..=4000 ms, no API key.
+/// All behaviour knobs. `Default` = no faults, no latency, calls last 2000..=4000 ms, no API key,
+/// built-in request checks only (no spec directory), no webhooks.
 ///
-/// Serializing never includes `api_key` (nor `log_file`).
+/// Serializing never includes `api_key`, `ultravox_webhook_secret` (nor `log_file`, `spec_dir`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct SimConfig {
@@ -43,7 +51,9 @@ pub struct SimConfig {
     pub error_rate: f64,
     /// Fraction (0..=1) of create POSTs answered 429 with `Retry-After`.
     pub rate_limit_rate: f64,
-    /// `Retry-After` value for random 429s (and rules that give none).
+    /// Fraction (0..=1) of create POSTs answered 503 with `Retry-After` (out of capacity).
+    pub capacity_rate: f64,
+    /// `Retry-After` value for random 429s/503s (and rules that give none).
     pub retry_after_secs: u64,
     /// Fraction (0..=1) of create POSTs held for `hang_secs` without an answer.
     pub hang_rate: f64,
@@ -66,6 +76,20 @@ pub struct SimConfig {
     /// JSON-lines request log file; fixed at start, ignored by run-time updates.
     #[serde(skip)]
     pub log_file: Option<PathBuf>,
+    /// Directory with the providers' OpenAPI files: create requests are then checked against
+    /// them (`provider_contract::Contract::load`); `None` = built-in checks only. Fixed at start.
+    #[serde(skip)]
+    pub spec_dir: Option<PathBuf>,
+    /// Where Ultravox webhooks (`call.started`, `call.joined`, `call.ended`) go; loopback only.
+    pub ultravox_webhook_url: Option<String>,
+    /// HMAC-SHA256 key of `X-Ultravox-Webhook-Signature`. Never serialized.
+    #[serde(skip_serializing)]
+    pub ultravox_webhook_secret: Option<String>,
+    /// Also send a second signature that does not verify (a rotated-out secret), first in the
+    /// comma-separated list, so that receivers must check every entry.
+    pub ultravox_webhook_stale_signature: bool,
+    /// Time allowed for one webhook delivery (connect + answer).
+    pub webhook_timeout_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -75,6 +99,7 @@ impl Default for SimConfig {
             latency_jitter_ms: 0,
             error_rate: 0.0,
             rate_limit_rate: 0.0,
+            capacity_rate: 0.0,
             retry_after_secs: 1,
             hang_rate: 0.0,
             hang_secs: 3600,
@@ -86,7 +111,36 @@ impl Default for SimConfig {
             rules: Vec::new(),
             log_capacity: 1_000_000,
             log_file: None,
+            spec_dir: None,
+            ultravox_webhook_url: None,
+            ultravox_webhook_secret: None,
+            ultravox_webhook_stale_signature: false,
+            webhook_timeout_ms: 2000,
         }
+    }
+}
+
+/// Accepts only `http://` URLs whose host is on this machine (127.0.0.0/8, `[::1]`,
+/// `localhost`): the simulator must never send traffic anywhere else.
+pub fn check_loopback_url(url: &str) -> Result<(), String> {
+    let u = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if u.scheme() != "http" {
+        return Err(format!(
+            "{url:?}: only http:// webhook targets are supported (loopback, no TLS)"
+        ));
+    }
+    let ok = match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url:?}: webhook targets must be loopback (127.0.0.0/8, [::1] or localhost)"
+        ))
     }
 }
 
@@ -96,12 +150,19 @@ impl SimConfig {
         for (name, v) in [
             ("error_rate", self.error_rate),
             ("rate_limit_rate", self.rate_limit_rate),
+            ("capacity_rate", self.capacity_rate),
             ("hang_rate", self.hang_rate),
             ("drop_rate", self.drop_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be between 0 and 1, got {v}"));
             }
+        }
+        if let Some(u) = &self.ultravox_webhook_url {
+            check_loopback_url(u).map_err(|e| format!("ultravox_webhook_url: {e}"))?;
+        }
+        if self.webhook_timeout_ms == 0 {
+            return Err("webhook_timeout_ms must be at least 1".into());
         }
         if self.call_duration_ms_min > self.call_duration_ms_max {
             return Err(format!(
@@ -123,6 +184,7 @@ impl SimConfig {
         for v in [
             &mut self.error_rate,
             &mut self.rate_limit_rate,
+            &mut self.capacity_rate,
             &mut self.hang_rate,
             &mut self.drop_rate,
         ] {
@@ -139,17 +201,28 @@ impl SimConfig {
             );
         }
         self.log_capacity = self.log_capacity.max(1);
+        self.webhook_timeout_ms = self.webhook_timeout_ms.max(1);
         self.rules.retain(|r| r.validate().is_ok());
+        // Never a non-loopback target, whatever the caller set.
+        if self
+            .ultravox_webhook_url
+            .as_deref()
+            .is_some_and(|u| check_loopback_url(u).is_err())
+        {
+            self.ultravox_webhook_url = None;
+        }
     }
 
     /// Applies a partial JSON update (`{"error_rate":0.1,"rules":[...]}`); unknown keys are errors.
-    /// `"api_key"` may be a string or null. Nothing changes unless the whole update is valid.
+    /// `"api_key"` and `"ultravox_webhook_secret"` may be a string or null; `"spec_dir"` cannot
+    /// change. Nothing changes unless the whole update is valid.
     pub fn apply_json(&mut self, patch: &Value) -> Result<(), String> {
         let obj = patch
             .as_object()
             .ok_or_else(|| "config update must be a JSON object".to_string())?;
         let mut cur = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
         let mut api_key = self.api_key.clone();
+        let mut secret = self.ultravox_webhook_secret.clone();
         let cur_obj = cur
             .as_object_mut()
             .ok_or_else(|| "internal: config is not an object".to_string())?;
@@ -162,7 +235,27 @@ impl SimConfig {
                         _ => return Err("api_key must be a string or null".into()),
                     }
                 }
-                "api_key_set" => {} // echo of our own output; ignore
+                "ultravox_webhook_secret" => {
+                    secret = match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(s.clone()),
+                        _ => return Err("ultravox_webhook_secret must be a string or null".into()),
+                    }
+                }
+                // Echoes of our own output; ignore.
+                "api_key_set" | "ultravox_webhook_secret_set" => {}
+                "spec_dir" => {
+                    let same = match (v, &self.spec_dir) {
+                        (Value::Null, None) => true,
+                        (Value::String(s), Some(d)) => std::path::Path::new(s) == d.as_path(),
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(
+                            "spec_dir is fixed at start (restart with --spec-dir DIR)".into()
+                        );
+                    }
+                }
                 "call_duration_ms" => {
                     let s = v.as_str().ok_or_else(|| {
                         "call_duration_ms must be a string like \"200..400\"".to_string()
@@ -179,17 +272,31 @@ impl SimConfig {
         }
         let mut next: SimConfig = serde_json::from_value(cur).map_err(|e| e.to_string())?;
         next.api_key = api_key;
+        next.ultravox_webhook_secret = secret;
         next.log_file = self.log_file.clone();
+        next.spec_dir = self.spec_dir.clone();
         next.validate()?;
         *self = next;
         Ok(())
     }
 
-    /// The config as JSON without the key, plus `"api_key_set": bool`.
+    /// The config as JSON without secrets, plus `"api_key_set"`, `"ultravox_webhook_secret_set"`
+    /// and `"spec_dir"`.
     pub fn public_json(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {
             o.insert("api_key_set".into(), Value::Bool(self.api_key.is_some()));
+            o.insert(
+                "ultravox_webhook_secret_set".into(),
+                Value::Bool(self.ultravox_webhook_secret.is_some()),
+            );
+            o.insert(
+                "spec_dir".into(),
+                self.spec_dir
+                    .as_ref()
+                    .map(|d| Value::String(d.display().to_string()))
+                    .unwrap_or(Value::Null),
+            );
         }
         v
     }
@@ -229,7 +336,7 @@ fn is_false(b: &bool) -> bool {
 /// First matching rule wins; it is consumed after `times` matches (absent = forever).
 /// A matching rule decides the outcome alone: random faults are not applied on top.
 /// Outcome precedence: `drop_connection`, then `hang`, then `status` >= 400
-/// (429 gets `Retry-After`), else the call is created (with `duration_ms`/`end_reason`).
+/// (429 and 503 get `Retry-After`), else the call is created (with `duration_ms`/`end_reason`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
@@ -354,9 +461,43 @@ mod tests {
         let pub_json = c.public_json().to_string();
         assert!(!pub_json.contains("\"k\""), "{pub_json}");
         assert!(pub_json.contains("\"api_key_set\":true"));
+        c.apply_json(&json!({"ultravox_webhook_secret": "whsec-1", "ultravox_webhook_url": "http://127.0.0.1:9/uv"}))
+            .unwrap();
+        assert_eq!(c.ultravox_webhook_secret.as_deref(), Some("whsec-1"));
+        let pub_json = c.public_json().to_string();
+        assert!(!pub_json.contains("whsec-1"), "{pub_json}");
+        assert!(pub_json.contains("\"ultravox_webhook_secret_set\":true"));
+        let e = c
+            .apply_json(&json!({"ultravox_webhook_url": "http://10.0.0.1/uv"}))
+            .unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+        assert!(c.apply_json(&json!({"spec_dir": "/elsewhere"})).is_err());
+        assert!(c.apply_json(&json!({"capacity_rate": 0.25})).is_ok());
         c.apply_json(&json!({"call_duration_ms": "100..200"}))
             .unwrap();
         assert_eq!((c.call_duration_ms_min, c.call_duration_ms_max), (100, 200));
+    }
+
+    #[test]
+    fn loopback_only() {
+        for ok in [
+            "http://127.0.0.1:8080/x",
+            "http://127.9.9.9/",
+            "http://localhost:1/a?b=c",
+            "http://[::1]:5/",
+        ] {
+            assert!(check_loopback_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://127.0.0.1/",
+            "http://10.0.0.1/",
+            "http://example.com/",
+            "http://192.168.1.1/",
+            "nope",
+            "http://0.0.0.0/",
+        ] {
+            assert!(check_loopback_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub(crate) fn routes() -> Router<St> {
         .route("/_sim/rules", get(get_rules).post(post_rules))
         .route("/_sim/reset", post(reset))
         .route("/_sim/stats", get(stats))
+        .route("/_sim/webhooks", get(webhooks))
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {
@@ -113,5 +114,12 @@ async fn stats(State(st): State<St>) -> Response {
     json(
         StatusCode::OK,
         serde_json::to_value(st.stats()).unwrap_or(Value::Null),
+    )
+}
+
+async fn webhooks(State(st): State<St>) -> Response {
+    json(
+        StatusCode::OK,
+        serde_json::to_value(st.webhooks.snapshot()).unwrap_or(Value::Null),
     )
 }

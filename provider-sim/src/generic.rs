@@ -1,10 +1,11 @@
-//! Generic AI caller ("VoiceAPI"): `POST /v1/calls`, `GET /v1/calls/{id}`,
-//! `GET /v1/calls?idempotency_key=K`; `Authorization: Bearer <key>`.
+//! Generic AI caller ("VoiceAPI"): `POST /voiceapi/v1/calls`, `GET /voiceapi/v1/calls/{id}`,
+//! `GET /voiceapi/v1/calls?idempotency_key=K`; `Authorization: Bearer <key>`.
+//! (It lives under `/voiceapi` because Bland owns `/v1/calls`.)
 
 use crate::common::*;
 use crate::config::Provider;
 use crate::log::RecordGuard;
-use crate::state::{lock, metadata_field_matches, never_connects, CallState};
+use crate::state::{lock, metadata_field_matches, never_connects, CallState, NewCall};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -16,8 +17,8 @@ use serde_json::{json, Value};
 
 pub(crate) fn routes() -> Router<St> {
     Router::new()
-        .route("/v1/calls", post(create).get(list))
-        .route("/v1/calls/{id}", get(get_call))
+        .route("/voiceapi/v1/calls", post(create).get(list))
+        .route("/voiceapi/v1/calls/{id}", get(get_call))
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -25,12 +26,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 fn auth_ok(st: &St, headers: &HeaderMap) -> bool {
-    match st.api_key() {
-        None => true,
-        Some(k) => header_str(headers, "authorization")
-            .and_then(|v| v.trim().split_once(' '))
-            .is_some_and(|(scheme, tok)| scheme.eq_ignore_ascii_case("bearer") && tok.trim() == k),
-    }
+    bearer_ok(st, headers)
 }
 
 pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
@@ -105,13 +101,14 @@ async fn create_inner(
     let body = match parsed {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "body must be a JSON object",
-            )
+            let msg = "body must be a JSON object".to_string();
+            refuse(rec, std::slice::from_ref(&msg));
+            return error(StatusCode::BAD_REQUEST, "invalid_request", &msg);
         }
-        Err((_, e)) => return error(StatusCode::BAD_REQUEST, "invalid_json", &e),
+        Err((_, e)) => {
+            refuse(rec, std::slice::from_ref(&e));
+            return error(StatusCode::BAD_REQUEST, "invalid_json", &e);
+        }
     };
     let Some(to) = body
         .get("phone_number")
@@ -119,11 +116,9 @@ async fn create_inner(
         .filter(|s| !s.trim().is_empty())
         .map(str::to_string)
     else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "phone_number is required",
-        );
+        let msg = "phone_number is required".to_string();
+        refuse(rec, std::slice::from_ref(&msg));
+        return error(StatusCode::BAD_REQUEST, "invalid_request", &msg);
     };
     let metadata = body.get("metadata").cloned().unwrap_or(Value::Null);
     rec.update(|r| {
@@ -136,6 +131,19 @@ async fn create_inner(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "too many requests (simulated)",
+            ),
+            retry_after_secs,
+        ),
+        Err(Fault::Capacity {
+            retry_after_secs,
+            message,
+        }) => with_retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "capacity",
+                message
+                    .as_deref()
+                    .unwrap_or("no capacity right now (simulated)"),
             ),
             retry_after_secs,
         ),
@@ -152,16 +160,19 @@ async fn create_inner(
         Ok((duration_ms, end_reason)) => {
             let id = uuid::Uuid::new_v4().to_string();
             st.create_call(
-                Provider::Generic,
-                id.clone(),
-                to,
-                None,
-                metadata,
-                body,
+                NewCall {
+                    provider: Provider::Generic,
+                    call_id: id.clone(),
+                    to,
+                    from: None,
+                    metadata,
+                    body,
+                    account_sid: None,
+                    machine_detection: None,
+                    agent_id: None,
+                },
                 duration_ms,
                 end_reason,
-                None,
-                false,
             );
             rec.update(|r| r.call_id = Some(id.clone()));
             // The create answer always shows the call as just created ("queued").

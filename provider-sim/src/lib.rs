@@ -1,6 +1,9 @@
 //! provider-sim: a loopback HTTP simulator of the voice-AI call providers pg_dialer talks to
-//! (Ultravox, Twilio, a generic "VoiceAPI"), with latency, error, rate-limit, hang and
-//! dropped-connection faults, deterministic per-number rules, a request log and a control API.
+//! (Ultravox, Twilio, Vapi, Retell, Bland, a generic "VoiceAPI"). It refuses requests the real
+//! APIs refuse (checked with `provider-contract`, against the providers' OpenAPI files when a
+//! spec directory is given), sends signed webhooks, and injects latency, error, rate-limit,
+//! capacity, hang and dropped-connection faults, with deterministic per-number rules, a request
+//! log and a control API.
 //!
 //! ```no_run
 //! use provider_sim::{Rule, SimConfig, Simulator};
@@ -9,19 +12,25 @@
 //! println!("{}", sim.base_url());
 //! ```
 
+mod bland;
 mod client;
 mod common;
 mod config;
 mod control;
 mod generic;
 mod log;
+mod retell;
 mod server;
 mod state;
 mod twilio;
 mod ultravox;
+mod vapi;
+mod webhooks;
 
 pub use client::{SimClient, SimClientError};
-pub use config::{parse_duration_range, Provider, Rule, SimConfig};
+pub use config::{check_loopback_url, parse_duration_range, Provider, Rule, SimConfig};
 pub use log::RequestRecord;
+pub use provider_contract;
 pub use server::Simulator;
 pub use state::{max_concurrent_calls, SimCall, SimStats};
+pub use webhooks::{twilio_signature, ultravox_signature, WebhookRecord};

@@ -41,10 +41,14 @@ pub struct RequestRecord {
     /// The JSON metadata sent with a create request, if any.
     #[serde(default)]
     pub metadata: Value,
-    /// Injected fault or abnormal end: "rate_limited", "error", "hang", "drop_connection",
+    /// Injected fault or abnormal end: "invalid_request" (refused by the request checks),
+    /// "rate_limited", "capacity" (503), "error", "hang", "drop_connection",
     /// "client_gone" (the client went away before the answer).
     #[serde(default)]
     pub fault: Option<String>,
+    /// Why the request was refused (`fault: "invalid_request"`): the violations, `; `-separated.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Monotonic wall clock: unix epoch at start plus a monotonic `Instant` offset.
@@ -179,6 +183,7 @@ impl RequestLog {
             call_id: None,
             metadata: Value::Null,
             fault: None,
+            error: None,
         });
         RecordGuard {
             log: Arc::clone(self),

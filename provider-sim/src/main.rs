@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Simulates voice-AI call providers (Ultravox, Twilio, generic) on loopback.
+/// Simulates voice-AI call providers (Ultravox, Twilio, Vapi, Retell, Bland, generic) on loopback.
 #[derive(Parser, Debug)]
 #[command(name = "provider-sim", version, about)]
 struct Args {
@@ -32,7 +32,10 @@ struct Args {
     /// Fraction of create POSTs answered 429.
     #[arg(long, default_value_t = 0.0)]
     rate_limit_rate: f64,
-    /// Retry-After seconds on 429.
+    /// Fraction of create POSTs answered 503 (out of capacity).
+    #[arg(long, default_value_t = 0.0)]
+    capacity_rate: f64,
+    /// Retry-After seconds on 429 and 503.
     #[arg(long, default_value_t = 1)]
     retry_after_secs: u64,
     /// Fraction of create POSTs held unanswered for --hang-secs.
@@ -62,6 +65,26 @@ struct Args {
     /// Request records kept in memory for the control API.
     #[arg(long, default_value_t = 1_000_000)]
     log_capacity: usize,
+    /// Check create requests against the providers' OpenAPI files in DIR (default: built-in checks only).
+    #[arg(long, env = "PROVIDER_SPEC_DIR", value_name = "DIR")]
+    spec_dir: Option<PathBuf>,
+    /// Send Ultravox webhooks (call.started, call.joined, call.ended) to URL (loopback only).
+    #[arg(long, value_name = "URL")]
+    ultravox_webhook_url: Option<String>,
+    /// Sign Ultravox webhooks with this secret (X-Ultravox-Webhook-Signature).
+    #[arg(
+        long,
+        env = "ULTRAVOX_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "S"
+    )]
+    ultravox_webhook_secret: Option<String>,
+    /// Also send a stale second signature first in the list (receivers must try each).
+    #[arg(long)]
+    ultravox_webhook_stale_signature: bool,
+    /// Time allowed for one webhook delivery.
+    #[arg(long, default_value_t = 2000)]
+    webhook_timeout_ms: u64,
     /// No periodic summary on stderr.
     #[arg(long)]
     quiet: bool,
@@ -73,6 +96,7 @@ fn build_config(a: &Args) -> Result<SimConfig, String> {
         latency_jitter_ms: a.latency_jitter_ms,
         error_rate: a.error_rate,
         rate_limit_rate: a.rate_limit_rate,
+        capacity_rate: a.capacity_rate,
         retry_after_secs: a.retry_after_secs,
         hang_rate: a.hang_rate,
         hang_secs: a.hang_secs,
@@ -81,6 +105,11 @@ fn build_config(a: &Args) -> Result<SimConfig, String> {
         twilio_account_sid: a.twilio_account_sid.clone(),
         log_capacity: a.log_capacity,
         log_file: a.log.clone(),
+        spec_dir: a.spec_dir.clone(),
+        ultravox_webhook_url: a.ultravox_webhook_url.clone(),
+        ultravox_webhook_secret: a.ultravox_webhook_secret.clone(),
+        ultravox_webhook_stale_signature: a.ultravox_webhook_stale_signature,
+        webhook_timeout_ms: a.webhook_timeout_ms,
         ..SimConfig::default()
     };
     if let Some(r) = &a.call_duration_ms {
@@ -140,9 +169,9 @@ async fn summaries(sim: &Simulator) {
         }
         last = s.requests;
         eprintln!(
-            "provider-sim: requests={} 2xx={} 4xx={} 5xx={} unanswered={} in_flight={} calls={} active_calls={} max_active_calls={}",
+            "provider-sim: requests={} 2xx={} 4xx={} 5xx={} unanswered={} in_flight={} calls={} active_calls={} max_active_calls={} webhooks={} webhooks_failed={}",
             s.requests, s.status_2xx, s.status_4xx, s.status_5xx, s.unanswered, s.in_flight, s.calls_created,
-            s.active_calls, s.max_active_calls
+            s.active_calls, s.max_active_calls, s.webhooks_sent, s.webhooks_failed
         );
     }
 }
@@ -158,6 +187,10 @@ fn main() -> ExitCode {
     };
     let sim = match Simulator::start(config, args.port) {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            eprintln!("provider-sim: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!(
                 "provider-sim: cannot listen on 127.0.0.1:{}: {e}",
@@ -169,6 +202,15 @@ fn main() -> ExitCode {
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "provider-sim listening on {}", sim.base_url());
+        if !args.quiet {
+            match sim.spec_dir() {
+                Some(d) => eprintln!(
+                    "provider-sim: checking requests against the specs in {}",
+                    d.display()
+                ),
+                None => eprintln!("provider-sim: built-in request checks only (no --spec-dir)"),
+            }
+        }
         let _ = out.flush();
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -5,7 +5,8 @@ use crate::common::{json, ConnKill};
 use crate::config::{Rule, SimConfig};
 use crate::log::RequestRecord;
 use crate::state::{lock, AppState, SimCall, SimStats};
-use crate::{control, generic, twilio, ultravox};
+use crate::webhooks::WebhookRecord;
+use crate::{bland, control, generic, retell, twilio, ultravox, vapi};
 use axum::http::{Request, StatusCode, Uri};
 use axum::Router;
 use hyper::body::Incoming;
@@ -20,6 +21,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(ultravox::routes())
         .merge(twilio::routes())
+        .merge(vapi::routes())
+        .merge(retell::routes())
+        .merge(bland::routes())
         .merge(generic::routes())
         .merge(control::routes())
         .fallback(|uri: Uri| async move {
@@ -83,7 +87,8 @@ pub struct Simulator {
 
 impl Simulator {
     /// Binds 127.0.0.1:port (0 = ephemeral), serves on its own tokio runtime thread(s),
-    /// returns at once.
+    /// returns at once. Fails (`InvalidInput`) if `config.spec_dir` does not load or the
+    /// webhook URL is not a loopback one.
     pub fn start(config: SimConfig, port: u16) -> std::io::Result<Simulator> {
         let state = Arc::new(AppState::new(config)?);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -148,14 +153,39 @@ impl Simulator {
             rules.into_iter().filter(|r| r.validate().is_ok()).collect();
     }
 
-    /// Changes knobs at run time (invalid values are clamped; `log_file` cannot change).
+    /// Changes knobs at run time (invalid values are clamped, a non-loopback webhook URL is
+    /// dropped; `log_file` and `spec_dir` cannot change).
     pub fn update(&self, f: impl FnOnce(&mut SimConfig)) {
         let mut cfg = lock(&self.state.config);
-        let log_file = cfg.log_file.clone();
+        let (log_file, spec_dir) = (cfg.log_file.clone(), cfg.spec_dir.clone());
         f(&mut cfg);
         cfg.log_file = log_file;
+        cfg.spec_dir = spec_dir;
         cfg.sanitize();
         self.state.log.set_capacity(cfg.log_capacity);
+    }
+
+    /// Like [`Simulator::update`] but refuses an invalid result (nothing changes then).
+    pub fn try_update(&self, f: impl FnOnce(&mut SimConfig)) -> Result<(), String> {
+        let mut cfg = lock(&self.state.config);
+        let mut next = cfg.clone();
+        f(&mut next);
+        next.log_file = cfg.log_file.clone();
+        next.spec_dir = cfg.spec_dir.clone();
+        next.validate()?;
+        *cfg = next;
+        self.state.log.set_capacity(cfg.log_capacity);
+        Ok(())
+    }
+
+    /// Webhooks sent so far (Ultravox events, Twilio status callbacks), oldest first.
+    pub fn webhooks(&self) -> Vec<WebhookRecord> {
+        self.state.webhooks.snapshot()
+    }
+
+    /// The spec directory requests are checked against (`None` = built-in checks only).
+    pub fn spec_dir(&self) -> Option<std::path::PathBuf> {
+        self.state.contract.spec_dir().map(|d| d.to_path_buf())
     }
 
     /// The current config (including the API key: this is in-process).
@@ -163,7 +193,7 @@ impl Simulator {
         self.state.config()
     }
 
-    /// Clears the request log, calls and rules (knobs stay).
+    /// Clears the request log, calls, webhooks and rules (knobs stay).
     pub fn reset(&self) {
         self.state.reset();
     }

@@ -2,6 +2,8 @@
 
 use crate::config::{Provider, SimConfig};
 use crate::log::{Clock, RequestLog};
+use crate::webhooks::WebhookLog;
+use provider_contract::Contract;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -29,6 +31,10 @@ pub struct SimCall {
     pub ended_at_us: i64,
     /// "hangup" by default; a rule can choose another ("voicemail", "unjoined", "busy", ...).
     pub end_reason: String,
+    /// The agent/assistant the request named (Ultravox agent id from the path, Vapi
+    /// `assistantId`, Retell `override_agent_id`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 impl SimCall {
@@ -43,6 +49,10 @@ impl SimCall {
     /// True while `created_at_us <= t < ended_at_us`.
     pub fn active_at(&self, t_us: i64) -> bool {
         self.created_at_us <= t_us && t_us < self.ended_at_us
+    }
+    /// When the callee's phone starts ringing (5% into the call): before it the call is queued.
+    pub fn ringing_at_us(&self) -> i64 {
+        self.created_at_us + (self.ended_at_us - self.created_at_us) / 20
     }
 }
 
@@ -96,6 +106,15 @@ pub struct SimStats {
     pub max_active_calls: u64,
     /// Greatest number of simultaneous calls per `metadata.batch_id`.
     pub max_active_calls_by_batch: BTreeMap<String, u64>,
+    /// Webhook requests made (Ultravox events, Twilio status callbacks).
+    #[serde(default)]
+    pub webhooks_sent: u64,
+    /// Of those, the ones not answered with a 2xx (error status, timeout, refused connection).
+    #[serde(default)]
+    pub webhooks_failed: u64,
+    /// Webhooks not sent because the target was not a loopback URL.
+    #[serde(default)]
+    pub webhooks_skipped: u64,
 }
 
 pub(crate) struct CallState {
@@ -103,7 +122,22 @@ pub(crate) struct CallState {
     /// Request body (Ultravox echoes it back in the call object).
     pub body: Value,
     pub account_sid: Option<String>,
-    pub machine_detection: bool,
+    /// Twilio `MachineDetection` (`Enable` / `DetectMessageEnd`); Bland `answered_by_enabled`
+    /// is stored as `Enable`.
+    pub machine_detection: Option<String>,
+}
+
+/// What a provider handler knows about a call it is about to create.
+pub(crate) struct NewCall {
+    pub provider: Provider,
+    pub call_id: String,
+    pub to: String,
+    pub from: Option<String>,
+    pub metadata: Value,
+    pub body: Value,
+    pub account_sid: Option<String>,
+    pub machine_detection: Option<String>,
+    pub agent_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -147,6 +181,11 @@ pub(crate) enum Outcome {
     RateLimited {
         retry_after_secs: u64,
     },
+    /// 503 with `Retry-After`: the provider is out of capacity.
+    Capacity {
+        retry_after_secs: u64,
+        message: Option<String>,
+    },
     Error {
         status: u16,
         message: Option<String>,
@@ -162,6 +201,9 @@ pub(crate) struct AppState {
     pub config: Mutex<SimConfig>,
     pub log: Arc<RequestLog>,
     pub calls: Mutex<CallStore>,
+    /// Request checks: the providers' OpenAPI files (`spec_dir`) or the built-in ones.
+    pub contract: Contract,
+    pub webhooks: WebhookLog,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -169,7 +211,18 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AppState {
+    /// Fails (`InvalidInput`) on a spec directory that does not load or a non-loopback
+    /// webhook URL; other out-of-range knobs are clamped.
     pub fn new(mut config: SimConfig) -> std::io::Result<AppState> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        if let Some(u) = &config.ultravox_webhook_url {
+            crate::config::check_loopback_url(u)
+                .map_err(|e| invalid(format!("ultravox_webhook_url: {e}")))?;
+        }
+        let contract = match &config.spec_dir {
+            Some(dir) => Contract::load(dir).map_err(|e| invalid(format!("spec_dir: {e}")))?,
+            None => Contract::builtin(),
+        };
         config.sanitize();
         let clock = Clock::new();
         let log = RequestLog::new(clock, config.log_capacity, config.log_file.as_deref())?;
@@ -178,6 +231,8 @@ impl AppState {
             config: Mutex::new(config),
             log: Arc::new(log),
             calls: Mutex::new(CallStore::default()),
+            contract,
+            webhooks: WebhookLog::new(clock),
         })
     }
 
@@ -234,6 +289,10 @@ impl AppState {
                         Some(429) => Outcome::RateLimited {
                             retry_after_secs: r.retry_after_secs.unwrap_or(cfg.retry_after_secs),
                         },
+                        Some(503) => Outcome::Capacity {
+                            retry_after_secs: r.retry_after_secs.unwrap_or(cfg.retry_after_secs),
+                            message: r.message.clone(),
+                        },
                         Some(s) if s >= 400 => Outcome::Error {
                             status: s,
                             message: r.message.clone(),
@@ -250,7 +309,8 @@ impl AppState {
                 let t_drop = cfg.drop_rate;
                 let t_hang = t_drop + cfg.hang_rate;
                 let t_429 = t_hang + cfg.rate_limit_rate;
-                let t_500 = t_429 + cfg.error_rate;
+                let t_503 = t_429 + cfg.capacity_rate;
+                let t_500 = t_503 + cfg.error_rate;
                 if x < t_drop {
                     Outcome::Drop
                 } else if x < t_hang {
@@ -260,6 +320,11 @@ impl AppState {
                 } else if x < t_429 {
                     Outcome::RateLimited {
                         retry_after_secs: cfg.retry_after_secs,
+                    }
+                } else if x < t_503 {
+                    Outcome::Capacity {
+                        retry_after_secs: cfg.retry_after_secs,
+                        message: None,
                     }
                 } else if x < t_500 {
                     Outcome::Error {
@@ -278,20 +343,7 @@ impl AppState {
     }
 
     /// Stores a new call and returns a copy of its public record.
-    #[allow(clippy::too_many_arguments)]
-    pub fn create_call(
-        &self,
-        provider: Provider,
-        call_id: String,
-        to: String,
-        from: Option<String>,
-        metadata: Value,
-        body: Value,
-        duration_ms: u64,
-        end_reason: Option<String>,
-        account_sid: Option<String>,
-        machine_detection: bool,
-    ) -> SimCall {
+    pub fn create_call(&self, n: NewCall, duration_ms: u64, end_reason: Option<String>) -> SimCall {
         let now = self.clock.now_us();
         let dur_us = (duration_ms as i64).saturating_mul(1000);
         let end_reason = end_reason.unwrap_or_else(|| "hangup".to_string());
@@ -301,23 +353,24 @@ impl AppState {
             Some(now + dur_us / 5)
         };
         let call = SimCall {
-            call_id,
-            provider,
-            to: Some(to),
-            from,
-            metadata,
+            call_id: n.call_id,
+            provider: n.provider,
+            to: Some(n.to),
+            from: n.from,
+            metadata: n.metadata,
             created_at_us: now,
             joined_at_us,
             ended_at_us: now + dur_us,
             end_reason,
+            agent_id: n.agent_id,
         };
         let out = call.clone();
         lock(&self.calls).insert(
             CallState {
                 call,
-                body,
-                account_sid,
-                machine_detection,
+                body: n.body,
+                account_sid: n.account_sid,
+                machine_detection: n.machine_detection,
             },
             now,
         );
@@ -336,6 +389,7 @@ impl AppState {
         lock(&self.config).rules.clear();
         *lock(&self.calls) = CallStore::default();
         self.log.clear();
+        self.webhooks.clear();
     }
 
     pub fn stats(&self) -> SimStats {
@@ -360,7 +414,11 @@ impl AppState {
                 .map(|(_, n)| n)
                 .sum()
         };
+        let wh = self.webhooks.counters();
         SimStats {
+            webhooks_sent: wh.sent,
+            webhooks_failed: wh.failed,
+            webhooks_skipped: wh.skipped,
             requests: c.total,
             by_status: c
                 .by_status
@@ -416,6 +474,7 @@ mod tests {
             joined_at_us: None,
             ended_at_us: b,
             end_reason: "hangup".into(),
+            agent_id: None,
         }
     }
 
@@ -462,5 +521,31 @@ mod tests {
             st.decide(Provider::Ultravox, "+2").1,
             Outcome::Create { .. }
         ));
+    }
+
+    #[test]
+    fn capacity_from_rules_and_rate() {
+        use crate::config::Rule;
+        let st = AppState::new(SimConfig {
+            rules: vec![Rule::new("+1").status(503).retry_after_secs(9).times(1)],
+            retry_after_secs: 2,
+            ..SimConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            st.decide(Provider::Bland, "+1").1,
+            Outcome::Capacity {
+                retry_after_secs: 9,
+                message: None
+            }
+        );
+        lock(&st.config).capacity_rate = 1.0;
+        assert_eq!(
+            st.decide(Provider::Vapi, "+2").1,
+            Outcome::Capacity {
+                retry_after_secs: 2,
+                message: None
+            }
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Twilio: `POST /2010-04-01/Accounts/{sid}/Calls.json` (form body, basic auth),
-//! `GET .../Calls/{CallSid}.json`, `GET .../Calls.json?To=..&StartTime>=..`.
+//! `GET .../Calls/{CallSid}.json`, `GET .../Calls.json?To=..&StartTime>=..`; status
+//! callbacks to the request's own `StatusCallback`, signed with `X-Twilio-Signature`.
 //!
 //! Twilio has no metadata field: a call's metadata is taken from the query strings of
 //! its `Url` and `StatusCallback` (e.g. `...?batch_id=7&contact_id=9`), `null` if none.
@@ -7,7 +8,8 @@
 use crate::common::*;
 use crate::config::Provider;
 use crate::log::RecordGuard;
-use crate::state::{lock, never_connects, CallState};
+use crate::state::{lock, CallState, NewCall};
+use crate::webhooks::{deliver, sleep_until_us, twilio_signature, Outgoing};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -16,7 +18,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine;
+use provider_contract::{Contract, Operation};
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 pub(crate) fn routes() -> Router<St> {
     Router::new()
@@ -114,11 +118,31 @@ fn final_status(end_reason: &str) -> &'static str {
     }
 }
 
+/// The answering-machine verdict once the call is answered, if `MachineDetection` was asked.
+fn answered_by(c: &CallState, now_us: i64) -> Option<&'static str> {
+    let mode = c.machine_detection.as_deref()?;
+    c.call.joined_at_us.filter(|j| *j <= now_us)?;
+    Some(match (c.call.end_reason.as_str(), mode) {
+        ("voicemail", "DetectMessageEnd") => "machine_end_beep",
+        ("voicemail", _) => "machine_start",
+        _ => "human",
+    })
+}
+
+/// Seconds from answer to end (0 if never answered).
+fn duration_secs(c: &CallState) -> i64 {
+    match c.call.joined_at_us {
+        Some(j) if final_status(&c.call.end_reason) == "completed" => {
+            ((c.call.ended_at_us - j) as f64 / 1e6).round() as i64
+        }
+        _ => 0,
+    }
+}
+
 /// The Twilio call resource as of `now_us`.
 pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let call = &c.call;
-    let d = call.ended_at_us - call.created_at_us;
-    let ringing_at = call.created_at_us + d / 20;
+    let ringing_at = call.ringing_at_us();
     let ended = now_us >= call.ended_at_us;
     let answered = call.joined_at_us.filter(|j| *j <= now_us);
     let status = if ended {
@@ -131,19 +155,15 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
         "ringing"
     };
     let duration = if ended {
-        let secs = match (status, call.joined_at_us) {
-            ("completed", Some(j)) => ((call.ended_at_us - j) as f64 / 1e6).round() as i64,
-            _ => 0,
-        };
-        Value::String(secs.to_string())
+        Value::String(duration_secs(c).to_string())
     } else {
         Value::Null
     };
-    let answered_by = match (c.machine_detection, answered) {
-        (true, Some(_)) if call.end_reason == "voicemail" => json!("machine_end_beep"),
-        (true, Some(_)) => json!("human"),
-        (true, None) if ended && !never_connects(&call.end_reason) => json!("unknown"),
-        _ => Value::Null,
+    // Dialing starts when the call leaves the queue; until then start_time is empty.
+    let start_time = if now_us >= ringing_at {
+        rfc2822(ringing_at)
+    } else {
+        Value::Null
     };
     let sid = c.account_sid.clone().unwrap_or_default();
     json!({
@@ -157,10 +177,10 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
         "direction": "outbound-api",
         "date_created": rfc2822(call.created_at_us),
         "date_updated": rfc2822(now_us.min(call.ended_at_us)),
-        "start_time": answered.map(rfc2822).unwrap_or(Value::Null),
+        "start_time": start_time,
         "end_time": if ended { rfc2822(call.ended_at_us) } else { Value::Null },
         "duration": duration,
-        "answered_by": answered_by,
+        "answered_by": answered_by(c, now_us),
         "price": null,
         "price_unit": "USD",
         "api_version": "2010-04-01",
@@ -180,7 +200,7 @@ async fn create(
     let rec = st
         .log
         .begin(Provider::Twilio, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &sid, &headers, body).await;
+    let resp = create_inner(&st, &rec, &kill, &uri, &sid, &headers, body).await;
     rec.finish(resp.status().as_u16());
     resp
 }
@@ -189,6 +209,7 @@ async fn create_inner(
     st: &St,
     rec: &RecordGuard,
     kill: &ConnKill,
+    uri: &Uri,
     sid: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -200,41 +221,64 @@ async fn create_inner(
     let ok = auth_ok(st, headers, sid);
     let to = field(&pairs, "To").map(str::to_string);
     let metadata = metadata_from_urls(&pairs);
+    let form = form_to_json(&pairs);
     rec.update(|r| {
         r.auth_ok = ok;
-        r.body = form_to_json(&pairs);
+        r.body = form.clone();
         r.to = to.clone();
         r.metadata = metadata.clone();
     });
     if !ok {
         return unauthorized();
     }
+    if let Err(errs) = Contract::check_path("POST", uri.path()) {
+        refuse(rec, &errs);
+        return twilio_error(
+            404,
+            20404,
+            &format!(
+                "The requested resource {} was not found: {}",
+                uri.path(),
+                errs.join("; ")
+            ),
+        );
+    }
     if let Err(e) = &body {
-        return twilio_error(
-            400,
-            21201,
-            &format!("Unreadable request body: {}", e.body_text()),
-        );
+        let msg = format!("Unreadable request body: {}", e.body_text());
+        refuse(rec, std::slice::from_ref(&msg));
+        return twilio_error(400, 21201, &msg);
     }
-    let Some(to) = to else {
-        return twilio_error(400, 21201, "No 'To' number is specified");
-    };
-    let Some(from) = field(&pairs, "From").map(str::to_string) else {
-        return twilio_error(400, 21201, "No 'From' number is specified");
-    };
-    if field(&pairs, "Url").is_none()
-        && field(&pairs, "Twiml").is_none()
-        && field(&pairs, "ApplicationSid").is_none()
-    {
-        return twilio_error(
-            400,
-            21201,
-            "Either 'Url', 'Twiml' or 'ApplicationSid' is required",
-        );
+    if let Err(errs) = st.contract.check(Operation::TwilioCreateCall, &form) {
+        refuse(rec, &errs);
+        // Twilio's own codes for the two commonest mistakes.
+        let code = if errs.iter().all(|e| e.starts_with("From:")) {
+            21213
+        } else {
+            21201
+        };
+        return twilio_error(400, code, &errs.join("; "));
     }
+    let (Some(to), Some(from)) = (to, field(&pairs, "From").map(str::to_string)) else {
+        let msg = "To and From are required".to_string();
+        refuse(rec, std::slice::from_ref(&msg));
+        return twilio_error(400, 21201, &msg);
+    };
     match gate(st, rec, kill, Provider::Twilio, &to).await {
         Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
             twilio_error(429, 20429, "Too Many Requests"),
+            retry_after_secs,
+        ),
+        Err(Fault::Capacity {
+            retry_after_secs,
+            message,
+        }) => with_retry_after(
+            twilio_error(
+                503,
+                20503,
+                message
+                    .as_deref()
+                    .unwrap_or("Service Unavailable (simulated)"),
+            ),
             retry_after_secs,
         ),
         Err(Fault::Error { status, message }) => {
@@ -254,20 +298,36 @@ async fn create_inner(
         Err(Fault::HangExpired) => twilio_error(504, 20504, "Gateway timeout (simulated hang)"),
         Ok((duration_ms, end_reason)) => {
             let call_sid = format!("CA{}", uuid::Uuid::new_v4().simple());
-            let machine_detection = field(&pairs, "MachineDetection").is_some();
+            let machine_detection = field(&pairs, "MachineDetection").map(str::to_string);
             st.create_call(
-                Provider::Twilio,
-                call_sid.clone(),
-                to,
-                Some(from),
-                metadata,
-                form_to_json(&pairs),
+                NewCall {
+                    provider: Provider::Twilio,
+                    call_id: call_sid.clone(),
+                    to,
+                    from: Some(from),
+                    metadata,
+                    body: form,
+                    account_sid: Some(sid.to_string()),
+                    machine_detection,
+                    agent_id: None,
+                },
                 duration_ms,
                 end_reason,
-                Some(sid.to_string()),
-                machine_detection,
             );
             rec.update(|r| r.call_id = Some(call_sid.clone()));
+            if let Some(url) = field(&pairs, "StatusCallback") {
+                let method = match field(&pairs, "StatusCallbackMethod") {
+                    Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
+                    _ => "POST",
+                };
+                schedule_callbacks(
+                    st,
+                    call_sid.clone(),
+                    url.to_string(),
+                    method,
+                    callback_events(&pairs),
+                );
+            }
             // The create answer always shows the call as just created ("queued").
             let store = lock(&st.calls);
             match store.get(&call_sid) {
@@ -276,6 +336,131 @@ async fn create_inner(
             }
         }
     }
+}
+
+/// The `StatusCallbackEvent`s asked for, in the order they happen (Twilio's default is
+/// `completed` alone). Values may be repeated parameters or space-separated.
+fn callback_events(pairs: &[(String, String)]) -> Vec<&'static str> {
+    let asked: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "StatusCallbackEvent")
+        .flat_map(|(_, v)| v.split_whitespace())
+        .collect();
+    if asked.is_empty() {
+        return vec!["completed"];
+    }
+    ["initiated", "ringing", "answered", "completed"]
+        .into_iter()
+        .filter(|e| asked.contains(e))
+        .collect()
+}
+
+/// The form parameters of one status callback.
+fn callback_params(c: &CallState, event: &str, seq: u32, now_us: i64) -> Vec<(String, String)> {
+    let call = &c.call;
+    let status = match event {
+        "initiated" => "initiated",
+        "ringing" => "ringing",
+        "answered" => "in-progress",
+        _ => final_status(&call.end_reason),
+    };
+    let ts = rfc2822(now_us).as_str().unwrap_or_default().to_string();
+    let mut p: Vec<(String, String)> = [
+        ("CallSid", call.call_id.clone()),
+        ("AccountSid", c.account_sid.clone().unwrap_or_default()),
+        ("From", call.from.clone().unwrap_or_default()),
+        ("To", call.to.clone().unwrap_or_default()),
+        ("CallStatus", status.to_string()),
+        ("ApiVersion", "2010-04-01".to_string()),
+        ("Direction", "outbound-api".to_string()),
+        ("Timestamp", ts),
+        ("CallbackSource", "call-progress-events".to_string()),
+        ("SequenceNumber", seq.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if event == "completed" {
+        p.push(("CallDuration".into(), duration_secs(c).to_string()));
+    }
+    if matches!(event, "answered" | "completed") {
+        if let Some(ab) = answered_by(c, now_us) {
+            p.push(("AnsweredBy".into(), ab.to_string()));
+        }
+    }
+    p
+}
+
+/// Sends the asked-for status callbacks as the call moves on, signed with the auth token
+/// (the configured API key; empty if none).
+fn schedule_callbacks(
+    st: &St,
+    call_sid: String,
+    url: String,
+    method: &'static str,
+    events: Vec<&'static str>,
+) {
+    let st = Arc::clone(st);
+    tokio::spawn(async move {
+        let plan: Vec<(&str, i64)> = {
+            let store = lock(&st.calls);
+            let Some(c) = store.get(&call_sid) else {
+                return;
+            };
+            let fin = final_status(&c.call.end_reason);
+            events
+                .iter()
+                .filter_map(|e| match *e {
+                    "initiated" if fin != "canceled" => Some((*e, c.call.ringing_at_us())),
+                    "ringing" if !matches!(fin, "failed" | "canceled" | "busy") => {
+                        Some((*e, c.call.ringing_at_us()))
+                    }
+                    "answered" => c.call.joined_at_us.map(|j| (*e, j)),
+                    "completed" => Some((*e, c.call.ended_at_us)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (seq, (event, at)) in plan.into_iter().enumerate() {
+            sleep_until_us(&st, at).await;
+            let now = st.clock.now_us().max(at);
+            let params = {
+                let store = lock(&st.calls);
+                match store.get(&call_sid) {
+                    Some(c) => callback_params(c, event, seq as u32, now),
+                    None => return, // reset
+                }
+            };
+            let token = st.api_key().unwrap_or_default();
+            let form: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params.iter())
+                .finish();
+            // Twilio signs the URL plus the POST parameters; a GET carries them in the URL.
+            let (target, body, signature) = if method == "GET" {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let full = format!("{url}{sep}{form}");
+                let sig = twilio_signature(&token, &full, &[]);
+                (full, Vec::new(), sig)
+            } else {
+                let sig = twilio_signature(&token, &url, &params);
+                (url.clone(), form.into_bytes(), sig)
+            };
+            deliver(
+                &st,
+                Outgoing {
+                    provider: Provider::Twilio,
+                    event: event.to_string(),
+                    call_id: call_sid.clone(),
+                    url: target,
+                    method,
+                    content_type: "application/x-www-form-urlencoded",
+                    body,
+                    headers: vec![("X-Twilio-Signature", signature)],
+                },
+            )
+            .await;
+        }
+    });
 }
 
 async fn get_call(
@@ -308,21 +493,6 @@ async fn get_call(
     };
     rec.finish(resp.status().as_u16());
     resp
-}
-
-/// Parses Twilio date filters: `YYYY-MM-DD`, RFC 3339 or RFC 2822; unix µs.
-fn parse_date_us(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(d.timestamp_micros());
-    }
-    if let Ok(d) = chrono::DateTime::parse_from_rfc2822(s) {
-        return Some(d.timestamp_micros());
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|dt| dt.and_utc().timestamp_micros())
 }
 
 async fn list(

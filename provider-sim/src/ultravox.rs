@@ -1,10 +1,15 @@
-//! Ultravox: `POST /api/calls`, `POST /api/agents/{agentId}/calls`, `GET /api/calls/{id}`,
-//! `GET /api/calls?metadata.<field>=<value>`; `X-API-Key` auth; errors as `{"detail": ..}`.
+//! Ultravox: `POST /api/agents/{agent_id}/calls` (`StartAgentCallRequest`), `POST /api/calls`
+//! (`StartCallRequest`), `GET /api/calls/{id}`, `GET /api/calls?metadata.<field>=<value>`;
+//! `X-API-Key` auth; errors as `{"detail": ..}`; signed webhooks to `ultravox_webhook_url`.
+//!
+//! A call is only placed when the medium says whom to dial (`medium.<carrier>.outgoing.to`):
+//! that is the destination, nothing else is read.
 
 use crate::common::*;
 use crate::config::Provider;
 use crate::log::RecordGuard;
-use crate::state::{lock, metadata_field_matches, CallState};
+use crate::state::{lock, metadata_field_matches, CallState, NewCall};
+use crate::webhooks::{deliver, naive_timestamp, sleep_until_us, ultravox_signature, Outgoing};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -12,7 +17,9 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use provider_contract::{Contract, Operation};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 pub(crate) fn routes() -> Router<St> {
     Router::new()
@@ -35,43 +42,45 @@ fn auth_ok(st: &St, headers: &HeaderMap) -> bool {
     }
 }
 
-/// Destination number: `medium.<any>.destinationPhoneNumber`, `medium.outgoing.to`,
-/// `medium.<any>.outgoing.to` or `medium.<any>.to`.
-pub(crate) fn destination(body: &Value) -> Option<String> {
-    let medium = body.get("medium")?.as_object()?;
-    let s = |v: Option<&Value>| {
-        v.and_then(Value::as_str)
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_string)
-    };
-    if let Some(to) = s(medium.get("outgoing").and_then(|o| o.get("to"))) {
-        return Some(to);
-    }
-    medium.values().find_map(|m| {
-        s(m.get("destinationPhoneNumber"))
-            .or_else(|| s(m.get("outgoing").and_then(|o| o.get("to"))))
-            .or_else(|| s(m.get("to")))
+/// `medium.<carrier>.outgoing`: (to, from).
+pub(crate) fn outgoing(body: &Value) -> Option<(String, Option<String>)> {
+    body.get("medium")?.as_object()?.values().find_map(|m| {
+        let o = m.get("outgoing")?;
+        let to = o.get("to")?.as_str()?.trim();
+        (!to.is_empty()).then(|| {
+            let from = o.get("from").and_then(Value::as_str).map(str::to_string);
+            (to.to_string(), from)
+        })
     })
 }
 
-fn source(body: &Value) -> Option<String> {
-    let medium = body.get("medium")?.as_object()?;
-    let from = |m: &Value| {
-        m.get("outgoing")
-            .and_then(|o| o.get("from"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    from(&Value::Object(medium.clone())).or_else(|| medium.values().find_map(from))
-}
+/// Request fields that are not part of the `Call` object.
+const REQUEST_ONLY: &[&str] = &[
+    "templateContext",
+    "initialMessages",
+    "selectedTools",
+    "toolOverrides",
+    "sharedSecrets",
+    "dataConnection",
+];
 
 /// The Ultravox call object as of `now_us`.
 pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let call = &c.call;
     let mut obj = c.body.as_object().cloned().unwrap_or_default();
+    for k in REQUEST_ONLY {
+        obj.remove(*k);
+    }
     let joined = call.joined_at_us.filter(|j| *j <= now_us);
     let ended = call.ended_at_us <= now_us;
     obj.insert("callId".into(), Value::String(call.call_id.clone()));
+    obj.insert(
+        "agentId".into(),
+        call.agent_id
+            .clone()
+            .map(Value::String)
+            .unwrap_or(Value::Null),
+    );
     obj.insert("created".into(), rfc3339(call.created_at_us));
     obj.insert("joined".into(), joined.map(rfc3339).unwrap_or(Value::Null));
     obj.insert(
@@ -102,13 +111,23 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
             call.metadata.clone()
         },
     );
-    obj.insert(
-        "firstSpeaker".into(),
-        c.body
-            .get("firstSpeaker")
-            .cloned()
-            .unwrap_or_else(|| json!("FIRST_SPEAKER_AGENT")),
-    );
+    let settings = c
+        .body
+        .get("firstSpeakerSettings")
+        .cloned()
+        .unwrap_or_else(
+            || match c.body.get("firstSpeaker").and_then(Value::as_str) {
+                Some("FIRST_SPEAKER_USER") => json!({"user": {}}),
+                _ => json!({"agent": {}}),
+            },
+        );
+    let first = if settings.get("user").is_some() {
+        "FIRST_SPEAKER_USER"
+    } else {
+        "FIRST_SPEAKER_AGENT"
+    };
+    obj.insert("firstSpeaker".into(), json!(first));
+    obj.insert("firstSpeakerSettings".into(), settings);
     obj.insert(
         "joinUrl".into(),
         Value::String(format!("wss://sim.invalid/calls/{}", call.call_id)),
@@ -127,7 +146,7 @@ async fn create(
     let rec = st
         .log
         .begin(Provider::Ultravox, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &headers, body, None).await;
+    let resp = create_inner(&st, &rec, &kill, &uri, &headers, body, None).await;
     rec.finish(resp.status().as_u16());
     resp
 }
@@ -143,7 +162,7 @@ async fn create_agent_call(
     let rec = st
         .log
         .begin(Provider::Ultravox, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &headers, body, Some(agent_id)).await;
+    let resp = create_inner(&st, &rec, &kill, &uri, &headers, body, Some(agent_id)).await;
     rec.finish(resp.status().as_u16());
     resp
 }
@@ -152,41 +171,51 @@ async fn create_inner(
     st: &St,
     rec: &RecordGuard,
     kill: &ConnKill,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     agent_id: Option<String>,
 ) -> Response {
-    let parsed = match &body {
-        Ok(b) => serde_json::from_slice::<Value>(b).map_err(|e| (raw_body(b), e.to_string())),
-        Err(e) => Err((Value::Null, e.body_text())),
-    };
+    let (logged, parsed) = parse_json_body(&body);
     let ok = auth_ok(st, headers);
     rec.update(|r| {
         r.auth_ok = ok;
-        r.body = match &parsed {
-            Ok(v) => v.clone(),
-            Err((raw, _)) => raw.clone(),
-        };
+        r.body = logged;
     });
     if !ok {
         return detail(StatusCode::UNAUTHORIZED, "Invalid API key");
     }
-    let mut body = match parsed {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return detail(
-                StatusCode::BAD_REQUEST,
-                "JSON parse error - expected an object",
-            )
-        }
-        Err((_, e)) => return detail(StatusCode::BAD_REQUEST, &format!("JSON parse error - {e}")),
-    };
-    let Some(to) = destination(&body) else {
+    // The real service only routes UUIDs; anything else is not found.
+    if let Err(errs) = Contract::check_path("POST", uri.path()) {
+        refuse(rec, &errs);
         return detail(
-            StatusCode::BAD_REQUEST,
-            "medium: a destination phone number is required \
-             (medium.<provider>.destinationPhoneNumber or medium[.<provider>].outgoing.to)",
+            StatusCode::NOT_FOUND,
+            &format!("Not found. {}", errs.join("; ")),
         );
+    }
+    let op = if agent_id.is_some() {
+        Operation::UltravoxStartAgentCall
+    } else {
+        Operation::UltravoxStartCall
+    };
+    let body = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!("JSON parse error - {e}");
+            refuse(rec, std::slice::from_ref(&msg));
+            return detail(StatusCode::BAD_REQUEST, &msg);
+        }
+    };
+    if let Err(errs) = st.contract.check(op, &body) {
+        refuse(rec, &errs);
+        return detail(StatusCode::BAD_REQUEST, &errs.join("; "));
+    }
+    let Some((to, from)) = outgoing(&body) else {
+        // The contract refuses such bodies; this only guards against a gap in it.
+        let msg =
+            "no phone call would be placed: medium.<carrier>.outgoing.to is required".to_string();
+        refuse(rec, std::slice::from_ref(&msg));
+        return detail(StatusCode::BAD_REQUEST, &msg);
     };
     let metadata = body.get("metadata").cloned().unwrap_or(Value::Null);
     rec.update(|r| {
@@ -203,6 +232,18 @@ async fn create_inner(
             ),
             retry_after_secs,
         ),
+        Err(Fault::Capacity {
+            retry_after_secs,
+            message,
+        }) => with_retry_after(
+            detail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                message.as_deref().unwrap_or(
+                    "No capacity available for new calls right now (simulated). Retry later.",
+                ),
+            ),
+            retry_after_secs,
+        ),
         Err(Fault::Error { status, message }) => detail(
             status_code(status),
             message
@@ -214,27 +255,27 @@ async fn create_inner(
             "Gateway timeout (simulated hang)",
         ),
         Ok((duration_ms, end_reason)) => {
-            if let (Some(a), Some(o)) = (agent_id, body.as_object_mut()) {
-                o.insert("agentId".into(), Value::String(a));
-            }
             let id = uuid::Uuid::new_v4().to_string();
-            let from = source(&body);
-            let call = st.create_call(
-                Provider::Ultravox,
-                id.clone(),
-                to,
-                from,
-                metadata,
-                body,
+            st.create_call(
+                NewCall {
+                    provider: Provider::Ultravox,
+                    call_id: id.clone(),
+                    to,
+                    from,
+                    metadata,
+                    body,
+                    account_sid: None,
+                    machine_detection: None,
+                    agent_id,
+                },
                 duration_ms,
                 end_reason,
-                None,
-                false,
             );
             rec.update(|r| r.call_id = Some(id.clone()));
+            schedule_webhooks(st, id.clone());
             // The create answer shows the call as just created (never already joined).
             let store = lock(&st.calls);
-            match store.get(&call.call_id) {
+            match store.get(&id) {
                 Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
                 None => detail(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -243,6 +284,81 @@ async fn create_inner(
             }
         }
     }
+}
+
+/// `call.started` now, `call.joined` when the callee answers (if ever), `call.ended` at the
+/// end; each carries the call object as `GET` shows it at that moment.
+fn schedule_webhooks(st: &St, call_id: String) {
+    if lock(&st.config).ultravox_webhook_url.is_none() {
+        return;
+    }
+    let st = Arc::clone(st);
+    tokio::spawn(async move {
+        let times = {
+            let store = lock(&st.calls);
+            match store.get(&call_id) {
+                Some(c) => (
+                    c.call.created_at_us,
+                    c.call.joined_at_us,
+                    c.call.ended_at_us,
+                ),
+                None => return,
+            }
+        };
+        let mut events = vec![("call.started", times.0)];
+        if let Some(j) = times.1 {
+            events.push(("call.joined", j));
+        }
+        events.push(("call.ended", times.2));
+        for (event, at) in events {
+            sleep_until_us(&st, at).await;
+            let now = st.clock.now_us().max(at);
+            let call = {
+                let store = lock(&st.calls);
+                match store.get(&call_id) {
+                    Some(c) => call_json(c, now),
+                    None => return, // reset
+                }
+            };
+            let (url, secret, stale) = {
+                let c = lock(&st.config);
+                (
+                    c.ultravox_webhook_url.clone(),
+                    c.ultravox_webhook_secret.clone(),
+                    c.ultravox_webhook_stale_signature,
+                )
+            };
+            let Some(url) = url else { continue };
+            let body =
+                serde_json::to_vec(&json!({ "event": event, "call": call })).unwrap_or_default();
+            let ts = naive_timestamp(st.clock.now_us());
+            let mut headers = vec![("X-Ultravox-Webhook-Timestamp", ts.clone())];
+            if let Some(secret) = secret {
+                let good = ultravox_signature(&secret, &body, &ts);
+                let sig = if stale {
+                    let old = ultravox_signature(&format!("{secret}/rotated-out"), &body, &ts);
+                    format!("{old},{good}")
+                } else {
+                    good
+                };
+                headers.push(("X-Ultravox-Webhook-Signature", sig));
+            }
+            deliver(
+                &st,
+                Outgoing {
+                    provider: Provider::Ultravox,
+                    event: event.to_string(),
+                    call_id: call_id.clone(),
+                    url,
+                    method: "POST",
+                    content_type: "application/json",
+                    body,
+                    headers,
+                },
+            )
+            .await;
+        }
+    });
 }
 
 async fn get_call(
@@ -283,10 +399,22 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
         detail(StatusCode::UNAUTHORIZED, "Invalid API key")
     } else {
         let q = query_pairs(uri.query());
+        let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let filters: Vec<(&str, &str)> = q
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("metadata.").map(|f| (f, v.as_str())))
             .collect();
+        let from_date = get("fromDate").and_then(parse_date_us);
+        // A bare date as toDate includes that whole day.
+        let to_date = get("toDate").and_then(|s| {
+            parse_date_us(s).map(|t| {
+                if s.trim().len() == 10 {
+                    t + 86_400_000_000
+                } else {
+                    t
+                }
+            })
+        });
         let limit = page_size(&q, &["pageSize", "page_size"], 100);
         let now = st.clock.now_us();
         let store = lock(&st.calls);
@@ -295,6 +423,8 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
             .iter()
             .rev()
             .filter(|c| c.call.provider == Provider::Ultravox)
+            .filter(|c| from_date.is_none_or(|f| c.call.created_at_us >= f))
+            .filter(|c| to_date.is_none_or(|t| c.call.created_at_us < t))
             .filter(|c| {
                 filters
                     .iter()

@@ -47,7 +47,8 @@ fn binary_serves_logs_and_exits_on_sigterm() {
     let a = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
         .build();
-    let body = json!({"medium": {"telnyx": {"destinationPhoneNumber": "+15550000001"}}});
+    let body =
+        json!({"medium": {"telnyx": {"outgoing": {"to": "+15550000001", "from": "+15550000000"}}}});
     let post = || {
         a.post(&format!("{base}/api/calls"))
             .set("X-API-Key", "bin-key")

@@ -58,15 +58,17 @@ fn uv_get(a: &ureq::Agent, sim: &Simulator, path: &str) -> Resp {
     .expect("transport")
 }
 
+/// A `StartCallRequest` the real API accepts: the medium says whom to dial.
 fn uv_body(to: &str, idem: &str) -> Value {
     json!({
         "systemPrompt": "You are a test agent",
-        "medium": {"telnyx": {"destinationPhoneNumber": to}},
+        "medium": {"telnyx": {"outgoing": {"to": to, "from": "+15550000000"}}},
         "firstSpeaker": "FIRST_SPEAKER_AGENT",
-        "metadata": {"batch_id": "b1", "contact_id": "c1", "idempotency_key": idem},
-        "templateContext": {"name": "Ada"}
+        "metadata": {"batch_id": "b1", "contact_id": "c1", "idempotency_key": idem}
     })
 }
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
 
 fn keyed(config: SimConfig) -> Simulator {
     Simulator::start(
@@ -110,10 +112,8 @@ fn ultravox_create_get_and_end() {
     assert_eq!(r.body["ended"], Value::Null);
     assert_eq!(r.body["endReason"], Value::Null);
     assert_eq!(r.body["metadata"]["idempotency_key"], "k1");
-    assert_eq!(
-        r.body["medium"]["telnyx"]["destinationPhoneNumber"],
-        "+15551230001"
-    );
+    assert_eq!(r.body["medium"]["telnyx"]["outgoing"]["to"], "+15551230001");
+    assert_eq!(r.body["agentId"], Value::Null);
     assert_eq!(r.body["firstSpeaker"], "FIRST_SPEAKER_AGENT");
     assert_eq!(r.body["joinUrl"], format!("wss://sim.invalid/calls/{id}"));
 
@@ -150,7 +150,8 @@ fn ultravox_outgoing_medium_rule_end_reason() {
         .duration_ms(100)
         .end_reason("unjoined")]);
     let a = agent();
-    let body = json!({"medium": {"outgoing": {"to": "+15550000009", "from": "+15550000000"}}});
+    let body =
+        json!({"medium": {"plivo": {"outgoing": {"to": "+15550000009", "from": "+15550000000"}}}});
     let r = uv_post(&a, &sim, Some(KEY), &body).unwrap();
     assert_eq!(r.status, 201);
     let id = r.body["callId"].as_str().unwrap().to_string();
@@ -190,7 +191,7 @@ fn ultravox_auth_and_bad_requests() {
         "{not json",
         "[1,2]",
         "{\"medium\":{}}",
-        "{\"medium\":{\"telnyx\":{\"destinationPhoneNumber\":5}}}",
+        "{\"medium\":{\"telnyx\":{\"outgoing\":{\"to\":5}}}}",
         "",
     ] {
         let r = finish(
@@ -209,6 +210,10 @@ fn ultravox_auth_and_bad_requests() {
     assert!(!log[0].auth_ok && !log[1].auth_ok && !log[2].auth_ok && log[3].auth_ok);
     assert_eq!(log[0].status, Some(401));
     assert_eq!(log[3].body, Value::String("{not json".into()));
+    for r in &log[3..] {
+        assert_eq!(r.fault.as_deref(), Some("invalid_request"), "{r:?}");
+        assert!(r.error.as_deref().is_some_and(|e| !e.is_empty()), "{r:?}");
+    }
 }
 
 #[test]
@@ -383,7 +388,7 @@ fn twilio_form_post_and_status_progression() {
         ..SimConfig::default()
     });
     let a = agent();
-    let sid = "AC0123456789abcdef0123456789abcdef";
+    let sid = SID;
     let url = format!("{}/2010-04-01/Accounts/{sid}/Calls.json", sim.base_url());
     let form = [
         ("To", "+15551230010"),
@@ -411,7 +416,13 @@ fn twilio_form_post_and_status_progression() {
     assert_eq!(r.body["to"], "+15551230010");
     assert_eq!(r.body["from"], "+15550001111");
     assert_eq!(r.body["account_sid"], sid);
-    assert!(r.body["date_created"].is_string());
+    assert!(chrono::DateTime::parse_from_rfc2822(r.body["date_created"].as_str().unwrap()).is_ok());
+    assert_eq!(
+        r.body["start_time"],
+        Value::Null,
+        "no start_time while queued"
+    );
+    assert_eq!(r.body["answered_by"], Value::Null);
 
     let rec = &sim.requests()[0];
     assert_eq!(rec.provider, Provider::Twilio);
@@ -446,6 +457,7 @@ fn twilio_form_post_and_status_progression() {
     });
     assert!(done["duration"].is_string());
     assert_eq!(done["answered_by"], "human");
+    assert!(done["start_time"].is_string() && done["end_time"].is_string());
     for s in &seen {
         assert!(
             ["queued", "ringing", "in-progress", "completed"].contains(&s.as_str()),
@@ -464,6 +476,28 @@ fn twilio_form_post_and_status_progression() {
     )
     .unwrap();
     assert_eq!(l.body["calls"].as_array().unwrap().len(), 1);
+    // `To=` alone is enough; the client filters by date_created itself.
+    let l = finish(
+        a.get(&format!(
+            "{}/2010-04-01/Accounts/{sid}/Calls.json?To=%2B15551230010",
+            sim.base_url()
+        ))
+        .set("Authorization", &basic(sid, KEY))
+        .call(),
+    )
+    .unwrap();
+    assert_eq!(l.body["calls"][0]["sid"], call_sid.as_str());
+    assert!(l.body["calls"][0]["date_created"].is_string());
+    // The StatusCallback is not on this machine: nothing is sent, the attempt is recorded.
+    let hooks = poll_until(Duration::from_secs(5), || {
+        let h = sim.webhooks();
+        (h.len() == 2).then_some(h)
+    });
+    assert!(hooks
+        .iter()
+        .all(|h| h.status.is_none() && h.error.as_deref().is_some_and(|e| e.contains("loopback"))));
+    assert_eq!(sim.stats().webhooks_skipped, 2);
+    assert_eq!(sim.stats().webhooks_sent, 0);
     let l = finish(
         a.get(&format!(
             "{}&Bogus=1",
@@ -480,7 +514,7 @@ fn twilio_form_post_and_status_progression() {
 fn twilio_errors() {
     let sim = keyed(SimConfig::default());
     let a = agent();
-    let sid = "AC1";
+    let sid = SID;
     let url = format!("{}/2010-04-01/Accounts/{sid}/Calls.json", sim.base_url());
     let form = [
         ("To", "+15551230011"),
@@ -503,6 +537,23 @@ fn twilio_errors() {
     )
     .unwrap();
     assert_eq!(r.status, 401, "user must match the path AccountSid");
+    // An AccountSid that cannot exist is not found (and named).
+    let bad = "AC1";
+    let r = finish(
+        a.post(&format!(
+            "{}/2010-04-01/Accounts/{bad}/Calls.json",
+            sim.base_url()
+        ))
+        .set("Authorization", &basic(bad, KEY))
+        .send_form(&form),
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body["code"].as_i64()), (404, Some(20404)));
+    assert!(
+        r.body["message"].as_str().unwrap().contains("AccountSid"),
+        "{:?}",
+        r.body
+    );
     let r = finish(
         a.post(&url)
             .set("Authorization", &basic(sid, KEY))
@@ -572,7 +623,7 @@ fn generic_create_get_list() {
         ..SimConfig::default()
     });
     let a = agent();
-    let url = format!("{}/v1/calls", sim.base_url());
+    let url = format!("{}/voiceapi/v1/calls", sim.base_url());
     let bearer = format!("Bearer {KEY}");
     let body = json!({"phone_number": "+15551230020", "lead_ref": "L1", "variables": {"x": 1},
                       "metadata": {"idempotency_key": "g-1", "batch_id": "b9"}});
@@ -665,8 +716,8 @@ fn log_never_contains_the_key_and_is_monotonic() {
                         }
                         1 => {
                             let _ = a
-                                .post(&format!("{base}/2010-04-01/Accounts/AC9/Calls.json"))
-                                .set("Authorization", &basic("AC9", KEY))
+                                .post(&format!("{base}/2010-04-01/Accounts/{SID}/Calls.json"))
+                                .set("Authorization", &basic(SID, KEY))
                                 .send_form(&[
                                     ("To", to.as_str()),
                                     ("From", "+1"),
@@ -675,7 +726,7 @@ fn log_never_contains_the_key_and_is_monotonic() {
                         }
                         _ => {
                             let _ = a
-                                .post(&format!("{base}/v1/calls"))
+                                .post(&format!("{base}/voiceapi/v1/calls"))
                                 .set("Authorization", &format!("Bearer {KEY}"))
                                 .send_json(json!({"phone_number": to}));
                         }
@@ -700,7 +751,7 @@ fn log_never_contains_the_key_and_is_monotonic() {
         );
     }
     let text = serde_json::to_string(&log).unwrap();
-    let b64 = basic("AC9", KEY);
+    let b64 = basic(SID, KEY);
     assert!(!text.contains(KEY) && !text.contains(&b64[6..]) && !text.contains("Bearer"));
     assert_eq!(
         sim.stats().max_active_calls as usize,
@@ -782,7 +833,7 @@ async fn start_and_drop_inside_an_async_runtime() {
     let base = sim.base_url();
     let status = tokio::task::spawn_blocking(move || {
         agent()
-            .post(&format!("{base}/v1/calls"))
+            .post(&format!("{base}/voiceapi/v1/calls"))
             .send_json(json!({"phone_number": "+1555"}))
             .map(|r| r.status())
     })
