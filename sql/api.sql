@@ -107,6 +107,9 @@ BEGIN
     IF base_url IS NOT NULL AND base_url !~ '^https?://[^[:space:]]+$' THEN
         RAISE EXCEPTION 'base_url % is not an http(s) URL', quote_literal(base_url) USING ERRCODE = '22023';
     END IF;
+    IF webhook_secret IS NOT NULL AND length(btrim(webhook_secret)) = 0 THEN
+        RAISE EXCEPTION 'webhook_secret must not be empty: give the secret, or NULL for none' USING ERRCODE = '22023';
+    END IF;
     IF provider = 'twilio' AND account_sid IS NULL THEN
         RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
     END IF;
@@ -114,6 +117,8 @@ BEGIN
         RAISE EXCEPTION 'account_sid % is not a Twilio account SID (AC followed by 32 hex digits)', quote_literal(account_sid)
             USING ERRCODE = '22023', HINT = 'Copy it from the Twilio console (Account Info).';
     END IF;
+    -- The key is given with the host: the row's trigger lets the host change (transaction-local).
+    PERFORM set_config('pg_dialer.key_given', 'on', true);
     -- Update, else insert: an application role may write keys but not read them, and
     -- INSERT ... ON CONFLICT DO UPDATE would need to read them.
     FOR attempt IN 1..2 LOOP
@@ -136,7 +141,51 @@ BEGIN
             NULL;  -- stored concurrently: update it on the next pass
         END;
     END LOOP;
+    PERFORM set_config('pg_dialer.key_given', 'off', true);
 END $$;
+
+-- A base_url decides where a provider key is sent, so only the owner and dialer_admin may set
+-- one, only to a host in dialer.allowed_hosts, and a key is bound to the host it was stored
+-- with: moving the host needs the key again (dialer.set_provider_credentials), however the row
+-- is written.
+CREATE FUNCTION dialer._provider_credentials_guarded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_url text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.base_url END;
+BEGIN
+    IF NEW.base_url IS DISTINCT FROM old_url AND NEW.base_url IS NOT NULL THEN
+        IF NOT (pg_has_role(current_user, (SELECT extowner FROM pg_extension WHERE extname = 'pg_dialer'), 'MEMBER')
+                OR pg_has_role(current_user, 'dialer_admin', 'MEMBER')
+                OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) THEN
+            RAISE EXCEPTION 'only the extension owner or dialer_admin may set a base_url'
+                USING ERRCODE = '42501', HINT = 'Store the key without base_url: requests go to the provider''s own API.';
+        END IF;
+        PERFORM dialer._check_base_url(NEW.base_url);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.base_url IS DISTINCT FROM OLD.base_url AND NEW.api_key IS NOT DISTINCT FROM OLD.api_key
+       AND coalesce(current_setting('pg_dialer.key_given', true), '') <> 'on' THEN
+        RAISE EXCEPTION 'changing base_url needs the api_key again: a key is bound to the host it was stored with'
+            USING ERRCODE = '22023', HINT = 'Use dialer.set_provider_credentials(agency_id, provider, api_key, base_url, ...).';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER provider_credentials_guarded BEFORE INSERT OR UPDATE ON dialer.provider_credentials
+    FOR EACH ROW EXECUTE FUNCTION dialer._provider_credentials_guarded();
+
+-- An operator's explicit choice to take unsigned webhooks for one provider account (owner and
+-- dialer_admin only): without it, a webhook that cannot be verified is refused.
+CREATE FUNCTION dialer.allow_unsigned_webhooks(agency_id bigint, provider text, allow boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE dialer.provider_credentials pc SET allow_unsigned_webhooks = coalesce(allow, false), updated_at = now()
+     WHERE pc.agency_id = allow_unsigned_webhooks.agency_id AND pc.provider = allow_unsigned_webhooks.provider;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no % credentials for agency %', provider, agency_id USING ERRCODE = 'P0002',
+            HINT = 'Store them first with dialer.set_provider_credentials(...).';
+    END IF;
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer.allow_unsigned_webhooks(bigint, text, boolean) FROM PUBLIC;
 
 -- The provider account's own limit, shared by every batch that uses it (NULL = none).
 CREATE FUNCTION dialer.set_provider_rate_limit(agency_id bigint, provider text, max_calls_per_second integer)

@@ -95,8 +95,9 @@ BEGIN
         END IF;
     END IF;
     IF p_batch.window_start IS NOT NULL THEN
+        -- No opening within a year (every day a holiday): not dialed; looked at again tomorrow.
         UPDATE dialer.campaign_contacts c
-           SET next_attempt_at = o.opening, updated_at = p_now
+           SET next_attempt_at = coalesce(o.opening, p_now + interval '1 day'), updated_at = p_now
           FROM (SELECT c2.id, dialer._next_opening(p_now, coalesce(c2.timezone, agency.timezone), p_batch.window_start,
                                                   p_batch.window_end, p_batch.window_days, agency.id) AS opening
                   FROM dialer.campaign_contacts c2

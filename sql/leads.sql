@@ -34,9 +34,16 @@ CREATE TABLE dialer.webhook_events (
 );
 
 -- NOTIFY dialer_events with a JSON payload (delivered when the transaction commits).
+-- Anyone may LISTEN on a channel, so an event carries ids and states only: never a phone number,
+-- a name or an error text. A listener reads the rest through the API, under row-level security.
 CREATE FUNCTION dialer._notify(p_event text, p_payload jsonb)
 RETURNS void LANGUAGE sql AS $$
-    SELECT pg_notify('dialer_events', (jsonb_build_object('event', p_event, 'at', clock_timestamp()) || p_payload)::text)
+    SELECT pg_notify('dialer_events', (jsonb_build_object('event', p_event, 'at', clock_timestamp())
+        || (SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM jsonb_each(p_payload)
+             WHERE key IN ('contact_id', 'batch_id', 'agency_id', 'telecaller_id', 'call_id', 'job_id',
+                           'handoff', 'priority', 'attempts', 'attempt', 'http_status', 'review_at')
+               AND jsonb_typeof(value) IN ('number', 'boolean', 'null')
+                OR key IN ('handoff', 'review_at')))::text)
 $$;
 
 -- The seed's intent (its code has the branches swapped): handed off in the morning (before 14:00)
@@ -82,7 +89,7 @@ BEGIN
     UPDATE dialer.campaign_contacts SET handoff = 'manual_assigned', updated_at = clock_timestamp() WHERE id = c.id;
     PERFORM dialer._notify('handoff', jsonb_build_object('contact_id', c.id, 'batch_id', c.batch_id,
         'agency_id', agency.id, 'handoff', 'manual_assigned', 'telecaller_id', tc, 'review_at', review,
-        'priority', f.priority, 'source', c.source));
+        'priority', f.priority));
     RETURN tc;
 END $$;
 
@@ -105,7 +112,7 @@ BEGIN
     UPDATE dialer.campaign_contacts SET handoff = 'manual_pending', updated_at = clock_timestamp() WHERE id = c.id;
     IF dialer._assign_followup(f) IS NULL THEN
         PERFORM dialer._notify('handoff', jsonb_build_object('contact_id', c.id, 'batch_id', c.batch_id,
-            'handoff', 'manual_pending', 'priority', p_priority, 'source', c.source));
+            'handoff', 'manual_pending', 'priority', p_priority));
         RETURN 'manual_pending';
     END IF;
     RETURN 'manual_assigned';

@@ -23,6 +23,9 @@ CREATE TABLE dialer.provider_credentials (
     next_slot_at         timestamptz,
     rate_limited_until   timestamptz,
     updated_at           timestamptz NOT NULL DEFAULT now(),
+    -- Webhooks that cannot be verified (no secret stored) are refused unless the operator says
+    -- otherwise for this account (dialer.allow_unsigned_webhooks).
+    allow_unsigned_webhooks boolean NOT NULL DEFAULT false,
     PRIMARY KEY (agency_id, provider)
 );
 REVOKE ALL ON dialer.provider_credentials FROM PUBLIC;

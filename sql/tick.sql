@@ -361,13 +361,13 @@ BEGIN
             UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
             PERFORM dialer.update_batch_progress(b.id, failed_delta => 1, in_progress_delta => -1);
             PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
-                'agency_id', b.agency_id, 'phone_number', c.phone_number, 'attempts', c.attempts, 'error', r->>'error'));
+                'agency_id', b.agency_id, 'attempts', c.attempts));
             -- The seed's fallback: the humans take over, first in line.
             PERFORM dialer._hand_off(c.id, r->>'error', true);
         END IF;
         IF outcome = 'failed' AND current_setting('dialer.notify_failures', true) = 'on' THEN
             PERFORM dialer._notify('call_failed', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
-                'agency_id', b.agency_id, 'attempt', c.attempts, 'error', r->>'error', 'http_status', r->'http_status'));
+                'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r->'http_status'));
         END IF;
     END LOOP;
     RETURN jsonb_build_object('initiated', initiated, 'failed', failed, 'rate_limited', rate_limited,

@@ -2,6 +2,7 @@
 //! ureq, and hand results back to the worker's main thread through a channel, poking a pipe that
 //! the main thread waits on beside its latch.
 
+use crate::hosts::AllowList;
 use crate::providers::{HttpRequest, HttpResponse, Method, TransportError};
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -9,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver};
 use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a job is for; carried through unchanged to its result.
@@ -52,6 +53,7 @@ pub struct Pool {
     threads: Vec<std::thread::JoinHandle<()>>,
     in_flight: usize,
     in_flight_by_key: HashMap<String, usize>,
+    allowed: Arc<RwLock<AllowList>>,
 }
 
 /// The job queue the threads take from. A thread skips jobs of a provider account that already
@@ -108,7 +110,9 @@ impl Shared {
 }
 
 impl Pool {
-    pub fn new(threads: usize, timeout: Duration) -> std::io::Result<Pool> {
+    /// `allowed`: where requests may go (dialer.allowed_hosts); [`Pool::set_allowed`] changes it
+    /// for requests not yet sent.
+    pub fn new(threads: usize, timeout: Duration, allowed: AllowList) -> std::io::Result<Pool> {
         let threads = threads.max(1);
         let (res_tx, res_rx) = mpsc::channel::<JobResult>();
         let (wake_read, wake_write) = UnixStream::pair()?;
@@ -118,10 +122,19 @@ impl Pool {
         let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), ready: Condvar::new(), share: (threads * 3 / 4).max(1) });
         let last_send: Arc<Mutex<HashMap<String, f64>>> = Arc::new(Mutex::new(HashMap::new()));
         let wake_write = Arc::new(wake_write);
+        let allowed = Arc::new(RwLock::new(allowed));
+        let resolver_list = Arc::clone(&allowed);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout.min(Duration::from_secs(5)))
             .timeout(timeout)
             .max_idle_connections_per_host(threads)
+            // A provider's redirect is an answer, never a second request to a host nobody checked.
+            .redirects(0)
+            // DNS answers are checked too: a listed name that resolves inside is refused.
+            .resolver(move |netloc: &str| match resolver_list.read() {
+                Ok(list) => list.resolve(netloc),
+                Err(_) => Err(std::io::Error::other("allowed hosts unavailable")),
+            })
             .build();
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
@@ -130,6 +143,7 @@ impl Pool {
             let wake = Arc::clone(&wake_write);
             let agent = agent.clone();
             let last_send = Arc::clone(&last_send);
+            let allowed = Arc::clone(&allowed);
             let handle = std::thread::Builder::new()
                 .name(format!("pg_dialer-http-{i}"))
                 .spawn(move || {
@@ -141,7 +155,11 @@ impl Pool {
                         }
                         let sent_at_ms = unix_ms();
                         let started = Instant::now();
-                        let result = send(&agent, &job.request);
+                        let result = match allowed.read().map(|l| l.check_url(&job.request.url)) {
+                            Ok(Ok(_)) => send(&agent, &job.request),
+                            Ok(Err(why)) => Err(TransportError::Refused(why)),
+                            Err(_) => Err(TransportError::Refused("allowed hosts unavailable".into())),
+                        };
                         shared.done(&job.flight_key);
                         let out = JobResult {
                             kind: job.kind,
@@ -160,7 +178,14 @@ impl Pool {
                 })?;
             handles.push(handle);
         }
-        Ok(Pool { shared, results: res_rx, wake_read, threads: handles, in_flight: 0, in_flight_by_key: HashMap::new() })
+        Ok(Pool { shared, results: res_rx, wake_read, threads: handles, in_flight: 0, in_flight_by_key: HashMap::new(), allowed })
+    }
+
+    /// Where requests may go from now on (after a reload of dialer.allowed_hosts).
+    pub fn set_allowed(&self, list: AllowList) {
+        if let Ok(mut l) = self.allowed.write() {
+            *l = list;
+        }
     }
 
     /// The file descriptor that becomes readable when results are waiting.

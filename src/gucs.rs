@@ -15,6 +15,8 @@ pub static MAX_EXECUTION_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(25_00
 pub static MAX_CALLS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CALL_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30 * 60 * 1000);
 pub static STATUS_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"api.ultravox.ai,api.twilio.com,api.vapi.ai,api.retellai.com,api.bland.ai"));
+pub static JWT_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"authenticated"));
 
 pub fn register(preloading: bool) {
     // dialer.database can only be set at server start, so only a preloaded library defines it.
@@ -34,6 +36,23 @@ pub fn register(preloading: bool) {
         c"",
         &ENABLED,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dialer.allowed_hosts",
+        c"Where the worker may send provider requests: host or host:port, comma-separated.",
+        c"Loopback, link-local and private addresses only when the address itself is listed.",
+        &ALLOWED_HOSTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // SUSET: a session cannot widen whom it trusts (a tenant could otherwise name its own role).
+    GucRegistry::define_string_guc(
+        c"dialer.jwt_roles",
+        c"Roles whose request.jwt.claims agency_id is trusted (comma-separated).",
+        c"PostgREST/Supabase switch to these roles only after verifying the JWT; default authenticated.",
+        &JWT_ROLES,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -79,6 +98,8 @@ pub struct Settings {
     pub call_timeout: Duration,
     pub status_poll_interval: Duration,
     pub max_claim_per_batch: i32,
+    /// dialer.allowed_hosts; a list that does not parse allows nothing (and says why).
+    pub allowed_hosts: Result<crate::hosts::AllowList, String>,
 }
 
 impl Settings {
@@ -94,7 +115,29 @@ impl Settings {
             call_timeout: ms(&CALL_TIMEOUT_MS),
             status_poll_interval: ms(&STATUS_POLL_INTERVAL_MS),
             max_claim_per_batch: MAX_CLAIM_PER_BATCH.get(),
+            allowed_hosts: crate::hosts::AllowList::parse(&Self::allowed_hosts_text()),
         }
+    }
+
+    pub fn allowed_hosts_text() -> String {
+        ALLOWED_HOSTS.get().and_then(|c| c.into_string().ok()).unwrap_or_default()
+    }
+
+    /// The list requests may go to now (nothing when the setting does not parse).
+    pub fn allow_list(&self) -> crate::hosts::AllowList {
+        self.allowed_hosts.clone().unwrap_or_default()
+    }
+
+    /// The roles of dialer.jwt_roles, trimmed.
+    pub fn jwt_roles() -> Vec<String> {
+        JWT_ROLES
+            .get()
+            .and_then(|c| c.into_string().ok())
+            .unwrap_or_default()
+            .split(',')
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect()
     }
 
     pub fn database() -> String {

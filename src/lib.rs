@@ -9,6 +9,7 @@ pub mod cron;
 pub mod dispatch;
 pub mod error;
 pub mod gucs;
+pub mod hosts;
 pub mod providers;
 pub mod tick;
 pub mod txn;
@@ -64,6 +65,6 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec!["dialer.allowed_hosts = '127.0.0.1'"]
     }
 }

@@ -82,7 +82,7 @@ struct Worker {
 impl Worker {
     fn new() -> std::io::Result<Worker> {
         let settings = Settings::read();
-        let pool = Pool::new(settings.http_concurrency, settings.http_timeout)?;
+        let pool = Pool::new(settings.http_concurrency, settings.http_timeout, settings.allow_list())?;
         Ok(Worker {
             settings,
             pool,
@@ -137,6 +137,10 @@ impl Worker {
     fn reload(&mut self) {
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         let new = Settings::read();
+        if let Err(why) = &new.allowed_hosts {
+            pgrx::warning!("{why}: no provider request is sent until it is fixed");
+        }
+        self.pool.set_allowed(new.allow_list());
         if new.http_concurrency != self.settings.http_concurrency || new.http_timeout != self.settings.http_timeout {
             self.rebuild_pool = true;
         }
@@ -146,7 +150,7 @@ impl Worker {
     /// One pass of the loop. Returns how long to sleep.
     fn iteration(&mut self) -> Result<Duration, crate::error::DialerError> {
         if self.rebuild_pool && self.pool.in_flight() == 0 {
-            if let Ok(pool) = Pool::new(self.settings.http_concurrency, self.settings.http_timeout) {
+            if let Ok(pool) = Pool::new(self.settings.http_concurrency, self.settings.http_timeout, self.settings.allow_list()) {
                 self.pool = pool;
             }
             self.rebuild_pool = false;

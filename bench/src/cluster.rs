@@ -118,6 +118,7 @@ impl Cluster {
         let mut conf = format!(
             "\n# --- pg_dialer_bench ---\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              dialer.database = 'postgres'\n\
+             dialer.allowed_hosts = '127.0.0.1'\n\
              fsync = off\nsynchronous_commit = off\nlog_min_messages = warning\nlog_line_prefix = '%m [%p] %b '\n",
             cluster.port,
             path_str(&cluster.dir)?

@@ -154,6 +154,8 @@ fn run(args: &Args) -> Result<i32, String> {
     let conf: Vec<String> = [
         "shared_preload_libraries = 'pg_dialer,pg_cron'",
         "dialer.database = 'postgres'",
+        // The simulator is on loopback, which the worker reaches only when it is listed.
+        "dialer.allowed_hosts = '127.0.0.1'",
         &format!("dialer.status_poll_interval = '{STATUS_POLL_MS}ms'"),
         "dialer.http_timeout = '5s'",
         "cron.database_name = 'postgres'",

@@ -69,6 +69,7 @@ impl Cluster {
         let mut conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              shared_preload_libraries = 'pg_dialer'\ndialer.database = 'postgres'\n\
+             dialer.allowed_hosts = '127.0.0.1'\n\
              dialer.status_poll_interval = '300ms'\ndialer.http_timeout = '5s'\n\
              fsync = off\nsynchronous_commit = off\nlog_min_messages = warning\nlog_line_prefix = '%m [%p] %b '\n",
             path_str(&dir)

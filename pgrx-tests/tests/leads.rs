@@ -373,9 +373,13 @@ fn health_view_and_notify_payloads_after_a_known_run() {
     }
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
     assert_eq!(kinds, vec!["max_retries_exceeded", "handoff"]);
-    assert_eq!(events[0]["phone_number"], "+15552600004");
     assert_eq!(events[0]["attempts"], 1);
-    assert!(events[0]["error"].as_str().unwrap_or("").contains("quota exceeded"));
+    assert!(events[0]["contact_id"].is_number() && events[0]["batch_id"].is_number());
+    for e in &events {
+        // Anyone can LISTEN: no number, name or error text ever rides on an event.
+        let text = e.to_string();
+        assert!(!text.contains("+1555") && !text.contains("quota exceeded") && e.get("error").is_none(), "{text}");
+    }
     assert_eq!(events[1]["handoff"], "manual_pending");
 
     let rows = s.db.query("SELECT metric, value, ok FROM dialer.health", &[]).unwrap();

@@ -24,7 +24,13 @@ fn every_sql_example_in_the_readme_runs() {
     let mut s = Scenario::new(
         "readme",
         Scenario::sim_config(100, 200),
-        &["dialer.enabled = off", "shared_preload_libraries = 'pg_dialer,pg_cron'", "cron.database_name = 'postgres'"],
+        &[
+            "dialer.enabled = off",
+            "shared_preload_libraries = 'pg_dialer,pg_cron'",
+            "cron.database_name = 'postgres'",
+            // As the README tells: the example AI caller's host is listed.
+            "dialer.allowed_hosts = '127.0.0.1,api.voiceai.example'",
+        ],
     );
     s.db.batch_execute("DROP EXTENSION pg_dialer CASCADE; CREATE EXTENSION pg_dialer;").unwrap();
     for block in blocks {

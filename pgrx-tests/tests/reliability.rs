@@ -228,7 +228,7 @@ fn row_level_security_keeps_tenants_apart() {
         .get(0);
     s.db.execute("SELECT dialer.schedule_call('+15556300001', agency_id => $1)", &[&a]).unwrap();
     s.db.execute("SELECT dialer.schedule_call('+15556300002', agency_id => $1, agent_mapping_id => $2)", &[&b, &mb]).unwrap();
-    s.db.batch_execute("CREATE ROLE tenant_a NOLOGIN; GRANT dialer_user TO tenant_a; CREATE ROLE jwt_user NOLOGIN; GRANT dialer_user TO jwt_user;").unwrap();
+    s.db.batch_execute("CREATE ROLE tenant_a NOLOGIN; GRANT dialer_user TO tenant_a; CREATE ROLE jwt_user NOLOGIN; GRANT dialer_user TO jwt_user; CREATE ROLE authenticated NOLOGIN; GRANT dialer_user TO authenticated;").unwrap();
     s.db.execute("INSERT INTO dialer.agency_members VALUES ($1, 'tenant_a')", &[&a]).unwrap();
     // An attempt in doubt and a webhook event for each agency (written as the owner).
     s.db.batch_execute(
@@ -256,9 +256,19 @@ fn row_level_security_keeps_tenants_apart() {
     assert!(err.as_db_error().unwrap().message().contains("does not exist"), "another tenant's agency is invisible");
     tx.rollback().unwrap();
 
-    // A JWT claim (PostgREST / Supabase) selects the agency.
+    // A claim set by a role PostgREST does not switch to is a forgery: it selects nothing.
     let mut tx = s.db.transaction().unwrap();
     tx.batch_execute("SET LOCAL ROLE jwt_user").unwrap();
+    tx.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&json!({"sub": "u1", "agency_id": b}).to_string()]).unwrap();
+    let seen: i64 = tx.query_one("SELECT count(*) FROM dialer.campaign_contacts", &[]).unwrap().get(0);
+    assert_eq!(seen, 0, "a forged claim is not trusted");
+    let e = tx.batch_execute("SET dialer.jwt_roles = 'jwt_user'").unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42501"), "a session cannot widen whom it trusts");
+    tx.rollback().unwrap();
+
+    // A JWT claim (PostgREST / Supabase, role authenticated) selects the agency.
+    let mut tx = s.db.transaction().unwrap();
+    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
     tx.execute("SELECT set_config('request.jwt.claims', $1, true)", &[&json!({"sub": "u1", "agency_id": b}).to_string()]).unwrap();
     let seen: Vec<String> = tx.query("SELECT phone_number FROM dialer.campaign_contacts", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(seen, vec!["+15556300002"]);

@@ -5,6 +5,10 @@
 -- create_agent_mapping argument); mappings are checked against their provider's API whenever
 -- they are stored (a trigger), and again before a batch or job uses one stored earlier. Vapi,
 -- Retell and Bland join the providers. End reasons arrive in pg_dialer's own words.
+-- Tenants: the JWT claim counts only for dialer.jwt_roles; NOTIFY events carry ids only; a
+-- base_url is the owner's or dialer_admin's to set, only to dialer.allowed_hosts, and bound to its
+-- key; webhooks that cannot be verified are refused; a contact whose calling window never opens
+-- is not dialed.
 \echo Use "ALTER EXTENSION pg_dialer UPDATE TO '0.3.0'" to load this file. \quit
 
 ALTER TABLE dialer.provider_credentials DROP CONSTRAINT provider_credentials_provider_check,
@@ -15,6 +19,8 @@ ALTER TABLE dialer.agent_mappings DROP CONSTRAINT agent_mappings_provider_check,
         CHECK (provider IN ('ultravox', 'twilio', 'vapi', 'retell', 'bland', 'webhook')),
     ALTER COLUMN external_agent_id DROP NOT NULL,
     ADD COLUMN carrier text CHECK (carrier IN ('telnyx', 'twilio', 'plivo'));
+-- Webhooks that cannot be verified are refused unless the operator allows them per account.
+ALTER TABLE dialer.provider_credentials ADD COLUMN allow_unsigned_webhooks boolean NOT NULL DEFAULT false;
 -- Existing Ultravox mappings dialed through Telnyx (the only medium 0.2.0 sent).
 UPDATE dialer.agent_mappings SET carrier = 'telnyx' WHERE provider = 'ultravox';
 
@@ -32,6 +38,18 @@ STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_check_agent_mapping_wrapper';
 
+CREATE FUNCTION dialer."_check_base_url"(
+	"base_url" TEXT
+) RETURNS void
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_check_base_url_wrapper';
+
+CREATE FUNCTION dialer."_jwt_roles"() RETURNS TEXT[]
+STABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_jwt_roles_wrapper';
+
 -- Functions new or changed since 0.2.0 (scripts/upgrade-functions.py lists them).
 -- _agent_mapping_checked: new
 CREATE OR REPLACE FUNCTION dialer._agent_mapping_checked()
@@ -40,6 +58,42 @@ BEGIN
     PERFORM dialer._check_agent_mapping(NEW.provider, NEW.external_agent_id, NEW.from_number, NEW.carrier,
                                         NEW.request_template);
     RETURN NEW;
+END $$;
+
+-- _assign_followup: changed
+CREATE OR REPLACE FUNCTION dialer._assign_followup(p_followup_id bigint)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    f dialer.followups;
+    c dialer.campaign_contacts;
+    agency dialer.agencies;
+    tc bigint;
+    review timestamptz;
+BEGIN
+    SELECT * INTO f FROM dialer.followups WHERE id = p_followup_id AND status = 'open' AND telecaller_id IS NULL FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = f.contact_id;
+    SELECT a.* INTO agency FROM dialer.agencies a JOIN dialer.call_batches b ON b.agency_id = a.id WHERE b.id = c.batch_id;
+    SELECT t.id INTO tc
+      FROM dialer.telecallers t
+     WHERE t.agency_id = agency.id AND t.available
+       AND (t.source IS NOT DISTINCT FROM c.source OR t.source IS NULL)
+     ORDER BY (t.source IS NULL),
+              (SELECT count(*) FROM dialer.followups o WHERE o.telecaller_id = t.id AND o.status = 'open'),
+              t.id
+     LIMIT 1;
+    IF tc IS NULL THEN
+        RETURN NULL;
+    END IF;
+    review := dialer._review_time(clock_timestamp(), agency.timezone);
+    UPDATE dialer.followups SET telecaller_id = tc, review_at = review WHERE id = f.id;
+    UPDATE dialer.campaign_contacts SET handoff = 'manual_assigned', updated_at = clock_timestamp() WHERE id = c.id;
+    PERFORM dialer._notify('handoff', jsonb_build_object('contact_id', c.id, 'batch_id', c.batch_id,
+        'agency_id', agency.id, 'handoff', 'manual_assigned', 'telecaller_id', tc, 'review_at', review,
+        'priority', f.priority));
+    RETURN tc;
 END $$;
 
 -- _check_mapping_usable: new
@@ -67,6 +121,99 @@ BEGIN
     RETURN p_provider;
 END $$;
 
+-- _compliance_prepare: changed
+CREATE OR REPLACE FUNCTION dialer._compliance_prepare(p_batch dialer.call_batches, p_now timestamptz, p_limit integer)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    agency dialer.agencies;
+    n integer;
+BEGIN
+    SELECT * INTO agency FROM dialer.agencies WHERE id = p_batch.agency_id;
+    IF EXISTS (SELECT 1 FROM dialer.do_not_call) THEN
+        -- The contacts next in line only (the claim itself skips any listed number it meets):
+        -- a claim costs the same whatever the size of the batch.
+        WITH dnc AS (
+            UPDATE dialer.campaign_contacts c
+               SET status = 'cancelled', last_error = 'dnc', updated_at = p_now
+              FROM (SELECT c2.id FROM dialer.campaign_contacts c2
+                     WHERE c2.batch_id = p_batch.id AND c2.status = 'queued'
+                       AND (c2.next_attempt_at IS NULL OR c2.next_attempt_at <= p_now)
+                     ORDER BY c2.priority, c2.id
+                     LIMIT p_limit) o
+             WHERE c.id = o.id AND dialer._on_dnc(c.phone_number, p_batch.agency_id)
+            RETURNING 1
+        )
+        SELECT count(*) INTO n FROM dnc;
+        IF n > 0 THEN
+            UPDATE dialer.call_batches SET queued_count = greatest(queued_count - n, 0) WHERE id = p_batch.id;
+        END IF;
+    END IF;
+    IF p_batch.window_start IS NOT NULL THEN
+        -- No opening within a year (every day a holiday): not dialed; looked at again tomorrow.
+        UPDATE dialer.campaign_contacts c
+           SET next_attempt_at = coalesce(o.opening, p_now + interval '1 day'), updated_at = p_now
+          FROM (SELECT c2.id, dialer._next_opening(p_now, coalesce(c2.timezone, agency.timezone), p_batch.window_start,
+                                                  p_batch.window_end, p_batch.window_days, agency.id) AS opening
+                  FROM dialer.campaign_contacts c2
+                 WHERE c2.batch_id = p_batch.id AND c2.status = 'queued'
+                   AND (c2.next_attempt_at IS NULL OR c2.next_attempt_at <= p_now)
+                 ORDER BY c2.priority, c2.id
+                 LIMIT p_limit) o
+         WHERE c.id = o.id AND o.opening IS DISTINCT FROM p_now
+           AND (o.opening > p_now OR o.opening IS NULL);
+    END IF;
+    IF agency.max_attempts_per_number_per_day IS NOT NULL THEN
+        UPDATE dialer.campaign_contacts c
+           SET next_attempt_at = (date_trunc('day', p_now AT TIME ZONE agency.timezone) + interval '1 day')
+                                 AT TIME ZONE agency.timezone,
+               updated_at = p_now
+          FROM (SELECT c2.id FROM dialer.campaign_contacts c2
+                 WHERE c2.batch_id = p_batch.id AND c2.status = 'queued'
+                   AND (c2.next_attempt_at IS NULL OR c2.next_attempt_at <= p_now)
+                 ORDER BY c2.priority, c2.id
+                 LIMIT p_limit) o
+         WHERE c.id = o.id
+           AND dialer._attempts_today(agency.id, c.phone_number, p_now, agency.timezone)
+               >= agency.max_attempts_per_number_per_day;
+    END IF;
+END $$;
+
+-- _hand_off: changed
+CREATE OR REPLACE FUNCTION dialer._hand_off(p_contact_id bigint, p_reason text, p_priority boolean)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts;
+    f bigint;
+BEGIN
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = p_contact_id FOR UPDATE;
+    IF NOT FOUND OR c.handoff IS NOT NULL THEN
+        RETURN c.handoff;
+    END IF;
+    INSERT INTO dialer.followups (contact_id, notes, priority)
+    VALUES (c.id, 'Escalated from AI auto-call: manual outreach required'
+                  || coalesce(' (' || left(p_reason, 300) || ')', ''), p_priority)
+    RETURNING id INTO f;
+    UPDATE dialer.campaign_contacts SET handoff = 'manual_pending', updated_at = clock_timestamp() WHERE id = c.id;
+    IF dialer._assign_followup(f) IS NULL THEN
+        PERFORM dialer._notify('handoff', jsonb_build_object('contact_id', c.id, 'batch_id', c.batch_id,
+            'handoff', 'manual_pending', 'priority', p_priority));
+        RETURN 'manual_pending';
+    END IF;
+    RETURN 'manual_assigned';
+END $$;
+
+-- _notify: changed
+CREATE OR REPLACE FUNCTION dialer._notify(p_event text, p_payload jsonb)
+RETURNS void LANGUAGE sql AS $$
+    SELECT pg_notify('dialer_events', (jsonb_build_object('event', p_event, 'at', clock_timestamp())
+        || (SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM jsonb_each(p_payload)
+             WHERE key IN ('contact_id', 'batch_id', 'agency_id', 'telecaller_id', 'call_id', 'job_id',
+                           'handoff', 'priority', 'attempts', 'attempt', 'http_status', 'review_at')
+               AND jsonb_typeof(value) IN ('number', 'boolean', 'null')
+                OR key IN ('handoff', 'review_at')))::text)
+$$;
+
 -- _outcome_of_end_reason: changed
 CREATE OR REPLACE FUNCTION dialer._outcome_of_end_reason(p_reason text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
@@ -77,6 +224,141 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
         ELSE NULL   -- ended normally: the application's disposition says how it went
     END
 $$;
+
+-- _provider_credentials_guarded: new
+CREATE OR REPLACE FUNCTION dialer._provider_credentials_guarded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_url text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.base_url END;
+BEGIN
+    IF NEW.base_url IS DISTINCT FROM old_url AND NEW.base_url IS NOT NULL THEN
+        IF NOT (pg_has_role(current_user, (SELECT extowner FROM pg_extension WHERE extname = 'pg_dialer'), 'MEMBER')
+                OR pg_has_role(current_user, 'dialer_admin', 'MEMBER')
+                OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) THEN
+            RAISE EXCEPTION 'only the extension owner or dialer_admin may set a base_url'
+                USING ERRCODE = '42501', HINT = 'Store the key without base_url: requests go to the provider''s own API.';
+        END IF;
+        PERFORM dialer._check_base_url(NEW.base_url);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.base_url IS DISTINCT FROM OLD.base_url AND NEW.api_key IS NOT DISTINCT FROM OLD.api_key
+       AND coalesce(current_setting('pg_dialer.key_given', true), '') <> 'on' THEN
+        RAISE EXCEPTION 'changing base_url needs the api_key again: a key is bound to the host it was stored with'
+            USING ERRCODE = '22023', HINT = 'Use dialer.set_provider_credentials(agency_id, provider, api_key, base_url, ...).';
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- _record_dispatch: changed
+CREATE OR REPLACE FUNCTION dialer._record_dispatch(p_results jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    outcome text;
+    backoff interval;
+    initiated integer := 0;
+    failed integer := 0;
+    rate_limited integer := 0;
+    retried integer := 0;
+    doubtful integer := 0;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    -- Accepted calls (nearly all of them) in one statement: the call row goes in_progress.
+    UPDATE dialer.calls acc
+       SET status = 'in_progress', provider_call_id = a.provider_call_id, http_status = a.http_status,
+           latency_ms = a.latency_ms, request = a.request, response = a.response,
+           dispatched_at = to_timestamp(a.dispatched_at_ms / 1000.0)
+      FROM jsonb_to_recordset(p_results) AS a(call_id bigint, outcome text, provider_call_id text, http_status integer,
+                                                latency_ms double precision, dispatched_at_ms double precision,
+                                                request jsonb, response jsonb)
+     WHERE a.outcome = 'accepted' AND acc.id = a.call_id AND acc.status = 'dialing';
+    GET DIAGNOSTICS initiated = ROW_COUNT;
+
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        outcome := r->>'outcome';
+
+        UPDATE dialer.calls
+           SET status = CASE outcome WHEN 'accepted' THEN 'in_progress' WHEN 'rate_limited' THEN 'rate_limited'
+                                     WHEN 'network_error' THEN 'network_error' WHEN 'timeout' THEN 'in_doubt'
+                                     ELSE 'failed' END,
+               provider_call_id = r->>'provider_call_id',
+               http_status = (r->>'http_status')::integer,
+               latency_ms = (r->>'latency_ms')::double precision,
+               error = r->>'error',
+               request = r->'request',
+               response = r->'response',
+               dispatched_at = to_timestamp((r->>'dispatched_at_ms')::double precision / 1000.0)
+         WHERE id = k.id;
+
+        IF outcome = 'rate_limited' THEN
+            -- Not an attempt: back to the queue, the whole batch waits for Retry-After.
+            rate_limited := rate_limited + 1;
+            backoff := make_interval(secs => greatest(coalesce((r->>'retry_after_secs')::double precision, 60), 0));
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0), next_attempt_at = now_ts + backoff,
+                   updated_at = now_ts, last_error = 'rate limited by provider'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff),
+                   queued_count = queued_count + 1
+             WHERE id = b.id;
+            -- The limit is the provider account's: every batch sharing the credential waits.
+            UPDATE dialer.provider_credentials
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff)
+             WHERE agency_id = k.agency_id AND provider = k.provider;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF outcome = 'network_error' THEN
+            -- The request never reached the provider: retried, and not counted as an attempt.
+            retried := retried + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                   next_attempt_at = now_ts + greatest(b.retry_delay, interval '1 second'),
+                   updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF outcome = 'timeout' THEN
+            -- The request may have reached the provider: never redialed blindly.
+            doubtful := doubtful + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'in_doubt', updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF c.attempts < b.max_attempts THEN
+            retried := retried + 1;
+            backoff := b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', next_attempt_at = now_ts + backoff, updated_at = now_ts,
+                   last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSE
+            failed := failed + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'failed', updated_at = now_ts, last_error = r->>'error', outcome = 'ai_failed'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, failed_delta => 1, in_progress_delta => -1);
+            PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempts', c.attempts));
+            -- The seed's fallback: the humans take over, first in line.
+            PERFORM dialer._hand_off(c.id, r->>'error', true);
+        END IF;
+        IF outcome = 'failed' AND current_setting('dialer.notify_failures', true) = 'on' THEN
+            PERFORM dialer._notify('call_failed', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r->'http_status'));
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('initiated', initiated, 'failed', failed, 'rate_limited', rate_limited,
+                              'retried', retried, 'in_doubt', doubtful);
+END $$;
 
 -- _resolve_mapping: changed
 CREATE OR REPLACE FUNCTION dialer._resolve_mapping(p_agency_id bigint, p_mapping_id bigint)
@@ -112,6 +394,19 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
         WHEN p_end_reason IN ('failed', 'connection_error', 'system_error') THEN 'failed'
     END
 $$;
+
+-- allow_unsigned_webhooks: new
+CREATE OR REPLACE FUNCTION dialer.allow_unsigned_webhooks(agency_id bigint, provider text, allow boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE dialer.provider_credentials pc SET allow_unsigned_webhooks = coalesce(allow, false), updated_at = now()
+     WHERE pc.agency_id = allow_unsigned_webhooks.agency_id AND pc.provider = allow_unsigned_webhooks.provider;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no % credentials for agency %', provider, agency_id USING ERRCODE = 'P0002',
+            HINT = 'Store them first with dialer.set_provider_credentials(...).';
+    END IF;
+END $$;
 
 -- create_agent_mapping: changed
 CREATE OR REPLACE FUNCTION dialer.create_agent_mapping(agency_id bigint, provider text, external_agent_id text,
@@ -175,6 +470,32 @@ BEGIN
     RETURN new_id;
 END $$;
 
+-- current_agency_ids: changed
+CREATE OR REPLACE FUNCTION dialer.current_agency_ids()
+RETURNS bigint[] LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+    claim text;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT m.agency_id), '{}') INTO ids
+      FROM dialer.agency_members m
+     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'MEMBER'));
+    -- Any session can SET request.jwt.claims: the claim counts only for the roles PostgREST
+    -- switches to after checking the JWT (dialer.jwt_roles, which only a superuser can change).
+    IF NOT current_user::text = ANY (dialer._jwt_roles()) THEN
+        RETURN ids;
+    END IF;
+    BEGIN
+        claim := current_setting('request.jwt.claims', true)::jsonb ->> 'agency_id';
+    EXCEPTION WHEN others THEN
+        claim := NULL;  -- no claims, or not JSON: no agency from the JWT
+    END;
+    IF claim ~ '^[0-9]{1,18}$' THEN
+        ids := ids || claim::bigint;
+    END IF;
+    RETURN ids;
+END $$;
+
 -- set_provider_credentials: changed
 CREATE OR REPLACE FUNCTION dialer.set_provider_credentials(agency_id bigint, provider text, api_key text,
     base_url text DEFAULT NULL, account_sid text DEFAULT NULL, webhook_secret text DEFAULT NULL)
@@ -191,6 +512,9 @@ BEGIN
     IF base_url IS NOT NULL AND base_url !~ '^https?://[^[:space:]]+$' THEN
         RAISE EXCEPTION 'base_url % is not an http(s) URL', quote_literal(base_url) USING ERRCODE = '22023';
     END IF;
+    IF webhook_secret IS NOT NULL AND length(btrim(webhook_secret)) = 0 THEN
+        RAISE EXCEPTION 'webhook_secret must not be empty: give the secret, or NULL for none' USING ERRCODE = '22023';
+    END IF;
     IF provider = 'twilio' AND account_sid IS NULL THEN
         RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
     END IF;
@@ -198,6 +522,8 @@ BEGIN
         RAISE EXCEPTION 'account_sid % is not a Twilio account SID (AC followed by 32 hex digits)', quote_literal(account_sid)
             USING ERRCODE = '22023', HINT = 'Copy it from the Twilio console (Account Info).';
     END IF;
+    -- The key is given with the host: the row's trigger lets the host change (transaction-local).
+    PERFORM set_config('pg_dialer.key_given', 'on', true);
     -- Update, else insert: an application role may write keys but not read them, and
     -- INSERT ... ON CONFLICT DO UPDATE would need to read them.
     FOR attempt IN 1..2 LOOP
@@ -220,8 +546,13 @@ BEGIN
             NULL;  -- stored concurrently: update it on the next pass
         END;
     END LOOP;
+    PERFORM set_config('pg_dialer.key_given', 'off', true);
 END $$;
 
 
 CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
     FOR EACH ROW EXECUTE FUNCTION dialer._agent_mapping_checked();
+CREATE TRIGGER provider_credentials_guarded BEFORE INSERT OR UPDATE ON dialer.provider_credentials
+    FOR EACH ROW EXECUTE FUNCTION dialer._provider_credentials_guarded();
+REVOKE EXECUTE ON FUNCTION dialer.allow_unsigned_webhooks(bigint, text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialer.allow_unsigned_webhooks(bigint, text, boolean) TO dialer_admin;

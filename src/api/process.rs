@@ -73,7 +73,7 @@ fn run_tick() -> Result<Value, DialerError> {
 
     if !jobs.is_empty() || !polls.is_empty() {
         let threads = settings.http_concurrency.min(jobs.len() + polls.len()).max(1);
-        let mut pool = Pool::new(threads, settings.http_timeout)
+        let mut pool = Pool::new(threads, settings.http_timeout, settings.allow_list())
             .map_err(|e| DialerError::Database(format!("could not start HTTP threads: {e}")))?;
         let mut pending: HashSet<i64> = HashSet::new();
         for job in jobs.into_iter().chain(polls) {

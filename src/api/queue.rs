@@ -36,6 +36,13 @@ fn _wake_on_commit() {
 }
 
 /// The IANA zone of a number's country when that country has only one; NULL otherwise.
+/// dialer.jwt_roles as an array. A C function, so calling it loads the library and with it the
+/// setting's real definition (a placeholder a tenant set before that would not count).
+#[pg_extern(stable, parallel_safe)]
+fn _jwt_roles() -> Vec<String> {
+    crate::gucs::Settings::jwt_roles()
+}
+
 #[pg_extern(immutable, parallel_safe)]
 fn _zone_for_number(phone_number: &str) -> Option<&'static str> {
     crate::zones::zone_for_number(phone_number)

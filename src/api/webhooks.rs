@@ -49,7 +49,7 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
     // The call, and the secret of the agency that placed it.
     let row = Spi::connect(|client| {
         let t = client.select(
-            "SELECT k.id, k.agency_id, pc.webhook_secret, pc.api_key
+            "SELECT k.id, k.agency_id, pc.webhook_secret, pc.api_key, coalesce(pc.allow_unsigned_webhooks, false)
                FROM dialer.calls k
                LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = k.agency_id AND pc.provider = k.provider
               WHERE k.provider = $1 AND k.provider_call_id = $2
@@ -59,20 +59,35 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
         )?;
         let mut out = None;
         for r in t {
-            out = Some((r.get::<i64>(1)?.unwrap_or(0), r.get::<String>(3)?, r.get::<String>(4)?));
+            out = Some((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<String>(3)?,
+                r.get::<String>(4)?,
+                r.get::<bool>(5)?.unwrap_or(false),
+            ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .map_err(|e| DialerError::Database(e.to_string()))?;
-    let Some((call_id, webhook_secret, api_key)) = row else {
+    let Some((call_id, agency_id, webhook_secret, api_key, allow_unsigned)) = row else {
         return Ok(json!({"status": "ignored", "reason": "no call with this provider call id"}));
     };
 
     let h = webhooks::headers_map(headers);
     let now = chrono::Utc::now().timestamp();
     let verified = match provider {
-        // Ultravox: the agency's webhook secret; without one, deliveries are accepted unsigned.
-        "ultravox" => webhook_secret.as_deref().map(|s| webhooks::verify_ultravox(s, body, &h, now)),
+        // Ultravox: the agency's webhook secret. Without one nothing can be verified: refused,
+        // unless the operator chose to take unsigned webhooks for this account.
+        "ultravox" => match webhook_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => Some(webhooks::verify_ultravox(s, body, &h, now)),
+            None if allow_unsigned => None,
+            None => Some(Err(format!(
+                "no webhook secret is stored for agency {agency_id}, so this delivery cannot be verified: store Ultravox's \
+                 webhook secret with dialer.set_provider_credentials(..., webhook_secret => ...), or accept unsigned \
+                 webhooks with dialer.allow_unsigned_webhooks({agency_id}, 'ultravox')"
+            ))),
+        },
         // Twilio signs with the account's auth token, and only with it.
         _ => Some(match api_key.as_deref() {
             Some(token) => webhooks::verify_twilio(token, body, &h),

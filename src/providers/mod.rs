@@ -184,6 +184,8 @@ pub enum TransportError {
     NotSent(String),
     /// The request may have reached the provider (timeout, reset mid-way): outcome unknown.
     Unknown(String),
+    /// Not sent, and never will be as it stands (a host outside dialer.allowed_hosts).
+    Refused(String),
 }
 
 /// The outcome of placing a call, as recorded by `dialer._record_dispatch`.
@@ -234,6 +236,7 @@ pub fn interpret_call_response(provider: &str, request: &HttpRequest, result: Re
         Ok(r) => r,
         Err(TransportError::NotSent(e)) => return DispatchOutcome::NetworkError { error: scrub(&e, secrets) },
         Err(TransportError::Unknown(e)) => return DispatchOutcome::Timeout { error: scrub(&e, secrets) },
+        Err(TransportError::Refused(e)) => return DispatchOutcome::Failed { error: scrub(&e, secrets) },
     };
     let Some(a) = adapter(provider) else {
         return DispatchOutcome::Failed { error: unsupported(provider) };

@@ -1,0 +1,139 @@
+//! Hostile tenants, each attack run as a tenant login role of agency A against a running worker
+//! and the simulator, while agency B's campaign keeps being dialed: where provider keys may be
+//! sent (dialer.allowed_hosts, base_url rights, keys bound to their host), webhooks that cannot
+//! be verified, and calling windows that never open.
+
+use pg_dialer_integration::{numbers, posts_to, wait_for, Scenario, AGENT_ID, API_KEY};
+use postgres::Client;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Agency A (the tenant, as login role `tenant_a`) beside the scenario's agency, which plays B.
+fn tenant(s: &mut Scenario) -> (i64, Client) {
+    let a: i64 = s.db.query_one("SELECT dialer.create_agency('Tenant A')", &[]).unwrap().get(0);
+    s.db.batch_execute("CREATE ROLE tenant_a LOGIN PASSWORD 'pw-a'; GRANT dialer_user TO tenant_a;").unwrap();
+    s.db.execute("INSERT INTO dialer.agency_members VALUES ($1, 'tenant_a')", &[&a]).unwrap();
+    let conn = format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port);
+    (a, Client::connect(&conn, postgres::NoTls).expect("connect as tenant_a"))
+}
+
+fn code(e: &postgres::Error) -> String {
+    e.as_db_error().map(|d| format!("{} {}", d.code().code(), d.message())).unwrap_or_else(|| e.to_string())
+}
+
+/// B's campaign: dialed in full whatever A does.
+fn b_campaign(s: &mut Scenario, n: usize) -> (i64, Vec<String>) {
+    let b = s.batch("agency B", 600, 5, 3);
+    let nums = numbers("+1555880", n);
+    s.add_numbers(b, &nums);
+    (b, nums)
+}
+
+#[test]
+fn provider_keys_go_only_to_allowed_hosts_and_only_admins_move_them() {
+    let mut s = Scenario::new("t-hosts", Scenario::sim_config(200, 400), &[]);
+    // The simulator's address for B; localhost listed by name, for any port: it resolves to
+    // loopback, which only a listed address (and port) may be.
+    let listed = format!("127.0.0.1:{},localhost", s.sim.port());
+    s.set_config("dialer.allowed_hosts", &listed);
+    let (a, mut t) = tenant(&mut s);
+    let (b_batch, b_nums) = b_campaign(&mut s, 10);
+
+    // The tenant cannot point its key anywhere: not through the API, not by writing the row.
+    let e = t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://169.254.169.254/latest')", &[&a]).unwrap_err();
+    assert!(code(&e).starts_with("42501"), "{}", code(&e));
+    t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a')", &[&a]).unwrap();
+    let e = t.execute("UPDATE dialer.provider_credentials SET base_url = 'http://127.0.0.1:5432' WHERE agency_id = $1", &[&a]).unwrap_err();
+    assert!(code(&e).starts_with("42501"), "{}", code(&e));
+    let url: Option<String> = s.db.query_one("SELECT base_url FROM dialer.provider_credentials WHERE agency_id = $1", &[&a]).unwrap().get(0);
+    assert_eq!(url, None, "nothing written");
+
+    // The owner too is held to the list, and a key is bound to its host.
+    let e = s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://169.254.169.254/')", &[&a]).unwrap_err();
+    assert!(code(&e).contains("not in dialer.allowed_hosts"), "{}", code(&e));
+    let e = s.db.execute("UPDATE dialer.provider_credentials SET base_url = 'http://localhost:1' WHERE agency_id = $1", &[&a]).unwrap_err();
+    assert!(code(&e).contains("needs the api_key again"), "{}", code(&e));
+
+    // A listed name whose DNS answer is internal (here: the database's own port): refused where
+    // the request is sent, before any connection, and B dials on.
+    let db_port = s.cluster.port;
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', $2)", &[&a, &format!("http://localhost:{db_port}")]).unwrap();
+    let ma: i64 = s
+        .db
+        .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550190')", &[&a, &AGENT_ID])
+        .unwrap()
+        .get(0);
+    let a_batch: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'a', 600, 5)", &[&a, &ma]).unwrap().get(0);
+    t.execute("SELECT dialer.add_contacts($1, $2)", &[&a_batch, &json!([{"phone_number": "+15558900001"}])]).unwrap();
+    s.wake();
+    s.wait_batch_completed(b_batch, Duration::from_secs(60));
+    let db = &mut s.db;
+    let error: String = wait_for("A's attempt refused before any connection", Duration::from_secs(30), || {
+        db.query_one("SELECT error FROM dialer.calls WHERE batch_id = $1 AND status = 'network_error' LIMIT 1", &[&a_batch])
+            .ok()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .filter(|e: &String| e.contains("internal address"))
+    });
+    assert!(error.contains("localhost"), "{error}");
+    for n in &b_nums {
+        assert_eq!(posts_to(&s.sim, n).len(), 1, "B's {n} dialed once");
+    }
+}
+
+#[test]
+fn webhooks_that_cannot_be_verified_are_refused_unless_the_operator_allows_them() {
+    let mut s = Scenario::new("t-hooks", Scenario::sim_config(60_000, 60_000), &["dialer.status_poll_interval = '10min'"]);
+    let (a, mut t) = tenant(&mut s);
+    let b = s.batch("no secret", 600, 5, 3);
+    s.add_numbers(b, &["+15558910001".to_string()]);
+    s.wake();
+    let db = &mut s.db;
+    let call_id: String = wait_for("a call in progress", Duration::from_secs(20), || {
+        db.query_one("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND status = 'in_progress'", &[&b]).ok()?.get(0)
+    });
+    let body = json!({"event": "call.ended", "call": {"callId": call_id, "endReason": "hangup"}}).to_string();
+    let ingest = |db: &mut Client| db.query_one("SELECT dialer.ingest_webhook('ultravox', $1, '{}')", &[&body]).map(|r| r.get::<_, Value>(0));
+    let e = ingest(&mut s.db).unwrap_err();
+    assert!(code(&e).starts_with("28000") && code(&e).contains("allow_unsigned_webhooks"), "{}", code(&e));
+    assert_eq!(s.batch_status(b), "processing", "an unsigned event ended nothing");
+    // Only the operator chooses to take unsigned webhooks.
+    let e = t.execute("SELECT dialer.allow_unsigned_webhooks($1, 'ultravox')", &[&a]).unwrap_err();
+    assert!(code(&e).starts_with("42501"), "{}", code(&e));
+    let agency = s.agency_id;
+    s.db.execute("SELECT dialer.allow_unsigned_webhooks($1, 'ultravox')", &[&agency]).unwrap();
+    assert_eq!(ingest(&mut s.db).unwrap()["status"], "applied");
+    // An empty secret is no secret.
+    let base = s.sim.base_url();
+    let e = s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, '')", &[&agency, &API_KEY, &base]).unwrap_err();
+    assert!(code(&e).starts_with("22023"), "{}", code(&e));
+}
+
+#[test]
+fn a_calling_window_that_never_opens_dials_nobody() {
+    let mut s = Scenario::new("t-window", Scenario::sim_config(200, 300), &[]);
+    let agency = s.agency_id;
+    // Every day of the next 400 is a holiday: the window never opens.
+    s.db.execute(
+        "SELECT dialer.add_holiday($1, d::date) FROM generate_series(now() - interval '2 days', now() + interval '400 days', '1 day') d",
+        &[&agency],
+    )
+    .unwrap();
+    let closed = s.batch("closed", 600, 5, 3);
+    s.db.execute("SELECT dialer.set_calling_window($1, '00:00', '23:59')", &[&closed]).unwrap();
+    s.add_numbers(closed, &["+15558920001".to_string()]);
+    let (open, open_nums) = b_campaign(&mut s, 3);
+    s.wake();
+    s.wait_batch_completed(open, Duration::from_secs(30));
+    let db = &mut s.db;
+    // The worker looked at it and set it aside for later (before the fix: dialed at once).
+    wait_for("the closed contact set aside", Duration::from_secs(30), || {
+        db.query_one("SELECT 1 FROM dialer.campaign_contacts WHERE batch_id = $1 AND next_attempt_at > now() + interval '1 hour'", &[&closed])
+            .ok()
+            .map(|_| ())
+    });
+    assert!(posts_to(&s.sim, "+15558920001").is_empty(), "a window that never opens dials nobody");
+    assert!(open_nums.iter().all(|n| posts_to(&s.sim, n).len() == 1));
+    let contact: i64 = s.db.query_one("SELECT id FROM dialer.campaign_contacts WHERE batch_id = $1", &[&closed]).unwrap().get(0);
+    let why: Value = s.db.query_one("SELECT dialer.why_not_dialed($1)", &[&contact]).unwrap().get(0);
+    assert!(why.to_string().contains("never"), "{why}");
+}
