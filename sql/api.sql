@@ -162,6 +162,9 @@ BEGIN
         END IF;
         PERFORM dialer._check_base_url(NEW.base_url);
     END IF;
+    -- Stored encrypted, whoever writes the row (a value already sealed is kept as it is).
+    NEW.api_key := dialer._seal(NEW.api_key, NEW.agency_id, NEW.provider, 'api_key');
+    NEW.webhook_secret := dialer._seal(NEW.webhook_secret, NEW.agency_id, NEW.provider, 'webhook_secret');
     IF TG_OP = 'UPDATE' AND NEW.base_url IS DISTINCT FROM OLD.base_url AND NEW.api_key IS NOT DISTINCT FROM OLD.api_key
        AND coalesce(current_setting('pg_dialer.key_given', true), '') <> 'on' THEN
         RAISE EXCEPTION 'changing base_url needs the api_key again: a key is bound to the host it was stored with'
@@ -208,7 +211,8 @@ END $$;
 CREATE FUNCTION dialer.get_agency_credentials(agency_id bigint, provider text DEFAULT 'ultravox')
 RETURNS TABLE (api_key text, base_url text, account_sid text, webhook_secret text, max_calls_per_second integer)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pc.api_key, pc.base_url, pc.account_sid, pc.webhook_secret, pc.max_calls_per_second
+    SELECT dialer._unseal(pc.api_key, pc.agency_id, pc.provider, 'api_key'), pc.base_url, pc.account_sid,
+           dialer._unseal(pc.webhook_secret, pc.agency_id, pc.provider, 'webhook_secret'), pc.max_calls_per_second
       FROM dialer.provider_credentials pc
      WHERE pc.agency_id = get_agency_credentials.agency_id AND pc.provider = get_agency_credentials.provider
 $$;

@@ -70,6 +70,9 @@ GRANT ALL ON ALL TABLES IN SCHEMA dialer TO dialer_admin;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA dialer TO dialer_admin;
 GRANT EXECUTE ON FUNCTION dialer.get_agency_credentials(bigint, text) TO dialer_admin;
 GRANT EXECUTE ON FUNCTION dialer.allow_unsigned_webhooks(bigint, text, boolean) TO dialer_admin;
+-- Decrypting is for the owner (and its SECURITY DEFINER functions, get_agency_credentials) only.
+REVOKE EXECUTE ON FUNCTION dialer._unseal(text, bigint, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dialer.rotate_encryption_key() FROM PUBLIC;
 
 -- Row-level security: a tenant sees and touches only its agencies' rows. The owner and
 -- dialer_admin (BYPASSRLS) see everything; the worker runs as the owner.
@@ -115,3 +118,15 @@ ALTER VIEW dialer.health SET (security_invoker = true);
 -- Webhook events belong to the agency of their call (events matching no call: owner and admin).
 ALTER TABLE dialer.webhook_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON dialer.webhook_events USING (call_id IN (SELECT k.id FROM dialer.calls k));
+
+-- pg_dump backs up the extension's rows too (extension tables are skipped otherwise): a backup of
+-- the database is a backup of its campaigns. Keys in it are ciphertext (src/secrets.rs).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
+              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind IN ('r', 'S') ORDER BY c.relname LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(r.rel, '');
+    END LOOP;
+END $$;

@@ -15,6 +15,7 @@ pub static MAX_EXECUTION_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(25_00
 pub static MAX_CALLS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CALL_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30 * 60 * 1000);
 pub static STATUS_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"../pg_dialer.key"));
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"api.ultravox.ai,api.twilio.com,api.vapi.ai,api.retellai.com,api.bland.ai"));
 pub static JWT_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"authenticated"));
 
@@ -29,6 +30,15 @@ pub fn register(preloading: bool) {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+        // Outside the data directory by default, so a base backup or replica does not carry it.
+        GucRegistry::define_string_guc(
+            c"dialer.key_file",
+            c"The keyring that encrypts provider keys and webhook secrets at rest.",
+            c"Relative paths are from the data directory; created with mode 0600 at first start.",
+            &KEY_FILE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
     }
     GucRegistry::define_bool_guc(
         c"dialer.enabled",
@@ -117,6 +127,11 @@ impl Settings {
             max_claim_per_batch: MAX_CLAIM_PER_BATCH.get(),
             allowed_hosts: crate::hosts::AllowList::parse(&Self::allowed_hosts_text()),
         }
+    }
+
+    /// dialer.key_file (the default when the library is not preloaded).
+    pub fn key_file() -> String {
+        KEY_FILE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "../pg_dialer.key".to_string())
     }
 
     pub fn allowed_hosts_text() -> String {

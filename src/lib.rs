@@ -11,6 +11,7 @@ pub mod error;
 pub mod gucs;
 pub mod hosts;
 pub mod providers;
+pub mod secrets;
 pub mod tick;
 pub mod txn;
 pub mod wake;
@@ -40,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     wake::init_shmem();
+    api::credentials::ensure_keyring();
     zones::warm_up();
     BackgroundWorkerBuilder::new("pg_dialer worker")
         .set_type("pg_dialer")

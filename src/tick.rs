@@ -213,15 +213,22 @@ impl TargetCache {
             )?;
             let mut out = None;
             for r in table {
-                out = Some(Credentials {
-                    api_key: r.get::<String>(1)?.unwrap_or_default(),
-                    base_url: r.get::<String>(2)?,
-                    account_sid: r.get::<String>(3)?,
-                });
+                out = Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?, r.get::<String>(3)?));
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
         .map_err(db)?;
+        let creds = match creds {
+            Some((key, base_url, account_sid)) => Some(Credentials {
+                // A key that does not decrypt is this account's problem: its batches say so and wait.
+                api_key: crate::api::credentials::unseal(&key, agency_id, provider, "api_key").map_err(|e| {
+                    DialerError::InvalidArgument(format!("the stored {provider} key of agency {agency_id} cannot be used: {e}"))
+                })?,
+                base_url,
+                account_sid,
+            }),
+            None => None,
+        };
         self.credentials.insert(key, creds.clone());
         Ok(creds)
     }
@@ -460,7 +467,7 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
     .map_err(db)?;
     let mut jobs = Vec::new();
     for (call_id, agency_id, provider, provider_call_id) in rows {
-        let Some(creds) = cache.credentials(agency_id, &provider)? else { continue };
+        let Ok(Some(creds)) = cache.credentials(agency_id, &provider) else { continue };
         if let Ok(request) = providers::build_status_request(&provider, &creds, &provider_call_id) {
             jobs.push(Job { kind: JobKind::Status { call_id, provider }, request, not_before_ms: None, spacing: Vec::new(), flight_key: None });
         }
@@ -516,7 +523,7 @@ pub fn lookup_jobs(limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, Dial
     let mut jobs = Vec::new();
     for (agency_id, attempt) in rows {
         // Without credentials the provider cannot be asked: the attempt stays in doubt.
-        let Some(creds) = cache.credentials(agency_id, &attempt.provider)? else { continue };
+        let Ok(Some(creds)) = cache.credentials(agency_id, &attempt.provider) else { continue };
         if let Ok(request) = lookup::build_request(&attempt, &creds) {
             jobs.push(Job { kind: JobKind::Lookup { attempt }, request, not_before_ms: None, spacing: Vec::new(), flight_key: None });
         }

@@ -137,3 +137,54 @@ fn a_calling_window_that_never_opens_dials_nobody() {
     let why: Value = s.db.query_one("SELECT dialer.why_not_dialed($1)", &[&contact]).unwrap().get(0);
     assert!(why.to_string().contains("never"), "{why}");
 }
+
+#[test]
+fn keys_are_encrypted_at_rest_and_a_dump_holds_none() {
+    let mut s = Scenario::new("t-at-rest", Scenario::sim_config(200, 300), &[]);
+    let (agency, base) = (s.agency_id, s.sim.base_url());
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec-at-rest-77')", &[&agency, &API_KEY, &base]).unwrap();
+    let (b, nums) = b_campaign(&mut s, 3);
+    s.wake();
+    s.wait_batch_completed(b, Duration::from_secs(30));
+    assert!(nums.iter().all(|n| posts_to(&s.sim, n).iter().all(|p| p.auth_ok)), "the worker decrypts the key to dial");
+
+    // The table holds ciphertext only, and so does a dump of the database.
+    let stored: (String, String) =
+        s.db.query_one("SELECT api_key, webhook_secret FROM dialer.provider_credentials WHERE agency_id = $1", &[&agency]).map(|r| (r.get(0), r.get(1))).unwrap();
+    assert!(stored.0.starts_with("pgd1:") && stored.1.starts_with("pgd1:"), "{stored:?}");
+    let dump = std::process::Command::new(format!("{}/pg_dump", pg_dialer_integration::pg_bin()))
+        .args(["-h", "127.0.0.1", "-p", &s.cluster.port.to_string(), "-U", "postgres", "postgres"])
+        .output()
+        .expect("run pg_dump");
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(text.contains("pgd1:"), "the dump has the credentials row");
+    assert!(!text.contains(API_KEY) && !text.contains("whsec-at-rest-77"), "no key in pg_dump's output");
+
+    // The keyring lives outside the data directory, readable by its owner only.
+    let key_file = s.cluster.dir.join("pg_dialer.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_file).expect("the key file").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let keyring = std::fs::read_to_string(&key_file).unwrap();
+    let log = s.cluster.server_log();
+    assert!(!log.contains(keyring.trim().split(':').nth(1).unwrap_or("-")), "the key never reaches the log");
+
+    // The admin reads keys back in the clear, as the seed's RPC does; a tenant cannot decrypt.
+    let (_, mut t) = tenant(&mut s);
+    let key: String = s.db.query_one("SELECT api_key FROM dialer.get_agency_credentials($1)", &[&agency]).unwrap().get(0);
+    assert_eq!(key, API_KEY);
+    let e = t.query_one("SELECT dialer._unseal($1, $2, 'ultravox', 'api_key')", &[&stored.0, &agency]).unwrap_err();
+    assert!(code(&e).starts_with("42501"), "{}", code(&e));
+
+    // Rotation: every value re-encrypted under a new key, and dialing goes on.
+    let n: i64 = s.db.query_one("SELECT dialer.rotate_encryption_key()", &[]).unwrap().get(0);
+    assert_eq!(n, 2, "the key and the webhook secret");
+    let after: String = s.db.query_one("SELECT api_key FROM dialer.provider_credentials WHERE agency_id = $1", &[&agency]).unwrap().get(0);
+    assert_ne!(after, stored.0);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().lines().count(), 2, "the old key is kept for values written before");
+    let (b2, nums2) = (s.batch("after rotation", 600, 5, 3), numbers("+1555881", 2));
+    s.add_numbers(b2, &nums2);
+    s.wake();
+    s.wait_batch_completed(b2, Duration::from_secs(30));
+    assert!(nums2.iter().all(|n| posts_to(&s.sim, n).iter().all(|p| p.auth_ok)));
+}

@@ -2,7 +2,7 @@
 //! sql/upgrade/): the worker waits while the SQL is older than the library, the update keeps the
 //! data and dialing resumes (with requests the strict simulator accepts), a mapping the previous
 //! release let through is refused before use, and the upgraded catalog is the same as a fresh
-//! install's.
+//! install's. Keys stored in the clear by 0.2.0 are encrypted by the update.
 
 use pg_dialer_integration::{numbers, wait_for, Scenario};
 use postgres::Client;
@@ -47,6 +47,8 @@ fn catalog(db: &mut Client) -> BTreeSet<String> {
           FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
          WHERE c.relnamespace = 'dialer'::regnamespace AND NOT t.tgisinternal
         UNION ALL
+        SELECT 'dumped ' || unnest(extconfig)::regclass::text FROM pg_extension WHERE extname = 'pg_dialer'
+        UNION ALL
         SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid)
           FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
          WHERE e.extname = 'pg_dialer' AND d.deptype = 'e'
@@ -86,6 +88,8 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
     let carrier: Option<String> =
         s.db.query_one("SELECT carrier FROM dialer.agent_mappings WHERE id = $1", &[&s.mapping_id]).unwrap().get(0);
     assert_eq!(carrier.as_deref(), Some("telnyx"), "existing Ultravox mappings keep dialing through Telnyx");
+    let key: String = s.db.query_one("SELECT api_key FROM dialer.provider_credentials WHERE agency_id = $1", &[&s.agency_id]).unwrap().get(0);
+    assert!(key.starts_with("pgd1:") && !key.contains(pg_dialer_integration::API_KEY), "the stored key is encrypted by the update");
     let refused = s
         .db
         .query_one("SELECT dialer.create_batch($1, $2, 'no caller id')", &[&s.agency_id, &no_from])

@@ -8,7 +8,8 @@
 -- Tenants: the JWT claim counts only for dialer.jwt_roles; NOTIFY events carry ids only; a
 -- base_url is the owner's or dialer_admin's to set, only to dialer.allowed_hosts, and bound to its
 -- key; webhooks that cannot be verified are refused; a contact whose calling window never opens
--- is not dialed.
+-- is not dialed. Provider keys and webhook secrets are encrypted at rest (dialer.key_file): the
+-- keys already stored are encrypted by this update.
 \echo Use "ALTER EXTENSION pg_dialer UPDATE TO '0.3.0'" to load this file. \quit
 
 ALTER TABLE dialer.provider_credentials DROP CONSTRAINT provider_credentials_provider_check,
@@ -49,6 +50,31 @@ CREATE FUNCTION dialer."_jwt_roles"() RETURNS TEXT[]
 STABLE STRICT PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_jwt_roles_wrapper';
+
+CREATE FUNCTION dialer."_seal"(
+	"plaintext" TEXT,
+	"agency_id" bigint,
+	"provider" TEXT,
+	"column" TEXT
+) RETURNS TEXT
+VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_seal_wrapper';
+
+CREATE FUNCTION dialer."_unseal"(
+	"stored" TEXT,
+	"agency_id" bigint,
+	"provider" TEXT,
+	"column" TEXT
+) RETURNS TEXT
+VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_unseal_wrapper';
+
+CREATE FUNCTION dialer."rotate_encryption_key"() RETURNS bigint
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rotate_encryption_key_wrapper';
 
 -- Functions new or changed since 0.2.0 (scripts/upgrade-functions.py lists them).
 -- _agent_mapping_checked: new
@@ -240,6 +266,9 @@ BEGIN
         END IF;
         PERFORM dialer._check_base_url(NEW.base_url);
     END IF;
+    -- Stored encrypted, whoever writes the row (a value already sealed is kept as it is).
+    NEW.api_key := dialer._seal(NEW.api_key, NEW.agency_id, NEW.provider, 'api_key');
+    NEW.webhook_secret := dialer._seal(NEW.webhook_secret, NEW.agency_id, NEW.provider, 'webhook_secret');
     IF TG_OP = 'UPDATE' AND NEW.base_url IS DISTINCT FROM OLD.base_url AND NEW.api_key IS NOT DISTINCT FROM OLD.api_key
        AND coalesce(current_setting('pg_dialer.key_given', true), '') <> 'on' THEN
         RAISE EXCEPTION 'changing base_url needs the api_key again: a key is bound to the host it was stored with'
@@ -496,6 +525,16 @@ BEGIN
     RETURN ids;
 END $$;
 
+-- get_agency_credentials: changed
+CREATE OR REPLACE FUNCTION dialer.get_agency_credentials(agency_id bigint, provider text DEFAULT 'ultravox')
+RETURNS TABLE (api_key text, base_url text, account_sid text, webhook_secret text, max_calls_per_second integer)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT dialer._unseal(pc.api_key, pc.agency_id, pc.provider, 'api_key'), pc.base_url, pc.account_sid,
+           dialer._unseal(pc.webhook_secret, pc.agency_id, pc.provider, 'webhook_secret'), pc.max_calls_per_second
+      FROM dialer.provider_credentials pc
+     WHERE pc.agency_id = get_agency_credentials.agency_id AND pc.provider = get_agency_credentials.provider
+$$;
+
 -- set_provider_credentials: changed
 CREATE OR REPLACE FUNCTION dialer.set_provider_credentials(agency_id bigint, provider text, api_key text,
     base_url text DEFAULT NULL, account_sid text DEFAULT NULL, webhook_secret text DEFAULT NULL)
@@ -552,7 +591,23 @@ END $$;
 
 CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
     FOR EACH ROW EXECUTE FUNCTION dialer._agent_mapping_checked();
+-- The keys stored by 0.2.0, in the clear until now.
+UPDATE dialer.provider_credentials
+   SET api_key = dialer._seal(api_key, agency_id, provider, 'api_key'),
+       webhook_secret = dialer._seal(webhook_secret, agency_id, provider, 'webhook_secret');
 CREATE TRIGGER provider_credentials_guarded BEFORE INSERT OR UPDATE ON dialer.provider_credentials
     FOR EACH ROW EXECUTE FUNCTION dialer._provider_credentials_guarded();
 REVOKE EXECUTE ON FUNCTION dialer.allow_unsigned_webhooks(bigint, text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dialer.allow_unsigned_webhooks(bigint, text, boolean) TO dialer_admin;
+REVOKE EXECUTE ON FUNCTION dialer._unseal(text, bigint, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dialer.rotate_encryption_key() FROM PUBLIC;
+-- pg_dump backs up the extension's rows too (extension tables are skipped otherwise).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
+              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind IN ('r', 'S') ORDER BY c.relname LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(r.rel, '');
+    END LOOP;
+END $$;

@@ -1,9 +1,12 @@
-//! `dialer._check_base_url(url)`: a base_url is checked against dialer.allowed_hosts when it is
-//! stored, as well as where each request is sent (src/dispatch.rs, DNS answers included).
+//! Provider credentials as stored: `dialer._check_base_url(url)` checks a base_url against
+//! dialer.allowed_hosts when it is stored (as well as where each request is sent, in
+//! src/dispatch.rs); `_seal` / `_unseal` / `rotate_encryption_key` keep keys and webhook secrets
+//! encrypted at rest under the keyring of dialer.key_file (src/secrets.rs).
 
 use crate::api::process::raise;
 use crate::error::DialerError;
 use crate::gucs::Settings;
+use crate::secrets::{binding, Keyring};
 use pgrx::prelude::*;
 
 #[pg_extern(stable, parallel_safe)]
@@ -16,4 +19,104 @@ fn _check_base_url(base_url: Option<&str>) {
     if let Err(why) = list.check_url(url) {
         raise(DialerError::InvalidArgument(format!("base_url refused: {why}")));
     }
+}
+
+/// The keyring of dialer.key_file, read once per backend and again after a rotation elsewhere.
+static KEYRING: std::sync::Mutex<Option<std::sync::Arc<Keyring>>> = std::sync::Mutex::new(None);
+
+fn keyring(reload: bool) -> Result<std::sync::Arc<Keyring>, DialerError> {
+    let mut cached = KEYRING.lock().map_err(|_| DialerError::Database("the keyring lock is poisoned".into()))?;
+    if let (Some(k), false) = (cached.as_ref(), reload) {
+        return Ok(k.clone());
+    }
+    let ring = Keyring::load_or_create(std::path::Path::new(&Settings::key_file()))
+        .map(std::sync::Arc::new)
+        .map_err(|e| DialerError::Database(format!("provider secrets cannot be encrypted or read: {e}")))?;
+    *cached = Some(ring.clone());
+    Ok(ring)
+}
+
+/// Creates the keyring at server start when it is missing (the postmaster, preloading). Not
+/// cached here: every backend reads the file itself, so none starts with a stale copy.
+pub fn ensure_keyring() {
+    if let Err(e) = Keyring::load_or_create(std::path::Path::new(&Settings::key_file())) {
+        pgrx::warning!("provider secrets cannot be encrypted or read: {e}");
+    }
+}
+
+/// A stored secret in the clear, for the worker and the functions that need it; never exposed
+/// to PUBLIC. Plaintext left from before encryption is returned as it is.
+pub fn unseal(stored: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
+    if !Keyring::is_encrypted(stored) {
+        return Ok(stored.to_string());
+    }
+    let b = binding(agency_id, provider, column);
+    let ring = keyring(false)?;
+    let ring = match Keyring::key_id_of(stored) {
+        // Encrypted under a key this backend has not read yet (rotated in another session).
+        Some(id) if ring.decrypt(stored, &b).is_err() && id != ring.current_id() => keyring(true)?,
+        _ => ring,
+    };
+    ring.decrypt(stored, &b).map_err(DialerError::Database)
+}
+
+fn seal_value(plaintext: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
+    if Keyring::is_encrypted(plaintext) {
+        return Ok(plaintext.to_string());
+    }
+    keyring(false)?.encrypt(plaintext, &binding(agency_id, provider, column)).map_err(DialerError::Database)
+}
+
+/// Encrypts a secret for its row (the credentials trigger calls it on every write, so a key is
+/// never stored in the clear however the row is written). Encrypting is harmless to expose.
+#[pg_extern(volatile, parallel_safe)]
+fn _seal(plaintext: Option<&str>, agency_id: i64, provider: &str, column: &str) -> Option<String> {
+    let p = plaintext?;
+    Some(seal_value(p, agency_id, provider, column).unwrap_or_else(|e| raise(e)))
+}
+
+/// Decrypts a stored secret (get_agency_credentials, as the owner). EXECUTE is revoked from PUBLIC.
+#[pg_extern(volatile, parallel_safe)]
+fn _unseal(stored: Option<&str>, agency_id: i64, provider: &str, column: &str) -> Option<String> {
+    let s = stored?;
+    Some(unseal(s, agency_id, provider, column).unwrap_or_else(|e| raise(e)))
+}
+
+/// Puts a new key at the head of the keyring and re-encrypts every stored secret under it.
+/// Returns how many values were re-encrypted. Owner only (EXECUTE revoked from PUBLIC).
+#[pg_extern(volatile)]
+fn rotate_encryption_key() -> i64 {
+    let path = Settings::key_file();
+    let ring = match Keyring::add_key(std::path::Path::new(&path)) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => raise(DialerError::Database(format!("the key could not be rotated: {e}"))),
+    };
+    if let Ok(mut cached) = KEYRING.lock() {
+        *cached = Some(ring);
+    }
+    let rows = Spi::connect_mut(|client| {
+        let t = client.update("SELECT agency_id, provider, api_key, webhook_secret FROM dialer.provider_credentials FOR UPDATE", None, &[])?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push((r.get::<i64>(1)?.unwrap_or(0), r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?, r.get::<String>(4)?));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| raise(DialerError::Database(e.to_string())));
+    let mut n = 0i64;
+    for (agency, provider, key, secret) in rows {
+        let mut reseal = |v: Option<String>, column: &str| -> Option<String> {
+            let v = v?;
+            n += 1;
+            let plain = unseal(&v, agency, &provider, column).unwrap_or_else(|e| raise(e));
+            Some(seal_value(&plain, agency, &provider, column).unwrap_or_else(|e| raise(e)))
+        };
+        let (key, secret) = (reseal(key, "api_key"), reseal(secret, "webhook_secret"));
+        Spi::run_with_args(
+            "UPDATE dialer.provider_credentials SET api_key = $3, webhook_secret = $4 WHERE agency_id = $1 AND provider = $2",
+            &[agency.into(), provider.as_str().into(), key.into(), secret.into()],
+        )
+        .unwrap_or_else(|e| raise(DialerError::Database(e.to_string())));
+    }
+    n
 }

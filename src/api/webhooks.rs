@@ -1,6 +1,7 @@
 //! `dialer.ingest_webhook(provider, body, headers)`: provider call events, signature-checked,
 //! applied once.
 
+use crate::api::credentials::unseal;
 use crate::api::process::raise;
 use crate::error::DialerError;
 use crate::webhooks::{self, CallEvent};
@@ -73,6 +74,8 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
     let Some((call_id, agency_id, webhook_secret, api_key, allow_unsigned)) = row else {
         return Ok(json!({"status": "ignored", "reason": "no call with this provider call id"}));
     };
+    let open = |v: Option<String>, column: &str| v.map(|s| unseal(&s, agency_id, provider, column)).transpose();
+    let (webhook_secret, api_key) = (open(webhook_secret, "webhook_secret")?, open(api_key, "api_key")?);
 
     let h = webhooks::headers_map(headers);
     let now = chrono::Utc::now().timestamp();
