@@ -154,9 +154,7 @@ DECLARE
     old_url text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.base_url END;
 BEGIN
     IF NEW.base_url IS DISTINCT FROM old_url AND NEW.base_url IS NOT NULL THEN
-        IF NOT (pg_has_role(current_user, (SELECT extowner FROM pg_extension WHERE extname = 'pg_dialer'), 'MEMBER')
-                OR pg_has_role(current_user, 'dialer_admin', 'MEMBER')
-                OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) THEN
+        IF NOT dialer._caller_is_operator() THEN
             RAISE EXCEPTION 'only the extension owner or dialer_admin may set a base_url'
                 USING ERRCODE = '42501', HINT = 'Store the key without base_url: requests go to the provider''s own API.';
         END IF;

@@ -313,7 +313,7 @@ DECLARE
     c dialer.campaign_contacts;
     b dialer.call_batches;
     a dialer.agencies;
-    pc dialer.provider_credentials;
+    account_held_until timestamptz;
     zone text;
     opening timestamptz;
     now_ts timestamptz := clock_timestamp();
@@ -388,15 +388,16 @@ BEGIN
                 reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', b.rate_limited_until,
                     'message', 'the provider asked to wait (429) until ' || b.rate_limited_until);
             END IF;
-            SELECT p.* INTO pc FROM dialer.provider_credentials p JOIN dialer.agent_mappings m
-                ON m.agency_id = p.agency_id AND m.provider = p.provider
+            -- The account's state, never its secrets (this runs for tenants).
+            SELECT p.rate_limited_until INTO account_held_until FROM dialer.provider_credentials p
+              JOIN dialer.agent_mappings m ON m.agency_id = p.agency_id AND m.provider = p.provider
              WHERE m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id);
             IF NOT FOUND THEN
                 reasons := reasons || jsonb_build_object('code', 'no_credentials',
                     'message', 'no provider credentials for this agency (dialer.set_provider_credentials)');
-            ELSIF pc.rate_limited_until > now_ts THEN
-                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', pc.rate_limited_until,
-                    'message', 'the provider account asked to wait (429) until ' || pc.rate_limited_until);
+            ELSIF account_held_until > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', account_held_until,
+                    'message', 'the provider account asked to wait (429) until ' || account_held_until);
             END IF;
             IF b.next_slot_at > now_ts THEN
                 reasons := reasons || jsonb_build_object('code', 'pacing', 'until', b.next_slot_at,

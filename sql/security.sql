@@ -3,8 +3,13 @@
 -- dialer_admin: everything, including provider keys (an operator role; grant it to people who
 --   run the dialer). The extension owner can do all of this too.
 -- dialer_user: the application's role (e.g. GRANT dialer_user TO authenticated on Supabase).
---   It uses the SQL API and reads and writes its own agencies' rows only: row-level security
---   keys every tenant table by agency. It can store provider keys but never read them back.
+--   It reads its own agencies' rows (row-level security keys every tenant table by agency) and
+--   writes only through the SQL API: no INSERT, UPDATE or DELETE on any table. It can store
+--   provider keys but never read them back.
+-- dialer_api: owns the API functions a tenant calls (SECURITY DEFINER), and only it writes the
+--   tables for tenants. It does not bypass row-level security: inside those functions the
+--   policies still see the calling role (dialer._caller()), so each id a function touches must
+--   belong to one of the caller's agencies. Never grant it to anyone.
 --
 -- Which agencies a session belongs to: dialer.current_agency_ids(), from
 --   1. dialer.agency_members rows naming a role the session is a member of, and
@@ -18,6 +23,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_user') THEN
         CREATE ROLE dialer_user NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_api') THEN
+        CREATE ROLE dialer_api NOLOGIN NOBYPASSRLS;
+    END IF;
 END $$;
 
 CREATE TABLE dialer.agency_members (
@@ -26,8 +34,28 @@ CREATE TABLE dialer.agency_members (
     PRIMARY KEY (agency_id, role_name)
 );
 
--- Runs with the caller's rights (current_user is the caller); agency_members shows each
--- caller only the rows naming its own roles.
+-- The role a statement runs for. Inside the API's SECURITY DEFINER functions current_user is
+-- dialer_api; the role the session chose (SET ROLE, as PostgREST does) is still the `role`
+-- setting, else it is the session's own.
+CREATE FUNCTION dialer._caller()
+RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN current_user <> 'dialer_api' THEN current_user
+                WHEN current_setting('role') <> 'none' THEN current_setting('role')::name
+                ELSE session_user END
+$$;
+
+-- The owner, superusers, roles that bypass row-level security and members of dialer_admin see
+-- every agency, through the API functions too.
+CREATE FUNCTION dialer._caller_is_operator()
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(bool_or(r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, 'dialer_admin', 'MEMBER')
+                            OR pg_has_role(r.oid, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'pg_dialer'), 'MEMBER')),
+                    false)
+      FROM pg_roles r WHERE r.rolname = dialer._caller()
+$$;
+
+-- Runs with the caller's rights (dialer._caller()); agency_members shows each caller only the
+-- rows naming its own roles.
 CREATE FUNCTION dialer.current_agency_ids()
 RETURNS bigint[] LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -36,10 +64,10 @@ DECLARE
 BEGIN
     SELECT coalesce(array_agg(DISTINCT m.agency_id), '{}') INTO ids
       FROM dialer.agency_members m
-     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'MEMBER'));
+     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER'));
     -- Any session can SET request.jwt.claims: the claim counts only for the roles PostgREST
     -- switches to after checking the JWT (dialer.jwt_roles, which only a superuser can change).
-    IF NOT current_user::text = ANY (dialer._jwt_roles()) THEN
+    IF NOT dialer._caller()::text = ANY (dialer._jwt_roles()) THEN
         RETURN ids;
     END IF;
     BEGIN
@@ -53,18 +81,22 @@ BEGIN
     RETURN ids;
 END $$;
 
-GRANT USAGE ON SCHEMA dialer TO dialer_user, dialer_admin;
+GRANT USAGE ON SCHEMA dialer TO dialer_user, dialer_admin, dialer_api;
+-- Tenants read; every change goes through the API (whose functions run as dialer_api).
+GRANT SELECT ON dialer.agencies, dialer.agent_mappings, dialer.call_batches, dialer.campaign_contacts, dialer.calls,
+    dialer.recurring_calls, dialer.telecallers, dialer.followups, dialer.webhook_events, dialer.do_not_call,
+    dialer.agency_holidays TO dialer_user;
+GRANT SELECT ON dialer.batch_progress, dialer.in_doubt, dialer.health, dialer.runs TO dialer_user;
+-- Keys can be written (through the API), never read back: no SELECT on api_key or webhook_secret.
+GRANT SELECT (agency_id, provider, base_url, account_sid, max_calls_per_second, next_slot_at, rate_limited_until,
+              updated_at, allow_unsigned_webhooks)
+      ON dialer.provider_credentials TO dialer_user, dialer_api;
 GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.agencies, dialer.agent_mappings, dialer.call_batches,
     dialer.campaign_contacts, dialer.calls, dialer.recurring_calls, dialer.telecallers, dialer.followups,
-    dialer.webhook_events TO dialer_user;
-GRANT SELECT ON dialer.batch_progress, dialer.in_doubt, dialer.health, dialer.runs TO dialer_user;
-GRANT INSERT ON dialer.runs TO dialer_user;
--- Keys can be written, never read back: no SELECT on api_key or webhook_secret.
-GRANT SELECT (agency_id, provider, base_url, account_sid, max_calls_per_second, next_slot_at, rate_limited_until,
-              updated_at),
-      INSERT, UPDATE ON dialer.provider_credentials TO dialer_user;
-GRANT SELECT, INSERT, UPDATE ON dialer.pacing_state TO dialer_user;
-GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.do_not_call, dialer.agency_holidays TO dialer_user;
+    dialer.webhook_events, dialer.do_not_call, dialer.agency_holidays, dialer.pacing_state, dialer.runs
+    TO dialer_api;
+GRANT INSERT, UPDATE ON dialer.provider_credentials TO dialer_api;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA dialer TO dialer_api;
 GRANT ALL ON ALL TABLES IN SCHEMA dialer TO dialer_admin;
 -- process_batches() draws attempt ids from the calls sequence itself.
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA dialer TO dialer_admin;
@@ -107,8 +139,9 @@ CREATE POLICY tenant ON dialer.campaign_contacts
 CREATE POLICY tenant ON dialer.followups
     USING (contact_id IN (SELECT c.id FROM dialer.campaign_contacts c));
 GRANT SELECT ON dialer.agency_members TO dialer_user;
+GRANT SELECT ON dialer.agency_members TO dialer_api;
 CREATE POLICY own_roles ON dialer.agency_members
-    USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'MEMBER')));
+    USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER')));
 
 -- The views read with the caller's rights, so row-level security applies through them: a tenant
 -- sees its own batches, attempts in doubt and health figures only.
@@ -118,6 +151,45 @@ ALTER VIEW dialer.health SET (security_invoker = true);
 -- Webhook events belong to the agency of their call (events matching no call: owner and admin).
 ALTER TABLE dialer.webhook_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON dialer.webhook_events USING (call_id IN (SELECT k.id FROM dialer.calls k));
+
+-- Operators see and change every agency, also through the API functions (which run as dialer_api,
+-- a role row-level security applies to).
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT c.oid::regclass FROM pg_class c
+              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity ORDER BY c.relname LOOP
+        EXECUTE format('CREATE POLICY operator ON %s USING (dialer._caller_is_operator()) WITH CHECK (dialer._caller_is_operator())', t);
+    END LOOP;
+END $$;
+
+-- The API a tenant calls: SECURITY DEFINER as dialer_api, search_path pinned. The list is the
+-- contract of what a tenant may do; an upgrade script that replaces one of these functions
+-- must run this block again (CREATE OR REPLACE resets SECURITY DEFINER).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN (
+                  'add_contacts', 'add_do_not_call', 'add_holiday', 'add_telecaller', 'cancel_batch', 'cancel_job',
+                  'cancel_recurring_call', 'clean_jobs', 'clear_calling_window', 'create_agent_mapping', 'create_batch',
+                  'get_batch_contacts_to_call', 'job_status', 'list_jobs', 'pause_batch', 'pause_queue', 'queue_stats',
+                  'remove_do_not_call', 'remove_holiday', 'resolve_in_doubt', 'resume_batch', 'resume_queue', 'retry_job',
+                  'schedule_bulk_calls', 'schedule_call', 'schedule_recurring_call', 'set_agency_limits',
+                  'set_calling_window', 'set_disposition', 'set_provider_credentials', 'set_provider_rate_limit',
+                  'set_queue_calling_window', 'set_queue_options', 'set_retry_delays', 'set_telecaller_available',
+                  'update_batch_progress', 'why_not_dialed')
+              ORDER BY 1 LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO dialer_api', f);
+    END LOOP;
+END $$;
+
+-- Events are the API's and the worker's to send: nobody forges one.
+REVOKE EXECUTE ON FUNCTION dialer._notify(text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialer._notify(text, jsonb) TO dialer_api, dialer_admin;
 
 -- pg_dump backs up the extension's rows too (extension tables are skipped otherwise): a backup of
 -- the database is a backup of its campaigns. Keys in it are ciphertext (src/secrets.rs).

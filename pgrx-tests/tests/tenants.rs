@@ -188,3 +188,50 @@ fn keys_are_encrypted_at_rest_and_a_dump_holds_none() {
     s.wait_batch_completed(b2, Duration::from_secs(30));
     assert!(nums2.iter().all(|n| posts_to(&s.sim, n).iter().all(|p| p.auth_ok)));
 }
+
+#[test]
+fn a_tenant_writes_only_through_the_api_and_only_its_own_rows() {
+    let mut s = Scenario::new("t-writes", Scenario::sim_config(200, 400), &[]);
+    let (a, mut t) = tenant(&mut s);
+    let (b_batch, b_nums) = b_campaign(&mut s, 12);
+    let b_mapping = s.mapping_id;
+    let b_contact: i64 = s.db.query_one("SELECT min(id) FROM dialer.campaign_contacts WHERE batch_id = $1", &[&b_batch]).unwrap().get(0);
+
+    // No direct write to any table: the attacks of the report are refused before RLS is asked.
+    let attacks = [
+        format!("INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, phone_number) VALUES ({b_contact}, {b_batch}, {a}, 'ultravox', 'forged', 'in_doubt', '+15558800001')"),
+        format!("UPDATE dialer.call_batches SET agent_mapping_id = {b_mapping} WHERE agency_id = {a}"),
+        format!("UPDATE dialer.call_batches SET calls_per_minute = 2147483647 WHERE agency_id = {a}"),
+        format!("INSERT INTO dialer.agency_members VALUES ({}, 'tenant_a')", s.agency_id),
+        format!("UPDATE dialer.provider_credentials SET base_url = 'http://127.0.0.1:5432' WHERE agency_id = {a}"),
+        "INSERT INTO dialer.runs (mode, status) VALUES ('worker', 'ERROR')".to_string(),
+        "UPDATE dialer.pacing_state SET next_slot_at = now() + interval '1 day'".to_string(),
+        "DELETE FROM dialer.do_not_call".to_string(),
+        "SELECT dialer._notify('handoff', '{\"contact_id\": 1}')".to_string(),
+    ];
+    for sql in &attacks {
+        let e = t.batch_execute(sql).unwrap_err();
+        assert!(code(&e).starts_with("42501"), "{sql}: {}", code(&e));
+    }
+    // Through the API: its own agency works, another agency's ids do not exist for it.
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550191')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'mine', 60, 2)", &[&a, &ma]).unwrap().get(0);
+    assert!(own > 0);
+    let e = t.query_one("SELECT dialer.create_batch($1, $2, 'theirs', 60, 2)", &[&a, &b_mapping]).unwrap_err();
+    assert!(code(&e).contains("does not exist"), "B's mapping is not A's to use: {}", code(&e));
+    for sql in [format!("SELECT dialer.pause_batch({b_batch})"), format!("SELECT dialer.add_contacts({b_batch}, '[{{\"phone_number\": \"+15558809999\"}}]')")] {
+        let e = t.batch_execute(&sql).unwrap_err();
+        assert!(code(&e).contains("does not exist"), "{sql}: {}", code(&e));
+    }
+    let seen: i64 = t.query_one("SELECT count(*) FROM dialer.campaign_contacts", &[]).unwrap().get(0);
+    assert_eq!(seen, 0, "A sees none of B's contacts");
+
+    // B is untouched and dialed in full, each number once.
+    s.wake();
+    s.wait_batch_completed(b_batch, Duration::from_secs(60));
+    for n in &b_nums {
+        assert_eq!(posts_to(&s.sim, n).len(), 1, "B's {n}");
+    }
+    let forged: i64 = s.db.query_one("SELECT count(*) FROM dialer.calls WHERE idempotency_key = 'forged'", &[]).unwrap().get(0);
+    assert_eq!(forged, 0);
+}

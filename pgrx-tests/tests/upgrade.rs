@@ -12,20 +12,20 @@ use std::time::Duration;
 const PREVIOUS: &str = "0.2.0";
 
 /// Everything the extension defines in schema dialer, one line per object, in a form that does
-/// not depend on the order objects were created in (column numbers, OIDs).
+/// not depend on the order objects were created in (column numbers, OIDs, the order of grants).
 fn catalog(db: &mut Client) -> BTreeSet<String> {
     let sql = r#"
-        SELECT 'function ' || p.oid::regprocedure::text || ' acl=' || coalesce(p.proacl::text, '-')
+        SELECT 'function ' || p.oid::regprocedure::text || ' acl=' || coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(p.proacl) x), '-')
                || ' definer=' || p.prosecdef || E'\n' || pg_get_functiondef(p.oid)
           FROM pg_proc p WHERE p.pronamespace = 'dialer'::regnamespace
         UNION ALL
-        SELECT 'relation ' || c.relname || ' kind=' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '-')
+        SELECT 'relation ' || c.relname || ' kind=' || c.relkind::text || ' acl=' || coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(c.relacl) x), '-')
                || ' rls=' || c.relrowsecurity || ' options=' || coalesce(c.reloptions::text, '-')
           FROM pg_class c WHERE c.relnamespace = 'dialer'::regnamespace
         UNION ALL
         SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
                || ' notnull=' || a.attnotnull || ' identity=' || a.attidentity::text
-               || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') || ' acl=' || coalesce(a.attacl::text, '-')
+               || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') || ' acl=' || coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(a.attacl) x), '-')
           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
          WHERE c.relnamespace = 'dialer'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped

@@ -122,6 +122,23 @@ BEGIN
     RETURN tc;
 END $$;
 
+-- _caller: new
+CREATE OR REPLACE FUNCTION dialer._caller()
+RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN current_user <> 'dialer_api' THEN current_user
+                WHEN current_setting('role') <> 'none' THEN current_setting('role')::name
+                ELSE session_user END
+$$;
+
+-- _caller_is_operator: new
+CREATE OR REPLACE FUNCTION dialer._caller_is_operator()
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(bool_or(r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, 'dialer_admin', 'MEMBER')
+                            OR pg_has_role(r.oid, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'pg_dialer'), 'MEMBER')),
+                    false)
+      FROM pg_roles r WHERE r.rolname = dialer._caller()
+$$;
+
 -- _check_mapping_usable: new
 CREATE OR REPLACE FUNCTION dialer._check_mapping_usable(p_mapping_id bigint)
 RETURNS void LANGUAGE plpgsql STABLE AS $$
@@ -258,9 +275,7 @@ DECLARE
     old_url text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.base_url END;
 BEGIN
     IF NEW.base_url IS DISTINCT FROM old_url AND NEW.base_url IS NOT NULL THEN
-        IF NOT (pg_has_role(current_user, (SELECT extowner FROM pg_extension WHERE extname = 'pg_dialer'), 'MEMBER')
-                OR pg_has_role(current_user, 'dialer_admin', 'MEMBER')
-                OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) THEN
+        IF NOT dialer._caller_is_operator() THEN
             RAISE EXCEPTION 'only the extension owner or dialer_admin may set a base_url'
                 USING ERRCODE = '42501', HINT = 'Store the key without base_url: requests go to the provider''s own API.';
         END IF;
@@ -508,10 +523,10 @@ DECLARE
 BEGIN
     SELECT coalesce(array_agg(DISTINCT m.agency_id), '{}') INTO ids
       FROM dialer.agency_members m
-     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'MEMBER'));
+     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER'));
     -- Any session can SET request.jwt.claims: the claim counts only for the roles PostgREST
     -- switches to after checking the JWT (dialer.jwt_roles, which only a superuser can change).
-    IF NOT current_user::text = ANY (dialer._jwt_roles()) THEN
+    IF NOT dialer._caller()::text = ANY (dialer._jwt_roles()) THEN
         RETURN ids;
     END IF;
     BEGIN
@@ -588,6 +603,118 @@ BEGIN
     PERFORM set_config('pg_dialer.key_given', 'off', true);
 END $$;
 
+-- why_not_dialed: changed
+CREATE OR REPLACE FUNCTION dialer.why_not_dialed(contact_id bigint)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    c dialer.campaign_contacts;
+    b dialer.call_batches;
+    a dialer.agencies;
+    account_held_until timestamptz;
+    zone text;
+    opening timestamptz;
+    now_ts timestamptz := clock_timestamp();
+    reasons jsonb := '[]';
+    dnc_reason text;
+BEGIN
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = why_not_dialed.contact_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'contact % does not exist', coalesce(why_not_dialed.contact_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    SELECT * INTO b FROM dialer.call_batches WHERE id = c.batch_id;
+    SELECT * INTO a FROM dialer.agencies WHERE id = b.agency_id;
+    zone := coalesce(c.timezone, a.timezone);
+
+    IF c.status IN ('completed', 'failed', 'cancelled') THEN
+        reasons := reasons || jsonb_build_object('code', c.status,
+            'message', CASE c.status WHEN 'completed' THEN 'already called: the call has ended'
+                                     WHEN 'failed' THEN 'gave up after ' || c.attempts || ' attempt(s): ' || coalesce(c.last_error, 'failed')
+                                     ELSE 'cancelled' || coalesce(' (' || c.last_error || ')', '') END);
+    ELSIF c.status = 'in_progress' THEN
+        reasons := reasons || jsonb_build_object('code', 'in_progress', 'message', 'being dialed or in a call right now');
+    ELSIF c.status = 'in_doubt' THEN
+        reasons := reasons || jsonb_build_object('code', 'in_doubt',
+            'message', 'the last attempt may have reached the provider; it is being looked up, or needs dialer.resolve_in_doubt');
+    END IF;
+    SELECT d.reason INTO dnc_reason FROM dialer.do_not_call d
+     WHERE d.phone_number = c.phone_number AND (d.agency_id IS NULL OR d.agency_id = b.agency_id) LIMIT 1;
+    IF FOUND THEN
+        reasons := reasons || jsonb_build_object('code', 'dnc', 'message', 'on the do-not-call list' || coalesce(': ' || dnc_reason, ''));
+    END IF;
+    IF c.status IN ('pending', 'queued') THEN
+        IF b.status = 'paused' THEN
+            reasons := reasons || jsonb_build_object('code', CASE b.kind WHEN 'queue' THEN 'queue_paused' ELSE 'batch_paused' END,
+                'message', CASE b.kind WHEN 'queue' THEN 'the call queue is paused (dialer.resume_queue)'
+                                       ELSE 'batch ' || b.id || ' is paused (dialer.resume_batch)' END);
+        ELSIF b.status IN ('pending', 'scheduled') AND b.scheduled_for > now_ts THEN
+            reasons := reasons || jsonb_build_object('code', 'batch_scheduled', 'until', b.scheduled_for,
+                'message', 'batch ' || b.id || ' starts at ' || b.scheduled_for);
+        ELSIF b.status IN ('completed', 'cancelled') THEN
+            reasons := reasons || jsonb_build_object('code', 'batch_' || b.status, 'message', 'batch ' || b.id || ' is ' || b.status);
+        END IF;
+        IF b.window_start IS NOT NULL THEN
+            opening := dialer._next_opening(now_ts, zone, b.window_start, b.window_end, b.window_days, a.id);
+            IF opening IS NULL OR opening > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'outside_window', 'until', opening, 'zone', zone,
+                    'message', format('outside its calling window (%s-%s %s local time) until %s',
+                                      b.window_start, b.window_end, zone, coalesce(opening::text, 'never (no opening within a year)')));
+            END IF;
+        END IF;
+        IF a.max_attempts_per_number_per_day IS NOT NULL
+           AND dialer._attempts_today(a.id, c.phone_number, now_ts, a.timezone) >= a.max_attempts_per_number_per_day THEN
+            opening := (date_trunc('day', now_ts AT TIME ZONE a.timezone) + interval '1 day') AT TIME ZONE a.timezone;
+            reasons := reasons || jsonb_build_object('code', 'attempt_cap', 'until', opening,
+                'message', format('reached %s attempt(s) today for this number; next attempt after %s',
+                                  a.max_attempts_per_number_per_day, opening));
+        END IF;
+        IF c.next_attempt_at > now_ts AND NOT reasons @> '[{"code": "outside_window"}]' AND NOT reasons @> '[{"code": "attempt_cap"}]' THEN
+            reasons := reasons || jsonb_build_object('code', CASE WHEN c.attempts > 0 THEN 'retry_wait' ELSE 'scheduled' END,
+                'until', c.next_attempt_at,
+                'message', CASE WHEN c.attempts > 0 THEN 'waiting to retry until ' ELSE 'scheduled for ' END || c.next_attempt_at);
+        END IF;
+        IF EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                    AND k.status IN ('dialing', 'in_progress', 'in_doubt')) THEN
+            reasons := reasons || jsonb_build_object('code', 'live_call', 'message', 'another call to this number is in progress');
+        END IF;
+        IF b.status = 'processing' THEN
+            IF b.in_progress_count >= b.max_concurrent THEN
+                reasons := reasons || jsonb_build_object('code', 'max_concurrent',
+                    'message', format('batch is at max_concurrent (%s calls in progress)', b.in_progress_count));
+            END IF;
+            IF b.rate_limited_until > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', b.rate_limited_until,
+                    'message', 'the provider asked to wait (429) until ' || b.rate_limited_until);
+            END IF;
+            -- The account's state, never its secrets (this runs for tenants).
+            SELECT p.rate_limited_until INTO account_held_until FROM dialer.provider_credentials p
+              JOIN dialer.agent_mappings m ON m.agency_id = p.agency_id AND m.provider = p.provider
+             WHERE m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id);
+            IF NOT FOUND THEN
+                reasons := reasons || jsonb_build_object('code', 'no_credentials',
+                    'message', 'no provider credentials for this agency (dialer.set_provider_credentials)');
+            ELSIF account_held_until > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', account_held_until,
+                    'message', 'the provider account asked to wait (429) until ' || account_held_until);
+            END IF;
+            IF b.next_slot_at > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'pacing', 'until', b.next_slot_at,
+                    'message', format('waiting for a pacing slot (%s calls/min) at %s', b.calls_per_minute, b.next_slot_at));
+            END IF;
+            IF EXISTS (SELECT 1 FROM dialer.campaign_contacts o
+                        WHERE o.batch_id = b.id AND o.status = 'queued' AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now_ts)
+                          AND (o.priority, o.id) < (c.priority, c.id)) THEN
+                reasons := reasons || jsonb_build_object('code', 'queued_behind', 'message', 'others are ahead of it in the queue');
+            END IF;
+        END IF;
+        IF coalesce(current_setting('dialer.enabled', true), 'on') = 'off' THEN
+            reasons := reasons || jsonb_build_object('code', 'worker_disabled', 'message', 'dialer.enabled is off');
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('contact_id', c.id, 'status', c.status, 'phone_number', c.phone_number,
+        'dialable_now', c.status = 'queued' AND jsonb_array_length(reasons) = 0, 'reasons', reasons);
+END $$;
+
 
 CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
     FOR EACH ROW EXECUTE FUNCTION dialer._agent_mapping_checked();
@@ -611,3 +738,68 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump(r.rel, '');
     END LOOP;
 END $$;
+
+-- Tenants write only through the API, whose functions run as dialer_api (see sql/security.sql).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_api') THEN
+        CREATE ROLE dialer_api NOLOGIN NOBYPASSRLS;
+    END IF;
+END $$;
+REVOKE INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer FROM dialer_user;
+REVOKE ALL ON dialer.pacing_state FROM dialer_user;
+GRANT SELECT ON dialer.do_not_call, dialer.agency_holidays TO dialer_user;
+GRANT USAGE ON SCHEMA dialer TO dialer_api;
+GRANT SELECT (agency_id, provider, base_url, account_sid, max_calls_per_second, next_slot_at, rate_limited_until,
+              updated_at, allow_unsigned_webhooks)
+      ON dialer.provider_credentials TO dialer_user, dialer_api;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.agencies, dialer.agent_mappings, dialer.call_batches,
+    dialer.campaign_contacts, dialer.calls, dialer.recurring_calls, dialer.telecallers, dialer.followups,
+    dialer.webhook_events, dialer.do_not_call, dialer.agency_holidays, dialer.pacing_state, dialer.runs
+    TO dialer_api;
+GRANT INSERT, UPDATE ON dialer.provider_credentials TO dialer_api;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA dialer TO dialer_api;
+GRANT SELECT ON dialer.agency_members TO dialer_api;
+DROP POLICY own_roles ON dialer.agency_members;
+CREATE POLICY own_roles ON dialer.agency_members
+    USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER')));
+
+-- Operators see and change every agency, also through the API functions (which run as dialer_api,
+-- a role row-level security applies to).
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT c.oid::regclass FROM pg_class c
+              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity ORDER BY c.relname LOOP
+        EXECUTE format('CREATE POLICY operator ON %s USING (dialer._caller_is_operator()) WITH CHECK (dialer._caller_is_operator())', t);
+    END LOOP;
+END $$;
+
+-- The API a tenant calls: SECURITY DEFINER as dialer_api, search_path pinned. The list is the
+-- contract of what a tenant may do; an upgrade script that replaces one of these functions
+-- must run this block again (CREATE OR REPLACE resets SECURITY DEFINER).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN (
+                  'add_contacts', 'add_do_not_call', 'add_holiday', 'add_telecaller', 'cancel_batch', 'cancel_job',
+                  'cancel_recurring_call', 'clean_jobs', 'clear_calling_window', 'create_agent_mapping', 'create_batch',
+                  'get_batch_contacts_to_call', 'job_status', 'list_jobs', 'pause_batch', 'pause_queue', 'queue_stats',
+                  'remove_do_not_call', 'remove_holiday', 'resolve_in_doubt', 'resume_batch', 'resume_queue', 'retry_job',
+                  'schedule_bulk_calls', 'schedule_call', 'schedule_recurring_call', 'set_agency_limits',
+                  'set_calling_window', 'set_disposition', 'set_provider_credentials', 'set_provider_rate_limit',
+                  'set_queue_calling_window', 'set_queue_options', 'set_retry_delays', 'set_telecaller_available',
+                  'update_batch_progress', 'why_not_dialed')
+              ORDER BY 1 LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO dialer_api', f);
+    END LOOP;
+END $$;
+
+-- Events are the API's and the worker's to send: nobody forges one.
+REVOKE EXECUTE ON FUNCTION dialer._notify(text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialer._notify(text, jsonb) TO dialer_api, dialer_admin;
+
