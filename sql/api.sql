@@ -144,6 +144,22 @@ BEGIN
     PERFORM set_config('pg_dialer.key_given', 'off', true);
 END $$;
 
+-- JSON a tenant gives (a contact's variables, a job's metadata) is bounded in size and depth, so
+-- nothing stored can be too large or too deep for the worker to read back.
+CREATE FUNCTION dialer._json_bounded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_column_size(NEW.variables) > 65536 OR pg_column_size(NEW.metadata) > 65536 THEN
+        RAISE EXCEPTION 'a contact''s variables and metadata are at most 64 kB each' USING ERRCODE = '54000';
+    END IF;
+    IF dialer._json_depth(NEW.variables::text) > 32 OR dialer._json_depth(NEW.metadata::text) > 32 THEN
+        RAISE EXCEPTION 'a contact''s variables and metadata nest at most 32 levels deep' USING ERRCODE = '54000';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER campaign_contacts_json_bounded BEFORE INSERT OR UPDATE OF variables, metadata ON dialer.campaign_contacts
+    FOR EACH ROW EXECUTE FUNCTION dialer._json_bounded();
+
 -- A base_url decides where a provider key is sent, so only the owner and dialer_admin may set
 -- one, only to a host in dialer.allowed_hosts, and a key is bound to the host it was stored
 -- with: moving the host needs the key again (dialer.set_provider_credentials), however the row

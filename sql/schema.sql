@@ -57,9 +57,11 @@ CREATE TABLE dialer.call_batches (
     status             text NOT NULL DEFAULT 'pending'
                        CHECK (status IN ('pending', 'scheduled', 'processing', 'paused', 'completed', 'cancelled')),
     scheduled_for      timestamptz,
-    calls_per_minute   integer NOT NULL DEFAULT 10 CHECK (calls_per_minute > 0),
-    max_concurrent     integer NOT NULL DEFAULT 5 CHECK (max_concurrent > 0),
-    max_attempts       integer NOT NULL DEFAULT 3 CHECK (max_attempts > 0),
+    -- Bounded so that no value a tenant gives can break the pacing arithmetic (6,000,000 a
+    -- minute is 100,000 calls a second, 10 µs apart).
+    calls_per_minute   integer NOT NULL DEFAULT 10 CHECK (calls_per_minute BETWEEN 1 AND 6000000),
+    max_concurrent     integer NOT NULL DEFAULT 5 CHECK (max_concurrent BETWEEN 1 AND 1000000),
+    max_attempts       integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 1000),
     retry_delay        interval NOT NULL DEFAULT '2 seconds' CHECK (retry_delay >= '0'),
     retry_backoff      numeric NOT NULL DEFAULT 2 CHECK (retry_backoff >= 1),
     priority           integer NOT NULL DEFAULT 2,
@@ -203,6 +205,12 @@ CREATE INDEX ON dialer.recurring_calls (next_run_at) WHERE active;
 ALTER TABLE dialer.campaign_contacts
     ADD CONSTRAINT campaign_contacts_recurring_fk FOREIGN KEY (recurring_call_id)
     REFERENCES dialer.recurring_calls(id) ON DELETE SET NULL;
+
+-- Ticks take this row's lock (FOR UPDATE SKIP LOCKED) so that two never overlap; taking it needs
+-- UPDATE on the table, which no tenant has, so no tenant can hold the worker off.
+CREATE TABLE dialer.tick_lock (id integer PRIMARY KEY CHECK (id = 1));
+INSERT INTO dialer.tick_lock VALUES (1);
+REVOKE ALL ON dialer.tick_lock FROM PUBLIC;
 
 -- Pacing shared across batches (the global dialer.max_calls_per_second).
 CREATE TABLE dialer.pacing_state (

@@ -198,7 +198,9 @@ DECLARE
     r record;
 BEGIN
     FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
-              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind IN ('r', 'S') ORDER BY c.relname LOOP
+              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind IN ('r', 'S')
+                AND c.relname <> 'tick_lock'  -- its one row comes with CREATE EXTENSION
+              ORDER BY c.relname LOOP
         PERFORM pg_catalog.pg_extension_config_dump(r.rel, '');
     END LOOP;
 END $$;

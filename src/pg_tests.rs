@@ -196,3 +196,19 @@ fn agent_mappings_are_checked_however_they_are_written() {
     let carrier = Spi::get_one_with_args::<String>("SELECT carrier FROM dialer.agent_mappings WHERE id = $1", &[mapping.into()]).unwrap();
     assert_eq!(carrier.as_deref(), Some("telnyx"), "Ultravox mappings dial through Telnyx by default, as the seed");
 }
+
+#[pg_test]
+fn json_depth_counts_nesting_outside_strings() {
+    let depth = |s: &str| Spi::get_one_with_args::<i32>("SELECT dialer._json_depth($1)", &[s.into()]).unwrap().unwrap();
+    assert_eq!(depth(r#"{"a": [1, {"b": 2}]}"#), 3);
+    assert_eq!(depth(r#"{"a": "[[[{{{\"]]]"}"#), 1, "brackets inside strings do not count");
+    assert_eq!(depth(&"[".repeat(300)), 300);
+    let (agency, mapping) = agency_with_mapping();
+    let b = batch(agency, mapping);
+    let deep = format!(r#"[{{"phone_number": "+15550001234", "variables": {{"x": {}1{}}}}}]"#, "[".repeat(40), "]".repeat(40));
+    let (code, msg) = expect_error(&format!("SELECT dialer.add_contacts({b}, '{deep}')"));
+    assert_eq!(code, "ERRCODE_PROGRAM_LIMIT_EXCEEDED");
+    assert!(msg.contains("32 levels"), "{msg}");
+    let (_, msg) = expect_error(&format!("SELECT dialer.create_batch({agency}, {mapping}, 'fast', 2147483647)"));
+    assert!(msg.contains("calls_per_minute"), "{msg}");
+}

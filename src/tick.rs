@@ -14,8 +14,6 @@ use std::collections::HashMap;
 /// that the worker's wake-up jitter does not shift calls (see `_claim_batch`).
 pub const CLAIM_LEAD_MS: f64 = 25.0;
 
-/// Key of the advisory lock that keeps ticks from overlapping ("pg_dialer" in ASCII).
-pub const TICK_LOCK_KEY: i64 = 0x70675f6469616c;
 
 fn db<E: std::fmt::Display>(e: E) -> DialerError {
     DialerError::Database(e.to_string())
@@ -34,9 +32,12 @@ pub fn extension_ready() -> Result<bool, DialerError> {
 
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Keeps ticks from overlapping, for the transaction: the row lock of dialer.tick_lock, which
+/// only the owner and dialer_admin may take (an advisory lock anyone could hold, and so hold the
+/// worker off).
 pub fn try_tick_lock() -> Result<bool, DialerError> {
-    Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1)", &[TICK_LOCK_KEY.into()])
-        .map(|v| v.unwrap_or(false))
+    Spi::get_one::<i64>("SELECT count(*) FROM (SELECT 1 FROM dialer.tick_lock WHERE id = 1 FOR UPDATE SKIP LOCKED) l")
+        .map(|v| v == Some(1))
         .map_err(db)
 }
 
@@ -300,7 +301,14 @@ pub fn claim(
             continue;
         }
         let budget = budget_per_batch.min(room.min(i32::MAX as usize) as i32);
-        let specs = claim_batch(batch_id, budget, global_cps, catch_up_before_ms)?;
+        // One batch whose rows cannot be claimed is set aside with its error; the rest go on.
+        let specs = match crate::txn::isolated(|| claim_batch(batch_id, budget, global_cps, catch_up_before_ms)) {
+            Ok(specs) => specs,
+            Err(e) => {
+                set_batch_error(batch_id, &format!("could not claim from this batch: {e}"))?;
+                continue;
+            }
+        };
         if specs.is_empty() {
             continue;
         }

@@ -53,3 +53,42 @@ fn abort() {
         pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
     }
 }
+
+/// Runs `body` in a subtransaction of the current transaction: an error (ours or a Postgres
+/// ERROR) rolls back only what `body` did and is returned, and the transaction goes on. The claim
+/// runs each batch this way, so one batch whose rows cannot be claimed stops nobody else.
+pub fn isolated<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, DialerError> {
+    let (context, owner) = unsafe {
+        let saved = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        // BeginInternalSubTransaction switches to the subtransaction's context; work in ours.
+        pg_sys::MemoryContextSwitchTo(saved.0);
+        saved
+    };
+    let body = AssertUnwindSafe(body);
+    let outcome = PgTryBuilder::new(move || {
+        let body = body;
+        Ok((body.0)())
+    })
+    .catch_others(|caught| {
+        let message = match &caught {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+            | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+        };
+        Err(message)
+    })
+    .execute();
+    unsafe {
+        match &outcome {
+            Ok(Ok(_)) => pg_sys::ReleaseCurrentSubTransaction(),
+            _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    match outcome {
+        Ok(r) => r,
+        Err(message) => Err(DialerError::Database(message)),
+    }
+}

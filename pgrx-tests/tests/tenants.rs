@@ -235,3 +235,39 @@ fn a_tenant_writes_only_through_the_api_and_only_its_own_rows() {
     let forged: i64 = s.db.query_one("SELECT count(*) FROM dialer.calls WHERE idempotency_key = 'forged'", &[]).unwrap().get(0);
     assert_eq!(forged, 0);
 }
+
+#[test]
+fn no_tenant_stops_the_worker() {
+    let mut s = Scenario::new("t-worker", Scenario::sim_config(200, 400), &[]);
+    let (a, mut t) = tenant(&mut s);
+    // The old tick lock was an advisory lock anyone could hold; and a transaction that failed on
+    // the new one keeps its (harmless) table lock until it ends.
+    t.batch_execute("SELECT pg_advisory_lock(31638856795775340)").unwrap();
+    let mut held = Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    held.batch_execute("BEGIN").unwrap();
+    assert!(code(&held.batch_execute("SELECT * FROM dialer.tick_lock FOR UPDATE").unwrap_err()).starts_with("42501"));
+    // Bounds: values that once broke the pacing arithmetic or the claim are refused at the door.
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550192')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let e = t.query_one("SELECT dialer.create_batch($1, $2, 'zero spacing', 2147483647)", &[&a, &ma]).unwrap_err();
+    assert!(code(&e).starts_with("23514"), "{}", code(&e));
+    let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'deep', 600, 5)", &[&a, &ma]).unwrap().get(0);
+    let deep = json!([{"phone_number": "+15558930001", "variables": serde_json::from_str::<Value>(&format!("{{\"x\": {}1{}}}", "[".repeat(100), "]".repeat(100))).unwrap()}]);
+    let e = t.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &deep]).unwrap_err();
+    assert!(code(&e).starts_with("54000"), "{}", code(&e));
+    // A batch whose rows cannot be claimed (here: a zone written into a row by hand, as 0.2.0 let
+    // a tenant do) is set aside with its error; B is dialed all the same.
+    let base = s.sim.base_url();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &API_KEY, &base]).unwrap();
+    t.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558930002"}])]).unwrap();
+    s.db.execute("UPDATE dialer.campaign_contacts SET timezone = 'Mars/Olympus' WHERE batch_id = $1", &[&own]).unwrap();
+    let (b, b_nums) = b_campaign(&mut s, 8);
+    s.wake();
+    s.wait_batch_completed(b, Duration::from_secs(60));
+    assert!(b_nums.iter().all(|n| posts_to(&s.sim, n).len() == 1), "B dialed in full while A attacked");
+    let db = &mut s.db;
+    let err: String = wait_for("A's broken batch set aside", Duration::from_secs(20), || {
+        db.query_one("SELECT last_error FROM dialer.call_batches WHERE id = $1", &[&own]).ok()?.get::<_, Option<String>>(0)
+    });
+    assert!(err.contains("could not claim") && err.contains("Mars/Olympus"), "{err}");
+    held.batch_execute("ROLLBACK").unwrap();
+}

@@ -76,6 +76,26 @@ STRICT VOLATILE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'rotate_encryption_key_wrapper';
 
+CREATE FUNCTION dialer."_json_depth"(
+	"json" TEXT
+) RETURNS INT
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_json_depth_wrapper';
+
+-- Bounds on what a tenant gives: rates and counts the pacing arithmetic can take (values over
+-- them, possible before, are brought down to the bound).
+UPDATE dialer.call_batches SET calls_per_minute = least(calls_per_minute, 6000000),
+       max_concurrent = least(max_concurrent, 1000000), max_attempts = least(max_attempts, 1000)
+ WHERE calls_per_minute > 6000000 OR max_concurrent > 1000000 OR max_attempts > 1000;
+ALTER TABLE dialer.call_batches
+    DROP CONSTRAINT call_batches_calls_per_minute_check,
+    ADD CONSTRAINT call_batches_calls_per_minute_check CHECK (calls_per_minute BETWEEN 1 AND 6000000),
+    DROP CONSTRAINT call_batches_max_concurrent_check,
+    ADD CONSTRAINT call_batches_max_concurrent_check CHECK (max_concurrent BETWEEN 1 AND 1000000),
+    DROP CONSTRAINT call_batches_max_attempts_check,
+    ADD CONSTRAINT call_batches_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 1000);
+
 -- Functions new or changed since 0.2.0 (scripts/upgrade-functions.py lists them).
 -- _agent_mapping_checked: new
 CREATE OR REPLACE FUNCTION dialer._agent_mapping_checked()
@@ -244,6 +264,19 @@ BEGIN
         RETURN 'manual_pending';
     END IF;
     RETURN 'manual_assigned';
+END $$;
+
+-- _json_bounded: new
+CREATE OR REPLACE FUNCTION dialer._json_bounded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_column_size(NEW.variables) > 65536 OR pg_column_size(NEW.metadata) > 65536 THEN
+        RAISE EXCEPTION 'a contact''s variables and metadata are at most 64 kB each' USING ERRCODE = '54000';
+    END IF;
+    IF dialer._json_depth(NEW.variables::text) > 32 OR dialer._json_depth(NEW.metadata::text) > 32 THEN
+        RAISE EXCEPTION 'a contact''s variables and metadata nest at most 32 levels deep' USING ERRCODE = '54000';
+    END IF;
+    RETURN NEW;
 END $$;
 
 -- _notify: changed
@@ -734,10 +767,21 @@ DECLARE
     r record;
 BEGIN
     FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
-              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind IN ('r', 'S') ORDER BY c.relname LOOP
+              WHERE c.relnamespace = 'dialer'::regnamespace AND c.relkind IN ('r', 'S')
+                AND c.relname <> 'tick_lock'  -- its one row comes with CREATE EXTENSION
+              ORDER BY c.relname LOOP
         PERFORM pg_catalog.pg_extension_config_dump(r.rel, '');
     END LOOP;
 END $$;
+
+CREATE TRIGGER campaign_contacts_json_bounded BEFORE INSERT OR UPDATE OF variables, metadata ON dialer.campaign_contacts
+    FOR EACH ROW EXECUTE FUNCTION dialer._json_bounded();
+
+-- Ticks serialize on a row lock no tenant can take (it was an advisory lock anyone could hold).
+CREATE TABLE dialer.tick_lock (id integer PRIMARY KEY CHECK (id = 1));
+INSERT INTO dialer.tick_lock VALUES (1);
+REVOKE ALL ON dialer.tick_lock FROM PUBLIC;
+GRANT ALL ON dialer.tick_lock TO dialer_admin;
 
 -- Tenants write only through the API, whose functions run as dialer_api (see sql/security.sql).
 DO $$

@@ -36,6 +36,34 @@ fn _wake_on_commit() {
 }
 
 /// The IANA zone of a number's country when that country has only one; NULL otherwise.
+/// How deeply a JSON text nests (objects and arrays), counted without parsing it, so that a value
+/// too deep for any parser is measured too. Strings are skipped with their escapes.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _json_depth(json: &str) -> i32 {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0i32, 0i32, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth -= 1,
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// dialer.jwt_roles as an array. A C function, so calling it loads the library and with it the
 /// setting's real definition (a placeholder a tenant set before that would not count).
 #[pg_extern(stable, parallel_safe)]
