@@ -160,6 +160,36 @@ END $$;
 CREATE TRIGGER campaign_contacts_json_bounded BEFORE INSERT OR UPDATE OF variables, metadata ON dialer.campaign_contacts
     FOR EACH ROW EXECUTE FUNCTION dialer._json_bounded();
 
+-- What a foreign key cannot say, because the row has no agency of its own: a queue job's own
+-- agent mapping and a follow-up's telecaller belong to the agency of the contact's batch. Runs
+-- as the owner, to compare agencies whatever the writer may see.
+CREATE FUNCTION dialer._same_agency()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ok boolean;
+BEGIN
+    IF TG_TABLE_NAME = 'campaign_contacts' THEN
+        IF NEW.agent_mapping_id IS NULL THEN
+            RETURN NEW;
+        END IF;
+        SELECT m.agency_id = b.agency_id INTO ok FROM dialer.agent_mappings m, dialer.call_batches b
+         WHERE m.id = NEW.agent_mapping_id AND b.id = NEW.batch_id;
+    ELSE
+        IF NEW.telecaller_id IS NULL THEN
+            RETURN NEW;
+        END IF;
+        SELECT t.agency_id = b.agency_id INTO ok FROM dialer.telecallers t, dialer.campaign_contacts c
+          JOIN dialer.call_batches b ON b.id = c.batch_id
+         WHERE t.id = NEW.telecaller_id AND c.id = NEW.contact_id;
+    END IF;
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION '% row refers to another agency''s %', TG_TABLE_NAME,
+            CASE TG_TABLE_NAME WHEN 'campaign_contacts' THEN 'agent mapping' ELSE 'telecaller' END
+            USING ERRCODE = '23503';
+    END IF;
+    RETURN NEW;
+END $$;
+
 -- A base_url decides where a provider key is sent, so only the owner and dialer_admin may set
 -- one, only to a host in dialer.allowed_hosts, and a key is bound to the host it was stored
 -- with: moving the host needs the key again (dialer.set_provider_credentials), however the row

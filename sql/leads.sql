@@ -23,6 +23,11 @@ CREATE TABLE dialer.followups (
 );
 CREATE INDEX ON dialer.followups (telecaller_id) WHERE status = 'open';
 CREATE UNIQUE INDEX followups_one_open_per_contact ON dialer.followups (contact_id) WHERE status = 'open';
+-- A follow-up's telecaller, and a queue job's own agent mapping, are of the contact's agency.
+CREATE TRIGGER followups_same_agency BEFORE INSERT OR UPDATE OF telecaller_id, contact_id ON dialer.followups
+    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
+CREATE TRIGGER campaign_contacts_same_agency BEFORE INSERT OR UPDATE OF agent_mapping_id, batch_id ON dialer.campaign_contacts
+    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
 
 CREATE TABLE dialer.webhook_events (
     provider    text NOT NULL,

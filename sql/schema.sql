@@ -49,7 +49,7 @@ CREATE INDEX ON dialer.agent_mappings (agency_id);
 CREATE TABLE dialer.call_batches (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     agency_id          bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
-    agent_mapping_id   bigint NOT NULL REFERENCES dialer.agent_mappings(id),
+    agent_mapping_id   bigint NOT NULL,  -- of its own agency: call_batches_mapping_same_agency
     name               text NOT NULL,
     -- campaign: a batch of contacts (process-call-batches); queue: an agency's default call queue,
     -- where each contact is one job (call-queue-bullmq). One engine dials both.
@@ -138,8 +138,9 @@ CREATE INDEX campaign_contacts_due_idx ON dialer.campaign_contacts (batch_id, ne
 
 CREATE TABLE dialer.calls (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    contact_id       bigint NOT NULL REFERENCES dialer.campaign_contacts(id) ON DELETE CASCADE,
-    batch_id         bigint NOT NULL REFERENCES dialer.call_batches(id) ON DELETE CASCADE,
+    -- A contact of its batch, a batch of its agency (calls_contact_of_batch, calls_batch_of_agency).
+    contact_id       bigint NOT NULL,
+    batch_id         bigint NOT NULL,
     agency_id        bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
     provider         text NOT NULL,
     provider_call_id text,
@@ -190,7 +191,7 @@ CREATE INDEX calls_number_day_idx ON dialer.calls (agency_id, phone_number, crea
 CREATE TABLE dialer.recurring_calls (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     agency_id        bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
-    agent_mapping_id bigint NOT NULL REFERENCES dialer.agent_mappings(id),
+    agent_mapping_id bigint NOT NULL,  -- of its own agency: recurring_calls_mapping_same_agency
     phone_number     text NOT NULL CHECK (phone_number ~ '^\+[1-9][0-9]{6,14}$'),
     cron             text NOT NULL,
     timezone         text NOT NULL DEFAULT 'UTC',
@@ -205,6 +206,19 @@ CREATE INDEX ON dialer.recurring_calls (next_run_at) WHERE active;
 ALTER TABLE dialer.campaign_contacts
     ADD CONSTRAINT campaign_contacts_recurring_fk FOREIGN KEY (recurring_call_id)
     REFERENCES dialer.recurring_calls(id) ON DELETE SET NULL;
+
+-- Rows reference rows of their own agency only, whoever writes them: composite foreign keys.
+ALTER TABLE dialer.agent_mappings ADD CONSTRAINT agent_mappings_agency_id_id_key UNIQUE (agency_id, id);
+ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_agency_id_id_key UNIQUE (agency_id, id);
+ALTER TABLE dialer.campaign_contacts ADD CONSTRAINT campaign_contacts_batch_id_id_key UNIQUE (batch_id, id);
+ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_mapping_same_agency
+    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
+ALTER TABLE dialer.recurring_calls ADD CONSTRAINT recurring_calls_mapping_same_agency
+    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
+ALTER TABLE dialer.calls ADD CONSTRAINT calls_batch_of_agency
+    FOREIGN KEY (agency_id, batch_id) REFERENCES dialer.call_batches (agency_id, id) ON DELETE CASCADE;
+ALTER TABLE dialer.calls ADD CONSTRAINT calls_contact_of_batch
+    FOREIGN KEY (batch_id, contact_id) REFERENCES dialer.campaign_contacts (batch_id, id) ON DELETE CASCADE;
 
 -- Ticks take this row's lock (FOR UPDATE SKIP LOCKED) so that two never overlap; taking it needs
 -- UPDATE on the table, which no tenant has, so no tenant can hold the worker off.

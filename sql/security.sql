@@ -120,6 +120,10 @@ ALTER TABLE dialer.followups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dialer.agency_members ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dialer.do_not_call ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dialer.agency_holidays ENABLE ROW LEVEL SECURITY;
+-- The worker's own records, of no agency: operators only (a tenant's health view shows no tick
+-- figures rather than everyone's).
+ALTER TABLE dialer.runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dialer.pacing_state ENABLE ROW LEVEL SECURITY;
 -- Everyone honours the global do-not-call list; only the owner and dialer_admin change it.
 CREATE POLICY read_dnc ON dialer.do_not_call FOR SELECT USING (agency_id IS NULL OR agency_id = ANY (dialer.current_agency_ids()));
 CREATE POLICY own_dnc ON dialer.do_not_call FOR ALL USING (agency_id = ANY (dialer.current_agency_ids()))

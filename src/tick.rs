@@ -420,10 +420,13 @@ fn dispatch_json(call_id: i64, r: &JobResult, outcome: &DispatchOutcome) -> Valu
         Ok(resp) => {
             // A provider that echoes the request (key included) must not put the key in our tables.
             let body = providers::scrub(&resp.body, &r.request.secrets);
-            (
-                Some(resp.status),
-                serde_json::from_str::<Value>(&body).unwrap_or_else(|_| Value::String(body.chars().take(2000).collect())),
-            )
+            let stored = if (200..300).contains(&resp.status) {
+                serde_json::from_str::<Value>(&body).unwrap_or_else(|_| Value::String(body.chars().take(2000).collect()))
+            } else {
+                // A refusal keeps a short excerpt only: whatever answered, its page is not ours to keep.
+                json!({"excerpt": body.chars().take(300).collect::<String>()})
+            };
+            (Some(resp.status), stored)
         }
         Err(_) => (None, Value::Null),
     };

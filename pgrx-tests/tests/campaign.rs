@@ -172,7 +172,7 @@ fn process_batches_from_a_session_returns_the_seed_shapes() {
     // A tick already running elsewhere: the loser says so and records it.
     let mut holder = s.cluster.connect();
     let mut tx = holder.transaction().unwrap();
-    tx.execute("SELECT pg_advisory_xact_lock(x'70675f6469616c'::bigint)", &[]).unwrap();
+    tx.execute("SELECT 1 FROM dialer.tick_lock WHERE id = 1 FOR UPDATE", &[]).unwrap();
     let v: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
     assert_eq!(v, serde_json::json!({"status": "SKIPPED_CONCURRENT"}));
     tx.rollback().unwrap();

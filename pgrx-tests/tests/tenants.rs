@@ -271,3 +271,41 @@ fn no_tenant_stops_the_worker() {
     assert!(err.contains("could not claim") && err.contains("Mars/Olympus"), "{err}");
     held.batch_execute("ROLLBACK").unwrap();
 }
+
+#[test]
+fn forged_claims_count_for_nothing_and_the_schema_refuses_cross_agency_rows() {
+    let mut s = Scenario::new("t-identity", Scenario::sim_config(200, 400), &[]);
+    let (a, mut t) = tenant(&mut s);
+    let (b_batch, b_nums) = b_campaign(&mut s, 6);
+    let b = s.agency_id;
+    s.wake();
+    // A forged JWT claim from a tenant's own login selects nothing of B's, and the trust list
+    // cannot be widened from a session.
+    t.batch_execute(&format!("SET request.jwt.claims = '{{\"agency_id\": {b}}}'")).unwrap();
+    let seen: i64 = t.query_one("SELECT count(*) FROM dialer.campaign_contacts", &[]).unwrap().get(0);
+    assert_eq!(seen, 0);
+    assert!(t.query_one("SELECT dialer.pause_batch($1)", &[&b_batch]).is_err());
+    let e = t.batch_execute("SET dialer.jwt_roles = 'tenant_a'").unwrap_err();
+    assert!(code(&e).starts_with("42501"), "{}", code(&e));
+    // The tick log is the operators': a tenant sees none of it and writes none.
+    let runs: i64 = t.query_one("SELECT count(*) FROM dialer.runs", &[]).unwrap().get(0);
+    assert_eq!(runs, 0);
+    // Even the owner cannot write a row that points into another agency.
+    let b_contact: i64 = s.db.query_one("SELECT min(id) FROM dialer.campaign_contacts WHERE batch_id = $1", &[&b_batch]).unwrap().get(0);
+    let e = s
+        .db
+        .execute(
+            "INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, phone_number)
+             VALUES ($1, $2, $3, 'ultravox', 'cross', 'in_doubt', '+15558800001')",
+            &[&b_contact, &b_batch, &a],
+        )
+        .unwrap_err();
+    assert!(code(&e).starts_with("23503"), "{}", code(&e));
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550193')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let e = s.db.execute("UPDATE dialer.call_batches SET agent_mapping_id = $1 WHERE id = $2", &[&ma, &b_batch]).unwrap_err();
+    assert!(code(&e).starts_with("23503"), "{}", code(&e));
+    let e = s.db.execute("UPDATE dialer.campaign_contacts SET agent_mapping_id = $1 WHERE batch_id = $2", &[&ma, &b_batch]).unwrap_err();
+    assert!(code(&e).starts_with("23503") && code(&e).contains("another agency"), "{}", code(&e));
+    s.wait_batch_completed(b_batch, Duration::from_secs(60));
+    assert!(b_nums.iter().all(|n| posts_to(&s.sim, n).len() == 1), "B dialed in full");
+}

@@ -472,6 +472,34 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
+-- _same_agency: new
+CREATE OR REPLACE FUNCTION dialer._same_agency()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ok boolean;
+BEGIN
+    IF TG_TABLE_NAME = 'campaign_contacts' THEN
+        IF NEW.agent_mapping_id IS NULL THEN
+            RETURN NEW;
+        END IF;
+        SELECT m.agency_id = b.agency_id INTO ok FROM dialer.agent_mappings m, dialer.call_batches b
+         WHERE m.id = NEW.agent_mapping_id AND b.id = NEW.batch_id;
+    ELSE
+        IF NEW.telecaller_id IS NULL THEN
+            RETURN NEW;
+        END IF;
+        SELECT t.agency_id = b.agency_id INTO ok FROM dialer.telecallers t, dialer.campaign_contacts c
+          JOIN dialer.call_batches b ON b.id = c.batch_id
+         WHERE t.id = NEW.telecaller_id AND c.id = NEW.contact_id;
+    END IF;
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION '% row refers to another agency''s %', TG_TABLE_NAME,
+            CASE TG_TABLE_NAME WHEN 'campaign_contacts' THEN 'agent mapping' ELSE 'telecaller' END
+            USING ERRCODE = '23503';
+    END IF;
+    RETURN NEW;
+END $$;
+
 -- allow_unsigned_webhooks: new
 CREATE OR REPLACE FUNCTION dialer.allow_unsigned_webhooks(agency_id bigint, provider text, allow boolean DEFAULT true)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -777,6 +805,27 @@ END $$;
 CREATE TRIGGER campaign_contacts_json_bounded BEFORE INSERT OR UPDATE OF variables, metadata ON dialer.campaign_contacts
     FOR EACH ROW EXECUTE FUNCTION dialer._json_bounded();
 
+-- Rows reference rows of their own agency only: composite foreign keys (rows 0.2.0 let a tenant
+-- write across agencies make this update fail, naming the constraint: delete them first).
+ALTER TABLE dialer.call_batches DROP CONSTRAINT call_batches_agent_mapping_id_fkey;
+ALTER TABLE dialer.recurring_calls DROP CONSTRAINT recurring_calls_agent_mapping_id_fkey;
+ALTER TABLE dialer.calls DROP CONSTRAINT calls_batch_id_fkey, DROP CONSTRAINT calls_contact_id_fkey;
+ALTER TABLE dialer.agent_mappings ADD CONSTRAINT agent_mappings_agency_id_id_key UNIQUE (agency_id, id);
+ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_agency_id_id_key UNIQUE (agency_id, id);
+ALTER TABLE dialer.campaign_contacts ADD CONSTRAINT campaign_contacts_batch_id_id_key UNIQUE (batch_id, id);
+ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_mapping_same_agency
+    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
+ALTER TABLE dialer.recurring_calls ADD CONSTRAINT recurring_calls_mapping_same_agency
+    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
+ALTER TABLE dialer.calls ADD CONSTRAINT calls_batch_of_agency
+    FOREIGN KEY (agency_id, batch_id) REFERENCES dialer.call_batches (agency_id, id) ON DELETE CASCADE;
+ALTER TABLE dialer.calls ADD CONSTRAINT calls_contact_of_batch
+    FOREIGN KEY (batch_id, contact_id) REFERENCES dialer.campaign_contacts (batch_id, id) ON DELETE CASCADE;
+CREATE TRIGGER followups_same_agency BEFORE INSERT OR UPDATE OF telecaller_id, contact_id ON dialer.followups
+    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
+CREATE TRIGGER campaign_contacts_same_agency BEFORE INSERT OR UPDATE OF agent_mapping_id, batch_id ON dialer.campaign_contacts
+    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
+
 -- Ticks serialize on a row lock no tenant can take (it was an advisory lock anyone could hold).
 CREATE TABLE dialer.tick_lock (id integer PRIMARY KEY CHECK (id = 1));
 INSERT INTO dialer.tick_lock VALUES (1);
@@ -807,6 +856,9 @@ GRANT SELECT ON dialer.agency_members TO dialer_api;
 DROP POLICY own_roles ON dialer.agency_members;
 CREATE POLICY own_roles ON dialer.agency_members
     USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER')));
+
+ALTER TABLE dialer.runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dialer.pacing_state ENABLE ROW LEVEL SECURITY;
 
 -- Operators see and change every agency, also through the API functions (which run as dialer_api,
 -- a role row-level security applies to).
