@@ -282,11 +282,12 @@ BEGIN
                 HINT = 'The outcomes are no-answer, busy, voicemail and failed.';
         END IF;
         BEGIN
-            IF jsonb_typeof(v) <> 'string' OR (v #>> '{}')::interval < interval '0' THEN
+            IF jsonb_typeof(v) <> 'string' OR (v #>> '{}')::interval < interval '0'
+               OR (v #>> '{}')::interval > interval '30 days' THEN
                 RAISE EXCEPTION 'bad';
             END IF;
         EXCEPTION WHEN others THEN
-            RAISE EXCEPTION 'delays.% must be a non-negative interval such as ''30 minutes''', k USING ERRCODE = '22023';
+            RAISE EXCEPTION 'delays.% must be an interval from 0 to 30 days, such as ''30 minutes''', k USING ERRCODE = '22023';
         END;
     END LOOP;
     UPDATE dialer.call_batches SET retry_delays = delays WHERE id = b.id;

@@ -258,8 +258,11 @@ fn no_tenant_stops_the_worker() {
     // a tenant do) is set aside with its error; B is dialed all the same.
     let base = s.sim.base_url();
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &API_KEY, &base]).unwrap();
-    t.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558930002"}])]).unwrap();
-    s.db.execute("UPDATE dialer.campaign_contacts SET timezone = 'Mars/Olympus' WHERE batch_id = $1", &[&own]).unwrap();
+    // Written and broken in one transaction, so the worker never sees the contact whole.
+    let mut tx = s.db.transaction().unwrap();
+    tx.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558930002"}])]).unwrap();
+    tx.execute("UPDATE dialer.campaign_contacts SET timezone = 'Mars/Olympus' WHERE batch_id = $1", &[&own]).unwrap();
+    tx.commit().unwrap();
     let (b, b_nums) = b_campaign(&mut s, 8);
     s.wake();
     s.wait_batch_completed(b, Duration::from_secs(60));
@@ -308,4 +311,23 @@ fn forged_claims_count_for_nothing_and_the_schema_refuses_cross_agency_rows() {
     assert!(code(&e).starts_with("23503") && code(&e).contains("another agency"), "{}", code(&e));
     s.wait_batch_completed(b_batch, Duration::from_secs(60));
     assert!(b_nums.iter().all(|n| posts_to(&s.sim, n).len() == 1), "B dialed in full");
+}
+
+#[test]
+fn a_key_may_name_a_vault_secret() {
+    // Supabase Vault cannot be installed here: a table of the same shape as its
+    // vault.decrypted_secrets view stands in for it.
+    let mut s = Scenario::new("t-vault", Scenario::sim_config(200, 300), &[]);
+    s.db.batch_execute("CREATE SCHEMA vault; CREATE TABLE vault.decrypted_secrets (name text, decrypted_secret text);").unwrap();
+    s.db.execute("INSERT INTO vault.decrypted_secrets VALUES ('ultravox_key', $1)", &[&API_KEY]).unwrap();
+    let (agency, base) = (s.agency_id, s.sim.base_url());
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'vault:ultravox_key', $2)", &[&agency, &base]).unwrap();
+    let (b, nums) = b_campaign(&mut s, 2);
+    s.wake();
+    s.wait_batch_completed(b, Duration::from_secs(30));
+    assert!(nums.iter().all(|n| posts_to(&s.sim, n).iter().all(|p| p.auth_ok)), "the key read from Vault");
+    let n: i64 = s.db.query_one("SELECT dialer.rotate_encryption_key()", &[]).unwrap().get(0);
+    assert_eq!(n, 1);
+    let key: String = s.db.query_one("SELECT api_key FROM dialer.get_agency_credentials($1)", &[&agency]).unwrap().get(0);
+    assert_eq!(key, API_KEY, "still the Vault secret after a rotation");
 }

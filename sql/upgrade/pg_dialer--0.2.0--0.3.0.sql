@@ -86,15 +86,21 @@ AS 'MODULE_PATHNAME', '_json_depth_wrapper';
 -- Bounds on what a tenant gives: rates and counts the pacing arithmetic can take (values over
 -- them, possible before, are brought down to the bound).
 UPDATE dialer.call_batches SET calls_per_minute = least(calls_per_minute, 6000000),
-       max_concurrent = least(max_concurrent, 1000000), max_attempts = least(max_attempts, 1000)
- WHERE calls_per_minute > 6000000 OR max_concurrent > 1000000 OR max_attempts > 1000;
+       max_concurrent = least(max_concurrent, 1000000), max_attempts = least(max_attempts, 1000),
+       retry_delay = least(retry_delay, interval '30 days'), retry_backoff = least(retry_backoff, 10)
+ WHERE calls_per_minute > 6000000 OR max_concurrent > 1000000 OR max_attempts > 1000
+    OR retry_delay > interval '30 days' OR retry_backoff > 10;
 ALTER TABLE dialer.call_batches
     DROP CONSTRAINT call_batches_calls_per_minute_check,
     ADD CONSTRAINT call_batches_calls_per_minute_check CHECK (calls_per_minute BETWEEN 1 AND 6000000),
     DROP CONSTRAINT call_batches_max_concurrent_check,
     ADD CONSTRAINT call_batches_max_concurrent_check CHECK (max_concurrent BETWEEN 1 AND 1000000),
     DROP CONSTRAINT call_batches_max_attempts_check,
-    ADD CONSTRAINT call_batches_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 1000);
+    ADD CONSTRAINT call_batches_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 1000),
+    DROP CONSTRAINT call_batches_retry_delay_check,
+    ADD CONSTRAINT call_batches_retry_delay_check CHECK (retry_delay BETWEEN '0' AND '30 days'),
+    DROP CONSTRAINT call_batches_retry_backoff_check,
+    ADD CONSTRAINT call_batches_retry_backoff_check CHECK (retry_backoff BETWEEN 1 AND 10);
 
 -- Functions new or changed since 0.2.0 (scripts/upgrade-functions.py lists them).
 -- _agent_mapping_checked: new
@@ -662,6 +668,36 @@ BEGIN
         END;
     END LOOP;
     PERFORM set_config('pg_dialer.key_given', 'off', true);
+END $$;
+
+-- set_retry_delays: changed
+CREATE OR REPLACE FUNCTION dialer.set_retry_delays(batch_id bigint, delays jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+    k text;
+    v jsonb;
+BEGIN
+    IF delays IS NULL OR jsonb_typeof(delays) <> 'object' THEN
+        RAISE EXCEPTION 'delays must be a JSON object like {"no-answer": "1 hour", "busy": "10 minutes"}'
+            USING ERRCODE = '22023';
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(delays) LOOP
+        IF k NOT IN ('no-answer', 'busy', 'voicemail', 'failed') THEN
+            RAISE EXCEPTION 'unknown outcome % in delays', quote_literal(k) USING ERRCODE = '22023',
+                HINT = 'The outcomes are no-answer, busy, voicemail and failed.';
+        END IF;
+        BEGIN
+            IF jsonb_typeof(v) <> 'string' OR (v #>> '{}')::interval < interval '0'
+               OR (v #>> '{}')::interval > interval '30 days' THEN
+                RAISE EXCEPTION 'bad';
+            END IF;
+        EXCEPTION WHEN others THEN
+            RAISE EXCEPTION 'delays.% must be an interval from 0 to 30 days, such as ''30 minutes''', k USING ERRCODE = '22023';
+        END;
+    END LOOP;
+    UPDATE dialer.call_batches SET retry_delays = delays WHERE id = b.id;
 END $$;
 
 -- why_not_dialed: changed

@@ -45,8 +45,33 @@ pub fn ensure_keyring() {
 }
 
 /// A stored secret in the clear, for the worker and the functions that need it; never exposed
-/// to PUBLIC. Plaintext left from before encryption is returned as it is.
+/// to PUBLIC. Plaintext left from before encryption is returned as it is. A value
+/// `vault:<name>` names a Supabase Vault secret, read from `vault.decrypted_secrets`.
 pub fn unseal(stored: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
+    let plain = decrypt(stored, agency_id, provider, column)?;
+    match plain.strip_prefix(VAULT_PREFIX) {
+        Some(name) => from_vault(name),
+        None => Ok(plain),
+    }
+}
+
+const VAULT_PREFIX: &str = "vault:";
+
+fn from_vault(name: &str) -> Result<String, DialerError> {
+    let has_vault = Spi::get_one::<bool>("SELECT to_regclass('vault.decrypted_secrets') IS NOT NULL")
+        .map_err(|e| DialerError::Database(e.to_string()))?
+        .unwrap_or(false);
+    if !has_vault {
+        return Err(DialerError::NotFound(format!(
+            "the credentials name Vault secret {name:?}, but Supabase Vault (vault.decrypted_secrets) is not installed here"
+        )));
+    }
+    Spi::get_one_with_args::<String>("SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1", &[name.into()])
+        .map_err(|e| DialerError::Database(e.to_string()))?
+        .ok_or_else(|| DialerError::NotFound(format!("Vault has no secret named {name:?}")))
+}
+
+fn decrypt(stored: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
     if !Keyring::is_encrypted(stored) {
         return Ok(stored.to_string());
     }
@@ -108,7 +133,8 @@ fn rotate_encryption_key() -> i64 {
         let mut reseal = |v: Option<String>, column: &str| -> Option<String> {
             let v = v?;
             n += 1;
-            let plain = unseal(&v, agency, &provider, column).unwrap_or_else(|e| raise(e));
+            // The stored value (a Vault reference stays a reference), not what it resolves to.
+            let plain = decrypt(&v, agency, &provider, column).unwrap_or_else(|e| raise(e));
             Some(seal_value(&plain, agency, &provider, column).unwrap_or_else(|e| raise(e)))
         };
         let (key, secret) = (reseal(key, "api_key"), reseal(secret, "webhook_secret"));

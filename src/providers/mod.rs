@@ -78,7 +78,27 @@ impl Mapping {
 
 /// Checks an agent mapping with its provider's adapter.
 pub fn check_mapping(provider: &str, mapping: &Mapping) -> Result<(), String> {
-    adapter(provider).ok_or_else(|| unsupported(provider))?.check_mapping(mapping)
+    let a = adapter(provider).ok_or_else(|| unsupported(provider))?;
+    let size = mapping.request_template.to_string().len();
+    if size > MAX_TEMPLATE_BYTES {
+        return Err(format!("request_template is {size} bytes; at most {MAX_TEMPLATE_BYTES} are taken"));
+    }
+    if depth(&mapping.request_template) > MAX_TEMPLATE_DEPTH {
+        return Err(format!("request_template nests deeper than {MAX_TEMPLATE_DEPTH} levels"));
+    }
+    a.check_mapping(mapping)
+}
+
+/// Bounds on a mapping's template, so that no stored template is too large or deep to read back.
+pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+pub const MAX_TEMPLATE_DEPTH: usize = 32;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Everything needed to place one call, as read from the database at claim time.
@@ -560,6 +580,18 @@ mod tests {
         r.call_id_pointer = Some("/data/call/uuid".into());
         let ok = HttpResponse { status: 201, retry_after: None, body: r#"{"data":{"call":{"uuid":"u-1"}},"id":"other"}"#.into() };
         assert_eq!(interpret_call_response("webhook", &r, Ok(ok)), DispatchOutcome::Accepted { provider_call_id: Some("u-1".into()) });
+    }
+
+    #[test]
+    fn templates_are_bounded() {
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!({"x": deep});
+        }
+        let m = Mapping { request_template: json!({"body": deep}), ..Default::default() };
+        assert!(check_mapping("webhook", &m).unwrap_err().contains("deeper than 32"));
+        let m = Mapping { request_template: json!({"body": {"x": "a".repeat(70_000)}}), ..Default::default() };
+        assert!(check_mapping("webhook", &m).unwrap_err().contains("bytes"));
     }
 
     #[test]
