@@ -287,7 +287,7 @@ BEGIN
                 RAISE EXCEPTION 'bad';
             END IF;
         EXCEPTION WHEN others THEN
-            RAISE EXCEPTION 'delays.% must be an interval from 0 to 30 days, such as ''30 minutes''', k USING ERRCODE = '22023';
+            RAISE EXCEPTION 'delays.% must be a non-negative interval of at most 30 days, such as ''30 minutes''', k USING ERRCODE = '22023';
         END;
     END LOOP;
     UPDATE dialer.call_batches SET retry_delays = delays WHERE id = b.id;
