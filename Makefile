@@ -35,7 +35,7 @@ pg-test: setup
 	$(CARGO) pgrx test pg15 $$( [ "$$(id -u)" = 0 ] && echo --runas postgres ) --pgdata $(PGRX_TEST_DATA)/data
 
 sim-test: setup
-	$(CARGO) test -p provider-sim
+	$(CARGO) test -p provider-sim -p provider-contract
 
 # A real cluster with the worker preloaded, the simulator on loopback (see pgrx-tests/).
 integration-test: install

@@ -16,7 +16,7 @@ pub static MAX_CALLS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CALL_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30 * 60 * 1000);
 pub static STATUS_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"../pg_dialer.key"));
-pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"api.ultravox.ai,api.twilio.com,api.vapi.ai,api.retellai.com,api.bland.ai"));
+pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(crate::hosts::DEFAULT));
 pub static JWT_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"authenticated"));
 
 pub fn register(preloading: bool) {

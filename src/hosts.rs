@@ -7,8 +7,8 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-/// The providers' official API hosts: the default list.
-pub const DEFAULT: &str = "api.ultravox.ai,api.twilio.com,api.vapi.ai,api.retellai.com,api.bland.ai";
+/// The providers' official API hosts: the default list (dialer.allowed_hosts' default).
+pub const DEFAULT: &std::ffi::CStr = c"api.ultravox.ai,api.twilio.com,api.vapi.ai,api.retellai.com,api.bland.ai";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn default_list_has_the_official_hosts_only() {
-        let l = AllowList::parse(DEFAULT).unwrap();
+        let l = AllowList::parse(DEFAULT.to_str().unwrap()).unwrap();
         assert!(l.check_url("https://api.ultravox.ai/api/calls").is_ok());
         assert!(l.check_url("https://api.twilio.com/2010-04-01/Accounts/AC1/Calls.json").is_ok());
         let e = l.check_url("http://169.254.169.254/latest/meta-data").unwrap_err();

@@ -74,8 +74,13 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
     let Some((call_id, agency_id, webhook_secret, api_key, allow_unsigned)) = row else {
         return Ok(json!({"status": "ignored", "reason": "no call with this provider call id"}));
     };
+    // Only the secret this provider signs with is decrypted (Ultravox: the webhook secret; Twilio:
+    // the auth token).
     let open = |v: Option<String>, column: &str| v.map(|s| unseal(&s, agency_id, provider, column)).transpose();
-    let (webhook_secret, api_key) = (open(webhook_secret, "webhook_secret")?, open(api_key, "api_key")?);
+    let (webhook_secret, api_key) = match provider {
+        "ultravox" => (open(webhook_secret, "webhook_secret")?, None),
+        _ => (None, open(api_key, "api_key")?),
+    };
 
     let h = webhooks::headers_map(headers);
     let now = chrono::Utc::now().timestamp();
