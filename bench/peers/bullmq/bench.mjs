@@ -46,15 +46,17 @@ function nowUs() {
   return Math.round((performance.timeOrigin + performance.now() + clockOffsetMs) * 1000);
 }
 
-// POST /api/calls with the body pg_dialer sends (see src/providers/ultravox.rs).
+// The agent call pg_dialer sends (see src/providers/ultravox.rs): a StartAgentCallRequest to
+// POST /api/agents/{agent}/calls, which the simulator checks as strictly as Ultravox does.
+const AGENT_ID = '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55';
+const FROM_NUMBER = '+14155550100';
 function postCall(job) {
   const d = job.data;
   const body = JSON.stringify({
-    agentId: 'agent-ava',
-    medium: { telnyx: { destinationPhoneNumber: d.to } },
-    firstSpeaker: 'FIRST_SPEAKER_AGENT',
+    medium: { telnyx: { outgoing: { to: d.to, from: FROM_NUMBER } } },
+    firstSpeakerSettings: { agent: {} },
     metadata: {
-      batch_id: d.batch,
+      batch_id: String(d.batch),
       contact_id: String(job.id),
       idempotency_key: `bull-${job.id}-${job.attemptsMade + 1}`,
     },
@@ -66,7 +68,7 @@ function postCall(job) {
         agent,
         host: sim.hostname,
         port: sim.port,
-        path: '/api/calls',
+        path: `/api/agents/${AGENT_ID}/calls`,
         method: 'POST',
         headers: {
           'X-API-Key': cfg.api_key,
