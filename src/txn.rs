@@ -18,14 +18,7 @@ pub fn run<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, Dialer
         let body = body;
         Ok((body.0)())
     })
-        .catch_others(|caught| {
-            let message = match &caught {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
-                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
-            };
-            Err(message)
-        })
+        .catch_others(|caught| Err(message_of(&caught)))
         .execute();
     match outcome {
         Ok(Ok(value)) => {
@@ -43,6 +36,15 @@ pub fn run<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, Dialer
             abort();
             Err(DialerError::Database(message))
         }
+    }
+}
+
+/// The message of an error caught by PgTryBuilder, whatever raised it.
+fn message_of(caught: &pgrx::pg_sys::panic::CaughtError) -> String {
+    match caught {
+        pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+        | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+        | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
     }
 }
 
@@ -70,14 +72,7 @@ pub fn isolated<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, D
         let body = body;
         Ok((body.0)())
     })
-    .catch_others(|caught| {
-        let message = match &caught {
-            pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-            | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
-            | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
-        };
-        Err(message)
-    })
+    .catch_others(|caught| Err(message_of(&caught)))
     .execute();
     unsafe {
         match &outcome {
