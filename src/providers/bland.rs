@@ -99,11 +99,6 @@ impl Adapter for Bland {
         v.get("call_id").and_then(Value::as_str).map(str::to_string)
     }
 
-    /// Bland answers some refusals with HTTP 200 and `"status": "error"`; only a success counts.
-    fn is_capacity_wait(&self, response: &HttpResponse) -> bool {
-        matches!(response.status, 429 | 503)
-    }
-
     fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
         let url = format!("{}/v1/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
         HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
