@@ -815,6 +815,12 @@ END $$;
 
 CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
     FOR EACH ROW EXECUTE FUNCTION dialer._agent_mapping_checked();
+-- ==== Leads tables attached in place, caller-ID pools, voicemail policy, expiry (sql/attach.sql) ====
+-- ==== end of attach ====
+
+-- ==== Metrics and retention (sql/operations.sql) ====
+-- ==== end of operations ====
+
 -- The keys stored by 0.2.0, in the clear until now.
 UPDATE dialer.provider_credentials
    SET api_key = dialer._seal(api_key, agency_id, provider, 'api_key'),
