@@ -296,8 +296,11 @@ END $$;
 CREATE FUNCTION dialer._agent_mapping_checked()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM dialer._check_agent_mapping(NEW.provider, NEW.external_agent_id, NEW.from_number, NEW.carrier,
-                                        NEW.request_template);
+    -- A pool mapping's calls carry a number from the pool; its own from_number may be empty (the
+    -- adapter checks a stand-in number's shape, the pool's numbers are checked when added).
+    PERFORM dialer._check_agent_mapping(NEW.provider, NEW.external_agent_id,
+                                        coalesce(NEW.from_number, CASE WHEN NEW.use_caller_id_pool THEN '+10000000000' END),
+                                        NEW.carrier, NEW.request_template);
     RETURN NEW;
 END $$;
 CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
@@ -312,7 +315,9 @@ DECLARE
 BEGIN
     SELECT * INTO m FROM dialer.agent_mappings WHERE id = p_mapping_id;
     IF FOUND THEN
-        PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id, m.from_number, m.carrier, m.request_template);
+        PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id,
+                                            coalesce(m.from_number, CASE WHEN m.use_caller_id_pool THEN '+10000000000' END),
+                                            m.carrier, m.request_template);
     END IF;
 END $$;
 
@@ -515,11 +520,33 @@ BEGIN
     RETURN true;
 END $$;
 
+-- Per batch / queue: what an answering machine means (on_voicemail: retry, done or handoff) and
+-- when the batch expires (its contacts not dialed by then end 'expired'). NULL leaves a setting.
+CREATE FUNCTION dialer.set_batch_options(batch_id bigint, on_voicemail text DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
+        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail)
+            USING ERRCODE = '22023',
+                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
+    END IF;
+    UPDATE dialer.call_batches x
+       SET on_voicemail = coalesce(on_voicemail, x.on_voicemail), expires_at = coalesce(expires_at, x.expires_at)
+     WHERE x.id = b.id;
+    PERFORM dialer._wake_on_commit();  -- an expiry now due is applied at once
+END $$;
+
 CREATE VIEW dialer.batch_progress AS
 SELECT b.id AS batch_id, b.agency_id, b.name, b.status,
        b.total_contacts, b.queued_count, b.in_progress_count, b.completed_count, b.failed_count,
        CASE WHEN b.total_contacts = 0 THEN 0
-            ELSE round(100.0 * (b.completed_count + b.failed_count) / b.total_contacts, 1) END AS percent_done,
+            ELSE round(100.0 * (b.completed_count + b.failed_count + b.expired_count) / b.total_contacts, 1) END AS percent_done,
        b.calls_per_minute, b.max_concurrent, b.last_error,
-       b.scheduled_for, b.created_at, b.started_at, b.completed_at
+       b.scheduled_for, b.created_at, b.started_at, b.completed_at,
+       -- calls an answering machine took; contacts that expired undialed
+       b.voicemail_count, b.expired_count, b.on_voicemail, b.expires_at
   FROM dialer.call_batches b;

@@ -329,10 +329,11 @@ BEGIN
     SELECT * INTO a FROM dialer.agencies WHERE id = b.agency_id;
     zone := coalesce(c.timezone, a.timezone);
 
-    IF c.status IN ('completed', 'failed', 'cancelled') THEN
+    IF c.status IN ('completed', 'failed', 'cancelled', 'expired') THEN
         reasons := reasons || jsonb_build_object('code', c.status,
             'message', CASE c.status WHEN 'completed' THEN 'already called: the call has ended'
                                      WHEN 'failed' THEN 'gave up after ' || c.attempts || ' attempt(s): ' || coalesce(c.last_error, 'failed')
+                                     WHEN 'expired' THEN 'expired at ' || coalesce(c.expires_at, b.expires_at) || ' before it was dialed'
                                      ELSE 'cancelled' || coalesce(' (' || c.last_error || ')', '') END);
     ELSIF c.status = 'in_progress' THEN
         reasons := reasons || jsonb_build_object('code', 'in_progress', 'message', 'being dialed or in a call right now');
@@ -355,6 +356,16 @@ BEGIN
                 'message', 'batch ' || b.id || ' starts at ' || b.scheduled_for);
         ELSIF b.status IN ('completed', 'cancelled') THEN
             reasons := reasons || jsonb_build_object('code', 'batch_' || b.status, 'message', 'batch ' || b.id || ' is ' || b.status);
+        END IF;
+        IF coalesce(c.expires_at, b.expires_at) IS NOT NULL THEN
+            reasons := reasons || jsonb_build_object('code', 'expires', 'until', least(c.expires_at, b.expires_at),
+                'message', 'expires at ' || least(c.expires_at, b.expires_at) || ' if not dialed by then');
+        END IF;
+        IF EXISTS (SELECT 1 FROM dialer.agent_mappings m
+                    WHERE m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id) AND m.use_caller_id_pool)
+           AND dialer._caller_ids_left(a.id, (now_ts AT TIME ZONE a.timezone)::date) = 0 THEN
+            reasons := reasons || jsonb_build_object('code', 'caller_ids_exhausted',
+                'message', 'every caller ID in the agency''s pool is disabled or at its daily cap (dialer.add_caller_id)');
         END IF;
         IF b.window_start IS NOT NULL THEN
             opening := dialer._next_opening(now_ts, zone, b.window_start, b.window_end, b.window_days, a.id);
@@ -415,5 +426,7 @@ BEGIN
         END IF;
     END IF;
     RETURN jsonb_build_object('contact_id', c.id, 'status', c.status, 'phone_number', c.phone_number,
-        'dialable_now', c.status = 'queued' AND jsonb_array_length(reasons) = 0, 'reasons', reasons);
+        -- (a deadline still ahead is said, but does not hold the contact back)
+        'dialable_now', c.status = 'queued' AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(reasons) e WHERE e->>'code' <> 'expires'),
+        'reasons', reasons);
 END $$;

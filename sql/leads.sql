@@ -216,6 +216,7 @@ DECLARE
     b dialer.call_batches;
     c dialer.campaign_contacts;
     retry_after interval;
+    voicemail boolean;
 BEGIN
     SELECT * INTO k FROM dialer.calls WHERE id = p_call_id FOR UPDATE;
     IF NOT FOUND OR k.status NOT IN ('in_progress', 'dialing', 'in_doubt') THEN
@@ -230,6 +231,15 @@ BEGIN
     SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
     SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
     retry_after := (b.retry_delays ->> dialer._retry_outcome(p_end_reason))::interval;
+    voicemail := dialer._retry_outcome(p_end_reason) = 'voicemail';
+    IF voicemail THEN
+        -- An answering machine, by the batch's policy: retry (after the voicemail delay, else the
+        -- batch's retry delay and back-off), done, or hand-off.
+        UPDATE dialer.call_batches SET voicemail_count = voicemail_count + 1 WHERE id = b.id;
+        retry_after := CASE WHEN b.on_voicemail = 'retry'
+                            THEN coalesce(retry_after, b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision)
+                       END;
+    END IF;
     IF retry_after IS NOT NULL AND c.attempts < b.max_attempts AND c.call_id = k.id
        AND c.status IN ('in_progress', 'in_doubt') THEN
         UPDATE dialer.campaign_contacts
@@ -250,7 +260,9 @@ BEGIN
         ELSE
             PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1, completed_delta => 1);
         END IF;
-        PERFORM dialer._route_outcome(k.contact_id, dialer._outcome_of_end_reason(p_end_reason), p_end_reason);
+        PERFORM dialer._route_outcome(k.contact_id,
+            CASE WHEN voicemail AND b.on_voicemail = 'done' THEN 'voicemail' ELSE dialer._outcome_of_end_reason(p_end_reason) END,
+            p_end_reason);
     END IF;
     RETURN true;
 END $$;
@@ -263,10 +275,11 @@ DECLARE
     outcome text;
 BEGIN
     outcome := CASE disposition WHEN 'success' THEN 'success' WHEN 'not_interested' THEN 'not_interested'
-                                WHEN 'failed' THEN 'ai_failed' WHEN 'invalid_number' THEN 'trashed' END;
+                                WHEN 'failed' THEN 'ai_failed' WHEN 'invalid_number' THEN 'trashed'
+                                WHEN 'voicemail' THEN 'voicemail' END;
     IF outcome IS NULL THEN
         RAISE EXCEPTION 'unknown disposition %', coalesce(quote_literal(disposition), 'NULL') USING ERRCODE = '22023',
-            HINT = 'Use success, not_interested, failed or invalid_number.';
+            HINT = 'Use success, not_interested, failed, invalid_number or voicemail.';
     END IF;
     SELECT * INTO k FROM dialer.calls WHERE id = set_disposition.call_id;
     IF NOT FOUND THEN
@@ -274,7 +287,16 @@ BEGIN
     END IF;
     UPDATE dialer.calls SET disposition = set_disposition.disposition, notes = set_disposition.notes
      WHERE id = k.id;
-    IF k.status IN ('in_progress', 'dialing', 'in_doubt') THEN
+    IF outcome = 'voicemail' THEN
+        -- The application heard an answering machine (an Ultravox agent's tool, say: Ultravox's
+        -- call object has no such field): a live call ends as voicemail, under the batch's policy.
+        IF k.status IN ('in_progress', 'dialing', 'in_doubt') THEN
+            PERFORM dialer._end_call(k.id, 'voicemail', NULL, NULL);
+            RETURN;
+        END IF;
+        outcome := CASE WHEN (SELECT b.on_voicemail FROM dialer.call_batches b WHERE b.id = k.batch_id) = 'done'
+                        THEN 'voicemail' ELSE 'ai_failed' END;
+    ELSIF k.status IN ('in_progress', 'dialing', 'in_doubt') THEN
         PERFORM dialer._end_call(k.id, 'disposition', NULL, NULL);
     END IF;
     PERFORM dialer._route_outcome(k.contact_id, outcome, coalesce(notes, disposition));
@@ -323,6 +345,11 @@ WITH r AS (
     SELECT 'concurrent_executions', (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT')::float8,
            0, (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT') = 0,
            'skipped ticks (max)', 'Critical - scheduler locking issue'
+    UNION ALL
+    -- Not one of the seed's: answering machines, counted apart from the failures (no threshold).
+    SELECT 'voicemail', (SELECT count(*) FROM dialer.calls v
+                          WHERE v.end_reason = 'voicemail' AND v.ended_at > now() - interval '1 hour')::float8,
+           NULL, true, 'calls (last hour)', 'See on_voicemail (dialer.set_batch_options)'
 )
 SELECT metric, value, threshold, ok, unit, alert FROM m;
 

@@ -91,7 +91,7 @@ END $$;
 -- this queue, the first job's id and nothing new.
 CREATE FUNCTION dialer._enqueue(p_agency_id bigint, p_mapping_id bigint, p_to text, p_message text,
     p_priority integer, p_run_at timestamptz, p_metadata jsonb, p_lead_id text, p_dedupe_key text,
-    p_recurring_id bigint DEFAULT NULL)
+    p_recurring_id bigint DEFAULT NULL, p_expires_at timestamptz DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     q bigint := dialer._queue_batch(p_agency_id, p_mapping_id);
@@ -104,10 +104,10 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO dialer.campaign_contacts (batch_id, phone_number, variables, lead_ref, priority, status,
-        next_attempt_at, is_job, agent_mapping_id, message, metadata, dedupe_key, recurring_call_id, timezone)
+        next_attempt_at, is_job, agent_mapping_id, message, metadata, dedupe_key, recurring_call_id, timezone, expires_at)
     VALUES (q, p_to, jsonb_strip_nulls(jsonb_build_object('message', p_message)), p_lead_id, p_priority, 'queued',
             p_run_at, true, p_mapping_id, p_message, coalesce(p_metadata, '{}'), p_dedupe_key, p_recurring_id,
-            dialer._zone_for_number(p_to))
+            dialer._zone_for_number(p_to), p_expires_at)
     ON CONFLICT (batch_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
     RETURNING id INTO job;
     IF job IS NULL THEN  -- a concurrent caller used the same dedupe key first
@@ -124,7 +124,7 @@ END $$;
 CREATE FUNCTION dialer.schedule_call("to" text, agency_id bigint DEFAULT NULL, agent_mapping_id bigint DEFAULT NULL,
     message text DEFAULT NULL, priority text DEFAULT 'normal', run_at timestamptz DEFAULT NULL,
     delay interval DEFAULT NULL, metadata jsonb DEFAULT '{}', lead_id text DEFAULT NULL,
-    dedupe_key text DEFAULT NULL)
+    dedupe_key text DEFAULT NULL, expires_at timestamptz DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     a bigint;
@@ -149,10 +149,14 @@ BEGIN
     a := dialer._resolve_agency(agency_id);
     m := dialer._resolve_mapping(a, agent_mapping_id);
     due := coalesce(run_at, clock_timestamp() + delay);
+    IF expires_at IS NOT NULL AND expires_at <= coalesce(due, clock_timestamp()) THEN
+        RAISE EXCEPTION 'expires_at % is not after the time the call is due', expires_at USING ERRCODE = '22023',
+            HINT = 'A job expires if it has not been dialed by expires_at: give a later time.';
+    END IF;
     IF due <= clock_timestamp() THEN
         due := NULL;  -- immediate
     END IF;
-    RETURN dialer._enqueue(a, m, "to", message, p, due, metadata, lead_id, dedupe_key);
+    RETURN dialer._enqueue(a, m, "to", message, p, due, metadata, lead_id, dedupe_key, NULL, expires_at);
 END $$;
 
 -- All or nothing: every element is checked first (a bad one is named by its index), then each
@@ -179,7 +183,7 @@ BEGIN
         END IF;
         FOR k IN SELECT jsonb_object_keys(el) LOOP
             IF k NOT IN ('to', 'agency_id', 'agent_mapping_id', 'message', 'priority', 'run_at', 'delay',
-                         'metadata', 'lead_id', 'dedupe_key') THEN
+                         'metadata', 'lead_id', 'dedupe_key', 'expires_at') THEN
                 RAISE EXCEPTION 'calls[%] has unknown field %', idx, quote_literal(k) USING ERRCODE = '22P02';
             END IF;
         END LOOP;
@@ -209,9 +213,9 @@ BEGIN
             RAISE EXCEPTION 'calls[%]: give run_at or delay, not both', idx USING ERRCODE = '22023';
         END IF;
         BEGIN
-            PERFORM (el->>'run_at')::timestamptz, (el->>'delay')::interval;
+            PERFORM (el->>'run_at')::timestamptz, (el->>'delay')::interval, (el->>'expires_at')::timestamptz;
         EXCEPTION WHEN data_exception THEN
-            RAISE EXCEPTION 'calls[%]: run_at must be a timestamp and delay an interval (%)', idx, SQLERRM
+            RAISE EXCEPTION 'calls[%]: run_at and expires_at must be timestamps and delay an interval (%)', idx, SQLERRM
                 USING ERRCODE = '22023';
         END;
         IF (el->>'delay')::interval < interval '0' THEN
@@ -226,7 +230,8 @@ BEGIN
             ids := ids || dialer.schedule_call(
                 el->>'to', (el->>'agency_id')::bigint, (el->>'agent_mapping_id')::bigint, el->>'message',
                 coalesce(el->>'priority', 'normal'), (el->>'run_at')::timestamptz, (el->>'delay')::interval,
-                coalesce(nullif(el->'metadata', 'null'::jsonb), '{}'), el->>'lead_id', el->>'dedupe_key');
+                coalesce(nullif(el->'metadata', 'null'::jsonb), '{}'), el->>'lead_id', el->>'dedupe_key',
+                (el->>'expires_at')::timestamptz);
         EXCEPTION WHEN OTHERS THEN
             -- Re-raised with the element's index; the whole call rolls back.
             RAISE EXCEPTION 'calls[%]: %', idx, SQLERRM USING ERRCODE = SQLSTATE;
@@ -307,6 +312,7 @@ RETURNS text LANGUAGE sql STABLE AS $$
         WHEN p_status = 'completed' THEN 'completed'
         WHEN p_status IN ('failed', 'in_doubt') THEN 'failed'
         WHEN p_status = 'cancelled' THEN 'cancelled'
+        WHEN p_status = 'expired' THEN 'expired'
         WHEN p_batch_status = 'paused' THEN 'paused'
         WHEN p_next_attempt_at > clock_timestamp() THEN 'delayed'
         ELSE 'waiting'
@@ -326,7 +332,8 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
             'agent_mapping_id', coalesce(c.agent_mapping_id, b.agent_mapping_id), 'call_id', c.call_id,
             'recurring_call_id', c.recurring_call_id, 'created_at', c.created_at),
         'attemptsMade', c.attempts,
-        'failedReason', CASE WHEN c.status IN ('failed', 'in_doubt', 'cancelled') THEN c.last_error END)
+        'failedReason', CASE WHEN c.status IN ('failed', 'in_doubt', 'cancelled', 'expired') THEN c.last_error END,
+        'expiresAt', c.expires_at)
 $$;
 
 CREATE FUNCTION dialer.job_status(job_id bigint)
@@ -408,6 +415,7 @@ BEGIN
                'delayed', count(*) FILTER (WHERE st = 'delayed'),
                'paused', count(*) FILTER (WHERE st = 'paused'),
                'cancelled', count(*) FILTER (WHERE st = 'cancelled'),
+               'expired', count(*) FILTER (WHERE st = 'expired'),
                'total', count(*))
       INTO result
       FROM (SELECT dialer._job_state(c.status, c.next_attempt_at, b.status) AS st
@@ -420,7 +428,7 @@ END $$;
 CREATE FUNCTION dialer.list_jobs(state text, start integer DEFAULT 0, "end" integer DEFAULT 10)
 RETURNS SETOF jsonb LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF state IS NULL OR state NOT IN ('waiting', 'active', 'completed', 'failed', 'delayed', 'paused', 'cancelled') THEN
+    IF state IS NULL OR state NOT IN ('waiting', 'active', 'completed', 'failed', 'delayed', 'paused', 'cancelled', 'expired') THEN
         RAISE EXCEPTION 'unknown job state %', coalesce(quote_literal(state), 'NULL') USING ERRCODE = '22023',
             HINT = 'Use waiting, active, completed, failed, delayed, paused or cancelled.';
     END IF;
@@ -447,8 +455,8 @@ DECLARE
     doomed bigint[];
     n integer;
 BEGIN
-    IF state IS NULL OR state NOT IN ('completed', 'failed', 'cancelled') THEN
-        RAISE EXCEPTION 'clean_jobs cleans completed, failed or cancelled jobs, not %', coalesce(quote_literal(state), 'NULL')
+    IF state IS NULL OR state NOT IN ('completed', 'failed', 'cancelled', 'expired') THEN
+        RAISE EXCEPTION 'clean_jobs cleans completed, failed, cancelled or expired jobs, not %', coalesce(quote_literal(state), 'NULL')
             USING ERRCODE = '22023';
     END IF;
     IF grace IS NULL OR grace < interval '0' THEN
@@ -517,7 +525,7 @@ END $$;
 -- back-off 2 s x2).
 CREATE FUNCTION dialer.set_queue_options(agency_id bigint, calls_per_minute integer DEFAULT NULL,
     max_concurrent integer DEFAULT NULL, max_attempts integer DEFAULT NULL, retry_delay interval DEFAULT NULL,
-    retry_backoff numeric DEFAULT NULL)
+    retry_backoff numeric DEFAULT NULL, on_voicemail text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     q bigint;
@@ -532,6 +540,9 @@ BEGIN
     IF retry_backoff IS NOT NULL AND retry_backoff < 1 THEN
         RAISE EXCEPTION 'retry_backoff must be 1 or more' USING ERRCODE = '22023';
     END IF;
+    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
+        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail) USING ERRCODE = '22023';
+    END IF;
     q := dialer._queue_batch(agency_id, dialer._resolve_mapping(agency_id, NULL));
     UPDATE dialer.call_batches b
        SET calls_per_minute = coalesce(set_queue_options.calls_per_minute, b.calls_per_minute),
@@ -539,6 +550,7 @@ BEGIN
            max_attempts = coalesce(set_queue_options.max_attempts, b.max_attempts),
            retry_delay = coalesce(set_queue_options.retry_delay, b.retry_delay),
            retry_backoff = coalesce(set_queue_options.retry_backoff, b.retry_backoff),
+           on_voicemail = coalesce(set_queue_options.on_voicemail, b.on_voicemail),
            -- a new rate takes effect now, not after the old spacing
            next_slot_at = CASE WHEN set_queue_options.calls_per_minute IS NULL THEN b.next_slot_at END
      WHERE b.id = q;

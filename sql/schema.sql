@@ -42,7 +42,9 @@ CREATE TABLE dialer.agent_mappings (
     request_template  jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(request_template) = 'object'),
     created_at        timestamptz NOT NULL DEFAULT now(),
     -- Ultravox only: the carrier account (imported into Ultravox) that places the call.
-    carrier           text CHECK (carrier IN ('telnyx', 'twilio', 'plivo'))
+    carrier           text CHECK (carrier IN ('telnyx', 'twilio', 'plivo')),
+    -- Calls dial from the agency's caller-ID pool (dialer.caller_ids), never from from_number.
+    use_caller_id_pool boolean NOT NULL DEFAULT false
 );
 CREATE INDEX ON dialer.agent_mappings (agency_id);
 
@@ -53,7 +55,9 @@ CREATE TABLE dialer.call_batches (
     name               text NOT NULL,
     -- campaign: a batch of contacts (process-call-batches); queue: an agency's default call queue,
     -- where each contact is one job (call-queue-bullmq). One engine dials both.
-    kind               text NOT NULL DEFAULT 'campaign' CHECK (kind IN ('campaign', 'queue')),
+    -- leads: the contacts of a leads table attached in place (dialer.attach_leads); like a queue,
+    -- it never completes.
+    kind               text NOT NULL DEFAULT 'campaign' CHECK (kind IN ('campaign', 'queue', 'leads')),
     status             text NOT NULL DEFAULT 'pending'
                        CHECK (status IN ('pending', 'scheduled', 'processing', 'paused', 'completed', 'cancelled')),
     scheduled_for      timestamptz,
@@ -83,7 +87,14 @@ CREATE TABLE dialer.call_batches (
     rate_limited_until timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now(),
     started_at         timestamptz,
-    completed_at       timestamptz
+    completed_at       timestamptz,
+    -- An answering machine: retry (after the voicemail retry delay, else retry_delay), done (the
+    -- contact completes, outcome voicemail) or handoff (to the telecallers, with priority).
+    on_voicemail       text NOT NULL DEFAULT 'retry' CHECK (on_voicemail IN ('retry', 'done', 'handoff')),
+    -- Contacts not dialed by then end 'expired'; nothing is dialed after it.
+    expires_at         timestamptz,
+    voicemail_count    integer NOT NULL DEFAULT 0,  -- calls an answering machine took
+    expired_count      integer NOT NULL DEFAULT 0   -- contacts that expired undialed
 );
 -- Batches in the order they are served: _due_batches reads it in order and stops at its limit.
 CREATE INDEX call_batches_serve_order_idx ON dialer.call_batches (status, priority, created_at, id)
@@ -102,7 +113,7 @@ CREATE TABLE dialer.campaign_contacts (
     source          text,
     priority        integer NOT NULL DEFAULT 2,
     status          text NOT NULL DEFAULT 'pending'
-                    CHECK (status IN ('pending', 'queued', 'in_progress', 'completed', 'failed', 'cancelled', 'in_doubt')),
+                    CHECK (status IN ('pending', 'queued', 'in_progress', 'completed', 'failed', 'cancelled', 'in_doubt', 'expired')),
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz,
     call_id         bigint,
@@ -121,7 +132,13 @@ CREATE TABLE dialer.campaign_contacts (
     -- NULL (the agency's zone applies).
     timezone        text,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- A job's own deadline (the batch's expires_at applies too).
+    expires_at      timestamptz,
+    -- The leads table this contact mirrors (lead_ref is the lead's key); its state is written back.
+    lead_attachment_id bigint,
+    -- A write-back to the lead row failed (its table refused it); the worker tries again.
+    lead_sync_pending boolean NOT NULL DEFAULT false
 );
 -- A campaign dials a number once; a queue may call the same number many times (reminders).
 CREATE UNIQUE INDEX campaign_contacts_batch_id_phone_number_key ON dialer.campaign_contacts (batch_id, phone_number)
@@ -135,6 +152,14 @@ CREATE INDEX ON dialer.campaign_contacts (batch_id, status);
 -- Contacts of batches not started yet (few): promotion finds them here.
 CREATE INDEX campaign_contacts_pending_idx ON dialer.campaign_contacts (batch_id) WHERE status = 'pending';
 CREATE INDEX campaign_contacts_due_idx ON dialer.campaign_contacts (batch_id, next_attempt_at) WHERE status = 'queued';
+-- Jobs with a deadline still waiting: the expiry pass reads them by time.
+CREATE INDEX campaign_contacts_expiry_idx ON dialer.campaign_contacts (expires_at)
+    WHERE expires_at IS NOT NULL AND status IN ('pending', 'queued');
+-- A lead has one live contact at a time (re-entering the pending status while it is being dialed
+-- changes nothing).
+CREATE UNIQUE INDEX campaign_contacts_one_live_per_lead ON dialer.campaign_contacts (lead_attachment_id, lead_ref)
+    WHERE lead_attachment_id IS NOT NULL AND status IN ('pending', 'queued', 'in_progress', 'in_doubt');
+CREATE INDEX campaign_contacts_lead_sync_idx ON dialer.campaign_contacts (id) WHERE lead_sync_pending;
 
 CREATE TABLE dialer.calls (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -159,6 +184,8 @@ CREATE TABLE dialer.calls (
     notes            text,
     error            text,
     http_status      integer,
+    -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
+    from_number      text,
     latency_ms       double precision,
     request          jsonb,
     response         jsonb,

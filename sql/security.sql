@@ -156,6 +156,19 @@ ALTER VIEW dialer.health SET (security_invoker = true);
 ALTER TABLE dialer.webhook_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON dialer.webhook_events USING (call_id IN (SELECT k.id FROM dialer.calls k));
 
+-- Attached leads tables and caller-ID pools (sql/attach.sql, sql/caller_ids.sql): the tenant's own.
+ALTER TABLE dialer.lead_attachments ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON dialer.lead_attachments USING (agency_id = ANY (dialer.current_agency_ids()));
+ALTER TABLE dialer.caller_ids ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON dialer.caller_ids USING (agency_id = ANY (dialer.current_agency_ids()));
+GRANT EXECUTE ON FUNCTION dialer._lead_write(bigint, text, text[]) TO dialer_api;
+GRANT EXECUTE ON FUNCTION dialer._lead_sync(bigint) TO dialer_api, dialer_admin;
+GRANT EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) TO dialer_api;
+GRANT EXECUTE ON FUNCTION dialer._attach_install(bigint) TO dialer_api;
+GRANT EXECUTE ON FUNCTION dialer._attach_uninstall(bigint) TO dialer_api;
+GRANT SELECT ON dialer.lead_attachments, dialer.caller_ids TO dialer_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.lead_attachments, dialer.caller_ids TO dialer_api;
+
 -- Operators see and change every agency, also through the API functions (which run as dialer_api,
 -- a role row-level security applies to).
 DO $$
@@ -184,7 +197,9 @@ BEGIN
                   'schedule_bulk_calls', 'schedule_call', 'schedule_recurring_call', 'set_agency_limits',
                   'set_calling_window', 'set_disposition', 'set_provider_credentials', 'set_provider_rate_limit',
                   'set_queue_calling_window', 'set_queue_options', 'set_retry_delays', 'set_telecaller_available',
-                  'update_batch_progress', 'why_not_dialed')
+                  'update_batch_progress', 'why_not_dialed',
+                  'add_caller_id', 'remove_caller_id', 'use_caller_id_pool', 'set_batch_options', 'detach_leads',
+                  '_attach_register', '_attach_queue')
               ORDER BY 1 LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
         EXECUTE format('ALTER FUNCTION %s OWNER TO dialer_api', f);

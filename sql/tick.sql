@@ -8,6 +8,8 @@ DECLARE
     n integer;
 BEGIN
     PERFORM dialer._promote_recurring(p_now);
+    PERFORM dialer._expire_contacts(p_now);
+    PERFORM dialer._lead_resync(20);
     IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
                     WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now))
        AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts WHERE status = 'pending') THEN
@@ -28,6 +30,49 @@ BEGIN
     UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
      WHERE c.status = 'pending'
        AND c.batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.status = 'processing');
+    RETURN n;
+END $$;
+
+-- Contacts whose batch or job deadline has passed before they were dialed end 'expired' (final,
+-- counted, announced). A batch not started by its deadline completes with them.
+CREATE FUNCTION dialer._expire_contacts(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n integer := 0;
+    expired_in bigint[] := '{}';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE expires_at <= p_now AND status IN ('pending', 'scheduled', 'processing', 'paused'))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts
+                        WHERE expires_at <= p_now AND expires_at IS NOT NULL AND status IN ('pending', 'queued')) THEN
+        RETURN 0;
+    END IF;
+    FOR r IN
+        WITH gone AS (
+            UPDATE dialer.campaign_contacts c
+               SET status = 'expired', next_attempt_at = NULL, updated_at = p_now,
+                   last_error = 'expired before it was dialed'
+             WHERE c.status IN ('pending', 'queued')
+               AND ((c.expires_at IS NOT NULL AND c.expires_at <= p_now)
+                    OR c.batch_id IN (SELECT b.id FROM dialer.call_batches b
+                                       WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled', 'processing', 'paused')))
+            RETURNING c.id, c.batch_id, c.is_job
+        )
+        SELECT g.id, g.batch_id, g.is_job, b.agency_id FROM gone g JOIN dialer.call_batches b ON b.id = g.batch_id
+    LOOP
+        PERFORM dialer._notify('expired', jsonb_build_object('contact_id', r.id, 'batch_id', r.batch_id,
+            'agency_id', r.agency_id, 'job_id', CASE WHEN r.is_job THEN r.id END));
+        n := n + 1;
+        expired_in := expired_in || r.batch_id;
+    END LOOP;
+    UPDATE dialer.call_batches b
+       SET expired_count = b.expired_count + x.n, queued_count = greatest(b.queued_count - x.n, 0)
+      FROM (SELECT e.batch_id, count(*)::integer AS n FROM unnest(expired_in) AS e(batch_id) GROUP BY e.batch_id) x
+     WHERE b.id = x.batch_id;
+    -- A campaign that never started has nothing left to do.
+    UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
+     WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled') AND b.kind = 'campaign';
     RETURN n;
 END $$;
 
@@ -93,7 +138,7 @@ CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budg
 RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
                lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
                spacing_ms double precision, agent_mapping_id bigint, metadata jsonb, credential_key text,
-               credential_gap_ms double precision, global_gap_ms double precision)
+               credential_gap_ms double precision, global_gap_ms double precision, from_number text)
 -- The candidates must come from campaign_contacts_claim_idx in order, stopping at the limit; a
 -- bitmap scan would read and sort the whole batch (the planner cannot tell how many candidates
 -- the live-call and do-not-call tests let through, and guesses one).
@@ -113,6 +158,7 @@ DECLARE
     last_send timestamptz;
     catching_up boolean := false;
     agency_tz text;
+    agency_day date;
     n integer;
     claimed integer;
     recent integer;
@@ -120,7 +166,9 @@ DECLARE
 BEGIN
     SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id AND status = 'processing'
        FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now) THEN
+    IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now)
+       -- nothing is dialed after the batch's deadline, not even a slot claimed ahead
+       OR b.expires_at <= p_now + p_lead THEN
         RETURN;
     END IF;
     SELECT pc.* INTO cred FROM dialer.provider_credentials pc
@@ -185,18 +233,27 @@ BEGIN
          WHERE k.batch_id = b.id AND k.created_at > p_now - interval '60.6 seconds' AND k.status <> 'network_error';
         n := least(n, b.calls_per_minute - recent);
     END IF;
+    SELECT timezone INTO agency_tz FROM dialer.agencies WHERE id = b.agency_id;
+    agency_day := (p_now AT TIME ZONE agency_tz)::date;
+    -- Calls from the caller-ID pool: never more than its numbers have left today, so that every
+    -- claimed contact gets one (_take_caller_id) and none is dialed from an unlisted number.
+    IF EXISTS (SELECT 1 FROM dialer.agent_mappings m
+                WHERE m.agency_id = b.agency_id AND m.use_caller_id_pool
+                  AND (m.id = b.agent_mapping_id OR b.kind IN ('queue', 'leads'))) THEN
+        n := least(n, dialer._caller_ids_left(b.agency_id, agency_day));
+    END IF;
     IF n <= 0 THEN
         RETURN;
     END IF;
     -- Compliance, against live tables: do-not-call, calling windows, attempt caps.
     PERFORM dialer._compliance_prepare(b, p_now, greatest(n * 4, 50));
-    SELECT timezone INTO agency_tz FROM dialer.agencies WHERE id = b.agency_id;
 
     RETURN QUERY
     WITH candidates AS (
         SELECT c.id, c.phone_number, c.priority FROM dialer.campaign_contacts c
          WHERE c.batch_id = b.id AND c.status = 'queued'
            AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now)
+           AND (c.expires_at IS NULL OR c.expires_at > p_now + p_lead)
            -- one live call per number, across every batch (the unique index enforces it); a
            -- scalar subquery, so that it stays one probe of that index per candidate
            AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
@@ -224,20 +281,22 @@ BEGIN
     ), new_calls AS (
         -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
         INSERT INTO dialer.calls (id, contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
-                                  phone_number, local_time, timezone)
+                                  phone_number, local_time, timezone, from_number)
         OVERRIDING SYSTEM VALUE
         SELECT cc.new_call_id, cc.id, b.id, b.agency_id, m.provider,
                format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now,
-               cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone
+               cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone,
+               CASE WHEN m.use_caller_id_pool THEN dialer._take_caller_id(b.agency_id, cc.phone_number, agency_day)
+                    ELSE m.from_number END
           FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
-        RETURNING id, calls.contact_id, calls.idempotency_key
+        RETURNING id, calls.contact_id, calls.idempotency_key, calls.from_number
     )
     SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
            nc.idempotency_key,
            extract(epoch FROM start + gap * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
            extract(epoch FROM b_gap)::float8 * 1000, cc.mapping_id, cc.metadata,
            CASE WHEN has_cred AND cred.max_calls_per_second IS NOT NULL THEN cred.agency_id || ':' || cred.provider END,
-           extract(epoch FROM c_gap)::float8 * 1000, extract(epoch FROM g_gap)::float8 * 1000
+           extract(epoch FROM c_gap)::float8 * 1000, extract(epoch FROM g_gap)::float8 * 1000, nc.from_number
       FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
 
     GET DIAGNOSTICS claimed = ROW_COUNT;
@@ -289,6 +348,11 @@ BEGIN
                                                 request jsonb, response jsonb)
      WHERE a.outcome = 'accepted' AND acc.id = a.call_id AND acc.status = 'dialing';
     GET DIAGNOSTICS initiated = ROW_COUNT;
+    -- Attached leads learn that they are Processing, in this transaction.
+    IF initiated > 0 AND EXISTS (SELECT 1 FROM dialer.lead_attachments) THEN
+        PERFORM dialer._lead_calls_accepted(ARRAY(SELECT (e->>'call_id')::bigint FROM jsonb_array_elements(p_results) e
+                                                   WHERE e->>'outcome' = 'accepted'));
+    END IF;
 
     FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
         SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;

@@ -27,7 +27,9 @@ extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
 extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
 extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit]);
 extension_sql_file!("../sql/compliance.sql", name = "compliance", requires = ["leads", "queue", api::queue::_zone_for_number]);
-extension_sql_file!("../sql/security.sql", name = "security", requires = ["compliance"], finalize);
+extension_sql_file!("../sql/caller_ids.sql", name = "caller_ids", requires = ["compliance"]);
+extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["caller_ids"]);
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["attach"], finalize);
 
 /// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
 const WORKER_RESTART: Duration = Duration::from_secs(1);

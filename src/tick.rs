@@ -171,7 +171,7 @@ impl TargetCache {
     fn load(&mut self, mapping_id: i64, agency_id: i64) -> Result<ProviderTarget, DialerError> {
         let row = Spi::connect(|client| {
             let table = client.select(
-                "SELECT provider, external_agent_id, from_number, carrier, request_template
+                "SELECT provider, external_agent_id, from_number, carrier, request_template, use_caller_id_pool
                    FROM dialer.agent_mappings WHERE id = $1",
                 Some(1),
                 &[mapping_id.into()],
@@ -185,6 +185,7 @@ impl TargetCache {
                         from_number: r.get::<String>(3)?,
                         carrier: r.get::<String>(4)?,
                         request_template: r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                        use_caller_id_pool: r.get::<bool>(6)?.unwrap_or(false),
                     },
                 ));
             }
@@ -315,9 +316,9 @@ pub fn claim(
         *claimed_now.entry(account).or_insert(0) += specs.len();
         total_left = total_left.saturating_sub(specs.len());
         batches += 1;
-        for spec in specs {
+        for (spec, pool_number) in specs {
             // A queue job may name its own agent; its target is looked up (once per tick) too.
-            let target = if spec.agent_mapping_id == mapping_id || spec.agent_mapping_id == 0 {
+            let mut target = if spec.agent_mapping_id == mapping_id || spec.agent_mapping_id == 0 {
                 target.clone()
             } else {
                 match cache.target(spec.agent_mapping_id, agency_id) {
@@ -328,6 +329,10 @@ pub fn claim(
                     }
                 }
             };
+            // The caller ID the claim chose (the mapping's own, or one from the agency's pool).
+            if target.mapping.use_caller_id_pool {
+                target.mapping.from_number = pool_number;
+            }
             let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
             match providers::build_call_request(&target, &spec) {
                 Ok(request) => {
@@ -353,11 +358,17 @@ pub fn claim(
     Ok((jobs, unbuildable, batches))
 }
 
-fn claim_batch(batch_id: i64, budget: i32, global_cps: i32, catch_up_before_ms: Option<f64>) -> Result<Vec<CallSpec>, DialerError> {
+/// The claimed calls, each with the caller ID the claim chose for it.
+fn claim_batch(
+    batch_id: i64,
+    budget: i32,
+    global_cps: i32,
+    catch_up_before_ms: Option<f64>,
+) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
     Spi::connect_mut(|client| {
         let table = client.update(
             "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
-                    agent_mapping_id, metadata, credential_key, credential_gap_ms, global_gap_ms
+                    agent_mapping_id, metadata, credential_key, credential_gap_ms, global_gap_ms, from_number
                FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0), $4,
                                         to_timestamp($5 / 1000.0))",
             None,
@@ -365,7 +376,7 @@ fn claim_batch(batch_id: i64, budget: i32, global_cps: i32, catch_up_before_ms: 
         )?;
         let mut out = Vec::new();
         for r in table {
-            out.push(CallSpec {
+            let spec = CallSpec {
                 call_id: r.get::<i64>(1)?.unwrap_or(0),
                 batch_id,
                 contact_id: r.get::<i64>(2)?.unwrap_or(0),
@@ -381,7 +392,8 @@ fn claim_batch(batch_id: i64, budget: i32, global_cps: i32, catch_up_before_ms: 
                 credential_key: r.get::<String>(12)?,
                 credential_gap_ms: r.get::<f64>(13)?.unwrap_or(0.0),
                 global_gap_ms: r.get::<f64>(14)?.unwrap_or(0.0),
-            });
+            };
+            out.push((spec, r.get::<String>(15)?));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })

@@ -42,9 +42,32 @@ pub fn zone_for_number(e164: &str) -> Option<&'static str> {
     SINGLE_ZONE.iter().find(|(c, _)| *c == country).map(|(_, z)| *z)
 }
 
+/// Where a number rings, for choosing a local caller ID: `"<country calling code>:<area>"`, the
+/// area being the first three digits of the national number (the NANP area code exactly; an
+/// approximation of the region prefix elsewhere). None for what does not parse.
+pub fn locality(e164: &str) -> Option<String> {
+    if e164.len() > 20 {
+        return None;
+    }
+    let number = phonenumber::parse(None, e164).ok()?;
+    let national = number.national().value().to_string();
+    let area: String = national.chars().take(3).collect();
+    Some(format!("{}:{area}", number.code().value()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locality_is_calling_code_and_area() {
+        assert_eq!(locality("+14155550123").as_deref(), Some("1:415"));
+        assert_eq!(locality("+12125550123").as_deref(), Some("1:212"));
+        assert_eq!(locality("+442079460000").as_deref(), Some("44:207"));
+        assert_eq!(locality("+919876543210").as_deref(), Some("91:987"));
+        assert_eq!(locality("junk"), None);
+        assert_eq!(locality(&"9".repeat(500)), None);
+    }
 
     #[test]
     fn single_zone_countries_and_the_rest() {

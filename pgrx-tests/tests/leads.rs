@@ -384,7 +384,8 @@ fn health_view_and_notify_payloads_after_a_known_run() {
 
     let rows = s.db.query("SELECT metric, value, ok FROM dialer.health", &[]).unwrap();
     let health: std::collections::HashMap<String, (Option<f64>, bool)> = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
-    assert_eq!(health.len(), 6);
+    assert_eq!(health.len(), 7, "the seed's six and voicemail");
+    assert_eq!(health["voicemail"], (Some(0.0), true));
     assert_eq!(health["posting_success_rate"], (Some(75.0), false), "3 of 4 posts accepted is under 95%");
     assert_eq!(health["failed_lead_accumulation"], (Some(1.0), true));
     assert_eq!(health["concurrent_executions"], (Some(0.0), true));

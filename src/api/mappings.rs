@@ -22,6 +22,7 @@ fn _check_agent_mapping(
         from_number: from_number.map(str::to_string),
         carrier: carrier.map(str::to_string),
         request_template: request_template.map(|j| j.0).unwrap_or_else(|| serde_json::json!({})),
+        use_caller_id_pool: false,
     };
     if let Err(why) = providers::check_mapping(provider, &mapping) {
         raise(DialerError::InvalidArgument(format!("{provider} agent mapping refused: {why}")));

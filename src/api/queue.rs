@@ -75,3 +75,9 @@ fn _jwt_roles() -> Vec<String> {
 fn _zone_for_number(phone_number: &str) -> Option<&'static str> {
     crate::zones::zone_for_number(phone_number)
 }
+
+/// `"<calling code>:<area>"` of a number (see zones::locality), NULL if it does not parse.
+#[pg_extern(immutable, parallel_safe)]
+fn _number_locality(phone_number: &str) -> Option<String> {
+    crate::zones::locality(phone_number)
+}

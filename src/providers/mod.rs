@@ -65,6 +65,8 @@ pub struct Mapping {
     /// Ultravox only: the carrier account Ultravox places the call through.
     pub carrier: Option<String>,
     pub request_template: Value,
+    /// Calls take their caller ID from the agency's pool (chosen per call at the claim).
+    pub use_caller_id_pool: bool,
 }
 
 impl Mapping {

@@ -32,6 +32,7 @@ pub fn mapping(agent: Option<&str>, from: Option<&str>, template: Value) -> Mapp
         from_number: from.map(str::to_string),
         carrier: None,
         request_template: template,
+        use_caller_id_pool: false,
     }
 }
 
