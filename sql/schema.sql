@@ -184,8 +184,6 @@ CREATE TABLE dialer.calls (
     notes            text,
     error            text,
     http_status      integer,
-    -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
-    from_number      text,
     latency_ms       double precision,
     request          jsonb,
     response         jsonb,
@@ -195,7 +193,9 @@ CREATE TABLE dialer.calls (
     ended_at         timestamptz,
     last_polled_at   timestamptz,
     -- In-doubt attempts are looked up at the provider by idempotency key this many times at most.
-    lookup_attempts  integer NOT NULL DEFAULT 0
+    lookup_attempts  integer NOT NULL DEFAULT 0,
+    -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
+    from_number      text
 );
 CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX ON dialer.calls (contact_id);

@@ -96,12 +96,27 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
         .expect_err("a mapping without a from number cannot be used after the upgrade");
     assert!(refused.as_db_error().map(|e| e.message().contains("needs a from_number")).unwrap_or(false), "{refused}");
 
+    // 0.2.0 handed voicemail to the telecallers (it had no voicemail retry delay): still so.
+    let policy: String = s.db.query_one("SELECT on_voicemail FROM dialer.call_batches WHERE id = $1", &[&batch]).unwrap().get(0);
+    assert_eq!(policy, "handoff");
+
     // The batch made before the update is dialed after it, each number once.
     s.wait_batch_completed(batch, Duration::from_secs(60));
+    let from: Vec<Option<String>> = s.db.query("SELECT DISTINCT from_number FROM dialer.calls", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(from, vec![Some(pg_dialer_integration::FROM_NUMBER.to_string())], "each call names its caller ID");
+    // This release's features work on an upgraded database: a leads table attached in place.
+    s.db.batch_execute("CREATE TABLE leads (id int PRIMARY KEY, phone text, status text)").unwrap();
+    s.db.query_one("SELECT dialer.attach_leads('leads', $1, $2)", &[&s.agency_id, &s.mapping_id]).unwrap();
+    s.db.execute("INSERT INTO leads VALUES (1, '+15550319999', 'Pending_AI_Call')", &[]).unwrap();
+    wait_for("the attached lead to be posted", Duration::from_secs(30), || {
+        let st: String = s.db.query_one("SELECT status FROM leads WHERE id = 1", &[]).unwrap().get(0);
+        (st != "Pending_AI_Call").then_some(())
+    });
     let posts = pg_dialer_integration::call_posts(&s.sim);
     let mut dialed: Vec<String> = posts.iter().filter_map(|p| p.to.clone()).collect();
     dialed.sort();
     let mut expected = nums.clone();
+    expected.push("+15550319999".to_string());  // the attached lead
     expected.sort();
     assert_eq!(dialed, expected, "every contact added before the update dialed exactly once after it");
     let agent_path = format!("/api/agents/{}/calls", pg_dialer_integration::AGENT_ID);

@@ -815,7 +815,1775 @@ END $$;
 
 CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
     FOR EACH ROW EXECUTE FUNCTION dialer._agent_mapping_checked();
--- ==== Leads tables attached in place, caller-ID pools, voicemail policy, expiry (sql/attach.sql) ====
+-- Rows reference rows of their own agency only: composite foreign keys (rows 0.2.0 let a tenant
+-- write across agencies make this update fail, naming the constraint: delete them first).
+ALTER TABLE dialer.call_batches DROP CONSTRAINT call_batches_agent_mapping_id_fkey;
+ALTER TABLE dialer.recurring_calls DROP CONSTRAINT recurring_calls_agent_mapping_id_fkey;
+ALTER TABLE dialer.calls DROP CONSTRAINT calls_batch_id_fkey, DROP CONSTRAINT calls_contact_id_fkey;
+ALTER TABLE dialer.agent_mappings ADD CONSTRAINT agent_mappings_agency_id_id_key UNIQUE (agency_id, id);
+ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_agency_id_id_key UNIQUE (agency_id, id);
+ALTER TABLE dialer.campaign_contacts ADD CONSTRAINT campaign_contacts_batch_id_id_key UNIQUE (batch_id, id);
+ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_mapping_same_agency
+    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
+ALTER TABLE dialer.recurring_calls ADD CONSTRAINT recurring_calls_mapping_same_agency
+    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
+ALTER TABLE dialer.calls ADD CONSTRAINT calls_batch_of_agency
+    FOREIGN KEY (agency_id, batch_id) REFERENCES dialer.call_batches (agency_id, id) ON DELETE CASCADE;
+ALTER TABLE dialer.calls ADD CONSTRAINT calls_contact_of_batch
+    FOREIGN KEY (batch_id, contact_id) REFERENCES dialer.campaign_contacts (batch_id, id) ON DELETE CASCADE;
+CREATE TRIGGER followups_same_agency BEFORE INSERT OR UPDATE OF telecaller_id, contact_id ON dialer.followups
+    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
+CREATE TRIGGER campaign_contacts_same_agency BEFORE INSERT OR UPDATE OF agent_mapping_id, batch_id ON dialer.campaign_contacts
+    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
+
+-- The role the tenant API runs as (see sql/security.sql).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_api') THEN
+        CREATE ROLE dialer_api NOLOGIN NOBYPASSRLS;
+    END IF;
+END $$;
+
+-- ==== Leads tables attached in place, caller-ID pools, voicemail policy, expiry (sql/attach.sql, sql/caller_ids.sql) ====
+-- Contacts of a leads table attached in place, voicemail per batch policy, deadlines, caller IDs.
+ALTER TABLE dialer.call_batches DROP CONSTRAINT call_batches_kind_check,
+    ADD CONSTRAINT call_batches_kind_check CHECK (kind IN ('campaign', 'queue', 'leads')),
+    ADD COLUMN on_voicemail text NOT NULL DEFAULT 'retry' CHECK (on_voicemail IN ('retry', 'done', 'handoff')),
+    ADD COLUMN expires_at timestamptz,
+    ADD COLUMN voicemail_count integer NOT NULL DEFAULT 0,
+    ADD COLUMN expired_count integer NOT NULL DEFAULT 0;
+-- 0.2.0 handed voicemail to the telecallers unless the batch had a voicemail retry delay: kept.
+UPDATE dialer.call_batches SET on_voicemail = CASE WHEN retry_delays ? 'voicemail' THEN 'retry' ELSE 'handoff' END;
+UPDATE dialer.call_batches b SET voicemail_count = (SELECT count(*) FROM dialer.calls k WHERE k.batch_id = b.id AND k.end_reason = 'voicemail');
+ALTER TABLE dialer.campaign_contacts DROP CONSTRAINT campaign_contacts_status_check,
+    ADD CONSTRAINT campaign_contacts_status_check
+        CHECK (status IN ('pending', 'queued', 'in_progress', 'completed', 'failed', 'cancelled', 'in_doubt', 'expired')),
+    ADD COLUMN expires_at timestamptz,
+    ADD COLUMN lead_attachment_id bigint,
+    ADD COLUMN lead_sync_pending boolean NOT NULL DEFAULT false;
+CREATE INDEX campaign_contacts_expiry_idx ON dialer.campaign_contacts (expires_at)
+    WHERE expires_at IS NOT NULL AND status IN ('pending', 'queued');
+CREATE UNIQUE INDEX campaign_contacts_one_live_per_lead ON dialer.campaign_contacts (lead_attachment_id, lead_ref)
+    WHERE lead_attachment_id IS NOT NULL AND status IN ('pending', 'queued', 'in_progress', 'in_doubt');
+CREATE INDEX campaign_contacts_lead_sync_idx ON dialer.campaign_contacts (id) WHERE lead_sync_pending;
+ALTER TABLE dialer.calls ADD COLUMN from_number text;
+UPDATE dialer.calls k SET from_number = m.from_number
+  FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
+  JOIN dialer.agent_mappings m ON m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id)
+ WHERE c.id = k.contact_id;
+ALTER TABLE dialer.agent_mappings ADD COLUMN use_caller_id_pool boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION dialer."_number_locality"(
+	"phone_number" TEXT
+) RETURNS TEXT
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_number_locality_wrapper';
+
+-- Caller-ID pools: an agency's own numbers to dial from. A mapping that uses the pool
+-- (dialer.use_caller_id_pool) gives each call the number local to the contact (same country
+-- calling code, then same area) that is least used today, never one disabled or at its daily cap.
+
+CREATE TABLE dialer.caller_ids (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agency_id         bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
+    phone_number      text NOT NULL CHECK (phone_number ~ '^\+[1-9][0-9]{6,14}$'),
+    max_calls_per_day integer CHECK (max_calls_per_day IS NULL OR max_calls_per_day BETWEEN 1 AND 1000000),
+    enabled           boolean NOT NULL DEFAULT true,
+    -- "<country calling code>:<area>" (dialer._number_locality), for choosing a local number.
+    locality          text,
+    -- Calls placed from it on usage_day (the agency's local date).
+    usage_day         date,
+    calls_today       integer NOT NULL DEFAULT 0,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (agency_id, phone_number)
+);
+
+-- Calls today as of p_day (a new day starts at zero).
+CREATE FUNCTION dialer._caller_id_used(ci dialer.caller_ids, p_day date)
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN ci.usage_day = p_day THEN ci.calls_today ELSE 0 END
+$$;
+
+-- How many calls the agency's pool can still place today (2^31 - 1 when a number has no cap).
+CREATE FUNCTION dialer._caller_ids_left(p_agency_id bigint, p_day date)
+RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT coalesce(least(sum(greatest(coalesce(ci.max_calls_per_day, 2147483647) - dialer._caller_id_used(ci, p_day), 0)),
+                          2147483647), 0)::integer
+      FROM dialer.caller_ids ci WHERE ci.agency_id = p_agency_id AND ci.enabled
+$$;
+
+-- Takes today's best number for a call to p_phone and counts the call on it; NULL when every
+-- number is disabled or capped (the claim never asks for more than _caller_ids_left).
+CREATE FUNCTION dialer._take_caller_id(p_agency_id bigint, p_phone text, p_day date)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    here text := dialer._number_locality(p_phone);
+    chosen dialer.caller_ids;
+BEGIN
+    SELECT * INTO chosen FROM dialer.caller_ids ci
+     WHERE ci.agency_id = p_agency_id AND ci.enabled
+       AND (ci.max_calls_per_day IS NULL OR dialer._caller_id_used(ci, p_day) < ci.max_calls_per_day)
+     ORDER BY ci.locality = here DESC NULLS LAST,
+              split_part(ci.locality, ':', 1) = split_part(here, ':', 1) DESC NULLS LAST,
+              dialer._caller_id_used(ci, p_day), ci.id
+     LIMIT 1
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    UPDATE dialer.caller_ids
+       SET calls_today = dialer._caller_id_used(chosen, p_day) + 1, usage_day = p_day
+     WHERE id = chosen.id;
+    RETURN chosen.phone_number;
+END $$;
+
+-- Adds a number to the agency's pool, or changes its cap / enables it again. Returns its id.
+CREATE FUNCTION dialer.add_caller_id(agency_id bigint, phone_number text, max_calls_per_day integer DEFAULT NULL,
+    enabled boolean DEFAULT true)
+RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    new_id bigint;
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    PERFORM dialer._check_e164(phone_number, 'phone_number');
+    IF max_calls_per_day IS NOT NULL AND max_calls_per_day NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'max_calls_per_day must be between 1 and 1000000 (or NULL for no cap), got %', max_calls_per_day
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO dialer.caller_ids AS ci (agency_id, phone_number, max_calls_per_day, enabled, locality)
+    VALUES (agency_id, phone_number, max_calls_per_day, coalesce(enabled, true), dialer._number_locality(phone_number))
+    ON CONFLICT ON CONSTRAINT caller_ids_agency_id_phone_number_key DO UPDATE
+       SET max_calls_per_day = EXCLUDED.max_calls_per_day, enabled = EXCLUDED.enabled
+    RETURNING ci.id INTO new_id;
+    PERFORM dialer._wake_on_commit();  -- contacts waiting for a free number may go now
+    RETURN new_id;
+END $$;
+
+-- Takes a number out of the pool (calls already placed from it keep it on their row).
+CREATE FUNCTION dialer.remove_caller_id(agency_id bigint, phone_number text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    DELETE FROM dialer.caller_ids ci WHERE ci.agency_id = agency_id AND ci.phone_number = phone_number;
+    RETURN FOUND;
+END $$;
+
+-- A mapping's calls dial from the pool (true) or from its own from_number (false).
+CREATE FUNCTION dialer.use_caller_id_pool(agent_mapping_id bigint, enabled boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+    IF enabled IS NULL THEN
+        RAISE EXCEPTION 'enabled must be true or false' USING ERRCODE = '22023';
+    END IF;
+    UPDATE dialer.agent_mappings m SET use_caller_id_pool = enabled WHERE m.id = agent_mapping_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'agent mapping % does not exist', coalesce(agent_mapping_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+END $$;
+
+-- A team's own leads table, attached in place (the lead-posting seed): a row that enters the
+-- pending status is queued in the same transaction, a row deleted or moved out of it before it is
+-- dialed is cancelled, and every state change is written back onto the row as the seed does.
+--
+-- Who runs what (a tenant with a SQL login is hostile):
+-- * dialer._lead_changed, the trigger on the leads table, is SECURITY DEFINER (the extension
+--   owner) so that whoever inserts a lead can queue it; it only acts for the table its attachment
+--   names (TG_RELID), which only the table's owner could attach.
+-- * Rows of the leads table are written by the attachment's writer function, created per
+--   attachment and owned by the table's owner: the owner's rights, the owner's triggers and
+--   policies, never the extension owner's (a tenant's trigger must not run as a superuser).
+
+CREATE TABLE dialer.lead_attachments (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agency_id        bigint NOT NULL REFERENCES dialer.agencies(id) ON DELETE CASCADE,
+    leads            regclass NOT NULL,
+    batch_id         bigint NOT NULL,  -- its contacts (kind 'leads'): lead_attachments_batch_fk
+    agent_mapping_id bigint NOT NULL,
+    -- {"key", "phone", "status", ...}: the table's column for each of the seed's fields (absent
+    -- where the table has none); "name", "variables" (columns passed to the agent).
+    columns          jsonb NOT NULL,
+    -- The status words: {"pending": "Pending_AI_Call", "processing": "Processing", ...}.
+    statuses         jsonb NOT NULL,
+    -- The seed's factory: the per-lead provider column's value → agent mapping.
+    providers        jsonb NOT NULL DEFAULT '{}',
+    -- Only rows whose agency column holds this attachment's agency (a table shared by tenants).
+    agency_column    text,
+    writer           regprocedure,
+    last_error       text,
+    last_error_at    timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (leads, agency_id)
+);
+ALTER TABLE dialer.lead_attachments ADD CONSTRAINT lead_attachments_batch_fk
+    FOREIGN KEY (agency_id, batch_id) REFERENCES dialer.call_batches (agency_id, id) ON DELETE CASCADE;
+ALTER TABLE dialer.lead_attachments ADD CONSTRAINT lead_attachments_mapping_fk
+    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
+ALTER TABLE dialer.campaign_contacts ADD CONSTRAINT campaign_contacts_lead_attachment_fk
+    FOREIGN KEY (lead_attachment_id) REFERENCES dialer.lead_attachments(id) ON DELETE SET NULL;
+CREATE INDEX campaign_contacts_lead_attachment_idx ON dialer.campaign_contacts (lead_attachment_id)
+    WHERE lead_attachment_id IS NOT NULL;
+
+-- The seed's fields, in the order the writer takes their values. The key, phone, status,
+-- call_source_id and ai_provider_type columns are read, the others written.
+CREATE FUNCTION dialer._lead_fields()
+RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['status', 'ai_call_status', 'ai_call_id', 'posted_to_ai_date', 'ai_post_retry_count',
+                 'ai_failure_reason', 'last_ai_attempt', 'staff_id', 'assigned_date']
+$$;
+
+CREATE FUNCTION dialer._lead_default_statuses()
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT '{"pending": "Pending_AI_Call", "processing": "Processing", "ai_failed": "AI_FAILED",
+             "assigned_manual": "ASSIGNED_MANUAL", "manual_queue_pending": "MANUAL_QUEUE_PENDING",
+             "success": "SV Fixed", "completed": "Call Progress", "trashed": "Trashed",
+             "voicemail": "AI_VOICEMAIL", "expired": "AI_EXPIRED",
+             "call_initiated": "INITIATED", "call_completed": "AI_COMPLETED", "call_failed": "AI_FAILED"}'::jsonb
+$$;
+
+-- Writes one lead row through the attachment's writer (the table owner's rights). Never raises:
+-- a table that refuses the write (a constraint, a trigger, a lock held too long) must not stop
+-- the dialing of anyone else. Returns false, and notes the error on the attachment, if it failed.
+CREATE FUNCTION dialer._lead_write(p_attachment_id bigint, p_key text, p_values text[])
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- a lead row the application holds locked is written later (_lead_resync), not waited for
+SET lock_timeout = '200ms' AS $$
+DECLARE
+    a dialer.lead_attachments;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND OR a.writer IS NULL THEN
+        RETURN true;  -- detached: nothing to write to
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1, $2)', a.writer::regproc) USING p_key, p_values;
+        RETURN true;
+    EXCEPTION WHEN OTHERS THEN
+        UPDATE dialer.lead_attachments SET last_error = left(SQLERRM, 500), last_error_at = clock_timestamp()
+         WHERE id = a.id;
+        RAISE WARNING 'pg_dialer: could not write lead % back to %: %', p_key, a.leads, SQLERRM;
+        RETURN false;
+    END;
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer._lead_write(bigint, text, text[]) FROM PUBLIC;
+
+-- What a contact's state means for its lead row: the writer's values (dialer._lead_fields()
+-- order; NULL leaves a column as it is), or NULL when nothing is to be written.
+CREATE FUNCTION dialer._lead_values(c dialer.campaign_contacts, a dialer.lead_attachments)
+RETURNS text[] LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    w jsonb := a.statuses;
+    k dialer.calls;
+    f dialer.followups;
+    failed_posts integer;
+    now_text text := clock_timestamp()::text;
+BEGIN
+    SELECT * INTO k FROM dialer.calls WHERE id = c.call_id;
+    SELECT count(*) INTO failed_posts FROM dialer.calls x WHERE x.contact_id = c.id AND x.status = 'failed';
+    IF c.handoff = 'manual_assigned' THEN
+        SELECT * INTO f FROM dialer.followups o WHERE o.contact_id = c.id ORDER BY o.id DESC LIMIT 1;
+        RETURN ARRAY[w->>'assigned_manual', NULL, NULL, NULL, failed_posts::text,
+                     CASE WHEN c.status = 'failed' THEN c.last_error END, NULL, f.telecaller_id::text, now_text];
+    ELSIF c.handoff = 'manual_pending' THEN
+        RETURN ARRAY[w->>'manual_queue_pending', NULL, NULL, NULL, failed_posts::text,
+                     CASE WHEN c.status = 'failed' THEN c.last_error END, NULL, NULL, NULL];
+    ELSIF c.status = 'failed' THEN
+        RETURN ARRAY[w->>'ai_failed', w->>'call_failed', NULL, NULL, failed_posts::text, c.last_error, now_text, NULL, NULL];
+    ELSIF c.status = 'completed' THEN
+        RETURN ARRAY[CASE c.outcome WHEN 'success' THEN w->>'success' WHEN 'trashed' THEN w->>'trashed'
+                                    WHEN 'voicemail' THEN w->>'voicemail' ELSE w->>'completed' END,
+                     w->>'call_completed', NULL, NULL, NULL, NULL, NULL, NULL, NULL];
+    ELSIF c.status = 'expired' THEN
+        RETURN ARRAY[w->>'expired', NULL, NULL, NULL, NULL, c.last_error, NULL, NULL, NULL];
+    ELSIF c.status = 'queued' AND c.attempts > 0 THEN
+        -- posting failed, or the call ended in a way the batch retries: pending again, as the seed
+        RETURN ARRAY[w->>'pending', NULL, NULL, NULL, failed_posts::text, NULL, now_text, NULL, NULL];
+    ELSIF c.status = 'in_progress' AND k.status = 'in_progress' THEN
+        RETURN ARRAY[w->>'processing', w->>'call_initiated', k.provider_call_id,
+                     coalesce(k.dispatched_at, clock_timestamp())::text, failed_posts::text, NULL, NULL, NULL, NULL];
+    END IF;
+    RETURN NULL;  -- waiting, being dialed, in doubt, cancelled: the row says what it already says
+END $$;
+
+-- Writes a contact's state onto its lead; on failure the contact is marked for another try.
+CREATE FUNCTION dialer._lead_sync(p_contact_id bigint)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c dialer.campaign_contacts;
+    a dialer.lead_attachments;
+    v text[];
+    ok boolean;
+BEGIN
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = p_contact_id;
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = c.lead_attachment_id;
+    IF a.id IS NULL THEN
+        RETURN;
+    END IF;
+    v := dialer._lead_values(c, a);
+    IF v IS NULL THEN
+        ok := true;
+    ELSE
+        ok := dialer._lead_write(a.id, c.lead_ref, v);
+    END IF;
+    IF ok IS DISTINCT FROM NOT c.lead_sync_pending THEN
+        UPDATE dialer.campaign_contacts SET lead_sync_pending = NOT ok WHERE id = c.id;
+    END IF;
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer._lead_sync(bigint) FROM PUBLIC;
+
+-- After any change to an attached contact (not the change of its sync flag itself).
+CREATE FUNCTION dialer._lead_contact_changed()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_RELID <> 'dialer.campaign_contacts'::regclass THEN
+        RAISE EXCEPTION 'dialer._lead_contact_changed is pg_dialer''s own trigger' USING ERRCODE = '42501';
+    END IF;
+    PERFORM dialer._lead_sync(NEW.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER campaign_contacts_lead_sync AFTER UPDATE ON dialer.campaign_contacts
+    FOR EACH ROW WHEN (NEW.lead_attachment_id IS NOT NULL AND OLD.lead_sync_pending = NEW.lead_sync_pending)
+    EXECUTE FUNCTION dialer._lead_contact_changed();
+
+-- Accepted calls change only their call row: their leads are told here (_record_dispatch).
+CREATE FUNCTION dialer._lead_calls_accepted(p_call_ids bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._lead_sync(c.id)
+       FROM dialer.calls k JOIN dialer.campaign_contacts c ON c.id = k.contact_id
+      WHERE k.id = ANY (p_call_ids) AND c.lead_attachment_id IS NOT NULL;
+END $$;
+
+-- Write-backs that failed (the table refused them), tried again by the worker each tick.
+CREATE FUNCTION dialer._lead_resync(p_limit integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := 0;
+    cid bigint;
+BEGIN
+    FOR cid IN SELECT c.id FROM dialer.campaign_contacts c WHERE c.lead_sync_pending ORDER BY c.id LIMIT p_limit LOOP
+        PERFORM dialer._lead_sync(cid);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- A lead row in the pending status: its contact, unless it has a live one. Bad data is written
+-- back (Trashed for a phone number that is not one, AI_FAILED for an unknown provider type).
+CREATE FUNCTION dialer._lead_queue(a dialer.lead_attachments, p_row jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    col jsonb := a.columns;
+    key text := p_row ->> (col->>'key');
+    phone text := regexp_replace(coalesce(p_row ->> (col->>'phone'), ''), '[\s().-]', '', 'g');
+    provider_type text := p_row ->> (col->>'ai_provider_type');
+    mapping bigint := a.agent_mapping_id;
+    vars jsonb := '{}';
+    v text;
+    new_id bigint;
+BEGIN
+    IF key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF phone !~ '^\+[1-9][0-9]{6,14}$' THEN
+        PERFORM dialer._lead_write(a.id, key, ARRAY[a.statuses->>'trashed', NULL, NULL, NULL, NULL,
+            format('invalid phone number %s: write it in E.164 form, e.g. +14155550123', coalesce(p_row ->> (col->>'phone'), 'NULL')),
+            clock_timestamp()::text, NULL, NULL]);
+        RETURN NULL;
+    END IF;
+    IF provider_type IS NOT NULL THEN
+        mapping := CASE WHEN a.providers ? provider_type THEN (a.providers ->> provider_type)::bigint
+                        WHEN lower(provider_type) = (SELECT m.provider FROM dialer.agent_mappings m WHERE m.id = a.agent_mapping_id)
+                        THEN a.agent_mapping_id END;
+        IF mapping IS NULL THEN
+            PERFORM dialer._lead_write(a.id, key, ARRAY[a.statuses->>'ai_failed', a.statuses->>'call_failed', NULL, NULL, NULL,
+                format('no agent mapping for AI provider type %s (name it in the attachment''s "providers" option)',
+                       quote_literal(provider_type)),
+                clock_timestamp()::text, NULL, NULL]);
+            RETURN NULL;
+        END IF;
+    END IF;
+    FOR v IN SELECT jsonb_array_elements_text(coalesce(col->'variables', '[]')) LOOP
+        vars := vars || jsonb_build_object(v, p_row -> v);
+    END LOOP;
+    INSERT INTO dialer.campaign_contacts (batch_id, phone_number, name, variables, lead_ref, source, status, is_job,
+                                          agent_mapping_id, timezone, lead_attachment_id)
+    VALUES (a.batch_id, phone, p_row ->> (col->>'name'), vars, key, p_row ->> (col->>'call_source_id'), 'queued', true,
+            nullif(mapping, a.agent_mapping_id), dialer._zone_for_number(phone), a.id)
+    ON CONFLICT (lead_attachment_id, lead_ref)
+       WHERE lead_attachment_id IS NOT NULL AND status IN ('pending', 'queued', 'in_progress', 'in_doubt')
+       DO NOTHING
+    RETURNING id INTO new_id;
+    IF new_id IS NOT NULL THEN
+        UPDATE dialer.call_batches SET total_contacts = total_contacts + 1, queued_count = queued_count + 1
+         WHERE id = a.batch_id;
+        PERFORM dialer._wake_on_commit();
+    END IF;
+    RETURN new_id;
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) FROM PUBLIC;
+
+-- A lead that leaves the pending status (or the table) before it is dialed: its contact is cancelled.
+CREATE FUNCTION dialer._lead_withdraw(a dialer.lead_attachments, p_key text, p_why text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE dialer.campaign_contacts c SET status = 'cancelled', last_error = p_why, updated_at = clock_timestamp()
+     WHERE c.lead_attachment_id = a.id AND c.lead_ref = p_key AND c.status IN ('pending', 'queued');
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        UPDATE dialer.call_batches SET queued_count = greatest(queued_count - n, 0) WHERE id = a.batch_id;
+    END IF;
+    RETURN n;
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer._lead_withdraw(dialer.lead_attachments, text, text) FROM PUBLIC;
+
+-- The trigger on an attached leads table (argument: the attachment id).
+CREATE FUNCTION dialer._lead_changed()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a dialer.lead_attachments;
+    r jsonb;
+    key text;
+BEGIN
+    IF TG_NARGS <> 1 OR TG_ARGV[0] !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'dialer._lead_changed takes the attachment id' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = TG_ARGV[0]::bigint;
+    IF NOT FOUND THEN
+        RETURN NULL;  -- detached (its agency deleted): the table goes on without the dialer
+    END IF;
+    IF a.leads <> TG_RELID THEN
+        RAISE EXCEPTION 'lead attachment % is for table %, not %', a.id, a.leads, TG_RELID::regclass
+            USING ERRCODE = '42501', HINT = 'Attach a table with dialer.attach_leads.';
+    END IF;
+    r := CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END;
+    IF a.agency_column IS NOT NULL AND (r ->> a.agency_column) IS DISTINCT FROM a.agency_id::text THEN
+        RETURN NULL;  -- another agency's lead in a shared table
+    END IF;
+    key := r ->> (a.columns->>'key');
+    IF TG_OP = 'DELETE' THEN
+        PERFORM dialer._lead_withdraw(a, key, 'lead deleted before it was dialed');
+    ELSIF (r ->> (a.columns->>'status')) IS DISTINCT FROM a.statuses->>'pending' THEN
+        PERFORM dialer._lead_withdraw(a, key, 'lead left the pending status before it was dialed');
+    ELSE
+        PERFORM dialer._lead_queue(a, r);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Checks and stores an attachment (the API's rights, so the agency and mapping must be the
+-- caller's); creates its batch.
+CREATE FUNCTION dialer._attach_register(p_leads regclass, p_agency_id bigint, p_mapping_id bigint, p_columns jsonb,
+    p_statuses jsonb, p_providers jsonb, p_agency_column text, p_pacing jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    b bigint;
+    new_id bigint;
+    owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = p_leads);
+    k text;
+BEGIN
+    IF NOT pg_catalog.pg_has_role(dialer._caller(), owner, 'USAGE') THEN
+        RAISE EXCEPTION 'attaching % needs its owner''s rights (it belongs to %)', p_leads, owner::regrole
+            USING ERRCODE = '42501';
+    END IF;
+    PERFORM dialer._check_agency(p_agency_id);
+    PERFORM dialer._resolve_mapping(p_agency_id, p_mapping_id);
+    FOR k IN SELECT jsonb_object_keys(p_providers) LOOP
+        IF jsonb_typeof(p_providers->k) <> 'number' OR (p_providers->>k) !~ '^[0-9]{1,18}$' THEN
+            RAISE EXCEPTION 'options.providers.% must be an agent mapping id', k USING ERRCODE = '22023';
+        END IF;
+        PERFORM dialer._resolve_mapping(p_agency_id, (p_providers->>k)::bigint);
+    END LOOP;
+    INSERT INTO dialer.call_batches (agency_id, agent_mapping_id, name, kind, status, calls_per_minute, max_concurrent,
+                                     max_attempts, retry_delay, retry_backoff, started_at)
+    VALUES (p_agency_id, p_mapping_id, 'leads: ' || p_leads::text, 'leads', 'processing',
+            (p_pacing->>'calls_per_minute')::integer, (p_pacing->>'max_concurrent')::integer,
+            (p_pacing->>'max_attempts')::integer, (p_pacing->>'retry_delay')::interval, 1, now())
+    RETURNING id INTO b;
+    INSERT INTO dialer.lead_attachments (agency_id, leads, batch_id, agent_mapping_id, columns, statuses, providers, agency_column)
+    VALUES (p_agency_id, p_leads, b, p_mapping_id, p_columns, p_statuses, p_providers, p_agency_column)
+    RETURNING id INTO new_id;
+    PERFORM dialer._attach_install(new_id);
+    RETURN new_id;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION '% is already attached for agency %', p_leads, p_agency_id USING ERRCODE = '42710',
+        HINT = 'dialer.detach_leads it first.';
+END $$;
+
+-- Creates the attachment's writer (owned by the table's owner) and the trigger on its table.
+-- Built from the stored attachment only, identifiers quoted; values always travel as parameters.
+CREATE FUNCTION dialer._attach_install(p_attachment_id bigint)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a dialer.lead_attachments;
+    sets text[] := '{}';
+    f text;
+    i integer := 0;
+    col text;
+    typ text;
+    writer_name text := 'lead_writer_' || p_attachment_id;
+    owner regrole;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lead attachment % does not exist', p_attachment_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT c.relowner::regrole INTO owner FROM pg_class c WHERE c.oid = a.leads;
+    FOREACH f IN ARRAY dialer._lead_fields() LOOP
+        i := i + 1;
+        col := a.columns->>f;
+        CONTINUE WHEN col IS NULL;
+        SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
+         WHERE t.attrelid = a.leads AND t.attname = col AND t.attnum > 0 AND NOT t.attisdropped;
+        sets := sets || format('%I = coalesce($2[%s]::%s, %I)', col, i, typ, col);
+    END LOOP;
+    SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
+     WHERE t.attrelid = a.leads AND t.attname = a.columns->>'key' AND t.attnum > 0 AND NOT t.attisdropped;
+    EXECUTE format('CREATE OR REPLACE FUNCTION dialer.%I(p_key text, p_values text[]) RETURNS void LANGUAGE sql '
+                   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
+                   writer_name, format('UPDATE %s SET %s WHERE %I = $1::%s', a.leads, array_to_string(sets, ', '), a.columns->>'key', typ));
+    EXECUTE format('ALTER FUNCTION dialer.%I(text, text[]) OWNER TO %s', writer_name, owner);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION dialer.%I(text, text[]) FROM PUBLIC', writer_name);
+    UPDATE dialer.lead_attachments SET writer = format('dialer.%I(text, text[])', writer_name)::regprocedure WHERE id = a.id;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR DELETE OR UPDATE OF %I ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION dialer._lead_changed(%L)',
+                   'pg_dialer_leads_' || a.id, a.columns->>'status', a.leads, a.id::text);
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer._attach_install(bigint) FROM PUBLIC;
+
+-- Queues a pending lead of an attachment (attach_leads, for the rows already there). The caller
+-- must own the table: a tenant cannot slip numbers into someone else's attachment.
+CREATE FUNCTION dialer._attach_queue(p_attachment_id bigint, p_row jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a dialer.lead_attachments;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND OR NOT pg_catalog.pg_has_role(dialer._caller(), (SELECT c.relowner FROM pg_class c WHERE c.oid = a.leads), 'USAGE') THEN
+        RAISE EXCEPTION 'lead attachment % does not exist or is not yours', p_attachment_id USING ERRCODE = '42501';
+    END IF;
+    RETURN dialer._lead_queue(a, p_row);
+END $$;
+
+-- Attaches a leads table: pending rows (those there now and every one that becomes pending) are
+-- dialed with agent_mapping_id, and their fate is written back onto them. Runs with the caller's
+-- rights (it reads the table and checks its columns as the caller).
+CREATE FUNCTION dialer.attach_leads(leads regclass, agency_id bigint, agent_mapping_id bigint, options jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    defaults constant jsonb := '{"phone": "phone", "status": "status", "ai_call_status": "ai_call_status",
+        "ai_call_id": "ai_call_id", "posted_to_ai_date": "posted_to_ai_date", "ai_post_retry_count": "ai_post_retry_count",
+        "ai_failure_reason": "ai_failure_reason", "last_ai_attempt": "last_ai_attempt", "staff_id": "staff_id",
+        "assigned_date": "assigned_date", "call_source_id": "call_source_id", "ai_provider_type": "ai_provider_type",
+        "name": "name"}';
+    -- What each field's column may be: text-like, a number, a time, or anything (read as text).
+    kinds constant jsonb := '{"phone": "text", "status": "text", "ai_call_status": "text", "ai_call_id": "text",
+        "posted_to_ai_date": "time", "ai_post_retry_count": "number", "ai_failure_reason": "text",
+        "last_ai_attempt": "time", "staff_id": "any", "assigned_date": "time", "call_source_id": "any",
+        "ai_provider_type": "any", "name": "text"}';
+    o jsonb := coalesce(options, '{}');
+    given jsonb;
+    cols jsonb := '{}';
+    statuses jsonb;
+    rel pg_class;
+    pk text[];
+    k text;
+    col text;
+    typ oid;
+    cat char;
+    pacing jsonb;
+    new_id bigint;
+    r jsonb;
+BEGIN
+    IF jsonb_typeof(o) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(o) LOOP
+        IF k NOT IN ('columns', 'statuses', 'providers', 'agency_column', 'variables', 'calls_per_minute',
+                     'max_concurrent', 'max_attempts', 'retry_delay') THEN
+            RAISE EXCEPTION 'unknown option %', quote_literal(k) USING ERRCODE = '22023',
+                HINT = 'Options: columns, statuses, providers, agency_column, variables, calls_per_minute, max_concurrent, max_attempts, retry_delay.';
+        END IF;
+    END LOOP;
+    SELECT * INTO rel FROM pg_class c WHERE c.oid = leads;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', leads USING ERRCODE = '42809';
+    END IF;
+    IF rel.relforcerowsecurity THEN
+        RAISE EXCEPTION '% forces row-level security on its owner', leads USING ERRCODE = '0A000',
+            HINT = 'pg_dialer reads and writes an attached table with its owner''s rights; ALTER TABLE ... NO FORCE ROW LEVEL SECURITY, or give the owner a policy that lets it see its leads.';
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO pk
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = leads AND i.indisprimary;
+    IF pk IS NULL THEN
+        RAISE EXCEPTION '% has no primary key', leads USING ERRCODE = '42P16',
+            HINT = 'pg_dialer finds each lead again by its primary key: add one.';
+    ELSIF array_length(pk, 1) > 1 THEN
+        RAISE EXCEPTION '% has a primary key of % columns; pg_dialer needs a single-column key', leads, array_length(pk, 1)
+            USING ERRCODE = '42P16';
+    END IF;
+    given := coalesce(o->'columns', '{}');
+    IF jsonb_typeof(given) <> 'object' THEN
+        RAISE EXCEPTION 'options.columns must be a JSON object of field → column name' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(given) LOOP
+        IF NOT defaults ? k THEN
+            RAISE EXCEPTION 'options.columns: unknown field %', quote_literal(k) USING ERRCODE = '22023',
+                HINT = 'Fields: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(defaults) x) || '.';
+        END IF;
+        IF jsonb_typeof(given->k) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'options.columns.% must be a column name (or null for none)', k USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    cols := jsonb_build_object('key', pk[1]);
+    FOR k IN SELECT jsonb_object_keys(defaults) LOOP
+        col := CASE WHEN given ? k THEN given->>k ELSE defaults->>k END;
+        CONTINUE WHEN col IS NULL;
+        SELECT a.atttypid INTO typ FROM pg_attribute a
+         WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF typ IS NULL THEN
+            IF given ? k OR k IN ('phone', 'status') THEN
+                RAISE EXCEPTION '% has no column % (for %)', leads, quote_ident(col), k USING ERRCODE = '42703',
+                    HINT = 'Name the column in options.columns, e.g. {"columns": {"' || k || '": "my_column"}}.';
+            END IF;
+            CONTINUE;  -- a default the table does not have: that field is not kept
+        END IF;
+        SELECT t.typcategory INTO cat FROM pg_type t WHERE t.oid = typ;
+        IF (kinds->>k = 'text' AND cat <> 'S') OR (kinds->>k = 'number' AND cat <> 'N') OR (kinds->>k = 'time' AND cat <> 'D') THEN
+            RAISE EXCEPTION 'column %.% (for %) is of type %, not %', leads, quote_ident(col), k, typ::regtype,
+                CASE kinds->>k WHEN 'text' THEN 'text' WHEN 'number' THEN 'a number' ELSE 'a date or timestamp' END
+                USING ERRCODE = '42804';
+        END IF;
+        cols := cols || jsonb_build_object(k, col);
+    END LOOP;
+    cols := cols || jsonb_build_object('variables', coalesce(o->'variables', '[]'));
+    IF jsonb_typeof(cols->'variables') <> 'array' THEN
+        RAISE EXCEPTION 'options.variables must be an array of column names' USING ERRCODE = '22023';
+    END IF;
+    FOR col IN SELECT jsonb_array_elements_text(cols->'variables') LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION '% has no column % (in options.variables)', leads, quote_ident(col) USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF o ? 'agency_column' AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads
+                                              AND a.attname = o->>'agency_column' AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% has no column % (options.agency_column)', leads, quote_ident(o->>'agency_column') USING ERRCODE = '42703';
+    END IF;
+    statuses := dialer._lead_default_statuses();
+    IF o ? 'statuses' THEN
+        IF jsonb_typeof(o->'statuses') <> 'object' THEN
+            RAISE EXCEPTION 'options.statuses must be a JSON object of state → status word' USING ERRCODE = '22023';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(o->'statuses') LOOP
+            IF NOT statuses ? k OR jsonb_typeof(o->'statuses'->k) <> 'string' THEN
+                RAISE EXCEPTION 'options.statuses.%: unknown state, or not a string', k USING ERRCODE = '22023',
+                    HINT = 'States: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(statuses) x) || '.';
+            END IF;
+        END LOOP;
+        statuses := statuses || (o->'statuses');
+    END IF;
+    IF o ? 'providers' AND jsonb_typeof(o->'providers') <> 'object' THEN
+        RAISE EXCEPTION 'options.providers must be a JSON object of provider type → agent mapping id' USING ERRCODE = '22023';
+    END IF;
+    -- The seed's pacing: 10 leads per 30 s, 3 attempts, retried on the next cycle.
+    BEGIN
+        pacing := jsonb_build_object(
+            'calls_per_minute', dialer._check_positive(coalesce((o->>'calls_per_minute')::integer, 20), 'calls_per_minute'),
+            'max_concurrent', dialer._check_positive(coalesce((o->>'max_concurrent')::integer, 10), 'max_concurrent'),
+            'max_attempts', dialer._check_positive(coalesce((o->>'max_attempts')::integer, 3), 'max_attempts'),
+            'retry_delay', coalesce((o->>'retry_delay')::interval, '30 seconds'));
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'options: calls_per_minute, max_concurrent and max_attempts are integers, retry_delay an interval (%)', SQLERRM
+            USING ERRCODE = '22023';
+    END;
+
+    new_id := dialer._attach_register(leads, agency_id, agent_mapping_id, cols, statuses, coalesce(o->'providers', '{}'),
+                                      o->>'agency_column', pacing);
+    -- The leads already waiting, read with the caller's rights.
+    FOR r IN EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %I = $1', leads, cols->>'status') USING statuses->>'pending' LOOP
+        IF o->>'agency_column' IS NULL OR r->>(o->>'agency_column') = agency_id::text THEN
+            PERFORM dialer._attach_queue(new_id, r);
+        END IF;
+    END LOOP;
+    RETURN new_id;
+END $$;
+
+-- Detaches a leads table: its trigger and writer go, its waiting contacts are cancelled (calls in
+-- progress end normally; their outcome is no longer written back). Returns false if it was not attached.
+CREATE FUNCTION dialer.detach_leads(id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    a dialer.lead_attachments;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments x WHERE x.id = id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF NOT pg_catalog.pg_has_role(dialer._caller(), (SELECT c.relowner FROM pg_class c WHERE c.oid = a.leads), 'USAGE')
+       AND NOT dialer._caller_is_operator() THEN
+        RAISE EXCEPTION 'detaching % needs its owner''s rights', a.leads USING ERRCODE = '42501';
+    END IF;
+    PERFORM dialer._attach_uninstall(a.id);
+    UPDATE dialer.campaign_contacts c SET status = 'cancelled', last_error = 'leads table detached', updated_at = clock_timestamp()
+     WHERE c.batch_id = a.batch_id AND c.status IN ('pending', 'queued');
+    UPDATE dialer.call_batches b SET status = 'cancelled', queued_count = 0, completed_at = now() WHERE b.id = a.batch_id;
+    DELETE FROM dialer.lead_attachments x WHERE x.id = a.id;
+    RETURN true;
+END $$;
+
+CREATE FUNCTION dialer._attach_uninstall(p_attachment_id bigint)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a dialer.lead_attachments;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.leads) THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pg_dialer_leads_' || a.id, a.leads);
+    END IF;
+    EXECUTE format('DROP FUNCTION IF EXISTS dialer.%I(text, text[])', 'lead_writer_' || a.id);
+    UPDATE dialer.lead_attachments SET writer = NULL WHERE id = a.id;
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer._attach_uninstall(bigint) FROM PUBLIC;
+
+-- _agent_mapping_checked: changed
+CREATE OR REPLACE FUNCTION dialer._agent_mapping_checked()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- A pool mapping's calls carry a number from the pool; its own from_number may be empty (the
+    -- adapter checks a stand-in number's shape, the pool's numbers are checked when added).
+    PERFORM dialer._check_agent_mapping(NEW.provider, NEW.external_agent_id,
+                                        coalesce(NEW.from_number, CASE WHEN NEW.use_caller_id_pool THEN '+10000000000' END),
+                                        NEW.carrier, NEW.request_template);
+    RETURN NEW;
+END $$;
+
+-- _check_mapping_usable: changed
+CREATE OR REPLACE FUNCTION dialer._check_mapping_usable(p_mapping_id bigint)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    m dialer.agent_mappings;
+BEGIN
+    SELECT * INTO m FROM dialer.agent_mappings WHERE id = p_mapping_id;
+    IF FOUND THEN
+        PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id,
+                                            coalesce(m.from_number, CASE WHEN m.use_caller_id_pool THEN '+10000000000' END),
+                                            m.carrier, m.request_template);
+    END IF;
+END $$;
+
+-- _claim_batch: changed
+DROP FUNCTION dialer._claim_batch(bigint, timestamptz, integer, interval, integer, timestamptz);
+CREATE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer,
+    p_lead interval DEFAULT '0', p_global_cps integer DEFAULT 0, p_catch_up_before timestamptz DEFAULT NULL)
+RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
+               lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
+               spacing_ms double precision, agent_mapping_id bigint, metadata jsonb, credential_key text,
+               credential_gap_ms double precision, global_gap_ms double precision, from_number text)
+-- The candidates must come from campaign_contacts_claim_idx in order, stopping at the limit; a
+-- bitmap scan would read and sort the whole batch (the planner cannot tell how many candidates
+-- the live-call and do-not-call tests let through, and guesses one).
+LANGUAGE plpgsql SET enable_bitmapscan = off AS $$
+DECLARE
+    b dialer.call_batches;
+    cred dialer.provider_credentials;
+    has_cred boolean;
+    g_next timestamptz;
+    spacing interval;
+    b_gap interval;
+    c_gap interval := '0';
+    g_gap interval := '0';
+    gap interval;
+    slot timestamptz;
+    start timestamptz;
+    last_send timestamptz;
+    catching_up boolean := false;
+    agency_tz text;
+    agency_day date;
+    n integer;
+    claimed integer;
+    recent integer;
+    active integer;
+BEGIN
+    SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id AND status = 'processing'
+       FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now)
+       -- nothing is dialed after the batch's deadline, not even a slot claimed ahead
+       OR b.expires_at <= p_now + p_lead THEN
+        RETURN;
+    END IF;
+    SELECT pc.* INTO cred FROM dialer.provider_credentials pc
+      JOIN dialer.agent_mappings m ON m.agency_id = pc.agency_id AND m.provider = pc.provider
+     WHERE m.id = b.agent_mapping_id
+       FOR UPDATE OF pc;
+    has_cred := FOUND;
+    IF has_cred AND cred.rate_limited_until > p_now THEN
+        RETURN;  -- the provider account told us to wait (429 on another batch, perhaps)
+    END IF;
+
+    -- 1% under calls_per_minute: calls k and k + calls_per_minute are then 60.6 s apart, so a
+    -- request that leaves up to 600 ms late (a busy machine, a worker restart) still never puts
+    -- one too many into any 60-second window. (A 20 ms margin was not enough under load.)
+    spacing := make_interval(secs => 60.6 / b.calls_per_minute);
+    b_gap := spacing;
+    slot := b.next_slot_at;
+    IF slot IS NULL THEN
+        slot := p_now;
+    ELSIF slot < p_now - spacing AND slot < p_catch_up_before THEN
+        catching_up := true;
+        slot := greatest(slot, p_now - interval '60 seconds');
+        b_gap := spacing / 4;
+    ELSIF slot < p_now THEN
+        slot := p_now;
+    ELSIF slot > p_now + p_lead THEN
+        RETURN;
+    END IF;
+    start := CASE WHEN catching_up THEN p_now ELSE slot END;
+    gap := b_gap;
+    IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+        c_gap := make_interval(secs => 1.0 / cred.max_calls_per_second);
+        start := greatest(start, coalesce(cred.next_slot_at, p_now));
+        gap := greatest(gap, c_gap);
+    END IF;
+    IF p_global_cps > 0 THEN
+        g_gap := make_interval(secs => 1.0 / p_global_cps);
+        INSERT INTO dialer.pacing_state (key) VALUES ('global') ON CONFLICT DO NOTHING;
+        SELECT next_slot_at INTO g_next FROM dialer.pacing_state WHERE key = 'global' FOR UPDATE;
+        start := greatest(start, coalesce(g_next, p_now));
+        gap := greatest(gap, g_gap);
+    END IF;
+    IF start > p_now + p_lead THEN
+        RETURN;
+    END IF;
+    IF catching_up THEN
+        n := 1 + floor(extract(epoch FROM (least(p_now, p_catch_up_before) - slot)) / extract(epoch FROM spacing))::integer;
+    ELSE
+        n := 1 + floor(extract(epoch FROM (p_now + p_lead - start)) / extract(epoch FROM gap))::integer;
+    END IF;
+    -- max_concurrent counts calls dialing or in progress, and attempts in doubt that may be live.
+    active := b.in_progress_count
+              + (SELECT count(*) FROM dialer.calls k WHERE k.batch_id = b.id AND k.status = 'in_doubt'
+                                                      AND k.lookup_attempts < 5)::integer;
+    n := least(n, b.max_concurrent - active, p_budget);
+    IF catching_up THEN
+        -- Spaced slots cannot put more than calls_per_minute into 60 s; compressed ones are
+        -- counted over 60.6 s: the same 600 ms of margin as the spacing, for a send that trails
+        -- its claim. (61 s counted two calls too many at the 1% spacing, so a restart's missed
+        -- slots were never quite made up.)
+        SELECT count(*) INTO recent FROM dialer.calls k
+         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '60.6 seconds' AND k.status <> 'network_error';
+        n := least(n, b.calls_per_minute - recent);
+    END IF;
+    SELECT timezone INTO agency_tz FROM dialer.agencies WHERE id = b.agency_id;
+    agency_day := (p_now AT TIME ZONE agency_tz)::date;
+    -- Calls from the caller-ID pool: never more than its numbers have left today, so that every
+    -- claimed contact gets one (_take_caller_id) and none is dialed from an unlisted number.
+    IF EXISTS (SELECT 1 FROM dialer.agent_mappings m
+                WHERE m.agency_id = b.agency_id AND m.use_caller_id_pool
+                  AND (m.id = b.agent_mapping_id OR b.kind IN ('queue', 'leads'))) THEN
+        n := least(n, dialer._caller_ids_left(b.agency_id, agency_day));
+    END IF;
+    IF n <= 0 THEN
+        RETURN;
+    END IF;
+    -- Compliance, against live tables: do-not-call, calling windows, attempt caps.
+    PERFORM dialer._compliance_prepare(b, p_now, greatest(n * 4, 50));
+
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT c.id, c.phone_number, c.priority FROM dialer.campaign_contacts c
+         WHERE c.batch_id = b.id AND c.status = 'queued'
+           AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now)
+           AND (c.expires_at IS NULL OR c.expires_at > p_now + p_lead)
+           -- one live call per number, across every batch (the unique index enforces it); a
+           -- scalar subquery, so that it stays one probe of that index per candidate
+           AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                              AND k.status IN ('dialing', 'in_progress', 'in_doubt') LIMIT 1) IS NULL
+           -- never a number on the do-not-call list (_compliance_prepare marks those next in line)
+           AND NOT dialer._on_dnc(c.phone_number, b.agency_id)
+         ORDER BY c.priority, c.id
+         LIMIT n * 2
+           FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        -- The call row's id is drawn here so the contact can point at it in the same statement.
+        SELECT d.id, nextval('dialer.calls_id_seq'::regclass) AS new_call_id
+          FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.priority FROM candidates cd
+                 ORDER BY cd.phone_number, cd.priority, cd.id) d
+         ORDER BY d.priority, d.id
+         LIMIT n
+    ), claimed_contacts AS (
+        UPDATE dialer.campaign_contacts c
+           SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL,
+               call_id = picked.new_call_id
+          FROM picked WHERE c.id = picked.id
+        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority,
+                  coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata,
+                  coalesce(c.timezone, agency_tz) AS zone, c.call_id AS new_call_id
+    ), new_calls AS (
+        -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
+        INSERT INTO dialer.calls (id, contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
+                                  phone_number, local_time, timezone, from_number)
+        OVERRIDING SYSTEM VALUE
+        SELECT cc.new_call_id, cc.id, b.id, b.agency_id, m.provider,
+               format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now,
+               cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone,
+               CASE WHEN m.use_caller_id_pool THEN dialer._take_caller_id(b.agency_id, cc.phone_number, agency_day)
+                    ELSE m.from_number END
+          FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
+        RETURNING id, calls.contact_id, calls.idempotency_key, calls.from_number
+    )
+    SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
+           nc.idempotency_key,
+           extract(epoch FROM start + gap * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
+           extract(epoch FROM b_gap)::float8 * 1000, cc.mapping_id, cc.metadata,
+           CASE WHEN has_cred AND cred.max_calls_per_second IS NOT NULL THEN cred.agency_id || ':' || cred.provider END,
+           extract(epoch FROM c_gap)::float8 * 1000, extract(epoch FROM g_gap)::float8 * 1000, nc.from_number
+      FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
+
+    GET DIAGNOSTICS claimed = ROW_COUNT;
+    IF claimed > 0 THEN
+        last_send := start + gap * (claimed - 1);
+        UPDATE dialer.call_batches
+           SET next_slot_at = CASE WHEN catching_up THEN slot + spacing * claimed
+                                   ELSE greatest(slot + spacing * claimed, last_send + spacing) END,
+               queued_count = greatest(queued_count - claimed, 0),
+               in_progress_count = in_progress_count + claimed
+         WHERE id = b.id;
+        IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+            UPDATE dialer.provider_credentials SET next_slot_at = last_send + c_gap
+             WHERE agency_id = cred.agency_id AND provider = cred.provider;
+        END IF;
+        IF p_global_cps > 0 THEN
+            UPDATE dialer.pacing_state SET next_slot_at = last_send + g_gap WHERE key = 'global';
+        END IF;
+    END IF;
+END $$;
+
+-- _end_call: changed
+CREATE OR REPLACE FUNCTION dialer._end_call(p_call_id bigint, p_end_reason text, p_answered_at timestamptz,
+    p_ended_at timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    retry_after interval;
+    voicemail boolean;
+BEGIN
+    SELECT * INTO k FROM dialer.calls WHERE id = p_call_id FOR UPDATE;
+    IF NOT FOUND OR k.status NOT IN ('in_progress', 'dialing', 'in_doubt') THEN
+        RETURN false;
+    END IF;
+    UPDATE dialer.calls
+       SET status = 'ended', end_reason = p_end_reason,
+           answered_at = coalesce(answered_at, p_answered_at),
+           ended_at = coalesce(p_ended_at, clock_timestamp())
+     WHERE id = k.id;
+    -- Per-outcome retry delays (no-answer, busy, voicemail, failed): try again later instead.
+    SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+    retry_after := (b.retry_delays ->> dialer._retry_outcome(p_end_reason))::interval;
+    voicemail := dialer._retry_outcome(p_end_reason) = 'voicemail';
+    IF voicemail THEN
+        -- An answering machine, by the batch's policy: retry (after the voicemail delay, else the
+        -- batch's retry delay and back-off), done, or hand-off.
+        UPDATE dialer.call_batches SET voicemail_count = voicemail_count + 1 WHERE id = b.id;
+        retry_after := CASE WHEN b.on_voicemail = 'retry'
+                            THEN coalesce(retry_after, b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision)
+                       END;
+    END IF;
+    IF retry_after IS NOT NULL AND c.attempts < b.max_attempts AND c.call_id = k.id
+       AND c.status IN ('in_progress', 'in_doubt') THEN
+        UPDATE dialer.campaign_contacts
+           SET status = 'queued', next_attempt_at = clock_timestamp() + retry_after, updated_at = clock_timestamp(),
+               last_error = 'call ended: ' || p_end_reason
+         WHERE id = c.id;
+        UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+        IF c.status = 'in_progress' THEN
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        END IF;
+        RETURN true;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp()
+     WHERE id = k.contact_id AND status IN ('in_progress', 'in_doubt') AND call_id = k.id;
+    IF FOUND THEN
+        IF k.status = 'in_doubt' THEN
+            PERFORM dialer.update_batch_progress(k.batch_id, completed_delta => 1);
+        ELSE
+            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1, completed_delta => 1);
+        END IF;
+        PERFORM dialer._route_outcome(k.contact_id,
+            CASE WHEN voicemail AND b.on_voicemail = 'done' THEN 'voicemail' ELSE dialer._outcome_of_end_reason(p_end_reason) END,
+            p_end_reason);
+    END IF;
+    RETURN true;
+END $$;
+
+-- _enqueue: changed
+DROP FUNCTION dialer._enqueue(bigint, bigint, text, text, integer, timestamptz, jsonb, text, text, bigint);
+CREATE FUNCTION dialer._enqueue(p_agency_id bigint, p_mapping_id bigint, p_to text, p_message text,
+    p_priority integer, p_run_at timestamptz, p_metadata jsonb, p_lead_id text, p_dedupe_key text,
+    p_recurring_id bigint DEFAULT NULL, p_expires_at timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    q bigint := dialer._queue_batch(p_agency_id, p_mapping_id);
+    job bigint;
+BEGIN
+    IF p_dedupe_key IS NOT NULL THEN
+        SELECT id INTO job FROM dialer.campaign_contacts WHERE batch_id = q AND dedupe_key = p_dedupe_key;
+        IF job IS NOT NULL THEN
+            RETURN job;
+        END IF;
+    END IF;
+    INSERT INTO dialer.campaign_contacts (batch_id, phone_number, variables, lead_ref, priority, status,
+        next_attempt_at, is_job, agent_mapping_id, message, metadata, dedupe_key, recurring_call_id, timezone, expires_at)
+    VALUES (q, p_to, jsonb_strip_nulls(jsonb_build_object('message', p_message)), p_lead_id, p_priority, 'queued',
+            p_run_at, true, p_mapping_id, p_message, coalesce(p_metadata, '{}'), p_dedupe_key, p_recurring_id,
+            dialer._zone_for_number(p_to), p_expires_at)
+    ON CONFLICT (batch_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING id INTO job;
+    IF job IS NULL THEN  -- a concurrent caller used the same dedupe key first
+        SELECT id INTO job FROM dialer.campaign_contacts WHERE batch_id = q AND dedupe_key = p_dedupe_key;
+        RETURN job;
+    END IF;
+    UPDATE dialer.call_batches SET total_contacts = total_contacts + 1, queued_count = queued_count + 1
+     WHERE id = q;
+    -- Immediate: dialed at once. Delayed: the worker learns its next wake-up time.
+    PERFORM dialer._wake_on_commit();
+    RETURN job;
+END $$;
+
+-- _job_json: changed
+CREATE OR REPLACE FUNCTION dialer._job_json(c dialer.campaign_contacts, b dialer.call_batches)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'jobId', c.id,
+        'state', dialer._job_state(c.status, c.next_attempt_at, b.status),
+        'progress', CASE c.status WHEN 'completed' THEN 100 WHEN 'in_progress' THEN 50 ELSE 0 END,
+        'data', jsonb_build_object(
+            'to', c.phone_number, 'message', c.message, 'lead_id', c.lead_ref,
+            'priority', dialer._priority_name(c.priority), 'metadata', c.metadata,
+            'run_at', c.next_attempt_at, 'agency_id', b.agency_id, 'batch_id', c.batch_id,
+            'agent_mapping_id', coalesce(c.agent_mapping_id, b.agent_mapping_id), 'call_id', c.call_id,
+            'recurring_call_id', c.recurring_call_id, 'created_at', c.created_at),
+        'attemptsMade', c.attempts,
+        'failedReason', CASE WHEN c.status IN ('failed', 'in_doubt', 'cancelled', 'expired') THEN c.last_error END,
+        'expiresAt', c.expires_at)
+$$;
+
+-- _job_state: changed
+CREATE OR REPLACE FUNCTION dialer._job_state(p_status text, p_next_attempt_at timestamptz, p_batch_status text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN p_status = 'in_progress' THEN 'active'
+        WHEN p_status = 'completed' THEN 'completed'
+        WHEN p_status IN ('failed', 'in_doubt') THEN 'failed'
+        WHEN p_status = 'cancelled' THEN 'cancelled'
+        WHEN p_status = 'expired' THEN 'expired'
+        WHEN p_batch_status = 'paused' THEN 'paused'
+        WHEN p_next_attempt_at > clock_timestamp() THEN 'delayed'
+        ELSE 'waiting'
+    END
+$$;
+
+-- _promote_batches: changed
+CREATE OR REPLACE FUNCTION dialer._promote_batches(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    PERFORM dialer._promote_recurring(p_now);
+    PERFORM dialer._expire_contacts(p_now);
+    PERFORM dialer._lead_resync(20);
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts WHERE status = 'pending') THEN
+        RETURN 0;
+    END IF;
+    WITH started AS (
+        UPDATE dialer.call_batches
+           SET status = 'processing', started_at = coalesce(started_at, p_now), next_slot_at = NULL
+         WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now)
+        RETURNING id
+    )
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+      FROM started s WHERE c.batch_id = s.id AND c.status = 'pending';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    -- Contacts committed by add_contacts while the statement above ran were not in its snapshot;
+    -- this statement's newer snapshot sees them.
+    -- (campaign_contacts_pending_idx holds only pending contacts: this costs nearly nothing.)
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+     WHERE c.status = 'pending'
+       AND c.batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.status = 'processing');
+    RETURN n;
+END $$;
+
+-- _record_dispatch: changed
+CREATE OR REPLACE FUNCTION dialer._record_dispatch(p_results jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    outcome text;
+    backoff interval;
+    initiated integer := 0;
+    failed integer := 0;
+    rate_limited integer := 0;
+    retried integer := 0;
+    doubtful integer := 0;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    -- Accepted calls (nearly all of them) in one statement: the call row goes in_progress.
+    UPDATE dialer.calls acc
+       SET status = 'in_progress', provider_call_id = a.provider_call_id, http_status = a.http_status,
+           latency_ms = a.latency_ms, request = a.request, response = a.response,
+           dispatched_at = to_timestamp(a.dispatched_at_ms / 1000.0)
+      FROM jsonb_to_recordset(p_results) AS a(call_id bigint, outcome text, provider_call_id text, http_status integer,
+                                                latency_ms double precision, dispatched_at_ms double precision,
+                                                request jsonb, response jsonb)
+     WHERE a.outcome = 'accepted' AND acc.id = a.call_id AND acc.status = 'dialing';
+    GET DIAGNOSTICS initiated = ROW_COUNT;
+    -- Attached leads learn that they are Processing, in this transaction.
+    IF initiated > 0 AND EXISTS (SELECT 1 FROM dialer.lead_attachments) THEN
+        PERFORM dialer._lead_calls_accepted(ARRAY(SELECT (e->>'call_id')::bigint FROM jsonb_array_elements(p_results) e
+                                                   WHERE e->>'outcome' = 'accepted'));
+    END IF;
+
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        outcome := r->>'outcome';
+
+        UPDATE dialer.calls
+           SET status = CASE outcome WHEN 'accepted' THEN 'in_progress' WHEN 'rate_limited' THEN 'rate_limited'
+                                     WHEN 'network_error' THEN 'network_error' WHEN 'timeout' THEN 'in_doubt'
+                                     ELSE 'failed' END,
+               provider_call_id = r->>'provider_call_id',
+               http_status = (r->>'http_status')::integer,
+               latency_ms = (r->>'latency_ms')::double precision,
+               error = r->>'error',
+               request = r->'request',
+               response = r->'response',
+               dispatched_at = to_timestamp((r->>'dispatched_at_ms')::double precision / 1000.0)
+         WHERE id = k.id;
+
+        IF outcome = 'rate_limited' THEN
+            -- Not an attempt: back to the queue, the whole batch waits for Retry-After.
+            rate_limited := rate_limited + 1;
+            backoff := make_interval(secs => greatest(coalesce((r->>'retry_after_secs')::double precision, 60), 0));
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0), next_attempt_at = now_ts + backoff,
+                   updated_at = now_ts, last_error = 'rate limited by provider'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff),
+                   queued_count = queued_count + 1
+             WHERE id = b.id;
+            -- The limit is the provider account's: every batch sharing the credential waits.
+            UPDATE dialer.provider_credentials
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff)
+             WHERE agency_id = k.agency_id AND provider = k.provider;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF outcome = 'network_error' THEN
+            -- The request never reached the provider: retried, and not counted as an attempt.
+            retried := retried + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                   next_attempt_at = now_ts + greatest(b.retry_delay, interval '1 second'),
+                   updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF outcome = 'timeout' THEN
+            -- The request may have reached the provider: never redialed blindly.
+            doubtful := doubtful + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'in_doubt', updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSIF c.attempts < b.max_attempts THEN
+            retried := retried + 1;
+            backoff := b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', next_attempt_at = now_ts + backoff, updated_at = now_ts,
+                   last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        ELSE
+            failed := failed + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'failed', updated_at = now_ts, last_error = r->>'error', outcome = 'ai_failed'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
+            PERFORM dialer.update_batch_progress(b.id, failed_delta => 1, in_progress_delta => -1);
+            PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempts', c.attempts));
+            -- The seed's fallback: the humans take over, first in line.
+            PERFORM dialer._hand_off(c.id, r->>'error', true);
+        END IF;
+        IF outcome = 'failed' AND current_setting('dialer.notify_failures', true) = 'on' THEN
+            PERFORM dialer._notify('call_failed', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r->'http_status'));
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('initiated', initiated, 'failed', failed, 'rate_limited', rate_limited,
+                              'retried', retried, 'in_doubt', doubtful);
+END $$;
+
+-- clean_jobs: changed
+CREATE OR REPLACE FUNCTION dialer.clean_jobs(grace interval, "limit" integer DEFAULT 1000, state text DEFAULT 'completed')
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    doomed bigint[];
+    n integer;
+BEGIN
+    IF state IS NULL OR state NOT IN ('completed', 'failed', 'cancelled', 'expired') THEN
+        RAISE EXCEPTION 'clean_jobs cleans completed, failed, cancelled or expired jobs, not %', coalesce(quote_literal(state), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'grace must not be negative' USING ERRCODE = '22023';
+    END IF;
+    IF "limit" IS NULL OR "limit" <= 0 THEN
+        RAISE EXCEPTION 'limit must be a positive integer' USING ERRCODE = '22023';
+    END IF;
+    SELECT coalesce(array_agg(id), '{}') INTO doomed FROM (
+        SELECT c.id FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
+         WHERE b.kind = 'queue'
+           AND c.status = ANY (CASE clean_jobs.state WHEN 'failed' THEN ARRAY['failed', 'in_doubt']
+                                                     ELSE ARRAY[clean_jobs.state] END)
+           AND c.updated_at < clock_timestamp() - grace
+         ORDER BY c.updated_at
+         LIMIT "limit"
+           FOR UPDATE OF c) d;
+    n := cardinality(doomed);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    UPDATE dialer.call_batches b
+       SET total_contacts = greatest(total_contacts - x.cnt, 0),
+           completed_count = greatest(completed_count - x.done, 0),
+           failed_count = greatest(failed_count - x.failed, 0)
+      FROM (SELECT c.batch_id, count(*) AS cnt,
+                   count(*) FILTER (WHERE c.status = 'completed') AS done,
+                   count(*) FILTER (WHERE c.status = 'failed') AS failed
+              FROM dialer.campaign_contacts c WHERE c.id = ANY (doomed) GROUP BY c.batch_id) x
+     WHERE b.id = x.batch_id;
+    UPDATE dialer.campaign_contacts SET call_id = NULL WHERE id = ANY (doomed);
+    DELETE FROM dialer.calls WHERE contact_id = ANY (doomed);
+    DELETE FROM dialer.campaign_contacts WHERE id = ANY (doomed);
+    RETURN n;
+END $$;
+
+-- list_jobs: changed
+CREATE OR REPLACE FUNCTION dialer.list_jobs(state text, start integer DEFAULT 0, "end" integer DEFAULT 10)
+RETURNS SETOF jsonb LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF state IS NULL OR state NOT IN ('waiting', 'active', 'completed', 'failed', 'delayed', 'paused', 'cancelled', 'expired') THEN
+        RAISE EXCEPTION 'unknown job state %', coalesce(quote_literal(state), 'NULL') USING ERRCODE = '22023',
+            HINT = 'Use waiting, active, completed, failed, delayed, paused or cancelled.';
+    END IF;
+    IF start IS NULL OR start < 0 OR "end" IS NULL OR "end" < start THEN
+        RAISE EXCEPTION 'start and end must satisfy 0 <= start <= end (end is inclusive), got % and %', start, "end"
+            USING ERRCODE = '22023';
+    END IF;
+    -- Waiting jobs in the order they will be dialed; delayed by due time; the rest newest first.
+    RETURN QUERY
+        SELECT dialer._job_json(c, b)
+          FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
+         WHERE b.kind = 'queue' AND dialer._job_state(c.status, c.next_attempt_at, b.status) = list_jobs.state
+         ORDER BY CASE WHEN list_jobs.state IN ('waiting', 'paused') THEN c.priority END,
+                  CASE WHEN list_jobs.state = 'delayed' THEN c.next_attempt_at END,
+                  CASE WHEN list_jobs.state IN ('waiting', 'paused', 'delayed') THEN c.id END,
+                  c.updated_at DESC, c.id DESC
+         OFFSET start LIMIT "end" - start + 1;
+END $$;
+
+-- queue_stats: changed
+CREATE OR REPLACE FUNCTION dialer.queue_stats(batch_id bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    IF batch_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dialer.call_batches WHERE id = batch_id) THEN
+        RAISE EXCEPTION 'batch % does not exist', batch_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT jsonb_build_object(
+               'waiting', count(*) FILTER (WHERE st = 'waiting'),
+               'active', count(*) FILTER (WHERE st = 'active'),
+               'completed', count(*) FILTER (WHERE st = 'completed'),
+               'failed', count(*) FILTER (WHERE st = 'failed'),
+               'delayed', count(*) FILTER (WHERE st = 'delayed'),
+               'paused', count(*) FILTER (WHERE st = 'paused'),
+               'cancelled', count(*) FILTER (WHERE st = 'cancelled'),
+               'expired', count(*) FILTER (WHERE st = 'expired'),
+               'total', count(*))
+      INTO result
+      FROM (SELECT dialer._job_state(c.status, c.next_attempt_at, b.status) AS st
+              FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
+             WHERE CASE WHEN queue_stats.batch_id IS NULL THEN b.kind = 'queue'
+                        ELSE b.id = queue_stats.batch_id END) s;
+    RETURN result;
+END $$;
+
+-- schedule_bulk_calls: changed
+CREATE OR REPLACE FUNCTION dialer.schedule_bulk_calls(calls jsonb)
+RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    el jsonb;
+    idx integer := 0;
+    ids bigint[] := '{}';
+    max_elements constant integer := 10000;
+    k text;
+BEGIN
+    IF calls IS NULL OR jsonb_typeof(calls) <> 'array' THEN
+        RAISE EXCEPTION 'calls must be a JSON array of objects' USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_array_length(calls) > max_elements THEN
+        RAISE EXCEPTION 'too many calls in one request: % (at most %)', jsonb_array_length(calls), max_elements
+            USING ERRCODE = '54000', HINT = 'Split the list into several schedule_bulk_calls calls.';
+    END IF;
+    FOR el IN SELECT value FROM jsonb_array_elements(calls) LOOP
+        IF jsonb_typeof(el) <> 'object' THEN
+            RAISE EXCEPTION 'calls[%] must be a JSON object, got %', idx, jsonb_typeof(el) USING ERRCODE = '22P02';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(el) LOOP
+            IF k NOT IN ('to', 'agency_id', 'agent_mapping_id', 'message', 'priority', 'run_at', 'delay',
+                         'metadata', 'lead_id', 'dedupe_key', 'expires_at') THEN
+                RAISE EXCEPTION 'calls[%] has unknown field %', idx, quote_literal(k) USING ERRCODE = '22P02';
+            END IF;
+        END LOOP;
+        IF jsonb_typeof(el->'to') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'calls[%].to is missing or not a string', idx USING ERRCODE = '22P02';
+        END IF;
+        IF (el->>'to') !~ '^\+[1-9][0-9]{6,14}$' THEN
+            RAISE EXCEPTION 'calls[%].to % is not in E.164 form', idx, quote_literal(el->>'to')
+                USING ERRCODE = '22023', HINT = 'Write it as + country code and number, e.g. +14155550123.';
+        END IF;
+        IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'string'
+                                OR lower(el->>'priority') NOT IN ('high', 'normal', 'low')) THEN
+            RAISE EXCEPTION 'calls[%].priority must be ''high'', ''normal'' or ''low''', idx USING ERRCODE = '22023';
+        END IF;
+        IF el ? 'metadata' AND jsonb_typeof(el->'metadata') NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'calls[%].metadata must be a JSON object', idx USING ERRCODE = '22P02';
+        END IF;
+        IF el ? 'message' AND jsonb_typeof(el->'message') NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'calls[%].message must be a string', idx USING ERRCODE = '22P02';
+        END IF;
+        FOREACH k IN ARRAY ARRAY['agency_id', 'agent_mapping_id'] LOOP
+            IF el ? k AND (jsonb_typeof(el->k) <> 'number' OR (el->>k) !~ '^[0-9]{1,18}$') THEN
+                RAISE EXCEPTION 'calls[%].% must be an id (a positive integer)', idx, k USING ERRCODE = '22P02';
+            END IF;
+        END LOOP;
+        IF el ? 'run_at' AND el ? 'delay' THEN
+            RAISE EXCEPTION 'calls[%]: give run_at or delay, not both', idx USING ERRCODE = '22023';
+        END IF;
+        BEGIN
+            PERFORM (el->>'run_at')::timestamptz, (el->>'delay')::interval, (el->>'expires_at')::timestamptz;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'calls[%]: run_at and expires_at must be timestamps and delay an interval (%)', idx, SQLERRM
+                USING ERRCODE = '22023';
+        END;
+        IF (el->>'delay')::interval < interval '0' THEN
+            RAISE EXCEPTION 'calls[%].delay must not be negative', idx USING ERRCODE = '22023';
+        END IF;
+        idx := idx + 1;
+    END LOOP;
+
+    idx := 0;
+    FOR el IN SELECT value FROM jsonb_array_elements(calls) LOOP
+        BEGIN
+            ids := ids || dialer.schedule_call(
+                el->>'to', (el->>'agency_id')::bigint, (el->>'agent_mapping_id')::bigint, el->>'message',
+                coalesce(el->>'priority', 'normal'), (el->>'run_at')::timestamptz, (el->>'delay')::interval,
+                coalesce(nullif(el->'metadata', 'null'::jsonb), '{}'), el->>'lead_id', el->>'dedupe_key',
+                (el->>'expires_at')::timestamptz);
+        EXCEPTION WHEN OTHERS THEN
+            -- Re-raised with the element's index; the whole call rolls back.
+            RAISE EXCEPTION 'calls[%]: %', idx, SQLERRM USING ERRCODE = SQLSTATE;
+        END;
+        idx := idx + 1;
+    END LOOP;
+    RETURN ids;
+END $$;
+
+-- schedule_call: changed
+DROP FUNCTION dialer.schedule_call(text, bigint, bigint, text, text, timestamptz, interval, jsonb, text, text);
+CREATE FUNCTION dialer.schedule_call("to" text, agency_id bigint DEFAULT NULL, agent_mapping_id bigint DEFAULT NULL,
+    message text DEFAULT NULL, priority text DEFAULT 'normal', run_at timestamptz DEFAULT NULL,
+    delay interval DEFAULT NULL, metadata jsonb DEFAULT '{}', lead_id text DEFAULT NULL,
+    dedupe_key text DEFAULT NULL, expires_at timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a bigint;
+    m bigint;
+    p integer;
+    due timestamptz;
+BEGIN
+    PERFORM dialer._check_e164("to", 'to');
+    p := dialer._priority_code(priority);
+    IF run_at IS NOT NULL AND delay IS NOT NULL THEN
+        RAISE EXCEPTION 'give run_at or delay, not both' USING ERRCODE = '22023';
+    END IF;
+    IF delay IS NOT NULL AND delay < interval '0' THEN
+        RAISE EXCEPTION 'delay must not be negative, got %', delay USING ERRCODE = '22023';
+    END IF;
+    IF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
+        RAISE EXCEPTION 'metadata must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF dedupe_key IS NOT NULL AND length(dedupe_key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'dedupe_key must be 1 to 200 characters' USING ERRCODE = '22023';
+    END IF;
+    a := dialer._resolve_agency(agency_id);
+    m := dialer._resolve_mapping(a, agent_mapping_id);
+    due := coalesce(run_at, clock_timestamp() + delay);
+    IF expires_at IS NOT NULL AND expires_at <= coalesce(due, clock_timestamp()) THEN
+        RAISE EXCEPTION 'expires_at % is not after the time the call is due', expires_at USING ERRCODE = '22023',
+            HINT = 'A job expires if it has not been dialed by expires_at: give a later time.';
+    END IF;
+    IF due <= clock_timestamp() THEN
+        due := NULL;  -- immediate
+    END IF;
+    RETURN dialer._enqueue(a, m, "to", message, p, due, metadata, lead_id, dedupe_key, NULL, expires_at);
+END $$;
+
+-- set_disposition: changed
+CREATE OR REPLACE FUNCTION dialer.set_disposition(call_id bigint, disposition text, notes text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    k dialer.calls;
+    outcome text;
+BEGIN
+    outcome := CASE disposition WHEN 'success' THEN 'success' WHEN 'not_interested' THEN 'not_interested'
+                                WHEN 'failed' THEN 'ai_failed' WHEN 'invalid_number' THEN 'trashed'
+                                WHEN 'voicemail' THEN 'voicemail' END;
+    IF outcome IS NULL THEN
+        RAISE EXCEPTION 'unknown disposition %', coalesce(quote_literal(disposition), 'NULL') USING ERRCODE = '22023',
+            HINT = 'Use success, not_interested, failed, invalid_number or voicemail.';
+    END IF;
+    SELECT * INTO k FROM dialer.calls WHERE id = set_disposition.call_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'call % does not exist', coalesce(set_disposition.call_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    UPDATE dialer.calls SET disposition = set_disposition.disposition, notes = set_disposition.notes
+     WHERE id = k.id;
+    IF outcome = 'voicemail' THEN
+        -- The application heard an answering machine (an Ultravox agent's tool, say: Ultravox's
+        -- call object has no such field): a live call ends as voicemail, under the batch's policy.
+        IF k.status IN ('in_progress', 'dialing', 'in_doubt') THEN
+            PERFORM dialer._end_call(k.id, 'voicemail', NULL, NULL);
+            RETURN;
+        END IF;
+        outcome := CASE WHEN (SELECT b.on_voicemail FROM dialer.call_batches b WHERE b.id = k.batch_id) = 'done'
+                        THEN 'voicemail' ELSE 'ai_failed' END;
+    ELSIF k.status IN ('in_progress', 'dialing', 'in_doubt') THEN
+        PERFORM dialer._end_call(k.id, 'disposition', NULL, NULL);
+    END IF;
+    PERFORM dialer._route_outcome(k.contact_id, outcome, coalesce(notes, disposition));
+END $$;
+
+-- set_queue_options: changed
+DROP FUNCTION dialer.set_queue_options(bigint, integer, integer, integer, interval, numeric);
+CREATE FUNCTION dialer.set_queue_options(agency_id bigint, calls_per_minute integer DEFAULT NULL,
+    max_concurrent integer DEFAULT NULL, max_attempts integer DEFAULT NULL, retry_delay interval DEFAULT NULL,
+    retry_backoff numeric DEFAULT NULL, on_voicemail text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    q bigint;
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    IF calls_per_minute IS NOT NULL THEN PERFORM dialer._check_positive(calls_per_minute, 'calls_per_minute'); END IF;
+    IF max_concurrent IS NOT NULL THEN PERFORM dialer._check_positive(max_concurrent, 'max_concurrent'); END IF;
+    IF max_attempts IS NOT NULL THEN PERFORM dialer._check_positive(max_attempts, 'max_attempts'); END IF;
+    IF retry_delay IS NOT NULL AND retry_delay < interval '0' THEN
+        RAISE EXCEPTION 'retry_delay must not be negative' USING ERRCODE = '22023';
+    END IF;
+    IF retry_backoff IS NOT NULL AND retry_backoff < 1 THEN
+        RAISE EXCEPTION 'retry_backoff must be 1 or more' USING ERRCODE = '22023';
+    END IF;
+    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
+        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail) USING ERRCODE = '22023';
+    END IF;
+    q := dialer._queue_batch(agency_id, dialer._resolve_mapping(agency_id, NULL));
+    UPDATE dialer.call_batches b
+       SET calls_per_minute = coalesce(set_queue_options.calls_per_minute, b.calls_per_minute),
+           max_concurrent = coalesce(set_queue_options.max_concurrent, b.max_concurrent),
+           max_attempts = coalesce(set_queue_options.max_attempts, b.max_attempts),
+           retry_delay = coalesce(set_queue_options.retry_delay, b.retry_delay),
+           retry_backoff = coalesce(set_queue_options.retry_backoff, b.retry_backoff),
+           on_voicemail = coalesce(set_queue_options.on_voicemail, b.on_voicemail),
+           -- a new rate takes effect now, not after the old spacing
+           next_slot_at = CASE WHEN set_queue_options.calls_per_minute IS NULL THEN b.next_slot_at END
+     WHERE b.id = q;
+END $$;
+
+-- why_not_dialed: changed
+CREATE OR REPLACE FUNCTION dialer.why_not_dialed(contact_id bigint)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    c dialer.campaign_contacts;
+    b dialer.call_batches;
+    a dialer.agencies;
+    account_held_until timestamptz;
+    zone text;
+    opening timestamptz;
+    now_ts timestamptz := clock_timestamp();
+    reasons jsonb := '[]';
+    dnc_reason text;
+BEGIN
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = why_not_dialed.contact_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'contact % does not exist', coalesce(why_not_dialed.contact_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    SELECT * INTO b FROM dialer.call_batches WHERE id = c.batch_id;
+    SELECT * INTO a FROM dialer.agencies WHERE id = b.agency_id;
+    zone := coalesce(c.timezone, a.timezone);
+
+    IF c.status IN ('completed', 'failed', 'cancelled', 'expired') THEN
+        reasons := reasons || jsonb_build_object('code', c.status,
+            'message', CASE c.status WHEN 'completed' THEN 'already called: the call has ended'
+                                     WHEN 'failed' THEN 'gave up after ' || c.attempts || ' attempt(s): ' || coalesce(c.last_error, 'failed')
+                                     WHEN 'expired' THEN 'expired at ' || coalesce(c.expires_at, b.expires_at) || ' before it was dialed'
+                                     ELSE 'cancelled' || coalesce(' (' || c.last_error || ')', '') END);
+    ELSIF c.status = 'in_progress' THEN
+        reasons := reasons || jsonb_build_object('code', 'in_progress', 'message', 'being dialed or in a call right now');
+    ELSIF c.status = 'in_doubt' THEN
+        reasons := reasons || jsonb_build_object('code', 'in_doubt',
+            'message', 'the last attempt may have reached the provider; it is being looked up, or needs dialer.resolve_in_doubt');
+    END IF;
+    SELECT d.reason INTO dnc_reason FROM dialer.do_not_call d
+     WHERE d.phone_number = c.phone_number AND (d.agency_id IS NULL OR d.agency_id = b.agency_id) LIMIT 1;
+    IF FOUND THEN
+        reasons := reasons || jsonb_build_object('code', 'dnc', 'message', 'on the do-not-call list' || coalesce(': ' || dnc_reason, ''));
+    END IF;
+    IF c.status IN ('pending', 'queued') THEN
+        IF b.status = 'paused' THEN
+            reasons := reasons || jsonb_build_object('code', CASE b.kind WHEN 'queue' THEN 'queue_paused' ELSE 'batch_paused' END,
+                'message', CASE b.kind WHEN 'queue' THEN 'the call queue is paused (dialer.resume_queue)'
+                                       ELSE 'batch ' || b.id || ' is paused (dialer.resume_batch)' END);
+        ELSIF b.status IN ('pending', 'scheduled') AND b.scheduled_for > now_ts THEN
+            reasons := reasons || jsonb_build_object('code', 'batch_scheduled', 'until', b.scheduled_for,
+                'message', 'batch ' || b.id || ' starts at ' || b.scheduled_for);
+        ELSIF b.status IN ('completed', 'cancelled') THEN
+            reasons := reasons || jsonb_build_object('code', 'batch_' || b.status, 'message', 'batch ' || b.id || ' is ' || b.status);
+        END IF;
+        IF coalesce(c.expires_at, b.expires_at) IS NOT NULL THEN
+            reasons := reasons || jsonb_build_object('code', 'expires', 'until', least(c.expires_at, b.expires_at),
+                'message', 'expires at ' || least(c.expires_at, b.expires_at) || ' if not dialed by then');
+        END IF;
+        IF EXISTS (SELECT 1 FROM dialer.agent_mappings m
+                    WHERE m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id) AND m.use_caller_id_pool)
+           AND dialer._caller_ids_left(a.id, (now_ts AT TIME ZONE a.timezone)::date) = 0 THEN
+            reasons := reasons || jsonb_build_object('code', 'caller_ids_exhausted',
+                'message', 'every caller ID in the agency''s pool is disabled or at its daily cap (dialer.add_caller_id)');
+        END IF;
+        IF b.window_start IS NOT NULL THEN
+            opening := dialer._next_opening(now_ts, zone, b.window_start, b.window_end, b.window_days, a.id);
+            IF opening IS NULL OR opening > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'outside_window', 'until', opening, 'zone', zone,
+                    'message', format('outside its calling window (%s-%s %s local time) until %s',
+                                      b.window_start, b.window_end, zone, coalesce(opening::text, 'never (no opening within a year)')));
+            END IF;
+        END IF;
+        IF a.max_attempts_per_number_per_day IS NOT NULL
+           AND dialer._attempts_today(a.id, c.phone_number, now_ts, a.timezone) >= a.max_attempts_per_number_per_day THEN
+            opening := (date_trunc('day', now_ts AT TIME ZONE a.timezone) + interval '1 day') AT TIME ZONE a.timezone;
+            reasons := reasons || jsonb_build_object('code', 'attempt_cap', 'until', opening,
+                'message', format('reached %s attempt(s) today for this number; next attempt after %s',
+                                  a.max_attempts_per_number_per_day, opening));
+        END IF;
+        IF c.next_attempt_at > now_ts AND NOT reasons @> '[{"code": "outside_window"}]' AND NOT reasons @> '[{"code": "attempt_cap"}]' THEN
+            reasons := reasons || jsonb_build_object('code', CASE WHEN c.attempts > 0 THEN 'retry_wait' ELSE 'scheduled' END,
+                'until', c.next_attempt_at,
+                'message', CASE WHEN c.attempts > 0 THEN 'waiting to retry until ' ELSE 'scheduled for ' END || c.next_attempt_at);
+        END IF;
+        IF EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                    AND k.status IN ('dialing', 'in_progress', 'in_doubt')) THEN
+            reasons := reasons || jsonb_build_object('code', 'live_call', 'message', 'another call to this number is in progress');
+        END IF;
+        IF b.status = 'processing' THEN
+            IF b.in_progress_count >= b.max_concurrent THEN
+                reasons := reasons || jsonb_build_object('code', 'max_concurrent',
+                    'message', format('batch is at max_concurrent (%s calls in progress)', b.in_progress_count));
+            END IF;
+            IF b.rate_limited_until > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', b.rate_limited_until,
+                    'message', 'the provider asked to wait (429) until ' || b.rate_limited_until);
+            END IF;
+            -- The account's state, never its secrets (this runs for tenants).
+            SELECT p.rate_limited_until INTO account_held_until FROM dialer.provider_credentials p
+              JOIN dialer.agent_mappings m ON m.agency_id = p.agency_id AND m.provider = p.provider
+             WHERE m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id);
+            IF NOT FOUND THEN
+                reasons := reasons || jsonb_build_object('code', 'no_credentials',
+                    'message', 'no provider credentials for this agency (dialer.set_provider_credentials)');
+            ELSIF account_held_until > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', account_held_until,
+                    'message', 'the provider account asked to wait (429) until ' || account_held_until);
+            END IF;
+            IF b.next_slot_at > now_ts THEN
+                reasons := reasons || jsonb_build_object('code', 'pacing', 'until', b.next_slot_at,
+                    'message', format('waiting for a pacing slot (%s calls/min) at %s', b.calls_per_minute, b.next_slot_at));
+            END IF;
+            IF EXISTS (SELECT 1 FROM dialer.campaign_contacts o
+                        WHERE o.batch_id = b.id AND o.status = 'queued' AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now_ts)
+                          AND (o.priority, o.id) < (c.priority, c.id)) THEN
+                reasons := reasons || jsonb_build_object('code', 'queued_behind', 'message', 'others are ahead of it in the queue');
+            END IF;
+        END IF;
+        IF coalesce(current_setting('dialer.enabled', true), 'on') = 'off' THEN
+            reasons := reasons || jsonb_build_object('code', 'worker_disabled', 'message', 'dialer.enabled is off');
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('contact_id', c.id, 'status', c.status, 'phone_number', c.phone_number,
+        -- (a deadline still ahead is said, but does not hold the contact back)
+        'dialable_now', c.status = 'queued' AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(reasons) e WHERE e->>'code' <> 'expires'),
+        'reasons', reasons);
+END $$;
+
+-- _expire_contacts: new
+CREATE FUNCTION dialer._expire_contacts(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n integer := 0;
+    expired_in bigint[] := '{}';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE expires_at <= p_now AND status IN ('pending', 'scheduled', 'processing', 'paused'))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts
+                        WHERE expires_at <= p_now AND expires_at IS NOT NULL AND status IN ('pending', 'queued')) THEN
+        RETURN 0;
+    END IF;
+    FOR r IN
+        WITH gone AS (
+            UPDATE dialer.campaign_contacts c
+               SET status = 'expired', next_attempt_at = NULL, updated_at = p_now,
+                   last_error = 'expired before it was dialed'
+             WHERE c.status IN ('pending', 'queued')
+               AND ((c.expires_at IS NOT NULL AND c.expires_at <= p_now)
+                    OR c.batch_id IN (SELECT b.id FROM dialer.call_batches b
+                                       WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled', 'processing', 'paused')))
+            RETURNING c.id, c.batch_id, c.is_job
+        )
+        SELECT g.id, g.batch_id, g.is_job, b.agency_id FROM gone g JOIN dialer.call_batches b ON b.id = g.batch_id
+    LOOP
+        PERFORM dialer._notify('expired', jsonb_build_object('contact_id', r.id, 'batch_id', r.batch_id,
+            'agency_id', r.agency_id, 'job_id', CASE WHEN r.is_job THEN r.id END));
+        n := n + 1;
+        expired_in := expired_in || r.batch_id;
+    END LOOP;
+    UPDATE dialer.call_batches b
+       SET expired_count = b.expired_count + x.n, queued_count = greatest(b.queued_count - x.n, 0)
+      FROM (SELECT e.batch_id, count(*)::integer AS n FROM unnest(expired_in) AS e(batch_id) GROUP BY e.batch_id) x
+     WHERE b.id = x.batch_id;
+    -- A campaign that never started has nothing left to do.
+    UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
+     WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled') AND b.kind = 'campaign';
+    RETURN n;
+END $$;
+
+-- set_batch_options: new
+CREATE FUNCTION dialer.set_batch_options(batch_id bigint, on_voicemail text DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
+        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail)
+            USING ERRCODE = '22023',
+                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
+    END IF;
+    UPDATE dialer.call_batches x
+       SET on_voicemail = coalesce(on_voicemail, x.on_voicemail), expires_at = coalesce(expires_at, x.expires_at)
+     WHERE x.id = b.id;
+    PERFORM dialer._wake_on_commit();  -- an expiry now due is applied at once
+END $$;
+
+CREATE OR REPLACE VIEW dialer.batch_progress AS
+SELECT b.id AS batch_id, b.agency_id, b.name, b.status,
+       b.total_contacts, b.queued_count, b.in_progress_count, b.completed_count, b.failed_count,
+       CASE WHEN b.total_contacts = 0 THEN 0
+            ELSE round(100.0 * (b.completed_count + b.failed_count + b.expired_count) / b.total_contacts, 1) END AS percent_done,
+       b.calls_per_minute, b.max_concurrent, b.last_error,
+       b.scheduled_for, b.created_at, b.started_at, b.completed_at,
+       -- calls an answering machine took; contacts that expired undialed
+       b.voicemail_count, b.expired_count, b.on_voicemail, b.expires_at
+  FROM dialer.call_batches b;
+ALTER VIEW dialer.batch_progress SET (security_invoker = true);
+CREATE OR REPLACE VIEW dialer.health AS
+WITH r AS (
+    SELECT * FROM dialer.runs WHERE started_at > now() - interval '1 hour'
+), k AS (
+    SELECT * FROM dialer.calls WHERE created_at > now() - interval '1 hour' AND status <> 'dialing'
+), m (metric, value, threshold, ok, unit, alert) AS (
+    SELECT 'execution_duration', (SELECT max(duration_ms) FROM r WHERE status <> 'SKIPPED_CONCURRENT'),
+           20000::float8, coalesce((SELECT max(duration_ms) FROM r WHERE status <> 'SKIPPED_CONCURRENT'), 0) <= 20000,
+           'ms (max)', 'Check database load'
+    UNION ALL
+    SELECT 'posting_success_rate',
+           (SELECT 100.0 * count(*) FILTER (WHERE status IN ('in_progress', 'ended')) / nullif(count(*), 0) FROM k)::float8,
+           95, coalesce((SELECT 100.0 * count(*) FILTER (WHERE status IN ('in_progress', 'ended')) / nullif(count(*), 0) FROM k), 100) >= 95,
+           '% (min)', 'Investigate API errors'
+    UNION ALL
+    SELECT 'batch_size_variation',
+           (SELECT max(initiated)::float8 / nullif(avg(initiated), 0) FROM r WHERE initiated > 0),
+           2, coalesce((SELECT max(initiated)::float8 / nullif(avg(initiated), 0) FROM r WHERE initiated > 0), 1) <= 2,
+           'x normal (max)', 'Check lead queue buildup'
+    UNION ALL
+    SELECT 'provider_latency', (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM k WHERE latency_ms IS NOT NULL),
+           3000, coalesce((SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM k WHERE latency_ms IS NOT NULL), 0) <= 3000,
+           'ms (p95)', 'Contact AI provider'
+    UNION ALL
+    SELECT 'failed_lead_accumulation',
+           (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'failed' AND updated_at > now() - interval '1 day')::float8,
+           100, (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'failed' AND updated_at > now() - interval '1 day') <= 100,
+           'per day (max)', 'Review fallback process'
+    UNION ALL
+    SELECT 'concurrent_executions', (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT')::float8,
+           0, (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT') = 0,
+           'skipped ticks (max)', 'Critical - scheduler locking issue'
+    UNION ALL
+    -- Not one of the seed's: answering machines, counted apart from the failures (no threshold).
+    SELECT 'voicemail', (SELECT count(*) FROM dialer.calls v
+                          WHERE v.end_reason = 'voicemail' AND v.ended_at > now() - interval '1 hour')::float8,
+           NULL, true, 'calls (last hour)', 'See on_voicemail (dialer.set_batch_options)'
+)
+SELECT metric, value, threshold, ok, unit, alert FROM m;
+ALTER VIEW dialer.health SET (security_invoker = true);
+
+-- Attached leads tables and caller-ID pools (sql/attach.sql, sql/caller_ids.sql): the tenant's own.
+ALTER TABLE dialer.lead_attachments ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON dialer.lead_attachments USING (agency_id = ANY (dialer.current_agency_ids()));
+ALTER TABLE dialer.caller_ids ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant ON dialer.caller_ids USING (agency_id = ANY (dialer.current_agency_ids()));
+GRANT EXECUTE ON FUNCTION dialer._lead_write(bigint, text, text[]) TO dialer_api;
+GRANT EXECUTE ON FUNCTION dialer._lead_sync(bigint) TO dialer_api, dialer_admin;
+GRANT EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) TO dialer_api;
+GRANT EXECUTE ON FUNCTION dialer._attach_install(bigint) TO dialer_api;
+GRANT EXECUTE ON FUNCTION dialer._attach_uninstall(bigint) TO dialer_api;
+GRANT SELECT ON dialer.lead_attachments, dialer.caller_ids TO dialer_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.lead_attachments, dialer.caller_ids TO dialer_api;
+GRANT ALL ON dialer.caller_ids, dialer.lead_attachments TO dialer_admin;
+GRANT USAGE, SELECT ON SEQUENCE dialer.caller_ids_id_seq, dialer.lead_attachments_id_seq TO dialer_api, dialer_admin;
 -- ==== end of attach ====
 
 -- ==== Metrics and retention (sql/operations.sql) ====
@@ -847,27 +2615,6 @@ END $$;
 CREATE TRIGGER campaign_contacts_json_bounded BEFORE INSERT OR UPDATE OF variables, metadata ON dialer.campaign_contacts
     FOR EACH ROW EXECUTE FUNCTION dialer._json_bounded();
 
--- Rows reference rows of their own agency only: composite foreign keys (rows 0.2.0 let a tenant
--- write across agencies make this update fail, naming the constraint: delete them first).
-ALTER TABLE dialer.call_batches DROP CONSTRAINT call_batches_agent_mapping_id_fkey;
-ALTER TABLE dialer.recurring_calls DROP CONSTRAINT recurring_calls_agent_mapping_id_fkey;
-ALTER TABLE dialer.calls DROP CONSTRAINT calls_batch_id_fkey, DROP CONSTRAINT calls_contact_id_fkey;
-ALTER TABLE dialer.agent_mappings ADD CONSTRAINT agent_mappings_agency_id_id_key UNIQUE (agency_id, id);
-ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_agency_id_id_key UNIQUE (agency_id, id);
-ALTER TABLE dialer.campaign_contacts ADD CONSTRAINT campaign_contacts_batch_id_id_key UNIQUE (batch_id, id);
-ALTER TABLE dialer.call_batches ADD CONSTRAINT call_batches_mapping_same_agency
-    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
-ALTER TABLE dialer.recurring_calls ADD CONSTRAINT recurring_calls_mapping_same_agency
-    FOREIGN KEY (agency_id, agent_mapping_id) REFERENCES dialer.agent_mappings (agency_id, id);
-ALTER TABLE dialer.calls ADD CONSTRAINT calls_batch_of_agency
-    FOREIGN KEY (agency_id, batch_id) REFERENCES dialer.call_batches (agency_id, id) ON DELETE CASCADE;
-ALTER TABLE dialer.calls ADD CONSTRAINT calls_contact_of_batch
-    FOREIGN KEY (batch_id, contact_id) REFERENCES dialer.campaign_contacts (batch_id, id) ON DELETE CASCADE;
-CREATE TRIGGER followups_same_agency BEFORE INSERT OR UPDATE OF telecaller_id, contact_id ON dialer.followups
-    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
-CREATE TRIGGER campaign_contacts_same_agency BEFORE INSERT OR UPDATE OF agent_mapping_id, batch_id ON dialer.campaign_contacts
-    FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();
-
 -- Ticks serialize on a row lock no tenant can take (it was an advisory lock anyone could hold).
 CREATE TABLE dialer.tick_lock (id integer PRIMARY KEY CHECK (id = 1));
 INSERT INTO dialer.tick_lock VALUES (1);
@@ -875,12 +2622,6 @@ REVOKE ALL ON dialer.tick_lock FROM PUBLIC;
 GRANT ALL ON dialer.tick_lock TO dialer_admin;
 
 -- Tenants write only through the API, whose functions run as dialer_api (see sql/security.sql).
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_api') THEN
-        CREATE ROLE dialer_api NOLOGIN NOBYPASSRLS;
-    END IF;
-END $$;
 REVOKE INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer FROM dialer_user;
 REVOKE ALL ON dialer.pacing_state FROM dialer_user;
 GRANT SELECT ON dialer.do_not_call, dialer.agency_holidays TO dialer_user;
@@ -930,7 +2671,9 @@ BEGIN
                   'schedule_bulk_calls', 'schedule_call', 'schedule_recurring_call', 'set_agency_limits',
                   'set_calling_window', 'set_disposition', 'set_provider_credentials', 'set_provider_rate_limit',
                   'set_queue_calling_window', 'set_queue_options', 'set_retry_delays', 'set_telecaller_available',
-                  'update_batch_progress', 'why_not_dialed')
+                  'update_batch_progress', 'why_not_dialed',
+                  'add_caller_id', 'remove_caller_id', 'use_caller_id_pool', 'set_batch_options', 'detach_leads',
+                  '_attach_register', '_attach_queue')
               ORDER BY 1 LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
         EXECUTE format('ALTER FUNCTION %s OWNER TO dialer_api', f);
