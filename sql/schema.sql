@@ -101,6 +101,8 @@ CREATE INDEX call_batches_serve_order_idx ON dialer.call_batches (status, priori
     WHERE status IN ('pending', 'scheduled', 'processing');
 -- Running batches by pacing slot: when the worker should look next (_next_due) reads it in order.
 CREATE INDEX call_batches_next_slot_idx ON dialer.call_batches (next_slot_at NULLS FIRST) WHERE status = 'processing';
+-- Batches with a deadline: the expiry pass reads them by time.
+CREATE INDEX call_batches_expiry_idx ON dialer.call_batches (expires_at) WHERE expires_at IS NOT NULL;
 CREATE UNIQUE INDEX call_batches_one_queue_per_agency ON dialer.call_batches (agency_id) WHERE kind = 'queue';
 
 CREATE TABLE dialer.campaign_contacts (

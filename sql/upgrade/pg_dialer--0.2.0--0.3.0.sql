@@ -855,6 +855,8 @@ ALTER TABLE dialer.call_batches DROP CONSTRAINT call_batches_kind_check,
 -- 0.2.0 handed voicemail to the telecallers unless the batch had a voicemail retry delay: kept.
 UPDATE dialer.call_batches SET on_voicemail = CASE WHEN retry_delays ? 'voicemail' THEN 'retry' ELSE 'handoff' END;
 UPDATE dialer.call_batches b SET voicemail_count = (SELECT count(*) FROM dialer.calls k WHERE k.batch_id = b.id AND k.end_reason = 'voicemail');
+-- Batches with a deadline: the expiry pass reads them by time.
+CREATE INDEX call_batches_expiry_idx ON dialer.call_batches (expires_at) WHERE expires_at IS NOT NULL;
 ALTER TABLE dialer.campaign_contacts DROP CONSTRAINT campaign_contacts_status_check,
     ADD CONSTRAINT campaign_contacts_status_check
         CHECK (status IN ('pending', 'queued', 'in_progress', 'completed', 'failed', 'cancelled', 'in_doubt', 'expired')),
