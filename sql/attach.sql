@@ -66,13 +66,22 @@ RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, 
 SET lock_timeout = '200ms' AS $$
 DECLARE
     a dialer.lead_attachments;
+    writer regprocedure;
 BEGIN
     SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
-    IF NOT FOUND OR a.writer IS NULL THEN
+    -- The writer is found by its name, never taken from a column someone could have changed, and
+    -- must be the one _attach_install made: SECURITY DEFINER, owned by the table's owner.
+    writer := to_regprocedure(format('dialer.%I(text, text[])', 'lead_writer_' || p_attachment_id));
+    IF a.id IS NULL OR writer IS NULL THEN
         RETURN true;  -- detached: nothing to write to
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_class c ON c.oid = a.leads
+                    WHERE p.oid = writer AND p.prosecdef AND p.proowner = c.relowner) THEN
+        RAISE WARNING 'pg_dialer: the writer of lead attachment % is not the table owner''s: not used', a.id;
+        RETURN false;
+    END IF;
     BEGIN
-        EXECUTE format('SELECT %s($1, $2)', a.writer::regproc) USING p_key, p_values;
+        EXECUTE format('SELECT %s($1, $2)', writer::regproc) USING p_key, p_values;
         RETURN true;
     EXCEPTION WHEN OTHERS THEN
         UPDATE dialer.lead_attachments SET last_error = left(SQLERRM, 500), last_error_at = clock_timestamp()

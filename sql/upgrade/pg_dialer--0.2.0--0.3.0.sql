@@ -1055,13 +1055,22 @@ RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, 
 SET lock_timeout = '200ms' AS $$
 DECLARE
     a dialer.lead_attachments;
+    writer regprocedure;
 BEGIN
     SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
-    IF NOT FOUND OR a.writer IS NULL THEN
+    -- The writer is found by its name, never taken from a column someone could have changed, and
+    -- must be the one _attach_install made: SECURITY DEFINER, owned by the table's owner.
+    writer := to_regprocedure(format('dialer.%I(text, text[])', 'lead_writer_' || p_attachment_id));
+    IF a.id IS NULL OR writer IS NULL THEN
         RETURN true;  -- detached: nothing to write to
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_class c ON c.oid = a.leads
+                    WHERE p.oid = writer AND p.prosecdef AND p.proowner = c.relowner) THEN
+        RAISE WARNING 'pg_dialer: the writer of lead attachment % is not the table owner''s: not used', a.id;
+        RETURN false;
+    END IF;
     BEGIN
-        EXECUTE format('SELECT %s($1, $2)', a.writer::regproc) USING p_key, p_values;
+        EXECUTE format('SELECT %s($1, $2)', writer::regproc) USING p_key, p_values;
         RETURN true;
     EXCEPTION WHEN OTHERS THEN
         UPDATE dialer.lead_attachments SET last_error = left(SQLERRM, 500), last_error_at = clock_timestamp()
@@ -1865,6 +1874,48 @@ BEGIN
     RETURN job;
 END $$;
 
+-- _expire_contacts: new
+CREATE FUNCTION dialer._expire_contacts(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n integer := 0;
+    expired_in bigint[] := '{}';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE expires_at <= p_now AND status IN ('pending', 'scheduled', 'processing', 'paused'))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts
+                        WHERE expires_at <= p_now AND expires_at IS NOT NULL AND status IN ('pending', 'queued')) THEN
+        RETURN 0;
+    END IF;
+    FOR r IN
+        WITH gone AS (
+            UPDATE dialer.campaign_contacts c
+               SET status = 'expired', next_attempt_at = NULL, updated_at = p_now,
+                   last_error = 'expired before it was dialed'
+             WHERE c.status IN ('pending', 'queued')
+               AND ((c.expires_at IS NOT NULL AND c.expires_at <= p_now)
+                    OR c.batch_id IN (SELECT b.id FROM dialer.call_batches b
+                                       WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled', 'processing', 'paused')))
+            RETURNING c.id, c.batch_id, c.is_job
+        )
+        SELECT g.id, g.batch_id, g.is_job, b.agency_id FROM gone g JOIN dialer.call_batches b ON b.id = g.batch_id
+    LOOP
+        PERFORM dialer._notify('expired', jsonb_build_object('contact_id', r.id, 'batch_id', r.batch_id,
+            'agency_id', r.agency_id, 'job_id', CASE WHEN r.is_job THEN r.id END));
+        n := n + 1;
+        expired_in := expired_in || r.batch_id;
+    END LOOP;
+    UPDATE dialer.call_batches b
+       SET expired_count = b.expired_count + x.n, queued_count = greatest(b.queued_count - x.n, 0)
+      FROM (SELECT e.batch_id, count(*)::integer AS n FROM unnest(expired_in) AS e(batch_id) GROUP BY e.batch_id) x
+     WHERE b.id = x.batch_id;
+    -- A campaign that never started has nothing left to do.
+    UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
+     WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled') AND b.kind = 'campaign';
+    RETURN n;
+END $$;
+
 -- _job_json: changed
 CREATE OR REPLACE FUNCTION dialer._job_json(c dialer.campaign_contacts, b dialer.call_batches)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
@@ -2264,6 +2315,25 @@ BEGIN
     RETURN dialer._enqueue(a, m, "to", message, p, due, metadata, lead_id, dedupe_key, NULL, expires_at);
 END $$;
 
+-- set_batch_options: new
+CREATE FUNCTION dialer.set_batch_options(batch_id bigint, on_voicemail text DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
+        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail)
+            USING ERRCODE = '22023',
+                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
+    END IF;
+    UPDATE dialer.call_batches x
+       SET on_voicemail = coalesce(on_voicemail, x.on_voicemail), expires_at = coalesce(expires_at, x.expires_at)
+     WHERE x.id = b.id;
+    PERFORM dialer._wake_on_commit();  -- an expiry now due is applied at once
+END $$;
+
 -- set_disposition: changed
 CREATE OR REPLACE FUNCTION dialer.set_disposition(call_id bigint, disposition text, notes text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -2457,67 +2527,6 @@ BEGIN
         -- (a deadline still ahead is said, but does not hold the contact back)
         'dialable_now', c.status = 'queued' AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(reasons) e WHERE e->>'code' <> 'expires'),
         'reasons', reasons);
-END $$;
-
--- _expire_contacts: new
-CREATE FUNCTION dialer._expire_contacts(p_now timestamptz)
-RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    r record;
-    n integer := 0;
-    expired_in bigint[] := '{}';
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
-                    WHERE expires_at <= p_now AND status IN ('pending', 'scheduled', 'processing', 'paused'))
-       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts
-                        WHERE expires_at <= p_now AND expires_at IS NOT NULL AND status IN ('pending', 'queued')) THEN
-        RETURN 0;
-    END IF;
-    FOR r IN
-        WITH gone AS (
-            UPDATE dialer.campaign_contacts c
-               SET status = 'expired', next_attempt_at = NULL, updated_at = p_now,
-                   last_error = 'expired before it was dialed'
-             WHERE c.status IN ('pending', 'queued')
-               AND ((c.expires_at IS NOT NULL AND c.expires_at <= p_now)
-                    OR c.batch_id IN (SELECT b.id FROM dialer.call_batches b
-                                       WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled', 'processing', 'paused')))
-            RETURNING c.id, c.batch_id, c.is_job
-        )
-        SELECT g.id, g.batch_id, g.is_job, b.agency_id FROM gone g JOIN dialer.call_batches b ON b.id = g.batch_id
-    LOOP
-        PERFORM dialer._notify('expired', jsonb_build_object('contact_id', r.id, 'batch_id', r.batch_id,
-            'agency_id', r.agency_id, 'job_id', CASE WHEN r.is_job THEN r.id END));
-        n := n + 1;
-        expired_in := expired_in || r.batch_id;
-    END LOOP;
-    UPDATE dialer.call_batches b
-       SET expired_count = b.expired_count + x.n, queued_count = greatest(b.queued_count - x.n, 0)
-      FROM (SELECT e.batch_id, count(*)::integer AS n FROM unnest(expired_in) AS e(batch_id) GROUP BY e.batch_id) x
-     WHERE b.id = x.batch_id;
-    -- A campaign that never started has nothing left to do.
-    UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
-     WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled') AND b.kind = 'campaign';
-    RETURN n;
-END $$;
-
--- set_batch_options: new
-CREATE FUNCTION dialer.set_batch_options(batch_id bigint, on_voicemail text DEFAULT NULL,
-    expires_at timestamptz DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
-DECLARE
-    b dialer.call_batches := dialer._batch_for_update(batch_id);
-BEGIN
-    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
-        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail)
-            USING ERRCODE = '22023',
-                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
-    END IF;
-    UPDATE dialer.call_batches x
-       SET on_voicemail = coalesce(on_voicemail, x.on_voicemail), expires_at = coalesce(expires_at, x.expires_at)
-     WHERE x.id = b.id;
-    PERFORM dialer._wake_on_commit();  -- an expiry now due is applied at once
 END $$;
 
 CREATE OR REPLACE VIEW dialer.batch_progress AS
