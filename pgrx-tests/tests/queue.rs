@@ -94,7 +94,7 @@ fn bulk_is_all_or_nothing_and_dedupe_keys_schedule_once() {
     let n: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number = '+15551130009'", &[]).unwrap().get(0);
     assert_eq!(n, 1);
     let stats: Value = s.db.query_one("SELECT dialer.queue_stats()", &[]).unwrap().get(0);
-    assert_eq!(stats, json!({"waiting": 3, "active": 0, "completed": 0, "failed": 0, "delayed": 1, "paused": 0, "cancelled": 0, "total": 4}));
+    assert_eq!(stats, json!({"waiting": 3, "active": 0, "completed": 0, "failed": 0, "delayed": 1, "paused": 0, "cancelled": 0, "expired": 0, "total": 4}));
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn cancel_retry_clean_and_states_through_a_jobs_life() {
     s.wait_job_state(live, "completed", Duration::from_secs(20));
 
     let stats: Value = s.db.query_one("SELECT dialer.queue_stats()", &[]).unwrap().get(0);
-    assert_eq!(stats, json!({"waiting": 0, "active": 0, "completed": 2, "failed": 0, "delayed": 0, "paused": 0, "cancelled": 1, "total": 3}));
+    assert_eq!(stats, json!({"waiting": 0, "active": 0, "completed": 2, "failed": 0, "delayed": 0, "paused": 0, "cancelled": 1, "expired": 0, "total": 3}));
     let cleaned: i32 = s.db.query_one("SELECT dialer.clean_jobs('0 seconds', 1000, 'completed')", &[]).unwrap().get(0);
     assert_eq!(cleaned, 2);
     let left: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts", &[]).unwrap().get(0);
