@@ -11,6 +11,7 @@ pub mod error;
 pub mod gucs;
 pub mod hosts;
 pub mod providers;
+pub mod retention;
 pub mod secrets;
 pub mod tick;
 pub mod txn;
@@ -27,7 +28,8 @@ extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
 extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
 extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit]);
 extension_sql_file!("../sql/compliance.sql", name = "compliance", requires = ["leads", "queue", api::queue::_zone_for_number]);
-extension_sql_file!("../sql/security.sql", name = "security", requires = ["compliance"], finalize);
+extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["compliance"]);
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["compliance", "operations"], finalize);
 
 /// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
 const WORKER_RESTART: Duration = Duration::from_secs(1);
