@@ -1,0 +1,33 @@
+//! Server-sent events: each open campaigns page gets its figures again every 1.5 s, read as the
+//! signed-in role (so row-level security applies to the updates too).
+
+use crate::auth::Current;
+use crate::{live, App};
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+pub struct Which {
+    batch: Option<i64>,
+}
+
+pub async fn stream(State(_): State<App>, Current(s): Current, Query(w): Query<Which>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut tick = tokio::time::interval(Duration::from_millis(1500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let st = stream::unfold((s, tick, w.batch), |(s, mut tick, batch)| async move {
+        tick.tick().await;
+        let data = match s.pool.get().await {
+            Ok(c) => match live::snapshot(&c, batch).await {
+                Ok(v) => v.to_string(),
+                Err(e) => serde_json::json!({"error": e.message}).to_string(),
+            },
+            Err(e) => serde_json::json!({"error": e.to_string()}).to_string(),
+        };
+        Some((Ok(Event::default().data(data)), (s, tick, batch)))
+    });
+    Sse::new(st).keep_alive(KeepAlive::default())
+}
