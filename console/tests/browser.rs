@@ -1,0 +1,205 @@
+//! The console in a real browser (headless Chromium) against a running worker and the simulator:
+//! each role sees only what row-level security lets it see, progress moves live, a pause from
+//! the page stops the dialing, and wrong passwords and forged CSRF tokens are refused.
+
+mod common;
+
+use common::*;
+use pg_dialer_integration::{call_posts, numbers, wait_for, Scenario};
+use std::time::{Duration, Instant};
+
+#[test]
+fn two_tenants_and_an_admin_each_see_only_what_they_may_and_forgeries_are_refused() {
+    let mut s = Scenario::with_passwords("console-tenants", Scenario::sim_config(200, 400), &[]);
+    let acme = s.agency_id;
+    let acme_mapping = s.mapping_id;
+    let (beta, beta_mapping) = second_agency(&mut s, "Beta Insurance");
+    // Scheduled for tomorrow: nothing dials, the pages are what is tested.
+    let later = "SELECT dialer.create_batch($1, $2, $3, 10, 5, now() + interval '1 day')";
+    let a_batch: i64 = s.db.query_one(later, &[&acme, &acme_mapping, &"Acme spring renewals"]).unwrap().get(0);
+    let b_batch: i64 = s.db.query_one(later, &[&beta, &beta_mapping, &"Beta winter leads"]).unwrap().get(0);
+    s.add_numbers(a_batch, &numbers("+1555201", 3));
+    s.add_numbers(b_batch, &numbers("+1555202", 2));
+    s.db.execute("SELECT dialer.add_telecaller($1, 'Priya (Acme)')", &[&acme]).unwrap();
+    s.db.execute("SELECT dialer.add_telecaller($1, 'Bruno (Beta)', NULL, false)", &[&beta]).unwrap();
+    tenant_role(&mut s, "tenant_a", "pw-a", acme);
+    tenant_role(&mut s, "tenant_b", "pw-b", beta);
+    admin_role(&mut s, "ops_admin", "pw-admin");
+    let console = Console::start(&s);
+    let web = Browser::start(&console.url);
+
+    // A wrong password is refused, and no page opens without a session.
+    web.sign_in("tenant_a", "not-the-password");
+    assert_eq!(web.path(), "/login");
+    assert!(web.text("#login-error").unwrap_or_default().contains("wrong role or password"));
+    web.goto("/");
+    assert_eq!(web.path(), "/login", "no session, no page");
+
+    let visible = |web: &Browser, path: &str| {
+        web.goto(path);
+        web.source()
+    };
+    web.sign_in("tenant_a", "pw-a");
+    let page = visible(&web, "/");
+    assert!(page.contains("Acme spring renewals") && !page.contains("Beta winter leads"), "A sees its campaign only");
+    let page = visible(&web, "/telecallers");
+    assert!(page.contains("Priya (Acme)") && !page.contains("Bruno"), "A sees its telecallers only");
+    assert!(visible(&web, "/health").contains("not visible to your role"), "ticks are the operators'");
+    web.goto(&format!("/campaigns/{b_batch}"));
+    assert!(web.source().contains("not visible to your role"), "B's campaign page is closed to A");
+
+    // A forged token: refused with 403, nothing changed.
+    web.goto("/");
+    web.js("document.querySelectorAll('input[name=csrf]').forEach(function(e){e.value='forged'})");
+    web.click(&format!("#batch-{a_batch} button[data-action=Pause]"));
+    wait_for("the refusal", T, || web.text("#forbidden"));
+    assert_eq!(s.batch_status(a_batch), "scheduled", "a forged POST changed nothing");
+    // A's own token on B's batch: the SQL API refuses it, and the page says what Postgres said.
+    web.goto("/");
+    web.js(&format!(
+        "var f=document.querySelector('#batch-{a_batch} form');f.action='/actions/batch/{b_batch}/pause';f.submit()"
+    ));
+    let err = wait_for("the API's error", T, || web.text(".pgerr"));
+    assert!(err.contains("SQLSTATE"), "{err}");
+    assert_eq!(s.batch_status(b_batch), "scheduled", "A cannot pause B's campaign");
+    // A's own token on its own batch works.
+    web.goto("/");
+    web.click(&format!("#batch-{a_batch} button[data-action=Pause]"));
+    wait_for("A's batch paused", T, || (s.batch_status(a_batch) == "paused").then_some(()));
+    web.sign_out();
+
+    web.sign_in("tenant_b", "pw-b");
+    let page = visible(&web, "/");
+    assert!(page.contains("Beta winter leads") && !page.contains("Acme spring renewals"), "B sees its campaign only");
+    web.goto("/telecallers");
+    web.click("button[data-action='Mark available']");
+    wait_for("Bruno available", T, || {
+        let ok: bool = s.db.query_one("SELECT available FROM dialer.telecallers WHERE agency_id = $1", &[&beta]).ok()?.get(0);
+        ok.then_some(())
+    });
+    web.sign_out();
+
+    web.sign_in("ops_admin", "pw-admin");
+    let page = visible(&web, "/");
+    assert!(page.contains("Beta winter leads") && page.contains("Acme spring renewals"), "the admin sees both");
+    let page = visible(&web, "/health");
+    assert!(page.contains("id=\"runs\"") && !page.contains("not visible to your role"), "the admin sees the ticks");
+    assert!(!web.source().contains(pg_dialer_integration::API_KEY), "no provider key on any page");
+
+    // /metrics: Basic auth with a Postgres role, dialer.metrics() as that role.
+    let (code, _) = metrics(&console.url, "ops_admin", "wrong");
+    assert_eq!(code, 401);
+    let (code, body) = metrics(&console.url, "ops_admin", "pw-admin");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("# TYPE pg_dialer_contacts gauge"), "{body}");
+    for agency in [acme, beta] {
+        assert!(body.contains(&format!("agency_id=\"{agency}\"")), "the admin's scrape has every agency\n{body}");
+    }
+    let (code, body) = metrics(&console.url, "tenant_a", "pw-a");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("agency_id=\"{acme}\"")), "{body}");
+    assert!(!body.contains(&format!("agency_id=\"{beta}\"")), "A's scrape carries none of B's samples\n{body}");
+    assert!(!body.contains(pg_dialer_integration::API_KEY));
+}
+
+#[test]
+fn progress_moves_live_and_a_pause_from_the_page_stops_the_dialing() {
+    let mut s = Scenario::with_passwords("console-live", Scenario::sim_config(1500, 3000), &["dialer.poll_interval = '200ms'"]);
+    let batch = s.batch("Spring renewals", 240, 8, 3);
+    s.add_numbers(batch, &numbers("+1555301", 300));
+    let agency = s.agency_id;
+    s.db.execute("SELECT dialer.add_telecaller($1, 'Priya', NULL, true)", &[&agency]).unwrap();
+    s.db.execute("SELECT dialer.schedule_call('+15553029999', $1, delay => interval '1 hour')", &[&agency]).unwrap();
+    admin_role(&mut s, "ops_admin", "pw-admin");
+    let console = Console::start(&s);
+    let web = Browser::start(&console.url);
+    web.sign_in("ops_admin", "pw-admin");
+    web.goto(&format!("/campaigns/{batch}"));
+    let completed = |web: &Browser| -> i64 {
+        web.text(&format!("[data-live=\"b{batch}.completed\"]")).and_then(|t| t.trim().parse().ok()).unwrap_or(-1)
+    };
+    // Marks this page load: if it is still there when the counter moves, the page was not reloaded.
+    web.js("window.__same_page = true");
+    s.wake();
+    let first = wait_for("the first completed calls on the page", Duration::from_secs(60), || {
+        let n = completed(&web);
+        (n > 0).then_some(n)
+    });
+    wait_for("the counter to move again", Duration::from_secs(60), || (completed(&web) > first).then_some(()));
+    assert_eq!(web.js("return window.__same_page === true"), serde_json::json!(true), "updated in place, no reload");
+    web.screenshot("campaign");
+    for (path, name) in [("/", "campaigns"), ("/queue?state=delayed", "queue"), ("/calls", "calls"), ("/health", "health"), ("/telecallers", "telecallers")] {
+        web.goto(path);
+        web.screenshot(name);
+    }
+
+    web.goto(&format!("/campaigns/{batch}"));
+    web.click(&format!("#batch-{batch} button[data-action=Pause]"));
+    wait_for("the badge to say paused", T, || {
+        (web.text(&format!("[data-live=\"b{batch}.status\"]")).as_deref() == Some("paused")).then_some(())
+    });
+    assert_eq!(s.batch_status(batch), "paused");
+    // Let the worker run a few ticks after the pause, then again: not one more call is placed.
+    let ticks = |s: &mut Scenario| -> i64 { s.db.query_one("SELECT coalesce(max(id), 0) FROM dialer.runs", &[]).unwrap().get(0) };
+    let t0 = ticks(&mut s);
+    wait_for("ticks after the pause", T, || (ticks(&mut s) >= t0 + 3).then_some(()));
+    let after_pause = call_posts(&s.sim).len();
+    let t1 = ticks(&mut s);
+    wait_for("more ticks", T, || (ticks(&mut s) >= t1 + 5).then_some(()));
+    assert_eq!(call_posts(&s.sim).len(), after_pause, "no call placed while paused");
+    let queued: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&batch]).unwrap().get(0);
+    assert!(queued > 0, "contacts were left to dial");
+
+    // Resume from the page: dialing goes on.
+    web.click(&format!("#batch-{batch} button[data-action=Resume]"));
+    wait_for("dialing to resume", Duration::from_secs(60), || (call_posts(&s.sim).len() > after_pause).then_some(()));
+}
+
+fn proc_figures(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (hwm, (ticks(11) + ticks(12)) as f64 / hz)
+}
+
+/// Figures for the report (printed, not asserted): the console's memory and CPU while a page
+/// follows a 1,000-contact campaign to the end, and how long a /metrics scrape takes.
+#[test]
+fn following_a_1000_contact_campaign() {
+    let mut s = Scenario::with_passwords("console-1000", Scenario::sim_config(200, 600), &["dialer.poll_interval = '200ms'"]);
+    let batch = s.batch("A thousand", 6000, 50, 3);
+    s.add_numbers(batch, &numbers("+1555400", 1000));
+    admin_role(&mut s, "ops_admin", "pw-admin");
+    let console = Console::start(&s);
+    let web = Browser::start(&console.url);
+    web.sign_in("ops_admin", "pw-admin");
+    web.goto(&format!("/campaigns/{batch}"));
+    let (_, cpu0) = proc_figures(console.pid());
+    let started = Instant::now();
+    s.wake();
+    wait_for("the page to show 1000 completed", Duration::from_secs(180), || {
+        (web.text(&format!("[data-live=\"b{batch}.completed\"]")).as_deref() == Some("1000")).then_some(())
+    });
+    let followed = started.elapsed();
+    let (hwm_kb, cpu1) = proc_figures(console.pid());
+    let mut scrapes = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let (code, body) = metrics(&console.url, "ops_admin", "pw-admin");
+        assert_eq!(code, 200, "{body}");
+        scrapes.push(t.elapsed());
+    }
+    scrapes.sort();
+    eprintln!(
+        "console following 1000 contacts: {:.1} s, peak RSS {:.1} MiB, CPU {:.2} s; /metrics scrape median {:?}, max {:?}",
+        followed.as_secs_f64(),
+        hwm_kb as f64 / 1024.0,
+        cpu1 - cpu0,
+        scrapes[scrapes.len() / 2],
+        scrapes[scrapes.len() - 1]
+    );
+}
