@@ -14,6 +14,7 @@ use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rand::RngCore;
 use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -29,12 +30,22 @@ pub struct Session {
     /// dialer._caller_is_operator() at sign-in: sees every agency and the worker's own records.
     pub operator: bool,
     started: Instant,
+    /// Set at sign-out or expiry: live streams that still hold the session stop.
+    ended: AtomicBool,
 }
 
 impl Session {
     /// Whether a submitted token is this session's (constant time).
     pub fn csrf_ok(&self, token: &str) -> bool {
         self.csrf.as_bytes().ct_eq(token.as_bytes()).into()
+    }
+
+    pub fn is_live(&self) -> bool {
+        !self.ended.load(Ordering::Relaxed) && self.started.elapsed() < SESSION_LIFETIME
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
     }
 }
 
@@ -67,9 +78,10 @@ impl FromRequestParts<App> for Current {
         if let Some(id) = id {
             let found = app.0.sessions.read().await.get(&id).cloned();
             if let Some(s) = found {
-                if s.started.elapsed() < SESSION_LIFETIME {
+                if s.is_live() {
                     return Ok(Current(s));
                 }
+                s.end();
                 app.0.sessions.write().await.remove(&id);
             }
         }
@@ -131,8 +143,26 @@ pub async fn login(State(app): State<App>, jar: PrivateCookieJar<Key>, Form(f): 
     };
     drop(client);
     let id = random_hex(32);
-    let session = Arc::new(Session { role: role.to_string(), pool, csrf: random_hex(32), operator, started: Instant::now() });
-    app.0.sessions.write().await.insert(id.clone(), session);
+    let session = Arc::new(Session {
+        role: role.to_string(),
+        pool,
+        csrf: random_hex(32),
+        operator,
+        started: Instant::now(),
+        ended: AtomicBool::new(false),
+    });
+    {
+        let mut sessions = app.0.sessions.write().await;
+        // Expired sessions go when someone signs in, so the map does not grow without end.
+        sessions.retain(|_, s| {
+            let live = s.is_live();
+            if !live {
+                s.end();
+            }
+            live
+        });
+        sessions.insert(id.clone(), session);
+    }
     eprintln!("pg_dialer_console: {role:?} signed in{}", if operator { " (operator)" } else { "" });
     let cookie = Cookie::build((COOKIE, id)).http_only(true).same_site(SameSite::Strict).path("/").build();
     (jar.add(cookie), Redirect::to("/")).into_response()
@@ -149,7 +179,9 @@ pub async fn logout(State(app): State<App>, jar: PrivateCookieJar<Key>, Current(
         return forged();
     }
     if let Some(id) = jar.get(COOKIE).map(|c| c.value().to_string()) {
-        app.0.sessions.write().await.remove(&id);
+        if let Some(old) = app.0.sessions.write().await.remove(&id) {
+            old.end();
+        }
     }
     (jar.remove(Cookie::build(COOKIE).path("/").build()), Redirect::to("/login")).into_response()
 }

@@ -20,6 +20,9 @@ pub async fn stream(State(_): State<App>, Current(s): Current, Query(w): Query<W
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let st = stream::unfold((s, tick, w.batch), |(s, mut tick, batch)| async move {
         tick.tick().await;
+        if !s.is_live() {
+            return None; // signed out: the stream ends, the browser's EventSource gets 401 on reconnect
+        }
         let data = match s.pool.get().await {
             Ok(c) => match live::snapshot(&c, batch).await {
                 Ok(v) => v.to_string(),

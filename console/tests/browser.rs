@@ -40,6 +40,11 @@ fn two_tenants_and_an_admin_each_see_only_what_they_may_and_forgeries_are_refuse
         web.source()
     };
     web.sign_in("tenant_a", "pw-a");
+    let cookies = web.cookies();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let (_, value, http_only, same_site) = &cookies[0];
+    assert_eq!((*http_only, same_site.as_str()), (Some(true), "Some(Strict)"), "{cookies:?}");
+    assert!(!value.contains("tenant_a"), "the cookie is encrypted: no role in it");
     let page = visible(&web, "/");
     assert!(page.contains("Acme spring renewals") && !page.contains("Beta winter leads"), "A sees its campaign only");
     let page = visible(&web, "/telecallers");
@@ -62,11 +67,19 @@ fn two_tenants_and_an_admin_each_see_only_what_they_may_and_forgeries_are_refuse
     let err = wait_for("the API's error", T, || web.text(".pgerr"));
     assert!(err.contains("SQLSTATE"), "{err}");
     assert_eq!(s.batch_status(b_batch), "scheduled", "A cannot pause B's campaign");
+    // The queue: a delayed job cancelled from the page, through dialer.cancel_job.
+    let job: i64 = s.db.query_one("SELECT dialer.schedule_call('+15552039999', $1, delay => interval '1 hour')", &[&acme]).unwrap().get(0);
+    web.goto("/queue?state=delayed");
+    assert_eq!(web.text("#count-delayed").as_deref(), Some("1"));
+    web.click("#jobs button[data-action=Cancel]");
+    wait_for("the job cancelled", T, || (s.job_state(job) == "cancelled").then_some(()));
     // A's own token on its own batch works.
     web.goto("/");
     web.click(&format!("#batch-{a_batch} button[data-action=Pause]"));
     wait_for("A's batch paused", T, || (s.batch_status(a_batch) == "paused").then_some(()));
     web.sign_out();
+    web.goto("/");
+    assert_eq!(web.path(), "/login", "signed out: the session is gone");
 
     web.sign_in("tenant_b", "pw-b");
     let page = visible(&web, "/");

@@ -115,6 +115,16 @@ impl Browser {
         self.rt.block_on(self.c().execute(script, vec![])).expect("run a script")
     }
 
+    /// (name, value, HttpOnly, SameSite) of the browser's cookies for the console.
+    pub fn cookies(&self) -> Vec<(String, String, Option<bool>, String)> {
+        self.rt
+            .block_on(self.c().get_all_cookies())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| (c.name().to_string(), c.value().to_string(), c.http_only(), format!("{:?}", c.same_site())))
+            .collect()
+    }
+
     pub fn sign_in(&self, role: &str, password: &str) {
         self.goto("/login");
         self.fill("#role", role);
