@@ -168,6 +168,12 @@ fn progress_moves_live_and_a_pause_from_the_page_stops_the_dialing() {
     assert_eq!(posts(&s, "+1555301"), after_pause, "no call of the paused campaign placed");
     let queued: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&batch]).unwrap().get(0);
     assert!(queued > 0, "contacts were left to dial");
+    // The contacts page filtered to queued ones says why they are not dialed, in dialer.why_not_dialed's words.
+    web.goto(&format!("/campaigns/{batch}?status=queued"));
+    let contacts = web.text("#contacts").unwrap_or_default();
+    assert!(contacts.contains(&format!("batch {batch} is paused (dialer.resume_batch)")), "{contacts}");
+    assert!(!contacts.contains("completed"), "the filter shows queued contacts only");
+    web.screenshot("contacts");
 
     // Resume from the page: dialing goes on.
     web.click(&format!("#batch-{batch} button[data-action=Resume]"));
