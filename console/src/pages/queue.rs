@@ -2,7 +2,7 @@
 
 use crate::auth::Current;
 use crate::db::Result;
-use crate::html::{self, esc};
+use crate::html::{self, esc, opt};
 use crate::App;
 use axum::extract::{Query, State};
 use axum::response::Html;
@@ -30,15 +30,17 @@ pub async fn page(State(_): State<App>, Current(s): Current, Query(f): Query<Fil
     body.push_str("</div>");
     let rows = c.query("SELECT j FROM dialer.list_jobs($1, 0, 49) j", &[&state]).await?;
     body.push_str(&format!(
-        "<div class=\"card\"><h2>{} jobs</h2><table id=\"jobs\"><thead><tr><th>Job</th><th>State</th><th>Data</th><th>Attempts</th><th>Failed reason</th><th></th></tr></thead><tbody>",
+        "<div class=\"card\"><h2>{} jobs</h2><table id=\"jobs\"><thead><tr><th>Job</th><th>State</th><th>To</th><th>Priority</th><th>Run at</th><th>Lead</th><th>Metadata</th><th>Attempts</th><th>Failed reason</th><th></th></tr></thead><tbody>",
         esc(&state)
     ));
     let back = format!("/queue?state={state}");
     for r in &rows {
         let j: serde_json::Value = r.try_get(0)?;
         let id = j.get("jobId").and_then(|v| v.as_i64()).unwrap_or(0);
-        let data = j.get("data").map(|d| d.to_string()).unwrap_or_default();
-        let short: String = data.chars().take(160).collect();
+        let data = j.get("data").cloned().unwrap_or_default();
+        let field = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let metadata = data.get("metadata").filter(|m| m.as_object().is_some_and(|o| !o.is_empty())).map(|m| m.to_string());
+        let short: String = metadata.unwrap_or_default().chars().take(120).collect();
         let mut act = String::new();
         if matches!(state.as_str(), "failed" | "cancelled" | "completed") {
             act.push_str(&html::action(&s, &format!("/actions/job/{id}/retry"), "Retry", &back, ""));
@@ -47,15 +49,19 @@ pub async fn page(State(_): State<App>, Current(s): Current, Query(f): Query<Fil
             act.push_str(&html::action(&s, &format!("/actions/job/{id}/cancel"), "Cancel", &back, "danger"));
         }
         body.push_str(&format!(
-            "<tr><td class=\"num\">{id}</td><td>{}</td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"small\">{}</td><td>{act}</td></tr>",
+            "<tr><td class=\"num\">{id}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"small num\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"small\">{}</td><td>{act}</td></tr>",
             html::badge(j.get("state").and_then(|v| v.as_str()).unwrap_or("")),
-            esc(&short),
+            opt(&field("to")),
+            opt(&field("priority")),
+            opt(&field("run_at").map(|t| t.chars().take(19).collect::<String>().replace('T', " "))),
+            opt(&field("lead_id")),
+            if short.is_empty() { String::new() } else { format!("<code>{}</code>", esc(&short)) },
             j.get("attemptsMade").map(|v| v.to_string()).unwrap_or_default(),
             esc(j.get("failedReason").and_then(|v| v.as_str()).unwrap_or("")),
         ));
     }
     if rows.is_empty() {
-        body.push_str("<tr><td colspan=\"6\" class=\"muted\">No jobs in this state.</td></tr>");
+        body.push_str("<tr><td colspan=\"10\" class=\"muted\">No jobs in this state.</td></tr>");
     }
     body.push_str("</tbody></table><p class=\"small muted\">The first 50 shown.</p></div>");
     Ok(html::page("Queue", &s, "/queue", None, &body))
