@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 const COOKIE: &str = "pg_dialer_session";
+/// The sign-in form's own CSRF token (no session yet), so no other site can sign a browser in.
+const LOGIN_COOKIE: &str = "pg_dialer_login";
 /// A session ends after this long, whatever it does.
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -89,37 +91,49 @@ impl FromRequestParts<App> for Current {
     }
 }
 
-fn login_form(error: Option<&str>) -> Html<String> {
+fn login_form(jar: PrivateCookieJar<Key>, error: Option<&str>) -> (PrivateCookieJar<Key>, Html<String>) {
+    let token = random_hex(32);
+    let cookie = Cookie::build((LOGIN_COOKIE, token.clone())).http_only(true).same_site(SameSite::Strict).path("/login").build();
+    (jar.add(cookie), login_html(&token, error))
+}
+
+fn login_html(token: &str, error: Option<&str>) -> Html<String> {
     let err = error.map(|e| format!("<p class=\"card error\" id=\"login-error\">{}</p>", html::esc(e))).unwrap_or_default();
     html::bare(
         "Sign in",
         &format!(
             "<div class=\"login\"><div class=\"card\"><h1>☎ pg_dialer</h1><p class=\"muted\">Sign in with your Postgres role: \
              you see what the database lets that role see.</p>{err}\
-             <form method=\"post\" action=\"/login\"><label>Role<input name=\"role\" id=\"role\" autocomplete=\"username\" required></label>\
+             <form method=\"post\" action=\"/login\"><input type=\"hidden\" name=\"csrf\" value=\"{token}\"><label>Role<input name=\"role\" id=\"role\" autocomplete=\"username\" required></label>\
              <label>Password<input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
              <button class=\"primary\" id=\"sign-in\">Sign in</button></form></div></div>"
         ),
     )
 }
 
-pub async fn login_page() -> Html<String> {
-    login_form(None)
+pub async fn login_page(jar: PrivateCookieJar<Key>) -> (PrivateCookieJar<Key>, Html<String>) {
+    login_form(jar, None)
 }
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
     role: String,
     password: String,
 }
 
 pub async fn login(State(app): State<App>, jar: PrivateCookieJar<Key>, Form(f): Form<LoginForm>) -> Response {
+    let expected = jar.get(LOGIN_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(f.csrf.as_bytes())) {
+        return forged();
+    }
     let role = f.role.trim();
     if role.is_empty() || role.len() > 63 {
-        return (StatusCode::UNAUTHORIZED, login_form(Some("Sign-in refused: wrong role or password."))).into_response();
+        return (StatusCode::UNAUTHORIZED, login_form(jar, Some("Sign-in refused: wrong role or password."))).into_response();
     }
     let Some(pool) = pool_for(&app, role, &f.password, 4) else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, login_form(Some("Cannot set up a connection pool."))).into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, login_form(jar, Some("Cannot set up a connection pool."))).into_response();
     };
     let client = match pool.get().await {
         Ok(c) => c,
@@ -131,14 +145,14 @@ pub async fn login(State(app): State<App>, jar: PrivateCookieJar<Key>, Form(f): 
             };
             eprintln!("pg_dialer_console: sign-in refused for role {role:?} ({code})");
             let msg = if code == "28P01" || code == "28000" { "Sign-in refused: wrong role or password." } else { "Sign-in failed: the database cannot be reached." };
-            return (StatusCode::UNAUTHORIZED, login_form(Some(msg))).into_response();
+            return (StatusCode::UNAUTHORIZED, login_form(jar, Some(msg))).into_response();
         }
     };
     let operator = match client.query_one("SELECT dialer._caller_is_operator()", &[]).await {
         Ok(r) => r.try_get::<_, bool>(0).unwrap_or(false),
         Err(e) => {
             let msg = format!("Signed in, but this role cannot use pg_dialer: {}", crate::db::describe(&e));
-            return (StatusCode::FORBIDDEN, login_form(Some(&msg))).into_response();
+            return (StatusCode::FORBIDDEN, login_form(jar, Some(&msg))).into_response();
         }
     };
     drop(client);
@@ -165,7 +179,7 @@ pub async fn login(State(app): State<App>, jar: PrivateCookieJar<Key>, Form(f): 
     }
     eprintln!("pg_dialer_console: {role:?} signed in{}", if operator { " (operator)" } else { "" });
     let cookie = Cookie::build((COOKIE, id)).http_only(true).same_site(SameSite::Strict).path("/").build();
-    (jar.add(cookie), Redirect::to("/")).into_response()
+    (jar.remove(Cookie::build(LOGIN_COOKIE).path("/login").build()).add(cookie), Redirect::to("/")).into_response()
 }
 
 #[derive(Deserialize)]

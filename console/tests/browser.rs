@@ -34,6 +34,9 @@ fn two_tenants_and_an_admin_each_see_only_what_they_may_and_forgeries_are_refuse
     assert!(web.text("#login-error").unwrap_or_default().contains("wrong role or password"));
     web.goto("/");
     assert_eq!(web.path(), "/login", "no session, no page");
+    // A sign-in posted from elsewhere (no form token): refused, even with the right password.
+    let forged_login = ureq::post(&format!("{}/login", console.url)).send_form(&[("role", "tenant_a"), ("password", "pw-a")]);
+    assert!(matches!(forged_login, Err(ureq::Error::Status(403, _))), "{forged_login:?}");
 
     let visible = |web: &Browser, path: &str| {
         web.goto(path);
@@ -73,6 +76,19 @@ fn two_tenants_and_an_admin_each_see_only_what_they_may_and_forgeries_are_refuse
     assert_eq!(web.text("#count-delayed").as_deref(), Some("1"));
     web.click("#jobs button[data-action=Cancel]");
     wait_for("the job cancelled", T, || (s.job_state(job) == "cancelled").then_some(()));
+    // An attempt in doubt (made so by hand here), settled from the calls page as "called".
+    let doubtful: i64 = s
+        .db
+        .query_one("UPDATE dialer.campaign_contacts SET status = 'in_doubt' WHERE id = (SELECT min(id) FROM dialer.campaign_contacts WHERE batch_id = $1) RETURNING id", &[&a_batch])
+        .unwrap()
+        .get(0);
+    web.goto("/calls");
+    assert!(web.text("#in-doubt").unwrap_or_default().contains("+15552010000"), "A sees its attempt in doubt");
+    web.click("#in-doubt button[data-action='Mark as called']");
+    wait_for("the attempt settled", T, || {
+        let st: String = s.db.query_one("SELECT status FROM dialer.campaign_contacts WHERE id = $1", &[&doubtful]).ok()?.get(0);
+        (st == "completed").then_some(())
+    });
     // A's own token on its own batch works.
     web.goto("/");
     web.click(&format!("#batch-{a_batch} button[data-action=Pause]"));
