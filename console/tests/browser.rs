@@ -159,6 +159,15 @@ fn progress_moves_live_and_a_pause_from_the_page_stops_the_dialing() {
     wait_for("the counter to move again", Duration::from_secs(60), || (completed(&web) > first).then_some(()));
     assert_eq!(web.js("return window.__same_page === true"), serde_json::json!(true), "updated in place, no reload");
     web.screenshot("campaign");
+    // The chart counts those calls against the limit.
+    let chart = web.source();
+    assert!(chart.contains("limit 240/min"), "the limit line is drawn");
+    assert!(chart.split("min ago: ").skip(1).any(|rest| rest.starts_with(|c: char| ('1'..='9').contains(&c))), "a bar with calls");
+    // Calls in progress are listed while they last.
+    wait_for("a call of the campaign in progress on /calls", T, || {
+        web.goto("/calls");
+        web.text("#live-calls").filter(|t| t.contains("+1555301"))
+    });
     for (path, name) in [("/", "campaigns"), ("/queue?state=delayed", "queue"), ("/calls", "calls"), ("/health", "health"), ("/telecallers", "telecallers")] {
         web.goto(path);
         web.screenshot(name);
