@@ -74,8 +74,11 @@ fn two_tenants_and_an_admin_each_see_only_what_they_may_and_forgeries_are_refuse
     let job: i64 = s.db.query_one("SELECT dialer.schedule_call('+15552039999', $1, delay => interval '1 hour')", &[&acme]).unwrap().get(0);
     web.goto("/queue?state=delayed");
     assert_eq!(web.text("#count-delayed").as_deref(), Some("1"));
+    // A second job appears in the counter without a reload (server-sent events).
+    s.db.execute("SELECT dialer.schedule_call('+15552039998', $1, delay => interval '2 hours')", &[&acme]).unwrap();
+    wait_for("the live counter", T, || (web.text("#count-delayed").as_deref() == Some("2")).then_some(()));
     web.click("#jobs button[data-action=Cancel]");
-    wait_for("the job cancelled", T, || (s.job_state(job) == "cancelled").then_some(()));
+    wait_for("the first job cancelled", T, || (s.job_state(job) == "cancelled").then_some(()));
     // An attempt in doubt (made so by hand here), settled from the calls page as "called".
     let doubtful: i64 = s
         .db

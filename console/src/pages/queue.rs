@@ -23,7 +23,7 @@ pub async fn page(State(_): State<App>, Current(s): Current, Query(f): Query<Fil
     for st in STATES {
         let n = stats.get(st).and_then(|v| v.as_i64()).unwrap_or(0);
         body.push_str(&format!(
-            "<a class=\"card\" style=\"text-decoration:none;color:inherit;min-width:120px{}\" href=\"/queue?state={st}\"><div class=\"small muted\">{st}</div><div class=\"stat num\" id=\"count-{st}\">{n}</div></a>",
+            "<a class=\"card\" style=\"text-decoration:none;color:inherit;min-width:120px{}\" href=\"/queue?state={st}\"><div class=\"small muted\">{st}</div><div class=\"stat num\" id=\"count-{st}\" data-live=\"q.{st}\">{n}</div></a>",
             if st == state { ";border-color:#2f5fd0;box-shadow:0 0 0 1px #2f5fd0" } else { "" }
         ));
     }
@@ -64,5 +64,5 @@ pub async fn page(State(_): State<App>, Current(s): Current, Query(f): Query<Fil
         body.push_str("<tr><td colspan=\"10\" class=\"muted\">No jobs in this state.</td></tr>");
     }
     body.push_str("</tbody></table><p class=\"small muted\">The first 50 shown.</p></div>");
-    Ok(html::page("Queue", &s, "/queue", None, &body))
+    Ok(html::page("Queue", &s, "/queue", Some("/events?page=queue"), &body))
 }
