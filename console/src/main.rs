@@ -29,8 +29,8 @@ struct Args {
     /// Where to listen (loopback unless told otherwise)
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// A file of at least 64 random bytes that signs and encrypts the session cookies (so sign-ins
-    /// survive a restart); a fresh random key at every start otherwise
+    /// A file of at least 64 random bytes that signs and encrypts the session cookies; a fresh
+    /// random key at every start otherwise (sessions live in memory either way)
     #[arg(long)]
     cookie_key_file: Option<std::path::PathBuf>,
 }
