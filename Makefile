@@ -40,10 +40,12 @@ sim-test: setup
 # A real cluster with the worker preloaded, the simulator on loopback (see pgrx-tests/).
 integration-test: install
 	$(CARGO) test -p pg_dialer_integration -- --test-threads=2
+	$(CARGO) test -p pg_dialer_console -- --test-threads=1
 
 test: pg-test sim-test integration-test
 
 demo: install-release
+	$(CARGO) build --release -q -p pg_dialer_console
 	$(CARGO) run --release -q -p pg_dialer_demo -- $(DEMO_ARGS)
 
 bench: install-release

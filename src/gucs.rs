@@ -18,6 +18,10 @@ pub static STATUS_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_0
 pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"../pg_dialer.key"));
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(crate::hosts::DEFAULT));
 pub static JWT_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"authenticated"));
+pub static RETENTION_RUNS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(crate::retention::DEFAULT_C));
+pub static RETENTION_BODIES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(crate::retention::DEFAULT_C));
+pub static RETENTION_WEBHOOK_EVENTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(crate::retention::DEFAULT_C));
+pub static RETENTION_JOBS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(crate::retention::DEFAULT_C));
 
 pub fn register(preloading: bool) {
     // dialer.database can only be set at server start, so only a preloaded library defines it.
@@ -73,6 +77,24 @@ pub fn register(preloading: bool) {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // Retention: intervals as Postgres reads them ('30 days', '2 seconds'); 'off' or '0' keeps
+    // everything of that kind. SIGHUP: how long history is kept is the server's choice.
+    let retention: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<Option<CString>>); 4] = [
+        (c"dialer.retention_runs", c"How long the worker keeps its tick log (dialer.runs).", &RETENTION_RUNS),
+        (c"dialer.retention_bodies", c"How long the request and response bodies of settled calls are kept (the call rows stay).", &RETENTION_BODIES),
+        (c"dialer.retention_webhook_events", c"How long webhook deliveries (dialer.webhook_events) are kept.", &RETENTION_WEBHOOK_EVENTS),
+        (c"dialer.retention_jobs", c"How long finished queue jobs (and their attempts) are kept.", &RETENTION_JOBS),
+    ];
+    for (name, short, setting) in retention {
+        GucRegistry::define_string_guc(
+            name,
+            short,
+            c"An interval ('30 days'); 'off' or '0' keeps everything of this kind.",
+            setting,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
+    }
     let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32, GucFlags); 9] = [
         (c"dialer.poll_interval", c"Longest idle sleep of the worker.", &POLL_INTERVAL_MS, 10, 3_600_000, GucFlags::UNIT_MS),
         (c"dialer.max_batches_per_run", c"Batches served per tick.", &MAX_BATCHES_PER_RUN, 1, 100_000, GucFlags::default()),
@@ -90,6 +112,10 @@ pub fn register(preloading: bool) {
 }
 
 pub static MAX_CLAIM_PER_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting.get().and_then(|c| c.into_string().ok()).unwrap_or_default()
+}
 
 fn ms(setting: &GucSetting<i32>) -> Duration {
     Duration::from_millis(setting.get().max(0) as u64)
@@ -110,6 +136,8 @@ pub struct Settings {
     pub max_claim_per_batch: i32,
     /// dialer.allowed_hosts; a list that does not parse allows nothing (and says why).
     pub allowed_hosts: Result<crate::hosts::AllowList, String>,
+    /// dialer.retention_* as given (Postgres reads them as intervals when a pass runs).
+    pub retention: crate::retention::Retention,
 }
 
 impl Settings {
@@ -126,6 +154,12 @@ impl Settings {
             status_poll_interval: ms(&STATUS_POLL_INTERVAL_MS),
             max_claim_per_batch: MAX_CLAIM_PER_BATCH.get(),
             allowed_hosts: crate::hosts::AllowList::parse(&Self::allowed_hosts_text()),
+            retention: crate::retention::Retention {
+                runs: text(&RETENTION_RUNS),
+                bodies: text(&RETENTION_BODIES),
+                webhook_events: text(&RETENTION_WEBHOOK_EVENTS),
+                jobs: text(&RETENTION_JOBS),
+            },
         }
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gucs;
 pub mod hosts;
 pub mod providers;
+pub mod retention;
 pub mod secrets;
 pub mod tick;
 pub mod txn;
@@ -29,7 +30,8 @@ extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::
 extension_sql_file!("../sql/compliance.sql", name = "compliance", requires = ["leads", "queue", api::queue::_zone_for_number]);
 extension_sql_file!("../sql/caller_ids.sql", name = "caller_ids", requires = ["compliance"]);
 extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["caller_ids"]);
-extension_sql_file!("../sql/security.sql", name = "security", requires = ["attach"], finalize);
+extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["compliance"]);
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["attach", "operations"], finalize);
 
 /// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
 const WORKER_RESTART: Duration = Duration::from_secs(1);

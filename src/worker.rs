@@ -4,7 +4,7 @@
 use crate::dispatch::{JobResult, Pool};
 use crate::gucs::Settings;
 use crate::tick::{self, Counts, TargetCache};
-use crate::{txn, wake};
+use crate::{retention, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -77,6 +77,8 @@ struct Worker {
     next_full_completion_check: Instant,
     /// When this worker started: pacing slots missed before it (no worker ran) are made up.
     started_ms: f64,
+    /// When the next retention pass may run (passes run only when a tick found nothing to do).
+    retention: retention::Schedule,
 }
 
 impl Worker {
@@ -97,6 +99,7 @@ impl Worker {
             next_statistics_check: Instant::now(),
             next_full_completion_check: Instant::now(),
             started_ms: unix_ms(),
+            retention: retention::Schedule::new(Instant::now()),
         })
     }
 
@@ -195,7 +198,7 @@ impl Worker {
         let mut counts = self.record(finished)?;
 
         if !self.settings.enabled {
-            return Ok(self.settings.poll_interval);
+            return Ok(self.prune_when_idle(self.settings.poll_interval));
         }
 
         let now = Instant::now();
@@ -323,8 +326,33 @@ impl Worker {
             wait = Duration::from_millis(1 << self.idle_passes);
         } else {
             self.idle_passes = 0;
+            if !progressed {
+                wait = self.prune_when_idle(wait);
+            }
         }
         Ok(wait)
+    }
+
+    /// A retention pass, if one is due: its own short transaction (at most PASS_LIMIT rows of
+    /// each kind), run only when this pass had nothing to dial, so dialing never waits for more
+    /// than one small pass. A failure is logged (once per message) and never ends the worker.
+    /// Returns how long to sleep.
+    fn prune_when_idle(&mut self, wait: Duration) -> Duration {
+        let now = Instant::now();
+        if !self.retention.due(now) || !self.settings.retention.any_enabled() {
+            return self.retention.cap(now, wait);
+        }
+        let r = self.settings.retention.clone();
+        match txn::run(|| retention::pass(&r, retention::PASS_LIMIT)) {
+            Ok(removed) => self.retention.done(Instant::now(), removed, retention::PASS_LIMIT),
+            Err(e) => {
+                let e = e.to_string();
+                if self.retention.failed(Instant::now(), &e) {
+                    warning!("pg_dialer: retention pass failed (tried again in a minute): {e}");
+                }
+            }
+        }
+        self.retention.cap(Instant::now(), wait)
     }
 
     fn record(&mut self, results: Vec<JobResult>) -> Result<Counts, crate::error::DialerError> {

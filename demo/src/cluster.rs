@@ -147,6 +147,10 @@ impl Cluster {
             .map_err(|e| format!("could not read {}: {e}", conf_path.display()))?;
         existing.push_str(&text);
         std::fs::write(&conf_path, existing).map_err(|e| format!("could not write {}: {e}", conf_path.display()))?;
+        // The demo connects as postgres without a password; the web console's sign-in role needs its own.
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(&hba, "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+            .map_err(|e| format!("could not write {}: {e}", hba.display()))?;
 
         let out = cluster.pg_ctl(&["start", "-w", "-t", "60"])?;
         if !out.status.success() {

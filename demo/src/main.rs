@@ -8,6 +8,7 @@
 mod campaign;
 mod cluster;
 mod report;
+mod web;
 
 use clap::Parser;
 use cluster::Cluster;
@@ -269,6 +270,18 @@ fn run(args: &Args) -> Result<i32, String> {
         println!("\n  {}", style("Interrupted during set-up: stopping Postgres and cleaning up.").yellow());
         return Ok(130);
     }
+    // The web console beside the campaign, signed in to as an operator role made for the demo.
+    let web = match web::start(&mut db, cluster.port) {
+        Ok(w) => {
+            ok_line(format_args!("web console on {}", style(&w.url).bold().underlined()));
+            detail(format!("sign in as role {} with password {} (an operator: sees every agency, can pause the campaign)", web::ROLE, w.password));
+            Some(w)
+        }
+        Err(e) => {
+            println!("  {} web console not started: {e}", style("!").yellow().bold());
+            None
+        }
+    };
     sql(&mut db, "dialer.wake()", "SELECT dialer.wake()")?;
     println!();
     println!(
@@ -317,6 +330,7 @@ fn run(args: &Args) -> Result<i32, String> {
     // 6. Clean up: connection, then the cluster (before the simulator the worker talks to).
     println!();
     println!("  {}", style(format!("Stopping Postgres and removing {} …", cluster.dir.display())).dim());
+    drop(web);
     drop(db);
     cluster.stop();
     drop(cluster);

@@ -37,7 +37,7 @@ fn pg_command(program: &str) -> Command {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -52,6 +52,16 @@ pub struct Cluster {
 impl Cluster {
     /// initdb + start, with `shared_preload_libraries = 'pg_dialer'` and the given extra settings.
     pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
+        Cluster::start_opts(name, extra_conf, false)
+    }
+
+    /// As `start`, but TCP connections of every role except `postgres` (the harness's own) need
+    /// their password (scram-sha-256), so a wrong one really fails (the console's sign-in tests).
+    pub fn start_with_passwords(name: &str, extra_conf: &[&str]) -> Cluster {
+        Cluster::start_opts(name, extra_conf, true)
+    }
+
+    fn start_opts(name: &str, extra_conf: &[&str], passwords: bool) -> Cluster {
         let dir = std::env::temp_dir().join(format!("pg_dialer_it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create cluster dir");
@@ -82,6 +92,10 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        if passwords {
+            let hba = "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
         let cluster = Cluster { dir, port };
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
         cluster
@@ -177,8 +191,16 @@ impl Scenario {
 
     /// As `new`, creating the extension with `create_extension` (e.g. an older version).
     pub fn with_extension(name: &str, sim_config: SimConfig, extra_conf: &[&str], create_extension: &str) -> Scenario {
+        Scenario::build(Cluster::start(name, extra_conf), sim_config, create_extension)
+    }
+
+    /// As `new`, on a cluster where every role but `postgres` signs in with its password over TCP.
+    pub fn with_passwords(name: &str, sim_config: SimConfig, extra_conf: &[&str]) -> Scenario {
+        Scenario::build(Cluster::start_with_passwords(name, extra_conf), sim_config, "CREATE EXTENSION pg_dialer")
+    }
+
+    fn build(cluster: Cluster, sim_config: SimConfig, create_extension: &str) -> Scenario {
         let sim = Simulator::start(sim_config, 0).expect("start simulator");
-        let cluster = Cluster::start(name, extra_conf);
         let mut db = cluster.connect();
         db.batch_execute(create_extension).expect("create extension");
         let agency_id: i64 = db.query_one("SELECT dialer.create_agency('Acme Loans', 'America/New_York')", &[]).unwrap().get(0);

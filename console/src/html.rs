@@ -1,0 +1,101 @@
+//! The page frame: escaping, navigation, styles and the little script that applies live updates.
+
+use crate::auth::Session;
+use axum::response::Html;
+
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn opt(s: &Option<String>) -> String {
+    s.as_deref().map(esc).unwrap_or_else(|| "<span class=\"muted\">—</span>".into())
+}
+
+const STYLE: &str = r#"
+*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2933;background:#f4f6f8}
+header{background:#1f2a44;color:#fff;display:flex;align-items:center;gap:18px;padding:0 20px;height:52px}
+header .brand{font-weight:700;font-size:16px;margin-right:10px}header a{color:#c9d3e6;text-decoration:none;padding:15px 4px;border-bottom:3px solid transparent}
+header a.on,header a:hover{color:#fff;border-bottom-color:#5b8def}header .who{margin-left:auto;color:#c9d3e6;display:flex;gap:10px;align-items:center}
+main{max-width:1240px;margin:22px auto;padding:0 20px}h1{font-size:22px;margin:0 0 14px}h2{font-size:16px;margin:0 0 10px}
+.card{background:#fff;border:1px solid #dde3ea;border-radius:8px;padding:16px 18px;margin-bottom:16px}
+table{width:100%;border-collapse:collapse}th,td{text-align:left;padding:7px 8px;border-bottom:1px solid #edf0f3;vertical-align:top}
+th{font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#5f6b7a;font-weight:600}tr:hover td{background:#fafbfc}
+.bar{position:relative;height:12px;background:#e8ecf1;border-radius:6px;overflow:hidden;min-width:160px;display:flex}
+.bar .ok{background:#2f9e62}.bar .bad{background:#d64545}.bar .pace{background:#5b8def}.bar .warn{background:#e5a50a}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;background:#e8ecf1;color:#3e4c5e}
+.st-processing,.st-active,.st-in_progress,.st-ok{background:#dff3e7;color:#1d6b41}.st-paused,.st-delayed,.st-waiting,.st-queued{background:#fff3d6;color:#8a5a00}
+.st-failed,.st-cancelled,.st-bad,.st-in_doubt,.st-ERROR{background:#fde2e2;color:#a12626}.st-completed,.st-COMPLETED{background:#e3ecfd;color:#254c9c}
+.muted{color:#8a96a3}.small{font-size:12px}.num{font-variant-numeric:tabular-nums}.row{display:flex;gap:16px;flex-wrap:wrap}.row>.card{flex:1;min-width:280px}
+button,.btn{font:inherit;font-size:13px;padding:4px 11px;border-radius:5px;border:1px solid #c3ccd7;background:#fff;color:#1f2933;cursor:pointer;text-decoration:none;display:inline-block}
+button:hover{background:#f0f3f7}button.danger{color:#a12626;border-color:#e9b4b4}button.primary{background:#2f5fd0;border-color:#2f5fd0;color:#fff}
+form.inline{display:inline}.tabs a{margin-right:6px}.tabs a.on{background:#1f2a44;color:#fff;border-color:#1f2a44}
+.error{border-color:#e9b4b4;background:#fff7f7}.pgerr{font-family:ui-monospace,monospace;white-space:pre-wrap}
+.login{max-width:360px;margin:90px auto}.login input{width:100%;padding:8px;margin:4px 0 12px;border:1px solid #c3ccd7;border-radius:5px;font:inherit}
+.stat{font-size:26px;font-weight:700}.reasons{margin:4px 0 0;padding-left:16px;font-size:12px;color:#a12626}
+code{font-family:ui-monospace,monospace;font-size:12px;background:#f0f3f7;padding:1px 4px;border-radius:3px}
+"#;
+
+/// Applies the server's live updates: text by data-live key, widths by data-live-w, inner HTML by data-live-h.
+const SCRIPT: &str = r#"
+(function(){var src=document.body.dataset.events;if(!src||!window.EventSource)return;
+var es=new EventSource(src);es.onmessage=function(m){var d;try{d=JSON.parse(m.data)}catch(e){return}
+for(var k in d.text||{}){document.querySelectorAll('[data-live="'+k+'"]').forEach(function(e){e.textContent=d.text[k]})}
+for(var k in d.width||{}){document.querySelectorAll('[data-live-w="'+k+'"]').forEach(function(e){e.style.width=d.width[k]})}
+for(var k in d.html||{}){document.querySelectorAll('[data-live-h="'+k+'"]').forEach(function(e){e.innerHTML=d.html[k]})}
+var t=document.getElementById('updated');if(t)t.textContent='live · '+new Date().toLocaleTimeString()}})();
+"#;
+
+pub fn bare(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>{} · pg_dialer</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>",
+        esc(title)
+    ))
+}
+
+/// A signed-in page; `events` is the SSE URL the page follows, if it has live parts.
+pub fn page(title: &str, s: &Session, active: &str, events: Option<&str>, body: &str) -> Html<String> {
+    let nav = [("/", "Campaigns"), ("/queue", "Queue"), ("/calls", "Calls"), ("/telecallers", "Telecallers"), ("/health", "Health")]
+        .iter()
+        .map(|(href, label)| format!("<a href=\"{href}\"{}>{label}</a>", if *href == active { " class=\"on\"" } else { "" }))
+        .collect::<String>();
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>{t} · pg_dialer</title><style>{STYLE}</style></head><body data-events=\"{ev}\">\
+         <header><span class=\"brand\">☎ pg_dialer</span>{nav}<span class=\"who\"><span id=\"updated\" class=\"small\"></span>\
+         <span>signed in as <b id=\"role\">{role}</b>{op}</span>\
+         <form class=\"inline\" method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Sign out</button></form></span></header>\
+         <main><h1>{t}</h1>{body}</main><script>{SCRIPT}</script></body></html>",
+        t = esc(title),
+        ev = esc(events.unwrap_or("")),
+        role = esc(&s.role),
+        op = if s.operator { " <span class=\"badge\">operator</span>" } else { "" },
+        csrf = esc(&s.csrf),
+    ))
+}
+
+/// A POST button through /actions, carrying the session's CSRF token and where to come back to.
+pub fn action(s: &Session, path: &str, label: &str, back: &str, class: &str) -> String {
+    format!(
+        "<form class=\"inline\" method=\"post\" action=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"back\" value=\"{}\"><button class=\"{class}\" data-action=\"{label}\">{label}</button></form>",
+        esc(path),
+        esc(&s.csrf),
+        esc(back)
+    )
+}
+
+pub fn badge(status: &str) -> String {
+    format!("<span class=\"badge st-{0}\">{0}</span>", esc(status))
+}

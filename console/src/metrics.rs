@@ -1,0 +1,182 @@
+//! /metrics in the Prometheus text format: HTTP Basic auth with a Postgres role and password,
+//! `dialer.metrics()` run as that role (row-level security decides which samples it gets).
+
+use crate::{auth, db, App};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"pg_dialer metrics\"")], "sign in with a Postgres role\n").into_response()
+}
+
+fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    (!user.is_empty() && user.len() <= 63).then(|| (user.to_string(), password.to_string()))
+}
+
+/// Label values: backslash, double quote and newline escaped.
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// HELP text: backslash and newline escaped.
+pub fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+pub struct Sample {
+    pub family: String,
+    pub kind: String,
+    pub help: String,
+    pub sample: String,
+    pub labels: serde_json::Value,
+    pub value: f64,
+}
+
+/// The exposition: HELP and TYPE once per family, then its samples (families in first-seen order).
+pub fn render(samples: &[Sample]) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_family: std::collections::HashMap<&str, Vec<&Sample>> = std::collections::HashMap::new();
+    for s in samples {
+        if !valid_name(&s.family) || !valid_name(&s.sample) {
+            continue;
+        }
+        if !by_family.contains_key(s.family.as_str()) {
+            order.push(&s.family);
+        }
+        by_family.entry(&s.family).or_default().push(s);
+    }
+    let mut out = String::new();
+    for fam in order {
+        let list = &by_family[fam];
+        let first = list[0];
+        let kind = match first.kind.as_str() {
+            k @ ("counter" | "gauge" | "histogram" | "summary") => k,
+            _ => "untyped",
+        };
+        out.push_str(&format!("# HELP {fam} {}\n# TYPE {fam} {kind}\n", escape_help(&first.help)));
+        for s in list {
+            out.push_str(&s.sample);
+            if let Some(obj) = s.labels.as_object() {
+                let labels: Vec<String> = obj
+                    .iter()
+                    .filter(|(k, _)| valid_name(k))
+                    .map(|(k, v)| {
+                        let text = match v {
+                            serde_json::Value::String(t) => t.clone(),
+                            other => other.to_string(),
+                        };
+                        format!("{k}=\"{}\"", escape_label(&text))
+                    })
+                    .collect();
+                if !labels.is_empty() {
+                    out.push('{');
+                    out.push_str(&labels.join(","));
+                    out.push('}');
+                }
+            }
+            out.push(' ');
+            out.push_str(&value(s.value));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+pub async fn scrape(State(app): State<App>, headers: HeaderMap) -> Response {
+    let Some((user, password)) = credentials(&headers) else {
+        return unauthorized();
+    };
+    let digest: [u8; 32] = Sha256::digest(format!("{user}\0{password}").as_bytes()).into();
+    // A scraper keeps its pool between scrapes; a different password opens (and checks) a new one.
+    let cached = app.0.scrapers.lock().await.get(&user).filter(|(d, _)| *d == digest).map(|(_, p)| p.clone());
+    let pool = match cached {
+        Some(p) => p,
+        None => {
+            let Some(p) = auth::pool_for(&app, &user, &password, 2) else {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "cannot set up a connection pool\n").into_response();
+            };
+            p
+        }
+    };
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(deadpool_postgres::PoolError::Backend(e)) if e.code().is_some_and(|c| c.code().starts_with("28")) => {
+            eprintln!("pg_dialer_console: /metrics refused for role {user:?}");
+            return unauthorized();
+        }
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", db::AppError::from(e).message)).into_response(),
+    };
+    app.0.scrapers.lock().await.insert(user, (digest, pool.clone()));
+    let rows = match client.query("SELECT family, kind, help, sample, labels, value FROM dialer.metrics()", &[]).await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", db::describe(&e))).into_response(),
+    };
+    let mut samples = Vec::with_capacity(rows.len());
+    for r in rows {
+        let get = || -> Result<Sample, tokio_postgres::Error> {
+            Ok(Sample {
+                family: r.try_get(0)?,
+                kind: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                help: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                sample: r.try_get(3)?,
+                labels: r.try_get::<_, Option<serde_json::Value>>(4)?.unwrap_or(serde_json::Value::Null),
+                value: r.try_get::<_, Option<f64>>(5)?.unwrap_or(f64::NAN),
+            })
+        };
+        match get() {
+            Ok(s) => samples.push(s),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", db::describe(&e))).into_response(),
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&samples)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(family: &str, sample: &str, labels: serde_json::Value, value: f64) -> Sample {
+        Sample { family: family.into(), kind: "counter".into(), help: "a\\b\nc".into(), sample: sample.into(), labels, value }
+    }
+
+    #[test]
+    fn help_and_type_once_per_family_and_labels_escaped() {
+        let out = render(&[
+            s("pg_dialer_calls_total", "pg_dialer_calls_total", serde_json::json!({"outcome": "a\"b\\c\nd"}), 3.0),
+            s("pg_dialer_x", "pg_dialer_x", serde_json::json!({}), f64::INFINITY),
+            s("pg_dialer_calls_total", "pg_dialer_calls_total", serde_json::json!({"bad-name": "x", "p": "u"}), 1.5),
+        ]);
+        assert_eq!(
+            out,
+            "# HELP pg_dialer_calls_total a\\\\b\\nc\n# TYPE pg_dialer_calls_total counter\n\
+             pg_dialer_calls_total{outcome=\"a\\\"b\\\\c\\nd\"} 3\npg_dialer_calls_total{p=\"u\"} 1.5\n\
+             # HELP pg_dialer_x a\\\\b\\nc\n# TYPE pg_dialer_x counter\npg_dialer_x +Inf\n"
+        );
+    }
+}
