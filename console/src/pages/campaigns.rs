@@ -111,7 +111,7 @@ pub struct Filter {
     status: Option<String>,
 }
 
-const STATUSES: [&str; 7] = ["pending", "queued", "in_progress", "completed", "failed", "cancelled", "in_doubt"];
+const STATUSES: [&str; 8] = ["pending", "queued", "in_progress", "completed", "failed", "cancelled", "in_doubt", "expired"];
 
 pub async fn one(State(_): State<App>, Current(s): Current, Path(id): Path<i64>, Query(f): Query<Filter>) -> Result<Html<String>> {
     let c = s.pool.get().await?;
