@@ -326,9 +326,10 @@ impl Worker {
             wait = Duration::from_millis(1 << self.idle_passes);
         } else {
             self.idle_passes = 0;
-            if !progressed {
-                wait = self.prune_when_idle(wait);
-            }
+        }
+        if !progressed {
+            // Nothing was placed or recorded: a retention pass cannot hold up a call.
+            wait = self.prune_when_idle(wait);
         }
         Ok(wait)
     }

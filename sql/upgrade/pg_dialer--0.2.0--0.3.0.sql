@@ -2766,7 +2766,7 @@ $$;
 -- A retention setting: an interval; NULL (keep forever) for '', 'off', 'none' or an interval of
 -- zero or less. Anything else is refused, naming the setting.
 CREATE FUNCTION dialer._retention_interval(p_setting text, p_value text)
-RETURNS interval LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS interval LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v interval;
 BEGIN
