@@ -24,7 +24,7 @@ CREATE POLICY tenant ON dialer.pruned_totals USING (agency_id IN (SELECT a.id FR
 CREATE INDEX calls_bodies_idx ON dialer.calls (created_at) WHERE request IS NOT NULL OR response IS NOT NULL;
 CREATE INDEX webhook_events_received_at_idx ON dialer.webhook_events (received_at);
 CREATE INDEX campaign_contacts_finished_jobs_idx ON dialer.campaign_contacts (updated_at)
-    WHERE is_job AND status IN ('completed', 'failed', 'cancelled');
+    WHERE is_job AND status IN ('completed', 'failed', 'cancelled', 'expired');
 
 -- The metric families: name, type, HELP, histogram bounds (seconds). The raw functions below
 -- compute buckets against the same bounds, written out there (a per-row function call would
@@ -239,7 +239,7 @@ BEGIN
     IF keep_jobs IS NOT NULL THEN
         SELECT coalesce(array_agg(d.id), '{}') INTO ids FROM (
             SELECT c.id FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
-             WHERE c.is_job AND b.kind = 'queue' AND c.status IN ('completed', 'failed', 'cancelled')
+             WHERE c.is_job AND b.kind = 'queue' AND c.status IN ('completed', 'failed', 'cancelled', 'expired')
                AND c.updated_at < now_ts - keep_jobs
                AND c.handoff IS DISTINCT FROM 'manual_pending'
                AND NOT EXISTS (SELECT 1 FROM dialer.followups f WHERE f.contact_id = c.id AND f.status = 'open')

@@ -1949,6 +1949,59 @@ RETURNS text LANGUAGE sql STABLE AS $$
     END
 $$;
 
+-- _next_due: changed
+CREATE OR REPLACE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
+DECLARE
+    best timestamptz;
+    r record;
+    due timestamptz;
+BEGIN
+    SELECT min(t) INTO best FROM (
+        SELECT greatest(q.t, p_rounds_from) AS t FROM (
+            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+              WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
+            UNION ALL
+            SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
+              FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
+        ) q WHERE q.t IS NOT NULL
+        UNION ALL
+        -- (min over coalesce: with no batch pending, nothing is due; coalesce over min had made an
+        -- idle worker wake every few milliseconds)
+        SELECT min(coalesce(scheduled_for, p_now)) FROM dialer.call_batches
+         WHERE status IN ('pending', 'scheduled')
+        UNION ALL
+        -- deadlines: the expiry pass runs when one passes (call_batches_expiry_idx, campaign_contacts_expiry_idx)
+        SELECT min(expires_at) FROM dialer.call_batches
+         WHERE expires_at IS NOT NULL AND status IN ('pending', 'scheduled', 'processing', 'paused')
+        UNION ALL
+        SELECT min(expires_at) FROM dialer.campaign_contacts
+         WHERE expires_at IS NOT NULL AND status IN ('pending', 'queued')
+        UNION ALL
+        SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
+    ) due_at;
+    -- A batch is due at the later of its pacing / back-off time and its earliest queued contact.
+    -- Batches are read in the order of their pacing slot (call_batches_next_slot_idx), a lower
+    -- bound of that time, so the look-ups stop at the first batch that cannot beat what is found.
+    FOR r IN SELECT b.id, b.next_slot_at,
+                    greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                             coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
+               FROM dialer.call_batches b
+               LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
+               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+              WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
+              ORDER BY b.next_slot_at NULLS FIRST LOOP
+        EXIT WHEN best IS NOT NULL AND (coalesce(r.next_slot_at, p_now) >= best OR best <= p_now);
+        CONTINUE WHEN best IS NOT NULL AND r.slot_at >= best;
+        due := dialer._batch_due_at(r.id, p_now);
+        IF due IS NOT NULL THEN
+            best := least(best, greatest(r.slot_at, due));
+        END IF;
+    END LOOP;
+    RETURN best;
+END $$;
+
 -- _promote_batches: changed
 CREATE OR REPLACE FUNCTION dialer._promote_batches(p_now timestamptz)
 RETURNS integer LANGUAGE plpgsql AS $$
@@ -2624,7 +2677,7 @@ CREATE POLICY tenant ON dialer.pruned_totals USING (agency_id IN (SELECT a.id FR
 CREATE INDEX calls_bodies_idx ON dialer.calls (created_at) WHERE request IS NOT NULL OR response IS NOT NULL;
 CREATE INDEX webhook_events_received_at_idx ON dialer.webhook_events (received_at);
 CREATE INDEX campaign_contacts_finished_jobs_idx ON dialer.campaign_contacts (updated_at)
-    WHERE is_job AND status IN ('completed', 'failed', 'cancelled');
+    WHERE is_job AND status IN ('completed', 'failed', 'cancelled', 'expired');
 
 -- The metric families: name, type, HELP, histogram bounds (seconds). The raw functions below
 -- compute buckets against the same bounds, written out there (a per-row function call would
@@ -2839,7 +2892,7 @@ BEGIN
     IF keep_jobs IS NOT NULL THEN
         SELECT coalesce(array_agg(d.id), '{}') INTO ids FROM (
             SELECT c.id FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
-             WHERE c.is_job AND b.kind = 'queue' AND c.status IN ('completed', 'failed', 'cancelled')
+             WHERE c.is_job AND b.kind = 'queue' AND c.status IN ('completed', 'failed', 'cancelled', 'expired')
                AND c.updated_at < now_ts - keep_jobs
                AND c.handoff IS DISTINCT FROM 'manual_pending'
                AND NOT EXISTS (SELECT 1 FROM dialer.followups f WHERE f.contact_id = c.id AND f.status = 'open')
