@@ -1974,7 +1974,7 @@ BEGIN
         UNION ALL
         -- deadlines: the expiry pass runs when one passes (call_batches_expiry_idx, campaign_contacts_expiry_idx)
         SELECT min(expires_at) FROM dialer.call_batches
-         WHERE expires_at IS NOT NULL AND status IN ('pending', 'scheduled', 'processing', 'paused')
+         WHERE expires_at > p_now AND status IN ('pending', 'scheduled', 'processing', 'paused')
         UNION ALL
         SELECT min(expires_at) FROM dialer.campaign_contacts
          WHERE expires_at IS NOT NULL AND status IN ('pending', 'queued')
