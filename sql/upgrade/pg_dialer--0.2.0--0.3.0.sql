@@ -1967,9 +1967,7 @@ BEGIN
               FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
         ) q WHERE q.t IS NOT NULL
         UNION ALL
-        -- (min over coalesce: with no batch pending, nothing is due; coalesce over min had made an
-        -- idle worker wake every few milliseconds)
-        SELECT min(coalesce(scheduled_for, p_now)) FROM dialer.call_batches
+        SELECT coalesce(min(scheduled_for), p_now) FROM dialer.call_batches
          WHERE status IN ('pending', 'scheduled')
         UNION ALL
         -- deadlines: the expiry pass runs when one passes (call_batches_expiry_idx, campaign_contacts_expiry_idx)
