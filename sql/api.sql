@@ -293,14 +293,21 @@ END $$;
 
 -- Every agent mapping, however written, is one its provider would accept: an unknown or mistyped
 -- template field, a missing from number or agent id is refused here, not found at dial time.
-CREATE FUNCTION dialer._agent_mapping_checked()
-RETURNS trigger LANGUAGE plpgsql AS $$
+-- A mapping row checked against its provider's API (dialer._check_agent_mapping).
+CREATE FUNCTION dialer._check_mapping_row(m dialer.agent_mappings)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
 BEGIN
     -- A pool mapping's calls carry a number from the pool; its own from_number may be empty (the
     -- adapter checks a stand-in number's shape, the pool's numbers are checked when added).
-    PERFORM dialer._check_agent_mapping(NEW.provider, NEW.external_agent_id,
-                                        coalesce(NEW.from_number, CASE WHEN NEW.use_caller_id_pool THEN '+10000000000' END),
-                                        NEW.carrier, NEW.request_template);
+    PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id,
+                                        coalesce(m.from_number, CASE WHEN m.use_caller_id_pool THEN '+10000000000' END),
+                                        m.carrier, m.request_template);
+END $$;
+
+CREATE FUNCTION dialer._agent_mapping_checked()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._check_mapping_row(NEW);
     RETURN NEW;
 END $$;
 CREATE TRIGGER agent_mappings_checked BEFORE INSERT OR UPDATE ON dialer.agent_mappings
@@ -315,9 +322,7 @@ DECLARE
 BEGIN
     SELECT * INTO m FROM dialer.agent_mappings WHERE id = p_mapping_id;
     IF FOUND THEN
-        PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id,
-                                            coalesce(m.from_number, CASE WHEN m.use_caller_id_pool THEN '+10000000000' END),
-                                            m.carrier, m.request_template);
+        PERFORM dialer._check_mapping_row(m);
     END IF;
 END $$;
 
@@ -520,6 +525,16 @@ BEGIN
     RETURN true;
 END $$;
 
+CREATE FUNCTION dialer._check_on_voicemail(p_policy text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_policy IS NOT NULL AND p_policy NOT IN ('retry', 'done', 'handoff') THEN
+        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(p_policy)
+            USING ERRCODE = '22023',
+                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
+    END IF;
+END $$;
+
 -- Per batch / queue: what an answering machine means (on_voicemail: retry, done or handoff) and
 -- when the batch expires (its contacts not dialed by then end 'expired'). NULL leaves a setting.
 CREATE FUNCTION dialer.set_batch_options(batch_id bigint, on_voicemail text DEFAULT NULL,
@@ -529,11 +544,7 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     b dialer.call_batches := dialer._batch_for_update(batch_id);
 BEGIN
-    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
-        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail)
-            USING ERRCODE = '22023',
-                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
-    END IF;
+    PERFORM dialer._check_on_voicemail(on_voicemail);
     UPDATE dialer.call_batches x
        SET on_voicemail = coalesce(on_voicemail, x.on_voicemail), expires_at = coalesce(expires_at, x.expires_at)
      WHERE x.id = b.id;

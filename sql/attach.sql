@@ -298,6 +298,13 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- The caller may act as the table's owner (is it, or a member of its role).
+CREATE FUNCTION dialer._caller_owns(p_table regclass)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT pg_catalog.pg_has_role(dialer._caller(), c.relowner, 'USAGE')
+                       FROM pg_catalog.pg_class c WHERE c.oid = p_table), false)
+$$;
+
 -- Checks and stores an attachment (the API's rights, so the agency and mapping must be the
 -- caller's); creates its batch.
 CREATE FUNCTION dialer._attach_register(p_leads regclass, p_agency_id bigint, p_mapping_id bigint, p_columns jsonb,
@@ -309,7 +316,7 @@ DECLARE
     owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = p_leads);
     k text;
 BEGIN
-    IF NOT pg_catalog.pg_has_role(dialer._caller(), owner, 'USAGE') THEN
+    IF NOT dialer._caller_owns(p_leads) THEN
         RAISE EXCEPTION 'attaching % needs its owner''s rights (it belongs to %)', p_leads, owner::regrole
             USING ERRCODE = '42501';
     END IF;
@@ -386,7 +393,7 @@ DECLARE
     a dialer.lead_attachments;
 BEGIN
     SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
-    IF NOT FOUND OR NOT pg_catalog.pg_has_role(dialer._caller(), (SELECT c.relowner FROM pg_class c WHERE c.oid = a.leads), 'USAGE') THEN
+    IF NOT FOUND OR NOT dialer._caller_owns(a.leads) THEN
         RAISE EXCEPTION 'lead attachment % does not exist or is not yours', p_attachment_id USING ERRCODE = '42501';
     END IF;
     RETURN dialer._lead_queue(a, p_row);
@@ -549,8 +556,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    IF NOT pg_catalog.pg_has_role(dialer._caller(), (SELECT c.relowner FROM pg_class c WHERE c.oid = a.leads), 'USAGE')
-       AND NOT dialer._caller_is_operator() THEN
+    IF NOT dialer._caller_owns(a.leads) AND NOT dialer._caller_is_operator() THEN
         RAISE EXCEPTION 'detaching % needs its owner''s rights', a.leads USING ERRCODE = '42501';
     END IF;
     PERFORM dialer._attach_uninstall(a.id);

@@ -540,9 +540,7 @@ BEGIN
     IF retry_backoff IS NOT NULL AND retry_backoff < 1 THEN
         RAISE EXCEPTION 'retry_backoff must be 1 or more' USING ERRCODE = '22023';
     END IF;
-    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
-        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail) USING ERRCODE = '22023';
-    END IF;
+    PERFORM dialer._check_on_voicemail(on_voicemail);
     q := dialer._queue_batch(agency_id, dialer._resolve_mapping(agency_id, NULL));
     UPDATE dialer.call_batches b
        SET calls_per_minute = coalesce(set_queue_options.calls_per_minute, b.calls_per_minute),

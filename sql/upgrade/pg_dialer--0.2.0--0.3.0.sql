@@ -1287,6 +1287,13 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- The caller may act as the table's owner (is it, or a member of its role).
+CREATE FUNCTION dialer._caller_owns(p_table regclass)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT pg_catalog.pg_has_role(dialer._caller(), c.relowner, 'USAGE')
+                       FROM pg_catalog.pg_class c WHERE c.oid = p_table), false)
+$$;
+
 -- Checks and stores an attachment (the API's rights, so the agency and mapping must be the
 -- caller's); creates its batch.
 CREATE FUNCTION dialer._attach_register(p_leads regclass, p_agency_id bigint, p_mapping_id bigint, p_columns jsonb,
@@ -1298,7 +1305,7 @@ DECLARE
     owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = p_leads);
     k text;
 BEGIN
-    IF NOT pg_catalog.pg_has_role(dialer._caller(), owner, 'USAGE') THEN
+    IF NOT dialer._caller_owns(p_leads) THEN
         RAISE EXCEPTION 'attaching % needs its owner''s rights (it belongs to %)', p_leads, owner::regrole
             USING ERRCODE = '42501';
     END IF;
@@ -1375,7 +1382,7 @@ DECLARE
     a dialer.lead_attachments;
 BEGIN
     SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
-    IF NOT FOUND OR NOT pg_catalog.pg_has_role(dialer._caller(), (SELECT c.relowner FROM pg_class c WHERE c.oid = a.leads), 'USAGE') THEN
+    IF NOT FOUND OR NOT dialer._caller_owns(a.leads) THEN
         RAISE EXCEPTION 'lead attachment % does not exist or is not yours', p_attachment_id USING ERRCODE = '42501';
     END IF;
     RETURN dialer._lead_queue(a, p_row);
@@ -1538,8 +1545,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    IF NOT pg_catalog.pg_has_role(dialer._caller(), (SELECT c.relowner FROM pg_class c WHERE c.oid = a.leads), 'USAGE')
-       AND NOT dialer._caller_is_operator() THEN
+    IF NOT dialer._caller_owns(a.leads) AND NOT dialer._caller_is_operator() THEN
         RAISE EXCEPTION 'detaching % needs its owner''s rights', a.leads USING ERRCODE = '42501';
     END IF;
     PERFORM dialer._attach_uninstall(a.id);
@@ -1571,12 +1577,19 @@ REVOKE EXECUTE ON FUNCTION dialer._attach_uninstall(bigint) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION dialer._agent_mapping_checked()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM dialer._check_mapping_row(NEW);
+    RETURN NEW;
+END $$;
+
+-- _check_mapping_row: new
+CREATE FUNCTION dialer._check_mapping_row(m dialer.agent_mappings)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+BEGIN
     -- A pool mapping's calls carry a number from the pool; its own from_number may be empty (the
     -- adapter checks a stand-in number's shape, the pool's numbers are checked when added).
-    PERFORM dialer._check_agent_mapping(NEW.provider, NEW.external_agent_id,
-                                        coalesce(NEW.from_number, CASE WHEN NEW.use_caller_id_pool THEN '+10000000000' END),
-                                        NEW.carrier, NEW.request_template);
-    RETURN NEW;
+    PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id,
+                                        coalesce(m.from_number, CASE WHEN m.use_caller_id_pool THEN '+10000000000' END),
+                                        m.carrier, m.request_template);
 END $$;
 
 -- _check_mapping_usable: changed
@@ -1587,9 +1600,18 @@ DECLARE
 BEGIN
     SELECT * INTO m FROM dialer.agent_mappings WHERE id = p_mapping_id;
     IF FOUND THEN
-        PERFORM dialer._check_agent_mapping(m.provider, m.external_agent_id,
-                                            coalesce(m.from_number, CASE WHEN m.use_caller_id_pool THEN '+10000000000' END),
-                                            m.carrier, m.request_template);
+        PERFORM dialer._check_mapping_row(m);
+    END IF;
+END $$;
+
+-- _check_on_voicemail: new
+CREATE FUNCTION dialer._check_on_voicemail(p_policy text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_policy IS NOT NULL AND p_policy NOT IN ('retry', 'done', 'handoff') THEN
+        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(p_policy)
+            USING ERRCODE = '22023',
+                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
     END IF;
 END $$;
 
@@ -2374,11 +2396,7 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     b dialer.call_batches := dialer._batch_for_update(batch_id);
 BEGIN
-    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
-        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail)
-            USING ERRCODE = '22023',
-                  HINT = 'retry: dial again after the voicemail retry delay; done: the contact completes; handoff: to the telecallers.';
-    END IF;
+    PERFORM dialer._check_on_voicemail(on_voicemail);
     UPDATE dialer.call_batches x
        SET on_voicemail = coalesce(on_voicemail, x.on_voicemail), expires_at = coalesce(expires_at, x.expires_at)
      WHERE x.id = b.id;
@@ -2439,9 +2457,7 @@ BEGIN
     IF retry_backoff IS NOT NULL AND retry_backoff < 1 THEN
         RAISE EXCEPTION 'retry_backoff must be 1 or more' USING ERRCODE = '22023';
     END IF;
-    IF on_voicemail IS NOT NULL AND on_voicemail NOT IN ('retry', 'done', 'handoff') THEN
-        RAISE EXCEPTION 'on_voicemail must be retry, done or handoff, not %', quote_literal(on_voicemail) USING ERRCODE = '22023';
-    END IF;
+    PERFORM dialer._check_on_voicemail(on_voicemail);
     q := dialer._queue_batch(agency_id, dialer._resolve_mapping(agency_id, NULL));
     UPDATE dialer.call_batches b
        SET calls_per_minute = coalesce(set_queue_options.calls_per_minute, b.calls_per_minute),
