@@ -331,3 +331,44 @@ fn a_key_may_name_a_vault_secret() {
     let key: String = s.db.query_one("SELECT api_key FROM dialer.get_agency_credentials($1)", &[&agency]).unwrap().get(0);
     assert_eq!(key, API_KEY, "still the Vault secret after a rotation");
 }
+
+#[test]
+fn a_tenant_cannot_touch_another_agencys_caller_ids_batch_options_or_leads_table() {
+    let mut s = Scenario::new("t-round3", Scenario::sim_config(200, 400), &["dialer.enabled = off"]);
+    let (b_agency, b_mapping) = (s.agency_id, s.mapping_id);
+    let (_a, mut t) = tenant(&mut s);
+    let b_batch = s.batch("agency B", 600, 5, 3);
+    s.db.execute("SELECT dialer.add_caller_id($1, '+14155550177', 50)", &[&b_agency]).unwrap();
+    s.db.batch_execute("CREATE TABLE b_leads (id int PRIMARY KEY, phone text, status text)").unwrap();
+    let att: i64 = s.db.query_one("SELECT dialer.attach_leads('b_leads', $1, $2)", &[&b_agency, &b_mapping]).unwrap().get(0);
+
+    for (sql, expected) in [
+        (format!("SELECT dialer.add_caller_id({b_agency}, '+14155550178')"), "P0002"),
+        (format!("SELECT dialer.use_caller_id_pool({b_mapping})"), "P0002"),
+        (format!("SELECT dialer.set_batch_options({b_batch}, 'done', now())"), "P0002"),
+        (format!("SELECT dialer.remove_caller_id({b_agency}, '+14155550177')"), "P0002"),
+        (format!("SELECT dialer._attach_queue({att}, '{{\"id\": 9, \"phone\": \"+15557419990\", \"status\": \"Pending_AI_Call\"}}')"), "42501"),
+        ("SELECT dialer._attach_install(1)".to_string(), "42501"),
+        ("SELECT dialer._lead_sync(1)".to_string(), "42501"),
+    ] {
+        let e = t.query(sql.as_str(), &[]).unwrap_err();
+        assert!(code(&e).starts_with(expected), "{sql}: {}", code(&e));
+    }
+    // Detaching another agency's attachment: not visible, so not there.
+    assert!(!t.query_one("SELECT dialer.detach_leads($1)", &[&att]).unwrap().get::<_, bool>(0));
+    // Nothing changed.
+    let r = s.db.query_one(
+        "SELECT (SELECT count(*) FROM dialer.caller_ids), (SELECT max_calls_per_day FROM dialer.caller_ids),
+                (SELECT bool_or(use_caller_id_pool) FROM dialer.agent_mappings),
+                (SELECT on_voicemail FROM dialer.call_batches WHERE id = $1), (SELECT expires_at IS NULL FROM dialer.call_batches WHERE id = $1),
+                (SELECT count(*) FROM dialer.lead_attachments), (SELECT count(*) FROM dialer.campaign_contacts)",
+        &[&b_batch],
+    ).unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, Option<i32>>(1), r.get::<_, Option<bool>>(2), r.get::<_, String>(3), r.get::<_, bool>(4), r.get::<_, i64>(5), r.get::<_, i64>(6)),
+        (1, Some(50), Some(false), "retry".to_string(), true, 1, 0)
+    );
+    // A tenant sees none of B's caller IDs or attachments.
+    let seen: i64 = t.query_one("SELECT (SELECT count(*) FROM dialer.caller_ids) + (SELECT count(*) FROM dialer.lead_attachments)", &[]).unwrap().get(0);
+    assert_eq!(seen, 0);
+}
