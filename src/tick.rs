@@ -401,17 +401,82 @@ fn claim_batch(
 }
 
 /// Step 4: records the results of call requests in one short transaction (the caller's).
+/// Accepted calls (nearly all) go in as arrays, one statement for all of them; the rest, which
+/// each need their own retry or hand-off, as JSON to `_record_dispatch`.
 pub fn record_dispatch(results: &[JobResult]) -> Result<Counts, DialerError> {
     let mut items = Vec::new();
+    let mut accepted = Accepted::default();
     for r in results {
         let JobKind::Place { call_id, provider, .. } = &r.kind else { continue };
         let outcome = providers::interpret_call_response(provider, &r.request, r.result.clone());
-        items.push(dispatch_json(*call_id, r, &outcome));
+        match (&outcome, &r.result) {
+            (DispatchOutcome::Accepted { provider_call_id }, Ok(resp)) => accepted.push(*call_id, provider_call_id, r, resp),
+            _ => items.push(dispatch_json(*call_id, r, &outcome)),
+        }
     }
-    if items.is_empty() {
-        return Ok(Counts::default());
+    let mut counts = Counts::default();
+    if !accepted.call_ids.is_empty() {
+        counts.initiated = accepted.record()?;
     }
-    record_outcomes(items)
+    if !items.is_empty() {
+        counts.add(record_outcomes(items)?);
+    }
+    Ok(counts)
+}
+
+/// Accepted calls as columns for `dialer._record_accepted` (request and response as JSON text,
+/// parsed once, by Postgres).
+#[derive(Default)]
+struct Accepted {
+    call_ids: Vec<i64>,
+    provider_call_ids: Vec<Option<String>>,
+    http_status: Vec<i32>,
+    latency_ms: Vec<f64>,
+    dispatched_at_ms: Vec<f64>,
+    requests: Vec<String>,
+    responses: Vec<String>,
+}
+
+impl Accepted {
+    fn push(&mut self, call_id: i64, provider_call_id: &Option<String>, r: &JobResult, resp: &providers::HttpResponse) {
+        self.call_ids.push(call_id);
+        self.provider_call_ids.push(provider_call_id.clone());
+        self.http_status.push(resp.status as i32);
+        self.latency_ms.push(r.latency_ms);
+        self.dispatched_at_ms.push(r.sent_at_ms);
+        self.requests.push(r.request.audit.to_string());
+        self.responses.push(stored_response_text(&resp.body, &r.request.secrets));
+    }
+
+    fn record(self) -> Result<i32, DialerError> {
+        Spi::get_one_with_args::<i32>(
+            "SELECT dialer._record_accepted($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                self.call_ids.into(),
+                self.provider_call_ids.into(),
+                self.http_status.into(),
+                self.latency_ms.into(),
+                self.dispatched_at_ms.into(),
+                self.requests.into(),
+                self.responses.into(),
+            ],
+        )
+        .map(|v| v.unwrap_or(0))
+        .map_err(db)
+    }
+}
+
+/// An accepted call's answer as stored: the provider's JSON (scrubbed of the request's secrets:
+/// a provider that echoes the key must not put it in our tables), or its first 2,000 characters
+/// as a JSON string when it is not JSON.
+fn stored_response_text(body: &str, secrets: &[String]) -> String {
+    let body = providers::scrub(body, secrets);
+    // (Postgres's jsonb refuses \u0000, which JSON allows: such an answer is kept as text.)
+    if !body.contains("\\u0000") && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_ok() {
+        body
+    } else {
+        Value::String(body.chars().filter(|c| *c != '\0').take(2000).collect()).to_string()
+    }
 }
 
 pub fn record_outcomes(items: Vec<Value>) -> Result<Counts, DialerError> {

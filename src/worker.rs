@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const POLL_ROUND_EVERY: Duration = Duration::from_millis(250);
 const POLL_ROUND_LIMIT: i32 = 500;
 /// Requests claimed ahead of the HTTP threads, as a multiple of their number.
-const CLAIM_AHEAD: usize = 4;
+const CLAIM_AHEAD: usize = 8;
 /// How often the hot tables' planner statistics are checked (see `dialer._refresh_statistics`).
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often every processing batch is checked for completion, counters aside.

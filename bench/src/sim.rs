@@ -51,7 +51,7 @@ impl SimProcess {
     }
 
     pub fn calls_created(&self) -> Result<u64> {
-        Ok(self.client.stats().map_err(|e| anyhow!("{e}"))?.calls_created)
+        Ok(self.client.counters().map_err(|e| anyhow!("{e}"))?.calls_created)
     }
 
     /// POSTs that created (or tried to create) calls, in arrival order.

@@ -155,7 +155,7 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
         initiated as f64 / ticks.max(1) as f64
     ));
     details.push(format!("  {}", memory_line(worker)));
-    for l in pgss_top(&mut s.db, opts, 15) {
+    for l in pgss_top(&mut s.db, opts, 40) {
         details.push(format!("  {l}"));
     }
     let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|v| v as f64 / 1024.0);

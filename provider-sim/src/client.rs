@@ -121,6 +121,11 @@ impl SimClient {
         self.get("/_sim/stats")
     }
 
+    /// The stats without the per-batch concurrency: cheap enough to poll for progress.
+    pub fn counters(&self) -> Result<SimStats, SimClientError> {
+        self.get("/_sim/stats?by_batch=false")
+    }
+
     /// Webhooks the simulator sent (Ultravox events, Twilio status callbacks).
     pub fn webhooks(&self) -> Result<Vec<WebhookRecord>, SimClientError> {
         self.get("/_sim/webhooks")

@@ -110,10 +110,21 @@ async fn reset(State(st): State<St>) -> Response {
     json(StatusCode::OK, json!({ "ok": true }))
 }
 
-async fn stats(State(st): State<St>) -> Response {
+/// `?by_batch=false` leaves out the per-batch concurrency (see `AppState::stats_with`).
+async fn stats(State(st): State<St>, uri: Uri) -> Response {
+    let q = query_pairs(uri.query());
+    let by_batch = match q
+        .iter()
+        .find(|(k, _)| k == "by_batch")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return bad_request("by_batch must be true or false"),
+    };
     json(
         StatusCode::OK,
-        serde_json::to_value(st.stats()).unwrap_or(Value::Null),
+        serde_json::to_value(st.stats_with(by_batch)).unwrap_or(Value::Null),
     )
 }
 
