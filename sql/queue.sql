@@ -116,8 +116,9 @@ BEGIN
     END IF;
     UPDATE dialer.call_batches SET total_contacts = total_contacts + 1, queued_count = queued_count + 1
      WHERE id = q;
-    -- Immediate: dialed at once. Delayed: the worker learns its next wake-up time.
-    PERFORM dialer._wake_on_commit();
+    -- Immediate: dialed at once (the worker claims from this queue first). Delayed: the worker
+    -- learns its next wake-up time.
+    PERFORM dialer._wake_on_commit(q);
     RETURN job;
 END $$;
 

@@ -257,21 +257,52 @@ pub fn claim(
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
 ) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
-    let due: Vec<(i64, i64, i64)> = Spi::connect(|client| {
-        let table = client.select(
-            "SELECT batch_id, agency_id, agent_mapping_id
-               FROM dialer._due_batches(clock_timestamp(), $1, make_interval(secs => $2 / 1000.0))",
-            None,
-            &[max_batches.into(), CLAIM_LEAD_MS.into()],
-        )?;
+    let due = batches(
+        "SELECT batch_id, agency_id, agent_mapping_id
+           FROM dialer._due_batches(clock_timestamp(), $1, make_interval(secs => $2 / 1000.0))",
+        &[max_batches.into(), CLAIM_LEAD_MS.into()],
+    )?;
+    claim_from(due, budget_per_batch, global_cps, catch_up_before_ms, room_for, cache)
+}
+
+/// The immediate-call path: claims from one batch (a queue just given a job) without reading
+/// any other; `_claim_batch` checks its pacing, limits and compliance as for any batch.
+pub fn claim_one(
+    batch_id: i64,
+    budget_per_batch: i32,
+    global_cps: i32,
+    catch_up_before_ms: Option<f64>,
+    room_for: &dyn Fn(&str) -> usize,
+    cache: &mut TargetCache,
+) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
+    let due = batches(
+        "SELECT id, agency_id, agent_mapping_id FROM dialer.call_batches WHERE id = $1 AND status = 'processing'",
+        &[batch_id.into()],
+    )?;
+    claim_from(due, budget_per_batch, global_cps, catch_up_before_ms, room_for, cache)
+}
+
+fn batches(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<(i64, i64, i64)>, DialerError> {
+    Spi::connect(|client| {
+        let table = client.select(query, None, args)?;
         let mut out = Vec::new();
         for r in table {
             out.push((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0)));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .map_err(db)?;
+    .map_err(db)
+}
 
+/// Claims from the given batches, in order, as far as the HTTP pool's room goes.
+fn claim_from(
+    due: Vec<(i64, i64, i64)>,
+    budget_per_batch: i32,
+    global_cps: i32,
+    catch_up_before_ms: Option<f64>,
+    room_for: &dyn Fn(&str) -> usize,
+    cache: &mut TargetCache,
+) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
     let mut jobs = Vec::new();
     let mut unbuildable = Vec::new();
     let mut batches = 0;

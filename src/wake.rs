@@ -2,9 +2,13 @@
 
 use pgrx::atomics::PgAtomic;
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 
 pub static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"pg_dialer_worker_pid") };
+
+/// The batch whose new work woke the worker (a queue that was just given a job), so that its
+/// next pass claims from it before anything else: 0 none, -1 several since the worker last looked.
+pub static WOKEN_BATCH: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_dialer_woken_batch") };
 
 /// Set in the postmaster by `_PG_init` when loaded through shared_preload_libraries, and so
 /// inherited by every backend: only then does the shared memory above exist.
@@ -12,6 +16,7 @@ pub static SHMEM_READY: AtomicBool = AtomicBool::new(false);
 
 pub fn init_shmem() {
     pgrx::pg_shmem_init!(WORKER_PID);
+    pgrx::pg_shmem_init!(WOKEN_BATCH);
     SHMEM_READY.store(true, Ordering::SeqCst);
 }
 
@@ -39,4 +44,26 @@ pub fn wake_worker() -> bool {
         pg_sys::SetLatch(&raw mut (*proc_).procLatch);
     }
     true
+}
+
+/// Tells the worker which batch its next wake-up is for (see WOKEN_BATCH; -1: several).
+pub fn note_woken_batch(batch_id: i64) {
+    if !SHMEM_READY.load(Ordering::SeqCst) || batch_id == 0 {
+        return;
+    }
+    let slot = WOKEN_BATCH.get();
+    let _ = slot.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |seen| match seen {
+        0 => Some(batch_id),
+        b if b == batch_id => None,
+        _ => Some(-1),
+    });
+}
+
+/// The one batch woken for since the last call, if there was exactly one; clears the note.
+pub fn take_woken_batch() -> Option<i64> {
+    if !SHMEM_READY.load(Ordering::SeqCst) {
+        return None;
+    }
+    let b = WOKEN_BATCH.get().swap(0, Ordering::SeqCst);
+    (b > 0).then_some(b)
 }

@@ -193,6 +193,14 @@ impl Worker {
             self.settled_at_start = true;
         }
 
+        // A queue just given a job: claim from it before anything else (recording results,
+        // promotions, other batches), so that an immediate call leaves within one short claim.
+        if self.settings.enabled {
+            if let Some(batch_id) = wake::take_woken_batch() {
+                self.claim_woken(batch_id)?;
+            }
+        }
+
         let started = unix_ms();
         let finished = self.pool.drain();
         let mut counts = self.record(finished)?;
@@ -208,10 +216,7 @@ impl Worker {
         }
         let settings = self.settings.clone();
         let started_ms = self.started_ms;
-        let in_flight = self.pool.in_flight_by_account();
-        // Claim no more than the pool can send soon: a huge claim would only wait in the queue
-        // (and its results would wait to be recorded) while the next tick could have run.
-        let pool_room = (settings.http_concurrency * CLAIM_AHEAD).saturating_sub(self.pool.in_flight());
+        let (pool_room, room_for) = self.room();
         if pool_room == 0 {
             let wait = self.settings.poll_interval.min(Duration::from_millis(50));
             counts.batches = 0;
@@ -220,17 +225,6 @@ impl Worker {
             }
             return Ok(wait);
         }
-        // The pool lets one provider account work at most three quarters of its threads; its
-        // queue holds as much for the account again, so a hanging provider's calls wait there
-        // rather than being claimed while they cannot be sent.
-        let share = (settings.http_concurrency * CLAIM_AHEAD * 3 / 4).max(1);
-        // "" asks for the pool's room overall; an account name for that account's share.
-        let room_for = move |account: &str| {
-            if account.is_empty() {
-                return pool_room;
-            }
-            share.saturating_sub(in_flight.get(account).copied().unwrap_or(0)).min(pool_room)
-        };
         // The claim: its own short transaction, so that requests leave as soon as it commits.
         let outcome = txn::run(|| {
             if !tick::try_tick_lock()? {
@@ -332,6 +326,56 @@ impl Worker {
             wait = self.prune_when_idle(wait);
         }
         Ok(wait)
+    }
+
+    /// What the HTTP pool can take: overall, and (the function) per provider account.
+    fn room(&self) -> (usize, impl Fn(&str) -> usize + use<>) {
+        let in_flight = self.pool.in_flight_by_account();
+        // Claim no more than the pool can send soon: a huge claim would only wait in the queue
+        // (and its results would wait to be recorded) while the next tick could have run.
+        let pool_room = (self.settings.http_concurrency * CLAIM_AHEAD).saturating_sub(self.pool.in_flight());
+        // The pool lets one provider account work at most three quarters of its threads; its
+        // queue holds as much for the account again, so a hanging provider's calls wait there
+        // rather than being claimed while they cannot be sent.
+        let share = (self.settings.http_concurrency * CLAIM_AHEAD * 3 / 4).max(1);
+        // "" asks for the pool's room overall; an account name for that account's share.
+        let room_for = move |account: &str| {
+            if account.is_empty() {
+                return pool_room;
+            }
+            share.saturating_sub(in_flight.get(account).copied().unwrap_or(0)).min(pool_room)
+        };
+        (pool_room, room_for)
+    }
+
+    /// The immediate-call path (see iteration): one claim from the woken batch, committed, and
+    /// its requests on their way. The full tick that follows does everything else.
+    fn claim_woken(&mut self, batch_id: i64) -> Result<(), crate::error::DialerError> {
+        let (pool_room, room_for) = self.room();
+        if pool_room == 0 {
+            return Ok(());
+        }
+        let s = self.settings.clone();
+        let started_ms = self.started_ms;
+        let claimed = txn::run(|| {
+            if !tick::try_tick_lock()? {
+                return Ok(None);
+            }
+            let mut cache = TargetCache::default();
+            tick::claim_one(batch_id, s.max_claim_per_batch, s.max_calls_per_second, Some(started_ms), &room_for, &mut cache).map(Some)
+        })?;
+        let Some((jobs, unbuildable, _)) = claimed else { return Ok(()) };
+        let submitted = !jobs.is_empty();
+        for job in jobs {
+            self.pool.submit(job);
+        }
+        if submitted {
+            std::thread::yield_now();
+        }
+        if !unbuildable.is_empty() {
+            txn::run(|| tick::record_outcomes(unbuildable))?;
+        }
+        Ok(())
     }
 
     /// A retention pass, if one is due: its own short transaction (at most PASS_LIMIT rows of

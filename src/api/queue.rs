@@ -17,21 +17,32 @@ fn _cron_next_epoch(cron_expr: &str, tz: &str, after_epoch: f64) -> f64 {
 
 thread_local! {
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
+    /// The batch this transaction gave new work to: 0 none yet, -1 several.
+    static WAKE_BATCH: Cell<i64> = const { Cell::new(0) };
 }
 
 /// Wakes the worker when the current transaction commits (so it sees the new rows), once per
-/// transaction however many jobs it schedules; nothing happens if it rolls back.
+/// transaction however many jobs it schedules; nothing happens if it rolls back. `batch_id`: the
+/// batch given work (a queue's new job), which the worker then claims from first.
 #[pg_extern]
-fn _wake_on_commit() {
+fn _wake_on_commit(batch_id: default!(Option<i64>, "NULL")) {
+    if let Some(b) = batch_id {
+        WAKE_BATCH.with(|w| w.set(if w.get() == 0 || w.get() == b { b } else { -1 }));
+    }
     if WAKE_PENDING.with(|p| p.replace(true)) {
         return;
     }
     register_xact_callback(PgXactCallbackEvent::Commit, || {
         WAKE_PENDING.with(|p| p.set(false));
+        let b = WAKE_BATCH.with(|w| w.replace(0));
+        if b != 0 {
+            wake::note_woken_batch(b);
+        }
         wake::wake_worker();
     });
     register_xact_callback(PgXactCallbackEvent::Abort, || {
         WAKE_PENDING.with(|p| p.set(false));
+        WAKE_BATCH.with(|w| w.set(0));
     });
 }
 
