@@ -223,6 +223,8 @@ BEGIN
     IF agency_id IS NOT NULL THEN
         PERFORM dialer._check_agency(agency_id);
     END IF;
+    -- Queued jobs it cancels leave their queue's counters: the counters must hold them first.
+    PERFORM dialer._count_arrivals();
     INSERT INTO dialer.do_not_call (phone_number, agency_id, reason)
     VALUES (add_do_not_call.phone_number, add_do_not_call.agency_id, add_do_not_call.reason)
     ON CONFLICT (phone_number, coalesce(agency_id, 0)) DO UPDATE SET reason = EXCLUDED.reason;

@@ -263,6 +263,13 @@ BEGIN
         PERFORM dialer._route_outcome(k.contact_id,
             CASE WHEN voicemail AND b.on_voicemail = 'done' THEN 'voicemail' ELSE dialer._outcome_of_end_reason(p_end_reason) END,
             p_end_reason);
+        -- The campaign's last call ended (by a webhook, perhaps, while the worker sleeps): it is
+        -- complete now, not at the worker's next look.
+        IF EXISTS (SELECT 1 FROM dialer.call_batches x
+                    WHERE x.id = k.batch_id AND x.kind = 'campaign' AND x.status = 'processing'
+                      AND x.queued_count <= 0 AND x.in_progress_count <= 0) THEN
+            PERFORM dialer._complete_batches(clock_timestamp(), true);
+        END IF;
     END IF;
     RETURN true;
 END $$;

@@ -114,11 +114,10 @@ BEGIN
         SELECT id INTO job FROM dialer.campaign_contacts WHERE batch_id = q AND dedupe_key = p_dedupe_key;
         RETURN job;
     END IF;
-    UPDATE dialer.call_batches SET total_contacts = total_contacts + 1, queued_count = queued_count + 1
-     WHERE id = q;
+    INSERT INTO dialer.queue_arrivals (batch_id) VALUES (q);
     -- Immediate: dialed at once (the worker claims from this queue first). Delayed: the worker
     -- learns its next wake-up time.
-    PERFORM dialer._wake_on_commit(q);
+    PERFORM dialer._wake_on_commit_for(q);
     RETURN job;
 END $$;
 
@@ -371,6 +370,7 @@ BEGIN
     UPDATE dialer.campaign_contacts SET status = 'cancelled', last_error = 'cancelled by cancel_job',
            updated_at = clock_timestamp()
      WHERE id = c.id;
+    PERFORM dialer._count_arrivals(c.batch_id);
     UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = c.batch_id;
     RETURN true;
 END $$;

@@ -255,6 +255,15 @@ CREATE TABLE dialer.tick_lock (id integer PRIMARY KEY CHECK (id = 1));
 INSERT INTO dialer.tick_lock VALUES (1);
 REVOKE ALL ON dialer.tick_lock FROM PUBLIC;
 
+-- Jobs given to a queue and not yet in its batch's counters. schedule_call adds a row here rather
+-- than updating the queue's batch row, which the worker's claim locks and updates: the two never
+-- wait for each other (nor do concurrent schedule_calls). dialer._count_arrivals moves these into
+-- the counters (the claim, each tick, and anything else that changes a queue's counters).
+-- No foreign key: its check would lock the batch row for the scheduling transaction.
+CREATE TABLE dialer.queue_arrivals (
+    batch_id bigint NOT NULL
+);
+
 -- Pacing shared across batches (the global dialer.max_calls_per_second).
 CREATE TABLE dialer.pacing_state (
     key          text PRIMARY KEY,

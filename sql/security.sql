@@ -96,6 +96,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.agencies, dialer.agent_mappings, 
     dialer.webhook_events, dialer.do_not_call, dialer.agency_holidays, dialer.pacing_state, dialer.runs
     TO dialer_api;
 GRANT INSERT, UPDATE ON dialer.provider_credentials TO dialer_api;
+-- schedule_call adds arrivals, cancel_job and add_do_not_call count them (dialer._count_arrivals).
+GRANT SELECT, INSERT, DELETE ON dialer.queue_arrivals TO dialer_api;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA dialer TO dialer_api;
 GRANT ALL ON ALL TABLES IN SCHEMA dialer TO dialer_admin;
 -- process_batches() draws attempt ids from the calls sequence itself.

@@ -7,6 +7,9 @@ RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
+    IF EXISTS (SELECT 1 FROM dialer.queue_arrivals) THEN
+        PERFORM dialer._count_arrivals();
+    END IF;
     PERFORM dialer._promote_recurring(p_now);
     PERFORM dialer._expire_contacts(p_now);
     PERFORM dialer._lead_resync(20);
@@ -30,6 +33,30 @@ BEGIN
     UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
      WHERE c.status = 'pending'
        AND c.batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.status = 'processing');
+    RETURN n;
+END $$;
+
+-- Jobs scheduled since the last count (dialer.queue_arrivals) go into their queue's counters; one
+-- queue (p_batch_id) or all. Rows of transactions still open are not seen, nor are their jobs.
+-- Only batches the caller can see are counted (the API runs under the tenant's row security).
+CREATE FUNCTION dialer._count_arrivals(p_batch_id bigint DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH gone AS (
+        DELETE FROM dialer.queue_arrivals a
+         WHERE (p_batch_id IS NULL OR a.batch_id = p_batch_id)
+           AND a.batch_id IN (SELECT v.id FROM dialer.call_batches v)
+        RETURNING a.batch_id
+    ), per_batch AS (
+        SELECT g.batch_id, count(*)::integer AS n FROM gone g GROUP BY g.batch_id
+    ), counted AS (
+        UPDATE dialer.call_batches b SET total_contacts = b.total_contacts + x.n, queued_count = b.queued_count + x.n
+          FROM per_batch x WHERE b.id = x.batch_id
+        RETURNING x.n
+    )
+    SELECT coalesce(sum(counted.n), 0) INTO n FROM counted;
     RETURN n;
 END $$;
 
@@ -70,9 +97,12 @@ BEGIN
        SET expired_count = b.expired_count + x.n, queued_count = greatest(b.queued_count - x.n, 0)
       FROM (SELECT e.batch_id, count(*)::integer AS n FROM unnest(expired_in) AS e(batch_id) GROUP BY e.batch_id) x
      WHERE b.id = x.batch_id;
-    -- A campaign that never started has nothing left to do.
+    -- A campaign that never started has nothing left to do; one whose last contacts expired is done.
     UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
      WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled') AND b.kind = 'campaign';
+    IF n > 0 THEN
+        PERFORM dialer._complete_batches(p_now, true);
+    END IF;
     RETURN n;
 END $$;
 
@@ -164,8 +194,15 @@ DECLARE
     recent integer;
     active integer;
 BEGIN
+    -- FOR NO KEY UPDATE: a transaction adding contacts or jobs to this batch holds a KEY SHARE
+    -- lock on it (their foreign key), which must not make the claim pass the batch by.
     SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id AND status = 'processing'
-       FOR UPDATE SKIP LOCKED;
+       FOR NO KEY UPDATE SKIP LOCKED;
+    IF FOUND AND b.kind = 'queue' THEN
+        IF dialer._count_arrivals(b.id) > 0 THEN
+            SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id;
+        END IF;
+    END IF;
     IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now)
        -- nothing is dialed after the batch's deadline, not even a slot claimed ahead
        OR b.expires_at <= p_now + p_lead THEN
@@ -546,7 +583,8 @@ BEGIN
               FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
         ) q WHERE q.t IS NOT NULL
         UNION ALL
-        SELECT coalesce(min(scheduled_for), p_now) FROM dialer.call_batches
+        -- a pending batch is due now, a scheduled one at its time; none: nothing to wake for
+        SELECT min(coalesce(scheduled_for, p_now)) FROM dialer.call_batches
          WHERE status IN ('pending', 'scheduled')
         UNION ALL
         -- deadlines: the expiry pass runs when one passes (call_batches_expiry_idx, campaign_contacts_expiry_idx)

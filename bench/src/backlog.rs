@@ -145,7 +145,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     ));
     details.extend(split_lines(&format!("  pg_dialer worker CPU by thread over {wall:.1} s of dialing"), &thr).into_iter());
     details.push(format!("  {}", memory_line(worker)));
-    for l in pgss_top(&mut s.db, opts, 15) {
+    for l in pgss_top(&mut s.db, pgss_track(opts), 15) {
         details.push(format!("  {l}"));
     }
     Ok(BacklogResult {

@@ -127,7 +127,10 @@ impl Cluster {
         let global = crate::common::EXTRA_CONF.get().cloned().unwrap_or_default();
         for line in extra_conf.iter().chain(global.iter()) {
             if let Some(lib) = line.strip_prefix("+preload ") {
-                preload.push(lib.trim().to_string());
+                // Once each: a scenario's own preload and the same one from --pg-conf.
+                if !preload.iter().any(|p| p == lib.trim()) {
+                    preload.push(lib.trim().to_string());
+                }
                 continue;
             }
             conf.push_str(line);

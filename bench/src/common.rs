@@ -70,11 +70,15 @@ pub fn pgss_create(db: &mut Client, opts: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// The statements that took the most time (nested ones too: a function's total includes them).
-pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
-    if !opts.pgss {
-        return Vec::new();
-    }
+/// pg_stat_statements.track of a scenario's cluster: "all" with --pgss, else None (not loaded).
+pub fn pgss_track(opts: &Opts) -> Option<&'static str> {
+    opts.pgss.then_some("all")
+}
+
+/// The statements that took the most time, when pg_stat_statements is loaded with `track` (with
+/// "all", nested ones too: a function's total includes them); nothing when `track` is None.
+pub fn pgss_top(db: &mut Client, track: Option<&str>, n: i64) -> Vec<String> {
+    let Some(track) = track else { return Vec::new() };
     let rows = match db.query(
         "SELECT calls, total_exec_time, mean_exec_time, rows,
                 left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
@@ -86,7 +90,8 @@ pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
         Ok(r) => r,
         Err(e) => return vec![format!("pg_stat_statements: {e}")],
     };
-    let mut out = vec!["pg_stat_statements (track = all; nested statements are counted inside their callers too):".to_string()];
+    let how = if track == "all" { "nested statements are counted inside their callers too" } else { "statements run inside functions are not counted apart" };
+    let mut out = vec![format!("pg_stat_statements (track = {track}; {how}), top {n} by total time:")];
     out.push(format!("{:>9} {:>11} {:>9} {:>9}  query", "calls", "total ms", "mean ms", "rows"));
     for r in rows {
         let calls: i64 = r.get(0);

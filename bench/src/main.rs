@@ -1,5 +1,6 @@
-//! `make bench`: pg_dialer's throughput, immediate-call latency, pacing accuracy and behaviour
-//! under a large backlog, side by side with BullMQ on the same machine and the same simulator.
+//! `make bench`: pg_dialer's throughput, immediate-call latency, pacing accuracy, behaviour under
+//! a large backlog and CPU under a realistic load, side by side with BullMQ on the same machine and
+//! the same simulator.
 //! Figures are printed and written to bench/results/<date>.md (+ a pacing chart), never asserted.
 
 mod backlog;
@@ -9,6 +10,7 @@ mod cleanup;
 mod cluster;
 mod common;
 mod latency;
+mod load;
 mod pacing;
 mod procstat;
 mod report;
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 4] = ["throughput", "latency", "pacing", "backlog"];
+const SCENARIOS: [&str; 5] = ["throughput", "latency", "pacing", "backlog", "load"];
 
 /// Benchmarks pg_dialer (and BullMQ beside it) on this machine.
 #[derive(Parser, Debug)]
@@ -33,7 +35,7 @@ struct Args {
     /// Everything about 10× smaller (pacing still runs 70 s: it measures 60 s windows).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated or repeated): throughput, latency, pacing, backlog.
+    /// Run only these scenarios (comma-separated or repeated): throughput, latency, pacing, backlog, load.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Leave out the BullMQ side (no Node, npm or Redis needed).
@@ -97,7 +99,7 @@ fn run(args: Args) -> Result<bool> {
     cluster::preflight()?;
     let mut opts = Opts { quick: args.quick, pgss: args.pgss, skip_bullmq: args.skip_bullmq, node: None, claim: args.claim, tp_latencies: args.tp_latency.clone() };
     let mut notes = Vec::new();
-    let bull_needed = !args.skip_bullmq && ["throughput", "latency", "pacing"].iter().any(|s| wanted(s));
+    let bull_needed = !args.skip_bullmq && ["throughput", "latency", "pacing", "load"].iter().any(|s| wanted(s));
     if bull_needed {
         match bullmq::prepare() {
             Ok(node) => opts.node = Some(node),
@@ -122,7 +124,8 @@ fn run(args: Args) -> Result<bool> {
             "throughput" => throughput::run(&opts),
             "latency" => latency::run(&opts),
             "pacing" => pacing::run(&opts),
-            _ => backlog::run(&opts),
+            "backlog" => backlog::run(&opts),
+            _ => load::run(&opts),
         };
         eprintln!("bench: {name} took {:.0} s", t.elapsed().as_secs_f64());
         ok &= o.rows.iter().all(|r| r.error.is_none());

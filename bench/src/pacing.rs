@@ -170,7 +170,7 @@ pub fn run(opts: &Opts) -> Outcome {
             }
             Err(e) => out.rows.push(Row::failed("3. Pacing", &format!("{e:#}"))),
         }
-        for l in pgss_top(&mut p.s.db, opts, 12) {
+        for l in pgss_top(&mut p.s.db, pgss_track(opts), 12) {
             out.details.push(format!("  {l}"));
         }
     }

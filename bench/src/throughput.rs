@@ -61,7 +61,7 @@ fn wait_calls(sim: &SimProcess, n: u64, cap: Duration) -> Result<u64> {
     }
 }
 
-fn post_times(sim: &SimProcess, details: &mut Vec<String>) -> Result<Vec<i64>> {
+pub fn post_times(sim: &SimProcess, details: &mut Vec<String>) -> Result<Vec<i64>> {
     let posts = sim.posts()?;
     let distinct: HashSet<&str> = posts.iter().filter_map(|p| p.to.as_deref()).collect();
     let not_201 = posts.iter().filter(|p| p.status != Some(201)).count();
@@ -155,7 +155,7 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
         initiated as f64 / ticks.max(1) as f64
     ));
     details.push(format!("  {}", memory_line(worker)));
-    for l in pgss_top(&mut s.db, opts, 40) {
+    for l in pgss_top(&mut s.db, pgss_track(opts), 40) {
         details.push(format!("  {l}"));
     }
     let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|v| v as f64 / 1024.0);

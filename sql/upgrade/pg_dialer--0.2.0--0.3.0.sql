@@ -3068,3 +3068,575 @@ END $$;
 REVOKE EXECUTE ON FUNCTION dialer._notify(text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dialer._notify(text, jsonb) TO dialer_api, dialer_admin;
 
+-- ==== Throughput and immediate calls (issue 15) ====
+
+-- Jobs given to a queue are counted from an insert-only table, not on the batch row the claim locks.
+CREATE TABLE dialer.queue_arrivals (
+    batch_id bigint NOT NULL
+);
+GRANT SELECT, INSERT, DELETE ON dialer.queue_arrivals TO dialer_api;
+GRANT ALL ON dialer.queue_arrivals TO dialer_admin;
+SELECT pg_catalog.pg_extension_config_dump('dialer.queue_arrivals', '');
+
+-- A queue given a job names itself in the wake-up, so the worker claims from it first.
+CREATE FUNCTION dialer._wake_on_commit_for("batch_id" bigint) RETURNS void
+STRICT LANGUAGE c AS 'MODULE_PATHNAME', '_wake_on_commit_for_wrapper';
+
+CREATE OR REPLACE FUNCTION dialer._count_arrivals(p_batch_id bigint DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH gone AS (
+        DELETE FROM dialer.queue_arrivals a
+         WHERE (p_batch_id IS NULL OR a.batch_id = p_batch_id)
+           AND a.batch_id IN (SELECT v.id FROM dialer.call_batches v)
+        RETURNING a.batch_id
+    ), per_batch AS (
+        SELECT g.batch_id, count(*)::integer AS n FROM gone g GROUP BY g.batch_id
+    ), counted AS (
+        UPDATE dialer.call_batches b SET total_contacts = b.total_contacts + x.n, queued_count = b.queued_count + x.n
+          FROM per_batch x WHERE b.id = x.batch_id
+        RETURNING x.n
+    )
+    SELECT coalesce(sum(counted.n), 0) INTO n FROM counted;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._promote_batches(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM dialer.queue_arrivals) THEN
+        PERFORM dialer._count_arrivals();
+    END IF;
+    PERFORM dialer._promote_recurring(p_now);
+    PERFORM dialer._expire_contacts(p_now);
+    PERFORM dialer._lead_resync(20);
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts WHERE status = 'pending') THEN
+        RETURN 0;
+    END IF;
+    WITH started AS (
+        UPDATE dialer.call_batches
+           SET status = 'processing', started_at = coalesce(started_at, p_now), next_slot_at = NULL
+         WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now)
+        RETURNING id
+    )
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+      FROM started s WHERE c.batch_id = s.id AND c.status = 'pending';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    -- Contacts committed by add_contacts while the statement above ran were not in its snapshot;
+    -- this statement's newer snapshot sees them.
+    -- (campaign_contacts_pending_idx holds only pending contacts: this costs nearly nothing.)
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+     WHERE c.status = 'pending'
+       AND c.batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.status = 'processing');
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._expire_contacts(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n integer := 0;
+    expired_in bigint[] := '{}';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE expires_at <= p_now AND status IN ('pending', 'scheduled', 'processing', 'paused'))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts
+                        WHERE expires_at <= p_now AND expires_at IS NOT NULL AND status IN ('pending', 'queued')) THEN
+        RETURN 0;
+    END IF;
+    FOR r IN
+        WITH gone AS (
+            UPDATE dialer.campaign_contacts c
+               SET status = 'expired', next_attempt_at = NULL, updated_at = p_now,
+                   last_error = 'expired before it was dialed'
+             WHERE c.status IN ('pending', 'queued')
+               AND ((c.expires_at IS NOT NULL AND c.expires_at <= p_now)
+                    OR c.batch_id IN (SELECT b.id FROM dialer.call_batches b
+                                       WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled', 'processing', 'paused')))
+            RETURNING c.id, c.batch_id, c.is_job
+        )
+        SELECT g.id, g.batch_id, g.is_job, b.agency_id FROM gone g JOIN dialer.call_batches b ON b.id = g.batch_id
+    LOOP
+        PERFORM dialer._notify('expired', jsonb_build_object('contact_id', r.id, 'batch_id', r.batch_id,
+            'agency_id', r.agency_id, 'job_id', CASE WHEN r.is_job THEN r.id END));
+        n := n + 1;
+        expired_in := expired_in || r.batch_id;
+    END LOOP;
+    UPDATE dialer.call_batches b
+       SET expired_count = b.expired_count + x.n, queued_count = greatest(b.queued_count - x.n, 0)
+      FROM (SELECT e.batch_id, count(*)::integer AS n FROM unnest(expired_in) AS e(batch_id) GROUP BY e.batch_id) x
+     WHERE b.id = x.batch_id;
+    -- A campaign that never started has nothing left to do; one whose last contacts expired is done.
+    UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
+     WHERE b.expires_at <= p_now AND b.status IN ('pending', 'scheduled') AND b.kind = 'campaign';
+    IF n > 0 THEN
+        PERFORM dialer._complete_batches(p_now, true);
+    END IF;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer,
+    p_lead interval DEFAULT '0', p_global_cps integer DEFAULT 0, p_catch_up_before timestamptz DEFAULT NULL)
+RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
+               lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
+               spacing_ms double precision, agent_mapping_id bigint, metadata jsonb, credential_key text,
+               credential_gap_ms double precision, global_gap_ms double precision, from_number text)
+-- The candidates must come from campaign_contacts_claim_idx in order, stopping at the limit; a
+-- bitmap scan would read and sort the whole batch (the planner cannot tell how many candidates
+-- the live-call and do-not-call tests let through, and guesses one).
+LANGUAGE plpgsql SET enable_bitmapscan = off AS $$
+DECLARE
+    b dialer.call_batches;
+    cred dialer.provider_credentials;
+    has_cred boolean;
+    g_next timestamptz;
+    spacing interval;
+    b_gap interval;
+    c_gap interval := '0';
+    g_gap interval := '0';
+    gap interval;
+    slot timestamptz;
+    start timestamptz;
+    last_send timestamptz;
+    catching_up boolean := false;
+    agency_tz text;
+    agency_day date;
+    n integer;
+    claimed integer;
+    recent integer;
+    active integer;
+BEGIN
+    -- FOR NO KEY UPDATE: a transaction adding contacts or jobs to this batch holds a KEY SHARE
+    -- lock on it (their foreign key), which must not make the claim pass the batch by.
+    SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id AND status = 'processing'
+       FOR NO KEY UPDATE SKIP LOCKED;
+    IF FOUND AND b.kind = 'queue' THEN
+        IF dialer._count_arrivals(b.id) > 0 THEN
+            SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id;
+        END IF;
+    END IF;
+    IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now)
+       -- nothing is dialed after the batch's deadline, not even a slot claimed ahead
+       OR b.expires_at <= p_now + p_lead THEN
+        RETURN;
+    END IF;
+    SELECT pc.* INTO cred FROM dialer.provider_credentials pc
+      JOIN dialer.agent_mappings m ON m.agency_id = pc.agency_id AND m.provider = pc.provider
+     WHERE m.id = b.agent_mapping_id
+       FOR UPDATE OF pc;
+    has_cred := FOUND;
+    IF has_cred AND cred.rate_limited_until > p_now THEN
+        RETURN;  -- the provider account told us to wait (429 on another batch, perhaps)
+    END IF;
+
+    -- 1% under calls_per_minute: calls k and k + calls_per_minute are then 60.6 s apart, so a
+    -- request that leaves up to 600 ms late (a busy machine, a worker restart) still never puts
+    -- one too many into any 60-second window. (A 20 ms margin was not enough under load.)
+    spacing := make_interval(secs => 60.6 / b.calls_per_minute);
+    b_gap := spacing;
+    slot := b.next_slot_at;
+    IF slot IS NULL THEN
+        slot := p_now;
+    ELSIF slot < p_now - spacing AND slot < p_catch_up_before THEN
+        catching_up := true;
+        slot := greatest(slot, p_now - interval '60 seconds');
+        b_gap := spacing / 4;
+    ELSIF slot < p_now THEN
+        slot := p_now;
+    ELSIF slot > p_now + p_lead THEN
+        RETURN;
+    END IF;
+    start := CASE WHEN catching_up THEN p_now ELSE slot END;
+    gap := b_gap;
+    IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+        c_gap := make_interval(secs => 1.0 / cred.max_calls_per_second);
+        start := greatest(start, coalesce(cred.next_slot_at, p_now));
+        gap := greatest(gap, c_gap);
+    END IF;
+    IF p_global_cps > 0 THEN
+        g_gap := make_interval(secs => 1.0 / p_global_cps);
+        INSERT INTO dialer.pacing_state (key) VALUES ('global') ON CONFLICT DO NOTHING;
+        SELECT next_slot_at INTO g_next FROM dialer.pacing_state WHERE key = 'global' FOR UPDATE;
+        start := greatest(start, coalesce(g_next, p_now));
+        gap := greatest(gap, g_gap);
+    END IF;
+    IF start > p_now + p_lead THEN
+        RETURN;
+    END IF;
+    IF catching_up THEN
+        n := 1 + floor(extract(epoch FROM (least(p_now, p_catch_up_before) - slot)) / extract(epoch FROM spacing))::integer;
+    ELSE
+        n := 1 + floor(extract(epoch FROM (p_now + p_lead - start)) / extract(epoch FROM gap))::integer;
+    END IF;
+    -- max_concurrent counts calls dialing or in progress, and attempts in doubt that may be live.
+    active := b.in_progress_count
+              + (SELECT count(*) FROM dialer.calls k WHERE k.batch_id = b.id AND k.status = 'in_doubt'
+                                                      AND k.lookup_attempts < 5)::integer;
+    n := least(n, b.max_concurrent - active, p_budget);
+    IF catching_up THEN
+        -- Spaced slots cannot put more than calls_per_minute into 60 s; compressed ones are
+        -- counted over 60.6 s: the same 600 ms of margin as the spacing, for a send that trails
+        -- its claim. (61 s counted two calls too many at the 1% spacing, so a restart's missed
+        -- slots were never quite made up.)
+        SELECT count(*) INTO recent FROM dialer.calls k
+         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '60.6 seconds' AND k.status <> 'network_error';
+        n := least(n, b.calls_per_minute - recent);
+    END IF;
+    SELECT timezone INTO agency_tz FROM dialer.agencies WHERE id = b.agency_id;
+    agency_day := (p_now AT TIME ZONE agency_tz)::date;
+    -- Calls from the caller-ID pool: never more than its numbers have left today, so that every
+    -- claimed contact gets one (_take_caller_id) and none is dialed from an unlisted number.
+    IF EXISTS (SELECT 1 FROM dialer.agent_mappings m
+                WHERE m.agency_id = b.agency_id AND m.use_caller_id_pool
+                  AND (m.id = b.agent_mapping_id OR b.kind IN ('queue', 'leads'))) THEN
+        n := least(n, dialer._caller_ids_left(b.agency_id, agency_day));
+    END IF;
+    IF n <= 0 THEN
+        RETURN;
+    END IF;
+    -- Compliance, against live tables: do-not-call, calling windows, attempt caps.
+    PERFORM dialer._compliance_prepare(b, p_now, greatest(n * 4, 50));
+
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT c.id, c.phone_number, c.priority FROM dialer.campaign_contacts c
+         WHERE c.batch_id = b.id AND c.status = 'queued'
+           AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now)
+           AND (c.expires_at IS NULL OR c.expires_at > p_now + p_lead)
+           -- one live call per number, across every batch (the unique index enforces it); a
+           -- scalar subquery, so that it stays one probe of that index per candidate
+           AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                              AND k.status IN ('dialing', 'in_progress', 'in_doubt') LIMIT 1) IS NULL
+           -- never a number on the do-not-call list (_compliance_prepare marks those next in line)
+           AND NOT dialer._on_dnc(c.phone_number, b.agency_id)
+         ORDER BY c.priority, c.id
+         -- a queue (or an attached leads table) may hold one number twice (one is picked below); a campaign's
+         -- numbers are unique, and every contact locked here beyond n is a row lock for nothing
+         LIMIT CASE WHEN b.kind = 'campaign' THEN n ELSE n * 2 END
+           FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        -- The call row's id is drawn here so the contact can point at it in the same statement.
+        SELECT d.id, nextval('dialer.calls_id_seq'::regclass) AS new_call_id
+          FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.priority FROM candidates cd
+                 ORDER BY cd.phone_number, cd.priority, cd.id) d
+         ORDER BY d.priority, d.id
+         LIMIT n
+    ), claimed_contacts AS (
+        UPDATE dialer.campaign_contacts c
+           SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL,
+               call_id = picked.new_call_id
+          FROM picked WHERE c.id = picked.id
+        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority,
+                  coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata,
+                  coalesce(c.timezone, agency_tz) AS zone, c.call_id AS new_call_id
+    ), new_calls AS (
+        -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
+        INSERT INTO dialer.calls (id, contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
+                                  phone_number, local_time, timezone, from_number)
+        OVERRIDING SYSTEM VALUE
+        SELECT cc.new_call_id, cc.id, b.id, b.agency_id, m.provider,
+               format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now,
+               cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone,
+               CASE WHEN m.use_caller_id_pool THEN dialer._take_caller_id(b.agency_id, cc.phone_number, agency_day)
+                    ELSE m.from_number END
+          FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
+        RETURNING id, calls.contact_id, calls.idempotency_key, calls.from_number
+    )
+    SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
+           nc.idempotency_key,
+           extract(epoch FROM start + gap * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
+           extract(epoch FROM b_gap)::float8 * 1000, cc.mapping_id, cc.metadata,
+           CASE WHEN has_cred AND cred.max_calls_per_second IS NOT NULL THEN cred.agency_id || ':' || cred.provider END,
+           extract(epoch FROM c_gap)::float8 * 1000, extract(epoch FROM g_gap)::float8 * 1000, nc.from_number
+      FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
+
+    GET DIAGNOSTICS claimed = ROW_COUNT;
+    IF claimed > 0 THEN
+        last_send := start + gap * (claimed - 1);
+        UPDATE dialer.call_batches
+           SET next_slot_at = CASE WHEN catching_up THEN slot + spacing * claimed
+                                   ELSE greatest(slot + spacing * claimed, last_send + spacing) END,
+               queued_count = greatest(queued_count - claimed, 0),
+               in_progress_count = in_progress_count + claimed
+         WHERE id = b.id;
+        IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+            UPDATE dialer.provider_credentials SET next_slot_at = last_send + c_gap
+             WHERE agency_id = cred.agency_id AND provider = cred.provider;
+        END IF;
+        IF p_global_cps > 0 THEN
+            UPDATE dialer.pacing_state SET next_slot_at = last_send + g_gap WHERE key = 'global';
+        END IF;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
+DECLARE
+    best timestamptz;
+    r record;
+    due timestamptz;
+BEGIN
+    SELECT min(t) INTO best FROM (
+        SELECT greatest(q.t, p_rounds_from) AS t FROM (
+            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+              WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
+            UNION ALL
+            SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
+              FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
+        ) q WHERE q.t IS NOT NULL
+        UNION ALL
+        -- a pending batch is due now, a scheduled one at its time; none: nothing to wake for
+        SELECT min(coalesce(scheduled_for, p_now)) FROM dialer.call_batches
+         WHERE status IN ('pending', 'scheduled')
+        UNION ALL
+        -- deadlines: the expiry pass runs when one passes (call_batches_expiry_idx, campaign_contacts_expiry_idx)
+        SELECT min(expires_at) FROM dialer.call_batches
+         WHERE expires_at > p_now AND status IN ('pending', 'scheduled', 'processing', 'paused')
+        UNION ALL
+        SELECT min(expires_at) FROM dialer.campaign_contacts
+         WHERE expires_at IS NOT NULL AND status IN ('pending', 'queued')
+        UNION ALL
+        SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
+    ) due_at;
+    -- A batch is due at the later of its pacing / back-off time and its earliest queued contact.
+    -- Batches are read in the order of their pacing slot (call_batches_next_slot_idx), a lower
+    -- bound of that time, so the look-ups stop at the first batch that cannot beat what is found.
+    FOR r IN SELECT b.id, b.next_slot_at,
+                    greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                             coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
+               FROM dialer.call_batches b
+               LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
+               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+              WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
+              ORDER BY b.next_slot_at NULLS FIRST LOOP
+        EXIT WHEN best IS NOT NULL AND (coalesce(r.next_slot_at, p_now) >= best OR best <= p_now);
+        CONTINUE WHEN best IS NOT NULL AND r.slot_at >= best;
+        due := dialer._batch_due_at(r.id, p_now);
+        IF due IS NOT NULL THEN
+            best := least(best, greatest(r.slot_at, due));
+        END IF;
+    END LOOP;
+    RETURN best;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._refresh_statistics()
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+    cols text;
+    n integer := 0;
+BEGIN
+    -- Never wait behind autovacuum (or anyone else) for the lock: try again next time.
+    SET LOCAL lock_timeout = '20ms';
+    SET LOCAL default_statistics_target = 10;
+    -- Only the columns the worker's queries filter and join on: the JSON columns are the costly
+    -- part of a sample and no plan here depends on them.
+    FOR t, cols IN SELECT c.oid::regclass, v.cols
+                     FROM (VALUES ('dialer.campaign_contacts'::regclass,
+                                   'batch_id, status, next_attempt_at, priority, phone_number, is_job, call_id'),
+                                  ('dialer.calls'::regclass,
+                                   'contact_id, batch_id, agency_id, status, phone_number, provider_call_id, created_at, last_polled_at, lookup_attempts'),
+                                  ('dialer.call_batches'::regclass, NULL)) v(rel, cols)
+                     JOIN pg_catalog.pg_class c ON c.oid = v.rel
+                    WHERE pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples) LOOP
+        BEGIN
+            EXECUTE format('ANALYZE %s %s', t, coalesce('(' || cols || ')', ''));
+            n := n + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._record_accepted(p_call_ids bigint[], p_provider_call_ids text[], p_http_status integer[],
+    p_latency_ms double precision[], p_dispatched_at_ms double precision[], p_requests text[], p_responses text[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE dialer.calls acc
+       SET status = 'in_progress', provider_call_id = a.provider_call_id, http_status = a.http_status,
+           latency_ms = a.latency_ms, request = a.request::jsonb, response = a.response::jsonb,
+           dispatched_at = to_timestamp(a.dispatched_at_ms / 1000.0)
+      FROM unnest(p_call_ids, p_provider_call_ids, p_http_status, p_latency_ms, p_dispatched_at_ms, p_requests, p_responses)
+           AS a(call_id, provider_call_id, http_status, latency_ms, dispatched_at_ms, request, response)
+     WHERE acc.id = a.call_id AND acc.status = 'dialing';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 AND EXISTS (SELECT 1 FROM dialer.lead_attachments) THEN
+        PERFORM dialer._lead_calls_accepted(p_call_ids);
+    END IF;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._end_call(p_call_id bigint, p_end_reason text, p_answered_at timestamptz,
+    p_ended_at timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    retry_after interval;
+    voicemail boolean;
+BEGIN
+    SELECT * INTO k FROM dialer.calls WHERE id = p_call_id FOR UPDATE;
+    IF NOT FOUND OR k.status NOT IN ('in_progress', 'dialing', 'in_doubt') THEN
+        RETURN false;
+    END IF;
+    UPDATE dialer.calls
+       SET status = 'ended', end_reason = p_end_reason,
+           answered_at = coalesce(answered_at, p_answered_at),
+           ended_at = coalesce(p_ended_at, clock_timestamp())
+     WHERE id = k.id;
+    -- Per-outcome retry delays (no-answer, busy, voicemail, failed): try again later instead.
+    SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+    retry_after := (b.retry_delays ->> dialer._retry_outcome(p_end_reason))::interval;
+    voicemail := dialer._retry_outcome(p_end_reason) = 'voicemail';
+    IF voicemail THEN
+        -- An answering machine, by the batch's policy: retry (after the voicemail delay, else the
+        -- batch's retry delay and back-off), done, or hand-off.
+        UPDATE dialer.call_batches SET voicemail_count = voicemail_count + 1 WHERE id = b.id;
+        retry_after := CASE WHEN b.on_voicemail = 'retry'
+                            THEN coalesce(retry_after, b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision)
+                       END;
+    END IF;
+    IF retry_after IS NOT NULL AND c.attempts < b.max_attempts AND c.call_id = k.id
+       AND c.status IN ('in_progress', 'in_doubt') THEN
+        UPDATE dialer.campaign_contacts
+           SET status = 'queued', next_attempt_at = clock_timestamp() + retry_after, updated_at = clock_timestamp(),
+               last_error = 'call ended: ' || p_end_reason
+         WHERE id = c.id;
+        UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+        IF c.status = 'in_progress' THEN
+            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+        END IF;
+        RETURN true;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp()
+     WHERE id = k.contact_id AND status IN ('in_progress', 'in_doubt') AND call_id = k.id;
+    IF FOUND THEN
+        IF k.status = 'in_doubt' THEN
+            PERFORM dialer.update_batch_progress(k.batch_id, completed_delta => 1);
+        ELSE
+            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1, completed_delta => 1);
+        END IF;
+        PERFORM dialer._route_outcome(k.contact_id,
+            CASE WHEN voicemail AND b.on_voicemail = 'done' THEN 'voicemail' ELSE dialer._outcome_of_end_reason(p_end_reason) END,
+            p_end_reason);
+        -- The campaign's last call ended (by a webhook, perhaps, while the worker sleeps): it is
+        -- complete now, not at the worker's next look.
+        IF EXISTS (SELECT 1 FROM dialer.call_batches x
+                    WHERE x.id = k.batch_id AND x.kind = 'campaign' AND x.status = 'processing'
+                      AND x.queued_count <= 0 AND x.in_progress_count <= 0) THEN
+            PERFORM dialer._complete_batches(clock_timestamp(), true);
+        END IF;
+    END IF;
+    RETURN true;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._enqueue(p_agency_id bigint, p_mapping_id bigint, p_to text, p_message text,
+    p_priority integer, p_run_at timestamptz, p_metadata jsonb, p_lead_id text, p_dedupe_key text,
+    p_recurring_id bigint DEFAULT NULL, p_expires_at timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    q bigint := dialer._queue_batch(p_agency_id, p_mapping_id);
+    job bigint;
+BEGIN
+    IF p_dedupe_key IS NOT NULL THEN
+        SELECT id INTO job FROM dialer.campaign_contacts WHERE batch_id = q AND dedupe_key = p_dedupe_key;
+        IF job IS NOT NULL THEN
+            RETURN job;
+        END IF;
+    END IF;
+    INSERT INTO dialer.campaign_contacts (batch_id, phone_number, variables, lead_ref, priority, status,
+        next_attempt_at, is_job, agent_mapping_id, message, metadata, dedupe_key, recurring_call_id, timezone, expires_at)
+    VALUES (q, p_to, jsonb_strip_nulls(jsonb_build_object('message', p_message)), p_lead_id, p_priority, 'queued',
+            p_run_at, true, p_mapping_id, p_message, coalesce(p_metadata, '{}'), p_dedupe_key, p_recurring_id,
+            dialer._zone_for_number(p_to), p_expires_at)
+    ON CONFLICT (batch_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING id INTO job;
+    IF job IS NULL THEN  -- a concurrent caller used the same dedupe key first
+        SELECT id INTO job FROM dialer.campaign_contacts WHERE batch_id = q AND dedupe_key = p_dedupe_key;
+        RETURN job;
+    END IF;
+    INSERT INTO dialer.queue_arrivals (batch_id) VALUES (q);
+    -- Immediate: dialed at once (the worker claims from this queue first). Delayed: the worker
+    -- learns its next wake-up time.
+    PERFORM dialer._wake_on_commit_for(q);
+    RETURN job;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.cancel_job(job_id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts;
+BEGIN
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', coalesce(job_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    IF c.status = 'in_progress' THEN
+        RAISE NOTICE 'job % is already dialing or in a call and cannot be cancelled', job_id;
+        RETURN false;
+    ELSIF c.status NOT IN ('pending', 'queued') THEN
+        RAISE NOTICE 'job % is already % and cannot be cancelled', job_id, c.status;
+        RETURN false;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = 'cancelled', last_error = 'cancelled by cancel_job',
+           updated_at = clock_timestamp()
+     WHERE id = c.id;
+    PERFORM dialer._count_arrivals(c.batch_id);
+    UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = c.batch_id;
+    RETURN true;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.add_do_not_call(phone_number text, agency_id bigint DEFAULT NULL, reason text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    r record;
+BEGIN
+    PERFORM dialer._check_e164(phone_number, 'do-not-call number');
+    IF agency_id IS NOT NULL THEN
+        PERFORM dialer._check_agency(agency_id);
+    END IF;
+    -- Queued jobs it cancels leave their queue's counters: the counters must hold them first.
+    PERFORM dialer._count_arrivals();
+    INSERT INTO dialer.do_not_call (phone_number, agency_id, reason)
+    VALUES (add_do_not_call.phone_number, add_do_not_call.agency_id, add_do_not_call.reason)
+    ON CONFLICT (phone_number, coalesce(agency_id, 0)) DO UPDATE SET reason = EXCLUDED.reason;
+    FOR r IN
+        WITH cancelled AS (
+            UPDATE dialer.campaign_contacts c SET status = 'cancelled', last_error = 'dnc', updated_at = now()
+              FROM dialer.call_batches b
+             WHERE b.id = c.batch_id AND c.phone_number = add_do_not_call.phone_number
+               AND c.status IN ('pending', 'queued')
+               AND (add_do_not_call.agency_id IS NULL OR b.agency_id = add_do_not_call.agency_id)
+            RETURNING c.batch_id
+        )
+        SELECT batch_id, count(*) AS n FROM cancelled GROUP BY batch_id
+    LOOP
+        UPDATE dialer.call_batches SET queued_count = greatest(queued_count - r.n, 0) WHERE id = r.batch_id;
+    END LOOP;
+END $$;
+
+-- API functions replaced above: SECURITY DEFINER again, as in security.sql.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN ('cancel_job', 'add_do_not_call') LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END $$;
+
+-- ==== end of throughput ====

@@ -22,13 +22,30 @@ thread_local! {
 }
 
 /// Wakes the worker when the current transaction commits (so it sees the new rows), once per
-/// transaction however many jobs it schedules; nothing happens if it rolls back. `batch_id`: the
-/// batch given work (a queue's new job), which the worker then claims from first.
+/// transaction however many jobs it schedules; nothing happens if it rolls back.
 #[pg_extern]
-fn _wake_on_commit(batch_id: default!(Option<i64>, "NULL")) {
-    if let Some(b) = batch_id {
-        WAKE_BATCH.with(|w| w.set(if w.get() == 0 || w.get() == b { b } else { -1 }));
-    }
+fn _wake_on_commit() {
+    wake_on_commit(None);
+}
+
+/// `_wake_on_commit` for new work in one batch (a queue's new job): the worker claims from that
+/// batch first. (A function of its own: the library of a new release must still serve the
+/// previous release's SQL until ALTER EXTENSION UPDATE.)
+#[pg_extern]
+fn _wake_on_commit_for(batch_id: i64) {
+    wake_on_commit(Some(batch_id));
+}
+
+fn wake_on_commit(batch_id: Option<i64>) {
+    // The batch this transaction gave work to; work elsewhere too (None) makes it "several",
+    // and the worker's next pass a full one.
+    WAKE_BATCH.with(|w| {
+        w.set(match (w.get(), batch_id) {
+            (0, Some(b)) => b,
+            (seen, Some(b)) if seen == b => b,
+            _ => -1,
+        })
+    });
     if WAKE_PENDING.with(|p| p.replace(true)) {
         return;
     }

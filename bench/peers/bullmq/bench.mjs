@@ -202,8 +202,10 @@ async function pacing() {
   emit({ event: 'loaded' });
   await waitForLine('go');
   cfg.rates.forEach((cpm, k) => {
-    // "calls_per_minute" as BullMQ's limiter says it: at most `cpm` jobs per 60 000 ms.
-    workers.push(makeWorker(queues[k].name, { max: cpm, duration: 60000 }));
+    // "calls_per_minute" as BullMQ's limiter says it: at most `cpm` jobs per 60 000 ms, or the
+    // same rate over a shorter period (limit_duration_ms: 1000 is "30 calls per second").
+    const duration = cfg.limit_duration_ms ?? 60000;
+    workers.push(makeWorker(queues[k].name, { max: Math.max(1, Math.round((cpm * duration) / 60000)), duration }));
   });
   await sleep(cfg.duration_s * 1000);
   await Promise.all(workers.map((w) => w.close(true)));

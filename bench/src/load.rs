@@ -1,0 +1,258 @@
+//! Scenario 5: a realistic load. One campaign at 1,800 calls/min (30 calls/s, the most a Telnyx
+//! account allows) with calls of 2–4 s, the worker at its default settings, for 60 s: what it costs
+//! in CPU (the worker process, every Postgres process, the simulator), and whether the rate is
+//! kept. Then BullMQ with the same load (its pacing mode), not at the same time, so that each
+//! system's CPU is its own. pg_stat_statements is always loaded here (track = top).
+
+use crate::bullmq::{NodeRun, Redis};
+use crate::cluster::Setup;
+use crate::common::*;
+use crate::procstat;
+use crate::report::{group, Row};
+use crate::sim::{SimProcess, API_KEY};
+use crate::stats;
+use crate::throughput::post_times;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const CPM: u32 = 1800;
+const CALL_MS: (u64, u64) = (2000, 4000);
+const MAX_CONCURRENT: i32 = 250;
+/// The top statements by total time printed into the details.
+const PGSS_TOP: i64 = 10;
+
+fn duration_s(opts: &Opts) -> u64 {
+    if opts.quick {
+        30
+    } else {
+        60
+    }
+}
+
+/// The calls the limit allows over the run (30/s × duration).
+fn allowed(d: u64) -> usize {
+    (CPM as u64 * d / 60) as usize
+}
+
+struct LoadResult {
+    /// The pg_dialer worker process (all its threads), seconds; None for BullMQ.
+    worker_cpu: Option<f64>,
+    /// Postgres (every process but the bench's own connection) | node + redis-server, seconds.
+    system_cpu: f64,
+    sim_cpu: f64,
+    /// POSTs the simulator saw in the `d` s from the first one.
+    placed: usize,
+    details: Vec<String>,
+}
+
+fn cpu_of(pid: i32, what: &str) -> Result<f64> {
+    procstat::cpu_seconds(pid).ok_or_else(|| anyhow!("{what} (pid {pid}) is gone: no CPU figure"))
+}
+
+/// Waits (polling every 10 ms) until the simulator has seen a call; the measurement starts then.
+fn wait_first_call(sim: &SimProcess, cap: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if sim.calls_created()? > 0 {
+            return Ok(());
+        }
+        if start.elapsed() > cap {
+            bail!("no call reached the simulator within {} s", cap.as_secs());
+        }
+        sleep_checked(Duration::from_millis(10))?;
+    }
+}
+
+/// POSTs in [first POST, first POST + d s), and the most in any 1 s of them (even pacing: 30).
+fn in_window(sim: &SimProcess, d: u64, details: &mut Vec<String>) -> Result<(usize, usize)> {
+    let times = post_times(sim, details)?;
+    let Some(first) = times.iter().min().copied() else { return Ok((0, 0)) };
+    let times: Vec<i64> = times.into_iter().filter(|t| *t < first + d as i64 * 1_000_000).collect();
+    Ok((times.len(), stats::max_in_window(&times, 1_000_000)))
+}
+
+fn pct(cpu_s: f64, d: u64) -> f64 {
+    cpu_s / d as f64 * 100.0
+}
+
+fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
+    let sim = SimProcess::start(0, CALL_MS)?;
+    // --pgss asks for track = all everywhere; otherwise top-level statements are enough here (and
+    // cost the worker less).
+    let (mut conf, track) = if opts.pgss {
+        (pgss_conf(opts), "all")
+    } else {
+        (vec!["+preload pg_stat_statements".to_string(), "pg_stat_statements.track = top".into()], "top")
+    };
+    conf.insert(0, "dialer.enabled = off".into());
+    let mut s = Setup::new("load", &sim.url, API_KEY, &conf)?;
+    s.db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").context("CREATE EXTENSION pg_stat_statements")?;
+    let contacts = (CPM as f64 / 60.0 * d as f64 * 1.2).ceil() as usize;
+    let batch = s.batch(&format!("load {CPM}/min"), CPM as i32, MAX_CONCURRENT)?;
+    s.add_contacts(batch, "+130", 0, contacts)?;
+    let pm = s.cluster.postmaster_pid()?;
+    let worker = s.worker_pid().context("the pg_dialer worker is not running (no pg_stat_activity row with backend_type 'pg_dialer')")?;
+    let mut details = vec![format!(
+        "pg_dialer: one campaign of {} contacts at {} calls/min, max_concurrent {MAX_CONCURRENT}; worker settings at their defaults; pg_stat_statements loaded (track = {track})",
+        group(contacts as f64, 0),
+        group(CPM as f64, 0)
+    )];
+    s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
+    let enabled = Instant::now();
+    s.set_config("dialer.enabled", "on")?;
+    wait_first_call(&sim, Duration::from_secs(30))?;
+    let startup_s = enabled.elapsed().as_secs_f64();
+    let cpu0 = procstat::pg_cpu(pm);
+    let w0 = cpu_of(worker, "the pg_dialer worker")?;
+    let thr0 = procstat::threads_cpu(worker);
+    let sim0 = cpu_of(sim.pid(), "the simulator")?;
+    let t0 = now_us();
+    sleep_checked(Duration::from_secs(d))?;
+    let cpu1 = procstat::pg_cpu(pm);
+    let w1 = cpu_of(worker, "the pg_dialer worker")?;
+    let thr1 = procstat::threads_cpu(worker);
+    let sim1 = cpu_of(sim.pid(), "the simulator")?;
+    let t1 = now_us();
+    // Read before the bench's own statements below add to it.
+    let top = pgss_top(&mut s.db, Some(track), PGSS_TOP);
+    let _ = s.db.execute("SELECT dialer.cancel_batch($1)", &[&batch]);
+
+    let mut dcpu = cpu1.delta(&cpu0);
+    // The bench's own connection is not the engine's work.
+    let own = dcpu.by_role.remove("client backends").unwrap_or(0.0);
+    let mut thr = BTreeMap::new();
+    for (name, v) in &thr1 {
+        thr.insert(name.clone(), v - thr0.get(name).copied().unwrap_or(0.0));
+    }
+    let (placed, max_1s) = in_window(&sim, d, &mut details)?;
+    details.push(format!(
+        "  first call {startup_s:.2} s after the worker was enabled; measured over the {d} s from then: {placed} calls ({:.2}/s), most in any 1 s {max_1s}",
+        placed as f64 / d as f64
+    ));
+    details.push(format!("  pg_dialer worker process CPU {:.2} s ({:.1}% of one core)", w1 - w0, pct(w1 - w0, d)));
+    details.extend(split_lines("  pg_dialer worker CPU by thread", &thr));
+    details.extend(split_lines("  Postgres CPU by process (without the bench's own connection)", &dcpu.by_role));
+    details.push(format!(
+        "  the bench's own connection: {own:.2} s CPU; simulator CPU {:.2} s (it also answers the worker's status look-ups, which BullMQ does not make)",
+        sim1 - sim0
+    ));
+    let (ticks, p50, p95, max, initiated, per_call) = tick_stats(&mut s.db, Some(t0), Some(t1))?;
+    details.push(format!(
+        "  dialer.runs over the window: {ticks} ticks, duration p50 {p50:.2} ms, p95 {p95:.2} ms, max {max:.1} ms; {initiated} calls initiated ({:.1} per tick, {per_call:.3} tick ms per call)",
+        initiated as f64 / ticks.max(1) as f64
+    ));
+    details.push(format!("  {}", memory_line(worker)));
+    details.extend(top.into_iter().map(|l| format!("  {l}")));
+    Ok(LoadResult { worker_cpu: Some(w1 - w0), system_cpu: dcpu.total(), sim_cpu: sim1 - sim0, placed, details })
+}
+
+fn bull(opts: &Opts, d: u64) -> Result<LoadResult> {
+    let Some(node) = &opts.node else { bail!("BullMQ side not prepared") };
+    let sim = SimProcess::start(0, CALL_MS)?;
+    let redis = Redis::start()?;
+    let cfg = serde_json::json!({
+        "mode": "pacing", "redis_port": redis.port, "sim_url": sim.url, "api_key": API_KEY,
+        "rates": [CPM], "duration_s": d, "concurrency": 64, "limit_duration_ms": 1000,
+    });
+    let mut run = NodeRun::start(node, &cfg)?;
+    run.wait_event("loaded", Duration::from_secs(120))?;
+    let go = Instant::now();
+    run.send_line("go")?;
+    wait_first_call(&sim, Duration::from_secs(30))?;
+    let startup_s = go.elapsed().as_secs_f64();
+    let (node_pid, redis_pid) = (run.pid(), redis.pid());
+    let n0 = cpu_of(node_pid, "node")?;
+    let r0 = cpu_of(redis_pid, "redis-server")?;
+    let sim0 = cpu_of(sim.pid(), "the simulator")?;
+    sleep_checked(Duration::from_secs(d))?;
+    // node stops its worker d s after "go", so this window holds its whole run; once it has exited
+    // its figures stay readable until it is reaped (by wait_event or finish, below).
+    let n1 = cpu_of(node_pid, "node")?;
+    let r1 = cpu_of(redis_pid, "redis-server")?;
+    let sim1 = cpu_of(sim.pid(), "the simulator")?;
+    let mut details = Vec::new();
+    if let Err(e) = run.wait_event("done", Duration::from_secs(60)) {
+        details.push(format!("  BullMQ load: {e:#}"));
+    }
+    run.finish();
+    let (placed, max_1s) = in_window(&sim, d, &mut details)?;
+    details.insert(
+        0,
+        format!(
+            "BullMQ: pacing mode, one queue of {} jobs, Worker concurrency 64, limiter {{max: {}, duration: 1,000}} (the provider's 30 calls per second, as a BullMQ user would write it)",
+            group((CPM as f64 * d as f64 / 60.0 * 1.2).ceil() + 10.0, 0),
+            CPM / 60
+        ),
+    );
+    details.push(format!(
+        "  first call {startup_s:.2} s after \"go\"; measured over the {d} s from then: {placed} calls ({:.2}/s), most in any 1 s {max_1s}",
+        placed as f64 / d as f64
+    ));
+    details.push(format!(
+        "  CPU: node {:.2} s, redis-server {:.2} s ({:.1}% of one core together), simulator {:.2} s",
+        n1 - n0,
+        r1 - r0,
+        pct((n1 - n0) + (r1 - r0), d),
+        sim1 - sim0
+    ));
+    Ok(LoadResult { worker_cpu: None, system_cpu: (n1 - n0) + (r1 - r0), sim_cpu: sim1 - sim0, placed, details })
+}
+
+pub fn run(opts: &Opts) -> Outcome {
+    let mut out = Outcome::default();
+    let d = duration_s(opts);
+    let sc = format!("5. Realistic load, {} calls/s for {d} s", CPM / 60);
+    out.details.push(format!(
+        "Realistic load: {} calls/min ({} calls/s, the most a Telnyx account allows) for {d} s, simulated calls {}–{} ms; pg_dialer first, then BullMQ (never both at once). Each is measured over the {d} s from the first call the simulator saw.",
+        group(CPM as f64, 0),
+        CPM / 60,
+        CALL_MS.0,
+        CALL_MS.1
+    ));
+    let p = pg(opts, d);
+    match &p {
+        Ok(r) => out.details.extend(r.details.iter().cloned()),
+        Err(e) => {
+            eprintln!("bench: load (pg_dialer) failed: {e:#}");
+            out.rows.push(Row::failed(&sc, &format!("{e:#}")));
+        }
+    }
+    let b = if opts.skip_bullmq || opts.node.is_none() || crate::cleanup::interrupted() {
+        None
+    } else {
+        match bull(opts, d) {
+            Ok(r) => {
+                out.details.extend(r.details.iter().cloned());
+                Some(r)
+            }
+            Err(e) => {
+                eprintln!("bench: load (BullMQ) failed: {e:#}");
+                out.details.push(format!("BullMQ load failed: {e:#}"));
+                None
+            }
+        }
+    };
+    let p = p.ok();
+    if p.is_none() && b.is_none() {
+        return out;
+    }
+    let (p, b) = (p.as_ref(), b.as_ref());
+    let pct_of = |r: Option<&LoadResult>, f: fn(&LoadResult) -> f64| r.map(|r| pct(f(r), d));
+    let rate = |r: Option<&LoadResult>| r.map(|r| r.placed as f64 / d as f64);
+    let floor = CPM as f64 / 60.0 * 0.98;
+    out.rows.push(Row::new(&sc, "worker CPU, % of one core", p.and_then(|r| r.worker_cpu).map(|c| pct(c, d)), None, 1));
+    out.rows.push(Row::new(&sc, "CPU, % of one core: Postgres (all processes) | node+redis", pct_of(p, |r| r.system_cpu), pct_of(b, |r| r.system_cpu), 1));
+    out.rows.push(Row::new(&sc, "CPU, % of one core: simulator", pct_of(p, |r| r.sim_cpu), pct_of(b, |r| r.sim_cpu), 1));
+    out.rows.push(Row::new(
+        &sc,
+        &format!("calls placed (of {})", group(allowed(d) as f64, 0)),
+        p.map(|r| r.placed as f64),
+        b.map(|r| r.placed as f64),
+        0,
+    ));
+    out.rows.push(
+        Row::new(&sc, "achieved rate, calls/s", rate(p), rate(b), 2).target(&format!("≥ {floor:.1}/s (98%)"), rate(p).map(|r| r >= floor - 1e-9)),
+    );
+    out
+}
