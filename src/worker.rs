@@ -18,6 +18,8 @@ const CLAIM_AHEAD: usize = 8;
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often every processing batch is checked for completion, counters aside.
 const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
+const RETENTION_ROOM: Duration = Duration::from_millis(5);
 /// After an error, wait this long before trying again (never a hot loop).
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -321,8 +323,10 @@ impl Worker {
         } else {
             self.idle_passes = 0;
         }
-        if !progressed {
-            // Nothing was placed or recorded: a retention pass cannot hold up a call.
+        if !progressed || wait >= RETENTION_ROOM {
+            // Nothing was placed or recorded, or nothing is due for a while (a paced campaign
+            // between its slots): a retention pass cannot hold up a call. (Only after idle passes,
+            // a campaign dialing all day kept its history all day.)
             wait = self.prune_when_idle(wait);
         }
         Ok(wait)
@@ -379,8 +383,8 @@ impl Worker {
     }
 
     /// A retention pass, if one is due: its own short transaction (at most PASS_LIMIT rows of
-    /// each kind), run only when this pass had nothing to dial, so dialing never waits for more
-    /// than one small pass. A failure is logged (once per message) and never ends the worker.
+    /// each kind), run only when this pass had nothing to dial or nothing is due for a while, so
+    /// dialing never waits for more than one small pass. A failure is logged (once per message) and never ends the worker.
     /// Returns how long to sleep.
     fn prune_when_idle(&mut self, wait: Duration) -> Duration {
         let now = Instant::now();

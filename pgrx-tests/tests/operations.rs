@@ -294,7 +294,11 @@ fn retention_keeps_history_level_and_every_final_state() {
     let mut campaign = Vec::new();
     let mut peak = [0i64; 4];
     eprintln!("soak: sizes [runs, webhook_events, calls with bodies, finished jobs] per wave");
-    for wave in 0..WAVES {
+    // Waves go on for at least 9 s, so that retention (2 s, passes every 1–5 s) has its turns
+    // while the worker dials (a wave takes well under a second).
+    let started = std::time::Instant::now();
+    let mut wave = 0;
+    while wave < WAVES || started.elapsed() < Duration::from_secs(9) {
         let b = s.batch(&format!("wave {wave}"), 3000, 10, 1);
         s.add_numbers(b, &numbers(&format!("+15550{:02}", 80 + wave), PER_WAVE));
         for j in 0..JOBS_PER_WAVE {
@@ -320,11 +324,13 @@ fn retention_keeps_history_level_and_every_final_state() {
             peak[i] = peak[i].max(now[i]);
         }
         eprintln!("soak: wave {wave}: {now:?}");
+        wave += 1;
     }
     // Everything made during the waves: calls with bodies and jobs are known exactly.
-    let calls_made: i64 = WAVES as i64 * (PER_WAVE as i64 + JOBS_PER_WAVE);
+    let waves = wave as i64;
+    let calls_made: i64 = waves * (PER_WAVE as i64 + JOBS_PER_WAVE);
     assert!(peak[2] < calls_made, "bodies were cleared during the waves (peak {} of {calls_made})", peak[2]);
-    assert!(peak[3] < WAVES as i64 * JOBS_PER_WAVE, "finished jobs were pruned during the waves (peak {})", peak[3]);
+    assert!(peak[3] < waves * JOBS_PER_WAVE, "finished jobs were pruned during the waves (peak {})", peak[3]);
 
     // Idle now: every kind drains to what the last 2 s hold, i.e. nothing once the worker rests.
     let db = &mut s.db;
