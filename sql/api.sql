@@ -250,6 +250,7 @@ BEGIN
         RAISE EXCEPTION 'no % credentials for agency %', provider, agency_id USING ERRCODE = 'P0002',
             HINT = 'Store them first with dialer.set_provider_credentials(...).';
     END IF;
+    PERFORM dialer._wake_on_commit();  -- a higher limit counts from now
 END $$;
 
 CREATE FUNCTION dialer.get_agency_credentials(agency_id bigint, provider text DEFAULT 'ultravox')

@@ -250,6 +250,7 @@ BEGIN
         IF c.status = 'in_progress' THEN
             PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
         END IF;
+        PERFORM dialer._wake_on_commit();  -- the worker learns when the retry is due
         RETURN true;
     END IF;
     UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp()
@@ -271,6 +272,9 @@ BEGIN
             PERFORM dialer._complete_batches(clock_timestamp(), true);
         END IF;
     END IF;
+    -- A concurrency slot is free, perhaps a retry queued: the worker (asleep while its batches
+    -- were full) looks again.
+    PERFORM dialer._wake_on_commit();
     RETURN true;
 END $$;
 

@@ -553,4 +553,5 @@ BEGIN
            -- a new rate takes effect now, not after the old spacing
            next_slot_at = CASE WHEN set_queue_options.calls_per_minute IS NULL THEN b.next_slot_at END
      WHERE b.id = q;
+    PERFORM dialer._wake_on_commit();  -- a higher rate or limit counts from now
 END $$;

@@ -101,9 +101,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     }
 
     // The worker dials the backlog.
-    if opts.pgss {
-        s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
-    }
+    s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
     let worker = s.worker_pid().context("the pg_dialer worker is not running")?;
     let thr0 = procstat::threads_cpu(worker);
     let w0 = std::time::Instant::now();

@@ -54,25 +54,25 @@ pub fn sleep_checked(d: Duration) -> Result<()> {
     }
 }
 
-/// postgresql.conf lines that load pg_stat_statements (for --pgss).
+/// postgresql.conf lines that load pg_stat_statements: every scenario reports its costliest
+/// statements. Top-level ones by default (the worker's own queries; a few µs each), every nested
+/// statement too with --pgss (which slows plpgsql down noticeably).
 pub fn pgss_conf(opts: &Opts) -> Vec<String> {
-    if opts.pgss {
-        vec!["+preload pg_stat_statements".into(), "pg_stat_statements.track = all".into(), "pg_stat_statements.max = 1000".into()]
-    } else {
-        Vec::new()
-    }
+    vec![
+        "+preload pg_stat_statements".into(),
+        format!("pg_stat_statements.track = {}", pgss_track(opts).unwrap_or("top")),
+        "pg_stat_statements.max = 1000".into(),
+    ]
 }
 
-pub fn pgss_create(db: &mut Client, opts: &Opts) -> Result<()> {
-    if opts.pgss {
-        db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();")?;
-    }
+pub fn pgss_create(db: &mut Client, _opts: &Opts) -> Result<()> {
+    db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();")?;
     Ok(())
 }
 
-/// pg_stat_statements.track of a scenario's cluster: "all" with --pgss, else None (not loaded).
+/// pg_stat_statements.track of a scenario's cluster: "all" with --pgss, else "top".
 pub fn pgss_track(opts: &Opts) -> Option<&'static str> {
-    opts.pgss.then_some("all")
+    Some(if opts.pgss { "all" } else { "top" })
 }
 
 /// The statements that took the most time, when pg_stat_statements is loaded with `track` (with

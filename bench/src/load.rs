@@ -78,16 +78,11 @@ fn pct(cpu_s: f64, d: u64) -> f64 {
 
 fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     let sim = SimProcess::start(0, CALL_MS)?;
-    // --pgss asks for track = all everywhere; otherwise top-level statements are enough here (and
-    // cost the worker less).
-    let (mut conf, track) = if opts.pgss {
-        (pgss_conf(opts), "all")
-    } else {
-        (vec!["+preload pg_stat_statements".to_string(), "pg_stat_statements.track = top".into()], "top")
-    };
+    let track = pgss_track(opts).unwrap_or("top");
+    let mut conf = pgss_conf(opts);
     conf.insert(0, "dialer.enabled = off".into());
     let mut s = Setup::new("load", &sim.url, API_KEY, &conf)?;
-    s.db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").context("CREATE EXTENSION pg_stat_statements")?;
+    pgss_create(&mut s.db, opts).context("CREATE EXTENSION pg_stat_statements")?;
     let contacts = (CPM as f64 / 60.0 * d as f64 * 1.2).ceil() as usize;
     let batch = s.batch(&format!("load {CPM}/min"), CPM as i32, MAX_CONCURRENT)?;
     s.add_contacts(batch, "+130", 0, contacts)?;

@@ -41,7 +41,8 @@ struct Args {
     /// Leave out the BullMQ side (no Node, npm or Redis needed).
     #[arg(long)]
     skip_bullmq: bool,
-    /// Load pg_stat_statements (track = all) and print the costliest statements per scenario.
+    /// pg_stat_statements with track = all (statements inside functions too; slows plpgsql down).
+    /// Without it every scenario still reports its costliest top-level statements (track = top).
     #[arg(long)]
     pgss: bool,
     /// dialer.max_claim_per_batch for the throughput runs (150 did best of 50, 150 and 1000 on

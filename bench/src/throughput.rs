@@ -104,9 +104,7 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
         "pg_dialer, simulator latency {latency_ms} ms: {n} contacts in {nb} batches (calls_per_minute 1,000,000, max_concurrent 100,000; loaded with add_contacts in {load_s:.1} s), http_concurrency 64, max_claim_per_batch {}, max_batches_per_run 100, status_poll_interval 10min, simulated calls {}–{} ms",
         opts.claim, CALL_MS.0, CALL_MS.1
     )];
-    if opts.pgss {
-        s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
-    }
+    s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
     let cpu0 = procstat::pg_cpu(pm);
     let thr0 = procstat::threads_cpu(worker);
     let sim0 = procstat::cpu_seconds(sim.pid()).unwrap_or(0.0);

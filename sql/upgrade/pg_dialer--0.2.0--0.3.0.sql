@@ -3518,6 +3518,7 @@ BEGIN
         IF c.status = 'in_progress' THEN
             PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
         END IF;
+        PERFORM dialer._wake_on_commit();  -- the worker learns when the retry is due
         RETURN true;
     END IF;
     UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp()
@@ -3539,6 +3540,9 @@ BEGIN
             PERFORM dialer._complete_batches(clock_timestamp(), true);
         END IF;
     END IF;
+    -- A concurrency slot is free, perhaps a retry queued: the worker (asleep while its batches
+    -- were full) looks again.
+    PERFORM dialer._wake_on_commit();
     RETURN true;
 END $$;
 
@@ -3628,13 +3632,63 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE OR REPLACE FUNCTION dialer.set_queue_options(agency_id bigint, calls_per_minute integer DEFAULT NULL,
+    max_concurrent integer DEFAULT NULL, max_attempts integer DEFAULT NULL, retry_delay interval DEFAULT NULL,
+    retry_backoff numeric DEFAULT NULL, on_voicemail text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    q bigint;
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    IF calls_per_minute IS NOT NULL THEN PERFORM dialer._check_positive(calls_per_minute, 'calls_per_minute'); END IF;
+    IF max_concurrent IS NOT NULL THEN PERFORM dialer._check_positive(max_concurrent, 'max_concurrent'); END IF;
+    IF max_attempts IS NOT NULL THEN PERFORM dialer._check_positive(max_attempts, 'max_attempts'); END IF;
+    IF retry_delay IS NOT NULL AND retry_delay < interval '0' THEN
+        RAISE EXCEPTION 'retry_delay must not be negative' USING ERRCODE = '22023';
+    END IF;
+    IF retry_backoff IS NOT NULL AND retry_backoff < 1 THEN
+        RAISE EXCEPTION 'retry_backoff must be 1 or more' USING ERRCODE = '22023';
+    END IF;
+    PERFORM dialer._check_on_voicemail(on_voicemail);
+    q := dialer._queue_batch(agency_id, dialer._resolve_mapping(agency_id, NULL));
+    UPDATE dialer.call_batches b
+       SET calls_per_minute = coalesce(set_queue_options.calls_per_minute, b.calls_per_minute),
+           max_concurrent = coalesce(set_queue_options.max_concurrent, b.max_concurrent),
+           max_attempts = coalesce(set_queue_options.max_attempts, b.max_attempts),
+           retry_delay = coalesce(set_queue_options.retry_delay, b.retry_delay),
+           retry_backoff = coalesce(set_queue_options.retry_backoff, b.retry_backoff),
+           on_voicemail = coalesce(set_queue_options.on_voicemail, b.on_voicemail),
+           -- a new rate takes effect now, not after the old spacing
+           next_slot_at = CASE WHEN set_queue_options.calls_per_minute IS NULL THEN b.next_slot_at END
+     WHERE b.id = q;
+    PERFORM dialer._wake_on_commit();  -- a higher rate or limit counts from now
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.set_provider_rate_limit(agency_id bigint, provider text, max_calls_per_second integer)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF max_calls_per_second IS NOT NULL AND max_calls_per_second <= 0 THEN
+        RAISE EXCEPTION 'max_calls_per_second must be a positive integer or NULL, got %', max_calls_per_second
+            USING ERRCODE = '22023';
+    END IF;
+    UPDATE dialer.provider_credentials pc
+       SET max_calls_per_second = set_provider_rate_limit.max_calls_per_second, next_slot_at = NULL, updated_at = now()
+     WHERE pc.agency_id = set_provider_rate_limit.agency_id AND pc.provider = set_provider_rate_limit.provider;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no % credentials for agency %', provider, agency_id USING ERRCODE = 'P0002',
+            HINT = 'Store them first with dialer.set_provider_credentials(...).';
+    END IF;
+    PERFORM dialer._wake_on_commit();  -- a higher limit counts from now
+END $$;
+
 -- API functions replaced above: SECURITY DEFINER again, as in security.sql.
 DO $$
 DECLARE
     f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN ('cancel_job', 'add_do_not_call') LOOP
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN ('cancel_job', 'add_do_not_call', 'set_queue_options', 'set_provider_rate_limit') LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
 END $$;
