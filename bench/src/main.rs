@@ -45,9 +45,10 @@ struct Args {
     /// Without it every scenario still reports its costliest top-level statements (track = top).
     #[arg(long)]
     pgss: bool,
-    /// dialer.max_claim_per_batch for the throughput runs (150 did best of 50, 150 and 1000 on
-    /// the engine as of this writing: larger claims make one tick's transaction very long).
-    #[arg(long, default_value_t = 150)]
+    /// dialer.max_claim_per_batch for the throughput runs (300 did best of 150, 300 and 1000 with
+    /// the worker claiming up to 8× its HTTP threads ahead: larger claims make one tick's
+    /// transaction long, smaller ones pay a tick's fixed costs more often).
+    #[arg(long, default_value_t = 300)]
     claim: i32,
     /// Simulator latencies (ms) of the pg_dialer throughput runs.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100])]
