@@ -460,19 +460,28 @@ BEGIN
            FOR UPDATE SKIP LOCKED;
 END $$;
 
+-- Moves a batch's counters, with the caller's rights: the worker's steps and the functions that
+-- end calls use this, not the API's update_batch_progress (a SECURITY DEFINER call under row
+-- security cost the worker half a millisecond per ended call). Returns whether the batch exists.
+CREATE FUNCTION dialer._move_batch_counters(p_batch_id bigint, p_failed integer DEFAULT 0,
+    p_in_progress integer DEFAULT 0, p_completed integer DEFAULT 0)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE dialer.call_batches b
+       SET failed_count      = b.failed_count + coalesce(p_failed, 0),
+           in_progress_count = greatest(b.in_progress_count + coalesce(p_in_progress, 0), 0),
+           completed_count   = b.completed_count + coalesce(p_completed, 0)
+     WHERE b.id = p_batch_id;
+    RETURN FOUND;
+END $$;
+
 -- The seed's RPC: atomically moves a batch's counters. queued_count follows in_progress so that
 -- a contact leaving the queue for a call is counted once.
 CREATE FUNCTION dialer.update_batch_progress(batch_id bigint, failed_delta integer DEFAULT 0,
     in_progress_delta integer DEFAULT 0, completed_delta integer DEFAULT 0)
 RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_column
 BEGIN
-    UPDATE dialer.call_batches b
-       SET failed_count      = b.failed_count + coalesce(failed_delta, 0),
-           in_progress_count = greatest(b.in_progress_count + coalesce(in_progress_delta, 0), 0),
-           completed_count   = b.completed_count + coalesce(completed_delta, 0)
-     WHERE b.id = update_batch_progress.batch_id;
-    IF NOT FOUND THEN
+    IF NOT dialer._move_batch_counters(batch_id, failed_delta, in_progress_delta, completed_delta) THEN
         RAISE EXCEPTION 'batch % does not exist', coalesce(batch_id::text, 'NULL') USING ERRCODE = 'P0002';
     END IF;
 END $$;

@@ -170,7 +170,7 @@ CREATE TRIGGER campaign_contacts_lead_sync AFTER UPDATE ON dialer.campaign_conta
     FOR EACH ROW WHEN (NEW.lead_attachment_id IS NOT NULL AND OLD.lead_sync_pending = NEW.lead_sync_pending)
     EXECUTE FUNCTION dialer._lead_contact_changed();
 
--- Accepted calls change only their call row: their leads are told here (_record_accepted, _record_dispatch).
+-- Accepted calls change only their call row: their leads are told here (_record_accepted).
 CREATE FUNCTION dialer._lead_calls_accepted(p_call_ids bigint[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN

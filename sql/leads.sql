@@ -248,7 +248,7 @@ BEGIN
          WHERE id = c.id;
         UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
         IF c.status = 'in_progress' THEN
-            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         END IF;
         PERFORM dialer._wake_on_commit();  -- the worker learns when the retry is due
         RETURN true;
@@ -257,9 +257,9 @@ BEGIN
      WHERE id = k.contact_id AND status IN ('in_progress', 'in_doubt') AND call_id = k.id;
     IF FOUND THEN
         IF k.status = 'in_doubt' THEN
-            PERFORM dialer.update_batch_progress(k.batch_id, completed_delta => 1);
+            PERFORM dialer._move_batch_counters(k.batch_id, p_completed => 1);
         ELSE
-            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1, completed_delta => 1);
+            PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1, p_completed => 1);
         END IF;
         PERFORM dialer._route_outcome(k.contact_id,
             CASE WHEN voicemail AND b.on_voicemail = 'done' THEN 'voicemail' ELSE dialer._outcome_of_end_reason(p_end_reason) END,
@@ -405,7 +405,7 @@ BEGIN
         UPDATE dialer.calls SET status = 'ended', end_reason = 'settled_in_doubt', ended_at = clock_timestamp()
          WHERE id = c.call_id AND status = 'in_doubt';
         UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp() WHERE id = c.id;
-        PERFORM dialer.update_batch_progress(c.batch_id, completed_delta => 1);
+        PERFORM dialer._move_batch_counters(c.batch_id, p_completed => 1);
     END IF;
     RETURN true;
 END $$;

@@ -357,10 +357,11 @@ BEGIN
     END IF;
 END $$;
 
--- Step 4: record dispatch results, one JSON object per call:
--- {call_id, outcome: accepted|rate_limited|failed|network_error|timeout, http_status, provider_call_id,
---  error, latency_ms, retry_after_secs, request, response}
--- Returns {"initiated": n, "failed": n, "rate_limited": n, "retried": n, "in_doubt": n}.
+-- Step 4: record dispatch results other than accepted calls (those go to _record_accepted), one
+-- JSON object per call, each with its own retry, back-off or hand-off:
+-- {call_id, outcome: rate_limited|failed|network_error|timeout, http_status, error, latency_ms,
+--  retry_after_secs, request, response}
+-- Returns {"initiated": 0, "failed": n, "rate_limited": n, "retried": n, "in_doubt": n}.
 CREATE FUNCTION dialer._record_dispatch(p_results jsonb)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
@@ -377,22 +378,6 @@ DECLARE
     doubtful integer := 0;
     now_ts timestamptz := clock_timestamp();
 BEGIN
-    -- Accepted calls (nearly all of them) in one statement: the call row goes in_progress.
-    UPDATE dialer.calls acc
-       SET status = 'in_progress', provider_call_id = a.provider_call_id, http_status = a.http_status,
-           latency_ms = a.latency_ms, request = a.request, response = a.response,
-           dispatched_at = to_timestamp(a.dispatched_at_ms / 1000.0)
-      FROM jsonb_to_recordset(p_results) AS a(call_id bigint, outcome text, provider_call_id text, http_status integer,
-                                                latency_ms double precision, dispatched_at_ms double precision,
-                                                request jsonb, response jsonb)
-     WHERE a.outcome = 'accepted' AND acc.id = a.call_id AND acc.status = 'dialing';
-    GET DIAGNOSTICS initiated = ROW_COUNT;
-    -- Attached leads learn that they are Processing, in this transaction.
-    IF initiated > 0 AND EXISTS (SELECT 1 FROM dialer.lead_attachments) THEN
-        PERFORM dialer._lead_calls_accepted(ARRAY(SELECT (e->>'call_id')::bigint FROM jsonb_array_elements(p_results) e
-                                                   WHERE e->>'outcome' = 'accepted'));
-    END IF;
-
     FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
         SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
         CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
@@ -401,7 +386,7 @@ BEGIN
         outcome := r->>'outcome';
 
         UPDATE dialer.calls
-           SET status = CASE outcome WHEN 'accepted' THEN 'in_progress' WHEN 'rate_limited' THEN 'rate_limited'
+           SET status = CASE outcome WHEN 'rate_limited' THEN 'rate_limited'
                                      WHEN 'network_error' THEN 'network_error' WHEN 'timeout' THEN 'in_doubt'
                                      ELSE 'failed' END,
                provider_call_id = r->>'provider_call_id',
@@ -429,7 +414,7 @@ BEGIN
             UPDATE dialer.provider_credentials
                SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff)
              WHERE agency_id = k.agency_id AND provider = k.provider;
-            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSIF outcome = 'network_error' THEN
             -- The request never reached the provider: retried, and not counted as an attempt.
             retried := retried + 1;
@@ -439,14 +424,14 @@ BEGIN
                    updated_at = now_ts, last_error = r->>'error'
              WHERE id = c.id;
             UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
-            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSIF outcome = 'timeout' THEN
             -- The request may have reached the provider: never redialed blindly.
             doubtful := doubtful + 1;
             UPDATE dialer.campaign_contacts
                SET status = 'in_doubt', updated_at = now_ts, last_error = r->>'error'
              WHERE id = c.id;
-            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSIF c.attempts < b.max_attempts THEN
             retried := retried + 1;
             backoff := b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision;
@@ -455,14 +440,14 @@ BEGIN
                    last_error = r->>'error'
              WHERE id = c.id;
             UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
-            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSE
             failed := failed + 1;
             UPDATE dialer.campaign_contacts
                SET status = 'failed', updated_at = now_ts, last_error = r->>'error', outcome = 'ai_failed'
              WHERE id = c.id;
             UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
-            PERFORM dialer.update_batch_progress(b.id, failed_delta => 1, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(b.id, p_failed => 1, p_in_progress => -1);
             PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
                 'agency_id', b.agency_id, 'attempts', c.attempts));
             -- The seed's fallback: the humans take over, first in line.
@@ -633,7 +618,7 @@ BEGIN
                last_error = 'worker stopped while dialing; outcome unknown'
          WHERE id = k.contact_id AND status = 'in_progress';
         IF FOUND THEN
-            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1);
         END IF;
         n := n + 1;
     END LOOP;
@@ -689,7 +674,7 @@ BEGIN
             IF c.status = 'in_doubt' AND c.call_id = k.id THEN
                 UPDATE dialer.campaign_contacts SET status = 'in_progress', updated_at = clock_timestamp(), last_error = NULL
                  WHERE id = c.id;
-                PERFORM dialer.update_batch_progress(b.id, in_progress_delta => 1);
+                PERFORM dialer._move_batch_counters(b.id, p_in_progress => 1);
             END IF;
             n := n + 1;
         ELSIF r->>'result' = 'not_found' THEN

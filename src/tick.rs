@@ -257,7 +257,7 @@ pub fn claim(
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
 ) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
-    let due = batches(
+    let due = batch_rows(
         "SELECT batch_id, agency_id, agent_mapping_id
            FROM dialer._due_batches(clock_timestamp(), $1, make_interval(secs => $2 / 1000.0))",
         &[max_batches.into(), CLAIM_LEAD_MS.into()],
@@ -275,14 +275,14 @@ pub fn claim_one(
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
 ) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
-    let due = batches(
+    let due = batch_rows(
         "SELECT id, agency_id, agent_mapping_id FROM dialer.call_batches WHERE id = $1 AND status = 'processing'",
         &[batch_id.into()],
     )?;
     claim_from(due, budget_per_batch, global_cps, catch_up_before_ms, room_for, cache)
 }
 
-fn batches(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<(i64, i64, i64)>, DialerError> {
+fn batch_rows(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<(i64, i64, i64)>, DialerError> {
     Spi::connect(|client| {
         let table = client.select(query, None, args)?;
         let mut out = Vec::new();

@@ -197,15 +197,13 @@ impl Worker {
 
         // A queue just given a job: claim from it before anything else (recording results,
         // promotions, other batches), so that an immediate call leaves within one short claim.
-        if self.settings.enabled {
-            if let Some(batch_id) = wake::take_woken_batch() {
-                self.claim_woken(batch_id)?;
-            }
-        }
+        self.claim_woken()?;
 
         let started = unix_ms();
         let finished = self.pool.drain();
         let mut counts = self.record(finished)?;
+        // (and again after recording, which can take a few milliseconds)
+        self.claim_woken()?;
 
         if !self.settings.enabled {
             return Ok(self.prune_when_idle(self.settings.poll_interval));
@@ -352,9 +350,13 @@ impl Worker {
         (pool_room, room_for)
     }
 
-    /// The immediate-call path (see iteration): one claim from the woken batch, committed, and
-    /// its requests on their way. The full tick that follows does everything else.
-    fn claim_woken(&mut self, batch_id: i64) -> Result<(), crate::error::DialerError> {
+    /// The immediate-call path (see iteration): if a queue was just given a job, one claim from
+    /// it, committed, and its requests on their way. The full tick that follows does the rest.
+    fn claim_woken(&mut self) -> Result<(), crate::error::DialerError> {
+        if !self.settings.enabled {
+            return Ok(());
+        }
+        let Some(batch_id) = wake::take_woken_batch() else { return Ok(()) };
         let (pool_room, room_for) = self.room();
         if pool_room == 0 {
             return Ok(());
@@ -384,7 +386,8 @@ impl Worker {
 
     /// A retention pass, if one is due: its own short transaction (at most PASS_LIMIT rows of
     /// each kind), run only when this pass had nothing to dial or nothing is due for a while, so
-    /// dialing never waits for more than one small pass. A failure is logged (once per message) and never ends the worker.
+    /// dialing never waits for more than one small pass. A failure is logged (once per message)
+    /// and never ends the worker.
     /// Returns how long to sleep.
     fn prune_when_idle(&mut self, wait: Duration) -> Duration {
         let now = Instant::now();

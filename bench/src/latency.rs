@@ -105,7 +105,7 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
         percentile(&rtt, 50.0).unwrap_or(f64::NAN),
         percentile(&rtt, 99.0).unwrap_or(f64::NAN)
     )];
-    for l in pgss_top(&mut s.db, pgss_track(opts), 12) {
+    for l in pgss_top(&mut s.db, pgss_track(opts), 30) {
         details.push(format!("  {l}"));
     }
     let mut r = summarize("pg_dialer", &lat, missing, &mut Vec::new());

@@ -3082,6 +3082,27 @@ SELECT pg_catalog.pg_extension_config_dump('dialer.queue_arrivals', '');
 CREATE FUNCTION dialer._wake_on_commit_for("batch_id" bigint) RETURNS void
 STRICT LANGUAGE c AS 'MODULE_PATHNAME', '_wake_on_commit_for_wrapper';
 
+CREATE OR REPLACE FUNCTION dialer._move_batch_counters(p_batch_id bigint, p_failed integer DEFAULT 0,
+    p_in_progress integer DEFAULT 0, p_completed integer DEFAULT 0)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE dialer.call_batches b
+       SET failed_count      = b.failed_count + coalesce(p_failed, 0),
+           in_progress_count = greatest(b.in_progress_count + coalesce(p_in_progress, 0), 0),
+           completed_count   = b.completed_count + coalesce(p_completed, 0)
+     WHERE b.id = p_batch_id;
+    RETURN FOUND;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.update_batch_progress(batch_id bigint, failed_delta integer DEFAULT 0,
+    in_progress_delta integer DEFAULT 0, completed_delta integer DEFAULT 0)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT dialer._move_batch_counters(batch_id, failed_delta, in_progress_delta, completed_delta) THEN
+        RAISE EXCEPTION 'batch % does not exist', coalesce(batch_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION dialer._count_arrivals(p_batch_id bigint DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -3456,6 +3477,106 @@ BEGIN
     RETURN n;
 END $$;
 
+CREATE OR REPLACE FUNCTION dialer._record_dispatch(p_results jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    outcome text;
+    backoff interval;
+    initiated integer := 0;
+    failed integer := 0;
+    rate_limited integer := 0;
+    retried integer := 0;
+    doubtful integer := 0;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        outcome := r->>'outcome';
+
+        UPDATE dialer.calls
+           SET status = CASE outcome WHEN 'rate_limited' THEN 'rate_limited'
+                                     WHEN 'network_error' THEN 'network_error' WHEN 'timeout' THEN 'in_doubt'
+                                     ELSE 'failed' END,
+               provider_call_id = r->>'provider_call_id',
+               http_status = (r->>'http_status')::integer,
+               latency_ms = (r->>'latency_ms')::double precision,
+               error = r->>'error',
+               request = r->'request',
+               response = r->'response',
+               dispatched_at = to_timestamp((r->>'dispatched_at_ms')::double precision / 1000.0)
+         WHERE id = k.id;
+
+        IF outcome = 'rate_limited' THEN
+            -- Not an attempt: back to the queue, the whole batch waits for Retry-After.
+            rate_limited := rate_limited + 1;
+            backoff := make_interval(secs => greatest(coalesce((r->>'retry_after_secs')::double precision, 60), 0));
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0), next_attempt_at = now_ts + backoff,
+                   updated_at = now_ts, last_error = 'rate limited by provider'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff),
+                   queued_count = queued_count + 1
+             WHERE id = b.id;
+            -- The limit is the provider account's: every batch sharing the credential waits.
+            UPDATE dialer.provider_credentials
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff)
+             WHERE agency_id = k.agency_id AND provider = k.provider;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSIF outcome = 'network_error' THEN
+            -- The request never reached the provider: retried, and not counted as an attempt.
+            retried := retried + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                   next_attempt_at = now_ts + greatest(b.retry_delay, interval '1 second'),
+                   updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSIF outcome = 'timeout' THEN
+            -- The request may have reached the provider: never redialed blindly.
+            doubtful := doubtful + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'in_doubt', updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSIF c.attempts < b.max_attempts THEN
+            retried := retried + 1;
+            backoff := b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', next_attempt_at = now_ts + backoff, updated_at = now_ts,
+                   last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSE
+            failed := failed + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'failed', updated_at = now_ts, last_error = r->>'error', outcome = 'ai_failed'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
+            PERFORM dialer._move_batch_counters(b.id, p_failed => 1, p_in_progress => -1);
+            PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempts', c.attempts));
+            -- The seed's fallback: the humans take over, first in line.
+            PERFORM dialer._hand_off(c.id, r->>'error', true);
+        END IF;
+        IF outcome = 'failed' AND current_setting('dialer.notify_failures', true) = 'on' THEN
+            PERFORM dialer._notify('call_failed', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r->'http_status'));
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('initiated', initiated, 'failed', failed, 'rate_limited', rate_limited,
+                              'retried', retried, 'in_doubt', doubtful);
+END $$;
+
 CREATE OR REPLACE FUNCTION dialer._record_accepted(p_call_ids bigint[], p_provider_call_ids text[], p_http_status integer[],
     p_latency_ms double precision[], p_dispatched_at_ms double precision[], p_requests text[], p_responses text[])
 RETURNS integer LANGUAGE plpgsql AS $$
@@ -3473,6 +3594,71 @@ BEGIN
     IF n > 0 AND EXISTS (SELECT 1 FROM dialer.lead_attachments) THEN
         PERFORM dialer._lead_calls_accepted(p_call_ids);
     END IF;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._record_lookup(p_results jsonb)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    c dialer.campaign_contacts;
+    b dialer.call_batches;
+    n integer := 0;
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'in_doubt' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        IF r->>'result' = 'found' THEN
+            UPDATE dialer.calls SET status = 'in_progress', provider_call_id = coalesce(r->>'provider_call_id', provider_call_id),
+                   error = 'adopted: found at the provider by idempotency key', last_polled_at = NULL
+             WHERE id = k.id;
+            IF c.status = 'in_doubt' AND c.call_id = k.id THEN
+                UPDATE dialer.campaign_contacts SET status = 'in_progress', updated_at = clock_timestamp(), last_error = NULL
+                 WHERE id = c.id;
+                PERFORM dialer._move_batch_counters(b.id, p_in_progress => 1);
+            END IF;
+            n := n + 1;
+        ELSIF r->>'result' = 'not_found' THEN
+            UPDATE dialer.calls SET status = 'network_error', error = 'no answer, and not found at the provider: never placed'
+             WHERE id = k.id;
+            IF c.status = 'in_doubt' AND c.call_id = k.id THEN
+                UPDATE dialer.campaign_contacts
+                   SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                       next_attempt_at = clock_timestamp() + greatest(b.retry_delay, interval '1 second'),
+                       updated_at = clock_timestamp(), last_error = 'previous attempt never reached the provider'
+                 WHERE id = c.id;
+                UPDATE dialer.call_batches
+                   SET queued_count = queued_count + 1,
+                       status = CASE WHEN status = 'completed' THEN 'processing' ELSE status END, completed_at = NULL
+                 WHERE id = b.id;
+            END IF;
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._settle_stale_dialing(p_older_than timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    k dialer.calls;
+    n integer := 0;
+BEGIN
+    FOR k IN SELECT * FROM dialer.calls WHERE status = 'dialing' AND created_at < p_older_than
+              FOR UPDATE SKIP LOCKED LOOP
+        UPDATE dialer.calls SET status = 'in_doubt', error = 'worker stopped while dialing; outcome unknown'
+         WHERE id = k.id;
+        UPDATE dialer.campaign_contacts SET status = 'in_doubt', updated_at = clock_timestamp(),
+               last_error = 'worker stopped while dialing; outcome unknown'
+         WHERE id = k.contact_id AND status = 'in_progress';
+        IF FOUND THEN
+            PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1);
+        END IF;
+        n := n + 1;
+    END LOOP;
     RETURN n;
 END $$;
 
@@ -3516,7 +3702,7 @@ BEGIN
          WHERE id = c.id;
         UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
         IF c.status = 'in_progress' THEN
-            PERFORM dialer.update_batch_progress(b.id, in_progress_delta => -1);
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         END IF;
         PERFORM dialer._wake_on_commit();  -- the worker learns when the retry is due
         RETURN true;
@@ -3525,9 +3711,9 @@ BEGIN
      WHERE id = k.contact_id AND status IN ('in_progress', 'in_doubt') AND call_id = k.id;
     IF FOUND THEN
         IF k.status = 'in_doubt' THEN
-            PERFORM dialer.update_batch_progress(k.batch_id, completed_delta => 1);
+            PERFORM dialer._move_batch_counters(k.batch_id, p_completed => 1);
         ELSE
-            PERFORM dialer.update_batch_progress(k.batch_id, in_progress_delta => -1, completed_delta => 1);
+            PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1, p_completed => 1);
         END IF;
         PERFORM dialer._route_outcome(k.contact_id,
             CASE WHEN voicemail AND b.on_voicemail = 'done' THEN 'voicemail' ELSE dialer._outcome_of_end_reason(p_end_reason) END,
@@ -3543,6 +3729,41 @@ BEGIN
     -- A concurrency slot is free, perhaps a retry queued: the worker (asleep while its batches
     -- were full) looks again.
     PERFORM dialer._wake_on_commit();
+    RETURN true;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.resolve_in_doubt(contact_id bigint, redial boolean)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts;
+BEGIN
+    IF redial IS NULL THEN
+        RAISE EXCEPTION 'redial must be true or false' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = resolve_in_doubt.contact_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'contact % does not exist', coalesce(resolve_in_doubt.contact_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    IF c.status <> 'in_doubt' THEN
+        RAISE NOTICE 'contact % is %, not in doubt', c.id, c.status;
+        RETURN false;
+    END IF;
+    IF redial THEN
+        UPDATE dialer.calls SET status = 'failed', error = 'in doubt; redial chosen by resolve_in_doubt'
+         WHERE id = c.call_id AND status = 'in_doubt';
+        UPDATE dialer.campaign_contacts SET status = 'queued', next_attempt_at = NULL, updated_at = clock_timestamp()
+         WHERE id = c.id;
+        UPDATE dialer.call_batches
+           SET queued_count = queued_count + 1,
+               status = CASE WHEN status = 'completed' THEN 'processing' ELSE status END, completed_at = NULL
+         WHERE id = c.batch_id;
+        PERFORM dialer._wake_on_commit();
+    ELSE
+        UPDATE dialer.calls SET status = 'ended', end_reason = 'settled_in_doubt', ended_at = clock_timestamp()
+         WHERE id = c.call_id AND status = 'in_doubt';
+        UPDATE dialer.campaign_contacts SET status = 'completed', updated_at = clock_timestamp() WHERE id = c.id;
+        PERFORM dialer._move_batch_counters(c.batch_id, p_completed => 1);
+    END IF;
     RETURN true;
 END $$;
 
@@ -3688,7 +3909,7 @@ DECLARE
     f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN ('cancel_job', 'add_do_not_call', 'set_queue_options', 'set_provider_rate_limit') LOOP
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN ('update_batch_progress', 'resolve_in_doubt', 'cancel_job', 'add_do_not_call', 'set_queue_options', 'set_provider_rate_limit') LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
 END $$;
