@@ -35,6 +35,11 @@ pub fn wake_worker() -> bool {
     if pid <= 0 {
         return false;
     }
+    // The worker's own writes (a call it saw end) need no wake-up: it looks again at the end of
+    // the pass it is in. (Waking itself cost an extra pass per recorded round.)
+    if pid == unsafe { pg_sys::MyProcPid } {
+        return true;
+    }
     unsafe {
         // BackendPidGetProc returns NULL for a PID that is no longer a live backend.
         let proc_ = pg_sys::BackendPidGetProc(pid);

@@ -18,6 +18,8 @@ const CLAIM_AHEAD: usize = 8;
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often every processing batch is checked for completion, counters aside.
 const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Answers that come back this close before the next pass are recorded by it (see wait).
+const RESULTS_WAIT: Duration = Duration::from_millis(40);
 /// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
 const RETENTION_ROOM: Duration = Duration::from_millis(5);
 /// After an error, wait this long before trying again (never a hot loop).
@@ -442,8 +444,15 @@ impl Worker {
     }
 
     /// Sleeps on the latch and the HTTP pool's pipe. Returns false when it is time to exit.
+    /// When the next pass is due within RESULTS_WAIT anyway, answers wait for it rather than
+    /// waking the worker each (a paced campaign's calls were two passes each, one to place, one
+    /// to record).
     fn wait(&mut self, timeout: Duration) -> bool {
-        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH | pg_sys::WL_SOCKET_READABLE) as i32;
+        let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
+        if timeout > RESULTS_WAIT {
+            events |= pg_sys::WL_SOCKET_READABLE;
+        }
+        let events = events as i32;
         let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
         let rc = unsafe {
             let rc = pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, self.pool.wake_fd(), timeout_ms, pg_sys::PG_WAIT_EXTENSION);
