@@ -245,13 +245,22 @@ pub fn run(opts: &Opts) -> Outcome {
     let b_ok = bull.as_ref().and_then(|b| b.as_ref().ok());
     match &pg0 {
         Ok(p) => {
-            let target_met = p.rate.map(|r| r >= 10_000.0);
-            out.rows.push(Row::new(&sc0, "calls/s (first→last POST)", p.rate, b_ok.and_then(|b| b.rate), 0).target("≥ 10,000", target_met));
+            // The targets are BullMQ's figures of the same run (1.5× its rate, at most its CPU);
+            // without a BullMQ side, the goal of 10,000 calls/s on these 2 cores.
+            let b_rate = b_ok.and_then(|b| b.rate);
+            let (rate_target, rate_met) = match (p.rate, b_rate) {
+                (Some(r), Some(b)) => ("≥ 1.5× BullMQ", Some(r >= 1.5 * b)),
+                (r, _) => ("≥ 10,000", r.map(|r| r >= 10_000.0)),
+            };
+            out.rows.push(Row::new(&sc0, "calls/s (first→last POST)", p.rate, b_rate, 0).target(rate_target, rate_met));
             out.rows.push(Row::new(&sc0, "calls/s (start → last POST)", p.rate_e2e, b_ok.and_then(|b| b.rate_e2e), 0));
             if p.placed < p.wanted {
                 out.rows.push(Row::new(&sc0, &format!("calls placed (of {}) before the time cap", p.wanted), Some(p.placed as f64), b_ok.map(|b| b.placed as f64), 0));
             }
-            out.rows.push(Row::new(&sc0, "CPU s / 1k calls: Postgres | node+redis", Some(p.cpu_per_1k), b_ok.map(|b| b.cpu_per_1k), 3));
+            out.rows.push(
+                Row::new(&sc0, "CPU s / 1k calls: Postgres | node+redis", Some(p.cpu_per_1k), b_ok.map(|b| b.cpu_per_1k), 3)
+                    .target("≤ BullMQ", b_ok.map(|b| p.cpu_per_1k <= b.cpu_per_1k)),
+            );
             out.rows.push(Row::new(&sc0, "CPU s / 1k calls: simulator", Some(p.sim_cpu_per_1k), b_ok.map(|b| b.sim_cpu_per_1k), 3));
             out.rows.push(Row::new(&sc0, "pg_dialer worker peak memory MB (VmHWM)", p.hwm_mb, None, 1));
             out.details.extend(p.details.iter().cloned());
