@@ -350,6 +350,12 @@ fn a_tenant_cannot_touch_another_agencys_caller_ids_batch_options_or_leads_table
         (format!("SELECT dialer._attach_queue({att}, '{{\"id\": 9, \"phone\": \"+15557419990\", \"status\": \"Pending_AI_Call\"}}')"), "42501"),
         ("SELECT dialer._attach_install(1)".to_string(), "42501"),
         ("SELECT dialer._lead_sync(1)".to_string(), "42501"),
+        // The worker's internals of 0.3.0 run with the caller's rights, which a tenant lacks.
+        (format!("SELECT dialer._move_batch_counters({b_batch}, 1, 1, 1)"), "42501"),
+        ("SELECT dialer._count_arrivals()".to_string(), "42501"),
+        ("SELECT count(*) FROM dialer.queue_arrivals".to_string(), "42501"),
+        (format!("INSERT INTO dialer.queue_arrivals VALUES ({b_batch})"), "42501"),
+        ("SELECT dialer._record_accepted(ARRAY[1]::bigint[], ARRAY['x'], ARRAY[201], ARRAY[1.0]::float8[], ARRAY[1.0]::float8[], ARRAY['{}'], ARRAY['{}'])".to_string(), "42501"),
     ] {
         let e = t.query(sql.as_str(), &[]).unwrap_err();
         assert!(code(&e).starts_with(expected), "{sql}: {}", code(&e));
@@ -361,12 +367,13 @@ fn a_tenant_cannot_touch_another_agencys_caller_ids_batch_options_or_leads_table
         "SELECT (SELECT count(*) FROM dialer.caller_ids), (SELECT max_calls_per_day FROM dialer.caller_ids),
                 (SELECT bool_or(use_caller_id_pool) FROM dialer.agent_mappings),
                 (SELECT on_voicemail FROM dialer.call_batches WHERE id = $1), (SELECT expires_at IS NULL FROM dialer.call_batches WHERE id = $1),
-                (SELECT count(*) FROM dialer.lead_attachments), (SELECT count(*) FROM dialer.campaign_contacts)",
+                (SELECT count(*) FROM dialer.lead_attachments), (SELECT count(*) FROM dialer.campaign_contacts),
+                (SELECT failed_count + in_progress_count + completed_count FROM dialer.call_batches WHERE id = $1)",
         &[&b_batch],
     ).unwrap();
     assert_eq!(
-        (r.get::<_, i64>(0), r.get::<_, Option<i32>>(1), r.get::<_, Option<bool>>(2), r.get::<_, String>(3), r.get::<_, bool>(4), r.get::<_, i64>(5), r.get::<_, i64>(6)),
-        (1, Some(50), Some(false), "retry".to_string(), true, 1, 0)
+        (r.get::<_, i64>(0), r.get::<_, Option<i32>>(1), r.get::<_, Option<bool>>(2), r.get::<_, String>(3), r.get::<_, bool>(4), r.get::<_, i64>(5), r.get::<_, i64>(6), r.get::<_, i32>(7)),
+        (1, Some(50), Some(false), "retry".to_string(), true, 1, 0, 0)
     );
     // A tenant sees none of B's caller IDs or attachments.
     let seen: i64 = t.query_one("SELECT (SELECT count(*) FROM dialer.caller_ids) + (SELECT count(*) FROM dialer.lead_attachments)", &[]).unwrap().get(0);
