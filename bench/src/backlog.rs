@@ -56,7 +56,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     let mut conf = vec!["dialer.enabled = off".to_string(), "dialer.status_poll_interval = '1s'".into()];
     conf.extend(pgss_conf(opts));
     let mut s = Setup::new(&format!("backlog{contacts}"), &sim.url, API_KEY, &conf)?;
-    pgss_create(&mut s.db, opts)?;
+    pgss_create(&mut s.db)?;
     let load = Instant::now();
     s.db.execute(
         "SELECT dialer.create_batch($1, $2, 'backlog ' || g, $3, 100) FROM generate_series(1, $4::int) g",
@@ -143,7 +143,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     ));
     details.extend(split_lines(&format!("  pg_dialer worker CPU by thread over {wall:.1} s of dialing"), &thr).into_iter());
     details.push(format!("  {}", memory_line(worker)));
-    for l in pgss_top(&mut s.db, pgss_track(opts), 15) {
+    for l in pgss_top(&mut s.db, opts, 15) {
         details.push(format!("  {l}"));
     }
     Ok(BacklogResult {

@@ -60,25 +60,25 @@ pub fn sleep_checked(d: Duration) -> Result<()> {
 pub fn pgss_conf(opts: &Opts) -> Vec<String> {
     vec![
         "+preload pg_stat_statements".into(),
-        format!("pg_stat_statements.track = {}", pgss_track(opts).unwrap_or("top")),
+        format!("pg_stat_statements.track = {}", pgss_track(opts)),
         "pg_stat_statements.max = 1000".into(),
     ]
 }
 
-pub fn pgss_create(db: &mut Client, _opts: &Opts) -> Result<()> {
+pub fn pgss_create(db: &mut Client) -> Result<()> {
     db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();")?;
     Ok(())
 }
 
 /// pg_stat_statements.track of a scenario's cluster: "all" with --pgss, else "top".
-pub fn pgss_track(opts: &Opts) -> Option<&'static str> {
-    Some(if opts.pgss { "all" } else { "top" })
+pub fn pgss_track(opts: &Opts) -> &'static str {
+    if opts.pgss { "all" } else { "top" }
 }
 
-/// The statements that took the most time, when pg_stat_statements is loaded with `track` (with
-/// "all", nested ones too: a function's total includes them); nothing when `track` is None.
-pub fn pgss_top(db: &mut Client, track: Option<&str>, n: i64) -> Vec<String> {
-    let Some(track) = track else { return Vec::new() };
+/// The statements that took the most time (with --pgss, nested ones too: a function's total
+/// includes them).
+pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
+    let track = pgss_track(opts);
     let rows = match db.query(
         "SELECT calls, total_exec_time, mean_exec_time, rows,
                 left(regexp_replace(query, '\\s+', ' ', 'g'), 110)

@@ -70,7 +70,7 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
     let mut conf: Vec<String> = Vec::new();
     conf.extend(pgss_conf(opts));
     let mut s = Setup::new("latency", &sim.url, API_KEY, &conf)?;
-    pgss_create(&mut s.db, opts)?;
+    pgss_create(&mut s.db)?;
     s.db.execute(
         "SELECT dialer.set_queue_options($1, calls_per_minute => 600000, max_concurrent => 10000)",
         &[&s.agency_id],
@@ -105,7 +105,7 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
         percentile(&rtt, 50.0).unwrap_or(f64::NAN),
         percentile(&rtt, 99.0).unwrap_or(f64::NAN)
     )];
-    for l in pgss_top(&mut s.db, pgss_track(opts), 30) {
+    for l in pgss_top(&mut s.db, opts, 12) {
         details.push(format!("  {l}"));
     }
     let mut r = summarize("pg_dialer", &lat, missing, &mut Vec::new());

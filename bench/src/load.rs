@@ -78,11 +78,11 @@ fn pct(cpu_s: f64, d: u64) -> f64 {
 
 fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     let sim = SimProcess::start(0, CALL_MS)?;
-    let track = pgss_track(opts).unwrap_or("top");
+    let track = pgss_track(opts);
     let mut conf = pgss_conf(opts);
     conf.insert(0, "dialer.enabled = off".into());
     let mut s = Setup::new("load", &sim.url, API_KEY, &conf)?;
-    pgss_create(&mut s.db, opts).context("CREATE EXTENSION pg_stat_statements")?;
+    pgss_create(&mut s.db).context("CREATE EXTENSION pg_stat_statements")?;
     let contacts = (CPM as f64 / 60.0 * d as f64 * 1.2).ceil() as usize;
     let batch = s.batch(&format!("load {CPM}/min"), CPM as i32, MAX_CONCURRENT)?;
     s.add_contacts(batch, "+130", 0, contacts)?;
@@ -110,7 +110,7 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     let sim1 = cpu_of(sim.pid(), "the simulator")?;
     let t1 = now_us();
     // Read before the bench's own statements below add to it.
-    let top = pgss_top(&mut s.db, Some(track), PGSS_TOP);
+    let top = pgss_top(&mut s.db, opts, PGSS_TOP);
     let _ = s.db.execute("SELECT dialer.cancel_batch($1)", &[&batch]);
 
     let mut dcpu = cpu1.delta(&cpu0);

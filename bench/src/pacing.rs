@@ -103,7 +103,7 @@ fn prepare_pg(opts: &Opts, d: u64) -> Result<PgSide> {
     let mut conf = vec!["dialer.enabled = off".to_string(), "dialer.status_poll_interval = '1s'".into()];
     conf.extend(pgss_conf(opts));
     let mut s = Setup::new("pacing", &sim.url, API_KEY, &conf)?;
-    pgss_create(&mut s.db, opts)?;
+    pgss_create(&mut s.db)?;
     let mut batches = Vec::new();
     for (k, cpm) in RATES.iter().enumerate() {
         let id = s.batch(&format!("pacing {cpm}/min"), *cpm as i32, MAX_CONCURRENT)?;
@@ -170,7 +170,7 @@ pub fn run(opts: &Opts) -> Outcome {
             }
             Err(e) => out.rows.push(Row::failed("3. Pacing", &format!("{e:#}"))),
         }
-        for l in pgss_top(&mut p.s.db, pgss_track(opts), 12) {
+        for l in pgss_top(&mut p.s.db, opts, 12) {
             out.details.push(format!("  {l}"));
         }
     }

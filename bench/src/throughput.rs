@@ -90,7 +90,7 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
     ];
     conf.extend(pgss_conf(opts));
     let mut s = Setup::new(&format!("tp{latency_ms}"), &sim.url, API_KEY, &conf)?;
-    pgss_create(&mut s.db, opts)?;
+    pgss_create(&mut s.db)?;
     let load = Instant::now();
     for b in 0..nb {
         let id = s.batch(&format!("throughput {b}"), 1_000_000, 100_000)?;
@@ -153,7 +153,7 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
         initiated as f64 / ticks.max(1) as f64
     ));
     details.push(format!("  {}", memory_line(worker)));
-    for l in pgss_top(&mut s.db, pgss_track(opts), 40) {
+    for l in pgss_top(&mut s.db, opts, 15) {
         details.push(format!("  {l}"));
     }
     let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|v| v as f64 / 1024.0);
