@@ -371,7 +371,6 @@ DECLARE
     c dialer.campaign_contacts;
     outcome text;
     backoff interval;
-    initiated integer := 0;
     failed integer := 0;
     rate_limited integer := 0;
     retried integer := 0;
@@ -458,7 +457,7 @@ BEGIN
                 'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r->'http_status'));
         END IF;
     END LOOP;
-    RETURN jsonb_build_object('initiated', initiated, 'failed', failed, 'rate_limited', rate_limited,
+    RETURN jsonb_build_object('initiated', 0, 'failed', failed, 'rate_limited', rate_limited,
                               'retried', retried, 'in_doubt', doubtful);
 END $$;
 

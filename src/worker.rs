@@ -247,15 +247,7 @@ impl Worker {
         };
         self.skipping = false;
         // The claim is committed: only now may requests leave.
-        let submitted = jobs.len();
-        for job in jobs {
-            self.pool.submit(job);
-        }
-        if submitted > 0 {
-            // Let an HTTP thread have the core before this thread's housekeeping: on a busy
-            // machine that was most of an immediate call's wait (p90 0.9 ms → 0.15 ms).
-            std::thread::yield_now();
-        }
+        let submitted = self.send_claimed(jobs);
 
         // Housekeeping after the requests are on their way: status look-ups, lost attempts,
         // hand-offs, completed batches, and when to look again.
@@ -352,6 +344,20 @@ impl Worker {
         (pool_room, room_for)
     }
 
+    /// Hands a committed claim's requests to the HTTP pool. Returns how many.
+    fn send_claimed(&mut self, jobs: Vec<crate::dispatch::Job>) -> usize {
+        let n = jobs.len();
+        for job in jobs {
+            self.pool.submit(job);
+        }
+        if n > 0 {
+            // Let an HTTP thread have the core before this thread's housekeeping: on a busy
+            // machine that was most of an immediate call's wait (p90 0.9 ms → 0.15 ms).
+            std::thread::yield_now();
+        }
+        n
+    }
+
     /// The immediate-call path (see iteration): if a queue was just given a job, one claim from
     /// it, committed, and its requests on their way. The full tick that follows does the rest.
     fn claim_woken(&mut self) -> Result<(), crate::error::DialerError> {
@@ -373,13 +379,7 @@ impl Worker {
             tick::claim_one(batch_id, s.max_claim_per_batch, s.max_calls_per_second, Some(started_ms), &room_for, &mut cache).map(Some)
         })?;
         let Some((jobs, unbuildable, _)) = claimed else { return Ok(()) };
-        let submitted = !jobs.is_empty();
-        for job in jobs {
-            self.pool.submit(job);
-        }
-        if submitted {
-            std::thread::yield_now();
-        }
+        self.send_claimed(jobs);
         if !unbuildable.is_empty() {
             txn::run(|| tick::record_outcomes(unbuildable))?;
         }
