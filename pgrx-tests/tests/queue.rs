@@ -168,6 +168,37 @@ fn cancel_retry_clean_and_states_through_a_jobs_life() {
 }
 
 #[test]
+fn cancelling_a_job_while_the_worker_holds_its_queue_waits_and_never_deadlocks() {
+    // The worker's claim holds the queue's row and then counts its new jobs; cancel_job counts
+    // them too. Both must take the queue's row before the arrivals (they once deadlocked).
+    let mut s = Scenario::new("q-lock-order", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
+    fast_queue(&mut s);
+    let first: i64 = s.db.query_one("SELECT dialer.schedule_call('+15551170001', delay => '1 hour')", &[]).unwrap().get(0);
+    s.db.query_one("SELECT dialer.schedule_call('+15551170002', delay => '1 hour')", &[]).unwrap();
+    let queue: i64 = s.db.query_one("SELECT batch_id FROM dialer.campaign_contacts WHERE id = $1", &[&first]).unwrap().get(0);
+
+    let mut worker_like = s.cluster.connect();
+    let mut tx = worker_like.transaction().unwrap();
+    tx.execute("SET LOCAL lock_timeout = '10s'", &[]).unwrap();
+    tx.execute("SELECT 1 FROM dialer.call_batches WHERE id = $1 FOR NO KEY UPDATE", &[&queue]).unwrap();
+    let mut tenant = s.cluster.connect();
+    let pid: i32 = tenant.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let cancel = std::thread::spawn(move || tenant.query_one("SELECT dialer.cancel_job($1)", &[&first]).map(|r| r.get::<_, bool>(0)));
+    wait_for("cancel_job to wait for the queue's row", Duration::from_secs(10), || {
+        let waiting: Option<String> =
+            s.db.query_one("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", &[&pid]).unwrap().get(0);
+        (waiting.as_deref() == Some("Lock")).then_some(())
+    });
+    let counted: i32 = tx.query_one("SELECT dialer._count_arrivals($1)", &[&queue]).unwrap().get(0);
+    assert_eq!(counted, 2, "the arrivals were free to count: cancel_job had not taken them");
+    tx.commit().unwrap();
+    assert!(cancel.join().unwrap().unwrap(), "cancel_job went on once the queue was free");
+    let r = s.db.query_one("SELECT total_contacts, queued_count FROM dialer.call_batches WHERE id = $1", &[&queue]).unwrap();
+    assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (2, 1));
+    assert_eq!(s.job_state(first), "cancelled");
+}
+
+#[test]
 fn recurring_calls_follow_new_york_across_dst_and_catch_up_once() {
     let mut s = Scenario::new("q-recurring", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
     fast_queue(&mut s);

@@ -263,6 +263,13 @@ fn no_tenant_stops_the_worker() {
     tx.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558930002"}])]).unwrap();
     tx.execute("UPDATE dialer.campaign_contacts SET timezone = 'Mars/Olympus' WHERE batch_id = $1", &[&own]).unwrap();
     tx.commit().unwrap();
+    // A transaction left open after cancelling a job holds A's queue row; a job scheduled after
+    // it waits to be counted in that queue, which the worker passes by.
+    let job: i64 = t.query_one("SELECT dialer.schedule_call('+15558930003', $1, delay => '1 hour')", &[&a]).unwrap().get(0);
+    let mut cancelling = Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    cancelling.batch_execute("BEGIN").unwrap();
+    assert!(cancelling.query_one("SELECT dialer.cancel_job($1)", &[&job]).unwrap().get::<_, bool>(0));
+    t.query_one("SELECT dialer.schedule_call('+15558930004', $1, delay => '1 hour')", &[&a]).unwrap();
     let (b, b_nums) = b_campaign(&mut s, 8);
     s.wake();
     s.wait_batch_completed(b, Duration::from_secs(60));
@@ -273,6 +280,7 @@ fn no_tenant_stops_the_worker() {
     });
     assert!(err.contains("could not claim") && err.contains("Mars/Olympus"), "{err}");
     held.batch_execute("ROLLBACK").unwrap();
+    cancelling.batch_execute("ROLLBACK").unwrap();
 }
 
 #[test]

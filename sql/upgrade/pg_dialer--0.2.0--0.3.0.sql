@@ -3103,15 +3103,32 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION dialer._count_arrivals(p_batch_id bigint DEFAULT NULL)
+CREATE OR REPLACE FUNCTION dialer._count_arrivals(p_batch_id bigint DEFAULT NULL, p_skip_locked boolean DEFAULT false)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
+    locked bigint[];
     n integer;
 BEGIN
+    -- Arrivals are deleted only under their batch's row lock, taken first and in id order: a
+    -- counter that deleted arrivals before locking the batch could hold rows another counter
+    -- (holding the batch) must delete, and each would wait for the other. The worker skips the
+    -- batches an open transaction holds (their arrivals wait for the next count).
+    IF p_skip_locked THEN
+        SELECT array_agg(v.id) INTO locked FROM (
+            SELECT b.id FROM dialer.call_batches b
+             WHERE b.id IN (SELECT a.batch_id FROM dialer.queue_arrivals a WHERE p_batch_id IS NULL OR a.batch_id = p_batch_id)
+             ORDER BY b.id FOR NO KEY UPDATE SKIP LOCKED) v;
+    ELSE
+        SELECT array_agg(v.id) INTO locked FROM (
+            SELECT b.id FROM dialer.call_batches b
+             WHERE b.id IN (SELECT a.batch_id FROM dialer.queue_arrivals a WHERE p_batch_id IS NULL OR a.batch_id = p_batch_id)
+             ORDER BY b.id FOR NO KEY UPDATE) v;
+    END IF;
+    IF locked IS NULL THEN
+        RETURN 0;
+    END IF;
     WITH gone AS (
-        DELETE FROM dialer.queue_arrivals a
-         WHERE (p_batch_id IS NULL OR a.batch_id = p_batch_id)
-           AND a.batch_id IN (SELECT v.id FROM dialer.call_batches v)
+        DELETE FROM dialer.queue_arrivals a WHERE a.batch_id = ANY (locked)
         RETURNING a.batch_id
     ), per_batch AS (
         SELECT g.batch_id, count(*)::integer AS n FROM gone g GROUP BY g.batch_id
@@ -3130,7 +3147,7 @@ DECLARE
     n integer;
 BEGIN
     IF EXISTS (SELECT 1 FROM dialer.queue_arrivals) THEN
-        PERFORM dialer._count_arrivals();
+        PERFORM dialer._count_arrivals(p_skip_locked => true);
     END IF;
     PERFORM dialer._promote_recurring(p_now);
     PERFORM dialer._expire_contacts(p_now);
