@@ -46,28 +46,33 @@ $$;
 
 -- The owner, superusers, roles that bypass row-level security and members of dialer_admin see
 -- every agency, through the API functions too.
+-- (plpgsql: row-level security runs this once per statement, and a sql function's body is
+-- planned again on every call.)
 CREATE FUNCTION dialer._caller_is_operator()
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(bool_or(r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, 'dialer_admin', 'MEMBER')
-                            OR pg_has_role(r.oid, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'pg_dialer'), 'MEMBER')),
-                    false)
-      FROM pg_roles r WHERE r.rolname = dialer._caller()
-$$;
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me name := dialer._caller();
+BEGIN
+    RETURN coalesce((SELECT r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, 'dialer_admin', 'MEMBER')
+                            OR pg_has_role(r.oid, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'pg_dialer'), 'MEMBER')
+                       FROM pg_roles r WHERE r.rolname = me), false);
+END $$;
 
 -- Runs with the caller's rights (dialer._caller()); agency_members shows each caller only the
 -- rows naming its own roles.
 CREATE FUNCTION dialer.current_agency_ids()
 RETURNS bigint[] LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    me name := dialer._caller();  -- once, not once per role
     ids bigint[];
     claim text;
 BEGIN
     SELECT coalesce(array_agg(DISTINCT m.agency_id), '{}') INTO ids
       FROM dialer.agency_members m
-     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER'));
+     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(me, r.oid, 'MEMBER'));
     -- Any session can SET request.jwt.claims: the claim counts only for the roles PostgREST
     -- switches to after checking the JWT (dialer.jwt_roles, which only a superuser can change).
-    IF NOT dialer._caller()::text = ANY (dialer._jwt_roles()) THEN
+    IF NOT me::text = ANY (dialer._jwt_roles()) THEN
         RETURN ids;
     END IF;
     BEGIN
@@ -149,13 +154,13 @@ CREATE POLICY tenant ON dialer.calls USING (agency_id = ANY ((SELECT dialer.curr
 CREATE POLICY tenant ON dialer.recurring_calls USING (agency_id = ANY ((SELECT dialer.current_agency_ids())::bigint[]));
 CREATE POLICY tenant ON dialer.telecallers USING (agency_id = ANY ((SELECT dialer.current_agency_ids())::bigint[]));
 CREATE POLICY tenant ON dialer.campaign_contacts
-    USING (batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.agency_id = ANY (dialer.current_agency_ids())));
+    USING (batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.agency_id = ANY ((SELECT dialer.current_agency_ids())::bigint[])));
 CREATE POLICY tenant ON dialer.followups
     USING (contact_id IN (SELECT c.id FROM dialer.campaign_contacts c));
 GRANT SELECT ON dialer.agency_members TO dialer_user;
 GRANT SELECT ON dialer.agency_members TO dialer_api;
 CREATE POLICY own_roles ON dialer.agency_members
-    USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER')));
+    USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role((SELECT dialer._caller()), r.oid, 'MEMBER')));
 
 -- The views read with the caller's rights, so row-level security applies through them: a tenant
 -- sees its own batches, attempts in doubt and health figures only.

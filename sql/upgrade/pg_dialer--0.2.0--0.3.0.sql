@@ -157,13 +157,17 @@ RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- _caller_is_operator: new
+-- (plpgsql: row-level security runs this once per statement, and a sql function's body is
+-- planned again on every call.)
 CREATE OR REPLACE FUNCTION dialer._caller_is_operator()
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(bool_or(r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, 'dialer_admin', 'MEMBER')
-                            OR pg_has_role(r.oid, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'pg_dialer'), 'MEMBER')),
-                    false)
-      FROM pg_roles r WHERE r.rolname = dialer._caller()
-$$;
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me name := dialer._caller();
+BEGIN
+    RETURN coalesce((SELECT r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, 'dialer_admin', 'MEMBER')
+                            OR pg_has_role(r.oid, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'pg_dialer'), 'MEMBER')
+                       FROM pg_roles r WHERE r.rolname = me), false);
+END $$;
 
 -- _check_mapping_usable: new
 CREATE OR REPLACE FUNCTION dialer._check_mapping_usable(p_mapping_id bigint)
@@ -585,15 +589,16 @@ END $$;
 CREATE OR REPLACE FUNCTION dialer.current_agency_ids()
 RETURNS bigint[] LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    me name := dialer._caller();  -- once, not once per role
     ids bigint[];
     claim text;
 BEGIN
     SELECT coalesce(array_agg(DISTINCT m.agency_id), '{}') INTO ids
       FROM dialer.agency_members m
-     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER'));
+     WHERE m.role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(me, r.oid, 'MEMBER'));
     -- Any session can SET request.jwt.claims: the claim counts only for the roles PostgREST
     -- switches to after checking the JWT (dialer.jwt_roles, which only a superuser can change).
-    IF NOT dialer._caller()::text = ANY (dialer._jwt_roles()) THEN
+    IF NOT me::text = ANY (dialer._jwt_roles()) THEN
         RETURN ids;
     END IF;
     BEGIN
@@ -3022,7 +3027,10 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA dialer TO dialer_api;
 GRANT SELECT ON dialer.agency_members TO dialer_api;
 DROP POLICY own_roles ON dialer.agency_members;
 CREATE POLICY own_roles ON dialer.agency_members
-    USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role(dialer._caller(), r.oid, 'MEMBER')));
+    USING (role_name IN (SELECT r.rolname FROM pg_roles r WHERE pg_has_role((SELECT dialer._caller()), r.oid, 'MEMBER')));
+-- Once per statement, not once per batch.
+ALTER POLICY tenant ON dialer.campaign_contacts
+    USING (batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.agency_id = ANY ((SELECT dialer.current_agency_ids())::bigint[])));
 
 ALTER TABLE dialer.runs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dialer.pacing_state ENABLE ROW LEVEL SECURITY;
