@@ -337,7 +337,12 @@ fn claim_from(
         let specs = match crate::txn::isolated(|| claim_batch(batch_id, budget, global_cps, catch_up_before_ms)) {
             Ok(specs) => specs,
             Err(e) => {
-                set_batch_error(batch_id, &format!("could not claim from this batch: {e}"))?;
+                // Noted in a subtransaction of its own: a batch row that cannot be written now
+                // (locked past lock_timeout) must not end the tick for the others either.
+                let note = format!("could not claim from this batch: {e}");
+                if let Err(e) = crate::txn::isolated(|| set_batch_error(batch_id, &note)) {
+                    pgrx::warning!("pg_dialer: batch {batch_id}: {note} ({e})");
+                }
                 continue;
             }
         };

@@ -22,6 +22,9 @@ const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 const RESULTS_WAIT: Duration = Duration::from_millis(40);
 /// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
 const RETENTION_ROOM: Duration = Duration::from_millis(5);
+/// The longest the worker waits for a row lock (see pg_dialer_worker_main).
+const LOCK_TIMEOUT: &std::ffi::CStr = c"500ms";
+
 /// After an error, wait this long before trying again (never a hot loop).
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -41,6 +44,17 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
             c"on".as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+    // No tenant stops the worker by holding a row it must write (an API call in a transaction
+    // left open): a longer wait fails that step, which is retried (a claim batch by batch, results
+    // one by one, the rest next pass). A session value, so a step's own SET LOCAL still applies.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            LOCK_TIMEOUT.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
         );
     }
     wake::publish_worker_pid(unsafe { pg_sys::MyProcPid });

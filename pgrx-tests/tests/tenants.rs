@@ -284,6 +284,37 @@ fn no_tenant_stops_the_worker() {
 }
 
 #[test]
+fn a_tenant_holding_its_own_batch_open_while_its_call_ends_does_not_stop_the_worker() {
+    let mut s = Scenario::new("t-held", Scenario::sim_config(300, 500), &["dialer.status_poll_interval = '500ms'"]);
+    let (a, mut t) = tenant(&mut s);
+    let base = s.sim.base_url();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &API_KEY, &base]).unwrap();
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550193')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'held', 600, 5)", &[&a, &ma]).unwrap().get(0);
+    t.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558940001"}])]).unwrap();
+    s.wake();
+    wait_for("A's call placed", Duration::from_secs(20), || (!posts_to(&s.sim, "+15558940001").is_empty()).then_some(()));
+    // The batch's row stays locked (pause_batch, never committed) while A's call ends: the worker
+    // cannot record that end, and must go on with everyone else.
+    let mut holding = Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    holding.batch_execute("BEGIN").unwrap();
+    assert!(holding.query_one("SELECT dialer.pause_batch($1)", &[&own]).unwrap().get::<_, bool>(0));
+    let (b, b_nums) = b_campaign(&mut s, 8);
+    s.wake();
+    s.wait_batch_completed(b, Duration::from_secs(60));
+    assert!(b_nums.iter().all(|n| posts_to(&s.sim, n).len() == 1), "B dialed in full while A held its batch");
+    let a_status: String = s.db.query_one("SELECT status FROM dialer.campaign_contacts WHERE batch_id = $1", &[&own]).unwrap().get(0);
+    assert_eq!(a_status, "in_progress", "A's end waits for A's lock");
+    holding.batch_execute("ROLLBACK").unwrap();
+    let db = &mut s.db;
+    wait_for("A's call recorded once its batch is free", Duration::from_secs(30), || {
+        let st: String = db.query_one("SELECT status FROM dialer.campaign_contacts WHERE batch_id = $1", &[&own]).ok()?.get(0);
+        (st == "completed").then_some(())
+    });
+    assert_eq!(posts_to(&s.sim, "+15558940001").len(), 1, "A was called once");
+}
+
+#[test]
 fn forged_claims_count_for_nothing_and_the_schema_refuses_cross_agency_rows() {
     let mut s = Scenario::new("t-identity", Scenario::sim_config(200, 400), &[]);
     let (a, mut t) = tenant(&mut s);
