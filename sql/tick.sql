@@ -527,13 +527,18 @@ BEGIN
     FOR r IN SELECT value FROM jsonb_array_elements(p_results) LOOP
         SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'in_progress' FOR UPDATE;
         CONTINUE WHEN NOT FOUND;
-        UPDATE dialer.calls
-           SET answered_at = coalesce(answered_at, (r->>'answered_at')::timestamptz),
-               response = coalesce(r->'response', response)
-         WHERE id = k.id;
-        CONTINUE WHEN NOT coalesce((r->>'ended')::boolean, false);
-        IF dialer._end_call(k.id, r->>'end_reason', (r->>'answered_at')::timestamptz, (r->>'ended_at')::timestamptz) THEN
-            n := n + 1;
+        -- A call's row is written only when something changed: a poll of a live call that learnt
+        -- nothing new left a dead row version (and ten index entries) behind every few seconds.
+        IF r ? 'response' THEN
+            UPDATE dialer.calls SET response = r->'response' WHERE id = k.id;
+        END IF;
+        IF coalesce((r->>'ended')::boolean, false) THEN
+            -- _end_call writes answered_at with the end, in the same update
+            IF dialer._end_call(k.id, r->>'end_reason', (r->>'answered_at')::timestamptz, (r->>'ended_at')::timestamptz) THEN
+                n := n + 1;
+            END IF;
+        ELSIF k.answered_at IS NULL AND r->>'answered_at' IS NOT NULL THEN
+            UPDATE dialer.calls SET answered_at = (r->>'answered_at')::timestamptz WHERE id = k.id;
         END IF;
     END LOOP;
     RETURN n;
