@@ -108,10 +108,48 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
     for l in pgss_top(&mut s.db, opts, 12) {
         details.push(format!("  {l}"));
     }
+    details.extend(stages(&sim, &mut s.db, &sent));
     let mut r = summarize("pg_dialer", &lat, missing, &mut Vec::new());
     details.append(&mut r.details);
     r.details = details;
     Ok(r)
+}
+
+/// Where an immediate call's time goes: COMMIT → the claim (the attempt row's created_at) → the
+/// request handed to the socket (dispatched_at) → received by the simulator. Percentiles of each.
+fn stages(sim: &SimProcess, db: &mut postgres::Client, sent: &[(String, i64)]) -> Vec<String> {
+    let rows = match db.query(
+        "SELECT phone_number, (extract(epoch FROM created_at) * 1e6)::int8, (extract(epoch FROM dispatched_at) * 1e6)::int8
+           FROM dialer.calls WHERE dispatched_at IS NOT NULL",
+        &[],
+    ) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("  stages: {e}")],
+    };
+    let attempts: HashMap<String, (i64, i64)> = rows.iter().map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2)))).collect();
+    let Ok(posts) = sim.posts() else { return Vec::new() };
+    let received: HashMap<&str, i64> = posts.iter().filter_map(|p| Some((p.to.as_deref()?, p.received_at_us))).collect();
+    let (mut to_claim, mut to_send, mut to_sim) = (Vec::new(), Vec::new(), Vec::new());
+    for (to, committed) in sent {
+        let (Some((claimed, dispatched)), Some(got)) = (attempts.get(to), received.get(to.as_str())) else { continue };
+        to_claim.push((claimed - committed) as f64 / 1000.0);
+        to_send.push((dispatched - claimed) as f64 / 1000.0);
+        to_sim.push((got - dispatched) as f64 / 1000.0);
+    }
+    let line = |name: &str, v: &[f64]| {
+        format!(
+            "  {name}: p50 {:.2}, p90 {:.2}, p99 {:.2} ms",
+            percentile(v, 50.0).unwrap_or(f64::NAN),
+            percentile(v, 90.0).unwrap_or(f64::NAN),
+            percentile(v, 99.0).unwrap_or(f64::NAN)
+        )
+    };
+    vec![
+        format!("  stages of {} calls (one clock):", to_claim.len()),
+        line("COMMIT → claim started (the worker woke and began its claim)", &to_claim),
+        line("claim started → request sent (claim, commit, HTTP thread)", &to_send),
+        line("request sent → simulator received it (loopback, simulator)", &to_sim),
+    ]
 }
 
 pub fn bull(opts: &Opts) -> Result<LatResult> {
