@@ -24,8 +24,6 @@ const RESULTS_WAIT: Duration = Duration::from_millis(40);
 const RETENTION_ROOM: Duration = Duration::from_millis(5);
 /// The longest the worker waits for a row lock (see pg_dialer_worker_main).
 const LOCK_TIMEOUT: &std::ffi::CStr = c"500ms";
-/// The same when results are recorded one by one (after their group failed).
-const FALLBACK_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '50ms'";
 
 /// After an error, wait this long before trying again (never a hot loop).
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -447,7 +445,7 @@ impl Worker {
                     match txn::run(|| {
                         // A row still locked now (a tenant's open transaction) fails this result
                         // quickly: each of them would otherwise cost the whole LOCK_TIMEOUT again.
-                        Spi::run(FALLBACK_LOCK_TIMEOUT).map_err(|e| crate::error::DialerError::Database(e.to_string()))?;
+                        tick::shorten_lock_waits()?;
                         let c = tick::record_dispatch(one)?;
                         tick::record_status(one)?;
                         tick::record_lookups(one)?;
