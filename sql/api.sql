@@ -117,8 +117,6 @@ BEGIN
         RAISE EXCEPTION 'account_sid % is not a Twilio account SID (AC followed by 32 hex digits)', quote_literal(account_sid)
             USING ERRCODE = '22023', HINT = 'Copy it from the Twilio console (Account Info).';
     END IF;
-    -- The key is given with the host: the row's trigger lets the host change (transaction-local).
-    PERFORM set_config('pg_dialer.key_given', 'on', true);
     -- Update, else insert: an application role may write keys but not read them, and
     -- INSERT ... ON CONFLICT DO UPDATE would need to read them.
     FOR attempt IN 1..2 LOOP
@@ -141,14 +139,21 @@ BEGIN
             NULL;  -- stored concurrently: update it on the next pass
         END;
     END LOOP;
-    PERFORM set_config('pg_dialer.key_given', 'off', true);
 END $$;
 
--- JSON a tenant gives (a contact's variables, a job's metadata) is bounded in size and depth, so
--- nothing stored can be too large or too deep for the worker to read back.
-CREATE FUNCTION dialer._json_bounded()
+-- What a tenant stores is bounded (docs/security.md, "Limits"), so that nothing stored can be too
+-- large or too deep for the worker to read back: a contact's texts (22001) and its JSON, in size
+-- and depth (54000).
+CREATE FUNCTION dialer._contact_bounded()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF length(NEW.name) > 200 OR length(NEW.lead_ref) > 200 OR length(NEW.source) > 100
+       OR length(NEW.dedupe_key) > 200 OR length(NEW.message) > 4000 THEN
+        RAISE EXCEPTION 'a contact''s text is too long: name, lead_ref and dedupe_key are at most 200 characters, source 100, message 4000'
+            USING ERRCODE = '22001', DETAIL = format('name %s, lead_ref %s, dedupe_key %s, source %s, message %s characters',
+                coalesce(length(NEW.name), 0), coalesce(length(NEW.lead_ref), 0), coalesce(length(NEW.dedupe_key), 0),
+                coalesce(length(NEW.source), 0), coalesce(length(NEW.message), 0));
+    END IF;
     IF pg_column_size(NEW.variables) > 65536 OR pg_column_size(NEW.metadata) > 65536 THEN
         RAISE EXCEPTION 'a contact''s variables and metadata are at most 64 kB each' USING ERRCODE = '54000';
     END IF;
@@ -157,8 +162,27 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-CREATE TRIGGER campaign_contacts_json_bounded BEFORE INSERT OR UPDATE OF variables, metadata ON dialer.campaign_contacts
-    FOR EACH ROW EXECUTE FUNCTION dialer._json_bounded();
+CREATE TRIGGER campaign_contacts_bounded
+    BEFORE INSERT OR UPDATE OF variables, metadata, name, lead_ref, source, dedupe_key, message ON dialer.campaign_contacts
+    FOR EACH ROW EXECUTE FUNCTION dialer._contact_bounded();
+
+-- The other texts a tenant stores (names, sources, notes, reasons): each column's limit is an
+-- argument of the trigger (column, characters, column, characters, …); too long is 22001.
+CREATE FUNCTION dialer._text_bounded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb := to_jsonb(NEW);
+    i integer := 0;
+BEGIN
+    WHILE i + 1 < TG_NARGS LOOP
+        IF length(r ->> TG_ARGV[i]) > TG_ARGV[i + 1]::integer THEN
+            RAISE EXCEPTION '%.% is at most % characters, got %', TG_TABLE_NAME, TG_ARGV[i], TG_ARGV[i + 1],
+                length(r ->> TG_ARGV[i]) USING ERRCODE = '22001';
+        END IF;
+        i := i + 2;
+    END LOOP;
+    RETURN NEW;
+END $$;
 
 -- What a foreign key cannot say, because the row has no agency of its own: a queue job's own
 -- agent mapping and a follow-up's telecaller belong to the agency of the contact's batch. Runs
@@ -190,14 +214,44 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- The Vault names an agency's credentials may use: they start with agency_<id>_, so a tenant can
+-- name only secrets made for its own agency (resolving is held to the same rule, src/api/credentials.rs).
+CREATE FUNCTION dialer._vault_prefix(p_agency_id bigint)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'agency_' || p_agency_id || '_'
+$$;
+
+-- A Vault secret for an agency's credentials (the worker, get_agency_credentials): only a name of
+-- that agency's. SECURITY DEFINER: Vault is readable by its owner's roles, not by dialer_worker.
+CREATE FUNCTION dialer._vault_secret(p_agency_id bigint, p_name text)
+RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    secret text;
+BEGIN
+    IF NOT starts_with(p_name, dialer._vault_prefix(p_agency_id)) THEN
+        RAISE EXCEPTION 'Vault secret % is not agency %''s: its credentials may name only secrets whose names start with %',
+            quote_literal(left(p_name, 100)), p_agency_id, dialer._vault_prefix(p_agency_id) USING ERRCODE = '42501';
+    END IF;
+    IF to_regclass('vault.decrypted_secrets') IS NULL THEN
+        RAISE EXCEPTION 'the credentials name Vault secret %, but Supabase Vault (vault.decrypted_secrets) is not installed here',
+            quote_literal(p_name) USING ERRCODE = 'P0002';
+    END IF;
+    EXECUTE 'SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1' INTO secret USING p_name;
+    IF secret IS NULL THEN
+        RAISE EXCEPTION 'Vault has no secret named %', quote_literal(p_name) USING ERRCODE = 'P0002';
+    END IF;
+    RETURN secret;
+END $$;
+
 -- A base_url decides where a provider key is sent, so only the owner and dialer_admin may set
 -- one, only to a host in dialer.allowed_hosts, and a key is bound to the host it was stored
--- with: moving the host needs the key again (dialer.set_provider_credentials), however the row
--- is written.
+-- with: moving the host needs the key again in the same statement (a value not sealed yet: the
+-- stored ciphertext copied over is not the key given), however the row is written.
 CREATE FUNCTION dialer._provider_credentials_guarded()
 RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     old_url text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.base_url END;
+    vault_names text := 'vault:' || dialer._vault_prefix(NEW.agency_id);
 BEGIN
     IF NEW.base_url IS DISTINCT FROM old_url AND NEW.base_url IS NOT NULL THEN
         IF NOT dialer._caller_is_operator() THEN
@@ -206,14 +260,19 @@ BEGIN
         END IF;
         PERFORM dialer._check_base_url(NEW.base_url);
     END IF;
-    -- Stored encrypted, whoever writes the row (a value already sealed is kept as it is).
-    NEW.api_key := dialer._seal(NEW.api_key, NEW.agency_id, NEW.provider, 'api_key');
-    NEW.webhook_secret := dialer._seal(NEW.webhook_secret, NEW.agency_id, NEW.provider, 'webhook_secret');
-    IF TG_OP = 'UPDATE' AND NEW.base_url IS DISTINCT FROM OLD.base_url AND NEW.api_key IS NOT DISTINCT FROM OLD.api_key
-       AND coalesce(current_setting('pg_dialer.key_given', true), '') <> 'on' THEN
+    IF TG_OP = 'UPDATE' AND NEW.base_url IS DISTINCT FROM OLD.base_url AND starts_with(NEW.api_key, 'pgd1:') THEN
         RAISE EXCEPTION 'changing base_url needs the api_key again: a key is bound to the host it was stored with'
             USING ERRCODE = '22023', HINT = 'Use dialer.set_provider_credentials(agency_id, provider, api_key, base_url, ...).';
     END IF;
+    IF (starts_with(NEW.api_key, 'vault:') AND NOT starts_with(NEW.api_key, vault_names))
+       OR (starts_with(NEW.webhook_secret, 'vault:') AND NOT starts_with(NEW.webhook_secret, vault_names)) THEN
+        RAISE EXCEPTION 'agency %''s credentials may name only Vault secrets whose names start with %',
+            NEW.agency_id, dialer._vault_prefix(NEW.agency_id) USING ERRCODE = '42501',
+            HINT = 'Store the secret in Vault as ' || dialer._vault_prefix(NEW.agency_id) || '<name> and give vault:' || dialer._vault_prefix(NEW.agency_id) || '<name>.';
+    END IF;
+    -- Stored encrypted, whoever writes the row (a value already sealed is kept as it is).
+    NEW.api_key := dialer._seal(NEW.api_key, NEW.agency_id, NEW.provider, 'api_key');
+    NEW.webhook_secret := dialer._seal(NEW.webhook_secret, NEW.agency_id, NEW.provider, 'webhook_secret');
     RETURN NEW;
 END $$;
 CREATE TRIGGER provider_credentials_guarded BEFORE INSERT OR UPDATE ON dialer.provider_credentials

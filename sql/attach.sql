@@ -2,13 +2,15 @@
 -- pending status is queued in the same transaction, a row deleted or moved out of it before it is
 -- dialed is cancelled, and every state change is written back onto the row as the seed does.
 --
--- Who runs what (a tenant with a SQL login is hostile):
--- * dialer._lead_changed, the trigger on the leads table, is SECURITY DEFINER (the extension
---   owner) so that whoever inserts a lead can queue it; it only acts for the table its attachment
---   names (TG_RELID), which only the table's owner could attach.
--- * Rows of the leads table are written by the attachment's writer function, created per
---   attachment and owned by the table's owner: the owner's rights, the owner's triggers and
---   policies, never the extension owner's (a tenant's trigger must not run as a superuser).
+-- Who runs what (a tenant with a SQL login is hostile; see docs/security.md):
+-- * dialer._lead_changed, the trigger on the leads table, is SECURITY INVOKER: the row is read with
+--   the rights of whoever changed it (to_jsonb runs the table's own casts as that role). Only the
+--   fields the attachment names go on, as one jsonb, to dialer._lead_event, the one SECURITY DEFINER
+--   entry point, which checks that the calling role may change the attached table.
+-- * A lead row is written only in a session whose session user is the table's owner: a background
+--   worker connected as that role (src/lead_writer.rs), one write per transaction, with a
+--   statement timeout, the table's deferred triggers fired inside it. The dialing worker and the
+--   API only queue the write (dialer.lead_writes): nothing a tenant defines runs in their sessions.
 
 CREATE TABLE dialer.lead_attachments (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -40,6 +42,24 @@ ALTER TABLE dialer.campaign_contacts ADD CONSTRAINT campaign_contacts_lead_attac
 CREATE INDEX campaign_contacts_lead_attachment_idx ON dialer.campaign_contacts (lead_attachment_id)
     WHERE lead_attachment_id IS NOT NULL;
 
+-- Writes of lead rows waiting for their table owner's writer session (src/lead_writer.rs): a
+-- contact's state (read when the write is applied, so the latest state wins), or a lead's own
+-- values (bad data written back when it arrives). A write the table refuses stays here, tried
+-- again later (failures, not_before): never lost.
+CREATE TABLE dialer.lead_writes (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    attachment_id bigint NOT NULL REFERENCES dialer.lead_attachments(id) ON DELETE CASCADE,
+    contact_id    bigint REFERENCES dialer.campaign_contacts(id) ON DELETE CASCADE,
+    lead_key      text,
+    lead_values   text[],
+    failures      integer NOT NULL DEFAULT 0,
+    not_before    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((contact_id IS NULL) <> (lead_key IS NULL))
+);
+CREATE INDEX lead_writes_due_idx ON dialer.lead_writes (not_before, id);
+CREATE INDEX lead_writes_contact_idx ON dialer.lead_writes (contact_id) WHERE contact_id IS NOT NULL;
+CREATE INDEX lead_writes_attachment_idx ON dialer.lead_writes (attachment_id);
+
 -- The seed's fields, in the order the writer takes their values. The key, phone, status,
 -- call_source_id and ai_provider_type columns are read, the others written.
 CREATE FUNCTION dialer._lead_fields()
@@ -57,40 +77,13 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
              "call_initiated": "INITIATED", "call_completed": "AI_COMPLETED", "call_failed": "AI_FAILED"}'::jsonb
 $$;
 
--- Writes one lead row through the attachment's writer (the table owner's rights). Never raises:
--- a table that refuses the write (a constraint, a trigger, a lock held too long) must not stop
--- the dialing of anyone else. Returns false, and notes the error on the attachment, if it failed.
-CREATE FUNCTION dialer._lead_write(p_attachment_id bigint, p_key text, p_values text[])
-RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
--- a lead row the application holds locked is written later (_lead_resync), not waited for
-SET lock_timeout = '200ms' AS $$
-DECLARE
-    a dialer.lead_attachments;
-    writer regprocedure;
+-- Queues a write of a lead's own values (dialer._lead_fields() order; NULL leaves a column as it is).
+CREATE FUNCTION dialer._lead_write_later(p_attachment_id bigint, p_key text, p_values text[])
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
-    -- The writer is found by its name, never taken from a column someone could have changed, and
-    -- must be the one _attach_install made: SECURITY DEFINER, owned by the table's owner.
-    writer := to_regprocedure(format('dialer.%I(text, text[])', 'lead_writer_' || p_attachment_id));
-    IF a.id IS NULL OR writer IS NULL THEN
-        RETURN true;  -- detached: nothing to write to
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_class c ON c.oid = a.leads
-                    WHERE p.oid = writer AND p.prosecdef AND p.proowner = c.relowner) THEN
-        RAISE WARNING 'pg_dialer: the writer of lead attachment % is not the table owner''s: not used', a.id;
-        RETURN false;
-    END IF;
-    BEGIN
-        EXECUTE format('SELECT %s($1, $2)', writer::regproc) USING p_key, p_values;
-        RETURN true;
-    EXCEPTION WHEN OTHERS THEN
-        UPDATE dialer.lead_attachments SET last_error = left(SQLERRM, 500), last_error_at = clock_timestamp()
-         WHERE id = a.id;
-        RAISE WARNING 'pg_dialer: could not write lead % back to %: %', p_key, a.leads, SQLERRM;
-        RETURN false;
-    END;
+    INSERT INTO dialer.lead_writes (attachment_id, lead_key, lead_values) VALUES (p_attachment_id, p_key, p_values);
+    PERFORM dialer._wake_on_commit();
 END $$;
-REVOKE EXECUTE ON FUNCTION dialer._lead_write(bigint, text, text[]) FROM PUBLIC;
 
 -- What a contact's state means for its lead row: the writer's values (dialer._lead_fields()
 -- order; NULL leaves a column as it is), or NULL when nothing is to be written.
@@ -130,89 +123,166 @@ BEGIN
     RETURN NULL;  -- waiting, being dialed, in doubt, cancelled: the row says what it already says
 END $$;
 
--- Writes a contact's state onto its lead; on failure the contact is marked for another try.
-CREATE FUNCTION dialer._lead_sync(p_contact_id bigint)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    c dialer.campaign_contacts;
-    a dialer.lead_attachments;
-    v text[];
-    ok boolean;
-BEGIN
-    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = p_contact_id;
-    SELECT * INTO a FROM dialer.lead_attachments WHERE id = c.lead_attachment_id;
-    IF a.id IS NULL THEN
-        RETURN;
-    END IF;
-    v := dialer._lead_values(c, a);
-    IF v IS NULL THEN
-        ok := true;
-    ELSE
-        ok := dialer._lead_write(a.id, c.lead_ref, v);
-    END IF;
-    IF ok IS DISTINCT FROM NOT c.lead_sync_pending THEN
-        UPDATE dialer.campaign_contacts SET lead_sync_pending = NOT ok WHERE id = c.id;
-    END IF;
-END $$;
-REVOKE EXECUTE ON FUNCTION dialer._lead_sync(bigint) FROM PUBLIC;
-
--- After any change to an attached contact (not the change of its sync flag itself).
+-- After any change to an attached contact: its lead row is to be written (by the owner's writer).
 CREATE FUNCTION dialer._lead_contact_changed()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_RELID <> 'dialer.campaign_contacts'::regclass THEN
         RAISE EXCEPTION 'dialer._lead_contact_changed is pg_dialer''s own trigger' USING ERRCODE = '42501';
     END IF;
-    PERFORM dialer._lead_sync(NEW.id);
+    INSERT INTO dialer.lead_writes (attachment_id, contact_id) VALUES (NEW.lead_attachment_id, NEW.id);
+    PERFORM dialer._wake_on_commit();
     RETURN NULL;
 END $$;
 CREATE TRIGGER campaign_contacts_lead_sync AFTER UPDATE ON dialer.campaign_contacts
-    FOR EACH ROW WHEN (NEW.lead_attachment_id IS NOT NULL AND OLD.lead_sync_pending = NEW.lead_sync_pending)
-    EXECUTE FUNCTION dialer._lead_contact_changed();
+    FOR EACH ROW WHEN (NEW.lead_attachment_id IS NOT NULL) EXECUTE FUNCTION dialer._lead_contact_changed();
 
 -- Accepted calls change only their call row: their leads are told here (_record_accepted).
 CREATE FUNCTION dialer._lead_calls_accepted(p_call_ids bigint[])
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO dialer.lead_writes (attachment_id, contact_id)
+    SELECT c.lead_attachment_id, c.id
+      FROM dialer.calls k JOIN dialer.campaign_contacts c ON c.id = k.contact_id
+     WHERE k.id = ANY (p_call_ids) AND c.lead_attachment_id IS NOT NULL;
+$$;
+
+-- The writer session's side (src/lead_writer.rs, connected as the table's owner). Each of these
+-- acts only on tables whose owner is the session's user, and hands back built-in values only.
+-- The owner's tables' next due write, leased: it is put back by its back-off (1, 2, 4 … 300 s) now,
+-- in its own transaction, so that a write that fails, times out or is killed waits that long,
+-- and one that succeeds is deleted (_lead_writes_done).
+CREATE FUNCTION dialer._lead_writes_take()
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user);
+    taken bigint;
 BEGIN
-    PERFORM dialer._lead_sync(c.id)
-       FROM dialer.calls k JOIN dialer.campaign_contacts c ON c.id = k.contact_id
-      WHERE k.id = ANY (p_call_ids) AND c.lead_attachment_id IS NOT NULL;
+    UPDATE dialer.lead_writes w
+       SET failures = w.failures + 1,
+           not_before = clock_timestamp() + make_interval(secs => least(power(2, least(w.failures, 9)), 300))
+     WHERE w.id = (SELECT x.id FROM dialer.lead_writes x
+                     JOIN dialer.lead_attachments la ON la.id = x.attachment_id
+                     JOIN pg_class t ON t.oid = la.leads
+                    WHERE t.relowner = me AND x.not_before <= clock_timestamp()
+                    ORDER BY x.not_before, x.id
+                    LIMIT 1
+                      FOR UPDATE OF x SKIP LOCKED)
+    RETURNING w.id INTO taken;
+    RETURN taken;
 END $$;
 
--- Write-backs that failed (the table refused them), tried again by the worker each tick.
-CREATE FUNCTION dialer._lead_resync(p_limit integer)
-RETURNS integer LANGUAGE plpgsql AS $$
+-- What a leased write writes: the writer _attach_install made for this owner (NULL: none, the
+-- table was detached), the lead's key and values (NULL: nothing to write), and the newest queued
+-- write of the same contact, which this one writes too (the contact's state is read now).
+CREATE FUNCTION dialer._lead_writes_read(p_write_id bigint)
+RETURNS TABLE (writer regprocedure, lead_key text, lead_values text[], upto bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    n integer := 0;
-    cid bigint;
+    me oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user);
+    w dialer.lead_writes;
+    a dialer.lead_attachments;
+    c dialer.campaign_contacts;
 BEGIN
-    FOR cid IN SELECT c.id FROM dialer.campaign_contacts c WHERE c.lead_sync_pending ORDER BY c.id LIMIT p_limit LOOP
-        PERFORM dialer._lead_sync(cid);
-        n := n + 1;
-    END LOOP;
-    RETURN n;
+    SELECT x.* INTO w FROM dialer.lead_writes x
+      JOIN dialer.lead_attachments la ON la.id = x.attachment_id
+      JOIN pg_class t ON t.oid = la.leads
+     WHERE x.id = p_write_id AND t.relowner = me;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = w.attachment_id;
+    writer := to_regprocedure(format('dialer.%I(text, text[])', 'lead_writer_' || a.id));
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = writer AND p.proowner = me) THEN
+        writer := NULL;
+    END IF;
+    upto := w.id;
+    IF w.contact_id IS NOT NULL THEN
+        SELECT max(x.id) INTO upto FROM dialer.lead_writes x WHERE x.contact_id = w.contact_id;
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = w.contact_id;
+        lead_key := c.lead_ref;
+        lead_values := dialer._lead_values(c, a);
+    ELSE
+        lead_key := w.lead_key;
+        lead_values := w.lead_values;
+    END IF;
+    RETURN NEXT;
 END $$;
+
+-- Applies one write with the session's own rights: the owner's writer function, then the table's
+-- deferred constraints and triggers, so that a refusal is this write's error, not the commit's.
+CREATE FUNCTION dialer._lead_apply(p_writer regprocedure, p_key text, p_values text[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('SELECT %s($1, $2)', p_writer::regproc) USING p_key, p_values;
+    SET CONSTRAINTS ALL IMMEDIATE;
+END $$;
+
+-- A write done: it, and the queued writes of its contact it wrote too (up to p_upto).
+CREATE FUNCTION dialer._lead_writes_done(p_write_id bigint, p_upto bigint)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM dialer.lead_writes x USING dialer.lead_writes w, dialer.lead_attachments la, pg_class t
+     WHERE w.id = p_write_id AND la.id = w.attachment_id AND t.oid = la.leads
+       AND t.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+       AND (x.id = w.id OR (x.contact_id = w.contact_id AND x.id <= p_upto));
+$$;
+
+-- A write the table refused (or that ran out of time): noted on the attachment; the lease's
+-- back-off says when it is tried again.
+CREATE FUNCTION dialer._lead_writes_failed(p_write_id bigint, p_error text)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE dialer.lead_attachments la SET last_error = left(p_error, 500), last_error_at = clock_timestamp()
+      FROM dialer.lead_writes x, pg_class t
+     WHERE x.id = p_write_id AND la.id = x.attachment_id AND t.oid = la.leads
+       AND t.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user);
+$$;
+
+-- The roles whose tables have writes due (the dialing worker starts a writer session for each),
+-- and whether they may log in (a background worker connects as a role that may, before 17).
+CREATE FUNCTION dialer._lead_writes_due_owners(p_limit integer)
+RETURNS TABLE (owner oid, can_login boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT t.relowner, r.rolcanlogin
+      FROM dialer.lead_writes x
+      JOIN dialer.lead_attachments la ON la.id = x.attachment_id
+      JOIN pg_class t ON t.oid = la.leads
+      JOIN pg_roles r ON r.oid = t.relowner
+     WHERE x.not_before <= clock_timestamp()
+     GROUP BY t.relowner, r.rolcanlogin
+     ORDER BY min(x.not_before)
+     LIMIT p_limit
+$$;
+
+-- Writes whose table's owner cannot log in (before Postgres 17): noted on the attachment, tried later.
+CREATE FUNCTION dialer._lead_writes_blocked(p_owner oid, p_why text)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE dialer.lead_attachments la SET last_error = p_why, last_error_at = clock_timestamp()
+      FROM pg_class t WHERE t.oid = la.leads AND t.relowner = p_owner
+       AND la.last_error IS DISTINCT FROM p_why;
+    UPDATE dialer.lead_writes x SET not_before = clock_timestamp() + interval '60 seconds'
+      FROM dialer.lead_attachments la, pg_class t
+     WHERE la.id = x.attachment_id AND t.oid = la.leads AND t.relowner = p_owner;
+$$;
 
 -- A lead row in the pending status: its contact, unless it has a live one. Bad data is written
 -- back (Trashed for a phone number that is not one, AI_FAILED for an unknown provider type).
-CREATE FUNCTION dialer._lead_queue(a dialer.lead_attachments, p_row jsonb)
+-- p_lead: the fields dialer._lead_changed reads (key, status, phone, name, source, provider,
+-- agency, variables), built-in values only.
+CREATE FUNCTION dialer._lead_queue(a dialer.lead_attachments, p_lead jsonb)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-    col jsonb := a.columns;
-    key text := p_row ->> (col->>'key');
-    phone text := regexp_replace(coalesce(p_row ->> (col->>'phone'), ''), '[\s().-]', '', 'g');
-    provider_type text := p_row ->> (col->>'ai_provider_type');
+    key text := p_lead ->> 'key';
+    phone text := regexp_replace(coalesce(p_lead ->> 'phone', ''), '[\s().-]', '', 'g');
+    provider_type text := p_lead ->> 'provider';
     mapping bigint := a.agent_mapping_id;
-    vars jsonb := '{}';
-    v text;
+    vars jsonb := coalesce(p_lead -> 'variables', '{}');
     new_id bigint;
 BEGIN
     IF key IS NULL THEN
         RETURN NULL;
     END IF;
     IF phone !~ '^\+[1-9][0-9]{6,14}$' THEN
-        PERFORM dialer._lead_write(a.id, key, ARRAY[a.statuses->>'trashed', NULL, NULL, NULL, NULL,
-            format('invalid phone number %s: write it in E.164 form, e.g. +14155550123', coalesce(p_row ->> (col->>'phone'), 'NULL')),
+        PERFORM dialer._lead_write_later(a.id, key, ARRAY[a.statuses->>'trashed', NULL, NULL, NULL, NULL,
+            format('invalid phone number %s: write it in E.164 form, e.g. +14155550123', left(coalesce(p_lead ->> 'phone', 'NULL'), 40)),
             clock_timestamp()::text, NULL, NULL]);
         RETURN NULL;
     END IF;
@@ -221,19 +291,16 @@ BEGIN
                         WHEN lower(provider_type) = (SELECT m.provider FROM dialer.agent_mappings m WHERE m.id = a.agent_mapping_id)
                         THEN a.agent_mapping_id END;
         IF mapping IS NULL THEN
-            PERFORM dialer._lead_write(a.id, key, ARRAY[a.statuses->>'ai_failed', a.statuses->>'call_failed', NULL, NULL, NULL,
+            PERFORM dialer._lead_write_later(a.id, key, ARRAY[a.statuses->>'ai_failed', a.statuses->>'call_failed', NULL, NULL, NULL,
                 format('no agent mapping for AI provider type %s (name it in the attachment''s "providers" option)',
-                       quote_literal(provider_type)),
+                       quote_literal(left(provider_type, 100))),
                 clock_timestamp()::text, NULL, NULL]);
             RETURN NULL;
         END IF;
     END IF;
-    FOR v IN SELECT jsonb_array_elements_text(coalesce(col->'variables', '[]')) LOOP
-        vars := vars || jsonb_build_object(v, p_row -> v);
-    END LOOP;
     INSERT INTO dialer.campaign_contacts (batch_id, phone_number, name, variables, lead_ref, source, status, is_job,
                                           agent_mapping_id, timezone, lead_attachment_id)
-    VALUES (a.batch_id, phone, p_row ->> (col->>'name'), vars, key, p_row ->> (col->>'call_source_id'), 'queued', true,
+    VALUES (a.batch_id, phone, p_lead ->> 'name', vars, key, p_lead ->> 'source', 'queued', true,
             nullif(mapping, a.agent_mapping_id), dialer._zone_for_number(phone), a.id)
     ON CONFLICT (lead_attachment_id, lead_ref)
        WHERE lead_attachment_id IS NOT NULL AND status IN ('pending', 'queued', 'in_progress', 'in_doubt')
@@ -264,39 +331,76 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION dialer._lead_withdraw(dialer.lead_attachments, text, text) FROM PUBLIC;
 
--- The trigger on an attached leads table (argument: the attachment id).
-CREATE FUNCTION dialer._lead_changed()
-RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The role the session acts as (its SET ROLE, else its login): who changed a lead, whatever
+-- SECURITY DEFINER function asks.
+CREATE FUNCTION dialer._session_role()
+RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN current_setting('role') <> 'none' THEN current_setting('role')::name ELSE session_user END
+$$;
+
+-- The one entry point of the leads trigger: a lead changed (p_op) in table p_table, its fields in
+-- p_lead. Only a role that may change the attached table may say so.
+CREATE FUNCTION dialer._lead_event(p_attachment_id bigint, p_table regclass, p_op text, p_lead jsonb)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a dialer.lead_attachments;
-    r jsonb;
-    key text;
 BEGIN
-    IF TG_NARGS <> 1 OR TG_ARGV[0] !~ '^[0-9]{1,18}$' THEN
-        RAISE EXCEPTION 'dialer._lead_changed takes the attachment id' USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO a FROM dialer.lead_attachments WHERE id = TG_ARGV[0]::bigint;
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
     IF NOT FOUND THEN
-        RETURN NULL;  -- detached (its agency deleted): the table goes on without the dialer
+        RETURN;  -- detached (its agency deleted): the table goes on without the dialer
     END IF;
-    IF a.leads <> TG_RELID THEN
-        RAISE EXCEPTION 'lead attachment % is for table %, not %', a.id, a.leads, TG_RELID::regclass
+    IF a.leads <> p_table OR NOT has_table_privilege(dialer._session_role(), a.leads, 'INSERT, UPDATE, DELETE') THEN
+        RAISE EXCEPTION 'lead attachment % is not for a table this role may change', a.id
             USING ERRCODE = '42501', HINT = 'Attach a table with dialer.attach_leads.';
     END IF;
-    r := CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END;
-    IF a.agency_column IS NOT NULL AND (r ->> a.agency_column) IS DISTINCT FROM a.agency_id::text THEN
-        RETURN NULL;  -- another agency's lead in a shared table
+    IF a.agency_column IS NOT NULL AND (p_lead ->> 'agency') IS DISTINCT FROM a.agency_id::text THEN
+        RETURN;  -- another agency's lead in a shared table
     END IF;
-    key := r ->> (a.columns->>'key');
-    IF TG_OP = 'DELETE' THEN
-        PERFORM dialer._lead_withdraw(a, key, 'lead deleted before it was dialed');
-    ELSIF (r ->> (a.columns->>'status')) IS DISTINCT FROM a.statuses->>'pending' THEN
-        PERFORM dialer._lead_withdraw(a, key, 'lead left the pending status before it was dialed');
+    IF p_op = 'DELETE' THEN
+        PERFORM dialer._lead_withdraw(a, p_lead ->> 'key', 'lead deleted before it was dialed');
+    ELSIF (p_lead ->> 'status') IS DISTINCT FROM a.statuses->>'pending' THEN
+        PERFORM dialer._lead_withdraw(a, p_lead ->> 'key', 'lead left the pending status before it was dialed');
     ELSE
-        PERFORM dialer._lead_queue(a, r);
+        PERFORM dialer._lead_queue(a, p_lead);
     END IF;
+END $$;
+
+-- The trigger on an attached leads table. SECURITY INVOKER: to_jsonb reads the row with the rights
+-- of whoever changed it. Arguments (_attach_install): the attachment id; the columns of the key,
+-- status, phone, name, call_source_id, ai_provider_type and agency ('' for none); then the
+-- columns passed to the agent as variables.
+CREATE FUNCTION dialer._lead_changed()
+RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r jsonb;
+    vars jsonb := '{}';
+    i integer;
+BEGIN
+    IF TG_NARGS < 8 OR TG_ARGV[0] !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'dialer._lead_changed takes the attachment id and its columns' USING ERRCODE = '22023';
+    END IF;
+    r := CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END;
+    FOR i IN 8 .. TG_NARGS - 1 LOOP
+        vars := vars || jsonb_build_object(TG_ARGV[i], r -> TG_ARGV[i]);
+    END LOOP;
+    PERFORM dialer._lead_event(TG_ARGV[0]::bigint, TG_RELID, TG_OP,
+        jsonb_build_object('key', r ->> TG_ARGV[1], 'status', r ->> TG_ARGV[2], 'phone', r ->> TG_ARGV[3],
+                           'name', r ->> TG_ARGV[4], 'source', r ->> TG_ARGV[5], 'provider', r ->> TG_ARGV[6],
+                           'agency', r ->> TG_ARGV[7], 'variables', vars));
     RETURN NULL;
 END $$;
+
+-- The fields of a whole lead row (attach_leads, for the rows already there), as the trigger reads them.
+CREATE FUNCTION dialer._lead_fields_of(a dialer.lead_attachments, p_row jsonb)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('key', p_row ->> (a.columns->>'key'), 'status', p_row ->> (a.columns->>'status'),
+                              'phone', p_row ->> (a.columns->>'phone'), 'name', p_row ->> (a.columns->>'name'),
+                              'source', p_row ->> (a.columns->>'call_source_id'),
+                              'provider', p_row ->> (a.columns->>'ai_provider_type'),
+                              'agency', p_row ->> a.agency_column,
+                              'variables', coalesce((SELECT jsonb_object_agg(v, p_row -> v)
+                                                       FROM jsonb_array_elements_text(coalesce(a.columns->'variables', '[]')) v), '{}'))
+$$;
 
 -- The caller may act as the table's owner (is it, or a member of its role).
 CREATE FUNCTION dialer._caller_owns(p_table regclass)
@@ -305,105 +409,10 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
                        FROM pg_catalog.pg_class c WHERE c.oid = p_table), false)
 $$;
 
--- Checks and stores an attachment (the API's rights, so the agency and mapping must be the
--- caller's); creates its batch.
-CREATE FUNCTION dialer._attach_register(p_leads regclass, p_agency_id bigint, p_mapping_id bigint, p_columns jsonb,
-    p_statuses jsonb, p_providers jsonb, p_agency_column text, p_pacing jsonb)
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    b bigint;
-    new_id bigint;
-    owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = p_leads);
-    k text;
-BEGIN
-    IF NOT dialer._caller_owns(p_leads) THEN
-        RAISE EXCEPTION 'attaching % needs its owner''s rights (it belongs to %)', p_leads, owner::regrole
-            USING ERRCODE = '42501';
-    END IF;
-    PERFORM dialer._check_agency(p_agency_id);
-    PERFORM dialer._resolve_mapping(p_agency_id, p_mapping_id);
-    FOR k IN SELECT jsonb_object_keys(p_providers) LOOP
-        IF jsonb_typeof(p_providers->k) <> 'number' OR (p_providers->>k) !~ '^[0-9]{1,18}$' THEN
-            RAISE EXCEPTION 'options.providers.% must be an agent mapping id', k USING ERRCODE = '22023';
-        END IF;
-        PERFORM dialer._resolve_mapping(p_agency_id, (p_providers->>k)::bigint);
-    END LOOP;
-    INSERT INTO dialer.call_batches (agency_id, agent_mapping_id, name, kind, status, calls_per_minute, max_concurrent,
-                                     max_attempts, retry_delay, retry_backoff, started_at)
-    VALUES (p_agency_id, p_mapping_id, 'leads: ' || p_leads::text, 'leads', 'processing',
-            (p_pacing->>'calls_per_minute')::integer, (p_pacing->>'max_concurrent')::integer,
-            (p_pacing->>'max_attempts')::integer, (p_pacing->>'retry_delay')::interval, 1, now())
-    RETURNING id INTO b;
-    INSERT INTO dialer.lead_attachments (agency_id, leads, batch_id, agent_mapping_id, columns, statuses, providers, agency_column)
-    VALUES (p_agency_id, p_leads, b, p_mapping_id, p_columns, p_statuses, p_providers, p_agency_column)
-    RETURNING id INTO new_id;
-    PERFORM dialer._attach_install(new_id);
-    RETURN new_id;
-EXCEPTION WHEN unique_violation THEN
-    RAISE EXCEPTION '% is already attached for agency %', p_leads, p_agency_id USING ERRCODE = '42710',
-        HINT = 'dialer.detach_leads it first.';
-END $$;
-
--- Creates the attachment's writer (owned by the table's owner) and the trigger on its table.
--- Built from the stored attachment only, identifiers quoted; values always travel as parameters.
-CREATE FUNCTION dialer._attach_install(p_attachment_id bigint)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a dialer.lead_attachments;
-    sets text[] := '{}';
-    f text;
-    i integer := 0;
-    col text;
-    typ text;
-    writer_name text := 'lead_writer_' || p_attachment_id;
-    owner regrole;
-BEGIN
-    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'lead attachment % does not exist', p_attachment_id USING ERRCODE = 'P0002';
-    END IF;
-    SELECT c.relowner::regrole INTO owner FROM pg_class c WHERE c.oid = a.leads;
-    FOREACH f IN ARRAY dialer._lead_fields() LOOP
-        i := i + 1;
-        col := a.columns->>f;
-        CONTINUE WHEN col IS NULL;
-        SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
-         WHERE t.attrelid = a.leads AND t.attname = col AND t.attnum > 0 AND NOT t.attisdropped;
-        sets := sets || format('%I = coalesce($2[%s]::%s, %I)', col, i, typ, col);
-    END LOOP;
-    SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
-     WHERE t.attrelid = a.leads AND t.attname = a.columns->>'key' AND t.attnum > 0 AND NOT t.attisdropped;
-    EXECUTE format('CREATE OR REPLACE FUNCTION dialer.%I(p_key text, p_values text[]) RETURNS void LANGUAGE sql '
-                   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
-                   writer_name, format('UPDATE %s SET %s WHERE %I = $1::%s', a.leads, array_to_string(sets, ', '), a.columns->>'key', typ));
-    EXECUTE format('ALTER FUNCTION dialer.%I(text, text[]) OWNER TO %s', writer_name, owner);
-    EXECUTE format('REVOKE EXECUTE ON FUNCTION dialer.%I(text, text[]) FROM PUBLIC', writer_name);
-    UPDATE dialer.lead_attachments SET writer = format('dialer.%I(text, text[])', writer_name)::regprocedure WHERE id = a.id;
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR DELETE OR UPDATE OF %I ON %s FOR EACH ROW '
-                   'EXECUTE FUNCTION dialer._lead_changed(%L)',
-                   'pg_dialer_leads_' || a.id, a.columns->>'status', a.leads, a.id::text);
-END $$;
-REVOKE EXECUTE ON FUNCTION dialer._attach_install(bigint) FROM PUBLIC;
-
--- Queues a pending lead of an attachment (attach_leads, for the rows already there). The caller
--- must own the table: a tenant cannot slip numbers into someone else's attachment.
-CREATE FUNCTION dialer._attach_queue(p_attachment_id bigint, p_row jsonb)
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    a dialer.lead_attachments;
-BEGIN
-    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
-    IF NOT FOUND OR NOT dialer._caller_owns(a.leads) THEN
-        RAISE EXCEPTION 'lead attachment % does not exist or is not yours', p_attachment_id USING ERRCODE = '42501';
-    END IF;
-    RETURN dialer._lead_queue(a, p_row);
-END $$;
-
--- Attaches a leads table: pending rows (those there now and every one that becomes pending) are
--- dialed with agent_mapping_id, and their fate is written back onto them. Runs with the caller's
--- rights (it reads the table and checks its columns as the caller).
-CREATE FUNCTION dialer.attach_leads(leads regclass, agency_id bigint, agent_mapping_id bigint, options jsonb DEFAULT '{}')
-RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Checks a table and the options of attach_leads; returns what the attachment stores:
+-- {columns, statuses, providers, agency_column, pacing}. Reads only the catalog.
+CREATE FUNCTION dialer._attach_options(leads regclass, options jsonb)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     defaults constant jsonb := '{"phone": "phone", "status": "status", "ai_call_status": "ai_call_status",
@@ -427,8 +436,6 @@ DECLARE
     typ oid;
     cat char;
     pacing jsonb;
-    new_id bigint;
-    r jsonb;
 BEGIN
     IF jsonb_typeof(o) <> 'object' THEN
         RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = '22023';
@@ -436,17 +443,27 @@ BEGIN
     FOR k IN SELECT jsonb_object_keys(o) LOOP
         IF k NOT IN ('columns', 'statuses', 'providers', 'agency_column', 'variables', 'calls_per_minute',
                      'max_concurrent', 'max_attempts', 'retry_delay') THEN
-            RAISE EXCEPTION 'unknown option %', quote_literal(k) USING ERRCODE = '22023',
+            RAISE EXCEPTION 'unknown option %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
                 HINT = 'Options: columns, statuses, providers, agency_column, variables, calls_per_minute, max_concurrent, max_attempts, retry_delay.';
         END IF;
     END LOOP;
     SELECT * INTO rel FROM pg_class c WHERE c.oid = leads;
-    IF rel.relkind NOT IN ('r', 'p') THEN
+    IF rel.relkind = 'p' THEN
+        RAISE EXCEPTION '% is a partitioned table', leads USING ERRCODE = '0A000',
+            HINT = 'Attach each of its partitions (dialer.attach_leads on each): rows inserted through the parent reach their partition''s trigger.';
+    ELSIF rel.relkind IS DISTINCT FROM 'r' THEN
         RAISE EXCEPTION '% is not a table', leads USING ERRCODE = '42809';
     END IF;
     IF rel.relforcerowsecurity THEN
         RAISE EXCEPTION '% forces row-level security on its owner', leads USING ERRCODE = '0A000',
             HINT = 'pg_dialer reads and writes an attached table with its owner''s rights; ALTER TABLE ... NO FORCE ROW LEVEL SECURITY, or give the owner a policy that lets it see its leads.';
+    END IF;
+    -- Lead rows are written back by a background worker connected as the table's owner; before
+    -- Postgres 17 a background worker can connect only as a role that may log in.
+    IF current_setting('server_version_num')::integer < 170000
+       AND NOT (SELECT r.rolcanlogin FROM pg_roles r WHERE r.oid = rel.relowner) THEN
+        RAISE EXCEPTION '% belongs to %, which cannot log in', leads, rel.relowner::regrole USING ERRCODE = '0A000',
+            HINT = 'pg_dialer writes lead rows back as the table''s owner: ALTER ROLE ... LOGIN (no password is needed), or give the table to a role that can.';
     END IF;
     SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO pk
       FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -464,7 +481,7 @@ BEGIN
     END IF;
     FOR k IN SELECT jsonb_object_keys(given) LOOP
         IF NOT defaults ? k THEN
-            RAISE EXCEPTION 'options.columns: unknown field %', quote_literal(k) USING ERRCODE = '22023',
+            RAISE EXCEPTION 'options.columns: unknown field %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
                 HINT = 'Fields: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(defaults) x) || '.';
         END IF;
         IF jsonb_typeof(given->k) NOT IN ('string', 'null') THEN
@@ -512,8 +529,11 @@ BEGIN
         END IF;
         FOR k IN SELECT jsonb_object_keys(o->'statuses') LOOP
             IF NOT statuses ? k OR jsonb_typeof(o->'statuses'->k) <> 'string' THEN
-                RAISE EXCEPTION 'options.statuses.%: unknown state, or not a string', k USING ERRCODE = '22023',
+                RAISE EXCEPTION 'options.statuses.%: unknown state, or not a string', left(k, 100) USING ERRCODE = '22023',
                     HINT = 'States: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(statuses) x) || '.';
+            END IF;
+            IF length(o->'statuses'->>k) > 200 THEN
+                RAISE EXCEPTION 'options.statuses.% is longer than 200 characters', k USING ERRCODE = '22001';
             END IF;
         END LOOP;
         statuses := statuses || (o->'statuses');
@@ -521,7 +541,8 @@ BEGIN
     IF o ? 'providers' AND jsonb_typeof(o->'providers') <> 'object' THEN
         RAISE EXCEPTION 'options.providers must be a JSON object of provider type → agent mapping id' USING ERRCODE = '22023';
     END IF;
-    -- The seed's pacing: 10 leads per 30 s, 3 attempts, retried on the next cycle.
+    -- The seed's pacing: 10 leads per 30 s, 3 attempts, retried on the next cycle. A failed post
+    -- waits at least a second before it is tried again (a tenant cannot make the worker spin).
     BEGIN
         pacing := jsonb_build_object(
             'calls_per_minute', dialer._check_positive(coalesce((o->>'calls_per_minute')::integer, 20), 'calls_per_minute'),
@@ -532,12 +553,132 @@ BEGIN
         RAISE EXCEPTION 'options: calls_per_minute, max_concurrent and max_attempts are integers, retry_delay an interval (%)', SQLERRM
             USING ERRCODE = '22023';
     END;
+    IF (pacing->>'retry_delay')::interval < interval '1 second' THEN
+        RAISE EXCEPTION 'options.retry_delay must be at least 1 second, got %', pacing->>'retry_delay' USING ERRCODE = '22023';
+    END IF;
+    RETURN jsonb_build_object('columns', cols, 'statuses', statuses, 'providers', coalesce(o->'providers', '{}'),
+                              'agency_column', o->'agency_column', 'pacing', pacing);
+END $$;
 
-    new_id := dialer._attach_register(leads, agency_id, agent_mapping_id, cols, statuses, coalesce(o->'providers', '{}'),
-                                      o->>'agency_column', pacing);
+-- Checks and stores an attachment (the API's rights, so the agency and mapping must be the
+-- caller's, and the caller must own the table); creates its batch, its trigger and its writer.
+CREATE FUNCTION dialer._attach_register(p_leads regclass, p_agency_id bigint, p_mapping_id bigint, p_options jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    o jsonb;
+    pacing jsonb;
+    b bigint;
+    new_id bigint;
+    owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = p_leads);
+    k text;
+BEGIN
+    IF NOT dialer._caller_owns(p_leads) THEN
+        RAISE EXCEPTION 'attaching % needs its owner''s rights (it belongs to %)', p_leads, owner::regrole
+            USING ERRCODE = '42501';
+    END IF;
+    o := dialer._attach_options(p_leads, p_options);
+    pacing := o->'pacing';
+    PERFORM dialer._check_agency(p_agency_id);
+    PERFORM dialer._resolve_mapping(p_agency_id, p_mapping_id);
+    FOR k IN SELECT jsonb_object_keys(o->'providers') LOOP
+        IF jsonb_typeof(o->'providers'->k) <> 'number' OR (o->'providers'->>k) !~ '^[0-9]{1,18}$' THEN
+            RAISE EXCEPTION 'options.providers.% must be an agent mapping id', left(k, 100) USING ERRCODE = '22023';
+        END IF;
+        PERFORM dialer._resolve_mapping(p_agency_id, (o->'providers'->>k)::bigint);
+    END LOOP;
+    INSERT INTO dialer.call_batches (agency_id, agent_mapping_id, name, kind, status, calls_per_minute, max_concurrent,
+                                     max_attempts, retry_delay, retry_backoff, started_at)
+    VALUES (p_agency_id, p_mapping_id, left('leads: ' || p_leads::text, 200), 'leads', 'processing',
+            (pacing->>'calls_per_minute')::integer, (pacing->>'max_concurrent')::integer,
+            (pacing->>'max_attempts')::integer, (pacing->>'retry_delay')::interval, 1, now())
+    RETURNING id INTO b;
+    INSERT INTO dialer.lead_attachments (agency_id, leads, batch_id, agent_mapping_id, columns, statuses, providers, agency_column)
+    VALUES (p_agency_id, p_leads, b, p_mapping_id, o->'columns', o->'statuses', o->'providers', o->>'agency_column')
+    RETURNING id INTO new_id;
+    PERFORM dialer._attach_install(new_id);
+    RETURN new_id;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION '% is already attached for agency %', p_leads, p_agency_id USING ERRCODE = '42710',
+        HINT = 'dialer.detach_leads it first.';
+END $$;
+
+-- Creates (or replaces) the attachment's writer (owned by the table's owner, run only in the
+-- owner's writer session) and the trigger on its table. Built from the stored attachment only,
+-- identifiers quoted; values always travel as parameters.
+CREATE FUNCTION dialer._attach_install(p_attachment_id bigint)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a dialer.lead_attachments;
+    sets text[] := '{}';
+    f text;
+    i integer := 0;
+    col text;
+    typ text;
+    writer_name text := 'lead_writer_' || p_attachment_id;
+    owner regrole;
+    args text[];
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lead attachment % does not exist', p_attachment_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT c.relowner::regrole INTO owner FROM pg_class c WHERE c.oid = a.leads;
+    FOREACH f IN ARRAY dialer._lead_fields() LOOP
+        i := i + 1;
+        col := a.columns->>f;
+        CONTINUE WHEN col IS NULL;
+        SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
+         WHERE t.attrelid = a.leads AND t.attname = col AND t.attnum > 0 AND NOT t.attisdropped;
+        sets := sets || format('%I = coalesce($2[%s]::%s, %I)', col, i, typ, col);
+    END LOOP;
+    SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
+     WHERE t.attrelid = a.leads AND t.attname = a.columns->>'key' AND t.attnum > 0 AND NOT t.attisdropped;
+    EXECUTE format('CREATE OR REPLACE FUNCTION dialer.%I(p_key text, p_values text[]) RETURNS void LANGUAGE sql AS %L',
+                   writer_name, format('UPDATE %s SET %s WHERE %I = $1::%s', a.leads, array_to_string(sets, ', '), a.columns->>'key', typ));
+    EXECUTE format('ALTER FUNCTION dialer.%I(text, text[]) OWNER TO %s', writer_name, owner);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION dialer.%I(text, text[]) FROM PUBLIC', writer_name);
+    UPDATE dialer.lead_attachments SET writer = format('dialer.%I(text, text[])', writer_name)::regprocedure WHERE id = a.id;
+    args := ARRAY[a.id::text, a.columns->>'key', coalesce(a.columns->>'status', ''), coalesce(a.columns->>'phone', ''),
+                  coalesce(a.columns->>'name', ''), coalesce(a.columns->>'call_source_id', ''),
+                  coalesce(a.columns->>'ai_provider_type', ''), coalesce(a.agency_column, '')]
+            || ARRAY(SELECT jsonb_array_elements_text(coalesce(a.columns->'variables', '[]')));
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT OR DELETE OR UPDATE OF %I ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION dialer._lead_changed(%s)',
+                   'pg_dialer_leads_' || a.id, a.columns->>'status', a.leads,
+                   (SELECT string_agg(quote_literal(x), ', ') FROM unnest(args) x));
+END $$;
+REVOKE EXECUTE ON FUNCTION dialer._attach_install(bigint) FROM PUBLIC;
+
+-- Queues a pending lead of an attachment (attach_leads, for the rows already there). The caller
+-- must own the table: a tenant cannot slip numbers into someone else's attachment.
+CREATE FUNCTION dialer._attach_queue(p_attachment_id bigint, p_row jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a dialer.lead_attachments;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND OR NOT dialer._caller_owns(a.leads) THEN
+        RAISE EXCEPTION 'lead attachment % does not exist or is not yours', p_attachment_id USING ERRCODE = '42501';
+    END IF;
+    RETURN dialer._lead_queue(a, dialer._lead_fields_of(a, p_row));
+END $$;
+
+-- Attaches a leads table: pending rows (those there now and every one that becomes pending) are
+-- dialed with agent_mapping_id, and their fate is written back onto them. Runs with the caller's
+-- rights (it reads the table as the caller); every check is _attach_register's.
+CREATE FUNCTION dialer.attach_leads(leads regclass, agency_id bigint, agent_mapping_id bigint, options jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    new_id bigint;
+    a dialer.lead_attachments;
+    r jsonb;
+BEGIN
+    new_id := dialer._attach_register(leads, agency_id, agent_mapping_id, options);
+    SELECT * INTO a FROM dialer.lead_attachments x WHERE x.id = new_id;
     -- The leads already waiting, read with the caller's rights.
-    FOR r IN EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %I = $1', leads, cols->>'status') USING statuses->>'pending' LOOP
-        IF o->>'agency_column' IS NULL OR r->>(o->>'agency_column') = agency_id::text THEN
+    FOR r IN EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %I = $1', leads, a.columns->>'status') USING a.statuses->>'pending' LOOP
+        IF a.agency_column IS NULL OR r->>a.agency_column = agency_id::text THEN
             PERFORM dialer._attach_queue(new_id, r);
         END IF;
     END LOOP;

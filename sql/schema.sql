@@ -138,9 +138,7 @@ CREATE TABLE dialer.campaign_contacts (
     -- A job's own deadline (the batch's expires_at applies too).
     expires_at      timestamptz,
     -- The leads table this contact mirrors (lead_ref is the lead's key); its state is written back.
-    lead_attachment_id bigint,
-    -- A write-back to the lead row failed (its table refused it); the worker tries again.
-    lead_sync_pending boolean NOT NULL DEFAULT false
+    lead_attachment_id bigint
 );
 -- A campaign dials a number once; a queue may call the same number many times (reminders).
 CREATE UNIQUE INDEX campaign_contacts_batch_id_phone_number_key ON dialer.campaign_contacts (batch_id, phone_number)
@@ -161,7 +159,6 @@ CREATE INDEX campaign_contacts_expiry_idx ON dialer.campaign_contacts (expires_a
 -- changes nothing).
 CREATE UNIQUE INDEX campaign_contacts_one_live_per_lead ON dialer.campaign_contacts (lead_attachment_id, lead_ref)
     WHERE lead_attachment_id IS NOT NULL AND status IN ('pending', 'queued', 'in_progress', 'in_doubt');
-CREATE INDEX campaign_contacts_lead_sync_idx ON dialer.campaign_contacts (id) WHERE lead_sync_pending;
 
 CREATE TABLE dialer.calls (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -10,6 +10,11 @@
 --   tables for tenants. It does not bypass row-level security: inside those functions the
 --   policies still see the calling role (dialer._caller()), so each id a function touches must
 --   belong to one of the caller's agencies. Never grant it to anyone.
+-- dialer_worker: the background worker's own role (src/launcher.rs starts the worker connected
+--   as it). It bypasses row-level security and reads and writes the dialer's tables, nothing else:
+--   no superuser, no agency, no membership anyone is given. It may log in (before Postgres 17 a
+--   background worker can connect only as such a role) but has no password: with pg_hba's
+--   password or peer methods nobody can log in as it. Never grant it to anyone.
 --
 -- Which agencies a session belongs to: dialer.current_agency_ids(), from
 --   1. dialer.agency_members rows naming a role the session is a member of, and
@@ -26,6 +31,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_api') THEN
         CREATE ROLE dialer_api NOLOGIN NOBYPASSRLS;
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_worker') THEN
+        CREATE ROLE dialer_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT BYPASSRLS PASSWORD NULL;
+    END IF;
 END $$;
 
 CREATE TABLE dialer.agency_members (
@@ -36,7 +44,9 @@ CREATE TABLE dialer.agency_members (
 
 -- The role a statement runs for. Inside the API's SECURITY DEFINER functions current_user is
 -- dialer_api; the role the session chose (SET ROLE, as PostgREST does) is still the `role`
--- setting, else it is the session's own.
+-- setting, else it is the session's own. No tenant's code runs in a session whose user is more
+-- than that tenant (the worker runs as dialer_worker and never runs tenant code; lead rows are
+-- written in their owner's own session), so the session's role is the caller.
 CREATE FUNCTION dialer._caller()
 RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN current_user <> 'dialer_api' THEN current_user
@@ -176,8 +186,6 @@ ALTER TABLE dialer.lead_attachments ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON dialer.lead_attachments USING (agency_id = ANY ((SELECT dialer.current_agency_ids())::bigint[]));
 ALTER TABLE dialer.caller_ids ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON dialer.caller_ids USING (agency_id = ANY ((SELECT dialer.current_agency_ids())::bigint[]));
-GRANT EXECUTE ON FUNCTION dialer._lead_write(bigint, text, text[]) TO dialer_api;
-GRANT EXECUTE ON FUNCTION dialer._lead_sync(bigint) TO dialer_api, dialer_admin;
 GRANT EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) TO dialer_api;
 GRANT EXECUTE ON FUNCTION dialer._attach_install(bigint) TO dialer_api;
 GRANT EXECUTE ON FUNCTION dialer._attach_uninstall(bigint) TO dialer_api;
@@ -236,5 +244,61 @@ BEGIN
                 AND c.relname <> 'tick_lock'  -- its one row comes with CREATE EXTENSION
               ORDER BY c.relname LOOP
         PERFORM pg_catalog.pg_extension_config_dump(r.rel, '');
+    END LOOP;
+END $$;
+
+-- Limits on the texts a tenant stores (docs/security.md, "Limits"; contacts: _contact_bounded).
+CREATE TRIGGER agencies_bounded BEFORE INSERT OR UPDATE OF name ON dialer.agencies
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('name', '200');
+CREATE TRIGGER agent_mappings_bounded BEFORE INSERT OR UPDATE OF agent_name, external_agent_id ON dialer.agent_mappings
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('agent_name', '200', 'external_agent_id', '200');
+CREATE TRIGGER call_batches_bounded BEFORE INSERT OR UPDATE OF name ON dialer.call_batches
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('name', '200');
+CREATE TRIGGER telecallers_bounded BEFORE INSERT OR UPDATE OF name, source ON dialer.telecallers
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('name', '200', 'source', '100');
+CREATE TRIGGER followups_bounded BEFORE INSERT OR UPDATE OF notes ON dialer.followups
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('notes', '4000');
+-- (set_disposition: only updates carry them, so the claim's inserts pay nothing)
+CREATE TRIGGER calls_bounded BEFORE UPDATE OF notes, disposition ON dialer.calls
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('notes', '4000', 'disposition', '200');
+CREATE TRIGGER do_not_call_bounded BEFORE INSERT OR UPDATE OF reason ON dialer.do_not_call
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('reason', '500');
+
+-- The worker's own role: the dialer's tables, sequences and functions, nothing else.
+GRANT USAGE ON SCHEMA dialer TO dialer_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA dialer TO dialer_worker;
+
+-- Internal functions (named _…) are not for PUBLIC: those it could run are kept for the dialer's
+-- own roles (and dialer_user where they run with the caller's rights: the row-security helpers,
+-- what API functions of the caller's rights call). The entry points a trigger on a tenant's table
+-- and a lead writer session must reach check their caller themselves. What PUBLIC may run with
+-- another role's rights is an allowlist that a test holds the catalog to (tenants.rs).
+DO $$
+DECLARE
+    f regprocedure;
+    definer boolean;
+BEGIN
+    FOR f, definer IN SELECT p.oid::regprocedure, p.prosecdef FROM pg_proc p
+                       WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname LIKE '\_%'
+                         AND (p.proacl IS NULL OR aclcontains(p.proacl, makeaclitem(0, p.proowner, 'EXECUTE', false)))
+                       ORDER BY 1 LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_api, dialer_admin', f);
+        IF NOT definer THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_user', f);
+        END IF;
+    END LOOP;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace
+                AND p.proname IN ('_lead_event', '_lead_writes_take', '_lead_writes_read', '_lead_apply', '_lead_writes_done', '_lead_writes_failed',
+                                  '_session_role', '_attach_register', '_attach_queue')
+              ORDER BY 1 LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f);
+    END LOOP;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname NOT LIKE 'lead\_writer\_%'
+              ORDER BY 1 LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_worker', f);
     END LOOP;
 END $$;

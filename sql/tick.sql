@@ -12,7 +12,6 @@ BEGIN
     END IF;
     PERFORM dialer._promote_recurring(p_now);
     PERFORM dialer._expire_contacts(p_now);
-    PERFORM dialer._lead_resync(20);
     IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
                     WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now))
        AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts WHERE status = 'pending') THEN
@@ -142,7 +141,9 @@ BEGIN
 END $$;
 
 -- Batches with work due now: queued contacts due, a free concurrency slot, a due pacing slot,
--- and no provider back-off in force. Seed order: oldest first (priority before that).
+-- and no provider back-off in force. Agencies take turns: every agency's first batch comes before
+-- any agency's second, so that one agency's many batches cannot fill the tick (p_limit) and starve
+-- another's; within a turn, the seed's order: oldest first (priority before that).
 -- The contact tests are scalar subqueries on purpose: they stay per-batch index probes whatever
 -- the planner believes about campaign_contacts (right after a bulk load its statistics say the
 -- table is empty, and an EXISTS pulled up into a join then scanned the whole index per batch).
@@ -154,17 +155,19 @@ BEGIN
     -- Batches whose pacing slot has come, from call_batches_next_slot_idx (two ranges: a slot
     -- that has come, or none yet), so that a thousand batches waiting for their slots cost nothing.
     RETURN QUERY
-    SELECT b.id, b.agency_id, b.agent_mapping_id
-      FROM (SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at <= p_now + p_lead
-            UNION ALL
-            SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at IS NULL) b
-     WHERE b.in_progress_count < b.max_concurrent
-       AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
-       AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
-                          ON pc.agency_id = m.agency_id AND pc.provider = m.provider
-                        WHERE m.id = b.agent_mapping_id AND pc.rate_limited_until > p_now)
-       AND dialer._batch_due_at(b.id, p_now) <= p_now
-     ORDER BY b.priority, b.created_at, b.id
+    SELECT d.id, d.agency_id, d.agent_mapping_id
+      FROM (SELECT b.id, b.agency_id, b.agent_mapping_id, b.priority, b.created_at,
+                   row_number() OVER (PARTITION BY b.agency_id ORDER BY b.priority, b.created_at, b.id) AS turn
+              FROM (SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at <= p_now + p_lead
+                    UNION ALL
+                    SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at IS NULL) b
+             WHERE b.in_progress_count < b.max_concurrent
+               AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
+               AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
+                                  ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+                                WHERE m.id = b.agent_mapping_id AND pc.rate_limited_until > p_now)
+               AND dialer._batch_due_at(b.id, p_now) <= p_now) d
+     ORDER BY d.turn, d.priority, d.created_at, d.id
      LIMIT p_limit;
 END $$;
 
@@ -456,7 +459,9 @@ BEGIN
             PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSIF c.attempts < b.max_attempts THEN
             retried := retried + 1;
-            backoff := b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision;
+            -- at least a second: a batch that fails every post cannot make the worker spin
+            backoff := greatest(b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision,
+                                interval '1 second');
             UPDATE dialer.campaign_contacts
                SET status = 'queued', next_attempt_at = now_ts + backoff, updated_at = now_ts,
                    last_error = r->>'error'
@@ -731,8 +736,9 @@ END $$;
 -- reading all of them. Steady state is left to autovacuum. Returns the tables analysed.
 -- A small sample (3,000 rows) is enough for what these plans depend on (how big, which statuses),
 -- and is what keeps this cheap: with the default 30,000 these passes were 13% of a campaign's time.
+-- SECURITY DEFINER: ANALYZE needs the tables' owner, and the worker runs as dialer_worker.
 CREATE FUNCTION dialer._refresh_statistics()
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t regclass;
     cols text;

@@ -17,6 +17,8 @@ pub enum DialerError {
     TooLarge(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("database error: {0}")]
     Database(String),
 }
@@ -31,6 +33,7 @@ impl DialerError {
             DialerError::MalformedInput(_) => "22P02",
             DialerError::TooLarge(_) => "54000",
             DialerError::Unauthorized(_) => "28000",
+            DialerError::Forbidden(_) => "42501",
             DialerError::Database(_) => "XX000",
         }
     }

@@ -60,17 +60,43 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || o[0] >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let s = v6.segments();
+            // IPv6 forms that carry an IPv4 address a host or a gateway may reach: judged by that
+            // address (and refused when it is internal).
+            let embedded = if let Some(v4) = v6.to_ipv4_mapped() {
+                Some(v4) // ::ffff:a.b.c.d
+            } else if s[..6] == [0; 6] {
+                return true; // ::a.b.c.d (IPv4-compatible: deprecated, never routed), :: and ::1
+            } else if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                Some(v4_from(s[6], s[7])) // ::ffff:0:a.b.c.d (IPv4-translated, SIIT)
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some(v4_from(s[6], s[7])) // 64:ff9b::a.b.c.d (NAT64, well-known prefix)
+            } else if s[0] == 0x2002 {
+                Some(v4_from(s[1], s[2])) // 2002:AABB:CCDD::/48 (6to4)
+            } else {
+                None
+            };
+            if let Some(v4) = embedded {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let first = s[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link-local
+                || (first & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // 64:ff9b:1::/48, local-use NAT64
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
         }
     }
+}
+
+fn v4_from(high: u16, low: u16) -> std::net::Ipv4Addr {
+    let [a, b] = high.to_be_bytes();
+    let [c, d] = low.to_be_bytes();
+    std::net::Ipv4Addr::new(a, b, c, d)
 }
 
 impl AllowList {
@@ -190,6 +216,32 @@ mod tests {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn ipv6_forms_that_carry_an_ipv4_address_are_judged_by_it() {
+        for ip in [
+            "::127.0.0.1",
+            "::a9fe:a9fe",
+            "::8.8.8.8", // IPv4-compatible: deprecated, refused whatever it carries
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::8.8.8.8",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2002:c0a8:101::1",
+            "fec0::1",
+            "fed0:1::2",
+            "2001:db8::1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["::ffff:0:8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::1", "2001:4860:4860::8888"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -10,6 +10,8 @@ pub mod dispatch;
 pub mod error;
 pub mod gucs;
 pub mod hosts;
+pub mod launcher;
+pub mod lead_writer;
 pub mod providers;
 pub mod retention;
 pub mod secrets;
@@ -33,8 +35,9 @@ extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["caller_id
 extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["compliance"]);
 extension_sql_file!("../sql/security.sql", name = "security", requires = ["attach", "operations"], finalize);
 
-/// How soon the worker comes back after it exits (crash, pg_terminate_backend, missing database).
-const WORKER_RESTART: Duration = Duration::from_secs(1);
+/// How soon the launcher comes back after it exits (crash, missing database). The dialing worker
+/// is the launcher's to restart (src/launcher.rs).
+const LAUNCHER_RESTART: Duration = Duration::from_secs(1);
 
 #[allow(non_snake_case)]
 #[pg_guard]
@@ -47,13 +50,13 @@ pub extern "C-unwind" fn _PG_init() {
     wake::init_shmem();
     api::credentials::ensure_keyring();
     zones::warm_up();
-    BackgroundWorkerBuilder::new("pg_dialer worker")
-        .set_type("pg_dialer")
+    BackgroundWorkerBuilder::new("pg_dialer launcher")
+        .set_type("pg_dialer launcher")
         .set_library("pg_dialer")
-        .set_function("pg_dialer_worker_main")
+        .set_function("pg_dialer_launcher_main")
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(WORKER_RESTART))
+        .set_restart_time(Some(LAUNCHER_RESTART))
         .load();
 }
 

@@ -39,6 +39,33 @@ pub fn run<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, Dialer
     }
 }
 
+/// As `run`, but the COMMIT is inside the guard too: a table's deferred trigger that fails at
+/// commit (a lead writer session runs other roles' triggers) is returned as this transaction's
+/// error, and the transaction is rolled back, rather than ending the process.
+pub fn run_through_commit<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, DialerError> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let body = AssertUnwindSafe(body);
+    let outcome = PgTryBuilder::new(move || {
+        let body = body;
+        let value = (body.0)()?;
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(value)
+    })
+    .catch_others(|caught| Err(DialerError::Database(message_of(&caught))))
+    .execute();
+    if outcome.is_err() {
+        abort();
+    }
+    outcome
+}
+
 /// The message of an error caught by PgTryBuilder, whatever raised it.
 fn message_of(caught: &pgrx::pg_sys::panic::CaughtError) -> String {
     match caught {

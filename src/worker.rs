@@ -4,7 +4,7 @@
 use crate::dispatch::{JobResult, Pool};
 use crate::gucs::Settings;
 use crate::tick::{self, Counts, TargetCache};
-use crate::{retention, txn, wake};
+use crate::{lead_writer, retention, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,9 +32,11 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = Settings::database();
-    // A database that does not exist yet ends this start (FATAL); the restart time brings us back.
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    let database = BackgroundWorker::get_extra().to_string();
+    // Started by the launcher (src/launcher.rs) once the extension and its role exist. The worker
+    // runs as dialer_worker, never as a superuser; it runs no tenant's code either: lead rows are
+    // written in their owners' sessions (src/lead_writer.rs).
+    BackgroundWorker::connect_worker_to_spi(Some(&database), Some(crate::launcher::WORKER_ROLE));
     // A claim must be durable before its request leaves: whatever synchronous_commit the server
     // runs with, this worker's commits wait for the WAL flush. (With it off, a crash could forget
     // a claim whose call was already placed, and the person would be called again.)
@@ -97,6 +99,8 @@ struct Worker {
     started_ms: f64,
     /// When the next retention pass may run (passes run only when a tick found nothing to do).
     retention: retention::Schedule,
+    /// The lead writer sessions started (one per table owner with writes due).
+    writers: lead_writer::Writers,
 }
 
 impl Worker {
@@ -118,6 +122,7 @@ impl Worker {
             next_full_completion_check: Instant::now(),
             started_ms: unix_ms(),
             retention: retention::Schedule::new(Instant::now()),
+            writers: lead_writer::Writers::default(),
         })
     }
 
@@ -266,7 +271,7 @@ impl Worker {
         // Housekeeping after the requests are on their way: status look-ups, lost attempts,
         // hand-offs, completed batches, and when to look again.
         let idle = self.pool.in_flight() == 0;
-        let (polls, next_due_ms) = txn::run(|| {
+        let (polls, next_due_ms, lead_owners) = txn::run(|| {
             let mut cache = TargetCache::default();
             let polls = if do_poll {
                 tick::assign_pending()?;
@@ -295,8 +300,14 @@ impl Worker {
             // Polls and look-ups go in rounds: one due before the next round waits for it.
             let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
             let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0, next_round_in_ms)?;
-            Ok((polls, next))
+            let lead_owners = if do_poll { lead_writer::due_owners(lead_writer::MAX_WRITERS)? } else { Vec::new() };
+            Ok((polls, next, lead_owners))
         })?;
+        // Lead rows are written in their owners' sessions (outside this transaction: the
+        // writers' handles outlive it).
+        if do_poll {
+            self.writers.start(&lead_owners);
+        }
         if do_poll && now >= self.next_statistics_check {
             self.next_statistics_check = now + STATISTICS_CHECK_EVERY;
             txn::run(tick::refresh_statistics)?;

@@ -348,7 +348,7 @@ fn wait_for_worker(db: &mut Client, timeout: Duration) -> bool {
     loop {
         let found = db
             .query_opt(
-                "SELECT 1 FROM pg_stat_activity WHERE backend_type LIKE '%pg_dialer%' LIMIT 1",
+                "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialer' LIMIT 1",
                 &[],
             )
             .map(|r| r.is_some())

@@ -315,7 +315,7 @@ impl Scenario {
 
     pub fn worker_pid(&mut self) -> Option<i32> {
         self.db
-            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type LIKE '%pg_dialer%'", &[])
+            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer'", &[])
             .ok()
             .flatten()
             .map(|r| r.get(0))

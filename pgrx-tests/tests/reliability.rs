@@ -14,7 +14,7 @@ static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn worker_pid_retrying(s: &mut Scenario) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let rows = s.query_retrying("SELECT pid FROM pg_stat_activity WHERE backend_type LIKE '%pg_dialer%'", Duration::from_secs(60));
+        let rows = s.query_retrying("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer'", Duration::from_secs(60));
         if let Some(r) = rows.first() {
             return r.get(0);
         }

@@ -46,27 +46,26 @@ pub fn ensure_keyring() {
 
 /// A stored secret in the clear, for the worker and the functions that need it; never exposed
 /// to PUBLIC. Plaintext left from before encryption is returned as it is. A value
-/// `vault:<name>` names a Supabase Vault secret, read from `vault.decrypted_secrets`.
+/// `vault:<name>` names a Supabase Vault secret of the agency's own (`dialer._vault_secret`: the
+/// name starts with `agency_<id>_`, else 42501).
 pub fn unseal(stored: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
     let plain = decrypt(stored, agency_id, provider, column)?;
     match plain.strip_prefix(VAULT_PREFIX) {
-        Some(name) => from_vault(name),
+        Some(name) => from_vault(agency_id, name),
         None => Ok(plain),
     }
 }
 
 const VAULT_PREFIX: &str = "vault:";
 
-fn from_vault(name: &str) -> Result<String, DialerError> {
-    let has_vault = Spi::get_one::<bool>("SELECT to_regclass('vault.decrypted_secrets') IS NOT NULL")
-        .map_err(|e| DialerError::Database(e.to_string()))?
-        .unwrap_or(false);
-    if !has_vault {
-        return Err(DialerError::NotFound(format!(
-            "the credentials name Vault secret {name:?}, but Supabase Vault (vault.decrypted_secrets) is not installed here"
+fn from_vault(agency_id: i64, name: &str) -> Result<String, DialerError> {
+    let prefix = format!("agency_{agency_id}_");
+    if !name.starts_with(&prefix) {
+        return Err(DialerError::Forbidden(format!(
+            "Vault secret {name:?} is not agency {agency_id}'s: its credentials may name only secrets whose names start with {prefix}"
         )));
     }
-    Spi::get_one_with_args::<String>("SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1", &[name.into()])
+    Spi::get_one_with_args::<String>("SELECT dialer._vault_secret($1, $2)", &[agency_id.into(), name.into()])
         .map_err(|e| DialerError::Database(e.to_string()))?
         .ok_or_else(|| DialerError::NotFound(format!("Vault has no secret named {name:?}")))
 }

@@ -39,6 +39,7 @@ pub fn raise(e: DialerError) -> ! {
         "28000" => PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
         "22P02" => PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
         "54000" => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        "42501" => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
     };
     ereport!(ERROR, code, e.to_string());

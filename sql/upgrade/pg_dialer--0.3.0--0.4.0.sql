@@ -1,0 +1,967 @@
+-- pg_dialer 0.3.0 → 0.4.0 (ALTER EXTENSION pg_dialer UPDATE TO '0.4.0').
+--
+-- Least privilege (docs/security.md): the worker runs as its own role dialer_worker, started by
+-- a launcher; lead rows are written back in their table owner's own session (dialer.lead_writes
+-- and a writer background worker per owner), never in the worker's; the trigger on an attached
+-- table reads the row with its changer's rights and hands built-in values to dialer._lead_event;
+-- Vault names are the agency's own (agency_<id>_…); due batches are served by turns across
+-- agencies and a failed post waits at least a second; every text a tenant stores has a limit;
+-- internal functions are no longer PUBLIC's; a key moves host only when given again.
+\echo Use "ALTER EXTENSION pg_dialer UPDATE TO '0.4.0'" to load this file. \quit
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_worker') THEN
+        CREATE ROLE dialer_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT BYPASSRLS PASSWORD NULL;
+    END IF;
+END $$;
+
+-- Write-backs now go through dialer.lead_writes; those still pending under 0.3.0 are queued there.
+CREATE TABLE dialer.lead_writes (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    attachment_id bigint NOT NULL REFERENCES dialer.lead_attachments(id) ON DELETE CASCADE,
+    contact_id    bigint REFERENCES dialer.campaign_contacts(id) ON DELETE CASCADE,
+    lead_key      text,
+    lead_values   text[],
+    failures      integer NOT NULL DEFAULT 0,
+    not_before    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((contact_id IS NULL) <> (lead_key IS NULL))
+);
+CREATE INDEX lead_writes_due_idx ON dialer.lead_writes (not_before, id);
+CREATE INDEX lead_writes_contact_idx ON dialer.lead_writes (contact_id) WHERE contact_id IS NOT NULL;
+CREATE INDEX lead_writes_attachment_idx ON dialer.lead_writes (attachment_id);
+INSERT INTO dialer.lead_writes (attachment_id, contact_id)
+SELECT c.lead_attachment_id, c.id FROM dialer.campaign_contacts c
+ WHERE c.lead_sync_pending AND c.lead_attachment_id IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes', '');
+SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes_id_seq', '');
+DROP TRIGGER campaign_contacts_lead_sync ON dialer.campaign_contacts;
+DROP INDEX dialer.campaign_contacts_lead_sync_idx;
+ALTER TABLE dialer.campaign_contacts DROP COLUMN lead_sync_pending;
+DROP FUNCTION dialer._lead_resync(integer);
+DROP FUNCTION dialer._lead_sync(bigint);
+DROP FUNCTION dialer._lead_write(bigint, text, text[]);
+DROP FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb);
+DROP FUNCTION dialer._attach_register(regclass, bigint, bigint, jsonb, jsonb, jsonb, text, jsonb);
+DROP TRIGGER campaign_contacts_json_bounded ON dialer.campaign_contacts;
+DROP FUNCTION dialer._json_bounded();
+
+CREATE OR REPLACE FUNCTION dialer._session_role()
+RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN current_setting('role') <> 'none' THEN current_setting('role')::name ELSE session_user END
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._vault_prefix(p_agency_id bigint)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'agency_' || p_agency_id || '_'
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._vault_secret(p_agency_id bigint, p_name text)
+RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    secret text;
+BEGIN
+    IF NOT starts_with(p_name, dialer._vault_prefix(p_agency_id)) THEN
+        RAISE EXCEPTION 'Vault secret % is not agency %''s: its credentials may name only secrets whose names start with %',
+            quote_literal(left(p_name, 100)), p_agency_id, dialer._vault_prefix(p_agency_id) USING ERRCODE = '42501';
+    END IF;
+    IF to_regclass('vault.decrypted_secrets') IS NULL THEN
+        RAISE EXCEPTION 'the credentials name Vault secret %, but Supabase Vault (vault.decrypted_secrets) is not installed here',
+            quote_literal(p_name) USING ERRCODE = 'P0002';
+    END IF;
+    EXECUTE 'SELECT decrypted_secret FROM vault.decrypted_secrets WHERE name = $1 LIMIT 1' INTO secret USING p_name;
+    IF secret IS NULL THEN
+        RAISE EXCEPTION 'Vault has no secret named %', quote_literal(p_name) USING ERRCODE = 'P0002';
+    END IF;
+    RETURN secret;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._contact_bounded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF length(NEW.name) > 200 OR length(NEW.lead_ref) > 200 OR length(NEW.source) > 100
+       OR length(NEW.dedupe_key) > 200 OR length(NEW.message) > 4000 THEN
+        RAISE EXCEPTION 'a contact''s text is too long: name, lead_ref and dedupe_key are at most 200 characters, source 100, message 4000'
+            USING ERRCODE = '22001', DETAIL = format('name %s, lead_ref %s, dedupe_key %s, source %s, message %s characters',
+                coalesce(length(NEW.name), 0), coalesce(length(NEW.lead_ref), 0), coalesce(length(NEW.dedupe_key), 0),
+                coalesce(length(NEW.source), 0), coalesce(length(NEW.message), 0));
+    END IF;
+    IF pg_column_size(NEW.variables) > 65536 OR pg_column_size(NEW.metadata) > 65536 THEN
+        RAISE EXCEPTION 'a contact''s variables and metadata are at most 64 kB each' USING ERRCODE = '54000';
+    END IF;
+    IF dialer._json_depth(NEW.variables::text) > 32 OR dialer._json_depth(NEW.metadata::text) > 32 THEN
+        RAISE EXCEPTION 'a contact''s variables and metadata nest at most 32 levels deep' USING ERRCODE = '54000';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._text_bounded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb := to_jsonb(NEW);
+    i integer := 0;
+BEGIN
+    WHILE i + 1 < TG_NARGS LOOP
+        IF length(r ->> TG_ARGV[i]) > TG_ARGV[i + 1]::integer THEN
+            RAISE EXCEPTION '%.% is at most % characters, got %', TG_TABLE_NAME, TG_ARGV[i], TG_ARGV[i + 1],
+                length(r ->> TG_ARGV[i]) USING ERRCODE = '22001';
+        END IF;
+        i := i + 2;
+    END LOOP;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_write_later(p_attachment_id bigint, p_key text, p_values text[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO dialer.lead_writes (attachment_id, lead_key, lead_values) VALUES (p_attachment_id, p_key, p_values);
+    PERFORM dialer._wake_on_commit();
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_writes_take()
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user);
+    taken bigint;
+BEGIN
+    UPDATE dialer.lead_writes w
+       SET failures = w.failures + 1,
+           not_before = clock_timestamp() + make_interval(secs => least(power(2, least(w.failures, 9)), 300))
+     WHERE w.id = (SELECT x.id FROM dialer.lead_writes x
+                     JOIN dialer.lead_attachments la ON la.id = x.attachment_id
+                     JOIN pg_class t ON t.oid = la.leads
+                    WHERE t.relowner = me AND x.not_before <= clock_timestamp()
+                    ORDER BY x.not_before, x.id
+                    LIMIT 1
+                      FOR UPDATE OF x SKIP LOCKED)
+    RETURNING w.id INTO taken;
+    RETURN taken;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_writes_read(p_write_id bigint)
+RETURNS TABLE (writer regprocedure, lead_key text, lead_values text[], upto bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user);
+    w dialer.lead_writes;
+    a dialer.lead_attachments;
+    c dialer.campaign_contacts;
+BEGIN
+    SELECT x.* INTO w FROM dialer.lead_writes x
+      JOIN dialer.lead_attachments la ON la.id = x.attachment_id
+      JOIN pg_class t ON t.oid = la.leads
+     WHERE x.id = p_write_id AND t.relowner = me;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = w.attachment_id;
+    writer := to_regprocedure(format('dialer.%I(text, text[])', 'lead_writer_' || a.id));
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = writer AND p.proowner = me) THEN
+        writer := NULL;
+    END IF;
+    upto := w.id;
+    IF w.contact_id IS NOT NULL THEN
+        SELECT max(x.id) INTO upto FROM dialer.lead_writes x WHERE x.contact_id = w.contact_id;
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = w.contact_id;
+        lead_key := c.lead_ref;
+        lead_values := dialer._lead_values(c, a);
+    ELSE
+        lead_key := w.lead_key;
+        lead_values := w.lead_values;
+    END IF;
+    RETURN NEXT;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_apply(p_writer regprocedure, p_key text, p_values text[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('SELECT %s($1, $2)', p_writer::regproc) USING p_key, p_values;
+    SET CONSTRAINTS ALL IMMEDIATE;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_writes_done(p_write_id bigint, p_upto bigint)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM dialer.lead_writes x USING dialer.lead_writes w, dialer.lead_attachments la, pg_class t
+     WHERE w.id = p_write_id AND la.id = w.attachment_id AND t.oid = la.leads
+       AND t.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+       AND (x.id = w.id OR (x.contact_id = w.contact_id AND x.id <= p_upto));
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_writes_failed(p_write_id bigint, p_error text)
+RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE dialer.lead_attachments la SET last_error = left(p_error, 500), last_error_at = clock_timestamp()
+      FROM dialer.lead_writes x, pg_class t
+     WHERE x.id = p_write_id AND la.id = x.attachment_id AND t.oid = la.leads
+       AND t.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user);
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_writes_due_owners(p_limit integer)
+RETURNS TABLE (owner oid, can_login boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT t.relowner, r.rolcanlogin
+      FROM dialer.lead_writes x
+      JOIN dialer.lead_attachments la ON la.id = x.attachment_id
+      JOIN pg_class t ON t.oid = la.leads
+      JOIN pg_roles r ON r.oid = t.relowner
+     WHERE x.not_before <= clock_timestamp()
+     GROUP BY t.relowner, r.rolcanlogin
+     ORDER BY min(x.not_before)
+     LIMIT p_limit
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_writes_blocked(p_owner oid, p_why text)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE dialer.lead_attachments la SET last_error = p_why, last_error_at = clock_timestamp()
+      FROM pg_class t WHERE t.oid = la.leads AND t.relowner = p_owner
+       AND la.last_error IS DISTINCT FROM p_why;
+    UPDATE dialer.lead_writes x SET not_before = clock_timestamp() + interval '60 seconds'
+      FROM dialer.lead_attachments la, pg_class t
+     WHERE la.id = x.attachment_id AND t.oid = la.leads AND t.relowner = p_owner;
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_fields_of(a dialer.lead_attachments, p_row jsonb)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('key', p_row ->> (a.columns->>'key'), 'status', p_row ->> (a.columns->>'status'),
+                              'phone', p_row ->> (a.columns->>'phone'), 'name', p_row ->> (a.columns->>'name'),
+                              'source', p_row ->> (a.columns->>'call_source_id'),
+                              'provider', p_row ->> (a.columns->>'ai_provider_type'),
+                              'agency', p_row ->> a.agency_column,
+                              'variables', coalesce((SELECT jsonb_object_agg(v, p_row -> v)
+                                                       FROM jsonb_array_elements_text(coalesce(a.columns->'variables', '[]')) v), '{}'))
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_event(p_attachment_id bigint, p_table regclass, p_op text, p_lead jsonb)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a dialer.lead_attachments;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND THEN
+        RETURN;  -- detached (its agency deleted): the table goes on without the dialer
+    END IF;
+    IF a.leads <> p_table OR NOT has_table_privilege(dialer._session_role(), a.leads, 'INSERT, UPDATE, DELETE') THEN
+        RAISE EXCEPTION 'lead attachment % is not for a table this role may change', a.id
+            USING ERRCODE = '42501', HINT = 'Attach a table with dialer.attach_leads.';
+    END IF;
+    IF a.agency_column IS NOT NULL AND (p_lead ->> 'agency') IS DISTINCT FROM a.agency_id::text THEN
+        RETURN;  -- another agency's lead in a shared table
+    END IF;
+    IF p_op = 'DELETE' THEN
+        PERFORM dialer._lead_withdraw(a, p_lead ->> 'key', 'lead deleted before it was dialed');
+    ELSIF (p_lead ->> 'status') IS DISTINCT FROM a.statuses->>'pending' THEN
+        PERFORM dialer._lead_withdraw(a, p_lead ->> 'key', 'lead left the pending status before it was dialed');
+    ELSE
+        PERFORM dialer._lead_queue(a, p_lead);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._attach_options(leads regclass, options jsonb)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    defaults constant jsonb := '{"phone": "phone", "status": "status", "ai_call_status": "ai_call_status",
+        "ai_call_id": "ai_call_id", "posted_to_ai_date": "posted_to_ai_date", "ai_post_retry_count": "ai_post_retry_count",
+        "ai_failure_reason": "ai_failure_reason", "last_ai_attempt": "last_ai_attempt", "staff_id": "staff_id",
+        "assigned_date": "assigned_date", "call_source_id": "call_source_id", "ai_provider_type": "ai_provider_type",
+        "name": "name"}';
+    -- What each field's column may be: text-like, a number, a time, or anything (read as text).
+    kinds constant jsonb := '{"phone": "text", "status": "text", "ai_call_status": "text", "ai_call_id": "text",
+        "posted_to_ai_date": "time", "ai_post_retry_count": "number", "ai_failure_reason": "text",
+        "last_ai_attempt": "time", "staff_id": "any", "assigned_date": "time", "call_source_id": "any",
+        "ai_provider_type": "any", "name": "text"}';
+    o jsonb := coalesce(options, '{}');
+    given jsonb;
+    cols jsonb := '{}';
+    statuses jsonb;
+    rel pg_class;
+    pk text[];
+    k text;
+    col text;
+    typ oid;
+    cat char;
+    pacing jsonb;
+BEGIN
+    IF jsonb_typeof(o) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(o) LOOP
+        IF k NOT IN ('columns', 'statuses', 'providers', 'agency_column', 'variables', 'calls_per_minute',
+                     'max_concurrent', 'max_attempts', 'retry_delay') THEN
+            RAISE EXCEPTION 'unknown option %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
+                HINT = 'Options: columns, statuses, providers, agency_column, variables, calls_per_minute, max_concurrent, max_attempts, retry_delay.';
+        END IF;
+    END LOOP;
+    SELECT * INTO rel FROM pg_class c WHERE c.oid = leads;
+    IF rel.relkind = 'p' THEN
+        RAISE EXCEPTION '% is a partitioned table', leads USING ERRCODE = '0A000',
+            HINT = 'Attach each of its partitions (dialer.attach_leads on each): rows inserted through the parent reach their partition''s trigger.';
+    ELSIF rel.relkind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION '% is not a table', leads USING ERRCODE = '42809';
+    END IF;
+    IF rel.relforcerowsecurity THEN
+        RAISE EXCEPTION '% forces row-level security on its owner', leads USING ERRCODE = '0A000',
+            HINT = 'pg_dialer reads and writes an attached table with its owner''s rights; ALTER TABLE ... NO FORCE ROW LEVEL SECURITY, or give the owner a policy that lets it see its leads.';
+    END IF;
+    -- Lead rows are written back by a background worker connected as the table's owner; before
+    -- Postgres 17 a background worker can connect only as a role that may log in.
+    IF current_setting('server_version_num')::integer < 170000
+       AND NOT (SELECT r.rolcanlogin FROM pg_roles r WHERE r.oid = rel.relowner) THEN
+        RAISE EXCEPTION '% belongs to %, which cannot log in', leads, rel.relowner::regrole USING ERRCODE = '0A000',
+            HINT = 'pg_dialer writes lead rows back as the table''s owner: ALTER ROLE ... LOGIN (no password is needed), or give the table to a role that can.';
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO pk
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = leads AND i.indisprimary;
+    IF pk IS NULL THEN
+        RAISE EXCEPTION '% has no primary key', leads USING ERRCODE = '42P16',
+            HINT = 'pg_dialer finds each lead again by its primary key: add one.';
+    ELSIF array_length(pk, 1) > 1 THEN
+        RAISE EXCEPTION '% has a primary key of % columns; pg_dialer needs a single-column key', leads, array_length(pk, 1)
+            USING ERRCODE = '42P16';
+    END IF;
+    given := coalesce(o->'columns', '{}');
+    IF jsonb_typeof(given) <> 'object' THEN
+        RAISE EXCEPTION 'options.columns must be a JSON object of field → column name' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(given) LOOP
+        IF NOT defaults ? k THEN
+            RAISE EXCEPTION 'options.columns: unknown field %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
+                HINT = 'Fields: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(defaults) x) || '.';
+        END IF;
+        IF jsonb_typeof(given->k) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'options.columns.% must be a column name (or null for none)', k USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    cols := jsonb_build_object('key', pk[1]);
+    FOR k IN SELECT jsonb_object_keys(defaults) LOOP
+        col := CASE WHEN given ? k THEN given->>k ELSE defaults->>k END;
+        CONTINUE WHEN col IS NULL;
+        SELECT a.atttypid INTO typ FROM pg_attribute a
+         WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF typ IS NULL THEN
+            IF given ? k OR k IN ('phone', 'status') THEN
+                RAISE EXCEPTION '% has no column % (for %)', leads, quote_ident(col), k USING ERRCODE = '42703',
+                    HINT = 'Name the column in options.columns, e.g. {"columns": {"' || k || '": "my_column"}}.';
+            END IF;
+            CONTINUE;  -- a default the table does not have: that field is not kept
+        END IF;
+        SELECT t.typcategory INTO cat FROM pg_type t WHERE t.oid = typ;
+        IF (kinds->>k = 'text' AND cat <> 'S') OR (kinds->>k = 'number' AND cat <> 'N') OR (kinds->>k = 'time' AND cat <> 'D') THEN
+            RAISE EXCEPTION 'column %.% (for %) is of type %, not %', leads, quote_ident(col), k, typ::regtype,
+                CASE kinds->>k WHEN 'text' THEN 'text' WHEN 'number' THEN 'a number' ELSE 'a date or timestamp' END
+                USING ERRCODE = '42804';
+        END IF;
+        cols := cols || jsonb_build_object(k, col);
+    END LOOP;
+    cols := cols || jsonb_build_object('variables', coalesce(o->'variables', '[]'));
+    IF jsonb_typeof(cols->'variables') <> 'array' THEN
+        RAISE EXCEPTION 'options.variables must be an array of column names' USING ERRCODE = '22023';
+    END IF;
+    FOR col IN SELECT jsonb_array_elements_text(cols->'variables') LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION '% has no column % (in options.variables)', leads, quote_ident(col) USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF o ? 'agency_column' AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads
+                                              AND a.attname = o->>'agency_column' AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% has no column % (options.agency_column)', leads, quote_ident(o->>'agency_column') USING ERRCODE = '42703';
+    END IF;
+    statuses := dialer._lead_default_statuses();
+    IF o ? 'statuses' THEN
+        IF jsonb_typeof(o->'statuses') <> 'object' THEN
+            RAISE EXCEPTION 'options.statuses must be a JSON object of state → status word' USING ERRCODE = '22023';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(o->'statuses') LOOP
+            IF NOT statuses ? k OR jsonb_typeof(o->'statuses'->k) <> 'string' THEN
+                RAISE EXCEPTION 'options.statuses.%: unknown state, or not a string', left(k, 100) USING ERRCODE = '22023',
+                    HINT = 'States: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(statuses) x) || '.';
+            END IF;
+            IF length(o->'statuses'->>k) > 200 THEN
+                RAISE EXCEPTION 'options.statuses.% is longer than 200 characters', k USING ERRCODE = '22001';
+            END IF;
+        END LOOP;
+        statuses := statuses || (o->'statuses');
+    END IF;
+    IF o ? 'providers' AND jsonb_typeof(o->'providers') <> 'object' THEN
+        RAISE EXCEPTION 'options.providers must be a JSON object of provider type → agent mapping id' USING ERRCODE = '22023';
+    END IF;
+    -- The seed's pacing: 10 leads per 30 s, 3 attempts, retried on the next cycle. A failed post
+    -- waits at least a second before it is tried again (a tenant cannot make the worker spin).
+    BEGIN
+        pacing := jsonb_build_object(
+            'calls_per_minute', dialer._check_positive(coalesce((o->>'calls_per_minute')::integer, 20), 'calls_per_minute'),
+            'max_concurrent', dialer._check_positive(coalesce((o->>'max_concurrent')::integer, 10), 'max_concurrent'),
+            'max_attempts', dialer._check_positive(coalesce((o->>'max_attempts')::integer, 3), 'max_attempts'),
+            'retry_delay', coalesce((o->>'retry_delay')::interval, '30 seconds'));
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'options: calls_per_minute, max_concurrent and max_attempts are integers, retry_delay an interval (%)', SQLERRM
+            USING ERRCODE = '22023';
+    END;
+    IF (pacing->>'retry_delay')::interval < interval '1 second' THEN
+        RAISE EXCEPTION 'options.retry_delay must be at least 1 second, got %', pacing->>'retry_delay' USING ERRCODE = '22023';
+    END IF;
+    RETURN jsonb_build_object('columns', cols, 'statuses', statuses, 'providers', coalesce(o->'providers', '{}'),
+                              'agency_column', o->'agency_column', 'pacing', pacing);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_queue(a dialer.lead_attachments, p_lead jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    key text := p_lead ->> 'key';
+    phone text := regexp_replace(coalesce(p_lead ->> 'phone', ''), '[\s().-]', '', 'g');
+    provider_type text := p_lead ->> 'provider';
+    mapping bigint := a.agent_mapping_id;
+    vars jsonb := coalesce(p_lead -> 'variables', '{}');
+    new_id bigint;
+BEGIN
+    IF key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF phone !~ '^\+[1-9][0-9]{6,14}$' THEN
+        PERFORM dialer._lead_write_later(a.id, key, ARRAY[a.statuses->>'trashed', NULL, NULL, NULL, NULL,
+            format('invalid phone number %s: write it in E.164 form, e.g. +14155550123', left(coalesce(p_lead ->> 'phone', 'NULL'), 40)),
+            clock_timestamp()::text, NULL, NULL]);
+        RETURN NULL;
+    END IF;
+    IF provider_type IS NOT NULL THEN
+        mapping := CASE WHEN a.providers ? provider_type THEN (a.providers ->> provider_type)::bigint
+                        WHEN lower(provider_type) = (SELECT m.provider FROM dialer.agent_mappings m WHERE m.id = a.agent_mapping_id)
+                        THEN a.agent_mapping_id END;
+        IF mapping IS NULL THEN
+            PERFORM dialer._lead_write_later(a.id, key, ARRAY[a.statuses->>'ai_failed', a.statuses->>'call_failed', NULL, NULL, NULL,
+                format('no agent mapping for AI provider type %s (name it in the attachment''s "providers" option)',
+                       quote_literal(left(provider_type, 100))),
+                clock_timestamp()::text, NULL, NULL]);
+            RETURN NULL;
+        END IF;
+    END IF;
+    INSERT INTO dialer.campaign_contacts (batch_id, phone_number, name, variables, lead_ref, source, status, is_job,
+                                          agent_mapping_id, timezone, lead_attachment_id)
+    VALUES (a.batch_id, phone, p_lead ->> 'name', vars, key, p_lead ->> 'source', 'queued', true,
+            nullif(mapping, a.agent_mapping_id), dialer._zone_for_number(phone), a.id)
+    ON CONFLICT (lead_attachment_id, lead_ref)
+       WHERE lead_attachment_id IS NOT NULL AND status IN ('pending', 'queued', 'in_progress', 'in_doubt')
+       DO NOTHING
+    RETURNING id INTO new_id;
+    IF new_id IS NOT NULL THEN
+        UPDATE dialer.call_batches SET total_contacts = total_contacts + 1, queued_count = queued_count + 1
+         WHERE id = a.batch_id;
+        PERFORM dialer._wake_on_commit();
+    END IF;
+    RETURN new_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_contact_changed()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_RELID <> 'dialer.campaign_contacts'::regclass THEN
+        RAISE EXCEPTION 'dialer._lead_contact_changed is pg_dialer''s own trigger' USING ERRCODE = '42501';
+    END IF;
+    INSERT INTO dialer.lead_writes (attachment_id, contact_id) VALUES (NEW.lead_attachment_id, NEW.id);
+    PERFORM dialer._wake_on_commit();
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_calls_accepted(p_call_ids bigint[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO dialer.lead_writes (attachment_id, contact_id)
+    SELECT c.lead_attachment_id, c.id
+      FROM dialer.calls k JOIN dialer.campaign_contacts c ON c.id = k.contact_id
+     WHERE k.id = ANY (p_call_ids) AND c.lead_attachment_id IS NOT NULL;
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._lead_changed()
+RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r jsonb;
+    vars jsonb := '{}';
+    i integer;
+BEGIN
+    IF TG_NARGS < 8 OR TG_ARGV[0] !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'dialer._lead_changed takes the attachment id and its columns' USING ERRCODE = '22023';
+    END IF;
+    r := CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END;
+    FOR i IN 8 .. TG_NARGS - 1 LOOP
+        vars := vars || jsonb_build_object(TG_ARGV[i], r -> TG_ARGV[i]);
+    END LOOP;
+    PERFORM dialer._lead_event(TG_ARGV[0]::bigint, TG_RELID, TG_OP,
+        jsonb_build_object('key', r ->> TG_ARGV[1], 'status', r ->> TG_ARGV[2], 'phone', r ->> TG_ARGV[3],
+                           'name', r ->> TG_ARGV[4], 'source', r ->> TG_ARGV[5], 'provider', r ->> TG_ARGV[6],
+                           'agency', r ->> TG_ARGV[7], 'variables', vars));
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._attach_install(p_attachment_id bigint)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a dialer.lead_attachments;
+    sets text[] := '{}';
+    f text;
+    i integer := 0;
+    col text;
+    typ text;
+    writer_name text := 'lead_writer_' || p_attachment_id;
+    owner regrole;
+    args text[];
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lead attachment % does not exist', p_attachment_id USING ERRCODE = 'P0002';
+    END IF;
+    SELECT c.relowner::regrole INTO owner FROM pg_class c WHERE c.oid = a.leads;
+    FOREACH f IN ARRAY dialer._lead_fields() LOOP
+        i := i + 1;
+        col := a.columns->>f;
+        CONTINUE WHEN col IS NULL;
+        SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
+         WHERE t.attrelid = a.leads AND t.attname = col AND t.attnum > 0 AND NOT t.attisdropped;
+        sets := sets || format('%I = coalesce($2[%s]::%s, %I)', col, i, typ, col);
+    END LOOP;
+    SELECT format_type(t.atttypid, t.atttypmod) INTO typ FROM pg_attribute t
+     WHERE t.attrelid = a.leads AND t.attname = a.columns->>'key' AND t.attnum > 0 AND NOT t.attisdropped;
+    EXECUTE format('CREATE OR REPLACE FUNCTION dialer.%I(p_key text, p_values text[]) RETURNS void LANGUAGE sql AS %L',
+                   writer_name, format('UPDATE %s SET %s WHERE %I = $1::%s', a.leads, array_to_string(sets, ', '), a.columns->>'key', typ));
+    EXECUTE format('ALTER FUNCTION dialer.%I(text, text[]) OWNER TO %s', writer_name, owner);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION dialer.%I(text, text[]) FROM PUBLIC', writer_name);
+    UPDATE dialer.lead_attachments SET writer = format('dialer.%I(text, text[])', writer_name)::regprocedure WHERE id = a.id;
+    args := ARRAY[a.id::text, a.columns->>'key', coalesce(a.columns->>'status', ''), coalesce(a.columns->>'phone', ''),
+                  coalesce(a.columns->>'name', ''), coalesce(a.columns->>'call_source_id', ''),
+                  coalesce(a.columns->>'ai_provider_type', ''), coalesce(a.agency_column, '')]
+            || ARRAY(SELECT jsonb_array_elements_text(coalesce(a.columns->'variables', '[]')));
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT OR DELETE OR UPDATE OF %I ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION dialer._lead_changed(%s)',
+                   'pg_dialer_leads_' || a.id, a.columns->>'status', a.leads,
+                   (SELECT string_agg(quote_literal(x), ', ') FROM unnest(args) x));
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._attach_register(p_leads regclass, p_agency_id bigint, p_mapping_id bigint, p_options jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    o jsonb;
+    pacing jsonb;
+    b bigint;
+    new_id bigint;
+    owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = p_leads);
+    k text;
+BEGIN
+    IF NOT dialer._caller_owns(p_leads) THEN
+        RAISE EXCEPTION 'attaching % needs its owner''s rights (it belongs to %)', p_leads, owner::regrole
+            USING ERRCODE = '42501';
+    END IF;
+    o := dialer._attach_options(p_leads, p_options);
+    pacing := o->'pacing';
+    PERFORM dialer._check_agency(p_agency_id);
+    PERFORM dialer._resolve_mapping(p_agency_id, p_mapping_id);
+    FOR k IN SELECT jsonb_object_keys(o->'providers') LOOP
+        IF jsonb_typeof(o->'providers'->k) <> 'number' OR (o->'providers'->>k) !~ '^[0-9]{1,18}$' THEN
+            RAISE EXCEPTION 'options.providers.% must be an agent mapping id', left(k, 100) USING ERRCODE = '22023';
+        END IF;
+        PERFORM dialer._resolve_mapping(p_agency_id, (o->'providers'->>k)::bigint);
+    END LOOP;
+    INSERT INTO dialer.call_batches (agency_id, agent_mapping_id, name, kind, status, calls_per_minute, max_concurrent,
+                                     max_attempts, retry_delay, retry_backoff, started_at)
+    VALUES (p_agency_id, p_mapping_id, left('leads: ' || p_leads::text, 200), 'leads', 'processing',
+            (pacing->>'calls_per_minute')::integer, (pacing->>'max_concurrent')::integer,
+            (pacing->>'max_attempts')::integer, (pacing->>'retry_delay')::interval, 1, now())
+    RETURNING id INTO b;
+    INSERT INTO dialer.lead_attachments (agency_id, leads, batch_id, agent_mapping_id, columns, statuses, providers, agency_column)
+    VALUES (p_agency_id, p_leads, b, p_mapping_id, o->'columns', o->'statuses', o->'providers', o->>'agency_column')
+    RETURNING id INTO new_id;
+    PERFORM dialer._attach_install(new_id);
+    RETURN new_id;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION '% is already attached for agency %', p_leads, p_agency_id USING ERRCODE = '42710',
+        HINT = 'dialer.detach_leads it first.';
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._attach_queue(p_attachment_id bigint, p_row jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a dialer.lead_attachments;
+BEGIN
+    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    IF NOT FOUND OR NOT dialer._caller_owns(a.leads) THEN
+        RAISE EXCEPTION 'lead attachment % does not exist or is not yours', p_attachment_id USING ERRCODE = '42501';
+    END IF;
+    RETURN dialer._lead_queue(a, dialer._lead_fields_of(a, p_row));
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.attach_leads(leads regclass, agency_id bigint, agent_mapping_id bigint, options jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    new_id bigint;
+    a dialer.lead_attachments;
+    r jsonb;
+BEGIN
+    new_id := dialer._attach_register(leads, agency_id, agent_mapping_id, options);
+    SELECT * INTO a FROM dialer.lead_attachments x WHERE x.id = new_id;
+    -- The leads already waiting, read with the caller's rights.
+    FOR r IN EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE %I = $1', leads, a.columns->>'status') USING a.statuses->>'pending' LOOP
+        IF a.agency_column IS NULL OR r->>a.agency_column = agency_id::text THEN
+            PERFORM dialer._attach_queue(new_id, r);
+        END IF;
+    END LOOP;
+    RETURN new_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._promote_batches(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM dialer.queue_arrivals) THEN
+        PERFORM dialer._count_arrivals(p_skip_locked => true);
+    END IF;
+    PERFORM dialer._promote_recurring(p_now);
+    PERFORM dialer._expire_contacts(p_now);
+    IF NOT EXISTS (SELECT 1 FROM dialer.call_batches
+                    WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now))
+       AND NOT EXISTS (SELECT 1 FROM dialer.campaign_contacts WHERE status = 'pending') THEN
+        RETURN 0;
+    END IF;
+    WITH started AS (
+        UPDATE dialer.call_batches
+           SET status = 'processing', started_at = coalesce(started_at, p_now), next_slot_at = NULL
+         WHERE status IN ('pending', 'scheduled') AND (scheduled_for IS NULL OR scheduled_for <= p_now)
+        RETURNING id
+    )
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+      FROM started s WHERE c.batch_id = s.id AND c.status = 'pending';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    -- Contacts committed by add_contacts while the statement above ran were not in its snapshot;
+    -- this statement's newer snapshot sees them.
+    -- (campaign_contacts_pending_idx holds only pending contacts: this costs nearly nothing.)
+    UPDATE dialer.campaign_contacts c SET status = 'queued', updated_at = p_now
+     WHERE c.status = 'pending'
+       AND c.batch_id IN (SELECT b.id FROM dialer.call_batches b WHERE b.status = 'processing');
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._due_batches(p_now timestamptz, p_limit integer, p_lead interval DEFAULT '0')
+RETURNS TABLE (batch_id bigint, agency_id bigint, agent_mapping_id bigint)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    -- Batches whose pacing slot has come, from call_batches_next_slot_idx (two ranges: a slot
+    -- that has come, or none yet), so that a thousand batches waiting for their slots cost nothing.
+    RETURN QUERY
+    SELECT d.id, d.agency_id, d.agent_mapping_id
+      FROM (SELECT b.id, b.agency_id, b.agent_mapping_id, b.priority, b.created_at,
+                   row_number() OVER (PARTITION BY b.agency_id ORDER BY b.priority, b.created_at, b.id) AS turn
+              FROM (SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at <= p_now + p_lead
+                    UNION ALL
+                    SELECT * FROM dialer.call_batches x WHERE x.status = 'processing' AND x.next_slot_at IS NULL) b
+             WHERE b.in_progress_count < b.max_concurrent
+               AND (b.rate_limited_until IS NULL OR b.rate_limited_until <= p_now)
+               AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
+                                  ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+                                WHERE m.id = b.agent_mapping_id AND pc.rate_limited_until > p_now)
+               AND dialer._batch_due_at(b.id, p_now) <= p_now) d
+     ORDER BY d.turn, d.priority, d.created_at, d.id
+     LIMIT p_limit;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._record_dispatch(p_results jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb;
+    k dialer.calls;
+    b dialer.call_batches;
+    c dialer.campaign_contacts;
+    outcome text;
+    backoff interval;
+    failed integer := 0;
+    rate_limited integer := 0;
+    retried integer := 0;
+    doubtful integer := 0;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        outcome := r->>'outcome';
+
+        UPDATE dialer.calls
+           SET status = CASE outcome WHEN 'rate_limited' THEN 'rate_limited'
+                                     WHEN 'network_error' THEN 'network_error' WHEN 'timeout' THEN 'in_doubt'
+                                     ELSE 'failed' END,
+               provider_call_id = r->>'provider_call_id',
+               http_status = (r->>'http_status')::integer,
+               latency_ms = (r->>'latency_ms')::double precision,
+               error = r->>'error',
+               request = r->'request',
+               response = r->'response',
+               dispatched_at = to_timestamp((r->>'dispatched_at_ms')::double precision / 1000.0)
+         WHERE id = k.id;
+
+        IF outcome = 'rate_limited' THEN
+            -- Not an attempt: back to the queue, the whole batch waits for Retry-After.
+            rate_limited := rate_limited + 1;
+            backoff := make_interval(secs => greatest(coalesce((r->>'retry_after_secs')::double precision, 60), 0));
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0), next_attempt_at = now_ts + backoff,
+                   updated_at = now_ts, last_error = 'rate limited by provider'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff),
+                   queued_count = queued_count + 1
+             WHERE id = b.id;
+            -- The limit is the provider account's: every batch sharing the credential waits.
+            UPDATE dialer.provider_credentials
+               SET rate_limited_until = greatest(coalesce(rate_limited_until, now_ts), now_ts + backoff)
+             WHERE agency_id = k.agency_id AND provider = k.provider;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSIF outcome = 'network_error' THEN
+            -- The request never reached the provider: retried, and not counted as an attempt.
+            retried := retried + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                   next_attempt_at = now_ts + greatest(b.retry_delay, interval '1 second'),
+                   updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSIF outcome = 'timeout' THEN
+            -- The request may have reached the provider: never redialed blindly.
+            doubtful := doubtful + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'in_doubt', updated_at = now_ts, last_error = r->>'error'
+             WHERE id = c.id;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSIF c.attempts < b.max_attempts THEN
+            retried := retried + 1;
+            -- at least a second: a batch that fails every post cannot make the worker spin
+            backoff := greatest(b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision,
+                                interval '1 second');
+            UPDATE dialer.campaign_contacts
+               SET status = 'queued', next_attempt_at = now_ts + backoff, updated_at = now_ts,
+                   last_error = r->>'error'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
+            PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
+        ELSE
+            failed := failed + 1;
+            UPDATE dialer.campaign_contacts
+               SET status = 'failed', updated_at = now_ts, last_error = r->>'error', outcome = 'ai_failed'
+             WHERE id = c.id;
+            UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
+            PERFORM dialer._move_batch_counters(b.id, p_failed => 1, p_in_progress => -1);
+            PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempts', c.attempts));
+            -- The seed's fallback: the humans take over, first in line.
+            PERFORM dialer._hand_off(c.id, r->>'error', true);
+        END IF;
+        IF outcome = 'failed' AND current_setting('dialer.notify_failures', true) = 'on' THEN
+            PERFORM dialer._notify('call_failed', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
+                'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r->'http_status'));
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('initiated', 0, 'failed', failed, 'rate_limited', rate_limited,
+                              'retried', retried, 'in_doubt', doubtful);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._refresh_statistics()
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t regclass;
+    cols text;
+    n integer := 0;
+BEGIN
+    -- Never wait behind autovacuum (or anyone else) for the lock: try again next time.
+    SET LOCAL lock_timeout = '20ms';
+    SET LOCAL default_statistics_target = 10;
+    -- Only the columns the worker's queries filter and join on: the JSON columns are the costly
+    -- part of a sample and no plan here depends on them.
+    FOR t, cols IN SELECT c.oid::regclass, v.cols
+                     FROM (VALUES ('dialer.campaign_contacts'::regclass,
+                                   'batch_id, status, next_attempt_at, priority, phone_number, is_job, call_id'),
+                                  ('dialer.calls'::regclass,
+                                   'contact_id, batch_id, agency_id, status, phone_number, provider_call_id, created_at, last_polled_at, lookup_attempts'),
+                                  ('dialer.call_batches'::regclass, NULL)) v(rel, cols)
+                     JOIN pg_catalog.pg_class c ON c.oid = v.rel
+                    WHERE pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples) LOOP
+        BEGIN
+            EXECUTE format('ANALYZE %s %s', t, coalesce('(' || cols || ')', ''));
+            n := n + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._provider_credentials_guarded()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_url text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.base_url END;
+    vault_names text := 'vault:' || dialer._vault_prefix(NEW.agency_id);
+BEGIN
+    IF NEW.base_url IS DISTINCT FROM old_url AND NEW.base_url IS NOT NULL THEN
+        IF NOT dialer._caller_is_operator() THEN
+            RAISE EXCEPTION 'only the extension owner or dialer_admin may set a base_url'
+                USING ERRCODE = '42501', HINT = 'Store the key without base_url: requests go to the provider''s own API.';
+        END IF;
+        PERFORM dialer._check_base_url(NEW.base_url);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.base_url IS DISTINCT FROM OLD.base_url AND starts_with(NEW.api_key, 'pgd1:') THEN
+        RAISE EXCEPTION 'changing base_url needs the api_key again: a key is bound to the host it was stored with'
+            USING ERRCODE = '22023', HINT = 'Use dialer.set_provider_credentials(agency_id, provider, api_key, base_url, ...).';
+    END IF;
+    IF (starts_with(NEW.api_key, 'vault:') AND NOT starts_with(NEW.api_key, vault_names))
+       OR (starts_with(NEW.webhook_secret, 'vault:') AND NOT starts_with(NEW.webhook_secret, vault_names)) THEN
+        RAISE EXCEPTION 'agency %''s credentials may name only Vault secrets whose names start with %',
+            NEW.agency_id, dialer._vault_prefix(NEW.agency_id) USING ERRCODE = '42501',
+            HINT = 'Store the secret in Vault as ' || dialer._vault_prefix(NEW.agency_id) || '<name> and give vault:' || dialer._vault_prefix(NEW.agency_id) || '<name>.';
+    END IF;
+    -- Stored encrypted, whoever writes the row (a value already sealed is kept as it is).
+    NEW.api_key := dialer._seal(NEW.api_key, NEW.agency_id, NEW.provider, 'api_key');
+    NEW.webhook_secret := dialer._seal(NEW.webhook_secret, NEW.agency_id, NEW.provider, 'webhook_secret');
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.set_provider_credentials(agency_id bigint, provider text, api_key text,
+    base_url text DEFAULT NULL, account_sid text DEFAULT NULL, webhook_secret text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    attempt integer;
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    PERFORM dialer._check_provider(provider);
+    IF api_key IS NULL OR length(api_key) = 0 THEN
+        RAISE EXCEPTION 'api_key must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF base_url IS NOT NULL AND base_url !~ '^https?://[^[:space:]]+$' THEN
+        RAISE EXCEPTION 'base_url % is not an http(s) URL', quote_literal(base_url) USING ERRCODE = '22023';
+    END IF;
+    IF webhook_secret IS NOT NULL AND length(btrim(webhook_secret)) = 0 THEN
+        RAISE EXCEPTION 'webhook_secret must not be empty: give the secret, or NULL for none' USING ERRCODE = '22023';
+    END IF;
+    IF provider = 'twilio' AND account_sid IS NULL THEN
+        RAISE EXCEPTION 'twilio credentials need account_sid' USING ERRCODE = '22023';
+    END IF;
+    IF provider = 'twilio' AND account_sid !~ '^AC[0-9a-fA-F]{32}$' THEN
+        RAISE EXCEPTION 'account_sid % is not a Twilio account SID (AC followed by 32 hex digits)', quote_literal(account_sid)
+            USING ERRCODE = '22023', HINT = 'Copy it from the Twilio console (Account Info).';
+    END IF;
+    -- Update, else insert: an application role may write keys but not read them, and
+    -- INSERT ... ON CONFLICT DO UPDATE would need to read them.
+    FOR attempt IN 1..2 LOOP
+        UPDATE dialer.provider_credentials pc
+           SET api_key = set_provider_credentials.api_key, base_url = rtrim(set_provider_credentials.base_url, '/'),
+               account_sid = set_provider_credentials.account_sid,
+               webhook_secret = set_provider_credentials.webhook_secret, updated_at = now()
+         WHERE pc.agency_id = set_provider_credentials.agency_id AND pc.provider = set_provider_credentials.provider;
+        EXIT WHEN FOUND;
+        BEGIN
+            -- Twilio accounts start at 1 call per second; raise it with set_provider_rate_limit.
+            INSERT INTO dialer.provider_credentials (agency_id, provider, api_key, base_url, account_sid, webhook_secret,
+                                                     max_calls_per_second)
+            VALUES (set_provider_credentials.agency_id, set_provider_credentials.provider, set_provider_credentials.api_key,
+                    rtrim(set_provider_credentials.base_url, '/'), set_provider_credentials.account_sid,
+                    set_provider_credentials.webhook_secret,
+                    CASE WHEN set_provider_credentials.provider = 'twilio' THEN 1 END);
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;  -- stored concurrently: update it on the next pass
+        END;
+    END LOOP;
+END $$;
+
+CREATE TRIGGER campaign_contacts_lead_sync AFTER UPDATE ON dialer.campaign_contacts
+    FOR EACH ROW WHEN (NEW.lead_attachment_id IS NOT NULL) EXECUTE FUNCTION dialer._lead_contact_changed();
+CREATE TRIGGER campaign_contacts_bounded
+    BEFORE INSERT OR UPDATE OF variables, metadata, name, lead_ref, source, dedupe_key, message ON dialer.campaign_contacts
+    FOR EACH ROW EXECUTE FUNCTION dialer._contact_bounded();
+
+-- Limits on the texts a tenant stores (docs/security.md, "Limits"; contacts: _contact_bounded).
+CREATE TRIGGER agencies_bounded BEFORE INSERT OR UPDATE OF name ON dialer.agencies
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('name', '200');
+CREATE TRIGGER agent_mappings_bounded BEFORE INSERT OR UPDATE OF agent_name, external_agent_id ON dialer.agent_mappings
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('agent_name', '200', 'external_agent_id', '200');
+CREATE TRIGGER call_batches_bounded BEFORE INSERT OR UPDATE OF name ON dialer.call_batches
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('name', '200');
+CREATE TRIGGER telecallers_bounded BEFORE INSERT OR UPDATE OF name, source ON dialer.telecallers
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('name', '200', 'source', '100');
+CREATE TRIGGER followups_bounded BEFORE INSERT OR UPDATE OF notes ON dialer.followups
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('notes', '4000');
+-- (set_disposition: only updates carry them, so the claim's inserts pay nothing)
+CREATE TRIGGER calls_bounded BEFORE UPDATE OF notes, disposition ON dialer.calls
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('notes', '4000', 'disposition', '200');
+CREATE TRIGGER do_not_call_bounded BEFORE INSERT OR UPDATE OF reason ON dialer.do_not_call
+    FOR EACH ROW EXECUTE FUNCTION dialer._text_bounded('reason', '500');
+
+-- Every attachment's trigger and writer, made again: the trigger takes its columns as arguments
+-- now, and the writer runs only in its owner's session.
+SELECT dialer._attach_install(id) FROM dialer.lead_attachments ORDER BY id;
+
+-- A function replaced above loses SECURITY DEFINER: the API's list is applied again (sql/security.sql).
+-- The API a tenant calls: SECURITY DEFINER as dialer_api, search_path pinned. The list is the
+-- contract of what a tenant may do; an upgrade script that replaces one of these functions
+-- must run this block again (CREATE OR REPLACE resets SECURITY DEFINER).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN (
+                  'add_contacts', 'add_do_not_call', 'add_holiday', 'add_telecaller', 'cancel_batch', 'cancel_job',
+                  'cancel_recurring_call', 'clean_jobs', 'clear_calling_window', 'create_agent_mapping', 'create_batch',
+                  'get_batch_contacts_to_call', 'job_status', 'list_jobs', 'pause_batch', 'pause_queue', 'queue_stats',
+                  'remove_do_not_call', 'remove_holiday', 'resolve_in_doubt', 'resume_batch', 'resume_queue', 'retry_job',
+                  'schedule_bulk_calls', 'schedule_call', 'schedule_recurring_call', 'set_agency_limits',
+                  'set_calling_window', 'set_disposition', 'set_provider_credentials', 'set_provider_rate_limit',
+                  'set_queue_calling_window', 'set_queue_options', 'set_retry_delays', 'set_telecaller_available',
+                  'update_batch_progress', 'why_not_dialed',
+                  'add_caller_id', 'remove_caller_id', 'use_caller_id_pool', 'set_batch_options', 'detach_leads',
+                  '_attach_register', '_attach_queue')
+              ORDER BY 1 LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO dialer_api', f);
+    END LOOP;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION dialer._attach_install(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) TO dialer_api;
+
+-- The worker's own role: the dialer's tables, sequences and functions, nothing else.
+GRANT USAGE ON SCHEMA dialer TO dialer_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA dialer TO dialer_worker;
+
+-- Internal functions (named _…) are not for PUBLIC: those it could run are kept for the dialer's
+-- own roles (and dialer_user where they run with the caller's rights: the row-security helpers,
+-- what API functions of the caller's rights call). The entry points a trigger on a tenant's table
+-- and a lead writer session must reach check their caller themselves. What PUBLIC may run with
+-- another role's rights is an allowlist that a test holds the catalog to (tenants.rs).
+DO $$
+DECLARE
+    f regprocedure;
+    definer boolean;
+BEGIN
+    FOR f, definer IN SELECT p.oid::regprocedure, p.prosecdef FROM pg_proc p
+                       WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname LIKE '\_%'
+                         AND (p.proacl IS NULL OR aclcontains(p.proacl, makeaclitem(0, p.proowner, 'EXECUTE', false)))
+                       ORDER BY 1 LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_api, dialer_admin', f);
+        IF NOT definer THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_user', f);
+        END IF;
+    END LOOP;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace
+                AND p.proname IN ('_lead_event', '_lead_writes_take', '_lead_writes_read', '_lead_apply', '_lead_writes_done', '_lead_writes_failed',
+                                  '_session_role', '_attach_register', '_attach_queue')
+              ORDER BY 1 LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f);
+    END LOOP;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname NOT LIKE 'lead\_writer\_%'
+              ORDER BY 1 LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_worker', f);
+    END LOOP;
+END $$;
