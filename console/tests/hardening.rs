@@ -296,7 +296,7 @@ fn pages_run_under_the_csp_without_violations() {
     wait_for("a live update", T, || web.text("#updated").filter(|t| t.starts_with("live")));
     assert_eq!(web.js("return getComputedStyle(document.querySelector('header')).backgroundColor"), serde_json::json!("rgb(31, 42, 68)"));
     assert_eq!(
-        web.js("var e = document.querySelector('[data-w]'); return e && e.style.width === e.dataset.w"),
+        web.js("var e = document.querySelector('[data-w]'); return !!e && e.style.width !== '' && parseFloat(e.style.width) === parseFloat(e.dataset.w)"),
         serde_json::json!(true),
         "bar widths set by the script"
     );
