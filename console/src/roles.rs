@@ -24,6 +24,9 @@ pub const CHECK_APP: &str = "pg_dialer_console check";
 const UNUSED_POOL: Duration = Duration::from_secs(10 * 60);
 /// One check (connect and query) gives up after this long: the role is then treated as failing it.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Checks (sign-ins, scrapes with a new password, re-checks) on their own connection at once, at
+/// most: many sign-ins sent together wait their turn rather than use up max_connections.
+const CHECKS_AT_ONCE: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
@@ -88,7 +91,7 @@ const ACCESS_SQL: &str = "SELECT r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r
    FROM pg_roles r WHERE r.rolname = current_user";
 
 /// Signs in as `role` with `password` on a connection of its own (not a pool's) and reads its access.
-pub async fn verify(pg: &tokio_postgres::Config, role: &str, password: &str) -> Result<Access, VerifyError> {
+async fn verify(pg: &tokio_postgres::Config, role: &str, password: &str) -> Result<Access, VerifyError> {
     let mut cfg = pg.clone();
     cfg.user(role).password(password).application_name(CHECK_APP).connect_timeout(Duration::from_secs(5));
     let check = async {
@@ -165,13 +168,14 @@ pub struct Roles {
     /// Per-process salt of the password digests (never a plain hash of a password in memory).
     salt: [u8; 32],
     map: Mutex<HashMap<String, Arc<RolePool>>>,
+    checks: tokio::sync::Semaphore,
 }
 
 impl Roles {
     pub fn new(pg: tokio_postgres::Config, settings: PoolSettings) -> Roles {
         let mut salt = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
-        Roles { pg, settings, salt, map: Mutex::new(HashMap::new()) }
+        Roles { pg, settings, salt, map: Mutex::new(HashMap::new()), checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE) }
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<RolePool>>> {
@@ -185,7 +189,14 @@ impl Roles {
         h.finalize().into()
     }
 
+    /// `verify`, at most CHECKS_AT_ONCE at a time.
     pub async fn verify(&self, role: &str, password: &str) -> Result<Access, VerifyError> {
+        let wait = tokio::time::timeout(CHECK_TIMEOUT, self.checks.acquire()).await;
+        let _permit = match wait {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(VerifyError::Unavailable("the console is shutting down".into())),
+            Err(_) => return Err(VerifyError::Unavailable("too many sign-in checks under way; try again".into())),
+        };
         verify(&self.pg, role, password).await
     }
 
@@ -280,6 +291,8 @@ impl Roles {
         }
         futures_util::stream::iter(checks)
             .for_each_concurrent(8, |rp| async move {
+                // Not behind the sign-ins' semaphore: a flood of sign-ins must not delay (and so
+                // fail, closed) the re-checks of other roles; these run 8 at a time of their own.
                 match verify(&self.pg, &rp.role, &rp.password).await {
                     Ok(now) => {
                         let mut st = rp.state();

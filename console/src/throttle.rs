@@ -134,7 +134,7 @@ impl Who {
     }
 }
 
-/// Refused: for how long, and which of the two is locked (for the log and the page).
+/// Refused, and for how long (the longer of the address's and the role's lock-outs).
 #[derive(Debug)]
 pub struct Locked {
     pub retry_after: Duration,
