@@ -1,19 +1,23 @@
 //! Sign-in with a Postgres role and password, sessions, and CSRF tokens.
 //!
 //! The cookie (encrypted and signed by axum-extra's PrivateCookieJar) holds only a random session
-//! id; the role's connection pool and the CSRF token stay in this process, so a password never
-//! leaves the server once it has opened the pool.
+//! id; the CSRF token stays in this process, and the connections are the role's pool (roles.rs),
+//! shared by all its sessions, so a password never leaves the server. Every sign-in is checked by
+//! Postgres on a fresh connection and counted by the throttle (throttle.rs).
 
-use crate::{html, App};
-use axum::extract::{FromRequestParts, State};
+use crate::roles::{RolePool, VerifyError};
+use crate::throttle::{Locked, Who};
+use crate::{html, security, App};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use rand::RngCore;
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +28,16 @@ const COOKIE: &str = "pg_dialer_session";
 const LOGIN_COOKIE: &str = "pg_dialer_login";
 /// A session ends after this long, whatever it does.
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept per role, and in all: beyond, the oldest is ended (memory stays bounded however
+/// often someone who knows a password signs in).
+const MAX_SESSIONS_PER_ROLE: usize = 100;
+const MAX_SESSIONS: usize = 10_000;
 
 pub struct Session {
     pub role: String,
+    /// The role's pool (shared with its other sessions).
     pub pool: Pool,
+    role_pool: Arc<RolePool>,
     pub csrf: String,
     /// dialer._caller_is_operator() at sign-in: sees every agency and the worker's own records.
     pub operator: bool,
@@ -42,11 +52,12 @@ impl Session {
         self.csrf.as_bytes().ct_eq(token.as_bytes()).into()
     }
 
+    /// False once signed out, expired, or the role's pool was closed (the role failed a re-check).
     pub fn is_live(&self) -> bool {
-        !self.ended.load(Ordering::Relaxed) && self.started.elapsed() < SESSION_LIFETIME
+        !self.ended.load(Ordering::Relaxed) && self.started.elapsed() < SESSION_LIFETIME && self.role_pool.is_alive()
     }
 
-    fn end(&self) {
+    pub fn end(&self) {
         self.ended.store(true, Ordering::Relaxed);
     }
 }
@@ -57,12 +68,15 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(b)
 }
 
-/// A pool that connects as `role` with `password` (host, port and database from --database-url).
-pub fn pool_for(app: &App, role: &str, password: &str, size: usize) -> Option<Pool> {
-    let mut cfg = app.0.pg.clone();
-    cfg.user(role).password(password).application_name("pg_dialer_console").connect_timeout(Duration::from_secs(5));
-    let mgr = Manager::from_config(cfg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(mgr).max_size(size).build().ok()
+/// Drops sessions that are no longer live (signed out, expired, role re-check failed).
+pub async fn purge_sessions(app: &App) {
+    app.0.sessions.write().await.retain(|_, s| {
+        let live = s.is_live();
+        if !live {
+            s.end();
+        }
+        live
+    });
 }
 
 /// The signed-in session of a request; pages without one send the browser to /login.
@@ -91,9 +105,10 @@ impl FromRequestParts<App> for Current {
     }
 }
 
-fn login_form(jar: PrivateCookieJar<Key>, error: Option<&str>) -> (PrivateCookieJar<Key>, Html<String>) {
+fn login_form(app: &App, jar: PrivateCookieJar<Key>, error: Option<&str>) -> (PrivateCookieJar<Key>, Html<String>) {
     let token = random_hex(32);
-    let cookie = Cookie::build((LOGIN_COOKIE, token.clone())).http_only(true).same_site(SameSite::Strict).path("/login").build();
+    let cookie =
+        Cookie::build((LOGIN_COOKIE, token.clone())).http_only(true).secure(app.0.secure_cookie).same_site(SameSite::Strict).path("/login").build();
     (jar.add(cookie), login_html(&token, error))
 }
 
@@ -111,8 +126,15 @@ fn login_html(token: &str, error: Option<&str>) -> Html<String> {
     )
 }
 
-pub async fn login_page(jar: PrivateCookieJar<Key>) -> (PrivateCookieJar<Key>, Html<String>) {
-    login_form(jar, None)
+pub async fn login_page(State(app): State<App>, jar: PrivateCookieJar<Key>) -> (PrivateCookieJar<Key>, Html<String>) {
+    login_form(&app, jar, None)
+}
+
+/// 429 with Retry-After: the address or the role used up its failed attempts.
+fn locked_out(app: &App, jar: PrivateCookieJar<Key>, l: &Locked) -> Response {
+    let secs = l.retry_after_secs();
+    let msg = format!("Too many failed sign-ins from this address or for this role: try again in {} minute(s).", secs.div_ceil(60));
+    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, secs.to_string())], login_form(app, jar, Some(&msg))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -123,43 +145,64 @@ pub struct LoginForm {
     password: String,
 }
 
-pub async fn login(State(app): State<App>, jar: PrivateCookieJar<Key>, Form(f): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    jar: PrivateCookieJar<Key>,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let expected = jar.get(LOGIN_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(f.csrf.as_bytes())) {
         return forged();
     }
     let role = f.role.trim();
     if role.is_empty() || role.len() > 63 {
-        return (StatusCode::UNAUTHORIZED, login_form(jar, Some("Sign-in refused: wrong role or password."))).into_response();
+        return (StatusCode::UNAUTHORIZED, login_form(&app, jar, Some("Sign-in refused: wrong role or password."))).into_response();
     }
-    let Some(pool) = pool_for(&app, role, &f.password, 4) else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, login_form(jar, Some("Cannot set up a connection pool."))).into_response();
+    let who = Who::new(security::client_addr(&app, peer, &headers), role);
+    let attempt = match app.0.throttle.begin(&who, "sign-in") {
+        Ok(a) => a,
+        Err(l) => return locked_out(&app, jar, &l),
     };
-    let client = match pool.get().await {
-        Ok(c) => c,
-        Err(e) => {
+    if !attempt.delay.is_zero() {
+        tokio::time::sleep(attempt.delay).await;
+    }
+    let access = match app.0.roles.verify(role, &f.password).await {
+        Ok(a) => {
+            attempt.succeeded();
+            a
+        }
+        Err(VerifyError::Refused(code)) => {
             // Which of role or password was wrong is not said, to the browser or in the log.
-            let code = match &e {
-                deadpool_postgres::PoolError::Backend(b) => b.code().map(|c| c.code().to_string()).unwrap_or_else(|| "connection".into()),
-                _ => "pool".into(),
-            };
-            eprintln!("pg_dialer_console: sign-in refused for role {role:?} ({code})");
-            let msg = if code == "28P01" || code == "28000" { "Sign-in refused: wrong role or password." } else { "Sign-in failed: the database cannot be reached." };
-            return (StatusCode::UNAUTHORIZED, login_form(jar, Some(msg))).into_response();
+            eprintln!("pg_dialer_console: sign-in refused for role {role:?} from {} ({code})", who.addr);
+            return (StatusCode::UNAUTHORIZED, login_form(&app, jar, Some("Sign-in refused: wrong role or password."))).into_response();
+        }
+        Err(VerifyError::NoAccess(why)) => {
+            attempt.succeeded();
+            let msg = format!("Signed in, but this role cannot use pg_dialer: {why}");
+            return (StatusCode::FORBIDDEN, login_form(&app, jar, Some(&msg))).into_response();
+        }
+        Err(VerifyError::Unavailable(why)) => {
+            attempt.not_counted();
+            eprintln!("pg_dialer_console: sign-in for role {role:?} failed: {why}");
+            return (StatusCode::SERVICE_UNAVAILABLE, login_form(&app, jar, Some("Sign-in failed: the database cannot be reached.")))
+                .into_response();
         }
     };
-    let operator = match client.query_one("SELECT dialer._caller_is_operator()", &[]).await {
-        Ok(r) => r.try_get::<_, bool>(0).unwrap_or(false),
+    let operator = access.operator;
+    let role_pool = match app.0.roles.install(role, &f.password, access) {
+        Ok(p) => p,
         Err(e) => {
-            let msg = format!("Signed in, but this role cannot use pg_dialer: {}", crate::db::describe(&e));
-            return (StatusCode::FORBIDDEN, login_form(jar, Some(&msg))).into_response();
+            eprintln!("pg_dialer_console: sign-in for role {role:?}: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, login_form(&app, jar, Some("Cannot set up a connection pool."))).into_response();
         }
     };
-    drop(client);
     let id = random_hex(32);
     let session = Arc::new(Session {
         role: role.to_string(),
-        pool,
+        pool: role_pool.pool.clone(),
+        role_pool,
         csrf: random_hex(32),
         operator,
         started: Instant::now(),
@@ -167,7 +210,7 @@ pub async fn login(State(app): State<App>, jar: PrivateCookieJar<Key>, Form(f): 
     });
     {
         let mut sessions = app.0.sessions.write().await;
-        // Expired sessions go when someone signs in, so the map does not grow without end.
+        // Sessions no longer live go when someone signs in, so the map does not grow without end.
         sessions.retain(|_, s| {
             let live = s.is_live();
             if !live {
@@ -175,11 +218,29 @@ pub async fn login(State(app): State<App>, jar: PrivateCookieJar<Key>, Form(f): 
             }
             live
         });
+        evict_oldest(&mut sessions, |s| s.role == role, MAX_SESSIONS_PER_ROLE - 1);
+        evict_oldest(&mut sessions, |_| true, MAX_SESSIONS - 1);
         sessions.insert(id.clone(), session);
     }
     eprintln!("pg_dialer_console: {role:?} signed in{}", if operator { " (operator)" } else { "" });
-    let cookie = Cookie::build((COOKIE, id)).http_only(true).same_site(SameSite::Strict).path("/").build();
-    (jar.remove(Cookie::build(LOGIN_COOKIE).path("/login").build()).add(cookie), Redirect::to("/")).into_response()
+    let cookie = Cookie::build((COOKIE, id)).http_only(true).secure(app.0.secure_cookie).same_site(SameSite::Strict).path("/").build();
+    (jar.remove(Cookie::build(LOGIN_COOKIE).path("/login").secure(app.0.secure_cookie).build()).add(cookie), Redirect::to("/"))
+        .into_response()
+}
+
+/// Ends the oldest sessions matching `which` until at most `keep` of them remain.
+fn evict_oldest(sessions: &mut std::collections::HashMap<String, Arc<Session>>, which: impl Fn(&Session) -> bool, keep: usize) {
+    let mut mine: Vec<(Instant, String)> = sessions.iter().filter(|(_, s)| which(s)).map(|(id, s)| (s.started, id.clone())).collect();
+    if mine.len() <= keep {
+        return;
+    }
+    mine.sort();
+    let excess = mine.len() - keep;
+    for (_, id) in mine.into_iter().take(excess) {
+        if let Some(s) = sessions.remove(&id) {
+            s.end();
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -197,7 +258,7 @@ pub async fn logout(State(app): State<App>, jar: PrivateCookieJar<Key>, Current(
             old.end();
         }
     }
-    (jar.remove(Cookie::build(COOKIE).path("/").build()), Redirect::to("/login")).into_response()
+    (jar.remove(Cookie::build(COOKIE).path("/").secure(app.0.secure_cookie).build()), Redirect::to("/login")).into_response()
 }
 
 pub fn forged() -> Response {

@@ -45,14 +45,14 @@ pub fn outcomes(items: &[(String, i64)]) -> String {
         return "<p class=\"muted\">No calls yet.</p>".into();
     }
     let mut bar = String::from("<svg viewBox=\"0 0 720 22\" width=\"100%\" role=\"img\" aria-label=\"outcomes\">");
-    let mut legend = String::from("<div class=\"small\" style=\"margin-top:6px\">");
+    let mut legend = String::from("<div class=\"small legend\">");
     let mut x = 0.0f64;
     for (i, (name, n)) in items.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
         let wd = 720.0 * *n as f64 / total as f64;
         bar.push_str(&format!("<rect x=\"{x:.1}\" y=\"0\" width=\"{wd:.1}\" height=\"22\" fill=\"{c}\"><title>{}: {n}</title></rect>", esc(name)));
         legend.push_str(&format!(
-            "<span style=\"margin-right:14px\"><span style=\"display:inline-block;width:10px;height:10px;background:{c};border-radius:2px\"></span> {} <b class=\"num\">{n}</b></span>",
+            "<span class=\"legend-item\"><svg class=\"swatch\" width=\"10\" height=\"10\" aria-hidden=\"true\"><rect width=\"10\" height=\"10\" rx=\"2\" fill=\"{c}\"/></svg> {} <b class=\"num\">{n}</b></span>",
             esc(name)
         ));
         x += wd;

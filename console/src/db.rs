@@ -51,7 +51,7 @@ impl From<deadpool_postgres::PoolError> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let body = format!(
-            "<div class=\"card error\"><h2>That did not work</h2><p class=\"pgerr\">{}</p><p><a href=\"javascript:history.back()\">Back</a></p></div>",
+            "<div class=\"card error\"><h2>That did not work</h2><p class=\"pgerr\">{}</p><p><a href=\"/\" data-back>Back</a></p></div>",
             html::esc(&self.message)
         );
         (self.status, html::bare("Error", &body)).into_response()

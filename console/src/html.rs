@@ -1,4 +1,8 @@
 //! The page frame: escaping, navigation, styles and the little script that applies live updates.
+//!
+//! The styles and the script are files of their own (/static/…), and no page carries a `style`
+//! attribute or inline script: the Content-Security-Policy (see `security`) allows only this
+//! console's own files, so injected markup can neither run script nor restyle a page.
 
 use crate::auth::Session;
 use axum::response::Html;
@@ -22,7 +26,7 @@ pub fn opt(s: &Option<String>) -> String {
     s.as_deref().map(esc).unwrap_or_else(|| "<span class=\"muted\">—</span>".into())
 }
 
-const STYLE: &str = r#"
+pub const STYLE: &str = r#"
 *{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2933;background:#f4f6f8}
 header{background:#1f2a44;color:#fff;display:flex;align-items:center;gap:18px;padding:0 20px;height:52px}
 header .brand{font-weight:700;font-size:16px;margin-right:10px}header a{color:#c9d3e6;text-decoration:none;padding:15px 4px;border-bottom:3px solid transparent}
@@ -44,22 +48,33 @@ form.inline{display:inline}.tabs a{margin-right:6px}.tabs a.on{background:#1f2a4
 .login{max-width:360px;margin:90px auto}.login input{width:100%;padding:8px;margin:4px 0 12px;border:1px solid #c3ccd7;border-radius:5px;font:inherit}
 .stat{font-size:26px;font-weight:700}.reasons{margin:4px 0 0;padding-left:16px;font-size:12px;color:#a12626}
 code{font-family:ui-monospace,monospace;font-size:12px;background:#f0f3f7;padding:1px 4px;border-radius:3px}
+.w220{min-width:220px}.w150{min-width:150px}.w130{min-width:130px}.flex2{flex:2}
+a.qcard{text-decoration:none;color:inherit;min-width:120px}a.qcard.on{border-color:#2f5fd0;box-shadow:0 0 0 1px #2f5fd0}
+.legend{margin-top:6px}.legend-item{margin-right:14px}.swatch{vertical-align:baseline}
 "#;
 
-/// Applies the server's live updates: text by data-live key, widths by data-live-w, inner HTML by data-live-h.
-const SCRIPT: &str = r#"
-(function(){var src=document.body.dataset.events;if(!src||!window.EventSource)return;
+/// Applies the server's live updates: text by data-live key, widths by data-live-w, inner HTML by
+/// data-live-h. Widths come as data-w attributes (a style attribute would need 'unsafe-inline').
+pub const SCRIPT: &str = r#"
+(function(){function widths(root){root.querySelectorAll('[data-w]').forEach(function(e){e.style.width=e.dataset.w})}
+widths(document);document.querySelectorAll('a[data-back]').forEach(function(a){a.addEventListener('click',function(ev){if(history.length>1){ev.preventDefault();history.back()}})});
+var src=document.body.dataset.events;if(!src||!window.EventSource)return;
 var es=new EventSource(src);es.onmessage=function(m){var d;try{d=JSON.parse(m.data)}catch(e){return}
 for(var k in d.text||{}){document.querySelectorAll('[data-live="'+k+'"]').forEach(function(e){e.textContent=d.text[k]})}
 for(var k in d.width||{}){document.querySelectorAll('[data-live-w="'+k+'"]').forEach(function(e){e.style.width=d.width[k]})}
-for(var k in d.html||{}){document.querySelectorAll('[data-live-h="'+k+'"]').forEach(function(e){e.innerHTML=d.html[k]})}
+for(var k in d.html||{}){document.querySelectorAll('[data-live-h="'+k+'"]').forEach(function(e){e.innerHTML=d.html[k];widths(e)})}
 var t=document.getElementById('updated');if(t)t.textContent='live · '+new Date().toLocaleTimeString()}})();
 "#;
+
+/// The files' URLs carry the console's version, so a new release is not styled from a stale cache.
+const CSS_HREF: &str = concat!("/static/console.css?v=", env!("CARGO_PKG_VERSION"));
+const JS_SRC: &str = concat!("/static/console.js?v=", env!("CARGO_PKG_VERSION"));
 
 pub fn bare(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{} · pg_dialer</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>",
+         <title>{} · pg_dialer</title><link rel=\"stylesheet\" href=\"{CSS_HREF}\"></head><body><main>{body}</main>\
+         <script src=\"{JS_SRC}\"></script></body></html>",
         esc(title)
     ))
 }
@@ -72,11 +87,11 @@ pub fn page(title: &str, s: &Session, active: &str, events: Option<&str>, body: 
         .collect::<String>();
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{t} · pg_dialer</title><style>{STYLE}</style></head><body data-events=\"{ev}\">\
+         <title>{t} · pg_dialer</title><link rel=\"stylesheet\" href=\"{CSS_HREF}\"></head><body data-events=\"{ev}\">\
          <header><span class=\"brand\">☎ pg_dialer</span>{nav}<span class=\"who\"><span id=\"updated\" class=\"small\"></span>\
          <span>signed in as <b id=\"role\">{role}</b>{op}</span>\
          <form class=\"inline\" method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Sign out</button></form></span></header>\
-         <main><h1>{t}</h1>{body}</main><script>{SCRIPT}</script></body></html>",
+         <main><h1>{t}</h1>{body}</main><script src=\"{JS_SRC}\"></script></body></html>",
         t = esc(title),
         ev = esc(events.unwrap_or("")),
         role = esc(&s.role),

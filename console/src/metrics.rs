@@ -1,15 +1,26 @@
 //! /metrics in the Prometheus text format: HTTP Basic auth with a Postgres role and password,
 //! `dialer.metrics()` run as that role (row-level security decides which samples it gets).
+//!
+//! A scrape uses the role's pool (roles.rs) only when it presents the very password Postgres
+//! accepted within the last re-check interval; any other password is checked by Postgres on a
+//! fresh connection, counted by the same throttle as the sign-in form.
 
-use crate::{auth, db, App};
-use axum::extract::State;
+use crate::roles::VerifyError;
+use crate::throttle::Who;
+use crate::{db, security, App};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 
 fn unauthorized() -> Response {
     (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"pg_dialer metrics\"")], "sign in with a Postgres role\n").into_response()
+}
+
+fn too_many(secs: u64) -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, secs.to_string())], "too many failed attempts for this role or from this address\n")
+        .into_response()
 }
 
 fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -108,31 +119,52 @@ pub fn render(samples: &[Sample]) -> String {
     out
 }
 
-pub async fn scrape(State(app): State<App>, headers: HeaderMap) -> Response {
+pub async fn scrape(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
     let Some((user, password)) = credentials(&headers) else {
         return unauthorized();
     };
-    let digest: [u8; 32] = Sha256::digest(format!("{user}\0{password}").as_bytes()).into();
-    // A scraper keeps its pool between scrapes; a different password opens (and checks) a new one.
-    let cached = app.0.scrapers.lock().await.get(&user).filter(|(d, _)| *d == digest).map(|(_, p)| p.clone());
-    let pool = match cached {
+    let who = Who::new(security::client_addr(&app, peer, &headers), &user);
+    // A lock-out holds even for the right password (the same answer whichever was sent).
+    if let Some(l) = app.0.throttle.locked(&who) {
+        return too_many(l.retry_after_secs());
+    }
+    let role_pool = match app.0.roles.recently_verified(&user, &password) {
         Some(p) => p,
         None => {
-            let Some(p) = auth::pool_for(&app, &user, &password, 2) else {
-                return (StatusCode::INTERNAL_SERVER_ERROR, "cannot set up a connection pool\n").into_response();
+            let attempt = match app.0.throttle.begin(&who, "/metrics") {
+                Ok(a) => a,
+                Err(l) => return too_many(l.retry_after_secs()),
             };
-            p
+            if !attempt.delay.is_zero() {
+                tokio::time::sleep(attempt.delay).await;
+            }
+            match app.0.roles.verify(&user, &password).await {
+                Ok(access) => {
+                    attempt.succeeded();
+                    match app.0.roles.install(&user, &password, access) {
+                        Ok(p) => p,
+                        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+                    }
+                }
+                Err(VerifyError::Refused(code)) => {
+                    eprintln!("pg_dialer_console: /metrics refused for role {user:?} from {} ({code})", who.addr);
+                    return unauthorized();
+                }
+                Err(VerifyError::NoAccess(why)) => {
+                    attempt.succeeded();
+                    return (StatusCode::FORBIDDEN, format!("this role cannot use pg_dialer: {why}\n")).into_response();
+                }
+                Err(e @ VerifyError::Unavailable(_)) => {
+                    attempt.not_counted();
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+                }
+            }
         }
     };
-    let client = match pool.get().await {
+    let client = match role_pool.pool.get().await {
         Ok(c) => c,
-        Err(deadpool_postgres::PoolError::Backend(e)) if e.code().is_some_and(|c| c.code().starts_with("28")) => {
-            eprintln!("pg_dialer_console: /metrics refused for role {user:?}");
-            return unauthorized();
-        }
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", db::AppError::from(e).message)).into_response(),
     };
-    app.0.scrapers.lock().await.insert(user, (digest, pool.clone()));
     let rows = match client.query("SELECT family, kind, help, sample, labels, value FROM dialer.metrics()", &[]).await {
         Ok(r) => r,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", db::describe(&e))).into_response(),

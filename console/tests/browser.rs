@@ -154,6 +154,8 @@ fn progress_moves_live_and_a_pause_from_the_page_stops_the_dialing() {
     };
     // Marks this page load: if it is still there when the counter moves, the page was not reloaded.
     web.js("window.__same_page = true");
+    // Any Content-Security-Policy violation while the page updates itself (charts, bars, counters).
+    web.js("window.__csp = []; document.addEventListener('securitypolicyviolation', function(e){ window.__csp.push(e.violatedDirective + ' ' + e.blockedURI) })");
     s.wake();
     let first = wait_for("the first completed calls on the page", Duration::from_secs(60), || {
         let n = completed(&web);
@@ -161,6 +163,7 @@ fn progress_moves_live_and_a_pause_from_the_page_stops_the_dialing() {
     });
     wait_for("the counter to move again", Duration::from_secs(60), || (completed(&web) > first).then_some(()));
     assert_eq!(web.js("return window.__same_page === true"), serde_json::json!(true), "updated in place, no reload");
+    assert_eq!(web.js("return window.__csp"), serde_json::json!([]), "no CSP violation while the page updated");
     web.screenshot("campaign");
     // The chart counts those calls against the limit.
     let chart = web.source();

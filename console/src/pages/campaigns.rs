@@ -11,9 +11,9 @@ use axum::response::Html;
 use serde::Deserialize;
 
 fn bar(key: &str, a: (&str, f64), b: Option<(&str, f64)>) -> String {
-    let mut s = format!("<div class=\"bar\"><span class=\"{}\" data-live-w=\"{key}.{}\" style=\"width:{:.2}%\"></span>", a.0, wkey(a.0), a.1);
+    let mut s = format!("<div class=\"bar\"><span class=\"{}\" data-live-w=\"{key}.{}\" data-w=\"{:.2}%\"></span>", a.0, wkey(a.0), a.1);
     if let Some((class, w)) = b {
-        s.push_str(&format!("<span class=\"{class}\" data-live-w=\"{key}.{}\" style=\"width:{w:.2}%\"></span>", wkey(class)));
+        s.push_str(&format!("<span class=\"{class}\" data-live-w=\"{key}.{}\" data-w=\"{w:.2}%\"></span>", wkey(class)));
     }
     s + "</div>"
 }
@@ -47,11 +47,11 @@ fn row(s: &Session, b: &Batch, back: &str) -> String {
     format!(
         "<tr id=\"batch-{id}\"><td><a href=\"/campaigns/{id}\"><b>{name}</b></a><div class=\"small muted\">#{id} · {agency}</div></td>\
          <td><span class=\"badge st-{st}\" data-live=\"{k}.status\">{st}</span></td>\
-         <td style=\"min-width:220px\">{bar}<div class=\"small num\"><span data-live=\"{k}.percent\" class=\"pct\">{pct:.1}%</span> · \
+         <td class=\"w220\">{bar}<div class=\"small num\"><span data-live=\"{k}.percent\" class=\"pct\">{pct:.1}%</span> · \
          <span data-live=\"{k}.completed\" class=\"completed\">{c}</span> done, <span data-live=\"{k}.failed\">{f}</span> failed, \
          <span data-live=\"{k}.queued\">{q}</span> queued of <span data-live=\"{k}.total\">{t}</span></div></td>\
-         <td style=\"min-width:150px\">{pace}<div class=\"small num\" data-live=\"{k}.pace\">{lm} / {cpm} per min</div></td>\
-         <td style=\"min-width:130px\">{conc}<div class=\"small num\" data-live=\"{k}.concurrency\">{ip} / {mc}</div></td>\
+         <td class=\"w150\">{pace}<div class=\"small num\" data-live=\"{k}.pace\">{lm} / {cpm} per min</div></td>\
+         <td class=\"w130\">{conc}<div class=\"small num\" data-live=\"{k}.concurrency\">{ip} / {mc}</div></td>\
          <td class=\"small\">{err}<div data-live-h=\"{k}.reasons\">{reasons}</div></td><td>{actions}</td></tr>",
         id = b.id,
         name = esc(&b.name),
@@ -81,7 +81,7 @@ async fn charts_html(c: &tokio_postgres::Client, only: Option<i64>) -> Result<St
     let (minutes, limit) = live::per_minute(c, only).await?;
     let outs = live::outcomes(c, only).await?;
     Ok(format!(
-        "<div class=\"row\"><div class=\"card\" style=\"flex:2\"><h2>Calls per minute, last hour</h2><div data-live-h=\"chart\">{}</div></div>\
+        "<div class=\"row\"><div class=\"card flex2\"><h2>Calls per minute, last hour</h2><div data-live-h=\"chart\">{}</div></div>\
          <div class=\"card\"><h2>Outcomes</h2><div data-live-h=\"outcomes\">{}</div></div></div>",
         charts::per_minute(&minutes, limit),
         charts::outcomes(&outs)

@@ -23,8 +23,8 @@ pub async fn page(State(_): State<App>, Current(s): Current, Query(f): Query<Fil
     for st in STATES {
         let n = stats.get(st).and_then(|v| v.as_i64()).unwrap_or(0);
         body.push_str(&format!(
-            "<a class=\"card\" style=\"text-decoration:none;color:inherit;min-width:120px{}\" href=\"/queue?state={st}\"><div class=\"small muted\">{st}</div><div class=\"stat num\" id=\"count-{st}\" data-live=\"q.{st}\">{n}</div></a>",
-            if st == state { ";border-color:#2f5fd0;box-shadow:0 0 0 1px #2f5fd0" } else { "" }
+            "<a class=\"card qcard{}\" href=\"/queue?state={st}\"><div class=\"small muted\">{st}</div><div class=\"stat num\" id=\"count-{st}\" data-live=\"q.{st}\">{n}</div></a>",
+            if st == state { " on" } else { "" }
         ));
     }
     body.push_str("</div>");

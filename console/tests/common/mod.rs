@@ -13,23 +13,46 @@ pub const T: Duration = Duration::from_secs(30);
 pub struct Console {
     pub child: Child,
     pub url: String,
+    /// Where its stderr goes, when started with `start_with`.
+    log: Option<std::path::PathBuf>,
 }
 
 impl Console {
     pub fn start(s: &Scenario) -> Console {
+        Console::spawn(s, &[], None)
+    }
+
+    /// With extra flags; its stderr (the console's log) is kept for `log()`.
+    pub fn start_with(s: &Scenario, flags: &[&str]) -> Console {
+        let log = std::env::temp_dir().join(format!("pg_dialer_console-{}-{}.log", std::process::id(), free_port()));
+        Console::spawn(s, flags, Some(log))
+    }
+
+    fn spawn(s: &Scenario, flags: &[&str], log: Option<std::path::PathBuf>) -> Console {
         let port = free_port();
+        let stderr = match &log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the console's log file")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_pg_dialer_console"))
             .args(["--database-url", &format!("postgresql://127.0.0.1:{}/postgres", s.cluster.port)])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(flags)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start pg_dialer_console");
         wait_for("the console to listen", T, || TcpStream::connect(("127.0.0.1", port)).ok());
-        Console { child, url: format!("http://127.0.0.1:{port}") }
+        Console { child, url: format!("http://127.0.0.1:{port}"), log }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What the console has logged so far (`start_with` only).
+    pub fn log(&self) -> String {
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 }
 
@@ -37,6 +60,9 @@ impl Drop for Console {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(p) = &self.log {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -195,5 +221,126 @@ pub fn metrics(url: &str, user: &str, password: &str) -> (u16, String) {
         Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => panic!("GET /metrics: {e}"),
+    }
+}
+
+/// An answer as plain HTTP saw it (no redirect followed).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// The Set-Cookie line for `cookie`, if the answer sets it.
+    pub fn set_cookie(&self, cookie: &str) -> Option<&str> {
+        self.all("set-cookie").into_iter().find(|c| c.starts_with(&format!("{cookie}=")))
+    }
+}
+
+/// A client of the console without a browser: its own cookies, no redirects followed, an
+/// optional X-Test-Client header (the address when the console runs with
+/// --client-address-header X-Test-Client).
+pub struct Http {
+    agent: ureq::Agent,
+    pub base: String,
+    cookies: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    pub client: Option<String>,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Http {
+        Http {
+            agent: ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(60)).build(),
+            base: base.to_string(),
+            cookies: Default::default(),
+            client: None,
+        }
+    }
+
+    pub fn from(base: &str, client: &str) -> Http {
+        Http { client: Some(client.to_string()), ..Http::new(base) }
+    }
+
+    fn req(&self, method: &str, path: &str) -> ureq::Request {
+        let mut r = self.agent.request(method, &format!("{}{path}", self.base));
+        let jar = self.cookies.lock().unwrap_or_else(|p| p.into_inner());
+        if !jar.is_empty() {
+            r = r.set("Cookie", &jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "));
+        }
+        if let Some(c) = &self.client {
+            r = r.set("X-Test-Client", c);
+        }
+        r
+    }
+
+    fn answer(&self, res: Result<ureq::Response, ureq::Error>, read_body: bool) -> Answer {
+        let r = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("HTTP request to the console: {e}"),
+        };
+        let mut headers = Vec::new();
+        for name in r.headers_names() {
+            for v in r.all(&name) {
+                headers.push((name.clone(), v.to_string()));
+            }
+        }
+        let status = r.status();
+        let body = if read_body { r.into_string().unwrap_or_default() } else { String::new() };
+        let a = Answer { status, headers, body };
+        let mut jar = self.cookies.lock().unwrap_or_else(|p| p.into_inner());
+        for c in a.all("set-cookie") {
+            let pair = c.split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() || c.contains("Max-Age=0") || c.contains("1970") {
+                    jar.remove(k);
+                } else {
+                    jar.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        a
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.answer(self.req("GET", path).call(), true)
+    }
+
+    /// Headers only (for a stream that does not end, /events).
+    pub fn head_of(&self, path: &str) -> Answer {
+        self.answer(self.req("GET", path).call(), false)
+    }
+
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        self.answer(self.req("POST", path).send_form(form), true)
+    }
+
+    pub fn metrics(&self, user: &str, password: &str) -> Answer {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.answer(self.req("GET", "/metrics").set("Authorization", &format!("Basic {auth}")).call(), true)
+    }
+
+    /// The sign-in form, filled and posted: 303 to / when signed in.
+    pub fn sign_in(&self, role: &str, password: &str) -> Answer {
+        let form = self.get("/login");
+        let csrf = form.body.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string();
+        self.post("/login", &[("csrf", &csrf), ("role", role), ("password", password)])
+    }
+
+    /// Whether this client's session still opens a page (200), rather than being sent to /login.
+    pub fn signed_in(&self) -> bool {
+        let a = self.get("/queue");
+        a.status == 200 && a.body.contains("id=\"role\"")
     }
 }
