@@ -17,6 +17,10 @@ pub const MAX_WRITERS: usize = 2;
 /// A writer stops after this long or this many writes, so that the owners take turns.
 const WRITER_TURN: Duration = Duration::from_secs(20);
 const WRITER_TURN_WRITES: usize = 500;
+/// A writer with nothing due waits this long for more before it exits (a campaign's leads change
+/// every few hundred milliseconds; a new session for each would cost more than the wait).
+const WRITER_LINGER: Duration = Duration::from_secs(2);
+const WRITER_LINGER_POLL: Duration = Duration::from_millis(50);
 /// A writer still running after this is ended (a table's trigger that never returns).
 const WRITER_MAX_RUN: Duration = Duration::from_secs(60);
 /// Each write's statements, the table's triggers included.
@@ -182,15 +186,32 @@ pub extern "C-unwind" fn pg_dialer_lead_writer_main(arg: pg_sys::Datum) {
     let flags = 0;
     unsafe { pg_sys::BackgroundWorkerInitializeConnectionByOid(pg_sys::Oid::from(database), owner, flags) };
     let turn_ends = Instant::now() + WRITER_TURN;
-    for _ in 0..WRITER_TURN_WRITES {
-        if Instant::now() > turn_ends {
-            break;
-        }
+    let mut idle_since: Option<Instant> = None;
+    let mut written = 0;
+    while written < WRITER_TURN_WRITES && Instant::now() < turn_ends {
         pgrx::check_for_interrupts!();
         let taken = std::cell::Cell::new(None);
         match txn::run(take) {
-            Ok(Some(id)) => taken.set(Some(id)),
-            Ok(None) => break,
+            Ok(Some(id)) => {
+                taken.set(Some(id));
+                idle_since = None;
+                written += 1;
+            }
+            Ok(None) => {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() >= WRITER_LINGER {
+                    break;
+                }
+                unsafe {
+                    pg_sys::WaitLatch(
+                        pg_sys::MyLatch,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                        WRITER_LINGER_POLL.as_millis() as std::ffi::c_long,
+                        pg_sys::PG_WAIT_EXTENSION,
+                    );
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                }
+                continue;
+            }
             Err(e) => {
                 warning!("pg_dialer lead writer: {e}");
                 break;

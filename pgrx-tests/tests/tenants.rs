@@ -358,9 +358,11 @@ fn a_key_may_name_a_vault_secret() {
     // vault.decrypted_secrets view stands in for it.
     let mut s = Scenario::new("t-vault", Scenario::sim_config(200, 300), &[]);
     s.db.batch_execute("CREATE SCHEMA vault; CREATE TABLE vault.decrypted_secrets (name text, decrypted_secret text);").unwrap();
-    s.db.execute("INSERT INTO vault.decrypted_secrets VALUES ('ultravox_key', $1)", &[&API_KEY]).unwrap();
     let (agency, base) = (s.agency_id, s.sim.base_url());
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'vault:ultravox_key', $2)", &[&agency, &base]).unwrap();
+    // A Vault name of the agency's own: agency_<id>_… (vault_names_are_the_agencys_own).
+    let name = format!("agency_{agency}_ultravox");
+    s.db.execute("INSERT INTO vault.decrypted_secrets VALUES ($1, $2)", &[&name, &API_KEY]).unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&agency, &format!("vault:{name}"), &base]).unwrap();
     let (b, nums) = b_campaign(&mut s, 2);
     s.wake();
     s.wait_batch_completed(b, Duration::from_secs(30));
@@ -388,7 +390,8 @@ fn a_tenant_cannot_touch_another_agencys_caller_ids_batch_options_or_leads_table
         (format!("SELECT dialer.remove_caller_id({b_agency}, '+14155550177')"), "P0002"),
         (format!("SELECT dialer._attach_queue({att}, '{{\"id\": 9, \"phone\": \"+15557419990\", \"status\": \"Pending_AI_Call\"}}')"), "42501"),
         ("SELECT dialer._attach_install(1)".to_string(), "42501"),
-        ("SELECT dialer._lead_sync(1)".to_string(), "42501"),
+        ("SELECT dialer._lead_writes_blocked(1, 'x')".to_string(), "42501"),
+        ("SELECT dialer._vault_secret(1, 'agency_1_key')".to_string(), "42501"),
         // The worker's internals of 0.3.0 run with the caller's rights, which a tenant lacks.
         (format!("SELECT dialer._move_batch_counters({b_batch}, 1, 1, 1)"), "42501"),
         ("SELECT dialer._count_arrivals()".to_string(), "42501"),
@@ -417,4 +420,314 @@ fn a_tenant_cannot_touch_another_agencys_caller_ids_batch_options_or_leads_table
     // A tenant sees none of B's caller IDs or attachments.
     let seen: i64 = t.query_one("SELECT (SELECT count(*) FROM dialer.caller_ids) + (SELECT count(*) FROM dialer.lead_attachments)", &[]).unwrap().get(0);
     assert_eq!(seen, 0);
+}
+
+/// A tenant's own schema and a leads table it owns, attached to its agency (the premise of
+/// attach_leads), and a log table its code writes what it saw into: (what, current_user,
+/// session_user, whether that session user is a superuser, jobs visible through the API).
+fn tenant_leads(s: &mut Scenario, t: &mut Client, a: i64) -> i64 {
+    s.db.batch_execute("CREATE SCHEMA ta AUTHORIZATION tenant_a").unwrap();
+    let base = s.sim.base_url();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &API_KEY, &base]).unwrap();
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550194')", &[&a, &AGENT_ID]).unwrap().get(0);
+    t.batch_execute(
+        "CREATE TABLE ta.seen (what text, cur name, sess name, super boolean, jobs bigint);
+         CREATE FUNCTION ta.note(p_what text, p_jobs bigint DEFAULT NULL) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO ta.seen SELECT p_what, current_user, session_user,
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = session_user), p_jobs;
+             -- what the attack of 0.3.0 did with the extension owner's rights
+             BEGIN
+                 EXECUTE 'ALTER ROLE tenant_a SUPERUSER';
+             EXCEPTION WHEN OTHERS THEN NULL;
+             END;
+         END $$;
+         CREATE TYPE ta.mood AS ENUM ('calm', 'angry');
+         CREATE FUNCTION ta.mood_json(m ta.mood) RETURNS json LANGUAGE plpgsql AS $$
+         BEGIN PERFORM ta.note('cast'); RETURN to_json(m::text); END $$;
+         CREATE CAST (ta.mood AS json) WITH FUNCTION ta.mood_json(ta.mood);
+         CREATE TABLE ta.leads (id int PRIMARY KEY, phone text, status text, ai_call_status text, ai_call_id text,
+                                mood ta.mood NOT NULL DEFAULT 'calm');
+         CREATE SEQUENCE ta.refusals;
+         -- deferred: fires at the COMMIT of whoever writes the row; refuses the first write-back once
+         CREATE FUNCTION ta.at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM ta.note('deferred');
+             IF NEW.status = 'Processing' AND nextval('ta.refusals') = 1 THEN
+                 RAISE EXCEPTION 'not now';
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER at_commit AFTER UPDATE ON ta.leads DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION ta.at_commit();
+         -- an ordinary trigger that asks the API what it may see
+         CREATE FUNCTION ta.after_update() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM ta.note('trigger', (SELECT count(*) FROM dialer.list_jobs('delayed', 0, 99))); RETURN NULL; END $$;
+         CREATE TRIGGER after_update AFTER UPDATE ON ta.leads FOR EACH ROW EXECUTE FUNCTION ta.after_update();",
+    )
+    .unwrap();
+    t.query_one("SELECT dialer.attach_leads('ta.leads', $1, $2)", &[&a, &ma]).unwrap().get(0)
+}
+
+#[test]
+fn a_tenants_casts_and_triggers_run_as_the_tenant_never_as_the_worker_or_the_extension_owner() {
+    let mut s = Scenario::new("t-leastpriv", Scenario::sim_config(200, 400), &[]);
+    let (a, mut t) = tenant(&mut s);
+    // B's delayed job: what a tenant's trigger must not see.
+    s.db.query_one("SELECT dialer.schedule_call('+15558950001', $1, delay => '1 hour', metadata => '{\"b\": \"secret\"}')", &[&s.agency_id])
+        .unwrap();
+    let att = tenant_leads(&mut s, &mut t, a);
+    t.execute("INSERT INTO ta.leads (id, phone, status, mood) VALUES (1, '+15558950002', 'Pending_AI_Call', 'angry')", &[]).unwrap();
+    s.wake();
+    // The lead is dialed and its fate written back, the deferred trigger's refusal retried.
+    let db = &mut s.db;
+    wait_for("the lead written back past the deferred trigger's refusal", Duration::from_secs(60), || {
+        let st: String = db.query_one("SELECT status FROM ta.leads WHERE id = 1", &[]).ok()?.get(0);
+        (st != "Pending_AI_Call" && st != "Processing").then_some(())
+    });
+    assert_eq!(posts_to(&s.sim, "+15558950002").len(), 1, "dialed once");
+    let refusals: i64 = s.db.query_one("SELECT last_value FROM ta.refusals", &[]).unwrap().get(0);
+    assert!(refusals >= 1, "the deferred trigger refused a write-back");
+    let err: Option<String> = s.db.query_one("SELECT last_error FROM dialer.lead_attachments WHERE id = $1", &[&att]).unwrap().get(0);
+    assert!(err.unwrap_or_default().contains("not now"), "the refusal is noted on the attachment");
+
+    // Every piece of the tenant's code ran as the tenant, in a session of the tenant's.
+    let seen: Vec<(String, String, String, bool, Option<i64>)> = s
+        .db
+        .query("SELECT what, cur::text, sess::text, super, jobs FROM ta.seen", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    for what in ["cast", "deferred", "trigger"] {
+        assert!(seen.iter().any(|x| x.0 == what), "{what} ran: {seen:?}");
+    }
+    for (what, cur, sess, sup, jobs) in &seen {
+        assert_eq!((cur.as_str(), sess.as_str(), *sup), ("tenant_a", "tenant_a", false), "{what} ran as the tenant");
+        if what == "trigger" {
+            assert_eq!(*jobs, Some(0), "the API showed the tenant's trigger none of B's jobs");
+        }
+    }
+    let sup: bool = s.db.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'tenant_a'", &[]).unwrap().get(0);
+    assert!(!sup, "the tenant is no superuser");
+    // The worker itself is no superuser either.
+    let (user, sup): (String, bool) = s
+        .db
+        .query_one("SELECT a.usename::text, r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid WHERE a.backend_type = 'pg_dialer'", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((user.as_str(), sup), ("dialer_worker", false));
+}
+
+#[test]
+fn a_tenants_slow_trigger_holds_up_nobody_else() {
+    let mut s = Scenario::new("t-slowtrigger", Scenario::sim_config(100, 200), &[]);
+    let (a, mut t) = tenant(&mut s);
+    let att = tenant_leads(&mut s, &mut t, a);
+    t.batch_execute(
+        "CREATE FUNCTION ta.slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(20); RETURN NULL; END $$;
+         CREATE TRIGGER slow AFTER UPDATE ON ta.leads FOR EACH ROW EXECUTE FUNCTION ta.slow();
+         INSERT INTO ta.leads (id, phone, status) VALUES (1, '+15558960001', 'Pending_AI_Call');",
+    )
+    .unwrap();
+    s.wake();
+    // The write-back of A's lead sleeps in A's own writer session...
+    let db = &mut s.db;
+    wait_for("A's write-back sleeping in A's session", Duration::from_secs(30), || {
+        db.query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialer lead writer' AND usename = 'tenant_a' AND wait_event = 'PgSleep'",
+            &[],
+        )
+        .ok()
+        .flatten()
+    });
+    // ...while another agency's immediate call is placed, before that sleep could have ended.
+    let job: i64 = s.db.query_one("SELECT dialer.schedule_call('+15558960002', $1)", &[&s.agency_id]).unwrap().get(0);
+    let db = &mut s.db;
+    wait_for("B's immediate call placed while A's trigger sleeps", Duration::from_secs(10), || {
+        let st: String = db.query_one("SELECT (dialer.job_status($1))->>'state'", &[&job]).ok()?.get(0);
+        (st != "waiting" && st != "delayed").then_some(())
+    });
+    assert_eq!(posts_to(&s.sim, "+15558960002").len(), 1);
+    // The sleep is cut by the write's statement timeout and noted; the write waits its back-off.
+    let db = &mut s.db;
+    let err: String = wait_for("the slow write cut by its statement timeout", Duration::from_secs(30), || {
+        db.query_one("SELECT last_error FROM dialer.lead_attachments WHERE id = $1", &[&att]).ok()?.get::<_, Option<String>>(0)
+    });
+    assert!(err.contains("statement timeout"), "{err}");
+}
+
+#[test]
+fn one_agencys_failing_batches_do_not_starve_another_agency() {
+    let mut s = Scenario::new("t-fair", Scenario::sim_config(50, 100), &["dialer.max_batches_per_run = 10"]);
+    let (a, mut t) = tenant(&mut s);
+    // A's provider account points at a closed port: every post fails (a network error, retried
+    // without counting), for ever.
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://127.0.0.1:1')", &[&a]).unwrap();
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550195')", &[&a, &AGENT_ID]).unwrap().get(0);
+    for i in 0..11 {
+        let b: i64 = t.query_one("SELECT dialer.create_batch($1, $2, $3, 6000, 5, max_attempts => 1000)", &[&a, &ma, &format!("failing {i}")]).unwrap().get(0);
+        let contacts: Vec<Value> = numbers(&format!("+155589{i:02}"), 200).into_iter().map(|n| json!({"phone_number": n})).collect();
+        t.execute("SELECT dialer.add_contacts($1, $2)", &[&b, &Value::Array(contacts)]).unwrap();
+    }
+    s.wake();
+    let db = &mut s.db;
+    wait_for("A's batches failing", Duration::from_secs(30), || {
+        let n: i64 = db.query_one("SELECT count(DISTINCT batch_id) FROM dialer.calls WHERE agency_id = $1 AND status = 'network_error'", &[&a]).ok()?.get(0);
+        (n >= 10).then_some(())
+    });
+    // B's new campaign, younger than all of A's batches, is dialed all the same.
+    let (b, b_nums) = b_campaign(&mut s, 5);
+    s.wake();
+    s.wait_batch_completed(b, Duration::from_secs(60));
+    assert!(b_nums.iter().all(|n| posts_to(&s.sim, n).len() == 1), "B dialed in full");
+    // A's contacts are tried no more than once a second each (retry delay 0 is at least 1 s).
+    let fastest: Option<f64> = s
+        .db
+        .query_one(
+            "SELECT min(gap) FROM (SELECT extract(epoch FROM created_at - lag(created_at) OVER (PARTITION BY contact_id ORDER BY id))::float8 AS gap
+               FROM dialer.calls WHERE agency_id = $1) g",
+            &[&a],
+        )
+        .unwrap()
+        .get(0);
+    if let Some(gap) = fastest {
+        assert!(gap >= 0.99, "a failing contact was retried after {gap} s");
+    }
+}
+
+#[test]
+fn vault_names_are_the_agencys_own() {
+    let mut s = Scenario::new("t-vaultnames", Scenario::sim_config(100, 200), &[]);
+    s.db.batch_execute("CREATE SCHEMA vault; CREATE TABLE vault.decrypted_secrets (name text, decrypted_secret text);").unwrap();
+    let (a, mut t) = tenant(&mut s);
+    let b = s.agency_id;
+    s.db.execute("INSERT INTO vault.decrypted_secrets VALUES ($1, 'sk-of-agency-b')", &[&format!("agency_{b}_ultravox")]).unwrap();
+    // A names B's secret: refused when stored, by anyone.
+    let e = t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2)", &[&a, &format!("vault:agency_{b}_ultravox")]).unwrap_err();
+    assert!(code(&e).starts_with("42501"), "{}", code(&e));
+    let e = s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2)", &[&a, &format!("vault:agency_{b}_ultravox")]).unwrap_err();
+    assert!(code(&e).starts_with("42501"), "{}", code(&e));
+    let stored: i64 = s.db.query_one("SELECT count(*) FROM dialer.provider_credentials WHERE agency_id = $1", &[&a]).unwrap().get(0);
+    assert_eq!(stored, 0, "nothing written");
+    // A value that got in some other way (here: written with the row's trigger off) is refused
+    // where it is resolved, and B's key goes nowhere.
+    let base = s.sim.base_url();
+    s.db.batch_execute("ALTER TABLE dialer.provider_credentials DISABLE TRIGGER provider_credentials_guarded").unwrap();
+    s.db.execute("INSERT INTO dialer.provider_credentials (agency_id, provider, api_key, base_url) VALUES ($1, 'ultravox', $2, $3)",
+        &[&a, &format!("vault:agency_{b}_ultravox"), &base]).unwrap();
+    s.db.batch_execute("ALTER TABLE dialer.provider_credentials ENABLE TRIGGER provider_credentials_guarded").unwrap();
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550196')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'a', 600, 5, max_attempts => 1)", &[&a, &ma]).unwrap().get(0);
+    t.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558970001"}])]).unwrap();
+    s.wake();
+    let db = &mut s.db;
+    let err: String = wait_for("A's attempt refused at resolution", Duration::from_secs(30), || {
+        db.query_one("SELECT last_error FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'failed'", &[&own])
+            .ok()?
+            .get::<_, Option<String>>(0)
+    });
+    assert!(err.contains("is not agency"), "{err}");
+    assert!(posts_to(&s.sim, "+15558970001").is_empty(), "nothing sent with B's key");
+    // B's own name works for B.
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&b, &format!("vault:agency_{b}_ultravox"), &base]).unwrap();
+}
+
+#[test]
+fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
+    let mut s = Scenario::new("t-bounds", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
+    let (a, mut t) = tenant(&mut s);
+    s.db.batch_execute("CREATE SCHEMA ta AUTHORIZATION tenant_a").unwrap();
+    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550197')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'a', 600, 5)", &[&a, &ma]).unwrap().get(0);
+    let huge = "x".repeat(16 * 1024 * 1024);
+    let long = "y".repeat(201);
+    for (sql, args) in [
+        ("SELECT dialer.add_contacts($1::bigint, jsonb_build_array(jsonb_build_object('phone_number', '+15558980001', 'name', $2::text)))", vec![own.to_string(), huge.clone()]),
+        ("SELECT dialer.add_contacts($1::bigint, jsonb_build_array(jsonb_build_object('phone_number', '+15558980001', 'lead_ref', $2::text)))", vec![own.to_string(), long.clone()]),
+        ("SELECT dialer.schedule_call('+15558980002', $1::bigint, message => $2::text)", vec![a.to_string(), "z".repeat(4001)]),
+        ("SELECT dialer.create_batch($1::bigint, $3::bigint, $2::text)", vec![a.to_string(), long.clone()]),
+        ("SELECT dialer.add_telecaller($1::bigint, $2::text)", vec![a.to_string(), long.clone()]),
+        ("SELECT dialer.create_agent_mapping($1::bigint, 'ultravox', $3::text, $2::text, '+14155550198')", vec![a.to_string(), long.clone()]),
+    ] {
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&args[0], &args[1]];
+        let sql = sql.replace("$3::bigint", &ma.to_string()).replace("$3::text", &format!("'{AGENT_ID}'"));
+        let sql = sql.replace("$1::bigint", "$1::text::bigint");
+        let e = t.query(sql.as_str(), &params).unwrap_err();
+        assert!(code(&e).starts_with("22001"), "{sql}: {}", code(&e));
+    }
+    let n: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id WHERE b.agency_id = $1", &[&a]).unwrap().get(0);
+    assert_eq!(n, 0, "nothing written");
+
+    // An operator cannot move a key to another host by claiming the key was given.
+    s.db.batch_execute("CREATE ROLE ops LOGIN PASSWORD 'pw-ops'; GRANT dialer_admin TO ops;").unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://127.0.0.1:9')", &[&a]).unwrap();
+    let mut ops = Client::connect(&format!("host=127.0.0.1 port={} user=ops password=pw-ops dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    let e = ops
+        .batch_execute(&format!("SET pg_dialer.key_given = on; UPDATE dialer.provider_credentials SET base_url = 'http://127.0.0.1:8' WHERE agency_id = {a}"))
+        .unwrap_err();
+    assert!(code(&e).contains("needs the api_key again"), "{}", code(&e));
+
+    // The internals of an attachment, called directly, check what attach_leads checks.
+    t.batch_execute(
+        "CREATE TABLE ta.forced (id int PRIMARY KEY, phone text, status integer);
+         ALTER TABLE ta.forced FORCE ROW LEVEL SECURITY;
+         CREATE TABLE ta.parted (id int, phone text, status text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+         CREATE TABLE ta.plain (id int PRIMARY KEY, phone text, status text);",
+    )
+    .unwrap();
+    let e = t.query_one("SELECT dialer._attach_register('ta.forced', $1, $2, '{}')", &[&a, &ma]).unwrap_err();
+    assert!(code(&e).starts_with("0A000"), "{}", code(&e));
+    let e = t.query_one("SELECT dialer.attach_leads('ta.parted', $1, $2)", &[&a, &ma]).unwrap_err();
+    assert!(code(&e).starts_with("0A000") && code(&e).contains("partitioned"), "{}", code(&e));
+    // A failing lead is tried again after a second at the soonest.
+    let e = t.query_one("SELECT dialer.attach_leads('ta.plain', $1, $2, '{\"retry_delay\": \"0\"}')", &[&a, &ma]).unwrap_err();
+    assert!(code(&e).starts_with("22023"), "{}", code(&e));
+    let attached: i64 = s.db.query_one("SELECT count(*) FROM dialer.lead_attachments", &[]).unwrap().get(0);
+    assert_eq!(attached, 0, "nothing attached");
+
+    // What PUBLIC may run with another role's rights: the API and the entry points that check
+    // their caller themselves, nothing else.
+    let allowed = [
+        "add_caller_id", "add_contacts", "add_do_not_call", "add_holiday", "add_telecaller", "cancel_batch", "cancel_job",
+        "cancel_recurring_call", "clean_jobs", "clear_calling_window", "create_agent_mapping", "create_batch", "detach_leads",
+        "get_batch_contacts_to_call", "job_status", "list_jobs", "pause_batch", "pause_queue", "queue_stats", "remove_caller_id",
+        "remove_do_not_call", "remove_holiday", "resolve_in_doubt", "resume_batch", "resume_queue", "retry_job",
+        "schedule_bulk_calls", "schedule_call", "schedule_recurring_call", "set_agency_limits", "set_batch_options",
+        "set_calling_window", "set_disposition", "set_provider_credentials", "set_provider_rate_limit",
+        "set_queue_calling_window", "set_queue_options", "set_retry_delays", "set_telecaller_available",
+        "update_batch_progress", "use_caller_id_pool", "why_not_dialed",
+        "_attach_queue", "_attach_register", "_lead_event", "_lead_writes_done", "_lead_writes_failed", "_lead_writes_read",
+        "_lead_writes_take",
+    ];
+    let public_definers: Vec<String> = s
+        .db
+        .query(
+            "SELECT p.proname::text FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.prosecdef
+                AND aclcontains(coalesce(p.proacl, acldefault('f', p.proowner)), makeaclitem(0, p.proowner, 'EXECUTE', false))
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let unexpected: Vec<&String> = public_definers.iter().filter(|f| !allowed.contains(&f.as_str())).collect();
+    assert!(unexpected.is_empty(), "SECURITY DEFINER functions PUBLIC may run, not on the allowlist: {unexpected:?}");
+    let internal_public: Vec<String> = s
+        .db
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname LIKE '\\_%'
+                AND aclcontains(coalesce(p.proacl, acldefault('f', p.proowner)), makeaclitem(0, p.proowner, 'EXECUTE', false))
+                AND p.proname NOT IN ('_attach_queue', '_attach_register', '_lead_event', '_lead_writes_done', '_lead_writes_failed',
+                                      '_lead_writes_read', '_lead_writes_take', '_lead_apply', '_session_role')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(internal_public.is_empty(), "internal functions PUBLIC may run: {internal_public:?}");
 }

@@ -33,6 +33,8 @@ CREATE INDEX lead_writes_attachment_idx ON dialer.lead_writes (attachment_id);
 INSERT INTO dialer.lead_writes (attachment_id, contact_id)
 SELECT c.lead_attachment_id, c.id FROM dialer.campaign_contacts c
  WHERE c.lead_sync_pending AND c.lead_attachment_id IS NOT NULL;
+GRANT ALL ON dialer.lead_writes TO dialer_admin;
+GRANT USAGE, SELECT ON SEQUENCE dialer.lead_writes_id_seq TO dialer_api, dialer_admin;
 SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes', '');
 SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes_id_seq', '');
 DROP TRIGGER campaign_contacts_lead_sync ON dialer.campaign_contacts;
