@@ -23,9 +23,18 @@ const WRITER_LINGER: Duration = Duration::from_secs(2);
 const WRITER_LINGER_POLL: Duration = Duration::from_millis(50);
 /// A writer still running after this is ended (a table's trigger that never returns).
 const WRITER_MAX_RUN: Duration = Duration::from_secs(60);
-/// Each write's statements, the table's triggers included.
-const WRITE_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
+/// Each write, the table's triggers included, is cancelled after this. (statement_timeout is
+/// armed by the client protocol's loop only, never for a background worker's SPI, so the timer
+/// is armed here; a trigger cannot turn it off with SET.)
+const WRITE_TIMEOUT_MS: i32 = 5_000;
 const WRITE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+/// Postgres's timeout.h (`TimeoutId`): STATEMENT_TIMEOUT is 3 in every supported major.
+const STATEMENT_TIMEOUT_ID: std::ffi::c_int = 3;
+
+unsafe extern "C-unwind" {
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
+}
 
 fn db<E: std::fmt::Display>(e: E) -> DialerError {
     DialerError::Database(e.to_string())
@@ -126,7 +135,6 @@ impl Writers {
 
 /// One leased write, applied: Ok(false) when none was due.
 fn write_one(taken: &std::cell::Cell<Option<i64>>) -> Result<bool, DialerError> {
-    Spi::run(WRITE_TIMEOUT).map_err(db)?;
     Spi::run(WRITE_LOCK_TIMEOUT).map_err(db)?;
     let Some(id) = taken.get() else { return Ok(false) };
     let read = Spi::connect(|client| {
@@ -217,7 +225,10 @@ pub extern "C-unwind" fn pg_dialer_lead_writer_main(arg: pg_sys::Datum) {
                 break;
             }
         }
-        if let Err(e) = txn::run_through_commit(|| write_one(&taken)) {
+        unsafe { enable_timeout_after(STATEMENT_TIMEOUT_ID, WRITE_TIMEOUT_MS) };
+        let outcome = txn::run_through_commit(|| write_one(&taken));
+        unsafe { disable_timeout(STATEMENT_TIMEOUT_ID, false) };
+        if let Err(e) = outcome {
             let message = e.to_string();
             warning!("pg_dialer: a lead row could not be written back (tried again later): {message}");
             if let Some(id) = taken.get() {

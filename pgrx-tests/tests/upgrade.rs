@@ -142,3 +142,51 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
     );
     assert!(upgraded.len() > 300, "the comparison covers the whole extension ({} objects)", upgraded.len());
 }
+
+/// 0.3.0 → this release with a leads table attached: the attachment's trigger and writer are made
+/// again (the trigger now reads rows with its changer's rights, the writer runs in the owner's
+/// session), a lead queued before the update is dialed and written back after it, and the worker
+/// runs as dialer_worker.
+#[test]
+fn an_attachment_made_by_0_3_0_keeps_working_after_the_update() {
+    let mut s = Scenario::with_extension("upgrade-030", Scenario::sim_config(100, 200), &[], "CREATE EXTENSION pg_dialer VERSION '0.3.0'");
+    s.db.batch_execute("CREATE TABLE leads (id int PRIMARY KEY, phone text, status text, ai_call_id text)").unwrap();
+    s.db.query_one("SELECT dialer.attach_leads('leads', $1, $2)", &[&s.agency_id, &s.mapping_id]).unwrap();
+    s.db.execute("INSERT INTO leads VALUES (1, '+15550329001', 'Pending_AI_Call')", &[]).unwrap();
+    let old_args: i16 = s.db.query_one("SELECT tgnargs FROM pg_trigger WHERE tgrelid = 'leads'::regclass AND NOT tgisinternal", &[]).unwrap().get(0);
+    assert_eq!(old_args, 1, "0.3.0's trigger");
+
+    s.db.batch_execute("ALTER EXTENSION pg_dialer UPDATE").expect("ALTER EXTENSION pg_dialer UPDATE");
+    let (args, definer): (i16, bool) = s
+        .db
+        .query_one(
+            "SELECT t.tgnargs, p.prosecdef FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+              WHERE t.tgrelid = 'leads'::regclass AND NOT t.tgisinternal",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(args >= 8 && !definer, "the trigger made again, with its changer's rights ({args} arguments)");
+    s.db.execute("INSERT INTO leads VALUES (2, '+15550329002', 'Pending_AI_Call')", &[]).unwrap();
+    s.wake();
+    let db = &mut s.db;
+    wait_for("both leads posted and written back", Duration::from_secs(30), || {
+        let n: i64 = db.query_one("SELECT count(*) FROM leads WHERE status <> 'Pending_AI_Call' AND ai_call_id IS NOT NULL", &[]).ok()?.get(0);
+        (n == 2).then_some(())
+    });
+    for n in ["+15550329001", "+15550329002"] {
+        assert_eq!(pg_dialer_integration::posts_to(&s.sim, n).len(), 1, "{n} dialed once");
+    }
+    let user: String = s.db.query_one("SELECT usename::text FROM pg_stat_activity WHERE backend_type = 'pg_dialer'", &[]).unwrap().get(0);
+    assert_eq!(user, "dialer_worker");
+    let owned: i64 = s
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+              WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'e' AND p.proname LIKE 'lead\\_writer\\_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(owned, 0, "the attachment's writer is the table owner's, not the extension's");
+}

@@ -897,7 +897,19 @@ CREATE TRIGGER do_not_call_bounded BEFORE INSERT OR UPDATE OF reason ON dialer.d
 
 -- Every attachment's trigger and writer, made again: the trigger takes its columns as arguments
 -- now, and the writer runs only in its owner's session.
-SELECT dialer._attach_install(id) FROM dialer.lead_attachments ORDER BY id;
+-- (A writer made inside this script would become a member of the extension: it is the table
+-- owner's, as attach_leads makes it, so it is disowned again.)
+DO $$
+DECLARE
+    att bigint;
+BEGIN
+    FOR att IN SELECT la.id FROM dialer.lead_attachments la
+                WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = la.leads) ORDER BY la.id LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS dialer.%I(text, text[])', 'lead_writer_' || att);
+        PERFORM dialer._attach_install(att);
+        EXECUTE format('ALTER EXTENSION pg_dialer DROP FUNCTION dialer.%I(text, text[])', 'lead_writer_' || att);
+    END LOOP;
+END $$;
 
 -- A function replaced above loses SECURITY DEFINER: the API's list is applied again (sql/security.sql).
 -- The API a tenant calls: SECURITY DEFINER as dialer_api, search_path pinned. The list is the
