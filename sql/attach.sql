@@ -331,16 +331,11 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION dialer._lead_withdraw(dialer.lead_attachments, text, text) FROM PUBLIC;
 
--- The role the session acts as (its SET ROLE, else its login): who changed a lead, whatever
--- SECURITY DEFINER function asks.
-CREATE FUNCTION dialer._session_role()
-RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN current_setting('role') <> 'none' THEN current_setting('role')::name ELSE session_user END
-$$;
-
--- The one entry point of the leads trigger: a lead changed (p_op) in table p_table, its fields in
--- p_lead. Only a role that may change the attached table may say so.
-CREATE FUNCTION dialer._lead_event(p_attachment_id bigint, p_table regclass, p_op text, p_lead jsonb)
+-- What the leads trigger's entry point (dialer._lead_event, src/api/leads.rs) does as the
+-- extension's owner: a lead changed (p_op) in table p_table, its fields in p_lead, by role
+-- p_changed_by (the role the trigger ran as, read by _lead_event itself). Only a role that may
+-- change the attached table may say so. Nobody else may run it.
+CREATE FUNCTION dialer._lead_event_apply(p_attachment_id bigint, p_table oid, p_op text, p_lead jsonb, p_changed_by oid)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a dialer.lead_attachments;
@@ -349,7 +344,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;  -- detached (its agency deleted): the table goes on without the dialer
     END IF;
-    IF a.leads <> p_table OR NOT has_table_privilege(dialer._session_role(), a.leads, 'INSERT, UPDATE, DELETE') THEN
+    IF a.leads <> p_table OR NOT has_table_privilege(p_changed_by, a.leads, 'INSERT, UPDATE, DELETE') THEN
         RAISE EXCEPTION 'lead attachment % is not for a table this role may change', a.id
             USING ERRCODE = '42501', HINT = 'Attach a table with dialer.attach_leads.';
     END IF;
@@ -364,9 +359,11 @@ BEGIN
         PERFORM dialer._lead_queue(a, p_lead);
     END IF;
 END $$;
+REVOKE EXECUTE ON FUNCTION dialer._lead_event_apply(bigint, oid, text, jsonb, oid) FROM PUBLIC;
 
 -- The trigger on an attached leads table. SECURITY INVOKER: to_jsonb reads the row with the rights
--- of whoever changed it. Arguments (_attach_install): the attachment id; the columns of the key,
+-- of whoever changed it (a SECURITY DEFINER function of the application that inserts a lead: its
+-- owner's), and dialer._lead_event checks that this role may change the table. Arguments (_attach_install): the attachment id; the columns of the key,
 -- status, phone, name, call_source_id, ai_provider_type and agency ('' for none); then the
 -- columns passed to the agent as variables.
 CREATE FUNCTION dialer._lead_changed()

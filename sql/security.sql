@@ -292,7 +292,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.pronamespace = 'dialer'::regnamespace
                 AND p.proname IN ('_lead_event', '_lead_writes_take', '_lead_writes_read', '_lead_apply', '_lead_writes_done', '_lead_writes_failed',
-                                  '_session_role', '_attach_register', '_attach_queue')
+                                  '_attach_register', '_attach_queue')
               ORDER BY 1 LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f);
     END LOOP;

@@ -252,6 +252,21 @@ fn bad_options_are_refused_naming_the_problem_and_tenants_need_the_owners_rights
     assert_eq!(queued, 1);
     let numbers: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number IN ('+15557419999', '+15557419998')", &[]).unwrap().get(0);
     assert_eq!(numbers, 0);
+    // An application's SECURITY DEFINER function, the table owner's, inserts for a role that may
+    // not (a Supabase RPC): the trigger runs as the function's owner, who may change the table.
+    s.db.batch_execute(
+        "CREATE ROLE visitor LOGIN;
+         CREATE FUNCTION submit_lead(p text) RETURNS void LANGUAGE sql SECURITY DEFINER
+             AS $$ INSERT INTO public.leads (phone, status) VALUES (p, 'Pending_AI_Call') $$;
+         REVOKE EXECUTE ON FUNCTION submit_lead(text) FROM PUBLIC; GRANT EXECUTE ON FUNCTION submit_lead(text) TO visitor;",
+    )
+    .unwrap();
+    let mut v = s.cluster.connect();
+    v.batch_execute("SET ROLE visitor").unwrap();
+    assert!(v.execute("INSERT INTO leads (phone, status) VALUES ('+15557419995', 'Pending_AI_Call')", &[]).is_err(), "visitor may not insert");
+    v.execute("SELECT submit_lead('+15557419996')", &[]).unwrap();
+    let queued: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number = '+15557419996'", &[]).unwrap().get(0);
+    assert_eq!(queued, 1, "queued through the application's function");
 }
 
 /// Trigger overhead per insert, against the same table without the trigger (printed, not asserted).

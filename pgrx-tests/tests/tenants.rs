@@ -699,8 +699,7 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
         "set_calling_window", "set_disposition", "set_provider_credentials", "set_provider_rate_limit",
         "set_queue_calling_window", "set_queue_options", "set_retry_delays", "set_telecaller_available",
         "update_batch_progress", "use_caller_id_pool", "why_not_dialed",
-        "_attach_queue", "_attach_register", "_lead_event", "_lead_writes_done", "_lead_writes_failed", "_lead_writes_read",
-        "_lead_writes_take",
+        "_attach_queue", "_attach_register", "_lead_writes_done", "_lead_writes_failed", "_lead_writes_read", "_lead_writes_take",
     ];
     let public_definers: Vec<String> = s
         .db
@@ -724,7 +723,7 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
               WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname LIKE '\\_%'
                 AND aclcontains(coalesce(p.proacl, acldefault('f', p.proowner)), makeaclitem(0, p.proowner, 'EXECUTE', false))
                 AND p.proname NOT IN ('_attach_queue', '_attach_register', '_lead_event', '_lead_writes_done', '_lead_writes_failed',
-                                      '_lead_writes_read', '_lead_writes_take', '_lead_apply', '_session_role')",
+                                      '_lead_writes_read', '_lead_writes_take', '_lead_apply')",
             &[],
         )
         .unwrap()

@@ -48,11 +48,6 @@ DROP FUNCTION dialer._attach_register(regclass, bigint, bigint, jsonb, jsonb, js
 DROP TRIGGER campaign_contacts_json_bounded ON dialer.campaign_contacts;
 DROP FUNCTION dialer._json_bounded();
 
-CREATE OR REPLACE FUNCTION dialer._session_role()
-RETURNS name LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN current_setting('role') <> 'none' THEN current_setting('role')::name ELSE session_user END
-$$;
-
 CREATE OR REPLACE FUNCTION dialer._vault_prefix(p_agency_id bigint)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT 'agency_' || p_agency_id || '_'
@@ -232,7 +227,7 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
                                                        FROM jsonb_array_elements_text(coalesce(a.columns->'variables', '[]')) v), '{}'))
 $$;
 
-CREATE OR REPLACE FUNCTION dialer._lead_event(p_attachment_id bigint, p_table regclass, p_op text, p_lead jsonb)
+CREATE FUNCTION dialer._lead_event_apply(p_attachment_id bigint, p_table oid, p_op text, p_lead jsonb, p_changed_by oid)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a dialer.lead_attachments;
@@ -241,7 +236,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;  -- detached (its agency deleted): the table goes on without the dialer
     END IF;
-    IF a.leads <> p_table OR NOT has_table_privilege(dialer._session_role(), a.leads, 'INSERT, UPDATE, DELETE') THEN
+    IF a.leads <> p_table OR NOT has_table_privilege(p_changed_by, a.leads, 'INSERT, UPDATE, DELETE') THEN
         RAISE EXCEPTION 'lead attachment % is not for a table this role may change', a.id
             USING ERRCODE = '42501', HINT = 'Attach a table with dialer.attach_leads.';
     END IF;
@@ -256,6 +251,17 @@ BEGIN
         PERFORM dialer._lead_queue(a, p_lead);
     END IF;
 END $$;
+REVOKE EXECUTE ON FUNCTION dialer._lead_event_apply(bigint, oid, text, jsonb, oid) FROM PUBLIC;
+
+CREATE FUNCTION dialer."_lead_event"(
+	"p_attachment_id" bigint, /* i64 */
+	"p_table" oid, /* pg_sys :: Oid */
+	"p_op" TEXT, /* & str */
+	"p_lead" jsonb /* pgrx :: JsonB */
+) RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_lead_event_wrapper';
 
 CREATE OR REPLACE FUNCTION dialer._attach_options(leads regclass, options jsonb)
 RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -969,7 +975,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.pronamespace = 'dialer'::regnamespace
                 AND p.proname IN ('_lead_event', '_lead_writes_take', '_lead_writes_read', '_lead_apply', '_lead_writes_done', '_lead_writes_failed',
-                                  '_session_role', '_attach_register', '_attach_queue')
+                                  '_attach_register', '_attach_queue')
               ORDER BY 1 LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f);
     END LOOP;
