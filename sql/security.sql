@@ -32,7 +32,7 @@ BEGIN
         CREATE ROLE dialer_api NOLOGIN NOBYPASSRLS;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_worker') THEN
-        CREATE ROLE dialer_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT BYPASSRLS PASSWORD NULL;
+        CREATE ROLE dialer_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE BYPASSRLS PASSWORD NULL;
     END IF;
 END $$;
 
@@ -191,6 +191,8 @@ GRANT EXECUTE ON FUNCTION dialer._attach_install(bigint) TO dialer_api;
 GRANT EXECUTE ON FUNCTION dialer._attach_uninstall(bigint) TO dialer_api;
 GRANT SELECT ON dialer.lead_attachments, dialer.caller_ids TO dialer_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON dialer.lead_attachments, dialer.caller_ids TO dialer_api;
+-- attach_leads queues the write-backs of the bad rows it finds (dialer._lead_write_later).
+GRANT INSERT ON dialer.lead_writes TO dialer_api;
 
 -- Operators see and change every agency, also through the API functions (which run as dialer_api,
 -- a role row-level security applies to).
@@ -268,6 +270,8 @@ CREATE TRIGGER do_not_call_bounded BEFORE INSERT OR UPDATE OF reason ON dialer.d
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA dialer TO dialer_worker;
+-- The standbys' WAL positions (pg_stat_replication): no call leaves before they hold its claim.
+GRANT pg_read_all_stats TO dialer_worker;
 
 -- Internal functions (named _…) are not for PUBLIC: those it could run are kept for the dialer's
 -- own roles (and dialer_user where they run with the caller's rights: the row-security helpers,

@@ -15,6 +15,9 @@ pub static MAX_EXECUTION_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(25_00
 pub static MAX_CALLS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static CALL_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30 * 60 * 1000);
 pub static STATUS_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+/// How long claimed calls wait for the standbys to hold their claim (src/standbys.rs); -1 = as
+/// long as it takes, 0 = not at all.
+pub static STANDBY_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"../pg_dialer.key"));
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(crate::hosts::DEFAULT));
 pub static JWT_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"authenticated"));
@@ -95,7 +98,7 @@ pub fn register(preloading: bool) {
             GucFlags::default(),
         );
     }
-    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32, GucFlags); 9] = [
+    let ints: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<i32>, i32, i32, GucFlags); 10] = [
         (c"dialer.poll_interval", c"Longest idle sleep of the worker.", &POLL_INTERVAL_MS, 10, 3_600_000, GucFlags::UNIT_MS),
         (c"dialer.max_batches_per_run", c"Batches served per tick.", &MAX_BATCHES_PER_RUN, 1, 100_000, GucFlags::default()),
         (c"dialer.http_concurrency", c"Provider requests in flight at once.", &HTTP_CONCURRENCY, 1, 1024, GucFlags::default()),
@@ -105,6 +108,7 @@ pub fn register(preloading: bool) {
         (c"dialer.call_timeout", c"An in-progress call without outcome after this long is reconciled.", &CALL_TIMEOUT_MS, 1000, i32::MAX, GucFlags::UNIT_MS),
         (c"dialer.status_poll_interval", c"How often the provider is asked about a call in progress.", &STATUS_POLL_INTERVAL_MS, 100, 3_600_000, GucFlags::UNIT_MS),
         (c"dialer.max_claim_per_batch", c"Most contacts of one batch claimed in one tick.", &MAX_CLAIM_PER_BATCH, 1, 100_000, GucFlags::default()),
+        (c"dialer.standby_wait", c"How long a claimed call waits for every streaming standby to hold its claim (-1: no limit, 0: no wait).", &STANDBY_WAIT_MS, -1, 3_600_000, GucFlags::UNIT_MS),
     ];
     for (name, short, setting, min, max, flags) in ints {
         GucRegistry::define_int_guc(name, short, c"", setting, min, max, GucContext::Sighup, flags);
@@ -134,6 +138,8 @@ pub struct Settings {
     pub call_timeout: Duration,
     pub status_poll_interval: Duration,
     pub max_claim_per_batch: i32,
+    /// dialer.standby_wait: None = no limit.
+    pub standby_wait: Option<Duration>,
     /// dialer.allowed_hosts; a list that does not parse allows nothing (and says why).
     pub allowed_hosts: Result<crate::hosts::AllowList, String>,
     /// dialer.retention_* as given (Postgres reads them as intervals when a pass runs).
@@ -153,6 +159,7 @@ impl Settings {
             call_timeout: ms(&CALL_TIMEOUT_MS),
             status_poll_interval: ms(&STATUS_POLL_INTERVAL_MS),
             max_claim_per_batch: MAX_CLAIM_PER_BATCH.get(),
+            standby_wait: (STANDBY_WAIT_MS.get() >= 0).then(|| ms(&STANDBY_WAIT_MS)),
             allowed_hosts: crate::hosts::AllowList::parse(&Self::allowed_hosts_text()),
             retention: crate::retention::Retention {
                 runs: text(&RETENTION_RUNS),

@@ -226,7 +226,7 @@ pub extern "C-unwind" fn pg_dialer_lead_writer_main(arg: pg_sys::Datum) {
             }
         }
         unsafe { enable_timeout_after(STATEMENT_TIMEOUT_ID, WRITE_TIMEOUT_MS) };
-        let outcome = txn::run_through_commit(|| write_one(&taken));
+        let outcome = txn::run(|| write_one(&taken));
         unsafe { disable_timeout(STATEMENT_TIMEOUT_ID, false) };
         if let Err(e) = outcome {
             let message = e.to_string();

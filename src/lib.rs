@@ -15,6 +15,7 @@ pub mod lead_writer;
 pub mod providers;
 pub mod retention;
 pub mod secrets;
+pub mod standbys;
 pub mod tick;
 pub mod txn;
 pub mod wake;

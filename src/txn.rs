@@ -7,42 +7,10 @@ use pgrx::pg_sys;
 use pgrx::PgTryBuilder;
 use std::panic::AssertUnwindSafe;
 
+/// Runs `body` in a transaction of its own and commits it. The COMMIT is inside the guard too: an
+/// error at commit (a table's deferred trigger, in a lead writer session) is returned like any
+/// other, the transaction rolled back, rather than ending the process.
 pub fn run<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, DialerError> {
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let body = AssertUnwindSafe(body);
-    let outcome = PgTryBuilder::new(move || {
-        let body = body;
-        Ok((body.0)())
-    })
-        .catch_others(|caught| Err(message_of(&caught)))
-        .execute();
-    match outcome {
-        Ok(Ok(value)) => {
-            unsafe {
-                pg_sys::PopActiveSnapshot();
-                pg_sys::CommitTransactionCommand();
-            }
-            Ok(value)
-        }
-        Ok(Err(e)) => {
-            abort();
-            Err(e)
-        }
-        Err(message) => {
-            abort();
-            Err(DialerError::Database(message))
-        }
-    }
-}
-
-/// As `run`, but the COMMIT is inside the guard too: a table's deferred trigger that fails at
-/// commit (a lead writer session runs other roles' triggers) is returned as this transaction's
-/// error, and the transaction is rolled back, rather than ending the process.
-pub fn run_through_commit<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, DialerError> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();

@@ -4,7 +4,7 @@
 use crate::dispatch::{JobResult, Pool};
 use crate::gucs::Settings;
 use crate::tick::{self, Counts, TargetCache};
-use crate::{lead_writer, retention, txn, wake};
+use crate::{lead_writer, retention, standbys, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -101,6 +101,8 @@ struct Worker {
     retention: retention::Schedule,
     /// The lead writer sessions started (one per table owner with writes due).
     writers: lead_writer::Writers,
+    /// The streaming standbys a claim must reach before its calls leave.
+    standbys: standbys::Standbys,
 }
 
 impl Worker {
@@ -123,6 +125,7 @@ impl Worker {
             started_ms: unix_ms(),
             retention: retention::Schedule::new(Instant::now()),
             writers: lead_writer::Writers::default(),
+            standbys: standbys::Standbys::default(),
         })
     }
 
@@ -369,9 +372,16 @@ impl Worker {
         (pool_room, room_for)
     }
 
-    /// Hands a committed claim's requests to the HTTP pool. Returns how many.
+    /// Hands a committed claim's requests to the HTTP pool, once the standbys hold the claim (call
+    /// right after the claim's commit). Returns how many.
     fn send_claimed(&mut self, jobs: Vec<crate::dispatch::Job>) -> usize {
         let n = jobs.len();
+        if n > 0 {
+            if let Err(e) = self.standbys.confirm_last_commit(self.settings.standby_wait) {
+                // A look that fails must not hold the calls for ever: they leave, said in the log.
+                warning!("pg_dialer: could not read the standbys' positions ({e}); the calls leave anyway");
+            }
+        }
         for job in jobs {
             self.pool.submit(job);
         }

@@ -101,6 +101,40 @@ impl Cluster {
         cluster
     }
 
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started, its WAL receiver named
+    /// `name` (cluster_name). The keyring is copied beside its data directory, as an operator
+    /// must (dialer.key_file lives outside the data directory, so a base backup does not carry it).
+    pub fn standby_of(primary: &Cluster, name: &str, extra_conf: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("pg_dialer_it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create standby dir");
+        std::fs::copy(primary.dir.join("pg_dialer.key"), dir.join("pg_dialer.key")).expect("copy the keyring");
+        if running_as_root() {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().map(|s| s.success());
+            assert_eq!(ok.ok(), Some(true), "chown {dir:?} to postgres");
+        }
+        let data = dir.join("data");
+        let port_text = primary.port.to_string();
+        let out = pg_command("pg_basebackup")
+            .args(["-D", path_str(&data), "-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p", &port_text, "-U", "postgres", "--no-sync"])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let mut conf = format!("\nport = {port}\nunix_socket_directories = '{}'\ncluster_name = '{name}'\n", path_str(&dir));
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let auto = data.join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&auto).expect("read postgresql.auto.conf");
+        existing.push_str(&conf);
+        std::fs::write(&auto, existing).expect("write postgresql.auto.conf");
+        let standby = Cluster { dir, port };
+        standby.pg_ctl(&["start", "-w", "-t", "60"]);
+        standby
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -463,7 +463,9 @@ fn tenant_leads(s: &mut Scenario, t: &mut Client, a: i64) -> i64 {
          -- an ordinary trigger that asks the API what it may see
          CREATE FUNCTION ta.after_update() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN PERFORM ta.note('trigger', (SELECT count(*) FROM dialer.list_jobs('delayed', 0, 99))); RETURN NULL; END $$;
-         CREATE TRIGGER after_update AFTER UPDATE ON ta.leads FOR EACH ROW EXECUTE FUNCTION ta.after_update();",
+         CREATE TRIGGER after_update AFTER UPDATE ON ta.leads FOR EACH ROW EXECUTE FUNCTION ta.after_update();
+         -- waiting before the table is attached, and not a phone number: written back as Trashed
+         INSERT INTO ta.leads (id, phone, status) VALUES (0, 'not a number', 'Pending_AI_Call');",
     )
     .unwrap();
     t.query_one("SELECT dialer.attach_leads('ta.leads', $1, $2)", &[&a, &ma]).unwrap().get(0)
@@ -486,6 +488,11 @@ fn a_tenants_casts_and_triggers_run_as_the_tenant_never_as_the_worker_or_the_ext
         (st != "Pending_AI_Call" && st != "Processing").then_some(())
     });
     assert_eq!(posts_to(&s.sim, "+15558950002").len(), 1, "dialed once");
+    let db = &mut s.db;
+    wait_for("the bad lead found at attach time written back", Duration::from_secs(30), || {
+        let st: String = db.query_one("SELECT status FROM ta.leads WHERE id = 0", &[]).ok()?.get(0);
+        (st == "Trashed").then_some(())
+    });
     let refusals: i64 = s.db.query_one("SELECT last_value FROM ta.refusals", &[]).unwrap().get(0);
     assert!(refusals >= 1, "the deferred trigger refused a write-back");
     let err: Option<String> = s.db.query_one("SELECT last_error FROM dialer.lead_attachments WHERE id = $1", &[&att]).unwrap().get(0);

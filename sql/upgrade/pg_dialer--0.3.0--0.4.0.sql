@@ -12,7 +12,7 @@
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dialer_worker') THEN
-        CREATE ROLE dialer_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT BYPASSRLS PASSWORD NULL;
+        CREATE ROLE dialer_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE BYPASSRLS PASSWORD NULL;
     END IF;
 END $$;
 
@@ -34,6 +34,7 @@ INSERT INTO dialer.lead_writes (attachment_id, contact_id)
 SELECT c.lead_attachment_id, c.id FROM dialer.campaign_contacts c
  WHERE c.lead_sync_pending AND c.lead_attachment_id IS NOT NULL;
 GRANT ALL ON dialer.lead_writes TO dialer_admin;
+GRANT INSERT ON dialer.lead_writes TO dialer_api;
 GRANT USAGE, SELECT ON SEQUENCE dialer.lead_writes_id_seq TO dialer_api, dialer_admin;
 SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes', '');
 SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes_id_seq', '');
@@ -951,6 +952,8 @@ GRANT EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) TO 
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA dialer TO dialer_worker;
+-- The standbys' WAL positions (pg_stat_replication): no call leaves before they hold its claim.
+GRANT pg_read_all_stats TO dialer_worker;
 
 -- Internal functions (named _…) are not for PUBLIC: those it could run are kept for the dialer's
 -- own roles (and dialer_user where they run with the caller's rights: the row-security helpers,
