@@ -344,12 +344,15 @@ BEGIN
                   coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata,
                   coalesce(c.timezone, agency_tz) AS zone, c.call_id AS new_call_id
     ), new_calls AS (
-        -- The key names the attempt and is unique even when a rate-limited attempt is repeated.
+        -- The key names the attempt: its contact, and how many attempts the contact had before it
+        -- (so it is unique even when a rate-limited attempt is repeated). A copy of this database
+        -- restored from before the claim computes the same key for the same attempt, and can find
+        -- it at the provider (dialer._hold_after_restore).
         INSERT INTO dialer.calls (id, contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
                                   phone_number, local_time, timezone, from_number)
         OVERRIDING SYSTEM VALUE
         SELECT cc.new_call_id, cc.id, b.id, b.agency_id, m.provider,
-               format('pgd-%s-%s-%s', cc.id, cc.attempts, left(md5(gen_random_uuid()::text), 12)), 'dialing', p_now,
+               format('pgd-%s-%s', cc.id, 1 + (SELECT count(*) FROM dialer.calls k WHERE k.contact_id = cc.id)), 'dialing', p_now,
                cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone,
                CASE WHEN m.use_caller_id_pool THEN dialer._take_caller_id(b.agency_id, cc.phone_number, agency_day)
                     ELSE m.from_number END
@@ -664,6 +667,49 @@ RETURNS void LANGUAGE sql AS $$
     VALUES (p_started, extract(epoch FROM clock_timestamp() - p_started) * 1000, p_mode, p_batches, p_initiated,
             p_failed, p_rate_limited, p_status, p_error)
 $$;
+
+-- This database went back in time (restored from a backup, or from before a point in time; see
+-- src/restores.rs): claims committed after its restore point are gone, and the people they called
+-- are 'queued' here again. Before anyone is dialed again, every contact that could have been
+-- claimed since is held in doubt with the attempt it would have had (the same idempotency key, see
+-- _claim_batch), and looked up at the provider like any attempt in doubt: found → adopted and
+-- followed to its end; never placed → queued again; no answer → held for review (dialer.in_doubt).
+-- One contact per number (a number has one live call at most); the others wait for it. p_since:
+-- the database's last known activity, where a look-up by time (Twilio) starts. Returns how many.
+CREATE FUNCTION dialer._hold_after_restore(p_since timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := 0;
+    r record;
+BEGIN
+    PERFORM dialer._promote_batches(clock_timestamp());
+    FOR r IN
+        SELECT DISTINCT ON (c.phone_number) c.id, c.batch_id, b.agency_id, m.provider, c.phone_number,
+               format('pgd-%s-%s', c.id, 1 + (SELECT count(*) FROM dialer.calls k WHERE k.contact_id = c.id)) AS key
+          FROM dialer.campaign_contacts c
+          JOIN dialer.call_batches b ON b.id = c.batch_id
+          JOIN dialer.agent_mappings m ON m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id)
+         WHERE c.status = 'queued' AND b.status = 'processing'
+           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                                        AND k.status IN ('dialing', 'in_progress', 'in_doubt'))
+         ORDER BY c.phone_number, c.priority, c.id
+    LOOP
+        WITH probe AS (
+            INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
+                                      phone_number, error)
+            VALUES (r.id, r.batch_id, r.agency_id, r.provider, r.key, 'in_doubt', p_since, r.phone_number,
+                    'database restored: this attempt may have been placed after the restore point')
+            RETURNING id
+        )
+        UPDATE dialer.campaign_contacts c
+           SET status = 'in_doubt', attempts = c.attempts + 1, call_id = probe.id, updated_at = clock_timestamp(),
+               last_error = 'database restored: looked up at the provider before it is dialed again'
+          FROM probe WHERE c.id = r.id;
+        UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = r.batch_id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
 
 -- Step 5b: attempts in doubt to look up at the provider (by idempotency key), a few times at most.
 CREATE FUNCTION dialer._calls_to_look_up(p_now timestamptz, p_limit integer)

@@ -13,6 +13,7 @@ pub mod hosts;
 pub mod launcher;
 pub mod lead_writer;
 pub mod providers;
+pub mod restores;
 pub mod retention;
 pub mod secrets;
 pub mod standbys;

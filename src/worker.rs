@@ -4,7 +4,7 @@
 use crate::dispatch::{JobResult, Pool};
 use crate::gucs::Settings;
 use crate::tick::{self, Counts, TargetCache};
-use crate::{lead_writer, retention, standbys, txn, wake};
+use crate::{lead_writer, restores, retention, standbys, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -103,6 +103,8 @@ struct Worker {
     writers: lead_writer::Writers,
     /// The streaming standbys a claim must reach before its calls leave.
     standbys: standbys::Standbys,
+    /// The last claim's WAL position, noted outside the data directory (a restore is noticed).
+    notebook: restores::Notebook,
 }
 
 impl Worker {
@@ -126,6 +128,7 @@ impl Worker {
             retention: retention::Schedule::new(Instant::now()),
             writers: lead_writer::Writers::default(),
             standbys: standbys::Standbys::default(),
+            notebook: restores::Notebook::default(),
         })
     }
 
@@ -211,6 +214,9 @@ impl Worker {
             self.extension_seen = true;
         }
         if !self.settled_at_start {
+            // A restored copy of the database: what was claimed after its restore point is looked
+            // up at the provider before anyone is dialed again.
+            restores::check_at_start()?;
             // Attempts left in 'dialing' by a previous worker may have reached the provider.
             let n = txn::run(|| tick::settle_stale_dialing(0.0))?;
             if n > 0 {
@@ -377,6 +383,7 @@ impl Worker {
     fn send_claimed(&mut self, jobs: Vec<crate::dispatch::Job>) -> usize {
         let n = jobs.len();
         if n > 0 {
+            self.notebook.note_last_commit();
             if let Err(e) = self.standbys.confirm_last_commit(self.settings.standby_wait) {
                 // A look that fails must not hold the calls for ever: they leave, said in the log.
                 warning!("pg_dialer: could not read the standbys' positions ({e}); the calls leave anyway");

@@ -105,6 +105,14 @@ impl Cluster {
     /// `name` (cluster_name). The keyring is copied beside its data directory, as an operator
     /// must (dialer.key_file lives outside the data directory, so a base backup does not carry it).
     pub fn standby_of(primary: &Cluster, name: &str, extra_conf: &[&str]) -> Cluster {
+        let standby = Cluster::base_backup_of(primary, name, true, extra_conf);
+        standby.pg_ctl(&["start", "-w", "-t", "60"]);
+        standby
+    }
+
+    /// A base backup of `primary` (`pg_basebackup`, with `-R` for a standby), not started. The
+    /// keyring is copied beside its data directory.
+    pub fn base_backup_of(primary: &Cluster, name: &str, standby: bool, extra_conf: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("pg_dialer_it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create standby dir");
@@ -116,7 +124,8 @@ impl Cluster {
         let data = dir.join("data");
         let port_text = primary.port.to_string();
         let out = pg_command("pg_basebackup")
-            .args(["-D", path_str(&data), "-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p", &port_text, "-U", "postgres", "--no-sync"])
+            .args(["-D", path_str(&data), "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p", &port_text, "-U", "postgres", "--no-sync"])
+            .args(if standby { &["-R"][..] } else { &[][..] })
             .output()
             .expect("run pg_basebackup");
         assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -130,9 +139,7 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&auto).expect("read postgresql.auto.conf");
         existing.push_str(&conf);
         std::fs::write(&auto, existing).expect("write postgresql.auto.conf");
-        let standby = Cluster { dir, port };
-        standby.pg_ctl(&["start", "-w", "-t", "60"]);
-        standby
+        Cluster { dir, port }
     }
 
     pub fn data(&self) -> PathBuf {

@@ -135,3 +135,59 @@ fn immediate_call_latency_with_and_without_a_streaming_standby() {
     );
     drop(standby);
 }
+
+/// A restore from a base backup taken mid-campaign, after more calls were placed: the restored
+/// copy notices it is behind the worker's last noted claim, looks the contacts it cannot account
+/// for up at the provider first, and calls nobody a second time.
+#[test]
+fn a_database_restored_from_a_backup_calls_nobody_a_second_time() {
+    let mut s = Scenario::new("f-restore", Scenario::sim_config(100, 200), &[]);
+    let batch = s.batch("restored", 600, 10, 3);
+    let nums = numbers("+1555640", CONTACTS);
+    assert_eq!(s.add_numbers(batch, &nums), CONTACTS as i32);
+    s.wake();
+    let sim = &s.sim;
+    let dialed = |sim: &pg_dialer_integration::provider_sim::Simulator| nums.iter().filter(|n| !posts_to(sim, n).is_empty()).count();
+    wait_for("a sixth of the campaign dialed", Duration::from_secs(60), || (dialed(sim) >= CONTACTS / 6).then_some(()));
+    let backup = Cluster::base_backup_of(&s.cluster, "f-restore-copy", false, &[]);
+    let at_backup = dialed(&s.sim);
+    let sim = &s.sim;
+    wait_for("more calls after the backup", Duration::from_secs(60), || (dialed(sim) >= at_backup + 20).then_some(()));
+    s.cluster.pg_ctl(&["stop", "-m", "immediate"]);
+    let at_stop = dialed(&s.sim);
+    // The restore, on the same host: the worker's note beside the key file is where it was.
+    for entry in std::fs::read_dir(&s.cluster.dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("pg_dialer.key.") && name.ends_with(".state") {
+            std::fs::copy(entry.path(), backup.dir.join(&name)).unwrap();
+            if unsafe { libc::geteuid() } == 0 {
+                std::process::Command::new("chown").args(["postgres:postgres"]).arg(backup.dir.join(&name)).status().unwrap();
+            }
+        }
+    }
+    backup.pg_ctl(&["start", "-w", "-t", "60"]);
+    let mut restored = backup.connect();
+    wait_for("the campaign completed on the restored copy", Duration::from_secs(120), || {
+        let st: String = restored.query_one("SELECT status FROM dialer.call_batches WHERE id = $1", &[&batch]).ok()?.get(0);
+        (st == "completed").then_some(())
+    });
+    assert!(backup.server_log().contains("a restored copy"), "the restore was noticed");
+    let twice: Vec<&String> = nums.iter().filter(|n| posts_to(&s.sim, n).len() > 1).collect();
+    let never: Vec<&String> = nums.iter().filter(|n| posts_to(&s.sim, n).is_empty()).collect();
+    println!(
+        "f-restore: {at_backup} of {CONTACTS} dialed at the backup, {at_stop} when the primary stopped; after the restore {} twice, {} never",
+        twice.len(),
+        never.len()
+    );
+    assert!(twice.is_empty(), "called twice after the restore: {twice:?}");
+    assert!(never.is_empty(), "never called: {never:?}");
+    let (completed, in_doubt): (i32, i64) = restored
+        .query_one(
+            "SELECT completed_count, (SELECT count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'in_doubt')
+               FROM dialer.call_batches WHERE id = $1",
+            &[&batch],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((completed, in_doubt), (CONTACTS as i32, 0));
+}

@@ -879,6 +879,246 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Idempotency keys a restored copy computes again (pgd-<contact>-<attempt number>), and what it
+-- does with them (src/restores.rs).
+CREATE OR REPLACE FUNCTION dialer._claim_batch(p_batch_id bigint, p_now timestamptz, p_budget integer,
+    p_lead interval DEFAULT '0', p_global_cps integer DEFAULT 0, p_catch_up_before timestamptz DEFAULT NULL)
+RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, variables jsonb,
+               lead_ref text, source text, attempts integer, idempotency_key text, slot_at_ms double precision,
+               spacing_ms double precision, agent_mapping_id bigint, metadata jsonb, credential_key text,
+               credential_gap_ms double precision, global_gap_ms double precision, from_number text)
+-- The candidates must come from campaign_contacts_claim_idx in order, stopping at the limit; a
+-- bitmap scan would read and sort the whole batch (the planner cannot tell how many candidates
+-- the live-call and do-not-call tests let through, and guesses one).
+LANGUAGE plpgsql SET enable_bitmapscan = off AS $$
+DECLARE
+    b dialer.call_batches;
+    cred dialer.provider_credentials;
+    has_cred boolean;
+    g_next timestamptz;
+    spacing interval;
+    b_gap interval;
+    c_gap interval := '0';
+    g_gap interval := '0';
+    gap interval;
+    slot timestamptz;
+    start timestamptz;
+    last_send timestamptz;
+    catching_up boolean := false;
+    agency_tz text;
+    agency_day date;
+    n integer;
+    claimed integer;
+    recent integer;
+    active integer;
+    has_dnc boolean;
+BEGIN
+    -- FOR NO KEY UPDATE: a transaction adding contacts or jobs to this batch holds a KEY SHARE
+    -- lock on it (their foreign key), which must not make the claim pass the batch by.
+    SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id AND status = 'processing'
+       FOR NO KEY UPDATE SKIP LOCKED;
+    IF FOUND AND b.kind = 'queue' THEN
+        IF dialer._count_arrivals(b.id) > 0 THEN
+            SELECT * INTO b FROM dialer.call_batches WHERE id = p_batch_id;
+        END IF;
+    END IF;
+    IF NOT FOUND OR (b.rate_limited_until IS NOT NULL AND b.rate_limited_until > p_now)
+       -- nothing is dialed after the batch's deadline, not even a slot claimed ahead
+       OR b.expires_at <= p_now + p_lead THEN
+        RETURN;
+    END IF;
+    SELECT pc.* INTO cred FROM dialer.provider_credentials pc
+      JOIN dialer.agent_mappings m ON m.agency_id = pc.agency_id AND m.provider = pc.provider
+     WHERE m.id = b.agent_mapping_id
+       FOR UPDATE OF pc;
+    has_cred := FOUND;
+    IF has_cred AND cred.rate_limited_until > p_now THEN
+        RETURN;  -- the provider account told us to wait (429 on another batch, perhaps)
+    END IF;
+
+    -- 1% under calls_per_minute: calls k and k + calls_per_minute are then 60.6 s apart, so a
+    -- request that leaves up to 600 ms late (a busy machine, a worker restart) still never puts
+    -- one too many into any 60-second window. (A 20 ms margin was not enough under load.)
+    spacing := make_interval(secs => 60.6 / b.calls_per_minute);
+    b_gap := spacing;
+    slot := b.next_slot_at;
+    IF slot IS NULL THEN
+        slot := p_now;
+    ELSIF slot < p_now - spacing AND slot < p_catch_up_before THEN
+        catching_up := true;
+        slot := greatest(slot, p_now - interval '60 seconds');
+        b_gap := spacing / 4;
+    ELSIF slot < p_now THEN
+        slot := p_now;
+    ELSIF slot > p_now + p_lead THEN
+        RETURN;
+    END IF;
+    start := CASE WHEN catching_up THEN p_now ELSE slot END;
+    gap := b_gap;
+    IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+        c_gap := make_interval(secs => 1.0 / cred.max_calls_per_second);
+        start := greatest(start, coalesce(cred.next_slot_at, p_now));
+        gap := greatest(gap, c_gap);
+    END IF;
+    IF p_global_cps > 0 THEN
+        g_gap := make_interval(secs => 1.0 / p_global_cps);
+        INSERT INTO dialer.pacing_state (key) VALUES ('global') ON CONFLICT DO NOTHING;
+        SELECT next_slot_at INTO g_next FROM dialer.pacing_state WHERE key = 'global' FOR UPDATE;
+        start := greatest(start, coalesce(g_next, p_now));
+        gap := greatest(gap, g_gap);
+    END IF;
+    IF start > p_now + p_lead THEN
+        RETURN;
+    END IF;
+    IF catching_up THEN
+        n := 1 + floor(extract(epoch FROM (least(p_now, p_catch_up_before) - slot)) / extract(epoch FROM spacing))::integer;
+    ELSE
+        n := 1 + floor(extract(epoch FROM (p_now + p_lead - start)) / extract(epoch FROM gap))::integer;
+    END IF;
+    -- max_concurrent counts calls dialing or in progress, and attempts in doubt that may be live.
+    active := b.in_progress_count
+              + (SELECT count(*) FROM dialer.calls k WHERE k.batch_id = b.id AND k.status = 'in_doubt'
+                                                      AND k.lookup_attempts < 5)::integer;
+    n := least(n, b.max_concurrent - active, p_budget);
+    IF catching_up THEN
+        -- Spaced slots cannot put more than calls_per_minute into 60 s; compressed ones are
+        -- counted over 60.6 s: the same 600 ms of margin as the spacing, for a send that trails
+        -- its claim. (61 s counted two calls too many at the 1% spacing, so a restart's missed
+        -- slots were never quite made up.)
+        SELECT count(*) INTO recent FROM dialer.calls k
+         WHERE k.batch_id = b.id AND k.created_at > p_now - interval '60.6 seconds' AND k.status <> 'network_error';
+        n := least(n, b.calls_per_minute - recent);
+    END IF;
+    SELECT timezone INTO agency_tz FROM dialer.agencies WHERE id = b.agency_id;
+    agency_day := (p_now AT TIME ZONE agency_tz)::date;
+    -- Calls from the caller-ID pool: never more than its numbers have left today, so that every
+    -- claimed contact gets one (_take_caller_id) and none is dialed from an unlisted number.
+    IF EXISTS (SELECT 1 FROM dialer.agent_mappings m
+                WHERE m.agency_id = b.agency_id AND m.use_caller_id_pool
+                  AND (m.id = b.agent_mapping_id OR b.kind IN ('queue', 'leads'))) THEN
+        n := least(n, dialer._caller_ids_left(b.agency_id, agency_day));
+    END IF;
+    IF n <= 0 THEN
+        RETURN;
+    END IF;
+    -- Compliance, against live tables: do-not-call, calling windows, attempt caps.
+    PERFORM dialer._compliance_prepare(b, p_now, greatest(n * 4, 50));
+    has_dnc := EXISTS (SELECT 1 FROM dialer.do_not_call);
+
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT c.id, c.phone_number, c.priority FROM dialer.campaign_contacts c
+         WHERE c.batch_id = b.id AND c.status = 'queued'
+           AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= p_now)
+           AND (c.expires_at IS NULL OR c.expires_at > p_now + p_lead)
+           -- one live call per number, across every batch (the unique index enforces it); a
+           -- scalar subquery, so that it stays one probe of that index per candidate
+           AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                              AND k.status IN ('dialing', 'in_progress', 'in_doubt') LIMIT 1) IS NULL
+           -- never a number on the do-not-call list (_compliance_prepare marks those next in line);
+           -- written out, not dialer._on_dnc: a sql function with a subquery is never inlined, so
+           -- it was a function call per candidate (planned on each claim), the list empty or not
+           AND (NOT has_dnc OR (SELECT 1 FROM dialer.do_not_call d
+                                 WHERE d.phone_number = c.phone_number
+                                   AND (d.agency_id IS NULL OR d.agency_id = b.agency_id) LIMIT 1) IS NULL)
+         ORDER BY c.priority, c.id
+         -- a queue (or an attached leads table) may hold one number twice (one is picked below); a campaign's
+         -- numbers are unique, and every contact locked here beyond n is a row lock for nothing
+         LIMIT CASE WHEN b.kind = 'campaign' THEN n ELSE n * 2 END
+           FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        -- The call row's id is drawn here so the contact can point at it in the same statement.
+        SELECT d.id, nextval('dialer.calls_id_seq'::regclass) AS new_call_id
+          FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.priority FROM candidates cd
+                 ORDER BY cd.phone_number, cd.priority, cd.id) d
+         ORDER BY d.priority, d.id
+         LIMIT n
+    ), claimed_contacts AS (
+        UPDATE dialer.campaign_contacts c
+           SET status = 'in_progress', attempts = c.attempts + 1, updated_at = p_now, next_attempt_at = NULL,
+               call_id = picked.new_call_id
+          FROM picked WHERE c.id = picked.id
+        RETURNING c.id, c.phone_number, c.name, c.variables, c.lead_ref, c.source, c.attempts, c.priority,
+                  coalesce(c.agent_mapping_id, b.agent_mapping_id) AS mapping_id, c.metadata,
+                  coalesce(c.timezone, agency_tz) AS zone, c.call_id AS new_call_id
+    ), new_calls AS (
+        -- The key names the attempt: its contact, and how many attempts the contact had before it
+        -- (so it is unique even when a rate-limited attempt is repeated). A copy of this database
+        -- restored from before the claim computes the same key for the same attempt, and can find
+        -- it at the provider (dialer._hold_after_restore).
+        INSERT INTO dialer.calls (id, contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
+                                  phone_number, local_time, timezone, from_number)
+        OVERRIDING SYSTEM VALUE
+        SELECT cc.new_call_id, cc.id, b.id, b.agency_id, m.provider,
+               format('pgd-%s-%s', cc.id, 1 + (SELECT count(*) FROM dialer.calls k WHERE k.contact_id = cc.id)), 'dialing', p_now,
+               cc.phone_number, p_now AT TIME ZONE cc.zone, cc.zone,
+               CASE WHEN m.use_caller_id_pool THEN dialer._take_caller_id(b.agency_id, cc.phone_number, agency_day)
+                    ELSE m.from_number END
+          FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
+        RETURNING id, calls.contact_id, calls.idempotency_key, calls.from_number
+    )
+    SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
+           nc.idempotency_key,
+           extract(epoch FROM start + gap * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
+           extract(epoch FROM b_gap)::float8 * 1000, cc.mapping_id, cc.metadata,
+           CASE WHEN has_cred AND cred.max_calls_per_second IS NOT NULL THEN cred.agency_id || ':' || cred.provider END,
+           extract(epoch FROM c_gap)::float8 * 1000, extract(epoch FROM g_gap)::float8 * 1000, nc.from_number
+      FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
+
+    GET DIAGNOSTICS claimed = ROW_COUNT;
+    IF claimed > 0 THEN
+        last_send := start + gap * (claimed - 1);
+        UPDATE dialer.call_batches
+           SET next_slot_at = CASE WHEN catching_up THEN slot + spacing * claimed
+                                   ELSE greatest(slot + spacing * claimed, last_send + spacing) END,
+               queued_count = greatest(queued_count - claimed, 0),
+               in_progress_count = in_progress_count + claimed
+         WHERE id = b.id;
+        IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+            UPDATE dialer.provider_credentials SET next_slot_at = last_send + c_gap
+             WHERE agency_id = cred.agency_id AND provider = cred.provider;
+        END IF;
+        IF p_global_cps > 0 THEN
+            UPDATE dialer.pacing_state SET next_slot_at = last_send + g_gap WHERE key = 'global';
+        END IF;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._hold_after_restore(p_since timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := 0;
+    r record;
+BEGIN
+    PERFORM dialer._promote_batches(clock_timestamp());
+    FOR r IN
+        SELECT DISTINCT ON (c.phone_number) c.id, c.batch_id, b.agency_id, m.provider, c.phone_number,
+               format('pgd-%s-%s', c.id, 1 + (SELECT count(*) FROM dialer.calls k WHERE k.contact_id = c.id)) AS key
+          FROM dialer.campaign_contacts c
+          JOIN dialer.call_batches b ON b.id = c.batch_id
+          JOIN dialer.agent_mappings m ON m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id)
+         WHERE c.status = 'queued' AND b.status = 'processing'
+           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                                        AND k.status IN ('dialing', 'in_progress', 'in_doubt'))
+         ORDER BY c.phone_number, c.priority, c.id
+    LOOP
+        WITH probe AS (
+            INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
+                                      phone_number, error)
+            VALUES (r.id, r.batch_id, r.agency_id, r.provider, r.key, 'in_doubt', p_since, r.phone_number,
+                    'database restored: this attempt may have been placed after the restore point')
+            RETURNING id
+        )
+        UPDATE dialer.campaign_contacts c
+           SET status = 'in_doubt', attempts = c.attempts + 1, call_id = probe.id, updated_at = clock_timestamp(),
+               last_error = 'database restored: looked up at the provider before it is dialed again'
+          FROM probe WHERE c.id = r.id;
+        UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = r.batch_id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
 CREATE TRIGGER campaign_contacts_lead_sync AFTER UPDATE ON dialer.campaign_contacts
     FOR EACH ROW WHEN (NEW.lead_attachment_id IS NOT NULL) EXECUTE FUNCTION dialer._lead_contact_changed();
 CREATE TRIGGER campaign_contacts_bounded
