@@ -52,16 +52,21 @@ pub struct Cluster {
 impl Cluster {
     /// initdb + start, with `shared_preload_libraries = 'pg_dialer'` and the given extra settings.
     pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
-        Cluster::start_opts(name, extra_conf, false)
+        Cluster::start_opts(name, extra_conf, false, None)
+    }
+
+    /// As `start`, with another cluster's keyring (a restore elsewhere: the key file copied along).
+    pub fn start_with_keyring_of(name: &str, extra_conf: &[&str], other: &Cluster) -> Cluster {
+        Cluster::start_opts(name, extra_conf, false, Some(&other.dir.join("pg_dialer.key")))
     }
 
     /// As `start`, but TCP connections of every role except `postgres` (the harness's own) need
     /// their password (scram-sha-256), so a wrong one really fails (the console's sign-in tests).
     pub fn start_with_passwords(name: &str, extra_conf: &[&str]) -> Cluster {
-        Cluster::start_opts(name, extra_conf, true)
+        Cluster::start_opts(name, extra_conf, true, None)
     }
 
-    fn start_opts(name: &str, extra_conf: &[&str], passwords: bool) -> Cluster {
+    fn start_opts(name: &str, extra_conf: &[&str], passwords: bool, keyring: Option<&Path>) -> Cluster {
         let dir = std::env::temp_dir().join(format!("pg_dialer_it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create cluster dir");
@@ -95,6 +100,13 @@ impl Cluster {
         if passwords {
             let hba = "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
             std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
+        if let Some(key) = keyring {
+            std::fs::copy(key, dir.join("pg_dialer.key")).expect("copy the keyring");
+            if running_as_root() {
+                let ok = Command::new("chown").args(["postgres:postgres"]).arg(dir.join("pg_dialer.key")).status().map(|s| s.success());
+                assert_eq!(ok.ok(), Some(true), "chown the keyring to postgres");
+            }
         }
         let cluster = Cluster { dir, port };
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);

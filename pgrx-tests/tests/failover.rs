@@ -191,3 +191,70 @@ fn a_database_restored_from_a_backup_calls_nobody_a_second_time() {
         .unwrap();
     assert_eq!((completed, in_doubt), (CONTACTS as i32, 0));
 }
+
+/// pg_dump of a database in the middle of a campaign, pg_restore into a fresh cluster (the key file
+/// copied along): campaigns, the queue, pacing state and settled calls come back, the keys still
+/// work, and the new server's worker finishes the campaign without calling anyone twice.
+#[test]
+fn a_dump_restored_into_a_fresh_cluster_carries_on_where_it_was_taken() {
+    let mut s = Scenario::new("f-dump", Scenario::sim_config(100, 200), &[]);
+    let batch = s.batch("dumped", 600, 10, 3);
+    let nums = numbers("+1555650", 60);
+    assert_eq!(s.add_numbers(batch, &nums), 60);
+    let job: i64 = s.db.query_one("SELECT dialer.schedule_call('+15556519999', $1, delay => '1 hour')", &[&s.agency_id]).unwrap().get(0);
+    s.wake();
+    let sim = &s.sim;
+    wait_for("a third of the campaign dialed", Duration::from_secs(60), || {
+        (nums.iter().filter(|n| !posts_to(sim, n).is_empty()).count() >= 20).then_some(())
+    });
+    // The dump is taken with the dialing paused, so that no claim is made after it.
+    s.db.execute("SELECT dialer.pause_batch($1)", &[&batch]).unwrap();
+    let db = &mut s.db;
+    wait_for("no call in flight", Duration::from_secs(30), || {
+        let n: i64 = db.query_one("SELECT count(*) FROM dialer.calls WHERE status IN ('dialing', 'in_progress')", &[]).ok()?.get(0);
+        (n == 0).then_some(())
+    });
+    let before: (i64, i64) = s
+        .db
+        .query_one("SELECT (SELECT count(*) FROM dialer.calls), (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'completed')", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    let dump = std::env::temp_dir().join(format!("pg_dialer_it-f-dump-{}.dump", std::process::id()));
+    let out = std::process::Command::new(format!("{}/pg_dump", pg_dialer_integration::pg_bin()))
+        .args(["-Fc", "-h", "127.0.0.1", "-p", &s.cluster.port.to_string(), "-U", "postgres", "-f"])
+        .arg(&dump)
+        .arg("postgres")
+        .output()
+        .expect("run pg_dump");
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    s.cluster.pg_ctl(&["stop", "-m", "immediate"]);
+
+    let fresh = Cluster::start_with_keyring_of("f-dump-fresh", &[], &s.cluster);
+    let out = std::process::Command::new(format!("{}/pg_restore", pg_dialer_integration::pg_bin()))
+        .args(["-h", "127.0.0.1", "-p", &fresh.port.to_string(), "-U", "postgres", "-d", "postgres"])
+        .arg(&dump)
+        .output()
+        .expect("run pg_restore");
+    assert!(out.status.success(), "pg_restore: {}", String::from_utf8_lossy(&out.stderr));
+    let mut restored = fresh.connect();
+    let after: (i64, i64) = restored
+        .query_one("SELECT (SELECT count(*) FROM dialer.calls), (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'completed')", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(after, before, "calls and settled contacts came back");
+    let state: String = restored.query_one("SELECT (dialer.job_status($1))->>'state'", &[&job]).unwrap().get(0);
+    assert_eq!(state, "delayed", "the queue came back");
+    let key: String = restored.query_one("SELECT api_key FROM dialer.get_agency_credentials($1)", &[&s.agency_id]).unwrap().get(0);
+    assert_eq!(key, pg_dialer_integration::API_KEY, "the key decrypts with the copied key file");
+    restored.execute("SELECT dialer.resume_batch($1)", &[&batch]).unwrap();
+    restored.batch_execute("SELECT dialer.wake()").unwrap();
+    wait_for("the campaign completed on the fresh cluster", Duration::from_secs(120), || {
+        let st: String = restored.query_one("SELECT status FROM dialer.call_batches WHERE id = $1", &[&batch]).ok()?.get(0);
+        (st == "completed").then_some(())
+    });
+    let twice: Vec<&String> = nums.iter().filter(|n| posts_to(&s.sim, n).len() > 1).collect();
+    assert!(twice.is_empty(), "called twice: {twice:?}");
+    assert!(nums.iter().all(|n| posts_to(&s.sim, n).len() == 1), "everyone called");
+    drop(fresh);
+    let _ = std::fs::remove_file(&dump);
+}
