@@ -268,3 +268,78 @@ fn a_dump_restored_into_a_fresh_cluster_carries_on_where_it_was_taken() {
     drop(fresh);
     let _ = std::fs::remove_file(&dump);
 }
+
+/// Point-in-time recovery: a base backup plus archived WAL, recovered to a moment in the middle of
+/// the campaign (`recovery_target_time`), after which more calls had been placed: the recovered
+/// server notices it is behind the worker's last claim and calls nobody a second time.
+#[test]
+fn a_point_in_time_recovery_calls_nobody_a_second_time() {
+    let archive = std::env::temp_dir().join(format!("pg_dialer_it-f-pitr-archive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&archive);
+    std::fs::create_dir_all(&archive).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        std::process::Command::new("chown").args(["postgres:postgres"]).arg(&archive).status().unwrap();
+    }
+    let archive_conf = [
+        "archive_mode = on".to_string(),
+        format!("archive_command = 'cp %p {}/%f'", archive.display()),
+    ];
+    let conf: Vec<&str> = archive_conf.iter().map(String::as_str).collect();
+    let mut s = Scenario::new("f-pitr", Scenario::sim_config(100, 200), &conf);
+    let copy = Cluster::base_backup_of(&s.cluster, "f-pitr-copy", false, &[]);
+    let batch = s.batch("recovered to a point in time", 600, 10, 3);
+    let nums = numbers("+1555660", CONTACTS);
+    assert_eq!(s.add_numbers(batch, &nums), CONTACTS as i32);
+    s.wake();
+    let sim = &s.sim;
+    let dialed = |sim: &pg_dialer_integration::provider_sim::Simulator| nums.iter().filter(|n| !posts_to(sim, n).is_empty()).count();
+    wait_for("a sixth of the campaign dialed", Duration::from_secs(60), || (dialed(sim) >= CONTACTS / 6).then_some(()));
+    let target: String = s.db.query_one("SELECT now()::text", &[]).unwrap().get(0);
+    let at_target = dialed(&s.sim);
+    let sim = &s.sim;
+    wait_for("more calls after the recovery target", Duration::from_secs(60), || (dialed(sim) >= at_target + 20).then_some(()));
+    // Everything up to here archived, then the primary is lost.
+    let segment: String = s.db.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).unwrap().get(0);
+    let db = &mut s.db;
+    wait_for("the WAL archived", Duration::from_secs(30), || {
+        let last: Option<String> = db.query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[]).ok()?.get(0);
+        last.filter(|l| l.as_str() >= segment.as_str()).map(|_| ())
+    });
+    s.cluster.pg_ctl(&["stop", "-m", "immediate"]);
+    let at_stop = dialed(&s.sim);
+    for entry in std::fs::read_dir(&s.cluster.dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("pg_dialer.key.") && name.ends_with(".state") {
+            std::fs::copy(entry.path(), copy.dir.join(&name)).unwrap();
+        }
+    }
+    let data = copy.dir.join("data");
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    auto.push_str(&format!(
+        "restore_command = 'cp {}/%f %p'\nrecovery_target_time = '{target}'\nrecovery_target_action = 'promote'\narchive_mode = off\n",
+        archive.display()
+    ));
+    std::fs::write(data.join("postgresql.auto.conf"), auto).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&copy.dir).status().unwrap();
+    }
+    copy.pg_ctl(&["start", "-w", "-t", "60"]);
+    let mut recovered = copy.connect();
+    wait_for("the campaign completed on the recovered server", Duration::from_secs(120), || {
+        let st: String = recovered.query_one("SELECT status FROM dialer.call_batches WHERE id = $1", &[&batch]).ok()?.get(0);
+        (st == "completed").then_some(())
+    });
+    let twice: Vec<&String> = nums.iter().filter(|n| posts_to(&s.sim, n).len() > 1).collect();
+    let never: Vec<&String> = nums.iter().filter(|n| posts_to(&s.sim, n).is_empty()).collect();
+    println!(
+        "f-pitr: {at_target} of {CONTACTS} dialed at the recovery target, {at_stop} when the primary was lost; after the recovery {} twice, {} never",
+        twice.len(),
+        never.len()
+    );
+    assert!(copy.server_log().contains("a restored copy"), "the recovery was noticed");
+    assert!(twice.is_empty(), "called twice after the recovery: {twice:?}");
+    assert!(never.is_empty(), "never called: {never:?}");
+    drop(copy);
+    let _ = std::fs::remove_dir_all(&archive);
+}
