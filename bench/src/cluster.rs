@@ -145,6 +145,40 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started; its WAL receiver is
+    /// named `name`. The keyring is copied beside its data directory, as an operator must.
+    pub fn standby(&self, name: &str) -> Result<Cluster> {
+        let dir = std::env::temp_dir().join(format!("pg_dialer_bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::copy(self.dir.join("pg_dialer.key"), dir.join("pg_dialer.key")).context("copy the keyring")?;
+        let data = dir.join("data");
+        let pg_ctl = pg_argv("pg_ctl");
+        let cleanup_id = cleanup::register(cleanup::Action::StopCluster { pg_ctl, data: data.clone(), dir: dir.clone() });
+        let mut standby = Cluster { dir, port: free_port()?, cleanup_id, name: name.to_string() };
+        if running_as_root() {
+            let out = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&standby.dir).output().context("run chown")?;
+            if !out.status.success() {
+                bail!("could not hand {} to the postgres user: {}", standby.dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        let out = pg_command("pg_basebackup")
+            .args(["-D", path_str(&data)?, "-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-U", "postgres", "--no-sync"])
+            .args(["-p", &self.port.to_string()])
+            .output()
+            .context("run pg_basebackup")?;
+        if !out.status.success() {
+            bail!("pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let auto = data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).with_context(|| format!("read {}", auto.display()))?;
+        conf.push_str(&format!("\nport = {}\nunix_socket_directories = '{}'\ncluster_name = '{name}'\n", standby.port, path_str(&standby.dir)?));
+        std::fs::write(&auto, conf).with_context(|| format!("write {}", auto.display()))?;
+        standby.pg_ctl(&["start", "-w", "-t", "60"])?;
+        standby.name = name.to_string();
+        Ok(standby)
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }

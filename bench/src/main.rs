@@ -9,6 +9,7 @@ mod chart;
 mod cleanup;
 mod cluster;
 mod common;
+mod failover;
 mod latency;
 mod load;
 mod pacing;
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 5] = ["throughput", "latency", "pacing", "backlog", "load"];
+const SCENARIOS: [&str; 6] = ["throughput", "latency", "pacing", "backlog", "load", "failover"];
 
 /// Benchmarks pg_dialer (and BullMQ beside it) on this machine.
 #[derive(Parser, Debug)]
@@ -127,6 +128,7 @@ fn run(args: Args) -> Result<bool> {
             "latency" => latency::run(&opts),
             "pacing" => pacing::run(&opts),
             "backlog" => backlog::run(&opts),
+            "failover" => failover::run(&opts),
             _ => load::run(&opts),
         };
         eprintln!("bench: {name} took {:.0} s", t.elapsed().as_secs_f64());
