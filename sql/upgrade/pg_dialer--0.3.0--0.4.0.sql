@@ -941,6 +941,161 @@ REVOKE EXECUTE ON FUNCTION dialer._attach_install(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) TO dialer_api;
 
+-- Issue 25: the seed's throughput by default (an attachment has no concurrency cap unless given one); webhooks for Vapi, Retell and Bland; metrics from the first scrape.
+
+CREATE OR REPLACE FUNCTION dialer._attach_options(leads regclass, options jsonb)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    defaults constant jsonb := '{"phone": "phone", "status": "status", "ai_call_status": "ai_call_status",
+        "ai_call_id": "ai_call_id", "posted_to_ai_date": "posted_to_ai_date", "ai_post_retry_count": "ai_post_retry_count",
+        "ai_failure_reason": "ai_failure_reason", "last_ai_attempt": "last_ai_attempt", "staff_id": "staff_id",
+        "assigned_date": "assigned_date", "call_source_id": "call_source_id", "ai_provider_type": "ai_provider_type",
+        "name": "name"}';
+    -- What each field's column may be: text-like, a number, a time, or anything (read as text).
+    kinds constant jsonb := '{"phone": "text", "status": "text", "ai_call_status": "text", "ai_call_id": "text",
+        "posted_to_ai_date": "time", "ai_post_retry_count": "number", "ai_failure_reason": "text",
+        "last_ai_attempt": "time", "staff_id": "any", "assigned_date": "time", "call_source_id": "any",
+        "ai_provider_type": "any", "name": "text"}';
+    o jsonb := coalesce(options, '{}');
+    given jsonb;
+    cols jsonb := '{}';
+    statuses jsonb;
+    rel pg_class;
+    pk text[];
+    k text;
+    col text;
+    typ oid;
+    cat char;
+    pacing jsonb;
+BEGIN
+    IF jsonb_typeof(o) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(o) LOOP
+        IF k NOT IN ('columns', 'statuses', 'providers', 'agency_column', 'variables', 'calls_per_minute',
+                     'max_concurrent', 'max_attempts', 'retry_delay') THEN
+            RAISE EXCEPTION 'unknown option %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
+                HINT = 'Options: columns, statuses, providers, agency_column, variables, calls_per_minute, max_concurrent, max_attempts, retry_delay.';
+        END IF;
+    END LOOP;
+    SELECT * INTO rel FROM pg_class c WHERE c.oid = leads;
+    IF rel.relkind = 'p' THEN
+        RAISE EXCEPTION '% is a partitioned table', leads USING ERRCODE = '0A000',
+            HINT = 'Attach each of its partitions (dialer.attach_leads on each): rows inserted through the parent reach their partition''s trigger.';
+    ELSIF rel.relkind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION '% is not a table', leads USING ERRCODE = '42809';
+    END IF;
+    IF rel.relforcerowsecurity THEN
+        RAISE EXCEPTION '% forces row-level security on its owner', leads USING ERRCODE = '0A000',
+            HINT = 'pg_dialer reads and writes an attached table with its owner''s rights; ALTER TABLE ... NO FORCE ROW LEVEL SECURITY, or give the owner a policy that lets it see its leads.';
+    END IF;
+    -- Lead rows are written back by a background worker connected as the table's owner; before
+    -- Postgres 17 a background worker can connect only as a role that may log in.
+    IF current_setting('server_version_num')::integer < 170000
+       AND NOT (SELECT r.rolcanlogin FROM pg_roles r WHERE r.oid = rel.relowner) THEN
+        RAISE EXCEPTION '% belongs to %, which cannot log in', leads, rel.relowner::regrole USING ERRCODE = '0A000',
+            HINT = 'pg_dialer writes lead rows back as the table''s owner: ALTER ROLE ... LOGIN (no password is needed), or give the table to a role that can.';
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO pk
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = leads AND i.indisprimary;
+    IF pk IS NULL THEN
+        RAISE EXCEPTION '% has no primary key', leads USING ERRCODE = '42P16',
+            HINT = 'pg_dialer finds each lead again by its primary key: add one.';
+    ELSIF array_length(pk, 1) > 1 THEN
+        RAISE EXCEPTION '% has a primary key of % columns; pg_dialer needs a single-column key', leads, array_length(pk, 1)
+            USING ERRCODE = '42P16';
+    END IF;
+    given := coalesce(o->'columns', '{}');
+    IF jsonb_typeof(given) <> 'object' THEN
+        RAISE EXCEPTION 'options.columns must be a JSON object of field → column name' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(given) LOOP
+        IF NOT defaults ? k THEN
+            RAISE EXCEPTION 'options.columns: unknown field %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
+                HINT = 'Fields: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(defaults) x) || '.';
+        END IF;
+        IF jsonb_typeof(given->k) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'options.columns.% must be a column name (or null for none)', k USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    cols := jsonb_build_object('key', pk[1]);
+    FOR k IN SELECT jsonb_object_keys(defaults) LOOP
+        col := CASE WHEN given ? k THEN given->>k ELSE defaults->>k END;
+        CONTINUE WHEN col IS NULL;
+        SELECT a.atttypid INTO typ FROM pg_attribute a
+         WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF typ IS NULL THEN
+            IF given ? k OR k IN ('phone', 'status') THEN
+                RAISE EXCEPTION '% has no column % (for %)', leads, quote_ident(col), k USING ERRCODE = '42703',
+                    HINT = 'Name the column in options.columns, e.g. {"columns": {"' || k || '": "my_column"}}.';
+            END IF;
+            CONTINUE;  -- a default the table does not have: that field is not kept
+        END IF;
+        SELECT t.typcategory INTO cat FROM pg_type t WHERE t.oid = typ;
+        IF (kinds->>k = 'text' AND cat <> 'S') OR (kinds->>k = 'number' AND cat <> 'N') OR (kinds->>k = 'time' AND cat <> 'D') THEN
+            RAISE EXCEPTION 'column %.% (for %) is of type %, not %', leads, quote_ident(col), k, typ::regtype,
+                CASE kinds->>k WHEN 'text' THEN 'text' WHEN 'number' THEN 'a number' ELSE 'a date or timestamp' END
+                USING ERRCODE = '42804';
+        END IF;
+        cols := cols || jsonb_build_object(k, col);
+    END LOOP;
+    cols := cols || jsonb_build_object('variables', coalesce(o->'variables', '[]'));
+    IF jsonb_typeof(cols->'variables') <> 'array' THEN
+        RAISE EXCEPTION 'options.variables must be an array of column names' USING ERRCODE = '22023';
+    END IF;
+    FOR col IN SELECT jsonb_array_elements_text(cols->'variables') LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION '% has no column % (in options.variables)', leads, quote_ident(col) USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF o ? 'agency_column' AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads
+                                              AND a.attname = o->>'agency_column' AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% has no column % (options.agency_column)', leads, quote_ident(o->>'agency_column') USING ERRCODE = '42703';
+    END IF;
+    statuses := dialer._lead_default_statuses();
+    IF o ? 'statuses' THEN
+        IF jsonb_typeof(o->'statuses') <> 'object' THEN
+            RAISE EXCEPTION 'options.statuses must be a JSON object of state → status word' USING ERRCODE = '22023';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(o->'statuses') LOOP
+            IF NOT statuses ? k OR jsonb_typeof(o->'statuses'->k) <> 'string' THEN
+                RAISE EXCEPTION 'options.statuses.%: unknown state, or not a string', left(k, 100) USING ERRCODE = '22023',
+                    HINT = 'States: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(statuses) x) || '.';
+            END IF;
+            IF length(o->'statuses'->>k) > 200 THEN
+                RAISE EXCEPTION 'options.statuses.% is longer than 200 characters', k USING ERRCODE = '22001';
+            END IF;
+        END LOOP;
+        statuses := statuses || (o->'statuses');
+    END IF;
+    IF o ? 'providers' AND jsonb_typeof(o->'providers') <> 'object' THEN
+        RAISE EXCEPTION 'options.providers must be a JSON object of provider type → agent mapping id' USING ERRCODE = '22023';
+    END IF;
+    -- The seed's pacing: 10 leads per 30 s, 3 attempts, retried on the next cycle. A failed post
+    -- waits at least a second before it is tried again (a tenant cannot make the worker spin).
+    -- No concurrency cap by default (1000000, the most a batch takes): the seed posts 10 leads
+    -- every 30 s whatever is still talking, so calls of several minutes need far more than 10 at
+    -- once; the provider's own limit answers 429/503, which holds the account until Retry-After
+    -- without counting an attempt. Give max_concurrent to stay under a plan's limit.
+    BEGIN
+        pacing := jsonb_build_object(
+            'calls_per_minute', dialer._check_positive(coalesce((o->>'calls_per_minute')::integer, 20), 'calls_per_minute'),
+            'max_concurrent', dialer._check_positive(coalesce((o->>'max_concurrent')::integer, 1000000), 'max_concurrent'),
+            'max_attempts', dialer._check_positive(coalesce((o->>'max_attempts')::integer, 3), 'max_attempts'),
+            'retry_delay', coalesce((o->>'retry_delay')::interval, '30 seconds'));
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'options: calls_per_minute, max_concurrent and max_attempts are integers, retry_delay an interval (%)', SQLERRM
+            USING ERRCODE = '22023';
+    END;
+    IF (pacing->>'retry_delay')::interval < interval '1 second' THEN
+        RAISE EXCEPTION 'options.retry_delay must be at least 1 second, got %', pacing->>'retry_delay' USING ERRCODE = '22023';
+    END IF;
+    RETURN jsonb_build_object('columns', cols, 'statuses', statuses, 'providers', coalesce(o->'providers', '{}'),
+                              'agency_column', o->'agency_column', 'pacing', pacing);
+END $$;
+
 -- The worker's own role: the dialer's tables, sequences and functions, nothing else.
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;
