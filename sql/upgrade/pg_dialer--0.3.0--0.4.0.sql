@@ -1096,6 +1096,112 @@ BEGIN
                               'agency_column', o->'agency_column', 'pacing', pacing);
 END $$;
 
+CREATE OR REPLACE FUNCTION dialer.metrics()
+RETURNS TABLE (family text, kind text, help text, sample text, labels jsonb, value double precision)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    WITH running AS (
+        SELECT b.id, b.agency_id, b.kind, b.next_slot_at, b.rate_limited_until, q.due, q.due_since
+          FROM dialer.call_batches b
+          CROSS JOIN LATERAL (
+              -- campaign_contacts_due_idx: the queued contacts of one batch
+              SELECT count(*) AS due,
+                     min(coalesce(c.next_attempt_at, greatest(c.created_at, b.started_at))) AS due_since
+                FROM dialer.campaign_contacts c
+               WHERE c.batch_id = b.id AND c.status = 'queued'
+                 AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+          ) q
+         WHERE b.status = 'processing'
+    ), raw AS (
+        SELECT * FROM dialer._call_raw(NULL)
+        UNION ALL
+        SELECT * FROM dialer._run_raw(NULL)
+        UNION ALL
+        SELECT p.family, p.labels, p.bucket, p.n, p.s FROM dialer.pruned_totals p
+        UNION ALL
+        -- campaign_contacts (batch_id, status): an index-only scan
+        SELECT 'pg_dialer_contacts', jsonb_build_object('agency_id', b.agency_id::text, 'state', x.status), -1, sum(x.n), 0
+          FROM (SELECT c.batch_id, c.status, count(*)::float8 AS n FROM dialer.campaign_contacts c GROUP BY 1, 2) x
+          JOIN dialer.call_batches b ON b.id = x.batch_id
+         GROUP BY b.agency_id, x.status
+        UNION ALL
+        SELECT 'pg_dialer_queue_depth', jsonb_build_object('agency_id', r.agency_id::text, 'kind', r.kind), -1, sum(r.due), 0
+          FROM running r GROUP BY r.agency_id, r.kind
+        UNION ALL
+        SELECT 'pg_dialer_queue_oldest_due_age_seconds', jsonb_build_object('agency_id', r.agency_id::text, 'kind', r.kind), -1,
+               coalesce(max(greatest(extract(epoch FROM now() - r.due_since), 0)), 0)::float8, 0
+          FROM running r GROUP BY r.agency_id, r.kind
+        UNION ALL
+        -- Behind the pace: the batch could have placed a call since the later of its next slot,
+        -- the provider's Retry-After hold and the moment its oldest due contact became due.
+        SELECT 'pg_dialer_pacing_lag_seconds', jsonb_build_object('agency_id', r.agency_id::text, 'batch_id', r.id::text), -1,
+               CASE WHEN r.due = 0 THEN 0
+                    ELSE greatest(extract(epoch FROM now() - greatest(r.due_since, r.next_slot_at, r.rate_limited_until)), 0)
+               END::float8, 0
+          FROM running r
+        UNION ALL
+        -- Every series whose labels are known in advance, at zero: each agency's contact states
+        -- and batch kinds, each agency × provider it has an agent mapping for × outcome, status
+        -- and throttle code, each batch not finished, and (for operators) the tick histogram. A fresh install, or a new
+        -- agency, scrapes every family from the first scrape, and rate() has its starting point.
+        SELECT z.family, z.labels, z.bucket, 0::float8, 0::float8
+          FROM (
+              SELECT 'pg_dialer_calls_total' AS family,
+                     jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'outcome', o.v) AS labels, -1 AS bucket
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{ended,failed,rate_limited,network_error}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_calls_open', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'status', o.v), -1
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{dialing,in_progress,in_doubt}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_provider_throttled_total', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'code', o.v), -1
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{429,503}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_provider_latency_seconds', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider), 0
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+              UNION ALL
+              SELECT 'pg_dialer_attempts_in_doubt', jsonb_build_object('agency_id', a.id::text), -1 FROM dialer.agencies a
+              UNION ALL
+              SELECT 'pg_dialer_contacts', jsonb_build_object('agency_id', a.id::text, 'state', o.v), -1
+                FROM dialer.agencies a
+               CROSS JOIN unnest('{pending,queued,in_progress,completed,failed,cancelled,in_doubt,expired}'::text[]) o(v)
+              UNION ALL
+              SELECT f.f, jsonb_build_object('agency_id', a.id::text, 'kind', o.v), -1
+                FROM dialer.agencies a
+               CROSS JOIN unnest('{campaign,queue,leads}'::text[]) o(v)
+               CROSS JOIN unnest('{pg_dialer_queue_depth,pg_dialer_queue_oldest_due_age_seconds}'::text[]) f(f)
+              UNION ALL
+              -- a batch not finished is not behind until it runs
+              SELECT 'pg_dialer_pacing_lag_seconds', jsonb_build_object('agency_id', b.agency_id::text, 'batch_id', b.id::text), -1
+                FROM dialer.call_batches b WHERE b.status IN ('pending', 'scheduled', 'processing', 'paused')
+              UNION ALL
+              SELECT 'pg_dialer_tick_duration_seconds', '{}'::jsonb, 0 WHERE pg_has_role('dialer_admin', 'USAGE')
+          ) z
+    ), agg AS (
+        SELECT r.family, r.labels, r.bucket, sum(r.n) AS n, sum(r.s) AS s FROM raw r GROUP BY 1, 2, 3
+    ), samples AS (
+        SELECT a.family, a.family AS sample, a.labels, a.n AS value, 0 AS ord
+          FROM agg a WHERE a.bucket < 0
+        UNION ALL
+        SELECT h.family, h.family || '_bucket',
+               h.labels || jsonb_build_object('le', CASE WHEN b.k > cardinality(f.bounds) THEN '+Inf' ELSE b.le::text END),
+               (SELECT coalesce(sum(a.n), 0) FROM agg a
+                 WHERE a.family = h.family AND a.labels = h.labels AND a.bucket >= 0 AND a.bucket < b.k),
+               b.k::integer
+          FROM (SELECT DISTINCT a.family, a.labels FROM agg a WHERE a.bucket >= 0) h
+          JOIN dialer._metric_families() f ON f.family = h.family
+          CROSS JOIN LATERAL unnest(f.bounds || 'Infinity'::float8) WITH ORDINALITY AS b(le, k)
+        UNION ALL
+        SELECT a.family, a.family || '_sum', a.labels, sum(a.s), 1000 FROM agg a WHERE a.bucket >= 0 GROUP BY 1, 3
+        UNION ALL
+        SELECT a.family, a.family || '_count', a.labels, sum(a.n), 1001 FROM agg a WHERE a.bucket >= 0 GROUP BY 1, 3
+    )
+    SELECT s.family, f.kind, f.help, s.sample, s.labels, s.value
+      FROM samples s JOIN dialer._metric_families() f ON f.family = s.family
+     ORDER BY s.family, s.labels - 'le', s.ord
+$$;
+
 -- The worker's own role: the dialer's tables, sequences and functions, nothing else.
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;
