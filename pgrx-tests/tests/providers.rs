@@ -183,3 +183,180 @@ fn capacity_answers_503_wait_without_counting_an_attempt() {
         s.db.query_one("SELECT status, attempts FROM dialer.campaign_contacts WHERE batch_id = $1", &[&b]).map(|r| (r.get(0), r.get(1))).unwrap();
     assert_eq!((status.as_str(), attempts), ("completed", 1), "two capacity waits, one attempt");
 }
+
+/// Vapi, Retell and Bland webhooks end to end: the simulator sends each service's end-of-call
+/// events, signed as that service signs them, redelivered once (and Retell's `call_analyzed`
+/// after `call_ended`), to the Edge-Function-like receiver, into `dialer.ingest_webhook`. Status
+/// polls are 10 minutes apart, so only the webhooks can settle these calls; then a forged delivery
+/// is refused and polling is the fallback; then a call settled by its webhook is not polled again
+/// while another call still is.
+fn webhooks_end_to_end(provider: &'static str, prefix: &str) {
+    let mut s = Scenario::new(&format!("p-{provider}-hooks"), Scenario::sim_config(1500, 2000), &["dialer.status_poll_interval = '10min'"]);
+    let receiver = WebhookReceiver::start(&s.cluster, provider);
+    let url = receiver.url.clone();
+    let (agency, base) = (s.agency_id, s.sim.base_url());
+    let from = Some("+14155550100");
+    let (m, secret): (i64, Option<&str>) = match provider {
+        "vapi" => {
+            s.sim.update(|c| {
+                c.vapi_webhook_url = Some(url.clone());
+                c.vapi_webhook_secret = Some("vapi-server-secret".into());
+                c.vapi_webhook_auth = "hmac".into();
+                c.webhook_redeliveries = 1;
+            });
+            (mapping(&mut s, "vapi", Some(AGENT_ID), None, json!({"phoneNumberId": "6f1c2a9e-0b7d-4c1e-9a55-2f0e6d8b7c41"})), Some("vapi-server-secret"))
+        }
+        // Retell signs with the account's API key: nothing more to store.
+        "retell" => {
+            s.sim.update(|c| {
+                c.retell_webhook_url = Some(url.clone());
+                c.webhook_redeliveries = 1;
+            });
+            (mapping(&mut s, "retell", Some("agent_5b7e2f0a"), from, json!({})), None)
+        }
+        _ => {
+            s.sim.update(|c| {
+                c.bland_webhook_secret = Some("bland-signing-secret".into());
+                c.webhook_redeliveries = 1;
+            });
+            let t = json!({"task": "Confirm the appointment.", "answered_by_enabled": true, "webhook": url});
+            (mapping(&mut s, "bland", None, from, t), Some("bland-signing-secret"))
+        }
+    };
+    if let Some(secret) = secret {
+        s.db.execute("SELECT dialer.set_provider_credentials($1, $2, $3, $4, NULL, $5)", &[&agency, &provider, &API_KEY, &base, &secret]).unwrap();
+    }
+    let n = |i: u32| format!("{prefix}{i}");
+    s.sim.set_rules(vec![Rule::new(&n(2)).end_reason("voicemail"), Rule::new(&n(3)).end_reason("unjoined"), Rule::new(&n(6)).duration_ms(8000)]);
+    let b = batch(&mut s, m, provider, &[&n(1), &n(2), &n(3)]);
+    s.wait_batch_completed(b, Duration::from_secs(60));
+
+    // Every delivery accepted; each call applied once, the repeats recognised. (The voicemail is
+    // retried, by the batch's default on_voicemail: each attempt is a call of its own.)
+    let calls: i64 = s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1", &[&b]).unwrap().get(0);
+    assert!(calls >= 4, "{provider}: {calls} calls\n{}", s.describe(b));
+    let per_call = if provider == "retell" { 4 } else { 2 };
+    let results = wait_for("every delivery and redelivery", Duration::from_secs(20), || {
+        let r = receiver.results();
+        (r.len() >= calls as usize * per_call).then_some(r)
+    });
+    assert!(results.iter().all(Result::is_ok), "{provider}: every signed delivery accepted: {results:?}");
+    let statuses: Vec<String> = results.iter().flatten().map(|v| v["status"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(statuses.iter().filter(|s| *s == "applied").count() as i64, calls, "{provider}: one settle per call: {results:?}");
+    assert!(statuses.iter().all(|s| ["applied", "duplicate", "already_final"].contains(&s.as_str())), "{statuses:?}");
+    let events: i64 = s.db.query_one("SELECT count(*) FROM dialer.webhook_events WHERE provider = $1", &[&provider]).unwrap().get(0);
+    assert_eq!(events, if provider == "retell" { 2 * calls } else { calls }, "{provider}: one row per event, none per redelivery");
+    let reasons: Vec<(String, Vec<String>)> = s
+        .db
+        .query("SELECT phone_number, array_agg(DISTINCT end_reason) FROM dialer.calls WHERE batch_id = $1 GROUP BY 1 ORDER BY 1", &[&b])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![(n(1), vec!["hangup".to_string()]), (n(2), vec!["voicemail".to_string()]), (n(3), vec!["no-answer".to_string()])],
+        "{provider}: outcomes in pg_dialer's words"
+    );
+    let (completed, attempts): (i32, i64) = s
+        .db
+        .query_one("SELECT b.completed_count, (SELECT sum(attempts) FROM dialer.campaign_contacts WHERE batch_id = b.id) FROM dialer.call_batches b WHERE b.id = $1", &[&b])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((completed, attempts), (3, calls), "{provider}: nothing counted twice");
+    // answered_at and ended_at are the provider's times, not the arrival's.
+    let sim_calls = s.sim.calls();
+    for r in s
+        .db
+        .query(
+            "SELECT provider_call_id, (extract(epoch FROM answered_at) * 1e6)::int8, (extract(epoch FROM ended_at) * 1e6)::int8, phone_number
+               FROM dialer.calls WHERE batch_id = $1",
+            &[&b],
+        )
+        .unwrap()
+    {
+        let (id, answered, ended, phone): (String, Option<i64>, Option<i64>, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let c = sim_calls.iter().find(|c| c.call_id == id).expect("the simulator's call");
+        let ended = ended.expect("ended_at");
+        assert!((ended - c.ended_at_us).abs() <= 1000, "{provider} {phone}: ended_at {ended} is the call's end {}", c.ended_at_us);
+        match (phone == n(3), answered) {
+            (true, a) => assert_eq!(a, None, "{provider}: nobody answered {phone}"),
+            (false, Some(a)) => {
+                let joined = c.joined_at_us.expect("joined");
+                assert!((a - joined).abs() <= 1000, "{provider} {phone}: answered_at {a} is when it was answered {joined}");
+            }
+            (false, None) => panic!("{provider} {phone}: no answered_at"),
+        }
+    }
+    let polls = s.sim.requests().into_iter().filter(|r| r.method == "GET").count();
+    assert_eq!(polls, 0, "{provider}: the webhooks alone settled the calls");
+
+    // A forged delivery is refused without touching the call; polling is the fallback.
+    match provider {
+        "vapi" => s.sim.update(|c| c.vapi_webhook_secret = Some("not-the-server-secret".into())),
+        "retell" => {
+            s.db.execute("SELECT dialer.set_provider_credentials($1, 'retell', $2, $3, NULL, 'key_with_the_webhook_badge')", &[&agency, &API_KEY, &base])
+                .unwrap();
+        }
+        _ => s.sim.update(|c| c.bland_webhook_secret = Some("forged-secret".into())),
+    }
+    let seen = receiver.results().len();
+    let b2 = batch(&mut s, m, "forged", &[&n(4)]);
+    let refused = wait_for("a refused delivery", Duration::from_secs(30), || receiver.results().into_iter().skip(seen).find_map(|r| r.err()));
+    assert!(refused.contains("does not match"), "{refused}");
+    assert!(!refused.contains("vapi-server-secret") && !refused.contains("bland-signing") && !refused.contains(API_KEY), "no secret in the error");
+    let status: String = s.db.query_one("SELECT k.status FROM dialer.calls k WHERE k.batch_id = $1", &[&b2]).unwrap().get(0);
+    assert_eq!(status, "in_progress", "{provider}: a forged event ends nothing");
+    s.set_config("dialer.status_poll_interval", "1s");
+    s.wait_batch_completed(b2, Duration::from_secs(30));
+    assert!(s.sim.requests().iter().any(|r| r.method == "GET"), "{provider}: polling settled the call whose webhook was refused");
+
+    // With polls 1 s apart: the call settled by its webhook is not polled again; the long one is.
+    match provider {
+        "vapi" => s.sim.update(|c| c.vapi_webhook_secret = Some("vapi-server-secret".into())),
+        "retell" => {
+            s.db.execute("SELECT dialer.set_provider_credentials($1, 'retell', $2, $3)", &[&agency, &API_KEY, &base]).unwrap();
+        }
+        _ => s.sim.update(|c| c.bland_webhook_secret = Some("bland-signing-secret".into())),
+    }
+    let b3 = batch(&mut s, m, "polled", &[&n(5), &n(6)]);
+    let short = wait_for("the short call's webhook applied", Duration::from_secs(30), || {
+        let id: Option<String> = s
+            .db
+            .query_opt(
+                "SELECT k.provider_call_id FROM dialer.calls k JOIN dialer.webhook_events e ON e.call_id = k.id
+                  WHERE k.batch_id = $1 AND k.phone_number = $2 AND k.status = 'ended' LIMIT 1",
+                &[&b3, &n(5)],
+            )
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        id
+    });
+    let settled_at = wait_for("the webhook's answer", Duration::from_secs(10), || {
+        s.sim.webhooks().iter().filter(|w| w.call_id == short).filter_map(|w| w.answered_at_us).min()
+    });
+    let long: String = s.db.query_one("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND phone_number = $2", &[&b3, &n(6)]).unwrap().get(0);
+    wait_for("two polls of the long call after the short one settled", Duration::from_secs(20), || {
+        let later = s.sim.requests().into_iter().filter(|r| r.method == "GET" && r.path.contains(&long) && r.received_at_us > settled_at + 100_000).count();
+        (later >= 2).then_some(())
+    });
+    let after: Vec<_> = s.sim.requests().into_iter().filter(|r| r.method == "GET" && r.path.contains(&short) && r.received_at_us > settled_at + 100_000).collect();
+    assert!(after.is_empty(), "{provider}: the call its webhook settled was polled again: {after:?}");
+    s.wait_batch_completed(b3, Duration::from_secs(30));
+}
+
+#[test]
+fn vapi_end_of_call_reports_settle_calls_once_signed_with_its_hmac_plan() {
+    webhooks_end_to_end("vapi", "+1555751000");
+}
+
+#[test]
+fn retell_call_ended_and_call_analyzed_settle_calls_once() {
+    webhooks_end_to_end("retell", "+1555752000");
+}
+
+#[test]
+fn bland_post_call_webhooks_settle_calls_once() {
+    webhooks_end_to_end("bland", "+1555753000");
+}
