@@ -360,3 +360,116 @@ fn retell_call_ended_and_call_analyzed_settle_calls_once() {
 fn bland_post_call_webhooks_settle_calls_once() {
     webhooks_end_to_end("bland", "+1555753000");
 }
+
+/// Deliveries crafted by hand: unsigned, forged and stale ones are refused (28000) without
+/// touching the call; a good one settles it with the event's own times; its repeat is a duplicate.
+#[test]
+fn unsigned_forged_and_stale_vapi_retell_bland_deliveries_touch_nothing() {
+    use pg_dialer_integration::provider_sim::{bland_signature, retell_signature, vapi_hmac_signature};
+    let mut s = Scenario::new("p-hook-refusals", Scenario::sim_config(60_000, 60_000), &["dialer.status_poll_interval = '10min'"]);
+    let (agency, base) = (s.agency_id, s.sim.base_url());
+    let from = Some("+14155550100");
+    let mv = mapping(&mut s, "vapi", Some(AGENT_ID), None, json!({"phoneNumberId": "6f1c2a9e-0b7d-4c1e-9a55-2f0e6d8b7c41"}));
+    let mr = mapping(&mut s, "retell", Some("agent_5b7e2f0a"), from, json!({}));
+    let mb = mapping(&mut s, "bland", None, from, json!({"task": "Confirm the appointment."}));
+    let mut ids = Vec::new();
+    for (p, m, number) in [("vapi", mv, "+15557610001"), ("retell", mr, "+15557610002"), ("bland", mb, "+15557610003")] {
+        let b = batch(&mut s, m, p, &[number]);
+        let id: String = wait_for("the call placed", Duration::from_secs(30), || {
+            s.db.query_opt("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND status = 'in_progress'", &[&b]).ok().flatten().map(|r| r.get(0))
+        });
+        ids.push((p, id, b));
+    }
+    let ingest = |db: &mut postgres::Client, p: &str, body: &str, h: Value| {
+        db.query_one("SELECT dialer.ingest_webhook($1, $2, $3)", &[&p, &body, &h])
+            .map(|r| r.get::<_, Value>(0))
+            .map_err(|e| e.as_db_error().map(|d| format!("{} {} {}", d.code().code(), d.message(), d.hint().unwrap_or(""))).unwrap_or_else(|| e.to_string()))
+    };
+    let now_ms = chrono_now_ms();
+    let ended = "2026-01-02T03:04:05.678Z"; // the event's own time, long before it arrives
+    for (p, id, b) in &ids {
+        let (body, good, forged, stale): (String, Value, Value, Option<Value>) = match *p {
+            "vapi" => {
+                let body = json!({"message": {"type": "end-of-call-report", "timestamp": now_ms, "call": {"id": id},
+                    "endedReason": "customer-ended-call", "startedAt": "2026-01-02T03:03:05.678Z", "endedAt": ended,
+                    "artifact": {"transcript": "AI: hello", "recordingUrl": "https://example.invalid/r.wav"}}})
+                .to_string();
+                let ts = now_ms.to_string();
+                let old = (now_ms - 600_000).to_string();
+                (
+                    body.clone(),
+                    json!({"x-signature": vapi_hmac_signature("vsec", body.as_bytes(), &ts), "x-timestamp": ts}),
+                    json!({"X-Vapi-Secret": "not-vsec"}),
+                    Some(json!({"x-signature": vapi_hmac_signature("vsec", body.as_bytes(), &old), "x-timestamp": old})),
+                )
+            }
+            "retell" => {
+                let body = json!({"event": "call_ended", "call": {"call_id": id, "call_status": "ended", "disconnection_reason": "user_hangup",
+                    "start_timestamp": 1767323045678i64, "end_timestamp": 1767323045678i64}})
+                .to_string();
+                (
+                    body.clone(),
+                    json!({"X-Retell-Signature": retell_signature(API_KEY, body.as_bytes(), now_ms)}),
+                    json!({"X-Retell-Signature": retell_signature("another-key", body.as_bytes(), now_ms)}),
+                    Some(json!({"X-Retell-Signature": retell_signature(API_KEY, body.as_bytes(), now_ms - 600_000)})),
+                )
+            }
+            _ => {
+                let body = json!({"call_id": id, "status": "completed", "completed": true, "answered_by": "human",
+                    "started_at": "2026-01-02T03:03:05.678Z", "end_at": ended, "call_length": 1.0, "corrected_duration": "60"})
+                .to_string();
+                (
+                    body.clone(),
+                    json!({"X-Webhook-Signature": bland_signature("bsec", body.as_bytes())}),
+                    json!({"X-Webhook-Signature": bland_signature("other", body.as_bytes())}),
+                    None, // Bland signs no time: a replay is only ever a duplicate
+                )
+            }
+        };
+        // No secret stored yet (Vapi, Bland): refused, saying what to store.
+        if *p != "retell" {
+            let e = ingest(&mut s.db, p, &body, good.clone()).unwrap_err();
+            assert!(e.starts_with("28000") && e.contains("webhook_secret"), "{p}: {e}");
+            let secret = if *p == "vapi" { "vsec" } else { "bsec" };
+            s.db.execute("SELECT dialer.set_provider_credentials($1, $2, $3, $4, NULL, $5)", &[&agency, p, &API_KEY, &base, &secret]).unwrap();
+        }
+        let e = ingest(&mut s.db, p, &body, json!({})).unwrap_err();
+        assert!(e.starts_with("28000") && e.contains("missing"), "{p} unsigned: {e}");
+        let e = ingest(&mut s.db, p, &body, forged).unwrap_err();
+        assert!(e.starts_with("28000") && e.contains("does not match") && !e.contains("vsec") && !e.contains(API_KEY), "{p} forged: {e}");
+        if let Some(stale) = stale {
+            let e = ingest(&mut s.db, p, &body, stale).unwrap_err();
+            assert!(e.starts_with("28000") && e.contains("stale"), "{p} stale: {e}");
+        }
+        let (status, events): (String, i64) = s
+            .db
+            .query_one("SELECT k.status, (SELECT count(*) FROM dialer.webhook_events e WHERE e.call_id = k.id) FROM dialer.calls k WHERE k.batch_id = $1", &[b])
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+        assert_eq!((status.as_str(), events), ("in_progress", 0), "{p}: refused deliveries touched nothing");
+        // The good one: applied once, with the event's times; the repeat is a duplicate.
+        let v = ingest(&mut s.db, p, &body, good.clone()).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!((v["status"].as_str(), v["end_reason"].as_str()), (Some("applied"), Some("hangup")), "{p}: {v}");
+        let v = ingest(&mut s.db, p, &body, good).unwrap();
+        assert_eq!(v["status"], "duplicate", "{p}");
+        let (ended_at, answered_at, stored): (String, String, i64) = s
+            .db
+            .query_one(
+                "SELECT to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS'), to_char(answered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS'),
+                        (SELECT count(*) FROM dialer.webhook_events e WHERE e.call_id = k.id AND (e.payload::text LIKE '%AI: hello%' OR e.payload::text LIKE '%vsec%'))
+                   FROM dialer.calls k WHERE k.batch_id = $1",
+                &[b],
+            )
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .unwrap();
+        assert_eq!(ended_at, "2026-01-02T03:04:05.678", "{p}: ended_at is the event's");
+        assert_eq!(answered_at, if *p == "retell" { "2026-01-02T03:04:05.678" } else { "2026-01-02T03:03:05.678" }, "{p}: answered_at is the event's");
+        assert_eq!(stored, 0, "{p}: neither transcripts nor secrets are stored with the event");
+    }
+    let e = ingest(&mut s.db, "vonage", "{}", json!({})).unwrap_err();
+    assert!(e.starts_with("22023") && e.contains("'vapi', 'retell' and 'bland'"), "{e}");
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
