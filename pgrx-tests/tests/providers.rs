@@ -1,7 +1,7 @@
 //! Every provider adapter against the strict simulator (each request checked against the
 //! provider's published spec, or for Bland its documented fields), and outcomes carried end to
-//! end from the simulator's signed webhooks through an Edge-Function-like receiver into
-//! `dialer.ingest_webhook`.
+//! end from the simulator's signed webhooks (Ultravox, Twilio, Vapi, Retell, Bland) through an
+//! Edge-Function-like receiver into `dialer.ingest_webhook`.
 
 use pg_dialer_integration::provider_sim::Rule;
 use pg_dialer_integration::{call_posts, posts_to, wait_for, Scenario, WebhookReceiver, AGENT_ID, API_KEY};
@@ -227,7 +227,7 @@ fn webhooks_end_to_end(provider: &'static str, prefix: &str) {
         s.db.execute("SELECT dialer.set_provider_credentials($1, $2, $3, $4, NULL, $5)", &[&agency, &provider, &API_KEY, &base, &secret]).unwrap();
     }
     let n = |i: u32| format!("{prefix}{i}");
-    s.sim.set_rules(vec![Rule::new(&n(2)).end_reason("voicemail"), Rule::new(&n(3)).end_reason("unjoined"), Rule::new(&n(6)).duration_ms(8000)]);
+    s.sim.set_rules(vec![Rule::new(n(2)).end_reason("voicemail"), Rule::new(n(3)).end_reason("unjoined"), Rule::new(n(6)).duration_ms(8000)]);
     let b = batch(&mut s, m, provider, &[&n(1), &n(2), &n(3)]);
     s.wait_batch_completed(b, Duration::from_secs(60));
 

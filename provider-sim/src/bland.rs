@@ -219,7 +219,7 @@ async fn create_inner(
                 end_reason,
             );
             rec.update(|r| r.call_id = Some(id.clone()));
-            crate::webhooks::schedule_end_webhooks(&st, Provider::Bland, id.clone(), webhook);
+            crate::webhooks::schedule_end_webhooks(st, Provider::Bland, id.clone(), webhook);
             json(
                 StatusCode::OK,
                 json!({
