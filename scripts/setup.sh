@@ -4,7 +4,10 @@
 set -euo pipefail
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron libclang-dev clang sudo pkg-config libssl-dev chromium chromium-driver)
+# prometheus (for `promtool check metrics`) and prometheus-postgres-exporter: the metrics tests run
+# their own instances on free ports; the packages' own services are never started (below).
+PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron libclang-dev clang sudo pkg-config libssl-dev chromium chromium-driver
+          prometheus prometheus-postgres-exporter)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -14,7 +17,22 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # No service may be started by the install (prometheus on :9090, the exporter on :9187 would
+  # take ports and scrape on their own): a policy-rc.d that refuses, for the install only.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null || { [ -n "$made_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
+  [ -n "$made_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  # Under systemd, the units are disabled and stopped if a package started them anyway.
+  if [ -d /run/systemd/system ]; then
+    for u in prometheus prometheus-postgres-exporter prometheus-node-exporter; do
+      $SUDO systemctl disable --now "$u" >/dev/null 2>&1 || true
+    done
+  fi
 fi
 
 if ! command -v cargo-pgrx >/dev/null 2>&1 || ! cargo pgrx --version 2>/dev/null | grep -q '0\.18\.0'; then

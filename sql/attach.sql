@@ -540,10 +540,14 @@ BEGIN
     END IF;
     -- The seed's pacing: 10 leads per 30 s, 3 attempts, retried on the next cycle. A failed post
     -- waits at least a second before it is tried again (a tenant cannot make the worker spin).
+    -- No concurrency cap by default (1000000, the most a batch takes): the seed posts 10 leads
+    -- every 30 s whatever is still talking, so calls of several minutes need far more than 10 at
+    -- once; the provider's own limit answers 429/503, which holds the account until Retry-After
+    -- without counting an attempt. Give max_concurrent to stay under a plan's limit.
     BEGIN
         pacing := jsonb_build_object(
             'calls_per_minute', dialer._check_positive(coalesce((o->>'calls_per_minute')::integer, 20), 'calls_per_minute'),
-            'max_concurrent', dialer._check_positive(coalesce((o->>'max_concurrent')::integer, 10), 'max_concurrent'),
+            'max_concurrent', dialer._check_positive(coalesce((o->>'max_concurrent')::integer, 1000000), 'max_concurrent'),
             'max_attempts', dialer._check_positive(coalesce((o->>'max_attempts')::integer, 3), 'max_attempts'),
             'retry_delay', coalesce((o->>'retry_delay')::interval, '30 seconds'));
     EXCEPTION WHEN data_exception THEN

@@ -139,6 +139,46 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
                     ELSE greatest(extract(epoch FROM now() - greatest(r.due_since, r.next_slot_at, r.rate_limited_until)), 0)
                END::float8, 0
           FROM running r
+        UNION ALL
+        -- Every series whose labels are known in advance, at zero: each agency's contact states
+        -- and batch kinds, each agency × provider it has an agent mapping for × outcome, status
+        -- and throttle code, each batch not finished, and (for operators) the tick histogram. A fresh install, or a new
+        -- agency, scrapes every family from the first scrape, and rate() has its starting point.
+        SELECT z.family, z.labels, z.bucket, 0::float8, 0::float8
+          FROM (
+              SELECT 'pg_dialer_calls_total' AS family,
+                     jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'outcome', o.v) AS labels, -1 AS bucket
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{ended,failed,rate_limited,network_error}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_calls_open', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'status', o.v), -1
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{dialing,in_progress,in_doubt}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_provider_throttled_total', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'code', o.v), -1
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{429,503}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_provider_latency_seconds', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider), 0
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+              UNION ALL
+              SELECT 'pg_dialer_attempts_in_doubt', jsonb_build_object('agency_id', a.id::text), -1 FROM dialer.agencies a
+              UNION ALL
+              SELECT 'pg_dialer_contacts', jsonb_build_object('agency_id', a.id::text, 'state', o.v), -1
+                FROM dialer.agencies a
+               CROSS JOIN unnest('{pending,queued,in_progress,completed,failed,cancelled,in_doubt,expired}'::text[]) o(v)
+              UNION ALL
+              SELECT f.f, jsonb_build_object('agency_id', a.id::text, 'kind', o.v), -1
+                FROM dialer.agencies a
+               CROSS JOIN unnest('{campaign,queue,leads}'::text[]) o(v)
+               CROSS JOIN unnest('{pg_dialer_queue_depth,pg_dialer_queue_oldest_due_age_seconds}'::text[]) f(f)
+              UNION ALL
+              -- a batch not finished is not behind until it runs
+              SELECT 'pg_dialer_pacing_lag_seconds', jsonb_build_object('agency_id', b.agency_id::text, 'batch_id', b.id::text), -1
+                FROM dialer.call_batches b WHERE b.status IN ('pending', 'scheduled', 'processing', 'paused')
+              UNION ALL
+              SELECT 'pg_dialer_tick_duration_seconds', '{}'::jsonb, 0 WHERE pg_has_role('dialer_admin', 'USAGE')
+          ) z
     ), agg AS (
         SELECT r.family, r.labels, r.bucket, sum(r.n) AS n, sum(r.s) AS s FROM raw r GROUP BY 1, 2, 3
     ), samples AS (

@@ -5,6 +5,14 @@
 //! rotation). Twilio signs `URL || sorted(key || value)` with HMAC-SHA1 (base64) in
 //! `X-Twilio-Signature`; since the URL Twilio called is not in the body, callers pass it in the
 //! `X-Webhook-Url` header.
+//!
+//! Vapi (docs.vapi.ai/server-url/server-authentication) sends the server secret itself, as
+//! `X-Vapi-Secret` (`X-Vapi-Signature` in its newer pages) or `Authorization: Bearer`, or with an
+//! HMAC plan signs `{timestamp}.{body}` (hex HMAC-SHA256 in `x-signature`, the time in
+//! `x-timestamp`). Retell (docs.retellai.com/features/secure-webhook, its SDKs' `verify`) sends
+//! `x-retell-signature: v=<unix ms>,d=<hex HMAC-SHA256(api key, body ++ ms)>`, refused more than
+//! 5 minutes off. Bland (docs.bland.ai/tutorials/webhook-signing) sends
+//! `X-Webhook-Signature: <hex HMAC-SHA256(signing secret, body)>`, with no time in it.
 
 use crate::providers::outcome;
 use base64::Engine;
@@ -182,6 +190,207 @@ pub fn parse_twilio(body: &str) -> Result<Option<CallEvent>, String> {
     }))
 }
 
+/// The end reasons of a call that connected (someone or something answered): only these take an
+/// `answered_at` from a provider's end-of-call event.
+fn connected(end_reason: &str) -> bool {
+    matches!(end_reason, outcome::HANGUP | outcome::AGENT_HANGUP | outcome::MAX_DURATION | outcome::VOICEMAIL)
+}
+
+fn hmac_sha256_hex(key: &str, parts: &[&[u8]]) -> Result<String, String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|_| "unusable webhook secret".to_string())?;
+    for p in parts {
+        mac.update(p);
+    }
+    Ok(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A unix time in seconds or milliseconds (a value past 10^11 is milliseconds), as milliseconds.
+fn epoch_ms(text: &str) -> Option<i64> {
+    let n: i64 = text.trim().parse().ok()?;
+    Some(if n.abs() >= 100_000_000_000 { n } else { n.checked_mul(1000)? })
+}
+
+fn check_skew(sent_ms: i64, now_ms: i64, what: &str) -> Result<(), String> {
+    let off = (now_ms - sent_ms) / 1000;
+    if off.abs() > MAX_SKEW_SECS {
+        return Err(format!("stale webhook: {what} is {off}s from now (at most {MAX_SKEW_SECS}s allowed)"));
+    }
+    Ok(())
+}
+
+/// A provider time (RFC 3339, an ISO 8601 date-time without offset = UTC, or unix milliseconds)
+/// as RFC 3339; None when it is none of these.
+fn provider_time(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::Number(n) => n.as_i64().and_then(chrono::DateTime::from_timestamp_millis).map(|d| d.to_rfc3339()),
+        Value::String(s) => {
+            let t = s.trim();
+            if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+                return Some(d.to_rfc3339());
+            }
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|f| chrono::NaiveDateTime::parse_from_str(t, f).ok())
+                .map(|d| d.and_utc().to_rfc3339())
+                .or_else(|| {
+                    ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"]
+                        .iter()
+                        .find_map(|f| chrono::DateTime::parse_from_str(t, f).ok())
+                        .map(|d| d.to_rfc3339())
+                })
+        }
+        _ => None,
+    }
+}
+
+fn call_id_text(v: Option<&Value>, what: &str) -> Result<String, String> {
+    let id = v.and_then(Value::as_str).ok_or_else(|| format!("webhook body has no {what}"))?;
+    if id.is_empty() || id.len() > 200 {
+        return Err(format!("webhook {what} is not a call id"));
+    }
+    Ok(id.to_string())
+}
+
+/// Vapi: the server secret as `X-Vapi-Secret` / `X-Vapi-Signature` / `Authorization: Bearer`, or
+/// an HMAC plan's `x-signature` over `{x-timestamp}.{body}`. A message's own `timestamp` (unix ms)
+/// further than 5 minutes from now is stale.
+pub fn verify_vapi(secret: &str, body: &str, headers: &HashMap<String, String>, now_epoch: i64) -> Result<(), String> {
+    let now_ms = now_epoch.saturating_mul(1000);
+    if let Some(given) = headers.get("x-signature") {
+        let ts = headers.get("x-timestamp").ok_or("x-signature without the x-timestamp header it signs")?;
+        let sent = epoch_ms(ts).ok_or("x-timestamp is not a unix time")?;
+        check_skew(sent, now_ms, "x-timestamp")?;
+        let expected = hmac_sha256_hex(secret, &[ts.trim().as_bytes(), b".", body.as_bytes()])?;
+        let given = given.trim();
+        let given = given.strip_prefix("sha256=").unwrap_or(given).to_ascii_lowercase();
+        if !ct_eq(given.as_bytes(), expected.as_bytes()) {
+            return Err("webhook signature does not match".into());
+        }
+    } else {
+        let given = headers
+            .get("x-vapi-secret")
+            .or_else(|| headers.get("x-vapi-signature"))
+            .map(|s| s.trim().to_string())
+            .or_else(|| {
+                headers.get("authorization").and_then(|a| {
+                    let a = a.trim();
+                    a.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).and_then(|_| a.get(7..)).map(|t| t.trim().to_string())
+                })
+            })
+            .ok_or("missing X-Vapi-Secret (or Authorization: Bearer, or an HMAC x-signature) header")?;
+        if !ct_eq(given.as_bytes(), secret.as_bytes()) {
+            return Err("webhook secret does not match".into());
+        }
+    }
+    // The message's own time: a delivery replayed later is stale (a redelivery soon after is a duplicate).
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        if let Some(sent) = v.pointer("/message/timestamp").and_then(Value::as_i64) {
+            check_skew(sent, now_ms, "message.timestamp")?;
+        }
+    }
+    Ok(())
+}
+
+/// Retell: `x-retell-signature: v=<unix ms>,d=<hex HMAC-SHA256(key, body ++ ms)>`, as its SDKs
+/// verify it.
+pub fn verify_retell(key: &str, body: &str, headers: &HashMap<String, String>, now_epoch: i64) -> Result<(), String> {
+    let sig = headers.get("x-retell-signature").ok_or("missing X-Retell-Signature header")?;
+    let rest = sig.trim().strip_prefix("v=").ok_or("X-Retell-Signature is not v=<timestamp>,d=<digest>")?;
+    let (ts, digest) = rest.split_once(",d=").ok_or("X-Retell-Signature is not v=<timestamp>,d=<digest>")?;
+    if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) || ts.len() > 15 {
+        return Err("X-Retell-Signature's timestamp is not unix milliseconds".into());
+    }
+    let sent: i64 = ts.parse().map_err(|_| "X-Retell-Signature's timestamp is not unix milliseconds".to_string())?;
+    check_skew(sent, now_epoch.saturating_mul(1000), "X-Retell-Signature's timestamp")?;
+    let expected = hmac_sha256_hex(key, &[body.as_bytes(), ts.as_bytes()])?;
+    if ct_eq(digest.trim().to_ascii_lowercase().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err("webhook signature does not match".into())
+    }
+}
+
+/// Bland: `X-Webhook-Signature: <hex HMAC-SHA256(signing secret, body)>`. Bland signs no time:
+/// a replay is recognised only as a duplicate of the event it repeats.
+pub fn verify_bland(secret: &str, body: &str, headers: &HashMap<String, String>) -> Result<(), String> {
+    let given = headers.get("x-webhook-signature").ok_or("missing X-Webhook-Signature header")?;
+    let expected = hmac_sha256_hex(secret, &[body.as_bytes()])?;
+    if ct_eq(given.trim().to_ascii_lowercase().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err("webhook signature does not match".into())
+    }
+}
+
+/// Vapi's server message `end-of-call-report` (`message.call.id`, `endedReason`, `startedAt`,
+/// `endedAt`); every other message type is ignored (polling and this report settle the call).
+pub fn parse_vapi(body: &str) -> Result<Option<CallEvent>, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("webhook body is not JSON: {e}"))?;
+    let msg = v.get("message").ok_or("webhook body has no \"message\"")?;
+    let kind = msg.get("type").and_then(Value::as_str).ok_or("webhook message has no \"type\"")?;
+    if kind != "end-of-call-report" {
+        return Ok(None);
+    }
+    let call = msg.get("call").ok_or("end-of-call-report has no \"call\"")?;
+    let id = call_id_text(call.get("id"), "message.call.id")?;
+    let field = |k: &str| msg.get(k).filter(|x| !x.is_null()).or_else(|| call.get(k));
+    let reason = outcome::vapi(field("endedReason").and_then(Value::as_str));
+    Ok(Some(CallEvent {
+        event_id: format!("end-of-call-report:{id}"),
+        provider_call_id: id,
+        ended: true,
+        end_reason: Some(reason.to_string()),
+        answered_at: provider_time(field("startedAt")).filter(|_| connected(reason)),
+        ended_at: provider_time(field("endedAt")),
+    }))
+}
+
+/// Retell's `call_ended` and, after it, `call_analyzed` (each settles the call; the second finds it
+/// settled); `call_started` and others are ignored.
+pub fn parse_retell(body: &str) -> Result<Option<CallEvent>, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("webhook body is not JSON: {e}"))?;
+    let event = v.get("event").and_then(Value::as_str).ok_or("webhook body has no \"event\"")?;
+    if !matches!(event, "call_ended" | "call_analyzed") {
+        return Ok(None);
+    }
+    let call = v.get("call").ok_or("webhook body has no \"call\"")?;
+    let id = call_id_text(call.get("call_id"), "call.call_id")?;
+    let status = call.get("call_status").and_then(Value::as_str).unwrap_or("ended");
+    let disconnection = call.get("disconnection_reason").and_then(Value::as_str);
+    let reason = if status == "ended" || disconnection.is_some() { outcome::retell(disconnection) } else { outcome::FAILED };
+    Ok(Some(CallEvent {
+        event_id: format!("{event}:{id}"),
+        provider_call_id: id,
+        ended: true,
+        end_reason: Some(reason.to_string()),
+        answered_at: provider_time(call.get("start_timestamp")).filter(|_| connected(reason)),
+        ended_at: provider_time(call.get("end_timestamp")),
+    }))
+}
+
+/// Bland's post-call webhook: the call object (`call_id`, `status`, `completed`, `answered_by`,
+/// `started_at`, `end_at`). A call not over yet is ignored.
+pub fn parse_bland(body: &str) -> Result<Option<CallEvent>, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("webhook body is not JSON: {e}"))?;
+    let id = call_id_text(v.get("call_id").or_else(|| v.get("c_id")), "call_id")?;
+    let status = v.get("status").and_then(Value::as_str).unwrap_or("");
+    let ended = v.get("completed").and_then(Value::as_bool).unwrap_or(false)
+        || matches!(status, "completed" | "complete" | "failed" | "busy" | "no-answer" | "canceled" | "cancelled");
+    if !ended {
+        return Ok(None);
+    }
+    let status = if status == "complete" { "completed" } else { status };
+    let reason = outcome::bland(status, v.get("answered_by").and_then(Value::as_str));
+    Ok(Some(CallEvent {
+        event_id: format!("post-call:{id}"),
+        provider_call_id: id,
+        ended: true,
+        end_reason: Some(reason.to_string()),
+        answered_at: provider_time(v.get("started_at")).filter(|_| connected(reason)),
+        ended_at: provider_time(v.get("end_at").or_else(|| v.get("ended_at"))),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +463,74 @@ mod tests {
         assert!(parse_twilio("CallStatus=busy").is_err());
     }
 
+    fn hex_mac(key: &str, parts: &[&str]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        for p in parts {
+            mac.update(p.as_bytes());
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn vapi_secret_bearer_hmac_forged_stale() {
+        let now = 1_796_155_262;
+        let body = format!(r#"{{"message":{{"type":"end-of-call-report","timestamp":{},"call":{{"id":"v1"}},"endedReason":"voicemail","startedAt":"2026-12-01T20:00:00.000Z","endedAt":"2026-12-01T20:01:00.000Z"}}}}"#, now * 1000);
+        for h in [json!({"X-Vapi-Secret": "srv"}), json!({"x-vapi-signature": "srv"}), json!({"Authorization": "Bearer srv"})] {
+            assert_eq!(verify_vapi("srv", &body, &headers_map(&h), now), Ok(()), "{h}");
+        }
+        assert!(verify_vapi("srv", &body, &headers_map(&json!({"X-Vapi-Secret": "srx"})), now).unwrap_err().contains("does not match"));
+        assert!(verify_vapi("srv", &body, &HashMap::new(), now).unwrap_err().contains("missing"));
+        assert!(verify_vapi("srv", &body, &headers_map(&json!({"X-Vapi-Secret": "srv"})), now + 3600).unwrap_err().contains("stale"));
+        let ts = (now * 1000).to_string();
+        let sig = hex_mac("srv", &[&ts, ".", &body]);
+        let h = headers_map(&json!({"x-signature": sig, "x-timestamp": ts}));
+        assert_eq!(verify_vapi("srv", &body, &h, now + 10), Ok(()));
+        assert!(verify_vapi("srv", &body.replace("voicemail", "customer-ended-call"), &h, now).unwrap_err().contains("does not match"));
+        assert!(verify_vapi("srv", &body, &h, now + 900).unwrap_err().contains("stale"));
+        let e = parse_vapi(&body).unwrap().unwrap();
+        assert_eq!((e.ended, e.end_reason.as_deref(), e.event_id.as_str()), (true, Some("voicemail"), "end-of-call-report:v1"));
+        assert_eq!(e.answered_at.as_deref(), Some("2026-12-01T20:00:00+00:00"));
+        assert_eq!(e.ended_at.as_deref(), Some("2026-12-01T20:01:00+00:00"));
+        let e = parse_vapi(r#"{"message":{"type":"end-of-call-report","call":{"id":"v2","startedAt":"2026-12-01T20:00:00Z"},"endedReason":"customer-did-not-answer"}}"#).unwrap().unwrap();
+        assert_eq!((e.end_reason.as_deref(), e.answered_at), (Some("no-answer"), None), "nobody answered: no answered_at");
+        assert_eq!(parse_vapi(r#"{"message":{"type":"status-update","call":{"id":"v1"}}}"#).unwrap(), None);
+        assert!(parse_vapi(r#"{"message":{"type":"end-of-call-report"}}"#).is_err());
+    }
+
+    #[test]
+    fn retell_signature_as_its_sdk_and_both_end_events() {
+        let now = 1_796_155_262;
+        let body = r#"{"event":"call_ended","call":{"call_id":"call_1","call_status":"ended","disconnection_reason":"dial_busy","end_timestamp":1796155260000}}"#;
+        let ts = (now * 1000 - 2000).to_string();
+        let h = headers_map(&json!({"x-retell-signature": format!("v={ts},d={}", hex_mac("key_r", &[body, &ts]))}));
+        assert_eq!(verify_retell("key_r", body, &h, now), Ok(()));
+        assert!(verify_retell("other", body, &h, now).unwrap_err().contains("does not match"));
+        assert!(verify_retell("key_r", body, &h, now + 301).unwrap_err().contains("stale"));
+        assert!(verify_retell("key_r", body, &headers_map(&json!({"x-retell-signature": "d=00"})), now).is_err());
+        assert!(verify_retell("key_r", body, &HashMap::new(), now).unwrap_err().contains("missing"));
+        let e = parse_retell(body).unwrap().unwrap();
+        assert_eq!((e.end_reason.as_deref(), e.event_id.as_str(), e.answered_at.is_none()), (Some("busy"), "call_ended:call_1", true));
+        assert_eq!(e.ended_at.as_deref(), Some("2026-12-01T20:01:00+00:00"));
+        let a = parse_retell(&body.replace("call_ended", "call_analyzed")).unwrap().unwrap();
+        assert_eq!(a.event_id, "call_analyzed:call_1");
+        assert_eq!(parse_retell(r#"{"event":"call_started","call":{"call_id":"c"}}"#).unwrap(), None);
+    }
+
+    #[test]
+    fn bland_signature_and_post_call_object() {
+        let body = r#"{"call_id":"b-1","status":"completed","completed":true,"answered_by":"human","started_at":"2026-12-01T20:00:10.000Z","end_at":"2026-12-01T20:03:10.000Z","call_length":3,"corrected_duration":"180"}"#;
+        let h = headers_map(&json!({"X-Webhook-Signature": hex_mac("bsec", &[body])}));
+        assert_eq!(verify_bland("bsec", body, &h), Ok(()));
+        assert!(verify_bland("bsec", &body.replace("human", "voicemail"), &h).unwrap_err().contains("does not match"));
+        assert!(verify_bland("bsec", body, &HashMap::new()).unwrap_err().contains("missing"));
+        let e = parse_bland(body).unwrap().unwrap();
+        assert_eq!((e.end_reason.as_deref(), e.answered_at.as_deref()), (Some("hangup"), Some("2026-12-01T20:00:10+00:00")));
+        assert_eq!(parse_bland(r#"{"call_id":"b-1","status":"in-progress","completed":false}"#).unwrap(), None);
+        let e = parse_bland(r#"{"call_id":"b-2","status":"no-answer","completed":true,"answered_by":"no-answer"}"#).unwrap().unwrap();
+        assert_eq!(e.end_reason.as_deref(), Some("no-answer"));
+        assert!(parse_bland(r#"{"status":"completed"}"#).is_err());
+    }
+
     #[test]
     fn hostile_input_never_panics() {
         // Property-style sweep over generated junk: parsing and verification only return errors.
@@ -268,9 +545,16 @@ mod tests {
             let s = if i % 3 == 0 { format!(r#"{{"event":"call.ended","call":{{"callId":{s:?}}}}}"#) } else { s };
             let _ = parse_ultravox(&s);
             let _ = parse_twilio(&s);
+            let _ = parse_vapi(&s);
+            let _ = parse_retell(&s);
+            let _ = parse_bland(&s);
             let h = headers_map(&json!({"x-ultravox-webhook-timestamp": s, "x-ultravox-webhook-signature": s, "x-twilio-signature": s, "x-webhook-url": s}));
             let _ = verify_ultravox("k", &s, &h, 0);
             let _ = verify_twilio("k", &s, &h);
+            let h2 = headers_map(&json!({"x-signature": s, "x-timestamp": s, "x-retell-signature": format!("v={s},d={s}"), "x-webhook-signature": s, "authorization": s}));
+            let _ = verify_vapi("k", &s, &h2, 0);
+            let _ = verify_retell("k", &s, &h2, 0);
+            let _ = verify_bland("k", &s, &h2);
         }
     }
 }

@@ -69,8 +69,17 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// The exposition: HELP and TYPE once per family, then its samples (families in first-seen order).
-pub fn render(samples: &[Sample]) -> String {
+/// A metric family as `dialer._metric_families()` lists it: name, type, HELP.
+pub struct Family {
+    pub family: String,
+    pub kind: String,
+    pub help: String,
+}
+
+/// The exposition: HELP and TYPE once per family, then its samples (families in first-seen order);
+/// then every family of `families` that has no sample for this role (HELP and TYPE alone), so that
+/// each family pg_dialer can produce is announced from the first scrape.
+pub fn render(samples: &[Sample], families: &[Family]) -> String {
     let mut order: Vec<&str> = Vec::new();
     let mut by_family: std::collections::HashMap<&str, Vec<&Sample>> = std::collections::HashMap::new();
     for s in samples {
@@ -115,6 +124,16 @@ pub fn render(samples: &[Sample]) -> String {
             out.push_str(&value(s.value));
             out.push('\n');
         }
+    }
+    for f in families {
+        if by_family.contains_key(f.family.as_str()) || !valid_name(&f.family) {
+            continue;
+        }
+        let kind = match f.kind.as_str() {
+            k @ ("counter" | "gauge" | "histogram" | "summary") => k,
+            _ => "untyped",
+        };
+        out.push_str(&format!("# HELP {} {}\n# TYPE {} {kind}\n", f.family, escape_help(&f.help), f.family));
     }
     out
 }
@@ -186,7 +205,21 @@ pub async fn scrape(State(app): State<App>, ConnectInfo(peer): ConnectInfo<Socke
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", db::describe(&e))).into_response(),
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&samples)).into_response()
+    // The families' list; a role that cannot read it gets its samples' families only.
+    let families: Vec<Family> = match client.query("SELECT family, kind, help FROM dialer._metric_families()", &[]).await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| {
+                Some(Family {
+                    family: r.try_get(0).ok()?,
+                    kind: r.try_get::<_, Option<String>>(1).ok()?.unwrap_or_default(),
+                    help: r.try_get::<_, Option<String>>(2).ok()?.unwrap_or_default(),
+                })
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&samples, &families)).into_response()
 }
 
 #[cfg(test)]
@@ -199,16 +232,33 @@ mod tests {
 
     #[test]
     fn help_and_type_once_per_family_and_labels_escaped() {
-        let out = render(&[
-            s("pg_dialer_calls_total", "pg_dialer_calls_total", serde_json::json!({"outcome": "a\"b\\c\nd"}), 3.0),
-            s("pg_dialer_x", "pg_dialer_x", serde_json::json!({}), f64::INFINITY),
-            s("pg_dialer_calls_total", "pg_dialer_calls_total", serde_json::json!({"bad-name": "x", "p": "u"}), 1.5),
-        ]);
+        let out = render(
+            &[
+                s("pg_dialer_calls_total", "pg_dialer_calls_total", serde_json::json!({"outcome": "a\"b\\c\nd"}), 3.0),
+                s("pg_dialer_x", "pg_dialer_x", serde_json::json!({}), f64::INFINITY),
+                s("pg_dialer_calls_total", "pg_dialer_calls_total", serde_json::json!({"bad-name": "x", "p": "u"}), 1.5),
+            ],
+            &[],
+        );
         assert_eq!(
             out,
             "# HELP pg_dialer_calls_total a\\\\b\\nc\n# TYPE pg_dialer_calls_total counter\n\
              pg_dialer_calls_total{outcome=\"a\\\"b\\\\c\\nd\"} 3\npg_dialer_calls_total{p=\"u\"} 1.5\n\
              # HELP pg_dialer_x a\\\\b\\nc\n# TYPE pg_dialer_x counter\npg_dialer_x +Inf\n"
+        );
+    }
+
+    #[test]
+    fn families_without_samples_are_announced() {
+        let fam = |f: &str, k: &str| Family { family: f.into(), kind: k.into(), help: "h".into() };
+        let out = render(
+            &[s("pg_dialer_calls_total", "pg_dialer_calls_total", serde_json::json!({}), 0.0)],
+            &[fam("pg_dialer_calls_total", "counter"), fam("pg_dialer_tick_duration_seconds", "histogram"), fam("bad name", "gauge")],
+        );
+        assert_eq!(
+            out,
+            "# HELP pg_dialer_calls_total a\\\\b\\nc\n# TYPE pg_dialer_calls_total counter\npg_dialer_calls_total 0\n\
+             # HELP pg_dialer_tick_duration_seconds h\n# TYPE pg_dialer_tick_duration_seconds histogram\n"
         );
     }
 }

@@ -303,3 +303,36 @@ fn trigger_overhead_per_insert() {
         );
     }
 }
+
+/// The seed posts 10 leads every 30 s whatever is still on the phone. With calls of 10 minutes
+/// the attachment's defaults must not stall it at a concurrency cap: 20 leads are all posted
+/// within the seed's two cycles (60 s), and more than 10 calls are up at once.
+#[test]
+fn default_pacing_posts_the_seeds_twenty_leads_in_two_cycles_with_ten_minute_calls() {
+    let mut s = Scenario::new("a-throughput", Scenario::sim_config(600_000, 600_000), &[]);
+    let (agency, mapping) = (s.agency_id, s.mapping_id);
+    s.db.batch_execute(SEED_TABLE).unwrap();
+    let att: i64 = s.db.query_one("SELECT dialer.attach_leads('leads', $1, $2)", &[&agency, &mapping]).unwrap().get(0);
+    let (cpm, max_concurrent): (i32, i32) = s
+        .db
+        .query_one("SELECT b.calls_per_minute, b.max_concurrent FROM dialer.lead_attachments la JOIN dialer.call_batches b ON b.id = la.batch_id WHERE la.id = $1", &[&att])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(cpm, 20, "the seed's 10 leads per 30 s");
+    assert!(max_concurrent >= 200, "10-minute calls at 20 a minute need 200 at once; the default is {max_concurrent}");
+    let rows: Vec<(String, &str, &str)> = (0..20).map(|i| (format!("+1555742{i:04}"), "Pending_AI_Call", "web")).collect();
+    let started = Instant::now();
+    insert_leads(&mut s.db, &rows);
+    let posted = wait_for("all 20 leads posted", Duration::from_secs(75), || {
+        let ok: Vec<_> = rows.iter().filter(|(n, _, _)| posts_to(&s.sim, n).iter().any(|p| p.status == Some(201))).collect();
+        (ok.len() == 20).then_some(started.elapsed())
+    });
+    assert!(posted <= Duration::from_secs(62), "20 leads posted in {posted:?}: more than the seed's two 30 s cycles");
+    let active = s.sim.stats().max_active_calls;
+    assert!(active > 10, "the calls overlapped: at most {active} were up at once");
+    eprintln!("attach throughput: 20 leads posted in {posted:?}, {active} calls up at once");
+    wait_for("every lead Processing (its call still talking)", Duration::from_secs(20), || {
+        let st = statuses(&mut s.db);
+        rows.iter().all(|(n, _, _)| st.get(n).map(String::as_str) == Some("Processing")).then_some(())
+    });
+}

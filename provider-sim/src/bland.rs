@@ -202,6 +202,7 @@ async fn create_inner(
         Ok((duration_ms, end_reason)) => {
             let id = uuid::Uuid::new_v4().to_string();
             let amd = body.get("answered_by_enabled") == Some(&Value::Bool(true));
+            let webhook = str_at(&body, "/webhook");
             st.create_call(
                 NewCall {
                     provider: Provider::Bland,
@@ -218,6 +219,7 @@ async fn create_inner(
                 end_reason,
             );
             rec.update(|r| r.call_id = Some(id.clone()));
+            crate::webhooks::schedule_end_webhooks(st, Provider::Bland, id.clone(), webhook);
             json(
                 StatusCode::OK,
                 json!({

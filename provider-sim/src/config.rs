@@ -90,6 +90,24 @@ pub struct SimConfig {
     pub ultravox_webhook_stale_signature: bool,
     /// Time allowed for one webhook delivery (connect + answer).
     pub webhook_timeout_ms: u64,
+    /// Where Vapi's server messages (`end-of-call-report`) go (the account's server URL); loopback only.
+    pub vapi_webhook_url: Option<String>,
+    /// Vapi's server secret (`server.secret`, or the HMAC plan's key). Never serialized.
+    #[serde(skip_serializing)]
+    pub vapi_webhook_secret: Option<String>,
+    /// How Vapi authenticates: `secret` (`X-Vapi-Secret`), `bearer` (`Authorization: Bearer`) or
+    /// `hmac` (`x-signature` over `{x-timestamp}.{body}`).
+    pub vapi_webhook_auth: String,
+    /// Where Retell's `call_ended` and `call_analyzed` go (the agent's webhook URL); loopback only.
+    /// Signed with `api_key`, as Retell signs with the account's API key.
+    pub retell_webhook_url: Option<String>,
+    /// Bland's webhook signing secret (`X-Webhook-Signature`); Bland posts to each call's own
+    /// `webhook`. Unsigned without it. Never serialized.
+    #[serde(skip_serializing)]
+    pub bland_webhook_secret: Option<String>,
+    /// Each Vapi, Retell and Bland end-of-call webhook is sent this many more times (the
+    /// providers' retries), freshly signed.
+    pub webhook_redeliveries: u32,
 }
 
 impl Default for SimConfig {
@@ -116,6 +134,12 @@ impl Default for SimConfig {
             ultravox_webhook_secret: None,
             ultravox_webhook_stale_signature: false,
             webhook_timeout_ms: 2000,
+            vapi_webhook_url: None,
+            vapi_webhook_secret: None,
+            vapi_webhook_auth: "secret".to_string(),
+            retell_webhook_url: None,
+            bland_webhook_secret: None,
+            webhook_redeliveries: 0,
         }
     }
 }
@@ -158,8 +182,20 @@ impl SimConfig {
                 return Err(format!("{name} must be between 0 and 1, got {v}"));
             }
         }
-        if let Some(u) = &self.ultravox_webhook_url {
-            check_loopback_url(u).map_err(|e| format!("ultravox_webhook_url: {e}"))?;
+        for (name, u) in [
+            ("ultravox_webhook_url", &self.ultravox_webhook_url),
+            ("vapi_webhook_url", &self.vapi_webhook_url),
+            ("retell_webhook_url", &self.retell_webhook_url),
+        ] {
+            if let Some(u) = u {
+                check_loopback_url(u).map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+        if !matches!(self.vapi_webhook_auth.as_str(), "secret" | "bearer" | "hmac") {
+            return Err(format!("vapi_webhook_auth must be secret, bearer or hmac, got {:?}", self.vapi_webhook_auth));
+        }
+        if self.webhook_redeliveries > 10 {
+            return Err("webhook_redeliveries is at most 10".into());
         }
         if self.webhook_timeout_ms == 0 {
             return Err("webhook_timeout_ms must be at least 1".into());
@@ -204,13 +240,19 @@ impl SimConfig {
         self.webhook_timeout_ms = self.webhook_timeout_ms.max(1);
         self.rules.retain(|r| r.validate().is_ok());
         // Never a non-loopback target, whatever the caller set.
-        if self
-            .ultravox_webhook_url
-            .as_deref()
-            .is_some_and(|u| check_loopback_url(u).is_err())
-        {
-            self.ultravox_webhook_url = None;
+        for u in [
+            &mut self.ultravox_webhook_url,
+            &mut self.vapi_webhook_url,
+            &mut self.retell_webhook_url,
+        ] {
+            if u.as_deref().is_some_and(|x| check_loopback_url(x).is_err()) {
+                *u = None;
+            }
         }
+        if !matches!(self.vapi_webhook_auth.as_str(), "secret" | "bearer" | "hmac") {
+            self.vapi_webhook_auth = "secret".into();
+        }
+        self.webhook_redeliveries = self.webhook_redeliveries.min(10);
     }
 
     /// Applies a partial JSON update (`{"error_rate":0.1,"rules":[...]}`); unknown keys are errors.
@@ -223,6 +265,8 @@ impl SimConfig {
         let mut cur = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
         let mut api_key = self.api_key.clone();
         let mut secret = self.ultravox_webhook_secret.clone();
+        let mut vapi_secret = self.vapi_webhook_secret.clone();
+        let mut bland_secret = self.bland_webhook_secret.clone();
         let cur_obj = cur
             .as_object_mut()
             .ok_or_else(|| "internal: config is not an object".to_string())?;
@@ -242,8 +286,20 @@ impl SimConfig {
                         _ => return Err("ultravox_webhook_secret must be a string or null".into()),
                     }
                 }
+                "vapi_webhook_secret" | "bland_webhook_secret" => {
+                    let v = match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(s.clone()),
+                        _ => return Err(format!("{k} must be a string or null")),
+                    };
+                    if k == "vapi_webhook_secret" {
+                        vapi_secret = v;
+                    } else {
+                        bland_secret = v;
+                    }
+                }
                 // Echoes of our own output; ignore.
-                "api_key_set" | "ultravox_webhook_secret_set" => {}
+                "api_key_set" | "ultravox_webhook_secret_set" | "vapi_webhook_secret_set" | "bland_webhook_secret_set" => {}
                 "spec_dir" => {
                     let same = match (v, &self.spec_dir) {
                         (Value::Null, None) => true,
@@ -273,6 +329,8 @@ impl SimConfig {
         let mut next: SimConfig = serde_json::from_value(cur).map_err(|e| e.to_string())?;
         next.api_key = api_key;
         next.ultravox_webhook_secret = secret;
+        next.vapi_webhook_secret = vapi_secret;
+        next.bland_webhook_secret = bland_secret;
         next.log_file = self.log_file.clone();
         next.spec_dir = self.spec_dir.clone();
         next.validate()?;
@@ -290,6 +348,8 @@ impl SimConfig {
                 "ultravox_webhook_secret_set".into(),
                 Value::Bool(self.ultravox_webhook_secret.is_some()),
             );
+            o.insert("vapi_webhook_secret_set".into(), Value::Bool(self.vapi_webhook_secret.is_some()));
+            o.insert("bland_webhook_secret_set".into(), Value::Bool(self.bland_webhook_secret.is_some()));
             o.insert(
                 "spec_dir".into(),
                 self.spec_dir

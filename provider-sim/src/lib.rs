@@ -33,4 +33,4 @@ pub use log::RequestRecord;
 pub use provider_contract;
 pub use server::Simulator;
 pub use state::{max_concurrent_calls, SimCall, SimStats};
-pub use webhooks::{twilio_signature, ultravox_signature, WebhookRecord};
+pub use webhooks::{bland_signature, retell_signature, twilio_signature, ultravox_signature, vapi_hmac_signature, WebhookRecord};

@@ -85,6 +85,24 @@ struct Args {
     /// Time allowed for one webhook delivery.
     #[arg(long, default_value_t = 2000)]
     webhook_timeout_ms: u64,
+    /// Send Vapi's end-of-call-report to URL (loopback only).
+    #[arg(long, value_name = "URL")]
+    vapi_webhook_url: Option<String>,
+    /// Vapi's server secret.
+    #[arg(long, env = "VAPI_WEBHOOK_SECRET", hide_env_values = true, value_name = "S")]
+    vapi_webhook_secret: Option<String>,
+    /// How Vapi authenticates: secret (X-Vapi-Secret), bearer or hmac.
+    #[arg(long, default_value = "secret", value_name = "MODE")]
+    vapi_webhook_auth: String,
+    /// Send Retell's call_ended and call_analyzed to URL (loopback only), signed with --api-key.
+    #[arg(long, value_name = "URL")]
+    retell_webhook_url: Option<String>,
+    /// Sign Bland's post-call webhooks (X-Webhook-Signature) with this secret.
+    #[arg(long, env = "BLAND_WEBHOOK_SECRET", hide_env_values = true, value_name = "S")]
+    bland_webhook_secret: Option<String>,
+    /// Send each Vapi/Retell/Bland end-of-call webhook N more times.
+    #[arg(long, default_value_t = 0)]
+    webhook_redeliveries: u32,
     /// No periodic summary on stderr.
     #[arg(long)]
     quiet: bool,
@@ -110,6 +128,12 @@ fn build_config(a: &Args) -> Result<SimConfig, String> {
         ultravox_webhook_secret: a.ultravox_webhook_secret.clone(),
         ultravox_webhook_stale_signature: a.ultravox_webhook_stale_signature,
         webhook_timeout_ms: a.webhook_timeout_ms,
+        vapi_webhook_url: a.vapi_webhook_url.clone(),
+        vapi_webhook_secret: a.vapi_webhook_secret.clone(),
+        vapi_webhook_auth: a.vapi_webhook_auth.clone(),
+        retell_webhook_url: a.retell_webhook_url.clone(),
+        bland_webhook_secret: a.bland_webhook_secret.clone(),
+        webhook_redeliveries: a.webhook_redeliveries,
         ..SimConfig::default()
     };
     if let Some(r) = &a.call_duration_ms {

@@ -217,6 +217,7 @@ async fn create_inner(
                 end_reason,
             );
             rec.update(|r| r.call_id = Some(id.clone()));
+            crate::webhooks::schedule_end_webhooks(st, Provider::Retell, id.clone(), None);
             let store = lock(&st.calls);
             match store.get(&id) {
                 Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),

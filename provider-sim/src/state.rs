@@ -215,9 +215,14 @@ impl AppState {
     /// webhook URL; other out-of-range knobs are clamped.
     pub fn new(mut config: SimConfig) -> std::io::Result<AppState> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        if let Some(u) = &config.ultravox_webhook_url {
-            crate::config::check_loopback_url(u)
-                .map_err(|e| invalid(format!("ultravox_webhook_url: {e}")))?;
+        for (name, u) in [
+            ("ultravox_webhook_url", &config.ultravox_webhook_url),
+            ("vapi_webhook_url", &config.vapi_webhook_url),
+            ("retell_webhook_url", &config.retell_webhook_url),
+        ] {
+            if let Some(u) = u {
+                crate::config::check_loopback_url(u).map_err(|e| invalid(format!("{name}: {e}")))?;
+            }
         }
         let contract = match &config.spec_dir {
             Some(dir) => Contract::load(dir).map_err(|e| invalid(format!("spec_dir: {e}")))?,

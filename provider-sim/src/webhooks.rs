@@ -231,6 +231,146 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// hex HMAC-SHA256 of the parts, one after the other.
+fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    for p in parts {
+        mac.update(p);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Retell's `X-Retell-Signature`: `v=<unix ms>,d=<hex HMAC-SHA256(api key, body ++ ms)>`.
+pub fn retell_signature(api_key: &str, body: &[u8], at_ms: i64) -> String {
+    let ts = at_ms.to_string();
+    format!("v={ts},d={}", hmac_hex(api_key, &[body, ts.as_bytes()]))
+}
+
+/// Bland's `X-Webhook-Signature`: hex HMAC-SHA256(signing secret, body).
+pub fn bland_signature(secret: &str, body: &[u8]) -> String {
+    hmac_hex(secret, &[body])
+}
+
+/// A Vapi HMAC plan's `x-signature`: hex HMAC-SHA256(secret, "{timestamp}.{body}").
+pub fn vapi_hmac_signature(secret: &str, body: &[u8], timestamp: &str) -> String {
+    hmac_hex(secret, &[timestamp.as_bytes(), b".", body])
+}
+
+/// The end-of-call webhooks of a Vapi, Retell or Bland call, sent when it ends (Retell's
+/// `call_analyzed` a moment after `call_ended`), each `webhook_redeliveries` more times, signed
+/// as each service signs. Bland's go to the call's own `webhook` (`bland_url`).
+pub(crate) fn schedule_end_webhooks(st: &St, provider: Provider, call_id: String, bland_url: Option<String>) {
+    let wanted = {
+        let c = crate::state::lock(&st.config);
+        match provider {
+            Provider::Vapi => c.vapi_webhook_url.is_some(),
+            Provider::Retell => c.retell_webhook_url.is_some(),
+            Provider::Bland => bland_url.is_some(),
+            _ => false,
+        }
+    };
+    if !wanted {
+        return;
+    }
+    let st = std::sync::Arc::clone(st);
+    tokio::spawn(async move {
+        let ended_at = match crate::state::lock(&st.calls).get(&call_id) {
+            Some(c) => c.call.ended_at_us,
+            None => return,
+        };
+        let events: &[(&str, i64)] = match provider {
+            Provider::Vapi => &[("end-of-call-report", 0)],
+            Provider::Retell => &[("call_ended", 0), ("call_analyzed", 300_000)],
+            _ => &[("post-call", 0)],
+        };
+        for (event, delay_us) in events {
+            sleep_until_us(&st, ended_at + delay_us).await;
+            let cfg = st.config();
+            for _ in 0..=cfg.webhook_redeliveries {
+                let now = st.clock.now_us();
+                let call = {
+                    let store = crate::state::lock(&st.calls);
+                    match store.get(&call_id) {
+                        Some(c) => match provider {
+                            Provider::Vapi => crate::vapi::call_json(c, now.max(ended_at)),
+                            Provider::Retell => crate::retell::call_json(c, now.max(ended_at)),
+                            _ => crate::bland::call_json(c, now.max(ended_at)),
+                        },
+                        None => return, // reset
+                    }
+                };
+                let (url, body, headers) = match provider {
+                    Provider::Vapi => {
+                        let Some(url) = cfg.vapi_webhook_url.clone() else { return };
+                        let field = |k: &str| call.get(k).cloned().unwrap_or(serde_json::Value::Null);
+                        let body = serde_json::to_vec(&serde_json::json!({"message": {
+                            "type": "end-of-call-report",
+                            "timestamp": now / 1000,
+                            "endedReason": field("endedReason"),
+                            "startedAt": field("startedAt"),
+                            "endedAt": field("endedAt"),
+                            "artifact": {"transcript": "AI: Hello.\nUser: Hi.", "messages": [], "recordingUrl": null},
+                            "analysis": {"summary": "simulated call"},
+                            "call": call,
+                        }}))
+                        .unwrap_or_default();
+                        let mut h = Vec::new();
+                        if let Some(secret) = &cfg.vapi_webhook_secret {
+                            match cfg.vapi_webhook_auth.as_str() {
+                                "bearer" => h.push(("Authorization", format!("Bearer {secret}"))),
+                                "hmac" => {
+                                    let ts = (now / 1000).to_string();
+                                    h.push(("x-signature", vapi_hmac_signature(secret, &body, &ts)));
+                                    h.push(("x-timestamp", ts));
+                                }
+                                _ => h.push(("X-Vapi-Secret", secret.clone())),
+                            }
+                        }
+                        (url, body, h)
+                    }
+                    Provider::Retell => {
+                        let Some(url) = cfg.retell_webhook_url.clone() else { return };
+                        let mut call = call;
+                        if *event == "call_analyzed" {
+                            if let Some(o) = call.as_object_mut() {
+                                o.insert("call_analysis".into(), serde_json::json!({"call_summary": "simulated call", "user_sentiment": "Neutral", "call_successful": true, "in_voicemail": false}));
+                            }
+                        }
+                        let body = serde_json::to_vec(&serde_json::json!({"event": event, "call": call})).unwrap_or_default();
+                        let sig = retell_signature(cfg.api_key.as_deref().unwrap_or(""), &body, now / 1000);
+                        (url, body, vec![("X-Retell-Signature", sig)])
+                    }
+                    _ => {
+                        let Some(url) = bland_url.clone() else { return };
+                        let body = serde_json::to_vec(&call).unwrap_or_default();
+                        let h = cfg
+                            .bland_webhook_secret
+                            .as_deref()
+                            .map(|s| vec![("X-Webhook-Signature", bland_signature(s, &body))])
+                            .unwrap_or_default();
+                        (url, body, h)
+                    }
+                };
+                deliver(
+                    &st,
+                    Outgoing {
+                        provider,
+                        event: event.to_string(),
+                        call_id: call_id.clone(),
+                        url,
+                        method: "POST",
+                        content_type: "application/json",
+                        body,
+                        headers,
+                    },
+                )
+                .await;
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +394,16 @@ mod tests {
             ),
             "RSOYDt4T1cUTdK1PDd93/VVr8B8="
         );
+    }
+
+    #[test]
+    fn retell_bland_vapi_signatures() {
+        // RFC 4231 test case 2 (key "Jefe"): the message split where each service joins its parts.
+        let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        assert_eq!(bland_signature("Jefe", b"what do ya want for nothing?"), want);
+        let r = retell_signature("k", b"{}", 1_796_155_262_123);
+        assert!(r.starts_with("v=1796155262123,d=") && r.len() == "v=1796155262123,d=".len() + 64, "{r}");
+        assert_eq!(vapi_hmac_signature("k", b"body", "17"), hmac_hex("k", &[b"17.body"]));
     }
 
     #[test]

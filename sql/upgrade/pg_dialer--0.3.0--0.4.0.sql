@@ -1188,6 +1188,267 @@ REVOKE EXECUTE ON FUNCTION dialer._attach_install(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dialer._lead_queue(dialer.lead_attachments, jsonb) TO dialer_api;
 
+-- Issue 25: the seed's throughput by default (an attachment has no concurrency cap unless given one); webhooks for Vapi, Retell and Bland; metrics from the first scrape.
+
+CREATE OR REPLACE FUNCTION dialer._attach_options(leads regclass, options jsonb)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    defaults constant jsonb := '{"phone": "phone", "status": "status", "ai_call_status": "ai_call_status",
+        "ai_call_id": "ai_call_id", "posted_to_ai_date": "posted_to_ai_date", "ai_post_retry_count": "ai_post_retry_count",
+        "ai_failure_reason": "ai_failure_reason", "last_ai_attempt": "last_ai_attempt", "staff_id": "staff_id",
+        "assigned_date": "assigned_date", "call_source_id": "call_source_id", "ai_provider_type": "ai_provider_type",
+        "name": "name"}';
+    -- What each field's column may be: text-like, a number, a time, or anything (read as text).
+    kinds constant jsonb := '{"phone": "text", "status": "text", "ai_call_status": "text", "ai_call_id": "text",
+        "posted_to_ai_date": "time", "ai_post_retry_count": "number", "ai_failure_reason": "text",
+        "last_ai_attempt": "time", "staff_id": "any", "assigned_date": "time", "call_source_id": "any",
+        "ai_provider_type": "any", "name": "text"}';
+    o jsonb := coalesce(options, '{}');
+    given jsonb;
+    cols jsonb := '{}';
+    statuses jsonb;
+    rel pg_class;
+    pk text[];
+    k text;
+    col text;
+    typ oid;
+    cat char;
+    pacing jsonb;
+BEGIN
+    IF jsonb_typeof(o) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(o) LOOP
+        IF k NOT IN ('columns', 'statuses', 'providers', 'agency_column', 'variables', 'calls_per_minute',
+                     'max_concurrent', 'max_attempts', 'retry_delay') THEN
+            RAISE EXCEPTION 'unknown option %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
+                HINT = 'Options: columns, statuses, providers, agency_column, variables, calls_per_minute, max_concurrent, max_attempts, retry_delay.';
+        END IF;
+    END LOOP;
+    SELECT * INTO rel FROM pg_class c WHERE c.oid = leads;
+    IF rel.relkind = 'p' THEN
+        RAISE EXCEPTION '% is a partitioned table', leads USING ERRCODE = '0A000',
+            HINT = 'Attach each of its partitions (dialer.attach_leads on each): rows inserted through the parent reach their partition''s trigger.';
+    ELSIF rel.relkind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION '% is not a table', leads USING ERRCODE = '42809';
+    END IF;
+    IF rel.relforcerowsecurity THEN
+        RAISE EXCEPTION '% forces row-level security on its owner', leads USING ERRCODE = '0A000',
+            HINT = 'pg_dialer reads and writes an attached table with its owner''s rights; ALTER TABLE ... NO FORCE ROW LEVEL SECURITY, or give the owner a policy that lets it see its leads.';
+    END IF;
+    -- Lead rows are written back by a background worker connected as the table's owner; before
+    -- Postgres 17 a background worker can connect only as a role that may log in.
+    IF current_setting('server_version_num')::integer < 170000
+       AND NOT (SELECT r.rolcanlogin FROM pg_roles r WHERE r.oid = rel.relowner) THEN
+        RAISE EXCEPTION '% belongs to %, which cannot log in', leads, rel.relowner::regrole USING ERRCODE = '0A000',
+            HINT = 'pg_dialer writes lead rows back as the table''s owner: ALTER ROLE ... LOGIN (no password is needed), or give the table to a role that can.';
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO pk
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = leads AND i.indisprimary;
+    IF pk IS NULL THEN
+        RAISE EXCEPTION '% has no primary key', leads USING ERRCODE = '42P16',
+            HINT = 'pg_dialer finds each lead again by its primary key: add one.';
+    ELSIF array_length(pk, 1) > 1 THEN
+        RAISE EXCEPTION '% has a primary key of % columns; pg_dialer needs a single-column key', leads, array_length(pk, 1)
+            USING ERRCODE = '42P16';
+    END IF;
+    given := coalesce(o->'columns', '{}');
+    IF jsonb_typeof(given) <> 'object' THEN
+        RAISE EXCEPTION 'options.columns must be a JSON object of field → column name' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(given) LOOP
+        IF NOT defaults ? k THEN
+            RAISE EXCEPTION 'options.columns: unknown field %', quote_literal(left(k, 100)) USING ERRCODE = '22023',
+                HINT = 'Fields: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(defaults) x) || '.';
+        END IF;
+        IF jsonb_typeof(given->k) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'options.columns.% must be a column name (or null for none)', k USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    cols := jsonb_build_object('key', pk[1]);
+    FOR k IN SELECT jsonb_object_keys(defaults) LOOP
+        col := CASE WHEN given ? k THEN given->>k ELSE defaults->>k END;
+        CONTINUE WHEN col IS NULL;
+        SELECT a.atttypid INTO typ FROM pg_attribute a
+         WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF typ IS NULL THEN
+            IF given ? k OR k IN ('phone', 'status') THEN
+                RAISE EXCEPTION '% has no column % (for %)', leads, quote_ident(col), k USING ERRCODE = '42703',
+                    HINT = 'Name the column in options.columns, e.g. {"columns": {"' || k || '": "my_column"}}.';
+            END IF;
+            CONTINUE;  -- a default the table does not have: that field is not kept
+        END IF;
+        SELECT t.typcategory INTO cat FROM pg_type t WHERE t.oid = typ;
+        IF (kinds->>k = 'text' AND cat <> 'S') OR (kinds->>k = 'number' AND cat <> 'N') OR (kinds->>k = 'time' AND cat <> 'D') THEN
+            RAISE EXCEPTION 'column %.% (for %) is of type %, not %', leads, quote_ident(col), k, typ::regtype,
+                CASE kinds->>k WHEN 'text' THEN 'text' WHEN 'number' THEN 'a number' ELSE 'a date or timestamp' END
+                USING ERRCODE = '42804';
+        END IF;
+        cols := cols || jsonb_build_object(k, col);
+    END LOOP;
+    cols := cols || jsonb_build_object('variables', coalesce(o->'variables', '[]'));
+    IF jsonb_typeof(cols->'variables') <> 'array' THEN
+        RAISE EXCEPTION 'options.variables must be an array of column names' USING ERRCODE = '22023';
+    END IF;
+    FOR col IN SELECT jsonb_array_elements_text(cols->'variables') LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION '% has no column % (in options.variables)', leads, quote_ident(col) USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF o ? 'agency_column' AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = leads
+                                              AND a.attname = o->>'agency_column' AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% has no column % (options.agency_column)', leads, quote_ident(o->>'agency_column') USING ERRCODE = '42703';
+    END IF;
+    statuses := dialer._lead_default_statuses();
+    IF o ? 'statuses' THEN
+        IF jsonb_typeof(o->'statuses') <> 'object' THEN
+            RAISE EXCEPTION 'options.statuses must be a JSON object of state → status word' USING ERRCODE = '22023';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(o->'statuses') LOOP
+            IF NOT statuses ? k OR jsonb_typeof(o->'statuses'->k) <> 'string' THEN
+                RAISE EXCEPTION 'options.statuses.%: unknown state, or not a string', left(k, 100) USING ERRCODE = '22023',
+                    HINT = 'States: ' || (SELECT string_agg(x, ', ') FROM jsonb_object_keys(statuses) x) || '.';
+            END IF;
+            IF length(o->'statuses'->>k) > 200 THEN
+                RAISE EXCEPTION 'options.statuses.% is longer than 200 characters', k USING ERRCODE = '22001';
+            END IF;
+        END LOOP;
+        statuses := statuses || (o->'statuses');
+    END IF;
+    IF o ? 'providers' AND jsonb_typeof(o->'providers') <> 'object' THEN
+        RAISE EXCEPTION 'options.providers must be a JSON object of provider type → agent mapping id' USING ERRCODE = '22023';
+    END IF;
+    -- The seed's pacing: 10 leads per 30 s, 3 attempts, retried on the next cycle. A failed post
+    -- waits at least a second before it is tried again (a tenant cannot make the worker spin).
+    -- No concurrency cap by default (1000000, the most a batch takes): the seed posts 10 leads
+    -- every 30 s whatever is still talking, so calls of several minutes need far more than 10 at
+    -- once; the provider's own limit answers 429/503, which holds the account until Retry-After
+    -- without counting an attempt. Give max_concurrent to stay under a plan's limit.
+    BEGIN
+        pacing := jsonb_build_object(
+            'calls_per_minute', dialer._check_positive(coalesce((o->>'calls_per_minute')::integer, 20), 'calls_per_minute'),
+            'max_concurrent', dialer._check_positive(coalesce((o->>'max_concurrent')::integer, 1000000), 'max_concurrent'),
+            'max_attempts', dialer._check_positive(coalesce((o->>'max_attempts')::integer, 3), 'max_attempts'),
+            'retry_delay', coalesce((o->>'retry_delay')::interval, '30 seconds'));
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'options: calls_per_minute, max_concurrent and max_attempts are integers, retry_delay an interval (%)', SQLERRM
+            USING ERRCODE = '22023';
+    END;
+    IF (pacing->>'retry_delay')::interval < interval '1 second' THEN
+        RAISE EXCEPTION 'options.retry_delay must be at least 1 second, got %', pacing->>'retry_delay' USING ERRCODE = '22023';
+    END IF;
+    RETURN jsonb_build_object('columns', cols, 'statuses', statuses, 'providers', coalesce(o->'providers', '{}'),
+                              'agency_column', o->'agency_column', 'pacing', pacing);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.metrics()
+RETURNS TABLE (family text, kind text, help text, sample text, labels jsonb, value double precision)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    WITH running AS (
+        SELECT b.id, b.agency_id, b.kind, b.next_slot_at, b.rate_limited_until, q.due, q.due_since
+          FROM dialer.call_batches b
+          CROSS JOIN LATERAL (
+              -- campaign_contacts_due_idx: the queued contacts of one batch
+              SELECT count(*) AS due,
+                     min(coalesce(c.next_attempt_at, greatest(c.created_at, b.started_at))) AS due_since
+                FROM dialer.campaign_contacts c
+               WHERE c.batch_id = b.id AND c.status = 'queued'
+                 AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+          ) q
+         WHERE b.status = 'processing'
+    ), raw AS (
+        SELECT * FROM dialer._call_raw(NULL)
+        UNION ALL
+        SELECT * FROM dialer._run_raw(NULL)
+        UNION ALL
+        SELECT p.family, p.labels, p.bucket, p.n, p.s FROM dialer.pruned_totals p
+        UNION ALL
+        -- campaign_contacts (batch_id, status): an index-only scan
+        SELECT 'pg_dialer_contacts', jsonb_build_object('agency_id', b.agency_id::text, 'state', x.status), -1, sum(x.n), 0
+          FROM (SELECT c.batch_id, c.status, count(*)::float8 AS n FROM dialer.campaign_contacts c GROUP BY 1, 2) x
+          JOIN dialer.call_batches b ON b.id = x.batch_id
+         GROUP BY b.agency_id, x.status
+        UNION ALL
+        SELECT 'pg_dialer_queue_depth', jsonb_build_object('agency_id', r.agency_id::text, 'kind', r.kind), -1, sum(r.due), 0
+          FROM running r GROUP BY r.agency_id, r.kind
+        UNION ALL
+        SELECT 'pg_dialer_queue_oldest_due_age_seconds', jsonb_build_object('agency_id', r.agency_id::text, 'kind', r.kind), -1,
+               coalesce(max(greatest(extract(epoch FROM now() - r.due_since), 0)), 0)::float8, 0
+          FROM running r GROUP BY r.agency_id, r.kind
+        UNION ALL
+        -- Behind the pace: the batch could have placed a call since the later of its next slot,
+        -- the provider's Retry-After hold and the moment its oldest due contact became due.
+        SELECT 'pg_dialer_pacing_lag_seconds', jsonb_build_object('agency_id', r.agency_id::text, 'batch_id', r.id::text), -1,
+               CASE WHEN r.due = 0 THEN 0
+                    ELSE greatest(extract(epoch FROM now() - greatest(r.due_since, r.next_slot_at, r.rate_limited_until)), 0)
+               END::float8, 0
+          FROM running r
+        UNION ALL
+        -- Every series whose labels are known in advance, at zero: each agency's contact states
+        -- and batch kinds, each agency × provider it has an agent mapping for × outcome, status
+        -- and throttle code, each batch not finished, and (for operators) the tick histogram. A fresh install, or a new
+        -- agency, scrapes every family from the first scrape, and rate() has its starting point.
+        SELECT z.family, z.labels, z.bucket, 0::float8, 0::float8
+          FROM (
+              SELECT 'pg_dialer_calls_total' AS family,
+                     jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'outcome', o.v) AS labels, -1 AS bucket
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{ended,failed,rate_limited,network_error}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_calls_open', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'status', o.v), -1
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{dialing,in_progress,in_doubt}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_provider_throttled_total', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider, 'code', o.v), -1
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+               CROSS JOIN unnest('{429,503}'::text[]) o(v)
+              UNION ALL
+              SELECT 'pg_dialer_provider_latency_seconds', jsonb_build_object('agency_id', p.agency_id::text, 'provider', p.provider), 0
+                FROM (SELECT DISTINCT m.agency_id, m.provider FROM dialer.agent_mappings m) p
+              UNION ALL
+              SELECT 'pg_dialer_attempts_in_doubt', jsonb_build_object('agency_id', a.id::text), -1 FROM dialer.agencies a
+              UNION ALL
+              SELECT 'pg_dialer_contacts', jsonb_build_object('agency_id', a.id::text, 'state', o.v), -1
+                FROM dialer.agencies a
+               CROSS JOIN unnest('{pending,queued,in_progress,completed,failed,cancelled,in_doubt,expired}'::text[]) o(v)
+              UNION ALL
+              SELECT f.f, jsonb_build_object('agency_id', a.id::text, 'kind', o.v), -1
+                FROM dialer.agencies a
+               CROSS JOIN unnest('{campaign,queue,leads}'::text[]) o(v)
+               CROSS JOIN unnest('{pg_dialer_queue_depth,pg_dialer_queue_oldest_due_age_seconds}'::text[]) f(f)
+              UNION ALL
+              -- a batch not finished is not behind until it runs
+              SELECT 'pg_dialer_pacing_lag_seconds', jsonb_build_object('agency_id', b.agency_id::text, 'batch_id', b.id::text), -1
+                FROM dialer.call_batches b WHERE b.status IN ('pending', 'scheduled', 'processing', 'paused')
+              UNION ALL
+              SELECT 'pg_dialer_tick_duration_seconds', '{}'::jsonb, 0 WHERE pg_has_role('dialer_admin', 'USAGE')
+          ) z
+    ), agg AS (
+        SELECT r.family, r.labels, r.bucket, sum(r.n) AS n, sum(r.s) AS s FROM raw r GROUP BY 1, 2, 3
+    ), samples AS (
+        SELECT a.family, a.family AS sample, a.labels, a.n AS value, 0 AS ord
+          FROM agg a WHERE a.bucket < 0
+        UNION ALL
+        SELECT h.family, h.family || '_bucket',
+               h.labels || jsonb_build_object('le', CASE WHEN b.k > cardinality(f.bounds) THEN '+Inf' ELSE b.le::text END),
+               (SELECT coalesce(sum(a.n), 0) FROM agg a
+                 WHERE a.family = h.family AND a.labels = h.labels AND a.bucket >= 0 AND a.bucket < b.k),
+               b.k::integer
+          FROM (SELECT DISTINCT a.family, a.labels FROM agg a WHERE a.bucket >= 0) h
+          JOIN dialer._metric_families() f ON f.family = h.family
+          CROSS JOIN LATERAL unnest(f.bounds || 'Infinity'::float8) WITH ORDINALITY AS b(le, k)
+        UNION ALL
+        SELECT a.family, a.family || '_sum', a.labels, sum(a.s), 1000 FROM agg a WHERE a.bucket >= 0 GROUP BY 1, 3
+        UNION ALL
+        SELECT a.family, a.family || '_count', a.labels, sum(a.n), 1001 FROM agg a WHERE a.bucket >= 0 GROUP BY 1, 3
+    )
+    SELECT s.family, f.kind, f.help, s.sample, s.labels, s.value
+      FROM samples s JOIN dialer._metric_families() f ON f.family = s.family
+     ORDER BY s.family, s.labels - 'le', s.ord
+$$;
+
 -- The worker's own role: the dialer's tables, sequences and functions, nothing else.
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;

@@ -36,9 +36,13 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
     let event = match provider {
         "ultravox" => webhooks::parse_ultravox(body),
         "twilio" => webhooks::parse_twilio(body),
+        "vapi" => webhooks::parse_vapi(body),
+        "retell" => webhooks::parse_retell(body),
+        "bland" => webhooks::parse_bland(body),
         other => {
             return Err(DialerError::InvalidArgument(format!(
-                "webhooks are accepted from 'ultravox' and 'twilio', not {other:?}"
+                "webhooks are accepted from 'ultravox', 'twilio', 'vapi', 'retell' and 'bland', not {:?}",
+                other.chars().take(40).collect::<String>()
             )))
         }
     }
@@ -74,11 +78,16 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
     let Some((call_id, agency_id, webhook_secret, api_key, allow_unsigned)) = row else {
         return Ok(json!({"status": "ignored", "reason": "no call with this provider call id"}));
     };
-    // Only the secret this provider signs with is decrypted (Ultravox: the webhook secret; Twilio:
-    // the auth token).
+    // Only the secret this provider signs with is decrypted (Ultravox, Vapi, Bland: the webhook
+    // secret; Twilio: the auth token; Retell: its webhook key, or else the API key, which is what
+    // Retell signs with).
     let open = |v: Option<String>, column: &str| v.map(|s| unseal(&s, agency_id, provider, column)).transpose();
     let (webhook_secret, api_key) = match provider {
-        "ultravox" => (open(webhook_secret, "webhook_secret")?, None),
+        "ultravox" | "vapi" | "bland" => (open(webhook_secret, "webhook_secret")?, None),
+        "retell" => match open(webhook_secret, "webhook_secret")?.filter(|s| !s.is_empty()) {
+            Some(s) => (Some(s), None),
+            None => (None, open(api_key, "api_key")?),
+        },
         _ => (None, open(api_key, "api_key")?),
     };
 
@@ -94,6 +103,26 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
                 "no webhook secret is stored for agency {agency_id}, so this delivery cannot be verified: store Ultravox's \
                  webhook secret with dialer.set_provider_credentials(..., webhook_secret => ...), or accept unsigned \
                  webhooks with dialer.allow_unsigned_webhooks({agency_id}, 'ultravox')"
+            ))),
+        },
+        "vapi" | "bland" => match webhook_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) if provider == "vapi" => Some(webhooks::verify_vapi(s, body, &h, now)),
+            Some(s) => Some(webhooks::verify_bland(s, body, &h)),
+            None if allow_unsigned => None,
+            None => Some(Err(format!(
+                "no webhook secret is stored for agency {agency_id}, so this delivery cannot be verified: store {} \
+                 with dialer.set_provider_credentials(..., webhook_secret => ...), or accept unsigned webhooks with \
+                 dialer.allow_unsigned_webhooks({agency_id}, '{provider}')",
+                if provider == "vapi" { "the Vapi server secret (server.secret or its HMAC plan's key)" } else { "Bland's webhook signing secret" }
+            ))),
+        },
+        // Retell signs with an API key of the account (the one marked for webhooks).
+        "retell" => match webhook_secret.as_deref().or(api_key.as_deref()).filter(|s| !s.is_empty()) {
+            Some(k) => Some(webhooks::verify_retell(k, body, &h, now)),
+            None if allow_unsigned => None,
+            None => Some(Err(format!(
+                "no Retell key is stored for agency {agency_id}, so this delivery cannot be verified: store the API key \
+                 with the webhook badge with dialer.set_provider_credentials(..., webhook_secret => ...)"
             ))),
         },
         // Twilio signs with the account's auth token, and only with it.
