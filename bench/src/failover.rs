@@ -7,12 +7,11 @@
 use crate::cluster::Setup;
 use crate::common::{now_us, sleep_checked, Opts, Outcome};
 use crate::report::Row;
-use crate::sim::SimProcess;
+use crate::sim::{SimProcess, API_KEY};
 use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const API_KEY: &str = "sk-bench-failover";
 const SCENARIO: &str = "6. Failover (async standby cut 3 s before the primary dies)";
 
 struct Figures {
