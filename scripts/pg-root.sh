@@ -15,6 +15,7 @@ MAJOR="${1:-17}"
 case "$MAJOR" in
   17) SUITE=trixie; SECURITY="trixie-security"
       PACKAGES=(postgresql-17 postgresql-server-dev-17 postgresql-17-cron) ;;
+  # Debian 14 (testing) has 18: its headers, for `make check PG=18` (no tests on 18 here yet).
   18) SUITE=forky; SECURITY=""
       PACKAGES=(postgresql-server-dev-18) ;;
   *) echo "pg-root: no Debian root for Postgres $MAJOR (15 is the host's own)" >&2; exit 2 ;;
@@ -54,7 +55,9 @@ if [ ! -x "$ROOT/usr/bin/apt-get" ] || [ ! -f "$ROOT/.pg_dialer-base" ]; then
   rm -rf "$ROOT"
   mkdir -p "$ROOT"
   echo "pg-root: debootstrap $SUITE into $ROOT"
-  debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 || {
+  # An older debootstrap has no script for forky yet: sid's is the same.
+  script=""; [ -e "/usr/share/debootstrap/scripts/$SUITE" ] || script=/usr/share/debootstrap/scripts/sid
+  debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" $script >"$ROOT.debootstrap.log" 2>&1 || {
     tail -30 "$ROOT.debootstrap.log" >&2; exit 1; }
   # No service starts inside the root, and installing postgresql-NN creates no cluster (it would
   # start one on port 5432 otherwise, beside the host's).
@@ -62,6 +65,8 @@ if [ ! -x "$ROOT/usr/bin/apt-get" ] || [ ! -f "$ROOT/.pg_dialer-base" ]; then
   chmod 755 "$ROOT/usr/sbin/policy-rc.d"
   mkdir -p "$ROOT/etc/postgresql-common"
   echo "create_main_cluster = false" >"$ROOT/etc/postgresql-common/createcluster.conf"
+  # A mirror that is a dated snapshot serves testing's Release files past their Valid-Until.
+  echo 'Acquire::Check-Valid-Until "false";' >"$ROOT/etc/apt/apt.conf.d/99pg-dialer-snapshot"
   {
     echo "deb $MIRROR $SUITE main"
     [ -n "$SECURITY" ] && echo "deb $SECURITY_MIRROR $SECURITY main"
