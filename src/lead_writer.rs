@@ -180,7 +180,11 @@ pub extern "C-unwind" fn pg_dialer_lead_writer_main(arg: pg_sys::Datum) {
     // SIGTERM ends the session at the next interrupt check, inside a table's trigger too (the
     // ordinary backend handler; the dialing worker sends it to a writer that runs too long).
     unsafe {
+        // Postgres 18 renamed the backend's pqsignal to pqsignal_be (pqsignal is now a macro).
+        #[cfg(not(feature = "pg18"))]
         pg_sys::pqsignal(libc::SIGTERM, Some(die_at_next_interrupt_check));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(libc::SIGTERM, Some(die_at_next_interrupt_check));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     let owner = pg_sys::Oid::from(arg.value() as u32);

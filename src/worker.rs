@@ -67,6 +67,9 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
         Err(e) => {
             warning!("pg_dialer worker could not start its HTTP pool: {e}");
             unsafe { pg_sys::proc_exit(1) };
+            // Postgres 18 spells noreturn so that bindgen no longer sees it: proc_exit returns ().
+            #[cfg(feature = "pg18")]
+            unreachable!("proc_exit does not return");
         }
     };
     worker.run();

@@ -1,4 +1,4 @@
-//! A throwaway Postgres 15 cluster with pg_dialer preloaded, like the integration harness's
+//! A throwaway Postgres cluster with pg_dialer preloaded, like the integration harness's
 //! `Cluster` (same settings), but with errors instead of panics.
 
 use crate::cleanup;
@@ -9,10 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Where the Postgres 15 programs are: `PG_DIALER_PG_BIN` (the Makefile points it at the private
-/// copy the extension was installed into), else the system's.
+/// Where the Postgres programs are: `PG_DIALER_PG_BIN` (the Makefile points it at the private
+/// copy the extension was installed into, target/pgNN), else the system's newest.
 pub fn pg_bin() -> String {
-    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| system_pg_bin())
+}
+
+/// The newest Postgres the system has (`/usr/lib/postgresql/NN/bin` with an initdb in it), 15 if none.
+fn system_pg_bin() -> String {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|m| std::path::Path::new(&format!("/usr/lib/postgresql/{m}/bin/initdb")).exists())
+        .max();
+    format!("/usr/lib/postgresql/{}/bin", newest.unwrap_or(15))
 }
 
 pub fn running_as_root() -> bool {
@@ -45,7 +57,7 @@ pub fn preflight() -> Result<()> {
     let bin = pg_bin();
     for prog in ["initdb", "pg_ctl", "postgres", "pg_config"] {
         if !Path::new(&bin).join(prog).exists() {
-            bail!("{bin}/{prog} is missing: Postgres 15 is not installed there (run `make setup`, or point PG_DIALER_PG_BIN at the bin directory of the Postgres the extension was installed into)");
+            bail!("{bin}/{prog} is missing: Postgres is not installed there (run `make setup` or `make setup PG=17`, or point PG_DIALER_PG_BIN at the bin directory of the Postgres the extension was installed into)");
         }
     }
     let ask = |flag: &str| -> Result<PathBuf> {

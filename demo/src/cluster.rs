@@ -1,4 +1,4 @@
-//! A throwaway Postgres 15 cluster for the demo, like `pg_dialer_integration::Cluster` but with
+//! A throwaway Postgres cluster (15 or 17) for the demo, like `pg_dialer_integration::Cluster` but with
 //! errors a newcomer can act on instead of panics, and `pg_dialer` + `pg_cron` preloaded.
 
 use postgres::{Client, NoTls};
@@ -7,10 +7,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The Postgres 15 programs: `PG_DIALER_PG_BIN` (set by the Makefile to the private copy the
-/// extension was installed into), else the system's.
+/// The Postgres programs: `PG_DIALER_PG_BIN` (set by the Makefile to the private copy the
+/// extension was installed into, target/pgNN), else the system's newest.
 pub fn pg_bin() -> String {
-    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| system_pg_bin())
+}
+
+/// The Postgres major of `pg_bin()` (its folder is …/postgresql/NN/bin), for messages and paths.
+pub fn pg_major() -> String {
+    Path::new(&pg_bin())
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| n.parse::<u32>().is_ok())
+        .unwrap_or("15")
+        .to_string()
+}
+
+/// The newest Postgres the system has (`/usr/lib/postgresql/NN/bin` with an initdb in it), 15 if none.
+fn system_pg_bin() -> String {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|m| std::path::Path::new(&format!("/usr/lib/postgresql/{m}/bin/initdb")).exists())
+        .max();
+    format!("/usr/lib/postgresql/{}/bin", newest.unwrap_or(15))
 }
 
 fn running_as_root() -> bool {
@@ -43,7 +66,7 @@ pub fn preflight() -> Result<(), String> {
     for prog in ["initdb", "pg_ctl", "postgres"] {
         if !Path::new(&pg_bin()).join(prog).exists() {
             return Err(format!(
-                "Postgres 15 is not installed ({}/{prog} is missing): run `make setup`", pg_bin()
+                "Postgres {} is not installed ({}/{prog} is missing): run `make setup`", pg_major(), pg_bin()
             ));
         }
     }
@@ -57,21 +80,22 @@ pub fn preflight() -> Result<(), String> {
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
             .unwrap_or_else(|| PathBuf::from(fallback))
     };
-    let libdir = ask("--pkglibdir", "/usr/lib/postgresql/15/lib");
-    let sharedir = ask("--sharedir", "/usr/share/postgresql/15");
+    let major = pg_major();
+    let libdir = ask("--pkglibdir", &format!("/usr/lib/postgresql/{major}/lib"));
+    let sharedir = ask("--sharedir", &format!("/usr/share/postgresql/{major}"));
     let ext = sharedir.join("extension");
     if !libdir.join("pg_dialer.so").exists() || !ext.join("pg_dialer.control").exists() {
         return Err(format!(
-            "the pg_dialer extension is not installed into Postgres 15 ({} or {} is missing): \
+            "the pg_dialer extension is not installed into Postgres {major} ({} or {} is missing): \
              run `make install-release` (or `make demo`, which does it first)",
             libdir.join("pg_dialer.so").display(),
             ext.join("pg_dialer.control").display()
         ));
     }
     if !libdir.join("pg_cron.so").exists() || !ext.join("pg_cron.control").exists() {
-        return Err(
-            "pg_cron is not installed (Debian package postgresql-15-cron): run `make setup`".into(),
-        );
+        return Err(format!(
+            "pg_cron is not installed (Debian package postgresql-{major}-cron): run `make setup`"
+        ));
     }
     if running_as_root() {
         let ok = Command::new("id")

@@ -173,7 +173,8 @@ fn run(args: &Args) -> Result<i32, String> {
     let mut cluster = Cluster::start(&conf)?;
     let mut db = cluster.connect()?;
     ok_line(format_args!(
-        "Postgres 15 on port {} with pg_dialer's background worker and pg_cron preloaded ({:.1} s)",
+        "Postgres {} on port {} with pg_dialer's background worker and pg_cron preloaded ({:.1} s)",
+        cluster::pg_major(),
         style(cluster.port).bold(),
         started.elapsed().as_secs_f64()
     ));

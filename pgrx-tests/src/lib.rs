@@ -10,10 +10,23 @@ use std::time::{Duration, Instant};
 
 pub use provider_sim;
 
-/// Where the Postgres 15 programs are: `PG_DIALER_PG_BIN` (the Makefile points it at the private
-/// copy the extension was installed into), else the system's.
+/// Where the Postgres programs are: `PG_DIALER_PG_BIN` (the Makefile points it at the private
+/// copy of the major the extension was built for and installed into, target/pgNN), else the
+/// system's newest.
 pub fn pg_bin() -> String {
-    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+    std::env::var("PG_DIALER_PG_BIN").unwrap_or_else(|_| system_pg_bin())
+}
+
+/// The newest Postgres the system has (`/usr/lib/postgresql/NN/bin` with an initdb in it), 15 if none.
+fn system_pg_bin() -> String {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|m| std::path::Path::new(&format!("/usr/lib/postgresql/{m}/bin/initdb")).exists())
+        .max();
+    format!("/usr/lib/postgresql/{}/bin", newest.unwrap_or(15))
 }
 pub const API_KEY: &str = "sk-test-3f9a1c77e2";
 /// The Ultravox agent of the default scenario (Ultravox agent ids are UUIDs).
