@@ -46,8 +46,7 @@ pub fn next_after_epoch(expr: &str, tz_name: &str, after_epoch_secs: f64) -> Res
     if !after_epoch_secs.is_finite() {
         return Err("time is not finite".into());
     }
-    let after = DateTime::<Utc>::from_timestamp_micros((after_epoch_secs * 1e6) as i64)
-        .ok_or_else(|| "time out of range".to_string())?;
+    let after = DateTime::<Utc>::from_timestamp_micros((after_epoch_secs * 1e6) as i64).ok_or_else(|| "time out of range".to_string())?;
     let next = next_after(expr, tz_name, after)?;
     Ok(next.timestamp_micros() as f64 / 1e6)
 }

@@ -4,12 +4,12 @@
 
 use crate::hosts::AllowList;
 use crate::providers::{HttpRequest, HttpResponse, Method, TransportError};
+use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver};
-use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -144,38 +144,36 @@ impl Pool {
             let agent = agent.clone();
             let last_send = Arc::clone(&last_send);
             let allowed = Arc::clone(&allowed);
-            let handle = std::thread::Builder::new()
-                .name(format!("pg_dialer-http-{i}"))
-                .spawn(move || {
-                    while let Some(job) = shared.take() {
-                        let send_at = reserve_send_time(&last_send, &job);
-                        let early_ms = send_at - unix_ms();
-                        if early_ms > 0.0 {
-                            std::thread::sleep(Duration::from_micros((early_ms.min(60_000.0) * 1000.0) as u64));
-                        }
-                        let sent_at_ms = unix_ms();
-                        let started = Instant::now();
-                        let result = match allowed.read().map(|l| l.check_url(&job.request.url)) {
-                            Ok(Ok(_)) => send(&agent, &job.request),
-                            Ok(Err(why)) => Err(TransportError::Refused(why)),
-                            Err(_) => Err(TransportError::Refused("allowed hosts unavailable".into())),
-                        };
-                        shared.done(&job.flight_key);
-                        let out = JobResult {
-                            kind: job.kind,
-                            flight_key: job.flight_key,
-                            request: job.request,
-                            result,
-                            sent_at_ms,
-                            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-                        };
-                        if res_tx.send(out).is_err() {
-                            return;
-                        }
-                        // A full pipe already means "wake up"; nothing to do on WouldBlock.
-                        let _ = (&*wake).write(&[1u8]);
+            let handle = std::thread::Builder::new().name(format!("pg_dialer-http-{i}")).spawn(move || {
+                while let Some(job) = shared.take() {
+                    let send_at = reserve_send_time(&last_send, &job);
+                    let early_ms = send_at - unix_ms();
+                    if early_ms > 0.0 {
+                        std::thread::sleep(Duration::from_micros((early_ms.min(60_000.0) * 1000.0) as u64));
                     }
-                })?;
+                    let sent_at_ms = unix_ms();
+                    let started = Instant::now();
+                    let result = match allowed.read().map(|l| l.check_url(&job.request.url)) {
+                        Ok(Ok(_)) => send(&agent, &job.request),
+                        Ok(Err(why)) => Err(TransportError::Refused(why)),
+                        Err(_) => Err(TransportError::Refused("allowed hosts unavailable".into())),
+                    };
+                    shared.done(&job.flight_key);
+                    let out = JobResult {
+                        kind: job.kind,
+                        flight_key: job.flight_key,
+                        request: job.request,
+                        result,
+                        sent_at_ms,
+                        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    };
+                    if res_tx.send(out).is_err() {
+                        return;
+                    }
+                    // A full pipe already means "wake up"; nothing to do on WouldBlock.
+                    let _ = (&*wake).write(&[1u8]);
+                }
+            })?;
             handles.push(handle);
         }
         Ok(Pool { shared, results: res_rx, wake_read, threads: handles, in_flight: 0, in_flight_by_key: HashMap::new(), allowed })
@@ -328,10 +326,11 @@ pub fn send(agent: &ureq::Agent, req: &HttpRequest) -> Result<HttpResponse, Tran
         Err(ureq::Error::Transport(t)) => {
             let text = t.to_string();
             return Err(match t.kind() {
-                ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::InvalidUrl
-                | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::InsecureRequestHttpsOnly => {
-                    TransportError::NotSent(text)
-                }
+                ureq::ErrorKind::Dns
+                | ureq::ErrorKind::ConnectionFailed
+                | ureq::ErrorKind::InvalidUrl
+                | ureq::ErrorKind::UnknownScheme
+                | ureq::ErrorKind::InsecureRequestHttpsOnly => TransportError::NotSent(text),
                 _ => TransportError::Unknown(text),
             });
         }

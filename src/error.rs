@@ -9,7 +9,9 @@ pub enum DialerError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("no {provider} credentials for agency {agency_id}: call dialer.set_provider_credentials({agency_id}, '{provider}', <api key>)")]
+    #[error(
+        "no {provider} credentials for agency {agency_id}: call dialer.set_provider_credentials({agency_id}, '{provider}', <api key>)"
+    )]
     MissingCredentials { agency_id: i64, provider: String },
     #[error("{0}")]
     MalformedInput(String),

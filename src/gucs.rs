@@ -30,13 +30,13 @@ pub fn register(preloading: bool) {
     // dialer.database can only be set at server start, so only a preloaded library defines it.
     if preloading {
         GucRegistry::define_string_guc(
-        c"dialer.database",
-        c"Database the pg_dialer worker serves.",
-        c"The worker waits quietly until CREATE EXTENSION pg_dialer has run there.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+            c"dialer.database",
+            c"Database the pg_dialer worker serves.",
+            c"The worker waits quietly until CREATE EXTENSION pg_dialer has run there.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
         // Outside the data directory by default, so a base backup or replica does not carry it.
         GucRegistry::define_string_guc(
             c"dialer.key_file",
@@ -84,7 +84,11 @@ pub fn register(preloading: bool) {
     // everything of that kind. SIGHUP: how long history is kept is the server's choice.
     let retention: [(&'static std::ffi::CStr, &'static std::ffi::CStr, &'static GucSetting<Option<CString>>); 4] = [
         (c"dialer.retention_runs", c"How long the worker keeps its tick log (dialer.runs).", &RETENTION_RUNS),
-        (c"dialer.retention_bodies", c"How long the request and response bodies of settled calls are kept (the call rows stay).", &RETENTION_BODIES),
+        (
+            c"dialer.retention_bodies",
+            c"How long the request and response bodies of settled calls are kept (the call rows stay).",
+            &RETENTION_BODIES,
+        ),
         (c"dialer.retention_webhook_events", c"How long webhook deliveries (dialer.webhook_events) are kept.", &RETENTION_WEBHOOK_EVENTS),
         (c"dialer.retention_jobs", c"How long finished queue jobs (and their attempts) are kept.", &RETENTION_JOBS),
     ];
@@ -104,11 +108,46 @@ pub fn register(preloading: bool) {
         (c"dialer.http_concurrency", c"Provider requests in flight at once.", &HTTP_CONCURRENCY, 1, 1024, GucFlags::default()),
         (c"dialer.http_timeout", c"Timeout of one provider request.", &HTTP_TIMEOUT_MS, 100, 600_000, GucFlags::UNIT_MS),
         (c"dialer.max_execution_time", c"Bound on one tick.", &MAX_EXECUTION_TIME_MS, 100, 3_600_000, GucFlags::UNIT_MS),
-        (c"dialer.max_calls_per_second", c"Global cap on calls placed per second (0 = none).", &MAX_CALLS_PER_SECOND, 0, 1_000_000, GucFlags::default()),
-        (c"dialer.call_timeout", c"An in-progress call without outcome after this long is reconciled.", &CALL_TIMEOUT_MS, 1000, i32::MAX, GucFlags::UNIT_MS),
-        (c"dialer.status_poll_interval", c"How often the provider is asked about a call in progress.", &STATUS_POLL_INTERVAL_MS, 100, 3_600_000, GucFlags::UNIT_MS),
-        (c"dialer.max_claim_per_batch", c"Most contacts of one batch claimed in one tick.", &MAX_CLAIM_PER_BATCH, 1, 100_000, GucFlags::default()),
-        (c"dialer.standby_wait", c"How long a claimed call waits for every streaming standby to hold its claim (-1: no limit, 0: no wait).", &STANDBY_WAIT_MS, -1, 3_600_000, GucFlags::UNIT_MS),
+        (
+            c"dialer.max_calls_per_second",
+            c"Global cap on calls placed per second (0 = none).",
+            &MAX_CALLS_PER_SECOND,
+            0,
+            1_000_000,
+            GucFlags::default(),
+        ),
+        (
+            c"dialer.call_timeout",
+            c"An in-progress call without outcome after this long is reconciled.",
+            &CALL_TIMEOUT_MS,
+            1000,
+            i32::MAX,
+            GucFlags::UNIT_MS,
+        ),
+        (
+            c"dialer.status_poll_interval",
+            c"How often the provider is asked about a call in progress.",
+            &STATUS_POLL_INTERVAL_MS,
+            100,
+            3_600_000,
+            GucFlags::UNIT_MS,
+        ),
+        (
+            c"dialer.max_claim_per_batch",
+            c"Most contacts of one batch claimed in one tick.",
+            &MAX_CLAIM_PER_BATCH,
+            1,
+            100_000,
+            GucFlags::default(),
+        ),
+        (
+            c"dialer.standby_wait",
+            c"How long a claimed call waits for every streaming standby to hold its claim (-1: no limit, 0: no wait).",
+            &STANDBY_WAIT_MS,
+            -1,
+            3_600_000,
+            GucFlags::UNIT_MS,
+        ),
     ];
     for (name, short, setting, min, max, flags) in ints {
         GucRegistry::define_int_guc(name, short, c"", setting, min, max, GucContext::Sighup, flags);
@@ -197,9 +236,6 @@ impl Settings {
     }
 
     pub fn database() -> String {
-        DATABASE
-            .get()
-            .and_then(|c| c.into_string().ok())
-            .unwrap_or_else(|| "postgres".to_string())
+        DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".to_string())
     }
 }

@@ -67,7 +67,8 @@ pub fn due_owners(limit: usize) -> Result<Vec<pg_sys::Oid>, DialerError> {
                 "SELECT dialer._lead_writes_blocked($1, $2)",
                 &[
                     owner.into(),
-                    "lead rows are written back as the table's owner, which cannot log in: ALTER ROLE ... LOGIN (no password is needed)".into(),
+                    "lead rows are written back as the table's owner, which cannot log in: ALTER ROLE ... LOGIN (no password is needed)"
+                        .into(),
                 ],
             )
             .map_err(db)?;
@@ -138,11 +139,8 @@ fn write_one(taken: &std::cell::Cell<Option<i64>>) -> Result<bool, DialerError> 
     Spi::run(WRITE_LOCK_TIMEOUT).map_err(db)?;
     let Some(id) = taken.get() else { return Ok(false) };
     let read = Spi::connect(|client| {
-        let mut t = client.select(
-            "SELECT writer::text, lead_key, lead_values, upto FROM dialer._lead_writes_read($1)",
-            None,
-            &[id.into()],
-        )?;
+        let mut t =
+            client.select("SELECT writer::text, lead_key, lead_values, upto FROM dialer._lead_writes_read($1)", None, &[id.into()])?;
         match t.next() {
             Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<String>(2)?, r.get::<Vec<Option<String>>>(3)?, r.get::<i64>(4)?))),
             None => Ok::<_, pgrx::spi::Error>(None),

@@ -30,7 +30,11 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
 extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
-extension_sql_file!("../sql/queue.sql", name = "queue", requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit, api::queue::_wake_on_commit_for]);
+extension_sql_file!(
+    "../sql/queue.sql",
+    name = "queue",
+    requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit, api::queue::_wake_on_commit_for]
+);
 extension_sql_file!("../sql/compliance.sql", name = "compliance", requires = ["leads", "queue", api::queue::_zone_for_number]);
 extension_sql_file!("../sql/caller_ids.sql", name = "caller_ids", requires = ["compliance"]);
 extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["caller_ids"]);

@@ -72,9 +72,11 @@ pub fn check_at_start() -> Result<i32, DialerError> {
     let mut held = 0;
     if let Some(claim_lsn) = noted.filter(|&lsn| restored(lsn, insert_lsn)) {
         held = crate::txn::run(|| {
-            Spi::get_one::<i32>("SELECT dialer._hold_after_restore(coalesce((SELECT max(created_at) FROM dialer.calls), clock_timestamp()))")
-                .map(|v| v.unwrap_or(0))
-                .map_err(|e| DialerError::Database(e.to_string()))
+            Spi::get_one::<i32>(
+                "SELECT dialer._hold_after_restore(coalesce((SELECT max(created_at) FROM dialer.calls), clock_timestamp()))",
+            )
+            .map(|v| v.unwrap_or(0))
+            .map_err(|e| DialerError::Database(e.to_string()))
         })?;
         warning!(
             "pg_dialer: this database is behind the last claim noted in {} ({} < {}): a restored copy. {held} contact(s) that may \

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 /// that the worker's wake-up jitter does not shift calls (see `_claim_batch`).
 pub const CLAIM_LEAD_MS: f64 = 25.0;
 
-
 fn db<E: std::fmt::Display>(e: E) -> DialerError {
     DialerError::Database(e.to_string())
 }
@@ -42,9 +41,7 @@ pub fn try_tick_lock() -> Result<bool, DialerError> {
 }
 
 pub fn promote() -> Result<i32, DialerError> {
-    Spi::get_one::<i32>("SELECT dialer._promote_batches(clock_timestamp())")
-        .map(|v| v.unwrap_or(0))
-        .map_err(db)
+    Spi::get_one::<i32>("SELECT dialer._promote_batches(clock_timestamp())").map(|v| v.unwrap_or(0)).map_err(db)
 }
 
 /// Calls still open long after dialer.call_timeout (the provider never said they ended).
@@ -68,9 +65,7 @@ pub fn assign_pending() -> Result<i32, DialerError> {
 }
 
 pub fn active_batch_count() -> Result<i64, DialerError> {
-    Spi::get_one::<i64>("SELECT count(*) FROM dialer.call_batches WHERE status = 'processing'")
-        .map(|v| v.unwrap_or(0))
-        .map_err(db)
+    Spi::get_one::<i64>("SELECT count(*) FROM dialer.call_batches WHERE status = 'processing'").map(|v| v.unwrap_or(0)).map_err(db)
 }
 
 /// Marks finished batches completed; `by_counters`: look only at batches whose counters say so.
@@ -599,7 +594,13 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
     for (call_id, agency_id, provider, provider_call_id) in rows {
         let Ok(Some(creds)) = cache.credentials(agency_id, &provider) else { continue };
         if let Ok(request) = providers::build_status_request(&provider, &creds, &provider_call_id) {
-            jobs.push(Job { kind: JobKind::Status { call_id, provider }, request, not_before_ms: None, spacing: Vec::new(), flight_key: None });
+            jobs.push(Job {
+                kind: JobKind::Status { call_id, provider },
+                request,
+                not_before_ms: None,
+                spacing: Vec::new(),
+                flight_key: None,
+            });
         }
     }
     Ok(jobs)

@@ -60,9 +60,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub fn verify_ultravox(secret: &str, body: &str, headers: &HashMap<String, String>, now_epoch: i64) -> Result<(), String> {
-    let ts = headers
-        .get("x-ultravox-webhook-timestamp")
-        .ok_or("missing X-Ultravox-Webhook-Timestamp header")?;
+    let ts = headers.get("x-ultravox-webhook-timestamp").ok_or("missing X-Ultravox-Webhook-Timestamp header")?;
     let sent = webhook_timestamp(ts).ok_or("X-Ultravox-Webhook-Timestamp is not an ISO 8601 date-time")?;
     if (now_epoch - sent).abs() > MAX_SKEW_SECS {
         return Err(format!("stale webhook: timestamp is {}s from now (at most {MAX_SKEW_SECS}s allowed)", now_epoch - sent));
@@ -114,9 +112,8 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
 
 pub fn verify_twilio(auth_token: &str, body: &str, headers: &HashMap<String, String>) -> Result<(), String> {
     let given = headers.get("x-twilio-signature").ok_or("missing X-Twilio-Signature header")?;
-    let url = headers
-        .get("x-webhook-url")
-        .ok_or("missing X-Webhook-Url header (the full URL Twilio called, needed to check its signature)")?;
+    let url =
+        headers.get("x-webhook-url").ok_or("missing X-Webhook-Url header (the full URL Twilio called, needed to check its signature)")?;
     let params: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
     let expected = twilio_signature(auth_token, url, &params)?;
     if ct_eq(given.trim().as_bytes(), expected.as_bytes()) {
@@ -175,9 +172,9 @@ pub fn parse_twilio(body: &str) -> Result<Option<CallEvent>, String> {
     let talked = params.get("CallDuration").and_then(|d| d.parse::<i64>().ok()).filter(|d| *d > 0);
     let answered_at = match (status.as_str(), &at, talked) {
         ("in-progress", Some(t), _) => Some(t.clone()),
-        ("completed", Some(t), Some(d)) => chrono::DateTime::parse_from_rfc3339(t)
-            .ok()
-            .map(|t| (t - chrono::Duration::seconds(d)).to_rfc3339()),
+        ("completed", Some(t), Some(d)) => {
+            chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| (t - chrono::Duration::seconds(d)).to_rfc3339())
+        }
         _ => None,
     };
     Ok(Some(CallEvent {
@@ -419,7 +416,13 @@ mod tests {
     #[test]
     fn ultravox_timestamps_with_or_without_an_offset() {
         let utc = chrono::DateTime::parse_from_rfc3339("2026-12-01T20:01:02Z").unwrap().timestamp();
-        for ts in ["2026-12-01T20:01:02.123456", "2026-12-01T20:01:02", "2026-12-01T20:01:02Z", "2026-12-01T21:01:02+01:00", "2026-12-01 20:01:02.5"] {
+        for ts in [
+            "2026-12-01T20:01:02.123456",
+            "2026-12-01T20:01:02",
+            "2026-12-01T20:01:02Z",
+            "2026-12-01T21:01:02+01:00",
+            "2026-12-01 20:01:02.5",
+        ] {
             assert_eq!(webhook_timestamp(ts), Some(utc), "{ts}");
         }
         assert_eq!(webhook_timestamp("yesterday"), None);
@@ -433,8 +436,11 @@ mod tests {
     fn twilio_known_vector() {
         // The example from Twilio's security documentation.
         let params: Vec<(String, String)> = [
-            ("CallSid", "CA1234567890ABCDE"), ("Caller", "+12349013030"), ("Digits", "1234"),
-            ("From", "+12349013030"), ("To", "+18005551212"),
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -453,9 +459,11 @@ mod tests {
         assert!(parse_ultravox(r#"{"event":"call.ended"}"#).is_err());
         let t = parse_twilio("CallSid=CA1&CallStatus=busy&SequenceNumber=3").unwrap().unwrap();
         assert_eq!((t.ended, t.end_reason.as_deref(), t.event_id.as_str()), (true, Some("busy"), "CA1:busy:3"));
-        let t = parse_twilio("CallSid=CA1&CallStatus=completed&AnsweredBy=machine_start&CallDuration=20&Timestamp=Tue,+01+Dec+2026+10:00:20+%2B0000")
-            .unwrap()
-            .unwrap();
+        let t = parse_twilio(
+            "CallSid=CA1&CallStatus=completed&AnsweredBy=machine_start&CallDuration=20&Timestamp=Tue,+01+Dec+2026+10:00:20+%2B0000",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(t.end_reason.as_deref(), Some("voicemail"), "an answering machine is voicemail");
         assert_eq!(t.answered_at.as_deref(), Some("2026-12-01T10:00:00+00:00"));
         let t = parse_twilio("CallSid=CA1&CallStatus=in-progress&Timestamp=Tue,+01+Dec+2026+10:00:00+%2B0000").unwrap().unwrap();
@@ -474,7 +482,10 @@ mod tests {
     #[test]
     fn vapi_secret_bearer_hmac_forged_stale() {
         let now = 1_796_155_262;
-        let body = format!(r#"{{"message":{{"type":"end-of-call-report","timestamp":{},"call":{{"id":"v1"}},"endedReason":"voicemail","startedAt":"2026-12-01T20:00:00.000Z","endedAt":"2026-12-01T20:01:00.000Z"}}}}"#, now * 1000);
+        let body = format!(
+            r#"{{"message":{{"type":"end-of-call-report","timestamp":{},"call":{{"id":"v1"}},"endedReason":"voicemail","startedAt":"2026-12-01T20:00:00.000Z","endedAt":"2026-12-01T20:01:00.000Z"}}}}"#,
+            now * 1000
+        );
         for h in [json!({"X-Vapi-Secret": "srv"}), json!({"x-vapi-signature": "srv"}), json!({"Authorization": "Bearer srv"})] {
             assert_eq!(verify_vapi("srv", &body, &headers_map(&h), now), Ok(()), "{h}");
         }
@@ -548,10 +559,14 @@ mod tests {
             let _ = parse_vapi(&s);
             let _ = parse_retell(&s);
             let _ = parse_bland(&s);
-            let h = headers_map(&json!({"x-ultravox-webhook-timestamp": s, "x-ultravox-webhook-signature": s, "x-twilio-signature": s, "x-webhook-url": s}));
+            let h = headers_map(
+                &json!({"x-ultravox-webhook-timestamp": s, "x-ultravox-webhook-signature": s, "x-twilio-signature": s, "x-webhook-url": s}),
+            );
             let _ = verify_ultravox("k", &s, &h, 0);
             let _ = verify_twilio("k", &s, &h);
-            let h2 = headers_map(&json!({"x-signature": s, "x-timestamp": s, "x-retell-signature": format!("v={s},d={s}"), "x-webhook-signature": s, "authorization": s}));
+            let h2 = headers_map(
+                &json!({"x-signature": s, "x-timestamp": s, "x-retell-signature": format!("v={s},d={s}"), "x-webhook-signature": s, "authorization": s}),
+            );
             let _ = verify_vapi("k", &s, &h2, 0);
             let _ = verify_retell("k", &s, &h2, 0);
             let _ = verify_bland("k", &s, &h2);

@@ -265,8 +265,14 @@ impl Worker {
             }
             tick::promote()?;
             let mut cache = TargetCache::default();
-            let claimed =
-                tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, settings.max_calls_per_second, Some(started_ms), &room_for, &mut cache)?;
+            let claimed = tick::claim(
+                settings.max_batches_per_run,
+                settings.max_claim_per_batch,
+                settings.max_calls_per_second,
+                Some(started_ms),
+                &room_for,
+                &mut cache,
+            )?;
             Ok(Some(claimed))
         })?;
         let Some((jobs, unbuildable, batches)) = outcome else {

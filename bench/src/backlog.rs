@@ -88,7 +88,8 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     // Tick steps, timed from a client with the worker off (median of rolled-back runs).
     let n = 30;
     let claim_setup = format!("UPDATE dialer.call_batches SET status = 'processing' WHERE id = {probe}");
-    let claim = time_step(&mut s.db, &claim_setup, &format!("SELECT count(*) FROM dialer._claim_batch({probe}, clock_timestamp(), 10)"), n)?;
+    let claim =
+        time_step(&mut s.db, &claim_setup, &format!("SELECT count(*) FROM dialer._claim_batch({probe}, clock_timestamp(), 10)"), n)?;
     let mut steps = vec![("_claim_batch(probe, now, 10)".to_string(), claim)];
     for (name, sql) in [
         ("_promote_batches", "SELECT dialer._promote_batches(clock_timestamp())"),
@@ -182,7 +183,8 @@ pub fn run(opts: &Opts) -> Outcome {
             out.rows.push(Row::new(&sc, "claim ms (10 contacts): 1,000 backlog", Some(s.claim_ms), None, 3));
             out.rows.push(Row::new(&sc, "claim: big / small", Some(r), None, 2).target("≤ 2×", Some(r <= 2.0)));
             for ((name, bv), (_, sv)) in b.steps.iter().zip(&s.steps).skip(1) {
-                out.rows.push(Row::new(&sc, &format!("{name} ms: big | small"), Some(*bv), None, 3).target(&format!("small {sv:.3} ms"), None));
+                out.rows
+                    .push(Row::new(&sc, &format!("{name} ms: big | small"), Some(*bv), None, 3).target(&format!("small {sv:.3} ms"), None));
             }
             let tr = b.tick_p50 / s.tick_p50;
             out.rows.push(Row::new(&sc, &format!("tick p50 ms: {} backlog ({} ticks)", b.contacts, b.ticks), Some(b.tick_p50), None, 2));
@@ -194,8 +196,13 @@ pub fn run(opts: &Opts) -> Outcome {
                     .target(&format!("small {:.3} ms", s.tick_ms_per_call), None),
             );
             out.rows.push(Row::new(&sc, "tick per call: big / small", Some(pr), None, 2).target("≤ 2×", Some(pr <= 2.0)));
-            out.rows.push(Row::new(&sc, "tick p95 ms: big | small", Some(b.tick_p95), None, 2).target(&format!("small {:.2} ms", s.tick_p95), None));
-            out.rows.push(Row::new(&sc, "calls/s dialed: big | small (demand 16.7)", Some(b.calls_per_s), None, 1).target(&format!("small {:.1}", s.calls_per_s), None));
+            out.rows.push(
+                Row::new(&sc, "tick p95 ms: big | small", Some(b.tick_p95), None, 2).target(&format!("small {:.2} ms", s.tick_p95), None),
+            );
+            out.rows.push(
+                Row::new(&sc, "calls/s dialed: big | small (demand 16.7)", Some(b.calls_per_s), None, 1)
+                    .target(&format!("small {:.1}", s.calls_per_s), None),
+            );
             let hwm = b.hwm_mb.into_iter().chain(s.hwm_mb).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
             out.rows.push(Row::new(&sc, "worker peak memory MB (VmHWM)", hwm, None, 1).target("< 100", hwm.map(|h| h < 100.0)));
             out.rows.push(

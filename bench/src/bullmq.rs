@@ -51,7 +51,11 @@ fn error_lines(stderr: &str) -> Vec<&str> {
 
 /// Node, the npm packages and redis-server: installs what is missing, or says what to do.
 pub fn prepare() -> Result<PathBuf> {
-    let node = which("node").ok_or_else(|| anyhow!("node is not installed: the BullMQ side needs Node.js 18+ (Debian: apt-get install -y nodejs npm), or run with --skip-bullmq"))?;
+    let node = which("node").ok_or_else(|| {
+        anyhow!(
+            "node is not installed: the BullMQ side needs Node.js 18+ (Debian: apt-get install -y nodejs npm), or run with --skip-bullmq"
+        )
+    })?;
     let out = Command::new(&node).arg("--version").output().context("run node --version")?;
     let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let major: u32 = v.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
@@ -60,7 +64,8 @@ pub fn prepare() -> Result<PathBuf> {
     }
     let dir = peer_dir();
     if !dir.join("node_modules/bullmq/package.json").exists() || !dir.join("node_modules/ioredis/package.json").exists() {
-        let npm = which("npm").ok_or_else(|| anyhow!("npm is not installed (Debian: apt-get install -y npm), or run with --skip-bullmq"))?;
+        let npm =
+            which("npm").ok_or_else(|| anyhow!("npm is not installed (Debian: apt-get install -y npm), or run with --skip-bullmq"))?;
         let sub = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
         eprintln!("bench: npm {sub} in {} ...", dir.display());
         run_logged(Command::new(npm).arg(sub).args(["--no-audit", "--no-fund"]).current_dir(&dir), &format!("npm {sub}"))?;
@@ -71,13 +76,17 @@ pub fn prepare() -> Result<PathBuf> {
         }
         eprintln!("bench: installing redis-server (apt-get) ...");
         let first = run_logged(
-            Command::new("apt-get").args(["install", "-y", "--no-install-recommends", "redis-server"]).env("DEBIAN_FRONTEND", "noninteractive"),
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "redis-server"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
             "apt-get install redis-server",
         );
         if first.is_err() {
             run_logged(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"), "apt-get update")?;
             run_logged(
-                Command::new("apt-get").args(["install", "-y", "--no-install-recommends", "redis-server"]).env("DEBIAN_FRONTEND", "noninteractive"),
+                Command::new("apt-get")
+                    .args(["install", "-y", "--no-install-recommends", "redis-server"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
                 "apt-get install redis-server",
             )?;
         }

@@ -56,12 +56,7 @@ pub fn draw(path: &Path, series: &[Series]) -> Result<()> {
         let limit_s = *cpm as f64 / 60.0;
 
         // Left: calls per second.
-        let ymax = pg
-            .iter()
-            .chain(bull.iter())
-            .flat_map(|s| s.per_second.iter().copied())
-            .max()
-            .unwrap_or(0) as f64;
+        let ymax = pg.iter().chain(bull.iter()).flat_map(|s| s.per_second.iter().copied()).max().unwrap_or(0) as f64;
         // Log scale: a burst of hundreds and an even 1/s both stay readable; 0 sits at the floor.
         let floor = 0.5;
         let ymax = ymax.max(limit_s * 2.0).max(2.0) * 1.3;
@@ -119,12 +114,9 @@ pub fn draw(path: &Path, series: &[Series]) -> Result<()> {
             }
             v
         };
-        let cmax = pg
-            .iter()
-            .chain(bull.iter())
-            .map(|s| s.per_second.iter().map(|v| *v as f64).sum::<f64>())
-            .fold(limit_s * secs as f64, f64::max)
-            * 1.08;
+        let cmax =
+            pg.iter().chain(bull.iter()).map(|s| s.per_second.iter().map(|v| *v as f64).sum::<f64>()).fold(limit_s * secs as f64, f64::max)
+                * 1.08;
         let mut c = ChartBuilder::on(&rows[i * 2 + 1])
             .caption(format!("{cpm} calls/min: cumulative calls"), ("sans-serif", 18))
             .margin(12)

@@ -11,7 +11,11 @@ pub enum Action {
     /// Kill this process group (SIGTERM, then SIGKILL).
     KillGroup(i32),
     /// `pg_ctl stop -m immediate` on this data directory (through the given program), then remove `dir`.
-    StopCluster { pg_ctl: Vec<String>, data: PathBuf, dir: PathBuf },
+    StopCluster {
+        pg_ctl: Vec<String>,
+        data: PathBuf,
+        dir: PathBuf,
+    },
     RemoveDir(PathBuf),
 }
 
@@ -42,12 +46,7 @@ pub fn run(a: &Action) {
         Action::KillGroup(pgid) => kill_group(*pgid),
         Action::StopCluster { pg_ctl, data, dir } => {
             if let Some((prog, args)) = pg_ctl.split_first() {
-                let _ = Command::new(prog)
-                    .args(args)
-                    .arg("-D")
-                    .arg(data)
-                    .args(["stop", "-m", "immediate", "-w", "-t", "20"])
-                    .output();
+                let _ = Command::new(prog).args(args).arg("-D").arg(data).args(["stop", "-m", "immediate", "-w", "-t", "20"]).output();
             }
             let _ = std::fs::remove_dir_all(dir);
         }

@@ -184,7 +184,11 @@ impl Cluster {
         }
         let auto = data.join("postgresql.auto.conf");
         let mut conf = std::fs::read_to_string(&auto).with_context(|| format!("read {}", auto.display()))?;
-        conf.push_str(&format!("\nport = {}\nunix_socket_directories = '{}'\ncluster_name = '{name}'\n", standby.port, path_str(&standby.dir)?));
+        conf.push_str(&format!(
+            "\nport = {}\nunix_socket_directories = '{}'\ncluster_name = '{name}'\n",
+            standby.port,
+            path_str(&standby.dir)?
+        ));
         std::fs::write(&auto, conf).with_context(|| format!("write {}", auto.display()))?;
         standby.pg_ctl(&["start", "-w", "-t", "60"])?;
         standby.name = name.to_string();
@@ -198,11 +202,7 @@ impl Cluster {
     pub fn pg_ctl(&self, args: &[&str]) -> Result<()> {
         let data = self.data();
         let log = self.dir.join("server.log");
-        let out = pg_command("pg_ctl")
-            .args(["-D", path_str(&data)?, "-l", path_str(&log)?])
-            .args(args)
-            .output()
-            .context("run pg_ctl")?;
+        let out = pg_command("pg_ctl").args(["-D", path_str(&data)?, "-l", path_str(&log)?]).args(args).output().context("run pg_ctl")?;
         if !out.status.success() {
             let tail: String = {
                 let log = self.server_log();
@@ -238,11 +238,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(self.data())
-            .args(["stop", "-m", "immediate", "-w", "-t", "20"])
-            .output();
+        let _ = pg_command("pg_ctl").arg("-D").arg(self.data()).args(["stop", "-m", "immediate", "-w", "-t", "20"]).output();
         if let Some(Some(logs)) = crate::common::LOG_DIR.get() {
             let _ = std::fs::create_dir_all(logs);
             let _ = std::fs::copy(self.dir.join("server.log"), logs.join(format!("{}.log", self.name)));
@@ -268,8 +264,8 @@ impl Setup {
         db.batch_execute("CREATE EXTENSION pg_dialer").context("CREATE EXTENSION pg_dialer")?;
         let agency_id: i64 = db.query_one("SELECT dialer.create_agency('Bench Co', 'UTC')", &[])?.get(0);
         db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&agency_id, &api_key, &sim_url])?;
-        let mapping_id: i64 =
-            db.query_one(
+        let mapping_id: i64 = db
+            .query_one(
                 "SELECT dialer.create_agent_mapping($1, 'ultravox', '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55', 'Ava', '+14155550100')",
                 &[&agency_id],
             )?
@@ -295,11 +291,7 @@ impl Setup {
     }
 
     pub fn worker_pid(&mut self) -> Option<i32> {
-        self.db
-            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer' LIMIT 1", &[])
-            .ok()
-            .flatten()
-            .map(|r| r.get(0))
+        self.db.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer' LIMIT 1", &[]).ok().flatten().map(|r| r.get(0))
     }
 
     pub fn batch(&mut self, name: &str, cpm: i32, max_concurrent: i32) -> Result<i64> {
@@ -321,8 +313,7 @@ impl Setup {
             let contacts: Vec<serde_json::Value> = (i..end)
                 .map(|k| serde_json::json!({"phone_number": format!("{prefix}{k:07}"), "name": format!("Lead {k}"), "variables": {"idx": k}}))
                 .collect();
-            let got: i32 =
-                self.db.query_one("SELECT dialer.add_contacts($1, $2)", &[&batch, &serde_json::Value::Array(contacts)])?.get(0);
+            let got: i32 = self.db.query_one("SELECT dialer.add_contacts($1, $2)", &[&batch, &serde_json::Value::Array(contacts)])?.get(0);
             added += got;
             i = end;
         }

@@ -72,7 +72,11 @@ pub fn pgss_create(db: &mut Client) -> Result<()> {
 
 /// pg_stat_statements.track of a scenario's cluster: "all" with --pgss, else "top".
 pub fn pgss_track(opts: &Opts) -> &'static str {
-    if opts.pgss { "all" } else { "top" }
+    if opts.pgss {
+        "all"
+    } else {
+        "top"
+    }
 }
 
 /// The statements that took the most time (with --pgss, nested ones too: a function's total
@@ -90,7 +94,11 @@ pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
         Ok(r) => r,
         Err(e) => return vec![format!("pg_stat_statements: {e}")],
     };
-    let how = if track == "all" { "nested statements are counted inside their callers too" } else { "statements run inside functions are not counted apart" };
+    let how = if track == "all" {
+        "nested statements are counted inside their callers too"
+    } else {
+        "statements run inside functions are not counted apart"
+    };
     let mut out = vec![format!("pg_stat_statements (track = {track}; {how}), top {n} by total time:")];
     out.push(format!("{:>9} {:>11} {:>9} {:>9}  query", "calls", "total ms", "mean ms", "rows"));
     for r in rows {
@@ -109,10 +117,8 @@ pub fn split_lines(title: &str, split: &BTreeMap<String, f64>) -> Vec<String> {
     let total: f64 = split.values().filter(|v| **v > 0.0).sum();
     let mut v: Vec<(&String, &f64)> = split.iter().filter(|(_, s)| **s >= 0.005).collect();
     v.sort_by(|a, b| b.1.total_cmp(a.1));
-    let parts: Vec<String> = v
-        .iter()
-        .map(|(k, s)| format!("{k} {s:.2} s ({:.0}%)", if total > 0.0 { **s / total * 100.0 } else { 0.0 }))
-        .collect();
+    let parts: Vec<String> =
+        v.iter().map(|(k, s)| format!("{k} {s:.2} s ({:.0}%)", if total > 0.0 { **s / total * 100.0 } else { 0.0 })).collect();
     vec![format!("{title}: {total:.2} s = {}", parts.join(", "))]
 }
 

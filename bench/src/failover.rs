@@ -97,7 +97,13 @@ pub fn run(opts: &Opts) -> Outcome {
         Ok(f) => {
             out.rows.push(Row::new(SCENARIO, "calls lost", Some(f.lost as f64), None, 0).target("0", Some(f.lost == 0)));
             out.rows.push(Row::new(SCENARIO, "calls doubled", Some(f.doubled as f64), None, 0).target("0", Some(f.doubled == 0)));
-            out.rows.push(Row::new(SCENARIO, "s from the primary's death to the first call from the new primary", Some(f.first_call_s), None, 2));
+            out.rows.push(Row::new(
+                SCENARIO,
+                "s from the primary's death to the first call from the new primary",
+                Some(f.first_call_s),
+                None,
+                2,
+            ));
             out.details.push(format!(
                 "Failover, pg_dialer: {} contacts at 1,200 calls/min, max_concurrent 20, simulated calls 0.2–0.4 s; an asynchronous \
                  standby (pg_basebackup -R) cut off 3 s before the primary was stopped with -m immediate and the standby promoted; \

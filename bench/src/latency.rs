@@ -71,10 +71,7 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
     conf.extend(pgss_conf(opts));
     let mut s = Setup::new("latency", &sim.url, API_KEY, &conf)?;
     pgss_create(&mut s.db)?;
-    s.db.execute(
-        "SELECT dialer.set_queue_options($1, calls_per_minute => 600000, max_concurrent => 10000)",
-        &[&s.agency_id],
-    )?;
+    s.db.execute("SELECT dialer.set_queue_options($1, calls_per_minute => 600000, max_concurrent => 10000)", &[&s.agency_id])?;
     let stmt = s.db.prepare("SELECT dialer.schedule_call($1, metadata => $2)")?;
     let mut sent = Vec::with_capacity(n);
     let mut rtt = Vec::with_capacity(n);
@@ -166,10 +163,7 @@ pub fn bull(opts: &Opts) -> Result<LatResult> {
     let done = run.wait_event("done", Duration::from_secs(120 + (n as f64 / RATE) as u64))?;
     run.finish();
     let adds = done["adds"].as_array().ok_or_else(|| anyhow!("BullMQ peer gave no adds"))?;
-    let sent: Vec<(String, i64)> = adds
-        .iter()
-        .filter_map(|a| Some((a.get(0)?.as_str()?.to_string(), a.get(1)?.as_i64()?)))
-        .collect();
+    let sent: Vec<(String, i64)> = adds.iter().filter_map(|a| Some((a.get(0)?.as_str()?.to_string(), a.get(1)?.as_i64()?))).collect();
     let (lat, missing) = latencies(&sim, &sent)?;
     let mut details = vec![format!(
         "Latency, BullMQ: queue.add at {RATE} jobs/s from the worker's own process, {n} measured after {WARMUP} warm-up jobs; Worker concurrency 64, limiter {{max: 600,000, duration: 60,000}}; outcome {}/{} completed/failed",

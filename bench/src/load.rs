@@ -237,7 +237,13 @@ pub fn run(opts: &Opts) -> Outcome {
     let rate = |r: Option<&LoadResult>| r.map(|r| r.placed as f64 / d as f64);
     let floor = CPM as f64 / 60.0 * 0.98;
     out.rows.push(Row::new(&sc, "worker CPU, % of one core", p.and_then(|r| r.worker_cpu).map(|c| pct(c, d)), None, 1));
-    out.rows.push(Row::new(&sc, "CPU, % of one core: Postgres (all processes) | node+redis", pct_of(p, |r| r.system_cpu), pct_of(b, |r| r.system_cpu), 1));
+    out.rows.push(Row::new(
+        &sc,
+        "CPU, % of one core: Postgres (all processes) | node+redis",
+        pct_of(p, |r| r.system_cpu),
+        pct_of(b, |r| r.system_cpu),
+        1,
+    ));
     out.rows.push(Row::new(&sc, "CPU, % of one core: simulator", pct_of(p, |r| r.sim_cpu), pct_of(b, |r| r.sim_cpu), 1));
     out.rows.push(Row::new(
         &sc,
@@ -247,7 +253,8 @@ pub fn run(opts: &Opts) -> Outcome {
         0,
     ));
     out.rows.push(
-        Row::new(&sc, "achieved rate, calls/s", rate(p), rate(b), 2).target(&format!("≥ {floor:.1}/s (98%)"), rate(p).map(|r| r >= floor - 1e-9)),
+        Row::new(&sc, "achieved rate, calls/s", rate(p), rate(b), 2)
+            .target(&format!("≥ {floor:.1}/s (98%)"), rate(p).map(|r| r >= floor - 1e-9)),
     );
     out
 }

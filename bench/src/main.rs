@@ -100,7 +100,14 @@ fn run(args: Args) -> Result<bool> {
     let _ = common::LOG_DIR.set(args.logs.clone());
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     cluster::preflight()?;
-    let mut opts = Opts { quick: args.quick, pgss: args.pgss, skip_bullmq: args.skip_bullmq, node: None, claim: args.claim, tp_latencies: args.tp_latency.clone() };
+    let mut opts = Opts {
+        quick: args.quick,
+        pgss: args.pgss,
+        skip_bullmq: args.skip_bullmq,
+        node: None,
+        claim: args.claim,
+        tp_latencies: args.tp_latency.clone(),
+    };
     let mut notes = Vec::new();
     let bull_needed = !args.skip_bullmq && ["throughput", "latency", "pacing", "load"].iter().any(|s| wanted(s));
     if bull_needed {
@@ -186,15 +193,7 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn markdown(
-    date: &str,
-    opts: &Opts,
-    m: &report::Machine,
-    all: &Outcome,
-    notes: &[String],
-    png: Option<&str>,
-    took_s: f64,
-) -> String {
+fn markdown(date: &str, opts: &Opts, m: &report::Machine, all: &Outcome, notes: &[String], png: Option<&str>, took_s: f64) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# pg_dialer bench, {date}{}\n", if opts.quick { " (quick: everything ~10× smaller)" } else { "" });
     let _ = writeln!(s, "Machine: {} CPUs ({}), {:.1} GiB memory, Linux {}.  ", m.nproc, m.cpu, m.mem_gib, m.kernel);

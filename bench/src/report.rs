@@ -21,16 +21,7 @@ pub struct Row {
 
 impl Row {
     pub fn new(scenario: &str, metric: &str, pg: Option<f64>, bull: Option<f64>, decimals: usize) -> Row {
-        Row {
-            scenario: scenario.into(),
-            metric: metric.into(),
-            pg,
-            bull,
-            decimals,
-            target: String::new(),
-            met: None,
-            error: None,
-        }
+        Row { scenario: scenario.into(), metric: metric.into(), pg, bull, decimals, target: String::new(), met: None, error: None }
     }
 
     pub fn target(mut self, text: &str, met: Option<bool>) -> Row {

@@ -61,7 +61,9 @@ impl SimProcess {
             .requests()
             .map_err(|e| anyhow!("{e}"))?
             .into_iter()
-            .filter(|r| r.method == "POST" && (r.path == "/api/calls" || (r.path.starts_with("/api/agents/") && r.path.ends_with("/calls"))))
+            .filter(|r| {
+                r.method == "POST" && (r.path == "/api/calls" || (r.path.starts_with("/api/agents/") && r.path.ends_with("/calls")))
+            })
             .collect();
         v.sort_by_key(|r| r.seq);
         Ok(v)

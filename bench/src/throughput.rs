@@ -146,7 +146,11 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
     details.extend(split_lines("  Postgres CPU by process (without the bench's own connection)", &dcpu.by_role));
     details.push(format!("  the bench's own connection: {own:.2} s CPU"));
     details.extend(split_lines("  pg_dialer worker CPU by thread", &thr));
-    details.push(format!("  simulator CPU {:.2} s; {calls} POSTs; {}", sim1 - sim0, rate.map(|r| format!("{r:.0} calls/s")).unwrap_or_default()));
+    details.push(format!(
+        "  simulator CPU {:.2} s; {calls} POSTs; {}",
+        sim1 - sim0,
+        rate.map(|r| format!("{r:.0} calls/s")).unwrap_or_default()
+    ));
     let (ticks, p50, p95, max, initiated, _) = tick_stats(&mut s.db, None, None)?;
     details.push(format!(
         "  dialer.runs: {ticks} ticks logged, duration p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms; {initiated} calls initiated; {:.0} calls per tick",
@@ -157,7 +161,16 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
         details.push(format!("  {l}"));
     }
     let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|v| v as f64 / 1024.0);
-    Ok(TpResult { rate, rate_e2e, placed: times.len(), wanted: n, cpu_per_1k: dcpu.total() / k, sim_cpu_per_1k: (sim1 - sim0) / k, hwm_mb, details })
+    Ok(TpResult {
+        rate,
+        rate_e2e,
+        placed: times.len(),
+        wanted: n,
+        cpu_per_1k: dcpu.total() / k,
+        sim_cpu_per_1k: (sim1 - sim0) / k,
+        hwm_mb,
+        details,
+    })
 }
 
 pub fn bull(opts: &Opts) -> Result<TpResult> {
@@ -229,11 +242,8 @@ pub fn run(opts: &Opts) -> Outcome {
         }
         Some(b)
     };
-    let pg100 = if crate::cleanup::interrupted() || !opts.tp_latencies.contains(&100) {
-        Err(anyhow::anyhow!("not run"))
-    } else {
-        pg(opts, 100)
-    };
+    let pg100 =
+        if crate::cleanup::interrupted() || !opts.tp_latencies.contains(&100) { Err(anyhow::anyhow!("not run")) } else { pg(opts, 100) };
     if let Err(e) = &pg100 {
         if e.to_string() != "not run" {
             eprintln!("bench: throughput (pg_dialer, 100 ms) failed: {e:#}");
@@ -255,7 +265,13 @@ pub fn run(opts: &Opts) -> Outcome {
             out.rows.push(Row::new(&sc0, "calls/s (first→last POST)", p.rate, b_rate, 0).target(rate_target, rate_met));
             out.rows.push(Row::new(&sc0, "calls/s (start → last POST)", p.rate_e2e, b_ok.and_then(|b| b.rate_e2e), 0));
             if p.placed < p.wanted {
-                out.rows.push(Row::new(&sc0, &format!("calls placed (of {}) before the time cap", p.wanted), Some(p.placed as f64), b_ok.map(|b| b.placed as f64), 0));
+                out.rows.push(Row::new(
+                    &sc0,
+                    &format!("calls placed (of {}) before the time cap", p.wanted),
+                    Some(p.placed as f64),
+                    b_ok.map(|b| b.placed as f64),
+                    0,
+                ));
             }
             out.rows.push(
                 Row::new(&sc0, "CPU s / 1k calls: Postgres | node+redis", Some(p.cpu_per_1k), b_ok.map(|b| b.cpu_per_1k), 3)
@@ -281,10 +297,19 @@ pub fn run(opts: &Opts) -> Outcome {
     let sc1 = format!("1. Throughput, {} contacts / {nb} batches, sim 100 ms", nb * per);
     match &pg100 {
         Ok(p) => {
-            out.rows.push(Row::new(&sc1, "calls/s (first→last POST)", p.rate, None, 0).target("bound: 480 (¾ of 64 threads per provider account × 10/s)", None));
+            out.rows.push(
+                Row::new(&sc1, "calls/s (first→last POST)", p.rate, None, 0)
+                    .target("bound: 480 (¾ of 64 threads per provider account × 10/s)", None),
+            );
             out.rows.push(Row::new(&sc1, "calls/s (start → last POST)", p.rate_e2e, None, 0));
             if p.placed < p.wanted {
-                out.rows.push(Row::new(&sc1, &format!("calls placed (of {}) before the time cap", p.wanted), Some(p.placed as f64), None, 0));
+                out.rows.push(Row::new(
+                    &sc1,
+                    &format!("calls placed (of {}) before the time cap", p.wanted),
+                    Some(p.placed as f64),
+                    None,
+                    0,
+                ));
             }
             out.rows.push(Row::new(&sc1, "CPU s / 1k calls: Postgres", Some(p.cpu_per_1k), None, 3));
             out.details.extend(p.details.iter().cloned());

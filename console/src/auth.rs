@@ -107,8 +107,12 @@ impl FromRequestParts<App> for Current {
 
 fn login_form(app: &App, jar: PrivateCookieJar<Key>, error: Option<&str>) -> (PrivateCookieJar<Key>, Html<String>) {
     let token = random_hex(32);
-    let cookie =
-        Cookie::build((LOGIN_COOKIE, token.clone())).http_only(true).secure(app.0.secure_cookie).same_site(SameSite::Strict).path("/login").build();
+    let cookie = Cookie::build((LOGIN_COOKIE, token.clone()))
+        .http_only(true)
+        .secure(app.0.secure_cookie)
+        .same_site(SameSite::Strict)
+        .path("/login")
+        .build();
     (jar.add(cookie), login_html(&token, error))
 }
 

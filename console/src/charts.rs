@@ -7,7 +7,8 @@ pub fn per_minute(buckets: &[i64], limit: i64) -> String {
     let top = buckets.iter().copied().max().unwrap_or(0).max(limit).max(1) as f64 * 1.15;
     let bw = (w - pad) / buckets.len().max(1) as f64;
     let y = |v: f64| h - 18.0 - (h - 30.0) * v / top;
-    let mut s = format!("<svg id=\"chart-svg\" viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"calls per minute, last hour\">");
+    let mut s =
+        format!("<svg id=\"chart-svg\" viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"calls per minute, last hour\">");
     for (i, v) in buckets.iter().enumerate() {
         let x = pad + i as f64 * bw;
         let top_y = y(*v as f64);
@@ -50,7 +51,10 @@ pub fn outcomes(items: &[(String, i64)]) -> String {
     for (i, (name, n)) in items.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
         let wd = 720.0 * *n as f64 / total as f64;
-        bar.push_str(&format!("<rect x=\"{x:.1}\" y=\"0\" width=\"{wd:.1}\" height=\"22\" fill=\"{c}\"><title>{}: {n}</title></rect>", esc(name)));
+        bar.push_str(&format!(
+            "<rect x=\"{x:.1}\" y=\"0\" width=\"{wd:.1}\" height=\"22\" fill=\"{c}\"><title>{}: {n}</title></rect>",
+            esc(name)
+        ));
         legend.push_str(&format!(
             "<span class=\"legend-item\"><svg class=\"swatch\" width=\"10\" height=\"10\" aria-hidden=\"true\"><rect width=\"10\" height=\"10\" rx=\"2\" fill=\"{c}\"/></svg> {} <b class=\"num\">{n}</b></span>",
             esc(name)

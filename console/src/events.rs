@@ -28,7 +28,11 @@ async fn queue_counts(c: &tokio_postgres::Client) -> Result<serde_json::Value, c
     Ok(serde_json::json!({ "text": text }))
 }
 
-pub async fn stream(State(_): State<App>, Current(s): Current, Query(w): Query<Which>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn stream(
+    State(_): State<App>,
+    Current(s): Current,
+    Query(w): Query<Which>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut tick = tokio::time::interval(Duration::from_millis(1500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let queue = w.page.as_deref() == Some("queue");

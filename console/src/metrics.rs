@@ -15,11 +15,16 @@ use base64::Engine;
 use std::net::SocketAddr;
 
 fn unauthorized() -> Response {
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"pg_dialer metrics\"")], "sign in with a Postgres role\n").into_response()
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"pg_dialer metrics\"")], "sign in with a Postgres role\n")
+        .into_response()
 }
 
 fn too_many(secs: u64) -> Response {
-    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, secs.to_string())], "too many failed attempts for this role or from this address\n")
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        "too many failed attempts for this role or from this address\n",
+    )
         .into_response()
 }
 

@@ -168,7 +168,10 @@ pub struct Attempt {
 
 impl Throttle {
     pub fn new(limits: Limits) -> Arc<Throttle> {
-        Arc::new(Throttle { limits, state: Mutex::new(State { addrs: Table { map: HashMap::new() }, roles: Table { map: HashMap::new() } }) })
+        Arc::new(Throttle {
+            limits,
+            state: Mutex::new(State { addrs: Table { map: HashMap::new() }, roles: Table { map: HashMap::new() } }),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -64,9 +64,7 @@ fn two_tenants_and_an_admin_each_see_only_what_they_may_and_forgeries_are_refuse
     assert_eq!(s.batch_status(a_batch), "scheduled", "a forged POST changed nothing");
     // A's own token on B's batch: the SQL API refuses it, and the page says what Postgres said.
     web.goto("/");
-    web.js(&format!(
-        "var f=document.querySelector('#batch-{a_batch} form');f.action='/actions/batch/{b_batch}/pause';f.submit()"
-    ));
+    web.js(&format!("var f=document.querySelector('#batch-{a_batch} form');f.action='/actions/batch/{b_batch}/pause';f.submit()"));
     let err = wait_for("the API's error", T, || web.text(".pgerr"));
     assert!(err.contains("SQLSTATE"), "{err}");
     assert_eq!(s.batch_status(b_batch), "scheduled", "A cannot pause B's campaign");
@@ -174,7 +172,9 @@ fn progress_moves_live_and_a_pause_from_the_page_stops_the_dialing() {
         web.goto("/calls");
         web.text("#live-calls").filter(|t| t.contains("+1555301"))
     });
-    for (path, name) in [("/", "campaigns"), ("/queue?state=delayed", "queue"), ("/calls", "calls"), ("/health", "health"), ("/telecallers", "telecallers")] {
+    for (path, name) in
+        [("/", "campaigns"), ("/queue?state=delayed", "queue"), ("/calls", "calls"), ("/health", "health"), ("/telecallers", "telecallers")]
+    {
         web.goto(path);
         web.screenshot(name);
     }
@@ -192,12 +192,16 @@ fn progress_moves_live_and_a_pause_from_the_page_stops_the_dialing() {
         let n: i64 = db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'dialing'", &[&batch]).ok()?.get(0);
         (n == 0).then_some(())
     });
-    let posts = |s: &Scenario, prefix: &str| call_posts(&s.sim).iter().filter(|p| p.to.as_deref().is_some_and(|t| t.starts_with(prefix))).count();
+    let posts =
+        |s: &Scenario, prefix: &str| call_posts(&s.sim).iter().filter(|p| p.to.as_deref().is_some_and(|t| t.starts_with(prefix))).count();
     let after_pause = posts(&s, "+1555301");
     let other = posts(&s, "+1555309");
     wait_for("the other campaign to be dialed on", Duration::from_secs(60), || (posts(&s, "+1555309") >= other + 3).then_some(()));
     assert_eq!(posts(&s, "+1555301"), after_pause, "no call of the paused campaign placed");
-    let queued: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&batch]).unwrap().get(0);
+    let queued: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&batch])
+            .unwrap()
+            .get(0);
     assert!(queued > 0, "contacts were left to dial");
     // The contacts page filtered to queued ones says why they are not dialed, in dialer.why_not_dialed's words.
     web.goto(&format!("/campaigns/{batch}?status=queued"));

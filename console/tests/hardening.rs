@@ -99,9 +99,8 @@ fn password_guessing_is_slowed_then_locked_out_on_sign_in_and_metrics() {
 
 /// Connections of `role` now: the pool's, and all (the pool's plus a sign-in check under way).
 fn connections(s: &mut Scenario, role: &str) -> (i64, i64) {
-    let row = s
-        .db
-        .query_one(
+    let row =
+        s.db.query_one(
             "SELECT count(*) FILTER (WHERE application_name = 'pg_dialer_console'), count(*)
                FROM pg_stat_activity WHERE usename = $1",
             &[&role],
@@ -261,7 +260,10 @@ fn every_answer_carries_the_security_headers_and_cookies_are_secure_with_the_fla
     for path in ["/", &format!("/campaigns/{batch}"), "/queue", "/calls", "/telecallers", "/health"] {
         let a = web.get(path);
         assert_eq!(a.status, 200, "{path}");
-        assert!(!a.body.contains("style=\"") && !a.body.contains("<script>") && !a.body.contains("<style>"), "{path}: inline style or script");
+        assert!(
+            !a.body.contains("style=\"") && !a.body.contains("<script>") && !a.body.contains("<style>"),
+            "{path}: inline style or script"
+        );
         check(path, &a);
     }
     check("/events", &web.head_of("/events"));
@@ -304,7 +306,9 @@ fn pages_run_under_the_csp_without_violations() {
     wait_for("another live update", T, || (web.text("#updated") != first).then_some(()));
     assert_eq!(web.js("return window.__csp"), serde_json::json!([]), "no CSP violation on the campaign page");
     web.goto("/queue");
-    web.js("window.__csp = []; document.addEventListener('securitypolicyviolation', function(e){ window.__csp.push(e.violatedDirective) });");
+    web.js(
+        "window.__csp = []; document.addEventListener('securitypolicyviolation', function(e){ window.__csp.push(e.violatedDirective) });",
+    );
     wait_for("a live update on the queue page", T, || web.text("#updated").filter(|t| t.starts_with("live")));
     assert_eq!(web.js("return window.__csp"), serde_json::json!([]), "no CSP violation");
     // The policy is in force: an injected style attribute is reported (and blocked).

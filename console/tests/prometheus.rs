@@ -45,9 +45,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             Some((n, rest)) => (n, rest.trim_end_matches('}')),
             None => (series, ""),
         };
-        (n == name && labels.iter().all(|(k, v)| lab.split(',').any(|p| p == format!("{k}=\"{v}\""))))
-            .then(|| value.parse().ok())
-            .flatten()
+        (n == name && labels.iter().all(|(k, v)| lab.split(',').any(|p| p == format!("{k}=\"{v}\"")))).then(|| value.parse().ok()).flatten()
     })
 }
 
@@ -91,7 +89,11 @@ fn the_consoles_metrics_pass_promtool_fresh_and_after_a_campaign() {
             assert_eq!(v, Some(0.0), "{role}: calls_total {outcome} at zero from the first scrape:\n{body}");
         }
         for state in ["pending", "queued", "in_progress", "completed", "failed", "cancelled", "in_doubt", "expired"] {
-            assert_eq!(sample(&body, "pg_dialer_contacts", &[("agency_id", &agency), ("state", state)]), Some(0.0), "{role}: contacts {state}");
+            assert_eq!(
+                sample(&body, "pg_dialer_contacts", &[("agency_id", &agency), ("state", state)]),
+                Some(0.0),
+                "{role}: contacts {state}"
+            );
         }
         for code in ["429", "503"] {
             assert_eq!(sample(&body, "pg_dialer_provider_throttled_total", &[("provider", "ultravox"), ("code", code)]), Some(0.0));
@@ -180,24 +182,29 @@ fn postgres_exporter_with_the_documented_queries_types_every_series() {
     assert_every_family_typed("exporter, fresh", &ours, &but_lag);
     assert!(!ours.contains("pg_dialer_pacing_lag_seconds"));
     assert_clean("exporter, fresh", &body);
-    assert_eq!(sample(&body, "pg_dialer_calls_total", &[("agency_id", &agency), ("provider", "ultravox"), ("outcome", "ended")]), Some(0.0));
+    assert_eq!(
+        sample(&body, "pg_dialer_calls_total", &[("agency_id", &agency), ("provider", "ultravox"), ("outcome", "ended")]),
+        Some(0.0)
+    );
     assert_eq!(sample(&body, "pg_dialer_calls_open", &[("provider", "ultravox"), ("status", "dialing")]), Some(0.0));
     assert_eq!(sample(&body, "pg_dialer_provider_latency_seconds_bucket", &[("provider", "ultravox"), ("le", "+Inf")]), Some(0.0));
 
     campaign(&mut s, 4);
     // A campaign for tomorrow: its batch is known, not behind.
     let (agency_id, mapping) = (s.agency_id, s.mapping_id);
-    let later: i64 = s
-        .db
-        .query_one("SELECT dialer.create_batch($1, $2, 'tomorrow', 10, 5, now() + interval '1 day')", &[&agency_id, &mapping])
-        .unwrap()
-        .get(0);
+    let later: i64 =
+        s.db.query_one("SELECT dialer.create_batch($1, $2, 'tomorrow', 10, 5, now() + interval '1 day')", &[&agency_id, &mapping])
+            .unwrap()
+            .get(0);
     let body = exporter.scrape();
     assert_eq!(sample(&body, "pg_dialer_pacing_lag_seconds", &[("batch_id", &later.to_string())]), Some(0.0));
     let ours: String = body.lines().filter(|l| l.contains("pg_dialer_")).map(|l| format!("{l}\n")).collect();
     assert_every_family_typed("exporter, after a campaign", &ours, &fams);
     assert_clean("exporter, after a campaign", &body);
-    assert_eq!(sample(&body, "pg_dialer_calls_total", &[("agency_id", &agency), ("provider", "ultravox"), ("outcome", "ended")]), Some(4.0));
+    assert_eq!(
+        sample(&body, "pg_dialer_calls_total", &[("agency_id", &agency), ("provider", "ultravox"), ("outcome", "ended")]),
+        Some(4.0)
+    );
     assert_eq!(sample(&body, "pg_dialer_contacts", &[("agency_id", &agency), ("state", "completed")]), Some(4.0));
     // The histograms are histograms: buckets to +Inf, _sum and _count, as dialer.metrics() has them.
     assert_eq!(sample(&body, "pg_dialer_provider_latency_seconds_count", &[("provider", "ultravox")]), Some(4.0));
@@ -211,5 +218,9 @@ fn postgres_exporter_with_the_documented_queries_types_every_series() {
         .query_one("SELECT value FROM dialer.metrics() WHERE sample = 'pg_dialer_provider_latency_seconds_bucket' AND labels->>'le' = '0.5' AND labels->>'provider' = 'ultravox'", &[])
         .unwrap()
         .get(0);
-    assert_eq!(sample(&body, "pg_dialer_provider_latency_seconds_bucket", &[("provider", "ultravox"), ("le", "0.5")]), Some(direct), "bucket by bucket");
+    assert_eq!(
+        sample(&body, "pg_dialer_provider_latency_seconds_bucket", &[("provider", "ultravox"), ("le", "0.5")]),
+        Some(direct),
+        "bucket by bucket"
+    );
 }

@@ -14,20 +14,55 @@ pub const CAMPAIGN: &str = "Spring check-up reminders";
 pub const API_KEY: &str = "sk-demo-7c41d09e55";
 
 const FIRST: &[&str] = &[
-    "Olivia", "Liam", "Emma", "Noah", "Ava", "Mateo", "Sophia", "Elijah", "Isabella", "James",
-    "Mia", "Lucas", "Amelia", "Benjamin", "Harper", "Santiago", "Evelyn", "Henry", "Camila",
-    "Theodore", "Priya", "Omar", "Yuki", "Chloe", "Daniel", "Aaliyah", "Wei", "Grace", "Diego",
-    "Hannah", "Samuel", "Zoe", "Arjun", "Nora", "Gabriel", "Leah", "Malik", "Ruby", "Jonas", "Ines",
+    "Olivia", "Liam", "Emma", "Noah", "Ava", "Mateo", "Sophia", "Elijah", "Isabella", "James", "Mia", "Lucas", "Amelia", "Benjamin",
+    "Harper", "Santiago", "Evelyn", "Henry", "Camila", "Theodore", "Priya", "Omar", "Yuki", "Chloe", "Daniel", "Aaliyah", "Wei", "Grace",
+    "Diego", "Hannah", "Samuel", "Zoe", "Arjun", "Nora", "Gabriel", "Leah", "Malik", "Ruby", "Jonas", "Ines",
 ];
 const LAST: &[&str] = &[
-    "Johnson", "Garcia", "Nguyen", "Smith", "Patel", "Martinez", "Brown", "Kim", "Davis", "Lopez",
-    "Wilson", "Anderson", "Thomas", "Hernandez", "Moore", "Okafor", "Jackson", "Chen", "Lee",
-    "Walker", "Rossi", "Haddad", "Robinson", "Clark", "Silva", "Lewis", "Young", "Novak", "Allen",
-    "Wright", "Scott", "Torres", "Müller", "Hill", "Flores", "Green", "Adams", "Tanaka", "Baker",
+    "Johnson",
+    "Garcia",
+    "Nguyen",
+    "Smith",
+    "Patel",
+    "Martinez",
+    "Brown",
+    "Kim",
+    "Davis",
+    "Lopez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Hernandez",
+    "Moore",
+    "Okafor",
+    "Jackson",
+    "Chen",
+    "Lee",
+    "Walker",
+    "Rossi",
+    "Haddad",
+    "Robinson",
+    "Clark",
+    "Silva",
+    "Lewis",
+    "Young",
+    "Novak",
+    "Allen",
+    "Wright",
+    "Scott",
+    "Torres",
+    "Müller",
+    "Hill",
+    "Flores",
+    "Green",
+    "Adams",
+    "Tanaka",
+    "Baker",
     "Rivera",
 ];
 const CLINICS: &[&str] = &["Downtown", "Lakeview", "Riverside"];
-const MONTHS: &[&str] = &["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: &[&str] =
+    &["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
 const SLOTS: &[&str] = &["mornings", "afternoons", "evenings", "any time"];
 
 /// A cheap, fixed mixer: the same contact list every run.
@@ -73,13 +108,7 @@ pub fn contacts(n: usize) -> Vec<Contact> {
 /// Add-contacts payloads of at most `chunk` elements.
 pub fn payloads(list: &[Contact], chunk: usize) -> Vec<Value> {
     list.chunks(chunk)
-        .map(|part| {
-            Value::Array(
-                part.iter()
-                    .map(|c| json!({"phone_number": c.phone, "name": c.name, "variables": c.variables}))
-                    .collect(),
-            )
-        })
+        .map(|part| Value::Array(part.iter().map(|c| json!({"phone_number": c.phone, "name": c.name, "variables": c.variables})).collect()))
         .collect()
 }
 

@@ -65,9 +65,7 @@ fn run(mut cmd: Command, what: &str) -> Result<Output, String> {
 pub fn preflight() -> Result<(), String> {
     for prog in ["initdb", "pg_ctl", "postgres"] {
         if !Path::new(&pg_bin()).join(prog).exists() {
-            return Err(format!(
-                "Postgres {} is not installed ({}/{prog} is missing): run `make setup`", pg_major(), pg_bin()
-            ));
+            return Err(format!("Postgres {} is not installed ({}/{prog} is missing): run `make setup`", pg_major(), pg_bin()));
         }
     }
     let pg_config = Path::new(&pg_bin()).join("pg_config");
@@ -93,16 +91,10 @@ pub fn preflight() -> Result<(), String> {
         ));
     }
     if !libdir.join("pg_cron.so").exists() || !ext.join("pg_cron.control").exists() {
-        return Err(format!(
-            "pg_cron is not installed (Debian package postgresql-{major}-cron): run `make setup`"
-        ));
+        return Err(format!("pg_cron is not installed (Debian package postgresql-{major}-cron): run `make setup`"));
     }
     if running_as_root() {
-        let ok = Command::new("id")
-            .arg("postgres")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
+        let ok = Command::new("id").arg("postgres").output().map(|o| o.status.success()).unwrap_or(false);
         if !ok {
             return Err("running as root, but there is no `postgres` user to run the cluster as \
                         (Postgres refuses root): run `make setup`, or run the demo as a normal user"
@@ -167,8 +159,7 @@ impl Cluster {
             text.push('\n');
         }
         let conf_path = data.join("postgresql.conf");
-        let mut existing = std::fs::read_to_string(&conf_path)
-            .map_err(|e| format!("could not read {}: {e}", conf_path.display()))?;
+        let mut existing = std::fs::read_to_string(&conf_path).map_err(|e| format!("could not read {}: {e}", conf_path.display()))?;
         existing.push_str(&text);
         std::fs::write(&conf_path, existing).map_err(|e| format!("could not write {}: {e}", conf_path.display()))?;
         // The demo connects as postgres without a password; the web console's sign-in role needs its own.

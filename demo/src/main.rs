@@ -100,8 +100,7 @@ fn run(args: &Args) -> Result<i32, String> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .map_err(|e| format!("could not install the Ctrl-C handler: {e}"))?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).map_err(|e| format!("could not install the Ctrl-C handler: {e}"))?;
     }
 
     println!();
@@ -183,11 +182,8 @@ fn run(args: &Args) -> Result<i32, String> {
     sql(&mut db, "CREATE EXTENSION pg_dialer", "CREATE EXTENSION pg_dialer")
         .map_err(|e| format!("{e}\nhint: is the installed extension up to date? run `make install-release`"))?;
     sql(&mut db, "CREATE EXTENSION pg_cron", "CREATE EXTENSION pg_cron")?;
-    db.query_one(
-        "SELECT cron.schedule('pg_dialer-tick', '* * * * *', 'SELECT dialer.process_batches()')",
-        &[],
-    )
-    .map_err(|e| format!("cron.schedule failed: {}", pg_err(&e)))?;
+    db.query_one("SELECT cron.schedule('pg_dialer-tick', '* * * * *', 'SELECT dialer.process_batches()')", &[])
+        .map_err(|e| format!("cron.schedule failed: {}", pg_err(&e)))?;
     ok_line("CREATE EXTENSION pg_dialer; CREATE EXTENSION pg_cron");
     detail("cron.schedule('pg_dialer-tick', '* * * * *', 'SELECT dialer.process_batches()')  -- the seed's cron job");
     detail("(the worker does not need it: it wakes on dialer.wake() and at each pacing slot on its own)");
@@ -205,11 +201,8 @@ fn run(args: &Args) -> Result<i32, String> {
         .query_one("SELECT dialer.create_agency($1, $2)", &[&campaign::AGENCY, &campaign::TIMEZONE])
         .map_err(|e| format!("dialer.create_agency failed: {}", pg_err(&e)))?
         .get(0);
-    db.execute(
-        "SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)",
-        &[&agency_id, &campaign::API_KEY, &sim.base_url()],
-    )
-    .map_err(|e| format!("dialer.set_provider_credentials failed: {}", pg_err(&e)))?;
+    db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&agency_id, &campaign::API_KEY, &sim.base_url()])
+        .map_err(|e| format!("dialer.set_provider_credentials failed: {}", pg_err(&e)))?;
     let mapping_id: i64 = db
         .query_one(
             "SELECT dialer.create_agent_mapping($1, 'ultravox', $2, $3, $4)",
@@ -275,7 +268,11 @@ fn run(args: &Args) -> Result<i32, String> {
     let web = match web::start(&mut db, cluster.port) {
         Ok(w) => {
             ok_line(format_args!("web console on {}", style(&w.url).bold().underlined()));
-            detail(format!("sign in as role {} with password {} (an operator: sees every agency, can pause the campaign)", web::ROLE, w.password));
+            detail(format!(
+                "sign in as role {} with password {} (an operator: sees every agency, can pause the campaign)",
+                web::ROLE,
+                w.password
+            ));
             Some(w)
         }
         Err(e) => {
@@ -285,10 +282,7 @@ fn run(args: &Args) -> Result<i32, String> {
     };
     sql(&mut db, "dialer.wake()", "SELECT dialer.wake()")?;
     println!();
-    println!(
-        "  The background worker is dialing. {}",
-        style("(Ctrl-C stops early and cleans up)").dim()
-    );
+    println!("  The background worker is dialing. {}", style("(Ctrl-C stops early and cleans up)").dim());
     println!();
 
     // 4. Watch.
@@ -307,20 +301,13 @@ fn run(args: &Args) -> Result<i32, String> {
 
     if args.keep && end != End::Interrupted {
         println!();
-        println!(
-            "  {} Postgres and the simulator keep running. Connect with:",
-            style("▶").cyan().bold()
-        );
+        println!("  {} Postgres and the simulator keep running. Connect with:", style("▶").cyan().bold());
         println!();
         println!("      psql \"{}\"", cluster.conninfo());
         println!();
         println!(
             "  {}",
-            style(format!(
-                "Server log: {} · press Ctrl-C to stop everything and clean up.",
-                cluster.log_path().display()
-            ))
-            .dim()
+            style(format!("Server log: {} · press Ctrl-C to stop everything and clean up.", cluster.log_path().display())).dim()
         );
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
@@ -348,10 +335,7 @@ fn wait_for_worker(db: &mut Client, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let found = db
-            .query_opt(
-                "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialer' LIMIT 1",
-                &[],
-            )
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialer' LIMIT 1", &[])
             .map(|r| r.is_some())
             .unwrap_or(false);
         if found {
@@ -440,13 +424,7 @@ impl Snapshot {
     }
 }
 
-fn watch(
-    db: &mut Client,
-    cluster: &Cluster,
-    batch_id: i64,
-    args: &Args,
-    stop: &AtomicBool,
-) -> Result<End, String> {
+fn watch(db: &mut Client, cluster: &Cluster, batch_id: i64, args: &Args, stop: &AtomicBool) -> Result<End, String> {
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.deadline);
@@ -529,13 +507,7 @@ fn watch(
             pb.tick();
         } else if finished || last_plain.elapsed() >= Duration::from_secs(2) {
             last_plain = Instant::now();
-            println!(
-                "  [{:>4}s] {}/{} done · {}",
-                started.elapsed().as_secs(),
-                snap.done(),
-                snap.total,
-                snap.line(args)
-            );
+            println!("  [{:>4}s] {}/{} done · {}", started.elapsed().as_secs(), snap.done(), snap.total, snap.line(args));
         }
         if finished {
             if let Some(pb) = &pb {

@@ -52,11 +52,9 @@ pub fn summary(
 ) -> Result<Option<Example>, String> {
     println!();
     match end {
-        End::Completed => println!(
-            "{} {}",
-            style("Campaign completed").bold().green(),
-            style(format!("in {}", fmt_duration(watched))).bold()
-        ),
+        End::Completed => {
+            println!("{} {}", style("Campaign completed").bold().green(), style(format!("in {}", fmt_duration(watched))).bold())
+        }
         End::Interrupted => println!(
             "{} {}",
             style("Stopped early").bold().yellow(),
@@ -72,10 +70,7 @@ pub fn summary(
 
     // Contacts.
     let rows = q(
-        db.query(
-            "SELECT status, count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 GROUP BY 1 ORDER BY 2 DESC",
-            &[&batch_id],
-        ),
+        db.query("SELECT status, count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 GROUP BY 1 ORDER BY 2 DESC", &[&batch_id]),
         "contacts by status",
     )?;
     let contacts: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -97,21 +92,13 @@ pub fn summary(
 
     // Attempts and retries.
     let attempt_rows = q(
-        db.query(
-            "SELECT status, http_status, count(*) FROM dialer.calls WHERE batch_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC",
-            &[&batch_id],
-        ),
+        db.query("SELECT status, http_status, count(*) FROM dialer.calls WHERE batch_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC", &[&batch_id]),
         "calls by status",
     )?;
     let attempts: i64 = attempt_rows.iter().map(|r| r.get::<_, i64>(2)).sum();
-    let retries: i64 = q(
-        db.query_one(
-            "SELECT count(*) - count(DISTINCT contact_id) FROM dialer.calls WHERE batch_id = $1",
-            &[&batch_id],
-        ),
-        "retries",
-    )?
-    .get(0);
+    let retries: i64 =
+        q(db.query_one("SELECT count(*) - count(DISTINCT contact_id) FROM dialer.calls WHERE batch_id = $1", &[&batch_id]), "retries")?
+            .get(0);
     let mut not_placed = Vec::new();
     let mut rate_limited = 0i64;
     for r in &attempt_rows {
@@ -136,21 +123,13 @@ pub fn summary(
         format!(
             "{attempts}, of which {} retries{}",
             style(retries).bold(),
-            if not_placed.is_empty() {
-                String::new()
-            } else {
-                format!(" — refused by the provider: {}", not_placed.join(", "))
-            }
+            if not_placed.is_empty() { String::new() } else { format!(" — refused by the provider: {}", not_placed.join(", ")) }
         ),
     );
 
     // Pace: the busiest 60 s as the provider saw it, and the average while dialing.
-    let mut creates: Vec<i64> = sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "POST" && r.path.starts_with("/api/"))
-        .map(|r| r.received_at_us)
-        .collect();
+    let mut creates: Vec<i64> =
+        sim.requests().iter().filter(|r| r.method == "POST" && r.path.starts_with("/api/")).map(|r| r.received_at_us).collect();
     creates.sort_unstable();
     let (mut busiest, mut lo) = (0usize, 0usize);
     for hi in 0..creates.len() {
@@ -172,15 +151,7 @@ pub fn summary(
     } else {
         format!("{} requests within {:.1} s", creates.len(), span_s)
     };
-    row(
-        "pace",
-        format!(
-            "{avg} · busiest 60 s: {} requests (limit {}/min) {}",
-            busiest,
-            args.cpm,
-            mark(busiest as i64 <= args.cpm as i64)
-        ),
-    );
+    row("pace", format!("{avg} · busiest 60 s: {} requests (limit {}/min) {}", busiest, args.cpm, mark(busiest as i64 <= args.cpm as i64)));
 
     // Concurrency at the provider.
     let bid = batch_id.to_string();

@@ -51,10 +51,7 @@ fn pg_command(program: &str) -> Command {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(55432)
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(55432)
 }
 
 pub struct Cluster {
@@ -174,17 +171,8 @@ impl Cluster {
     pub fn pg_ctl(&self, args: &[&str]) {
         let data = self.data();
         let log = self.dir.join("server.log");
-        let out = pg_command("pg_ctl")
-            .args(["-D", path_str(&data), "-l", path_str(&log)])
-            .args(args)
-            .output()
-            .expect("run pg_ctl");
-        assert!(
-            out.status.success(),
-            "pg_ctl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.server_log()
-        );
+        let out = pg_command("pg_ctl").args(["-D", path_str(&data), "-l", path_str(&log)]).args(args).output().expect("run pg_ctl");
+        assert!(out.status.success(), "pg_ctl {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.server_log());
     }
 
     pub fn server_log(&self) -> String {
@@ -270,16 +258,9 @@ impl Scenario {
         let mut db = cluster.connect();
         db.batch_execute(create_extension).expect("create extension");
         let agency_id: i64 = db.query_one("SELECT dialer.create_agency('Acme Loans', 'America/New_York')", &[]).unwrap().get(0);
-        db.execute(
-            "SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)",
-            &[&agency_id, &API_KEY, &sim.base_url()],
-        )
-        .unwrap();
+        db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&agency_id, &API_KEY, &sim.base_url()]).unwrap();
         let mapping_id: i64 = db
-            .query_one(
-                "SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'Ava', $3)",
-                &[&agency_id, &AGENT_ID, &FROM_NUMBER],
-            )
+            .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'Ava', $3)", &[&agency_id, &AGENT_ID, &FROM_NUMBER])
             .unwrap()
             .get(0);
         Scenario { sim, db, agency_id, mapping_id, cluster }
@@ -314,10 +295,7 @@ impl Scenario {
             .enumerate()
             .map(|(i, n)| serde_json::json!({"phone_number": n, "name": format!("Lead {i}"), "variables": {"idx": i}}))
             .collect();
-        self.db
-            .query_one("SELECT dialer.add_contacts($1, $2)", &[&batch, &serde_json::Value::Array(contacts)])
-            .unwrap()
-            .get(0)
+        self.db.query_one("SELECT dialer.add_contacts($1, $2)", &[&batch, &serde_json::Value::Array(contacts)]).unwrap().get(0)
     }
 
     pub fn wake(&mut self) {
@@ -352,7 +330,10 @@ impl Scenario {
             "batch: {}\ncontacts: {}\ncalls: {}",
             q(&mut self.db, "SELECT row_to_json(b)::text FROM dialer.call_batches b WHERE id = $1"),
             q(&mut self.db, "SELECT status || ' ' || count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 GROUP BY status"),
-            q(&mut self.db, "SELECT status || ' ' || count(*) || ' ' || coalesce(max(error), '') FROM dialer.calls WHERE batch_id = $1 GROUP BY status"),
+            q(
+                &mut self.db,
+                "SELECT status || ' ' || count(*) || ' ' || coalesce(max(error), '') FROM dialer.calls WHERE batch_id = $1 GROUP BY status"
+            ),
         )
     }
 
@@ -370,7 +351,9 @@ impl Scenario {
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
                     std::thread::sleep(Duration::from_millis(100));
-                    if let Ok(c) = Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.cluster.port), NoTls) {
+                    if let Ok(c) =
+                        Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.cluster.port), NoTls)
+                    {
                         self.db = c;
                     }
                 }
@@ -380,11 +363,7 @@ impl Scenario {
     }
 
     pub fn worker_pid(&mut self) -> Option<i32> {
-        self.db
-            .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer'", &[])
-            .ok()
-            .flatten()
-            .map(|r| r.get(0))
+        self.db.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer'", &[]).ok().flatten().map(|r| r.get(0))
     }
 }
 
@@ -408,11 +387,7 @@ pub fn is_create_path(path: &str) -> bool {
 }
 
 pub fn call_posts(sim: &Simulator) -> Vec<provider_sim::RequestRecord> {
-    let mut v: Vec<_> = sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && is_create_path(&r.path))
-        .collect();
+    let mut v: Vec<_> = sim.requests().into_iter().filter(|r| r.method == "POST" && is_create_path(&r.path)).collect();
     v.sort_by_key(|r| r.seq);
     v
 }

@@ -51,9 +51,8 @@ fn the_seeds_leads_table_moves_through_the_seeds_statuses() {
     s.db.batch_execute(SEED_TABLE).unwrap();
     // One telecaller works the 'web' source; nobody works 'expo'.
     let tc: i64 = s.db.query_one("SELECT dialer.add_telecaller($1, 'Priya', 'web')", &[&agency]).unwrap().get(0);
-    let att: i64 = s
-        .db
-        .query_one(
+    let att: i64 =
+        s.db.query_one(
             "SELECT dialer.attach_leads('leads', $1, $2, $3)",
             &[&agency, &mapping, &json!({"calls_per_minute": 6000, "max_concurrent": 40, "max_attempts": 2, "retry_delay": "1 second"})],
         )
@@ -70,14 +69,23 @@ fn the_seeds_leads_table_moves_through_the_seeds_statuses() {
     s.sim.set_rules(rules);
     s.db.execute("SELECT dialer.pause_batch($1)", &[&batch]).unwrap();
     let mut rows: Vec<(String, &str, &str)> = (0..200)
-        .map(|i| (if (8..11).contains(&i) { format!("call me {i}") } else { number(i) }, "Pending_AI_Call", if i % 2 == 0 { "web" } else { "expo" }))
+        .map(|i| {
+            (
+                if (8..11).contains(&i) { format!("call me {i}") } else { number(i) },
+                "Pending_AI_Call",
+                if i % 2 == 0 { "web" } else { "expo" },
+            )
+        })
         .collect();
     // Leads that are withdrawn before they are dialed: deleted, or moved out of pending.
     rows.extend((200..206).map(|i| (number(i), "Pending_AI_Call", "web")));
     let started = Instant::now();
     insert_leads(&mut s.db, &rows);
     let insert_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let queued: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&batch]).unwrap().get(0);
+    let queued: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&batch])
+            .unwrap()
+            .get(0);
     assert_eq!(queued, 203, "every pending lead with a number is queued in the inserting transaction");
     // An insert that rolls back dials nobody.
     {
@@ -88,7 +96,8 @@ fn the_seeds_leads_table_moves_through_the_seeds_statuses() {
         tx.rollback().unwrap();
     }
     s.db.execute("DELETE FROM leads WHERE phone IN ($1, $2, $3)", &[&number(200), &number(201), &number(202)]).unwrap();
-    s.db.execute("UPDATE leads SET status = 'Not Reachable' WHERE phone IN ($1, $2, $3)", &[&number(203), &number(204), &number(205)]).unwrap();
+    s.db.execute("UPDATE leads SET status = 'Not Reachable' WHERE phone IN ($1, $2, $3)", &[&number(203), &number(204), &number(205)])
+        .unwrap();
     s.db.execute("SELECT dialer.resume_batch($1)", &[&batch]).unwrap();
 
     let finals = ["Call Progress", "ASSIGNED_MANUAL", "MANUAL_QUEUE_PENDING", "Trashed"];
@@ -102,11 +111,13 @@ fn the_seeds_leads_table_moves_through_the_seeds_statuses() {
         (done.count() == 200).then_some(())
     });
     let sync_s = sync_started.elapsed().as_secs_f64();
-    eprintln!("attach: 206 leads inserted in one transaction in {insert_ms:.1} ms; 200 synced to a final status in {sync_s:.1} s ({:.1} leads/s)", 200.0 / sync_s);
+    eprintln!(
+        "attach: 206 leads inserted in one transaction in {insert_ms:.1} ms; 200 synced to a final status in {sync_s:.1} s ({:.1} leads/s)",
+        200.0 / sync_s
+    );
 
-    let rows = s
-        .db
-        .query(
+    let rows =
+        s.db.query(
             "SELECT phone, status, ai_call_status, ai_call_id, posted_to_ai_date IS NOT NULL, ai_post_retry_count,
                     ai_failure_reason, last_ai_attempt IS NOT NULL, staff_id, assigned_date IS NOT NULL, call_source_id
                FROM leads ORDER BY lead_id",
@@ -150,11 +161,8 @@ fn the_seeds_leads_table_moves_through_the_seeds_statuses() {
                 assert_eq!(status, "Call Progress", "{phone}");
                 assert_eq!(call_status.as_deref(), Some("AI_COMPLETED"), "{phone}");
                 assert!(posted && retries == 0, "{phone}");
-                let provider_id: Option<String> = s
-                    .db
-                    .query_one("SELECT k.provider_call_id FROM dialer.calls k WHERE k.phone_number = $1", &[&phone])
-                    .unwrap()
-                    .get(0);
+                let provider_id: Option<String> =
+                    s.db.query_one("SELECT k.provider_call_id FROM dialer.calls k WHERE k.phone_number = $1", &[&phone]).unwrap().get(0);
                 assert_eq!(call_id, provider_id, "{phone}: AICallId is the provider's call id");
                 assert_eq!(posts_to(&s.sim, &phone).len(), 1, "{phone}: called once");
             }
@@ -172,7 +180,9 @@ fn the_seeds_leads_table_moves_through_the_seeds_statuses() {
     }
 
     // The application's verdicts route the lead as the seed does.
-    for (i, disposition, expected) in [(20, "success", "SV Fixed"), (22, "not_interested", "ASSIGNED_MANUAL"), (23, "invalid_number", "Trashed")] {
+    for (i, disposition, expected) in
+        [(20, "success", "SV Fixed"), (22, "not_interested", "ASSIGNED_MANUAL"), (23, "invalid_number", "Trashed")]
+    {
         let call: i64 = s.db.query_one("SELECT id FROM dialer.calls WHERE phone_number = $1", &[&number(i)]).unwrap().get(0);
         s.db.execute("SELECT dialer.set_disposition($1, $2)", &[&call, &disposition]).unwrap();
         let expected = if i % 2 == 1 && expected == "ASSIGNED_MANUAL" { "MANUAL_QUEUE_PENDING" } else { expected };
@@ -191,9 +201,11 @@ fn the_seeds_leads_table_moves_through_the_seeds_statuses() {
     // Detached: the trigger and writer are gone, new pending rows are the table's own business.
     assert_eq!(s.db.query_one("SELECT dialer.detach_leads($1)", &[&att]).unwrap().get::<_, bool>(0), true);
     s.db.execute("INSERT INTO leads (phone, status) VALUES ($1, 'Pending_AI_Call')", &[&number(400)]).unwrap();
-    let triggers: i64 = s.db.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'leads'::regclass AND NOT tgisinternal", &[]).unwrap().get(0);
+    let triggers: i64 =
+        s.db.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'leads'::regclass AND NOT tgisinternal", &[]).unwrap().get(0);
     assert_eq!(triggers, 0);
-    let contacts: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number = $1", &[&number(400)]).unwrap().get(0);
+    let contacts: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number = $1", &[&number(400)]).unwrap().get(0);
     assert_eq!(contacts, 0);
 }
 
@@ -205,7 +217,8 @@ fn bad_options_are_refused_naming_the_problem_and_tenants_need_the_owners_rights
     s.db.batch_execute("CREATE TABLE nokey (phone text, status text); CREATE TABLE typed (id int PRIMARY KEY, phone text, status integer)")
         .unwrap();
     let attach = |db: &mut Client, table: &str, options: serde_json::Value| {
-        db.query_one("SELECT dialer.attach_leads($1::text::regclass, $2, $3, $4)", &[&table, &agency, &mapping, &options]).map(|r| r.get::<_, i64>(0))
+        db.query_one("SELECT dialer.attach_leads($1::text::regclass, $2, $3, $4)", &[&table, &agency, &mapping, &options])
+            .map(|r| r.get::<_, i64>(0))
     };
     for (table, options, code, words) in [
         ("leads", json!({"columns": {"phone": "mobile"}}), "42703", "has no column mobile"),
@@ -237,7 +250,12 @@ fn bad_options_are_refused_naming_the_problem_and_tenants_need_the_owners_rights
     m.batch_execute("SET ROLE mallory").unwrap();
     let e = m.query_one("SELECT dialer.attach_leads('leads', $1, $2)", &[&agency, &mapping]).unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "42501", "{e}");
-    let e = m.query_one("SELECT dialer._attach_queue($1, $2)", &[&att, &json!({"lead_id": 9, "phone": "+15557419999", "status": "Pending_AI_Call"})]).unwrap_err();
+    let e = m
+        .query_one(
+            "SELECT dialer._attach_queue($1, $2)",
+            &[&att, &json!({"lead_id": 9, "phone": "+15557419999", "status": "Pending_AI_Call"})],
+        )
+        .unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "42501", "{e}");
     // The leads trigger's arguments copied onto a table of hers: the attachment is for another table.
     m.batch_execute(&format!(
@@ -248,9 +266,13 @@ fn bad_options_are_refused_naming_the_problem_and_tenants_need_the_owners_rights
     assert_eq!(e.as_db_error().unwrap().code().code(), "42501", "{e}");
     // Inserting a lead into the attached table (what the app does) is all a writer needs.
     m.execute("INSERT INTO leads (phone, status) VALUES ('+15557419997', 'Pending_AI_Call')", &[]).unwrap();
-    let queued: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE lead_attachment_id = $1", &[&att]).unwrap().get(0);
+    let queued: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE lead_attachment_id = $1", &[&att]).unwrap().get(0);
     assert_eq!(queued, 1);
-    let numbers: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number IN ('+15557419999', '+15557419998')", &[]).unwrap().get(0);
+    let numbers: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number IN ('+15557419999', '+15557419998')", &[])
+            .unwrap()
+            .get(0);
     assert_eq!(numbers, 0);
     // An application's SECURITY DEFINER function, the table owner's, inserts for a role that may
     // not (a Supabase RPC): the trigger runs as the function's owner, who may change the table.
@@ -263,9 +285,13 @@ fn bad_options_are_refused_naming_the_problem_and_tenants_need_the_owners_rights
     .unwrap();
     let mut v = s.cluster.connect();
     v.batch_execute("SET ROLE visitor").unwrap();
-    assert!(v.execute("INSERT INTO leads (phone, status) VALUES ('+15557419995', 'Pending_AI_Call')", &[]).is_err(), "visitor may not insert");
+    assert!(
+        v.execute("INSERT INTO leads (phone, status) VALUES ('+15557419995', 'Pending_AI_Call')", &[]).is_err(),
+        "visitor may not insert"
+    );
     v.execute("SELECT submit_lead('+15557419996')", &[]).unwrap();
-    let queued: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number = '+15557419996'", &[]).unwrap().get(0);
+    let queued: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number = '+15557419996'", &[]).unwrap().get(0);
     assert_eq!(queued, 1, "queued through the application's function");
 }
 
@@ -281,7 +307,9 @@ fn trigger_overhead_per_insert() {
     let time = |db: &mut Client, table: &str, status: &str| {
         let started = Instant::now();
         db.execute(
-            &format!("INSERT INTO {table} (phone, status) SELECT '+1555742' || lpad(g::text, 4, '0'), $1 FROM generate_series(1, $2::int) g"),
+            &format!(
+                "INSERT INTO {table} (phone, status) SELECT '+1555742' || lpad(g::text, 4, '0'), $1 FROM generate_series(1, $2::int) g"
+            ),
             &[&status, &n],
         )
         .unwrap();

@@ -29,9 +29,8 @@ fn fifty_contacts_at_600_per_minute_are_each_dialed_once_and_the_batch_completes
     let dialed: HashSet<String> = posts.iter().filter_map(|p| p.to.clone()).collect();
     assert_eq!(dialed, nums.iter().cloned().collect::<HashSet<_>>(), "every number exactly once");
 
-    let rows = s
-        .db
-        .query(
+    let rows =
+        s.db.query(
             "SELECT c.id, c.phone_number, c.status, c.attempts, k.provider_call_id, k.idempotency_key, k.status, k.request
                FROM dialer.campaign_contacts c JOIN dialer.calls k ON k.id = c.call_id WHERE c.batch_id = $1",
             &[&batch],
@@ -65,9 +64,8 @@ fn fifty_contacts_at_600_per_minute_are_each_dialed_once_and_the_batch_completes
         assert!(body["templateContext"]["idx"].is_number());
         assert!(!request.to_string().contains(API_KEY), "no key in calls.request");
     }
-    let counters = s
-        .db
-        .query_one(
+    let counters =
+        s.db.query_one(
             "SELECT total_contacts, queued_count, in_progress_count, completed_count, failed_count
                FROM dialer.batch_progress WHERE batch_id = $1",
             &[&batch],
@@ -125,9 +123,7 @@ fn a_429_requeues_and_redials_after_retry_after_and_a_500_fails_the_contact() {
     // The 429: back to queued (not an attempt), then dialed again after Retry-After.
     let db = &mut s.db;
     wait_for("the 429 to be recorded", Duration::from_secs(20), || {
-        let row = db
-            .query_one("SELECT status, attempts FROM dialer.campaign_contacts WHERE phone_number = '+15550300001'", &[])
-            .ok()?;
+        let row = db.query_one("SELECT status, attempts FROM dialer.campaign_contacts WHERE phone_number = '+15550300001'", &[]).ok()?;
         let (st, attempts): (String, i32) = (row.get(0), row.get(1));
         let rl: i64 = db.query_one("SELECT count(*) FROM dialer.calls WHERE status = 'rate_limited'", &[]).ok()?.get(0);
         (rl == 1).then_some((st, attempts))
@@ -139,15 +135,13 @@ fn a_429_requeues_and_redials_after_retry_after_and_a_500_fails_the_contact() {
     assert_eq!(posts[1].status, Some(201));
     let gap = posts[1].received_at_us - posts[0].received_at_us;
     assert!(gap >= 1_990_000, "redialed {gap} µs after a Retry-After of 2 s");
-    let status: String = s.db.query_one("SELECT status FROM dialer.campaign_contacts WHERE phone_number = '+15550300001'", &[]).unwrap().get(0);
+    let status: String =
+        s.db.query_one("SELECT status FROM dialer.campaign_contacts WHERE phone_number = '+15550300001'", &[]).unwrap().get(0);
     assert_eq!(status, "completed");
 
     // The 500: failed with the error text, counted on the batch.
     s.wait_batch_completed(failing, Duration::from_secs(30));
-    let row = s
-        .db
-        .query_one("SELECT status, last_error FROM dialer.campaign_contacts WHERE phone_number = '+15550300002'", &[])
-        .unwrap();
+    let row = s.db.query_one("SELECT status, last_error FROM dialer.campaign_contacts WHERE phone_number = '+15550300002'", &[]).unwrap();
     let (st, err): (String, Option<String>) = (row.get(0), row.get(1));
     assert_eq!(st, "failed");
     let err = err.unwrap_or_default();
@@ -211,8 +205,16 @@ fn bad_input_over_a_real_connection_gets_sqlstates_and_writes_nothing() {
     let (agency, mapping) = (s.agency_id, s.mapping_id);
     let batch = s.batch("b", 10, 2, 3);
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15550000001\"}},{{\"phone_number\":\"0044 20 7946\"}}]')"), "22023", "contacts[1].phone_number"),
-        (format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15550000001\"}},\"oops\"]')"), "22P02", "contacts[1] must be a JSON object"),
+        (
+            format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15550000001\"}},{{\"phone_number\":\"0044 20 7946\"}}]')"),
+            "22023",
+            "contacts[1].phone_number",
+        ),
+        (
+            format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15550000001\"}},\"oops\"]')"),
+            "22P02",
+            "contacts[1] must be a JSON object",
+        ),
         (format!("SELECT dialer.create_batch({agency}, {mapping}, 'x', 0)"), "22023", "calls_per_minute"),
         (format!("SELECT dialer.create_batch({agency}, {mapping}, 'x', -5)"), "22023", "calls_per_minute"),
         ("SELECT dialer.add_contacts(987654, '[]')".to_string(), "P0002", "batch 987654 does not exist"),

@@ -1,8 +1,8 @@
 //! Compliance: calling windows in the contact's zone, do-not-call, attempt caps, one live call
 //! per number, why_not_dialed — checked in the claim against live tables.
 
-use pg_dialer_integration::{posts_to, wait_for, Scenario};
 use pg_dialer_integration::provider_sim::max_concurrent_calls;
+use pg_dialer_integration::{posts_to, wait_for, Scenario};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -63,7 +63,13 @@ fn zone_at_local_hour(s: &mut Scenario, hour: i32) -> String {
     if offset < -12 {
         offset += 24;
     }
-    if offset == 0 { "Etc/GMT".into() } else if offset > 0 { format!("Etc/GMT-{offset}") } else { format!("Etc/GMT+{}", -offset) }
+    if offset == 0 {
+        "Etc/GMT".into()
+    } else if offset > 0 {
+        format!("Etc/GMT-{offset}")
+    } else {
+        format!("Etc/GMT+{}", -offset)
+    }
 }
 
 #[test]
@@ -75,24 +81,30 @@ fn only_contacts_inside_their_window_are_dialed_and_the_rest_wait_for_the_openin
     s.db.execute("SELECT dialer.set_calling_window($1, '09:00', '20:00')", &[&batch]).unwrap();
     s.db.execute(
         "SELECT dialer.add_contacts($1, $2)",
-        &[&batch, &json!([{"phone_number": "+15557100001", "timezone": noon}, {"phone_number": "+15557100002", "timezone": night},
-                          {"phone_number": "+442079460001"}])],
+        &[
+            &batch,
+            &json!([{"phone_number": "+15557100001", "timezone": noon}, {"phone_number": "+15557100002", "timezone": night},
+                          {"phone_number": "+442079460001"}]),
+        ],
     )
     .unwrap();
     // London numbers take Europe/London from the number itself.
-    let tz: String = s.db.query_one("SELECT timezone FROM dialer.campaign_contacts WHERE phone_number = '+442079460001'", &[]).unwrap().get(0);
+    let tz: String =
+        s.db.query_one("SELECT timezone FROM dialer.campaign_contacts WHERE phone_number = '+442079460001'", &[]).unwrap().get(0);
     assert_eq!(tz, "Europe/London");
     wait_for("the noon contact's call", Duration::from_secs(15), || posts_to(&s.sim, "+15557100001").into_iter().next());
     let db = &mut s.db;
     let why: Value = wait_for("the night contact to be deferred", Duration::from_secs(10), || {
-        let v: Value = db.query_one("SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE phone_number = '+15557100002'", &[]).ok()?.get(0);
+        let v: Value = db
+            .query_one("SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE phone_number = '+15557100002'", &[])
+            .ok()?
+            .get(0);
         v["reasons"].as_array()?.iter().any(|r| r["code"] == "outside_window").then_some(v)
     });
     let reason = why["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "outside_window").unwrap().clone();
     assert!(reason["message"].as_str().unwrap().contains("outside its calling window"), "{reason}");
-    let next: bool = s
-        .db
-        .query_one(
+    let next: bool =
+        s.db.query_one(
             "SELECT next_attempt_at = dialer._next_opening(now(), timezone, '09:00', '20:00', '{1,2,3,4,5,6,7}', $2)
                FROM dialer.campaign_contacts WHERE phone_number = '+15557100002' AND batch_id = $1",
             &[&batch, &s.agency_id],
@@ -102,9 +114,11 @@ fn only_contacts_inside_their_window_are_dialed_and_the_rest_wait_for_the_openin
     assert!(next, "deferred to its next opening");
     assert!(posts_to(&s.sim, "+15557100002").is_empty());
     // The dial is auditable: UTC time, local time and zone.
-    let row = s
-        .db
-        .query_one("SELECT timezone, (local_time = created_at AT TIME ZONE timezone) FROM dialer.calls WHERE phone_number = '+15557100001'", &[])
+    let row =
+        s.db.query_one(
+            "SELECT timezone, (local_time = created_at AT TIME ZONE timezone) FROM dialer.calls WHERE phone_number = '+15557100001'",
+            &[],
+        )
         .unwrap();
     assert_eq!(row.get::<_, String>(0), noon);
     assert!(row.get::<_, bool>(1));
@@ -139,8 +153,14 @@ fn do_not_call_stops_queued_contacts_even_when_listed_late() {
     assert_eq!(st, ("cancelled".to_string(), "dnc".to_string()));
     // Written straight into the table after the contact was queued: the claim itself refuses it.
     s.db.execute("INSERT INTO dialer.do_not_call (phone_number, reason) VALUES ('+15557200002', 'regulator list')", &[]).unwrap();
-    let why: Value = s.db.query_one("SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE phone_number = '+15557200002'", &[]).unwrap().get(0);
-    assert!(why["reasons"].as_array().unwrap().iter().any(|r| r["code"] == "dnc" && r["message"].as_str().unwrap().contains("regulator list")), "{why}");
+    let why: Value =
+        s.db.query_one("SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE phone_number = '+15557200002'", &[])
+            .unwrap()
+            .get(0);
+    assert!(
+        why["reasons"].as_array().unwrap().iter().any(|r| r["code"] == "dnc" && r["message"].as_str().unwrap().contains("regulator list")),
+        "{why}"
+    );
     s.db.execute("SELECT dialer.resume_batch($1)", &[&batch]).unwrap();
     s.wait_batch_completed(batch, Duration::from_secs(20));
     assert!(posts_to(&s.sim, "+15557200001").is_empty() && posts_to(&s.sim, "+15557200002").is_empty(), "a listed number was posted");
@@ -173,15 +193,17 @@ fn a_daily_cap_per_number_holds_across_batches_and_one_number_never_has_two_live
     let db = &mut s.db;
     let why: Value = wait_for("the capped number to be deferred", Duration::from_secs(10), || {
         let v: Value = db
-            .query_one("SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE batch_id = $1 AND phone_number = '+15557300001'", &[&b3])
+            .query_one(
+                "SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE batch_id = $1 AND phone_number = '+15557300001'",
+                &[&b3],
+            )
             .ok()?
             .get(0);
         v["reasons"].as_array()?.iter().any(|r| r["code"] == "attempt_cap").then_some(v)
     });
     assert!(why.to_string().contains("reached 2 attempt(s) today"), "{why}");
-    let deferred: bool = s
-        .db
-        .query_one(
+    let deferred: bool =
+        s.db.query_one(
             "SELECT c.next_attempt_at = (date_trunc('day', now() AT TIME ZONE a.timezone) + interval '1 day') AT TIME ZONE a.timezone
                FROM dialer.campaign_contacts c, dialer.agencies a WHERE c.batch_id = $1 AND c.phone_number = '+15557300001' AND a.id = $2",
             &[&b3, &agency],
@@ -208,13 +230,21 @@ fn why_not_dialed_names_every_reason() {
     assert!(reason(&mut s, c1).contains(&"worker_disabled".to_string()));
     assert!(reason(&mut s, c2).contains(&"queued_behind".to_string()));
 
-    s.db.execute("UPDATE dialer.call_batches SET next_slot_at = now() + interval '30 seconds', in_progress_count = 2,
-                         rate_limited_until = now() + interval '1 minute' WHERE id = $1", &[&batch]).unwrap();
+    s.db.execute(
+        "UPDATE dialer.call_batches SET next_slot_at = now() + interval '30 seconds', in_progress_count = 2,
+                         rate_limited_until = now() + interval '1 minute' WHERE id = $1",
+        &[&batch],
+    )
+    .unwrap();
     let r = reason(&mut s, c1);
     for code in ["pacing", "max_concurrent", "rate_limited"] {
         assert!(r.contains(&code.to_string()), "{code} in {r:?}");
     }
-    s.db.execute("UPDATE dialer.call_batches SET next_slot_at = NULL, in_progress_count = 0, rate_limited_until = NULL WHERE id = $1", &[&batch]).unwrap();
+    s.db.execute(
+        "UPDATE dialer.call_batches SET next_slot_at = NULL, in_progress_count = 0, rate_limited_until = NULL WHERE id = $1",
+        &[&batch],
+    )
+    .unwrap();
     s.db.execute("SELECT dialer.pause_batch($1)", &[&batch]).unwrap();
     assert!(reason(&mut s, c1).contains(&"batch_paused".to_string()));
     s.db.execute("SELECT dialer.resume_batch($1)", &[&batch]).unwrap();
@@ -226,7 +256,8 @@ fn why_not_dialed_names_every_reason() {
         &[&batch],
     )
     .ok(); // may be refused near midnight (end before start); then the window check is skipped below
-    let windowed: bool = s.db.query_one("SELECT window_start IS NOT NULL FROM dialer.call_batches WHERE id = $1", &[&batch]).unwrap().get(0);
+    let windowed: bool =
+        s.db.query_one("SELECT window_start IS NOT NULL FROM dialer.call_batches WHERE id = $1", &[&batch]).unwrap().get(0);
     if windowed {
         assert!(reason(&mut s, c1).contains(&"outside_window".to_string()));
         s.db.execute("SELECT dialer.clear_calling_window($1)", &[&batch]).unwrap();
@@ -254,7 +285,11 @@ fn bad_compliance_input_is_refused() {
     let mut s = Scenario::new("c-bad", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
     let batch = s.batch("bad", 10, 2, 3);
     let cases = [
-        (format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15557500001\",\"timezone\":\"Mars/Olympus\"}}]')"), "22023", "contacts[0].timezone"),
+        (
+            format!("SELECT dialer.add_contacts({batch}, '[{{\"phone_number\":\"+15557500001\",\"timezone\":\"Mars/Olympus\"}}]')"),
+            "22023",
+            "contacts[0].timezone",
+        ),
         (format!("SELECT dialer.set_calling_window({batch}, '20:00', '09:00')"), "22023", "ends"),
         (format!("SELECT dialer.set_calling_window({batch}, '09:00', '20:00', '{{0,8}}')"), "22023", "ISO weekdays"),
         ("SELECT dialer.add_do_not_call('555-0100')".to_string(), "22023", "E.164"),

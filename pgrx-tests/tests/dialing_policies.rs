@@ -37,11 +37,8 @@ fn a_caller_id_pool_balances_prefers_local_numbers_and_holds_caps() {
     assert_eq!(used.iter().sum::<i64>(), 300, "every call from the pool: {counts:?}");
     assert!(used.iter().max().unwrap() - used.iter().min().unwrap() <= 1, "balanced within one call: {counts:?}");
     // The stored request (the audit) carries the number the calls row names.
-    let mismatched: i64 = s
-        .db
-        .query_one("SELECT count(*) FROM dialer.calls WHERE NOT strpos(request::text, from_number) > 0", &[])
-        .unwrap()
-        .get(0);
+    let mismatched: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.calls WHERE NOT strpos(request::text, from_number) > 0", &[]).unwrap().get(0);
     assert_eq!(mismatched, 0);
 
     // Caps: 3 more calls today for each of the first two numbers, none for the third.
@@ -56,22 +53,20 @@ fn a_caller_id_pool_balances_prefers_local_numbers_and_holds_caps() {
         let c = from_counts(&mut s);
         (c.get(POOL[0]) == Some(&103) && c.get(POOL[1]) == Some(&103)).then_some(())
     });
-    let first_three: Vec<String> = s
-        .db
-        .query("SELECT k.from_number FROM dialer.calls k WHERE k.batch_id = $1 ORDER BY k.id LIMIT 3", &[&b2])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let first_three: Vec<String> =
+        s.db.query("SELECT k.from_number FROM dialer.calls k WHERE k.batch_id = $1 ORDER BY k.id LIMIT 3", &[&b2])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
     assert_eq!(first_three, vec![POOL[1]; 3], "local number first");
     s.wake();
-    let waiting: Vec<(i64, Value)> = s
-        .db
-        .query("SELECT id, dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&b2])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let waiting: Vec<(i64, Value)> =
+        s.db.query("SELECT id, dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'queued'", &[&b2])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
     assert_eq!(waiting.len(), 4, "capped: the rest wait");
     for (_, why) in &waiting {
         assert!(why["reasons"].as_array().unwrap().iter().any(|r| r["code"] == "caller_ids_exhausted"), "{why}");
@@ -109,11 +104,10 @@ fn voicemail_is_routed_by_each_batchs_policy() {
     let m = twilio_mapping(&mut s);
     let mut batches = Vec::new();
     for (i, policy) in ["retry", "done", "handoff"].iter().enumerate() {
-        let b: i64 = s
-            .db
-            .query_one("SELECT dialer.create_batch($1, $2, $3, 600, 5, NULL, 2)", &[&agency, &m, &format!("vm {policy}")])
-            .unwrap()
-            .get(0);
+        let b: i64 =
+            s.db.query_one("SELECT dialer.create_batch($1, $2, $3, 600, 5, NULL, 2)", &[&agency, &m, &format!("vm {policy}")])
+                .unwrap()
+                .get(0);
         s.db.execute("SELECT dialer.set_batch_options($1, $2)", &[&b, policy]).unwrap();
         s.db.execute("SELECT dialer.set_retry_delays($1, $2)", &[&b, &json!({"voicemail": "1 second"})]).unwrap();
         let number = format!("+1555770000{i}");
@@ -129,9 +123,8 @@ fn voicemail_is_routed_by_each_batchs_policy() {
         s.wait_batch_completed(*b, Duration::from_secs(60));
     }
     let row = |s: &mut Scenario, b: i64| {
-        let r = s
-            .db
-            .query_one(
+        let r =
+            s.db.query_one(
                 "SELECT c.attempts, c.outcome, c.handoff, p.voicemail_count FROM dialer.campaign_contacts c
                    JOIN dialer.batch_progress p ON p.batch_id = c.batch_id WHERE c.batch_id = $1",
                 &[&b],
@@ -163,11 +156,15 @@ fn nothing_is_dialed_after_a_batch_or_job_expires() {
     s.add_numbers(b, &numbers("+1555780", 5));
     s.wait_batch_completed(b, Duration::from_secs(30));
     assert_eq!(call_posts(&s.sim).len(), 1, "only the first slot came before the deadline");
-    let r = s.db.query_one("SELECT expired_count, completed_count, percent_done FROM dialer.batch_progress WHERE batch_id = $1", &[&b]).unwrap();
+    let r =
+        s.db.query_one("SELECT expired_count, completed_count, percent_done FROM dialer.batch_progress WHERE batch_id = $1", &[&b])
+            .unwrap();
     assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (4, 1));
-    let why: Value = s
-        .db
-        .query_one("SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'expired' LIMIT 1", &[&b])
+    let why: Value =
+        s.db.query_one(
+            "SELECT dialer.why_not_dialed(id) FROM dialer.campaign_contacts WHERE batch_id = $1 AND status = 'expired' LIMIT 1",
+            &[&b],
+        )
         .unwrap()
         .get(0);
     assert_eq!(why["reasons"][0]["code"], "expired", "{why}");
@@ -185,11 +182,8 @@ fn nothing_is_dialed_after_a_batch_or_job_expires() {
 
     // A job with a deadline, in a paused queue: it expires waiting, and says so.
     s.db.execute("SELECT dialer.pause_queue($1)", &[&s.agency_id]).unwrap();
-    let job: i64 = s
-        .db
-        .query_one("SELECT dialer.schedule_call('+15557819999', expires_at => now() + interval '1 second')", &[])
-        .unwrap()
-        .get(0);
+    let job: i64 =
+        s.db.query_one("SELECT dialer.schedule_call('+15557819999', expires_at => now() + interval '1 second')", &[]).unwrap().get(0);
     let status = s.wait_job_state(job, "expired", Duration::from_secs(20));
     assert_eq!(status["expiresAt"].is_string(), true, "{status}");
     s.db.execute("SELECT dialer.resume_queue($1)", &[&s.agency_id]).unwrap();
@@ -197,6 +191,8 @@ fn nothing_is_dialed_after_a_batch_or_job_expires() {
     assert_eq!(stats["expired"], 1, "{stats}");
     s.wake();
     assert!(posts_to(&s.sim, "+15557819999").is_empty(), "an expired job is never dialed");
-    let e = s.db.execute("SELECT dialer.schedule_call('+15557819998', delay => '1 hour', expires_at => now() + interval '1 minute')", &[]).unwrap_err();
+    let e =
+        s.db.execute("SELECT dialer.schedule_call('+15557819998', delay => '1 hour', expires_at => now() + interval '1 minute')", &[])
+            .unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "22023", "a deadline before the call is due is refused");
 }

@@ -12,7 +12,8 @@ fn repo() -> PathBuf {
 
 /// The pages whose links are checked, relative to the repository.
 fn pages() -> Vec<String> {
-    let mut pages: Vec<String> = ["README.md", "CHANGELOG.md", "UPGRADING.md", "bench/results/README.md"].iter().map(|s| s.to_string()).collect();
+    let mut pages: Vec<String> =
+        ["README.md", "CHANGELOG.md", "UPGRADING.md", "bench/results/README.md"].iter().map(|s| s.to_string()).collect();
     let mut docs: Vec<String> = std::fs::read_dir(repo().join("docs"))
         .expect("docs/")
         .map(|e| format!("docs/{}", e.expect("docs/ entry").file_name().to_string_lossy()))

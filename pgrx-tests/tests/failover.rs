@@ -117,11 +117,10 @@ fn immediate_latencies(s: &mut Scenario, prefix: &str, n: usize) -> Vec<f64> {
         std::thread::sleep(Duration::from_millis(20)); // a steady trickle, as the bench's latency scenario
     }
     let sim = &s.sim;
-    wait_for("every immediate call posted", Duration::from_secs(30), || sent.iter().all(|(to, _)| !posts_to(sim, to).is_empty()).then_some(()));
-    let mut lat: Vec<f64> = sent
-        .iter()
-        .map(|(to, t)| (posts_to(&s.sim, to)[0].received_at_us - t) as f64 / 1000.0)
-        .collect();
+    wait_for("every immediate call posted", Duration::from_secs(30), || {
+        sent.iter().all(|(to, _)| !posts_to(sim, to).is_empty()).then_some(())
+    });
+    let mut lat: Vec<f64> = sent.iter().map(|(to, t)| (posts_to(&s.sim, to)[0].received_at_us - t) as f64 / 1000.0).collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     lat
 }
@@ -141,9 +140,26 @@ fn immediate_call_latency_with_and_without_a_streaming_standby() {
     println!(
         "immediate call, COMMIT -> POST received (200 calls each): no standby p50 {:.2} ms p99 {:.2} ms; \
          one asynchronous standby streaming (loopback) p50 {:.2} ms p99 {:.2} ms",
-        p(&alone, 0.5), p(&alone, 0.99), p(&with, 0.5), p(&with, 0.99)
+        p(&alone, 0.5),
+        p(&alone, 0.99),
+        p(&with, 0.5),
+        p(&with, 0.99)
     );
     drop(standby);
+}
+
+/// The worker's note of its last claim (`<key file>.<system id>.state`, beside the key file),
+/// copied from `from`'s folder to `to`'s: a restore on the same host finds it where it was.
+fn carry_the_worker_note(from: &Cluster, to: &Cluster) {
+    for entry in std::fs::read_dir(&from.dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("pg_dialer.key.") && name.ends_with(".state") {
+            std::fs::copy(entry.path(), to.dir.join(&name)).unwrap();
+            if unsafe { libc::geteuid() } == 0 {
+                std::process::Command::new("chown").args(["postgres:postgres"]).arg(to.dir.join(&name)).status().unwrap();
+            }
+        }
+    }
 }
 
 /// A restore from a base backup taken mid-campaign, after more calls were placed: the restored
@@ -166,15 +182,7 @@ fn a_database_restored_from_a_backup_calls_nobody_a_second_time() {
     s.cluster.pg_ctl(&["stop", "-m", "immediate"]);
     let at_stop = dialed(&s.sim);
     // The restore, on the same host: the worker's note beside the key file is where it was.
-    for entry in std::fs::read_dir(&s.cluster.dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with("pg_dialer.key.") && name.ends_with(".state") {
-            std::fs::copy(entry.path(), backup.dir.join(&name)).unwrap();
-            if unsafe { libc::geteuid() } == 0 {
-                std::process::Command::new("chown").args(["postgres:postgres"]).arg(backup.dir.join(&name)).status().unwrap();
-            }
-        }
-    }
+    carry_the_worker_note(&s.cluster, &backup);
     backup.pg_ctl(&["start", "-w", "-t", "60"]);
     let mut restored = backup.connect();
     wait_for("the campaign completed on the restored copy", Duration::from_secs(120), || {
@@ -224,9 +232,11 @@ fn a_dump_restored_into_a_fresh_cluster_carries_on_where_it_was_taken() {
         let n: i64 = db.query_one("SELECT count(*) FROM dialer.calls WHERE status IN ('dialing', 'in_progress')", &[]).ok()?.get(0);
         (n == 0).then_some(())
     });
-    let before: (i64, i64) = s
-        .db
-        .query_one("SELECT (SELECT count(*) FROM dialer.calls), (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'completed')", &[])
+    let before: (i64, i64) =
+        s.db.query_one(
+            "SELECT (SELECT count(*) FROM dialer.calls), (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'completed')",
+            &[],
+        )
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     let dump = std::env::temp_dir().join(format!("pg_dialer_it-f-dump-{}.dump", std::process::id()));
@@ -248,7 +258,10 @@ fn a_dump_restored_into_a_fresh_cluster_carries_on_where_it_was_taken() {
     assert!(out.status.success(), "pg_restore: {}", String::from_utf8_lossy(&out.stderr));
     let mut restored = fresh.connect();
     let after: (i64, i64) = restored
-        .query_one("SELECT (SELECT count(*) FROM dialer.calls), (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'completed')", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM dialer.calls), (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'completed')",
+            &[],
+        )
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!(after, before, "calls and settled contacts came back");
@@ -280,10 +293,7 @@ fn a_point_in_time_recovery_calls_nobody_a_second_time() {
     if unsafe { libc::geteuid() } == 0 {
         std::process::Command::new("chown").args(["postgres:postgres"]).arg(&archive).status().unwrap();
     }
-    let archive_conf = [
-        "archive_mode = on".to_string(),
-        format!("archive_command = 'cp %p {}/%f'", archive.display()),
-    ];
+    let archive_conf = ["archive_mode = on".to_string(), format!("archive_command = 'cp %p {}/%f'", archive.display())];
     let conf: Vec<&str> = archive_conf.iter().map(String::as_str).collect();
     let mut s = Scenario::new("f-pitr", Scenario::sim_config(100, 200), &conf);
     let copy = Cluster::base_backup_of(&s.cluster, "f-pitr-copy", false, &[]);
@@ -307,12 +317,7 @@ fn a_point_in_time_recovery_calls_nobody_a_second_time() {
     });
     s.cluster.pg_ctl(&["stop", "-m", "immediate"]);
     let at_stop = dialed(&s.sim);
-    for entry in std::fs::read_dir(&s.cluster.dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with("pg_dialer.key.") && name.ends_with(".state") {
-            std::fs::copy(entry.path(), copy.dir.join(&name)).unwrap();
-        }
-    }
+    carry_the_worker_note(&s.cluster, &copy);
     let data = copy.dir.join("data");
     std::fs::write(data.join("recovery.signal"), "").unwrap();
     let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();

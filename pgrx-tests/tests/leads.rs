@@ -12,20 +12,18 @@ use std::time::Duration;
 const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
 
 fn contact_state(s: &mut Scenario, phone: &str) -> (String, i32, Option<String>, Option<String>) {
-    let r = s
-        .db
-        .query_one("SELECT status, attempts, handoff, outcome FROM dialer.campaign_contacts WHERE phone_number = $1", &[&phone])
-        .unwrap();
+    let r =
+        s.db.query_one("SELECT status, attempts, handoff, outcome FROM dialer.campaign_contacts WHERE phone_number = $1", &[&phone])
+            .unwrap();
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
 fn batch_for_mapping(s: &mut Scenario, mapping: i64, name: &str, max_attempts: i32, contacts: Value) -> i64 {
     let agency = s.agency_id;
-    let b: i64 = s
-        .db
-        .query_one("SELECT dialer.create_batch($1, $2, $3, 600, 10, NULL, $4)", &[&agency, &mapping, &name, &max_attempts])
-        .unwrap()
-        .get(0);
+    let b: i64 =
+        s.db.query_one("SELECT dialer.create_batch($1, $2, $3, 600, 10, NULL, $4)", &[&agency, &mapping, &name, &max_attempts])
+            .unwrap()
+            .get(0);
     s.db.execute("UPDATE dialer.call_batches SET retry_delay = '200 ms' WHERE id = $1", &[&b]).unwrap();
     s.db.execute("SELECT dialer.add_contacts($1, $2)", &[&b, &contacts]).unwrap();
     b
@@ -38,9 +36,8 @@ fn twilio_and_generic_adapters_send_their_exact_requests() {
     let mut s = Scenario::new("l-adapters", cfg, &[]);
     let (agency, base) = (s.agency_id, s.sim.base_url());
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'twilio', $2, $3, $4)", &[&agency, &API_KEY, &base, &TWILIO_SID]).unwrap();
-    let twilio: i64 = s
-        .db
-        .query_one(
+    let twilio: i64 =
+        s.db.query_one(
             r#"SELECT dialer.create_agent_mapping($1, 'twilio', 'flow-1', 'IVR', '+15550009999',
                  '{"Url": "https://app.example/twiml", "StatusCallback": "https://app.example/status",
                    "StatusCallbackEvent": ["answered", "completed"], "MachineDetection": "Enable"}')"#,
@@ -56,7 +53,13 @@ fn twilio_and_generic_adapters_send_their_exact_requests() {
         .unwrap()
         .get(0);
     let tb = batch_for_mapping(&mut s, twilio, "twilio", 3, json!([{"phone_number": "+15552100001", "lead_ref": "L-1"}]));
-    let gb = batch_for_mapping(&mut s, generic, "generic", 3, json!([{"phone_number": "+15552100002", "lead_ref": "L-2", "variables": {"plan": "gold"}}]));
+    let gb = batch_for_mapping(
+        &mut s,
+        generic,
+        "generic",
+        3,
+        json!([{"phone_number": "+15552100002", "lead_ref": "L-2", "variables": {"plan": "gold"}}]),
+    );
     s.wait_batch_completed(tb, Duration::from_secs(30));
     s.wait_batch_completed(gb, Duration::from_secs(30));
 
@@ -84,7 +87,10 @@ fn twilio_and_generic_adapters_send_their_exact_requests() {
     assert!(g.body["metadata"]["idempotency_key"].is_string());
 
     // Both calls were followed to their end by polling each provider's status endpoint.
-    let ended: i64 = s.db.query_one("SELECT count(*) FROM dialer.calls WHERE status = 'ended' AND provider IN ('twilio', 'webhook')", &[]).unwrap().get(0);
+    let ended: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.calls WHERE status = 'ended' AND provider IN ('twilio', 'webhook')", &[])
+            .unwrap()
+            .get(0);
     assert_eq!(ended, 2);
 }
 
@@ -103,7 +109,8 @@ fn network_errors_are_retried_without_counting_and_other_failures_count() {
     let (st, attempts, _, _) = contact_state(&mut s, "+15552200001");
     assert_eq!((st.as_str(), attempts), ("completed", 1), "the dropped request did not count as an attempt");
     assert_eq!(posts_to(&s.sim, "+15552200001").len(), 2);
-    let looked_up = s.sim.requests().iter().filter(|r| r.method == "GET" && r.query.as_deref().unwrap_or("").contains("idempotency_key")).count();
+    let looked_up =
+        s.sim.requests().iter().filter(|r| r.method == "GET" && r.query.as_deref().unwrap_or("").contains("idempotency_key")).count();
     assert!(looked_up >= 1, "the lost attempt was looked up at the provider");
     let (st, attempts, handoff, outcome) = contact_state(&mut s, "+15552200002");
     assert_eq!((st.as_str(), attempts), ("failed", 3), "three 500s: three attempts, then failed");
@@ -117,7 +124,8 @@ fn network_errors_are_retried_without_counting_and_other_failures_count() {
     let b2 = batch_for_mapping(&mut s, mapping, "down", 3, json!([{"phone_number": "+15552200003"}]));
     let db = &mut s.db;
     wait_for("two failed connection attempts", Duration::from_secs(20), || {
-        let n: i64 = db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'network_error'", &[&b2]).ok()?.get(0);
+        let n: i64 =
+            db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'network_error'", &[&b2]).ok()?.get(0);
         (n >= 2).then_some(())
     });
     let (_, attempts, _, _) = contact_state(&mut s, "+15552200003");
@@ -144,9 +152,8 @@ fn hand_offs_go_to_available_telecallers_and_wait_when_none_is() {
                {"phone_number": "+15552300003", "source": "facebook"}, {"phone_number": "+15552300004", "source": "web"}]),
     );
     s.wait_batch_completed(b, Duration::from_secs(30));
-    let rows = s
-        .db
-        .query(
+    let rows =
+        s.db.query(
             "SELECT c.phone_number, c.handoff, f.telecaller_id, f.priority, f.review_at IS NOT NULL
                FROM dialer.campaign_contacts c JOIN dialer.followups f ON f.contact_id = c.id ORDER BY c.phone_number",
             &[],
@@ -227,7 +234,8 @@ fn webhooks_are_verified_deduplicated_and_applied_for_both_providers() {
     cfg.twilio_account_sid = Some(TWILIO_SID.to_string());
     let mut s = Scenario::new("l-webhooks", cfg, &["dialer.status_poll_interval = '10min'"]);
     let (agency, base) = (s.agency_id, s.sim.base_url());
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_test_123')", &[&agency, &API_KEY, &base]).unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_test_123')", &[&agency, &API_KEY, &base])
+        .unwrap();
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'twilio', $2, $3, $4)", &[&agency, &API_KEY, &base, &TWILIO_SID]).unwrap();
     let twilio: i64 = s
         .db
@@ -274,7 +282,8 @@ fn webhooks_are_verified_deduplicated_and_applied_for_both_providers() {
     assert_eq!(contact_state(&mut s, "+15552400002").0, "in_progress");
     // Valid 'unjoined': the AI failed → manual follow-up with priority.
     let sig = ultravox_sign("whsec_test_123", &body2, &now);
-    let v = ingest(&mut s.db, "ultravox", &body2, json!({"x-ultravox-webhook-timestamp": now, "x-ultravox-webhook-signature": sig})).unwrap();
+    let v =
+        ingest(&mut s.db, "ultravox", &body2, json!({"x-ultravox-webhook-timestamp": now, "x-ultravox-webhook-signature": sig})).unwrap();
     assert_eq!(v["status"], "applied");
     let (st, _, handoff, outcome) = contact_state(&mut s, "+15552400002");
     assert_eq!((st.as_str(), handoff.as_deref(), outcome.as_deref()), ("completed", Some("manual_pending"), Some("ai_failed")));
@@ -315,18 +324,20 @@ fn dispositions_route_outcomes_and_polling_closes_calls_without_webhooks() {
     );
     // No webhook ever comes: the provider's status endpoint closes every call.
     s.wait_batch_completed(b, Duration::from_secs(30));
-    let ended: Vec<String> = s.db.query("SELECT end_reason FROM dialer.calls WHERE batch_id = $1", &[&b]).unwrap().iter().map(|r| r.get(0)).collect();
+    let ended: Vec<String> =
+        s.db.query("SELECT end_reason FROM dialer.calls WHERE batch_id = $1", &[&b]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(ended, vec!["hangup"; 4]);
     let call_of = |s: &mut Scenario, phone: &str| -> i64 {
         s.db.query_one("SELECT call_id FROM dialer.campaign_contacts WHERE phone_number = $1", &[&phone]).unwrap().get(0)
     };
-    for (phone, dispo) in [("+15552500001", "success"), ("+15552500002", "not_interested"), ("+15552500003", "failed"), ("+15552500004", "invalid_number")] {
+    for (phone, dispo) in
+        [("+15552500001", "success"), ("+15552500002", "not_interested"), ("+15552500003", "failed"), ("+15552500004", "invalid_number")]
+    {
         let call = call_of(&mut s, phone);
         s.db.execute("SELECT dialer.set_disposition($1, $2, 'from the CRM')", &[&call, &dispo]).unwrap();
     }
-    let rows = s
-        .db
-        .query(
+    let rows =
+        s.db.query(
             "SELECT c.outcome, c.handoff, f.priority FROM dialer.campaign_contacts c LEFT JOIN dialer.followups f ON f.contact_id = c.id
               WHERE c.batch_id = $1 ORDER BY c.phone_number",
             &[&b],

@@ -31,11 +31,7 @@ fn metrics(db: &mut Client) -> Vec<Sample> {
 /// The sum of a sample's values over the rows whose labels include `with`.
 fn total(samples: &[Sample], sample: &str, with: &Value) -> f64 {
     let with = with.as_object().cloned().unwrap_or_default();
-    samples
-        .iter()
-        .filter(|s| s.sample == sample && with.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| s.value)
-        .sum()
+    samples.iter().filter(|s| s.sample == sample && with.iter().all(|(k, v)| s.labels.get(k) == Some(v))).map(|s| s.value).sum()
 }
 
 fn count(db: &mut Client, sql: &str, args: &[&(dyn postgres::types::ToSql + Sync)]) -> f64 {
@@ -131,7 +127,10 @@ fn metrics_follow_the_dialing_and_match_the_tables() {
     let ticks = count(db, "SELECT count(*) FROM dialer.runs WHERE status <> 'SKIPPED_CONCURRENT' AND duration_ms IS NOT NULL", &[]);
     assert!(ticks > 0.0);
     assert_eq!(total(&after, "pg_dialer_tick_duration_seconds_count", &json!({})), ticks);
-    assert_eq!(total(&after, "pg_dialer_attempts_in_doubt", &json!({})), count(db, "SELECT count(*) FROM dialer.calls WHERE status = 'in_doubt'", &[]));
+    assert_eq!(
+        total(&after, "pg_dialer_attempts_in_doubt", &json!({})),
+        count(db, "SELECT count(*) FROM dialer.calls WHERE status = 'in_doubt'", &[])
+    );
     // The batch is done: nothing is due, nobody lags.
     assert_eq!(total(&after, "pg_dialer_queue_depth", &json!({})), 0.0);
     assert_eq!(total(&after, "pg_dialer_pacing_lag_seconds", &json!({})), 0.0);
@@ -155,10 +154,8 @@ fn tenant_and_operator(s: &mut Scenario) -> (i64, i64, Client, Client) {
     };
     let mut t = connect("tenant_a", "pw-a");
     let o = connect("ops_person", "pw-o");
-    let ma: i64 = t
-        .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550190')", &[&a, &AGENT_ID])
-        .unwrap()
-        .get(0);
+    let ma: i64 =
+        t.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550190')", &[&a, &AGENT_ID]).unwrap().get(0);
     let batch: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'a', 1200, 5)", &[&a, &ma]).unwrap().get(0);
     (a, batch, t, o)
 }
@@ -281,7 +278,8 @@ fn retention_keeps_history_level_and_every_final_state() {
         c.ultravox_webhook_secret = Some("whsec_soak".into());
     });
     let (agency, base) = (s.agency_id, s.sim.base_url());
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_soak')", &[&agency, &API_KEY, &base]).unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_soak')", &[&agency, &API_KEY, &base])
+        .unwrap();
     // The queue is paced like a campaign (10 a minute by default).
     s.db.execute("SELECT dialer.set_queue_options($1, 3000, 10)", &[&agency]).unwrap();
     for kind in ["runs", "bodies", "webhook_events", "jobs"] {

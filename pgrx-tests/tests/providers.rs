@@ -13,7 +13,8 @@ const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
 fn batch(s: &mut Scenario, mapping: i64, name: &str, numbers: &[&str]) -> i64 {
     let agency = s.agency_id;
     let b: i64 = s.db.query_one("SELECT dialer.create_batch($1, $2, $3, 600, 10)", &[&agency, &mapping, &name]).unwrap().get(0);
-    let contacts: Vec<Value> = numbers.iter().enumerate().map(|(i, n)| json!({"phone_number": n, "name": format!("C{i}"), "variables": {"n": i}})).collect();
+    let contacts: Vec<Value> =
+        numbers.iter().enumerate().map(|(i, n)| json!({"phone_number": n, "name": format!("C{i}"), "variables": {"n": i}})).collect();
     s.db.execute("SELECT dialer.add_contacts($1, $2)", &[&b, &Value::Array(contacts)]).unwrap();
     b
 }
@@ -50,7 +51,11 @@ fn every_adapter_dials_the_strict_simulator_and_follows_calls_to_their_end() {
     let cases: Vec<(&str, i64, &str)> = vec![
         ("ultravox", s.mapping_id, "/api/agents/"),
         ("ultravox", mapping(&mut s, "ultravox", None, from, json!({"systemPrompt": "You are Ava.", "voice": "Mark"})), "/api/calls"),
-        ("twilio", mapping(&mut s, "twilio", None, from, json!({"Twiml": "<Response><Say>Hi</Say></Response>", "Timeout": 20})), "/Calls.json"),
+        (
+            "twilio",
+            mapping(&mut s, "twilio", None, from, json!({"Twiml": "<Response><Say>Hi</Say></Response>", "Timeout": 20})),
+            "/Calls.json",
+        ),
         ("vapi", mapping(&mut s, "vapi", Some(AGENT_ID), None, json!({"phoneNumberId": "6f1c2a9e-0b7d-4c1e-9a55-2f0e6d8b7c41"})), "/call"),
         ("retell", mapping(&mut s, "retell", Some("agent_5b7e2f0a"), from, json!({})), "/v2/create-phone-call"),
         ("bland", mapping(&mut s, "bland", None, from, json!({"task": "Confirm the appointment.", "max_duration": 5})), "/v1/calls"),
@@ -108,7 +113,8 @@ fn ultravox_webhooks_carry_outcomes_end_to_end() {
         c.ultravox_webhook_secret = Some("whsec_e2e_42".into());
     });
     let (agency, base) = (s.agency_id, s.sim.base_url());
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_e2e_42')", &[&agency, &API_KEY, &base]).unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_e2e_42')", &[&agency, &API_KEY, &base])
+        .unwrap();
     s.sim.set_rules(vec![Rule::new("+15557200003").end_reason("unjoined")]);
     let m = s.mapping_id;
     let b = batch(&mut s, m, "hooks", &["+15557200001", "+15557200002", "+15557200003"]);
@@ -116,14 +122,19 @@ fn ultravox_webhooks_carry_outcomes_end_to_end() {
     s.wait_batch_completed(b, Duration::from_secs(60));
     let results = receiver.results();
     assert!(!results.is_empty() && results.iter().all(Result::is_ok), "every signed delivery accepted: {results:?}");
-    let ended: i64 = s.db.query_one("SELECT count(*) FROM dialer.webhook_events WHERE provider = 'ultravox' AND event_id LIKE 'call.ended:%'", &[]).unwrap().get(0);
+    let ended: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.webhook_events WHERE provider = 'ultravox' AND event_id LIKE 'call.ended:%'", &[])
+            .unwrap()
+            .get(0);
     assert_eq!(ended, 3);
     let reasons = end_reasons(&mut s, b);
     assert_eq!(reasons[2], ("+15557200003".to_string(), Some("no-answer".to_string())), "unjoined: nobody answered");
     assert_eq!(&reasons[..2], &[("+15557200001".into(), Some("hangup".into())), ("+15557200002".into(), Some("hangup".into()))]);
-    let answered: i64 = s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND answered_at IS NOT NULL", &[&b]).unwrap().get(0);
+    let answered: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND answered_at IS NOT NULL", &[&b]).unwrap().get(0);
     assert_eq!(answered, 2, "call.joined set answered_at for the calls that connected");
-    let outcome: Option<String> = s.db.query_one("SELECT outcome FROM dialer.campaign_contacts WHERE phone_number = '+15557200003'", &[]).unwrap().get(0);
+    let outcome: Option<String> =
+        s.db.query_one("SELECT outcome FROM dialer.campaign_contacts WHERE phone_number = '+15557200003'", &[]).unwrap().get(0);
     assert_eq!(outcome.as_deref(), Some("ai_failed"));
 
     // A delivery signed with another secret is refused by the database, and the receiver says so.
@@ -150,7 +161,11 @@ fn twilio_status_callbacks_are_verified_with_the_auth_token_and_voicemail_is_an_
     );
     // A webhook secret is not what Twilio signs with: it must not replace the auth token.
     let agency = s.agency_id;
-    s.db.execute("UPDATE dialer.provider_credentials SET webhook_secret = 'not-the-auth-token' WHERE agency_id = $1 AND provider = 'twilio'", &[&agency]).unwrap();
+    s.db.execute(
+        "UPDATE dialer.provider_credentials SET webhook_secret = 'not-the-auth-token' WHERE agency_id = $1 AND provider = 'twilio'",
+        &[&agency],
+    )
+    .unwrap();
     s.sim.set_rules(vec![Rule::new("+15557300002").end_reason("voicemail")]);
     let b = batch(&mut s, m, "twilio hooks", &["+15557300001", "+15557300002"]);
     s.wait_batch_completed(b, Duration::from_secs(60));
@@ -180,7 +195,9 @@ fn capacity_answers_503_wait_without_counting_an_attempt() {
     let gap_us = posts[1].received_at_us - posts[0].received_at_us;
     assert!(gap_us >= 900_000, "Retry-After: 1 was honoured ({gap_us} µs)");
     let (status, attempts): (String, i32) =
-        s.db.query_one("SELECT status, attempts FROM dialer.campaign_contacts WHERE batch_id = $1", &[&b]).map(|r| (r.get(0), r.get(1))).unwrap();
+        s.db.query_one("SELECT status, attempts FROM dialer.campaign_contacts WHERE batch_id = $1", &[&b])
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
     assert_eq!((status.as_str(), attempts), ("completed", 1), "two capacity waits, one attempt");
 }
 
@@ -204,7 +221,10 @@ fn webhooks_end_to_end(provider: &'static str, prefix: &str) {
                 c.vapi_webhook_auth = "hmac".into();
                 c.webhook_redeliveries = 1;
             });
-            (mapping(&mut s, "vapi", Some(AGENT_ID), None, json!({"phoneNumberId": "6f1c2a9e-0b7d-4c1e-9a55-2f0e6d8b7c41"})), Some("vapi-server-secret"))
+            (
+                mapping(&mut s, "vapi", Some(AGENT_ID), None, json!({"phoneNumberId": "6f1c2a9e-0b7d-4c1e-9a55-2f0e6d8b7c41"})),
+                Some("vapi-server-secret"),
+            )
         }
         // Retell signs with the account's API key: nothing more to store.
         "retell" => {
@@ -224,10 +244,15 @@ fn webhooks_end_to_end(provider: &'static str, prefix: &str) {
         }
     };
     if let Some(secret) = secret {
-        s.db.execute("SELECT dialer.set_provider_credentials($1, $2, $3, $4, NULL, $5)", &[&agency, &provider, &API_KEY, &base, &secret]).unwrap();
+        s.db.execute("SELECT dialer.set_provider_credentials($1, $2, $3, $4, NULL, $5)", &[&agency, &provider, &API_KEY, &base, &secret])
+            .unwrap();
     }
     let n = |i: u32| format!("{prefix}{i}");
-    s.sim.set_rules(vec![Rule::new(n(2)).end_reason("voicemail"), Rule::new(n(3)).end_reason("unjoined"), Rule::new(n(6)).duration_ms(8000)]);
+    s.sim.set_rules(vec![
+        Rule::new(n(2)).end_reason("voicemail"),
+        Rule::new(n(3)).end_reason("unjoined"),
+        Rule::new(n(6)).duration_ms(8000),
+    ]);
     let b = batch(&mut s, m, provider, &[&n(1), &n(2), &n(3)]);
     s.wait_batch_completed(b, Duration::from_secs(60));
 
@@ -295,16 +320,23 @@ fn webhooks_end_to_end(provider: &'static str, prefix: &str) {
     match provider {
         "vapi" => s.sim.update(|c| c.vapi_webhook_secret = Some("not-the-server-secret".into())),
         "retell" => {
-            s.db.execute("SELECT dialer.set_provider_credentials($1, 'retell', $2, $3, NULL, 'key_with_the_webhook_badge')", &[&agency, &API_KEY, &base])
-                .unwrap();
+            s.db.execute(
+                "SELECT dialer.set_provider_credentials($1, 'retell', $2, $3, NULL, 'key_with_the_webhook_badge')",
+                &[&agency, &API_KEY, &base],
+            )
+            .unwrap();
         }
         _ => s.sim.update(|c| c.bland_webhook_secret = Some("forged-secret".into())),
     }
     let seen = receiver.results().len();
     let b2 = batch(&mut s, m, "forged", &[&n(4)]);
-    let refused = wait_for("a refused delivery", Duration::from_secs(30), || receiver.results().into_iter().skip(seen).find_map(|r| r.err()));
+    let refused =
+        wait_for("a refused delivery", Duration::from_secs(30), || receiver.results().into_iter().skip(seen).find_map(|r| r.err()));
     assert!(refused.contains("does not match"), "{refused}");
-    assert!(!refused.contains("vapi-server-secret") && !refused.contains("bland-signing") && !refused.contains(API_KEY), "no secret in the error");
+    assert!(
+        !refused.contains("vapi-server-secret") && !refused.contains("bland-signing") && !refused.contains(API_KEY),
+        "no secret in the error"
+    );
     let status: String = s.db.query_one("SELECT k.status FROM dialer.calls k WHERE k.batch_id = $1", &[&b2]).unwrap().get(0);
     assert_eq!(status, "in_progress", "{provider}: a forged event ends nothing");
     s.set_config("dialer.status_poll_interval", "1s");
@@ -321,9 +353,8 @@ fn webhooks_end_to_end(provider: &'static str, prefix: &str) {
     }
     let b3 = batch(&mut s, m, "polled", &[&n(5), &n(6)]);
     let short = wait_for("the short call's webhook applied", Duration::from_secs(30), || {
-        let id: Option<String> = s
-            .db
-            .query_opt(
+        let id: Option<String> =
+            s.db.query_opt(
                 "SELECT k.provider_call_id FROM dialer.calls k JOIN dialer.webhook_events e ON e.call_id = k.id
                   WHERE k.batch_id = $1 AND k.phone_number = $2 AND k.status = 'ended' LIMIT 1",
                 &[&b3, &n(5)],
@@ -336,12 +367,25 @@ fn webhooks_end_to_end(provider: &'static str, prefix: &str) {
     let settled_at = wait_for("the webhook's answer", Duration::from_secs(10), || {
         s.sim.webhooks().iter().filter(|w| w.call_id == short).filter_map(|w| w.answered_at_us).min()
     });
-    let long: String = s.db.query_one("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND phone_number = $2", &[&b3, &n(6)]).unwrap().get(0);
+    let long: String =
+        s.db.query_one("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND phone_number = $2", &[&b3, &n(6)])
+            .unwrap()
+            .get(0);
     wait_for("two polls of the long call after the short one settled", Duration::from_secs(20), || {
-        let later = s.sim.requests().into_iter().filter(|r| r.method == "GET" && r.path.contains(&long) && r.received_at_us > settled_at + 100_000).count();
+        let later = s
+            .sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.contains(&long) && r.received_at_us > settled_at + 100_000)
+            .count();
         (later >= 2).then_some(())
     });
-    let after: Vec<_> = s.sim.requests().into_iter().filter(|r| r.method == "GET" && r.path.contains(&short) && r.received_at_us > settled_at + 100_000).collect();
+    let after: Vec<_> = s
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&short) && r.received_at_us > settled_at + 100_000)
+        .collect();
     assert!(after.is_empty(), "{provider}: the call its webhook settled was polled again: {after:?}");
     s.wait_batch_completed(b3, Duration::from_secs(30));
 }
@@ -376,14 +420,19 @@ fn unsigned_forged_and_stale_vapi_retell_bland_deliveries_touch_nothing() {
     for (p, m, number) in [("vapi", mv, "+15557610001"), ("retell", mr, "+15557610002"), ("bland", mb, "+15557610003")] {
         let b = batch(&mut s, m, p, &[number]);
         let id: String = wait_for("the call placed", Duration::from_secs(30), || {
-            s.db.query_opt("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND status = 'in_progress'", &[&b]).ok().flatten().map(|r| r.get(0))
+            s.db.query_opt("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND status = 'in_progress'", &[&b])
+                .ok()
+                .flatten()
+                .map(|r| r.get(0))
         });
         ids.push((p, id, b));
     }
     let ingest = |db: &mut postgres::Client, p: &str, body: &str, h: Value| {
-        db.query_one("SELECT dialer.ingest_webhook($1, $2, $3)", &[&p, &body, &h])
-            .map(|r| r.get::<_, Value>(0))
-            .map_err(|e| e.as_db_error().map(|d| format!("{} {} {}", d.code().code(), d.message(), d.hint().unwrap_or(""))).unwrap_or_else(|| e.to_string()))
+        db.query_one("SELECT dialer.ingest_webhook($1, $2, $3)", &[&p, &body, &h]).map(|r| r.get::<_, Value>(0)).map_err(|e| {
+            e.as_db_error()
+                .map(|d| format!("{} {} {}", d.code().code(), d.message(), d.hint().unwrap_or("")))
+                .unwrap_or_else(|| e.to_string())
+        })
     };
     let now_ms = chrono_now_ms();
     let ended = "2026-01-02T03:04:05.678Z"; // the event's own time, long before it arrives
@@ -404,9 +453,10 @@ fn unsigned_forged_and_stale_vapi_retell_bland_deliveries_touch_nothing() {
                 )
             }
             "retell" => {
-                let body = json!({"event": "call_ended", "call": {"call_id": id, "call_status": "ended", "disconnection_reason": "user_hangup",
+                let body =
+                    json!({"event": "call_ended", "call": {"call_id": id, "call_status": "ended", "disconnection_reason": "user_hangup",
                     "start_timestamp": 1767323045678i64, "end_timestamp": 1767323045678i64}})
-                .to_string();
+                    .to_string();
                 (
                     body.clone(),
                     json!({"X-Retell-Signature": retell_signature(API_KEY, body.as_bytes(), now_ms)}),
@@ -431,7 +481,8 @@ fn unsigned_forged_and_stale_vapi_retell_bland_deliveries_touch_nothing() {
             let e = ingest(&mut s.db, p, &body, good.clone()).unwrap_err();
             assert!(e.starts_with("28000") && e.contains("webhook_secret"), "{p}: {e}");
             let secret = if *p == "vapi" { "vsec" } else { "bsec" };
-            s.db.execute("SELECT dialer.set_provider_credentials($1, $2, $3, $4, NULL, $5)", &[&agency, p, &API_KEY, &base, &secret]).unwrap();
+            s.db.execute("SELECT dialer.set_provider_credentials($1, $2, $3, $4, NULL, $5)", &[&agency, p, &API_KEY, &base, &secret])
+                .unwrap();
         }
         let e = ingest(&mut s.db, p, &body, json!({})).unwrap_err();
         assert!(e.starts_with("28000") && e.contains("missing"), "{p} unsigned: {e}");
@@ -463,7 +514,11 @@ fn unsigned_forged_and_stale_vapi_retell_bland_deliveries_touch_nothing() {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .unwrap();
         assert_eq!(ended_at, "2026-01-02T03:04:05.678", "{p}: ended_at is the event's");
-        assert_eq!(answered_at, if *p == "retell" { "2026-01-02T03:04:05.678" } else { "2026-01-02T03:03:05.678" }, "{p}: answered_at is the event's");
+        assert_eq!(
+            answered_at,
+            if *p == "retell" { "2026-01-02T03:04:05.678" } else { "2026-01-02T03:03:05.678" },
+            "{p}: answered_at is the event's"
+        );
         assert_eq!(stored, 0, "{p}: neither transcripts nor secrets are stored with the event");
     }
     let e = ingest(&mut s.db, "vonage", "{}", json!({})).unwrap_err();

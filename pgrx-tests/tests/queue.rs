@@ -1,15 +1,18 @@
 //! The call queue (call-queue-bullmq seed) against the worker and the simulator.
 
-use pg_dialer_integration::{call_posts, posts_to, wait_for, Scenario};
 use pg_dialer_integration::provider_sim::Rule;
+use pg_dialer_integration::{call_posts, posts_to, wait_for, Scenario};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 fn fast_queue(s: &mut Scenario) {
     // The seed's 10 calls / 60 s would make every test a minute long.
     let agency = s.agency_id;
-    s.db.execute("SELECT dialer.set_queue_options($1, calls_per_minute => 6000, max_concurrent => 10, retry_delay => '300 ms')", &[&agency])
-        .unwrap();
+    s.db.execute(
+        "SELECT dialer.set_queue_options($1, calls_per_minute => 6000, max_concurrent => 10, retry_delay => '300 ms')",
+        &[&agency],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -20,9 +23,8 @@ fn an_immediate_call_is_posted_on_commit_and_a_rolled_back_one_never() {
     let mut tx = s.db.transaction().unwrap();
     tx.execute("SELECT dialer.schedule_call('+15551110000', message => 'never')", &[]).unwrap();
     tx.rollback().unwrap();
-    let job: i64 = s
-        .db
-        .query_one(
+    let job: i64 =
+        s.db.query_one(
             "SELECT dialer.schedule_call('+15551110001', message => 'Hello from pg_dialer', lead_id => 'L-123',
                                          priority => 'high', metadata => '{\"campaign\": \"Q4 Outreach\"}')",
             &[],
@@ -60,9 +62,8 @@ fn a_delayed_call_waits_for_its_time_then_goes_at_once() {
 #[test]
 fn bulk_is_all_or_nothing_and_dedupe_keys_schedule_once() {
     let mut s = Scenario::new("q-bulk", Scenario::sim_config(200, 300), &["dialer.enabled = off"]);
-    let err = s
-        .db
-        .query_one(
+    let err =
+        s.db.query_one(
             r#"SELECT dialer.schedule_bulk_calls('[{"to":"+15551130001"},{"to":"+15551130002","priority":"high"},{"to":"12345"}]')"#,
             &[],
         )
@@ -75,9 +76,8 @@ fn bulk_is_all_or_nothing_and_dedupe_keys_schedule_once() {
     let n: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts", &[]).unwrap().get(0);
     assert_eq!(n, 0, "nothing written");
 
-    let ids: Vec<i64> = s
-        .db
-        .query_one(
+    let ids: Vec<i64> =
+        s.db.query_one(
             r#"SELECT dialer.schedule_bulk_calls('[{"to":"+15551130001","message":"Emergency alert","priority":"high"},
                                                   {"to":"+15551130002","delay":"1 hour"},
                                                   {"to":"+15551130003","lead_id":"124"}]')"#,
@@ -94,7 +94,10 @@ fn bulk_is_all_or_nothing_and_dedupe_keys_schedule_once() {
     let n: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE phone_number = '+15551130009'", &[]).unwrap().get(0);
     assert_eq!(n, 1);
     let stats: Value = s.db.query_one("SELECT dialer.queue_stats()", &[]).unwrap().get(0);
-    assert_eq!(stats, json!({"waiting": 3, "active": 0, "completed": 0, "failed": 0, "delayed": 1, "paused": 0, "cancelled": 0, "expired": 0, "total": 4}));
+    assert_eq!(
+        stats,
+        json!({"waiting": 3, "active": 0, "completed": 0, "failed": 0, "delayed": 1, "paused": 0, "cancelled": 0, "expired": 0, "total": 4})
+    );
 }
 
 #[test]
@@ -104,7 +107,13 @@ fn priorities_order_dialing_and_pause_holds_everything() {
     s.db.execute("SELECT dialer.set_queue_options($1, calls_per_minute => 600, max_concurrent => 10)", &[&agency]).unwrap();
     s.db.execute("SELECT dialer.pause_queue()", &[]).unwrap();
     let mut jobs = Vec::new();
-    for (n, p) in [("+15551140001", "low"), ("+15551140002", "normal"), ("+15551140003", "high"), ("+15551140004", "normal"), ("+15551140005", "high")] {
+    for (n, p) in [
+        ("+15551140001", "low"),
+        ("+15551140002", "normal"),
+        ("+15551140003", "high"),
+        ("+15551140004", "normal"),
+        ("+15551140005", "high"),
+    ] {
         let id: i64 = s.db.query_one("SELECT dialer.schedule_call($1, priority => $2)", &[&n, &p]).unwrap().get(0);
         jobs.push(id);
     }
@@ -158,7 +167,10 @@ fn cancel_retry_clean_and_states_through_a_jobs_life() {
     s.wait_job_state(live, "completed", Duration::from_secs(20));
 
     let stats: Value = s.db.query_one("SELECT dialer.queue_stats()", &[]).unwrap().get(0);
-    assert_eq!(stats, json!({"waiting": 0, "active": 0, "completed": 2, "failed": 0, "delayed": 0, "paused": 0, "cancelled": 1, "expired": 0, "total": 3}));
+    assert_eq!(
+        stats,
+        json!({"waiting": 0, "active": 0, "completed": 2, "failed": 0, "delayed": 0, "paused": 0, "cancelled": 1, "expired": 0, "total": 3})
+    );
     let cleaned: i32 = s.db.query_one("SELECT dialer.clean_jobs('0 seconds', 1000, 'completed')", &[]).unwrap().get(0);
     assert_eq!(cleaned, 2);
     let left: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts", &[]).unwrap().get(0);
@@ -202,9 +214,11 @@ fn cancelling_a_job_while_the_worker_holds_its_queue_waits_and_never_deadlocks()
 fn recurring_calls_follow_new_york_across_dst_and_catch_up_once() {
     let mut s = Scenario::new("q-recurring", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
     fast_queue(&mut s);
-    let id: i64 = s
-        .db
-        .query_one("SELECT dialer.schedule_recurring_call('+15551160001', '0 9 * * *', 'America/New_York', message => 'Daily reminder')", &[])
+    let id: i64 =
+        s.db.query_one(
+            "SELECT dialer.schedule_recurring_call('+15551160001', '0 9 * * *', 'America/New_York', message => 'Daily reminder')",
+            &[],
+        )
         .unwrap()
         .get(0);
     // Walk the schedule through the 2026-03-08 spring-forward by promoting at chosen instants.
@@ -213,9 +227,11 @@ fn recurring_calls_follow_new_york_across_dst_and_catch_up_once() {
     for now in ["2026-03-07 14:00:05+00", "2026-03-08 13:00:05+00", "2026-03-09 13:00:05+00"] {
         let n: i32 = s.db.query_one("SELECT dialer._promote_recurring($1::text::timestamptz)", &[&now]).unwrap().get(0);
         assert_eq!(n, 1, "one job at {now}");
-        let next: String = s
-            .db
-            .query_one("SELECT to_char(next_run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') FROM dialer.recurring_calls WHERE id = $1", &[&id])
+        let next: String =
+            s.db.query_one(
+                "SELECT to_char(next_run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') FROM dialer.recurring_calls WHERE id = $1",
+                &[&id],
+            )
             .unwrap()
             .get(0);
         seen.push(next);
@@ -226,11 +242,7 @@ fn recurring_calls_follow_new_york_across_dst_and_catch_up_once() {
     assert!(s.db.query_one("SELECT dialer.cancel_recurring_call($1)", &[&id]).unwrap().get::<_, bool>(0));
 
     // A worker that was stopped past several occurrences makes one catch-up job, not a burst.
-    let every_minute: i64 = s
-        .db
-        .query_one("SELECT dialer.schedule_recurring_call('+15551160002', '* * * * *')", &[])
-        .unwrap()
-        .get(0);
+    let every_minute: i64 = s.db.query_one("SELECT dialer.schedule_recurring_call('+15551160002', '* * * * *')", &[]).unwrap().get(0);
     s.db.execute("UPDATE dialer.recurring_calls SET next_run_at = now() - interval '5 minutes' WHERE id = $1", &[&every_minute]).unwrap();
     s.set_config("dialer.enabled", "on");
     wait_for("the catch-up call", Duration::from_secs(15), || posts_to(&s.sim, "+15551160002").into_iter().next());
@@ -254,7 +266,11 @@ fn bad_queue_input_is_refused_and_writes_nothing() {
         ("SELECT dialer.schedule_call('+15551170001', run_at => now() + interval '1 hour', delay => '5 seconds')", "22023", "not both"),
         ("SELECT dialer.schedule_call('+15551170001', priority => 'urgent')", "22023", "unknown priority"),
         ("SELECT dialer.schedule_call('5551170001')", "22023", "E.164"),
-        (r#"SELECT dialer.schedule_bulk_calls('[{"to":"+15551170001"},{"to":"+15551170002","priority":"asap"}]')"#, "22023", "calls[1].priority"),
+        (
+            r#"SELECT dialer.schedule_bulk_calls('[{"to":"+15551170001"},{"to":"+15551170002","priority":"asap"}]')"#,
+            "22023",
+            "calls[1].priority",
+        ),
         (r#"SELECT dialer.schedule_bulk_calls('[{"to":"+15551170001","delay":"soon"}]')"#, "22023", "calls[0]"),
         (r#"SELECT dialer.schedule_bulk_calls('[{"to":"+15551170001","colour":"red"}]')"#, "22P02", "unknown field"),
         ("SELECT dialer.job_status(424242)", "P0002", "job 424242 does not exist"),

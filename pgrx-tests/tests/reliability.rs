@@ -156,9 +156,8 @@ fn secrets_stay_secret_even_with_everything_logged() {
     s.wait_batch_completed(batch, Duration::from_secs(30));
     s.set_config("log_min_messages", "warning");
 
-    let dumps = s
-        .db
-        .query(
+    let dumps =
+        s.db.query(
             "SELECT coalesce(string_agg(row_to_json(k)::text, ' '), '') FROM dialer.calls k
              UNION ALL SELECT coalesce(string_agg(row_to_json(c)::text, ' '), '') FROM dialer.campaign_contacts c
              UNION ALL SELECT coalesce(string_agg(row_to_json(b)::text, ' '), '') FROM dialer.call_batches b
@@ -170,18 +169,16 @@ fn secrets_stay_secret_even_with_everything_logged() {
         let text: String = d.get(0);
         assert!(!text.contains(API_KEY), "a key in a table: {text}");
     }
-    let err: String = s.db.query_one("SELECT last_error FROM dialer.campaign_contacts WHERE phone_number = '+15556200002'", &[]).unwrap().get(0);
+    let err: String =
+        s.db.query_one("SELECT last_error FROM dialer.campaign_contacts WHERE phone_number = '+15556200002'", &[]).unwrap().get(0);
     assert!(err.contains("[redacted]"), "{err}");
     let log = s.cluster.server_log();
     assert!(log.contains("LOG:  execute") || log.contains("LOG:  statement:"), "log_statement = all was in force");
     // The key was stored before logging was turned up; nothing while calls ran may print it.
     assert!(!log.contains(API_KEY), "the key is in the server log");
     // Statement statistics keep normalised texts: parameters, the key among them, never appear.
-    let leaked: i64 = s
-        .db
-        .query_one("SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%' || $1 || '%'", &[&API_KEY])
-        .unwrap()
-        .get(0);
+    let leaked: i64 =
+        s.db.query_one("SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%' || $1 || '%'", &[&API_KEY]).unwrap().get(0);
     assert_eq!(leaked, 0, "the key is in pg_stat_statements");
 
     // Privileges: applications (dialer_user) can write keys but never read them.
@@ -203,9 +200,8 @@ fn secrets_stay_secret_even_with_everything_logged() {
     tx.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-rotated-key-999')", &[&agency]).unwrap();
     tx.rollback().unwrap();
     // Every SECURITY DEFINER function pins its search_path.
-    let unpinned: i64 = s
-        .db
-        .query_one(
+    let unpinned: i64 =
+        s.db.query_one(
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = 'dialer' AND p.prosecdef
                 AND NOT coalesce(array_to_string(p.proconfig, ',') LIKE '%search_path=%', false)",
@@ -246,7 +242,8 @@ fn row_level_security_keeps_tenants_apart() {
     let seen: Vec<String> = tx.query("SELECT phone_number FROM dialer.campaign_contacts", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(seen, vec!["+15556300001"]);
     // The views apply the same rules (they read with the caller's rights).
-    let agencies: Vec<i64> = tx.query("SELECT DISTINCT agency_id FROM dialer.batch_progress", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let agencies: Vec<i64> =
+        tx.query("SELECT DISTINCT agency_id FROM dialer.batch_progress", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(agencies, vec![a], "batch_progress shows a tenant its own batches only");
     let doubtful: Vec<i64> = tx.query("SELECT DISTINCT agency_id FROM dialer.in_doubt", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(doubtful, vec![a], "in_doubt shows a tenant its own attempts only");
@@ -291,13 +288,40 @@ fn random_json(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
         2 => json!(rng.gen_range(-1_000_000i64..1_000_000)),
         3 => json!(rng.gen::<f64>() * 1e6),
         4 => {
-            let pool = ["+15550001111", "+1", "", "12345", "+9999999999999999", "high", "soon", "1 hour", "'; DROP TABLE x; --", "\u{0}x", "é", "2026-01-01T00:00:00Z"];
+            let pool = [
+                "+15550001111",
+                "+1",
+                "",
+                "12345",
+                "+9999999999999999",
+                "high",
+                "soon",
+                "1 hour",
+                "'; DROP TABLE x; --",
+                "\u{0}x",
+                "é",
+                "2026-01-01T00:00:00Z",
+            ];
             json!(pool[rng.gen_range(0..pool.len())])
         }
         5 => json!(format!("+1555{}", rng.gen_range(1000000..9999999))),
         6 => Value::Array((0..rng.gen_range(0..4)).map(|_| random_json(rng, depth + 1)).collect()),
         _ => {
-            let keys = ["phone_number", "to", "name", "variables", "priority", "lead_ref", "source", "message", "metadata", "delay", "run_at", "agency_id", "x"];
+            let keys = [
+                "phone_number",
+                "to",
+                "name",
+                "variables",
+                "priority",
+                "lead_ref",
+                "source",
+                "message",
+                "metadata",
+                "delay",
+                "run_at",
+                "agency_id",
+                "x",
+            ];
             let mut m = serde_json::Map::new();
             for _ in 0..rng.gen_range(0..5) {
                 m.insert(keys[rng.gen_range(0..keys.len())].to_string(), random_json(rng, depth + 1));
@@ -320,7 +344,11 @@ fn hostile_input_gets_clean_errors_never_a_crash() {
             random_json(&mut rng, 0)
         };
         let sql = if i % 2 == 0 { "SELECT dialer.add_contacts($1, $2)::text" } else { "SELECT dialer.schedule_bulk_calls($2)::text" };
-        let res = if i % 2 == 0 { s.db.query_one(sql, &[&batch, &input]) } else { s.db.query_one("SELECT dialer.schedule_bulk_calls($1)::text", &[&input]) };
+        let res = if i % 2 == 0 {
+            s.db.query_one(sql, &[&batch, &input])
+        } else {
+            s.db.query_one("SELECT dialer.schedule_bulk_calls($1)::text", &[&input])
+        };
         match res {
             Ok(_) => ok += 1,
             Err(e) => {

@@ -40,12 +40,14 @@ fn provider_keys_go_only_to_allowed_hosts_and_only_admins_move_them() {
     let (b_batch, b_nums) = b_campaign(&mut s, 10);
 
     // The tenant cannot point its key anywhere: not through the API, not by writing the row.
-    let e = t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://169.254.169.254/latest')", &[&a]).unwrap_err();
+    let e =
+        t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://169.254.169.254/latest')", &[&a]).unwrap_err();
     assert!(code(&e).starts_with("42501"), "{}", code(&e));
     t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a')", &[&a]).unwrap();
     let e = t.execute("UPDATE dialer.provider_credentials SET base_url = 'http://127.0.0.1:5432' WHERE agency_id = $1", &[&a]).unwrap_err();
     assert!(code(&e).starts_with("42501"), "{}", code(&e));
-    let url: Option<String> = s.db.query_one("SELECT base_url FROM dialer.provider_credentials WHERE agency_id = $1", &[&a]).unwrap().get(0);
+    let url: Option<String> =
+        s.db.query_one("SELECT base_url FROM dialer.provider_credentials WHERE agency_id = $1", &[&a]).unwrap().get(0);
     assert_eq!(url, None, "nothing written");
 
     // The owner too is held to the list, and a key is bound to its host.
@@ -57,12 +59,10 @@ fn provider_keys_go_only_to_allowed_hosts_and_only_admins_move_them() {
     // A listed name whose DNS answer is internal (here: the database's own port): refused where
     // the request is sent, before any connection, and B dials on.
     let db_port = s.cluster.port;
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', $2)", &[&a, &format!("http://localhost:{db_port}")]).unwrap();
-    let ma: i64 = s
-        .db
-        .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550190')", &[&a, &AGENT_ID])
-        .unwrap()
-        .get(0);
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', $2)", &[&a, &format!("http://localhost:{db_port}")])
+        .unwrap();
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550190')", &[&a, &AGENT_ID]).unwrap().get(0);
     let a_batch: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'a', 600, 5)", &[&a, &ma]).unwrap().get(0);
     t.execute("SELECT dialer.add_contacts($1, $2)", &[&a_batch, &json!([{"phone_number": "+15558900001"}])]).unwrap();
     s.wake();
@@ -92,7 +92,8 @@ fn webhooks_that_cannot_be_verified_are_refused_unless_the_operator_allows_them(
         db.query_one("SELECT provider_call_id FROM dialer.calls WHERE batch_id = $1 AND status = 'in_progress'", &[&b]).ok()?.get(0)
     });
     let body = json!({"event": "call.ended", "call": {"callId": call_id, "endReason": "hangup"}}).to_string();
-    let ingest = |db: &mut Client| db.query_one("SELECT dialer.ingest_webhook('ultravox', $1, '{}')", &[&body]).map(|r| r.get::<_, Value>(0));
+    let ingest =
+        |db: &mut Client| db.query_one("SELECT dialer.ingest_webhook('ultravox', $1, '{}')", &[&body]).map(|r| r.get::<_, Value>(0));
     let e = ingest(&mut s.db).unwrap_err();
     assert!(code(&e).starts_with("28000") && code(&e).contains("allow_unsigned_webhooks"), "{}", code(&e));
     assert_eq!(s.batch_status(b), "processing", "an unsigned event ended nothing");
@@ -104,7 +105,8 @@ fn webhooks_that_cannot_be_verified_are_refused_unless_the_operator_allows_them(
     assert_eq!(ingest(&mut s.db).unwrap()["status"], "applied");
     // An empty secret is no secret.
     let base = s.sim.base_url();
-    let e = s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, '')", &[&agency, &API_KEY, &base]).unwrap_err();
+    let e =
+        s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, '')", &[&agency, &API_KEY, &base]).unwrap_err();
     assert!(code(&e).starts_with("22023"), "{}", code(&e));
 }
 
@@ -127,9 +129,12 @@ fn a_calling_window_that_never_opens_dials_nobody() {
     let db = &mut s.db;
     // The worker looked at it and set it aside for later (before the fix: dialed at once).
     wait_for("the closed contact set aside", Duration::from_secs(30), || {
-        db.query_one("SELECT 1 FROM dialer.campaign_contacts WHERE batch_id = $1 AND next_attempt_at > now() + interval '1 hour'", &[&closed])
-            .ok()
-            .map(|_| ())
+        db.query_one(
+            "SELECT 1 FROM dialer.campaign_contacts WHERE batch_id = $1 AND next_attempt_at > now() + interval '1 hour'",
+            &[&closed],
+        )
+        .ok()
+        .map(|_| ())
     });
     assert!(posts_to(&s.sim, "+15558920001").is_empty(), "a window that never opens dials nobody");
     assert!(open_nums.iter().all(|n| posts_to(&s.sim, n).len() == 1));
@@ -142,7 +147,8 @@ fn a_calling_window_that_never_opens_dials_nobody() {
 fn keys_are_encrypted_at_rest_and_a_dump_holds_none() {
     let mut s = Scenario::new("t-at-rest", Scenario::sim_config(200, 300), &[]);
     let (agency, base) = (s.agency_id, s.sim.base_url());
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec-at-rest-77')", &[&agency, &API_KEY, &base]).unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec-at-rest-77')", &[&agency, &API_KEY, &base])
+        .unwrap();
     let (b, nums) = b_campaign(&mut s, 3);
     s.wake();
     s.wait_batch_completed(b, Duration::from_secs(30));
@@ -150,7 +156,9 @@ fn keys_are_encrypted_at_rest_and_a_dump_holds_none() {
 
     // The table holds ciphertext only, and so does a dump of the database.
     let stored: (String, String) =
-        s.db.query_one("SELECT api_key, webhook_secret FROM dialer.provider_credentials WHERE agency_id = $1", &[&agency]).map(|r| (r.get(0), r.get(1))).unwrap();
+        s.db.query_one("SELECT api_key, webhook_secret FROM dialer.provider_credentials WHERE agency_id = $1", &[&agency])
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
     assert!(stored.0.starts_with("pgd1:") && stored.1.starts_with("pgd1:"), "{stored:?}");
     let dump = std::process::Command::new(format!("{}/pg_dump", pg_dialer_integration::pg_bin()))
         .args(["-h", "127.0.0.1", "-p", &s.cluster.port.to_string(), "-U", "postgres", "postgres"])
@@ -214,12 +222,16 @@ fn a_tenant_writes_only_through_the_api_and_only_its_own_rows() {
         assert!(code(&e).starts_with("42501"), "{sql}: {}", code(&e));
     }
     // Through the API: its own agency works, another agency's ids do not exist for it.
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550191')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550191')", &[&a, &AGENT_ID]).unwrap().get(0);
     let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'mine', 60, 2)", &[&a, &ma]).unwrap().get(0);
     assert!(own > 0);
     let e = t.query_one("SELECT dialer.create_batch($1, $2, 'theirs', 60, 2)", &[&a, &b_mapping]).unwrap_err();
     assert!(code(&e).contains("does not exist"), "B's mapping is not A's to use: {}", code(&e));
-    for sql in [format!("SELECT dialer.pause_batch({b_batch})"), format!("SELECT dialer.add_contacts({b_batch}, '[{{\"phone_number\": \"+15558809999\"}}]')")] {
+    for sql in [
+        format!("SELECT dialer.pause_batch({b_batch})"),
+        format!("SELECT dialer.add_contacts({b_batch}, '[{{\"phone_number\": \"+15558809999\"}}]')"),
+    ] {
         let e = t.batch_execute(&sql).unwrap_err();
         assert!(code(&e).contains("does not exist"), "{sql}: {}", code(&e));
     }
@@ -243,11 +255,14 @@ fn no_tenant_stops_the_worker() {
     // The old tick lock was an advisory lock anyone could hold; and a transaction that failed on
     // the new one keeps its (harmless) table lock until it ends.
     t.batch_execute("SELECT pg_advisory_lock(31638856795775340)").unwrap();
-    let mut held = Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    let mut held =
+        Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls)
+            .unwrap();
     held.batch_execute("BEGIN").unwrap();
     assert!(code(&held.batch_execute("SELECT * FROM dialer.tick_lock FOR UPDATE").unwrap_err()).starts_with("42501"));
     // Bounds: values that once broke the pacing arithmetic or the claim are refused at the door.
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550192')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550192')", &[&a, &AGENT_ID]).unwrap().get(0);
     let e = t.query_one("SELECT dialer.create_batch($1, $2, 'zero spacing', 2147483647)", &[&a, &ma]).unwrap_err();
     assert!(code(&e).starts_with("23514"), "{}", code(&e));
     let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'deep', 600, 5)", &[&a, &ma]).unwrap().get(0);
@@ -266,7 +281,9 @@ fn no_tenant_stops_the_worker() {
     // A transaction left open after cancelling a job holds A's queue row; a job scheduled after
     // it waits to be counted in that queue, which the worker passes by.
     let job: i64 = t.query_one("SELECT dialer.schedule_call('+15558930003', $1, delay => '1 hour')", &[&a]).unwrap().get(0);
-    let mut cancelling = Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    let mut cancelling =
+        Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls)
+            .unwrap();
     cancelling.batch_execute("BEGIN").unwrap();
     assert!(cancelling.query_one("SELECT dialer.cancel_job($1)", &[&job]).unwrap().get::<_, bool>(0));
     t.query_one("SELECT dialer.schedule_call('+15558930004', $1, delay => '1 hour')", &[&a]).unwrap();
@@ -289,14 +306,17 @@ fn a_tenant_holding_its_own_batch_open_while_its_call_ends_does_not_stop_the_wor
     let (a, mut t) = tenant(&mut s);
     let base = s.sim.base_url();
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &API_KEY, &base]).unwrap();
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550193')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550193')", &[&a, &AGENT_ID]).unwrap().get(0);
     let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'held', 600, 5)", &[&a, &ma]).unwrap().get(0);
     t.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558940001"}])]).unwrap();
     s.wake();
     wait_for("A's call placed", Duration::from_secs(20), || (!posts_to(&s.sim, "+15558940001").is_empty()).then_some(()));
     // The batch's row stays locked (pause_batch, never committed) while A's call ends: the worker
     // cannot record that end, and must go on with everyone else.
-    let mut holding = Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    let mut holding =
+        Client::connect(&format!("host=127.0.0.1 port={} user=tenant_a password=pw-a dbname=postgres", s.cluster.port), postgres::NoTls)
+            .unwrap();
     holding.batch_execute("BEGIN").unwrap();
     assert!(holding.query_one("SELECT dialer.pause_batch($1)", &[&own]).unwrap().get::<_, bool>(0));
     let (b, b_nums) = b_campaign(&mut s, 8);
@@ -334,16 +354,16 @@ fn forged_claims_count_for_nothing_and_the_schema_refuses_cross_agency_rows() {
     assert_eq!(runs, 0);
     // Even the owner cannot write a row that points into another agency.
     let b_contact: i64 = s.db.query_one("SELECT min(id) FROM dialer.campaign_contacts WHERE batch_id = $1", &[&b_batch]).unwrap().get(0);
-    let e = s
-        .db
-        .execute(
+    let e =
+        s.db.execute(
             "INSERT INTO dialer.calls (contact_id, batch_id, agency_id, provider, idempotency_key, status, phone_number)
              VALUES ($1, $2, $3, 'ultravox', 'cross', 'in_doubt', '+15558800001')",
             &[&b_contact, &b_batch, &a],
         )
         .unwrap_err();
     assert!(code(&e).starts_with("23503"), "{}", code(&e));
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550193')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550193')", &[&a, &AGENT_ID]).unwrap().get(0);
     let e = s.db.execute("UPDATE dialer.call_batches SET agent_mapping_id = $1 WHERE id = $2", &[&ma, &b_batch]).unwrap_err();
     assert!(code(&e).starts_with("23503"), "{}", code(&e));
     let e = s.db.execute("UPDATE dialer.campaign_contacts SET agent_mapping_id = $1 WHERE batch_id = $2", &[&ma, &b_batch]).unwrap_err();
@@ -414,11 +434,23 @@ fn a_tenant_cannot_touch_another_agencys_caller_ids_batch_options_or_leads_table
         &[&b_batch],
     ).unwrap();
     assert_eq!(
-        (r.get::<_, i64>(0), r.get::<_, Option<i32>>(1), r.get::<_, Option<bool>>(2), r.get::<_, String>(3), r.get::<_, bool>(4), r.get::<_, i64>(5), r.get::<_, i64>(6), r.get::<_, i32>(7)),
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, Option<i32>>(1),
+            r.get::<_, Option<bool>>(2),
+            r.get::<_, String>(3),
+            r.get::<_, bool>(4),
+            r.get::<_, i64>(5),
+            r.get::<_, i64>(6),
+            r.get::<_, i32>(7)
+        ),
         (1, Some(50), Some(false), "retry".to_string(), true, 1, 0, 0)
     );
     // A tenant sees none of B's caller IDs or attachments.
-    let seen: i64 = t.query_one("SELECT (SELECT count(*) FROM dialer.caller_ids) + (SELECT count(*) FROM dialer.lead_attachments)", &[]).unwrap().get(0);
+    let seen: i64 = t
+        .query_one("SELECT (SELECT count(*) FROM dialer.caller_ids) + (SELECT count(*) FROM dialer.lead_attachments)", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(seen, 0);
 }
 
@@ -429,7 +461,8 @@ fn tenant_leads(s: &mut Scenario, t: &mut Client, a: i64) -> i64 {
     s.db.batch_execute("CREATE SCHEMA ta AUTHORIZATION tenant_a").unwrap();
     let base = s.sim.base_url();
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &API_KEY, &base]).unwrap();
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550194')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550194')", &[&a, &AGENT_ID]).unwrap().get(0);
     t.batch_execute(
         "CREATE TABLE ta.seen (what text, cur name, sess name, super boolean, jobs bigint);
          CREATE FUNCTION ta.note(p_what text, p_jobs bigint DEFAULT NULL) RETURNS void LANGUAGE plpgsql AS $$
@@ -476,8 +509,11 @@ fn a_tenants_casts_and_triggers_run_as_the_tenant_never_as_the_worker_or_the_ext
     let mut s = Scenario::new("t-leastpriv", Scenario::sim_config(200, 400), &[]);
     let (a, mut t) = tenant(&mut s);
     // B's delayed job: what a tenant's trigger must not see.
-    s.db.query_one("SELECT dialer.schedule_call('+15558950001', $1, delay => '1 hour', metadata => '{\"b\": \"secret\"}')", &[&s.agency_id])
-        .unwrap();
+    s.db.query_one(
+        "SELECT dialer.schedule_call('+15558950001', $1, delay => '1 hour', metadata => '{\"b\": \"secret\"}')",
+        &[&s.agency_id],
+    )
+    .unwrap();
     let att = tenant_leads(&mut s, &mut t, a);
     t.execute("INSERT INTO ta.leads (id, phone, status, mood) VALUES (1, '+15558950002', 'Pending_AI_Call', 'angry')", &[]).unwrap();
     s.wake();
@@ -499,13 +535,12 @@ fn a_tenants_casts_and_triggers_run_as_the_tenant_never_as_the_worker_or_the_ext
     assert!(err.unwrap_or_default().contains("not now"), "the refusal is noted on the attachment");
 
     // Every piece of the tenant's code ran as the tenant, in a session of the tenant's.
-    let seen: Vec<(String, String, String, bool, Option<i64>)> = s
-        .db
-        .query("SELECT what, cur::text, sess::text, super, jobs FROM ta.seen", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-        .collect();
+    let seen: Vec<(String, String, String, bool, Option<i64>)> =
+        s.db.query("SELECT what, cur::text, sess::text, super, jobs FROM ta.seen", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
     for what in ["cast", "deferred", "trigger"] {
         assert!(seen.iter().any(|x| x.0 == what), "{what} ran: {seen:?}");
     }
@@ -574,16 +609,23 @@ fn one_agencys_failing_batches_do_not_starve_another_agency() {
     // A's provider account points at a closed port: every post fails (a network error, retried
     // without counting), for ever.
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://127.0.0.1:1')", &[&a]).unwrap();
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550195')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550195')", &[&a, &AGENT_ID]).unwrap().get(0);
     for i in 0..11 {
-        let b: i64 = t.query_one("SELECT dialer.create_batch($1, $2, $3, 6000, 5, max_attempts => 1000)", &[&a, &ma, &format!("failing {i}")]).unwrap().get(0);
+        let b: i64 = t
+            .query_one("SELECT dialer.create_batch($1, $2, $3, 6000, 5, max_attempts => 1000)", &[&a, &ma, &format!("failing {i}")])
+            .unwrap()
+            .get(0);
         let contacts: Vec<Value> = numbers(&format!("+155589{i:02}"), 200).into_iter().map(|n| json!({"phone_number": n})).collect();
         t.execute("SELECT dialer.add_contacts($1, $2)", &[&b, &Value::Array(contacts)]).unwrap();
     }
     s.wake();
     let db = &mut s.db;
     wait_for("A's batches failing", Duration::from_secs(30), || {
-        let n: i64 = db.query_one("SELECT count(DISTINCT batch_id) FROM dialer.calls WHERE agency_id = $1 AND status = 'network_error'", &[&a]).ok()?.get(0);
+        let n: i64 = db
+            .query_one("SELECT count(DISTINCT batch_id) FROM dialer.calls WHERE agency_id = $1 AND status = 'network_error'", &[&a])
+            .ok()?
+            .get(0);
         (n >= 10).then_some(())
     });
     // B's new campaign, younger than all of A's batches, is dialed all the same.
@@ -614,9 +656,12 @@ fn vault_names_are_the_agencys_own() {
     let b = s.agency_id;
     s.db.execute("INSERT INTO vault.decrypted_secrets VALUES ($1, 'sk-of-agency-b')", &[&format!("agency_{b}_ultravox")]).unwrap();
     // A names B's secret: refused when stored, by anyone.
-    let e = t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2)", &[&a, &format!("vault:agency_{b}_ultravox")]).unwrap_err();
+    let e =
+        t.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2)", &[&a, &format!("vault:agency_{b}_ultravox")]).unwrap_err();
     assert!(code(&e).starts_with("42501"), "{}", code(&e));
-    let e = s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2)", &[&a, &format!("vault:agency_{b}_ultravox")]).unwrap_err();
+    let e =
+        s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2)", &[&a, &format!("vault:agency_{b}_ultravox")])
+            .unwrap_err();
     assert!(code(&e).starts_with("42501"), "{}", code(&e));
     let stored: i64 = s.db.query_one("SELECT count(*) FROM dialer.provider_credentials WHERE agency_id = $1", &[&a]).unwrap().get(0);
     assert_eq!(stored, 0, "nothing written");
@@ -624,10 +669,14 @@ fn vault_names_are_the_agencys_own() {
     // where it is resolved, and B's key goes nowhere.
     let base = s.sim.base_url();
     s.db.batch_execute("ALTER TABLE dialer.provider_credentials DISABLE TRIGGER provider_credentials_guarded").unwrap();
-    s.db.execute("INSERT INTO dialer.provider_credentials (agency_id, provider, api_key, base_url) VALUES ($1, 'ultravox', $2, $3)",
-        &[&a, &format!("vault:agency_{b}_ultravox"), &base]).unwrap();
+    s.db.execute(
+        "INSERT INTO dialer.provider_credentials (agency_id, provider, api_key, base_url) VALUES ($1, 'ultravox', $2, $3)",
+        &[&a, &format!("vault:agency_{b}_ultravox"), &base],
+    )
+    .unwrap();
     s.db.batch_execute("ALTER TABLE dialer.provider_credentials ENABLE TRIGGER provider_credentials_guarded").unwrap();
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550196')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550196')", &[&a, &AGENT_ID]).unwrap().get(0);
     let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'a', 600, 5, max_attempts => 1)", &[&a, &ma]).unwrap().get(0);
     t.execute("SELECT dialer.add_contacts($1, $2)", &[&own, &json!([{"phone_number": "+15558970001"}])]).unwrap();
     s.wake();
@@ -639,7 +688,8 @@ fn vault_names_are_the_agencys_own() {
     assert!(err.contains("is not agency"), "{err}");
     assert!(posts_to(&s.sim, "+15558970001").is_empty(), "nothing sent with B's key");
     // B's own name works for B.
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&b, &format!("vault:agency_{b}_ultravox"), &base]).unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&b, &format!("vault:agency_{b}_ultravox"), &base])
+        .unwrap();
 }
 
 #[test]
@@ -647,7 +697,8 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
     let mut s = Scenario::new("t-bounds", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
     let (a, mut t) = tenant(&mut s);
     s.db.batch_execute("CREATE SCHEMA ta AUTHORIZATION tenant_a").unwrap();
-    let ma: i64 = s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550197')", &[&a, &AGENT_ID]).unwrap().get(0);
+    let ma: i64 =
+        s.db.query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'A', '+14155550197')", &[&a, &AGENT_ID]).unwrap().get(0);
     let own: i64 = t.query_one("SELECT dialer.create_batch($1, $2, 'a', 600, 5)", &[&a, &ma]).unwrap().get(0);
     let huge = "x".repeat(16 * 1024 * 1024);
     let long = "y".repeat(201);
@@ -665,15 +716,25 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
         let e = t.query(sql.as_str(), &params).unwrap_err();
         assert!(code(&e).starts_with("22001"), "{sql}: {}", code(&e));
     }
-    let n: i64 = s.db.query_one("SELECT count(*) FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id WHERE b.agency_id = $1", &[&a]).unwrap().get(0);
+    let n: i64 =
+        s.db.query_one(
+            "SELECT count(*) FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id WHERE b.agency_id = $1",
+            &[&a],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "nothing written");
 
     // An operator cannot move a key to another host by claiming the key was given.
     s.db.batch_execute("CREATE ROLE ops LOGIN PASSWORD 'pw-ops'; GRANT dialer_admin TO ops;").unwrap();
     s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', 'sk-a', 'http://127.0.0.1:9')", &[&a]).unwrap();
-    let mut ops = Client::connect(&format!("host=127.0.0.1 port={} user=ops password=pw-ops dbname=postgres", s.cluster.port), postgres::NoTls).unwrap();
+    let mut ops =
+        Client::connect(&format!("host=127.0.0.1 port={} user=ops password=pw-ops dbname=postgres", s.cluster.port), postgres::NoTls)
+            .unwrap();
     let e = ops
-        .batch_execute(&format!("SET pg_dialer.key_given = on; UPDATE dialer.provider_credentials SET base_url = 'http://127.0.0.1:8' WHERE agency_id = {a}"))
+        .batch_execute(&format!(
+            "SET pg_dialer.key_given = on; UPDATE dialer.provider_credentials SET base_url = 'http://127.0.0.1:8' WHERE agency_id = {a}"
+        ))
         .unwrap_err();
     assert!(code(&e).contains("needs the api_key again"), "{}", code(&e));
 
@@ -698,19 +759,57 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
     // What PUBLIC may run with another role's rights: the API and the entry points that check
     // their caller themselves, nothing else.
     let allowed = [
-        "add_caller_id", "add_contacts", "add_do_not_call", "add_holiday", "add_telecaller", "cancel_batch", "cancel_job",
-        "cancel_recurring_call", "clean_jobs", "clear_calling_window", "create_agent_mapping", "create_batch", "detach_leads",
-        "get_batch_contacts_to_call", "job_status", "list_jobs", "pause_batch", "pause_queue", "queue_stats", "remove_caller_id",
-        "remove_do_not_call", "remove_holiday", "resolve_in_doubt", "resume_batch", "resume_queue", "retry_job",
-        "schedule_bulk_calls", "schedule_call", "schedule_recurring_call", "set_agency_limits", "set_batch_options",
-        "set_calling_window", "set_disposition", "set_provider_credentials", "set_provider_rate_limit",
-        "set_queue_calling_window", "set_queue_options", "set_retry_delays", "set_telecaller_available",
-        "update_batch_progress", "use_caller_id_pool", "why_not_dialed",
-        "_attach_queue", "_attach_register", "_lead_writes_done", "_lead_writes_failed", "_lead_writes_read", "_lead_writes_take",
+        "add_caller_id",
+        "add_contacts",
+        "add_do_not_call",
+        "add_holiday",
+        "add_telecaller",
+        "cancel_batch",
+        "cancel_job",
+        "cancel_recurring_call",
+        "clean_jobs",
+        "clear_calling_window",
+        "create_agent_mapping",
+        "create_batch",
+        "detach_leads",
+        "get_batch_contacts_to_call",
+        "job_status",
+        "list_jobs",
+        "pause_batch",
+        "pause_queue",
+        "queue_stats",
+        "remove_caller_id",
+        "remove_do_not_call",
+        "remove_holiday",
+        "resolve_in_doubt",
+        "resume_batch",
+        "resume_queue",
+        "retry_job",
+        "schedule_bulk_calls",
+        "schedule_call",
+        "schedule_recurring_call",
+        "set_agency_limits",
+        "set_batch_options",
+        "set_calling_window",
+        "set_disposition",
+        "set_provider_credentials",
+        "set_provider_rate_limit",
+        "set_queue_calling_window",
+        "set_queue_options",
+        "set_retry_delays",
+        "set_telecaller_available",
+        "update_batch_progress",
+        "use_caller_id_pool",
+        "why_not_dialed",
+        "_attach_queue",
+        "_attach_register",
+        "_lead_writes_done",
+        "_lead_writes_failed",
+        "_lead_writes_read",
+        "_lead_writes_take",
     ];
-    let public_definers: Vec<String> = s
-        .db
-        .query(
+    let public_definers: Vec<String> =
+        s.db.query(
             "SELECT p.proname::text FROM pg_proc p
               WHERE p.pronamespace = 'dialer'::regnamespace AND p.prosecdef
                 AND aclcontains(coalesce(p.proacl, acldefault('f', p.proowner)), makeaclitem(0, p.proowner, 'EXECUTE', false))
@@ -723,9 +822,8 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
         .collect();
     let unexpected: Vec<&String> = public_definers.iter().filter(|f| !allowed.contains(&f.as_str())).collect();
     assert!(unexpected.is_empty(), "SECURITY DEFINER functions PUBLIC may run, not on the allowlist: {unexpected:?}");
-    let internal_public: Vec<String> = s
-        .db
-        .query(
+    let internal_public: Vec<String> =
+        s.db.query(
             "SELECT p.oid::regprocedure::text FROM pg_proc p
               WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname LIKE '\\_%'
                 AND aclcontains(coalesce(p.proacl, acldefault('f', p.proowner)), makeaclitem(0, p.proowner, 'EXECUTE', false))

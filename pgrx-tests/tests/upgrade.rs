@@ -66,9 +66,11 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
     // Data written through the previous release's API.
     let batch = s.batch("before the upgrade", 600, 10, 3);
     // 0.2.0 took an Ultravox mapping with no from number (it then sent a request Ultravox refuses).
-    let no_from: i64 = s
-        .db
-        .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'No caller ID')", &[&s.agency_id, &pg_dialer_integration::AGENT_ID])
+    let no_from: i64 =
+        s.db.query_one(
+            "SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'No caller ID')",
+            &[&s.agency_id, &pg_dialer_integration::AGENT_ID],
+        )
         .unwrap()
         .get(0);
     let nums = numbers("+1555030", 20);
@@ -88,12 +90,12 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
     let carrier: Option<String> =
         s.db.query_one("SELECT carrier FROM dialer.agent_mappings WHERE id = $1", &[&s.mapping_id]).unwrap().get(0);
     assert_eq!(carrier.as_deref(), Some("telnyx"), "existing Ultravox mappings keep dialing through Telnyx");
-    let key: String = s.db.query_one("SELECT api_key FROM dialer.provider_credentials WHERE agency_id = $1", &[&s.agency_id]).unwrap().get(0);
+    let key: String =
+        s.db.query_one("SELECT api_key FROM dialer.provider_credentials WHERE agency_id = $1", &[&s.agency_id]).unwrap().get(0);
     assert!(key.starts_with("pgd1:") && !key.contains(pg_dialer_integration::API_KEY), "the stored key is encrypted by the update");
-    let refused = s
-        .db
-        .query_one("SELECT dialer.create_batch($1, $2, 'no caller id')", &[&s.agency_id, &no_from])
-        .expect_err("a mapping without a from number cannot be used after the upgrade");
+    let refused =
+        s.db.query_one("SELECT dialer.create_batch($1, $2, 'no caller id')", &[&s.agency_id, &no_from])
+            .expect_err("a mapping without a from number cannot be used after the upgrade");
     assert!(refused.as_db_error().map(|e| e.message().contains("needs a from_number")).unwrap_or(false), "{refused}");
 
     // 0.2.0 handed voicemail to the telecallers (it had no voicemail retry delay): still so.
@@ -102,7 +104,8 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
 
     // The batch made before the update is dialed after it, each number once.
     s.wait_batch_completed(batch, Duration::from_secs(60));
-    let from: Vec<Option<String>> = s.db.query("SELECT DISTINCT from_number FROM dialer.calls", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let from: Vec<Option<String>> =
+        s.db.query("SELECT DISTINCT from_number FROM dialer.calls", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(from, vec![Some(pg_dialer_integration::FROM_NUMBER.to_string())], "each call names its caller ID");
     // This release's features work on an upgraded database: a leads table attached in place.
     s.db.batch_execute("CREATE TABLE leads (id int PRIMARY KEY, phone text, status text)").unwrap();
@@ -118,7 +121,7 @@ fn alter_extension_update_from_the_previous_release_keeps_data_and_matches_a_fre
     let mut dialed: Vec<String> = posts.iter().filter_map(|p| p.to.clone()).collect();
     dialed.sort();
     let mut expected = nums.clone();
-    expected.push("+15550319999".to_string());  // the attached lead
+    expected.push("+15550319999".to_string()); // the attached lead
     expected.sort();
     assert_eq!(dialed, expected, "every contact added before the update dialed exactly once after it");
     let agent_path = format!("/api/agents/{}/calls", pg_dialer_integration::AGENT_ID);
@@ -153,13 +156,13 @@ fn an_attachment_made_by_0_3_0_keeps_working_after_the_update() {
     s.db.batch_execute("CREATE TABLE leads (id int PRIMARY KEY, phone text, status text, ai_call_id text)").unwrap();
     s.db.query_one("SELECT dialer.attach_leads('leads', $1, $2)", &[&s.agency_id, &s.mapping_id]).unwrap();
     s.db.execute("INSERT INTO leads VALUES (1, '+15550329001', 'Pending_AI_Call')", &[]).unwrap();
-    let old_args: i16 = s.db.query_one("SELECT tgnargs FROM pg_trigger WHERE tgrelid = 'leads'::regclass AND NOT tgisinternal", &[]).unwrap().get(0);
+    let old_args: i16 =
+        s.db.query_one("SELECT tgnargs FROM pg_trigger WHERE tgrelid = 'leads'::regclass AND NOT tgisinternal", &[]).unwrap().get(0);
     assert_eq!(old_args, 1, "0.3.0's trigger");
 
     s.db.batch_execute("ALTER EXTENSION pg_dialer UPDATE").expect("ALTER EXTENSION pg_dialer UPDATE");
-    let (args, definer): (i16, bool) = s
-        .db
-        .query_one(
+    let (args, definer): (i16, bool) =
+        s.db.query_one(
             "SELECT t.tgnargs, p.prosecdef FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
               WHERE t.tgrelid = 'leads'::regclass AND NOT t.tgisinternal",
             &[],
@@ -171,7 +174,8 @@ fn an_attachment_made_by_0_3_0_keeps_working_after_the_update() {
     s.wake();
     let db = &mut s.db;
     wait_for("both leads posted and written back", Duration::from_secs(30), || {
-        let n: i64 = db.query_one("SELECT count(*) FROM leads WHERE status <> 'Pending_AI_Call' AND ai_call_id IS NOT NULL", &[]).ok()?.get(0);
+        let n: i64 =
+            db.query_one("SELECT count(*) FROM leads WHERE status <> 'Pending_AI_Call' AND ai_call_id IS NOT NULL", &[]).ok()?.get(0);
         (n == 2).then_some(())
     });
     for n in ["+15550329001", "+15550329002"] {
@@ -179,9 +183,8 @@ fn an_attachment_made_by_0_3_0_keeps_working_after_the_update() {
     }
     let user: String = s.db.query_one("SELECT usename::text FROM pg_stat_activity WHERE backend_type = 'pg_dialer'", &[]).unwrap().get(0);
     assert_eq!(user, "dialer_worker");
-    let owned: i64 = s
-        .db
-        .query_one(
+    let owned: i64 =
+        s.db.query_one(
             "SELECT count(*) FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
               WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'e' AND p.proname LIKE 'lead\\_writer\\_%'",
             &[],

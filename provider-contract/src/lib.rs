@@ -91,31 +91,19 @@ impl Operation {
     fn spec_source(self) -> Option<openapi::Source> {
         use openapi::Source;
         Some(match self {
-            Operation::UltravoxStartAgentCall => Source {
-                file: "ultravox-openapi.json",
-                path: "/api/agents/{agent_id}/calls",
-                content_type: "application/json",
-            },
-            Operation::UltravoxStartCall => Source {
-                file: "ultravox-openapi.json",
-                path: "/api/calls",
-                content_type: "application/json",
-            },
+            Operation::UltravoxStartAgentCall => {
+                Source { file: "ultravox-openapi.json", path: "/api/agents/{agent_id}/calls", content_type: "application/json" }
+            }
+            Operation::UltravoxStartCall => Source { file: "ultravox-openapi.json", path: "/api/calls", content_type: "application/json" },
             Operation::TwilioCreateCall => Source {
                 file: "twilio-calls-openapi.json",
                 path: "/2010-04-01/Accounts/{AccountSid}/Calls.json",
                 content_type: "application/x-www-form-urlencoded",
             },
-            Operation::VapiCreateCall => Source {
-                file: "vapi-calls-openapi.json",
-                path: "/call",
-                content_type: "application/json",
-            },
-            Operation::RetellCreatePhoneCall => Source {
-                file: "retell-calls-openapi.json",
-                path: "/v2/create-phone-call",
-                content_type: "application/json",
-            },
+            Operation::VapiCreateCall => Source { file: "vapi-calls-openapi.json", path: "/call", content_type: "application/json" },
+            Operation::RetellCreatePhoneCall => {
+                Source { file: "retell-calls-openapi.json", path: "/v2/create-phone-call", content_type: "application/json" }
+            }
             Operation::BlandSendCall => return None,
         })
     }
@@ -135,10 +123,7 @@ pub struct Contract {
 
 impl std::fmt::Debug for Contract {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Contract")
-            .field("spec_dir", &self.spec_dir)
-            .field("schemas", &self.schemas.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("Contract").field("spec_dir", &self.spec_dir).field("schemas", &self.schemas.keys().collect::<Vec<_>>()).finish()
     }
 }
 
@@ -146,10 +131,7 @@ impl Contract {
     /// Loads every spec file it needs from `dir` (the error names the missing or bad file).
     pub fn load(dir: &Path) -> Result<Contract, String> {
         if !dir.is_dir() {
-            return Err(format!(
-                "provider spec directory {} does not exist or is not a directory",
-                dir.display()
-            ));
+            return Err(format!("provider spec directory {} does not exist or is not a directory", dir.display()));
         }
         let mut docs: HashMap<&'static str, Value> = HashMap::new();
         let mut schemas = HashMap::new();
@@ -162,22 +144,15 @@ impl Contract {
                 docs.insert(src.file, doc);
             }
             let doc = &docs[src.file];
-            let schema = openapi::RequestSchema::compile(doc, &src, op)
-                .map_err(|e| format!("{}: {e}", dir.join(src.file).display()))?;
+            let schema = openapi::RequestSchema::compile(doc, &src, op).map_err(|e| format!("{}: {e}", dir.join(src.file).display()))?;
             schemas.insert(op, schema);
         }
-        Ok(Contract {
-            spec_dir: Some(dir.to_path_buf()),
-            schemas,
-        })
+        Ok(Contract { spec_dir: Some(dir.to_path_buf()), schemas })
     }
 
     /// Without a spec directory: only the built-in checks, written in our own code.
     pub fn builtin() -> Contract {
-        Contract {
-            spec_dir: None,
-            schemas: HashMap::new(),
-        }
+        Contract { spec_dir: None, schemas: HashMap::new() }
     }
 
     /// The directory the schemas came from (`None` for [`Contract::builtin`]).
@@ -208,11 +183,7 @@ impl Contract {
     /// with the field path (`medium.telnyx.destinationPhoneNumber: Message type ...`).
     pub fn check(&self, op: Operation, body: &Value) -> Result<(), Vec<String>> {
         let Some(obj) = body.as_object() else {
-            return Err(vec![format!(
-                "(body): {} must be a JSON object, got {}",
-                op.request_type(),
-                semantic::type_name(body)
-            )]);
+            return Err(vec![format!("(body): {} must be a JSON object, got {}", op.request_type(), semantic::type_name(body))]);
         };
         let mut out: Vec<semantic::Violation> = Vec::new();
         let schema = self.schemas.get(&op);
@@ -241,20 +212,10 @@ impl Contract {
 
     /// Convenience: path checks + [`Contract::check`] for an HTTP request; `content_type`
     /// decides between a JSON and a form body. `Err` also for a path that is no create request.
-    pub fn check_http(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> Result<Operation, Vec<String>> {
+    pub fn check_http(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<Operation, Vec<String>> {
         let op = match paths::check_path(method, path)? {
             Some(op) => op,
-            None => {
-                return Err(vec![format!(
-                    "{method} {path} is not a create-call request of any known provider"
-                )])
-            }
+            None => return Err(vec![format!("{method} {path} is not a create-call request of any known provider")]),
         };
         let value = parse_body(content_type, body).map_err(|e| vec![e])?;
         self.check(op, &value)?;
@@ -265,12 +226,7 @@ impl Contract {
 /// Parses a request body: form-encoded (by `content_type`) into a JSON object (repeated keys
 /// become arrays of strings), anything else as JSON. An empty JSON body is an error.
 pub fn parse_body(content_type: &str, body: &[u8]) -> Result<Value, String> {
-    let ct = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if ct == "application/x-www-form-urlencoded" {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
         return Ok(form_to_json(&pairs));
@@ -314,11 +270,7 @@ pub fn default_spec_dir() -> Option<PathBuf> {
     if let Ok(c) = std::env::current_dir() {
         starts.push(c);
     }
-    starts.iter().find_map(|s| {
-        s.ancestors()
-            .map(|a| a.join("shared").join("provider-specs"))
-            .find(|c| c.is_dir())
-    })
+    starts.iter().find_map(|s| s.ancestors().map(|a| a.join("shared").join("provider-specs")).find(|c| c.is_dir()))
 }
 
 #[cfg(test)]

@@ -26,13 +26,9 @@ pub(crate) struct Source {
 
 pub(crate) fn load_json(path: &Path) -> Result<Value, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let doc: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
     if doc.get("openapi").and_then(Value::as_str).is_none() {
-        return Err(format!(
-            "{}: not an OpenAPI document (no \"openapi\" version field)",
-            path.display()
-        ));
+        return Err(format!("{}: not an OpenAPI document (no \"openapi\" version field)", path.display()));
     }
     Ok(doc)
 }
@@ -50,28 +46,11 @@ const ROOT: &str = "#/$defs/";
 impl RequestSchema {
     pub(crate) fn compile(doc: &Value, src: &Source, op: Operation) -> Result<Self, String> {
         let body_schema = doc
-            .pointer(&format!(
-                "/paths/{}/post/requestBody/content/{}/schema",
-                escape(src.path),
-                escape(src.content_type)
-            ))
-            .ok_or_else(|| {
-                format!(
-                    "no {} request body schema for POST {}",
-                    src.content_type, src.path
-                )
-            })?;
+            .pointer(&format!("/paths/{}/post/requestBody/content/{}/schema", escape(src.path), escape(src.content_type)))
+            .ok_or_else(|| format!("no {} request body schema for POST {}", src.content_type, src.path))?;
         let empty = Map::new();
-        let components = doc
-            .pointer("/components/schemas")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
-        let mut conv = Converter {
-            components,
-            defs: BTreeMap::new(),
-            pending: Vec::new(),
-            errors: Vec::new(),
-        };
+        let components = doc.pointer("/components/schemas").and_then(Value::as_object).unwrap_or(&empty);
+        let mut conv = Converter { components, defs: BTreeMap::new(), pending: Vec::new(), errors: Vec::new() };
         // The root gets a $defs entry under the request's name, so errors at the top level
         // name it like any other message type.
         let root_name = match body_schema.get("$ref").and_then(Value::as_str) {
@@ -98,19 +77,11 @@ impl RequestSchema {
             .offline()
             .build(&schema)
             .map_err(|e| format!("request schema for POST {} does not compile: {e}", src.path))?;
-        Ok(RequestSchema {
-            op,
-            validator,
-            prop_types,
-        })
+        Ok(RequestSchema { op, validator, prop_types })
     }
 
     pub(crate) fn validate(&self, obj: &Map<String, Value>, out: &mut Vec<Violation>) {
-        let instance = if self.op == Operation::TwilioCreateCall {
-            coerce_form(obj, &self.prop_types)
-        } else {
-            Value::Object(obj.clone())
-        };
+        let instance = if self.op == Operation::TwilioCreateCall { coerce_form(obj, &self.prop_types) } else { Value::Object(obj.clone()) };
         for e in self.validator.iter_errors(&instance) {
             render(self.op, &e, &instance, out);
         }
@@ -136,11 +107,7 @@ fn resolve_props(defs: &BTreeMap<String, Value>, root: &Value) -> BTreeMap<Strin
                 .filter_map(|(k, v)| {
                     let t = match v.get("type") {
                         Some(Value::String(t)) => t.clone(),
-                        Some(Value::Array(ts)) => ts
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .find(|t| *t != "null")?
-                            .to_string(),
+                        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null")?.to_string(),
                         _ => return None,
                     };
                     Some((k.clone(), t))
@@ -158,11 +125,7 @@ fn coerce_form(obj: &Map<String, Value>, types: &BTreeMap<String, String>) -> Va
         let t = types.get(k).map(String::as_str);
         let one = |s: &str| -> Value {
             match t {
-                Some("integer") => s
-                    .trim()
-                    .parse::<i64>()
-                    .map(Value::from)
-                    .unwrap_or_else(|_| Value::String(s.into())),
+                Some("integer") => s.trim().parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(s.into())),
                 Some("number") => s
                     .trim()
                     .parse::<f64>()
@@ -222,9 +185,7 @@ impl<'a> Converter<'a> {
 
     fn component(&mut self, r: &str) -> Option<&'a Value> {
         let Some(name) = self.ref_name(r) else {
-            self.errors.push(format!(
-                "unsupported $ref {r:?} (only #/components/schemas/...)"
-            ));
+            self.errors.push(format!("unsupported $ref {r:?} (only #/components/schemas/...)"));
             return None;
         };
         match self.components.get(name) {
@@ -295,39 +256,20 @@ impl<'a> Converter<'a> {
         if depth > 16 {
             return None;
         }
-        let mut props = obj
-            .get("properties")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let mut props = obj.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut required: BTreeSet<String> = obj
             .get("required")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
             .unwrap_or_default();
         let mut extra = Map::new();
-        for m in obj
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for m in obj.get("allOf").and_then(Value::as_array).into_iter().flatten() {
             let resolved: Map<String, Value> = match m.get("$ref").and_then(Value::as_str) {
                 Some(r) => self.component(r)?.as_object()?.clone(),
                 None => m.as_object()?.clone(),
             };
-            let flat = if resolved.contains_key("allOf") {
-                self.flatten(&resolved, depth + 1)?
-            } else {
-                resolved
-            };
-            let is_object = flat.contains_key("properties")
-                || flat.get("type").and_then(Value::as_str) == Some("object");
+            let flat = if resolved.contains_key("allOf") { self.flatten(&resolved, depth + 1)? } else { resolved };
+            let is_object = flat.contains_key("properties") || flat.get("type").and_then(Value::as_str) == Some("object");
             if !is_object {
                 return None;
             }
@@ -365,42 +307,25 @@ impl<'a> Converter<'a> {
         for (k, v) in obj {
             match k.as_str() {
                 "properties" => {
-                    let props: Map<String, Value> = v
-                        .as_object()
-                        .map(|p| {
-                            p.iter()
-                                .map(|(n, s)| (n.clone(), self.convert(s)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let props: Map<String, Value> =
+                        v.as_object().map(|p| p.iter().map(|(n, s)| (n.clone(), self.convert(s))).collect()).unwrap_or_default();
                     out.insert(k.clone(), Value::Object(props));
                 }
                 "items" | "not" => {
                     out.insert(k.clone(), self.convert(v));
                 }
                 "additionalProperties" => {
-                    let a = if v.is_boolean() {
-                        v.clone()
-                    } else {
-                        self.convert(v)
-                    };
+                    let a = if v.is_boolean() { v.clone() } else { self.convert(v) };
                     out.insert(k.clone(), a);
                 }
                 "allOf" | "oneOf" | "anyOf" => {
-                    let members: Vec<Value> = v
-                        .as_array()
-                        .map(|a| a.iter().map(|m| self.convert(m)).collect())
-                        .unwrap_or_default();
+                    let members: Vec<Value> = v.as_array().map(|a| a.iter().map(|m| self.convert(m)).collect()).unwrap_or_default();
                     out.insert(k.clone(), Value::Array(members));
                 }
                 // OpenAPI 3.0 has boolean exclusive bounds that modify minimum/maximum.
                 "exclusiveMinimum" | "exclusiveMaximum" => match v {
                     Value::Bool(true) => {
-                        let bound = if k == "exclusiveMinimum" {
-                            "minimum"
-                        } else {
-                            "maximum"
-                        };
+                        let bound = if k == "exclusiveMinimum" { "minimum" } else { "maximum" };
                         if let Some(b) = obj.get(bound) {
                             out.insert(k.clone(), b.clone());
                         }
@@ -416,10 +341,7 @@ impl<'a> Converter<'a> {
                 _ => {}
             }
         }
-        for (flag, bound) in [
-            ("exclusiveMinimum", "minimum"),
-            ("exclusiveMaximum", "maximum"),
-        ] {
+        for (flag, bound) in [("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")] {
             if obj.get(flag) == Some(&Value::Bool(true)) {
                 out.remove(bound);
             }
@@ -518,40 +440,24 @@ fn short(v: &Value) -> String {
 
 fn render(op: Operation, e: &ValidationError<'_>, root: &Value, out: &mut Vec<Violation>) {
     let at = dotted(e.instance_path().as_str());
-    let value = root
-        .pointer(e.instance_path().as_str())
-        .unwrap_or(&Value::Null);
+    let value = root.pointer(e.instance_path().as_str()).unwrap_or(&Value::Null);
     let msg = match e.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let t = schema_type_name(e.schema_path().as_str())
-                .unwrap_or_else(|| op.request_type().to_string());
+            let t = schema_type_name(e.schema_path().as_str()).unwrap_or_else(|| op.request_type().to_string());
             for f in unexpected {
-                out.push(Violation::new(
-                    join(&at, f),
-                    unknown_field_message(op, &t, f),
-                ));
+                out.push(Violation::new(join(&at, f), unknown_field_message(op, &t, f)));
             }
             return;
         }
         ValidationErrorKind::Required { property } => {
-            let name = property
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| property.to_string());
-            out.push(Violation::new(
-                join(&at, &name),
-                "required field is missing",
-            ));
+            let name = property.as_str().map(str::to_string).unwrap_or_else(|| property.to_string());
+            out.push(Violation::new(join(&at, &name), "required field is missing"));
             return;
         }
         ValidationErrorKind::Type { kind } => {
             let want = match kind {
                 TypeKind::Single(t) => t.to_string(),
-                TypeKind::Multiple(ts) => ts
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or "),
+                TypeKind::Multiple(ts) => ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" or "),
             };
             format!("expected {want}, got {} {}", type_name(value), short(value))
         }
@@ -575,9 +481,7 @@ fn render(op: Operation, e: &ValidationError<'_>, root: &Value, out: &mut Vec<Vi
                 None => format!("{} matches none of the allowed shapes", short(value)),
             }
         }
-        ValidationErrorKind::OneOfMultipleValid { .. } => {
-            "matches more than one of the allowed shapes (ambiguous oneOf)".to_string()
-        }
+        ValidationErrorKind::OneOfMultipleValid { .. } => "matches more than one of the allowed shapes (ambiguous oneOf)".to_string(),
         _ => e.to_string(),
     };
     out.push(Violation::new(at, msg));
@@ -586,18 +490,13 @@ fn render(op: Operation, e: &ValidationError<'_>, root: &Value, out: &mut Vec<Vi
 /// Of a failed `oneOf`/`anyOf`, the member the value came closest to: prefer a member that
 /// got the value's type right (its errors are deeper or about constraints), then the fewest
 /// errors. That is what a person means ("the medium object has a bad field", not "not null").
-fn closest_branch<'c>(
-    context: &'c [Vec<ValidationError<'static>>],
-    at: &str,
-) -> Option<&'c [ValidationError<'static>]> {
+fn closest_branch<'c>(context: &'c [Vec<ValidationError<'static>>], at: &str) -> Option<&'c [ValidationError<'static>]> {
     context
         .iter()
         .filter(|errs| !errs.is_empty())
         .min_by_key(|errs| {
-            let shallow_type = errs.iter().all(|x| {
-                matches!(x.kind(), ValidationErrorKind::Type { .. })
-                    && x.instance_path().as_str() == at
-            });
+            let shallow_type =
+                errs.iter().all(|x| matches!(x.kind(), ValidationErrorKind::Type { .. }) && x.instance_path().as_str() == at);
             (shallow_type, errs.len())
         })
         .map(Vec::as_slice)

@@ -21,11 +21,7 @@ pub(crate) fn check_path(method: &str, path: &str) -> Result<Option<Operation>, 
         return Ok(None);
     }
     let path = path.split(['?', '#']).next().unwrap_or("");
-    let path = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     match segs.as_slice() {
         ["api", "calls"] => Ok(Some(Operation::UltravoxStartCall)),
@@ -33,18 +29,14 @@ pub(crate) fn check_path(method: &str, path: &str) -> Result<Option<Operation>, 
             if is_uuid(agent_id) {
                 Ok(Some(Operation::UltravoxStartAgentCall))
             } else {
-                Err(vec![format!(
-                    "agent_id: {agent_id:?} is not a UUID (the path parameter has format: uuid)"
-                )])
+                Err(vec![format!("agent_id: {agent_id:?} is not a UUID (the path parameter has format: uuid)")])
             }
         }
         ["2010-04-01", "Accounts", sid, "Calls.json"] => {
             if is_account_sid(sid) {
                 Ok(Some(Operation::TwilioCreateCall))
             } else {
-                Err(vec![format!(
-                    "AccountSid: {sid:?} does not match ^AC[0-9a-fA-F]{{32}}$"
-                )])
+                Err(vec![format!("AccountSid: {sid:?} does not match ^AC[0-9a-fA-F]{{32}}$")])
             }
         }
         ["call"] => Ok(Some(Operation::VapiCreateCall)),

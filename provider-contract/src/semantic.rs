@@ -17,21 +17,14 @@ pub(crate) struct Violation {
 
 impl Violation {
     pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Violation {
-        Violation {
-            path: path.into(),
-            message: message.into(),
-        }
+        Violation { path: path.into(), message: message.into() }
     }
 }
 
 pub(crate) fn render(v: Vec<Violation>) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(v.len());
     for x in v {
-        let line = if x.path.is_empty() {
-            format!("(body): {}", x.message)
-        } else {
-            format!("{}: {}", x.path, x.message)
-        };
+        let line = if x.path.is_empty() { format!("(body): {}", x.message) } else { format!("{}: {}", x.path, x.message) };
         if !out.contains(&line) {
             out.push(line);
         }
@@ -61,10 +54,7 @@ pub fn is_e164(s: &str) -> bool {
 
 /// Twilio treats `Url=` like no `Url` at all.
 pub(crate) fn drop_empty_form_values(obj: &Map<String, Value>) -> Map<String, Value> {
-    obj.iter()
-        .filter(|(_, v)| !matches!(v, Value::String(s) if s.is_empty()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    obj.iter().filter(|(_, v)| !matches!(v, Value::String(s) if s.is_empty())).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 // ---- field-name lists (used without a spec directory) -------------------------------------
@@ -88,15 +78,7 @@ pub(crate) const ULTRAVOX_START_AGENT_CALL_FIELDS: &[&str] = &[
     "retentionPolicy", "sharedSecrets", "agentId",
 ];
 
-pub(crate) const ULTRAVOX_MEDIUM_FIELDS: &[&str] = &[
-    "webRtc",
-    "twilio",
-    "serverWebSocket",
-    "telnyx",
-    "plivo",
-    "exotel",
-    "sip",
-];
+pub(crate) const ULTRAVOX_MEDIUM_FIELDS: &[&str] = &["webRtc", "twilio", "serverWebSocket", "telnyx", "plivo", "exotel", "sip"];
 pub(crate) const ULTRAVOX_PHONE_MEDIUM_FIELDS: &[&str] = &["outgoing", "dtmfHandling"];
 pub(crate) const ULTRAVOX_OUTGOING_FIELDS: &[&str] = &["to", "from", "additionalParams"];
 pub(crate) const ULTRAVOX_FIRST_SPEAKER_FIELDS: &[&str] = &["user", "agent"];
@@ -190,20 +172,10 @@ pub const BLAND_SEND_CALL_FIELDS: &[(&str, &[&str])] = &[
     ("answered_by_enabled", &["boolean"]),
 ];
 
-fn names_at(
-    op: Operation,
-    obj: &Map<String, Value>,
-    at: &str,
-    type_name: &str,
-    allowed: &[&str],
-    out: &mut Vec<Violation>,
-) {
+fn names_at(op: Operation, obj: &Map<String, Value>, at: &str, type_name: &str, allowed: &[&str], out: &mut Vec<Violation>) {
     for k in obj.keys() {
         if !allowed.contains(&k.as_str()) {
-            out.push(Violation::new(
-                join(at, k),
-                unknown_field_message(op, type_name, k),
-            ));
+            out.push(Violation::new(join(at, k), unknown_field_message(op, type_name, k)));
         }
     }
 }
@@ -212,21 +184,10 @@ fn names_at(
 pub(crate) fn check_names(op: Operation, obj: &Map<String, Value>, out: &mut Vec<Violation>) {
     match op {
         Operation::UltravoxStartCall | Operation::UltravoxStartAgentCall => {
-            let top = if op == Operation::UltravoxStartCall {
-                ULTRAVOX_START_CALL_FIELDS
-            } else {
-                ULTRAVOX_START_AGENT_CALL_FIELDS
-            };
+            let top = if op == Operation::UltravoxStartCall { ULTRAVOX_START_CALL_FIELDS } else { ULTRAVOX_START_AGENT_CALL_FIELDS };
             names_at(op, obj, "", op.request_type(), top, out);
             if let Some(m) = obj.get("medium").and_then(Value::as_object) {
-                names_at(
-                    op,
-                    m,
-                    "medium",
-                    "ultravox.v1.CallMedium",
-                    ULTRAVOX_MEDIUM_FIELDS,
-                    out,
-                );
+                names_at(op, m, "medium", "ultravox.v1.CallMedium", ULTRAVOX_MEDIUM_FIELDS, out);
                 for (carrier, medium_type, outgoing_type) in ULTRAVOX_PHONE_CARRIERS {
                     let Some(pm) = m.get(*carrier).and_then(Value::as_object) else {
                         continue;
@@ -241,45 +202,17 @@ pub(crate) fn check_names(op: Operation, obj: &Map<String, Value>, out: &mut Vec
             }
             if let Some(f) = obj.get("firstSpeakerSettings").and_then(Value::as_object) {
                 let t = "ultravox.v1.FirstSpeakerSettings";
-                names_at(
-                    op,
-                    f,
-                    "firstSpeakerSettings",
-                    t,
-                    ULTRAVOX_FIRST_SPEAKER_FIELDS,
-                    out,
-                );
+                names_at(op, f, "firstSpeakerSettings", t, ULTRAVOX_FIRST_SPEAKER_FIELDS, out);
             }
         }
-        Operation::TwilioCreateCall => names_at(
-            op,
-            obj,
-            "",
-            op.request_type(),
-            TWILIO_CREATE_CALL_FIELDS,
-            out,
-        ),
+        Operation::TwilioCreateCall => names_at(op, obj, "", op.request_type(), TWILIO_CREATE_CALL_FIELDS, out),
         Operation::VapiCreateCall => {
             names_at(op, obj, "", op.request_type(), VAPI_CREATE_CALL_FIELDS, out);
             if let Some(c) = obj.get("customer").and_then(Value::as_object) {
-                names_at(
-                    op,
-                    c,
-                    "customer",
-                    "CreateCustomerDTO",
-                    VAPI_CUSTOMER_FIELDS,
-                    out,
-                );
+                names_at(op, c, "customer", "CreateCustomerDTO", VAPI_CUSTOMER_FIELDS, out);
             }
         }
-        Operation::RetellCreatePhoneCall => names_at(
-            op,
-            obj,
-            "",
-            op.request_type(),
-            RETELL_CREATE_PHONE_CALL_FIELDS,
-            out,
-        ),
+        Operation::RetellCreatePhoneCall => names_at(op, obj, "", op.request_type(), RETELL_CREATE_PHONE_CALL_FIELDS, out),
         // Bland's names are checked in `check` (there is no schema to do it instead).
         Operation::BlandSendCall => {}
     }
@@ -304,23 +237,15 @@ fn present<'v>(obj: &'v Map<String, Value>, k: &str) -> Option<&'v Value> {
 /// A required E.164 number at `path`.
 fn e164_field(v: Option<&Value>, path: &str, what: &str, out: &mut Vec<Violation>) {
     match v {
-        None | Some(Value::Null) => out.push(Violation::new(
-            path,
-            format!("required: {what}, an E.164 number like +14155552671"),
-        )),
-        Some(Value::String(s)) if s.trim().is_empty() => out.push(Violation::new(
-            path,
-            format!("must not be empty: {what}, an E.164 number like +14155552671"),
-        )),
-        Some(Value::String(s)) if !is_e164(s) => out.push(Violation::new(
-            path,
-            format!("{s:?} is not an E.164 number (+ then 2 to 15 digits, e.g. +14155552671)"),
-        )),
+        None | Some(Value::Null) => out.push(Violation::new(path, format!("required: {what}, an E.164 number like +14155552671"))),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            out.push(Violation::new(path, format!("must not be empty: {what}, an E.164 number like +14155552671")))
+        }
+        Some(Value::String(s)) if !is_e164(s) => {
+            out.push(Violation::new(path, format!("{s:?} is not an E.164 number (+ then 2 to 15 digits, e.g. +14155552671)")))
+        }
         Some(Value::String(_)) => {}
-        Some(other) => out.push(Violation::new(
-            path,
-            format!("expected an E.164 string, got {}", type_name(other)),
-        )),
+        Some(other) => out.push(Violation::new(path, format!("expected an E.164 string, got {}", type_name(other)))),
     }
 }
 
@@ -330,17 +255,11 @@ fn string_map(v: &Value, path: &str, rule: &str, out: &mut Vec<Violation>) {
         Value::Object(m) => {
             for (k, x) in m {
                 if !x.is_string() {
-                    out.push(Violation::new(
-                        join(path, k),
-                        format!("{rule}, got {} {}", type_name(x), x),
-                    ));
+                    out.push(Violation::new(join(path, k), format!("{rule}, got {} {}", type_name(x), x)));
                 }
             }
         }
-        other => out.push(Violation::new(
-            path,
-            format!("expected an object of strings, got {}", type_name(other)),
-        )),
+        other => out.push(Violation::new(path, format!("expected an object of strings, got {}", type_name(other)))),
     }
 }
 
@@ -356,16 +275,11 @@ fn ultravox(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
             }
         }
     }
-    const NO_CALL: &str =
-        "no phone call would be placed: medium.<carrier>.outgoing is required (carrier telnyx, twilio or plivo)";
+    const NO_CALL: &str = "no phone call would be placed: medium.<carrier>.outgoing is required (carrier telnyx, twilio or plivo)";
     match obj.get("medium") {
         None | Some(Value::Null) => out.push(Violation::new("medium", NO_CALL)),
         Some(Value::Object(m)) => {
-            let set: Vec<&String> = m
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, _)| k)
-                .collect();
+            let set: Vec<&String> = m.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k).collect();
             match set.as_slice() {
                 [] => out.push(Violation::new("medium", NO_CALL)),
                 [carrier] => ultravox_medium(carrier, &m[carrier.as_str()], out),
@@ -374,44 +288,26 @@ fn ultravox(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
                     format!(
                         "at most one medium may be set, got {}: {}",
                         many.len(),
-                        many.iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                 )),
             }
         }
-        Some(other) => out.push(Violation::new(
-            "medium",
-            format!("expected an object, got {}", type_name(other)),
-        )),
+        Some(other) => out.push(Violation::new("medium", format!("expected an object, got {}", type_name(other)))),
     }
     let settings = present(obj, "firstSpeakerSettings");
     let mut chosen: Option<&str> = None;
     match settings {
         None => {}
         Some(Value::Object(s)) => {
-            let set: Vec<&str> = ["user", "agent"]
-                .into_iter()
-                .filter(|k| present(s, k).is_some())
-                .collect();
+            let set: Vec<&str> = ["user", "agent"].into_iter().filter(|k| present(s, k).is_some()).collect();
             if set.len() == 1 {
                 chosen = Some(set[0]);
             } else {
-                out.push(Violation::new(
-                    "firstSpeakerSettings",
-                    format!(
-                        "exactly one of user or agent must be set, got {}",
-                        set.len()
-                    ),
-                ));
+                out.push(Violation::new("firstSpeakerSettings", format!("exactly one of user or agent must be set, got {}", set.len())));
             }
         }
-        Some(other) => out.push(Violation::new(
-            "firstSpeakerSettings",
-            format!("expected an object, got {}", type_name(other)),
-        )),
+        Some(other) => out.push(Violation::new("firstSpeakerSettings", format!("expected an object, got {}", type_name(other)))),
     }
     if let (Some(Value::String(first)), Some(chosen)) = (obj.get("firstSpeaker"), chosen) {
         let implied = match first.as_str() {
@@ -430,19 +326,11 @@ fn ultravox(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
 
 fn ultravox_medium(carrier: &str, m: &Value, out: &mut Vec<Violation>) {
     let at = format!("medium.{carrier}");
-    let is_phone = ULTRAVOX_PHONE_CARRIERS
-        .iter()
-        .any(|(c, _, _)| *c == carrier);
+    let is_phone = ULTRAVOX_PHONE_CARRIERS.iter().any(|(c, _, _)| *c == carrier);
     if carrier == "sip" {
-        let to = m
-            .pointer("/outgoing/to")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let to = m.pointer("/outgoing/to").and_then(Value::as_str).unwrap_or("");
         if to.trim().is_empty() {
-            out.push(Violation::new(
-                format!("{at}.outgoing.to"),
-                "required: without outgoing.to Ultravox dials nobody",
-            ));
+            out.push(Violation::new(format!("{at}.outgoing.to"), "required: without outgoing.to Ultravox dials nobody"));
         }
         return;
     }
@@ -457,10 +345,7 @@ fn ultravox_medium(carrier: &str, m: &Value, out: &mut Vec<Violation>) {
         return;
     }
     let Some(mo) = m.as_object() else {
-        out.push(Violation::new(
-            at,
-            format!("expected an object, got {}", type_name(m)),
-        ));
+        out.push(Violation::new(at, format!("expected an object, got {}", type_name(m))));
         return;
     };
     match present(mo, "outgoing") {
@@ -474,24 +359,13 @@ fn ultravox_medium(carrier: &str, m: &Value, out: &mut Vec<Violation>) {
         Some(Value::Object(o)) => {
             let to_path = format!("{at}.outgoing.to");
             // Twilio may also dial a SIP address.
-            let sip_to = carrier == "twilio"
-                && o.get("to")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| s.starts_with("sip:"));
+            let sip_to = carrier == "twilio" && o.get("to").and_then(Value::as_str).is_some_and(|s| s.starts_with("sip:"));
             if !sip_to {
                 e164_field(o.get("to"), &to_path, "the number to call", out);
             }
-            e164_field(
-                o.get("from"),
-                &format!("{at}.outgoing.from"),
-                "the caller ID",
-                out,
-            );
+            e164_field(o.get("from"), &format!("{at}.outgoing.from"), "the caller ID", out);
         }
-        Some(other) => out.push(Violation::new(
-            format!("{at}.outgoing"),
-            format!("expected an object, got {}", type_name(other)),
-        )),
+        Some(other) => out.push(Violation::new(format!("{at}.outgoing"), format!("expected an object, got {}", type_name(other)))),
     }
 }
 
@@ -500,10 +374,7 @@ fn single<'v>(obj: &'v Map<String, Value>, k: &str, out: &mut Vec<Violation>) ->
     match obj.get(k) {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
         Some(Value::Array(a)) => {
-            out.push(Violation::new(
-                k,
-                format!("given {} times, expected once", a.len()),
-            ));
+            out.push(Violation::new(k, format!("given {} times, expected once", a.len())));
             None
         }
         _ => None,
@@ -521,44 +392,27 @@ fn twilio(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
             single(obj, k, out);
         }
     }
-    let how: Vec<&str> = ["Url", "Twiml", "ApplicationSid"]
-        .into_iter()
-        .filter(|k| obj.contains_key(*k))
-        .collect();
+    let how: Vec<&str> = ["Url", "Twiml", "ApplicationSid"].into_iter().filter(|k| obj.contains_key(*k)).collect();
     match how.as_slice() {
-        [] => out.push(Violation::new(
-            "Url",
-            "one of Url, Twiml or ApplicationSid is required (what to do when the call is answered)",
-        )),
+        [] => out.push(Violation::new("Url", "one of Url, Twiml or ApplicationSid is required (what to do when the call is answered)")),
         [_] => {}
-        many => out.push(Violation::new(
-            many[0],
-            format!("exactly one of Url, Twiml or ApplicationSid may be given, got {}", many.join(", ")),
-        )),
+        many => {
+            out.push(Violation::new(many[0], format!("exactly one of Url, Twiml or ApplicationSid may be given, got {}", many.join(", "))))
+        }
     }
     if let Some(md) = single(obj, "MachineDetection", out) {
         if !TWILIO_MACHINE_DETECTION.contains(&md) {
-            out.push(Violation::new(
-                "MachineDetection",
-                format!("{md:?} is not one of Enable, DetectMessageEnd"),
-            ));
+            out.push(Violation::new("MachineDetection", format!("{md:?} is not one of Enable, DetectMessageEnd")));
         }
     }
     let events: Vec<&str> = match obj.get("StatusCallbackEvent") {
         Some(Value::String(s)) => s.split_whitespace().collect(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .flat_map(str::split_whitespace)
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).flat_map(str::split_whitespace).collect(),
         _ => Vec::new(),
     };
     for e in events {
         if !TWILIO_CALLBACK_EVENTS.contains(&e) {
-            out.push(Violation::new(
-                "StatusCallbackEvent",
-                format!("{e:?} is not one of initiated, ringing, answered, completed"),
-            ));
+            out.push(Violation::new("StatusCallbackEvent", format!("{e:?} is not one of initiated, ringing, answered, completed")));
         }
     }
 }
@@ -570,30 +424,13 @@ fn vapi(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
                 let check = c.get("numberE164CheckEnabled") != Some(&Value::Bool(false));
                 let number = present(c, "number");
                 if check {
-                    e164_field(
-                        number,
-                        "customer.number",
-                        "the number to call (or give customerId)",
-                        out,
-                    );
-                } else if number
-                    .and_then(Value::as_str)
-                    .is_none_or(|s| s.trim().is_empty())
-                {
-                    out.push(Violation::new(
-                        "customer.number",
-                        "required: the number to call (or give customerId)",
-                    ));
+                    e164_field(number, "customer.number", "the number to call (or give customerId)", out);
+                } else if number.and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+                    out.push(Violation::new("customer.number", "required: the number to call (or give customerId)"));
                 }
             }
-            Some(other) => out.push(Violation::new(
-                "customer",
-                format!("expected an object, got {}", type_name(other)),
-            )),
-            None => out.push(Violation::new(
-                "customer.number",
-                "required: the number to call (customer.number, or customerId)",
-            )),
+            Some(other) => out.push(Violation::new("customer", format!("expected an object, got {}", type_name(other)))),
+            None => out.push(Violation::new("customer.number", "required: the number to call (customer.number, or customerId)")),
         }
     }
     if present(obj, "phoneNumberId").is_none() && present(obj, "phoneNumber").is_none() {
@@ -602,34 +439,17 @@ fn vapi(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
             "required: the Vapi phone number to call from (phoneNumberId, or a transient phoneNumber)",
         ));
     }
-    let who = [
-        "assistantId",
-        "assistant",
-        "squadId",
-        "squad",
-        "workflowId",
-        "workflow",
-    ];
+    let who = ["assistantId", "assistant", "squadId", "squad", "workflowId", "workflow"];
     if who.iter().all(|k| present(obj, k).is_none()) {
-        out.push(Violation::new(
-            "assistantId",
-            "required: who talks (assistantId, or assistant, squadId/squad, workflowId/workflow)",
-        ));
+        out.push(Violation::new("assistantId", "required: who talks (assistantId, or assistant, squadId/squad, workflowId/workflow)"));
     }
 }
 
 fn retell(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
     let lenient = obj.get("ignore_e164_validation") == Some(&Value::Bool(true));
-    for (k, what) in [
-        ("from_number", "the number to call from"),
-        ("to_number", "the number to call"),
-    ] {
+    for (k, what) in [("from_number", "the number to call from"), ("to_number", "the number to call")] {
         if lenient {
-            if obj
-                .get(k)
-                .and_then(Value::as_str)
-                .is_none_or(|s| s.trim().is_empty())
-            {
+            if obj.get(k).and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
                 out.push(Violation::new(k, format!("required: {what}")));
             }
         } else {
@@ -637,47 +457,23 @@ fn retell(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
         }
     }
     if let Some(v) = obj.get("retell_llm_dynamic_variables") {
-        string_map(
-            v,
-            "retell_llm_dynamic_variables",
-            "dynamic variable values must be strings",
-            out,
-        );
+        string_map(v, "retell_llm_dynamic_variables", "dynamic variable values must be strings", out);
     }
 }
 
 fn bland(obj: &Map<String, Value>, out: &mut Vec<Violation>) {
     for (k, v) in obj {
         let Some((_, types)) = BLAND_SEND_CALL_FIELDS.iter().find(|(n, _)| n == k) else {
-            out.push(Violation::new(
-                k.as_str(),
-                unknown_field_message(Operation::BlandSendCall, "", k),
-            ));
+            out.push(Violation::new(k.as_str(), unknown_field_message(Operation::BlandSendCall, "", k)));
             continue;
         };
         if !v.is_null() && !types.contains(&type_name(v)) {
-            out.push(Violation::new(
-                k.as_str(),
-                format!(
-                    "expected {}, got {} {}",
-                    types.join(" or "),
-                    type_name(v),
-                    v
-                ),
-            ));
+            out.push(Violation::new(k.as_str(), format!("expected {}, got {} {}", types.join(" or "), type_name(v), v)));
         }
     }
-    e164_field(
-        obj.get("phone_number"),
-        "phone_number",
-        "the number to call",
-        out,
-    );
+    e164_field(obj.get("phone_number"), "phone_number", "the number to call", out);
     match (present(obj, "task"), present(obj, "pathway_id")) {
-        (None, None) => out.push(Violation::new(
-            "task",
-            "one of task or pathway_id is required (what the agent should do)",
-        )),
+        (None, None) => out.push(Violation::new("task", "one of task or pathway_id is required (what the agent should do)")),
         (Some(_), Some(_)) => out.push(Violation::new(
             "task",
             "task must not be given together with pathway_id (Send Call: do not specify task when using a pathway)",

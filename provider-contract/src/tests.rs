@@ -17,10 +17,7 @@ fn loaded() -> &'static Contract {
 
 fn both() -> [(&'static str, &'static Contract); 2] {
     static B: OnceLock<Contract> = OnceLock::new();
-    [
-        ("spec", loaded()),
-        ("builtin", B.get_or_init(Contract::builtin)),
-    ]
+    [("spec", loaded()), ("builtin", B.get_or_init(Contract::builtin))]
 }
 
 fn errs(c: &Contract, op: Operation, body: &Value) -> Vec<String> {
@@ -107,26 +104,11 @@ fn load_errors_name_the_file() {
     assert!(e.contains("ultravox-openapi.json"), "{e}");
     std::fs::write(tmp.join("ultravox-openapi.json"), "{not json").unwrap();
     let e = Contract::load(&tmp).unwrap_err();
-    assert!(
-        e.contains("ultravox-openapi.json") && e.contains("not valid JSON"),
-        "{e}"
-    );
-    std::fs::copy(
-        spec_dir().join("ultravox-openapi.json"),
-        tmp.join("ultravox-openapi.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        tmp.join("twilio-calls-openapi.json"),
-        r#"{"openapi":"3.0.1","paths":{}}"#,
-    )
-    .unwrap();
+    assert!(e.contains("ultravox-openapi.json") && e.contains("not valid JSON"), "{e}");
+    std::fs::copy(spec_dir().join("ultravox-openapi.json"), tmp.join("ultravox-openapi.json")).unwrap();
+    std::fs::write(tmp.join("twilio-calls-openapi.json"), r#"{"openapi":"3.0.1","paths":{}}"#).unwrap();
     let e = Contract::load(&tmp).unwrap_err();
-    assert!(
-        e.contains("twilio-calls-openapi.json")
-            && e.contains("no application/x-www-form-urlencoded"),
-        "{e}"
-    );
+    assert!(e.contains("twilio-calls-openapi.json") && e.contains("no application/x-www-form-urlencoded"), "{e}");
     let e = Contract::load(&tmp.join("nope")).unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -148,7 +130,11 @@ fn unknown_top_level_fields_are_named() {
     let cases = [
         (Operation::UltravoxStartCall, "agentId", "Message type \"ultravox.v1.StartCallRequest\" has no field named \"agentId\""),
         (Operation::UltravoxStartCall, "templateContext", "has no field named \"templateContext\""),
-        (Operation::UltravoxStartAgentCall, "systemPrompt", "Message type \"ultravox.v1.StartAgentCallRequest\" has no field named \"systemPrompt\""),
+        (
+            Operation::UltravoxStartAgentCall,
+            "systemPrompt",
+            "Message type \"ultravox.v1.StartAgentCallRequest\" has no field named \"systemPrompt\"",
+        ),
         (Operation::TwilioCreateCall, "IfMachine", "unknown parameter \"IfMachine\""),
         (Operation::VapiCreateCall, "metadata", "property metadata should not exist"),
         (Operation::RetellCreatePhoneCall, "agent_id", "unknown field \"agent_id\""),
@@ -159,11 +145,7 @@ fn unknown_top_level_fields_are_named() {
             let mut body = good(op);
             body[field] = json!("x");
             let e = errs(c, op, &body);
-            assert!(
-                e.iter()
-                    .any(|x| x.starts_with(&format!("{field}: ")) && x.contains(msg)),
-                "{mode} {op}: {e:?}"
-            );
+            assert!(e.iter().any(|x| x.starts_with(&format!("{field}: ")) && x.contains(msg)), "{mode} {op}: {e:?}");
         }
     }
 }
@@ -181,14 +163,14 @@ fn unknown_nested_fields_are_named_with_their_path() {
         let mut body = good(Operation::UltravoxStartCall);
         body["medium"]["twilio"]["outgoing"]["callerName"] = json!("x");
         let e = errs(c, Operation::UltravoxStartCall, &body);
-        assert!(has(&e, "medium.twilio.outgoing.callerName: Message type \"ultravox.v1.TwilioMedium_OutgoingRequestParams\""), "{mode}: {e:?}");
+        assert!(
+            has(&e, "medium.twilio.outgoing.callerName: Message type \"ultravox.v1.TwilioMedium_OutgoingRequestParams\""),
+            "{mode}: {e:?}"
+        );
         let mut body = good(Operation::VapiCreateCall);
         body["customer"]["phone"] = json!("x");
         let e = errs(c, Operation::VapiCreateCall, &body);
-        assert!(
-            has(&e, "customer.phone: property phone should not exist"),
-            "{mode}: {e:?}"
-        );
+        assert!(has(&e, "customer.phone: property phone should not exist"), "{mode}: {e:?}");
     }
     // Deeper than the built-in lists go: only the schema sees these.
     let c = loaded();
@@ -199,30 +181,15 @@ fn unknown_nested_fields_are_named_with_their_path() {
     let mut body = good(Operation::UltravoxStartCall);
     body["selectedTools"][0]["bogus"] = json!(1);
     let e = errs(c, Operation::UltravoxStartCall, &body);
-    assert!(
-        has(
-            &e,
-            "selectedTools[0].bogus: Message type \"ultravox.v1.SelectedTool\""
-        ),
-        "{e:?}"
-    );
+    assert!(has(&e, "selectedTools[0].bogus: Message type \"ultravox.v1.SelectedTool\""), "{e:?}");
     let mut body = good(Operation::VapiCreateCall);
     body["assistantOverrides"]["firstMesage"] = json!("typo");
     let e = errs(c, Operation::VapiCreateCall, &body);
-    assert!(
-        has(
-            &e,
-            "assistantOverrides.firstMesage: property firstMesage should not exist"
-        ),
-        "{e:?}"
-    );
+    assert!(has(&e, "assistantOverrides.firstMesage: property firstMesage should not exist"), "{e:?}");
     let mut body = good(Operation::RetellCreatePhoneCall);
     body["agent_override"] = json!({"agent": {"voice_idd": "x"}});
     let e = errs(c, Operation::RetellCreatePhoneCall, &body);
-    assert!(
-        has(&e, "agent_override.agent.voice_idd: unknown field"),
-        "{e:?}"
-    );
+    assert!(has(&e, "agent_override.agent.voice_idd: unknown field"), "{e:?}");
 }
 
 #[test]
@@ -235,9 +202,7 @@ fn the_seeds_old_ultravox_body_is_refused() {
     });
     let bytes = serde_json::to_vec(&old).unwrap();
     for (mode, c) in both() {
-        let e = c
-            .check_http("POST", "/api/calls", "application/json", &bytes)
-            .unwrap_err();
+        let e = c.check_http("POST", "/api/calls", "application/json", &bytes).unwrap_err();
         for needle in [
             "agentId: Message type \"ultravox.v1.StartCallRequest\" has no field named \"agentId\"",
             "templateContext: Message type \"ultravox.v1.StartCallRequest\"",
@@ -261,95 +226,50 @@ fn ultravox_semantics() {
 
         let mut b = good(op);
         b["metadata"]["ultravox.call"] = json!("x");
-        assert!(
-            has(&errs(c, op, &b), "may not start with \"ultravox.\""),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "may not start with \"ultravox.\""), "{mode}");
 
         let mut b = good(op);
         b["medium"]["twilio"] = json!({"outgoing": {"to": "+15551230001", "from": "+15550000000"}});
         let e = errs(c, op, &b);
-        assert!(
-            has(&e, "medium: at most one medium may be set, got 2"),
-            "{mode}: {e:?}"
-        );
+        assert!(has(&e, "medium: at most one medium may be set, got 2"), "{mode}: {e:?}");
 
         let mut b = good(op);
         b["medium"] = json!({"telnyx": {}});
         let e = errs(c, op, &b);
-        assert!(
-            has(&e, "medium.telnyx.outgoing: required") && has(&e, "dials nobody"),
-            "{mode}: {e:?}"
-        );
+        assert!(has(&e, "medium.telnyx.outgoing: required") && has(&e, "dials nobody"), "{mode}: {e:?}");
 
         let mut b = good(op);
         b.as_object_mut().unwrap().remove("medium");
         let e = errs(c, op, &b);
-        assert!(
-            has(
-                &e,
-                "no phone call would be placed: medium.<carrier>.outgoing is required"
-            ),
-            "{mode}: {e:?}"
-        );
+        assert!(has(&e, "no phone call would be placed: medium.<carrier>.outgoing is required"), "{mode}: {e:?}");
 
         let mut b = good(op);
         b["medium"] = json!({"webRtc": {}});
-        assert!(
-            has(&errs(c, op, &b), "no phone call would be placed"),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "no phone call would be placed"), "{mode}");
 
         let mut b = good(op);
         b["medium"] = outgoing("5551230001");
-        assert!(
-            has(
-                &errs(c, op, &b),
-                "medium.telnyx.outgoing.to: \"5551230001\" is not an E.164 number"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "medium.telnyx.outgoing.to: \"5551230001\" is not an E.164 number"), "{mode}");
         b["medium"] = json!({"plivo": {"outgoing": {"to": "+15551230001"}}});
-        assert!(
-            has(&errs(c, op, &b), "medium.plivo.outgoing.from: required"),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "medium.plivo.outgoing.from: required"), "{mode}");
 
         let mut b = good(op);
         b["firstSpeakerSettings"] = json!({"user": {}, "agent": {}});
-        assert!(
-            has(
-                &errs(c, op, &b),
-                "firstSpeakerSettings: exactly one of user or agent"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "firstSpeakerSettings: exactly one of user or agent"), "{mode}");
 
         let sc = Operation::UltravoxStartCall;
         let mut b = good(sc);
         b["firstSpeaker"] = json!("FIRST_SPEAKER_USER");
-        assert!(
-            has(
-                &errs(c, sc, &b),
-                "firstSpeaker: FIRST_SPEAKER_USER does not match firstSpeakerSettings.agent"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, sc, &b), "firstSpeaker: FIRST_SPEAKER_USER does not match firstSpeakerSettings.agent"), "{mode}");
     }
     // The schema's own rules: types and patterns, with paths.
     let c = loaded();
     let mut b = good(op);
     b["maxDuration"] = json!("5 minutes");
-    assert!(has(
-        &errs(c, op, &b),
-        "maxDuration: \"5 minutes\" does not match the pattern"
-    ));
+    assert!(has(&errs(c, op, &b), "maxDuration: \"5 minutes\" does not match the pattern"));
     let mut b = good(op);
     b["recordingEnabled"] = json!("yes");
-    assert!(has(
-        &errs(c, op, &b),
-        "recordingEnabled: expected boolean, got string"
-    ));
+    assert!(has(&errs(c, op, &b), "recordingEnabled: expected boolean, got string"));
 }
 
 #[test]
@@ -361,22 +281,10 @@ fn twilio_checks() {
         assert!(has(&errs(c, op, &b), "To: required"), "{mode}");
         let mut b = good(op);
         b.as_object_mut().unwrap().remove("Url");
-        assert!(
-            has(
-                &errs(c, op, &b),
-                "Url: one of Url, Twiml or ApplicationSid is required"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "Url: one of Url, Twiml or ApplicationSid is required"), "{mode}");
         let mut b = good(op);
         b["Twiml"] = json!("<Response/>");
-        assert!(
-            has(
-                &errs(c, op, &b),
-                "exactly one of Url, Twiml or ApplicationSid"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "exactly one of Url, Twiml or ApplicationSid"), "{mode}");
         // Empty values count as not given (Twilio's own example sends Url= with Twiml).
         b["Url"] = json!("");
         assert!(c.check(op, &b).is_ok(), "{mode}");
@@ -385,18 +293,12 @@ fn twilio_checks() {
         assert!(has(&errs(c, op, &b), "MachineDetection: "), "{mode}");
         let mut b = good(op);
         b["StatusCallbackEvent"] = json!("completed");
-        assert!(
-            c.check(op, &b).is_ok(),
-            "{mode}: a single event is a one-element array"
-        );
+        assert!(c.check(op, &b).is_ok(), "{mode}: a single event is a one-element array");
     }
     let c = loaded();
     let mut b = good(op);
     b["Timeout"] = json!("soon");
-    assert!(has(
-        &errs(c, op, &b),
-        "Timeout: expected integer, got string \"soon\""
-    ));
+    assert!(has(&errs(c, op, &b), "Timeout: expected integer, got string \"soon\""));
     b["Timeout"] = json!("15");
     assert!(c.check(op, &b).is_ok());
     b["Method"] = json!("PUT");
@@ -409,10 +311,7 @@ fn twilio_checks() {
             b"To=%2B15551230003&From=%2B15550000000&Twiml=%3CResponse%2F%3E&Foo=1",
         )
         .unwrap_err();
-    assert_eq!(
-        e,
-        vec!["Foo: unknown parameter \"Foo\" (not a Calls create parameter)".to_string()]
-    );
+    assert_eq!(e, vec!["Foo: unknown parameter \"Foo\" (not a Calls create parameter)".to_string()]);
 }
 
 #[test]
@@ -420,76 +319,35 @@ fn vapi_retell_bland_required_fields() {
     for (mode, c) in both() {
         let op = Operation::VapiCreateCall;
         let e = errs(c, op, &json!({}));
-        for n in [
-            "customer.number: required",
-            "phoneNumberId: required",
-            "assistantId: required",
-        ] {
+        for n in ["customer.number: required", "phoneNumberId: required", "assistantId: required"] {
             assert!(has(&e, n), "{mode}: {n} in {e:?}");
         }
         let mut b = good(op);
         b["customer"]["number"] = json!("555");
-        assert!(
-            has(&errs(c, op, &b), "customer.number: \"555\" is not an E.164"),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "customer.number: \"555\" is not an E.164"), "{mode}");
         b["customer"]["numberE164CheckEnabled"] = json!(false);
-        assert!(
-            c.check(op, &b).is_ok(),
-            "{mode}: E.164 check can be switched off"
-        );
+        assert!(c.check(op, &b).is_ok(), "{mode}: E.164 check can be switched off");
 
         let op = Operation::RetellCreatePhoneCall;
         let e = errs(c, op, &json!({"override_agent_id": "a"}));
-        assert!(
-            has(&e, "from_number: required") && has(&e, "to_number: required"),
-            "{mode}: {e:?}"
-        );
+        assert!(has(&e, "from_number: required") && has(&e, "to_number: required"), "{mode}: {e:?}");
         let mut b = good(op);
         b["to_number"] = json!("15551230005");
-        assert!(
-            has(
-                &errs(c, op, &b),
-                "to_number: \"15551230005\" is not an E.164"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "to_number: \"15551230005\" is not an E.164"), "{mode}");
         let mut b = good(op);
         b["retell_llm_dynamic_variables"]["age"] = json!(42);
-        assert!(
-            has(
-                &errs(c, op, &b),
-                "retell_llm_dynamic_variables.age: dynamic variable values must be strings"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "retell_llm_dynamic_variables.age: dynamic variable values must be strings"), "{mode}");
 
         let op = Operation::BlandSendCall;
         let e = errs(c, op, &json!({"task": "x"}));
         assert!(has(&e, "phone_number: required"), "{mode}: {e:?}");
         let e = errs(c, op, &json!({"phone_number": "+15551230006"}));
-        assert!(
-            has(&e, "task: one of task or pathway_id is required"),
-            "{mode}: {e:?}"
-        );
-        let e = errs(
-            c,
-            op,
-            &json!({"phone_number": "+15551230006", "pathway_id": "p", "task": "t"}),
-        );
-        assert!(
-            has(&e, "task must not be given together with pathway_id"),
-            "{mode}: {e:?}"
-        );
+        assert!(has(&e, "task: one of task or pathway_id is required"), "{mode}: {e:?}");
+        let e = errs(c, op, &json!({"phone_number": "+15551230006", "pathway_id": "p", "task": "t"}));
+        assert!(has(&e, "task must not be given together with pathway_id"), "{mode}: {e:?}");
         let mut b = good(op);
         b["wait_for_greeting"] = json!("yes");
-        assert!(
-            has(
-                &errs(c, op, &b),
-                "wait_for_greeting: expected boolean, got string"
-            ),
-            "{mode}"
-        );
+        assert!(has(&errs(c, op, &b), "wait_for_greeting: expected boolean, got string"), "{mode}");
     }
 }
 
@@ -497,19 +355,10 @@ fn vapi_retell_bland_required_fields() {
 fn not_an_object() {
     for (_, c) in both() {
         let e = errs(c, Operation::UltravoxStartCall, &json!([1]));
-        assert_eq!(
-            e,
-            vec![
-                "(body): ultravox.v1.StartCallRequest must be a JSON object, got array".to_string()
-            ]
-        );
-        let e = c
-            .check_http("POST", "/api/calls", "application/json", b"{nope")
-            .unwrap_err();
+        assert_eq!(e, vec!["(body): ultravox.v1.StartCallRequest must be a JSON object, got array".to_string()]);
+        let e = c.check_http("POST", "/api/calls", "application/json", b"{nope").unwrap_err();
         assert!(has(&e, "(body): invalid JSON"), "{e:?}");
-        let e = c
-            .check_http("POST", "/api/calls", "application/json", b"")
-            .unwrap_err();
+        let e = c.check_http("POST", "/api/calls", "application/json", b"").unwrap_err();
         assert!(has(&e, "empty request body"), "{e:?}");
     }
 }
@@ -519,43 +368,15 @@ fn identify_by_method_and_path() {
     let uuid = "7a2f5b8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
     let sid = "AC0123456789abcdef0123456789abcdef";
     let cases = [
-        (
-            "POST",
-            "/api/calls".to_string(),
-            Some(Operation::UltravoxStartCall),
-        ),
-        (
-            "post",
-            "/api/calls/?x=1".to_string(),
-            Some(Operation::UltravoxStartCall),
-        ),
-        (
-            "POST",
-            format!("/api/agents/{uuid}/calls"),
-            Some(Operation::UltravoxStartAgentCall),
-        ),
+        ("POST", "/api/calls".to_string(), Some(Operation::UltravoxStartCall)),
+        ("post", "/api/calls/?x=1".to_string(), Some(Operation::UltravoxStartCall)),
+        ("POST", format!("/api/agents/{uuid}/calls"), Some(Operation::UltravoxStartAgentCall)),
         ("POST", "/api/agents/my-agent/calls".to_string(), None),
-        (
-            "POST",
-            format!("/2010-04-01/Accounts/{sid}/Calls.json"),
-            Some(Operation::TwilioCreateCall),
-        ),
-        (
-            "POST",
-            "/2010-04-01/Accounts/AC1/Calls.json".to_string(),
-            None,
-        ),
+        ("POST", format!("/2010-04-01/Accounts/{sid}/Calls.json"), Some(Operation::TwilioCreateCall)),
+        ("POST", "/2010-04-01/Accounts/AC1/Calls.json".to_string(), None),
         ("POST", "/call".to_string(), Some(Operation::VapiCreateCall)),
-        (
-            "POST",
-            "/v2/create-phone-call".to_string(),
-            Some(Operation::RetellCreatePhoneCall),
-        ),
-        (
-            "POST",
-            "/v1/calls".to_string(),
-            Some(Operation::BlandSendCall),
-        ),
+        ("POST", "/v2/create-phone-call".to_string(), Some(Operation::RetellCreatePhoneCall)),
+        ("POST", "/v1/calls".to_string(), Some(Operation::BlandSendCall)),
         ("GET", "/api/calls".to_string(), None),
         ("POST", "/voiceapi/v1/calls".to_string(), None),
     ];
@@ -563,26 +384,13 @@ fn identify_by_method_and_path() {
         assert_eq!(Contract::identify(m, &p), want, "{m} {p}");
     }
     let e = Contract::check_path("POST", "/api/agents/my-agent/calls").unwrap_err();
-    assert_eq!(
-        e,
-        vec![
-            "agent_id: \"my-agent\" is not a UUID (the path parameter has format: uuid)"
-                .to_string()
-        ]
-    );
+    assert_eq!(e, vec!["agent_id: \"my-agent\" is not a UUID (the path parameter has format: uuid)".to_string()]);
     let e = Contract::check_path("POST", "/2010-04-01/Accounts/AC1/Calls.json").unwrap_err();
-    assert!(
-        has(&e, "AccountSid: \"AC1\" does not match ^AC[0-9a-fA-F]{32}$"),
-        "{e:?}"
-    );
-    let e = loaded()
-        .check_http("POST", "/nope", "application/json", b"{}")
-        .unwrap_err();
+    assert!(has(&e, "AccountSid: \"AC1\" does not match ^AC[0-9a-fA-F]{32}$"), "{e:?}");
+    let e = loaded().check_http("POST", "/nope", "application/json", b"{}").unwrap_err();
     assert!(has(&e, "not a create-call request"), "{e:?}");
     assert!(is_uuid(uuid) && !is_uuid("7a2f5b8e1c3d4e5f8a9b0c1d2e3f4a5b"));
-    assert!(
-        is_e164("+15551230001") && !is_e164("+0123") && !is_e164("+1") && !is_e164("15551230001")
-    );
+    assert!(is_e164("+15551230001") && !is_e164("+0123") && !is_e164("+1") && !is_e164("15551230001"));
 }
 
 /// The built-in name lists must say exactly what the spec files say.
@@ -595,13 +403,8 @@ fn builtin_name_lists_match_the_specs() {
     let va = load("vapi-calls-openapi.json");
     let re = load("retell-calls-openapi.json");
     let props = |doc: &Value, ptr: &str| -> Vec<String> {
-        let mut v: Vec<String> = doc
-            .pointer(ptr)
-            .and_then(Value::as_object)
-            .unwrap_or_else(|| panic!("{ptr} not in spec"))
-            .keys()
-            .cloned()
-            .collect();
+        let mut v: Vec<String> =
+            doc.pointer(ptr).and_then(Value::as_object).unwrap_or_else(|| panic!("{ptr} not in spec")).keys().cloned().collect();
         v.sort();
         v
     };
@@ -627,16 +430,8 @@ fn builtin_name_lists_match_the_specs() {
     }
     for (_, medium, outgoing) in ULTRAVOX_PHONE_CARRIERS {
         let m = medium.trim_start_matches("ultravox.v1.");
-        assert_eq!(
-            list(ULTRAVOX_PHONE_MEDIUM_FIELDS),
-            props(&uv, &format!("{s}ultravox.v1.{m}/properties")),
-            "{medium}"
-        );
-        assert_eq!(
-            list(ULTRAVOX_OUTGOING_FIELDS),
-            props(&uv, &format!("{s}{outgoing}/properties")),
-            "{outgoing}"
-        );
+        assert_eq!(list(ULTRAVOX_PHONE_MEDIUM_FIELDS), props(&uv, &format!("{s}ultravox.v1.{m}/properties")), "{medium}");
+        assert_eq!(list(ULTRAVOX_OUTGOING_FIELDS), props(&uv, &format!("{s}{outgoing}/properties")), "{outgoing}");
     }
 }
 

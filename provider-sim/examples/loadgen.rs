@@ -32,21 +32,14 @@ fn main() {
         .map(|t| {
             let base = base.clone();
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new()
-                    .timeout(Duration::from_secs(10))
-                    .max_idle_connections_per_host(1)
-                    .build();
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).max_idle_connections_per_host(1).build();
                 let mut ok = 0usize;
                 for i in (t..total).step_by(threads) {
                     let body = json!({
                         "medium": {"telnyx": {"outgoing": {"to": format!("+1555{i:07}"), "from": "+15550000000"}}},
                         "metadata": {"batch_id": "load", "idempotency_key": format!("k{i}")}
                     });
-                    if agent
-                        .post(&format!("{base}/api/calls"))
-                        .send_json(body)
-                        .is_ok()
-                    {
+                    if agent.post(&format!("{base}/api/calls")).send_json(body).is_ok() {
                         ok += 1;
                     }
                 }
@@ -56,10 +49,7 @@ fn main() {
         .collect();
     let ok: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "{ok}/{total} created in {secs:.2}s = {:.0} req/s ({threads} client threads)",
-        total as f64 / secs
-    );
+    println!("{ok}/{total} created in {secs:.2}s = {:.0} req/s ({threads} client threads)", total as f64 / secs);
     if let Some(s) = sim {
         let st = s.stats();
         println!(

@@ -18,9 +18,7 @@ use provider_contract::Operation;
 use serde_json::{json, Value};
 
 pub(crate) fn routes() -> Router<St> {
-    Router::new()
-        .route("/v1/calls", post(create))
-        .route("/v1/calls/{call_id}", get(get_call))
+    Router::new().route("/v1/calls", post(create)).route("/v1/calls/{call_id}", get(get_call))
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {
@@ -32,9 +30,7 @@ fn auth(st: &St, headers: &HeaderMap) -> Result<(), &'static str> {
     let given = header_str(headers, "authorization").map(str::trim);
     // Bland takes the bare key; a Bearer prefix is a client bug even when any key is accepted.
     if given.is_some_and(|g| g.len() > 7 && g[..7].eq_ignore_ascii_case("bearer ")) {
-        return Err(
-            "Invalid API key: send the key itself in the authorization header, without \"Bearer\"",
-        );
+        return Err("Invalid API key: send the key itself in the authorization header, without \"Bearer\"");
     }
     match st.api_key() {
         None => Ok(()),
@@ -76,13 +72,7 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
         (true, Some(j)) => call.ended_at_us - j,
         _ => 0,
     };
-    let obj = |k: &str| {
-        c.body
-            .get(k)
-            .filter(|v| v.is_object())
-            .cloned()
-            .unwrap_or_else(|| json!({}))
-    };
+    let obj = |k: &str| c.body.get(k).filter(|v| v.is_object()).cloned().unwrap_or_else(|| json!({}));
     json!({
         "call_id": call.call_id,
         "c_id": call.call_id,
@@ -124,21 +114,13 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Bland, "POST", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Bland, "POST", uri.path(), uri.query());
     let resp = create_inner(&st, &rec, &kill, &headers, body).await;
     rec.finish(resp.status().as_u16());
     resp
 }
 
-async fn create_inner(
-    st: &St,
-    rec: &RecordGuard,
-    kill: &ConnKill,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let (logged, parsed) = parse_json_body(&body);
     let auth = auth(st, headers);
     rec.update(|r| {
@@ -170,35 +152,17 @@ async fn create_inner(
         r.metadata = metadata.clone();
     });
     match gate(st, rec, kill, Provider::Bland, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Rate limit exceeded (simulated)",
-            ),
+        Err(Fault::RateLimited { retry_after_secs }) => {
+            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded (simulated)"), retry_after_secs)
+        }
+        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
+            error(StatusCode::SERVICE_UNAVAILABLE, message.as_deref().unwrap_or("No capacity right now (simulated)")),
             retry_after_secs,
         ),
-        Err(Fault::Capacity {
-            retry_after_secs,
-            message,
-        }) => with_retry_after(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                message
-                    .as_deref()
-                    .unwrap_or("No capacity right now (simulated)"),
-            ),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => error(
-            status_code(status),
-            message
-                .as_deref()
-                .unwrap_or("Internal server error (simulated)"),
-        ),
-        Err(Fault::HangExpired) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Gateway timeout (simulated hang)",
-        ),
+        Err(Fault::Error { status, message }) => {
+            error(status_code(status), message.as_deref().unwrap_or("Internal server error (simulated)"))
+        }
+        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout (simulated hang)"),
         Ok((duration_ms, end_reason)) => {
             let id = uuid::Uuid::new_v4().to_string();
             let amd = body.get("answered_by_enabled") == Some(&Value::Bool(true));
@@ -233,15 +197,8 @@ async fn create_inner(
     }
 }
 
-async fn get_call(
-    State(st): State<St>,
-    Path(call_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Bland, "GET", uri.path(), uri.query());
+async fn get_call(State(st): State<St>, Path(call_id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let rec = st.log.begin(Provider::Bland, "GET", uri.path(), uri.query());
     let auth = auth(&st, &headers);
     rec.update(|r| r.auth_ok = auth.is_ok());
     let resp = match auth {
@@ -249,10 +206,7 @@ async fn get_call(
         Ok(()) => {
             let now = st.clock.now_us();
             let store = lock(&st.calls);
-            match store
-                .get(&call_id)
-                .filter(|c| c.call.provider == Provider::Bland)
-            {
+            match store.get(&call_id).filter(|c| c.call.provider == Provider::Bland) {
                 Some(c) => json(StatusCode::OK, call_json(c, now)),
                 None => error(StatusCode::NOT_FOUND, "Call not found"),
             }

@@ -48,9 +48,7 @@ pub struct SimClient {
 impl SimClient {
     pub fn new(base_url: impl Into<String>) -> SimClient {
         let base = base_url.into().trim_end_matches('/').to_string();
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build();
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
         SimClient { base, agent }
     }
 
@@ -64,10 +62,7 @@ impl SimClient {
     }
 
     fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, SimClientError> {
-        let resp = self
-            .agent
-            .post(&format!("{}{}", self.base, path))
-            .send_json(body)?;
+        let resp = self.agent.post(&format!("{}{}", self.base, path)).send_json(body)?;
         Ok(resp.into_json::<T>()?)
     }
 

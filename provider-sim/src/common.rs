@@ -33,8 +33,7 @@ pub(crate) fn status_code(s: u16) -> StatusCode {
 
 /// Decoded `key=value` pairs of a query string (lenient: never fails).
 pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
 pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -81,9 +80,7 @@ pub(crate) fn parse_json_body(
     match body {
         Ok(b) => match serde_json::from_slice::<Value>(b) {
             Ok(v) => (v.clone(), Ok(v)),
-            Err(e) if b.iter().all(u8::is_ascii_whitespace) => {
-                (raw_body(b), Err(format!("empty request body ({e})")))
-            }
+            Err(e) if b.iter().all(u8::is_ascii_whitespace) => (raw_body(b), Err(format!("empty request body ({e})"))),
             Err(e) => (raw_body(b), Err(format!("invalid JSON: {e}"))),
         },
         Err(e) => (Value::Null, Err(e.body_text())),
@@ -97,10 +94,7 @@ pub(crate) fn field_value(body: &Value, pointer: &str) -> Value {
 
 /// A non-empty string at `pointer`.
 pub(crate) fn str_at(body: &Value, pointer: &str) -> Option<String> {
-    body.pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty())
-        .map(str::to_string)
+    body.pointer(pointer).and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(str::to_string)
 }
 
 /// `Authorization: Bearer <key>` (any key when none is configured).
@@ -160,18 +154,9 @@ pub(crate) async fn gate(
         tokio::time::sleep(delay).await;
     }
     match outcome {
-        Outcome::Create {
-            duration_ms,
-            end_reason,
-        } => Ok((duration_ms, end_reason)),
+        Outcome::Create { duration_ms, end_reason } => Ok((duration_ms, end_reason)),
         Outcome::RateLimited { retry_after_secs } => Err(Fault::RateLimited { retry_after_secs }),
-        Outcome::Capacity {
-            retry_after_secs,
-            message,
-        } => Err(Fault::Capacity {
-            retry_after_secs,
-            message,
-        }),
+        Outcome::Capacity { retry_after_secs, message } => Err(Fault::Capacity { retry_after_secs, message }),
         Outcome::Error { status, message } => Err(Fault::Error { status, message }),
         Outcome::Hang { .. } => Err(Fault::HangExpired),
         Outcome::Drop => {
@@ -194,10 +179,7 @@ pub(crate) fn parse_date_us(s: &str) -> Option<i64> {
     if let Ok(d) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
         return Some(d.and_utc().timestamp_micros());
     }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|dt| dt.and_utc().timestamp_micros())
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|dt| dt.and_utc().timestamp_micros())
 }
 
 /// Unix µs as epoch milliseconds (Retell's timestamps).
@@ -207,9 +189,5 @@ pub(crate) fn epoch_ms(us: i64) -> Value {
 
 /// A positive page size from the first of `names` present, else `default`.
 pub(crate) fn page_size(q: &[(String, String)], names: &[&str], default: usize) -> usize {
-    q.iter()
-        .find(|(k, _)| names.contains(&k.as_str()))
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default)
+    q.iter().find(|(k, _)| names.contains(&k.as_str())).and_then(|(_, v)| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(default)
 }

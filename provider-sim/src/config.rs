@@ -149,9 +149,7 @@ impl Default for SimConfig {
 pub fn check_loopback_url(url: &str) -> Result<(), String> {
     let u = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     if u.scheme() != "http" {
-        return Err(format!(
-            "{url:?}: only http:// webhook targets are supported (loopback, no TLS)"
-        ));
+        return Err(format!("{url:?}: only http:// webhook targets are supported (loopback, no TLS)"));
     }
     let ok = match u.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -162,9 +160,7 @@ pub fn check_loopback_url(url: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{url:?}: webhook targets must be loopback (127.0.0.0/8, [::1] or localhost)"
-        ))
+        Err(format!("{url:?}: webhook targets must be loopback (127.0.0.0/8, [::1] or localhost)"))
     }
 }
 
@@ -217,34 +213,17 @@ impl SimConfig {
 
     /// Makes an arbitrary config valid (clamps rates, orders the duration range).
     pub(crate) fn sanitize(&mut self) {
-        for v in [
-            &mut self.error_rate,
-            &mut self.rate_limit_rate,
-            &mut self.capacity_rate,
-            &mut self.hang_rate,
-            &mut self.drop_rate,
-        ] {
-            *v = if v.is_finite() {
-                v.clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
+        for v in [&mut self.error_rate, &mut self.rate_limit_rate, &mut self.capacity_rate, &mut self.hang_rate, &mut self.drop_rate] {
+            *v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
         }
         if self.call_duration_ms_min > self.call_duration_ms_max {
-            std::mem::swap(
-                &mut self.call_duration_ms_min,
-                &mut self.call_duration_ms_max,
-            );
+            std::mem::swap(&mut self.call_duration_ms_min, &mut self.call_duration_ms_max);
         }
         self.log_capacity = self.log_capacity.max(1);
         self.webhook_timeout_ms = self.webhook_timeout_ms.max(1);
         self.rules.retain(|r| r.validate().is_ok());
         // Never a non-loopback target, whatever the caller set.
-        for u in [
-            &mut self.ultravox_webhook_url,
-            &mut self.vapi_webhook_url,
-            &mut self.retell_webhook_url,
-        ] {
+        for u in [&mut self.ultravox_webhook_url, &mut self.vapi_webhook_url, &mut self.retell_webhook_url] {
             if u.as_deref().is_some_and(|x| check_loopback_url(x).is_err()) {
                 *u = None;
             }
@@ -259,17 +238,13 @@ impl SimConfig {
     /// `"api_key"` and `"ultravox_webhook_secret"` may be a string or null; `"spec_dir"` cannot
     /// change. Nothing changes unless the whole update is valid.
     pub fn apply_json(&mut self, patch: &Value) -> Result<(), String> {
-        let obj = patch
-            .as_object()
-            .ok_or_else(|| "config update must be a JSON object".to_string())?;
+        let obj = patch.as_object().ok_or_else(|| "config update must be a JSON object".to_string())?;
         let mut cur = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
         let mut api_key = self.api_key.clone();
         let mut secret = self.ultravox_webhook_secret.clone();
         let mut vapi_secret = self.vapi_webhook_secret.clone();
         let mut bland_secret = self.bland_webhook_secret.clone();
-        let cur_obj = cur
-            .as_object_mut()
-            .ok_or_else(|| "internal: config is not an object".to_string())?;
+        let cur_obj = cur.as_object_mut().ok_or_else(|| "internal: config is not an object".to_string())?;
         for (k, v) in obj {
             match k.as_str() {
                 "api_key" => {
@@ -307,15 +282,11 @@ impl SimConfig {
                         _ => false,
                     };
                     if !same {
-                        return Err(
-                            "spec_dir is fixed at start (restart with --spec-dir DIR)".into()
-                        );
+                        return Err("spec_dir is fixed at start (restart with --spec-dir DIR)".into());
                     }
                 }
                 "call_duration_ms" => {
-                    let s = v.as_str().ok_or_else(|| {
-                        "call_duration_ms must be a string like \"200..400\"".to_string()
-                    })?;
+                    let s = v.as_str().ok_or_else(|| "call_duration_ms must be a string like \"200..400\"".to_string())?;
                     let (a, b) = parse_duration_range(s)?;
                     cur_obj.insert("call_duration_ms_min".into(), a.into());
                     cur_obj.insert("call_duration_ms_max".into(), b.into());
@@ -344,19 +315,10 @@ impl SimConfig {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {
             o.insert("api_key_set".into(), Value::Bool(self.api_key.is_some()));
-            o.insert(
-                "ultravox_webhook_secret_set".into(),
-                Value::Bool(self.ultravox_webhook_secret.is_some()),
-            );
+            o.insert("ultravox_webhook_secret_set".into(), Value::Bool(self.ultravox_webhook_secret.is_some()));
             o.insert("vapi_webhook_secret_set".into(), Value::Bool(self.vapi_webhook_secret.is_some()));
             o.insert("bland_webhook_secret_set".into(), Value::Bool(self.bland_webhook_secret.is_some()));
-            o.insert(
-                "spec_dir".into(),
-                self.spec_dir
-                    .as_ref()
-                    .map(|d| Value::String(d.display().to_string()))
-                    .unwrap_or(Value::Null),
-            );
+            o.insert("spec_dir".into(), self.spec_dir.as_ref().map(|d| Value::String(d.display().to_string())).unwrap_or(Value::Null));
         }
         v
     }
@@ -365,15 +327,8 @@ impl SimConfig {
 /// Parses `"MIN..MAX"`, `"MIN..=MAX"`, `"MIN-MAX"` or a single `"N"` (milliseconds).
 pub fn parse_duration_range(s: &str) -> Result<(u64, u64), String> {
     let s = s.trim();
-    let parts: Option<(&str, &str)> = s
-        .split_once("..=")
-        .or_else(|| s.split_once(".."))
-        .or_else(|| s.split_once('-'));
-    let num = |x: &str| {
-        x.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("bad duration `{x}` in `{s}` (want MIN..MAX in ms)"))
-    };
+    let parts: Option<(&str, &str)> = s.split_once("..=").or_else(|| s.split_once("..")).or_else(|| s.split_once('-'));
+    let num = |x: &str| x.trim().parse::<u64>().map_err(|_| format!("bad duration `{x}` in `{s}` (want MIN..MAX in ms)"));
     let (a, b) = match parts {
         Some((a, b)) => (num(a)?, num(b)?),
         None => {
@@ -434,10 +389,7 @@ pub struct Rule {
 impl Rule {
     /// A rule matching `to` that (until more is set) just creates the call normally.
     pub fn new(to: impl Into<String>) -> Rule {
-        Rule {
-            to: Some(to.into()),
-            ..Rule::default()
-        }
+        Rule { to: Some(to.into()), ..Rule::default() }
     }
     pub fn status(mut self, status: u16) -> Rule {
         self.status = Some(status);
@@ -510,8 +462,7 @@ mod tests {
     #[test]
     fn partial_update_and_unknown_field() {
         let mut c = SimConfig::default();
-        c.apply_json(&json!({"error_rate": 0.5, "api_key": "k", "rules": [{"to": "+1", "status": 429, "times": 1}]}))
-            .unwrap();
+        c.apply_json(&json!({"error_rate": 0.5, "api_key": "k", "rules": [{"to": "+1", "status": 429, "times": 1}]})).unwrap();
         assert_eq!(c.error_rate, 0.5);
         assert_eq!(c.api_key.as_deref(), Some("k"));
         assert_eq!(c.rules.len(), 1);
@@ -521,41 +472,25 @@ mod tests {
         let pub_json = c.public_json().to_string();
         assert!(!pub_json.contains("\"k\""), "{pub_json}");
         assert!(pub_json.contains("\"api_key_set\":true"));
-        c.apply_json(&json!({"ultravox_webhook_secret": "whsec-1", "ultravox_webhook_url": "http://127.0.0.1:9/uv"}))
-            .unwrap();
+        c.apply_json(&json!({"ultravox_webhook_secret": "whsec-1", "ultravox_webhook_url": "http://127.0.0.1:9/uv"})).unwrap();
         assert_eq!(c.ultravox_webhook_secret.as_deref(), Some("whsec-1"));
         let pub_json = c.public_json().to_string();
         assert!(!pub_json.contains("whsec-1"), "{pub_json}");
         assert!(pub_json.contains("\"ultravox_webhook_secret_set\":true"));
-        let e = c
-            .apply_json(&json!({"ultravox_webhook_url": "http://10.0.0.1/uv"}))
-            .unwrap_err();
+        let e = c.apply_json(&json!({"ultravox_webhook_url": "http://10.0.0.1/uv"})).unwrap_err();
         assert!(e.contains("loopback"), "{e}");
         assert!(c.apply_json(&json!({"spec_dir": "/elsewhere"})).is_err());
         assert!(c.apply_json(&json!({"capacity_rate": 0.25})).is_ok());
-        c.apply_json(&json!({"call_duration_ms": "100..200"}))
-            .unwrap();
+        c.apply_json(&json!({"call_duration_ms": "100..200"})).unwrap();
         assert_eq!((c.call_duration_ms_min, c.call_duration_ms_max), (100, 200));
     }
 
     #[test]
     fn loopback_only() {
-        for ok in [
-            "http://127.0.0.1:8080/x",
-            "http://127.9.9.9/",
-            "http://localhost:1/a?b=c",
-            "http://[::1]:5/",
-        ] {
+        for ok in ["http://127.0.0.1:8080/x", "http://127.9.9.9/", "http://localhost:1/a?b=c", "http://[::1]:5/"] {
             assert!(check_loopback_url(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "https://127.0.0.1/",
-            "http://10.0.0.1/",
-            "http://example.com/",
-            "http://192.168.1.1/",
-            "nope",
-            "http://0.0.0.0/",
-        ] {
+        for bad in ["https://127.0.0.1/", "http://10.0.0.1/", "http://example.com/", "http://192.168.1.1/", "nope", "http://0.0.0.0/"] {
             assert!(check_loopback_url(bad).is_err(), "{bad}");
         }
     }

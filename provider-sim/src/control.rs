@@ -13,10 +13,7 @@ use serde_json::{json, Value};
 
 pub(crate) fn routes() -> Router<St> {
     Router::new()
-        .route(
-            "/_sim/health",
-            get(|| async { json(StatusCode::OK, json!({ "ok": true })) }),
-        )
+        .route("/_sim/health", get(|| async { json(StatusCode::OK, json!({ "ok": true })) }))
         .route("/_sim/requests", get(requests))
         .route("/_sim/calls", get(calls))
         .route("/_sim/config", get(get_config).post(post_config))
@@ -39,26 +36,17 @@ async fn requests(State(st): State<St>, uri: Uri) -> Response {
             Err(_) => return bad_request("since_seq must be a non-negative integer"),
         },
     };
-    json(
-        StatusCode::OK,
-        serde_json::to_value(st.log.snapshot(since)).unwrap_or(Value::Null),
-    )
+    json(StatusCode::OK, serde_json::to_value(st.log.snapshot(since)).unwrap_or(Value::Null))
 }
 
 async fn calls(State(st): State<St>, uri: Uri) -> Response {
     let q = query_pairs(uri.query());
-    let batch = q
-        .iter()
-        .find(|(k, _)| k == "batch_id")
-        .map(|(_, v)| v.clone());
+    let batch = q.iter().find(|(k, _)| k == "batch_id").map(|(_, v)| v.clone());
     let mut calls = st.calls();
     if let Some(b) = batch {
         calls.retain(|c| c.batch_id().as_deref() == Some(b.as_str()));
     }
-    json(
-        StatusCode::OK,
-        serde_json::to_value(calls).unwrap_or(Value::Null),
-    )
+    json(StatusCode::OK, serde_json::to_value(calls).unwrap_or(Value::Null))
 }
 
 async fn get_config(State(st): State<St>) -> Response {
@@ -82,10 +70,7 @@ async fn post_config(State(st): State<St>, body: Bytes) -> Response {
 
 async fn get_rules(State(st): State<St>) -> Response {
     let rules = lock(&st.config).rules.clone();
-    json(
-        StatusCode::OK,
-        serde_json::to_value(rules).unwrap_or(Value::Null),
-    )
+    json(StatusCode::OK, serde_json::to_value(rules).unwrap_or(Value::Null))
 }
 
 async fn post_rules(State(st): State<St>, body: Bytes) -> Response {
@@ -99,10 +84,7 @@ async fn post_rules(State(st): State<St>, body: Bytes) -> Response {
         }
     }
     lock(&st.config).rules = rules.clone();
-    json(
-        StatusCode::OK,
-        serde_json::to_value(rules).unwrap_or(Value::Null),
-    )
+    json(StatusCode::OK, serde_json::to_value(rules).unwrap_or(Value::Null))
 }
 
 async fn reset(State(st): State<St>) -> Response {
@@ -113,24 +95,14 @@ async fn reset(State(st): State<St>) -> Response {
 /// `?by_batch=false` leaves out the per-batch concurrency (see `AppState::stats_with`).
 async fn stats(State(st): State<St>, uri: Uri) -> Response {
     let q = query_pairs(uri.query());
-    let by_batch = match q
-        .iter()
-        .find(|(k, _)| k == "by_batch")
-        .map(|(_, v)| v.as_str())
-    {
+    let by_batch = match q.iter().find(|(k, _)| k == "by_batch").map(|(_, v)| v.as_str()) {
         None | Some("true") => true,
         Some("false") => false,
         Some(_) => return bad_request("by_batch must be true or false"),
     };
-    json(
-        StatusCode::OK,
-        serde_json::to_value(st.stats_with(by_batch)).unwrap_or(Value::Null),
-    )
+    json(StatusCode::OK, serde_json::to_value(st.stats_with(by_batch)).unwrap_or(Value::Null))
 }
 
 async fn webhooks(State(st): State<St>) -> Response {
-    json(
-        StatusCode::OK,
-        serde_json::to_value(st.webhooks.snapshot()).unwrap_or(Value::Null),
-    )
+    json(StatusCode::OK, serde_json::to_value(st.webhooks.snapshot()).unwrap_or(Value::Null))
 }

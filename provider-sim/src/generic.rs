@@ -16,9 +16,7 @@ use axum::{Extension, Router};
 use serde_json::{json, Value};
 
 pub(crate) fn routes() -> Router<St> {
-    Router::new()
-        .route("/voiceapi/v1/calls", post(create).get(list))
-        .route("/voiceapi/v1/calls/{id}", get(get_call))
+    Router::new().route("/voiceapi/v1/calls", post(create).get(list)).route("/voiceapi/v1/calls/{id}", get(get_call))
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -64,21 +62,13 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Generic, "POST", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Generic, "POST", uri.path(), uri.query());
     let resp = create_inner(&st, &rec, &kill, &headers, body).await;
     rec.finish(resp.status().as_u16());
     resp
 }
 
-async fn create_inner(
-    st: &St,
-    rec: &RecordGuard,
-    kill: &ConnKill,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let parsed = match &body {
         Ok(b) => serde_json::from_slice::<Value>(b).map_err(|e| (raw_body(b), e.to_string())),
         Err(e) => Err((Value::Null, e.body_text())),
@@ -92,11 +82,7 @@ async fn create_inner(
         };
     });
     if !ok {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid or missing bearer token",
-        );
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or missing bearer token");
     }
     let body = match parsed {
         Ok(v @ Value::Object(_)) => v,
@@ -110,12 +96,7 @@ async fn create_inner(
             return error(StatusCode::BAD_REQUEST, "invalid_json", &e);
         }
     };
-    let Some(to) = body
-        .get("phone_number")
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty())
-        .map(str::to_string)
-    else {
+    let Some(to) = body.get("phone_number").and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(str::to_string) else {
         let msg = "phone_number is required".to_string();
         refuse(rec, std::slice::from_ref(&msg));
         return error(StatusCode::BAD_REQUEST, "invalid_request", &msg);
@@ -126,37 +107,17 @@ async fn create_inner(
         r.metadata = metadata.clone();
     });
     match gate(st, rec, kill, Provider::Generic, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests (simulated)",
-            ),
+        Err(Fault::RateLimited { retry_after_secs }) => {
+            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests (simulated)"), retry_after_secs)
+        }
+        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
+            error(StatusCode::SERVICE_UNAVAILABLE, "capacity", message.as_deref().unwrap_or("no capacity right now (simulated)")),
             retry_after_secs,
         ),
-        Err(Fault::Capacity {
-            retry_after_secs,
-            message,
-        }) => with_retry_after(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "capacity",
-                message
-                    .as_deref()
-                    .unwrap_or("no capacity right now (simulated)"),
-            ),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => error(
-            status_code(status),
-            "internal_error",
-            message.as_deref().unwrap_or("internal error (simulated)"),
-        ),
-        Err(Fault::HangExpired) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "gateway timeout (simulated hang)",
-        ),
+        Err(Fault::Error { status, message }) => {
+            error(status_code(status), "internal_error", message.as_deref().unwrap_or("internal error (simulated)"))
+        }
+        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, "timeout", "gateway timeout (simulated hang)"),
         Ok((duration_ms, end_reason)) => {
             let id = uuid::Uuid::new_v4().to_string();
             st.create_call(
@@ -179,40 +140,22 @@ async fn create_inner(
             let store = lock(&st.calls);
             match store.get(&id) {
                 Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "call vanished (reset during create)",
-                ),
+                None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "call vanished (reset during create)"),
             }
         }
     }
 }
 
-async fn get_call(
-    State(st): State<St>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Generic, "GET", uri.path(), uri.query());
+async fn get_call(State(st): State<St>, Path(id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let rec = st.log.begin(Provider::Generic, "GET", uri.path(), uri.query());
     let ok = auth_ok(&st, &headers);
     rec.update(|r| r.auth_ok = ok);
     let resp = if !ok {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid or missing bearer token",
-        )
+        error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or missing bearer token")
     } else {
         let now = st.clock.now_us();
         let store = lock(&st.calls);
-        match store
-            .get(&id)
-            .filter(|c| c.call.provider == Provider::Generic)
-        {
+        match store.get(&id).filter(|c| c.call.provider == Provider::Generic) {
             Some(c) => json(StatusCode::OK, call_json(c, now)),
             None => error(StatusCode::NOT_FOUND, "not_found", "call not found"),
         }
@@ -222,17 +165,11 @@ async fn get_call(
 }
 
 async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Generic, "GET", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Generic, "GET", uri.path(), uri.query());
     let ok = auth_ok(&st, &headers);
     rec.update(|r| r.auth_ok = ok);
     let resp = if !ok {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid or missing bearer token",
-        )
+        error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or missing bearer token")
     } else {
         let q = query_pairs(uri.query());
         // `idempotency_key=K` and `metadata.<field>=V` filter on metadata; `phone_number` on the number.
@@ -256,11 +193,7 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
             .rev()
             .filter(|c| c.call.provider == Provider::Generic)
             .filter(|c| phone.is_none_or(|p| c.call.to.as_deref() == Some(p)))
-            .filter(|c| {
-                filters
-                    .iter()
-                    .all(|(f, v)| metadata_field_matches(&c.call.metadata, f, v))
-            })
+            .filter(|c| filters.iter().all(|(f, v)| metadata_field_matches(&c.call.metadata, f, v)))
             .take(limit)
             .map(|c| call_json(c, now))
             .collect();

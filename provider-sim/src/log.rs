@@ -60,14 +60,8 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        let base_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        Clock {
-            base_us,
-            base: Instant::now(),
-        }
+        let base_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        Clock { base_us, base: Instant::now() }
     }
     pub fn now_us(&self) -> i64 {
         self.base_us + self.base.elapsed().as_micros() as i64
@@ -124,10 +118,7 @@ impl RequestLog {
         let file = match file {
             None => None,
             Some(p) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?;
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
                 let (tx, rx) = mpsc::channel::<FileMsg>();
                 let thread = std::thread::Builder::new()
                     .name("provider-sim-log".into())
@@ -149,13 +140,7 @@ impl RequestLog {
     }
 
     /// Records the arrival of a request; the returned guard completes it.
-    pub fn begin(
-        self: &Arc<Self>,
-        provider: Provider,
-        method: &str,
-        path: &str,
-        query: Option<&str>,
-    ) -> RecordGuard {
+    pub fn begin(self: &Arc<Self>, provider: Provider, method: &str, path: &str, query: Option<&str>) -> RecordGuard {
         let mut g = lock(&self.inner);
         let seq = g.next_seq;
         g.next_seq += 1;
@@ -185,11 +170,7 @@ impl RequestLog {
             fault: None,
             error: None,
         });
-        RecordGuard {
-            log: Arc::clone(self),
-            seq,
-            done: false,
-        }
+        RecordGuard { log: Arc::clone(self), seq, done: false }
     }
 
     fn finalize(&self, seq: u64, status: Option<u16>) {
@@ -249,10 +230,7 @@ impl RequestLog {
     pub fn clear(&self) {
         let mut g = lock(&self.inner);
         g.records.clear();
-        g.counters = Counters {
-            max_in_flight: g.in_flight,
-            ..Counters::default()
-        };
+        g.counters = Counters { max_in_flight: g.in_flight, ..Counters::default() };
     }
 
     /// Flushes and closes the file sink (idempotent).

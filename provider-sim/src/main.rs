@@ -72,12 +72,7 @@ struct Args {
     #[arg(long, value_name = "URL")]
     ultravox_webhook_url: Option<String>,
     /// Sign Ultravox webhooks with this secret (X-Ultravox-Webhook-Signature).
-    #[arg(
-        long,
-        env = "ULTRAVOX_WEBHOOK_SECRET",
-        hide_env_values = true,
-        value_name = "S"
-    )]
+    #[arg(long, env = "ULTRAVOX_WEBHOOK_SECRET", hide_env_values = true, value_name = "S")]
     ultravox_webhook_secret: Option<String>,
     /// Also send a stale second signature first in the list (receivers must try each).
     #[arg(long)]
@@ -150,10 +145,8 @@ fn build_config(a: &Args) -> Result<SimConfig, String> {
         c.call_duration_ms_min = c.call_duration_ms_min.min(hi);
     }
     if let Some(path) = &a.rules {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--rules {}: {e}", path.display()))?;
-        c.rules = serde_json::from_str::<Vec<Rule>>(&text)
-            .map_err(|e| format!("--rules {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("--rules {}: {e}", path.display()))?;
+        c.rules = serde_json::from_str::<Vec<Rule>>(&text).map_err(|e| format!("--rules {}: {e}", path.display()))?;
     }
     c.validate()?;
     Ok(c)
@@ -216,10 +209,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(e) => {
-            eprintln!(
-                "provider-sim: cannot listen on 127.0.0.1:{}: {e}",
-                args.port
-            );
+            eprintln!("provider-sim: cannot listen on 127.0.0.1:{}: {e}", args.port);
             return ExitCode::from(1);
         }
     };
@@ -228,19 +218,13 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "provider-sim listening on {}", sim.base_url());
         if !args.quiet {
             match sim.spec_dir() {
-                Some(d) => eprintln!(
-                    "provider-sim: checking requests against the specs in {}",
-                    d.display()
-                ),
+                Some(d) => eprintln!("provider-sim: checking requests against the specs in {}", d.display()),
                 None => eprintln!("provider-sim: built-in request checks only (no --spec-dir)"),
             }
         }
         let _ = out.flush();
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("provider-sim: {e}");
@@ -259,10 +243,7 @@ fn main() -> ExitCode {
     });
     if !args.quiet {
         let s = sim.stats();
-        eprintln!(
-            "provider-sim: shutting down after {} requests, {} calls",
-            s.requests, s.calls_created
-        );
+        eprintln!("provider-sim: shutting down after {} requests, {} calls", s.requests, s.calls_created);
     }
     sim.shutdown();
     ExitCode::SUCCESS

@@ -68,51 +68,26 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let call = &c.call;
     let ended = now_us >= call.ended_at_us;
     let joined = call.joined_at_us.filter(|j| *j <= now_us);
-    let obj_or_empty = |k: &str| {
-        c.body
-            .get(k)
-            .filter(|v| v.is_object())
-            .cloned()
-            .unwrap_or_else(|| json!({}))
-    };
+    let obj_or_empty = |k: &str| c.body.get(k).filter(|v| v.is_object()).cloned().unwrap_or_else(|| json!({}));
     let mut o = Map::new();
     o.insert("call_id".into(), json!(call.call_id));
     o.insert("call_type".into(), json!("phone_call"));
-    o.insert(
-        "agent_id".into(),
-        json!(call.agent_id.as_deref().unwrap_or(DEFAULT_AGENT_ID)),
-    );
-    o.insert(
-        "agent_version".into(),
-        c.body
-            .get("override_agent_version")
-            .cloned()
-            .filter(Value::is_i64)
-            .unwrap_or(json!(1)),
-    );
+    o.insert("agent_id".into(), json!(call.agent_id.as_deref().unwrap_or(DEFAULT_AGENT_ID)));
+    o.insert("agent_version".into(), c.body.get("override_agent_version").cloned().filter(Value::is_i64).unwrap_or(json!(1)));
     o.insert("call_status".into(), json!(call_status(c, now_us)));
     o.insert("from_number".into(), json!(call.from));
     o.insert("to_number".into(), json!(call.to));
     o.insert("direction".into(), json!("outbound"));
     o.insert("metadata".into(), obj_or_empty("metadata"));
-    o.insert(
-        "retell_llm_dynamic_variables".into(),
-        obj_or_empty("retell_llm_dynamic_variables"),
-    );
+    o.insert("retell_llm_dynamic_variables".into(), obj_or_empty("retell_llm_dynamic_variables"));
     if let Some(j) = joined {
         o.insert("start_timestamp".into(), epoch_ms(j));
     }
     if ended {
         o.insert("end_timestamp".into(), epoch_ms(call.ended_at_us));
-        let dur = call
-            .joined_at_us
-            .map(|j| (call.ended_at_us - j) / 1000)
-            .unwrap_or(0);
+        let dur = call.joined_at_us.map(|j| (call.ended_at_us - j) / 1000).unwrap_or(0);
         o.insert("duration_ms".into(), json!(dur));
-        o.insert(
-            "disconnection_reason".into(),
-            json!(disconnection_reason(&call.end_reason)),
-        );
+        o.insert("disconnection_reason".into(), json!(disconnection_reason(&call.end_reason)));
     }
     Value::Object(o)
 }
@@ -124,21 +99,13 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Retell, "POST", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Retell, "POST", uri.path(), uri.query());
     let resp = create_inner(&st, &rec, &kill, &headers, body).await;
     rec.finish(resp.status().as_u16());
     resp
 }
 
-async fn create_inner(
-    st: &St,
-    rec: &RecordGuard,
-    kill: &ConnKill,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let (logged, parsed) = parse_json_body(&body);
     let ok = bearer_ok(st, headers);
     rec.update(|r| {
@@ -170,35 +137,17 @@ async fn create_inner(
         r.metadata = metadata.clone();
     });
     match gate(st, rec, kill, Provider::Retell, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many requests (simulated rate limit)",
-            ),
+        Err(Fault::RateLimited { retry_after_secs }) => {
+            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, "Too many requests (simulated rate limit)"), retry_after_secs)
+        }
+        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
+            error(StatusCode::SERVICE_UNAVAILABLE, message.as_deref().unwrap_or("No capacity right now (simulated)")),
             retry_after_secs,
         ),
-        Err(Fault::Capacity {
-            retry_after_secs,
-            message,
-        }) => with_retry_after(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                message
-                    .as_deref()
-                    .unwrap_or("No capacity right now (simulated)"),
-            ),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => error(
-            status_code(status),
-            message
-                .as_deref()
-                .unwrap_or("Internal server error (simulated)"),
-        ),
-        Err(Fault::HangExpired) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Gateway timeout (simulated hang)",
-        ),
+        Err(Fault::Error { status, message }) => {
+            error(status_code(status), message.as_deref().unwrap_or("Internal server error (simulated)"))
+        }
+        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout (simulated hang)"),
         Ok((duration_ms, end_reason)) => {
             let id = format!("call_{}", uuid::Uuid::new_v4().simple());
             st.create_call(
@@ -221,24 +170,14 @@ async fn create_inner(
             let store = lock(&st.calls);
             match store.get(&id) {
                 Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "call vanished (reset during create)",
-                ),
+                None => error(StatusCode::INTERNAL_SERVER_ERROR, "call vanished (reset during create)"),
             }
         }
     }
 }
 
-async fn get_call(
-    State(st): State<St>,
-    Path(call_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Retell, "GET", uri.path(), uri.query());
+async fn get_call(State(st): State<St>, Path(call_id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let rec = st.log.begin(Provider::Retell, "GET", uri.path(), uri.query());
     let ok = bearer_ok(&st, &headers);
     rec.update(|r| r.auth_ok = ok);
     let resp = if !ok {
@@ -246,10 +185,7 @@ async fn get_call(
     } else {
         let now = st.clock.now_us();
         let store = lock(&st.calls);
-        match store
-            .get(&call_id)
-            .filter(|c| c.call.provider == Provider::Retell)
-        {
+        match store.get(&call_id).filter(|c| c.call.provider == Provider::Retell) {
             Some(c) => json(StatusCode::OK, call_json(c, now)),
             None => error(StatusCode::NOT_FOUND, "Call not found"),
         }
@@ -259,29 +195,14 @@ async fn get_call(
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
-    v?.as_array().map(|a| {
-        a.iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| x.to_string())
-            })
-            .collect()
-    })
+    v?.as_array().map(|a| a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect())
 }
 
 /// `POST /v2/list-calls`: `filter_criteria` (`call_id`, `agent_id`, `call_status`,
 /// `from_number`, `to_number`, `metadata`: field → accepted values, `start_timestamp`
 /// thresholds, compared with the creation time here), `sort_order`, `limit` (default 50).
-async fn list(
-    State(st): State<St>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Retell, "POST", uri.path(), uri.query());
+async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let rec = st.log.begin(Provider::Retell, "POST", uri.path(), uri.query());
     let (logged, parsed) = parse_json_body(&body);
     let ok = bearer_ok(&st, &headers);
     rec.update(|r| {
@@ -310,10 +231,7 @@ async fn list(
 
 fn list_calls(st: &St, q: &Map<String, Value>) -> Response {
     let empty = Map::new();
-    let f = q
-        .get("filter_criteria")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
+    let f = q.get("filter_criteria").and_then(Value::as_object).unwrap_or(&empty);
     let ids = strings(f.get("call_id"));
     let agents = strings(f.get("agent_id"));
     let statuses = strings(f.get("call_status"));
@@ -322,29 +240,13 @@ fn list_calls(st: &St, q: &Map<String, Value>) -> Response {
     let meta: Vec<(String, Vec<String>)> = f
         .get("metadata")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), strings(Some(v)).unwrap_or_default()))
-                .collect()
-        })
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(Some(v)).unwrap_or_default())).collect())
         .unwrap_or_default();
-    let bound = |k: &str| {
-        f.get("start_timestamp")
-            .and_then(|t| t.get(k))
-            .and_then(Value::as_i64)
-    };
+    let bound = |k: &str| f.get("start_timestamp").and_then(|t| t.get(k)).and_then(Value::as_i64);
     let (lower, upper) = (bound("lower_threshold"), bound("upper_threshold"));
     let ascending = q.get("sort_order").and_then(Value::as_str) == Some("ascending");
-    let limit = q
-        .get("limit")
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 0)
-        .unwrap_or(50)
-        .min(1000) as usize;
-    let any = |list: &Option<Vec<String>>, v: Option<&str>| {
-        list.as_ref()
-            .is_none_or(|l| v.is_some_and(|v| l.iter().any(|x| x == v)))
-    };
+    let limit = q.get("limit").and_then(Value::as_u64).filter(|n| *n > 0).unwrap_or(50).min(1000) as usize;
+    let any = |list: &Option<Vec<String>>, v: Option<&str>| list.as_ref().is_none_or(|l| v.is_some_and(|v| l.iter().any(|x| x == v)));
     let now = st.clock.now_us();
     let store = lock(&st.calls);
     let mut calls: Vec<&CallState> = store
@@ -352,12 +254,7 @@ fn list_calls(st: &St, q: &Map<String, Value>) -> Response {
         .iter()
         .filter(|c| c.call.provider == Provider::Retell)
         .filter(|c| any(&ids, Some(&c.call.call_id)))
-        .filter(|c| {
-            any(
-                &agents,
-                Some(c.call.agent_id.as_deref().unwrap_or(DEFAULT_AGENT_ID)),
-            )
-        })
+        .filter(|c| any(&agents, Some(c.call.agent_id.as_deref().unwrap_or(DEFAULT_AGENT_ID))))
         .filter(|c| any(&statuses, Some(call_status(c, now))))
         .filter(|c| any(&froms, c.call.from.as_deref()))
         .filter(|c| any(&tos, c.call.to.as_deref()))
@@ -379,10 +276,6 @@ fn list_calls(st: &St, q: &Map<String, Value>) -> Response {
     if !ascending {
         calls.reverse();
     }
-    let out: Vec<Value> = calls
-        .into_iter()
-        .take(limit)
-        .map(|c| call_json(c, now))
-        .collect();
+    let out: Vec<Value> = calls.into_iter().take(limit).map(|c| call_json(c, now)).collect();
     json(StatusCode::OK, Value::Array(out))
 }

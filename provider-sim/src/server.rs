@@ -26,20 +26,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(bland::routes())
         .merge(generic::routes())
         .merge(control::routes())
-        .fallback(|uri: Uri| async move {
-            json(
-                StatusCode::NOT_FOUND,
-                json!({ "error": "not found", "path": uri.path() }),
-            )
-        })
+        .fallback(|uri: Uri| async move { json(StatusCode::NOT_FOUND, json!({ "error": "not found", "path": uri.path() })) })
         .with_state(state)
 }
 
-async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve(listener: tokio::net::TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -54,11 +45,7 @@ async fn serve(
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve_connection(stream: tokio::net::TcpStream, router: Router, mut shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let kill = ConnKill::default();
     let kill_ext = kill.clone();
@@ -66,9 +53,7 @@ async fn serve_connection(
         req.extensions_mut().insert(kill_ext.clone());
         tower_service::Service::call(&mut router.clone(), req)
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), svc);
+    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
     // Dropping `conn` closes the socket without a response.
     tokio::select! {
         _ = conn => {}
@@ -91,10 +76,7 @@ impl Simulator {
     /// webhook URL is not a loopback one.
     pub fn start(config: SimConfig, port: u16) -> std::io::Result<Simulator> {
         let state = Arc::new(AppState::new(config)?);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("provider-sim-worker")
-            .build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("provider-sim-worker").build()?;
         let listener = {
             let _ctx = rt.enter();
             let sock = tokio::net::TcpSocket::new_v4()?;
@@ -105,18 +87,11 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
         let app = router(Arc::clone(&state));
-        let thread = std::thread::Builder::new()
-            .name("provider-sim".into())
-            .spawn(move || {
-                rt.block_on(serve(listener, app, rx));
-                rt.shutdown_timeout(Duration::from_secs(2));
-            })?;
-        Ok(Simulator {
-            addr,
-            state,
-            shutdown_tx: Some(tx),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("provider-sim".into()).spawn(move || {
+            rt.block_on(serve(listener, app, rx));
+            rt.shutdown_timeout(Duration::from_secs(2));
+        })?;
+        Ok(Simulator { addr, state, shutdown_tx: Some(tx), thread: Some(thread) })
     }
 
     /// `"http://127.0.0.1:PORT"`.
@@ -149,8 +124,7 @@ impl Simulator {
 
     /// Replaces the rule list.
     pub fn set_rules(&self, rules: Vec<Rule>) {
-        lock(&self.state.config).rules =
-            rules.into_iter().filter(|r| r.validate().is_ok()).collect();
+        lock(&self.state.config).rules = rules.into_iter().filter(|r| r.validate().is_ok()).collect();
     }
 
     /// Changes knobs at run time (invalid values are clamped, a non-loopback webhook URL is
@@ -226,8 +200,6 @@ impl Drop for Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("Simulator").field("addr", &self.addr).finish()
     }
 }

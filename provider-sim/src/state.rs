@@ -75,16 +75,7 @@ pub fn max_concurrent_calls<'a>(calls: impl IntoIterator<Item = &'a SimCall>) ->
 
 /// End reasons meaning the callee never answered.
 pub(crate) fn never_connects(end_reason: &str) -> bool {
-    matches!(
-        end_reason,
-        "unjoined"
-            | "busy"
-            | "no-answer"
-            | "no_answer"
-            | "failed"
-            | "connection_error"
-            | "canceled"
-    )
+    matches!(end_reason, "unjoined" | "busy" | "no-answer" | "no_answer" | "failed" | "connection_error" | "canceled")
 }
 
 /// Counts exposed by `GET /_sim/stats`.
@@ -160,11 +151,7 @@ impl CallStore {
         self.by_id.get(id).and_then(|&i| self.calls.get(i))
     }
     pub fn active_at(&mut self, now_us: i64) -> usize {
-        while self
-            .active_ends
-            .peek()
-            .is_some_and(|Reverse(e)| *e <= now_us)
-        {
+        while self.active_ends.peek().is_some_and(|Reverse(e)| *e <= now_us) {
             self.active_ends.pop();
         }
         self.active_ends.len()
@@ -266,42 +253,26 @@ impl AppState {
             }
             None => None,
         };
-        let jitter = if cfg.latency_jitter_ms > 0 {
-            rng.random_range(0..=cfg.latency_jitter_ms)
-        } else {
-            0
-        };
-        let base = rule
-            .as_ref()
-            .and_then(|r| r.latency_ms)
-            .unwrap_or(cfg.latency_ms);
+        let jitter = if cfg.latency_jitter_ms > 0 { rng.random_range(0..=cfg.latency_jitter_ms) } else { 0 };
+        let base = rule.as_ref().and_then(|r| r.latency_ms).unwrap_or(cfg.latency_ms);
         let delay = Duration::from_millis(base + jitter);
         let duration = |rng: &mut rand::rngs::ThreadRng| {
-            rng.random_range(
-                cfg.call_duration_ms_min..=cfg.call_duration_ms_max.max(cfg.call_duration_ms_min),
-            )
+            rng.random_range(cfg.call_duration_ms_min..=cfg.call_duration_ms_max.max(cfg.call_duration_ms_min))
         };
         let outcome = match rule {
             Some(r) => {
                 if r.drop_connection {
                     Outcome::Drop
                 } else if r.hang {
-                    Outcome::Hang {
-                        secs: r.hang_secs.unwrap_or(cfg.hang_secs),
-                    }
+                    Outcome::Hang { secs: r.hang_secs.unwrap_or(cfg.hang_secs) }
                 } else {
                     match r.status {
-                        Some(429) => Outcome::RateLimited {
-                            retry_after_secs: r.retry_after_secs.unwrap_or(cfg.retry_after_secs),
-                        },
+                        Some(429) => Outcome::RateLimited { retry_after_secs: r.retry_after_secs.unwrap_or(cfg.retry_after_secs) },
                         Some(503) => Outcome::Capacity {
                             retry_after_secs: r.retry_after_secs.unwrap_or(cfg.retry_after_secs),
                             message: r.message.clone(),
                         },
-                        Some(s) if s >= 400 => Outcome::Error {
-                            status: s,
-                            message: r.message.clone(),
-                        },
+                        Some(s) if s >= 400 => Outcome::Error { status: s, message: r.message.clone() },
                         _ => Outcome::Create {
                             duration_ms: r.duration_ms.unwrap_or_else(|| duration(&mut rng)),
                             end_reason: r.end_reason.clone(),
@@ -319,28 +290,15 @@ impl AppState {
                 if x < t_drop {
                     Outcome::Drop
                 } else if x < t_hang {
-                    Outcome::Hang {
-                        secs: cfg.hang_secs,
-                    }
+                    Outcome::Hang { secs: cfg.hang_secs }
                 } else if x < t_429 {
-                    Outcome::RateLimited {
-                        retry_after_secs: cfg.retry_after_secs,
-                    }
+                    Outcome::RateLimited { retry_after_secs: cfg.retry_after_secs }
                 } else if x < t_503 {
-                    Outcome::Capacity {
-                        retry_after_secs: cfg.retry_after_secs,
-                        message: None,
-                    }
+                    Outcome::Capacity { retry_after_secs: cfg.retry_after_secs, message: None }
                 } else if x < t_500 {
-                    Outcome::Error {
-                        status: 500,
-                        message: None,
-                    }
+                    Outcome::Error { status: 500, message: None }
                 } else {
-                    Outcome::Create {
-                        duration_ms: duration(&mut rng),
-                        end_reason: None,
-                    }
+                    Outcome::Create { duration_ms: duration(&mut rng), end_reason: None }
                 }
             }
         };
@@ -352,11 +310,7 @@ impl AppState {
         let now = self.clock.now_us();
         let dur_us = (duration_ms as i64).saturating_mul(1000);
         let end_reason = end_reason.unwrap_or_else(|| "hangup".to_string());
-        let joined_at_us = if never_connects(&end_reason) {
-            None
-        } else {
-            Some(now + dur_us / 5)
-        };
+        let joined_at_us = if never_connects(&end_reason) { None } else { Some(now + dur_us / 5) };
         let call = SimCall {
             call_id: n.call_id,
             provider: n.provider,
@@ -370,24 +324,12 @@ impl AppState {
             agent_id: n.agent_id,
         };
         let out = call.clone();
-        lock(&self.calls).insert(
-            CallState {
-                call,
-                body: n.body,
-                account_sid: n.account_sid,
-                machine_detection: n.machine_detection,
-            },
-            now,
-        );
+        lock(&self.calls).insert(CallState { call, body: n.body, account_sid: n.account_sid, machine_detection: n.machine_detection }, now);
         out
     }
 
     pub fn calls(&self) -> Vec<SimCall> {
-        lock(&self.calls)
-            .calls
-            .iter()
-            .map(|c| c.call.clone())
-            .collect()
+        lock(&self.calls).calls.iter().map(|c| c.call.clone()).collect()
     }
 
     pub fn reset(&self) {
@@ -418,36 +360,19 @@ impl AppState {
                         grouped.entry(b).or_default().push(&stored.call);
                     }
                 }
-                per_batch = grouped
-                    .into_iter()
-                    .map(|(b, v)| (b, max_concurrent_calls(v) as u64))
-                    .collect();
+                per_batch = grouped.into_iter().map(|(b, v)| (b, max_concurrent_calls(v) as u64)).collect();
             }
             (store.calls.len(), active, store.max_active, per_batch)
         };
-        let class = |lo: u16| {
-            c.by_status
-                .iter()
-                .filter(|(s, _)| **s / 100 == lo / 100)
-                .map(|(_, n)| n)
-                .sum()
-        };
+        let class = |lo: u16| c.by_status.iter().filter(|(s, _)| **s / 100 == lo / 100).map(|(_, n)| n).sum();
         let wh = self.webhooks.counters();
         SimStats {
             webhooks_sent: wh.sent,
             webhooks_failed: wh.failed,
             webhooks_skipped: wh.skipped,
             requests: c.total,
-            by_status: c
-                .by_status
-                .iter()
-                .map(|(s, n)| (s.to_string(), *n))
-                .collect(),
-            by_provider: c
-                .by_provider
-                .iter()
-                .map(|(p, n)| (p.to_string(), *n))
-                .collect(),
+            by_status: c.by_status.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            by_provider: c.by_provider.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
             status_2xx: class(200),
             status_4xx: class(400),
             status_5xx: class(500),
@@ -505,37 +430,14 @@ mod tests {
     fn rules_consumed_and_first_match_wins() {
         use crate::config::Rule;
         let st = AppState::new(SimConfig {
-            rules: vec![
-                Rule::new("+1").status(429).times(1),
-                Rule::new("+1").status(500),
-            ],
+            rules: vec![Rule::new("+1").status(429).times(1), Rule::new("+1").status(500)],
             ..SimConfig::default()
         })
         .unwrap();
-        assert_eq!(
-            st.decide(Provider::Ultravox, "+1").1,
-            Outcome::RateLimited {
-                retry_after_secs: 1
-            }
-        );
-        assert_eq!(
-            st.decide(Provider::Ultravox, "+1").1,
-            Outcome::Error {
-                status: 500,
-                message: None
-            }
-        );
-        assert_eq!(
-            st.decide(Provider::Ultravox, "+1").1,
-            Outcome::Error {
-                status: 500,
-                message: None
-            }
-        );
-        assert!(matches!(
-            st.decide(Provider::Ultravox, "+2").1,
-            Outcome::Create { .. }
-        ));
+        assert_eq!(st.decide(Provider::Ultravox, "+1").1, Outcome::RateLimited { retry_after_secs: 1 });
+        assert_eq!(st.decide(Provider::Ultravox, "+1").1, Outcome::Error { status: 500, message: None });
+        assert_eq!(st.decide(Provider::Ultravox, "+1").1, Outcome::Error { status: 500, message: None });
+        assert!(matches!(st.decide(Provider::Ultravox, "+2").1, Outcome::Create { .. }));
     }
 
     #[test]
@@ -547,20 +449,8 @@ mod tests {
             ..SimConfig::default()
         })
         .unwrap();
-        assert_eq!(
-            st.decide(Provider::Bland, "+1").1,
-            Outcome::Capacity {
-                retry_after_secs: 9,
-                message: None
-            }
-        );
+        assert_eq!(st.decide(Provider::Bland, "+1").1, Outcome::Capacity { retry_after_secs: 9, message: None });
         lock(&st.config).capacity_rate = 1.0;
-        assert_eq!(
-            st.decide(Provider::Vapi, "+2").1,
-            Outcome::Capacity {
-                retry_after_secs: 2,
-                message: None
-            }
-        );
+        assert_eq!(st.decide(Provider::Vapi, "+2").1, Outcome::Capacity { retry_after_secs: 2, message: None });
     }
 }

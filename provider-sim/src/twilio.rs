@@ -24,14 +24,8 @@ use std::sync::Arc;
 
 pub(crate) fn routes() -> Router<St> {
     Router::new()
-        .route(
-            "/2010-04-01/Accounts/{sid}/Calls.json",
-            post(create).get(list),
-        )
-        .route(
-            "/2010-04-01/Accounts/{sid}/Calls/{call_file}",
-            get(get_call),
-        )
+        .route("/2010-04-01/Accounts/{sid}/Calls.json", post(create).get(list))
+        .route("/2010-04-01/Accounts/{sid}/Calls/{call_file}", get(get_call))
 }
 
 fn twilio_error(status: u16, code: u32, message: &str) -> Response {
@@ -57,9 +51,7 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (u, p) = s.split_once(':')?;
     Some((u.to_string(), p.to_string()))
@@ -67,11 +59,7 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
 
 fn auth_ok(st: &St, headers: &HeaderMap, path_sid: &str) -> bool {
     let cfg = st.config();
-    if cfg
-        .twilio_account_sid
-        .as_deref()
-        .is_some_and(|s| s != path_sid)
-    {
+    if cfg.twilio_account_sid.as_deref().is_some_and(|s| s != path_sid) {
         return false;
     }
     match basic_auth(headers) {
@@ -81,11 +69,7 @@ fn auth_ok(st: &St, headers: &HeaderMap, path_sid: &str) -> bool {
 }
 
 fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .filter(|v| !v.trim().is_empty())
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
 }
 
 fn metadata_from_urls(pairs: &[(String, String)]) -> Value {
@@ -132,9 +116,7 @@ fn answered_by(c: &CallState, now_us: i64) -> Option<&'static str> {
 /// Seconds from answer to end (0 if never answered).
 fn duration_secs(c: &CallState) -> i64 {
     match c.call.joined_at_us {
-        Some(j) if final_status(&c.call.end_reason) == "completed" => {
-            ((c.call.ended_at_us - j) as f64 / 1e6).round() as i64
-        }
+        Some(j) if final_status(&c.call.end_reason) == "completed" => ((c.call.ended_at_us - j) as f64 / 1e6).round() as i64,
         _ => 0,
     }
 }
@@ -154,17 +136,9 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     } else {
         "ringing"
     };
-    let duration = if ended {
-        Value::String(duration_secs(c).to_string())
-    } else {
-        Value::Null
-    };
+    let duration = if ended { Value::String(duration_secs(c).to_string()) } else { Value::Null };
     // Dialing starts when the call leaves the queue; until then start_time is empty.
-    let start_time = if now_us >= ringing_at {
-        rfc2822(ringing_at)
-    } else {
-        Value::Null
-    };
+    let start_time = if now_us >= ringing_at { rfc2822(ringing_at) } else { Value::Null };
     let sid = c.account_sid.clone().unwrap_or_default();
     json!({
         "sid": call.call_id,
@@ -197,9 +171,7 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Twilio, "POST", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Twilio, "POST", uri.path(), uri.query());
     let resp = create_inner(&st, &rec, &kill, &uri, &sid, &headers, body).await;
     rec.finish(resp.status().as_u16());
     resp
@@ -233,15 +205,7 @@ async fn create_inner(
     }
     if let Err(errs) = Contract::check_path("POST", uri.path()) {
         refuse(rec, &errs);
-        return twilio_error(
-            404,
-            20404,
-            &format!(
-                "The requested resource {} was not found: {}",
-                uri.path(),
-                errs.join("; ")
-            ),
-        );
+        return twilio_error(404, 20404, &format!("The requested resource {} was not found: {}", uri.path(), errs.join("; ")));
     }
     if let Err(e) = &body {
         let msg = format!("Unreadable request body: {}", e.body_text());
@@ -251,11 +215,7 @@ async fn create_inner(
     if let Err(errs) = st.contract.check(Operation::TwilioCreateCall, &form) {
         refuse(rec, &errs);
         // Twilio's own codes for the two commonest mistakes.
-        let code = if errs.iter().all(|e| e.starts_with("From:")) {
-            21213
-        } else {
-            21201
-        };
+        let code = if errs.iter().all(|e| e.starts_with("From:")) { 21213 } else { 21201 };
         return twilio_error(400, code, &errs.join("; "));
     }
     let (Some(to), Some(from)) = (to, field(&pairs, "From").map(str::to_string)) else {
@@ -264,36 +224,13 @@ async fn create_inner(
         return twilio_error(400, 21201, &msg);
     };
     match gate(st, rec, kill, Provider::Twilio, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
-            twilio_error(429, 20429, "Too Many Requests"),
-            retry_after_secs,
-        ),
-        Err(Fault::Capacity {
-            retry_after_secs,
-            message,
-        }) => with_retry_after(
-            twilio_error(
-                503,
-                20503,
-                message
-                    .as_deref()
-                    .unwrap_or("Service Unavailable (simulated)"),
-            ),
-            retry_after_secs,
-        ),
+        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(twilio_error(429, 20429, "Too Many Requests"), retry_after_secs),
+        Err(Fault::Capacity { retry_after_secs, message }) => {
+            with_retry_after(twilio_error(503, 20503, message.as_deref().unwrap_or("Service Unavailable (simulated)")), retry_after_secs)
+        }
         Err(Fault::Error { status, message }) => {
-            let code = if status == 401 {
-                20003
-            } else {
-                20000 + status as u32
-            };
-            twilio_error(
-                status,
-                code,
-                message
-                    .as_deref()
-                    .unwrap_or("Internal Server Error (simulated)"),
-            )
+            let code = if status == 401 { 20003 } else { 20000 + status as u32 };
+            twilio_error(status, code, message.as_deref().unwrap_or("Internal Server Error (simulated)"))
         }
         Err(Fault::HangExpired) => twilio_error(504, 20504, "Gateway timeout (simulated hang)"),
         Ok((duration_ms, end_reason)) => {
@@ -320,13 +257,7 @@ async fn create_inner(
                     Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
                     _ => "POST",
                 };
-                schedule_callbacks(
-                    st,
-                    call_sid.clone(),
-                    url.to_string(),
-                    method,
-                    callback_events(&pairs),
-                );
+                schedule_callbacks(st, call_sid.clone(), url.to_string(), method, callback_events(&pairs));
             }
             // The create answer always shows the call as just created ("queued").
             let store = lock(&st.calls);
@@ -341,18 +272,11 @@ async fn create_inner(
 /// The `StatusCallbackEvent`s asked for, in the order they happen (Twilio's default is
 /// `completed` alone). Values may be repeated parameters or space-separated.
 fn callback_events(pairs: &[(String, String)]) -> Vec<&'static str> {
-    let asked: Vec<&str> = pairs
-        .iter()
-        .filter(|(k, _)| k == "StatusCallbackEvent")
-        .flat_map(|(_, v)| v.split_whitespace())
-        .collect();
+    let asked: Vec<&str> = pairs.iter().filter(|(k, _)| k == "StatusCallbackEvent").flat_map(|(_, v)| v.split_whitespace()).collect();
     if asked.is_empty() {
         return vec!["completed"];
     }
-    ["initiated", "ringing", "answered", "completed"]
-        .into_iter()
-        .filter(|e| asked.contains(e))
-        .collect()
+    ["initiated", "ringing", "answered", "completed"].into_iter().filter(|e| asked.contains(e)).collect()
 }
 
 /// The form parameters of one status callback.
@@ -393,13 +317,7 @@ fn callback_params(c: &CallState, event: &str, seq: u32, now_us: i64) -> Vec<(St
 
 /// Sends the asked-for status callbacks as the call moves on, signed with the auth token
 /// (the configured API key; empty if none).
-fn schedule_callbacks(
-    st: &St,
-    call_sid: String,
-    url: String,
-    method: &'static str,
-    events: Vec<&'static str>,
-) {
+fn schedule_callbacks(st: &St, call_sid: String, url: String, method: &'static str, events: Vec<&'static str>) {
     let st = Arc::clone(st);
     tokio::spawn(async move {
         let plan: Vec<(&str, i64)> = {
@@ -412,9 +330,7 @@ fn schedule_callbacks(
                 .iter()
                 .filter_map(|e| match *e {
                     "initiated" if fin != "canceled" => Some((*e, c.call.ringing_at_us())),
-                    "ringing" if !matches!(fin, "failed" | "canceled" | "busy") => {
-                        Some((*e, c.call.ringing_at_us()))
-                    }
+                    "ringing" if !matches!(fin, "failed" | "canceled" | "busy") => Some((*e, c.call.ringing_at_us())),
                     "answered" => c.call.joined_at_us.map(|j| (*e, j)),
                     "completed" => Some((*e, c.call.ended_at_us)),
                     _ => None,
@@ -432,9 +348,7 @@ fn schedule_callbacks(
                 }
             };
             let token = st.api_key().unwrap_or_default();
-            let form: String = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(params.iter())
-                .finish();
+            let form: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(params.iter()).finish();
             // Twilio signs the URL plus the POST parameters; a GET carries them in the URL.
             let (target, body, signature) = if method == "GET" {
                 let sep = if url.contains('?') { '&' } else { '?' };
@@ -463,15 +377,8 @@ fn schedule_callbacks(
     });
 }
 
-async fn get_call(
-    State(st): State<St>,
-    Path((sid, call_file)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Twilio, "GET", uri.path(), uri.query());
+async fn get_call(State(st): State<St>, Path((sid, call_file)): Path<(String, String)>, uri: Uri, headers: HeaderMap) -> Response {
+    let rec = st.log.begin(Provider::Twilio, "GET", uri.path(), uri.query());
     let ok = auth_ok(&st, &headers, &sid);
     rec.update(|r| r.auth_ok = ok);
     let resp = if !ok {
@@ -480,30 +387,17 @@ async fn get_call(
         let call_sid = call_file.strip_suffix(".json").unwrap_or(&call_file);
         let now = st.clock.now_us();
         let store = lock(&st.calls);
-        match store.get(call_sid).filter(|c| {
-            c.call.provider == Provider::Twilio && c.account_sid.as_deref() == Some(sid.as_str())
-        }) {
+        match store.get(call_sid).filter(|c| c.call.provider == Provider::Twilio && c.account_sid.as_deref() == Some(sid.as_str())) {
             Some(c) => json(StatusCode::OK, call_json(c, now)),
-            None => twilio_error(
-                404,
-                20404,
-                &format!("The requested resource {} was not found", uri.path()),
-            ),
+            None => twilio_error(404, 20404, &format!("The requested resource {} was not found", uri.path())),
         }
     };
     rec.finish(resp.status().as_u16());
     resp
 }
 
-async fn list(
-    State(st): State<St>,
-    Path(sid): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Twilio, "GET", uri.path(), uri.query());
+async fn list(State(st): State<St>, Path(sid): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let rec = st.log.begin(Provider::Twilio, "GET", uri.path(), uri.query());
     let ok = auth_ok(&st, &headers, &sid);
     rec.update(|r| r.auth_ok = ok);
     let resp = if !ok {
@@ -515,12 +409,8 @@ async fn list(
         let from = get("From");
         let status = get("Status");
         // `StartTime>=X` arrives as key "StartTime>" with value "X".
-        let after = get("StartTime>")
-            .or_else(|| get("StartTime>="))
-            .and_then(parse_date_us);
-        let before = get("StartTime<")
-            .or_else(|| get("StartTime<="))
-            .and_then(parse_date_us);
+        let after = get("StartTime>").or_else(|| get("StartTime>=")).and_then(parse_date_us);
+        let before = get("StartTime<").or_else(|| get("StartTime<=")).and_then(parse_date_us);
         let on_day = get("StartTime").and_then(parse_date_us);
         let limit = page_size(&q, &["PageSize"], 50);
         let now = st.clock.now_us();
@@ -529,19 +419,12 @@ async fn list(
             .calls
             .iter()
             .rev()
-            .filter(|c| {
-                c.call.provider == Provider::Twilio
-                    && c.account_sid.as_deref() == Some(sid.as_str())
-            })
+            .filter(|c| c.call.provider == Provider::Twilio && c.account_sid.as_deref() == Some(sid.as_str()))
             .filter(|c| to.is_none_or(|t| c.call.to.as_deref() == Some(t)))
             .filter(|c| from.is_none_or(|f| c.call.from.as_deref() == Some(f)))
             .filter(|c| after.is_none_or(|a| c.call.created_at_us >= a))
             .filter(|c| before.is_none_or(|b| c.call.created_at_us <= b))
-            .filter(|c| {
-                on_day.is_none_or(|d| {
-                    c.call.created_at_us >= d && c.call.created_at_us < d + 86_400_000_000
-                })
-            })
+            .filter(|c| on_day.is_none_or(|d| c.call.created_at_us >= d && c.call.created_at_us < d + 86_400_000_000))
             .map(|c| call_json(c, now))
             .filter(|v| status.is_none_or(|s| v.get("status").and_then(Value::as_str) == Some(s)))
             .take(limit)

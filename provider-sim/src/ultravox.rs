@@ -55,14 +55,7 @@ pub(crate) fn outgoing(body: &Value) -> Option<(String, Option<String>)> {
 }
 
 /// Request fields that are not part of the `Call` object.
-const REQUEST_ONLY: &[&str] = &[
-    "templateContext",
-    "initialMessages",
-    "selectedTools",
-    "toolOverrides",
-    "sharedSecrets",
-    "dataConnection",
-];
+const REQUEST_ONLY: &[&str] = &["templateContext", "initialMessages", "selectedTools", "toolOverrides", "sharedSecrets", "dataConnection"];
 
 /// The Ultravox call object as of `now_us`.
 pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
@@ -74,64 +67,22 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let joined = call.joined_at_us.filter(|j| *j <= now_us);
     let ended = call.ended_at_us <= now_us;
     obj.insert("callId".into(), Value::String(call.call_id.clone()));
-    obj.insert(
-        "agentId".into(),
-        call.agent_id
-            .clone()
-            .map(Value::String)
-            .unwrap_or(Value::Null),
-    );
+    obj.insert("agentId".into(), call.agent_id.clone().map(Value::String).unwrap_or(Value::Null));
     obj.insert("created".into(), rfc3339(call.created_at_us));
     obj.insert("joined".into(), joined.map(rfc3339).unwrap_or(Value::Null));
-    obj.insert(
-        "ended".into(),
-        if ended {
-            rfc3339(call.ended_at_us)
-        } else {
-            Value::Null
-        },
-    );
-    obj.insert(
-        "endReason".into(),
-        if ended {
-            Value::String(call.end_reason.clone())
-        } else {
-            Value::Null
-        },
-    );
-    obj.insert(
-        "medium".into(),
-        c.body.get("medium").cloned().unwrap_or(Value::Null),
-    );
-    obj.insert(
-        "metadata".into(),
-        if call.metadata.is_null() {
-            json!({})
-        } else {
-            call.metadata.clone()
-        },
-    );
-    let settings = c
-        .body
-        .get("firstSpeakerSettings")
-        .cloned()
-        .unwrap_or_else(
-            || match c.body.get("firstSpeaker").and_then(Value::as_str) {
-                Some("FIRST_SPEAKER_USER") => json!({"user": {}}),
-                _ => json!({"agent": {}}),
-            },
-        );
-    let first = if settings.get("user").is_some() {
-        "FIRST_SPEAKER_USER"
-    } else {
-        "FIRST_SPEAKER_AGENT"
-    };
+    obj.insert("ended".into(), if ended { rfc3339(call.ended_at_us) } else { Value::Null });
+    obj.insert("endReason".into(), if ended { Value::String(call.end_reason.clone()) } else { Value::Null });
+    obj.insert("medium".into(), c.body.get("medium").cloned().unwrap_or(Value::Null));
+    obj.insert("metadata".into(), if call.metadata.is_null() { json!({}) } else { call.metadata.clone() });
+    let settings =
+        c.body.get("firstSpeakerSettings").cloned().unwrap_or_else(|| match c.body.get("firstSpeaker").and_then(Value::as_str) {
+            Some("FIRST_SPEAKER_USER") => json!({"user": {}}),
+            _ => json!({"agent": {}}),
+        });
+    let first = if settings.get("user").is_some() { "FIRST_SPEAKER_USER" } else { "FIRST_SPEAKER_AGENT" };
     obj.insert("firstSpeaker".into(), json!(first));
     obj.insert("firstSpeakerSettings".into(), settings);
-    obj.insert(
-        "joinUrl".into(),
-        Value::String(format!("wss://sim.invalid/calls/{}", call.call_id)),
-    );
+    obj.insert("joinUrl".into(), Value::String(format!("wss://sim.invalid/calls/{}", call.call_id)));
     obj.insert("errorCount".into(), json!(0));
     Value::Object(obj)
 }
@@ -143,9 +94,7 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Ultravox, "POST", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Ultravox, "POST", uri.path(), uri.query());
     let resp = create_inner(&st, &rec, &kill, &uri, &headers, body, None).await;
     rec.finish(resp.status().as_u16());
     resp
@@ -159,9 +108,7 @@ async fn create_agent_call(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Ultravox, "POST", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Ultravox, "POST", uri.path(), uri.query());
     let resp = create_inner(&st, &rec, &kill, &uri, &headers, body, Some(agent_id)).await;
     rec.finish(resp.status().as_u16());
     resp
@@ -188,16 +135,9 @@ async fn create_inner(
     // The real service only routes UUIDs; anything else is not found.
     if let Err(errs) = Contract::check_path("POST", uri.path()) {
         refuse(rec, &errs);
-        return detail(
-            StatusCode::NOT_FOUND,
-            &format!("Not found. {}", errs.join("; ")),
-        );
+        return detail(StatusCode::NOT_FOUND, &format!("Not found. {}", errs.join("; ")));
     }
-    let op = if agent_id.is_some() {
-        Operation::UltravoxStartAgentCall
-    } else {
-        Operation::UltravoxStartCall
-    };
+    let op = if agent_id.is_some() { Operation::UltravoxStartAgentCall } else { Operation::UltravoxStartCall };
     let body = match parsed {
         Ok(v) => v,
         Err(e) => {
@@ -212,8 +152,7 @@ async fn create_inner(
     }
     let Some((to, from)) = outgoing(&body) else {
         // The contract refuses such bodies; this only guards against a gap in it.
-        let msg =
-            "no phone call would be placed: medium.<carrier>.outgoing.to is required".to_string();
+        let msg = "no phone call would be placed: medium.<carrier>.outgoing.to is required".to_string();
         refuse(rec, std::slice::from_ref(&msg));
         return detail(StatusCode::BAD_REQUEST, &msg);
     };
@@ -224,36 +163,20 @@ async fn create_inner(
     });
     match gate(st, rec, kill, Provider::Ultravox, &to).await {
         Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
-            detail(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!(
-                    "Request was throttled. Expected available in {retry_after_secs} seconds."
-                ),
-            ),
+            detail(StatusCode::TOO_MANY_REQUESTS, &format!("Request was throttled. Expected available in {retry_after_secs} seconds.")),
             retry_after_secs,
         ),
-        Err(Fault::Capacity {
-            retry_after_secs,
-            message,
-        }) => with_retry_after(
+        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
             detail(
                 StatusCode::SERVICE_UNAVAILABLE,
-                message.as_deref().unwrap_or(
-                    "No capacity available for new calls right now (simulated). Retry later.",
-                ),
+                message.as_deref().unwrap_or("No capacity available for new calls right now (simulated). Retry later."),
             ),
             retry_after_secs,
         ),
-        Err(Fault::Error { status, message }) => detail(
-            status_code(status),
-            message
-                .as_deref()
-                .unwrap_or("Internal server error (simulated)"),
-        ),
-        Err(Fault::HangExpired) => detail(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Gateway timeout (simulated hang)",
-        ),
+        Err(Fault::Error { status, message }) => {
+            detail(status_code(status), message.as_deref().unwrap_or("Internal server error (simulated)"))
+        }
+        Err(Fault::HangExpired) => detail(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout (simulated hang)"),
         Ok((duration_ms, end_reason)) => {
             let id = uuid::Uuid::new_v4().to_string();
             st.create_call(
@@ -277,10 +200,7 @@ async fn create_inner(
             let store = lock(&st.calls);
             match store.get(&id) {
                 Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => detail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "call vanished (reset during create)",
-                ),
+                None => detail(StatusCode::INTERNAL_SERVER_ERROR, "call vanished (reset during create)"),
             }
         }
     }
@@ -297,11 +217,7 @@ fn schedule_webhooks(st: &St, call_id: String) {
         let times = {
             let store = lock(&st.calls);
             match store.get(&call_id) {
-                Some(c) => (
-                    c.call.created_at_us,
-                    c.call.joined_at_us,
-                    c.call.ended_at_us,
-                ),
+                Some(c) => (c.call.created_at_us, c.call.joined_at_us, c.call.ended_at_us),
                 None => return,
             }
         };
@@ -322,15 +238,10 @@ fn schedule_webhooks(st: &St, call_id: String) {
             };
             let (url, secret, stale) = {
                 let c = lock(&st.config);
-                (
-                    c.ultravox_webhook_url.clone(),
-                    c.ultravox_webhook_secret.clone(),
-                    c.ultravox_webhook_stale_signature,
-                )
+                (c.ultravox_webhook_url.clone(), c.ultravox_webhook_secret.clone(), c.ultravox_webhook_stale_signature)
             };
             let Some(url) = url else { continue };
-            let body =
-                serde_json::to_vec(&json!({ "event": event, "call": call })).unwrap_or_default();
+            let body = serde_json::to_vec(&json!({ "event": event, "call": call })).unwrap_or_default();
             let ts = naive_timestamp(st.clock.now_us());
             let mut headers = vec![("X-Ultravox-Webhook-Timestamp", ts.clone())];
             if let Some(secret) = secret {
@@ -361,15 +272,8 @@ fn schedule_webhooks(st: &St, call_id: String) {
     });
 }
 
-async fn get_call(
-    State(st): State<St>,
-    Path(call_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Ultravox, "GET", uri.path(), uri.query());
+async fn get_call(State(st): State<St>, Path(call_id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let rec = st.log.begin(Provider::Ultravox, "GET", uri.path(), uri.query());
     let ok = auth_ok(&st, &headers);
     rec.update(|r| r.auth_ok = ok);
     let resp = if !ok {
@@ -377,10 +281,7 @@ async fn get_call(
     } else {
         let now = st.clock.now_us();
         let store = lock(&st.calls);
-        match store
-            .get(&call_id)
-            .filter(|c| c.call.provider == Provider::Ultravox)
-        {
+        match store.get(&call_id).filter(|c| c.call.provider == Provider::Ultravox) {
             Some(c) => json(StatusCode::OK, call_json(c, now)),
             None => detail(StatusCode::NOT_FOUND, "Not found."),
         }
@@ -390,9 +291,7 @@ async fn get_call(
 }
 
 async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Ultravox, "GET", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Ultravox, "GET", uri.path(), uri.query());
     let ok = auth_ok(&st, &headers);
     rec.update(|r| r.auth_ok = ok);
     let resp = if !ok {
@@ -400,21 +299,10 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
     } else {
         let q = query_pairs(uri.query());
         let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let filters: Vec<(&str, &str)> = q
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("metadata.").map(|f| (f, v.as_str())))
-            .collect();
+        let filters: Vec<(&str, &str)> = q.iter().filter_map(|(k, v)| k.strip_prefix("metadata.").map(|f| (f, v.as_str()))).collect();
         let from_date = get("fromDate").and_then(parse_date_us);
         // A bare date as toDate includes that whole day.
-        let to_date = get("toDate").and_then(|s| {
-            parse_date_us(s).map(|t| {
-                if s.trim().len() == 10 {
-                    t + 86_400_000_000
-                } else {
-                    t
-                }
-            })
-        });
+        let to_date = get("toDate").and_then(|s| parse_date_us(s).map(|t| if s.trim().len() == 10 { t + 86_400_000_000 } else { t }));
         let limit = page_size(&q, &["pageSize", "page_size"], 100);
         let now = st.clock.now_us();
         let store = lock(&st.calls);
@@ -425,22 +313,11 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
             .filter(|c| c.call.provider == Provider::Ultravox)
             .filter(|c| from_date.is_none_or(|f| c.call.created_at_us >= f))
             .filter(|c| to_date.is_none_or(|t| c.call.created_at_us < t))
-            .filter(|c| {
-                filters
-                    .iter()
-                    .all(|(f, v)| metadata_field_matches(&c.call.metadata, f, v))
-            })
+            .filter(|c| filters.iter().all(|(f, v)| metadata_field_matches(&c.call.metadata, f, v)))
             .collect();
         let total = matching.len();
-        let results: Vec<Value> = matching
-            .into_iter()
-            .take(limit)
-            .map(|c| call_json(c, now))
-            .collect();
-        json(
-            StatusCode::OK,
-            json!({ "results": results, "next": null, "previous": null, "total": total }),
-        )
+        let results: Vec<Value> = matching.into_iter().take(limit).map(|c| call_json(c, now)).collect();
+        json(StatusCode::OK, json!({ "results": results, "next": null, "previous": null, "total": total }))
     };
     rec.finish(resp.status().as_u16());
     resp

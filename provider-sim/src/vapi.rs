@@ -20,17 +20,12 @@ use provider_contract::Operation;
 use serde_json::{json, Map, Value};
 
 pub(crate) fn routes() -> Router<St> {
-    Router::new()
-        .route("/call", post(create).get(list))
-        .route("/call/{id}", get(get_call))
+    Router::new().route("/call", post(create).get(list)).route("/call/{id}", get(get_call))
 }
 
 fn error(status: StatusCode, message: Value) -> Response {
     let name = status.canonical_reason().unwrap_or("Error");
-    json(
-        status,
-        json!({ "message": message, "error": name, "statusCode": status.as_u16() }),
-    )
+    json(status, json!({ "message": message, "error": name, "statusCode": status.as_u16() }))
 }
 
 fn unauthorized() -> Response {
@@ -65,27 +60,17 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
         "ended"
     } else if joined.is_some() {
         "in-progress"
-    } else if ringing
-        && !matches!(
-            call.end_reason.as_str(),
-            "failed" | "connection_error" | "canceled"
-        )
-    {
+    } else if ringing && !matches!(call.end_reason.as_str(), "failed" | "connection_error" | "canceled") {
         // Calls that fail to connect never ring.
         "ringing"
     } else {
         "queued"
     };
-    let last_change = [
-        Some(call.created_at_us),
-        ringing.then(|| call.ringing_at_us()),
-        joined,
-        ended.then_some(call.ended_at_us),
-    ]
-    .into_iter()
-    .flatten()
-    .max()
-    .unwrap_or(call.created_at_us);
+    let last_change = [Some(call.created_at_us), ringing.then(|| call.ringing_at_us()), joined, ended.then_some(call.ended_at_us)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(call.created_at_us);
     let mut o = Map::new();
     o.insert("id".into(), json!(call.call_id));
     o.insert("orgId".into(), json!("org-provider-sim"));
@@ -131,21 +116,13 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rec = st
-        .log
-        .begin(Provider::Vapi, "POST", uri.path(), uri.query());
+    let rec = st.log.begin(Provider::Vapi, "POST", uri.path(), uri.query());
     let resp = create_inner(&st, &rec, &kill, &headers, body).await;
     rec.finish(resp.status().as_u16());
     resp
 }
 
-async fn create_inner(
-    st: &St,
-    rec: &RecordGuard,
-    kill: &ConnKill,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let (logged, parsed) = parse_json_body(&body);
     let ok = bearer_ok(st, headers);
     rec.update(|r| {
@@ -166,47 +143,29 @@ async fn create_inner(
         refuse(rec, &errs);
         return error(StatusCode::BAD_REQUEST, json!(errs));
     }
-    let Some(to) = str_at(&body, "/customer/number").or_else(|| str_at(&body, "/customerId"))
-    else {
+    let Some(to) = str_at(&body, "/customer/number").or_else(|| str_at(&body, "/customerId")) else {
         let msg = "customer.number is required".to_string();
         refuse(rec, std::slice::from_ref(&msg));
         return error(StatusCode::BAD_REQUEST, json!([msg]));
     };
     let metadata = field_value(&body, "/assistantOverrides/metadata");
-    let agent_id = str_at(&body, "/assistantId")
-        .or_else(|| str_at(&body, "/squadId"))
-        .or_else(|| str_at(&body, "/workflowId"));
+    let agent_id = str_at(&body, "/assistantId").or_else(|| str_at(&body, "/squadId")).or_else(|| str_at(&body, "/workflowId"));
     rec.update(|r| {
         r.to = Some(to.clone());
         r.metadata = metadata.clone();
     });
     match gate(st, rec, kill, Provider::Vapi, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
-            error(StatusCode::TOO_MANY_REQUESTS, json!("Too Many Requests")),
+        Err(Fault::RateLimited { retry_after_secs }) => {
+            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, json!("Too Many Requests")), retry_after_secs)
+        }
+        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
+            error(StatusCode::SERVICE_UNAVAILABLE, json!(message.as_deref().unwrap_or("No capacity right now (simulated)"))),
             retry_after_secs,
         ),
-        Err(Fault::Capacity {
-            retry_after_secs,
-            message,
-        }) => with_retry_after(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!(message
-                    .as_deref()
-                    .unwrap_or("No capacity right now (simulated)")),
-            ),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => error(
-            status_code(status),
-            json!(message
-                .as_deref()
-                .unwrap_or("Internal server error (simulated)")),
-        ),
-        Err(Fault::HangExpired) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            json!("Gateway timeout (simulated hang)"),
-        ),
+        Err(Fault::Error { status, message }) => {
+            error(status_code(status), json!(message.as_deref().unwrap_or("Internal server error (simulated)")))
+        }
+        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, json!("Gateway timeout (simulated hang)")),
         Ok((duration_ms, end_reason)) => {
             let id = uuid::Uuid::new_v4().to_string();
             let from = str_at(&body, "/phoneNumber/number");
@@ -230,21 +189,13 @@ async fn create_inner(
             let store = lock(&st.calls);
             match store.get(&id) {
                 Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!("call vanished (reset during create)"),
-                ),
+                None => error(StatusCode::INTERNAL_SERVER_ERROR, json!("call vanished (reset during create)")),
             }
         }
     }
 }
 
-async fn get_call(
-    State(st): State<St>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn get_call(State(st): State<St>, Path(id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
     let rec = st.log.begin(Provider::Vapi, "GET", uri.path(), uri.query());
     let ok = bearer_ok(&st, &headers);
     rec.update(|r| r.auth_ok = ok);
@@ -274,12 +225,7 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
         let q = query_pairs(uri.query());
         let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let date = |name: &str| get(name).and_then(parse_date_us);
-        let (gt, ge, lt, le) = (
-            date("createdAtGt"),
-            date("createdAtGe"),
-            date("createdAtLt"),
-            date("createdAtLe"),
-        );
+        let (gt, ge, lt, le) = (date("createdAtGt"), date("createdAtGe"), date("createdAtLt"), date("createdAtLe"));
         let limit = page_size(&q, &["limit"], 100).min(1000);
         let now = st.clock.now_us();
         let store = lock(&st.calls);
@@ -289,20 +235,11 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
             .rev()
             .filter(|c| c.call.provider == Provider::Vapi)
             .filter(|c| get("id").is_none_or(|v| c.call.call_id == v))
-            .filter(|c| {
-                get("assistantId")
-                    .is_none_or(|v| c.body.get("assistantId").and_then(Value::as_str) == Some(v))
-            })
-            .filter(|c| {
-                get("phoneNumberId")
-                    .is_none_or(|v| c.body.get("phoneNumberId").and_then(Value::as_str) == Some(v))
-            })
+            .filter(|c| get("assistantId").is_none_or(|v| c.body.get("assistantId").and_then(Value::as_str) == Some(v)))
+            .filter(|c| get("phoneNumberId").is_none_or(|v| c.body.get("phoneNumberId").and_then(Value::as_str) == Some(v)))
             .filter(|c| {
                 let t = c.call.created_at_us;
-                gt.is_none_or(|x| t > x)
-                    && ge.is_none_or(|x| t >= x)
-                    && lt.is_none_or(|x| t < x)
-                    && le.is_none_or(|x| t <= x)
+                gt.is_none_or(|x| t > x) && ge.is_none_or(|x| t >= x) && lt.is_none_or(|x| t < x) && le.is_none_or(|x| t <= x)
             })
             .take(limit)
             .map(|c| call_json(c, now))

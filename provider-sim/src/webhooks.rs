@@ -68,11 +68,7 @@ impl WebhookLog {
     pub fn new(clock: Clock) -> WebhookLog {
         WebhookLog {
             clock,
-            inner: Mutex::new(Inner {
-                records: VecDeque::new(),
-                next_seq: 1,
-                counters: WebhookCounters::default(),
-            }),
+            inner: Mutex::new(Inner { records: VecDeque::new(), next_seq: 1, counters: WebhookCounters::default() }),
             // No redirects: a loopback receiver must not send us elsewhere.
             agent: ureq::AgentBuilder::new().redirects(0).build(),
         }
@@ -153,34 +149,21 @@ pub(crate) async fn deliver(st: &St, o: Outgoing) {
         body: String::from_utf8_lossy(&o.body).into_owned(),
     };
     if let Err(e) = check_loopback_url(&o.url) {
-        st.webhooks.push(
-            WebhookRecord {
-                error: Some(format!("not sent: {e}")),
-                ..record
-            },
-            true,
-        );
+        st.webhooks.push(WebhookRecord { error: Some(format!("not sent: {e}")), ..record }, true);
         return;
     }
     let seq = st.webhooks.push(record, false);
     let timeout = Duration::from_millis(st.config().webhook_timeout_ms.max(1));
     let agent = st.webhooks.agent.clone();
     let sent = tokio::task::spawn_blocking(move || {
-        let mut req = agent
-            .request(o.method, &o.url)
-            .timeout(timeout)
-            .set("User-Agent", "provider-sim-webhooks");
+        let mut req = agent.request(o.method, &o.url).timeout(timeout).set("User-Agent", "provider-sim-webhooks");
         if o.method == "POST" {
             req = req.set("Content-Type", o.content_type);
         }
         for (k, v) in &o.headers {
             req = req.set(k, v);
         }
-        let res = if o.method == "POST" {
-            req.send_bytes(&o.body)
-        } else {
-            req.call()
-        };
+        let res = if o.method == "POST" { req.send_bytes(&o.body) } else { req.call() };
         match res {
             Ok(r) => (Some(r.status()), None),
             Err(ureq::Error::Status(code, _)) => (Some(code), None),
@@ -202,8 +185,8 @@ pub(crate) async fn sleep_until_us(st: &St, at_us: i64) {
 
 /// `X-Ultravox-Webhook-Signature` entry: hex HMAC-SHA256(secret, body ++ timestamp).
 pub fn ultravox_signature(secret: &str, body: &[u8], timestamp: &str) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(body);
     mac.update(timestamp.as_bytes());
     hex::encode(mac.finalize().into_bytes())
@@ -212,17 +195,15 @@ pub fn ultravox_signature(secret: &str, body: &[u8], timestamp: &str) -> String 
 /// `X-Ultravox-Webhook-Timestamp`: naive ISO 8601 in UTC with microseconds and no offset
 /// (what Python's `datetime.now().isoformat()` prints), e.g. `2026-12-01T20:01:02.123456`.
 pub(crate) fn naive_timestamp(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|d| d.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string())
-        .unwrap_or_default()
+    chrono::DateTime::from_timestamp_micros(us).map(|d| d.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string()).unwrap_or_default()
 }
 
 /// `X-Twilio-Signature`: base64(HMAC-SHA1(auth_token, url ++ each key+value, sorted by key)).
 pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(url.as_bytes());
     for (k, v) in sorted {
         mac.update(k.as_bytes());
@@ -233,8 +214,7 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
 
 /// hex HMAC-SHA256 of the parts, one after the other.
 fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     for p in parts {
         mac.update(p);
     }
@@ -386,14 +366,7 @@ mod tests {
             p("From", "+14158675309"),
             p("To", "+18005551212"),
         ];
-        assert_eq!(
-            twilio_signature(
-                "12345",
-                "https://mycompany.com/myapp.php?foo=1&bar=2",
-                &params
-            ),
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        );
+        assert_eq!(twilio_signature("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &params), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
     }
 
     #[test]

@@ -14,9 +14,7 @@ struct Resp {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build()
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
 }
 
 fn finish(r: Result<ureq::Response, ureq::Error>) -> Result<Resp, ureq::Transport> {
@@ -29,19 +27,10 @@ fn finish(r: Result<ureq::Response, ureq::Error>) -> Result<Resp, ureq::Transpor
     let retry_after = resp.header("retry-after").map(str::to_string);
     let text = resp.into_string().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(Resp {
-        status,
-        retry_after,
-        body,
-    })
+    Ok(Resp { status, retry_after, body })
 }
 
-fn uv_post(
-    a: &ureq::Agent,
-    sim: &Simulator,
-    key: Option<&str>,
-    body: &Value,
-) -> Result<Resp, ureq::Transport> {
+fn uv_post(a: &ureq::Agent, sim: &Simulator, key: Option<&str>, body: &Value) -> Result<Resp, ureq::Transport> {
     let mut req = a.post(&format!("{}/api/calls", sim.base_url()));
     if let Some(k) = key {
         req = req.set("X-API-Key", k);
@@ -50,12 +39,7 @@ fn uv_post(
 }
 
 fn uv_get(a: &ureq::Agent, sim: &Simulator, path: &str) -> Resp {
-    finish(
-        a.get(&format!("{}{}", sim.base_url(), path))
-            .set("X-API-Key", KEY)
-            .call(),
-    )
-    .expect("transport")
+    finish(a.get(&format!("{}{}", sim.base_url(), path)).set("X-API-Key", KEY).call()).expect("transport")
 }
 
 /// A `StartCallRequest` the real API accepts: the medium says whom to dial.
@@ -71,14 +55,7 @@ fn uv_body(to: &str, idem: &str) -> Value {
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 
 fn keyed(config: SimConfig) -> Simulator {
-    Simulator::start(
-        SimConfig {
-            api_key: Some(KEY.into()),
-            ..config
-        },
-        0,
-    )
-    .expect("start simulator")
+    Simulator::start(SimConfig { api_key: Some(KEY.into()), ..config }, 0).expect("start simulator")
 }
 
 fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -87,21 +64,14 @@ fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 #[test]
 fn ultravox_create_get_and_end() {
-    let sim = keyed(SimConfig {
-        call_duration_ms_min: 200,
-        call_duration_ms_max: 200,
-        ..SimConfig::default()
-    });
+    let sim = keyed(SimConfig { call_duration_ms_min: 200, call_duration_ms_max: 200, ..SimConfig::default() });
     let a = agent();
     let r = uv_post(&a, &sim, Some(KEY), &uv_body("+15551230001", "k1")).unwrap();
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -129,10 +99,7 @@ fn ultravox_create_get_and_end() {
     assert!(!ended["joined"].is_null());
 
     assert_eq!(uv_get(&a, &sim, "/api/calls/no-such-call").status, 404);
-    assert_eq!(
-        uv_get(&a, &sim, "/api/calls/no-such-call").body,
-        json!({"detail": "Not found."})
-    );
+    assert_eq!(uv_get(&a, &sim, "/api/calls/no-such-call").body, json!({"detail": "Not found."}));
 
     let calls = sim.calls();
     assert_eq!(calls.len(), 1);
@@ -146,12 +113,9 @@ fn ultravox_create_get_and_end() {
 #[test]
 fn ultravox_outgoing_medium_rule_end_reason() {
     let sim = keyed(SimConfig::default());
-    sim.set_rules(vec![Rule::new("+15550000009")
-        .duration_ms(100)
-        .end_reason("unjoined")]);
+    sim.set_rules(vec![Rule::new("+15550000009").duration_ms(100).end_reason("unjoined")]);
     let a = agent();
-    let body =
-        json!({"medium": {"plivo": {"outgoing": {"to": "+15550000009", "from": "+15550000000"}}}});
+    let body = json!({"medium": {"plivo": {"outgoing": {"to": "+15550000009", "from": "+15550000000"}}}});
     let r = uv_post(&a, &sim, Some(KEY), &body).unwrap();
     assert_eq!(r.status, 201);
     let id = r.body["callId"].as_str().unwrap().to_string();
@@ -171,36 +135,14 @@ fn ultravox_auth_and_bad_requests() {
     let r = uv_post(&a, &sim, Some("wrong"), &uv_body("+15551230002", "k")).unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(r.body, json!({"detail": "Invalid API key"}));
-    assert_eq!(
-        uv_post(&a, &sim, None, &uv_body("+15551230002", "k"))
-            .unwrap()
-            .status,
-        401
-    );
-    let g = finish(
-        a.get(&format!("{}/api/calls/x", sim.base_url()))
-            .set("X-API-Key", "nope")
-            .call(),
-    )
-    .unwrap();
+    assert_eq!(uv_post(&a, &sim, None, &uv_body("+15551230002", "k")).unwrap().status, 401);
+    let g = finish(a.get(&format!("{}/api/calls/x", sim.base_url())).set("X-API-Key", "nope").call()).unwrap();
     assert_eq!(g.status, 401);
 
     // Malformed JSON, non-object, no destination: 400 with a JSON detail, never a panic.
     let url = format!("{}/api/calls", sim.base_url());
-    for bad in [
-        "{not json",
-        "[1,2]",
-        "{\"medium\":{}}",
-        "{\"medium\":{\"telnyx\":{\"outgoing\":{\"to\":5}}}}",
-        "",
-    ] {
-        let r = finish(
-            a.post(&url)
-                .set("X-API-Key", KEY)
-                .set("Content-Type", "application/json")
-                .send_string(bad),
-        )
-        .unwrap();
+    for bad in ["{not json", "[1,2]", "{\"medium\":{}}", "{\"medium\":{\"telnyx\":{\"outgoing\":{\"to\":5}}}}", ""] {
+        let r = finish(a.post(&url).set("X-API-Key", KEY).set("Content-Type", "application/json").send_string(bad)).unwrap();
         assert_eq!(r.status, 400, "body {bad:?} -> {:?}", r.body);
         assert!(r.body["detail"].is_string());
     }
@@ -219,19 +161,13 @@ fn ultravox_auth_and_bad_requests() {
 #[test]
 fn rate_limit_rule_once_then_created() {
     let sim = keyed(SimConfig::default());
-    sim.set_rules(vec![Rule::new("+15550000001")
-        .status(429)
-        .retry_after_secs(2)
-        .times(1)]);
+    sim.set_rules(vec![Rule::new("+15550000001").status(429).retry_after_secs(2).times(1)]);
     let a = agent();
     let r = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000001", "k")).unwrap();
     assert_eq!(r.status, 429);
     assert_eq!(r.retry_after.as_deref(), Some("2"));
     assert!(r.body["detail"].is_string());
-    assert!(
-        sim.calls().is_empty(),
-        "a rate-limited request creates no call"
-    );
+    assert!(sim.calls().is_empty(), "a rate-limited request creates no call");
     assert!(sim.config().rules.is_empty(), "rule consumed");
     let r = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000001", "k")).unwrap();
     assert_eq!(r.status, 201);
@@ -244,18 +180,12 @@ fn rate_limit_rule_once_then_created() {
 
 #[test]
 fn error_rate_one_gives_500() {
-    let sim = keyed(SimConfig {
-        error_rate: 1.0,
-        ..SimConfig::default()
-    });
+    let sim = keyed(SimConfig { error_rate: 1.0, ..SimConfig::default() });
     let a = agent();
     for _ in 0..3 {
         let r = uv_post(&a, &sim, Some(KEY), &uv_body("+15551230003", "k")).unwrap();
         assert_eq!(r.status, 500);
-        assert_eq!(
-            r.body,
-            json!({"detail": "Internal server error (simulated)"})
-        );
+        assert_eq!(r.body, json!({"detail": "Internal server error (simulated)"}));
     }
     assert!(sim.calls().is_empty());
     // A rule's message and status win over random faults.
@@ -263,12 +193,7 @@ fn error_rate_one_gives_500() {
     let r = uv_post(&a, &sim, Some(KEY), &uv_body("+15551230004", "k")).unwrap();
     assert_eq!((r.status, r.body["detail"].as_str()), (503, Some("boom")));
     sim.update(|c| c.error_rate = 0.0);
-    assert_eq!(
-        uv_post(&a, &sim, Some(KEY), &uv_body("+15551230003", "k"))
-            .unwrap()
-            .status,
-        201
-    );
+    assert_eq!(uv_post(&a, &sim, Some(KEY), &uv_body("+15551230003", "k")).unwrap().status, 201);
 }
 
 #[test]
@@ -276,49 +201,28 @@ fn drop_connection_is_a_transport_error() {
     let sim = keyed(SimConfig::default());
     sim.set_rules(vec![Rule::new("+15550000002").drop_connection().times(1)]);
     let a = agent();
-    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000002", "k"))
-        .err()
-        .expect("transport error");
-    assert!(
-        matches!(
-            err.kind(),
-            ureq::ErrorKind::Io | ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::BadStatus
-        ),
-        "{err}"
-    );
+    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000002", "k")).err().expect("transport error");
+    assert!(matches!(err.kind(), ureq::ErrorKind::Io | ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::BadStatus), "{err}");
     assert!(sim.calls().is_empty());
-    let rec = poll_until(Duration::from_secs(5), || {
-        sim.requests().pop().filter(|r| r.fault.is_some())
-    });
+    let rec = poll_until(Duration::from_secs(5), || sim.requests().pop().filter(|r| r.fault.is_some()));
     assert_eq!(rec.status, None);
     assert_eq!(rec.fault.as_deref(), Some("drop_connection"));
     // The server is fine afterwards.
-    assert_eq!(
-        uv_post(&agent(), &sim, Some(KEY), &uv_body("+15550000002", "k"))
-            .unwrap()
-            .status,
-        201
-    );
+    assert_eq!(uv_post(&agent(), &sim, Some(KEY), &uv_body("+15550000002", "k")).unwrap().status, 201);
 }
 
 #[test]
 fn hang_makes_the_client_time_out_and_shutdown_is_prompt() {
     let sim = keyed(SimConfig::default());
     sim.set_rules(vec![Rule::new("+15550000003").hang()]);
-    let a = ureq::AgentBuilder::new()
-        .timeout(Duration::from_millis(300))
-        .build();
+    let a = ureq::AgentBuilder::new().timeout(Duration::from_millis(300)).build();
     let t0 = Instant::now();
-    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000003", "k"))
-        .err()
-        .expect("timeout");
+    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000003", "k")).err().expect("timeout");
     assert!(t0.elapsed() >= Duration::from_millis(300), "{err}");
     assert!(sim.calls().is_empty());
     assert_eq!(sim.requests()[0].fault.as_deref(), Some("hang"));
     // The server notices the client went away and closes the record unanswered.
-    poll_until(Duration::from_secs(5), || {
-        (sim.stats().in_flight == 0).then_some(())
-    });
+    poll_until(Duration::from_secs(5), || (sim.stats().in_flight == 0).then_some(()));
     assert_eq!(sim.requests()[0].status, None);
     assert_eq!(sim.stats().unanswered, 1);
     let t1 = Instant::now();
@@ -328,18 +232,10 @@ fn hang_makes_the_client_time_out_and_shutdown_is_prompt() {
 
 #[test]
 fn latency_delays_posts() {
-    let sim = keyed(SimConfig {
-        latency_ms: 150,
-        ..SimConfig::default()
-    });
+    let sim = keyed(SimConfig { latency_ms: 150, ..SimConfig::default() });
     let a = agent();
     let t0 = Instant::now();
-    assert_eq!(
-        uv_post(&a, &sim, Some(KEY), &uv_body("+15551230005", "k"))
-            .unwrap()
-            .status,
-        201
-    );
+    assert_eq!(uv_post(&a, &sim, Some(KEY), &uv_body("+15551230005", "k")).unwrap().status, 201);
     assert!(t0.elapsed() >= Duration::from_millis(150));
     let rec = &sim.requests()[0];
     assert!(rec.answered_at_us.unwrap() - rec.received_at_us >= 150_000);
@@ -356,58 +252,36 @@ fn metadata_lookup_finds_the_call() {
     assert_eq!(found.body["total"], 1);
     assert_eq!(found.body["next"], Value::Null);
     assert_eq!(found.body["results"][0]["callId"], r2.body["callId"]);
-    let none = uv_get(
-        &a,
-        &sim,
-        "/api/calls?metadata.idempotency_key=idem-3&pageSize=10",
-    );
+    let none = uv_get(&a, &sim, "/api/calls?metadata.idempotency_key=idem-3&pageSize=10");
     assert_eq!(none.body["total"], 0);
     let both = uv_get(&a, &sim, "/api/calls?metadata.batch_id=b1&pageSize=1");
     assert_eq!(both.body["total"], 2);
     assert_eq!(both.body["results"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        both.body["results"][0]["callId"], r2.body["callId"],
-        "newest first"
-    );
+    assert_eq!(both.body["results"][0]["callId"], r2.body["callId"], "newest first");
     let _ = r1;
 }
 
 fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
 }
 
 #[test]
 fn twilio_form_post_and_status_progression() {
-    let sim = keyed(SimConfig {
-        call_duration_ms_min: 300,
-        call_duration_ms_max: 300,
-        ..SimConfig::default()
-    });
+    let sim = keyed(SimConfig { call_duration_ms_min: 300, call_duration_ms_max: 300, ..SimConfig::default() });
     let a = agent();
     let sid = SID;
     let url = format!("{}/2010-04-01/Accounts/{sid}/Calls.json", sim.base_url());
     let form = [
         ("To", "+15551230010"),
         ("From", "+15550001111"),
-        (
-            "Url",
-            "https://example.invalid/twiml?batch_id=b7&contact_id=c9",
-        ),
+        ("Url", "https://example.invalid/twiml?batch_id=b7&contact_id=c9"),
         ("StatusCallback", "https://example.invalid/cb"),
         ("StatusCallbackEvent", "initiated"),
         ("StatusCallbackEvent", "completed"),
         ("MachineDetection", "Enable"),
     ];
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &basic(sid, KEY))
-            .send_form(&form),
-    )
-    .unwrap();
+    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
     assert_eq!(r.status, 201, "{:?}", r.body);
     let call_sid = r.body["sid"].as_str().unwrap().to_string();
     assert!(call_sid.starts_with("CA") && call_sid.len() == 34);
@@ -417,37 +291,22 @@ fn twilio_form_post_and_status_progression() {
     assert_eq!(r.body["from"], "+15550001111");
     assert_eq!(r.body["account_sid"], sid);
     assert!(chrono::DateTime::parse_from_rfc2822(r.body["date_created"].as_str().unwrap()).is_ok());
-    assert_eq!(
-        r.body["start_time"],
-        Value::Null,
-        "no start_time while queued"
-    );
+    assert_eq!(r.body["start_time"], Value::Null, "no start_time while queued");
     assert_eq!(r.body["answered_by"], Value::Null);
 
     let rec = &sim.requests()[0];
     assert_eq!(rec.provider, Provider::Twilio);
     assert_eq!(rec.to.as_deref(), Some("+15551230010"));
     assert_eq!(rec.body["From"], "+15550001111");
-    assert_eq!(
-        rec.body["StatusCallbackEvent"],
-        json!(["initiated", "completed"])
-    );
+    assert_eq!(rec.body["StatusCallbackEvent"], json!(["initiated", "completed"]));
     assert_eq!(rec.metadata["batch_id"], "b7");
     assert!(rec.auth_ok);
     assert_eq!(rec.call_id.as_deref(), Some(call_sid.as_str()));
 
-    let get_url = format!(
-        "{}/2010-04-01/Accounts/{sid}/Calls/{call_sid}.json",
-        sim.base_url()
-    );
+    let get_url = format!("{}/2010-04-01/Accounts/{sid}/Calls/{call_sid}.json", sim.base_url());
     let mut seen = Vec::new();
     let done = poll_until(Duration::from_secs(5), || {
-        let g = finish(
-            a.get(&get_url)
-                .set("Authorization", &basic(sid, KEY))
-                .call(),
-        )
-        .unwrap();
+        let g = finish(a.get(&get_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
         assert_eq!(g.status, 200);
         let st = g.body["status"].as_str().unwrap().to_string();
         if seen.last() != Some(&st) {
@@ -459,31 +318,17 @@ fn twilio_form_post_and_status_progression() {
     assert_eq!(done["answered_by"], "human");
     assert!(done["start_time"].is_string() && done["end_time"].is_string());
     for s in &seen {
-        assert!(
-            ["queued", "ringing", "in-progress", "completed"].contains(&s.as_str()),
-            "{seen:?}"
-        );
+        assert!(["queued", "ringing", "in-progress", "completed"].contains(&s.as_str()), "{seen:?}");
     }
 
-    let list_url = format!(
-        "{}/2010-04-01/Accounts/{sid}/Calls.json?To=%2B15551230010&StartTime>=2000-01-01",
-        sim.base_url()
-    );
-    let l = finish(
-        a.get(&list_url)
-            .set("Authorization", &basic(sid, KEY))
-            .call(),
-    )
-    .unwrap();
+    let list_url = format!("{}/2010-04-01/Accounts/{sid}/Calls.json?To=%2B15551230010&StartTime>=2000-01-01", sim.base_url());
+    let l = finish(a.get(&list_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
     assert_eq!(l.body["calls"].as_array().unwrap().len(), 1);
     // `To=` alone is enough; the client filters by date_created itself.
     let l = finish(
-        a.get(&format!(
-            "{}/2010-04-01/Accounts/{sid}/Calls.json?To=%2B15551230010",
-            sim.base_url()
-        ))
-        .set("Authorization", &basic(sid, KEY))
-        .call(),
+        a.get(&format!("{}/2010-04-01/Accounts/{sid}/Calls.json?To=%2B15551230010", sim.base_url()))
+            .set("Authorization", &basic(sid, KEY))
+            .call(),
     )
     .unwrap();
     assert_eq!(l.body["calls"][0]["sid"], call_sid.as_str());
@@ -493,20 +338,12 @@ fn twilio_form_post_and_status_progression() {
         let h = sim.webhooks();
         (h.len() == 2).then_some(h)
     });
-    assert!(hooks
-        .iter()
-        .all(|h| h.status.is_none() && h.error.as_deref().is_some_and(|e| e.contains("loopback"))));
+    assert!(hooks.iter().all(|h| h.status.is_none() && h.error.as_deref().is_some_and(|e| e.contains("loopback"))));
     assert_eq!(sim.stats().webhooks_skipped, 2);
     assert_eq!(sim.stats().webhooks_sent, 0);
-    let l = finish(
-        a.get(&format!(
-            "{}&Bogus=1",
-            list_url.replace("15551230010", "19999999999")
-        ))
-        .set("Authorization", &basic(sid, KEY))
-        .call(),
-    )
-    .unwrap();
+    let l =
+        finish(a.get(&format!("{}&Bogus=1", list_url.replace("15551230010", "19999999999"))).set("Authorization", &basic(sid, KEY)).call())
+            .unwrap();
     assert_eq!(l.body["calls"].as_array().unwrap().len(), 0);
 }
 
@@ -516,177 +353,75 @@ fn twilio_errors() {
     let a = agent();
     let sid = SID;
     let url = format!("{}/2010-04-01/Accounts/{sid}/Calls.json", sim.base_url());
-    let form = [
-        ("To", "+15551230011"),
-        ("From", "+15550001111"),
-        ("Twiml", "<Response/>"),
-    ];
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &basic(sid, "wrong"))
-            .send_form(&form),
-    )
-    .unwrap();
+    let form = [("To", "+15551230011"), ("From", "+15550001111"), ("Twiml", "<Response/>")];
+    let r = finish(a.post(&url).set("Authorization", &basic(sid, "wrong")).send_form(&form)).unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(r.body["code"], 20003);
     assert_eq!(r.body["status"], 401);
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &basic("AC2", KEY))
-            .send_form(&form),
-    )
-    .unwrap();
+    let r = finish(a.post(&url).set("Authorization", &basic("AC2", KEY)).send_form(&form)).unwrap();
     assert_eq!(r.status, 401, "user must match the path AccountSid");
     // An AccountSid that cannot exist is not found (and named).
     let bad = "AC1";
     let r = finish(
-        a.post(&format!(
-            "{}/2010-04-01/Accounts/{bad}/Calls.json",
-            sim.base_url()
-        ))
-        .set("Authorization", &basic(bad, KEY))
-        .send_form(&form),
+        a.post(&format!("{}/2010-04-01/Accounts/{bad}/Calls.json", sim.base_url())).set("Authorization", &basic(bad, KEY)).send_form(&form),
     )
     .unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (404, Some(20404)));
-    assert!(
-        r.body["message"].as_str().unwrap().contains("AccountSid"),
-        "{:?}",
-        r.body
-    );
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &basic(sid, KEY))
-            .send_form(&form[..2]),
-    )
-    .unwrap();
+    assert!(r.body["message"].as_str().unwrap().contains("AccountSid"), "{:?}", r.body);
+    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form[..2])).unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (400, Some(21201)));
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &basic(sid, KEY))
-            .send_form(&form[1..]),
-    )
-    .unwrap();
+    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form[1..])).unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (400, Some(21201)));
-    sim.set_rules(vec![Rule::new("+15551230011")
-        .status(429)
-        .retry_after_secs(3)
-        .times(1)]);
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &basic(sid, KEY))
-            .send_form(&form),
-    )
-    .unwrap();
+    sim.set_rules(vec![Rule::new("+15551230011").status(429).retry_after_secs(3).times(1)]);
+    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (429, Some(20429)));
     assert_eq!(r.retry_after.as_deref(), Some("3"));
-    sim.set_rules(vec![Rule::new("+15551230011")
-        .duration_ms(50)
-        .end_reason("busy")]);
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &basic(sid, KEY))
-            .send_form(&form),
-    )
-    .unwrap();
+    sim.set_rules(vec![Rule::new("+15551230011").duration_ms(50).end_reason("busy")]);
+    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
     assert_eq!(r.status, 201);
-    let get_url = format!(
-        "{}/2010-04-01/Accounts/{sid}/Calls/{}.json",
-        sim.base_url(),
-        r.body["sid"].as_str().unwrap()
-    );
+    let get_url = format!("{}/2010-04-01/Accounts/{sid}/Calls/{}.json", sim.base_url(), r.body["sid"].as_str().unwrap());
     let st = poll_until(Duration::from_secs(5), || {
-        let g = finish(
-            a.get(&get_url)
-                .set("Authorization", &basic(sid, KEY))
-                .call(),
-        )
-        .unwrap();
+        let g = finish(a.get(&get_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
         let s = g.body["status"].as_str().unwrap().to_string();
         (s != "queued" && s != "ringing").then_some(s)
     });
     assert_eq!(st, "busy");
-    let g = finish(
-        a.get(&get_url.replace("/Calls/CA", "/Calls/CAx"))
-            .set("Authorization", &basic(sid, KEY))
-            .call(),
-    )
-    .unwrap();
+    let g = finish(a.get(&get_url.replace("/Calls/CA", "/Calls/CAx")).set("Authorization", &basic(sid, KEY)).call()).unwrap();
     assert_eq!((g.status, g.body["code"].as_i64()), (404, Some(20404)));
 }
 
 #[test]
 fn generic_create_get_list() {
-    let sim = keyed(SimConfig {
-        call_duration_ms_min: 100,
-        call_duration_ms_max: 150,
-        ..SimConfig::default()
-    });
+    let sim = keyed(SimConfig { call_duration_ms_min: 100, call_duration_ms_max: 150, ..SimConfig::default() });
     let a = agent();
     let url = format!("{}/voiceapi/v1/calls", sim.base_url());
     let bearer = format!("Bearer {KEY}");
     let body = json!({"phone_number": "+15551230020", "lead_ref": "L1", "variables": {"x": 1},
                       "metadata": {"idempotency_key": "g-1", "batch_id": "b9"}});
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", "Bearer nope")
-            .send_json(&body),
-    )
-    .unwrap();
+    let r = finish(a.post(&url).set("Authorization", "Bearer nope").send_json(&body)).unwrap();
     assert_eq!(r.status, 401);
     let r = finish(a.post(&url).send_json(&body)).unwrap();
     assert_eq!(r.status, 401);
-    let r = finish(
-        a.post(&url)
-            .set("Authorization", &bearer)
-            .send_json(json!({"lead_ref": "x"})),
-    )
-    .unwrap();
+    let r = finish(a.post(&url).set("Authorization", &bearer).send_json(json!({"lead_ref": "x"}))).unwrap();
     assert_eq!(r.status, 400);
     let r = finish(a.post(&url).set("Authorization", &bearer).send_json(&body)).unwrap();
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["status"], "queued");
     let id = r.body["id"].as_str().unwrap().to_string();
     let done = poll_until(Duration::from_secs(5), || {
-        let g = finish(
-            a.get(&format!("{url}/{id}"))
-                .set("Authorization", &bearer)
-                .call(),
-        )
-        .unwrap();
+        let g = finish(a.get(&format!("{url}/{id}")).set("Authorization", &bearer).call()).unwrap();
         assert_eq!(g.status, 200);
         (g.body["status"] == "completed").then_some(g.body)
     });
     assert_eq!(done["end_reason"], "hangup");
     assert_eq!(done["metadata"]["idempotency_key"], "g-1");
-    let l = finish(
-        a.get(&format!("{url}?idempotency_key=g-1"))
-            .set("Authorization", &bearer)
-            .call(),
-    )
-    .unwrap();
+    let l = finish(a.get(&format!("{url}?idempotency_key=g-1")).set("Authorization", &bearer).call()).unwrap();
     assert_eq!(l.body["calls"][0]["id"], id.as_str());
-    let l = finish(
-        a.get(&format!("{url}?idempotency_key=zzz"))
-            .set("Authorization", &bearer)
-            .call(),
-    )
-    .unwrap();
+    let l = finish(a.get(&format!("{url}?idempotency_key=zzz")).set("Authorization", &bearer).call()).unwrap();
     assert_eq!(l.body["calls"], json!([]));
-    let g = finish(
-        a.get(&format!("{url}/nope"))
-            .set("Authorization", &bearer)
-            .call(),
-    )
-    .unwrap();
+    let g = finish(a.get(&format!("{url}/nope")).set("Authorization", &bearer).call()).unwrap();
     assert_eq!(g.status, 404);
-    assert_eq!(
-        sim.requests()
-            .iter()
-            .filter(|r| r.provider == Provider::Generic)
-            .count(),
-        sim.requests().len()
-    );
+    assert_eq!(sim.requests().iter().filter(|r| r.provider == Provider::Generic).count(), sim.requests().len());
 }
 
 #[test]
@@ -695,10 +430,7 @@ fn log_never_contains_the_key_and_is_monotonic() {
     std::fs::create_dir_all(&dir).unwrap();
     let log_path = dir.join("requests.jsonl");
     let _ = std::fs::remove_file(&log_path);
-    let sim = keyed(SimConfig {
-        log_file: Some(log_path.clone()),
-        ..SimConfig::default()
-    });
+    let sim = keyed(SimConfig { log_file: Some(log_path.clone()), ..SimConfig::default() });
     let base = sim.base_url();
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -709,20 +441,13 @@ fn log_never_contains_the_key_and_is_monotonic() {
                     let to = format!("+1555{t}{i:04}");
                     match i % 3 {
                         0 => {
-                            let _ = a
-                                .post(&format!("{base}/api/calls"))
-                                .set("X-API-Key", KEY)
-                                .send_json(uv_body(&to, "k"));
+                            let _ = a.post(&format!("{base}/api/calls")).set("X-API-Key", KEY).send_json(uv_body(&to, "k"));
                         }
                         1 => {
                             let _ = a
                                 .post(&format!("{base}/2010-04-01/Accounts/{SID}/Calls.json"))
                                 .set("Authorization", &basic(SID, KEY))
-                                .send_form(&[
-                                    ("To", to.as_str()),
-                                    ("From", "+1"),
-                                    ("Url", "http://x.invalid/"),
-                                ]);
+                                .send_form(&[("To", to.as_str()), ("From", "+1"), ("Url", "http://x.invalid/")]);
                         }
                         _ => {
                             let _ = a
@@ -743,20 +468,12 @@ fn log_never_contains_the_key_and_is_monotonic() {
     assert!(log.iter().all(|r| r.status == Some(201) && r.auth_ok));
     for w in log.windows(2) {
         assert_eq!(w[1].seq, w[0].seq + 1);
-        assert!(
-            w[1].received_at_us >= w[0].received_at_us,
-            "{:?} then {:?}",
-            w[0],
-            w[1]
-        );
+        assert!(w[1].received_at_us >= w[0].received_at_us, "{:?} then {:?}", w[0], w[1]);
     }
     let text = serde_json::to_string(&log).unwrap();
     let b64 = basic(SID, KEY);
     assert!(!text.contains(KEY) && !text.contains(&b64[6..]) && !text.contains("Bearer"));
-    assert_eq!(
-        sim.stats().max_active_calls as usize,
-        max_concurrent_calls(&sim.calls())
-    );
+    assert_eq!(sim.stats().max_active_calls as usize, max_concurrent_calls(&sim.calls()));
     sim.shutdown();
     let file = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(file.lines().count(), 100);
@@ -773,12 +490,9 @@ fn control_api_over_http() {
     let sim = Simulator::start(SimConfig::default(), 0).unwrap();
     let c = SimClient::new(sim.base_url());
     c.wait_ready(Duration::from_secs(5)).unwrap();
-    c.set_rules(vec![Rule::new("+15550000005")
-        .status(500)
-        .message("boom")
-        .times(2)])
-        .unwrap();
-    let cfg = c.update_config(json!({"latency_ms": 5, "api_key": "k2", "call_duration_ms_min": 1000, "call_duration_ms_max": 1000})).unwrap();
+    c.set_rules(vec![Rule::new("+15550000005").status(500).message("boom").times(2)]).unwrap();
+    let cfg =
+        c.update_config(json!({"latency_ms": 5, "api_key": "k2", "call_duration_ms_min": 1000, "call_duration_ms_max": 1000})).unwrap();
     assert_eq!(cfg["latency_ms"], 5);
     assert_eq!(cfg["api_key_set"], true);
     assert!(cfg.get("api_key").is_none());
@@ -788,12 +502,7 @@ fn control_api_over_http() {
 
     let a = agent();
     let post = |to: &str, idem: &str| {
-        finish(
-            a.post(&format!("{}/api/calls", sim.base_url()))
-                .set("X-API-Key", "k2")
-                .send_json(uv_body(to, idem)),
-        )
-        .unwrap()
+        finish(a.post(&format!("{}/api/calls", sim.base_url())).set("X-API-Key", "k2").send_json(uv_body(to, idem))).unwrap()
     };
     let r = post("+15550000005", "a");
     assert_eq!((r.status, r.body["detail"].as_str()), (500, Some("boom")));
@@ -832,10 +541,7 @@ async fn start_and_drop_inside_an_async_runtime() {
     let sim = Simulator::start(SimConfig::default(), 0).unwrap();
     let base = sim.base_url();
     let status = tokio::task::spawn_blocking(move || {
-        agent()
-            .post(&format!("{base}/voiceapi/v1/calls"))
-            .send_json(json!({"phone_number": "+1555"}))
-            .map(|r| r.status())
+        agent().post(&format!("{base}/voiceapi/v1/calls")).send_json(json!({"phone_number": "+1555"})).map(|r| r.status())
     })
     .await
     .unwrap()

@@ -48,15 +48,10 @@ fn uv_sim(rx: &Receiver, extra: impl FnOnce(&mut SimConfig)) -> Simulator {
 }
 
 fn uv_create(sim: &Simulator, to: &str) -> Value {
-    let r = finish(
-        agent()
-            .post(&format!("{}/api/agents/{AGENT}/calls", sim.base_url()))
-            .set("X-API-Key", KEY)
-            .send_json(json!({
-                "medium": {"twilio": {"outgoing": {"to": to, "from": "+15550000000"}}},
-                "metadata": {"batch_id": "b1"}
-            })),
-    );
+    let r = finish(agent().post(&format!("{}/api/agents/{AGENT}/calls", sim.base_url())).set("X-API-Key", KEY).send_json(json!({
+        "medium": {"twilio": {"outgoing": {"to": to, "from": "+15550000000"}}},
+        "metadata": {"batch_id": "b1"}
+    })));
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.body
 }
@@ -68,31 +63,19 @@ fn ultravox_webhooks_are_signed_over_body_and_naive_timestamp() {
     let call = uv_create(&sim, "+15551230101");
     let id = call["callId"].as_str().unwrap();
     let got = rx.wait_for(3, Duration::from_secs(5));
-    let events: Vec<String> = got
-        .iter()
-        .map(|r| r.json()["event"].as_str().unwrap().to_string())
-        .collect();
+    let events: Vec<String> = got.iter().map(|r| r.json()["event"].as_str().unwrap().to_string()).collect();
     assert_eq!(events, ["call.started", "call.joined", "call.ended"]);
     for r in &got {
         assert_eq!(r.method, "POST");
         assert_eq!(r.target, "/hooks/ultravox?src=sim");
         assert_eq!(r.header("content-type"), Some("application/json"));
-        let ts = r
-            .header("x-ultravox-webhook-timestamp")
-            .expect("timestamp header");
+        let ts = r.header("x-ultravox-webhook-timestamp").expect("timestamp header");
         // Naive ISO 8601 with microseconds: no offset, no "Z".
-        assert!(
-            !ts.ends_with('Z') && !ts.contains('+') && ts.len() == 26,
-            "{ts}"
-        );
+        assert!(!ts.ends_with('Z') && !ts.contains('+') && ts.len() == 26, "{ts}");
         let parsed = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%S%.6f").expect(ts);
-        let skew = (chrono::Utc::now().naive_utc() - parsed)
-            .num_seconds()
-            .abs();
+        let skew = (chrono::Utc::now().naive_utc() - parsed).num_seconds().abs();
         assert!(skew < 30, "timestamp is UTC now: {ts}");
-        let sig = r
-            .header("x-ultravox-webhook-signature")
-            .expect("signature header");
+        let sig = r.header("x-ultravox-webhook-signature").expect("signature header");
         assert_eq!(sig, hmac_sha256_hex(SECRET, &[&r.body, ts.as_bytes()]));
         assert_eq!(r.json()["call"]["callId"], id);
     }
@@ -110,9 +93,7 @@ fn ultravox_webhooks_are_signed_over_body_and_naive_timestamp() {
         let h = sim.webhooks();
         (h.len() == 3 && h.iter().all(|w| w.status.is_some())).then_some(h)
     });
-    assert!(hooks
-        .iter()
-        .all(|h| h.status == Some(200) && h.error.is_none() && h.call_id == id));
+    assert!(hooks.iter().all(|h| h.status == Some(200) && h.error.is_none() && h.call_id == id));
     assert_eq!(hooks[0].event, "call.started");
     let st = sim.stats();
     assert_eq!((st.webhooks_sent, st.webhooks_failed), (3, 0));
@@ -136,11 +117,7 @@ fn stale_signature_comes_first_and_does_not_verify() {
     let got = rx.wait_for(3, Duration::from_secs(5));
     for r in got {
         let ts = r.header("x-ultravox-webhook-timestamp").unwrap();
-        let sigs: Vec<&str> = r
-            .header("x-ultravox-webhook-signature")
-            .unwrap()
-            .split(',')
-            .collect();
+        let sigs: Vec<&str> = r.header("x-ultravox-webhook-signature").unwrap().split(',').collect();
         let want = hmac_sha256_hex(SECRET, &[&r.body, ts.as_bytes()]);
         assert_eq!(sigs.len(), 2);
         assert_ne!(sigs[0], want);
@@ -155,17 +132,11 @@ fn unanswered_call_has_no_joined_event_and_failures_are_counted() {
         c.call_duration_ms_min = 100;
         c.call_duration_ms_max = 100;
     });
-    sim.set_rules(vec![
-        provider_sim::Rule::new("+15551230103").end_reason("unjoined")
-    ]);
+    sim.set_rules(vec![provider_sim::Rule::new("+15551230103").end_reason("unjoined")]);
     uv_create(&sim, "+15551230103");
     let got = rx.wait_for(2, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(100));
-    let events: Vec<String> = rx
-        .received()
-        .iter()
-        .map(|r| r.json()["event"].as_str().unwrap().to_string())
-        .collect();
+    let events: Vec<String> = rx.received().iter().map(|r| r.json()["event"].as_str().unwrap().to_string()).collect();
     assert_eq!(events, ["call.started", "call.ended"]);
     assert_eq!(got[1].json()["call"]["endReason"], "unjoined");
     let st = poll_until(Duration::from_secs(5), || {
@@ -181,8 +152,7 @@ fn unanswered_call_has_no_joined_event_and_failures_are_counted() {
         l.local_addr().unwrap().port()
     };
     sim.reset();
-    sim.try_update(|c| c.ultravox_webhook_url = Some(format!("http://127.0.0.1:{dead}/gone")))
-        .unwrap();
+    sim.try_update(|c| c.ultravox_webhook_url = Some(format!("http://127.0.0.1:{dead}/gone"))).unwrap();
     uv_create(&sim, "+15551230104");
     let hooks = poll_until(Duration::from_secs(5), || {
         let h = sim.webhooks();
@@ -194,32 +164,15 @@ fn unanswered_call_has_no_joined_event_and_failures_are_counted() {
 
 #[test]
 fn only_loopback_webhook_targets_are_accepted() {
-    let e = Simulator::start(
-        SimConfig {
-            ultravox_webhook_url: Some("http://192.168.1.10/hooks".into()),
-            ..SimConfig::default()
-        },
-        0,
-    )
-    .unwrap_err();
+    let e = Simulator::start(SimConfig { ultravox_webhook_url: Some("http://192.168.1.10/hooks".into()), ..SimConfig::default() }, 0)
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     let sim = Simulator::start(SimConfig::default(), 0).unwrap();
     let c = SimClient::new(sim.base_url());
-    let err = c
-        .update_config(json!({"ultravox_webhook_url": "https://example.com/hooks"}))
-        .unwrap_err();
-    assert!(
-        err.0.contains("loopback") || err.0.contains("http://"),
-        "{err}"
-    );
-    assert!(sim
-        .try_update(|c| c.ultravox_webhook_url = Some("http://10.1.2.3/".into()))
-        .is_err());
-    let cfg = c
-        .update_config(
-            json!({"ultravox_webhook_url": "http://localhost:9/x", "ultravox_webhook_secret": "s"}),
-        )
-        .unwrap();
+    let err = c.update_config(json!({"ultravox_webhook_url": "https://example.com/hooks"})).unwrap_err();
+    assert!(err.0.contains("loopback") || err.0.contains("http://"), "{err}");
+    assert!(sim.try_update(|c| c.ultravox_webhook_url = Some("http://10.1.2.3/".into())).is_err());
+    let cfg = c.update_config(json!({"ultravox_webhook_url": "http://localhost:9/x", "ultravox_webhook_secret": "s"})).unwrap();
     assert_eq!(cfg["ultravox_webhook_url"], "http://localhost:9/x");
 }
 
@@ -227,24 +180,14 @@ fn only_loopback_webhook_targets_are_accepted() {
 fn twilio_status_callbacks_are_signed_and_sequenced() {
     let rx = Receiver::start(204);
     let sim = Simulator::start(
-        SimConfig {
-            api_key: Some(KEY.into()),
-            call_duration_ms_min: 400,
-            call_duration_ms_max: 400,
-            ..SimConfig::default()
-        },
+        SimConfig { api_key: Some(KEY.into()), call_duration_ms_min: 400, call_duration_ms_max: 400, ..SimConfig::default() },
         0,
     )
     .unwrap();
     let cb = rx.url("/twilio/status?batch_id=b7&contact_id=c9");
     let r = finish(
-        agent()
-            .post(&format!(
-                "{}/2010-04-01/Accounts/{SID}/Calls.json",
-                sim.base_url()
-            ))
-            .set("Authorization", &basic(SID, KEY))
-            .send_form(&[
+        agent().post(&format!("{}/2010-04-01/Accounts/{SID}/Calls.json", sim.base_url())).set("Authorization", &basic(SID, KEY)).send_form(
+            &[
                 ("To", "+15551230110"),
                 ("From", "+15550000000"),
                 ("Url", "http://127.0.0.1:9/twiml"),
@@ -253,7 +196,8 @@ fn twilio_status_callbacks_are_signed_and_sequenced() {
                 ("StatusCallbackEvent", "answered"),
                 ("StatusCallbackEvent", "completed"),
                 ("MachineDetection", "Enable"),
-            ]),
+            ],
+        ),
     );
     assert_eq!(r.status, 201, "{:?}", r.body);
     let sid = r.body["sid"].as_str().unwrap().to_string();
@@ -263,10 +207,7 @@ fn twilio_status_callbacks_are_signed_and_sequenced() {
     for (i, req) in got.iter().enumerate() {
         assert_eq!(req.method, "POST");
         assert_eq!(req.target, "/twilio/status?batch_id=b7&contact_id=c9");
-        assert_eq!(
-            req.header("content-type"),
-            Some("application/x-www-form-urlencoded")
-        );
+        assert_eq!(req.header("content-type"), Some("application/x-www-form-urlencoded"));
         let params = req.form();
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(
@@ -276,10 +217,7 @@ fn twilio_status_callbacks_are_signed_and_sequenced() {
         );
         assert_eq!(get("CallSid"), Some(sid.as_str()));
         assert_eq!(get("AccountSid"), Some(SID));
-        assert_eq!(
-            (get("From"), get("To")),
-            (Some("+15550000000"), Some("+15551230110"))
-        );
+        assert_eq!((get("From"), get("To")), (Some("+15550000000"), Some("+15551230110")));
         assert_eq!(get("ApiVersion"), Some("2010-04-01"));
         assert_eq!(get("Direction"), Some("outbound-api"));
         assert_eq!(get("CallbackSource"), Some("call-progress-events"));
@@ -292,10 +230,7 @@ fn twilio_status_callbacks_are_signed_and_sequenced() {
         }
         assert_eq!(get("CallDuration").is_some(), i == 3);
     }
-    assert_eq!(
-        statuses,
-        ["initiated", "ringing", "in-progress", "completed"]
-    );
+    assert_eq!(statuses, ["initiated", "ringing", "in-progress", "completed"]);
     let hooks = poll_until(Duration::from_secs(5), || {
         let h = sim.webhooks();
         (h.len() == 4 && h.iter().all(|w| w.status.is_some())).then_some(h)
@@ -303,55 +238,28 @@ fn twilio_status_callbacks_are_signed_and_sequenced() {
     let events: Vec<&str> = hooks.iter().map(|h| h.event.as_str()).collect();
     assert_eq!(events, ["initiated", "ringing", "answered", "completed"]);
     assert!(hooks.iter().all(|h| h.status == Some(204)));
-    assert_eq!(
-        (sim.stats().webhooks_sent, sim.stats().webhooks_failed),
-        (4, 0)
-    );
+    assert_eq!((sim.stats().webhooks_sent, sim.stats().webhooks_failed), (4, 0));
 }
 
 #[test]
 fn twilio_default_is_completed_only() {
     let rx = Receiver::start(200);
-    let sim = Simulator::start(
-        SimConfig {
-            call_duration_ms_min: 150,
-            call_duration_ms_max: 150,
-            ..SimConfig::default()
-        },
-        0,
-    )
-    .unwrap();
-    sim.set_rules(vec![
-        provider_sim::Rule::new("+15551230111").end_reason("busy")
-    ]);
+    let sim = Simulator::start(SimConfig { call_duration_ms_min: 150, call_duration_ms_max: 150, ..SimConfig::default() }, 0).unwrap();
+    sim.set_rules(vec![provider_sim::Rule::new("+15551230111").end_reason("busy")]);
     let cb = rx.url("/cb");
     let r = finish(
         agent()
-            .post(&format!(
-                "{}/2010-04-01/Accounts/{SID}/Calls.json",
-                sim.base_url()
-            ))
+            .post(&format!("{}/2010-04-01/Accounts/{SID}/Calls.json", sim.base_url()))
             .set("Authorization", &basic(SID, "any"))
-            .send_form(&[
-                ("To", "+15551230111"),
-                ("From", "+15550000000"),
-                ("Twiml", "<Response/>"),
-                ("StatusCallback", cb.as_str()),
-            ]),
+            .send_form(&[("To", "+15551230111"), ("From", "+15550000000"), ("Twiml", "<Response/>"), ("StatusCallback", cb.as_str())]),
     );
     assert_eq!(r.status, 201);
     let got = rx.wait_for(1, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(rx.received().len(), 1);
     let params = got[0].form();
-    assert!(
-        params.contains(&("CallStatus".into(), "busy".into())),
-        "{params:?}"
-    );
+    assert!(params.contains(&("CallStatus".into(), "busy".into())), "{params:?}");
     assert!(params.contains(&("CallDuration".into(), "0".into())));
     // No API key configured: signed with an empty auth token.
-    assert_eq!(
-        got[0].header("x-twilio-signature"),
-        Some(twilio_expected("", &cb, &params).as_str())
-    );
+    assert_eq!(got[0].header("x-twilio-signature"), Some(twilio_expected("", &cb, &params).as_str()));
 }

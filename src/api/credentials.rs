@@ -119,7 +119,8 @@ fn rotate_encryption_key() -> i64 {
         *cached = Some(ring);
     }
     let rows = Spi::connect_mut(|client| {
-        let t = client.update("SELECT agency_id, provider, api_key, webhook_secret FROM dialer.provider_credentials FOR UPDATE", None, &[])?;
+        let t =
+            client.update("SELECT agency_id, provider, api_key, webhook_secret FROM dialer.provider_credentials FOR UPDATE", None, &[])?;
         let mut out = Vec::new();
         for r in t {
             out.push((r.get::<i64>(1)?.unwrap_or(0), r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?, r.get::<String>(4)?));

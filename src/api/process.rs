@@ -64,8 +64,14 @@ fn run_tick() -> Result<Value, DialerError> {
     }
     let mut cache = TargetCache::default();
     let unlimited = |_: &str| usize::MAX;
-    let (jobs, unbuildable, _served) =
-        tick::claim(settings.max_batches_per_run, settings.max_claim_per_batch, settings.max_calls_per_second, None, &unlimited, &mut cache)?;
+    let (jobs, unbuildable, _served) = tick::claim(
+        settings.max_batches_per_run,
+        settings.max_claim_per_batch,
+        settings.max_calls_per_second,
+        None,
+        &unlimited,
+        &mut cache,
+    )?;
     let mut counts = Counts { batches: active.min(settings.max_batches_per_run as i64) as i32, ..Counts::default() };
     if !unbuildable.is_empty() {
         counts.add(tick::record_outcomes(unbuildable)?);

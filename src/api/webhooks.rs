@@ -113,7 +113,11 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
                 "no webhook secret is stored for agency {agency_id}, so this delivery cannot be verified: store {} \
                  with dialer.set_provider_credentials(..., webhook_secret => ...), or accept unsigned webhooks with \
                  dialer.allow_unsigned_webhooks({agency_id}, '{provider}')",
-                if provider == "vapi" { "the Vapi server secret (server.secret or its HMAC plan's key)" } else { "Bland's webhook signing secret" }
+                if provider == "vapi" {
+                    "the Vapi server secret (server.secret or its HMAC plan's key)"
+                } else {
+                    "Bland's webhook signing secret"
+                }
             ))),
         },
         // Retell signs with an API key of the account (the one marked for webhooks).
@@ -159,12 +163,7 @@ fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, Diale
     }
     let changed = Spi::get_one_with_args::<bool>(
         "SELECT dialer._end_call($1, $2, $3::timestamptz, $4::timestamptz)",
-        &[
-            call_id.into(),
-            event.end_reason.clone().into(),
-            answered.into(),
-            clean_timestamp(event.ended_at.as_deref()).into(),
-        ],
+        &[call_id.into(), event.end_reason.clone().into(), answered.into(), clean_timestamp(event.ended_at.as_deref()).into()],
     )
     .map_err(|e| DialerError::Database(e.to_string()))?
     .unwrap_or(false);

@@ -6,8 +6,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, not_found_status, ok_json, outcome, path_segment, template_variables,
-    Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, correlation_metadata, not_found_status, ok_json, outcome, path_segment, template_variables, Adapter, CallSpec,
+    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Value};
 
@@ -91,7 +91,13 @@ impl Adapter for Bland {
         meta.extend(correlation_metadata(call));
         body.insert("metadata".into(), Value::Object(meta));
         let url = format!("{}/v1/calls", base_url(&target.credentials, DEFAULT_BASE_URL));
-        HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&Value::Object(body)), vec![target.credentials.api_key.clone()])
+        HttpRequest::json(
+            Method::Post,
+            url,
+            auth(&target.credentials),
+            Some(&Value::Object(body)),
+            vec![target.credentials.api_key.clone()],
+        )
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
@@ -145,13 +151,20 @@ mod tests {
         assert_eq!(req.url, "http://127.0.0.1:9/v1/calls");
         assert!(req.headers.contains(&("authorization".into(), "k-secret-123".into())));
         let b = body(&req);
-        assert_eq!((b["phone_number"].as_str(), b["from"].as_str(), b["pathway_id"].as_str()), (Some("+15550001111"), Some("+15559990000"), Some("pw-1")));
+        assert_eq!(
+            (b["phone_number"].as_str(), b["from"].as_str(), b["pathway_id"].as_str()),
+            (Some("+15550001111"), Some("+15559990000"), Some("pw-1"))
+        );
         assert_eq!(b["request_data"]["plan"], "gold");
         assert_eq!(b["metadata"]["idempotency_key"], "pgd-3-42-1");
         assert!(Bland.check_mapping(&mapping(None, None, json!({}))).unwrap_err().contains("task"));
         assert!(Bland.check_mapping(&mapping(None, None, json!({"task": "x", "taks": 1}))).unwrap_err().contains("no field named"));
         let s = Bland
-            .parse_status(&HttpResponse { status: 200, retry_after: None, body: r#"{"call_id":"c","status":"completed","completed":true,"answered_by":"voicemail"}"#.into() })
+            .parse_status(&HttpResponse {
+                status: 200,
+                retry_after: None,
+                body: r#"{"call_id":"c","status":"completed","completed":true,"answered_by":"voicemail"}"#.into(),
+            })
             .unwrap();
         assert_eq!((s.ended, s.end_reason.as_deref()), (true, Some("voicemail")));
     }

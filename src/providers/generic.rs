@@ -10,8 +10,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    correlation_metadata, merge_json, not_found_status, ok_json, path_segment, template_variables, Adapter,
-    CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Mapping, Method, ProviderTarget,
+    correlation_metadata, merge_json, not_found_status, ok_json, path_segment, template_variables, Adapter, CallSpec, CallStatus,
+    Credentials, HttpRequest, HttpResponse, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Map, Value};
 
@@ -161,7 +161,8 @@ impl Adapter for Webhook {
                 merge_json(&t, &ours)
             }
         };
-        let mut req = HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&body), vec![target.credentials.api_key.clone()])?;
+        let mut req =
+            HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&body), vec![target.credentials.api_key.clone()])?;
         req.call_id_pointer = template.get("call_id_pointer").and_then(Value::as_str).map(str::to_string);
         Ok(req)
     }
@@ -220,7 +221,9 @@ mod tests {
         assert_eq!(b["metadata"]["contact_id"], "42");
         assert_eq!(Webhook.call_id(r#"{"id":"abc"}"#).as_deref(), Some("abc"));
         assert_eq!(Webhook.call_id(r#"{"call_id":42}"#).as_deref(), Some("42"));
-        let s = Webhook.parse_status(&HttpResponse { status: 200, retry_after: None, body: r#"{"status":"failed","end_reason":"no-answer"}"#.into() }).unwrap();
+        let s = Webhook
+            .parse_status(&HttpResponse { status: 200, retry_after: None, body: r#"{"status":"failed","end_reason":"no-answer"}"#.into() })
+            .unwrap();
         assert_eq!((s.ended, s.end_reason.as_deref()), (true, Some("no-answer")));
     }
 

@@ -47,9 +47,8 @@ pub fn parse(attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
 pub fn by_metadata_key(attempt: &InDoubt, response: &HttpResponse, list_pointer: &str, id_pointer: &str) -> LookupResult {
     let Some(v) = super::ok_json(response) else { return LookupResult::Unknown };
     let Some(Value::Array(calls)) = v.pointer(list_pointer) else { return LookupResult::Unknown };
-    let found = calls.iter().find(|c| {
-        c.pointer("/metadata/idempotency_key").and_then(Value::as_str) == Some(attempt.idempotency_key.as_str())
-    });
+    let found =
+        calls.iter().find(|c| c.pointer("/metadata/idempotency_key").and_then(Value::as_str) == Some(attempt.idempotency_key.as_str()));
     match found {
         Some(c) => LookupResult::Found { provider_call_id: c.pointer(id_pointer).and_then(id_text) },
         None => LookupResult::NotFound,

@@ -177,7 +177,13 @@ pub struct HttpRequest {
 
 impl HttpRequest {
     /// A JSON request with the given auth headers; the audit copy holds the body, not the headers.
-    pub fn json(method: Method, url: String, auth: Vec<(String, String)>, body: Option<&Value>, secrets: Vec<String>) -> Result<HttpRequest, String> {
+    pub fn json(
+        method: Method,
+        url: String,
+        auth: Vec<(String, String)>,
+        body: Option<&Value>,
+        secrets: Vec<String>,
+    ) -> Result<HttpRequest, String> {
         let text = body.map(serde_json::to_string).transpose().map_err(|e| e.to_string())?;
         let mut headers = auth;
         if text.is_some() {
@@ -271,11 +277,7 @@ pub fn interpret_call_response(provider: &str, request: &HttpRequest, result: Re
             },
         },
         _ if a.is_capacity_wait(&response) => DispatchOutcome::RateLimited {
-            retry_after_secs: response
-                .retry_after
-                .as_deref()
-                .and_then(parse_retry_after)
-                .unwrap_or(DEFAULT_RETRY_AFTER_SECS),
+            retry_after_secs: response.retry_after.as_deref().and_then(parse_retry_after).unwrap_or(DEFAULT_RETRY_AFTER_SECS),
         },
         status => DispatchOutcome::Failed {
             error: scrub(&format!("{provider} answered HTTP {status}: {}", error_detail(&response.body)), secrets),
@@ -320,10 +322,15 @@ pub fn string_values(v: &Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::String(match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    }),
+                )
+            })
             .collect(),
         _ => Map::new(),
     }
@@ -365,9 +372,7 @@ pub fn need_from_number<'a>(provider: &str, mapping: &'a Mapping) -> Result<&'a 
     match mapping.from_number.as_deref() {
         Some(f) if is_e164(f) => Ok(f),
         Some(f) => Err(format!("from_number {f:?} is not an E.164 phone number (+ and 8 to 15 digits)")),
-        None => Err(format!(
-            "a {provider} phone call needs a from_number (the caller ID it dials from): give one to create_agent_mapping"
-        )),
+        None => Err(format!("a {provider} phone call needs a from_number (the caller ID it dials from): give one to create_agent_mapping")),
     }
 }
 
@@ -378,7 +383,13 @@ pub fn need_agent_id<'a>(provider: &str, what: &str, mapping: &'a Mapping) -> Re
 
 /// Checks a template's fields against a list of (name, JSON type) the provider accepts,
 /// naming the first unknown or mistyped field.
-pub fn check_fields(provider: &str, what: &str, template: &Map<String, Value>, allowed: &[(&str, Kind)], ours: &[&str]) -> Result<(), String> {
+pub fn check_fields(
+    provider: &str,
+    what: &str,
+    template: &Map<String, Value>,
+    allowed: &[(&str, Kind)],
+    ours: &[&str],
+) -> Result<(), String> {
     for (k, v) in template {
         if ours.contains(&k.as_str()) {
             return Err(format!("request_template.{k} is set by pg_dialer for every call; remove it from the template"));
@@ -455,7 +466,11 @@ fn is_duration(s: &str) -> bool {
     let Some(n) = s.strip_suffix('s') else { return false };
     let n = n.strip_prefix('-').unwrap_or(n);
     let (int, frac) = n.split_once('.').unwrap_or((n, ""));
-    !int.is_empty() && int.len() <= 12 && int.bytes().all(|b| b.is_ascii_digit()) && frac.len() <= 9 && frac.bytes().all(|b| b.is_ascii_digit())
+    !int.is_empty()
+        && int.len() <= 12
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.len() <= 9
+        && frac.bytes().all(|b| b.is_ascii_digit())
         && (frac.is_empty() == !n.contains('.'))
 }
 
@@ -496,10 +511,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Removes every secret from a text that may reach a log, an error or a table.
 pub fn scrub(text: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .filter(|s| s.len() >= 4)
-        .fold(text.to_string(), |acc, s| acc.replace(s.as_str(), "[redacted]"))
+    secrets.iter().filter(|s| s.len() >= 4).fold(text.to_string(), |acc, s| acc.replace(s.as_str(), "[redacted]"))
 }
 
 /// Deep merge: `overlay` wins, objects are merged key by key.
@@ -521,9 +533,9 @@ pub fn merge_json(base: &Value, overlay: &Value) -> Value {
 }
 
 #[cfg(test)]
-pub(crate) mod test_support;
-#[cfg(test)]
 mod spec_tests;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 #[cfg(test)]
 mod tests {
@@ -531,7 +543,8 @@ mod tests {
     use serde_json::json;
 
     fn req(secrets: &[&str]) -> HttpRequest {
-        let mut r = HttpRequest::json(Method::Post, "http://h/x".into(), vec![], None, secrets.iter().map(|s| s.to_string()).collect()).unwrap();
+        let mut r =
+            HttpRequest::json(Method::Post, "http://h/x".into(), vec![], None, secrets.iter().map(|s| s.to_string()).collect()).unwrap();
         r.call_id_pointer = None;
         r
     }
@@ -555,7 +568,11 @@ mod tests {
                 "{provider} 429"
             );
             let r = HttpResponse { status: 503, retry_after: Some("7".into()), body: String::new() };
-            assert_eq!(interpret_call_response(provider, &req(&[]), Ok(r)), DispatchOutcome::RateLimited { retry_after_secs: 7.0 }, "{provider} 503");
+            assert_eq!(
+                interpret_call_response(provider, &req(&[]), Ok(r)),
+                DispatchOutcome::RateLimited { retry_after_secs: 7.0 },
+                "{provider} 503"
+            );
             let r = HttpResponse { status: 500, retry_after: None, body: String::new() };
             assert_eq!(interpret_call_response(provider, &req(&[]), Ok(r)).kind(), "failed", "{provider} 500");
         }

@@ -64,7 +64,9 @@ pub fn vapi(ended_reason: Option<&str>) -> &'static str {
         "manually-canceled" | "call-deleted" | "scheduled-call-deleted" => CANCELED,
         "twilio-reported-customer-misdialed" => INVALID_NUMBER,
         r if r.starts_with("customer-ended-call") => HANGUP,
-        r if r.starts_with("assistant-ended-call") || r == "assistant-said-end-call-phrase" || r == "assistant-forwarded-call" => AGENT_HANGUP,
+        r if r.starts_with("assistant-ended-call") || r == "assistant-said-end-call-phrase" || r == "assistant-forwarded-call" => {
+            AGENT_HANGUP
+        }
         r if r.starts_with("call.ending.hook") => AGENT_HANGUP,
         _ => FAILED,
     }

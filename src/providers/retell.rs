@@ -6,9 +6,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_from_number, not_found_status, ok_json, outcome, path_segment,
-    string_values, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind,
-    Mapping, Method, ProviderTarget,
+    base_url, check_fields, correlation_metadata, need_from_number, not_found_status, ok_json, outcome, path_segment, string_values,
+    template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Value};
 
@@ -57,7 +56,13 @@ impl Adapter for Retell {
         meta.extend(correlation_metadata(call));
         body.insert("metadata".into(), Value::Object(meta));
         let url = format!("{}/v2/create-phone-call", base_url(&target.credentials, DEFAULT_BASE_URL));
-        HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&Value::Object(body)), vec![target.credentials.api_key.clone()])
+        HttpRequest::json(
+            Method::Post,
+            url,
+            auth(&target.credentials),
+            Some(&Value::Object(body)),
+            vec![target.credentials.api_key.clone()],
+        )
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
@@ -81,7 +86,8 @@ impl Adapter for Retell {
         let reason = v.get("disconnection_reason").and_then(Value::as_str);
         Some(CallStatus {
             ended,
-            end_reason: ended.then(|| if status == "ended" || reason.is_some() { outcome::retell(reason) } else { outcome::FAILED }.to_string()),
+            end_reason: ended
+                .then(|| if status == "ended" || reason.is_some() { outcome::retell(reason) } else { outcome::FAILED }.to_string()),
             answered_at: ms_to_rfc3339(v.get("start_timestamp")),
             ended_at: ms_to_rfc3339(v.get("end_timestamp")),
         })

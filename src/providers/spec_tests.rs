@@ -84,8 +84,14 @@ fn vapi_retell_bland_requests_pass_their_contracts() {
     let vapi = json!({"phoneNumberId": "6f1c2a9e-0b7d-4c1e-9a55-2f0e6d8b7c41", "assistantOverrides": {"firstMessage": "Hi!"}});
     assert_eq!(accepted(&c, "vapi", mapping(Some(UUID), None, vapi)), Operation::VapiCreateCall);
     assert_eq!(accepted(&c, "retell", mapping(Some("agent_7f3a"), Some("+15559990000"), json!({}))), Operation::RetellCreatePhoneCall);
-    assert_eq!(accepted(&c, "retell", mapping(None, Some("+15559990000"), json!({"metadata": {"crm": 7}}))), Operation::RetellCreatePhoneCall);
-    assert_eq!(accepted(&c, "bland", mapping(Some("pw-1"), Some("+15559990000"), json!({"voice": "maya", "max_duration": 5}))), Operation::BlandSendCall);
+    assert_eq!(
+        accepted(&c, "retell", mapping(None, Some("+15559990000"), json!({"metadata": {"crm": 7}}))),
+        Operation::RetellCreatePhoneCall
+    );
+    assert_eq!(
+        accepted(&c, "bland", mapping(Some("pw-1"), Some("+15559990000"), json!({"voice": "maya", "max_duration": 5}))),
+        Operation::BlandSendCall
+    );
     assert_eq!(accepted(&c, "bland", mapping(None, None, json!({"task": "Confirm the appointment."}))), Operation::BlandSendCall);
 }
 
@@ -98,7 +104,11 @@ fn spec_fields(file: &str, name: &str) -> Vec<(String, String)> {
     props
         .iter()
         .map(|(k, v)| {
-            let t = v.get("type").and_then(Value::as_str).unwrap_or(if v.get("$ref").is_some() || v.get("allOf").is_some() { "object" } else { "any" });
+            let t = v.get("type").and_then(Value::as_str).unwrap_or(if v.get("$ref").is_some() || v.get("allOf").is_some() {
+                "object"
+            } else {
+                "any"
+            });
             (k.clone(), t.to_string())
         })
         .collect()
@@ -139,7 +149,12 @@ fn same_fields(file: &str, schema: &str, ours: &[(&str, Kind)], set_by_us: &[&st
 #[test]
 fn template_field_lists_follow_the_specs() {
     use super::{retell, twilio, ultravox, vapi};
-    same_fields("ultravox-openapi.json", "/components/schemas/ultravox.v1.StartAgentCallRequest", ultravox::AGENT_CALL_FIELDS, &["medium", "agentId"]);
+    same_fields(
+        "ultravox-openapi.json",
+        "/components/schemas/ultravox.v1.StartAgentCallRequest",
+        ultravox::AGENT_CALL_FIELDS,
+        &["medium", "agentId"],
+    );
     same_fields("ultravox-openapi.json", "/components/schemas/ultravox.v1.StartCallRequest", ultravox::CALL_FIELDS, &["medium"]);
     same_fields(
         "twilio-calls-openapi.json",
@@ -147,7 +162,12 @@ fn template_field_lists_follow_the_specs() {
         twilio::CREATE_CALL_FIELDS,
         &["To", "From"],
     );
-    same_fields("vapi-calls-openapi.json", "/components/schemas/CreateCallDTO", vapi::CREATE_CALL_FIELDS, &["assistantId", "customer", "customers", "customerId"]);
+    same_fields(
+        "vapi-calls-openapi.json",
+        "/components/schemas/CreateCallDTO",
+        vapi::CREATE_CALL_FIELDS,
+        &["assistantId", "customer", "customers", "customerId"],
+    );
     same_fields(
         "retell-calls-openapi.json",
         "/paths/~1v2~1create-phone-call/post/requestBody/content/application~1json/schema",

@@ -6,8 +6,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, need_from_number, not_found_status, ok_json, outcome, path_segment, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, need_from_number, not_found_status, ok_json, outcome, path_segment, Adapter, CallSpec, CallStatus, Credentials,
+    HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -249,8 +249,15 @@ mod tests {
 
     #[test]
     fn form_request_with_basic_auth_and_callbacks() {
-        let t = target("twilio", mapping(None, Some("+15550009999"), json!({"Url": "https://example.com/twiml", "StatusCallback": "https://example.com/status",
-                              "MachineDetection": "Enable", "StatusCallbackEvent": ["answered", "completed"], "Timeout": 20})));
+        let t = target(
+            "twilio",
+            mapping(
+                None,
+                Some("+15550009999"),
+                json!({"Url": "https://example.com/twiml", "StatusCallback": "https://example.com/status",
+                              "MachineDetection": "Enable", "StatusCallbackEvent": ["answered", "completed"], "Timeout": 20}),
+            ),
+        );
         let req = Twilio.call_request(&t, &call()).unwrap();
         assert_eq!(req.url, format!("http://127.0.0.1:9/2010-04-01/Accounts/{SID}/Calls.json"));
         let auth = req.headers.iter().find(|(k, _)| k == "Authorization").unwrap();
@@ -272,7 +279,8 @@ mod tests {
         assert!(e(Some("+15550009999"), json!({})).contains("exactly one of request_template.Url"));
         assert!(e(Some("+15550009999"), json!({"Url": "https://x", "Twiml": "<Response/>"})).contains("Url and Twiml"));
         assert!(e(None, json!({"Twiml": "<Response/>"})).contains("from_number"));
-        assert!(e(Some("+15550009999"), json!({"Twiml": "<Response/>", "MachineDetecton": "Enable"})).contains("no field named \"MachineDetecton\""));
+        assert!(e(Some("+15550009999"), json!({"Twiml": "<Response/>", "MachineDetecton": "Enable"}))
+            .contains("no field named \"MachineDetecton\""));
         assert!(e(Some("+15550009999"), json!({"Twiml": "<Response/>", "Timeout": "20"})).contains("an integer"));
         assert!(Twilio.check_mapping(&mapping(None, Some("+15550009999"), json!({"ApplicationSid": "AP123"}))).is_ok());
         let mut t = target("twilio", mapping(None, Some("+15550009999"), json!({"Twiml": "<Response/>"})));
@@ -295,14 +303,30 @@ mod tests {
 
     #[test]
     fn lookup_adopts_only_a_call_created_after_the_claim() {
-        let a = InDoubt { call_id: 1, provider: "twilio".into(), idempotency_key: "k".into(), phone_number: "+15550001111".into(), claimed_at: "2026-11-21T10:00:00.400Z".into() };
+        let a = InDoubt {
+            call_id: 1,
+            provider: "twilio".into(),
+            idempotency_key: "k".into(),
+            phone_number: "+15550001111".into(),
+            claimed_at: "2026-11-21T10:00:00.400Z".into(),
+        };
         let creds = Credentials { api_key: "k".into(), base_url: Some("http://h".into()), account_sid: Some(SID.into()) };
-        assert_eq!(Twilio.lookup_request(&a, &creds).unwrap().url, format!("http://h/2010-04-01/Accounts/{SID}/Calls.json?To=%2B15550001111&PageSize=50"));
+        assert_eq!(
+            Twilio.lookup_request(&a, &creds).unwrap().url,
+            format!("http://h/2010-04-01/Accounts/{SID}/Calls.json?To=%2B15550001111&PageSize=50")
+        );
         let ok = |b: &str| HttpResponse { status: 200, retry_after: None, body: b.into() };
         let earlier = r#"{"sid":"CA0","to":"+15550001111","date_created":"Sat, 21 Nov 2026 09:00:00 +0000","start_time":"Sat, 21 Nov 2026 09:00:01 +0000"}"#;
         let queued = r#"{"sid":"CA1","to":"+15550001111","date_created":"Sat, 21 Nov 2026 10:00:00 +0000","start_time":null}"#;
-        assert_eq!(Twilio.parse_lookup(&a, &ok(&format!(r#"{{"calls":[{queued},{earlier}]}}"#))), LookupResult::Found { provider_call_id: Some("CA1".into()) });
-        assert_eq!(Twilio.parse_lookup(&a, &ok(&format!(r#"{{"calls":[{earlier}]}}"#))), LookupResult::Unknown, "an earlier call is not ours");
+        assert_eq!(
+            Twilio.parse_lookup(&a, &ok(&format!(r#"{{"calls":[{queued},{earlier}]}}"#))),
+            LookupResult::Found { provider_call_id: Some("CA1".into()) }
+        );
+        assert_eq!(
+            Twilio.parse_lookup(&a, &ok(&format!(r#"{{"calls":[{earlier}]}}"#))),
+            LookupResult::Unknown,
+            "an earlier call is not ours"
+        );
         assert_eq!(Twilio.parse_lookup(&a, &ok(r#"{"calls":[]}"#)), LookupResult::Unknown, "none found proves nothing: stays in doubt");
     }
 }

@@ -8,9 +8,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_from_number, not_found_status, ok_json, outcome, path_segment,
-    template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method,
-    ProviderTarget,
+    base_url, check_fields, correlation_metadata, need_from_number, not_found_status, ok_json, outcome, path_segment, template_variables,
+    Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Map, Value};
 
@@ -283,7 +282,8 @@ mod tests {
 
     #[test]
     fn status_and_end_reasons() {
-        let r = HttpResponse { status: 200, retry_after: None, body: r#"{"callId":"a","joined":"2026-01-01T00:00:00Z","ended":null}"#.into() };
+        let r =
+            HttpResponse { status: 200, retry_after: None, body: r#"{"callId":"a","joined":"2026-01-01T00:00:00Z","ended":null}"#.into() };
         let s = Ultravox.parse_status(&r).unwrap();
         assert!(!s.ended && s.end_reason.is_none());
         let r = HttpResponse { status: 200, retry_after: None, body: r#"{"ended":"2026-01-01T00:01:00Z","endReason":"unjoined"}"#.into() };
@@ -304,14 +304,23 @@ mod tests {
     #[test]
     fn lookup_by_idempotency_key() {
         let creds = Credentials { api_key: "k".into(), base_url: Some("http://h".into()), account_sid: None };
-        let a = InDoubt { call_id: 1, provider: "ultravox".into(), idempotency_key: "pgd-1-1-abc".into(), phone_number: "+15550001111".into(), claimed_at: "2026-11-21T10:00:00Z".into() };
+        let a = InDoubt {
+            call_id: 1,
+            provider: "ultravox".into(),
+            idempotency_key: "pgd-1-1-abc".into(),
+            phone_number: "+15550001111".into(),
+            claimed_at: "2026-11-21T10:00:00Z".into(),
+        };
         assert_eq!(Ultravox.lookup_request(&a, &creds).unwrap().url, "http://h/api/calls?metadata.idempotency_key=pgd-1-1-abc&pageSize=10");
         let ok = |b: &str| HttpResponse { status: 200, retry_after: None, body: b.into() };
         assert_eq!(
             Ultravox.parse_lookup(&a, &ok(r#"{"results":[{"callId":"c9","metadata":{"idempotency_key":"pgd-1-1-abc"}}]}"#)),
             LookupResult::Found { provider_call_id: Some("c9".into()) }
         );
-        assert_eq!(Ultravox.parse_lookup(&a, &ok(r#"{"results":[{"callId":"c8","metadata":{"idempotency_key":"other"}}]}"#)), LookupResult::NotFound);
+        assert_eq!(
+            Ultravox.parse_lookup(&a, &ok(r#"{"results":[{"callId":"c8","metadata":{"idempotency_key":"other"}}]}"#)),
+            LookupResult::NotFound
+        );
         assert_eq!(Ultravox.parse_lookup(&a, &ok("<html>")), LookupResult::Unknown);
         assert_eq!(Ultravox.parse_lookup(&a, &HttpResponse { status: 503, retry_after: None, body: String::new() }), LookupResult::Unknown);
     }

@@ -6,9 +6,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_agent_id, not_found_status, ok_json, outcome, path_segment,
-    template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method,
-    ProviderTarget,
+    base_url, check_fields, correlation_metadata, need_agent_id, not_found_status, ok_json, outcome, path_segment, template_variables,
+    Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Value};
 
@@ -64,7 +63,13 @@ impl Adapter for Vapi {
         overrides.insert("metadata".into(), Value::Object(meta));
         body.insert("assistantOverrides".into(), Value::Object(overrides));
         let url = format!("{}/call", base_url(&target.credentials, DEFAULT_BASE_URL));
-        HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&Value::Object(body)), vec![target.credentials.api_key.clone()])
+        HttpRequest::json(
+            Method::Post,
+            url,
+            auth(&target.credentials),
+            Some(&Value::Object(body)),
+            vec![target.credentials.api_key.clone()],
+        )
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
@@ -94,11 +99,7 @@ impl Adapter for Vapi {
 
     /// The calls created since the claim; the one whose overrides carry the key is ours.
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
-        let url = format!(
-            "{}/call?createdAtGe={}&limit=100",
-            base_url(creds, DEFAULT_BASE_URL),
-            super::lookup::enc(&attempt.claimed_at)
-        );
+        let url = format!("{}/call?createdAtGe={}&limit=100", base_url(creds, DEFAULT_BASE_URL), super::lookup::enc(&attempt.claimed_at));
         HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
     }
 
@@ -136,7 +137,11 @@ mod tests {
         assert!(Vapi.check_mapping(&mapping(Some(UUID), None, json!({}))).unwrap_err().contains("phoneNumberId"));
         assert!(Vapi.check_mapping(&mapping(None, None, json!({"phoneNumberId": "p"}))).unwrap_err().contains("assistant id"));
         let s = Vapi
-            .parse_status(&HttpResponse { status: 200, retry_after: None, body: r#"{"id":"c","status":"ended","endedReason":"voicemail"}"#.into() })
+            .parse_status(&HttpResponse {
+                status: 200,
+                retry_after: None,
+                body: r#"{"id":"c","status":"ended","endedReason":"voicemail"}"#.into(),
+            })
             .unwrap();
         assert_eq!((s.ended, s.end_reason.as_deref()), (true, Some("voicemail")));
     }

@@ -20,10 +20,8 @@ pub async fn page(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
             &[],
         )
         .await?;
-    let pending: i64 = c
-        .query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE handoff = 'manual_pending'", &[])
-        .await?
-        .try_get(0)?;
+    let pending: i64 =
+        c.query_one("SELECT count(*) FROM dialer.campaign_contacts WHERE handoff = 'manual_pending'", &[]).await?.try_get(0)?;
     let mut body = format!(
         "<div class=\"row\"><div class=\"card\"><div class=\"small muted\">Hand-offs waiting for a telecaller</div><div class=\"stat num\" id=\"pending-handoffs\">{pending}</div></div></div>\
          <div class=\"card\"><table id=\"telecallers\"><thead><tr><th>Telecaller</th><th>Agency</th><th>Source</th><th>Available</th><th>Open follow-ups</th><th>Priority</th><th>Done</th><th>Next review</th><th></th></tr></thead><tbody>"

@@ -204,8 +204,7 @@ pub fn admin_role(s: &mut Scenario, role: &str, password: &str) {
 pub fn second_agency(s: &mut Scenario, name: &str) -> (i64, i64) {
     let a: i64 = s.db.query_one("SELECT dialer.create_agency($1)", &[&name]).unwrap().get(0);
     let base = s.sim.base_url();
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &pg_dialer_integration::API_KEY, &base])
-        .unwrap();
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3)", &[&a, &pg_dialer_integration::API_KEY, &base]).unwrap();
     let m: i64 = s
         .db
         .query_one("SELECT dialer.create_agent_mapping($1, 'ultravox', $2, 'Bea', '+14155550111')", &[&a, &pg_dialer_integration::AGENT_ID])

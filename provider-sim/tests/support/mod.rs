@@ -21,9 +21,7 @@ pub struct Resp {
 }
 
 pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build()
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
 }
 
 pub fn finish(r: Result<ureq::Response, ureq::Error>) -> Resp {
@@ -36,19 +34,12 @@ pub fn finish(r: Result<ureq::Response, ureq::Error>) -> Resp {
     let retry_after = resp.header("retry-after").map(str::to_string);
     let text = resp.into_string().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Resp {
-        status,
-        retry_after,
-        body,
-    }
+    Resp { status, retry_after, body }
 }
 
 pub fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
 }
 
 pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -57,10 +48,7 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -79,9 +67,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("webhook body is JSON")
@@ -158,22 +144,13 @@ fn serve(stream: TcpStream, status: u16, sink: Arc<Mutex<Vec<Received>>>) {
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0u8; len];
         if r.read_exact(&mut body).is_err() {
             return;
         }
         if let Ok(mut g) = sink.lock() {
-            g.push(Received {
-                method,
-                target,
-                headers,
-                body,
-                at: Instant::now(),
-            });
+            g.push(Received { method, target, headers, body, at: Instant::now() });
         }
         let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
         if w.write_all(reply.as_bytes()).is_err() {
