@@ -118,8 +118,7 @@ impl Pool {
         let (wake_read, wake_write) = UnixStream::pair()?;
         wake_read.set_nonblocking(true)?;
         wake_write.set_nonblocking(true)?;
-        // One provider account may use at most three quarters of the threads.
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), ready: Condvar::new(), share: (threads * 3 / 4).max(1) });
+        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), ready: Condvar::new(), share: account_share(threads) });
         let last_send: Arc<Mutex<HashMap<String, f64>>> = Arc::new(Mutex::new(HashMap::new()));
         let wake_write = Arc::new(wake_write);
         let allowed = Arc::new(RwLock::new(allowed));
@@ -303,8 +302,15 @@ fn reserve_send_time(last_send: &Mutex<HashMap<String, f64>>, job: &Job) -> f64 
     at
 }
 
-fn unix_ms() -> f64 {
+/// Wall-clock time in milliseconds since the Unix epoch (what the database's send times are in).
+pub fn unix_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+/// How many of `slots` one provider account may take: three quarters, at least one, so that a
+/// slow or hanging provider leaves room for the others.
+pub fn account_share(slots: usize) -> usize {
+    (slots * 3 / 4).max(1)
 }
 
 /// Sends one request. HTTP error statuses are responses, not errors.

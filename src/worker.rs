@@ -1,13 +1,13 @@
 //! The background worker: a latch loop that records finished requests, claims what is due,
 //! hands requests to the HTTP pool, and sleeps until the next pacing slot.
 
-use crate::dispatch::{JobResult, Pool};
+use crate::dispatch::{unix_ms, JobResult, Pool};
 use crate::gucs::Settings;
 use crate::tick::{self, Counts, TargetCache};
 use crate::{lead_writer, restores, retention, standbys, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Status look-ups are batched: at most this often, at most this many per round.
 const POLL_ROUND_EVERY: Duration = Duration::from_millis(250);
@@ -77,10 +77,6 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     // Exit code 1 so that the postmaster restarts us after pg_terminate_backend; during a
     // shutdown it does not restart anything.
     unsafe { pg_sys::proc_exit(1) };
-}
-
-fn unix_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
 }
 
 struct Worker {
@@ -162,10 +158,7 @@ impl Worker {
             // A background worker flushes its table statistics itself; without them autovacuum
             // never learns what this worker wrote (rate-limited inside to once a second).
             unsafe { pg_sys::pgstat_report_stat(false) };
-            if !self.wait(wait) {
-                self.shutdown();
-                return;
-            }
+            self.wait(wait);
         }
     }
 
@@ -376,7 +369,7 @@ impl Worker {
         // The pool lets one provider account work at most three quarters of its threads; its
         // queue holds as much for the account again, so a hanging provider's calls wait there
         // rather than being claimed while they cannot be sent.
-        let share = (self.settings.http_concurrency * CLAIM_AHEAD * 3 / 4).max(1);
+        let share = crate::dispatch::account_share(self.settings.http_concurrency * CLAIM_AHEAD);
         // "" asks for the pool's room overall; an account name for that account's share.
         let room_for = move |account: &str| {
             if account.is_empty() {
@@ -497,11 +490,12 @@ impl Worker {
         }
     }
 
-    /// Sleeps on the latch and the HTTP pool's pipe. Returns false when it is time to exit.
+    /// Sleeps on the latch and the HTTP pool's pipe (the process exits if the postmaster died;
+    /// SIGTERM is seen at the top of the loop).
     /// When the next pass is due within RESULTS_WAIT anyway, answers wait for it rather than
     /// waking the worker each (a paced campaign's calls were two passes each, one to place, one
     /// to record).
-    fn wait(&mut self, timeout: Duration) -> bool {
+    fn wait(&mut self, timeout: Duration) {
         let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
         if timeout > RESULTS_WAIT {
             events |= pg_sys::WL_SOCKET_READABLE;
@@ -517,7 +511,6 @@ impl Worker {
             unsafe { pg_sys::proc_exit(1) };
         }
         pgrx::check_for_interrupts!();
-        true
     }
 
     /// SIGTERM: let requests in flight finish (or time out) and record them before exit.

@@ -193,3 +193,41 @@ fn an_attachment_made_by_0_3_0_keeps_working_after_the_update() {
         .get(0);
     assert_eq!(owned, 0, "the attachment's writer is the table owner's, not the extension's");
 }
+
+/// Each shipped upgrade script defines each function once: a script is what it leaves behind, not
+/// the diary of how it was written (a second definition of one signature is refused here).
+#[test]
+fn each_upgrade_script_defines_each_function_once() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/upgrade");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("read sql/upgrade").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        // Upgrade scripts only (pg_dialer--A--B.sql), not the old releases' full install scripts.
+        if !(name.starts_with("pg_dialer--") && name.matches("--").count() == 2 && name.ends_with(".sql")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("read an upgrade script");
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("FUNCTION ") {
+            let before = &rest[..at];
+            rest = &rest[at + "FUNCTION ".len()..];
+            if !(before.ends_with("CREATE ") || before.ends_with("CREATE OR REPLACE ")) {
+                continue;
+            }
+            let Some(open) = rest.find('(') else { break };
+            let Some(close) = rest[open..].find(')') else { break };
+            let signature: String = format!("{}{}", &rest[..open], &rest[open..open + close + 1])
+                .replace("dialer.", "")
+                .replace('"', "")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            *seen.entry(signature).or_default() += 1;
+        }
+        let twice: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(s, _)| s).collect();
+        assert!(twice.is_empty(), "{name} defines these more than once: {twice:?}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "the upgrade scripts were found ({checked})");
+}

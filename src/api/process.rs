@@ -1,7 +1,7 @@
 //! `dialer.process_batches()`: one tick in the caller's session (pg_cron's entry point), and
 //! `dialer.wake()`.
 
-use crate::dispatch::{JobKind, Pool};
+use crate::dispatch::{unix_ms, JobKind, Pool};
 use crate::error::DialerError;
 use crate::gucs::Settings;
 use crate::tick::{self, Counts, TargetCache};
@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Runs one tick now and returns the seed's response shapes:
 /// `{"batches_processed","calls_initiated","calls_failed"}`, `{"processed":0,"message":"No batches to process"}`
@@ -43,10 +43,6 @@ pub fn raise(e: DialerError) -> ! {
         _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
     };
     ereport!(ERROR, code, e.to_string());
-}
-
-fn unix_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
 }
 
 fn run_tick() -> Result<Value, DialerError> {
