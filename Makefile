@@ -42,10 +42,10 @@ install-release: setup
 	$(IN_PG) $(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
 	@$(MAKE) -s install-upgrades
 
-# ALTER EXTENSION pg_dialer UPDATE: the upgrade scripts, and the previous release's install script
-# (CREATE EXTENSION pg_dialer VERSION '0.1.0', for the upgrade test).
+# ALTER EXTENSION pg_dialer UPDATE: the upgrade scripts (pg_dialer--A--B.sql). The previous
+# releases' full install scripts are test fixtures (pgrx-tests/fixtures/), never installed here.
 install-upgrades:
-	$(IN_PG) sh -c 'cp sql/upgrade/pg_dialer--*.sql "$$($(PG_CONFIG) --sharedir)/extension/"'
+	$(IN_PG) sh -c 'cp sql/upgrade/pg_dialer--*--*.sql "$$($(PG_CONFIG) --sharedir)/extension/"'
 
 # Unit tests (pure modules) and #[pg_test]s run together under cargo pgrx test (which installs
 # into the Postgres that `cargo pgrx init` registered: the system one, or the root's for 17).

@@ -244,7 +244,10 @@ impl Scenario {
     }
 
     /// As `new`, creating the extension with `create_extension` (e.g. an older version).
+    /// The previous releases' install scripts (`CREATE EXTENSION pg_dialer VERSION '0.2.0'`) are
+    /// test fixtures, never shipped (pgrx-tests/fixtures/): copied into the test Postgres here.
     pub fn with_extension(name: &str, sim_config: SimConfig, extra_conf: &[&str], create_extension: &str) -> Scenario {
+        install_old_release_scripts();
         Scenario::build(Cluster::start(name, extra_conf), sim_config, create_extension)
     }
 
@@ -364,6 +367,21 @@ impl Scenario {
 
     pub fn worker_pid(&mut self) -> Option<i32> {
         self.db.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer'", &[]).ok().flatten().map(|r| r.get(0))
+    }
+}
+
+/// Copies the previous releases' full install scripts (pgrx-tests/fixtures/pg_dialer--X.sql) into
+/// the extension directory of the Postgres the tests run (its upgrade scripts are there already).
+pub fn install_old_release_scripts() {
+    let out = Command::new(format!("{}/pg_config", pg_bin())).arg("--sharedir").output().expect("run pg_config --sharedir");
+    assert!(out.status.success(), "pg_config --sharedir failed");
+    let extension_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("extension");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    for entry in std::fs::read_dir(&fixtures).expect("read pgrx-tests/fixtures").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("pg_dialer--") && name.ends_with(".sql") {
+            std::fs::copy(entry.path(), extension_dir.join(&name)).unwrap_or_else(|e| panic!("copy {name} into {extension_dir:?}: {e}"));
+        }
     }
 }
 
