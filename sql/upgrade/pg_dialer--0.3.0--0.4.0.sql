@@ -971,6 +971,54 @@ BEGIN
     RETURN n;
 END $$;
 
+-- What a contact's state means for its lead row: the writer's values (dialer._lead_fields()
+-- order; NULL leaves a column as it is), or NULL when nothing is to be written. A state is written
+-- with what the states before it wrote (the provider's call id, when it was posted): the owner's
+-- writer applies the latest state only, and a call that ended before its Processing was written
+-- must still leave its id on the row.
+CREATE OR REPLACE FUNCTION dialer._lead_values(c dialer.campaign_contacts, a dialer.lead_attachments)
+RETURNS text[] LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    w jsonb := a.statuses;
+    k dialer.calls;
+    f dialer.followups;
+    failed_posts integer;
+    now_text text := clock_timestamp()::text;
+    call_id_text text;
+    posted_text text;
+BEGIN
+    SELECT * INTO k FROM dialer.calls WHERE id = c.call_id;
+    SELECT count(*) INTO failed_posts FROM dialer.calls x WHERE x.contact_id = c.id AND x.status = 'failed';
+    IF k.provider_call_id IS NOT NULL THEN
+        call_id_text := k.provider_call_id;
+        posted_text := coalesce(k.dispatched_at, k.created_at)::text;
+    END IF;
+    IF c.handoff = 'manual_assigned' THEN
+        SELECT * INTO f FROM dialer.followups o WHERE o.contact_id = c.id ORDER BY o.id DESC LIMIT 1;
+        RETURN ARRAY[w->>'assigned_manual', NULL, call_id_text, posted_text, failed_posts::text,
+                     CASE WHEN c.status = 'failed' THEN c.last_error END, NULL, f.telecaller_id::text, now_text];
+    ELSIF c.handoff = 'manual_pending' THEN
+        RETURN ARRAY[w->>'manual_queue_pending', NULL, call_id_text, posted_text, failed_posts::text,
+                     CASE WHEN c.status = 'failed' THEN c.last_error END, NULL, NULL, NULL];
+    ELSIF c.status = 'failed' THEN
+        RETURN ARRAY[w->>'ai_failed', w->>'call_failed', call_id_text, posted_text, failed_posts::text, c.last_error, now_text,
+                     NULL, NULL];
+    ELSIF c.status = 'completed' THEN
+        RETURN ARRAY[CASE c.outcome WHEN 'success' THEN w->>'success' WHEN 'trashed' THEN w->>'trashed'
+                                    WHEN 'voicemail' THEN w->>'voicemail' ELSE w->>'completed' END,
+                     w->>'call_completed', call_id_text, posted_text, NULL, NULL, NULL, NULL, NULL];
+    ELSIF c.status = 'expired' THEN
+        RETURN ARRAY[w->>'expired', NULL, NULL, NULL, NULL, c.last_error, NULL, NULL, NULL];
+    ELSIF c.status = 'queued' AND c.attempts > 0 THEN
+        -- posting failed, or the call ended in a way the batch retries: pending again, as the seed
+        RETURN ARRAY[w->>'pending', NULL, NULL, NULL, failed_posts::text, NULL, now_text, NULL, NULL];
+    ELSIF c.status = 'in_progress' AND k.status = 'in_progress' THEN
+        RETURN ARRAY[w->>'processing', w->>'call_initiated', k.provider_call_id,
+                     coalesce(k.dispatched_at, clock_timestamp())::text, failed_posts::text, NULL, NULL, NULL, NULL];
+    END IF;
+    RETURN NULL;  -- waiting, being dialed, in doubt, cancelled: the row says what it already says
+END $$;
+
 CREATE TRIGGER campaign_contacts_lead_sync AFTER UPDATE ON dialer.campaign_contacts
     FOR EACH ROW WHEN (NEW.lead_attachment_id IS NOT NULL) EXECUTE FUNCTION dialer._lead_contact_changed();
 CREATE TRIGGER campaign_contacts_bounded
