@@ -49,14 +49,8 @@ pub extern "C-unwind" fn pg_dialer_launcher_main(_arg: pg_sys::Datum) {
                     worker = start_worker(&database);
                 }
                 Ok((Some(version), _)) if version != crate::tick::LIBRARY_VERSION => {
-                    // The library was upgraded and the SQL not yet: a worker would only call
-                    // functions that do not exist (or mean something else). Say what to do, and wait.
                     if version_warned.as_deref() != Some(version.as_str()) {
-                        warning!(
-                            "pg_dialer: the extension in database \"{database}\" is version {version} and the library {}; \
-                             the worker waits until ALTER EXTENSION pg_dialer UPDATE has run there",
-                            crate::tick::LIBRARY_VERSION
-                        );
+                        crate::tick::warn_sql_older_than_library(&database, &version);
                         version_warned = Some(version);
                     }
                 }
@@ -73,7 +67,7 @@ pub extern "C-unwind" fn pg_dialer_launcher_main(_arg: pg_sys::Datum) {
 fn installed() -> Result<(Option<String>, bool), DialerError> {
     let version = crate::tick::installed_version()?;
     let role = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'dialer_worker')")
-        .map_err(|e| DialerError::Database(e.to_string()))?
+        .map_err(crate::tick::db)?
         .unwrap_or(false);
     Ok((version, role))
 }

@@ -7,6 +7,7 @@
 //! writer that runs past `WRITER_MAX_RUN`.
 
 use crate::error::DialerError;
+use crate::tick::db;
 use crate::txn;
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -34,10 +35,6 @@ const STATEMENT_TIMEOUT_ID: std::ffi::c_int = 3;
 unsafe extern "C-unwind" {
     fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
     fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
-}
-
-fn db<E: std::fmt::Display>(e: E) -> DialerError {
-    DialerError::Database(e.to_string())
 }
 
 /// The roles whose tables have writes due now, at most `limit`. Before Postgres 17 a background

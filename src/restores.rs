@@ -76,7 +76,7 @@ pub fn check_at_start() -> Result<i32, DialerError> {
                 "SELECT dialer._hold_after_restore(coalesce((SELECT max(created_at) FROM dialer.calls), clock_timestamp()))",
             )
             .map(|v| v.unwrap_or(0))
-            .map_err(|e| DialerError::Database(e.to_string()))
+            .map_err(crate::tick::db)
         })?;
         warning!(
             "pg_dialer: this database is behind the last claim noted in {} ({} < {}): a restored copy. {held} contact(s) that may \

@@ -97,7 +97,7 @@ fn flushed_up_to(lsn: &str) -> Result<Vec<(String, bool)>, DialerError> {
         rows.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?.unwrap_or(false))))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
-    .map_err(|e| DialerError::Database(e.to_string()))
+    .map_err(crate::tick::db)
 }
 
 #[cfg(test)]

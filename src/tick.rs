@@ -14,8 +14,18 @@ use std::collections::HashMap;
 /// that the worker's wake-up jitter does not shift calls (see `_claim_batch`).
 pub const CLAIM_LEAD_MS: f64 = 25.0;
 
-fn db<E: std::fmt::Display>(e: E) -> DialerError {
+/// A database (SPI) error as the worker reports it.
+pub(crate) fn db<E: std::fmt::Display>(e: E) -> DialerError {
     DialerError::Database(e.to_string())
+}
+
+/// The library was upgraded and the SQL not yet: calling functions that do not exist (or mean
+/// something else) would only fail. Says what to do (the launcher and the worker both wait).
+pub fn warn_sql_older_than_library(database: &str, version: &str) {
+    pgrx::warning!(
+        "pg_dialer: the extension in database \"{database}\" is version {version} and the library {LIBRARY_VERSION}; \
+         the worker waits until ALTER EXTENSION pg_dialer UPDATE has run there"
+    );
 }
 
 /// The version of the extension's SQL installed in this database (None: not installed).

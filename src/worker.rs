@@ -189,15 +189,8 @@ impl Worker {
             match txn::run(tick::installed_version)? {
                 None => return Ok(self.settings.poll_interval),
                 Some(v) if v != tick::LIBRARY_VERSION => {
-                    // The library was upgraded and the SQL not yet: calling functions that do not
-                    // exist (or mean something else) would only fail. Say what to do, and wait.
                     if self.version_warned.as_deref() != Some(v.as_str()) {
-                        warning!(
-                            "pg_dialer: the extension in database \"{}\" is version {v} and the library {}; \
-                             the worker waits until ALTER EXTENSION pg_dialer UPDATE has run there",
-                            Settings::database(),
-                            tick::LIBRARY_VERSION
-                        );
+                        tick::warn_sql_older_than_library(&Settings::database(), &v);
                         self.version_warned = Some(v);
                     }
                     return Ok(ERROR_BACKOFF);
