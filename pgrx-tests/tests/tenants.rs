@@ -585,12 +585,15 @@ fn a_tenants_slow_trigger_holds_up_nobody_else() {
     });
     // ...while another agency's immediate call is placed, before that sleep could have ended.
     let job: i64 = s.db.query_one("SELECT dialer.schedule_call('+15558960002', $1)", &[&s.agency_id]).unwrap().get(0);
-    let db = &mut s.db;
-    wait_for("B's immediate call placed while A's trigger sleeps", Duration::from_secs(10), || {
-        let st: String = db.query_one("SELECT (dialer.job_status($1))->>'state'", &[&job]).ok()?.get(0);
-        (st != "waiting" && st != "delayed").then_some(())
+    // (Polled at the simulator: the job leaves 'waiting' when it is claimed, a moment before its
+    // request arrives.)
+    let sim = &s.sim;
+    wait_for("B's immediate call posted while A's trigger sleeps", Duration::from_secs(10), || {
+        (!posts_to(sim, "+15558960002").is_empty()).then_some(())
     });
     assert_eq!(posts_to(&s.sim, "+15558960002").len(), 1);
+    let st: String = s.db.query_one("SELECT (dialer.job_status($1))->>'state'", &[&job]).unwrap().get(0);
+    assert!(st != "waiting" && st != "delayed", "B's job left the queue ({st})");
     // The sleep is cut by the write's statement timeout and noted; the write waits its back-off.
     let db = &mut s.db;
     let err: String = wait_for("the slow write cut by its statement timeout", Duration::from_secs(30), || {
