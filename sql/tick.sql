@@ -637,6 +637,39 @@ BEGIN
     RETURN best;
 END $$;
 
+-- Calls the worker claimed for a pacing slot still to come wait in the worker, unsent (src/held.rs).
+-- When a batch stops dialing or a number is listed as do-not-call meanwhile, those that may no
+-- longer go are withdrawn here (p_all: every one, at shutdown): no request was sent, so the
+-- attempt row goes and the contact is back as it was (queued; cancelled for a cancelled batch or a
+-- listed number). Returns the calls withdrawn.
+CREATE FUNCTION dialer._withdraw_held(p_call_ids bigint[], p_all boolean DEFAULT false)
+RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+    why text;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    FOR k IN SELECT c.id, c.contact_id, c.batch_id, c.phone_number, b.status AS batch_status, b.agency_id
+               FROM dialer.calls c JOIN dialer.call_batches b ON b.id = c.batch_id
+              WHERE c.id = ANY (p_call_ids) AND c.status = 'dialing'
+              ORDER BY c.id FOR UPDATE OF c LOOP
+        why := CASE WHEN k.batch_status = 'cancelled' THEN 'batch cancelled'
+                    WHEN dialer._on_dnc(k.phone_number, k.agency_id) THEN 'dnc' END;
+        CONTINUE WHEN why IS NULL AND k.batch_status = 'processing' AND NOT p_all;
+        UPDATE dialer.campaign_contacts c
+           SET status = CASE WHEN why IS NULL THEN 'queued' ELSE 'cancelled' END,
+               attempts = greatest(c.attempts - 1, 0), updated_at = now_ts, last_error = coalesce(why, c.last_error),
+               call_id = (SELECT max(e.id) FROM dialer.calls e WHERE e.contact_id = c.id AND e.id <> k.id)
+         WHERE c.id = k.contact_id AND c.call_id = k.id;
+        DELETE FROM dialer.calls WHERE id = k.id;
+        IF why IS NULL THEN
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = k.batch_id;
+        END IF;
+        PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1);
+        RETURN NEXT k.id;
+    END LOOP;
+END $$;
+
 -- At worker start: attempts left in 'dialing' by a dead backend may have reached the provider.
 -- They are held in_doubt (never redialed blindly) until settled.
 CREATE FUNCTION dialer._settle_stale_dialing(p_older_than timestamptz)

@@ -9,6 +9,7 @@ pub mod cron;
 pub mod dispatch;
 pub mod error;
 pub mod gucs;
+pub mod held;
 pub mod hosts;
 pub mod launcher;
 pub mod lead_writer;
@@ -35,7 +36,11 @@ extension_sql_file!(
     name = "queue",
     requires = ["api", api::queue::_cron_next_epoch, api::queue::_wake_on_commit, api::queue::_wake_on_commit_for]
 );
-extension_sql_file!("../sql/compliance.sql", name = "compliance", requires = ["leads", "queue", api::queue::_zone_for_number]);
+extension_sql_file!(
+    "../sql/compliance.sql",
+    name = "compliance",
+    requires = ["leads", "queue", api::queue::_zone_for_number, api::queue::_holds_changed_on_commit]
+);
 extension_sql_file!("../sql/caller_ids.sql", name = "caller_ids", requires = ["compliance"]);
 extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["caller_ids"]);
 extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["compliance"]);

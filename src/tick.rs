@@ -10,9 +10,22 @@ use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-/// Pacing slots this close ahead are claimed now and their requests held until the slot, so
-/// that the worker's wake-up jitter does not shift calls (see `_claim_batch`).
-pub const CLAIM_LEAD_MS: f64 = 25.0;
+/// What a claim hands back: the requests to send (each held to its pacing slot), the outcomes of
+/// calls whose request could not be built (to be recorded as failed), and how many batches gave
+/// calls.
+#[derive(Default)]
+pub struct Claimed {
+    pub jobs: Vec<Job>,
+    pub unbuildable: Vec<Value>,
+    pub batches: i32,
+}
+
+/// A batch with work due (`dialer._due_batches`).
+struct DueBatch {
+    batch_id: i64,
+    agency_id: i64,
+    mapping_id: i64,
+}
 
 /// A database (SPI) error as the worker reports it.
 pub(crate) fn db<E: std::fmt::Display>(e: E) -> DialerError {
@@ -260,69 +273,74 @@ fn set_batch_error(batch_id: i64, error: &str) -> Result<(), DialerError> {
 /// recorded as failed results at once.
 /// Returns the jobs to send, failed outcomes to record (requests that could not be built), and
 /// the number of batches served.
-pub fn claim(
-    max_batches: i32,
-    budget_per_batch: i32,
-    global_cps: i32,
-    catch_up_before_ms: Option<f64>,
-    room_for: &dyn Fn(&str) -> usize,
-    cache: &mut TargetCache,
-) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
+pub fn claim(max_batches: i32, pacing: &Pacing, room_for: &dyn Fn(&str) -> usize, cache: &mut TargetCache) -> Result<Claimed, DialerError> {
     let due = batch_rows(
         "SELECT batch_id, agency_id, agent_mapping_id
            FROM dialer._due_batches(clock_timestamp(), $1, make_interval(secs => $2 / 1000.0))",
-        &[max_batches.into(), CLAIM_LEAD_MS.into()],
+        &[max_batches.into(), pacing.ahead_ms.into()],
     )?;
-    claim_from(due, budget_per_batch, global_cps, catch_up_before_ms, room_for, cache)
+    claim_from(due, pacing, room_for, cache)
+}
+
+/// How a claim paces: slots up to `ahead_ms` ahead are claimed now (their requests held until
+/// the slot), at most `budget_per_batch` calls a batch, `global_cps` calls a second in all (0: no
+/// cap); slots missed before `catch_up_before_ms` (the worker's start) are made up.
+pub struct Pacing {
+    pub ahead_ms: f64,
+    pub budget_per_batch: i32,
+    pub global_cps: i32,
+    pub catch_up_before_ms: Option<f64>,
 }
 
 /// The immediate-call path: claims from one batch (a queue just given a job) without reading
 /// any other; `_claim_batch` checks its pacing, limits and compliance as for any batch.
 pub fn claim_one(
     batch_id: i64,
-    budget_per_batch: i32,
-    global_cps: i32,
-    catch_up_before_ms: Option<f64>,
+    pacing: &Pacing,
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
-) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
+) -> Result<Claimed, DialerError> {
     let due = batch_rows(
         "SELECT id, agency_id, agent_mapping_id FROM dialer.call_batches WHERE id = $1 AND status = 'processing'",
         &[batch_id.into()],
     )?;
-    claim_from(due, budget_per_batch, global_cps, catch_up_before_ms, room_for, cache)
+    claim_from(due, pacing, room_for, cache)
 }
 
-fn batch_rows(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<(i64, i64, i64)>, DialerError> {
+fn batch_rows(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<DueBatch>, DialerError> {
     Spi::connect(|client| {
-        let table = client.select(query, None, args)?;
+        let table = client.select(query, None, args).map_err(db)?;
         let mut out = Vec::new();
         for r in table {
-            out.push((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0)));
+            out.push(DueBatch { batch_id: required(&r, 1)?, agency_id: required(&r, 2)?, mapping_id: required(&r, 3)? });
         }
-        Ok::<_, pgrx::spi::Error>(out)
+        Ok::<_, DialerError>(out)
     })
-    .map_err(db)
+}
+
+/// A column the statement always fills: NULL (or a mismatched type) is a bug between the Rust
+/// and the SQL of this library, said as such rather than read as 0.
+fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData,
+    column: usize,
+) -> Result<T, DialerError> {
+    row.get::<T>(column).map_err(db)?.ok_or_else(|| DialerError::Database(format!("column {column} of a tick statement is NULL")))
 }
 
 /// Claims from the given batches, in order, as far as the HTTP pool's room goes.
 fn claim_from(
-    due: Vec<(i64, i64, i64)>,
-    budget_per_batch: i32,
-    global_cps: i32,
-    catch_up_before_ms: Option<f64>,
+    due: Vec<DueBatch>,
+    pacing: &Pacing,
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
-) -> Result<(Vec<Job>, Vec<Value>, i32), DialerError> {
-    let mut jobs = Vec::new();
-    let mut unbuildable = Vec::new();
-    let mut batches = 0;
+) -> Result<Claimed, DialerError> {
+    let Claimed { mut jobs, mut unbuildable, mut batches } = Claimed::default();
     // dialer.max_execution_time bounds one tick: batches not reached wait for the next one.
     let deadline = std::time::Instant::now() + crate::gucs::Settings::read().max_execution_time;
     // What the HTTP pool can take (room_for("") is the pool's room across all accounts).
     let mut total_left = room_for("");
     let mut claimed_now: HashMap<String, usize> = HashMap::new();
-    for (batch_id, agency_id, mapping_id) in due {
+    for DueBatch { batch_id, agency_id, mapping_id } in due {
         if std::time::Instant::now() >= deadline {
             break;
         }
@@ -343,9 +361,9 @@ fn claim_from(
         if room == 0 {
             continue;
         }
-        let budget = budget_per_batch.min(room.min(i32::MAX as usize) as i32);
+        let budget = pacing.budget_per_batch.min(room.min(i32::MAX as usize) as i32);
         // One batch whose rows cannot be claimed is set aside with its error; the rest go on.
-        let specs = match crate::txn::isolated(|| claim_batch(batch_id, budget, global_cps, catch_up_before_ms)) {
+        let specs = match crate::txn::isolated(|| claim_batch(batch_id, budget, pacing)) {
             Ok(specs) => specs,
             Err(e) => {
                 // Noted in a subtransaction of its own: a batch row that cannot be written now
@@ -402,49 +420,58 @@ fn claim_from(
             }
         }
     }
-    Ok((jobs, unbuildable, batches))
+    Ok(Claimed { jobs, unbuildable, batches })
 }
 
 /// The claimed calls, each with the caller ID the claim chose for it.
-fn claim_batch(
-    batch_id: i64,
-    budget: i32,
-    global_cps: i32,
-    catch_up_before_ms: Option<f64>,
-) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
+fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
     Spi::connect_mut(|client| {
-        let table = client.update(
-            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
+        let table = client
+            .update(
+                "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
                     agent_mapping_id, metadata, credential_key, credential_gap_ms, global_gap_ms, from_number
                FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0), $4,
                                         to_timestamp($5 / 1000.0))",
-            None,
-            &[batch_id.into(), budget.into(), CLAIM_LEAD_MS.into(), global_cps.into(), catch_up_before_ms.into()],
-        )?;
+                None,
+                &[batch_id.into(), budget.into(), pacing.ahead_ms.into(), pacing.global_cps.into(), pacing.catch_up_before_ms.into()],
+            )
+            .map_err(db)?;
         let mut out = Vec::new();
         for r in table {
             let spec = CallSpec {
-                call_id: r.get::<i64>(1)?.unwrap_or(0),
+                call_id: required(&r, 1)?,
                 batch_id,
-                contact_id: r.get::<i64>(2)?.unwrap_or(0),
-                phone_number: r.get::<String>(3)?.unwrap_or_default(),
-                name: r.get::<String>(4)?,
-                variables: r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_else(|| json!({})),
-                lead_ref: r.get::<String>(6)?,
-                idempotency_key: r.get::<String>(7)?.unwrap_or_default(),
-                slot_at_ms: r.get::<f64>(8)?.unwrap_or(0.0),
-                spacing_ms: r.get::<f64>(9)?.unwrap_or(0.0),
-                agent_mapping_id: r.get::<i64>(10)?.unwrap_or(0),
-                metadata: r.get::<JsonB>(11)?.map(|j| j.0).unwrap_or_else(|| json!({})),
-                credential_key: r.get::<String>(12)?,
-                credential_gap_ms: r.get::<f64>(13)?.unwrap_or(0.0),
-                global_gap_ms: r.get::<f64>(14)?.unwrap_or(0.0),
+                contact_id: required(&r, 2)?,
+                phone_number: required(&r, 3)?,
+                name: r.get::<String>(4).map_err(db)?,
+                variables: r.get::<JsonB>(5).map_err(db)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                lead_ref: r.get::<String>(6).map_err(db)?,
+                idempotency_key: required(&r, 7)?,
+                slot_at_ms: required(&r, 8)?,
+                spacing_ms: required(&r, 9)?,
+                agent_mapping_id: required(&r, 10)?,
+                metadata: r.get::<JsonB>(11).map_err(db)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                credential_key: r.get::<String>(12).map_err(db)?,
+                credential_gap_ms: required(&r, 13)?,
+                global_gap_ms: required(&r, 14)?,
             };
-            out.push((spec, r.get::<String>(15)?));
+            out.push((spec, r.get::<String>(15).map_err(db)?));
         }
-        Ok::<_, pgrx::spi::Error>(out)
+        Ok::<_, DialerError>(out)
     })
-    .map_err(db)
+}
+
+/// Held calls (claimed, not yet sent: see `held.rs`) that may no longer go are withdrawn, every
+/// one with `all` (at shutdown). Returns the calls withdrawn.
+pub fn withdraw_held(call_ids: &[i64], all: bool) -> Result<Vec<i64>, DialerError> {
+    Spi::connect_mut(|client| {
+        let table = client.update("SELECT dialer._withdraw_held($1, $2)", None, &[call_ids.to_vec().into(), all.into()]).map_err(db)?;
+        let mut out = Vec::new();
+        for r in table {
+            out.push(required(&r, 1)?);
+        }
+        Ok::<_, DialerError>(out)
+    })
 }
 
 /// Step 4: records the results of call requests in one short transaction (the caller's).

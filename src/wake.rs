@@ -2,13 +2,18 @@
 
 use pgrx::atomics::PgAtomic;
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 
 pub static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"pg_dialer_worker_pid") };
 
 /// The batch whose new work woke the worker (a queue that was just given a job), so that its
 /// next pass claims from it before anything else: 0 none, -1 several since the worker last looked.
 pub static WOKEN_BATCH: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_dialer_woken_batch") };
+
+/// Bumped when a transaction that may stop claimed calls commits (a batch paused, cancelled or
+/// ended; a number listed as do-not-call): calls the worker holds for a later pacing slot are
+/// checked again before they leave (see `worker::Held`).
+pub static HOLDS_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_dialer_holds_epoch") };
 
 /// Set in the postmaster by `_PG_init` when loaded through shared_preload_libraries, and so
 /// inherited by every backend: only then does the shared memory above exist.
@@ -17,6 +22,7 @@ pub static SHMEM_READY: AtomicBool = AtomicBool::new(false);
 pub fn init_shmem() {
     pgrx::pg_shmem_init!(WORKER_PID);
     pgrx::pg_shmem_init!(WOKEN_BATCH);
+    pgrx::pg_shmem_init!(HOLDS_EPOCH);
     SHMEM_READY.store(true, Ordering::SeqCst);
 }
 
@@ -71,4 +77,20 @@ pub fn take_woken_batch() -> Option<i64> {
     }
     let b = WOKEN_BATCH.get().swap(0, Ordering::SeqCst);
     (b > 0).then_some(b)
+}
+
+/// See HOLDS_EPOCH: called after the commit of a change that may stop held calls.
+pub fn note_holds_changed() {
+    if SHMEM_READY.load(Ordering::SeqCst) {
+        HOLDS_EPOCH.get().fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The current HOLDS_EPOCH (0 without shared memory: nothing is ever held then, see the worker).
+pub fn holds_epoch() -> u64 {
+    if SHMEM_READY.load(Ordering::SeqCst) {
+        HOLDS_EPOCH.get().load(Ordering::SeqCst)
+    } else {
+        0
+    }
 }

@@ -1,8 +1,9 @@
 //! The background worker: a latch loop that records finished requests, claims what is due,
 //! hands requests to the HTTP pool, and sleeps until the next pacing slot.
 
-use crate::dispatch::{unix_ms, JobResult, Pool};
+use crate::dispatch::{unix_ms, JobKind, JobResult, Pool};
 use crate::gucs::Settings;
+use crate::held::Held;
 use crate::tick::{self, Counts, TargetCache};
 use crate::{lead_writer, restores, retention, standbys, txn, wake};
 use pgrx::bgworkers::*;
@@ -18,8 +19,12 @@ const CLAIM_AHEAD: usize = 8;
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often every processing batch is checked for completion, counters aside.
 const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
-/// Answers that come back this close before the next pass are recorded by it (see wait).
-const RESULTS_WAIT: Duration = Duration::from_millis(40);
+/// Pacing slots up to this far ahead are claimed in one pass and held until their slot (see
+/// held.rs): a paced campaign costs a couple of claims a second however fast it dials.
+const CLAIM_AHEAD_MS: f64 = 1000.0;
+/// Answers are recorded together, at most this long after the first of them came back (a pass
+/// that claims records them all first).
+const RECORD_EVERY: Duration = Duration::from_millis(100);
 /// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
 const RETENTION_ROOM: Duration = Duration::from_millis(5);
 /// The longest the worker waits for a row lock (see pg_dialer_worker_main).
@@ -104,6 +109,15 @@ struct Worker {
     standbys: standbys::Standbys,
     /// The last claim's WAL position, noted outside the data directory (a restore is noticed).
     notebook: restores::Notebook,
+    /// Claimed calls waiting for their pacing slot (not yet handed to the HTTP pool).
+    held: Held,
+    /// Answers drained from the pool, not yet recorded, and when the first of them came.
+    unrecorded: Vec<JobResult>,
+    unrecorded_since: Option<Instant>,
+    /// The latch was set (new work, a change, a signal) since the last pass: the next is a full one.
+    latch_set: bool,
+    /// The HTTP pool had no room at the last pass: its answers wake the worker at once.
+    pool_full: bool,
 }
 
 impl Worker {
@@ -128,6 +142,11 @@ impl Worker {
             writers: lead_writer::Writers::default(),
             standbys: standbys::Standbys::default(),
             notebook: restores::Notebook::default(),
+            held: Held::default(),
+            unrecorded: Vec::new(),
+            unrecorded_since: None,
+            latch_set: true,
+            pool_full: false,
         })
     }
 
@@ -152,6 +171,7 @@ impl Worker {
                         }
                         self.extension_seen = false;
                     }
+                    self.latch_set = true;
                     ERROR_BACKOFF
                 }
             };
@@ -214,28 +234,41 @@ impl Worker {
             self.settled_at_start = true;
         }
 
+        // Held calls whose slot has come leave first (checked again if a pause, cancel or
+        // do-not-call entry has committed since they were claimed).
+        self.release_held()?;
         // A queue just given a job: claim from it before anything else (recording results,
         // promotions, other batches), so that an immediate call leaves within one short claim.
         self.claim_woken()?;
 
         let started = unix_ms();
-        let finished = self.pool.drain();
-        let mut counts = self.record(finished)?;
+        let now = Instant::now();
+        let do_poll = now >= self.next_poll_round;
+        let slot_near = self.next_due.is_some_and(|due| due <= now + claim_wake_lead());
+        // Nothing new, no slot near, no poll round: this wake-up was for held calls or answers.
+        let full = std::mem::take(&mut self.latch_set) || do_poll || slot_near || self.pool_full;
+        self.take_answers();
+        let (mut counts, ended) = self.record_answers(full)?;
         // (and again after recording, which can take a few milliseconds)
         self.claim_woken()?;
 
         if !self.settings.enabled {
             return Ok(self.prune_when_idle(self.settings.poll_interval));
         }
+        if !full && !ended {
+            if !counts.is_empty() {
+                txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))?;
+            }
+            return Ok(self.between_passes(self.settings.poll_interval));
+        }
 
-        let now = Instant::now();
-        let do_poll = now >= self.next_poll_round;
         if do_poll {
             self.next_poll_round = now + POLL_ROUND_EVERY;
         }
         let settings = self.settings.clone();
-        let started_ms = self.started_ms;
+        let pacing = self.pacing();
         let (pool_room, room_for) = self.room();
+        self.pool_full = pool_room == 0;
         if pool_room == 0 {
             let wait = self.settings.poll_interval.min(Duration::from_millis(50));
             counts.batches = 0;
@@ -245,23 +278,16 @@ impl Worker {
             return Ok(wait);
         }
         // The claim: its own short transaction, so that requests leave as soon as it commits.
+        let epoch = wake::holds_epoch();
         let outcome = txn::run(|| {
             if !tick::try_tick_lock()? {
                 return Ok(None);
             }
             tick::promote()?;
             let mut cache = TargetCache::default();
-            let claimed = tick::claim(
-                settings.max_batches_per_run,
-                settings.max_claim_per_batch,
-                settings.max_calls_per_second,
-                Some(started_ms),
-                &room_for,
-                &mut cache,
-            )?;
-            Ok(Some(claimed))
+            Ok(Some(tick::claim(settings.max_batches_per_run, &pacing, &room_for, &mut cache)?))
         })?;
-        let Some((jobs, unbuildable, batches)) = outcome else {
+        let Some(tick::Claimed { jobs, unbuildable, batches }) = outcome else {
             if !self.skipping {
                 self.skipping = true;
                 txn::run(|| tick::log_run(started, "worker", Counts::default(), "SKIPPED_CONCURRENT", None))?;
@@ -270,11 +296,11 @@ impl Worker {
         };
         self.skipping = false;
         // The claim is committed: only now may requests leave.
-        let submitted = self.send_claimed(jobs);
+        let submitted = self.send_claimed(jobs, epoch);
 
         // Housekeeping after the requests are on their way: status look-ups, lost attempts,
         // hand-offs, completed batches, and when to look again.
-        let idle = self.pool.in_flight() == 0;
+        let idle = self.pool.in_flight() == 0 && self.held.is_empty();
         let (polls, next_due_ms, lead_owners) = txn::run(|| {
             let mut cache = TargetCache::default();
             let polls = if do_poll {
@@ -329,12 +355,7 @@ impl Worker {
         }
 
         self.next_due = next_due_ms.map(|ms| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64));
-        let mut wait = self.settings.poll_interval;
-        if let Some(due) = self.next_due {
-            // Wake a little before the slot: the claim may take slots up to CLAIM_LEAD_MS ahead.
-            let lead = Duration::from_micros((tick::CLAIM_LEAD_MS * 500.0) as u64);
-            wait = wait.min(due.saturating_duration_since(Instant::now() + lead));
-        }
+        let mut wait = self.between_passes(self.settings.poll_interval);
         if !progressed && wait < Duration::from_millis(1) {
             // Something is due that this pass could not do (a provider account's share of the
             // HTTP threads is full, or every queued number is on a live call elsewhere): back off
@@ -355,10 +376,13 @@ impl Worker {
 
     /// What the HTTP pool can take: overall, and (the function) per provider account.
     fn room(&self) -> (usize, impl Fn(&str) -> usize + use<>) {
-        let in_flight = self.pool.in_flight_by_account();
+        let mut in_flight = self.pool.in_flight_by_account();
+        for (account, n) in self.held.by_account() {
+            *in_flight.entry(account).or_insert(0) += n;
+        }
         // Claim no more than the pool can send soon: a huge claim would only wait in the queue
         // (and its results would wait to be recorded) while the next tick could have run.
-        let pool_room = (self.settings.http_concurrency * CLAIM_AHEAD).saturating_sub(self.pool.in_flight());
+        let pool_room = (self.settings.http_concurrency * CLAIM_AHEAD).saturating_sub(self.pool.in_flight() + self.held.len());
         // The pool lets one provider account work at most three quarters of its threads; its
         // queue holds as much for the account again, so a hanging provider's calls wait there
         // rather than being claimed while they cannot be sent.
@@ -374,8 +398,9 @@ impl Worker {
     }
 
     /// Hands a committed claim's requests to the HTTP pool, once the standbys hold the claim (call
-    /// right after the claim's commit). Returns how many.
-    fn send_claimed(&mut self, jobs: Vec<crate::dispatch::Job>) -> usize {
+    /// right after the claim's commit); those for a slot further off are held (see held.rs).
+    /// `epoch`: wake::holds_epoch() read before the claim. Returns how many.
+    fn send_claimed(&mut self, jobs: Vec<crate::dispatch::Job>, epoch: u64) -> usize {
         let n = jobs.len();
         if n > 0 {
             self.notebook.note_last_commit();
@@ -384,7 +409,7 @@ impl Worker {
                 warning!("pg_dialer: could not read the standbys' positions ({e}); the calls leave anyway");
             }
         }
-        for job in jobs {
+        for job in self.held.hold(jobs, unix_ms(), epoch) {
             self.pool.submit(job);
         }
         if n > 0 {
@@ -406,21 +431,88 @@ impl Worker {
         if pool_room == 0 {
             return Ok(());
         }
-        let s = self.settings.clone();
-        let started_ms = self.started_ms;
+        let pacing = self.pacing();
+        let epoch = wake::holds_epoch();
         let claimed = txn::run(|| {
             if !tick::try_tick_lock()? {
                 return Ok(None);
             }
             let mut cache = TargetCache::default();
-            tick::claim_one(batch_id, s.max_claim_per_batch, s.max_calls_per_second, Some(started_ms), &room_for, &mut cache).map(Some)
+            tick::claim_one(batch_id, &pacing, &room_for, &mut cache).map(Some)
         })?;
-        let Some((jobs, unbuildable, _)) = claimed else { return Ok(()) };
-        self.send_claimed(jobs);
+        let Some(tick::Claimed { jobs, unbuildable, .. }) = claimed else { return Ok(()) };
+        self.send_claimed(jobs, epoch);
         if !unbuildable.is_empty() {
             txn::run(|| tick::record_outcomes(unbuildable))?;
         }
         Ok(())
+    }
+
+    fn pacing(&self) -> tick::Pacing {
+        tick::Pacing {
+            ahead_ms: CLAIM_AHEAD_MS,
+            budget_per_batch: self.settings.max_claim_per_batch,
+            global_cps: self.settings.max_calls_per_second,
+            catch_up_before_ms: Some(self.started_ms),
+        }
+    }
+
+    /// Held calls whose slot is near go to the HTTP pool. If something that may stop them (a
+    /// pause, a cancel, a do-not-call entry) has committed since they were claimed, the database
+    /// first withdraws those that may no longer go.
+    fn release_held(&mut self) -> Result<(), crate::error::DialerError> {
+        let epoch = wake::holds_epoch();
+        if self.held.stale(epoch) {
+            let ids = self.held.call_ids();
+            let withdrawn = txn::run(|| tick::withdraw_held(&ids, false))?;
+            self.held.checked(epoch, &withdrawn);
+        }
+        for job in self.held.take_due(unix_ms()) {
+            self.pool.submit(job);
+        }
+        Ok(())
+    }
+
+    /// Moves the pool's answers into `unrecorded`.
+    fn take_answers(&mut self) {
+        let answers = self.pool.drain();
+        if !answers.is_empty() && self.unrecorded.is_empty() {
+            self.unrecorded_since = Some(Instant::now());
+        }
+        self.unrecorded.extend(answers);
+    }
+
+    /// Records the answers waiting, if `now` or if the first of them has waited RECORD_EVERY.
+    /// Returns their counts, and whether any was more than an accepted call (a failure, a call
+    /// that ended, a look-up: a concurrency slot or a retry may be due).
+    fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), crate::error::DialerError> {
+        let waited = self.unrecorded_since.is_some_and(|t| t.elapsed() >= RECORD_EVERY);
+        if self.unrecorded.is_empty() || !(now || waited) {
+            return Ok((Counts::default(), false));
+        }
+        let answers = std::mem::take(&mut self.unrecorded);
+        self.unrecorded_since = None;
+        let placed = answers.iter().filter(|r| matches!(r.kind, JobKind::Place { .. })).count();
+        let counts = self.record(answers.as_slice())?;
+        let more_than_accepted = placed > counts.initiated.max(0) as usize || answers.len() > placed;
+        Ok((counts, more_than_accepted))
+    }
+
+    /// How long to sleep at most, from what is known without a query: the next slot (less the
+    /// claim's lead), the next held call, answers waiting to be recorded.
+    fn between_passes(&self, at_most: Duration) -> Duration {
+        let now = Instant::now();
+        let mut wait = at_most;
+        if let Some(due) = self.next_due {
+            wait = wait.min(due.saturating_duration_since(now + claim_wake_lead()));
+        }
+        if let Some(release_ms) = self.held.next_release_ms() {
+            wait = wait.min(Duration::from_micros(((release_ms - unix_ms()).max(0.0) * 1000.0) as u64));
+        }
+        if let Some(since) = self.unrecorded_since {
+            wait = wait.min((since + RECORD_EVERY).saturating_duration_since(now));
+        }
+        wait
     }
 
     /// A retention pass, if one is due: its own short transaction (at most PASS_LIMIT rows of
@@ -446,14 +538,14 @@ impl Worker {
         self.retention.cap(Instant::now(), wait)
     }
 
-    fn record(&mut self, results: Vec<JobResult>) -> Result<Counts, crate::error::DialerError> {
+    fn record(&mut self, results: &[JobResult]) -> Result<Counts, crate::error::DialerError> {
         if results.is_empty() {
             return Ok(Counts::default());
         }
         let grouped = txn::run(|| {
-            let counts = tick::record_dispatch(&results)?;
-            tick::record_status(&results)?;
-            tick::record_lookups(&results)?;
+            let counts = tick::record_dispatch(results)?;
+            tick::record_status(results)?;
+            tick::record_lookups(results)?;
             tick::complete_batches(true)?;
             Ok(counts)
         });
@@ -463,7 +555,7 @@ impl Worker {
                 // One bad result must not hold back the others: record them one by one.
                 warning!("pg_dialer: recording {} results together failed ({e}); recording one by one", results.len());
                 let mut counts = Counts::default();
-                for r in &results {
+                for r in results {
                     let one = std::slice::from_ref(r);
                     match txn::run(|| {
                         // A row still locked now (a tenant's open transaction) fails this result
@@ -485,12 +577,12 @@ impl Worker {
 
     /// Sleeps on the latch and the HTTP pool's pipe (the process exits if the postmaster died;
     /// SIGTERM is seen at the top of the loop).
-    /// When the next pass is due within RESULTS_WAIT anyway, answers wait for it rather than
-    /// waking the worker each (a paced campaign's calls were two passes each, one to place, one
-    /// to record).
+    /// Answers wake the worker only when none are waiting to be recorded (those that follow are
+    /// recorded with the first, RECORD_EVERY later) or when the pool was full (its room is
+    /// wanted at once).
     fn wait(&mut self, timeout: Duration) {
         let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
-        if timeout > RESULTS_WAIT {
+        if self.unrecorded.is_empty() || self.pool_full {
             events |= pg_sys::WL_SOCKET_READABLE;
         }
         let events = events as i32;
@@ -503,16 +595,31 @@ impl Worker {
         if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
             unsafe { pg_sys::proc_exit(1) };
         }
+        self.latch_set |= rc & pg_sys::WL_LATCH_SET as i32 != 0;
         pgrx::check_for_interrupts!();
     }
 
     /// SIGTERM: let requests in flight finish (or time out) and record them before exit.
     fn shutdown(&mut self) {
+        // Held calls never left: back to their queues (else the next start holds them in doubt).
+        let held = self.held.call_ids();
+        if !held.is_empty() {
+            if let Err(e) = txn::run(|| tick::withdraw_held(&held, true)) {
+                warning!("pg_dialer: could not withdraw {} held call(s) at shutdown: {e}", held.len());
+            }
+        }
         let deadline = Instant::now() + self.settings.http_timeout + Duration::from_secs(1);
-        let results = self.pool.wait_all(deadline);
-        if let Err(e) = self.record(results) {
+        let mut results = std::mem::take(&mut self.unrecorded);
+        results.extend(self.pool.wait_all(deadline));
+        if let Err(e) = self.record(&results) {
             warning!("pg_dialer: could not record requests in flight at shutdown: {e}");
         }
         log!("pg_dialer worker stopping");
     }
+}
+
+/// A claim pass runs this long before the next slot: it takes the slots up to CLAIM_AHEAD_MS
+/// ahead, so each pass claims about half of that.
+fn claim_wake_lead() -> Duration {
+    Duration::from_micros((CLAIM_AHEAD_MS * 500.0) as u64)
 }

@@ -2,7 +2,7 @@
 //! per number, why_not_dialed — checked in the claim against live tables.
 
 use pg_dialer_integration::provider_sim::max_concurrent_calls;
-use pg_dialer_integration::{posts_to, wait_for, Scenario};
+use pg_dialer_integration::{numbers, posts_to, wait_for, Scenario};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -319,4 +319,92 @@ fn retry_delays_per_outcome_bring_a_no_answer_back_later() {
     assert_eq!(posts.len(), 2, "no answer, then dialed again");
     let gap = posts[1].received_at_us - posts[0].received_at_us;
     assert!(gap >= 2_000_000, "the no-answer delay was respected ({gap} µs)");
+}
+
+/// A call claimed for a pacing slot still to come (the worker claims the next second's slots in
+/// one pass and holds their requests: src/held.rs) that has waited this long unsent is held; it
+/// has at least ~200 ms to go (one call every ~505 ms, claimed ~500 ms before its slot).
+fn a_held_call(s: &mut Scenario, batch: i64) -> (i64, i64, String) {
+    wait_for("a call held for its slot", Duration::from_secs(20), || {
+        let rows =
+            s.db.query(
+                "SELECT id, contact_id, phone_number FROM dialer.calls
+                  WHERE batch_id = $1 AND status = 'dialing'
+                    AND created_at BETWEEN clock_timestamp() - interval '300 ms' AND clock_timestamp() - interval '30 ms'
+                  ORDER BY id DESC",
+                &[&batch],
+            )
+            .unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).find(|(_, _, number): &(i64, i64, String)| posts_to(&s.sim, number).is_empty())
+    })
+}
+
+/// What became of a held call once it is settled: None while it is still held or dialing.
+fn settled(s: &mut Scenario, call_id: i64, contact_id: i64) -> Option<(bool, String, Option<String>)> {
+    let call: Option<String> = s.db.query_opt("SELECT status FROM dialer.calls WHERE id = $1", &[&call_id]).unwrap().map(|r| r.get(0));
+    if call.as_deref() == Some("dialing") {
+        return None;
+    }
+    let r = s.db.query_one("SELECT status, last_error FROM dialer.campaign_contacts WHERE id = $1", &[&contact_id]).unwrap();
+    Some((call.is_some(), r.get(0), r.get(1)))
+}
+
+#[test]
+fn held_calls_honour_a_do_not_call_entry_a_pause_and_a_cancel_that_land_before_their_slot() {
+    let mut s = Scenario::new("c-held", Scenario::sim_config(100, 200), &[]);
+    let batch = s.batch("held", 120, 50, 3);
+    s.add_numbers(batch, &numbers("+1555731", 60));
+    let agency = s.agency_id;
+
+    // A number listed while its call is held: withdrawn, cancelled as 'dnc', never posted.
+    let (call, contact, number) = a_held_call(&mut s, batch);
+    s.db.execute("INSERT INTO dialer.do_not_call (phone_number, agency_id) VALUES ($1, $2)", &[&number, &agency]).unwrap();
+    let after = wait_for("the held call settled", Duration::from_secs(10), || settled(&mut s, call, contact));
+    assert_eq!(after, (false, "cancelled".into(), Some("dnc".into())), "held call {call} to {number}");
+    // The batch goes on: later calls are placed.
+    wait_for("a later call posted", Duration::from_secs(10), || {
+        let n: i64 =
+            s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND id > $2 AND status <> 'dialing'", &[&batch, &call])
+                .unwrap()
+                .get(0);
+        (n > 0).then_some(())
+    });
+    assert!(posts_to(&s.sim, &number).is_empty(), "a number listed before its slot was posted");
+
+    // A pause while a call is held: the call is withdrawn and its contact waits again.
+    let (call, contact, number) = a_held_call(&mut s, batch);
+    let posts_before = pg_dialer_integration::call_posts(&s.sim).len();
+    s.db.execute("SELECT dialer.pause_batch($1)", &[&batch]).unwrap();
+    let after = wait_for("the held call settled", Duration::from_secs(10), || settled(&mut s, call, contact));
+    assert_eq!(after, (false, "queued".into(), None), "held call {call} to {number}");
+    wait_for("nothing dialing in the paused batch", Duration::from_secs(10), || {
+        let n: i64 =
+            s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'dialing'", &[&batch]).unwrap().get(0);
+        (n == 0).then_some(())
+    });
+    // At most a call already handed to the HTTP threads (its slot under RELEASE_AHEAD_MS away).
+    assert!(pg_dialer_integration::call_posts(&s.sim).len() <= posts_before + 1, "calls left after the pause");
+    assert!(posts_to(&s.sim, &number).is_empty(), "a call held at the pause was posted");
+    let (counted, actual): (i32, i64) = {
+        let r =
+            s.db.query_one(
+                "SELECT b.queued_count, (SELECT count(*) FROM dialer.campaign_contacts c WHERE c.batch_id = b.id AND c.status = 'queued')
+                   FROM dialer.call_batches b WHERE b.id = $1",
+                &[&batch],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(counted as i64, actual, "the batch's queued counter after a withdrawal");
+
+    // Resumed, the withdrawn contact is dialed; a cancel while another call is held stops that one.
+    s.db.execute("SELECT dialer.resume_batch($1)", &[&batch]).unwrap();
+    wait_for("the withdrawn contact dialed after the resume", Duration::from_secs(20), || {
+        (!posts_to(&s.sim, &number).is_empty()).then_some(())
+    });
+    let (call, contact, number) = a_held_call(&mut s, batch);
+    s.db.execute("SELECT dialer.cancel_batch($1)", &[&batch]).unwrap();
+    let after = wait_for("the held call settled", Duration::from_secs(10), || settled(&mut s, call, contact));
+    assert_eq!(after, (false, "cancelled".into(), Some("batch cancelled".into())), "held call {call} to {number}");
+    assert!(posts_to(&s.sim, &number).is_empty(), "a call held at the cancel was posted");
 }

@@ -1349,6 +1349,59 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY s.family, s.labels - 'le', s.ord
 $$;
 
+-- Calls the worker claimed for a pacing slot still to come wait in the worker, unsent (src/held.rs).
+-- When a batch stops dialing or a number is listed as do-not-call meanwhile, those that may no
+-- longer go are withdrawn here (p_all: every one, at shutdown): no request was sent, so the
+-- attempt row goes and the contact is back as it was (queued; cancelled for a cancelled batch or a
+-- listed number). Returns the calls withdrawn.
+CREATE FUNCTION dialer._withdraw_held(p_call_ids bigint[], p_all boolean DEFAULT false)
+RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+    why text;
+    now_ts timestamptz := clock_timestamp();
+BEGIN
+    FOR k IN SELECT c.id, c.contact_id, c.batch_id, c.phone_number, b.status AS batch_status, b.agency_id
+               FROM dialer.calls c JOIN dialer.call_batches b ON b.id = c.batch_id
+              WHERE c.id = ANY (p_call_ids) AND c.status = 'dialing'
+              ORDER BY c.id FOR UPDATE OF c LOOP
+        why := CASE WHEN k.batch_status = 'cancelled' THEN 'batch cancelled'
+                    WHEN dialer._on_dnc(k.phone_number, k.agency_id) THEN 'dnc' END;
+        CONTINUE WHEN why IS NULL AND k.batch_status = 'processing' AND NOT p_all;
+        UPDATE dialer.campaign_contacts c
+           SET status = CASE WHEN why IS NULL THEN 'queued' ELSE 'cancelled' END,
+               attempts = greatest(c.attempts - 1, 0), updated_at = now_ts, last_error = coalesce(why, c.last_error),
+               call_id = (SELECT max(e.id) FROM dialer.calls e WHERE e.contact_id = c.id AND e.id <> k.id)
+         WHERE c.id = k.contact_id AND c.call_id = k.id;
+        DELETE FROM dialer.calls WHERE id = k.id;
+        IF why IS NULL THEN
+            UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = k.batch_id;
+        END IF;
+        PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1);
+        RETURN NEXT k.id;
+    END LOOP;
+END $$;
+
+-- Calls held for a later pacing slot (src/held.rs): a change that may stop them bumps a counter
+-- the worker reads at commit.
+CREATE FUNCTION dialer."_holds_changed_on_commit"() RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_holds_changed_on_commit_wrapper';
+
+-- A batch that stops dialing, or a number listed as do-not-call: at commit the worker checks the
+-- calls it holds for a pacing slot still to come before they leave (dialer._withdraw_held).
+CREATE FUNCTION dialer._holds_changed()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._holds_changed_on_commit();
+    RETURN NULL;
+END $$;
+CREATE TRIGGER call_batches_holds AFTER UPDATE OF status ON dialer.call_batches
+    FOR EACH ROW WHEN (OLD.status = 'processing' AND NEW.status <> 'processing') EXECUTE FUNCTION dialer._holds_changed();
+CREATE TRIGGER do_not_call_holds AFTER INSERT ON dialer.do_not_call
+    FOR EACH STATEMENT EXECUTE FUNCTION dialer._holds_changed();
+
 -- The worker's own role: the dialer's tables, sequences and functions, nothing else.
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;

@@ -45,6 +45,10 @@ pub fn raise(e: DialerError) -> ! {
     ereport!(ERROR, code, e.to_string());
 }
 
+/// Pacing slots this close ahead are claimed by process_batches() too (the worker's wake-up
+/// jitter does not shift calls; see `_claim_batch`).
+const PROCESS_AHEAD_MS: f64 = 25.0;
+
 fn run_tick() -> Result<Value, DialerError> {
     let started = unix_ms();
     if !tick::try_tick_lock()? {
@@ -60,14 +64,14 @@ fn run_tick() -> Result<Value, DialerError> {
     }
     let mut cache = TargetCache::default();
     let unlimited = |_: &str| usize::MAX;
-    let (jobs, unbuildable, _served) = tick::claim(
-        settings.max_batches_per_run,
-        settings.max_claim_per_batch,
-        settings.max_calls_per_second,
-        None,
-        &unlimited,
-        &mut cache,
-    )?;
+    // Slots only a moment ahead: this function returns when its calls are answered.
+    let pacing = tick::Pacing {
+        ahead_ms: PROCESS_AHEAD_MS,
+        budget_per_batch: settings.max_claim_per_batch,
+        global_cps: settings.max_calls_per_second,
+        catch_up_before_ms: None,
+    };
+    let tick::Claimed { jobs, unbuildable, .. } = tick::claim(settings.max_batches_per_run, &pacing, &unlimited, &mut cache)?;
     let mut counts = Counts { batches: active.min(settings.max_batches_per_run as i64) as i32, ..Counts::default() };
     if !unbuildable.is_empty() {
         counts.add(tick::record_outcomes(unbuildable)?);

@@ -19,6 +19,8 @@ thread_local! {
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
     /// The batch this transaction gave new work to: 0 none yet, -1 several.
     static WAKE_BATCH: Cell<i64> = const { Cell::new(0) };
+    /// This transaction may stop calls the worker holds for a later slot (see wake::HOLDS_EPOCH).
+    static HOLDS_CHANGED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Wakes the worker when the current transaction commits (so it sees the new rows), once per
@@ -34,6 +36,15 @@ fn _wake_on_commit() {
 #[pg_extern]
 fn _wake_on_commit_for(batch_id: i64) {
     wake_on_commit(Some(batch_id));
+}
+
+/// The trigger behind `call_batches_holds` and `do_not_call_holds`: a batch leaving
+/// 'processing' or a number listed as do-not-call; at commit the worker checks the calls it
+/// holds for later slots again before they leave.
+#[pg_extern]
+fn _holds_changed_on_commit() {
+    HOLDS_CHANGED.with(|h| h.set(true));
+    wake_on_commit(None);
 }
 
 fn wake_on_commit(batch_id: Option<i64>) {
@@ -55,11 +66,15 @@ fn wake_on_commit(batch_id: Option<i64>) {
         if b != 0 {
             wake::note_woken_batch(b);
         }
+        if HOLDS_CHANGED.with(|h| h.replace(false)) {
+            wake::note_holds_changed();
+        }
         wake::wake_worker();
     });
     register_xact_callback(PgXactCallbackEvent::Abort, || {
         WAKE_PENDING.with(|p| p.set(false));
         WAKE_BATCH.with(|w| w.set(0));
+        HOLDS_CHANGED.with(|h| h.set(false));
     });
 }
 
