@@ -386,50 +386,52 @@ BEGIN
     END IF;
 END $$;
 
--- Step 4: record dispatch results other than accepted calls (those go to _record_accepted), one
--- JSON object per call, each with its own retry, back-off or hand-off:
--- {call_id, outcome: rate_limited|failed|network_error|timeout, http_status, error, latency_ms,
---  retry_after_secs, request, response}
--- Returns {"initiated": 0, "failed": n, "rate_limited": n, "retried": n, "in_doubt": n}.
-CREATE FUNCTION dialer._record_dispatch(p_results jsonb)
-RETURNS jsonb LANGUAGE plpgsql AS $$
+CREATE TYPE dialer.dispatch_outcome AS ENUM ('rate_limited', 'failed', 'network_error', 'timeout');
+
+-- Step 4: record dispatch results other than accepted calls (those go to _record_accepted), each
+-- with its own retry, back-off or hand-off. One element per call in parallel arrays (request and
+-- response as JSON text); the outcome is an enum, so a kind this SQL does not know fails here.
+-- Returns how many failed for good, were rate-limited, are retried and are held in doubt.
+CREATE FUNCTION dialer._record_dispatch(p_call_ids bigint[], p_outcomes dialer.dispatch_outcome[], p_http_status integer[],
+    p_errors text[], p_latency_ms double precision[], p_dispatched_at_ms double precision[],
+    p_retry_after_secs double precision[], p_requests text[], p_responses text[],
+    OUT n_failed integer, OUT n_rate_limited integer, OUT n_retried integer, OUT n_in_doubt integer)
+LANGUAGE plpgsql AS $$
 DECLARE
-    r jsonb;
+    r record;
     k dialer.calls;
     b dialer.call_batches;
     c dialer.campaign_contacts;
-    outcome text;
+    outcome dialer.dispatch_outcome;
     backoff interval;
-    failed integer := 0;
-    rate_limited integer := 0;
-    retried integer := 0;
-    doubtful integer := 0;
     now_ts timestamptz := clock_timestamp();
 BEGIN
-    FOR r IN SELECT value FROM jsonb_array_elements(p_results) WHERE value->>'outcome' <> 'accepted' LOOP
-        SELECT * INTO k FROM dialer.calls WHERE id = (r->>'call_id')::bigint AND status = 'dialing' FOR UPDATE;
+    n_failed := 0; n_rate_limited := 0; n_retried := 0; n_in_doubt := 0;
+    FOR r IN SELECT * FROM unnest(p_call_ids, p_outcomes, p_http_status, p_errors, p_latency_ms, p_dispatched_at_ms,
+                                  p_retry_after_secs, p_requests, p_responses)
+                       AS a(call_id, outcome, http_status, error, latency_ms, dispatched_at_ms, retry_after_secs, request, response) LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = r.call_id AND status = 'dialing' FOR UPDATE;
         CONTINUE WHEN NOT FOUND;  -- already settled (e.g. adopted by a reconcile)
         SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
         SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
-        outcome := r->>'outcome';
+        outcome := r.outcome;
 
         UPDATE dialer.calls
            SET status = CASE outcome WHEN 'rate_limited' THEN 'rate_limited'
                                      WHEN 'network_error' THEN 'network_error' WHEN 'timeout' THEN 'in_doubt'
                                      ELSE 'failed' END,
-               provider_call_id = r->>'provider_call_id',
-               http_status = (r->>'http_status')::integer,
-               latency_ms = (r->>'latency_ms')::double precision,
-               error = r->>'error',
-               request = r->'request',
-               response = r->'response',
-               dispatched_at = to_timestamp((r->>'dispatched_at_ms')::double precision / 1000.0)
+               http_status = r.http_status,
+               latency_ms = r.latency_ms,
+               error = r.error,
+               request = r.request::jsonb,
+               response = r.response::jsonb,
+               dispatched_at = to_timestamp(r.dispatched_at_ms / 1000.0)
          WHERE id = k.id;
 
         IF outcome = 'rate_limited' THEN
             -- Not an attempt: back to the queue, the whole batch waits for Retry-After.
-            rate_limited := rate_limited + 1;
-            backoff := make_interval(secs => greatest(coalesce((r->>'retry_after_secs')::double precision, 60), 0));
+            n_rate_limited := n_rate_limited + 1;
+            backoff := make_interval(secs => greatest(coalesce(r.retry_after_secs, 60), 0));
             UPDATE dialer.campaign_contacts
                SET status = 'queued', attempts = greatest(attempts - 1, 0), next_attempt_at = now_ts + backoff,
                    updated_at = now_ts, last_error = 'rate limited by provider'
@@ -445,51 +447,49 @@ BEGIN
             PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSIF outcome = 'network_error' THEN
             -- The request never reached the provider: retried, and not counted as an attempt.
-            retried := retried + 1;
+            n_retried := n_retried + 1;
             UPDATE dialer.campaign_contacts
                SET status = 'queued', attempts = greatest(attempts - 1, 0),
                    next_attempt_at = now_ts + greatest(b.retry_delay, interval '1 second'),
-                   updated_at = now_ts, last_error = r->>'error'
+                   updated_at = now_ts, last_error = r.error
              WHERE id = c.id;
             UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
             PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSIF outcome = 'timeout' THEN
             -- The request may have reached the provider: never redialed blindly.
-            doubtful := doubtful + 1;
+            n_in_doubt := n_in_doubt + 1;
             UPDATE dialer.campaign_contacts
-               SET status = 'in_doubt', updated_at = now_ts, last_error = r->>'error'
+               SET status = 'in_doubt', updated_at = now_ts, last_error = r.error
              WHERE id = c.id;
             PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSIF c.attempts < b.max_attempts THEN
-            retried := retried + 1;
+            n_retried := n_retried + 1;
             -- at least a second: a batch that fails every post cannot make the worker spin
             backoff := greatest(b.retry_delay * power(b.retry_backoff, greatest(c.attempts - 1, 0))::double precision,
                                 interval '1 second');
             UPDATE dialer.campaign_contacts
                SET status = 'queued', next_attempt_at = now_ts + backoff, updated_at = now_ts,
-                   last_error = r->>'error'
+                   last_error = r.error
              WHERE id = c.id;
             UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = b.id;
             PERFORM dialer._move_batch_counters(b.id, p_in_progress => -1);
         ELSE
-            failed := failed + 1;
+            n_failed := n_failed + 1;
             UPDATE dialer.campaign_contacts
-               SET status = 'failed', updated_at = now_ts, last_error = r->>'error', outcome = 'ai_failed'
+               SET status = 'failed', updated_at = now_ts, last_error = r.error, outcome = 'ai_failed'
              WHERE id = c.id;
-            UPDATE dialer.call_batches SET last_error = r->>'error' WHERE id = b.id;
+            UPDATE dialer.call_batches SET last_error = r.error WHERE id = b.id;
             PERFORM dialer._move_batch_counters(b.id, p_failed => 1, p_in_progress => -1);
             PERFORM dialer._notify('max_retries_exceeded', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
                 'agency_id', b.agency_id, 'attempts', c.attempts));
             -- The seed's fallback: the humans take over, first in line.
-            PERFORM dialer._hand_off(c.id, r->>'error', true);
+            PERFORM dialer._hand_off(c.id, r.error, true);
         END IF;
         IF outcome = 'failed' AND current_setting('dialer.notify_failures', true) = 'on' THEN
             PERFORM dialer._notify('call_failed', jsonb_build_object('contact_id', c.id, 'batch_id', b.id,
-                'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r->'http_status'));
+                'agency_id', b.agency_id, 'attempt', c.attempts, 'http_status', r.http_status));
         END IF;
     END LOOP;
-    RETURN jsonb_build_object('initiated', 0, 'failed', failed, 'rate_limited', rate_limited,
-                              'retried', retried, 'in_doubt', doubtful);
 END $$;
 
 -- Step 4, the common case: calls the provider accepted, as arrays (one element per call; request

@@ -122,7 +122,7 @@ pub fn pass(r: &Retention, limit: i32) -> Result<Removed, DialerError> {
         "SELECT dialer._prune($1, $2, $3, $4, $5)",
         &[r.runs.as_str().into(), r.bodies.as_str().into(), r.webhook_events.as_str().into(), r.jobs.as_str().into(), limit.into()],
     )
-    .map_err(|e| DialerError::Database(e.to_string()))?;
+    .map_err(|e| DialerError::database(e.to_string()))?;
     Ok(v.map(|j| Removed::from_json(&j.0)).unwrap_or_default())
 }
 

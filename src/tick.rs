@@ -16,7 +16,7 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct Claimed {
     pub jobs: Vec<Job>,
-    pub unbuildable: Vec<Value>,
+    pub unbuildable: Outcomes,
     pub batches: i32,
 }
 
@@ -29,7 +29,7 @@ struct DueBatch {
 
 /// A database (SPI) error as the worker reports it.
 pub(crate) fn db<E: std::fmt::Display>(e: E) -> DialerError {
-    DialerError::Database(e.to_string())
+    DialerError::database(e.to_string())
 }
 
 /// The library was upgraded and the SQL not yet: calling functions that do not exist (or mean
@@ -64,38 +64,30 @@ pub fn try_tick_lock() -> Result<bool, DialerError> {
 }
 
 pub fn promote() -> Result<i32, DialerError> {
-    Spi::get_one::<i32>("SELECT dialer._promote_batches(clock_timestamp())").map(|v| v.unwrap_or(0)).map_err(db)
+    one::<i32>("SELECT dialer._promote_batches(clock_timestamp())", &[])
 }
 
 /// Calls still open long after dialer.call_timeout (the provider never said they ended).
 pub fn close_abandoned(call_timeout_ms: f64) -> Result<i32, DialerError> {
-    Spi::get_one_with_args::<i32>(
-        "SELECT dialer._close_abandoned(clock_timestamp(), make_interval(secs => $1 / 1000.0))",
-        &[call_timeout_ms.into()],
-    )
-    .map(|v| v.unwrap_or(0))
-    .map_err(db)
+    one::<i32>("SELECT dialer._close_abandoned(clock_timestamp(), make_interval(secs => $1 / 1000.0))", &[call_timeout_ms.into()])
 }
 
 /// Hand-offs waiting for a telecaller who has since become available.
 pub fn assign_pending() -> Result<i32, DialerError> {
-    Spi::get_one::<i32>(
+    one::<i32>(
         "SELECT CASE WHEN EXISTS (SELECT 1 FROM dialer.followups WHERE status = 'open' AND telecaller_id IS NULL)
                      THEN dialer._assign_pending() ELSE 0 END",
+        &[],
     )
-    .map(|v| v.unwrap_or(0))
-    .map_err(db)
 }
 
 pub fn active_batch_count() -> Result<i64, DialerError> {
-    Spi::get_one::<i64>("SELECT count(*) FROM dialer.call_batches WHERE status = 'processing'").map(|v| v.unwrap_or(0)).map_err(db)
+    one::<i64>("SELECT count(*) FROM dialer.call_batches WHERE status = 'processing'", &[])
 }
 
 /// Marks finished batches completed; `by_counters`: look only at batches whose counters say so.
 pub fn complete_batches(by_counters: bool) -> Result<i32, DialerError> {
-    Spi::get_one_with_args::<i32>("SELECT dialer._complete_batches(clock_timestamp(), $1)", &[by_counters.into()])
-        .map(|v| v.unwrap_or(0))
-        .map_err(db)
+    one::<i32>("SELECT dialer._complete_batches(clock_timestamp(), $1)", &[by_counters.into()])
 }
 
 /// Milliseconds until the next pacing slot, retry, scheduled start, status poll or look-up (those
@@ -112,16 +104,11 @@ pub fn ms_until_next_due(poll_every_ms: f64, next_round_in_ms: f64) -> Result<Op
 
 /// See `dialer._refresh_statistics`: ANALYZE a hot table that has outgrown its statistics.
 pub fn refresh_statistics() -> Result<i32, DialerError> {
-    Spi::get_one::<i32>("SELECT dialer._refresh_statistics()").map(|v| v.unwrap_or(0)).map_err(db)
+    one::<i32>("SELECT dialer._refresh_statistics()", &[])
 }
 
 pub fn settle_stale_dialing(older_than_ms: f64) -> Result<i32, DialerError> {
-    Spi::get_one_with_args::<i32>(
-        "SELECT dialer._settle_stale_dialing(clock_timestamp() - make_interval(secs => $1 / 1000.0))",
-        &[older_than_ms.into()],
-    )
-    .map(|v| v.unwrap_or(0))
-    .map_err(db)
+    one::<i32>("SELECT dialer._settle_stale_dialing(clock_timestamp() - make_interval(secs => $1 / 1000.0))", &[older_than_ms.into()])
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -197,7 +184,7 @@ impl TargetCache {
             let mut out = None;
             for r in table {
                 out = Some((
-                    r.get::<String>(1)?.unwrap_or_default(),
+                    required::<String>(&r, 1)?,
                     Mapping {
                         external_agent_id: r.get::<String>(2)?,
                         from_number: r.get::<String>(3)?,
@@ -207,9 +194,8 @@ impl TargetCache {
                     },
                 ));
             }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .map_err(db)?;
+            Ok::<_, DialerError>(out)
+        })?;
         let Some((provider, mapping)) = row else {
             return Err(DialerError::NotFound(format!("agent mapping {mapping_id} does not exist")));
         };
@@ -233,11 +219,10 @@ impl TargetCache {
             )?;
             let mut out = None;
             for r in table {
-                out = Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?, r.get::<String>(3)?));
+                out = Some((required::<String>(&r, 1)?, r.get::<String>(2).map_err(db)?, r.get::<String>(3).map_err(db)?));
             }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .map_err(db)?;
+            Ok::<_, DialerError>(out)
+        })?;
         let creds = match creds {
             Some((key, base_url, account_sid)) => Some(Credentials {
                 // A key that does not decrypt is this account's problem: its batches say so and wait.
@@ -318,13 +303,19 @@ fn batch_rows(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<Due
     })
 }
 
+/// The one value a statement always returns: NULL is a bug between the Rust and the SQL of this
+/// library, said as such rather than read as 0.
+fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<T, DialerError> {
+    Spi::get_one_with_args::<T>(query, args).map_err(db)?.ok_or_else(|| DialerError::database(format!("no value from: {query}")))
+}
+
 /// A column the statement always fills: NULL (or a mismatched type) is a bug between the Rust
 /// and the SQL of this library, said as such rather than read as 0.
 fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     row: &pgrx::spi::SpiHeapTupleData,
     column: usize,
 ) -> Result<T, DialerError> {
-    row.get::<T>(column).map_err(db)?.ok_or_else(|| DialerError::Database(format!("column {column} of a tick statement is NULL")))
+    row.get::<T>(column).map_err(db)?.ok_or_else(|| DialerError::database(format!("column {column} of a tick statement is NULL")))
 }
 
 /// Claims from the given batches, in order, as far as the HTTP pool's room goes.
@@ -389,7 +380,7 @@ fn claim_from(
                 match cache.target(spec.agent_mapping_id, agency_id) {
                     Ok(t) => t,
                     Err(e) => {
-                        unbuildable.push(failed_build_json(spec.call_id, &e.to_string()));
+                        unbuildable.not_built(spec.call_id, &e.to_string());
                         continue;
                     }
                 }
@@ -416,7 +407,7 @@ fn claim_from(
                         flight_key: Some(format!("{agency_id}:{}", target.provider)),
                     })
                 }
-                Err(error) => unbuildable.push(failed_build_json(spec.call_id, &error)),
+                Err(error) => unbuildable.not_built(spec.call_id, &error),
             }
         }
     }
@@ -476,25 +467,23 @@ pub fn withdraw_held(call_ids: &[i64], all: bool) -> Result<Vec<i64>, DialerErro
 
 /// Step 4: records the results of call requests in one short transaction (the caller's).
 /// Accepted calls (nearly all) go in as arrays, one statement for all of them; the rest, which
-/// each need their own retry or hand-off, as JSON to `_record_dispatch`.
+/// each need their own retry or hand-off, as the arrays of `_record_dispatch`.
 pub fn record_dispatch(results: &[JobResult]) -> Result<Counts, DialerError> {
-    let mut items = Vec::new();
+    let mut others = Outcomes::default();
     let mut accepted = Accepted::default();
     for r in results {
         let JobKind::Place { call_id, provider, .. } = &r.kind else { continue };
         let outcome = providers::interpret_call_response(provider, &r.request, r.result.clone());
         match (&outcome, &r.result) {
             (DispatchOutcome::Accepted { provider_call_id }, Ok(resp)) => accepted.push(*call_id, provider_call_id, r, resp),
-            _ => items.push(dispatch_json(*call_id, r, &outcome)),
+            _ => others.dispatched(*call_id, r, &outcome),
         }
     }
     let mut counts = Counts::default();
     if !accepted.call_ids.is_empty() {
         counts.initiated = accepted.record()?;
     }
-    if !items.is_empty() {
-        counts.add(record_outcomes(items)?);
-    }
+    counts.add(others.record()?);
     Ok(counts)
 }
 
@@ -523,7 +512,7 @@ impl Accepted {
     }
 
     fn record(self) -> Result<i32, DialerError> {
-        Spi::get_one_with_args::<i32>(
+        one::<i32>(
             "SELECT dialer._record_accepted($1, $2, $3, $4, $5, $6, $7)",
             &[
                 self.call_ids.into(),
@@ -535,8 +524,6 @@ impl Accepted {
                 self.responses.into(),
             ],
         )
-        .map(|v| v.unwrap_or(0))
-        .map_err(db)
     }
 }
 
@@ -553,22 +540,55 @@ fn stored_response_text(body: &str, secrets: &[String]) -> String {
     }
 }
 
-pub fn record_outcomes(items: Vec<Value>) -> Result<Counts, DialerError> {
-    let summary = Spi::get_one_with_args::<JsonB>("SELECT dialer._record_dispatch($1)", &[JsonB(Value::Array(items)).into()])
-        .map_err(db)?
-        .map(|j| j.0)
-        .unwrap_or(Value::Null);
-    let n = |k: &str| summary.get(k).and_then(Value::as_i64).unwrap_or(0) as i32;
-    Ok(Counts { batches: 0, initiated: n("initiated"), failed: n("failed"), rate_limited: n("rate_limited") })
+/// Outcomes other than an accepted call, as the parallel arrays of `dialer._record_dispatch` (the
+/// outcome cast to the enum `dialer.dispatch_outcome` there: a kind the SQL does not know fails).
+#[derive(Default)]
+pub struct Outcomes {
+    call_ids: Vec<i64>,
+    kinds: Vec<&'static str>,
+    http_status: Vec<Option<i32>>,
+    errors: Vec<Option<String>>,
+    latency_ms: Vec<Option<f64>>,
+    dispatched_at_ms: Vec<Option<f64>>,
+    retry_after_secs: Vec<Option<f64>>,
+    requests: Vec<Option<String>>,
+    responses: Vec<Option<String>>,
 }
 
-pub fn failed_build_json(call_id: i64, error: &str) -> Value {
-    json!({"call_id": call_id, "outcome": "failed", "error": error})
-}
+impl Outcomes {
+    fn push(&mut self, call_id: i64, kind: &'static str, error: Option<String>) {
+        self.call_ids.push(call_id);
+        self.kinds.push(kind);
+        self.errors.push(error);
+        self.http_status.push(None);
+        self.latency_ms.push(None);
+        self.dispatched_at_ms.push(None);
+        self.retry_after_secs.push(None);
+        self.requests.push(None);
+        self.responses.push(None);
+    }
 
-fn dispatch_json(call_id: i64, r: &JobResult, outcome: &DispatchOutcome) -> Value {
-    let (http_status, response) = match &r.result {
-        Ok(resp) => {
+    /// A claimed call whose request could not be built: failed (retried, then handed off).
+    pub fn not_built(&mut self, call_id: i64, error: &str) {
+        self.push(call_id, "failed", Some(error.to_string()));
+    }
+
+    /// A request without an answer in time: it may have reached the provider (held in doubt).
+    pub fn unanswered(&mut self, call_id: i64) {
+        self.push(call_id, "timeout", Some("no answer within dialer.http_timeout".to_string()));
+    }
+
+    fn dispatched(&mut self, call_id: i64, r: &JobResult, outcome: &DispatchOutcome) {
+        let (error, retry_after) = match outcome {
+            DispatchOutcome::Accepted { .. } => (None, None),
+            DispatchOutcome::RateLimited { retry_after_secs } => (None, Some(*retry_after_secs)),
+            DispatchOutcome::Failed { error } | DispatchOutcome::NetworkError { error } | DispatchOutcome::Timeout { error } => {
+                (Some(error.clone()), None)
+            }
+        };
+        self.push(call_id, outcome.kind(), error);
+        let last = self.call_ids.len() - 1;
+        if let Ok(resp) = &r.result {
             // A provider that echoes the request (key included) must not put the key in our tables.
             let body = providers::scrub(&resp.body, &r.request.secrets);
             let stored = if (200..300).contains(&resp.status) {
@@ -577,33 +597,49 @@ fn dispatch_json(call_id: i64, r: &JobResult, outcome: &DispatchOutcome) -> Valu
                 // A refusal keeps a short excerpt only: whatever answered, its page is not ours to keep.
                 json!({"excerpt": body.chars().take(300).collect::<String>()})
             };
-            (Some(resp.status), stored)
+            self.http_status[last] = Some(resp.status as i32);
+            self.responses[last] = Some(stored.to_string());
         }
-        Err(_) => (None, Value::Null),
-    };
-    let mut v = json!({
-        "call_id": call_id,
-        "outcome": outcome.kind(),
-        "http_status": http_status,
-        "latency_ms": r.latency_ms,
-        "dispatched_at_ms": r.sent_at_ms,
-        "request": r.request.audit,
-        "response": response,
-    });
-    if let Some(map) = v.as_object_mut() {
-        match outcome {
-            DispatchOutcome::Accepted { provider_call_id } => {
-                map.insert("provider_call_id".into(), json!(provider_call_id));
-            }
-            DispatchOutcome::RateLimited { retry_after_secs } => {
-                map.insert("retry_after_secs".into(), json!(retry_after_secs));
-            }
-            DispatchOutcome::Failed { error } | DispatchOutcome::NetworkError { error } | DispatchOutcome::Timeout { error } => {
-                map.insert("error".into(), json!(error));
-            }
-        }
+        self.latency_ms[last] = Some(r.latency_ms);
+        self.dispatched_at_ms[last] = Some(r.sent_at_ms);
+        self.retry_after_secs[last] = retry_after;
+        self.requests[last] = Some(r.request.audit.to_string());
     }
-    v
+
+    pub fn is_empty(&self) -> bool {
+        self.call_ids.is_empty()
+    }
+
+    /// Records them, in the caller's transaction.
+    pub fn record(self) -> Result<Counts, DialerError> {
+        if self.is_empty() {
+            return Ok(Counts::default());
+        }
+        let kinds: Vec<String> = self.kinds.iter().map(|k| k.to_string()).collect();
+        Spi::connect_mut(|client| {
+            let table = client.update(
+                "SELECT n_failed, n_rate_limited FROM dialer._record_dispatch($1, $2::text[]::dialer.dispatch_outcome[], $3, $4, $5, $6, $7, $8, $9)",
+                Some(1),
+                &[
+                    self.call_ids.into(),
+                    kinds.into(),
+                    self.http_status.into(),
+                    self.errors.into(),
+                    self.latency_ms.into(),
+                    self.dispatched_at_ms.into(),
+                    self.retry_after_secs.into(),
+                    self.requests.into(),
+                    self.responses.into(),
+                ],
+            )?;
+            let mut counts = Counts::default();
+            for r in table {
+                counts.failed = required(&r, 1)?;
+                counts.rate_limited = required(&r, 2)?;
+            }
+            Ok::<_, DialerError>(counts)
+        })
+    }
 }
 
 /// Step 5: status look-ups for calls in progress that we have not heard about for a while.
@@ -617,16 +653,10 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
         )?;
         let mut out = Vec::new();
         for r in table {
-            out.push((
-                r.get::<i64>(1)?.unwrap_or(0),
-                r.get::<i64>(2)?.unwrap_or(0),
-                r.get::<String>(3)?.unwrap_or_default(),
-                r.get::<String>(4)?.unwrap_or_default(),
-            ));
+            out.push((required(&r, 1)?, required(&r, 2)?, required(&r, 3)?, required(&r, 4)?));
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(db)?;
+        Ok::<_, DialerError>(out)
+    })?;
     let mut jobs = Vec::new();
     for (call_id, agency_id, provider, provider_call_id) in rows {
         let Ok(Some(creds)) = cache.credentials(agency_id, &provider) else { continue };
@@ -660,9 +690,7 @@ pub fn record_status(results: &[JobResult]) -> Result<i32, DialerError> {
     if items.is_empty() {
         return Ok(0);
     }
-    Spi::get_one_with_args::<i32>("SELECT dialer._record_status($1)", &[JsonB(Value::Array(items)).into()])
-        .map(|v| v.unwrap_or(0))
-        .map_err(db)
+    one::<i32>("SELECT dialer._record_status($1)", &[JsonB(Value::Array(items)).into()])
 }
 
 /// Step 5b: look-ups of attempts in doubt (timeouts, a worker that died mid-request).
@@ -677,17 +705,16 @@ pub fn lookup_jobs(limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, Dial
         let mut out = Vec::new();
         for r in table {
             let attempt = InDoubt {
-                call_id: r.get::<i64>(1)?.unwrap_or(0),
-                provider: r.get::<String>(3)?.unwrap_or_default(),
-                idempotency_key: r.get::<String>(4)?.unwrap_or_default(),
-                phone_number: r.get::<String>(5)?.unwrap_or_default(),
-                claimed_at: r.get::<String>(6)?.unwrap_or_default(),
+                call_id: required(&r, 1)?,
+                provider: required(&r, 3)?,
+                idempotency_key: required(&r, 4)?,
+                phone_number: required(&r, 5)?,
+                claimed_at: required(&r, 6)?,
             };
-            out.push((r.get::<i64>(2)?.unwrap_or(0), attempt));
+            out.push((required(&r, 2)?, attempt));
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(db)?;
+        Ok::<_, DialerError>(out)
+    })?;
     let mut jobs = Vec::new();
     for (agency_id, attempt) in rows {
         // Without credentials the provider cannot be asked: the attempt stays in doubt.
@@ -715,7 +742,5 @@ pub fn record_lookups(results: &[JobResult]) -> Result<i32, DialerError> {
     if items.is_empty() {
         return Ok(0);
     }
-    Spi::get_one_with_args::<i32>("SELECT dialer._record_lookup($1)", &[JsonB(Value::Array(items)).into()])
-        .map(|v| v.unwrap_or(0))
-        .map_err(db)
+    one::<i32>("SELECT dialer._record_lookup($1)", &[JsonB(Value::Array(items)).into()])
 }

@@ -2,7 +2,7 @@
 //! Postgres ERROR) rolls the transaction back and is returned, so one bad tick never ends the
 //! worker.
 
-use crate::error::DialerError;
+use crate::error::{sqlstate_text, DbError, DialerError};
 use pgrx::pg_sys;
 use pgrx::PgTryBuilder;
 use std::panic::AssertUnwindSafe;
@@ -26,7 +26,7 @@ pub fn run<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, Dialer
         }
         Ok(value)
     })
-    .catch_others(|caught| Err(DialerError::Database(message_of(&caught))))
+    .catch_others(|caught| Err(DialerError::Database(db_error_of(&caught))))
     .execute();
     if outcome.is_err() {
         abort();
@@ -34,12 +34,17 @@ pub fn run<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, Dialer
     outcome
 }
 
-/// The message of an error caught by PgTryBuilder, whatever raised it.
-fn message_of(caught: &pgrx::pg_sys::panic::CaughtError) -> String {
+/// An error caught by PgTryBuilder, whatever raised it, with its SQLSTATE, detail and hint.
+fn db_error_of(caught: &pgrx::pg_sys::panic::CaughtError) -> DbError {
     match caught {
         pgrx::pg_sys::panic::CaughtError::PostgresError(r)
         | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
-        | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+        | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => DbError {
+            sqlstate: sqlstate_text(r.sql_error_code() as i32),
+            message: r.message().to_string(),
+            detail: r.detail().map(str::to_string),
+            hint: r.hint().map(str::to_string),
+        },
     }
 }
 
@@ -67,7 +72,7 @@ pub fn isolated<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, D
         let body = body;
         Ok((body.0)())
     })
-    .catch_others(|caught| Err(message_of(&caught)))
+    .catch_others(|caught| Err(db_error_of(&caught)))
     .execute();
     unsafe {
         match &outcome {
@@ -79,6 +84,13 @@ pub fn isolated<R>(body: impl FnOnce() -> Result<R, DialerError>) -> Result<R, D
     }
     match outcome {
         Ok(r) => r,
-        Err(message) => Err(DialerError::Database(message)),
+        Err(caught) => Err(DialerError::Database(caught)),
+    }
+}
+
+/// An SPI call that failed on our side (a statement or a type the library got wrong).
+impl From<pgrx::spi::SpiError> for DialerError {
+    fn from(e: pgrx::spi::SpiError) -> Self {
+        DialerError::database(e.to_string())
     }
 }

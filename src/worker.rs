@@ -347,7 +347,7 @@ impl Worker {
             self.pool.submit(job);
         }
         if !unbuildable.is_empty() {
-            counts.add(txn::run(|| tick::record_outcomes(unbuildable))?);
+            counts.add(txn::run(|| unbuildable.record())?);
         }
         counts.batches = batches;
         if !counts.is_empty() || submitted > 0 {
@@ -443,7 +443,7 @@ impl Worker {
         let Some(tick::Claimed { jobs, unbuildable, .. }) = claimed else { return Ok(()) };
         self.send_claimed(jobs, epoch);
         if !unbuildable.is_empty() {
-            txn::run(|| tick::record_outcomes(unbuildable))?;
+            txn::run(|| unbuildable.record())?;
         }
         Ok(())
     }
@@ -495,6 +495,12 @@ impl Worker {
         let placed = answers.iter().filter(|r| matches!(r.kind, JobKind::Place { .. })).count();
         let counts = self.record(answers.as_slice())?;
         let more_than_accepted = placed > counts.initiated.max(0) as usize || answers.len() > placed;
+        if counts.initiated > 0 {
+            // Calls now in progress are polled one status_poll_interval from now at the latest:
+            // the next pass must not sleep past that on a next_due computed before they were.
+            let poll_at = Instant::now() + self.settings.status_poll_interval;
+            self.next_due = Some(self.next_due.map_or(poll_at, |due| due.min(poll_at)));
+        }
         Ok((counts, more_than_accepted))
     }
 

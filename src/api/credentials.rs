@@ -25,13 +25,13 @@ fn _check_base_url(base_url: Option<&str>) {
 static KEYRING: std::sync::Mutex<Option<std::sync::Arc<Keyring>>> = std::sync::Mutex::new(None);
 
 fn keyring(reload: bool) -> Result<std::sync::Arc<Keyring>, DialerError> {
-    let mut cached = KEYRING.lock().map_err(|_| DialerError::Database("the keyring lock is poisoned".into()))?;
+    let mut cached = KEYRING.lock().map_err(|_| DialerError::database("the keyring lock is poisoned"))?;
     if let (Some(k), false) = (cached.as_ref(), reload) {
         return Ok(k.clone());
     }
     let ring = Keyring::load_or_create(std::path::Path::new(&Settings::key_file()))
         .map(std::sync::Arc::new)
-        .map_err(|e| DialerError::Database(format!("provider secrets cannot be encrypted or read: {e}")))?;
+        .map_err(|e| DialerError::database(format!("provider secrets cannot be encrypted or read: {e}")))?;
     *cached = Some(ring.clone());
     Ok(ring)
 }
@@ -66,7 +66,7 @@ fn from_vault(agency_id: i64, name: &str) -> Result<String, DialerError> {
         )));
     }
     Spi::get_one_with_args::<String>("SELECT dialer._vault_secret($1, $2)", &[agency_id.into(), name.into()])
-        .map_err(|e| DialerError::Database(e.to_string()))?
+        .map_err(|e| DialerError::database(e.to_string()))?
         .ok_or_else(|| DialerError::NotFound(format!("Vault has no secret named {name:?}")))
 }
 
@@ -81,14 +81,14 @@ fn decrypt(stored: &str, agency_id: i64, provider: &str, column: &str) -> Result
         Some(id) if ring.decrypt(stored, &b).is_err() && id != ring.current_id() => keyring(true)?,
         _ => ring,
     };
-    ring.decrypt(stored, &b).map_err(DialerError::Database)
+    ring.decrypt(stored, &b).map_err(DialerError::database)
 }
 
 fn seal_value(plaintext: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
     if Keyring::is_encrypted(plaintext) {
         return Ok(plaintext.to_string());
     }
-    keyring(false)?.encrypt(plaintext, &binding(agency_id, provider, column)).map_err(DialerError::Database)
+    keyring(false)?.encrypt(plaintext, &binding(agency_id, provider, column)).map_err(DialerError::database)
 }
 
 /// Encrypts a secret for its row (the credentials trigger calls it on every write, so a key is
@@ -113,7 +113,7 @@ fn rotate_encryption_key() -> i64 {
     let path = Settings::key_file();
     let ring = match Keyring::add_key(std::path::Path::new(&path)) {
         Ok(r) => std::sync::Arc::new(r),
-        Err(e) => raise(DialerError::Database(format!("the key could not be rotated: {e}"))),
+        Err(e) => raise(DialerError::database(format!("the key could not be rotated: {e}"))),
     };
     if let Ok(mut cached) = KEYRING.lock() {
         *cached = Some(ring);
@@ -127,7 +127,7 @@ fn rotate_encryption_key() -> i64 {
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| raise(DialerError::Database(e.to_string())));
+    .unwrap_or_else(|e| raise(DialerError::database(e.to_string())));
     let mut n = 0i64;
     for (agency, provider, key, secret) in rows {
         let mut reseal = |v: Option<String>, column: &str| -> Option<String> {
@@ -142,7 +142,7 @@ fn rotate_encryption_key() -> i64 {
             "UPDATE dialer.provider_credentials SET api_key = $3, webhook_secret = $4 WHERE agency_id = $1 AND provider = $2",
             &[agency.into(), provider.as_str().into(), key.into(), secret.into()],
         )
-        .unwrap_or_else(|e| raise(DialerError::Database(e.to_string())));
+        .unwrap_or_else(|e| raise(DialerError::database(e.to_string())));
     }
     n
 }

@@ -14,7 +14,7 @@ use pgrx::PgTryBuilder;
 fn _lead_event(p_attachment_id: i64, p_table: pg_sys::Oid, p_op: &str, p_lead: pgrx::JsonB) {
     let changed_by = unsafe { pg_sys::GetUserId() };
     let owner = Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_dialer'")
-        .unwrap_or_else(|e| raise(DialerError::Database(e.to_string())))
+        .unwrap_or_else(|e| raise(DialerError::database(e.to_string())))
         .unwrap_or_else(|| raise(DialerError::NotFound("the pg_dialer extension is not installed in this database".into())));
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
     unsafe {
@@ -27,7 +27,7 @@ fn _lead_event(p_attachment_id: i64, p_table: pg_sys::Oid, p_op: &str, p_lead: p
             "SELECT dialer._lead_event_apply($1, $2, $3, $4, $5)",
             &[p_attachment_id.into(), p_table.into(), op.as_str().into(), p_lead.into(), changed_by.into()],
         )
-        .unwrap_or_else(|e| raise(DialerError::Database(e.to_string())))
+        .unwrap_or_else(|e| raise(DialerError::database(e.to_string())))
     })
     .finally(move || unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
     .execute();

@@ -32,17 +32,18 @@ fn wake() {
     wake::wake_worker();
 }
 
+/// Raises `e` as a Postgres ERROR with its own SQLSTATE, detail and hint.
 pub fn raise(e: DialerError) -> ! {
-    let code = match e.sqlstate() {
-        "22023" => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        "P0002" => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
-        "28000" => PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-        "22P02" => PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-        "54000" => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        "42501" => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-    };
-    ereport!(ERROR, code, e.to_string());
+    let code = crate::error::sqlstate_code(e.sqlstate()).map_or(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, PgSqlErrorCode::from);
+    let mut report = pgrx::pg_sys::panic::ErrorReport::new(code, e.to_string(), "pg_dialer");
+    if let Some(detail) = e.detail() {
+        report = report.set_detail(detail);
+    }
+    if let Some(hint) = e.hint() {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("an ERROR does not return")
 }
 
 /// Pacing slots this close ahead are claimed by process_batches() too (the worker's wake-up
@@ -73,15 +74,13 @@ fn run_tick() -> Result<Value, DialerError> {
     };
     let tick::Claimed { jobs, unbuildable, .. } = tick::claim(settings.max_batches_per_run, &pacing, &unlimited, &mut cache)?;
     let mut counts = Counts { batches: active.min(settings.max_batches_per_run as i64) as i32, ..Counts::default() };
-    if !unbuildable.is_empty() {
-        counts.add(tick::record_outcomes(unbuildable)?);
-    }
+    counts.add(unbuildable.record()?);
     let polls = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, 500, &mut cache)?;
 
     if !jobs.is_empty() || !polls.is_empty() {
         let threads = settings.http_concurrency.min(jobs.len() + polls.len()).max(1);
         let mut pool = Pool::new(threads, settings.http_timeout, settings.allow_list())
-            .map_err(|e| DialerError::Database(format!("could not start HTTP threads: {e}")))?;
+            .map_err(|e| DialerError::database(format!("could not start HTTP threads: {e}")))?;
         let mut pending: HashSet<i64> = HashSet::new();
         for job in jobs.into_iter().chain(polls) {
             if let JobKind::Place { call_id, .. } = job.kind {
@@ -98,13 +97,11 @@ fn run_tick() -> Result<Value, DialerError> {
         counts.add(tick::record_dispatch(&results)?);
         tick::record_status(&results)?;
         // Requests still without an answer may have reached the provider: hold them in doubt.
-        let unanswered: Vec<Value> = pending
-            .into_iter()
-            .map(|call_id| json!({"call_id": call_id, "outcome": "timeout", "error": "no answer within dialer.http_timeout"}))
-            .collect();
-        if !unanswered.is_empty() {
-            counts.add(tick::record_outcomes(unanswered)?);
+        let mut unanswered = tick::Outcomes::default();
+        for call_id in pending {
+            unanswered.unanswered(call_id);
         }
+        counts.add(unanswered.record()?);
     }
     tick::complete_batches(false)?;
     tick::log_run(started, "function", counts, "COMPLETED", None)?;

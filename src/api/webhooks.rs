@@ -74,7 +74,7 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .map_err(|e| DialerError::Database(e.to_string()))?;
+    .map_err(|e| DialerError::database(e.to_string()))?;
     let Some((call_id, agency_id, webhook_secret, api_key, allow_unsigned)) = row else {
         return Ok(json!({"status": "ignored", "reason": "no call with this provider call id"}));
     };
@@ -147,7 +147,7 @@ fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, Diale
         "SELECT dialer._webhook_first_delivery($1, $2, $3, $4)",
         &[provider.into(), event.event_id.as_str().into(), call_id.into(), JsonB(payload).into()],
     )
-    .map_err(|e| DialerError::Database(e.to_string()))?
+    .map_err(|e| DialerError::database(e.to_string()))?
     .unwrap_or(false);
     if !first {
         return Ok(json!({"status": "duplicate", "call_id": call_id}));
@@ -158,14 +158,14 @@ fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, Diale
             "UPDATE dialer.calls SET answered_at = coalesce(answered_at, $2::timestamptz) WHERE id = $1",
             &[call_id.into(), answered.into()],
         )
-        .map_err(|e| DialerError::Database(e.to_string()))?;
+        .map_err(|e| DialerError::database(e.to_string()))?;
         return Ok(json!({"status": "applied", "call_id": call_id, "ended": false}));
     }
     let changed = Spi::get_one_with_args::<bool>(
         "SELECT dialer._end_call($1, $2, $3::timestamptz, $4::timestamptz)",
         &[call_id.into(), event.end_reason.clone().into(), answered.into(), clean_timestamp(event.ended_at.as_deref()).into()],
     )
-    .map_err(|e| DialerError::Database(e.to_string()))?
+    .map_err(|e| DialerError::database(e.to_string()))?
     .unwrap_or(false);
     Ok(json!({"status": if changed { "applied" } else { "already_final" }, "call_id": call_id, "ended": true,
               "end_reason": event.end_reason}))
