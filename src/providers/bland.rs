@@ -6,9 +6,10 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, not_found_status, ok_json, outcome, path_segment, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, correlation_metadata, outcome, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials,
+    HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
+use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Value};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.bland.ai";
@@ -54,9 +55,7 @@ const OURS: &[&str] = &["phone_number", "from", "pathway_id"];
 
 pub struct Bland;
 
-fn auth(creds: &Credentials) -> Vec<(String, String)> {
-    vec![("authorization".into(), creds.api_key.clone())]
-}
+const AUTH: KeyHeader = KeyHeader { name: "authorization", prefix: "" };
 
 impl Adapter for Bland {
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
@@ -84,38 +83,23 @@ impl Adapter for Bland {
         if let Some(pathway) = m.agent_id() {
             body.insert("pathway_id".into(), json!(pathway));
         }
-        let mut data = body.get("request_data").and_then(Value::as_object).cloned().unwrap_or_default();
-        data.extend(template_variables(call));
-        body.insert("request_data".into(), Value::Object(data));
-        let mut meta = body.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
-        meta.extend(correlation_metadata(call));
-        body.insert("metadata".into(), Value::Object(meta));
+        extend_object(&mut body, "request_data", template_variables(call));
+        extend_object(&mut body, "metadata", correlation_metadata(call));
         let url = format!("{}/v1/calls", base_url(&target.credentials, DEFAULT_BASE_URL));
-        HttpRequest::json(
-            Method::Post,
-            url,
-            auth(&target.credentials),
-            Some(&Value::Object(body)),
-            vec![target.credentials.api_key.clone()],
-        )
+        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        v.get("call_id").and_then(Value::as_str).map(str::to_string)
+        json_text(body, "call_id")
     }
 
     fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
         let url = format!("{}/v1/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
-        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
     /// `completed: true` (or a final `status`) → over; `answered_by` tells voicemail apart.
-    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
-        if let Some(s) = not_found_status(response) {
-            return Some(s);
-        }
-        let v = ok_json(response)?;
+    fn status_of(&self, v: &Value) -> Option<CallStatus> {
         let status = v.get("status").and_then(Value::as_str).unwrap_or("");
         let ended = v.get("completed").and_then(Value::as_bool).unwrap_or(false)
             || matches!(status, "completed" | "complete" | "failed" | "busy" | "no-answer" | "canceled" | "cancelled");

@@ -9,9 +9,10 @@
 //! in the answer. So an AI caller we have no adapter for can be used without code.
 
 use super::lookup::{InDoubt, LookupResult};
+use super::KeyHeader;
 use super::{
-    correlation_metadata, merge_json, not_found_status, ok_json, path_segment, template_variables, Adapter, CallSpec, CallStatus,
-    Credentials, HttpRequest, HttpResponse, Mapping, Method, ProviderTarget,
+    correlation_metadata, merge_json, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest,
+    HttpResponse, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Map, Value};
 
@@ -29,9 +30,7 @@ fn base_url(creds: &Credentials) -> Result<&str, String> {
         .ok_or_else(|| "webhook provider credentials need base_url (the AI caller's calls endpoint)".to_string())
 }
 
-fn auth(creds: &Credentials) -> Vec<(String, String)> {
-    vec![("Authorization".into(), format!("Bearer {}", creds.api_key))]
-}
+const AUTH: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
 
 /// Every `{{name}}` in a string.
 fn placeholders_in(s: &str) -> Vec<&str> {
@@ -161,8 +160,7 @@ impl Adapter for Webhook {
                 merge_json(&t, &ours)
             }
         };
-        let mut req =
-            HttpRequest::json(Method::Post, url, auth(&target.credentials), Some(&body), vec![target.credentials.api_key.clone()])?;
+        let mut req = AUTH.request(Method::Post, url, &target.credentials, Some(&body))?;
         req.call_id_pointer = template.get("call_id_pointer").and_then(Value::as_str).map(str::to_string);
         Ok(req)
     }
@@ -174,16 +172,12 @@ impl Adapter for Webhook {
 
     fn status_request(&self, creds: &Credentials, call_id: &str) -> Result<HttpRequest, String> {
         let url = format!("{}/{}", base_url(creds)?, path_segment(call_id));
-        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
     /// `status` completed | failed | canceled | cancelled | ended → over; `end_reason` passes
     /// through as the AI caller names it (pg_dialer's own words are recommended: see outcome).
-    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
-        if let Some(s) = not_found_status(response) {
-            return Some(s);
-        }
-        let v = ok_json(response)?;
+    fn status_of(&self, v: &Value) -> Option<CallStatus> {
         let status = v.get("status").and_then(Value::as_str)?.to_string();
         let ended = matches!(status.as_str(), "completed" | "failed" | "canceled" | "cancelled" | "ended");
         let reason = v.get("end_reason").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| status.clone());
@@ -192,7 +186,7 @@ impl Adapter for Webhook {
 
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
         let url = format!("{}?idempotency_key={}", base_url(creds)?, super::lookup::enc(&attempt.idempotency_key));
-        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {

@@ -29,8 +29,13 @@ pub trait Adapter: Sync {
     }
     /// The request that asks how a call is going.
     fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String>;
-    /// What the provider said about a call; None when the answer says nothing usable.
-    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus>;
+    /// What the provider said about a call; None when the answer says nothing usable. A 404 is
+    /// a call the provider no longer knows (over); any other refusal says nothing.
+    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
+        not_found_status(response).or_else(|| self.status_of(&ok_json(response)?))
+    }
+    /// What a status answer (its JSON) says about the call.
+    fn status_of(&self, answer: &Value) -> Option<CallStatus>;
     /// The request that looks for an attempt whose answer was lost; Err when this provider
     /// cannot be asked (the attempt then stays in doubt: never redialed blindly).
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String>;
@@ -196,6 +201,33 @@ impl HttpRequest {
         };
         Ok(HttpRequest { method, url, headers, body: text, audit, secrets, call_id_pointer: None })
     }
+}
+
+/// How a provider takes the account's key: in one header, after a prefix.
+pub struct KeyHeader {
+    pub name: &'static str,
+    pub prefix: &'static str,
+}
+
+impl KeyHeader {
+    /// A JSON request carrying the key (scrubbed from anything derived from the request).
+    pub fn request(&self, method: Method, url: String, creds: &Credentials, body: Option<&Value>) -> Result<HttpRequest, String> {
+        let header = (self.name.to_string(), format!("{}{}", self.prefix, creds.api_key));
+        HttpRequest::json(method, url, vec![header], body, vec![creds.api_key.clone()])
+    }
+}
+
+/// Extends the object at `key` of `obj` (made when missing) with `extra`, which wins.
+pub fn extend_object(obj: &mut Map<String, Value>, key: &str, extra: Map<String, Value>) {
+    let mut merged = obj.get(key).and_then(Value::as_object).cloned().unwrap_or_default();
+    merged.extend(extra);
+    obj.insert(key.into(), Value::Object(merged));
+}
+
+/// A string field of a JSON answer (the provider's call id).
+pub fn json_text(body: &str, key: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
 #[derive(Debug, Clone)]

@@ -6,9 +6,10 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_from_number, not_found_status, ok_json, outcome, path_segment, string_values,
-    template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, correlation_metadata, need_from_number, outcome, path_segment, string_values, template_variables, Adapter,
+    CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
+use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Value};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.retellai.com";
@@ -26,9 +27,7 @@ const OURS: &[&str] = &["from_number", "to_number", "override_agent_id"];
 
 pub struct Retell;
 
-fn auth(creds: &Credentials) -> Vec<(String, String)> {
-    vec![("Authorization".into(), format!("Bearer {}", creds.api_key))]
-}
+const AUTH: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
 
 fn ms_to_rfc3339(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_i64).and_then(chrono::DateTime::from_timestamp_millis).map(|d| d.to_rfc3339())
@@ -52,35 +51,22 @@ impl Adapter for Retell {
         let mut vars = body.get("retell_llm_dynamic_variables").map(string_values).unwrap_or_default();
         vars.extend(string_values(&Value::Object(template_variables(call))));
         body.insert("retell_llm_dynamic_variables".into(), Value::Object(vars));
-        let mut meta = body.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
-        meta.extend(correlation_metadata(call));
-        body.insert("metadata".into(), Value::Object(meta));
+        extend_object(&mut body, "metadata", correlation_metadata(call));
         let url = format!("{}/v2/create-phone-call", base_url(&target.credentials, DEFAULT_BASE_URL));
-        HttpRequest::json(
-            Method::Post,
-            url,
-            auth(&target.credentials),
-            Some(&Value::Object(body)),
-            vec![target.credentials.api_key.clone()],
-        )
+        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        v.get("call_id").and_then(Value::as_str).map(str::to_string)
+        json_text(body, "call_id")
     }
 
     fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
         let url = format!("{}/v2/get-call/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
-        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
     /// `call_status` ended | error | not_connected → over.
-    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
-        if let Some(s) = not_found_status(response) {
-            return Some(s);
-        }
-        let v = ok_json(response)?;
+    fn status_of(&self, v: &Value) -> Option<CallStatus> {
         let status = v.get("call_status").and_then(Value::as_str)?;
         let ended = matches!(status, "ended" | "error" | "not_connected");
         let reason = v.get("disconnection_reason").and_then(Value::as_str);
@@ -96,7 +82,7 @@ impl Adapter for Retell {
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
         let url = format!("{}/v2/list-calls", base_url(creds, DEFAULT_BASE_URL));
         let body = json!({"filter_criteria": {"metadata.idempotency_key": [attempt.idempotency_key]}, "limit": 10});
-        HttpRequest::json(Method::Post, url, auth(creds), Some(&body), vec![creds.api_key.clone()])
+        AUTH.request(Method::Post, url, creds, Some(&body))
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {

@@ -6,8 +6,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, need_from_number, not_found_status, ok_json, outcome, path_segment, Adapter, CallSpec, CallStatus, Credentials,
-    HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, need_from_number, ok_json, outcome, path_segment, Adapter, CallSpec, CallStatus, Credentials, HttpRequest,
+    HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -173,11 +173,7 @@ impl Adapter for Twilio {
         HttpRequest::json(Method::Get, url, auth_headers(creds)?, None, vec![creds.api_key.clone()])
     }
 
-    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
-        if let Some(s) = not_found_status(response) {
-            return Some(s);
-        }
-        let v = ok_json(response)?;
+    fn status_of(&self, v: &Value) -> Option<CallStatus> {
         Some(call_status(&v, v.get("status").and_then(Value::as_str)?))
     }
 

@@ -8,10 +8,13 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_from_number, not_found_status, ok_json, outcome, path_segment, template_variables,
-    Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, correlation_metadata, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
+    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
+use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Map, Value};
+
+const AUTH: KeyHeader = KeyHeader { name: "X-API-Key", prefix: "" };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.ultravox.ai";
 pub const CARRIERS: [&str; 3] = ["telnyx", "twilio", "plivo"];
@@ -154,9 +157,7 @@ impl Adapter for Ultravox {
         let url = match m.agent_id() {
             Some(agent) => {
                 // templateContext: the template's defaults, then the contact's variables.
-                let mut context = body.get("templateContext").and_then(Value::as_object).cloned().unwrap_or_default();
-                context.extend(template_variables(call));
-                body.insert("templateContext".into(), Value::Object(context));
+                extend_object(&mut body, "templateContext", template_variables(call));
                 body.entry("firstSpeakerSettings").or_insert_with(|| json!({"agent": {}}));
                 format!("{base}/api/agents/{}/calls", path_segment(agent))
             }
@@ -167,26 +168,20 @@ impl Adapter for Ultravox {
                 format!("{base}/api/calls")
             }
         };
-        let key = target.credentials.api_key.clone();
-        HttpRequest::json(Method::Post, url, vec![("X-API-Key".into(), key.clone())], Some(&Value::Object(body)), vec![key])
+        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        v.get("callId").and_then(Value::as_str).map(str::to_string)
+        json_text(body, "callId")
     }
 
     fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String> {
         let url = format!("{}/api/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(provider_call_id));
-        HttpRequest::json(Method::Get, url, vec![("X-API-Key".into(), creds.api_key.clone())], None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
     /// `ended` set → the call is over; 404 → the provider no longer knows it (treated as ended).
-    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
-        if let Some(s) = not_found_status(response) {
-            return Some(s);
-        }
-        let v = ok_json(response)?;
+    fn status_of(&self, v: &Value) -> Option<CallStatus> {
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let ended_at = text("ended");
         Some(CallStatus {
@@ -204,7 +199,7 @@ impl Adapter for Ultravox {
             base_url(creds, DEFAULT_BASE_URL),
             super::lookup::enc(&attempt.idempotency_key)
         );
-        HttpRequest::json(Method::Get, url, vec![("X-API-Key".into(), creds.api_key.clone())], None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {

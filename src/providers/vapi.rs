@@ -6,9 +6,10 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_agent_id, not_found_status, ok_json, outcome, path_segment, template_variables,
-    Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, correlation_metadata, need_agent_id, ok_json, outcome, path_segment, template_variables, Adapter, CallSpec,
+    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
 };
+use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Value};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.vapi.ai";
@@ -33,9 +34,7 @@ const OURS: &[&str] = &["assistantId", "customer", "customers", "customerId"];
 
 pub struct Vapi;
 
-fn auth(creds: &Credentials) -> Vec<(String, String)> {
-    vec![("Authorization".into(), format!("Bearer {}", creds.api_key))]
-}
+const AUTH: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
 
 impl Adapter for Vapi {
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
@@ -55,38 +54,23 @@ impl Adapter for Vapi {
         body.insert("assistantId".into(), json!(need_agent_id("vapi", "Vapi assistant id", m)?));
         body.insert("customer".into(), json!({"number": call.phone_number}));
         let mut overrides = body.get("assistantOverrides").and_then(Value::as_object).cloned().unwrap_or_default();
-        let mut vars = overrides.get("variableValues").and_then(Value::as_object).cloned().unwrap_or_default();
-        vars.extend(template_variables(call));
-        overrides.insert("variableValues".into(), Value::Object(vars));
-        let mut meta = overrides.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
-        meta.extend(correlation_metadata(call));
-        overrides.insert("metadata".into(), Value::Object(meta));
+        extend_object(&mut overrides, "variableValues", template_variables(call));
+        extend_object(&mut overrides, "metadata", correlation_metadata(call));
         body.insert("assistantOverrides".into(), Value::Object(overrides));
         let url = format!("{}/call", base_url(&target.credentials, DEFAULT_BASE_URL));
-        HttpRequest::json(
-            Method::Post,
-            url,
-            auth(&target.credentials),
-            Some(&Value::Object(body)),
-            vec![target.credentials.api_key.clone()],
-        )
+        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        v.get("id").and_then(Value::as_str).map(str::to_string)
+        json_text(body, "id")
     }
 
     fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
         let url = format!("{}/call/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
-        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
-    fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
-        if let Some(s) = not_found_status(response) {
-            return Some(s);
-        }
-        let v = ok_json(response)?;
+    fn status_of(&self, v: &Value) -> Option<CallStatus> {
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let ended = text("status")? == "ended";
         Some(CallStatus {
@@ -100,7 +84,7 @@ impl Adapter for Vapi {
     /// The calls created since the claim; the one whose overrides carry the key is ours.
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
         let url = format!("{}/call?createdAtGe={}&limit=100", base_url(creds, DEFAULT_BASE_URL), super::lookup::enc(&attempt.claimed_at));
-        HttpRequest::json(Method::Get, url, auth(creds), None, vec![creds.api_key.clone()])
+        AUTH.request(Method::Get, url, creds, None)
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
