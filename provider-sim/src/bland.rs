@@ -128,9 +128,7 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
 async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let ex = Exchange::begin(&st, Provider::Bland, "POST", &uri);
     let resp = async {
-        let parsed = ex.received_json(&body, auth(&st, &headers))?;
-        let body = ex.check(parsed.map_err(|e| vec![e]), bad_request)?;
-        ex.check(st.contract.check(Operation::BlandSendCall, &body), bad_request)?;
+        let body = ex.checked_json(&body, auth(&st, &headers), Operation::BlandSendCall, bad_request)?;
         let to = ex.check(str_at(&body, "/phone_number").ok_or_else(|| vec!["phone_number is required".to_string()]), bad_request)?;
         let amd = body.get("answered_by_enabled") == Some(&Value::Bool(true));
         let webhook = str_at(&body, "/webhook");

@@ -13,6 +13,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
+use provider_contract::Operation;
 use serde_json::Value;
 
 /// A request body as the handlers take it (reading it never fails the request by itself).
@@ -59,6 +60,21 @@ impl<'a> Exchange<'a> {
         let (logged, parsed) = parse_json_body(body);
         self.received(logged, auth)?;
         Ok(parsed)
+    }
+
+    /// The body of a JSON create request for `op`, once the key has passed, the body is JSON
+    /// and the request checks accept it; each refusal is answered by `bad_request(errors)`.
+    pub fn checked_json(
+        &self,
+        body: &Body,
+        auth: Result<(), Refusal>,
+        op: Operation,
+        bad_request: fn(&[String]) -> Response,
+    ) -> Result<Value, Refusal> {
+        let parsed = self.received_json(body, auth)?;
+        let body = self.check(parsed.map_err(|e| vec![e]), bad_request)?;
+        self.check(self.st.contract.check(op, &body), bad_request)?;
+        Ok(body)
     }
 
     /// The log: what the request's details say (the destination, the metadata, ...).

@@ -110,9 +110,7 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
 async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let ex = Exchange::begin(&st, Provider::Retell, "POST", &uri);
     let resp = async {
-        let parsed = ex.received_json(&body, auth(&st, &headers))?;
-        let body = ex.check(parsed.map_err(|e| vec![e]), bad_request)?;
-        ex.check(st.contract.check(Operation::RetellCreatePhoneCall, &body), bad_request)?;
+        let body = ex.checked_json(&body, auth(&st, &headers), Operation::RetellCreatePhoneCall, bad_request)?;
         let to = ex.check(str_at(&body, "/to_number").ok_or_else(|| vec!["to_number is required".to_string()]), bad_request)?;
         let call = NewCall {
             from: str_at(&body, "/from_number"),

@@ -40,6 +40,11 @@ fn twilio_error(status: u16, code: u32, message: &str) -> Response {
     )
 }
 
+/// 400 with Twilio's code for an invalid parameter.
+fn invalid(errors: &[String]) -> Response {
+    twilio_error(400, 21201, &errors.join("; "))
+}
+
 fn unauthorized() -> Response {
     twilio_error(401, 20003, "Authenticate")
 }
@@ -177,61 +182,53 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
 
 async fn create(State(st): State<St>, kill: ConnKill, Path(sid): Path<String>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let ex = Exchange::begin(&st, Provider::Twilio, "POST", &uri);
-    let resp = create_call(&st, &ex, &kill, &uri, &sid, &headers, body).await;
-    ex.answer(resp)
-}
-
-async fn create_call(
-    st: &St,
-    ex: &Exchange<'_>,
-    kill: &ConnKill,
-    uri: &Uri,
-    sid: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, Refusal> {
-    let pairs: Vec<(String, String)> = match &body {
-        Ok(b) => form_urlencoded::parse(b).into_owned().collect(),
-        Err(_) => Vec::new(),
-    };
-    let to = field(&pairs, "To").map(str::to_string);
-    let metadata = metadata_from_urls(&pairs);
-    let form = form_to_json(&pairs);
-    ex.record().update(|r| {
-        r.to = to.clone();
-        r.metadata = metadata.clone();
-    });
-    ex.received(form.clone(), auth(st, headers, sid))?;
-    let not_found =
-        |errs: &[String]| twilio_error(404, 20404, &format!("The requested resource {} was not found: {}", uri.path(), errs.join("; ")));
-    ex.check(Contract::check_path("POST", uri.path()), not_found)?;
-    if let Err(e) = &body {
-        return Err(ex.refuse(&[format!("Unreadable request body: {}", e.body_text())], |errs| twilio_error(400, 21201, &errs[0])).into());
-    }
-    ex.check(st.contract.check(Operation::TwilioCreateCall, &form), |errs| {
-        // Twilio's own codes for the two commonest mistakes.
-        let code = if errs.iter().all(|e| e.starts_with("From:")) { 21213 } else { 21201 };
-        twilio_error(400, code, &errs.join("; "))
-    })?;
-    let (Some(to), Some(from)) = (to, field(&pairs, "From").map(str::to_string)) else {
-        return Err(ex.refuse(&["To and From are required".to_string()], |errs| twilio_error(400, 21201, &errs[0])).into());
-    };
-    let call = NewCall {
-        from: Some(from),
-        account_sid: Some(sid.to_string()),
-        machine_detection: field(&pairs, "MachineDetection").map(str::to_string),
-        ..NewCall::new(Provider::Twilio, format!("CA{}", uuid::Uuid::new_v4().simple()), to, metadata, form)
-    };
-    let call_sid = ex.place(kill, call, &FAULTS).await?;
-    if let Some(url) = field(&pairs, "StatusCallback") {
-        let method = match field(&pairs, "StatusCallbackMethod") {
-            Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
-            _ => "POST",
+    let resp = async {
+        let pairs: Vec<(String, String)> = match &body {
+            Ok(b) => form_urlencoded::parse(b).into_owned().collect(),
+            Err(_) => Vec::new(),
         };
-        schedule_callbacks(st, call_sid.clone(), url.to_string(), method, callback_events(&pairs));
+        let to = field(&pairs, "To").map(str::to_string);
+        let metadata = metadata_from_urls(&pairs);
+        let form = form_to_json(&pairs);
+        ex.record().update(|r| {
+            r.to = to.clone();
+            r.metadata = metadata.clone();
+        });
+        ex.received(form.clone(), auth(&st, &headers, &sid))?;
+        let not_found = |errs: &[String]| {
+            twilio_error(404, 20404, &format!("The requested resource {} was not found: {}", uri.path(), errs.join("; ")))
+        };
+        ex.check(Contract::check_path("POST", uri.path()), not_found)?;
+        ex.check(body.as_ref().map_err(|e| vec![format!("Unreadable request body: {}", e.body_text())]), invalid)?;
+        ex.check(st.contract.check(Operation::TwilioCreateCall, &form), |errs| {
+            // Twilio's own codes for the two commonest mistakes.
+            if errs.iter().all(|e| e.starts_with("From:")) {
+                twilio_error(400, 21213, &errs.join("; "))
+            } else {
+                invalid(errs)
+            }
+        })?;
+        let to_from = to.zip(field(&pairs, "From").map(str::to_string));
+        let (to, from) = ex.check(to_from.ok_or_else(|| vec!["To and From are required".to_string()]), invalid)?;
+        let call = NewCall {
+            from: Some(from),
+            account_sid: Some(sid.clone()),
+            machine_detection: field(&pairs, "MachineDetection").map(str::to_string),
+            ..NewCall::new(Provider::Twilio, format!("CA{}", uuid::Uuid::new_v4().simple()), to, metadata, form)
+        };
+        let call_sid = ex.place(&kill, call, &FAULTS).await?;
+        if let Some(url) = field(&pairs, "StatusCallback") {
+            let method = match field(&pairs, "StatusCallbackMethod") {
+                Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
+                _ => "POST",
+            };
+            schedule_callbacks(&st, call_sid.clone(), url.to_string(), method, callback_events(&pairs));
+        }
+        // The create answer always shows the call as just created ("queued").
+        Ok(ex.created(&call_sid, call_json, |m| twilio_error(500, 20500, m)))
     }
-    // The create answer always shows the call as just created ("queued").
-    Ok(ex.created(&call_sid, call_json, |m| twilio_error(500, 20500, m)))
+    .await;
+    ex.answer(resp)
 }
 
 /// The `StatusCallbackEvent`s asked for, in the order they happen (Twilio's default is

@@ -129,9 +129,7 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
 async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let ex = Exchange::begin(&st, Provider::Vapi, "POST", &uri);
     let resp = async {
-        let parsed = ex.received_json(&body, auth(&st, &headers))?;
-        let body = ex.check(parsed.map_err(|e| vec![e]), bad_request)?;
-        ex.check(st.contract.check(Operation::VapiCreateCall, &body), bad_request)?;
+        let body = ex.checked_json(&body, auth(&st, &headers), Operation::VapiCreateCall, bad_request)?;
         let to = str_at(&body, "/customer/number").or_else(|| str_at(&body, "/customerId"));
         let to = ex.check(to.ok_or_else(|| vec!["customer.number is required".to_string()]), bad_request)?;
         let call = NewCall {
