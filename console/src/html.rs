@@ -4,7 +4,6 @@
 //! attribute or inline script: the Content-Security-Policy (see `security`) allows only this
 //! console's own files, so injected markup can neither run script nor restyle a page.
 
-use crate::auth::Session;
 use axum::response::Html;
 
 pub fn esc(s: &str) -> String {
@@ -67,8 +66,8 @@ var t=document.getElementById('updated');if(t)t.textContent='live · '+new Date(
 "#;
 
 /// The files' URLs carry the console's version, so a new release is not styled from a stale cache.
-const CSS_HREF: &str = concat!("/static/console.css?v=", env!("CARGO_PKG_VERSION"));
-const JS_SRC: &str = concat!("/static/console.js?v=", env!("CARGO_PKG_VERSION"));
+pub const CSS_HREF: &str = concat!("/static/console.css?v=", env!("CARGO_PKG_VERSION"));
+pub const JS_SRC: &str = concat!("/static/console.js?v=", env!("CARGO_PKG_VERSION"));
 
 pub fn bare(title: &str, body: &str) -> Html<String> {
     Html(format!(
@@ -77,38 +76,6 @@ pub fn bare(title: &str, body: &str) -> Html<String> {
          <script src=\"{JS_SRC}\"></script></body></html>",
         esc(title)
     ))
-}
-
-/// A signed-in page; `events` is the SSE URL the page follows, if it has live parts.
-pub fn page(title: &str, s: &Session, active: &str, events: Option<&str>, body: &str) -> Html<String> {
-    let nav = [("/", "Campaigns"), ("/queue", "Queue"), ("/calls", "Calls"), ("/telecallers", "Telecallers"), ("/health", "Health")]
-        .iter()
-        .map(|(href, label)| format!("<a href=\"{href}\"{}>{label}</a>", if *href == active { " class=\"on\"" } else { "" }))
-        .collect::<String>();
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{t} · pg_dialer</title><link rel=\"stylesheet\" href=\"{CSS_HREF}\"></head><body data-events=\"{ev}\">\
-         <header><span class=\"brand\">☎ pg_dialer</span>{nav}<span class=\"who\"><span id=\"updated\" class=\"small\"></span>\
-         <span>signed in as <b id=\"role\">{role}</b>{op}</span>\
-         <form class=\"inline\" method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Sign out</button></form></span></header>\
-         <main><h1>{t}</h1>{body}</main><script src=\"{JS_SRC}\"></script></body></html>",
-        t = esc(title),
-        ev = esc(events.unwrap_or("")),
-        role = esc(&s.role),
-        op = if s.operator { " <span class=\"badge\">operator</span>" } else { "" },
-        csrf = esc(&s.csrf),
-    ))
-}
-
-/// A POST button through /actions, carrying the session's CSRF token and where to come back to.
-pub fn action(s: &Session, path: &str, label: &str, back: &str, class: &str) -> String {
-    format!(
-        "<form class=\"inline\" method=\"post\" action=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-         <input type=\"hidden\" name=\"back\" value=\"{}\"><button class=\"{class}\" data-action=\"{label}\">{label}</button></form>",
-        esc(path),
-        esc(&s.csrf),
-        esc(back)
-    )
 }
 
 pub fn badge(status: &str) -> String {

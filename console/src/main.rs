@@ -6,6 +6,7 @@ mod auth;
 mod charts;
 mod db;
 mod events;
+mod frame;
 mod html;
 mod live;
 mod metrics;

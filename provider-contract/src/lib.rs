@@ -25,6 +25,7 @@
 mod openapi;
 mod paths;
 mod semantic;
+mod violation;
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -183,9 +184,9 @@ impl Contract {
     /// with the field path (`medium.telnyx.destinationPhoneNumber: Message type ...`).
     pub fn check(&self, op: Operation, body: &Value) -> Result<(), Vec<String>> {
         let Some(obj) = body.as_object() else {
-            return Err(vec![format!("(body): {} must be a JSON object, got {}", op.request_type(), semantic::type_name(body))]);
+            return Err(vec![format!("(body): {} must be a JSON object, got {}", op.request_type(), violation::type_name(body))]);
         };
-        let mut out: Vec<semantic::Violation> = Vec::new();
+        let mut out: Vec<violation::Violation> = Vec::new();
         let schema = self.schemas.get(&op);
         // Twilio treats an empty parameter as not given; drop those before any check.
         let cleaned;
@@ -207,7 +208,7 @@ impl Contract {
         if out.is_empty() {
             return Ok(());
         }
-        Err(semantic::render(out))
+        Err(violation::render(out))
     }
 
     /// Convenience: path checks + [`Contract::check`] for an HTTP request; `content_type`

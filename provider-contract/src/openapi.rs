@@ -9,7 +9,7 @@
 //!   closing objects never refuses a field another member declares;
 //! - `nullable: true` allows `null`; OpenAPI-only and annotation keywords are dropped.
 
-use crate::semantic::{type_name, Violation};
+use crate::violation::{join, type_name, unknown_field_message, Violation};
 use crate::Operation;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::ValidationError;
@@ -398,34 +398,11 @@ pub(crate) fn dotted(pointer: &str) -> String {
     out
 }
 
-pub(crate) fn join(parent: &str, field: &str) -> String {
-    if parent.is_empty() {
-        field.to_string()
-    } else {
-        format!("{parent}.{field}")
-    }
-}
-
 /// The component (`$defs`) name an error's keyword belongs to.
 fn schema_type_name(schema_path: &str) -> Option<String> {
     let mut segs = schema_path.split('/').skip(1);
     (segs.next()? == "$defs").then_some(())?;
     segs.next().map(unescape)
-}
-
-/// The wording each provider uses for a field it does not know.
-pub(crate) fn unknown_field_message(op: Operation, type_name: &str, field: &str) -> String {
-    match op {
-        Operation::UltravoxStartAgentCall | Operation::UltravoxStartCall => {
-            format!("Message type \"{type_name}\" has no field named \"{field}\"")
-        }
-        Operation::VapiCreateCall => format!("property {field} should not exist"),
-        Operation::TwilioCreateCall => {
-            format!("unknown parameter \"{field}\" (not a Calls create parameter)")
-        }
-        Operation::RetellCreatePhoneCall => format!("unknown field \"{field}\""),
-        Operation::BlandSendCall => format!("\"{field}\" is not a documented Send Call parameter"),
-    }
 }
 
 fn short(v: &Value) -> String {

@@ -4,45 +4,9 @@
 //! The name lists state field names only (no spec text); `tests.rs` compares each with the
 //! spec file so that a change on the provider's side shows up as a failing test.
 
-use crate::openapi::{join, unknown_field_message};
+use crate::violation::{join, type_name, unknown_field_message, Violation};
 use crate::Operation;
 use serde_json::{Map, Value};
-
-/// One problem with a request: the dotted path of the field and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Violation {
-    pub path: String,
-    pub message: String,
-}
-
-impl Violation {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Violation {
-        Violation { path: path.into(), message: message.into() }
-    }
-}
-
-pub(crate) fn render(v: Vec<Violation>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(v.len());
-    for x in v {
-        let line = if x.path.is_empty() { format!("(body): {}", x.message) } else { format!("{}: {}", x.path, x.message) };
-        if !out.contains(&line) {
-            out.push(line);
-        }
-    }
-    out
-}
-
-pub(crate) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
 
 /// `+` then 2 to 15 digits, the first not 0 (ITU-T E.164 as providers write it).
 pub fn is_e164(s: &str) -> bool {

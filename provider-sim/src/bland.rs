@@ -3,17 +3,18 @@
 //! `authorization` header as it is, without `Bearer`. Errors as
 //! `{"status": "error", "message": ..}`.
 
-use crate::common::*;
-use crate::config::Provider;
-use crate::log::RecordGuard;
-use crate::state::{lock, CallState, NewCall};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::common::{field_value, header_str, json, rfc3339, str_at};
+use crate::config::{Provider, SimConfig};
+use crate::end_webhooks::{self, Delivery};
+use crate::exchange::{self, Body, Exchange, Refusal};
+use crate::faults::{ConnKill, FaultAnswers};
+use crate::state::{CallState, NewCall, St};
+use crate::webhooks::bland_signature;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 use provider_contract::Operation;
 use serde_json::{json, Value};
 
@@ -25,8 +26,25 @@ fn error(status: StatusCode, msg: &str) -> Response {
     json(status, json!({ "status": "error", "message": msg }))
 }
 
+fn bad_request(errors: &[String]) -> Response {
+    error(StatusCode::BAD_REQUEST, &errors.join("; "))
+}
+
+const FAULTS: FaultAnswers = FaultAnswers {
+    rate_limited: "Rate limit exceeded (simulated)",
+    capacity: "No capacity right now (simulated)",
+    error: "Internal server error (simulated)",
+    hang: "Gateway timeout (simulated hang)",
+    body: |status, _, message| error(status, message),
+};
+
+/// `Err` = the refusal of the `authorization` header.
+fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
+    auth_refusal(st, headers).map_err(|msg| Box::new(error(StatusCode::UNAUTHORIZED, msg)))
+}
+
 /// `Err` = why the `authorization` header is refused.
-fn auth(st: &St, headers: &HeaderMap) -> Result<(), &'static str> {
+fn auth_refusal(st: &St, headers: &HeaderMap) -> Result<(), &'static str> {
     let given = header_str(headers, "authorization").map(str::trim);
     // Bland takes the bare key; a Bearer prefix is a client bug even when any key is accepted.
     if given.is_some_and(|g| g.len() > 7 && g[..7].eq_ignore_ascii_case("bearer ")) {
@@ -107,111 +125,39 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     })
 }
 
-async fn create(
-    State(st): State<St>,
-    Extension(kill): Extension<ConnKill>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let rec = st.log.begin(Provider::Bland, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &headers, body).await;
-    rec.finish(resp.status().as_u16());
-    resp
+async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let ex = Exchange::begin(&st, Provider::Bland, "POST", &uri);
+    let resp = async {
+        let body = ex.checked_json(&body, auth(&st, &headers), Operation::BlandSendCall, bad_request)?;
+        let to = ex.check(str_at(&body, "/phone_number").ok_or_else(|| vec!["phone_number is required".to_string()]), bad_request)?;
+        let amd = body.get("answered_by_enabled") == Some(&Value::Bool(true));
+        let webhook = str_at(&body, "/webhook");
+        let call = NewCall {
+            from: str_at(&body, "/from"),
+            machine_detection: amd.then(|| "Enable".to_string()),
+            ..NewCall::new(Provider::Bland, uuid::Uuid::new_v4().to_string(), to, field_value(&body, "/metadata"), body)
+        };
+        let id = ex.place(&kill, call, &FAULTS).await?;
+        if let Some(url) = webhook {
+            // Bland posts to the call's own `webhook`.
+            let post_call = move |cfg: &SimConfig, _: &str, call: Value, _| post_call(cfg, &url, call);
+            end_webhooks::schedule(&st, Provider::Bland, id.clone(), &[("post-call", 0)], call_json, post_call);
+        }
+        Ok(json(StatusCode::OK, json!({ "status": "success", "message": "Call successfully queued.", "call_id": id, "batch_id": null })))
+    }
+    .await;
+    ex.answer(resp)
 }
 
-async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let (logged, parsed) = parse_json_body(&body);
-    let auth = auth(st, headers);
-    rec.update(|r| {
-        r.auth_ok = auth.is_ok();
-        r.body = logged;
-    });
-    if let Err(msg) = auth {
-        return error(StatusCode::UNAUTHORIZED, msg);
-    }
-    let body = match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            refuse(rec, std::slice::from_ref(&e));
-            return error(StatusCode::BAD_REQUEST, &e);
-        }
-    };
-    if let Err(errs) = st.contract.check(Operation::BlandSendCall, &body) {
-        refuse(rec, &errs);
-        return error(StatusCode::BAD_REQUEST, &errs.join("; "));
-    }
-    let Some(to) = str_at(&body, "/phone_number") else {
-        let msg = "phone_number is required".to_string();
-        refuse(rec, std::slice::from_ref(&msg));
-        return error(StatusCode::BAD_REQUEST, &msg);
-    };
-    let metadata = field_value(&body, "/metadata");
-    rec.update(|r| {
-        r.to = Some(to.clone());
-        r.metadata = metadata.clone();
-    });
-    match gate(st, rec, kill, Provider::Bland, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => {
-            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded (simulated)"), retry_after_secs)
-        }
-        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
-            error(StatusCode::SERVICE_UNAVAILABLE, message.as_deref().unwrap_or("No capacity right now (simulated)")),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => {
-            error(status_code(status), message.as_deref().unwrap_or("Internal server error (simulated)"))
-        }
-        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout (simulated hang)"),
-        Ok((duration_ms, end_reason)) => {
-            let id = uuid::Uuid::new_v4().to_string();
-            let amd = body.get("answered_by_enabled") == Some(&Value::Bool(true));
-            let webhook = str_at(&body, "/webhook");
-            st.create_call(
-                NewCall {
-                    provider: Provider::Bland,
-                    call_id: id.clone(),
-                    to,
-                    from: str_at(&body, "/from"),
-                    metadata,
-                    body,
-                    account_sid: None,
-                    machine_detection: amd.then(|| "Enable".to_string()),
-                    agent_id: None,
-                },
-                duration_ms,
-                end_reason,
-            );
-            rec.update(|r| r.call_id = Some(id.clone()));
-            crate::webhooks::schedule_end_webhooks(st, Provider::Bland, id.clone(), webhook);
-            json(
-                StatusCode::OK,
-                json!({
-                    "status": "success",
-                    "message": "Call successfully queued.",
-                    "call_id": id,
-                    "batch_id": null,
-                }),
-            )
-        }
-    }
+/// The call details, signed when there is a signing secret.
+fn post_call(cfg: &SimConfig, url: &str, call: Value) -> Option<Delivery> {
+    let body = serde_json::to_vec(&call).unwrap_or_default();
+    let h = cfg.bland_webhook_secret.as_deref().map(|s| vec![("X-Webhook-Signature", bland_signature(s, &body))]).unwrap_or_default();
+    Some((url.to_string(), body, h))
 }
 
 async fn get_call(State(st): State<St>, Path(call_id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Bland, "GET", uri.path(), uri.query());
-    let auth = auth(&st, &headers);
-    rec.update(|r| r.auth_ok = auth.is_ok());
-    let resp = match auth {
-        Err(msg) => error(StatusCode::UNAUTHORIZED, msg),
-        Ok(()) => {
-            let now = st.clock.now_us();
-            let store = lock(&st.calls);
-            match store.get(&call_id).filter(|c| c.call.provider == Provider::Bland) {
-                Some(c) => json(StatusCode::OK, call_json(c, now)),
-                None => error(StatusCode::NOT_FOUND, "Call not found"),
-            }
-        }
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    exchange::get_call(&st, Provider::Bland, &uri, auth(&st, &headers), &call_id, call_json, || {
+        error(StatusCode::NOT_FOUND, "Call not found")
+    })
 }

@@ -1,30 +1,13 @@
-//! Helpers shared by the provider handlers: responses, queries, timestamps, fault gate.
+//! Helpers shared by the provider handlers: responses, bodies, queries, timestamps, keys.
 
-use crate::config::Provider;
 use crate::log::RecordGuard;
-use crate::state::{AppState, Outcome};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use crate::state::AppState;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Notify;
-
-/// Per-connection handle: notifying it makes the server drop the TCP connection unanswered.
-#[derive(Clone, Default)]
-pub(crate) struct ConnKill(pub Arc<Notify>);
-
-pub(crate) type St = Arc<AppState>;
 
 pub(crate) fn json(status: StatusCode, v: Value) -> Response {
     (status, axum::Json(v)).into_response()
-}
-
-pub(crate) fn with_retry_after(mut resp: Response, secs: u64) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-        resp.headers_mut().insert("retry-after", v);
-    }
-    resp
 }
 
 pub(crate) fn status_code(s: u16) -> StatusCode {
@@ -104,66 +87,6 @@ pub(crate) fn bearer_ok(st: &AppState, headers: &HeaderMap) -> bool {
         Some(k) => header_str(headers, "authorization")
             .and_then(|v| v.trim().split_once(' '))
             .is_some_and(|(scheme, tok)| scheme.eq_ignore_ascii_case("bearer") && tok.trim() == k),
-    }
-}
-
-/// Why a create request got no call.
-pub(crate) enum Fault {
-    RateLimited {
-        retry_after_secs: u64,
-    },
-    /// 503 + `Retry-After` (out of capacity).
-    Capacity {
-        retry_after_secs: u64,
-        message: Option<String>,
-    },
-    Error {
-        status: u16,
-        message: Option<String>,
-    },
-    /// A hung request whose hold time ran out with the client still connected.
-    HangExpired,
-}
-
-/// Applies rules/random faults and latency to a create request. `Ok` = create the call
-/// with this duration and end reason. A dropped connection never returns.
-pub(crate) async fn gate(
-    st: &AppState,
-    rec: &RecordGuard,
-    kill: &ConnKill,
-    provider: Provider,
-    to: &str,
-) -> Result<(u64, Option<String>), Fault> {
-    let (delay, outcome) = st.decide(provider, to);
-    let fault = match &outcome {
-        Outcome::Create { .. } => None,
-        Outcome::RateLimited { .. } => Some("rate_limited"),
-        Outcome::Capacity { .. } => Some("capacity"),
-        Outcome::Error { .. } => Some("error"),
-        Outcome::Hang { .. } => Some("hang"),
-        Outcome::Drop => Some("drop_connection"),
-    };
-    if let Some(f) = fault {
-        rec.update(|r| r.fault = Some(f.to_string()));
-    }
-    if let Outcome::Hang { secs } = outcome {
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-        return Err(Fault::HangExpired);
-    }
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    match outcome {
-        Outcome::Create { duration_ms, end_reason } => Ok((duration_ms, end_reason)),
-        Outcome::RateLimited { retry_after_secs } => Err(Fault::RateLimited { retry_after_secs }),
-        Outcome::Capacity { retry_after_secs, message } => Err(Fault::Capacity { retry_after_secs, message }),
-        Outcome::Error { status, message } => Err(Fault::Error { status, message }),
-        Outcome::Hang { .. } => Err(Fault::HangExpired),
-        Outcome::Drop => {
-            kill.0.notify_one();
-            // The connection task drops this future together with the socket.
-            std::future::pending::<Result<(u64, Option<String>), Fault>>().await
-        }
     }
 }
 

@@ -165,6 +165,20 @@ pub fn check_loopback_url(url: &str) -> Result<(), String> {
 }
 
 impl SimConfig {
+    /// `Err` names the first webhook URL that is not a loopback one.
+    pub(crate) fn check_webhook_urls(&self) -> Result<(), String> {
+        for (name, u) in [
+            ("ultravox_webhook_url", &self.ultravox_webhook_url),
+            ("vapi_webhook_url", &self.vapi_webhook_url),
+            ("retell_webhook_url", &self.retell_webhook_url),
+        ] {
+            if let Some(u) = u {
+                check_loopback_url(u).map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks ranges; returns a human-readable reason on failure.
     pub fn validate(&self) -> Result<(), String> {
         for (name, v) in [
@@ -178,15 +192,7 @@ impl SimConfig {
                 return Err(format!("{name} must be between 0 and 1, got {v}"));
             }
         }
-        for (name, u) in [
-            ("ultravox_webhook_url", &self.ultravox_webhook_url),
-            ("vapi_webhook_url", &self.vapi_webhook_url),
-            ("retell_webhook_url", &self.retell_webhook_url),
-        ] {
-            if let Some(u) = u {
-                check_loopback_url(u).map_err(|e| format!("{name}: {e}"))?;
-            }
-        }
+        self.check_webhook_urls()?;
         if !matches!(self.vapi_webhook_auth.as_str(), "secret" | "bearer" | "hmac") {
             return Err(format!("vapi_webhook_auth must be secret, bearer or hmac, got {:?}", self.vapi_webhook_auth));
         }
@@ -247,32 +253,10 @@ impl SimConfig {
         let cur_obj = cur.as_object_mut().ok_or_else(|| "internal: config is not an object".to_string())?;
         for (k, v) in obj {
             match k.as_str() {
-                "api_key" => {
-                    api_key = match v {
-                        Value::Null => None,
-                        Value::String(s) => Some(s.clone()),
-                        _ => return Err("api_key must be a string or null".into()),
-                    }
-                }
-                "ultravox_webhook_secret" => {
-                    secret = match v {
-                        Value::Null => None,
-                        Value::String(s) => Some(s.clone()),
-                        _ => return Err("ultravox_webhook_secret must be a string or null".into()),
-                    }
-                }
-                "vapi_webhook_secret" | "bland_webhook_secret" => {
-                    let v = match v {
-                        Value::Null => None,
-                        Value::String(s) => Some(s.clone()),
-                        _ => return Err(format!("{k} must be a string or null")),
-                    };
-                    if k == "vapi_webhook_secret" {
-                        vapi_secret = v;
-                    } else {
-                        bland_secret = v;
-                    }
-                }
+                "api_key" => api_key = string_or_null(k, v)?,
+                "ultravox_webhook_secret" => secret = string_or_null(k, v)?,
+                "vapi_webhook_secret" => vapi_secret = string_or_null(k, v)?,
+                "bland_webhook_secret" => bland_secret = string_or_null(k, v)?,
                 // Echoes of our own output; ignore.
                 "api_key_set" | "ultravox_webhook_secret_set" | "vapi_webhook_secret_set" | "bland_webhook_secret_set" => {}
                 "spec_dir" => {
@@ -321,6 +305,15 @@ impl SimConfig {
             o.insert("spec_dir".into(), self.spec_dir.as_ref().map(|d| Value::String(d.display().to_string())).unwrap_or(Value::Null));
         }
         v
+    }
+}
+
+/// A secret's new value: a string, or null for none.
+fn string_or_null(name: &str, v: &Value) -> Result<Option<String>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(format!("{name} must be a string or null")),
     }
 }
 
@@ -386,21 +379,29 @@ pub struct Rule {
     pub times: Option<u32>,
 }
 
+/// `pub fn field(self, value) -> Rule` for each `Option` field of [`Rule`] named.
+macro_rules! option_setters {
+    ($($field:ident: $ty:ty,)*) => {
+        $(
+            pub fn $field(mut self, value: $ty) -> Rule {
+                self.$field = Some(value);
+                self
+            }
+        )*
+    };
+}
+
 impl Rule {
     /// A rule matching `to` that (until more is set) just creates the call normally.
     pub fn new(to: impl Into<String>) -> Rule {
         Rule { to: Some(to.into()), ..Rule::default() }
     }
-    pub fn status(mut self, status: u16) -> Rule {
-        self.status = Some(status);
-        self
-    }
-    pub fn retry_after_secs(mut self, secs: u64) -> Rule {
-        self.retry_after_secs = Some(secs);
-        self
-    }
     pub fn message(mut self, msg: impl Into<String>) -> Rule {
         self.message = Some(msg.into());
+        self
+    }
+    pub fn end_reason(mut self, reason: impl Into<String>) -> Rule {
+        self.end_reason = Some(reason.into());
         self
     }
     pub fn hang(mut self) -> Rule {
@@ -416,25 +417,13 @@ impl Rule {
         self.drop_connection = true;
         self
     }
-    pub fn latency_ms(mut self, ms: u64) -> Rule {
-        self.latency_ms = Some(ms);
-        self
-    }
-    pub fn duration_ms(mut self, ms: u64) -> Rule {
-        self.duration_ms = Some(ms);
-        self
-    }
-    pub fn end_reason(mut self, reason: impl Into<String>) -> Rule {
-        self.end_reason = Some(reason.into());
-        self
-    }
-    pub fn times(mut self, n: u32) -> Rule {
-        self.times = Some(n);
-        self
-    }
-    pub fn provider(mut self, p: Provider) -> Rule {
-        self.provider = Some(p);
-        self
+    option_setters! {
+        status: u16,
+        retry_after_secs: u64,
+        latency_ms: u64,
+        duration_ms: u64,
+        times: u32,
+        provider: Provider,
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -1,8 +1,9 @@
 //! Control API under `/_sim/` (no auth; the server only listens on loopback).
 
-use crate::common::{json, query_pairs, St};
+use crate::common::{json, query_pairs};
 use crate::config::Rule;
-use crate::state::lock;
+use crate::mutex::lock;
+use crate::state::St;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};

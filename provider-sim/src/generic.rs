@@ -2,17 +2,16 @@
 //! `GET /voiceapi/v1/calls?idempotency_key=K`; `Authorization: Bearer <key>`.
 //! (It lives under `/voiceapi` because Bland owns `/v1/calls`.)
 
-use crate::common::*;
+use crate::common::{bearer_ok, json, page_size, query_pairs, raw_body, rfc3339};
 use crate::config::Provider;
-use crate::log::RecordGuard;
-use crate::state::{lock, metadata_field_matches, never_connects, CallState, NewCall};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::exchange::{self, Body, Exchange, Refusal};
+use crate::faults::{ConnKill, FaultAnswers};
+use crate::state::{metadata_field_matches, never_connects, CallState, NewCall, St};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 use serde_json::{json, Value};
 
 pub(crate) fn routes() -> Router<St> {
@@ -23,9 +22,29 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     json(status, json!({ "error": code, "message": message }))
 }
 
-fn auth_ok(st: &St, headers: &HeaderMap) -> bool {
-    bearer_ok(st, headers)
+/// `Authorization: Bearer <key>`.
+fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
+    exchange::key_check(bearer_ok(st, headers), || error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or missing bearer token"))
 }
+
+fn invalid_request(errors: &[String]) -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_request", &errors.join("; "))
+}
+
+const FAULTS: FaultAnswers = FaultAnswers {
+    rate_limited: "too many requests (simulated)",
+    capacity: "no capacity right now (simulated)",
+    error: "internal error (simulated)",
+    hang: "gateway timeout (simulated hang)",
+    body: |status, fault, message| {
+        let code = match fault {
+            "error" => "internal_error",
+            "hang" => "timeout",
+            named => named, // rate_limited, capacity
+        };
+        error(status, code, message)
+    },
+};
 
 pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let call = &c.call;
@@ -55,122 +74,42 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     })
 }
 
-async fn create(
-    State(st): State<St>,
-    Extension(kill): Extension<ConnKill>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let rec = st.log.begin(Provider::Generic, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &headers, body).await;
-    rec.finish(resp.status().as_u16());
-    resp
-}
-
-async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let parsed = match &body {
-        Ok(b) => serde_json::from_slice::<Value>(b).map_err(|e| (raw_body(b), e.to_string())),
-        Err(e) => Err((Value::Null, e.body_text())),
-    };
-    let ok = auth_ok(st, headers);
-    rec.update(|r| {
-        r.auth_ok = ok;
-        r.body = match &parsed {
+async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let ex = Exchange::begin(&st, Provider::Generic, "POST", &uri);
+    let resp = async {
+        let parsed = match &body {
+            Ok(b) => serde_json::from_slice::<Value>(b).map_err(|e| (raw_body(b), e.to_string())),
+            Err(e) => Err((Value::Null, e.body_text())),
+        };
+        let logged = match &parsed {
             Ok(v) => v.clone(),
             Err((raw, _)) => raw.clone(),
         };
-    });
-    if !ok {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or missing bearer token");
+        ex.received(logged, auth(&st, &headers))?;
+        let body = match parsed {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return Err(ex.refuse(&["body must be a JSON object".to_string()], invalid_request).into()),
+            Err((_, e)) => return Err(ex.refuse(&[e], |e| error(StatusCode::BAD_REQUEST, "invalid_json", &e[0])).into()),
+        };
+        let to = body.get("phone_number").and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(str::to_string);
+        let to = ex.check(to.ok_or_else(|| vec!["phone_number is required".to_string()]), invalid_request)?;
+        let metadata = body.get("metadata").cloned().unwrap_or(Value::Null);
+        let id = ex.place(&kill, NewCall::new(Provider::Generic, uuid::Uuid::new_v4().to_string(), to, metadata, body), &FAULTS).await?;
+        // The create answer always shows the call as just created ("queued").
+        Ok(ex.created(&id, call_json, |m| error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", m)))
     }
-    let body = match parsed {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            let msg = "body must be a JSON object".to_string();
-            refuse(rec, std::slice::from_ref(&msg));
-            return error(StatusCode::BAD_REQUEST, "invalid_request", &msg);
-        }
-        Err((_, e)) => {
-            refuse(rec, std::slice::from_ref(&e));
-            return error(StatusCode::BAD_REQUEST, "invalid_json", &e);
-        }
-    };
-    let Some(to) = body.get("phone_number").and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(str::to_string) else {
-        let msg = "phone_number is required".to_string();
-        refuse(rec, std::slice::from_ref(&msg));
-        return error(StatusCode::BAD_REQUEST, "invalid_request", &msg);
-    };
-    let metadata = body.get("metadata").cloned().unwrap_or(Value::Null);
-    rec.update(|r| {
-        r.to = Some(to.clone());
-        r.metadata = metadata.clone();
-    });
-    match gate(st, rec, kill, Provider::Generic, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => {
-            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests (simulated)"), retry_after_secs)
-        }
-        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
-            error(StatusCode::SERVICE_UNAVAILABLE, "capacity", message.as_deref().unwrap_or("no capacity right now (simulated)")),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => {
-            error(status_code(status), "internal_error", message.as_deref().unwrap_or("internal error (simulated)"))
-        }
-        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, "timeout", "gateway timeout (simulated hang)"),
-        Ok((duration_ms, end_reason)) => {
-            let id = uuid::Uuid::new_v4().to_string();
-            st.create_call(
-                NewCall {
-                    provider: Provider::Generic,
-                    call_id: id.clone(),
-                    to,
-                    from: None,
-                    metadata,
-                    body,
-                    account_sid: None,
-                    machine_detection: None,
-                    agent_id: None,
-                },
-                duration_ms,
-                end_reason,
-            );
-            rec.update(|r| r.call_id = Some(id.clone()));
-            // The create answer always shows the call as just created ("queued").
-            let store = lock(&st.calls);
-            match store.get(&id) {
-                Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "call vanished (reset during create)"),
-            }
-        }
-    }
+    .await;
+    ex.answer(resp)
 }
 
 async fn get_call(State(st): State<St>, Path(id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Generic, "GET", uri.path(), uri.query());
-    let ok = auth_ok(&st, &headers);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or missing bearer token")
-    } else {
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
-        match store.get(&id).filter(|c| c.call.provider == Provider::Generic) {
-            Some(c) => json(StatusCode::OK, call_json(c, now)),
-            None => error(StatusCode::NOT_FOUND, "not_found", "call not found"),
-        }
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    exchange::get_call(&st, Provider::Generic, &uri, auth(&st, &headers), &id, call_json, || {
+        error(StatusCode::NOT_FOUND, "not_found", "call not found")
+    })
 }
 
 async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Generic, "GET", uri.path(), uri.query());
-    let ok = auth_ok(&st, &headers);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or missing bearer token")
-    } else {
+    exchange::read(&st, Provider::Generic, &uri, auth(&st, &headers), |store, now| {
         let q = query_pairs(uri.query());
         // `idempotency_key=K` and `metadata.<field>=V` filter on metadata; `phone_number` on the number.
         let mut filters: Vec<(&str, &str)> = Vec::new();
@@ -185,8 +124,6 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
             }
         }
         let limit = page_size(&q, &["limit", "page_size"], 100);
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
         let calls: Vec<Value> = store
             .calls
             .iter()
@@ -198,7 +135,5 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
             .map(|c| call_json(c, now))
             .collect();
         json(StatusCode::OK, json!({ "calls": calls }))
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    })
 }

@@ -2,13 +2,14 @@
 //! completed when answered, optionally mirrored to a JSON-lines file.
 
 use crate::config::Provider;
+use crate::mutex::lock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +67,13 @@ impl Clock {
     pub fn now_us(&self) -> i64 {
         self.base_us + self.base.elapsed().as_micros() as i64
     }
+    /// Sleeps until the clock reads `at_us`.
+    pub async fn sleep_until(&self, at_us: i64) {
+        let wait = at_us - self.now_us();
+        if wait > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(wait as u64)).await;
+        }
+    }
 }
 
 #[derive(Default, Debug, Clone)]
@@ -107,10 +115,6 @@ pub(crate) struct RequestLog {
     clock: Clock,
     inner: Mutex<Inner>,
     file: Mutex<Option<FileSink>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RequestLog {

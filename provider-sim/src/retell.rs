@@ -2,17 +2,19 @@
 //! (with `filter_criteria`, including metadata); `Authorization: Bearer <key>`; errors as
 //! `{"error_message": ..}`. Timestamps are epoch milliseconds.
 
-use crate::common::*;
-use crate::config::Provider;
-use crate::log::RecordGuard;
-use crate::state::{lock, CallState, NewCall};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::common::{bearer_ok, epoch_ms, field_value, json, str_at};
+use crate::config::{Provider, SimConfig};
+use crate::end_webhooks::{self, Delivery};
+use crate::exchange::{self, Body, Exchange, Refusal};
+use crate::faults::{ConnKill, FaultAnswers};
+use crate::mutex::lock;
+use crate::state::{CallState, NewCall, St};
+use crate::webhooks::retell_signature;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 use provider_contract::Operation;
 use serde_json::{json, Map, Value};
 
@@ -27,9 +29,22 @@ fn error(status: StatusCode, msg: &str) -> Response {
     json(status, json!({ "error_message": msg }))
 }
 
-fn unauthorized() -> Response {
-    error(StatusCode::UNAUTHORIZED, "Invalid API Key")
+fn bad_request(errors: &[String]) -> Response {
+    error(StatusCode::BAD_REQUEST, &errors.join("; "))
 }
+
+/// `Authorization: Bearer <key>`.
+fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
+    exchange::key_check(bearer_ok(st, headers), || error(StatusCode::UNAUTHORIZED, "Invalid API Key"))
+}
+
+const FAULTS: FaultAnswers = FaultAnswers {
+    rate_limited: "Too many requests (simulated rate limit)",
+    capacity: "No capacity right now (simulated)",
+    error: "Internal server error (simulated)",
+    hang: "Gateway timeout (simulated hang)",
+    body: |status, _, message| error(status, message),
+};
 
 /// The agent a call uses when the request does not override it (the number's own agent).
 const DEFAULT_AGENT_ID: &str = "agent_provider_sim";
@@ -92,106 +107,47 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     Value::Object(o)
 }
 
-async fn create(
-    State(st): State<St>,
-    Extension(kill): Extension<ConnKill>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let rec = st.log.begin(Provider::Retell, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &headers, body).await;
-    rec.finish(resp.status().as_u16());
-    resp
+async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let ex = Exchange::begin(&st, Provider::Retell, "POST", &uri);
+    let resp = async {
+        let body = ex.checked_json(&body, auth(&st, &headers), Operation::RetellCreatePhoneCall, bad_request)?;
+        let to = ex.check(str_at(&body, "/to_number").ok_or_else(|| vec!["to_number is required".to_string()]), bad_request)?;
+        let call = NewCall {
+            from: str_at(&body, "/from_number"),
+            agent_id: str_at(&body, "/override_agent_id"),
+            ..NewCall::new(Provider::Retell, format!("call_{}", uuid::Uuid::new_v4().simple()), to, field_value(&body, "/metadata"), body)
+        };
+        let id = ex.place(&kill, call, &FAULTS).await?;
+        if lock(&st.config).retell_webhook_url.is_some() {
+            let events = &[("call_ended", 0), ("call_analyzed", 300_000)];
+            end_webhooks::schedule(&st, Provider::Retell, id.clone(), events, call_json, call_event);
+        }
+        Ok(ex.created(&id, call_json, |m| error(StatusCode::INTERNAL_SERVER_ERROR, m)))
+    }
+    .await;
+    ex.answer(resp)
 }
 
-async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let (logged, parsed) = parse_json_body(&body);
-    let ok = bearer_ok(st, headers);
-    rec.update(|r| {
-        r.auth_ok = ok;
-        r.body = logged;
-    });
-    if !ok {
-        return unauthorized();
-    }
-    let body = match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            refuse(rec, std::slice::from_ref(&e));
-            return error(StatusCode::BAD_REQUEST, &e);
-        }
-    };
-    if let Err(errs) = st.contract.check(Operation::RetellCreatePhoneCall, &body) {
-        refuse(rec, &errs);
-        return error(StatusCode::BAD_REQUEST, &errs.join("; "));
-    }
-    let Some(to) = str_at(&body, "/to_number") else {
-        let msg = "to_number is required".to_string();
-        refuse(rec, std::slice::from_ref(&msg));
-        return error(StatusCode::BAD_REQUEST, &msg);
-    };
-    let metadata = field_value(&body, "/metadata");
-    rec.update(|r| {
-        r.to = Some(to.clone());
-        r.metadata = metadata.clone();
-    });
-    match gate(st, rec, kill, Provider::Retell, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => {
-            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, "Too many requests (simulated rate limit)"), retry_after_secs)
-        }
-        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
-            error(StatusCode::SERVICE_UNAVAILABLE, message.as_deref().unwrap_or("No capacity right now (simulated)")),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => {
-            error(status_code(status), message.as_deref().unwrap_or("Internal server error (simulated)"))
-        }
-        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout (simulated hang)"),
-        Ok((duration_ms, end_reason)) => {
-            let id = format!("call_{}", uuid::Uuid::new_v4().simple());
-            st.create_call(
-                NewCall {
-                    provider: Provider::Retell,
-                    call_id: id.clone(),
-                    to,
-                    from: str_at(&body, "/from_number"),
-                    metadata,
-                    agent_id: str_at(&body, "/override_agent_id"),
-                    body,
-                    account_sid: None,
-                    machine_detection: None,
-                },
-                duration_ms,
-                end_reason,
+/// `call_ended` or `call_analyzed` (with the analysis), signed with the API key.
+fn call_event(cfg: &SimConfig, event: &str, mut call: Value, now: i64) -> Option<Delivery> {
+    let url = cfg.retell_webhook_url.clone()?;
+    if event == "call_analyzed" {
+        if let Some(o) = call.as_object_mut() {
+            o.insert(
+                "call_analysis".into(),
+                json!({"call_summary": "simulated call", "user_sentiment": "Neutral", "call_successful": true, "in_voicemail": false}),
             );
-            rec.update(|r| r.call_id = Some(id.clone()));
-            crate::webhooks::schedule_end_webhooks(st, Provider::Retell, id.clone(), None);
-            let store = lock(&st.calls);
-            match store.get(&id) {
-                Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => error(StatusCode::INTERNAL_SERVER_ERROR, "call vanished (reset during create)"),
-            }
         }
     }
+    let body = serde_json::to_vec(&json!({"event": event, "call": call})).unwrap_or_default();
+    let sig = retell_signature(cfg.api_key.as_deref().unwrap_or(""), &body, now / 1000);
+    Some((url, body, vec![("X-Retell-Signature", sig)]))
 }
 
 async fn get_call(State(st): State<St>, Path(call_id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Retell, "GET", uri.path(), uri.query());
-    let ok = bearer_ok(&st, &headers);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        unauthorized()
-    } else {
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
-        match store.get(&call_id).filter(|c| c.call.provider == Provider::Retell) {
-            Some(c) => json(StatusCode::OK, call_json(c, now)),
-            None => error(StatusCode::NOT_FOUND, "Call not found"),
-        }
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    exchange::get_call(&st, Provider::Retell, &uri, auth(&st, &headers), &call_id, call_json, || {
+        error(StatusCode::NOT_FOUND, "Call not found")
+    })
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
@@ -201,32 +157,14 @@ fn strings(v: Option<&Value>) -> Option<Vec<String>> {
 /// `POST /v2/list-calls`: `filter_criteria` (`call_id`, `agent_id`, `call_status`,
 /// `from_number`, `to_number`, `metadata`: field → accepted values, `start_timestamp`
 /// thresholds, compared with the creation time here), `sort_order`, `limit` (default 50).
-async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let rec = st.log.begin(Provider::Retell, "POST", uri.path(), uri.query());
-    let (logged, parsed) = parse_json_body(&body);
-    let ok = bearer_ok(&st, &headers);
-    rec.update(|r| {
-        r.auth_ok = ok;
-        r.body = logged;
+async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let ex = Exchange::begin(&st, Provider::Retell, "POST", &uri);
+    let resp = ex.received_json(&body, auth(&st, &headers)).and_then(|parsed| match parsed {
+        Ok(Value::Object(q)) => Ok(list_calls(&st, &q)),
+        Ok(other) => Err(ex.refuse(&[format!("body must be a JSON object, got {other}")], bad_request).into()),
+        Err(e) => Err(ex.refuse(&[e], bad_request).into()),
     });
-    let resp = if !ok {
-        unauthorized()
-    } else {
-        match parsed {
-            Ok(Value::Object(q)) => list_calls(&st, &q),
-            Ok(other) => {
-                let msg = format!("body must be a JSON object, got {other}");
-                refuse(&rec, std::slice::from_ref(&msg));
-                error(StatusCode::BAD_REQUEST, &msg)
-            }
-            Err(e) => {
-                refuse(&rec, std::slice::from_ref(&e));
-                error(StatusCode::BAD_REQUEST, &e)
-            }
-        }
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    ex.answer(resp)
 }
 
 fn list_calls(st: &St, q: &Map<String, Value>) -> Response {

@@ -1,10 +1,12 @@
 //! The HTTP server: router, accept loop (HTTP/1.1 keep-alive, per-connection kill switch
 //! for `drop_connection`), and the in-process [`Simulator`] handle.
 
-use crate::common::{json, ConnKill};
+use crate::common::json;
 use crate::config::{Rule, SimConfig};
+use crate::faults::ConnKill;
 use crate::log::RequestRecord;
-use crate::state::{lock, AppState, SimCall, SimStats};
+use crate::mutex::lock;
+use crate::state::{AppState, SimCall, SimStats};
 use crate::webhooks::WebhookRecord;
 use crate::{bland, control, generic, retell, twilio, ultravox, vapi};
 use axum::http::{Request, StatusCode, Uri};

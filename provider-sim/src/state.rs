@@ -2,14 +2,15 @@
 
 use crate::config::{Provider, SimConfig};
 use crate::log::{Clock, RequestLog};
-use crate::webhooks::WebhookLog;
+use crate::mutex::lock;
+use crate::webhooks::{Outgoing, WebhookLog};
 use provider_contract::Contract;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A call created by the simulator (as listed by `GET /_sim/calls`).
@@ -131,6 +132,13 @@ pub(crate) struct NewCall {
     pub agent_id: Option<String>,
 }
 
+impl NewCall {
+    /// A call with no caller id, account, answering-machine detection or agent (set those after).
+    pub fn new(provider: Provider, call_id: String, to: String, metadata: Value, body: Value) -> NewCall {
+        NewCall { provider, call_id, to, from: None, metadata, body, account_sid: None, machine_detection: None, agent_id: None }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct CallStore {
     pub calls: Vec<CallState>,
@@ -193,24 +201,15 @@ pub(crate) struct AppState {
     pub webhooks: WebhookLog,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// The state as the request handlers hold it.
+pub(crate) type St = Arc<AppState>;
 
 impl AppState {
     /// Fails (`InvalidInput`) on a spec directory that does not load or a non-loopback
     /// webhook URL; other out-of-range knobs are clamped.
     pub fn new(mut config: SimConfig) -> std::io::Result<AppState> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        for (name, u) in [
-            ("ultravox_webhook_url", &config.ultravox_webhook_url),
-            ("vapi_webhook_url", &config.vapi_webhook_url),
-            ("retell_webhook_url", &config.retell_webhook_url),
-        ] {
-            if let Some(u) = u {
-                crate::config::check_loopback_url(u).map_err(|e| invalid(format!("{name}: {e}")))?;
-            }
-        }
+        config.check_webhook_urls().map_err(invalid)?;
         let contract = match &config.spec_dir {
             Some(dir) => Contract::load(dir).map_err(|e| invalid(format!("spec_dir: {e}")))?,
             None => Contract::builtin(),
@@ -234,6 +233,12 @@ impl AppState {
 
     pub fn api_key(&self) -> Option<String> {
         lock(&self.config).api_key.clone()
+    }
+
+    /// Sends one webhook within the configured timeout and records the outcome.
+    pub async fn deliver(&self, o: Outgoing) {
+        let timeout = Duration::from_millis(self.config().webhook_timeout_ms.max(1));
+        self.webhooks.deliver(o, timeout).await;
     }
 
     /// Decides the fate of a create request (consuming a matching rule) and its delay.

@@ -5,18 +5,18 @@
 //! Twilio has no metadata field: a call's metadata is taken from the query strings of
 //! its `Url` and `StatusCallback` (e.g. `...?batch_id=7&contact_id=9`), `null` if none.
 
-use crate::common::*;
+use crate::common::{form_to_json, header_str, json, page_size, parse_date_us, query_pairs, rfc2822, status_code};
 use crate::config::Provider;
-use crate::log::RecordGuard;
-use crate::state::{lock, CallState, NewCall};
-use crate::webhooks::{deliver, sleep_until_us, twilio_signature, Outgoing};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::exchange::{self, Body, Exchange, Refusal};
+use crate::faults::{ConnKill, FaultAnswers};
+use crate::mutex::lock;
+use crate::state::{CallState, NewCall, St};
+use crate::webhooks::{twilio_signature, Outgoing};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 use base64::Engine;
 use provider_contract::{Contract, Operation};
 use serde_json::{json, Map, Value};
@@ -40,6 +40,11 @@ fn twilio_error(status: u16, code: u32, message: &str) -> Response {
     )
 }
 
+/// 400 with Twilio's code for an invalid parameter.
+fn invalid(errors: &[String]) -> Response {
+    twilio_error(400, 21201, &errors.join("; "))
+}
+
 fn unauthorized() -> Response {
     twilio_error(401, 20003, "Authenticate")
 }
@@ -57,16 +62,28 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-fn auth_ok(st: &St, headers: &HeaderMap, path_sid: &str) -> bool {
+/// Basic auth with the account's SID and the auth token (the API key).
+fn auth(st: &St, headers: &HeaderMap, path_sid: &str) -> Result<(), Refusal> {
     let cfg = st.config();
-    if cfg.twilio_account_sid.as_deref().is_some_and(|s| s != path_sid) {
-        return false;
-    }
-    match basic_auth(headers) {
-        Some((user, pass)) => user == path_sid && cfg.api_key.as_deref().is_none_or(|k| k == pass),
-        None => cfg.api_key.is_none(),
-    }
+    let ok = cfg.twilio_account_sid.as_deref().is_none_or(|s| s == path_sid)
+        && match basic_auth(headers) {
+            Some((user, pass)) => user == path_sid && cfg.api_key.as_deref().is_none_or(|k| k == pass),
+            None => cfg.api_key.is_none(),
+        };
+    exchange::key_check(ok, unauthorized)
 }
+
+/// Twilio's error codes are 20000 + the status, but for 401.
+const FAULTS: FaultAnswers = FaultAnswers {
+    rate_limited: "Too Many Requests",
+    capacity: "Service Unavailable (simulated)",
+    error: "Internal Server Error (simulated)",
+    hang: "Gateway timeout (simulated hang)",
+    body: |status, _, message| {
+        let status = status.as_u16();
+        twilio_error(status, if status == 401 { 20003 } else { 20000 + status as u32 }, message)
+    },
+};
 
 fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
@@ -163,110 +180,55 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     })
 }
 
-async fn create(
-    State(st): State<St>,
-    Extension(kill): Extension<ConnKill>,
-    Path(sid): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let rec = st.log.begin(Provider::Twilio, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &uri, &sid, &headers, body).await;
-    rec.finish(resp.status().as_u16());
-    resp
-}
-
-async fn create_inner(
-    st: &St,
-    rec: &RecordGuard,
-    kill: &ConnKill,
-    uri: &Uri,
-    sid: &str,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let pairs: Vec<(String, String)> = match &body {
-        Ok(b) => form_urlencoded::parse(b).into_owned().collect(),
-        Err(_) => Vec::new(),
-    };
-    let ok = auth_ok(st, headers, sid);
-    let to = field(&pairs, "To").map(str::to_string);
-    let metadata = metadata_from_urls(&pairs);
-    let form = form_to_json(&pairs);
-    rec.update(|r| {
-        r.auth_ok = ok;
-        r.body = form.clone();
-        r.to = to.clone();
-        r.metadata = metadata.clone();
-    });
-    if !ok {
-        return unauthorized();
-    }
-    if let Err(errs) = Contract::check_path("POST", uri.path()) {
-        refuse(rec, &errs);
-        return twilio_error(404, 20404, &format!("The requested resource {} was not found: {}", uri.path(), errs.join("; ")));
-    }
-    if let Err(e) = &body {
-        let msg = format!("Unreadable request body: {}", e.body_text());
-        refuse(rec, std::slice::from_ref(&msg));
-        return twilio_error(400, 21201, &msg);
-    }
-    if let Err(errs) = st.contract.check(Operation::TwilioCreateCall, &form) {
-        refuse(rec, &errs);
-        // Twilio's own codes for the two commonest mistakes.
-        let code = if errs.iter().all(|e| e.starts_with("From:")) { 21213 } else { 21201 };
-        return twilio_error(400, code, &errs.join("; "));
-    }
-    let (Some(to), Some(from)) = (to, field(&pairs, "From").map(str::to_string)) else {
-        let msg = "To and From are required".to_string();
-        refuse(rec, std::slice::from_ref(&msg));
-        return twilio_error(400, 21201, &msg);
-    };
-    match gate(st, rec, kill, Provider::Twilio, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(twilio_error(429, 20429, "Too Many Requests"), retry_after_secs),
-        Err(Fault::Capacity { retry_after_secs, message }) => {
-            with_retry_after(twilio_error(503, 20503, message.as_deref().unwrap_or("Service Unavailable (simulated)")), retry_after_secs)
-        }
-        Err(Fault::Error { status, message }) => {
-            let code = if status == 401 { 20003 } else { 20000 + status as u32 };
-            twilio_error(status, code, message.as_deref().unwrap_or("Internal Server Error (simulated)"))
-        }
-        Err(Fault::HangExpired) => twilio_error(504, 20504, "Gateway timeout (simulated hang)"),
-        Ok((duration_ms, end_reason)) => {
-            let call_sid = format!("CA{}", uuid::Uuid::new_v4().simple());
-            let machine_detection = field(&pairs, "MachineDetection").map(str::to_string);
-            st.create_call(
-                NewCall {
-                    provider: Provider::Twilio,
-                    call_id: call_sid.clone(),
-                    to,
-                    from: Some(from),
-                    metadata,
-                    body: form,
-                    account_sid: Some(sid.to_string()),
-                    machine_detection,
-                    agent_id: None,
-                },
-                duration_ms,
-                end_reason,
-            );
-            rec.update(|r| r.call_id = Some(call_sid.clone()));
-            if let Some(url) = field(&pairs, "StatusCallback") {
-                let method = match field(&pairs, "StatusCallbackMethod") {
-                    Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
-                    _ => "POST",
-                };
-                schedule_callbacks(st, call_sid.clone(), url.to_string(), method, callback_events(&pairs));
+async fn create(State(st): State<St>, kill: ConnKill, Path(sid): Path<String>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let ex = Exchange::begin(&st, Provider::Twilio, "POST", &uri);
+    let resp = async {
+        let pairs: Vec<(String, String)> = match &body {
+            Ok(b) => form_urlencoded::parse(b).into_owned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let to = field(&pairs, "To").map(str::to_string);
+        let metadata = metadata_from_urls(&pairs);
+        let form = form_to_json(&pairs);
+        ex.record().update(|r| {
+            r.to = to.clone();
+            r.metadata = metadata.clone();
+        });
+        ex.received(form.clone(), auth(&st, &headers, &sid))?;
+        let not_found = |errs: &[String]| {
+            twilio_error(404, 20404, &format!("The requested resource {} was not found: {}", uri.path(), errs.join("; ")))
+        };
+        ex.check(Contract::check_path("POST", uri.path()), not_found)?;
+        ex.check(body.as_ref().map_err(|e| vec![format!("Unreadable request body: {}", e.body_text())]), invalid)?;
+        ex.check(st.contract.check(Operation::TwilioCreateCall, &form), |errs| {
+            // Twilio's own codes for the two commonest mistakes.
+            if errs.iter().all(|e| e.starts_with("From:")) {
+                twilio_error(400, 21213, &errs.join("; "))
+            } else {
+                invalid(errs)
             }
-            // The create answer always shows the call as just created ("queued").
-            let store = lock(&st.calls);
-            match store.get(&call_sid) {
-                Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => twilio_error(500, 20500, "call vanished (reset during create)"),
-            }
+        })?;
+        let to_from = to.zip(field(&pairs, "From").map(str::to_string));
+        let (to, from) = ex.check(to_from.ok_or_else(|| vec!["To and From are required".to_string()]), invalid)?;
+        let call = NewCall {
+            from: Some(from),
+            account_sid: Some(sid.clone()),
+            machine_detection: field(&pairs, "MachineDetection").map(str::to_string),
+            ..NewCall::new(Provider::Twilio, format!("CA{}", uuid::Uuid::new_v4().simple()), to, metadata, form)
+        };
+        let call_sid = ex.place(&kill, call, &FAULTS).await?;
+        if let Some(url) = field(&pairs, "StatusCallback") {
+            let method = match field(&pairs, "StatusCallbackMethod") {
+                Some(m) if m.eq_ignore_ascii_case("GET") => "GET",
+                _ => "POST",
+            };
+            schedule_callbacks(&st, call_sid.clone(), url.to_string(), method, callback_events(&pairs));
         }
+        // The create answer always shows the call as just created ("queued").
+        Ok(ex.created(&call_sid, call_json, |m| twilio_error(500, 20500, m)))
     }
+    .await;
+    ex.answer(resp)
 }
 
 /// The `StatusCallbackEvent`s asked for, in the order they happen (Twilio's default is
@@ -338,7 +300,7 @@ fn schedule_callbacks(st: &St, call_sid: String, url: String, method: &'static s
                 .collect()
         };
         for (seq, (event, at)) in plan.into_iter().enumerate() {
-            sleep_until_us(&st, at).await;
+            st.clock.sleep_until(at).await;
             let now = st.clock.now_us().max(at);
             let params = {
                 let store = lock(&st.calls);
@@ -359,50 +321,33 @@ fn schedule_callbacks(st: &St, call_sid: String, url: String, method: &'static s
                 let sig = twilio_signature(&token, &url, &params);
                 (url.clone(), form.into_bytes(), sig)
             };
-            deliver(
-                &st,
-                Outgoing {
-                    provider: Provider::Twilio,
-                    event: event.to_string(),
-                    call_id: call_sid.clone(),
-                    url: target,
-                    method,
-                    content_type: "application/x-www-form-urlencoded",
-                    body,
-                    headers: vec![("X-Twilio-Signature", signature)],
-                },
-            )
+            st.deliver(Outgoing {
+                provider: Provider::Twilio,
+                event: event.to_string(),
+                call_id: call_sid.clone(),
+                url: target,
+                method,
+                content_type: "application/x-www-form-urlencoded",
+                body,
+                headers: vec![("X-Twilio-Signature", signature)],
+            })
             .await;
         }
     });
 }
 
 async fn get_call(State(st): State<St>, Path((sid, call_file)): Path<(String, String)>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Twilio, "GET", uri.path(), uri.query());
-    let ok = auth_ok(&st, &headers, &sid);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        unauthorized()
-    } else {
-        let call_sid = call_file.strip_suffix(".json").unwrap_or(&call_file);
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
+    let call_sid = call_file.strip_suffix(".json").unwrap_or(&call_file);
+    exchange::read(&st, Provider::Twilio, &uri, auth(&st, &headers, &sid), |store, now| {
         match store.get(call_sid).filter(|c| c.call.provider == Provider::Twilio && c.account_sid.as_deref() == Some(sid.as_str())) {
             Some(c) => json(StatusCode::OK, call_json(c, now)),
             None => twilio_error(404, 20404, &format!("The requested resource {} was not found", uri.path())),
         }
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    })
 }
 
 async fn list(State(st): State<St>, Path(sid): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Twilio, "GET", uri.path(), uri.query());
-    let ok = auth_ok(&st, &headers, &sid);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        unauthorized()
-    } else {
+    exchange::read(&st, Provider::Twilio, &uri, auth(&st, &headers, &sid), |store, now| {
         let q = query_pairs(uri.query());
         let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let to = get("To");
@@ -413,8 +358,6 @@ async fn list(State(st): State<St>, Path(sid): Path<String>, uri: Uri, headers: 
         let before = get("StartTime<").or_else(|| get("StartTime<=")).and_then(parse_date_us);
         let on_day = get("StartTime").and_then(parse_date_us);
         let limit = page_size(&q, &["PageSize"], 50);
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
         let calls: Vec<Value> = store
             .calls
             .iter()
@@ -442,7 +385,5 @@ async fn list(State(st): State<St>, Path(sid): Path<String>, uri: Uri, headers: 
                 "uri": uri.to_string(),
             }),
         )
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    })
 }

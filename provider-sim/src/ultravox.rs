@@ -5,18 +5,18 @@
 //! A call is only placed when the medium says whom to dial (`medium.<carrier>.outgoing.to`):
 //! that is the destination, nothing else is read.
 
-use crate::common::*;
+use crate::common::{header_str, json, page_size, parse_date_us, query_pairs, rfc3339};
 use crate::config::Provider;
-use crate::log::RecordGuard;
-use crate::state::{lock, metadata_field_matches, CallState, NewCall};
-use crate::webhooks::{deliver, naive_timestamp, sleep_until_us, ultravox_signature, Outgoing};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::exchange::{self, Body, Exchange, Refusal};
+use crate::faults::{ConnKill, FaultAnswers};
+use crate::mutex::lock;
+use crate::state::{metadata_field_matches, CallState, NewCall, St};
+use crate::webhooks::{naive_timestamp, ultravox_signature, Outgoing};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 use provider_contract::{Contract, Operation};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -35,12 +35,26 @@ fn detail(status: StatusCode, msg: &str) -> Response {
     json(status, json!({ "detail": msg }))
 }
 
-fn auth_ok(st: &St, headers: &HeaderMap) -> bool {
-    match st.api_key() {
+fn bad_request(errors: &[String]) -> Response {
+    detail(StatusCode::BAD_REQUEST, &errors.join("; "))
+}
+
+/// `X-API-Key: <key>`.
+fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
+    let ok = match st.api_key() {
         None => true,
         Some(k) => header_str(headers, "x-api-key") == Some(k.as_str()),
-    }
+    };
+    exchange::key_check(ok, || detail(StatusCode::UNAUTHORIZED, "Invalid API key"))
 }
+
+const FAULTS: FaultAnswers = FaultAnswers {
+    rate_limited: "Request was throttled. Expected available in {secs} seconds.",
+    capacity: "No capacity available for new calls right now (simulated). Retry later.",
+    error: "Internal server error (simulated)",
+    hang: "Gateway timeout (simulated hang)",
+    body: |status, _, message| detail(status, message),
+};
 
 /// `medium.<carrier>.outgoing`: (to, from).
 pub(crate) fn outgoing(body: &Value) -> Option<(String, Option<String>)> {
@@ -87,123 +101,49 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     Value::Object(obj)
 }
 
-async fn create(
-    State(st): State<St>,
-    Extension(kill): Extension<ConnKill>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let rec = st.log.begin(Provider::Ultravox, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &uri, &headers, body, None).await;
-    rec.finish(resp.status().as_u16());
-    resp
+async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let ex = Exchange::begin(&st, Provider::Ultravox, "POST", &uri);
+    let resp = create_call(&st, &ex, &kill, &uri, &headers, body, None).await;
+    ex.answer(resp)
 }
 
 async fn create_agent_call(
     State(st): State<St>,
-    Extension(kill): Extension<ConnKill>,
+    kill: ConnKill,
     Path(agent_id): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let rec = st.log.begin(Provider::Ultravox, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &uri, &headers, body, Some(agent_id)).await;
-    rec.finish(resp.status().as_u16());
-    resp
+    let ex = Exchange::begin(&st, Provider::Ultravox, "POST", &uri);
+    let resp = create_call(&st, &ex, &kill, &uri, &headers, body, Some(agent_id)).await;
+    ex.answer(resp)
 }
 
-async fn create_inner(
+async fn create_call(
     st: &St,
-    rec: &RecordGuard,
+    ex: &Exchange<'_>,
     kill: &ConnKill,
     uri: &Uri,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     agent_id: Option<String>,
-) -> Response {
-    let (logged, parsed) = parse_json_body(&body);
-    let ok = auth_ok(st, headers);
-    rec.update(|r| {
-        r.auth_ok = ok;
-        r.body = logged;
-    });
-    if !ok {
-        return detail(StatusCode::UNAUTHORIZED, "Invalid API key");
-    }
+) -> Result<Response, Refusal> {
+    let parsed = ex.received_json(&body, auth(st, headers))?;
     // The real service only routes UUIDs; anything else is not found.
-    if let Err(errs) = Contract::check_path("POST", uri.path()) {
-        refuse(rec, &errs);
-        return detail(StatusCode::NOT_FOUND, &format!("Not found. {}", errs.join("; ")));
-    }
+    ex.check(Contract::check_path("POST", uri.path()), |errs| detail(StatusCode::NOT_FOUND, &format!("Not found. {}", errs.join("; "))))?;
     let op = if agent_id.is_some() { Operation::UltravoxStartAgentCall } else { Operation::UltravoxStartCall };
-    let body = match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = format!("JSON parse error - {e}");
-            refuse(rec, std::slice::from_ref(&msg));
-            return detail(StatusCode::BAD_REQUEST, &msg);
-        }
-    };
-    if let Err(errs) = st.contract.check(op, &body) {
-        refuse(rec, &errs);
-        return detail(StatusCode::BAD_REQUEST, &errs.join("; "));
-    }
-    let Some((to, from)) = outgoing(&body) else {
-        // The contract refuses such bodies; this only guards against a gap in it.
-        let msg = "no phone call would be placed: medium.<carrier>.outgoing.to is required".to_string();
-        refuse(rec, std::slice::from_ref(&msg));
-        return detail(StatusCode::BAD_REQUEST, &msg);
-    };
+    let body = ex.check(parsed.map_err(|e| vec![format!("JSON parse error - {e}")]), bad_request)?;
+    ex.check(st.contract.check(op, &body), bad_request)?;
+    // The contract refuses bodies that place no call; this only guards against a gap in it.
+    let no_call = || vec!["no phone call would be placed: medium.<carrier>.outgoing.to is required".to_string()];
+    let (to, from) = ex.check(outgoing(&body).ok_or_else(no_call), bad_request)?;
     let metadata = body.get("metadata").cloned().unwrap_or(Value::Null);
-    rec.update(|r| {
-        r.to = Some(to.clone());
-        r.metadata = metadata.clone();
-    });
-    match gate(st, rec, kill, Provider::Ultravox, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => with_retry_after(
-            detail(StatusCode::TOO_MANY_REQUESTS, &format!("Request was throttled. Expected available in {retry_after_secs} seconds.")),
-            retry_after_secs,
-        ),
-        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
-            detail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                message.as_deref().unwrap_or("No capacity available for new calls right now (simulated). Retry later."),
-            ),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => {
-            detail(status_code(status), message.as_deref().unwrap_or("Internal server error (simulated)"))
-        }
-        Err(Fault::HangExpired) => detail(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout (simulated hang)"),
-        Ok((duration_ms, end_reason)) => {
-            let id = uuid::Uuid::new_v4().to_string();
-            st.create_call(
-                NewCall {
-                    provider: Provider::Ultravox,
-                    call_id: id.clone(),
-                    to,
-                    from,
-                    metadata,
-                    body,
-                    account_sid: None,
-                    machine_detection: None,
-                    agent_id,
-                },
-                duration_ms,
-                end_reason,
-            );
-            rec.update(|r| r.call_id = Some(id.clone()));
-            schedule_webhooks(st, id.clone());
-            // The create answer shows the call as just created (never already joined).
-            let store = lock(&st.calls);
-            match store.get(&id) {
-                Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => detail(StatusCode::INTERNAL_SERVER_ERROR, "call vanished (reset during create)"),
-            }
-        }
-    }
+    let call = NewCall { from, agent_id, ..NewCall::new(Provider::Ultravox, uuid::Uuid::new_v4().to_string(), to, metadata, body) };
+    let id = ex.place(kill, call, &FAULTS).await?;
+    schedule_webhooks(st, id.clone());
+    // The create answer shows the call as just created (never already joined).
+    Ok(ex.created(&id, call_json, |m| detail(StatusCode::INTERNAL_SERVER_ERROR, m)))
 }
 
 /// `call.started` now, `call.joined` when the callee answers (if ever), `call.ended` at the
@@ -227,7 +167,7 @@ fn schedule_webhooks(st: &St, call_id: String) {
         }
         events.push(("call.ended", times.2));
         for (event, at) in events {
-            sleep_until_us(&st, at).await;
+            st.clock.sleep_until(at).await;
             let now = st.clock.now_us().max(at);
             let call = {
                 let store = lock(&st.calls);
@@ -254,49 +194,19 @@ fn schedule_webhooks(st: &St, call_id: String) {
                 };
                 headers.push(("X-Ultravox-Webhook-Signature", sig));
             }
-            deliver(
-                &st,
-                Outgoing {
-                    provider: Provider::Ultravox,
-                    event: event.to_string(),
-                    call_id: call_id.clone(),
-                    url,
-                    method: "POST",
-                    content_type: "application/json",
-                    body,
-                    headers,
-                },
-            )
-            .await;
+            st.deliver(Outgoing::json_post(Provider::Ultravox, event, &call_id, url, body, headers)).await;
         }
     });
 }
 
 async fn get_call(State(st): State<St>, Path(call_id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Ultravox, "GET", uri.path(), uri.query());
-    let ok = auth_ok(&st, &headers);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        detail(StatusCode::UNAUTHORIZED, "Invalid API key")
-    } else {
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
-        match store.get(&call_id).filter(|c| c.call.provider == Provider::Ultravox) {
-            Some(c) => json(StatusCode::OK, call_json(c, now)),
-            None => detail(StatusCode::NOT_FOUND, "Not found."),
-        }
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    exchange::get_call(&st, Provider::Ultravox, &uri, auth(&st, &headers), &call_id, call_json, || {
+        detail(StatusCode::NOT_FOUND, "Not found.")
+    })
 }
 
 async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Ultravox, "GET", uri.path(), uri.query());
-    let ok = auth_ok(&st, &headers);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        detail(StatusCode::UNAUTHORIZED, "Invalid API key")
-    } else {
+    exchange::read(&st, Provider::Ultravox, &uri, auth(&st, &headers), |store, now| {
         let q = query_pairs(uri.query());
         let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let filters: Vec<(&str, &str)> = q.iter().filter_map(|(k, v)| k.strip_prefix("metadata.").map(|f| (f, v.as_str()))).collect();
@@ -304,8 +214,6 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
         // A bare date as toDate includes that whole day.
         let to_date = get("toDate").and_then(|s| parse_date_us(s).map(|t| if s.trim().len() == 10 { t + 86_400_000_000 } else { t }));
         let limit = page_size(&q, &["pageSize", "page_size"], 100);
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
         let matching: Vec<&CallState> = store
             .calls
             .iter()
@@ -318,7 +226,5 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
         let total = matching.len();
         let results: Vec<Value> = matching.into_iter().take(limit).map(|c| call_json(c, now)).collect();
         json(StatusCode::OK, json!({ "results": results, "next": null, "previous": null, "total": total }))
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    })
 }

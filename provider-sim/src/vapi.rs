@@ -5,17 +5,19 @@
 //! Vapi's create request has no top-level metadata: `assistantOverrides.metadata` is what the
 //! simulator records as the call's metadata.
 
-use crate::common::*;
-use crate::config::Provider;
-use crate::log::RecordGuard;
-use crate::state::{lock, CallState, NewCall};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::common::{bearer_ok, field_value, json, page_size, parse_date_us, query_pairs, rfc3339, str_at};
+use crate::config::{Provider, SimConfig};
+use crate::end_webhooks::{self, Delivery};
+use crate::exchange::{self, Body, Exchange, Refusal};
+use crate::faults::{ConnKill, FaultAnswers};
+use crate::mutex::lock;
+use crate::state::{CallState, NewCall, St};
+use crate::webhooks::vapi_hmac_signature;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 use provider_contract::Operation;
 use serde_json::{json, Map, Value};
 
@@ -28,12 +30,27 @@ fn error(status: StatusCode, message: Value) -> Response {
     json(status, json!({ "message": message, "error": name, "statusCode": status.as_u16() }))
 }
 
-fn unauthorized() -> Response {
-    error(
-        StatusCode::UNAUTHORIZED,
-        json!("Invalid Key. Hot tip, you may be using the private key instead of the public key, or vice versa."),
-    )
+fn bad_request(errors: &[String]) -> Response {
+    error(StatusCode::BAD_REQUEST, json!(errors))
 }
+
+/// `Authorization: Bearer <key>`.
+fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
+    exchange::key_check(bearer_ok(st, headers), || {
+        error(
+            StatusCode::UNAUTHORIZED,
+            json!("Invalid Key. Hot tip, you may be using the private key instead of the public key, or vice versa."),
+        )
+    })
+}
+
+const FAULTS: FaultAnswers = FaultAnswers {
+    rate_limited: "Too Many Requests",
+    capacity: "No capacity right now (simulated)",
+    error: "Internal server error (simulated)",
+    hang: "Gateway timeout (simulated hang)",
+    body: |status, _, message| error(status, json!(message)),
+};
 
 /// Vapi's `endedReason` for a simulated end reason (values from the spec's enum).
 pub(crate) fn ended_reason(end_reason: &str) -> &'static str {
@@ -109,126 +126,70 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     Value::Object(o)
 }
 
-async fn create(
-    State(st): State<St>,
-    Extension(kill): Extension<ConnKill>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let rec = st.log.begin(Provider::Vapi, "POST", uri.path(), uri.query());
-    let resp = create_inner(&st, &rec, &kill, &headers, body).await;
-    rec.finish(resp.status().as_u16());
-    resp
+async fn create(State(st): State<St>, kill: ConnKill, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let ex = Exchange::begin(&st, Provider::Vapi, "POST", &uri);
+    let resp = async {
+        let body = ex.checked_json(&body, auth(&st, &headers), Operation::VapiCreateCall, bad_request)?;
+        let to = str_at(&body, "/customer/number").or_else(|| str_at(&body, "/customerId"));
+        let to = ex.check(to.ok_or_else(|| vec!["customer.number is required".to_string()]), bad_request)?;
+        let call = NewCall {
+            from: str_at(&body, "/phoneNumber/number"),
+            agent_id: str_at(&body, "/assistantId").or_else(|| str_at(&body, "/squadId")).or_else(|| str_at(&body, "/workflowId")),
+            ..NewCall::new(Provider::Vapi, uuid::Uuid::new_v4().to_string(), to, field_value(&body, "/assistantOverrides/metadata"), body)
+        };
+        let id = ex.place(&kill, call, &FAULTS).await?;
+        if lock(&st.config).vapi_webhook_url.is_some() {
+            end_webhooks::schedule(&st, Provider::Vapi, id.clone(), &[("end-of-call-report", 0)], call_json, end_of_call_report);
+        }
+        Ok(ex.created(&id, call_json, |m| error(StatusCode::INTERNAL_SERVER_ERROR, json!(m))))
+    }
+    .await;
+    ex.answer(resp)
 }
 
-async fn create_inner(st: &St, rec: &RecordGuard, kill: &ConnKill, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let (logged, parsed) = parse_json_body(&body);
-    let ok = bearer_ok(st, headers);
-    rec.update(|r| {
-        r.auth_ok = ok;
-        r.body = logged;
-    });
-    if !ok {
-        return unauthorized();
-    }
-    let body = match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            refuse(rec, std::slice::from_ref(&e));
-            return error(StatusCode::BAD_REQUEST, json!([e]));
-        }
-    };
-    if let Err(errs) = st.contract.check(Operation::VapiCreateCall, &body) {
-        refuse(rec, &errs);
-        return error(StatusCode::BAD_REQUEST, json!(errs));
-    }
-    let Some(to) = str_at(&body, "/customer/number").or_else(|| str_at(&body, "/customerId")) else {
-        let msg = "customer.number is required".to_string();
-        refuse(rec, std::slice::from_ref(&msg));
-        return error(StatusCode::BAD_REQUEST, json!([msg]));
-    };
-    let metadata = field_value(&body, "/assistantOverrides/metadata");
-    let agent_id = str_at(&body, "/assistantId").or_else(|| str_at(&body, "/squadId")).or_else(|| str_at(&body, "/workflowId"));
-    rec.update(|r| {
-        r.to = Some(to.clone());
-        r.metadata = metadata.clone();
-    });
-    match gate(st, rec, kill, Provider::Vapi, &to).await {
-        Err(Fault::RateLimited { retry_after_secs }) => {
-            with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, json!("Too Many Requests")), retry_after_secs)
-        }
-        Err(Fault::Capacity { retry_after_secs, message }) => with_retry_after(
-            error(StatusCode::SERVICE_UNAVAILABLE, json!(message.as_deref().unwrap_or("No capacity right now (simulated)"))),
-            retry_after_secs,
-        ),
-        Err(Fault::Error { status, message }) => {
-            error(status_code(status), json!(message.as_deref().unwrap_or("Internal server error (simulated)")))
-        }
-        Err(Fault::HangExpired) => error(StatusCode::GATEWAY_TIMEOUT, json!("Gateway timeout (simulated hang)")),
-        Ok((duration_ms, end_reason)) => {
-            let id = uuid::Uuid::new_v4().to_string();
-            let from = str_at(&body, "/phoneNumber/number");
-            st.create_call(
-                NewCall {
-                    provider: Provider::Vapi,
-                    call_id: id.clone(),
-                    to,
-                    from,
-                    metadata,
-                    body,
-                    account_sid: None,
-                    machine_detection: None,
-                    agent_id,
-                },
-                duration_ms,
-                end_reason,
-            );
-            rec.update(|r| r.call_id = Some(id.clone()));
-            crate::webhooks::schedule_end_webhooks(st, Provider::Vapi, id.clone(), None);
-            let store = lock(&st.calls);
-            match store.get(&id) {
-                Some(c) => json(StatusCode::CREATED, call_json(c, c.call.created_at_us)),
-                None => error(StatusCode::INTERNAL_SERVER_ERROR, json!("call vanished (reset during create)")),
+/// The `end-of-call-report` server message, authenticated as `vapi_webhook_auth` says.
+fn end_of_call_report(cfg: &SimConfig, _event: &str, call: Value, now: i64) -> Option<Delivery> {
+    let url = cfg.vapi_webhook_url.clone()?;
+    let field = |k: &str| call.get(k).cloned().unwrap_or(Value::Null);
+    let body = serde_json::to_vec(&json!({"message": {
+        "type": "end-of-call-report",
+        "timestamp": now / 1000,
+        "endedReason": field("endedReason"),
+        "startedAt": field("startedAt"),
+        "endedAt": field("endedAt"),
+        "artifact": {"transcript": "AI: Hello.\nUser: Hi.", "messages": [], "recordingUrl": null},
+        "analysis": {"summary": "simulated call"},
+        "call": call,
+    }}))
+    .unwrap_or_default();
+    let mut h = Vec::new();
+    if let Some(secret) = &cfg.vapi_webhook_secret {
+        match cfg.vapi_webhook_auth.as_str() {
+            "bearer" => h.push(("Authorization", format!("Bearer {secret}"))),
+            "hmac" => {
+                let ts = (now / 1000).to_string();
+                h.push(("x-signature", vapi_hmac_signature(secret, &body, &ts)));
+                h.push(("x-timestamp", ts));
             }
+            _ => h.push(("X-Vapi-Secret", secret.clone())),
         }
     }
+    Some((url, body, h))
 }
 
 async fn get_call(State(st): State<St>, Path(id): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Vapi, "GET", uri.path(), uri.query());
-    let ok = bearer_ok(&st, &headers);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        unauthorized()
-    } else {
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
-        match store.get(&id).filter(|c| c.call.provider == Provider::Vapi) {
-            Some(c) => json(StatusCode::OK, call_json(c, now)),
-            None => error(StatusCode::NOT_FOUND, json!("Not Found")),
-        }
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    exchange::get_call(&st, Provider::Vapi, &uri, auth(&st, &headers), &id, call_json, || error(StatusCode::NOT_FOUND, json!("Not Found")))
 }
 
 /// `GET /call`: the spec's filters `id`, `assistantId`, `phoneNumberId`, `limit` and
 /// `createdAt{Gt,Ge,Lt,Le}` (newest first). There is no metadata filter in the spec.
 async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
-    let rec = st.log.begin(Provider::Vapi, "GET", uri.path(), uri.query());
-    let ok = bearer_ok(&st, &headers);
-    rec.update(|r| r.auth_ok = ok);
-    let resp = if !ok {
-        unauthorized()
-    } else {
+    exchange::read(&st, Provider::Vapi, &uri, auth(&st, &headers), |store, now| {
         let q = query_pairs(uri.query());
         let get = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let date = |name: &str| get(name).and_then(parse_date_us);
         let (gt, ge, lt, le) = (date("createdAtGt"), date("createdAtGe"), date("createdAtLt"), date("createdAtLe"));
         let limit = page_size(&q, &["limit"], 100).min(1000);
-        let now = st.clock.now_us();
-        let store = lock(&st.calls);
         let calls: Vec<Value> = store
             .calls
             .iter()
@@ -245,7 +206,5 @@ async fn list(State(st): State<St>, uri: Uri, headers: HeaderMap) -> Response {
             .map(|c| call_json(c, now))
             .collect();
         json(StatusCode::OK, Value::Array(calls))
-    };
-    rec.finish(resp.status().as_u16());
-    resp
+    })
 }

@@ -2,9 +2,9 @@
 //! state has changed, signed, best effort (short timeout, no retries), loopback targets only.
 //! Each attempt is kept in an in-memory list (`GET /_sim/webhooks`, `Simulator::webhooks`).
 
-use crate::common::St;
 use crate::config::{check_loopback_url, Provider};
 use crate::log::Clock;
+use crate::mutex::lock;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -58,10 +58,6 @@ pub(crate) struct WebhookLog {
     clock: Clock,
     inner: Mutex<Inner>,
     agent: ureq::Agent,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl WebhookLog {
@@ -133,53 +129,69 @@ pub(crate) struct Outgoing {
     pub headers: Vec<(&'static str, String)>,
 }
 
-/// Sends one webhook (blocking I/O off the async workers) and records the outcome.
-pub(crate) async fn deliver(st: &St, o: Outgoing) {
-    let record = WebhookRecord {
-        seq: 0,
-        provider: o.provider,
-        event: o.event.clone(),
-        url: o.url.clone(),
-        method: o.method.to_string(),
-        call_id: o.call_id.clone(),
-        sent_at_us: st.clock.now_us(),
-        status: None,
-        answered_at_us: None,
-        error: None,
-        body: String::from_utf8_lossy(&o.body).into_owned(),
-    };
-    if let Err(e) = check_loopback_url(&o.url) {
-        st.webhooks.push(WebhookRecord { error: Some(format!("not sent: {e}")), ..record }, true);
-        return;
+impl Outgoing {
+    /// A JSON body `POST`ed to `url`.
+    pub fn json_post(
+        provider: Provider,
+        event: &str,
+        call_id: &str,
+        url: String,
+        body: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Self {
+        Outgoing {
+            provider,
+            event: event.to_string(),
+            call_id: call_id.to_string(),
+            url,
+            method: "POST",
+            content_type: "application/json",
+            body,
+            headers,
+        }
     }
-    let seq = st.webhooks.push(record, false);
-    let timeout = Duration::from_millis(st.config().webhook_timeout_ms.max(1));
-    let agent = st.webhooks.agent.clone();
-    let sent = tokio::task::spawn_blocking(move || {
-        let mut req = agent.request(o.method, &o.url).timeout(timeout).set("User-Agent", "provider-sim-webhooks");
-        if o.method == "POST" {
-            req = req.set("Content-Type", o.content_type);
-        }
-        for (k, v) in &o.headers {
-            req = req.set(k, v);
-        }
-        let res = if o.method == "POST" { req.send_bytes(&o.body) } else { req.call() };
-        match res {
-            Ok(r) => (Some(r.status()), None),
-            Err(ureq::Error::Status(code, _)) => (Some(code), None),
-            Err(ureq::Error::Transport(t)) => (None, Some(t.to_string())),
-        }
-    })
-    .await;
-    let (status, error) = sent.unwrap_or_else(|e| (None, Some(format!("sender task failed: {e}"))));
-    st.webhooks.finish(seq, status, error);
 }
 
-/// Sleeps until the simulator clock reads `at_us`.
-pub(crate) async fn sleep_until_us(st: &St, at_us: i64) {
-    let wait = at_us - st.clock.now_us();
-    if wait > 0 {
-        tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+impl WebhookLog {
+    /// Sends one webhook (blocking I/O off the async workers, at most `timeout`) and records the outcome.
+    pub async fn deliver(&self, o: Outgoing, timeout: Duration) {
+        let record = WebhookRecord {
+            seq: 0,
+            provider: o.provider,
+            event: o.event.clone(),
+            url: o.url.clone(),
+            method: o.method.to_string(),
+            call_id: o.call_id.clone(),
+            sent_at_us: self.clock.now_us(),
+            status: None,
+            answered_at_us: None,
+            error: None,
+            body: String::from_utf8_lossy(&o.body).into_owned(),
+        };
+        if let Err(e) = check_loopback_url(&o.url) {
+            self.push(WebhookRecord { error: Some(format!("not sent: {e}")), ..record }, true);
+            return;
+        }
+        let seq = self.push(record, false);
+        let agent = self.agent.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut req = agent.request(o.method, &o.url).timeout(timeout).set("User-Agent", "provider-sim-webhooks");
+            if o.method == "POST" {
+                req = req.set("Content-Type", o.content_type);
+            }
+            for (k, v) in &o.headers {
+                req = req.set(k, v);
+            }
+            let res = if o.method == "POST" { req.send_bytes(&o.body) } else { req.call() };
+            match res {
+                Ok(r) => (Some(r.status()), None),
+                Err(ureq::Error::Status(code, _)) => (Some(code), None),
+                Err(ureq::Error::Transport(t)) => (None, Some(t.to_string())),
+            }
+        })
+        .await;
+        let (status, error) = sent.unwrap_or_else(|e| (None, Some(format!("sender task failed: {e}"))));
+        self.finish(seq, status, error);
     }
 }
 
@@ -235,120 +247,6 @@ pub fn bland_signature(secret: &str, body: &[u8]) -> String {
 /// A Vapi HMAC plan's `x-signature`: hex HMAC-SHA256(secret, "{timestamp}.{body}").
 pub fn vapi_hmac_signature(secret: &str, body: &[u8], timestamp: &str) -> String {
     hmac_hex(secret, &[timestamp.as_bytes(), b".", body])
-}
-
-/// The end-of-call webhooks of a Vapi, Retell or Bland call, sent when it ends (Retell's
-/// `call_analyzed` a moment after `call_ended`), each `webhook_redeliveries` more times, signed
-/// as each service signs. Bland's go to the call's own `webhook` (`bland_url`).
-pub(crate) fn schedule_end_webhooks(st: &St, provider: Provider, call_id: String, bland_url: Option<String>) {
-    let wanted = {
-        let c = crate::state::lock(&st.config);
-        match provider {
-            Provider::Vapi => c.vapi_webhook_url.is_some(),
-            Provider::Retell => c.retell_webhook_url.is_some(),
-            Provider::Bland => bland_url.is_some(),
-            _ => false,
-        }
-    };
-    if !wanted {
-        return;
-    }
-    let st = std::sync::Arc::clone(st);
-    tokio::spawn(async move {
-        let ended_at = match crate::state::lock(&st.calls).get(&call_id) {
-            Some(c) => c.call.ended_at_us,
-            None => return,
-        };
-        let events: &[(&str, i64)] = match provider {
-            Provider::Vapi => &[("end-of-call-report", 0)],
-            Provider::Retell => &[("call_ended", 0), ("call_analyzed", 300_000)],
-            _ => &[("post-call", 0)],
-        };
-        for (event, delay_us) in events {
-            sleep_until_us(&st, ended_at + delay_us).await;
-            let cfg = st.config();
-            for _ in 0..=cfg.webhook_redeliveries {
-                let now = st.clock.now_us();
-                let call = {
-                    let store = crate::state::lock(&st.calls);
-                    match store.get(&call_id) {
-                        Some(c) => match provider {
-                            Provider::Vapi => crate::vapi::call_json(c, now.max(ended_at)),
-                            Provider::Retell => crate::retell::call_json(c, now.max(ended_at)),
-                            _ => crate::bland::call_json(c, now.max(ended_at)),
-                        },
-                        None => return, // reset
-                    }
-                };
-                let (url, body, headers) = match provider {
-                    Provider::Vapi => {
-                        let Some(url) = cfg.vapi_webhook_url.clone() else { return };
-                        let field = |k: &str| call.get(k).cloned().unwrap_or(serde_json::Value::Null);
-                        let body = serde_json::to_vec(&serde_json::json!({"message": {
-                            "type": "end-of-call-report",
-                            "timestamp": now / 1000,
-                            "endedReason": field("endedReason"),
-                            "startedAt": field("startedAt"),
-                            "endedAt": field("endedAt"),
-                            "artifact": {"transcript": "AI: Hello.\nUser: Hi.", "messages": [], "recordingUrl": null},
-                            "analysis": {"summary": "simulated call"},
-                            "call": call,
-                        }}))
-                        .unwrap_or_default();
-                        let mut h = Vec::new();
-                        if let Some(secret) = &cfg.vapi_webhook_secret {
-                            match cfg.vapi_webhook_auth.as_str() {
-                                "bearer" => h.push(("Authorization", format!("Bearer {secret}"))),
-                                "hmac" => {
-                                    let ts = (now / 1000).to_string();
-                                    h.push(("x-signature", vapi_hmac_signature(secret, &body, &ts)));
-                                    h.push(("x-timestamp", ts));
-                                }
-                                _ => h.push(("X-Vapi-Secret", secret.clone())),
-                            }
-                        }
-                        (url, body, h)
-                    }
-                    Provider::Retell => {
-                        let Some(url) = cfg.retell_webhook_url.clone() else { return };
-                        let mut call = call;
-                        if *event == "call_analyzed" {
-                            if let Some(o) = call.as_object_mut() {
-                                o.insert("call_analysis".into(), serde_json::json!({"call_summary": "simulated call", "user_sentiment": "Neutral", "call_successful": true, "in_voicemail": false}));
-                            }
-                        }
-                        let body = serde_json::to_vec(&serde_json::json!({"event": event, "call": call})).unwrap_or_default();
-                        let sig = retell_signature(cfg.api_key.as_deref().unwrap_or(""), &body, now / 1000);
-                        (url, body, vec![("X-Retell-Signature", sig)])
-                    }
-                    _ => {
-                        let Some(url) = bland_url.clone() else { return };
-                        let body = serde_json::to_vec(&call).unwrap_or_default();
-                        let h = cfg
-                            .bland_webhook_secret
-                            .as_deref()
-                            .map(|s| vec![("X-Webhook-Signature", bland_signature(s, &body))])
-                            .unwrap_or_default();
-                        (url, body, h)
-                    }
-                };
-                deliver(
-                    &st,
-                    Outgoing {
-                        provider,
-                        event: event.to_string(),
-                        call_id: call_id.clone(),
-                        url,
-                        method: "POST",
-                        content_type: "application/json",
-                        body,
-                        headers,
-                    },
-                )
-                .await;
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use crate::auth::Current;
 use crate::db::Result;
+use crate::frame;
 use crate::html::{self, esc, opt};
 use crate::App;
 use axum::extract::State;
@@ -55,8 +56,8 @@ pub async fn page(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
     ));
     for r in &doubt {
         let id: i64 = r.try_get(0)?;
-        let acts = html::action(&s, &format!("/actions/in-doubt/{id}/settle"), "Mark as called", "/calls", "")
-            + &html::action(&s, &format!("/actions/in-doubt/{id}/redial"), "Redial", "/calls", "danger");
+        let acts = frame::action(&s, &format!("/actions/in-doubt/{id}/settle"), "Mark as called", "/calls", "")
+            + &frame::action(&s, &format!("/actions/in-doubt/{id}/redial"), "Redial", "/calls", "danger");
         body.push_str(&format!(
             "<tr><td class=\"num\">{id}</td><td class=\"num\"><a href=\"/campaigns/{0}\">{0}</a></td><td class=\"num\">{1}</td><td>{2}</td><td><code>{3}</code></td><td class=\"small\">{4}</td><td class=\"num\">{5}</td><td class=\"small\">{6}</td><td>{acts}</td></tr>",
             r.try_get::<_, i64>(1)?,
@@ -72,5 +73,5 @@ pub async fn page(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
         body.push_str("<tr><td colspan=\"9\" class=\"muted\">Nothing in doubt.</td></tr>");
     }
     body.push_str("</tbody></table></div>");
-    Ok(html::page("Calls", &s, "/calls", None, &body))
+    Ok(frame::page("Calls", &s, "/calls", None, &body))
 }

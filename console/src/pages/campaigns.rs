@@ -3,6 +3,7 @@
 
 use crate::auth::{Current, Session};
 use crate::db::Result;
+use crate::frame;
 use crate::html::{self, esc, opt};
 use crate::live::{self, Batch};
 use crate::{charts, App};
@@ -31,13 +32,13 @@ fn actions(s: &Session, b: &Batch, back: &str) -> String {
     let p = |op: &str| format!("/actions/batch/{}/{op}", b.id);
     let mut out = String::new();
     if matches!(b.status.as_str(), "processing" | "pending" | "scheduled") {
-        out.push_str(&html::action(s, &p("pause"), "Pause", back, ""));
+        out.push_str(&frame::action(s, &p("pause"), "Pause", back, ""));
     }
     if b.status == "paused" {
-        out.push_str(&html::action(s, &p("resume"), "Resume", back, "primary"));
+        out.push_str(&frame::action(s, &p("resume"), "Resume", back, "primary"));
     }
     if !matches!(b.status.as_str(), "completed" | "cancelled") {
-        out.push_str(&html::action(s, &p("cancel"), "Cancel", back, "danger"));
+        out.push_str(&frame::action(s, &p("cancel"), "Cancel", back, "danger"));
     }
     out
 }
@@ -103,7 +104,7 @@ pub async fn list(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
         body.push_str("</tbody></table>");
     }
     body.push_str("</div>");
-    Ok(html::page("Campaigns", &s, "/", Some("/events"), &body))
+    Ok(frame::page("Campaigns", &s, "/", Some("/events"), &body))
 }
 
 #[derive(Deserialize)]
@@ -170,5 +171,5 @@ pub async fn one(State(_): State<App>, Current(s): Current, Path(id): Path<i64>,
         body.push_str("<tr><td colspan=\"8\" class=\"muted\">No contacts in this state.</td></tr>");
     }
     body.push_str("</tbody></table><p class=\"small muted\">The first 200 shown.</p></div>");
-    Ok(html::page(&format!("Campaign: {}", b.name), &s, "/", Some(&format!("/events?batch={id}")), &body))
+    Ok(frame::page(&format!("Campaign: {}", b.name), &s, "/", Some(&format!("/events?batch={id}")), &body))
 }

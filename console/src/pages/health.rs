@@ -2,6 +2,7 @@
 
 use crate::auth::Current;
 use crate::db::Result;
+use crate::frame;
 use crate::html::{self, esc, opt};
 use crate::App;
 use axum::extract::State;
@@ -28,7 +29,7 @@ pub async fn page(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
     body.push_str("</tbody></table></div><div class=\"card\"><h2>Recent ticks</h2>");
     if !s.operator {
         body.push_str("<p class=\"muted\" id=\"runs-hidden\">The worker's ticks (dialer.runs) are not visible to your role.</p></div>");
-        return Ok(html::page("Health", &s, "/health", None, &body));
+        return Ok(frame::page("Health", &s, "/health", None, &body));
     }
     let runs = c
         .query(
@@ -57,5 +58,5 @@ pub async fn page(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
         body.push_str("<tr><td colspan=\"10\" class=\"muted\">No ticks yet.</td></tr>");
     }
     body.push_str("</tbody></table></div>");
-    Ok(html::page("Health", &s, "/health", None, &body))
+    Ok(frame::page("Health", &s, "/health", None, &body))
 }

@@ -2,6 +2,7 @@
 
 use crate::auth::Current;
 use crate::db::Result;
+use crate::frame;
 use crate::html::{self, esc, opt};
 use crate::App;
 use axum::extract::{Query, State};
@@ -43,10 +44,10 @@ pub async fn page(State(_): State<App>, Current(s): Current, Query(f): Query<Fil
         let short: String = metadata.unwrap_or_default().chars().take(120).collect();
         let mut act = String::new();
         if matches!(state.as_str(), "failed" | "cancelled" | "completed") {
-            act.push_str(&html::action(&s, &format!("/actions/job/{id}/retry"), "Retry", &back, ""));
+            act.push_str(&frame::action(&s, &format!("/actions/job/{id}/retry"), "Retry", &back, ""));
         }
         if matches!(state.as_str(), "waiting" | "delayed" | "paused") {
-            act.push_str(&html::action(&s, &format!("/actions/job/{id}/cancel"), "Cancel", &back, "danger"));
+            act.push_str(&frame::action(&s, &format!("/actions/job/{id}/cancel"), "Cancel", &back, "danger"));
         }
         body.push_str(&format!(
             "<tr><td class=\"num\">{id}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"small num\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"small\">{}</td><td>{act}</td></tr>",
@@ -64,5 +65,5 @@ pub async fn page(State(_): State<App>, Current(s): Current, Query(f): Query<Fil
         body.push_str("<tr><td colspan=\"10\" class=\"muted\">No jobs in this state.</td></tr>");
     }
     body.push_str("</tbody></table><p class=\"small muted\">The first 50 shown.</p></div>");
-    Ok(html::page("Queue", &s, "/queue", Some("/events?page=queue"), &body))
+    Ok(frame::page("Queue", &s, "/queue", Some("/events?page=queue"), &body))
 }

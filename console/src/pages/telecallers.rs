@@ -2,6 +2,7 @@
 
 use crate::auth::Current;
 use crate::db::Result;
+use crate::frame;
 use crate::html::{self, esc, opt};
 use crate::App;
 use axum::extract::State;
@@ -30,9 +31,9 @@ pub async fn page(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
         let id: i64 = r.try_get(0)?;
         let available: bool = r.try_get(3)?;
         let act = if available {
-            html::action(&s, &format!("/actions/telecaller/{id}/unavailable"), "Mark away", "/telecallers", "")
+            frame::action(&s, &format!("/actions/telecaller/{id}/unavailable"), "Mark away", "/telecallers", "")
         } else {
-            html::action(&s, &format!("/actions/telecaller/{id}/available"), "Mark available", "/telecallers", "primary")
+            frame::action(&s, &format!("/actions/telecaller/{id}/available"), "Mark available", "/telecallers", "primary")
         };
         body.push_str(&format!(
             "<tr><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"small\">{}</td><td>{act}</td></tr>",
@@ -76,5 +77,5 @@ pub async fn page(State(_): State<App>, Current(s): Current) -> Result<Html<Stri
         body.push_str("<tr><td colspan=\"7\" class=\"muted\">No open follow-ups.</td></tr>");
     }
     body.push_str("</tbody></table></div>");
-    Ok(html::page("Telecallers", &s, "/telecallers", None, &body))
+    Ok(frame::page("Telecallers", &s, "/telecallers", None, &body))
 }
