@@ -641,12 +641,15 @@ END $$;
 -- When a batch stops dialing or a number is listed as do-not-call meanwhile, those that may no
 -- longer go are withdrawn here (p_all: every one, at shutdown): no request was sent, so the
 -- attempt row goes and the contact is back as it was (queued; cancelled for a cancelled batch or a
--- listed number). Returns the calls withdrawn.
-CREATE FUNCTION dialer._withdraw_held(p_call_ids bigint[], p_all boolean DEFAULT false)
+-- listed number). At shutdown (p_all) each batch gets back the pacing slots of its withdrawn calls
+-- (p_slots_ms: their send times), which were never used. Returns the calls withdrawn.
+CREATE FUNCTION dialer._withdraw_held(p_call_ids bigint[], p_slots_ms double precision[], p_all boolean DEFAULT false)
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 DECLARE
     k record;
     why text;
+    given_back bigint[] := '{}';
+    given_back_ms double precision[] := '{}';
     now_ts timestamptz := clock_timestamp();
 BEGIN
     FOR k IN SELECT c.id, c.contact_id, c.batch_id, c.phone_number, b.status AS batch_status, b.agency_id
@@ -666,8 +669,16 @@ BEGIN
             UPDATE dialer.call_batches SET queued_count = queued_count + 1 WHERE id = k.batch_id;
         END IF;
         PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1);
+        given_back := given_back || k.batch_id;
+        given_back_ms := given_back_ms || p_slots_ms[array_position(p_call_ids, k.id)];
         RETURN NEXT k.id;
     END LOOP;
+    IF p_all THEN
+        UPDATE dialer.call_batches b SET next_slot_at = least(b.next_slot_at, w.first_slot)
+          FROM (SELECT g.batch_id, to_timestamp(min(g.slot_ms) / 1000.0) AS first_slot
+                  FROM unnest(given_back, given_back_ms) AS g(batch_id, slot_ms) GROUP BY g.batch_id) w
+         WHERE b.id = w.batch_id;
+    END IF;
 END $$;
 
 -- At worker start: attempts left in 'dialing' by a dead backend may have reached the provider.

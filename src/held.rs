@@ -64,9 +64,9 @@ impl Held {
         !self.jobs.is_empty() && epoch != self.epoch
     }
 
-    /// The held calls, for the database to check (`dialer._withdraw_held`).
-    pub fn call_ids(&self) -> Vec<i64> {
-        self.jobs.iter().filter_map(call_of).collect()
+    /// The held calls and their slots (unix ms), for the database to check (`dialer._withdraw_held`).
+    pub fn calls(&self) -> (Vec<i64>, Vec<f64>) {
+        self.jobs.iter().filter_map(|j| Some((call_of(j)?, slot_of(j)))).unzip()
     }
 
     /// After a check at `epoch`: drops the calls the database withdrew.
@@ -142,10 +142,10 @@ mod tests {
         held.hold(vec![job(2, 2100.0)], 1000.0, 5);
         assert!(!held.stale(4));
         assert!(held.stale(5));
-        assert_eq!(held.call_ids(), vec![1, 2]);
+        assert_eq!(held.calls(), (vec![1, 2], vec![2000.0, 2100.0]));
         held.checked(5, &[1]);
         assert!(!held.stale(5));
-        assert_eq!(held.call_ids(), vec![2]);
+        assert_eq!(held.calls().0, vec![2]);
         // Nothing held: nothing is ever stale.
         held.take_due(9999.0);
         assert!(!held.stale(6));

@@ -453,10 +453,14 @@ fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallS
 }
 
 /// Held calls (claimed, not yet sent: see `held.rs`) that may no longer go are withdrawn, every
-/// one with `all` (at shutdown). Returns the calls withdrawn.
-pub fn withdraw_held(call_ids: &[i64], all: bool) -> Result<Vec<i64>, DialerError> {
+/// one with `all` (at shutdown: their batches get their slots back). Returns the calls withdrawn.
+pub fn withdraw_held((call_ids, slots_ms): &(Vec<i64>, Vec<f64>), all: bool) -> Result<Vec<i64>, DialerError> {
     Spi::connect_mut(|client| {
-        let table = client.update("SELECT dialer._withdraw_held($1, $2)", None, &[call_ids.to_vec().into(), all.into()]).map_err(db)?;
+        let table = client.update(
+            "SELECT dialer._withdraw_held($1, $2, $3)",
+            None,
+            &[call_ids.clone().into(), slots_ms.clone().into(), all.into()],
+        )?;
         let mut out = Vec::new();
         for r in table {
             out.push(required(&r, 1)?);

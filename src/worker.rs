@@ -463,8 +463,8 @@ impl Worker {
     fn release_held(&mut self) -> Result<(), crate::error::DialerError> {
         let epoch = wake::holds_epoch();
         if self.held.stale(epoch) {
-            let ids = self.held.call_ids();
-            let withdrawn = txn::run(|| tick::withdraw_held(&ids, false))?;
+            let held = self.held.calls();
+            let withdrawn = txn::run(|| tick::withdraw_held(&held, false))?;
             self.held.checked(epoch, &withdrawn);
         }
         for job in self.held.take_due(unix_ms()) {
@@ -608,10 +608,10 @@ impl Worker {
     /// SIGTERM: let requests in flight finish (or time out) and record them before exit.
     fn shutdown(&mut self) {
         // Held calls never left: back to their queues (else the next start holds them in doubt).
-        let held = self.held.call_ids();
-        if !held.is_empty() {
+        let held = self.held.calls();
+        if !held.0.is_empty() {
             if let Err(e) = txn::run(|| tick::withdraw_held(&held, true)) {
-                warning!("pg_dialer: could not withdraw {} held call(s) at shutdown: {e}", held.len());
+                warning!("pg_dialer: could not withdraw {} held call(s) at shutdown: {e}", held.0.len());
             }
         }
         let deadline = Instant::now() + self.settings.http_timeout + Duration::from_secs(1);
