@@ -12,6 +12,7 @@ mod common;
 mod failover;
 mod latency;
 mod load;
+mod machine;
 mod pacing;
 mod procstat;
 mod report;
@@ -146,7 +147,7 @@ fn run(args: Args) -> Result<bool> {
         all.details.append(&mut o.details);
         all.pacing.append(&mut o.pacing);
     }
-    let machine = report::machine();
+    let machine = machine::machine();
     let table = report::text_table(&all.rows);
     println!();
     println!(
@@ -193,7 +194,7 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn markdown(date: &str, opts: &Opts, m: &report::Machine, all: &Outcome, notes: &[String], png: Option<&str>, took_s: f64) -> String {
+fn markdown(date: &str, opts: &Opts, m: &machine::Machine, all: &Outcome, notes: &[String], png: Option<&str>, took_s: f64) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# pg_dialer bench, {date}{}\n", if opts.quick { " (quick: everything ~10× smaller)" } else { "" });
     let _ = writeln!(s, "Machine: {} CPUs ({}), {:.1} GiB memory, Linux {}.  ", m.nproc, m.cpu, m.mem_gib, m.kernel);
