@@ -141,7 +141,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
         "  worker dialing for {measure_s} s: {ticks} ticks, duration p50 {p50:.2} ms, p95 {p95:.2} ms, max {max:.1} ms; {initiated} calls initiated ({:.1} per tick); simulator saw {calls_per_s:.1} calls/s (demand {demand:.1})",
         initiated as f64 / ticks.max(1) as f64
     ));
-    details.extend(split_lines(&format!("  pg_dialer worker CPU by thread over {wall:.1} s of dialing"), &thr).into_iter());
+    details.extend(split_lines(&format!("  pg_dialer worker CPU by thread over {wall:.1} s of dialing"), &thr));
     details.push(format!("  {}", memory_line(worker)));
     for l in pgss_top(&mut s.db, opts, 15) {
         details.push(format!("  {l}"));

@@ -206,4 +206,18 @@ mod tests {
         assert_eq!(group(0.05, 2), "0.05");
         assert_eq!(group(-1234.0, 0), "-1,234");
     }
+
+    #[test]
+    fn targets_relative_to_bullmq_hold_against_both_backends() {
+        let at_most = |a: f64, b: f64| a <= b;
+        let r = Row::new("s", "m", Some(2.0), Some(3.0), 1).bull_pg(Some(1.0)).target_vs_bull("≤ BullMQ", at_most, ("≤ 9", None));
+        assert_eq!(r.met, Some(false));
+        let c = r.cells();
+        assert_eq!((c[5].as_str(), c[6].as_str(), c[7].as_str()), ("0.67×", "2.00×", "≤ BullMQ (MISSED vs Postgres)"));
+        let r = Row::new("s", "m", Some(2.0), None, 1).target_vs_bull("≤ BullMQ", at_most, ("≤ 9", Some(true)));
+        assert_eq!(r.cells()[7], "≤ 9 (met)");
+        let r = Row::new("s", "m", Some(2.0), Some(3.0), 1).bull_pg_na("why").target_vs_bull("≤ BullMQ", at_most, ("", None));
+        assert_eq!(r.cells()[4], "n/a: why");
+        assert_eq!(r.cells()[7], "≤ BullMQ (met)");
+    }
 }
