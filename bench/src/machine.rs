@@ -38,11 +38,14 @@ pub fn machine() -> Machine {
         .lines()
         .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
         .unwrap_or_else(|| "unknown".into());
-    let bullmq = std::fs::read_to_string(crate::bullmq::peer_dir().join("node_modules/bullmq/package.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["version"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "not installed".into());
+    let version = |pkg: &str| {
+        std::fs::read_to_string(crate::bullmq::peer_dir().join("node_modules").join(pkg).join("package.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "not installed".into())
+    };
+    let bullmq = format!("{} (ioredis {}, pg {})", version("bullmq"), version("ioredis"), version("pg"));
     let engine = std::env::var("PG_DIALER_BENCH_ENGINE").unwrap_or_else(|_| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let out = Command::new("git").arg("-C").arg(&root).args(["describe", "--always", "--dirty"]).output();
