@@ -125,8 +125,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     let wall = w0.elapsed().as_secs_f64();
     let (ticks, p50, p95, max, initiated, per_call) = tick_stats(&mut s.db, Some(t0), Some(t1))?;
     let calls_per_s = (c1 - c0) as f64 / ((t1 - t0) as f64 / 1e6);
-    let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|k| k as f64 / 1024.0);
-    let anon_mb = procstat::status_kb(worker, "RssAnon").map(|k| k as f64 / 1024.0);
+    let (hwm_mb, anon_mb) = (procstat::status_mb(worker, "VmHWM"), procstat::status_mb(worker, "RssAnon"));
     let mut thr = std::collections::BTreeMap::new();
     for (name, v) in &thr1 {
         thr.insert(name.clone(), v - thr0.get(name).copied().unwrap_or(0.0));
@@ -142,7 +141,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
         "  worker dialing for {measure_s} s: {ticks} ticks, duration p50 {p50:.2} ms, p95 {p95:.2} ms, max {max:.1} ms; {initiated} calls initiated ({:.1} per tick); simulator saw {calls_per_s:.1} calls/s (demand {demand:.1})",
         initiated as f64 / ticks.max(1) as f64
     ));
-    details.extend(split_lines(&format!("  pg_dialer worker CPU by thread over {wall:.1} s of dialing"), &thr).into_iter());
+    details.extend(split_lines(&format!("  pg_dialer worker CPU by thread over {wall:.1} s of dialing"), &thr));
     details.push(format!("  {}", memory_line(worker)));
     for l in pgss_top(&mut s.db, opts, 15) {
         details.push(format!("  {l}"));
@@ -203,12 +202,9 @@ pub fn run(opts: &Opts) -> Outcome {
                 Row::new(&sc, "calls/s dialed: big | small (demand 16.7)", Some(b.calls_per_s), None, 1)
                     .target(&format!("small {:.1}", s.calls_per_s), None),
             );
-            let hwm = b.hwm_mb.into_iter().chain(s.hwm_mb).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-            out.rows.push(Row::new(&sc, "worker peak memory MB (VmHWM)", hwm, None, 1).target("< 100", hwm.map(|h| h < 100.0)));
-            out.rows.push(
-                Row::new(&sc, "worker private memory MB (RssAnon, at end): big | small", b.anon_mb, None, 1)
-                    .target(&s.anon_mb.map(|v| format!("small {v:.1} MB")).unwrap_or_default(), None),
-            );
+            // The larger of the two runs' (each run's own figures are in the details).
+            let max = |x: Option<f64>, y: Option<f64>| x.into_iter().chain(y).reduce(f64::max);
+            out.rows.extend(memory_rows(&sc, max(b.anon_mb, s.anon_mb), max(b.hwm_mb, s.hwm_mb)));
         }
         _ => {
             for (r, label) in [(&big, "big"), (&small, "small")] {
@@ -216,7 +212,7 @@ pub fn run(opts: &Opts) -> Outcome {
                     Ok(x) => {
                         out.rows.push(Row::new(&sc, &format!("claim ms, {label} ({})", x.contacts), Some(x.claim_ms), None, 3));
                         out.rows.push(Row::new(&sc, &format!("tick p50 ms, {label}"), Some(x.tick_p50), None, 2));
-                        out.rows.push(Row::new(&sc, &format!("worker VmHWM MB, {label}"), x.hwm_mb, None, 1));
+                        out.rows.extend(memory_rows(&format!("{sc} ({label})"), x.anon_mb, x.hwm_mb));
                     }
                     Err(e) => out.rows.push(Row::failed(&format!("{sc} ({label})"), &format!("{e:#}"))),
                 }

@@ -1,7 +1,12 @@
-//! The BullMQ peer: Redis (Debian's redis-server, on a free loopback port, no persistence) and
-//! the Node program in `bench/peers/bullmq/`.
+//! The BullMQ peer: the Node program in `bench/peers/bullmq/` and its store, Redis (Debian's
+//! redis-server, on a free loopback port, no persistence) or Postgres (BullMQ 6's PostgreSQL
+//! backend, on a throwaway cluster of the same build and settings as pg_dialer's).
 
 use crate::cleanup;
+use crate::cluster::Cluster;
+use crate::common::{pgss_create, pgss_top, Opts};
+use crate::procstat::{self, PgCpu};
+use crate::report::Row;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,6 +54,17 @@ fn error_lines(stderr: &str) -> Vec<&str> {
     }
 }
 
+/// Whether node_modules holds every dependency of package.json at its pinned version (an older
+/// checkout's BullMQ 5 is replaced by `npm ci`).
+fn installed_as_pinned(dir: &Path) -> bool {
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let Some(pkg) = read(dir.join("package.json")) else { return false };
+    let Some(deps) = pkg["dependencies"].as_object() else { return false };
+    deps.iter().all(|(name, want)| {
+        read(dir.join("node_modules").join(name).join("package.json")).is_some_and(|p| p["version"].as_str() == want.as_str())
+    })
+}
+
 /// Node, the npm packages and redis-server: installs what is missing, or says what to do.
 pub fn prepare() -> Result<PathBuf> {
     let node = which("node").ok_or_else(|| {
@@ -60,10 +76,10 @@ pub fn prepare() -> Result<PathBuf> {
     let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let major: u32 = v.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     if major < 18 {
-        bail!("node {v} is too old for BullMQ 5 (18+ needed), or run with --skip-bullmq");
+        bail!("node {v} is too old for the BullMQ peer (18+ needed), or run with --skip-bullmq");
     }
     let dir = peer_dir();
-    if !dir.join("node_modules/bullmq/package.json").exists() || !dir.join("node_modules/ioredis/package.json").exists() {
+    if !installed_as_pinned(&dir) {
         let npm =
             which("npm").ok_or_else(|| anyhow!("npm is not installed (Debian: apt-get install -y npm), or run with --skip-bullmq"))?;
         let sub = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
@@ -151,6 +167,135 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
         cleanup::unregister(self.cleanup_id);
         cleanup::unregister(self.dir_cleanup_id);
+    }
+}
+
+/// Which store BullMQ runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Postgres,
+}
+
+impl Backend {
+    /// In the order of the table's columns (`Row::bull`).
+    pub const ALL: [Backend; 2] = [Backend::Redis, Backend::Postgres];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::Redis => "BullMQ on Redis",
+            Backend::Postgres => "BullMQ on Postgres",
+        }
+    }
+}
+
+/// The store of one BullMQ run: a redis-server of its own, or a throwaway Postgres cluster started
+/// like pg_dialer's (same binaries, same settings; pg_dialer preloaded but off and not created),
+/// so that its processes are BullMQ's alone.
+pub enum Store {
+    Redis(Redis),
+    Postgres(Cluster),
+}
+
+impl Store {
+    /// `name` names the cluster; it loads pg_stat_statements as `opts` says (like pg_dialer's).
+    pub fn start(backend: Backend, name: &str, opts: &Opts) -> Result<Store> {
+        match backend {
+            Backend::Redis => Ok(Store::Redis(Redis::start()?)),
+            Backend::Postgres => {
+                let mut conf = vec!["dialer.enabled = off".to_string()];
+                conf.extend(crate::common::pgss_conf(opts));
+                let cluster = Cluster::start(name, &conf)?;
+                pgss_create(&mut cluster.connect()?)?;
+                Ok(Store::Postgres(cluster))
+            }
+        }
+    }
+
+    /// Points the Node program's config at it.
+    pub fn configure(&self, cfg: &mut Value) {
+        match self {
+            Store::Redis(r) => {
+                cfg["backend"] = "redis".into();
+                cfg["redis_port"] = r.port.into();
+            }
+            Store::Postgres(c) => {
+                cfg["backend"] = "postgres".into();
+                cfg["pg_url"] = format!("postgres://postgres@127.0.0.1:{}/postgres", c.port).into();
+            }
+        }
+    }
+
+    /// CPU seconds of node (`node_pid`) and of the store: redis-server, or every process of the
+    /// cluster by role (BullMQ's own connections are its "client backends").
+    pub fn cpu(&self, node_pid: i32) -> PgCpu {
+        let mut cpu = match self {
+            Store::Redis(r) => PgCpu { by_role: [("redis-server".to_string(), procstat::cpu_seconds(r.pid()).unwrap_or(0.0))].into() },
+            Store::Postgres(c) => c.postmaster_pid().map(procstat::pg_cpu).unwrap_or_default(),
+        };
+        cpu.by_role.insert("node".into(), procstat::cpu_seconds(node_pid).unwrap_or(0.0));
+        cpu
+    }
+
+    /// The store's costliest statements (Postgres), for the details.
+    pub fn top_statements(&self, opts: &Opts, n: i64) -> Vec<String> {
+        match self {
+            Store::Redis(_) => Vec::new(),
+            Store::Postgres(c) => match c.connect() {
+                Ok(mut db) => pgss_top(&mut db, opts, n).into_iter().map(|l| format!("  {l}")).collect(),
+                Err(e) => vec![format!("  pg_stat_statements: {e:#}")],
+            },
+        }
+    }
+}
+
+/// A scenario's BullMQ runs, one per backend in `Backend::ALL` order (None: not run).
+pub struct BullRuns<T>(pub [Option<Result<T>>; 2]);
+
+impl<T> BullRuns<T> {
+    /// `f` for each backend, one after the other, unless the BullMQ side is off or the bench is
+    /// interrupted; failures are printed as they happen.
+    pub fn run(opts: &Opts, what: &str, f: impl Fn(Backend) -> Result<T>) -> BullRuns<T> {
+        BullRuns(Backend::ALL.map(|b| {
+            if opts.skip_bullmq || opts.node.is_none() || cleanup::interrupted() {
+                return None;
+            }
+            let r = f(b);
+            if let Err(e) = &r {
+                eprintln!("bench: {what} ({}) failed: {e:#}", b.label());
+            }
+            Some(r)
+        }))
+    }
+
+    pub fn ok(&self, b: Backend) -> Option<&T> {
+        self.0[b as usize].as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    pub fn any_ok(&self) -> bool {
+        Backend::ALL.iter().any(|b| self.ok(*b).is_some())
+    }
+
+    /// `row` with the BullMQ figures `f` gives (a failed Postgres run says so in its cell).
+    pub fn fill(&self, mut row: Row, f: impl Fn(&T) -> Option<f64>) -> Row {
+        row.bull = Backend::ALL.map(|b| self.ok(b).and_then(&f));
+        if matches!(self.0[1], Some(Err(_))) {
+            row = row.bull_pg_na("failed (see details)");
+        }
+        row
+    }
+
+    /// Each run's details, or its error.
+    pub fn details(&self, what: &str, f: impl Fn(&T) -> &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (b, r) in Backend::ALL.iter().zip(&self.0) {
+            match r {
+                Some(Ok(t)) => out.extend(f(t).iter().cloned()),
+                Some(Err(e)) => out.push(format!("{} {what} failed: {e:#}", b.label())),
+                None => {}
+            }
+        }
+        out
     }
 }
 

@@ -16,7 +16,17 @@ pub struct Series {
 
 const PG: RGBColor = RGBColor(31, 119, 180);
 const BULL: RGBColor = RGBColor(214, 39, 40);
+const BULL_PG: RGBColor = RGBColor(44, 160, 44);
 const LIMIT: RGBColor = RGBColor(40, 40, 40);
+
+/// Blue pg_dialer, red BullMQ (on Redis), green BullMQ on Postgres.
+fn color_of(system: &str) -> RGBColor {
+    match system {
+        "pg_dialer" => PG,
+        s if s.contains("Postgres") => BULL_PG,
+        _ => BULL,
+    }
+}
 
 fn fonts() {
     // Registering twice is harmless (the second replaces the first).
@@ -42,21 +52,21 @@ pub fn draw(path: &Path, series: &[Series]) -> Result<()> {
     let (title, body) = root.split_vertically(50);
     title
         .draw(&Text::new(
-            "Pacing: calls per second and cumulative calls against the limit (blue pg_dialer, red BullMQ, black limit)",
+            "Pacing: calls per second and cumulative calls against the limit (blue pg_dialer, red BullMQ on Redis, green BullMQ on Postgres, black limit)",
             (20, 15),
             ("sans-serif", 22).into_font().style(FontStyle::Bold),
         ))
         .map_err(e)?;
     let rows = body.split_evenly((rates.len(), 2));
     for (i, cpm) in rates.iter().enumerate() {
-        let of = |who: &str| series.iter().find(|s| s.cpm == *cpm && s.system == who);
-        let pg = of("pg_dialer");
-        let bull = of("BullMQ");
-        let secs = pg.iter().chain(bull.iter()).map(|s| s.per_second.len()).max().unwrap_or(1).max(1);
+        // pg_dialer drawn last, on top.
+        let mut these: Vec<&Series> = series.iter().filter(|s| s.cpm == *cpm).collect();
+        these.sort_by_key(|s| s.system == "pg_dialer");
+        let secs = these.iter().map(|s| s.per_second.len()).max().unwrap_or(1).max(1);
         let limit_s = *cpm as f64 / 60.0;
 
         // Left: calls per second.
-        let ymax = pg.iter().chain(bull.iter()).flat_map(|s| s.per_second.iter().copied()).max().unwrap_or(0) as f64;
+        let ymax = these.iter().flat_map(|s| s.per_second.iter().copied()).max().unwrap_or(0) as f64;
         // Log scale: a burst of hundreds and an even 1/s both stay readable; 0 sits at the floor.
         let floor = 0.5;
         let ymax = ymax.max(limit_s * 2.0).max(2.0) * 1.3;
@@ -75,22 +85,21 @@ pub fn draw(path: &Path, series: &[Series]) -> Result<()> {
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e)?;
-        for (s, color) in [(bull, BULL), (pg, PG)] {
-            if let Some(s) = s {
-                let pts: Vec<(f64, f64)> = s
-                    .per_second
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(k, v)| {
-                        let y = (*v as f64).max(floor);
-                        [(k as f64, y), (k as f64 + 1.0, y)]
-                    })
-                    .collect();
-                c.draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                    .map_err(e)?
-                    .label(s.system.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
-            }
+        for s in &these {
+            let color = color_of(&s.system);
+            let pts: Vec<(f64, f64)> = s
+                .per_second
+                .iter()
+                .enumerate()
+                .flat_map(|(k, v)| {
+                    let y = (*v as f64).max(floor);
+                    [(k as f64, y), (k as f64 + 1.0, y)]
+                })
+                .collect();
+            c.draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(e)?
+                .label(s.system.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
         }
         c.draw_series(LineSeries::new(vec![(0.0, limit_s), (secs as f64, limit_s)], LIMIT.stroke_width(1)))
             .map_err(e)?
@@ -114,9 +123,7 @@ pub fn draw(path: &Path, series: &[Series]) -> Result<()> {
             }
             v
         };
-        let cmax =
-            pg.iter().chain(bull.iter()).map(|s| s.per_second.iter().map(|v| *v as f64).sum::<f64>()).fold(limit_s * secs as f64, f64::max)
-                * 1.08;
+        let cmax = these.iter().map(|s| s.per_second.iter().map(|v| *v as f64).sum::<f64>()).fold(limit_s * secs as f64, f64::max) * 1.08;
         let mut c = ChartBuilder::on(&rows[i * 2 + 1])
             .caption(format!("{cpm} calls/min: cumulative calls"), ("sans-serif", 18))
             .margin(12)
@@ -133,10 +140,8 @@ pub fn draw(path: &Path, series: &[Series]) -> Result<()> {
             .draw()
             .map_err(e)?;
         c.draw_series(LineSeries::new(vec![(0.0, 0.0), (secs as f64, limit_s * secs as f64)], LIMIT.stroke_width(1))).map_err(e)?;
-        for (s, color) in [(bull, BULL), (pg, PG)] {
-            if let Some(s) = s {
-                c.draw_series(LineSeries::new(cum(s), color.stroke_width(2))).map_err(e)?;
-            }
+        for s in &these {
+            c.draw_series(LineSeries::new(cum(s), color_of(&s.system).stroke_width(2))).map_err(e)?;
         }
     }
     root.present().map_err(e)?;
@@ -154,7 +159,8 @@ mod tests {
             let even: Vec<u32> = (0..70).map(|_| cpm / 60).collect();
             let bursty: Vec<u32> = (0..70).map(|k| if k % 60 == 0 { cpm } else { 0 }).collect();
             s.push(Series { system: "pg_dialer".into(), cpm, per_second: even });
-            s.push(Series { system: "BullMQ".into(), cpm, per_second: bursty });
+            s.push(Series { system: "BullMQ on Redis".into(), cpm, per_second: bursty.clone() });
+            s.push(Series { system: "BullMQ on Postgres".into(), cpm, per_second: bursty });
         }
         let p = std::env::temp_dir().join(format!("pg_dialer_bench-chart-{}.png", std::process::id()));
         draw(&p, &s).expect("draw");

@@ -1,6 +1,7 @@
 //! Helpers shared by the scenarios.
 
 use crate::cleanup;
+use crate::report::Row;
 use anyhow::{bail, Result};
 use postgres::Client;
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ pub static LOG_DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::
 /// for the chart.
 #[derive(Default)]
 pub struct Outcome {
-    pub rows: Vec<crate::report::Row>,
+    pub rows: Vec<Row>,
     pub details: Vec<String>,
     pub pacing: Vec<crate::chart::Series>,
 }
@@ -140,6 +141,20 @@ pub fn tick_stats(db: &mut Client, since_us: Option<i64>, until_us: Option<i64>)
         &[&since_us.map(|v| v as f64), &until_us.map(|v| v as f64)],
     )?;
     Ok((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+}
+
+/// The target for the worker's private memory (RssAnon), MB.
+pub const PRIVATE_MB_TARGET: f64 = 50.0;
+
+/// The pg_dialer worker's memory rows: private memory (RssAnon, what the worker itself holds),
+/// judged against the target, and its peak RSS (VmHWM, which counts the shared buffers it
+/// touched) apart.
+pub fn memory_rows(scenario: &str, anon_mb: Option<f64>, hwm_mb: Option<f64>) -> Vec<Row> {
+    vec![
+        Row::new(scenario, "pg_dialer worker private memory MB (RssAnon, at the end)", anon_mb, None, 1)
+            .target(&format!("< {PRIVATE_MB_TARGET:.0}"), anon_mb.map(|m| m < PRIVATE_MB_TARGET)),
+        Row::new(scenario, "pg_dialer worker peak RSS MB (VmHWM, shared buffers included)", hwm_mb, None, 1),
+    ]
 }
 
 pub fn memory_line(pid: i32) -> String {

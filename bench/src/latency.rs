@@ -1,7 +1,7 @@
 //! Scenario 2: immediate-call latency. `schedule_call` in autocommit at a steady rate; latency =
 //! the simulator's receive time − the client's clock right after COMMIT returned.
 
-use crate::bullmq::{NodeRun, Redis};
+use crate::bullmq::{Backend, BullRuns, NodeRun, Store};
 use crate::cluster::Setup;
 use crate::common::*;
 use crate::report::Row;
@@ -149,16 +149,17 @@ fn stages(sim: &SimProcess, db: &mut postgres::Client, sent: &[(String, i64)]) -
     ]
 }
 
-pub fn bull(opts: &Opts) -> Result<LatResult> {
+pub fn bull(opts: &Opts, backend: Backend) -> Result<LatResult> {
     let Some(node) = &opts.node else { bail!("BullMQ side not prepared") };
     let n = count(opts);
     let sim = SimProcess::start(0, (1000, 2000))?;
-    let redis = Redis::start()?;
-    let cfg = serde_json::json!({
-        "mode": "latency", "redis_port": redis.port, "sim_url": sim.url, "api_key": API_KEY,
+    let store = Store::start(backend, "bull-latency", opts)?;
+    let mut cfg = serde_json::json!({
+        "mode": "latency", "sim_url": sim.url, "api_key": API_KEY,
         "n": n, "warmup": WARMUP, "rate": RATE, "concurrency": 64, "limit_max": 600000, "limit_duration_ms": 60000,
         "prefix": "+1778",
     });
+    store.configure(&mut cfg);
     let mut run = NodeRun::start(node, &cfg)?;
     let done = run.wait_event("done", Duration::from_secs(120 + (n as f64 / RATE) as u64))?;
     run.finish();
@@ -166,10 +167,13 @@ pub fn bull(opts: &Opts) -> Result<LatResult> {
     let sent: Vec<(String, i64)> = adds.iter().filter_map(|a| Some((a.get(0)?.as_str()?.to_string(), a.get(1)?.as_i64()?))).collect();
     let (lat, missing) = latencies(&sim, &sent)?;
     let mut details = vec![format!(
-        "Latency, BullMQ: queue.add at {RATE} jobs/s from the worker's own process, {n} measured after {WARMUP} warm-up jobs; Worker concurrency 64, limiter {{max: 600,000, duration: 60,000}}; outcome {}/{} completed/failed",
-        done["completed"], done["failed"]
+        "Latency, {}: queue.add at {RATE} jobs/s from the worker's own process, {n} measured after {WARMUP} warm-up jobs; Worker concurrency 64, limiter {{max: 600,000, duration: 60,000}}; outcome {}/{} completed/failed",
+        backend.label(),
+        done["completed"],
+        done["failed"]
     )];
-    let mut r = summarize("BullMQ", &lat, missing, &mut Vec::new());
+    details.extend(store.top_statements(opts, 8));
+    let mut r = summarize(backend.label(), &lat, missing, &mut Vec::new());
     details.append(&mut r.details);
     r.details = details;
     Ok(r)
@@ -179,21 +183,25 @@ pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
     let sc = format!("2. Immediate-call latency, {RATE:.0}/s × {} calls", count(opts));
     let pg = pg(opts);
-    let bull = if opts.skip_bullmq || opts.node.is_none() || crate::cleanup::interrupted() { None } else { Some(bull(opts)) };
-    let b = bull.as_ref().and_then(|b| b.as_ref().ok());
+    let bull = BullRuns::run(opts, "latency", |b| bull(opts, b));
     match &pg {
         Ok(p) => {
-            // The target is BullMQ's figure of the same run (without it, the earlier 1.5 / 5 ms).
-            let target = |ours: Option<f64>, theirs: Option<f64>, alone: f64| match (ours, theirs) {
-                (Some(o), Some(t)) => ("≤ BullMQ".to_string(), Some(o <= t)),
-                (o, _) => (format!("≤ {alone}"), o.map(|v| v <= alone)),
-            };
-            let (b50, b99) = (b.and_then(|b| b.p50), b.and_then(|b| b.p99));
-            let (t50, m50) = target(p.p50, b50, 1.5);
-            let (t99, m99) = target(p.p99, b99, 5.0);
-            out.rows.push(Row::new(&sc, "p50 ms (COMMIT → POST received)", p.p50, b50, 2).target(&t50, m50));
-            out.rows.push(Row::new(&sc, "p99 ms", p.p99, b99, 2).target(&t99, m99));
-            out.rows.push(Row::new(&sc, "max ms", p.max, b.and_then(|b| b.max), 2));
+            // The target is BullMQ's figure of the same run, against each backend (without it,
+            // the earlier 1.5 / 5 ms).
+            let alone = |ours: Option<f64>, ms: f64| (format!("≤ {ms}"), ours.map(|v| v <= ms));
+            let (a50, a99) = (alone(p.p50, 1.5), alone(p.p99, 5.0));
+            let at_most = |a: f64, b: f64| a <= b;
+            out.rows.push(bull.fill(Row::new(&sc, "p50 ms (COMMIT → POST received)", p.p50, None, 2), |b| b.p50).target_vs_bull(
+                "≤ BullMQ",
+                at_most,
+                (&a50.0, a50.1),
+            ));
+            out.rows.push(bull.fill(Row::new(&sc, "p99 ms", p.p99, None, 2), |b| b.p99).target_vs_bull(
+                "≤ BullMQ",
+                at_most,
+                (&a99.0, a99.1),
+            ));
+            out.rows.push(bull.fill(Row::new(&sc, "max ms", p.max, None, 2), |b| b.max));
             out.details.extend(p.details.iter().cloned());
         }
         Err(e) => {
@@ -201,13 +209,6 @@ pub fn run(opts: &Opts) -> Outcome {
             out.rows.push(Row::failed(&sc, &format!("{e:#}")));
         }
     }
-    match &bull {
-        Some(Ok(b)) => out.details.extend(b.details.iter().cloned()),
-        Some(Err(e)) => {
-            eprintln!("bench: latency (BullMQ) failed: {e:#}");
-            out.details.push(format!("BullMQ latency failed: {e:#}"));
-        }
-        None => {}
-    }
+    out.details.extend(bull.details("latency", |b| &b.details));
     out
 }

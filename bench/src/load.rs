@@ -4,7 +4,7 @@
 //! kept. Then BullMQ with the same load (its pacing mode), not at the same time, so that each
 //! system's CPU is its own. pg_stat_statements is always loaded here (track = top).
 
-use crate::bullmq::{NodeRun, Redis};
+use crate::bullmq::{Backend, BullRuns, NodeRun, Store};
 use crate::cluster::Setup;
 use crate::common::*;
 use crate::procstat;
@@ -43,6 +43,9 @@ struct LoadResult {
     sim_cpu: f64,
     /// POSTs the simulator saw in the `d` s from the first one.
     placed: usize,
+    /// The pg_dialer worker's private memory (RssAnon) and peak RSS (VmHWM) at the end, MB.
+    anon_mb: Option<f64>,
+    hwm_mb: Option<f64>,
     details: Vec<String>,
 }
 
@@ -139,32 +142,34 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     ));
     details.push(format!("  {}", memory_line(worker)));
     details.extend(top.into_iter().map(|l| format!("  {l}")));
-    Ok(LoadResult { worker_cpu: Some(w1 - w0), system_cpu: dcpu.total(), sim_cpu: sim1 - sim0, placed, details })
+    let (anon_mb, hwm_mb) = (procstat::status_mb(worker, "RssAnon"), procstat::status_mb(worker, "VmHWM"));
+    Ok(LoadResult { worker_cpu: Some(w1 - w0), system_cpu: dcpu.total(), sim_cpu: sim1 - sim0, placed, anon_mb, hwm_mb, details })
 }
 
-fn bull(opts: &Opts, d: u64) -> Result<LoadResult> {
+fn bull(opts: &Opts, d: u64, backend: Backend) -> Result<LoadResult> {
     let Some(node) = &opts.node else { bail!("BullMQ side not prepared") };
     let sim = SimProcess::start(0, CALL_MS)?;
-    let redis = Redis::start()?;
-    let cfg = serde_json::json!({
-        "mode": "pacing", "redis_port": redis.port, "sim_url": sim.url, "api_key": API_KEY,
+    let store = Store::start(backend, "bull-load", opts)?;
+    let mut cfg = serde_json::json!({
+        "mode": "pacing", "sim_url": sim.url, "api_key": API_KEY,
         "rates": [CPM], "duration_s": d, "concurrency": 64, "limit_duration_ms": 1000,
     });
+    store.configure(&mut cfg);
     let mut run = NodeRun::start(node, &cfg)?;
     run.wait_event("loaded", Duration::from_secs(120))?;
     let go = Instant::now();
     run.send_line("go")?;
     wait_first_call(&sim, Duration::from_secs(30))?;
     let startup_s = go.elapsed().as_secs_f64();
-    let (node_pid, redis_pid) = (run.pid(), redis.pid());
-    let n0 = cpu_of(node_pid, "node")?;
-    let r0 = cpu_of(redis_pid, "redis-server")?;
+    let node_pid = run.pid();
+    cpu_of(node_pid, "node")?;
+    let c0 = store.cpu(node_pid);
     let sim0 = cpu_of(sim.pid(), "the simulator")?;
     sleep_checked(Duration::from_secs(d))?;
     // node stops its worker d s after "go", so this window holds its whole run; once it has exited
     // its figures stay readable until it is reaped (by wait_event or finish, below).
-    let n1 = cpu_of(node_pid, "node")?;
-    let r1 = cpu_of(redis_pid, "redis-server")?;
+    cpu_of(node_pid, "node")?;
+    let c1 = store.cpu(node_pid);
     let sim1 = cpu_of(sim.pid(), "the simulator")?;
     let mut details = Vec::new();
     if let Err(e) = run.wait_event("done", Duration::from_secs(60)) {
@@ -175,7 +180,8 @@ fn bull(opts: &Opts, d: u64) -> Result<LoadResult> {
     details.insert(
         0,
         format!(
-            "BullMQ: pacing mode, one queue of {} jobs, Worker concurrency 64, limiter {{max: {}, duration: 1,000}} (the provider's 30 calls per second, as a BullMQ user would write it)",
+            "{}: pacing mode, one queue of {} jobs, Worker concurrency 64, limiter {{max: {}, duration: 1,000}} (the provider's 30 calls per second, as a BullMQ user would write it)",
+            backend.label(),
             group((CPM as f64 * d as f64 / 60.0 * 1.2).ceil() + 10.0, 0),
             CPM / 60
         ),
@@ -184,14 +190,11 @@ fn bull(opts: &Opts, d: u64) -> Result<LoadResult> {
         "  first call {startup_s:.2} s after \"go\"; measured over the {d} s from then: {placed} calls ({:.2}/s), most in any 1 s {max_1s}",
         placed as f64 / d as f64
     ));
-    details.push(format!(
-        "  CPU: node {:.2} s, redis-server {:.2} s ({:.1}% of one core together), simulator {:.2} s",
-        n1 - n0,
-        r1 - r0,
-        pct((n1 - n0) + (r1 - r0), d),
-        sim1 - sim0
-    ));
-    Ok(LoadResult { worker_cpu: None, system_cpu: (n1 - n0) + (r1 - r0), sim_cpu: sim1 - sim0, placed, details })
+    let dcpu = c1.delta(&c0);
+    details.extend(split_lines(&format!("  CPU ({:.1}% of one core)", pct(dcpu.total(), d)), &dcpu.by_role));
+    details.push(format!("  simulator CPU {:.2} s", sim1 - sim0));
+    details.extend(store.top_statements(opts, PGSS_TOP));
+    Ok(LoadResult { worker_cpu: None, system_cpu: dcpu.total(), sim_cpu: sim1 - sim0, placed, anon_mb: None, hwm_mb: None, details })
 }
 
 pub fn run(opts: &Opts) -> Outcome {
@@ -213,48 +216,42 @@ pub fn run(opts: &Opts) -> Outcome {
             out.rows.push(Row::failed(&sc, &format!("{e:#}")));
         }
     }
-    let b = if opts.skip_bullmq || opts.node.is_none() || crate::cleanup::interrupted() {
-        None
-    } else {
-        match bull(opts, d) {
-            Ok(r) => {
-                out.details.extend(r.details.iter().cloned());
-                Some(r)
-            }
-            Err(e) => {
-                eprintln!("bench: load (BullMQ) failed: {e:#}");
-                out.details.push(format!("BullMQ load failed: {e:#}"));
-                None
-            }
-        }
-    };
+    let bull = BullRuns::run(opts, "load", |b| bull(opts, d, b));
+    out.details.extend(bull.details("load", |r| &r.details));
     let p = p.ok();
-    if p.is_none() && b.is_none() {
+    if p.is_none() && !bull.any_ok() {
         return out;
     }
-    let (p, b) = (p.as_ref(), b.as_ref());
-    let pct_of = |r: Option<&LoadResult>, f: fn(&LoadResult) -> f64| r.map(|r| pct(f(r), d));
-    let rate = |r: Option<&LoadResult>| r.map(|r| r.placed as f64 / d as f64);
+    let p = p.as_ref();
     let floor = CPM as f64 / 60.0 * 0.98;
-    out.rows.push(Row::new(&sc, "worker CPU, % of one core", p.and_then(|r| r.worker_cpu).map(|c| pct(c, d)), None, 1));
-    out.rows.push(Row::new(
-        &sc,
-        "CPU, % of one core: Postgres (all processes) | node+redis",
-        pct_of(p, |r| r.system_cpu),
-        pct_of(b, |r| r.system_cpu),
-        1,
-    ));
-    out.rows.push(Row::new(&sc, "CPU, % of one core: simulator", pct_of(p, |r| r.sim_cpu), pct_of(b, |r| r.sim_cpu), 1));
-    out.rows.push(Row::new(
-        &sc,
-        &format!("calls placed (of {})", group(allowed(d) as f64, 0)),
-        p.map(|r| r.placed as f64),
-        b.map(|r| r.placed as f64),
-        0,
-    ));
+    let worker_cpu = p.and_then(|r| r.worker_cpu).map(|c| pct(c, d));
+    out.rows.push(Row::new(&sc, "pg_dialer worker process CPU, % of one core", worker_cpu, None, 1));
     out.rows.push(
-        Row::new(&sc, "achieved rate, calls/s", rate(p), rate(b), 2)
-            .target(&format!("≥ {floor:.1}/s (98%)"), rate(p).map(|r| r >= floor - 1e-9)),
+        bull.fill(
+            Row::new(
+                &sc,
+                "CPU, % of one core: Postgres (all processes) | node+redis | node+Postgres",
+                p.map(|r| pct(r.system_cpu, d)),
+                None,
+                1,
+            ),
+            |r| Some(pct(r.system_cpu, d)),
+        )
+        .target_vs_bull("≤ BullMQ", |a, b| a <= b, ("", None)),
     );
+    out.rows.push(
+        bull.fill(Row::new(&sc, "CPU, % of one core: simulator", p.map(|r| pct(r.sim_cpu, d)), None, 1), |r| Some(pct(r.sim_cpu, d))),
+    );
+    let placed = |r: &LoadResult| Some(r.placed as f64);
+    out.rows
+        .push(bull.fill(Row::new(&sc, &format!("calls placed (of {})", group(allowed(d) as f64, 0)), p.and_then(placed), None, 0), placed));
+    let rate = |r: &LoadResult| Some(r.placed as f64 / d as f64);
+    out.rows.push(
+        bull.fill(Row::new(&sc, "achieved rate, calls/s", p.and_then(rate), None, 2), rate)
+            .target(&format!("≥ {floor:.1}/s (98%)"), p.and_then(rate).map(|r| r >= floor - 1e-9)),
+    );
+    if let Some(r) = p {
+        out.rows.extend(memory_rows(&sc, r.anon_mb, r.hwm_mb));
+    }
     out
 }

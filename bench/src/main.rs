@@ -12,6 +12,7 @@ mod common;
 mod failover;
 mod latency;
 mod load;
+mod machine;
 mod pacing;
 mod procstat;
 mod report;
@@ -146,7 +147,7 @@ fn run(args: Args) -> Result<bool> {
         all.details.append(&mut o.details);
         all.pacing.append(&mut o.pacing);
     }
-    let machine = report::machine();
+    let machine = machine::machine();
     let table = report::text_table(&all.rows);
     println!();
     println!(
@@ -193,7 +194,7 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn markdown(date: &str, opts: &Opts, m: &report::Machine, all: &Outcome, notes: &[String], png: Option<&str>, took_s: f64) -> String {
+fn markdown(date: &str, opts: &Opts, m: &machine::Machine, all: &Outcome, notes: &[String], png: Option<&str>, took_s: f64) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# pg_dialer bench, {date}{}\n", if opts.quick { " (quick: everything ~10× smaller)" } else { "" });
     let _ = writeln!(s, "Machine: {} CPUs ({}), {:.1} GiB memory, Linux {}.  ", m.nproc, m.cpu, m.mem_gib, m.kernel);
@@ -205,17 +206,20 @@ fn markdown(date: &str, opts: &Opts, m: &report::Machine, all: &Outcome, notes: 
     let _ = writeln!(
         s,
         "Every process (Postgres, the simulator, Node, Redis) runs on the same {} cores; each system posts to its own \
-         provider simulator (`provider-sim` in a process of its own) on loopback. Postgres runs with `fsync = off`, \
+         provider simulator (`provider-sim` in a process of its own) on loopback. BullMQ on Postgres (BullMQ's \
+         PostgreSQL backend) runs on the same Postgres build as pg_dialer, in a throwaway cluster of its own with \
+         the same settings (never pg_dialer's cluster: pacing runs all three systems at once). Postgres runs with `fsync = off`, \
          `synchronous_commit = off` (the test harness's settings; the worker commits its claims synchronously whatever \
          the setting, which costs little without fsync), Redis with `--save '' --appendonly no`: neither side \
-         pays for durability. Figures are measured, never asserted; `(MISSED)` marks a pg_dialer target not reached. \
+         pays for durability. Figures are measured, never asserted; `(MISSED)` marks a pg_dialer target not reached \
+         (targets relative to BullMQ are judged against both backends). \
          Reproduce with `make bench` (`BENCH_ARGS=\"--quick\"` for the short run).\n",
         m.nproc
     );
     s.push_str(&report::markdown_table(&all.rows));
     if let Some(p) = png {
-        let _ = writeln!(s, "\n![calls per second against the limit, pg_dialer and BullMQ]({p})\n");
-        let _ = writeln!(s, "Calls per second (left) and cumulative calls (right) against the limit, per rate, pg_dialer and BullMQ.\n");
+        let _ = writeln!(s, "\n![calls per second against the limit, pg_dialer and BullMQ on Redis and on Postgres]({p})\n");
+        let _ = writeln!(s, "Calls per second (left) and cumulative calls (right) against the limit, per rate: pg_dialer (blue), BullMQ on Redis (red), BullMQ on Postgres (green).\n");
     }
     if !notes.is_empty() {
         let _ = writeln!(s, "\n## Notes\n");

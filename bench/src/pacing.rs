@@ -1,8 +1,9 @@
 //! Scenario 3: pacing accuracy. Three batches (60, 300 and 1,200 calls/min) dialed for a few
-//! minutes, pg_dialer and BullMQ at the same time against two simulators; from the simulator logs:
+//! minutes, pg_dialer, BullMQ on Redis and BullMQ on Postgres at the same time, each against its own
+//! simulator (and BullMQ on Postgres on a cluster of its own); from the simulator logs:
 //! the most calls in any sliding 60 s window, the achieved rate, and the calls per second.
 
-use crate::bullmq::{NodeRun, Redis};
+use crate::bullmq::{Backend, NodeRun, Store};
 use crate::chart::Series;
 use crate::cluster::Setup;
 use crate::common::*;
@@ -74,22 +75,24 @@ fn by_batch(sim: &SimProcess) -> Result<BTreeMap<String, Vec<i64>>> {
 }
 
 struct BullSide {
+    backend: Backend,
     sim: SimProcess,
-    _redis: Redis,
+    store: Store,
     run: NodeRun,
 }
 
-fn prepare_bull(opts: &Opts, d: u64) -> Result<BullSide> {
+fn prepare_bull(opts: &Opts, d: u64, backend: Backend) -> Result<BullSide> {
     let Some(node) = &opts.node else { bail!("BullMQ side not prepared") };
     let sim = SimProcess::start(0, CALL_MS)?;
-    let redis = Redis::start()?;
-    let cfg = serde_json::json!({
-        "mode": "pacing", "redis_port": redis.port, "sim_url": sim.url, "api_key": API_KEY,
+    let store = Store::start(backend, "bull-pacing", opts)?;
+    let mut cfg = serde_json::json!({
+        "mode": "pacing", "sim_url": sim.url, "api_key": API_KEY,
         "rates": RATES, "duration_s": d, "concurrency": 64,
     });
+    store.configure(&mut cfg);
     let mut run = NodeRun::start(node, &cfg)?;
     run.wait_event("loaded", Duration::from_secs(120))?;
-    Ok(BullSide { sim, _redis: redis, run })
+    Ok(BullSide { backend, sim, store, run })
 }
 
 struct PgSide {
@@ -117,18 +120,21 @@ pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
     let d = duration_s(opts);
     let want_bull = !opts.skip_bullmq && opts.node.is_some();
-    let mut bull = if want_bull {
-        match prepare_bull(opts, d) {
-            Ok(b) => Some(b),
+    let mut bull = Vec::new();
+    // Why BullMQ on Postgres has no figures, when it could not start.
+    let mut pg_na = None;
+    for backend in Backend::ALL.into_iter().filter(|_| want_bull) {
+        match prepare_bull(opts, d, backend) {
+            Ok(b) => bull.push(b),
             Err(e) => {
-                eprintln!("bench: pacing (BullMQ) could not start: {e:#}");
-                out.details.push(format!("BullMQ pacing could not start: {e:#}"));
-                None
+                eprintln!("bench: pacing ({}) could not start: {e:#}", backend.label());
+                out.details.push(format!("{} pacing could not start: {e:#}", backend.label()));
+                if backend == Backend::Postgres {
+                    pg_na = Some("could not start (see details)");
+                }
             }
         }
-    } else {
-        None
-    };
+    }
     let mut pg = match prepare_pg(opts, d) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -138,9 +144,9 @@ pub fn run(opts: &Opts) -> Outcome {
         }
     };
     eprintln!("bench: pacing for {d} s ...");
-    if let Some(b) = bull.as_mut() {
+    for b in bull.iter_mut() {
         if let Err(e) = b.run.send_line("go") {
-            out.details.push(format!("BullMQ pacing: {e:#}"));
+            out.details.push(format!("{} pacing: {e:#}", b.backend.label()));
         }
     }
     if let Some(p) = pg.as_mut() {
@@ -155,7 +161,7 @@ pub fn run(opts: &Opts) -> Outcome {
     }
 
     let mut pg_stats: BTreeMap<u32, BatchStats> = BTreeMap::new();
-    let mut bull_stats: BTreeMap<u32, BatchStats> = BTreeMap::new();
+    let mut bull_stats: [BTreeMap<u32, BatchStats>; 2] = Default::default();
     if let Some(mut p) = pg.take() {
         for b in &p.batches {
             let _ = p.s.db.execute("SELECT dialer.cancel_batch($1)", &[b]);
@@ -174,26 +180,27 @@ pub fn run(opts: &Opts) -> Outcome {
             out.details.push(format!("  {l}"));
         }
     }
-    if let Some(mut b) = bull.take() {
-        match b.run.wait_event("done", Duration::from_secs(60)) {
-            Ok(_) => {}
-            Err(e) => out.details.push(format!("BullMQ pacing: {e:#}")),
+    for mut b in bull {
+        let who = b.backend.label();
+        if let Err(e) = b.run.wait_event("done", Duration::from_secs(60)) {
+            out.details.push(format!("{who} pacing: {e:#}"));
         }
         match by_batch(&b.sim) {
             Ok(map) => {
                 for cpm in RATES {
                     if let Some(st) = map.get(&format!("bull-{cpm}")).and_then(|t| analyze(t, cpm, d)) {
-                        bull_stats.insert(cpm, st);
+                        bull_stats[b.backend as usize].insert(cpm, st);
                     }
                 }
             }
-            Err(e) => out.details.push(format!("BullMQ pacing log: {e:#}")),
+            Err(e) => out.details.push(format!("{who} pacing log: {e:#}")),
         }
         b.run.finish();
+        out.details.extend(b.store.top_statements(opts, 8));
     }
 
     out.details.push(format!(
-        "Pacing: {} calls/min, {d} s, simulated calls {}–{} ms. pg_dialer: batches with max_concurrent {MAX_CONCURRENT}, status_poll_interval 1s. BullMQ: one queue per rate, Worker concurrency 64, limiter {{max: calls_per_minute, duration: 60,000}} (the seed's form, \"N calls per 60 s\"), so its own limiter period is 60 s.",
+        "Pacing: {} calls/min, {d} s, simulated calls {}–{} ms. pg_dialer: batches with max_concurrent {MAX_CONCURRENT}, status_poll_interval 1s. BullMQ (on Redis and on Postgres, each with its own simulator; all three at once): one queue per rate, Worker concurrency 64, limiter {{max: calls_per_minute, duration: 60,000}} (the seed's form, \"N calls per 60 s\"), so its own limiter period is 60 s.",
         RATES.map(|r| r.to_string()).join(", "),
         CALL_MS.0,
         CALL_MS.1
@@ -201,26 +208,24 @@ pub fn run(opts: &Opts) -> Outcome {
     for cpm in RATES {
         let sc = format!("3. Pacing, {cpm} calls/min for {d} s");
         let p = pg_stats.get(&cpm);
-        let b = bull_stats.get(&cpm);
-        if p.is_none() && b.is_none() {
+        let b = [&bull_stats[0], &bull_stats[1]].map(|m| m.get(&cpm));
+        if p.is_none() && b.iter().all(Option::is_none) {
             continue;
         }
+        let row = |metric: &str, f: &dyn Fn(&BatchStats) -> f64, decimals| {
+            let r = Row::new(&sc, metric, p.map(f), b[0].map(f), decimals).bull_pg(b[1].map(f));
+            match pg_na {
+                Some(why) => r.bull_pg_na(why),
+                None => r,
+            }
+        };
         out.rows.push(
-            Row::new(&sc, &format!("most calls in any 60 s (limit {cpm})"), p.map(|s| s.max_60s as f64), b.map(|s| s.max_60s as f64), 0)
+            row(&format!("most calls in any 60 s (limit {cpm})"), &|s| s.max_60s as f64, 0)
                 .target(&format!("≤ {cpm}"), p.map(|s| s.max_60s <= cpm as usize)),
         );
-        out.rows.push(
-            Row::new(&sc, "achieved rate, % of limit", p.map(|s| s.share * 100.0), b.map(|s| s.share * 100.0), 1)
-                .target("≥ 98%", p.map(|s| s.share >= 0.98)),
-        );
-        out.rows.push(Row::new(
-            &sc,
-            &format!("most calls in any 1 s (even pacing: {})", (cpm as f64 / 60.0).ceil()),
-            p.map(|s| s.max_1s as f64),
-            b.map(|s| s.max_1s as f64),
-            0,
-        ));
-        for (who, st) in [("pg_dialer", p), ("BullMQ", b)] {
+        out.rows.push(row("achieved rate, % of limit", &|s| s.share * 100.0, 1).target("≥ 98%", p.map(|s| s.share >= 0.98)));
+        out.rows.push(row(&format!("most calls in any 1 s (even pacing: {})", (cpm as f64 / 60.0).ceil()), &|s| s.max_1s as f64, 0));
+        for (who, st) in [("pg_dialer", p), (Backend::Redis.label(), b[0]), (Backend::Postgres.label(), b[1])] {
             if let Some(st) = st {
                 out.details.push(format!(
                     "  {who} {cpm}/min: {} calls in all, most in 60 s {} (the first such window starts at call #{}), most in 1 s {}, {:.1}% of the limit over the first {d} s; first two calls {:.1} ms apart (spacing {:.1} ms)",

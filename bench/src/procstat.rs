@@ -126,6 +126,11 @@ pub fn status_kb(pid: i32, field: &str) -> Option<u64> {
     None
 }
 
+/// A field of /proc/<pid>/status in MB.
+pub fn status_mb(pid: i32, field: &str) -> Option<f64> {
+    status_kb(pid, field).map(|kb| kb as f64 / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,27 +1,59 @@
-//! The results table (stdout and markdown) and the machine description.
+//! The results table (stdout and markdown).
 
 use std::fmt::Write as _;
-use std::process::Command;
 
-/// One row: a figure for pg_dialer and (where the scenario has one) for BullMQ.
+/// One row: a figure for pg_dialer and (where the scenario has them) for BullMQ on Redis and
+/// BullMQ on Postgres.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub scenario: String,
     pub metric: String,
     pub pg: Option<f64>,
-    pub bull: Option<f64>,
+    /// BullMQ on Redis, BullMQ on Postgres.
+    pub bull: [Option<f64>; 2],
+    /// Why BullMQ on Postgres has no figure in this row ("n/a: …" in its cell).
+    pub bull_pg_na: Option<String>,
     pub decimals: usize,
     /// pg_dialer's target, as text ("≥ 10,000"), empty if none.
     pub target: String,
     /// Whether pg_dialer meets it (shown, never asserted).
     pub met: Option<bool>,
+    /// Against which BullMQ backends it was missed, when a target relative to them was.
+    pub missed_vs: Vec<&'static str>,
     /// Set when the scenario failed: shown instead of the figures.
     pub error: Option<String>,
 }
 
+/// The BullMQ columns: the backends, in the order of `Row::bull`.
+pub const BACKENDS: [&str; 2] = ["Redis", "Postgres"];
+
 impl Row {
+    /// A row with pg_dialer's figure and BullMQ on Redis's (BullMQ on Postgres: `bull_pg`).
     pub fn new(scenario: &str, metric: &str, pg: Option<f64>, bull: Option<f64>, decimals: usize) -> Row {
-        Row { scenario: scenario.into(), metric: metric.into(), pg, bull, decimals, target: String::new(), met: None, error: None }
+        Row {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            pg,
+            bull: [bull, None],
+            bull_pg_na: None,
+            decimals,
+            target: String::new(),
+            met: None,
+            missed_vs: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// BullMQ on Postgres's figure.
+    pub fn bull_pg(mut self, v: Option<f64>) -> Row {
+        self.bull[1] = v;
+        self
+    }
+
+    /// BullMQ on Postgres has no figure here, and why.
+    pub fn bull_pg_na(mut self, why: &str) -> Row {
+        self.bull_pg_na = Some(why.to_string());
+        self
     }
 
     pub fn target(mut self, text: &str, met: Option<bool>) -> Row {
@@ -30,33 +62,62 @@ impl Row {
         self
     }
 
+    /// A target relative to BullMQ: `ok(pg_dialer, bullmq)` must hold against each BullMQ figure
+    /// of the row (met only if it holds against both). Without any BullMQ figure, `alone`.
+    pub fn target_vs_bull(mut self, text: &str, ok: impl Fn(f64, f64) -> bool, alone: (&str, Option<bool>)) -> Row {
+        let theirs: Vec<(&'static str, f64)> = BACKENDS.iter().zip(self.bull).filter_map(|(b, v)| Some((*b, v?))).collect();
+        if theirs.is_empty() {
+            return self.target(alone.0, alone.1);
+        }
+        let Some(ours) = self.pg else { return self.target(text, None) };
+        self.missed_vs = theirs.iter().filter(|(_, t)| !ok(ours, *t)).map(|(b, _)| *b).collect();
+        let met = self.missed_vs.is_empty();
+        self.target(text, Some(met))
+    }
+
     pub fn failed(scenario: &str, error: &str) -> Row {
         let mut r = Row::new(scenario, "(scenario failed)", None, None, 0);
         r.error = Some(error.to_string());
         r
     }
 
-    fn cells(&self) -> [String; 6] {
+    fn cells(&self) -> [String; 8] {
         let fmt = |v: Option<f64>| match v {
             Some(x) if x.is_finite() => group(x, self.decimals),
             Some(_) => "n/a".into(),
             None => "—".into(),
         };
-        let ratio = match (self.pg, self.bull) {
+        let ratio = |b: Option<f64>| match (self.pg, b) {
             (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}×", a / b),
             _ => "—".into(),
         };
         let target = match (&self.target[..], self.met) {
             ("", _) => String::new(),
             (t, Some(true)) => format!("{t} (met)"),
+            (t, Some(false)) if self.missed_vs.len() == 1 => format!("{t} (MISSED vs {})", self.missed_vs[0]),
             (t, Some(false)) => format!("{t} (MISSED)"),
             (t, None) => t.to_string(),
         };
         if let Some(e) = &self.error {
             let short: String = e.lines().next().unwrap_or("").chars().take(90).collect();
-            return [self.scenario.clone(), self.metric.clone(), format!("error: {short}"), String::new(), String::new(), String::new()];
+            let mut c: [String; 8] = Default::default();
+            [c[0], c[1], c[2]] = [self.scenario.clone(), self.metric.clone(), format!("error: {short}")];
+            return c;
         }
-        [self.scenario.clone(), self.metric.clone(), fmt(self.pg), fmt(self.bull), ratio, target]
+        let bull_pg = match (&self.bull_pg_na, self.bull[1]) {
+            (Some(why), None) => format!("n/a: {why}"),
+            (_, v) => fmt(v),
+        };
+        [
+            self.scenario.clone(),
+            self.metric.clone(),
+            fmt(self.pg),
+            fmt(self.bull[0]),
+            bull_pg,
+            ratio(self.bull[0]),
+            ratio(self.bull[1]),
+            target,
+        ]
     }
 }
 
@@ -84,10 +145,11 @@ pub fn group(x: f64, decimals: usize) -> String {
     out
 }
 
-const HEADER: [&str; 6] = ["scenario", "metric", "pg_dialer", "BullMQ", "pg/Bull", "target (pg_dialer)"];
+const HEADER: [&str; 8] =
+    ["scenario", "metric", "pg_dialer", "BullMQ/Redis", "BullMQ/Postgres", "pg/Redis", "pg/Postgres", "target (pg_dialer)"];
 
 pub fn text_table(rows: &[Row]) -> String {
-    let cells: Vec<[String; 6]> = rows.iter().map(Row::cells).collect();
+    let cells: Vec<[String; 8]> = rows.iter().map(Row::cells).collect();
     let mut width = HEADER.map(|h| h.chars().count());
     for c in &cells {
         for (i, s) in c.iter().enumerate() {
@@ -98,7 +160,7 @@ pub fn text_table(rows: &[Row]) -> String {
     let line = |out: &mut String, c: &[String]| {
         for (i, s) in c.iter().enumerate() {
             let pad = width[i] - s.chars().count();
-            if i >= 2 && i <= 4 {
+            if (2..=6).contains(&i) {
                 let _ = write!(out, "{}{}  ", " ".repeat(pad), s);
             } else {
                 let _ = write!(out, "{}{}  ", s, " ".repeat(pad));
@@ -124,74 +186,12 @@ pub fn text_table(rows: &[Row]) -> String {
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", HEADER.join(" | "));
-    let _ = writeln!(out, "|---|---|--:|--:|--:|---|");
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|---|");
     for r in rows {
         let c = r.cells().map(|s| s.replace('|', "\\|"));
         let _ = writeln!(out, "| {} |", c.join(" | "));
     }
     out
-}
-
-pub struct Machine {
-    pub nproc: usize,
-    pub mem_gib: f64,
-    pub cpu: String,
-    pub kernel: String,
-    pub postgres: String,
-    pub node: String,
-    pub redis: String,
-    pub bullmq: String,
-    /// What pg_dialer build was measured: PG_DIALER_BENCH_ENGINE, else `git describe` of this checkout.
-    pub engine: String,
-}
-
-fn first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
-        .unwrap_or_else(|| "not found".into())
-}
-
-pub fn machine() -> Machine {
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kb: f64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into());
-    let bullmq = std::fs::read_to_string(crate::bullmq::peer_dir().join("node_modules/bullmq/package.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["version"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "not installed".into());
-    let engine = std::env::var("PG_DIALER_BENCH_ENGINE").unwrap_or_else(|_| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = Command::new("git").arg("-C").arg(&root).args(["describe", "--always", "--dirty"]).output();
-        match out {
-            Ok(o) if o.status.success() => format!("checkout {}", String::from_utf8_lossy(&o.stdout).trim()),
-            _ => "unknown".into(),
-        }
-    });
-    Machine {
-        engine,
-        nproc,
-        mem_gib: mem_kb / 1024.0 / 1024.0,
-        cpu,
-        kernel: first_line("uname", &["-r"]),
-        postgres: first_line(&format!("{}/postgres", crate::cluster::pg_bin()), &["--version"]),
-        node: first_line("node", &["--version"]),
-        redis: first_line("redis-server", &["--version"]),
-        bullmq,
-    }
 }
 
 #[cfg(test)]
@@ -205,5 +205,19 @@ mod tests {
         assert_eq!(group(1000.0, 0), "1,000");
         assert_eq!(group(0.05, 2), "0.05");
         assert_eq!(group(-1234.0, 0), "-1,234");
+    }
+
+    #[test]
+    fn targets_relative_to_bullmq_hold_against_both_backends() {
+        let at_most = |a: f64, b: f64| a <= b;
+        let r = Row::new("s", "m", Some(2.0), Some(3.0), 1).bull_pg(Some(1.0)).target_vs_bull("≤ BullMQ", at_most, ("≤ 9", None));
+        assert_eq!(r.met, Some(false));
+        let c = r.cells();
+        assert_eq!((c[5].as_str(), c[6].as_str(), c[7].as_str()), ("0.67×", "2.00×", "≤ BullMQ (MISSED vs Postgres)"));
+        let r = Row::new("s", "m", Some(2.0), None, 1).target_vs_bull("≤ BullMQ", at_most, ("≤ 9", Some(true)));
+        assert_eq!(r.cells()[7], "≤ 9 (met)");
+        let r = Row::new("s", "m", Some(2.0), Some(3.0), 1).bull_pg_na("why").target_vs_bull("≤ BullMQ", at_most, ("", None));
+        assert_eq!(r.cells()[4], "n/a: why");
+        assert_eq!(r.cells()[7], "≤ BullMQ (met)");
     }
 }

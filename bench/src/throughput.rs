@@ -1,7 +1,7 @@
 //! Scenario 1: throughput. Contacts in many batches with limits out of the way; calls/s from the
 //! first to the last POST the simulator saw, and CPU per 1,000 calls.
 
-use crate::bullmq::{NodeRun, Redis};
+use crate::bullmq::{Backend, BullRuns, NodeRun, Store};
 use crate::cluster::Setup;
 use crate::common::*;
 use crate::procstat;
@@ -22,6 +22,8 @@ pub struct TpResult {
     pub sim_cpu_per_1k: f64,
     /// pg_dialer worker's peak RSS (MB).
     pub hwm_mb: Option<f64>,
+    /// pg_dialer worker's private memory at the end (RssAnon, MB).
+    pub anon_mb: Option<f64>,
     pub details: Vec<String>,
 }
 
@@ -160,7 +162,7 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
     for l in pgss_top(&mut s.db, opts, 15) {
         details.push(format!("  {l}"));
     }
-    let hwm_mb = procstat::status_kb(worker, "VmHWM").map(|v| v as f64 / 1024.0);
+    let (hwm_mb, anon_mb) = (procstat::status_mb(worker, "VmHWM"), procstat::status_mb(worker, "RssAnon"));
     Ok(TpResult {
         rate,
         rate_e2e,
@@ -169,58 +171,61 @@ pub fn pg(opts: &Opts, latency_ms: u64) -> Result<TpResult> {
         cpu_per_1k: dcpu.total() / k,
         sim_cpu_per_1k: (sim1 - sim0) / k,
         hwm_mb,
+        anon_mb,
         details,
     })
 }
 
-pub fn bull(opts: &Opts) -> Result<TpResult> {
+pub fn bull(opts: &Opts, backend: Backend) -> Result<TpResult> {
     let Some(node) = &opts.node else { bail!("BullMQ side not prepared") };
     let (nb, per) = shape(opts);
     let n = nb * per;
     let sim = SimProcess::start(0, CALL_MS)?;
-    let redis = Redis::start()?;
-    let cfg = serde_json::json!({
-        "mode": "throughput", "redis_port": redis.port, "sim_url": sim.url, "api_key": API_KEY,
+    let store = Store::start(backend, "bull-tp", opts)?;
+    let mut cfg = serde_json::json!({
+        "mode": "throughput", "sim_url": sim.url, "api_key": API_KEY,
         "n": n, "concurrency": 64, "limit_max": 1_000_000, "limit_duration_ms": 60_000, "timeout_s": 600,
     });
+    store.configure(&mut cfg);
     let mut run = NodeRun::start(node, &cfg)?;
     let load = Instant::now();
     run.wait_event("loaded", Duration::from_secs(600))?;
     let load_s = load.elapsed().as_secs_f64();
-    let pids = [run.pid(), redis.pid()];
-    let cpu = |pids: &[i32]| pids.iter().map(|p| procstat::cpu_seconds(*p).unwrap_or(0.0)).collect::<Vec<f64>>();
-    let c0 = cpu(&pids);
+    let c0 = store.cpu(run.pid());
     let sim0 = procstat::cpu_seconds(sim.pid()).unwrap_or(0.0);
     let t_start = now_us();
     run.send_line("go")?;
     let done = run.wait_event("done", Duration::from_secs(900))?;
-    let c1 = cpu(&pids);
+    let c1 = store.cpu(run.pid());
     let sim1 = procstat::cpu_seconds(sim.pid()).unwrap_or(0.0);
     run.finish();
     let mut details = vec![format!(
-        "BullMQ, simulator latency 0 ms: {n} jobs added with addBulk in {load_s:.1} s (not timed), Worker concurrency 64, limiter {{max: 1,000,000, duration: 60,000}}, attempts 3, exponential back-off 2 s; worker reported {}",
+        "{}, simulator latency 0 ms: {n} jobs added with addBulk in {load_s:.1} s (not timed), Worker concurrency 64, limiter {{max: 1,000,000, duration: 60,000}}, attempts 3, exponential back-off 2 s; worker reported {}",
+        backend.label(),
         done
     )];
     let times = post_times(&sim, &mut details)?;
     let rate = stats::rate_per_s(&times);
     let rate_e2e = times.iter().max().map(|last| times.len() as f64 / ((last - t_start) as f64 / 1e6));
     let k = times.len().max(1) as f64 / 1000.0;
+    let dcpu = c1.delta(&c0);
+    details.extend(split_lines("  CPU (node and its store)", &dcpu.by_role));
     details.push(format!(
-        "  CPU: node {:.2} s, redis-server {:.2} s, simulator {:.2} s; {} POSTs; {}",
-        c1[0] - c0[0],
-        c1[1] - c0[1],
+        "  simulator CPU {:.2} s; {} POSTs; {}",
         sim1 - sim0,
         times.len(),
         rate.map(|r| format!("{r:.0} calls/s")).unwrap_or_default()
     ));
+    details.extend(store.top_statements(opts, 10));
     Ok(TpResult {
         rate,
         rate_e2e,
         placed: times.len(),
         wanted: n,
-        cpu_per_1k: ((c1[0] - c0[0]) + (c1[1] - c0[1])) / k,
+        cpu_per_1k: dcpu.total() / k,
         sim_cpu_per_1k: (sim1 - sim0) / k,
         hwm_mb: None,
+        anon_mb: None,
         details,
     })
 }
@@ -233,15 +238,7 @@ pub fn run(opts: &Opts) -> Outcome {
             eprintln!("bench: throughput (pg_dialer, 0 ms) failed: {e:#}");
         }
     }
-    let bull = if opts.skip_bullmq || opts.node.is_none() {
-        None
-    } else {
-        let b = bull(opts);
-        if let Err(e) = &b {
-            eprintln!("bench: throughput (BullMQ) failed: {e:#}");
-        }
-        Some(b)
-    };
+    let bull = BullRuns::run(opts, "throughput", |b| bull(opts, b));
     let pg100 =
         if crate::cleanup::interrupted() || !opts.tp_latencies.contains(&100) { Err(anyhow::anyhow!("not run")) } else { pg(opts, 100) };
     if let Err(e) = &pg100 {
@@ -252,47 +249,42 @@ pub fn run(opts: &Opts) -> Outcome {
 
     let (nb, per) = shape(opts);
     let sc0 = format!("1. Throughput, {} contacts / {nb} batches, sim 0 ms", nb * per);
-    let b_ok = bull.as_ref().and_then(|b| b.as_ref().ok());
     match &pg0 {
         Ok(p) => {
-            // The targets are BullMQ's figures of the same run (1.5× its rate, at most its CPU);
-            // without a BullMQ side, the goal of 10,000 calls/s on these 2 cores.
-            let b_rate = b_ok.and_then(|b| b.rate);
-            let (rate_target, rate_met) = match (p.rate, b_rate) {
-                (Some(r), Some(b)) => ("≥ 1.5× BullMQ", Some(r >= 1.5 * b)),
-                (r, _) => ("≥ 10,000", r.map(|r| r >= 10_000.0)),
-            };
-            out.rows.push(Row::new(&sc0, "calls/s (first→last POST)", p.rate, b_rate, 0).target(rate_target, rate_met));
-            out.rows.push(Row::new(&sc0, "calls/s (start → last POST)", p.rate_e2e, b_ok.and_then(|b| b.rate_e2e), 0));
-            if p.placed < p.wanted {
-                out.rows.push(Row::new(
-                    &sc0,
-                    &format!("calls placed (of {}) before the time cap", p.wanted),
-                    Some(p.placed as f64),
-                    b_ok.map(|b| b.placed as f64),
-                    0,
-                ));
+            // The targets are BullMQ's figures of the same run (1.5× its rate, at most its CPU),
+            // against each backend; without a BullMQ side, the goal of 10,000 calls/s on these 2 cores.
+            out.rows.push(bull.fill(Row::new(&sc0, "calls/s (first→last POST)", p.rate, None, 0), |b| b.rate).target_vs_bull(
+                "≥ 1.5× BullMQ",
+                |a, b| a >= 1.5 * b,
+                ("≥ 10,000", p.rate.map(|r| r >= 10_000.0)),
+            ));
+            out.rows.push(bull.fill(Row::new(&sc0, "calls/s (start → last POST)", p.rate_e2e, None, 0), |b| b.rate_e2e));
+            if p.placed < p.wanted || Backend::ALL.iter().any(|k| bull.ok(*k).is_some_and(|b| b.placed < b.wanted)) {
+                let metric = format!("calls placed (of {}) before the time cap", p.wanted);
+                out.rows.push(bull.fill(Row::new(&sc0, &metric, Some(p.placed as f64), None, 0), |b| Some(b.placed as f64)));
             }
             out.rows.push(
-                Row::new(&sc0, "CPU s / 1k calls: Postgres | node+redis", Some(p.cpu_per_1k), b_ok.map(|b| b.cpu_per_1k), 3)
-                    .target("≤ BullMQ", b_ok.map(|b| p.cpu_per_1k <= b.cpu_per_1k)),
+                bull.fill(Row::new(&sc0, "CPU s / 1k calls: Postgres | node+redis | node+Postgres", Some(p.cpu_per_1k), None, 3), |b| {
+                    Some(b.cpu_per_1k)
+                })
+                .target_vs_bull("≤ BullMQ", |a, b| a <= b, ("", None)),
             );
-            out.rows.push(Row::new(&sc0, "CPU s / 1k calls: simulator", Some(p.sim_cpu_per_1k), b_ok.map(|b| b.sim_cpu_per_1k), 3));
-            out.rows.push(Row::new(&sc0, "pg_dialer worker peak memory MB (VmHWM)", p.hwm_mb, None, 1));
+            out.rows.push(
+                bull.fill(Row::new(&sc0, "CPU s / 1k calls: simulator", Some(p.sim_cpu_per_1k), None, 3), |b| Some(b.sim_cpu_per_1k)),
+            );
+            out.rows.extend(memory_rows(&sc0, p.anon_mb, p.hwm_mb));
             out.details.extend(p.details.iter().cloned());
         }
         Err(e) if e.to_string() == "not run" => {}
         Err(e) => out.rows.push(Row::failed(&sc0, &format!("{e:#}"))),
     }
-    match &bull {
-        Some(Ok(b)) => out.details.extend(b.details.iter().cloned()),
-        Some(Err(e)) => {
-            out.details.push(format!("BullMQ throughput failed: {e:#}"));
-            if pg0.is_err() {
-                out.rows.push(Row::failed(&format!("{sc0} (BullMQ)"), &format!("{e:#}")));
+    out.details.extend(bull.details("throughput", |b| &b.details));
+    if pg0.is_err() {
+        for (k, r) in Backend::ALL.iter().zip(&bull.0) {
+            if let Some(Err(e)) = r {
+                out.rows.push(Row::failed(&format!("{sc0} ({})", k.label()), &format!("{e:#}")));
             }
         }
-        None => {}
     }
     let sc1 = format!("1. Throughput, {} contacts / {nb} batches, sim 100 ms", nb * per);
     match &pg100 {

@@ -4,7 +4,11 @@
 //
 //   node bench.mjs '<json config>'
 //
-// config: {"mode": "throughput" | "latency" | "pacing", "redis_port", "sim_url", "api_key", ...}
+// config: {"mode": "throughput" | "latency" | "pacing", "backend": "redis" (default) | "postgres",
+//          "redis_port" | "pg_url", "sim_url", "api_key", ...}
+// backend "postgres" is BullMQ 6's PostgreSQL backend (createPostgresBackend: a pg.Pool per Queue
+// and per Worker, pg's default size 10 unless "pg_pool" says otherwise, plus a LISTEN connection),
+// its schema created by BullMQ's own migrations on first connect.
 // It writes JSON lines to stdout: {"event": "loaded"} (throughput: jobs are in Redis; it then
 // waits for a line "go" on stdin), and finally {"event": "done", ...}. Errors go to stderr with a
 // non-zero exit code.
@@ -12,10 +16,14 @@
 import http from 'node:http';
 import readline from 'node:readline';
 import { performance } from 'node:perf_hooks';
-import { Queue, Worker } from 'bullmq';
+import { Queue as RedisQueue, Worker as RedisWorker, withBackend, createPostgresBackend } from 'bullmq';
 
 const cfg = JSON.parse(process.argv[2] ?? '{}');
-const connection = { host: '127.0.0.1', port: cfg.redis_port, maxRetriesPerRequest: null };
+const onPostgres = cfg.backend === 'postgres';
+const { Queue, Worker } = onPostgres ? withBackend(createPostgresBackend) : { Queue: RedisQueue, Worker: RedisWorker };
+const connection = onPostgres
+  ? { connectionString: cfg.pg_url, migrate: true, ...(cfg.pg_pool ? { max: cfg.pg_pool } : {}) }
+  : { host: '127.0.0.1', port: cfg.redis_port, maxRetriesPerRequest: null };
 const sim = new URL(cfg.sim_url);
 const concurrency = cfg.concurrency ?? 64;
 const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency * 3 });
