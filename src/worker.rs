@@ -2,10 +2,11 @@
 //! hands requests to the HTTP pool, and sleeps until the next pacing slot.
 
 use crate::dispatch::{unix_ms, JobKind, JobResult, Pool};
+use crate::error::DialerError;
 use crate::gucs::Settings;
 use crate::held::Held;
-use crate::tick::{self, Counts, TargetCache};
-use crate::{lead_writer, restores, retention, standbys, txn, wake};
+use crate::tick::{self, Counts};
+use crate::{lead_writer, pass, restores, retention, standbys, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -195,45 +196,14 @@ impl Worker {
         self.settings = new;
     }
 
-    /// One pass of the loop. Returns how long to sleep.
-    fn iteration(&mut self) -> Result<Duration, crate::error::DialerError> {
-        if self.rebuild_pool && self.pool.in_flight() == 0 {
-            if let Ok(pool) = Pool::new(self.settings.http_concurrency, self.settings.http_timeout, self.settings.allow_list()) {
-                self.pool = pool;
-            }
-            self.rebuild_pool = false;
+    /// One pass of the loop, in named phases (the same ones process_batches() runs: pass.rs).
+    /// Returns how long to sleep.
+    fn iteration(&mut self) -> Result<Duration, DialerError> {
+        self.rebuild_pool_when_idle();
+        if let Some(wait) = self.wait_for_extension()? {
+            return Ok(wait);
         }
-        // Checked until the extension is seen; afterwards a DROP EXTENSION shows up as a failing
-        // tick, which clears extension_seen (see run), so the fast path spends no query on it.
-        if !self.extension_seen {
-            match txn::run(tick::installed_version)? {
-                None => return Ok(self.settings.poll_interval),
-                Some(v) if v != tick::LIBRARY_VERSION => {
-                    if self.version_warned.as_deref() != Some(v.as_str()) {
-                        tick::warn_sql_older_than_library(&Settings::database(), &v);
-                        self.version_warned = Some(v);
-                    }
-                    return Ok(ERROR_BACKOFF);
-                }
-                Some(_) => {}
-            }
-            if self.version_warned.take().is_some() {
-                log!("pg_dialer: extension updated to {}; dialing resumes", tick::LIBRARY_VERSION);
-            }
-            self.extension_seen = true;
-        }
-        if !self.settled_at_start {
-            // A restored copy of the database: what was claimed after its restore point is looked
-            // up at the provider before anyone is dialed again.
-            restores::check_at_start()?;
-            // Attempts left in 'dialing' by a previous worker may have reached the provider.
-            let n = txn::run(|| tick::settle_stale_dialing(0.0))?;
-            if n > 0 {
-                log!("pg_dialer: {n} attempt(s) left dialing by a previous worker are now in_doubt");
-            }
-            self.settled_at_start = true;
-        }
-
+        self.settle_at_start()?;
         // Held calls whose slot has come leave first (checked again if a pause, cancel or
         // do-not-call entry has committed since they were claimed).
         self.release_held()?;
@@ -256,83 +226,136 @@ impl Worker {
             return Ok(self.prune_when_idle(self.settings.poll_interval));
         }
         if !full && !ended {
-            if !counts.is_empty() {
-                txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))?;
-            }
+            self.log_pass(started, counts)?;
             return Ok(self.between_passes(self.settings.poll_interval));
         }
-
         if do_poll {
             self.next_poll_round = now + POLL_ROUND_EVERY;
         }
-        let settings = self.settings.clone();
+        let Some(submitted) = self.claim(started, &mut counts)? else {
+            return Ok(self.settings.poll_interval.min(Duration::from_millis(50)));
+        };
+        let polls = self.upkeep(now, do_poll)?;
+        let progressed = submitted > 0 || polls > 0 || !counts.is_empty();
+        self.log_pass(started, counts)?;
+        Ok(self.next_wait(progressed))
+    }
+
+    fn rebuild_pool_when_idle(&mut self) {
+        if self.rebuild_pool && self.pool.in_flight() == 0 {
+            if let Ok(pool) = Pool::new(self.settings.http_concurrency, self.settings.http_timeout, self.settings.allow_list()) {
+                self.pool = pool;
+            }
+            self.rebuild_pool = false;
+        }
+    }
+
+    /// Until the extension is installed at this library's version: how long to wait. Checked
+    /// until the extension is seen; afterwards a DROP EXTENSION shows up as a failing tick, which
+    /// clears extension_seen (see run), so the fast path spends no query on it.
+    fn wait_for_extension(&mut self) -> Result<Option<Duration>, DialerError> {
+        if self.extension_seen {
+            return Ok(None);
+        }
+        match txn::run(tick::installed_version)? {
+            None => return Ok(Some(self.settings.poll_interval)),
+            Some(v) if v != tick::LIBRARY_VERSION => {
+                if self.version_warned.as_deref() != Some(v.as_str()) {
+                    tick::warn_sql_older_than_library(&Settings::database(), &v);
+                    self.version_warned = Some(v);
+                }
+                return Ok(Some(ERROR_BACKOFF));
+            }
+            Some(_) => {}
+        }
+        if self.version_warned.take().is_some() {
+            log!("pg_dialer: extension updated to {}; dialing resumes", tick::LIBRARY_VERSION);
+        }
+        self.extension_seen = true;
+        Ok(None)
+    }
+
+    /// Once per worker: what a previous worker (or a restored copy) left behind.
+    fn settle_at_start(&mut self) -> Result<(), DialerError> {
+        if self.settled_at_start {
+            return Ok(());
+        }
+        // A restored copy of the database: what was claimed after its restore point is looked
+        // up at the provider before anyone is dialed again.
+        restores::check_at_start()?;
+        // Attempts left in 'dialing' by a previous worker may have reached the provider.
+        let n = txn::run(|| tick::settle_stale_dialing(0.0))?;
+        if n > 0 {
+            log!("pg_dialer: {n} attempt(s) left dialing by a previous worker are now in_doubt");
+        }
+        self.settled_at_start = true;
+        Ok(())
+    }
+
+    /// The claim phase, in its own short transaction so that requests leave as soon as it
+    /// commits. Returns how many requests left (or are held for their slot); None when nothing
+    /// could be claimed (the HTTP pool full, another pass holding the tick).
+    fn claim(&mut self, started: f64, counts: &mut Counts) -> Result<Option<usize>, DialerError> {
         let pacing = self.pacing();
         let (pool_room, room_for) = self.room();
         self.pool_full = pool_room == 0;
         if pool_room == 0 {
-            let wait = self.settings.poll_interval.min(Duration::from_millis(50));
             counts.batches = 0;
-            if !counts.is_empty() {
-                txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))?;
-            }
-            return Ok(wait);
+            self.log_pass(started, std::mem::take(counts))?;
+            return Ok(None);
         }
-        // The claim: its own short transaction, so that requests leave as soon as it commits.
         let epoch = wake::holds_epoch();
-        let outcome = txn::run(|| {
-            if !tick::try_tick_lock()? {
-                return Ok(None);
-            }
-            tick::promote()?;
-            let mut cache = TargetCache::default();
-            Ok(Some(tick::claim(settings.max_batches_per_run, &pacing, &room_for, &mut cache)?))
-        })?;
-        let Some(tick::Claimed { jobs, unbuildable, batches }) = outcome else {
+        let max_batches = self.settings.max_batches_per_run;
+        let Some(tick::Claimed { jobs, unbuildable, batches }) = txn::run(|| pass::claim(max_batches, &pacing, &room_for))? else {
             if !self.skipping {
                 self.skipping = true;
                 txn::run(|| tick::log_run(started, "worker", Counts::default(), "SKIPPED_CONCURRENT", None))?;
             }
-            return Ok(Duration::from_millis(100));
+            return Ok(None);
         };
         self.skipping = false;
         // The claim is committed: only now may requests leave.
         let submitted = self.send_claimed(jobs, epoch);
+        if !unbuildable.is_empty() {
+            counts.add(txn::run(|| unbuildable.record())?);
+        }
+        counts.batches = batches;
+        Ok(Some(submitted))
+    }
 
-        // Housekeeping after the requests are on their way: status look-ups, lost attempts,
-        // hand-offs, completed batches, and when to look again.
-        let idle = self.pool.in_flight() == 0 && self.held.is_empty();
+    /// The upkeep phase, after the requests are on their way: status polls and look-ups, lost
+    /// attempts, hand-offs, completed batches, lead write-backs, statistics, and when to look
+    /// again. Returns how many polls and look-ups it sent.
+    fn upkeep(&mut self, now: Instant, do_poll: bool) -> Result<usize, DialerError> {
+        let settings = &self.settings;
+        // Batches whose calls ended are completed as their results are recorded (by the
+        // counters); every batch is looked at now and then as well (calls ended by webhooks,
+        // contacts cancelled, a counter that was ever wrong).
+        let check_every_batch = do_poll && now >= self.next_full_completion_check;
+        let upkeep = pass::Upkeep {
+            poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
+            poll_limit: POLL_ROUND_LIMIT,
+            call_timeout_ms: settings.call_timeout.as_secs_f64() * 1000.0,
+            // Requests that should have been answered by now but were not recorded: their
+            // process died mid-request. Held in doubt, then looked up. Only when nothing of ours
+            // is in flight: under load our own requests may wait longer than that to be recorded.
+            settle_stale_ms: (self.pool.in_flight() == 0 && self.held.is_empty())
+                .then_some((settings.http_timeout.as_secs_f64() * 2.0 + 2.0) * 1000.0),
+            check_every_batch,
+        };
+        // Polls and look-ups go in rounds: one due before the next round waits for it.
+        let poll_every_ms = upkeep.poll_every_ms;
+        let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
         let (polls, next_due_ms, lead_owners) = txn::run(|| {
-            let mut cache = TargetCache::default();
-            let polls = if do_poll {
-                tick::assign_pending()?;
-                // Requests that should have been answered by now but were not recorded: their
-                // process died mid-request. Held in doubt, then looked up.
-                let stale_ms = (settings.http_timeout.as_secs_f64() * 2.0 + 2.0) * 1000.0;
-                // Only when nothing of ours is in flight: under load our own requests may wait
-                // longer than that to be recorded.
-                if idle {
-                    tick::settle_stale_dialing(stale_ms)?;
-                }
-                tick::close_abandoned(settings.call_timeout.as_secs_f64() * 1000.0)?;
-                let mut jobs = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, POLL_ROUND_LIMIT, &mut cache)?;
-                jobs.extend(tick::lookup_jobs(POLL_ROUND_LIMIT, &mut cache)?);
-                jobs
-            } else {
-                Vec::new()
-            };
-            // Batches whose calls ended are completed as their results are recorded (by the
-            // counters); every batch is looked at now and then as well (calls ended by webhooks,
-            // contacts cancelled, a counter that was ever wrong).
-            if do_poll && now >= self.next_full_completion_check {
-                self.next_full_completion_check = now + FULL_COMPLETION_CHECK_EVERY;
-                tick::complete_batches(false)?;
-            }
-            // Polls and look-ups go in rounds: one due before the next round waits for it.
-            let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
-            let next = tick::ms_until_next_due(settings.status_poll_interval.as_secs_f64() * 1000.0, next_round_in_ms)?;
+            let polls = if do_poll { pass::upkeep(&upkeep)? } else { Vec::new() };
+            let next = tick::ms_until_next_due(poll_every_ms, next_round_in_ms)?;
             let lead_owners = if do_poll { lead_writer::due_owners(lead_writer::MAX_WRITERS)? } else { Vec::new() };
             Ok((polls, next, lead_owners))
         })?;
+        if check_every_batch {
+            self.next_full_completion_check = now + FULL_COMPLETION_CHECK_EVERY;
+        }
+        self.next_due = next_due_ms.map(|ms| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64));
         // Lead rows are written in their owners' sessions (outside this transaction: the
         // writers' handles outlive it).
         if do_poll {
@@ -342,19 +365,22 @@ impl Worker {
             self.next_statistics_check = now + STATISTICS_CHECK_EVERY;
             txn::run(tick::refresh_statistics)?;
         }
-        let progressed = submitted > 0 || !polls.is_empty() || !counts.is_empty();
+        let n = polls.len();
         for job in polls {
             self.pool.submit(job);
         }
-        if !unbuildable.is_empty() {
-            counts.add(txn::run(|| unbuildable.record())?);
-        }
-        counts.batches = batches;
-        if !counts.is_empty() || submitted > 0 {
-            txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))?;
-        }
+        Ok(n)
+    }
 
-        self.next_due = next_due_ms.map(|ms| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64));
+    fn log_pass(&self, started: f64, counts: Counts) -> Result<(), DialerError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))
+    }
+
+    /// How long to sleep after a full pass.
+    fn next_wait(&mut self, progressed: bool) -> Duration {
         let mut wait = self.between_passes(self.settings.poll_interval);
         if !progressed && wait < Duration::from_millis(1) {
             // Something is due that this pass could not do (a provider account's share of the
@@ -371,7 +397,7 @@ impl Worker {
             // a campaign dialing all day kept its history all day.)
             wait = self.prune_when_idle(wait);
         }
-        Ok(wait)
+        wait
     }
 
     /// What the HTTP pool can take: overall, and (the function) per provider account.
@@ -422,7 +448,7 @@ impl Worker {
 
     /// The immediate-call path (see iteration): if a queue was just given a job, one claim from
     /// it, committed, and its requests on their way. The full tick that follows does the rest.
-    fn claim_woken(&mut self) -> Result<(), crate::error::DialerError> {
+    fn claim_woken(&mut self) -> Result<(), DialerError> {
         if !self.settings.enabled {
             return Ok(());
         }
@@ -433,13 +459,7 @@ impl Worker {
         }
         let pacing = self.pacing();
         let epoch = wake::holds_epoch();
-        let claimed = txn::run(|| {
-            if !tick::try_tick_lock()? {
-                return Ok(None);
-            }
-            let mut cache = TargetCache::default();
-            tick::claim_one(batch_id, &pacing, &room_for, &mut cache).map(Some)
-        })?;
+        let claimed = txn::run(|| pass::claim_queue(batch_id, &pacing, &room_for))?;
         let Some(tick::Claimed { jobs, unbuildable, .. }) = claimed else { return Ok(()) };
         self.send_claimed(jobs, epoch);
         if !unbuildable.is_empty() {
@@ -460,7 +480,7 @@ impl Worker {
     /// Held calls whose slot is near go to the HTTP pool. If something that may stop them (a
     /// pause, a cancel, a do-not-call entry) has committed since they were claimed, the database
     /// first withdraws those that may no longer go.
-    fn release_held(&mut self) -> Result<(), crate::error::DialerError> {
+    fn release_held(&mut self) -> Result<(), DialerError> {
         let epoch = wake::holds_epoch();
         if self.held.stale(epoch) {
             let held = self.held.calls();
@@ -485,7 +505,7 @@ impl Worker {
     /// Records the answers waiting, if `now` or if the first of them has waited RECORD_EVERY.
     /// Returns their counts, and whether any was more than an accepted call (a failure, a call
     /// that ended, a look-up: a concurrency slot or a retry may be due).
-    fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), crate::error::DialerError> {
+    fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), DialerError> {
         let waited = self.unrecorded_since.is_some_and(|t| t.elapsed() >= RECORD_EVERY);
         if self.unrecorded.is_empty() || !(now || waited) {
             return Ok((Counts::default(), false));
@@ -544,17 +564,11 @@ impl Worker {
         self.retention.cap(Instant::now(), wait)
     }
 
-    fn record(&mut self, results: &[JobResult]) -> Result<Counts, crate::error::DialerError> {
+    fn record(&mut self, results: &[JobResult]) -> Result<Counts, DialerError> {
         if results.is_empty() {
             return Ok(Counts::default());
         }
-        let grouped = txn::run(|| {
-            let counts = tick::record_dispatch(results)?;
-            tick::record_status(results)?;
-            tick::record_lookups(results)?;
-            tick::complete_batches(true)?;
-            Ok(counts)
-        });
+        let grouped = txn::run(|| pass::record(results));
         match grouped {
             Ok(counts) => Ok(counts),
             Err(e) => {
@@ -567,10 +581,7 @@ impl Worker {
                         // A row still locked now (a tenant's open transaction) fails this result
                         // quickly: each of them would otherwise cost the whole LOCK_TIMEOUT again.
                         tick::shorten_lock_waits()?;
-                        let c = tick::record_dispatch(one)?;
-                        tick::record_status(one)?;
-                        tick::record_lookups(one)?;
-                        Ok(c)
+                        pass::record(one)
                     }) {
                         Ok(c) => counts.add(c),
                         Err(e) => warning!("pg_dialer: a result could not be recorded: {e}"),

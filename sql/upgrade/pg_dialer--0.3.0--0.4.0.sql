@@ -1420,6 +1420,8 @@ CREATE TRIGGER call_batches_holds AFTER UPDATE OF status ON dialer.call_batches
 CREATE TRIGGER do_not_call_holds AFTER INSERT ON dialer.do_not_call
     FOR EACH STATEMENT EXECUTE FUNCTION dialer._holds_changed();
 
+-- SQL written once (functions that shared repeated blocks, redefined here).
+
 -- The worker's own role: the dialer's tables, sequences and functions, nothing else.
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;

@@ -4,8 +4,8 @@
 use crate::dispatch::{unix_ms, JobKind, Pool};
 use crate::error::DialerError;
 use crate::gucs::Settings;
-use crate::tick::{self, Counts, TargetCache};
-use crate::wake;
+use crate::tick::{self, Counts};
+use crate::{pass, wake};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -52,18 +52,7 @@ const PROCESS_AHEAD_MS: f64 = 25.0;
 
 fn run_tick() -> Result<Value, DialerError> {
     let started = unix_ms();
-    if !tick::try_tick_lock()? {
-        tick::log_run(started, "function", Counts::default(), "SKIPPED_CONCURRENT", None)?;
-        return Ok(json!({"status": "SKIPPED_CONCURRENT"}));
-    }
     let settings = Settings::read();
-    tick::promote()?;
-    let active = tick::active_batch_count()?;
-    if active == 0 {
-        tick::log_run(started, "function", Counts::default(), "COMPLETED", None)?;
-        return Ok(json!({"processed": 0, "message": "No batches to process"}));
-    }
-    let mut cache = TargetCache::default();
     let unlimited = |_: &str| usize::MAX;
     // Slots only a moment ahead: this function returns when its calls are answered.
     let pacing = tick::Pacing {
@@ -72,10 +61,26 @@ fn run_tick() -> Result<Value, DialerError> {
         global_cps: settings.max_calls_per_second,
         catch_up_before_ms: None,
     };
-    let tick::Claimed { jobs, unbuildable, .. } = tick::claim(settings.max_batches_per_run, &pacing, &unlimited, &mut cache)?;
+    let Some(tick::Claimed { jobs, unbuildable, .. }) = pass::claim(settings.max_batches_per_run, &pacing, &unlimited)? else {
+        tick::log_run(started, "function", Counts::default(), "SKIPPED_CONCURRENT", None)?;
+        return Ok(json!({"status": "SKIPPED_CONCURRENT"}));
+    };
+    let active = tick::active_batch_count()?;
+    if active == 0 {
+        tick::log_run(started, "function", Counts::default(), "COMPLETED", None)?;
+        return Ok(json!({"processed": 0, "message": "No batches to process"}));
+    }
     let mut counts = Counts { batches: active.min(settings.max_batches_per_run as i64) as i32, ..Counts::default() };
     counts.add(unbuildable.record()?);
-    let polls = tick::poll_jobs(settings.status_poll_interval.as_secs_f64() * 1000.0, 500, &mut cache)?;
+    // The worker's upkeep but for attempts left dialing (the worker, if one runs, may be
+    // sending them now).
+    let polls = pass::upkeep(&pass::Upkeep {
+        poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
+        poll_limit: 500,
+        call_timeout_ms: settings.call_timeout.as_secs_f64() * 1000.0,
+        settle_stale_ms: None,
+        check_every_batch: false,
+    })?;
 
     if !jobs.is_empty() || !polls.is_empty() {
         let threads = settings.http_concurrency.min(jobs.len() + polls.len()).max(1);
@@ -94,8 +99,7 @@ fn run_tick() -> Result<Value, DialerError> {
                 pending.remove(&call_id);
             }
         }
-        counts.add(tick::record_dispatch(&results)?);
-        tick::record_status(&results)?;
+        counts.add(pass::record(&results)?);
         // Requests still without an answer may have reached the provider: hold them in doubt.
         let mut unanswered = tick::Outcomes::default();
         for call_id in pending {

@@ -1,0 +1,68 @@
+//! One pass of the dialer, in named phases, for both of its callers: the worker's loop
+//! (worker.rs) and `dialer.process_batches()` (api/process.rs). Each phase runs in its caller's
+//! transaction; each caller brings its own policy (how far ahead to claim, what upkeep to do).
+
+use crate::dispatch::{Job, JobResult};
+use crate::error::DialerError;
+use crate::tick::{self, Claimed, Counts, Pacing, TargetCache};
+
+/// Claim: batches whose start has come are promoted, then due contacts are claimed within
+/// pacing and the HTTP pool's room. None: another pass holds the tick (the worker, or a
+/// concurrent process_batches()).
+pub fn claim(max_batches: i32, pacing: &Pacing, room_for: &dyn Fn(&str) -> usize) -> Result<Option<Claimed>, DialerError> {
+    if !tick::try_tick_lock()? {
+        return Ok(None);
+    }
+    tick::promote()?;
+    let mut cache = TargetCache::default();
+    Ok(Some(tick::claim(max_batches, pacing, room_for, &mut cache)?))
+}
+
+/// Claim from one queue just given a job (the immediate-call path): that batch only, checked for
+/// pacing, limits and compliance as any other.
+pub fn claim_queue(batch_id: i64, pacing: &Pacing, room_for: &dyn Fn(&str) -> usize) -> Result<Option<Claimed>, DialerError> {
+    if !tick::try_tick_lock()? {
+        return Ok(None);
+    }
+    let mut cache = TargetCache::default();
+    Ok(Some(tick::claim_one(batch_id, pacing, room_for, &mut cache)?))
+}
+
+/// Record: the answers of placed calls, status polls and look-ups, and the batches whose
+/// counters say they are done.
+pub fn record(results: &[JobResult]) -> Result<Counts, DialerError> {
+    let counts = tick::record_dispatch(results)?;
+    tick::record_status(results)?;
+    tick::record_lookups(results)?;
+    tick::complete_batches(true)?;
+    Ok(counts)
+}
+
+/// What an upkeep round does, by caller.
+pub struct Upkeep {
+    pub poll_every_ms: f64,
+    pub poll_limit: i32,
+    pub call_timeout_ms: f64,
+    /// Attempts left 'dialing' longer than this are held in doubt (None: not this time; the
+    /// worker does it only when none of its own requests is in flight).
+    pub settle_stale_ms: Option<f64>,
+    /// Every processing batch is checked for completion, not only those whose counters say so.
+    pub check_every_batch: bool,
+}
+
+/// Upkeep: hand-offs to telecallers now free, attempts in doubt, calls abandoned by the
+/// provider, batches that are done; returns the status polls and look-ups to send.
+pub fn upkeep(policy: &Upkeep) -> Result<Vec<Job>, DialerError> {
+    let mut cache = TargetCache::default();
+    tick::assign_pending()?;
+    if let Some(stale_ms) = policy.settle_stale_ms {
+        tick::settle_stale_dialing(stale_ms)?;
+    }
+    tick::close_abandoned(policy.call_timeout_ms)?;
+    let mut jobs = tick::poll_jobs(policy.poll_every_ms, policy.poll_limit, &mut cache)?;
+    jobs.extend(tick::lookup_jobs(policy.poll_limit, &mut cache)?);
+    if policy.check_every_batch {
+        tick::complete_batches(false)?;
+    }
+    Ok(jobs)
+}
