@@ -29,7 +29,7 @@ pub mod zones;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema"]);
+extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema", api::queue::_config_changed_on_commit]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
 extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
 extension_sql_file!(

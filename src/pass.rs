@@ -9,23 +9,31 @@ use crate::tick::{self, Claimed, Counts, Pacing, TargetCache};
 /// Claim: batches whose start has come are promoted, then due contacts are claimed within
 /// pacing and the HTTP pool's room. None: another pass holds the tick (the worker, or a
 /// concurrent process_batches()).
-pub fn claim(max_batches: i32, pacing: &Pacing, room_for: &dyn Fn(&str) -> usize) -> Result<Option<Claimed>, DialerError> {
+pub fn claim(
+    max_batches: i32,
+    pacing: &Pacing,
+    room_for: &dyn Fn(&str) -> usize,
+    cache: &mut TargetCache,
+) -> Result<Option<Claimed>, DialerError> {
     if !tick::try_tick_lock()? {
         return Ok(None);
     }
     tick::promote()?;
-    let mut cache = TargetCache::default();
-    Ok(Some(tick::claim(max_batches, pacing, room_for, &mut cache)?))
+    Ok(Some(tick::claim(max_batches, pacing, room_for, cache)?))
 }
 
 /// Claim from one queue just given a job (the immediate-call path): that batch only, checked for
 /// pacing, limits and compliance as any other.
-pub fn claim_queue(batch_id: i64, pacing: &Pacing, room_for: &dyn Fn(&str) -> usize) -> Result<Option<Claimed>, DialerError> {
+pub fn claim_queue(
+    batch_id: i64,
+    pacing: &Pacing,
+    room_for: &dyn Fn(&str) -> usize,
+    cache: &mut TargetCache,
+) -> Result<Option<Claimed>, DialerError> {
     if !tick::try_tick_lock()? {
         return Ok(None);
     }
-    let mut cache = TargetCache::default();
-    Ok(Some(tick::claim_one(batch_id, pacing, room_for, &mut cache)?))
+    Ok(Some(tick::claim_one(batch_id, pacing, room_for, cache)?))
 }
 
 /// Record: the answers of placed calls, status polls and look-ups, and the batches whose
@@ -52,15 +60,14 @@ pub struct Upkeep {
 
 /// Upkeep: hand-offs to telecallers now free, attempts in doubt, calls abandoned by the
 /// provider, batches that are done; returns the status polls and look-ups to send.
-pub fn upkeep(policy: &Upkeep) -> Result<Vec<Job>, DialerError> {
-    let mut cache = TargetCache::default();
+pub fn upkeep(policy: &Upkeep, cache: &mut TargetCache) -> Result<Vec<Job>, DialerError> {
     tick::assign_pending()?;
     if let Some(stale_ms) = policy.settle_stale_ms {
         tick::settle_stale_dialing(stale_ms)?;
     }
     tick::close_abandoned(policy.call_timeout_ms)?;
-    let mut jobs = tick::poll_jobs(policy.poll_every_ms, policy.poll_limit, &mut cache)?;
-    jobs.extend(tick::lookup_jobs(policy.poll_limit, &mut cache)?);
+    let mut jobs = tick::poll_jobs(policy.poll_every_ms, policy.poll_limit, cache)?;
+    jobs.extend(tick::lookup_jobs(policy.poll_limit, cache)?);
     if policy.check_every_batch {
         tick::complete_batches(false)?;
     }

@@ -148,14 +148,30 @@ pub fn log_run(started: f64, mode: &str, counts: Counts, status: &str, error: Op
     .map_err(db)
 }
 
-/// Agent mappings and credentials, read at most once per tick per mapping / agency.
+/// Agent mappings and credentials as read by the worker, kept across passes until one of them
+/// changes (a trigger bumps wake::CONFIG_EPOCH at commit) and for CACHE_FOR at most (a Vault
+/// secret changes without telling us).
 #[derive(Default)]
 pub struct TargetCache {
     targets: HashMap<i64, Result<ProviderTarget, String>>,
     credentials: HashMap<(i64, String), Option<Credentials>>,
+    read: Option<(u64, std::time::Instant)>,
 }
 
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl TargetCache {
+    /// Forgets what may have changed since it was read; call before each pass.
+    pub fn refresh(&mut self) {
+        let epoch = crate::wake::current(crate::wake::Epoch::Config);
+        let now = std::time::Instant::now();
+        if !self.read.is_some_and(|(seen, at)| seen == epoch && now.duration_since(at) < CACHE_FOR) {
+            self.targets.clear();
+            self.credentials.clear();
+            self.read = Some((epoch, now));
+        }
+    }
+
     pub fn target(&mut self, mapping_id: i64, agency_id: i64) -> Result<ProviderTarget, DialerError> {
         if let Some(found) = self.targets.get(&mapping_id) {
             return found.clone().map_err(DialerError::InvalidArgument);

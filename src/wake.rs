@@ -15,6 +15,10 @@ pub static WOKEN_BATCH: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_dialer
 /// checked again before they leave (see `worker::Held`).
 pub static HOLDS_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_dialer_holds_epoch") };
 
+/// Bumped when a transaction that changed an agent mapping or provider credentials commits: the
+/// worker's cache of them (`tick::TargetCache`) is read again.
+pub static CONFIG_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_dialer_config_epoch") };
+
 /// Set in the postmaster by `_PG_init` when loaded through shared_preload_libraries, and so
 /// inherited by every backend: only then does the shared memory above exist.
 pub static SHMEM_READY: AtomicBool = AtomicBool::new(false);
@@ -23,6 +27,7 @@ pub fn init_shmem() {
     pgrx::pg_shmem_init!(WORKER_PID);
     pgrx::pg_shmem_init!(WOKEN_BATCH);
     pgrx::pg_shmem_init!(HOLDS_EPOCH);
+    pgrx::pg_shmem_init!(CONFIG_EPOCH);
     SHMEM_READY.store(true, Ordering::SeqCst);
 }
 
@@ -79,17 +84,34 @@ pub fn take_woken_batch() -> Option<i64> {
     (b > 0).then_some(b)
 }
 
-/// See HOLDS_EPOCH: called after the commit of a change that may stop held calls.
-pub fn note_holds_changed() {
-    if SHMEM_READY.load(Ordering::SeqCst) {
-        HOLDS_EPOCH.get().fetch_add(1, Ordering::SeqCst);
+/// A change that others must notice, counted in shared memory after its commit.
+#[derive(Clone, Copy)]
+pub enum Epoch {
+    /// May stop held calls (HOLDS_EPOCH).
+    Holds,
+    /// Agent mappings or provider credentials (CONFIG_EPOCH).
+    Config,
+}
+
+fn counter(epoch: Epoch) -> &'static PgAtomic<AtomicU64> {
+    match epoch {
+        Epoch::Holds => &HOLDS_EPOCH,
+        Epoch::Config => &CONFIG_EPOCH,
     }
 }
 
-/// The current HOLDS_EPOCH (0 without shared memory: nothing is ever held then, see the worker).
-pub fn holds_epoch() -> u64 {
+/// Called after the commit of such a change.
+pub fn bump(epoch: Epoch) {
     if SHMEM_READY.load(Ordering::SeqCst) {
-        HOLDS_EPOCH.get().load(Ordering::SeqCst)
+        counter(epoch).get().fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The counter now (0 without shared memory: the worker then holds nothing and caches nothing
+/// for long, see held.rs and tick::TargetCache).
+pub fn current(epoch: Epoch) -> u64 {
+    if SHMEM_READY.load(Ordering::SeqCst) {
+        counter(epoch).get().load(Ordering::SeqCst)
     } else {
         0
     }

@@ -5,7 +5,7 @@ use crate::dispatch::{unix_ms, JobKind, JobResult, Pool};
 use crate::error::DialerError;
 use crate::gucs::Settings;
 use crate::held::Held;
-use crate::tick::{self, Counts};
+use crate::tick::{self, Counts, TargetCache};
 use crate::{lead_writer, pass, restores, retention, standbys, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -23,9 +23,11 @@ const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Pacing slots up to this far ahead are claimed in one pass and held until their slot (see
 /// held.rs): a paced campaign costs a couple of claims a second however fast it dials.
 const CLAIM_AHEAD_MS: f64 = 1000.0;
-/// Answers are recorded together, at most this long after the first of them came back (a pass
-/// that claims records them all first).
+/// Status polls and look-ups are recorded together, at most this long after the first of them
+/// came back (a pass that claims records them all first; placed calls are recorded at once).
 const RECORD_EVERY: Duration = Duration::from_millis(100);
+/// The tick log gets a row per full pass, and one at most this often for the passes between.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 /// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
 const RETENTION_ROOM: Duration = Duration::from_millis(5);
 /// The longest the worker waits for a row lock (see pg_dialer_worker_main).
@@ -112,6 +114,11 @@ struct Worker {
     notebook: restores::Notebook,
     /// Claimed calls waiting for their pacing slot (not yet handed to the HTTP pool).
     held: Held,
+    /// Agent mappings and credentials, kept across passes until they change.
+    targets: TargetCache,
+    /// Counts not yet in the tick log, and when its pass started; when the log was last written.
+    unlogged: Option<(f64, Counts)>,
+    logged_at: Instant,
     /// Answers drained from the pool, not yet recorded, and when the first of them came.
     unrecorded: Vec<JobResult>,
     unrecorded_since: Option<Instant>,
@@ -144,6 +151,9 @@ impl Worker {
             standbys: standbys::Standbys::default(),
             notebook: restores::Notebook::default(),
             held: Held::default(),
+            targets: TargetCache::default(),
+            unlogged: None,
+            logged_at: Instant::now(),
             unrecorded: Vec::new(),
             unrecorded_since: None,
             latch_set: true,
@@ -200,6 +210,7 @@ impl Worker {
     /// Returns how long to sleep.
     fn iteration(&mut self) -> Result<Duration, DialerError> {
         self.rebuild_pool_when_idle();
+        self.targets.refresh();
         if let Some(wait) = self.wait_for_extension()? {
             return Ok(wait);
         }
@@ -226,7 +237,7 @@ impl Worker {
             return Ok(self.prune_when_idle(self.settings.poll_interval));
         }
         if !full && !ended {
-            self.log_pass(started, counts)?;
+            self.log_pass(started, counts, false)?;
             return Ok(self.between_passes(self.settings.poll_interval));
         }
         if do_poll {
@@ -237,7 +248,7 @@ impl Worker {
         };
         let polls = self.upkeep(now, do_poll)?;
         let progressed = submitted > 0 || polls > 0 || !counts.is_empty();
-        self.log_pass(started, counts)?;
+        self.log_pass(started, counts, true)?;
         Ok(self.next_wait(progressed))
     }
 
@@ -301,12 +312,14 @@ impl Worker {
         self.pool_full = pool_room == 0;
         if pool_room == 0 {
             counts.batches = 0;
-            self.log_pass(started, std::mem::take(counts))?;
+            self.log_pass(started, std::mem::take(counts), true)?;
             return Ok(None);
         }
-        let epoch = wake::holds_epoch();
+        let epoch = wake::current(wake::Epoch::Holds);
         let max_batches = self.settings.max_batches_per_run;
-        let Some(tick::Claimed { jobs, unbuildable, batches }) = txn::run(|| pass::claim(max_batches, &pacing, &room_for))? else {
+        let Some(tick::Claimed { jobs, unbuildable, batches }) =
+            txn::run(|| pass::claim(max_batches, &pacing, &room_for, &mut self.targets))?
+        else {
             if !self.skipping {
                 self.skipping = true;
                 txn::run(|| tick::log_run(started, "worker", Counts::default(), "SKIPPED_CONCURRENT", None))?;
@@ -347,7 +360,7 @@ impl Worker {
         let poll_every_ms = upkeep.poll_every_ms;
         let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
         let (polls, next_due_ms, lead_owners) = txn::run(|| {
-            let polls = if do_poll { pass::upkeep(&upkeep)? } else { Vec::new() };
+            let polls = if do_poll { pass::upkeep(&upkeep, &mut self.targets)? } else { Vec::new() };
             let next = tick::ms_until_next_due(poll_every_ms, next_round_in_ms)?;
             let lead_owners = if do_poll { lead_writer::due_owners(lead_writer::MAX_WRITERS)? } else { Vec::new() };
             Ok((polls, next, lead_owners))
@@ -372,11 +385,18 @@ impl Worker {
         Ok(n)
     }
 
-    fn log_pass(&self, started: f64, counts: Counts) -> Result<(), DialerError> {
-        if counts.is_empty() {
-            return Ok(());
+    /// The tick log (dialer.runs): what passes did, one row per full pass and at most one a
+    /// LOG_EVERY for the passes that only recorded answers in between.
+    fn log_pass(&mut self, started: f64, counts: Counts, full: bool) -> Result<(), DialerError> {
+        if !counts.is_empty() {
+            let (first, unlogged) = self.unlogged.get_or_insert((started, Counts::default()));
+            *first = first.min(started);
+            unlogged.add(counts);
         }
-        txn::run(|| tick::log_run(started, "worker", counts, "COMPLETED", None))
+        let due = full || self.logged_at.elapsed() >= LOG_EVERY;
+        let Some((first, unlogged)) = self.unlogged.take_if(|_| due) else { return Ok(()) };
+        self.logged_at = Instant::now();
+        txn::run(|| tick::log_run(first, "worker", unlogged, "COMPLETED", None))
     }
 
     /// How long to sleep after a full pass.
@@ -425,7 +445,7 @@ impl Worker {
 
     /// Hands a committed claim's requests to the HTTP pool, once the standbys hold the claim (call
     /// right after the claim's commit); those for a slot further off are held (see held.rs).
-    /// `epoch`: wake::holds_epoch() read before the claim. Returns how many.
+    /// `epoch`: wake::current(wake::Epoch::Holds) read before the claim. Returns how many.
     fn send_claimed(&mut self, jobs: Vec<crate::dispatch::Job>, epoch: u64) -> usize {
         let n = jobs.len();
         if n > 0 {
@@ -458,8 +478,8 @@ impl Worker {
             return Ok(());
         }
         let pacing = self.pacing();
-        let epoch = wake::holds_epoch();
-        let claimed = txn::run(|| pass::claim_queue(batch_id, &pacing, &room_for))?;
+        let epoch = wake::current(wake::Epoch::Holds);
+        let claimed = txn::run(|| pass::claim_queue(batch_id, &pacing, &room_for, &mut self.targets))?;
         let Some(tick::Claimed { jobs, unbuildable, .. }) = claimed else { return Ok(()) };
         self.send_claimed(jobs, epoch);
         if !unbuildable.is_empty() {
@@ -481,7 +501,7 @@ impl Worker {
     /// pause, a cancel, a do-not-call entry) has committed since they were claimed, the database
     /// first withdraws those that may no longer go.
     fn release_held(&mut self) -> Result<(), DialerError> {
-        let epoch = wake::holds_epoch();
+        let epoch = wake::current(wake::Epoch::Holds);
         if self.held.stale(epoch) {
             let held = self.held.calls();
             let withdrawn = txn::run(|| tick::withdraw_held(&held, false))?;
@@ -507,7 +527,10 @@ impl Worker {
     /// that ended, a look-up: a concurrency slot or a retry may be due).
     fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), DialerError> {
         let waited = self.unrecorded_since.is_some_and(|t| t.elapsed() >= RECORD_EVERY);
-        if self.unrecorded.is_empty() || !(now || waited) {
+        // A placed call's answer is recorded at once: its provider id is how its webhooks find
+        // it, and the first may come within milliseconds (Twilio's "answered").
+        let placed_any = self.unrecorded.iter().any(|r| matches!(r.kind, JobKind::Place { .. }));
+        if self.unrecorded.is_empty() || !(now || waited || placed_any) {
             return Ok((Counts::default(), false));
         }
         let answers = std::mem::take(&mut self.unrecorded);
@@ -525,7 +548,7 @@ impl Worker {
     }
 
     /// How long to sleep at most, from what is known without a query: the next slot (less the
-    /// claim's lead), the next held call, answers waiting to be recorded.
+    /// claim's lead), the next held call, answers waiting to be recorded, counts to be logged.
     fn between_passes(&self, at_most: Duration) -> Duration {
         let now = Instant::now();
         let mut wait = at_most;
@@ -537,6 +560,9 @@ impl Worker {
         }
         if let Some(since) = self.unrecorded_since {
             wait = wait.min((since + RECORD_EVERY).saturating_duration_since(now));
+        }
+        if self.unlogged.is_some() {
+            wait = wait.min((self.logged_at + LOG_EVERY).saturating_duration_since(now));
         }
         wait
     }
@@ -594,15 +620,10 @@ impl Worker {
 
     /// Sleeps on the latch and the HTTP pool's pipe (the process exits if the postmaster died;
     /// SIGTERM is seen at the top of the loop).
-    /// Answers wake the worker only when none are waiting to be recorded (those that follow are
-    /// recorded with the first, RECORD_EVERY later) or when the pool was full (its room is
-    /// wanted at once).
+    /// Answers wake the worker (placed calls are recorded at once, polls and look-ups together
+    /// RECORD_EVERY later).
     fn wait(&mut self, timeout: Duration) {
-        let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
-        if self.unrecorded.is_empty() || self.pool_full {
-            events |= pg_sys::WL_SOCKET_READABLE;
-        }
-        let events = events as i32;
+        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH | pg_sys::WL_SOCKET_READABLE) as i32;
         let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
         let rc = unsafe {
             let rc = pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, self.pool.wake_fd(), timeout_ms, pg_sys::PG_WAIT_EXTENSION);
@@ -628,8 +649,14 @@ impl Worker {
         let deadline = Instant::now() + self.settings.http_timeout + Duration::from_secs(1);
         let mut results = std::mem::take(&mut self.unrecorded);
         results.extend(self.pool.wait_all(deadline));
-        if let Err(e) = self.record(&results) {
-            warning!("pg_dialer: could not record requests in flight at shutdown: {e}");
+        let started = unix_ms();
+        match self.record(&results) {
+            Ok(counts) => {
+                if let Err(e) = self.log_pass(started, counts, true) {
+                    warning!("pg_dialer: could not write the tick log at shutdown: {e}");
+                }
+            }
+            Err(e) => warning!("pg_dialer: could not record requests in flight at shutdown: {e}"),
         }
         log!("pg_dialer worker stopping");
     }

@@ -1420,6 +1420,23 @@ CREATE TRIGGER call_batches_holds AFTER UPDATE OF status ON dialer.call_batches
 CREATE TRIGGER do_not_call_holds AFTER INSERT ON dialer.do_not_call
     FOR EACH STATEMENT EXECUTE FUNCTION dialer._holds_changed();
 
+CREATE FUNCTION dialer."_config_changed_on_commit"() RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_config_changed_on_commit_wrapper';
+-- The worker keeps agent mappings and credentials across passes (tick::TargetCache): a change
+-- to either tells it at commit to read them again.
+CREATE FUNCTION dialer._config_changed()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._config_changed_on_commit();
+    RETURN NULL;
+END $$;
+CREATE TRIGGER agent_mappings_changed AFTER INSERT OR UPDATE OR DELETE ON dialer.agent_mappings
+    FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
+CREATE TRIGGER provider_credentials_changed AFTER INSERT OR DELETE OR UPDATE OF api_key, base_url, account_sid
+    ON dialer.provider_credentials FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
+
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
 -- The worker's own role: the dialer's tables, sequences and functions, nothing else.

@@ -61,7 +61,8 @@ fn run_tick() -> Result<Value, DialerError> {
         global_cps: settings.max_calls_per_second,
         catch_up_before_ms: None,
     };
-    let Some(tick::Claimed { jobs, unbuildable, .. }) = pass::claim(settings.max_batches_per_run, &pacing, &unlimited)? else {
+    let mut cache = tick::TargetCache::default();
+    let Some(tick::Claimed { jobs, unbuildable, .. }) = pass::claim(settings.max_batches_per_run, &pacing, &unlimited, &mut cache)? else {
         tick::log_run(started, "function", Counts::default(), "SKIPPED_CONCURRENT", None)?;
         return Ok(json!({"status": "SKIPPED_CONCURRENT"}));
     };
@@ -74,13 +75,16 @@ fn run_tick() -> Result<Value, DialerError> {
     counts.add(unbuildable.record()?);
     // The worker's upkeep but for attempts left dialing (the worker, if one runs, may be
     // sending them now).
-    let polls = pass::upkeep(&pass::Upkeep {
-        poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
-        poll_limit: 500,
-        call_timeout_ms: settings.call_timeout.as_secs_f64() * 1000.0,
-        settle_stale_ms: None,
-        check_every_batch: false,
-    })?;
+    let polls = pass::upkeep(
+        &pass::Upkeep {
+            poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
+            poll_limit: 500,
+            call_timeout_ms: settings.call_timeout.as_secs_f64() * 1000.0,
+            settle_stale_ms: None,
+            check_every_batch: false,
+        },
+        &mut cache,
+    )?;
 
     if !jobs.is_empty() || !polls.is_empty() {
         let threads = settings.http_concurrency.min(jobs.len() + polls.len()).max(1);

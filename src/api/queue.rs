@@ -21,6 +21,8 @@ thread_local! {
     static WAKE_BATCH: Cell<i64> = const { Cell::new(0) };
     /// This transaction may stop calls the worker holds for a later slot (see wake::HOLDS_EPOCH).
     static HOLDS_CHANGED: Cell<bool> = const { Cell::new(false) };
+    /// This transaction changed agent mappings or provider credentials (see wake::CONFIG_EPOCH).
+    static CONFIG_CHANGED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Wakes the worker when the current transaction commits (so it sees the new rows), once per
@@ -47,6 +49,14 @@ fn _holds_changed_on_commit() {
     wake_on_commit(None);
 }
 
+/// The trigger behind `agent_mappings_changed` and `provider_credentials_changed`: at commit the
+/// worker reads them again (and tries batches that waited for them).
+#[pg_extern]
+fn _config_changed_on_commit() {
+    CONFIG_CHANGED.with(|h| h.set(true));
+    wake_on_commit(None);
+}
+
 fn wake_on_commit(batch_id: Option<i64>) {
     // The batch this transaction gave work to; work elsewhere too (None) makes it "several",
     // and the worker's next pass a full one.
@@ -67,7 +77,10 @@ fn wake_on_commit(batch_id: Option<i64>) {
             wake::note_woken_batch(b);
         }
         if HOLDS_CHANGED.with(|h| h.replace(false)) {
-            wake::note_holds_changed();
+            wake::bump(wake::Epoch::Holds);
+        }
+        if CONFIG_CHANGED.with(|h| h.replace(false)) {
+            wake::bump(wake::Epoch::Config);
         }
         wake::wake_worker();
     });
@@ -75,6 +88,7 @@ fn wake_on_commit(batch_id: Option<i64>) {
         WAKE_PENDING.with(|p| p.set(false));
         WAKE_BATCH.with(|w| w.set(0));
         HOLDS_CHANGED.with(|h| h.set(false));
+        CONFIG_CHANGED.with(|h| h.set(false));
     });
 }
 
