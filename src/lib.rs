@@ -13,6 +13,7 @@ pub mod held;
 pub mod hosts;
 pub mod launcher;
 pub mod lead_writer;
+pub mod pacing;
 pub mod pass;
 pub mod providers;
 pub mod restores;

@@ -408,13 +408,8 @@ fn claim_from(
             let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
             match providers::build_call_request(&target, &spec) {
                 Ok(request) => {
-                    let mut spacing = vec![(format!("batch:{batch_id}"), spec.spacing_ms)];
-                    if let Some(key) = &spec.credential_key {
-                        spacing.push((format!("account:{key}"), spec.credential_gap_ms));
-                    }
-                    if spec.global_gap_ms > 0.0 {
-                        spacing.push(("global".to_string(), spec.global_gap_ms));
-                    }
+                    let account = spec.credential_key.as_deref().map(|key| (key, spec.credential_gap_ms));
+                    let spacing = crate::pacing::spacing_keys(batch_id, spec.spacing_ms, account, spec.global_gap_ms);
                     jobs.push(Job {
                         kind,
                         request,

@@ -20,9 +20,6 @@ const CLAIM_AHEAD: usize = 8;
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often every processing batch is checked for completion, counters aside.
 const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
-/// Pacing slots up to this far ahead are claimed in one pass and held until their slot (see
-/// held.rs): a paced campaign costs a couple of claims a second however fast it dials.
-const CLAIM_AHEAD_MS: f64 = 1000.0;
 /// Status polls and look-ups are recorded together, at most this long after the first of them
 /// came back (a pass that claims records them all first; placed calls are recorded at once).
 const RECORD_EVERY: Duration = Duration::from_millis(100);
@@ -225,7 +222,7 @@ impl Worker {
         let started = unix_ms();
         let now = Instant::now();
         let do_poll = now >= self.next_poll_round;
-        let slot_near = self.next_due.is_some_and(|due| due <= now + claim_wake_lead());
+        let slot_near = self.next_due.is_some_and(|due| due <= now + crate::pacing::claim_before_slot());
         // Nothing new, no slot near, no poll round: this wake-up was for held calls or answers.
         let full = std::mem::take(&mut self.latch_set) || do_poll || slot_near || self.pool_full;
         self.take_answers();
@@ -490,7 +487,7 @@ impl Worker {
 
     fn pacing(&self) -> tick::Pacing {
         tick::Pacing {
-            ahead_ms: CLAIM_AHEAD_MS,
+            ahead_ms: crate::pacing::WORKER_AHEAD_MS,
             budget_per_batch: self.settings.max_claim_per_batch,
             global_cps: self.settings.max_calls_per_second,
             catch_up_before_ms: Some(self.started_ms),
@@ -553,7 +550,7 @@ impl Worker {
         let now = Instant::now();
         let mut wait = at_most;
         if let Some(due) = self.next_due {
-            wait = wait.min(due.saturating_duration_since(now + claim_wake_lead()));
+            wait = wait.min(due.saturating_duration_since(now + crate::pacing::claim_before_slot()));
         }
         if let Some(release_ms) = self.held.next_release_ms() {
             wait = wait.min(Duration::from_micros(((release_ms - unix_ms()).max(0.0) * 1000.0) as u64));
@@ -660,10 +657,4 @@ impl Worker {
         }
         log!("pg_dialer worker stopping");
     }
-}
-
-/// A claim pass runs this long before the next slot: it takes the slots up to CLAIM_AHEAD_MS
-/// ahead, so each pass claims about half of that.
-fn claim_wake_lead() -> Duration {
-    Duration::from_micros((CLAIM_AHEAD_MS * 500.0) as u64)
 }

@@ -755,15 +755,9 @@ DECLARE
     cred dialer.provider_credentials;
     has_cred boolean;
     g_next timestamptz;
-    spacing interval;
-    b_gap interval;
-    c_gap interval := '0';
-    g_gap interval := '0';
-    gap interval;
-    slot timestamptz;
-    start timestamptz;
-    last_send timestamptz;
-    catching_up boolean := false;
+    pl record;
+    c_gap_ms double precision := 0;
+    g_gap_ms double precision := 0;
     agency_tz text;
     agency_day date;
     n integer;
@@ -795,51 +789,34 @@ BEGIN
         RETURN;  -- the provider account told us to wait (429 on another batch, perhaps)
     END IF;
 
-    -- 1% under calls_per_minute: calls k and k + calls_per_minute are then 60.6 s apart, so a
-    -- request that leaves up to 600 ms late (a busy machine, a worker restart) still never puts
-    -- one too many into any 60-second window. (A 20 ms margin was not enough under load.)
-    spacing := make_interval(secs => 60.6 / b.calls_per_minute);
-    b_gap := spacing;
-    slot := b.next_slot_at;
-    IF slot IS NULL THEN
-        slot := p_now;
-    ELSIF slot < p_now - spacing AND slot < p_catch_up_before THEN
-        catching_up := true;
-        slot := greatest(slot, p_now - interval '60 seconds');
-        b_gap := spacing / 4;
-    ELSIF slot < p_now THEN
-        slot := p_now;
-    ELSIF slot > p_now + p_lead THEN
-        RETURN;
-    END IF;
-    start := CASE WHEN catching_up THEN p_now ELSE slot END;
-    gap := b_gap;
-    IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
-        c_gap := make_interval(secs => 1.0 / cred.max_calls_per_second);
-        start := greatest(start, coalesce(cred.next_slot_at, p_now));
-        gap := greatest(gap, c_gap);
-    END IF;
+    -- The slots this claim may fill: src/pacing.rs (the batch's spacing, 1% under its limit; a
+    -- late worker takes its slot as now; slots missed while no worker ran made up; the account's
+    -- and the server's caps).
     IF p_global_cps > 0 THEN
-        g_gap := make_interval(secs => 1.0 / p_global_cps);
         INSERT INTO dialer.pacing_state (key) VALUES ('global') ON CONFLICT DO NOTHING;
         SELECT next_slot_at INTO g_next FROM dialer.pacing_state WHERE key = 'global' FOR UPDATE;
-        start := greatest(start, coalesce(g_next, p_now));
-        gap := greatest(gap, g_gap);
     END IF;
-    IF start > p_now + p_lead THEN
+    SELECT * INTO pl FROM dialer._pacing_plan(
+        extract(epoch FROM p_now)::float8 * 1000, extract(epoch FROM p_lead)::float8 * 1000, b.calls_per_minute,
+        extract(epoch FROM b.next_slot_at)::float8 * 1000, extract(epoch FROM p_catch_up_before)::float8 * 1000,
+        CASE WHEN has_cred THEN cred.max_calls_per_second::float8 END, extract(epoch FROM cred.next_slot_at)::float8 * 1000,
+        p_global_cps::float8, extract(epoch FROM g_next)::float8 * 1000);
+    IF NOT FOUND THEN
         RETURN;
     END IF;
-    IF catching_up THEN
-        n := 1 + floor(extract(epoch FROM (least(p_now, p_catch_up_before) - slot)) / extract(epoch FROM spacing))::integer;
-    ELSE
-        n := 1 + floor(extract(epoch FROM (p_now + p_lead - start)) / extract(epoch FROM gap))::integer;
+    IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
+        c_gap_ms := 1000.0 / cred.max_calls_per_second;
     END IF;
+    IF p_global_cps > 0 THEN
+        g_gap_ms := 1000.0 / p_global_cps;
+    END IF;
+    n := pl.slots;
     -- max_concurrent counts calls dialing or in progress, and attempts in doubt that may be live.
     active := b.in_progress_count
               + (SELECT count(*) FROM dialer.calls k WHERE k.batch_id = b.id AND k.status = 'in_doubt'
                                                       AND k.lookup_attempts < 5)::integer;
     n := least(n, b.max_concurrent - active, p_budget);
-    IF catching_up THEN
+    IF pl.catching_up THEN
         -- Spaced slots cannot put more than calls_per_minute into 60 s; compressed ones are
         -- counted over 60.6 s: the same 600 ms of margin as the spacing, for a send that trails
         -- its claim. (61 s counted two calls too many at the 1% spacing, so a restart's missed
@@ -918,27 +895,28 @@ BEGIN
     )
     SELECT nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, cc.source, cc.attempts,
            nc.idempotency_key,
-           extract(epoch FROM start + gap * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1))::float8 * 1000,
-           extract(epoch FROM b_gap)::float8 * 1000, cc.mapping_id, cc.metadata,
+           pl.start_ms + pl.gap_ms * (row_number() OVER (ORDER BY cc.priority, cc.id) - 1),
+           pl.batch_gap_ms, cc.mapping_id, cc.metadata,
            CASE WHEN has_cred AND cred.max_calls_per_second IS NOT NULL THEN cred.agency_id || ':' || cred.provider END,
-           extract(epoch FROM c_gap)::float8 * 1000, extract(epoch FROM g_gap)::float8 * 1000, nc.from_number
+           c_gap_ms, g_gap_ms, nc.from_number
       FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id;
 
     GET DIAGNOSTICS claimed = ROW_COUNT;
     IF claimed > 0 THEN
-        last_send := start + gap * (claimed - 1);
         UPDATE dialer.call_batches
-           SET next_slot_at = CASE WHEN catching_up THEN slot + spacing * claimed
-                                   ELSE greatest(slot + spacing * claimed, last_send + spacing) END,
+           SET next_slot_at = to_timestamp(dialer._pacing_next_slot_ms(pl.slot_ms, pl.start_ms, pl.gap_ms, pl.spacing_ms,
+                                                                       pl.catching_up, claimed) / 1000.0),
                queued_count = greatest(queued_count - claimed, 0),
                in_progress_count = in_progress_count + claimed
          WHERE id = b.id;
-        IF has_cred AND cred.max_calls_per_second IS NOT NULL THEN
-            UPDATE dialer.provider_credentials SET next_slot_at = last_send + c_gap
+        -- The account's and the server's next slot: a gap after this claim's last call.
+        IF c_gap_ms > 0 THEN
+            UPDATE dialer.provider_credentials SET next_slot_at = to_timestamp((pl.start_ms + pl.gap_ms * (claimed - 1) + c_gap_ms) / 1000.0)
              WHERE agency_id = cred.agency_id AND provider = cred.provider;
         END IF;
-        IF p_global_cps > 0 THEN
-            UPDATE dialer.pacing_state SET next_slot_at = last_send + g_gap WHERE key = 'global';
+        IF g_gap_ms > 0 THEN
+            UPDATE dialer.pacing_state SET next_slot_at = to_timestamp((pl.start_ms + pl.gap_ms * (claimed - 1) + g_gap_ms) / 1000.0)
+             WHERE key = 'global';
         END IF;
     END IF;
 END $$;
@@ -1436,6 +1414,26 @@ CREATE TRIGGER agent_mappings_changed AFTER INSERT OR UPDATE OR DELETE ON dialer
     FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
 CREATE TRIGGER provider_credentials_changed AFTER INSERT OR DELETE OR UPDATE OF api_key, base_url, account_sid
     ON dialer.provider_credentials FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
+
+-- Pacing in one place (src/pacing.rs), for _claim_batch.
+CREATE FUNCTION dialer."_pacing_plan"(
+	"now_ms" double precision, "ahead_ms" double precision, "calls_per_minute" INT,
+	"next_slot_ms" double precision, "catch_up_before_ms" double precision,
+	"account_cps" double precision, "account_next_ms" double precision,
+	"global_cps" double precision, "global_next_ms" double precision
+) RETURNS TABLE ("slot_ms" double precision, "start_ms" double precision, "gap_ms" double precision,
+	"spacing_ms" double precision, "batch_gap_ms" double precision, "catching_up" bool, "slots" INT)
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_pacing_plan_wrapper';
+
+CREATE FUNCTION dialer."_pacing_next_slot_ms"(
+	"slot_ms" double precision, "start_ms" double precision, "gap_ms" double precision,
+	"spacing_ms" double precision, "catching_up" bool, "claimed" INT
+) RETURNS double precision
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_pacing_next_slot_ms_wrapper';
 
 -- SQL written once (functions that shared repeated blocks, redefined here).
 

@@ -3,6 +3,7 @@
 pub mod credentials;
 pub mod leads;
 pub mod mappings;
+pub mod pacing;
 pub mod process;
 pub mod queue;
 pub mod webhooks;

@@ -46,17 +46,13 @@ pub fn raise(e: DialerError) -> ! {
     unreachable!("an ERROR does not return")
 }
 
-/// Pacing slots this close ahead are claimed by process_batches() too (the worker's wake-up
-/// jitter does not shift calls; see `_claim_batch`).
-const PROCESS_AHEAD_MS: f64 = 25.0;
-
 fn run_tick() -> Result<Value, DialerError> {
     let started = unix_ms();
     let settings = Settings::read();
     let unlimited = |_: &str| usize::MAX;
     // Slots only a moment ahead: this function returns when its calls are answered.
     let pacing = tick::Pacing {
-        ahead_ms: PROCESS_AHEAD_MS,
+        ahead_ms: crate::pacing::FUNCTION_AHEAD_MS,
         budget_per_batch: settings.max_claim_per_batch,
         global_cps: settings.max_calls_per_second,
         catch_up_before_ms: None,
