@@ -47,22 +47,19 @@ END $$;
 CREATE FUNCTION dialer._resolve_mapping(p_agency_id bigint, p_mapping_id bigint)
 RETURNS bigint LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    found_id bigint;
+    m bigint := p_mapping_id;
 BEGIN
-    IF p_mapping_id IS NULL THEN
-        SELECT min(id) INTO found_id FROM dialer.agent_mappings WHERE agency_id = p_agency_id;
-        IF found_id IS NULL THEN
+    IF m IS NULL THEN
+        SELECT min(id) INTO m FROM dialer.agent_mappings WHERE agency_id = p_agency_id;
+        IF m IS NULL THEN
             RAISE EXCEPTION 'agency % has no agent mapping', p_agency_id USING ERRCODE = 'P0002',
                 HINT = 'Create one with dialer.create_agent_mapping(agency_id, provider, external_agent_id).';
         END IF;
-        PERFORM dialer._check_mapping_usable(found_id);
-        RETURN found_id;
+    ELSIF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings WHERE id = m AND agency_id = p_agency_id) THEN
+        RAISE EXCEPTION 'agent mapping % does not exist for agency %', m, p_agency_id USING ERRCODE = 'P0002';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings WHERE id = p_mapping_id AND agency_id = p_agency_id) THEN
-        RAISE EXCEPTION 'agent mapping % does not exist for agency %', p_mapping_id, p_agency_id USING ERRCODE = 'P0002';
-    END IF;
-    PERFORM dialer._check_mapping_usable(p_mapping_id);
-    RETURN p_mapping_id;
+    PERFORM dialer._check_mapping_usable(m);
+    RETURN m;
 END $$;
 
 -- The agency's default queue, created on first use with the seed's settings: 10 calls per 60 s,
@@ -259,8 +256,8 @@ END $$;
 CREATE FUNCTION dialer._promote_recurring(p_now timestamptz)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    r dialer.recurring_calls;
     n integer := 0;
+    r dialer.recurring_calls;
 BEGIN
     FOR r IN SELECT * FROM dialer.recurring_calls
               WHERE active AND next_run_at <= p_now

@@ -1505,6 +1505,15 @@ BEGIN
     RETURN c;
 END $$;
 
+-- A locked batch's calling window set (NULLs: cleared); contacts deferred by the old one go now.
+CREATE FUNCTION dialer._put_window(p_batch dialer.call_batches, p_start time, p_end time, p_days integer[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._release_window_deferrals(p_batch);
+    UPDATE dialer.call_batches SET window_start = p_start, window_end = p_end, window_days = p_days WHERE id = p_batch.id;
+    PERFORM dialer._wake_on_commit();
+END $$;
+
 -- All or nothing: every element is checked before any row is written. A number already in
 -- the batch is skipped (unique(batch_id, phone_number)); the count of rows added is returned.
 CREATE OR REPLACE FUNCTION dialer.add_contacts(batch_id bigint, contacts jsonb)
@@ -1799,6 +1808,89 @@ BEGIN
     END IF;
     EXECUTE format('DROP FUNCTION IF EXISTS dialer.%I(text, text[])', 'lead_writer_' || p_attachment_id);
     UPDATE dialer.lead_attachments SET writer = NULL WHERE id = p_attachment_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._resolve_mapping(p_agency_id bigint, p_mapping_id bigint)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    m bigint := p_mapping_id;
+BEGIN
+    IF m IS NULL THEN
+        SELECT min(id) INTO m FROM dialer.agent_mappings WHERE agency_id = p_agency_id;
+        IF m IS NULL THEN
+            RAISE EXCEPTION 'agency % has no agent mapping', p_agency_id USING ERRCODE = 'P0002',
+                HINT = 'Create one with dialer.create_agent_mapping(agency_id, provider, external_agent_id).';
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings WHERE id = m AND agency_id = p_agency_id) THEN
+        RAISE EXCEPTION 'agent mapping % does not exist for agency %', m, p_agency_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM dialer._check_mapping_usable(m);
+    RETURN m;
+END $$;
+
+-- Each due occurrence becomes one job, exactly once (the row is locked while it is promoted).
+-- Occurrences missed while the worker was down give one catch-up job, not a burst.
+CREATE OR REPLACE FUNCTION dialer._promote_recurring(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := 0;
+    r dialer.recurring_calls;
+BEGIN
+    FOR r IN SELECT * FROM dialer.recurring_calls
+              WHERE active AND next_run_at <= p_now
+              ORDER BY next_run_at
+                FOR UPDATE SKIP LOCKED LOOP
+        PERFORM dialer._enqueue(r.agency_id, r.agent_mapping_id, r.phone_number, r.template->>'message',
+            coalesce((r.template->>'priority')::integer, 2), NULL,
+            coalesce(r.template->'metadata', '{}')
+                || jsonb_build_object('recurring_call_id', r.id, 'occurrence', r.next_run_at),
+            r.template->>'lead_id',
+            format('recurring:%s:%s', r.id, extract(epoch FROM r.next_run_at)::bigint), r.id);
+        UPDATE dialer.recurring_calls
+           SET last_run_at = r.next_run_at,
+               next_run_at = dialer._cron_next(r.cron, r.timezone, greatest(p_now, r.next_run_at))
+         WHERE id = r.id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.set_calling_window(batch_id bigint, start_time time, end_time time,
+    days integer[] DEFAULT '{1,2,3,4,5,6,7}')
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    PERFORM dialer._check_window(start_time, end_time, days);
+    PERFORM dialer._put_window(b, start_time, end_time, days);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.clear_calling_window(batch_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._put_window(dialer._batch_for_update(batch_id), NULL, NULL, NULL);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.add_holiday(agency_id bigint, day date)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    IF day IS NULL THEN
+        RAISE EXCEPTION 'day must not be NULL' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO dialer.agency_holidays VALUES (add_holiday.agency_id, add_holiday.day) ON CONFLICT DO NOTHING;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.set_agency_limits(agency_id bigint, max_attempts_per_number_per_day integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    IF max_attempts_per_number_per_day IS NOT NULL AND max_attempts_per_number_per_day <= 0 THEN
+        RAISE EXCEPTION 'max_attempts_per_number_per_day must be a positive integer or NULL' USING ERRCODE = '22023';
+    END IF;
+    UPDATE dialer.agencies a SET max_attempts_per_number_per_day = set_agency_limits.max_attempts_per_number_per_day
+     WHERE a.id = set_agency_limits.agency_id;
 END $$;
 
 -- A function replaced above loses SECURITY DEFINER: the API's list is applied again (sql/security.sql).
