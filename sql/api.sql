@@ -489,14 +489,14 @@ BEGIN
     PERFORM dialer._check_json_list(contacts, 'contacts', max_elements, 'call', 'add_contacts');
     FOR el IN SELECT value FROM jsonb_array_elements(contacts) LOOP
         PERFORM dialer._check_json_element(el, 'contacts', idx, 'phone_number');
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'name', '{string,null}', 'a string');
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'variables', '{object,null}', 'a JSON object');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'name', ARRAY['string', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'variables', ARRAY['object', 'null'], 'a JSON object');
         IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'number'
                                 OR (el->>'priority') !~ '^-?[0-9]{1,6}$') THEN
             RAISE EXCEPTION 'contacts[%].priority must be an integer', idx USING ERRCODE = '22P02';
         END IF;
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'lead_ref', '{string,number,null}', 'a string');
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'source', '{string,null}', 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'lead_ref', ARRAY['string', 'number', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'source', ARRAY['string', 'null'], 'a string');
         IF el ? 'timezone' AND (jsonb_typeof(el->'timezone') <> 'string'
                                 OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = el->>'timezone')) THEN
             RAISE EXCEPTION 'contacts[%].timezone % is not a known IANA time zone', idx, el->'timezone'

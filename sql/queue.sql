@@ -175,8 +175,8 @@ BEGIN
                                 OR lower(el->>'priority') NOT IN ('high', 'normal', 'low')) THEN
             RAISE EXCEPTION 'calls[%].priority must be ''high'', ''normal'' or ''low''', idx USING ERRCODE = '22023';
         END IF;
-        PERFORM dialer._check_json_field(el, 'calls', idx, 'metadata', '{object,null}', 'a JSON object');
-        PERFORM dialer._check_json_field(el, 'calls', idx, 'message', '{string,null}', 'a string');
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'metadata', ARRAY['object', 'null'], 'a JSON object');
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'message', ARRAY['string', 'null'], 'a string');
         FOREACH k IN ARRAY ARRAY['agency_id', 'agent_mapping_id'] LOOP
             IF el ? k AND (jsonb_typeof(el->k) <> 'number' OR (el->>k) !~ '^[0-9]{1,18}$') THEN
                 RAISE EXCEPTION 'calls[%].% must be an id (a positive integer)', idx, k USING ERRCODE = '22P02';

@@ -1534,14 +1534,14 @@ BEGIN
     PERFORM dialer._check_json_list(contacts, 'contacts', max_elements, 'call', 'add_contacts');
     FOR el IN SELECT value FROM jsonb_array_elements(contacts) LOOP
         PERFORM dialer._check_json_element(el, 'contacts', idx, 'phone_number');
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'name', '{string,null}', 'a string');
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'variables', '{object,null}', 'a JSON object');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'name', ARRAY['string', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'variables', ARRAY['object', 'null'], 'a JSON object');
         IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'number'
                                 OR (el->>'priority') !~ '^-?[0-9]{1,6}$') THEN
             RAISE EXCEPTION 'contacts[%].priority must be an integer', idx USING ERRCODE = '22P02';
         END IF;
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'lead_ref', '{string,number,null}', 'a string');
-        PERFORM dialer._check_json_field(el, 'contacts', idx, 'source', '{string,null}', 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'lead_ref', ARRAY['string', 'number', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'source', ARRAY['string', 'null'], 'a string');
         IF el ? 'timezone' AND (jsonb_typeof(el->'timezone') <> 'string'
                                 OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = el->>'timezone')) THEN
             RAISE EXCEPTION 'contacts[%].timezone % is not a known IANA time zone', idx, el->'timezone'
@@ -1592,8 +1592,8 @@ BEGIN
                                 OR lower(el->>'priority') NOT IN ('high', 'normal', 'low')) THEN
             RAISE EXCEPTION 'calls[%].priority must be ''high'', ''normal'' or ''low''', idx USING ERRCODE = '22023';
         END IF;
-        PERFORM dialer._check_json_field(el, 'calls', idx, 'metadata', '{object,null}', 'a JSON object');
-        PERFORM dialer._check_json_field(el, 'calls', idx, 'message', '{string,null}', 'a string');
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'metadata', ARRAY['object', 'null'], 'a JSON object');
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'message', ARRAY['string', 'null'], 'a string');
         FOREACH k IN ARRAY ARRAY['agency_id', 'agent_mapping_id'] LOOP
             IF el ? k AND (jsonb_typeof(el->k) <> 'number' OR (el->>k) !~ '^[0-9]{1,18}$') THEN
                 RAISE EXCEPTION 'calls[%].% must be an id (a positive integer)', idx, k USING ERRCODE = '22P02';
