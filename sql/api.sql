@@ -417,6 +417,58 @@ BEGIN
     RETURN new_id;
 END $$;
 
+-- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name
+-- in errors: a JSON array of at most p_max elements (more: too many for one p_per of p_fn).
+CREATE FUNCTION dialer._check_json_list(p_list jsonb, p_name text, p_max integer, p_per text, p_fn text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_list IS NULL OR jsonb_typeof(p_list) <> 'array' THEN
+        RAISE EXCEPTION '% must be a JSON array of objects', p_name USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_array_length(p_list) > p_max THEN
+        RAISE EXCEPTION 'too many % in one %: % (at most %)', p_name, p_per, jsonb_array_length(p_list), p_max
+            USING ERRCODE = '54000', HINT = format('Split the list into several %s calls.', p_fn);
+    END IF;
+END $$;
+
+-- Element p_idx of such a list: a JSON object (with no key outside p_keys, when they are given)
+-- whose field p_phone is a number in E.164 form.
+CREATE FUNCTION dialer._check_json_element(p_el jsonb, p_name text, p_idx integer, p_phone text,
+    p_keys text[] DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    k text;
+BEGIN
+    IF jsonb_typeof(p_el) <> 'object' THEN
+        RAISE EXCEPTION '%[%] must be a JSON object, got %', p_name, p_idx, jsonb_typeof(p_el) USING ERRCODE = '22P02';
+    END IF;
+    IF p_keys IS NOT NULL THEN
+        FOR k IN SELECT jsonb_object_keys(p_el) LOOP
+            IF NOT k = ANY (p_keys) THEN
+                RAISE EXCEPTION '%[%] has unknown field %', p_name, p_idx, quote_literal(k) USING ERRCODE = '22P02';
+            END IF;
+        END LOOP;
+    END IF;
+    IF jsonb_typeof(p_el->p_phone) IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION '%[%].% is missing or not a string', p_name, p_idx, p_phone USING ERRCODE = '22P02';
+    END IF;
+    IF (p_el->>p_phone) !~ '^\+[1-9][0-9]{6,14}$' THEN
+        RAISE EXCEPTION '%[%].% % is not in E.164 form', p_name, p_idx, p_phone, quote_literal(p_el->>p_phone)
+            USING ERRCODE = '22023', HINT = 'Write it as + country code and number, e.g. +14155550123.';
+    END IF;
+END $$;
+
+-- An optional field of such an element: absent, or of one of the JSON types p_types (p_what names
+-- them in the error: 'a string', 'a JSON object').
+CREATE FUNCTION dialer._check_json_field(p_el jsonb, p_name text, p_idx integer, p_field text, p_types text[],
+    p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_el ? p_field AND NOT jsonb_typeof(p_el->p_field) = ANY (p_types) THEN
+        RAISE EXCEPTION '%[%].% must be %', p_name, p_idx, p_field, p_what USING ERRCODE = '22P02';
+    END IF;
+END $$;
+
 -- All or nothing: every element is checked before any row is written. A number already in
 -- the batch is skipped (unique(batch_id, phone_number)); the count of rows added is returned.
 CREATE FUNCTION dialer.add_contacts(batch_id bigint, contacts jsonb)
@@ -434,40 +486,17 @@ BEGIN
         RAISE EXCEPTION 'batch % is %; contacts can only be added to an open batch', b.id, b.status
             USING ERRCODE = '55000';
     END IF;
-    IF contacts IS NULL OR jsonb_typeof(contacts) <> 'array' THEN
-        RAISE EXCEPTION 'contacts must be a JSON array of objects' USING ERRCODE = '22023';
-    END IF;
-    IF jsonb_array_length(contacts) > max_elements THEN
-        RAISE EXCEPTION 'too many contacts in one call: % (at most %)', jsonb_array_length(contacts), max_elements
-            USING ERRCODE = '54000', HINT = 'Split the list into several add_contacts calls.';
-    END IF;
+    PERFORM dialer._check_json_list(contacts, 'contacts', max_elements, 'call', 'add_contacts');
     FOR el IN SELECT value FROM jsonb_array_elements(contacts) LOOP
-        IF jsonb_typeof(el) <> 'object' THEN
-            RAISE EXCEPTION 'contacts[%] must be a JSON object, got %', idx, jsonb_typeof(el) USING ERRCODE = '22P02';
-        END IF;
-        IF jsonb_typeof(el->'phone_number') IS DISTINCT FROM 'string' THEN
-            RAISE EXCEPTION 'contacts[%].phone_number is missing or not a string', idx USING ERRCODE = '22P02';
-        END IF;
-        IF (el->>'phone_number') !~ '^\+[1-9][0-9]{6,14}$' THEN
-            RAISE EXCEPTION 'contacts[%].phone_number % is not in E.164 form', idx, quote_literal(el->>'phone_number')
-                USING ERRCODE = '22023', HINT = 'Write it as + country code and number, e.g. +14155550123.';
-        END IF;
-        IF el ? 'name' AND jsonb_typeof(el->'name') NOT IN ('string', 'null') THEN
-            RAISE EXCEPTION 'contacts[%].name must be a string', idx USING ERRCODE = '22P02';
-        END IF;
-        IF el ? 'variables' AND jsonb_typeof(el->'variables') NOT IN ('object', 'null') THEN
-            RAISE EXCEPTION 'contacts[%].variables must be a JSON object', idx USING ERRCODE = '22P02';
-        END IF;
+        PERFORM dialer._check_json_element(el, 'contacts', idx, 'phone_number');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'name', ARRAY['string', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'variables', ARRAY['object', 'null'], 'a JSON object');
         IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'number'
                                 OR (el->>'priority') !~ '^-?[0-9]{1,6}$') THEN
             RAISE EXCEPTION 'contacts[%].priority must be an integer', idx USING ERRCODE = '22P02';
         END IF;
-        IF el ? 'lead_ref' AND jsonb_typeof(el->'lead_ref') NOT IN ('string', 'number', 'null') THEN
-            RAISE EXCEPTION 'contacts[%].lead_ref must be a string', idx USING ERRCODE = '22P02';
-        END IF;
-        IF el ? 'source' AND jsonb_typeof(el->'source') NOT IN ('string', 'null') THEN
-            RAISE EXCEPTION 'contacts[%].source must be a string', idx USING ERRCODE = '22P02';
-        END IF;
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'lead_ref', ARRAY['string', 'number', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'source', ARRAY['string', 'null'], 'a string');
         IF el ? 'timezone' AND (jsonb_typeof(el->'timezone') <> 'string'
                                 OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = el->>'timezone')) THEN
             RAISE EXCEPTION 'contacts[%].timezone % is not a known IANA time zone', idx, el->'timezone'

@@ -722,16 +722,16 @@ END $$;
 CREATE FUNCTION dialer._attach_uninstall(p_attachment_id bigint)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    a dialer.lead_attachments;
+    t regclass;
 BEGIN
-    SELECT * INTO a FROM dialer.lead_attachments WHERE id = p_attachment_id;
+    SELECT x.leads INTO t FROM dialer.lead_attachments x WHERE x.id = p_attachment_id;
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    IF EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = a.leads) THEN
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pg_dialer_leads_' || a.id, a.leads);
+    IF EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t) THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pg_dialer_leads_' || p_attachment_id, t);
     END IF;
-    EXECUTE format('DROP FUNCTION IF EXISTS dialer.%I(text, text[])', 'lead_writer_' || a.id);
-    UPDATE dialer.lead_attachments SET writer = NULL WHERE id = a.id;
+    EXECUTE format('DROP FUNCTION IF EXISTS dialer.%I(text, text[])', 'lead_writer_' || p_attachment_id);
+    UPDATE dialer.lead_attachments SET writer = NULL WHERE id = p_attachment_id;
 END $$;
 REVOKE EXECUTE ON FUNCTION dialer._attach_uninstall(bigint) FROM PUBLIC;

@@ -157,6 +157,15 @@ BEGIN
                                                     p_old.window_end, p_old.window_days, a.id);
 END $$;
 
+-- A locked batch's calling window set (NULLs: cleared); contacts deferred by the old one go now.
+CREATE FUNCTION dialer._put_window(p_batch dialer.call_batches, p_start time, p_end time, p_days integer[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._release_window_deferrals(p_batch);
+    UPDATE dialer.call_batches SET window_start = p_start, window_end = p_end, window_days = p_days WHERE id = p_batch.id;
+    PERFORM dialer._wake_on_commit();
+END $$;
+
 CREATE FUNCTION dialer.set_calling_window(batch_id bigint, start_time time, end_time time,
     days integer[] DEFAULT '{1,2,3,4,5,6,7}')
 RETURNS void LANGUAGE plpgsql AS $$
@@ -165,20 +174,13 @@ DECLARE
     b dialer.call_batches := dialer._batch_for_update(batch_id);
 BEGIN
     PERFORM dialer._check_window(start_time, end_time, days);
-    PERFORM dialer._release_window_deferrals(b);
-    UPDATE dialer.call_batches SET window_start = start_time, window_end = end_time, window_days = days WHERE id = b.id;
-    PERFORM dialer._wake_on_commit();
+    PERFORM dialer._put_window(b, start_time, end_time, days);
 END $$;
 
 CREATE FUNCTION dialer.clear_calling_window(batch_id bigint)
 RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    b dialer.call_batches := dialer._batch_for_update(batch_id);
 BEGIN
-    PERFORM dialer._release_window_deferrals(b);
-    UPDATE dialer.call_batches SET window_start = NULL, window_end = NULL, window_days = NULL WHERE id = b.id;
-    PERFORM dialer._wake_on_commit();
+    PERFORM dialer._put_window(dialer._batch_for_update(batch_id), NULL, NULL, NULL);
 END $$;
 
 -- The default queue's window (single calls).
@@ -194,7 +196,6 @@ END $$;
 
 CREATE FUNCTION dialer.add_holiday(agency_id bigint, day date)
 RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_column
 BEGIN
     PERFORM dialer._check_agency(agency_id);
     IF day IS NULL THEN
@@ -255,7 +256,6 @@ END $$;
 
 CREATE FUNCTION dialer.set_agency_limits(agency_id bigint, max_attempts_per_number_per_day integer)
 RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_column
 BEGIN
     PERFORM dialer._check_agency(agency_id);
     IF max_attempts_per_number_per_day IS NOT NULL AND max_attempts_per_number_per_day <= 0 THEN

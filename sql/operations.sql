@@ -289,15 +289,7 @@ BEGIN
             PERFORM dialer._add_pruned(r.family, (r.labels->>'agency_id')::bigint, r.labels, r.bucket, r.n, r.s)
                FROM dialer._call_raw(ids) r JOIN dialer._metric_families() f ON f.family = r.family
               WHERE f.kind <> 'gauge';
-            UPDATE dialer.call_batches b
-               SET total_contacts = greatest(total_contacts - x.cnt, 0),
-                   completed_count = greatest(completed_count - x.done, 0),
-                   failed_count = greatest(failed_count - x.failed, 0)
-              FROM (SELECT c.batch_id, count(*) AS cnt,
-                           count(*) FILTER (WHERE c.status = 'completed') AS done,
-                           count(*) FILTER (WHERE c.status = 'failed') AS failed
-                      FROM dialer.campaign_contacts c WHERE c.id = ANY (ids) GROUP BY c.batch_id) x
-             WHERE b.id = x.batch_id;
+            PERFORM dialer._uncount_contacts(ids);
             DELETE FROM dialer.calls WHERE contact_id = ANY (ids);
             DELETE FROM dialer.campaign_contacts WHERE id = ANY (ids);
             GET DIAGNOSTICS n_jobs = ROW_COUNT;

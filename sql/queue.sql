@@ -47,22 +47,19 @@ END $$;
 CREATE FUNCTION dialer._resolve_mapping(p_agency_id bigint, p_mapping_id bigint)
 RETURNS bigint LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    found_id bigint;
+    m bigint := p_mapping_id;
 BEGIN
-    IF p_mapping_id IS NULL THEN
-        SELECT min(id) INTO found_id FROM dialer.agent_mappings WHERE agency_id = p_agency_id;
-        IF found_id IS NULL THEN
+    IF m IS NULL THEN
+        SELECT min(id) INTO m FROM dialer.agent_mappings WHERE agency_id = p_agency_id;
+        IF m IS NULL THEN
             RAISE EXCEPTION 'agency % has no agent mapping', p_agency_id USING ERRCODE = 'P0002',
                 HINT = 'Create one with dialer.create_agent_mapping(agency_id, provider, external_agent_id).';
         END IF;
-        PERFORM dialer._check_mapping_usable(found_id);
-        RETURN found_id;
+    ELSIF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings WHERE id = m AND agency_id = p_agency_id) THEN
+        RAISE EXCEPTION 'agent mapping % does not exist for agency %', m, p_agency_id USING ERRCODE = 'P0002';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings WHERE id = p_mapping_id AND agency_id = p_agency_id) THEN
-        RAISE EXCEPTION 'agent mapping % does not exist for agency %', p_mapping_id, p_agency_id USING ERRCODE = 'P0002';
-    END IF;
-    PERFORM dialer._check_mapping_usable(p_mapping_id);
-    RETURN p_mapping_id;
+    PERFORM dialer._check_mapping_usable(m);
+    RETURN m;
 END $$;
 
 -- The agency's default queue, created on first use with the seed's settings: 10 calls per 60 s,
@@ -170,40 +167,16 @@ DECLARE
     max_elements constant integer := 10000;
     k text;
 BEGIN
-    IF calls IS NULL OR jsonb_typeof(calls) <> 'array' THEN
-        RAISE EXCEPTION 'calls must be a JSON array of objects' USING ERRCODE = '22023';
-    END IF;
-    IF jsonb_array_length(calls) > max_elements THEN
-        RAISE EXCEPTION 'too many calls in one request: % (at most %)', jsonb_array_length(calls), max_elements
-            USING ERRCODE = '54000', HINT = 'Split the list into several schedule_bulk_calls calls.';
-    END IF;
+    PERFORM dialer._check_json_list(calls, 'calls', max_elements, 'request', 'schedule_bulk_calls');
     FOR el IN SELECT value FROM jsonb_array_elements(calls) LOOP
-        IF jsonb_typeof(el) <> 'object' THEN
-            RAISE EXCEPTION 'calls[%] must be a JSON object, got %', idx, jsonb_typeof(el) USING ERRCODE = '22P02';
-        END IF;
-        FOR k IN SELECT jsonb_object_keys(el) LOOP
-            IF k NOT IN ('to', 'agency_id', 'agent_mapping_id', 'message', 'priority', 'run_at', 'delay',
-                         'metadata', 'lead_id', 'dedupe_key', 'expires_at') THEN
-                RAISE EXCEPTION 'calls[%] has unknown field %', idx, quote_literal(k) USING ERRCODE = '22P02';
-            END IF;
-        END LOOP;
-        IF jsonb_typeof(el->'to') IS DISTINCT FROM 'string' THEN
-            RAISE EXCEPTION 'calls[%].to is missing or not a string', idx USING ERRCODE = '22P02';
-        END IF;
-        IF (el->>'to') !~ '^\+[1-9][0-9]{6,14}$' THEN
-            RAISE EXCEPTION 'calls[%].to % is not in E.164 form', idx, quote_literal(el->>'to')
-                USING ERRCODE = '22023', HINT = 'Write it as + country code and number, e.g. +14155550123.';
-        END IF;
+        PERFORM dialer._check_json_element(el, 'calls', idx, 'to',
+            '{to,agency_id,agent_mapping_id,message,priority,run_at,delay,metadata,lead_id,dedupe_key,expires_at}');
         IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'string'
                                 OR lower(el->>'priority') NOT IN ('high', 'normal', 'low')) THEN
             RAISE EXCEPTION 'calls[%].priority must be ''high'', ''normal'' or ''low''', idx USING ERRCODE = '22023';
         END IF;
-        IF el ? 'metadata' AND jsonb_typeof(el->'metadata') NOT IN ('object', 'null') THEN
-            RAISE EXCEPTION 'calls[%].metadata must be a JSON object', idx USING ERRCODE = '22P02';
-        END IF;
-        IF el ? 'message' AND jsonb_typeof(el->'message') NOT IN ('string', 'null') THEN
-            RAISE EXCEPTION 'calls[%].message must be a string', idx USING ERRCODE = '22P02';
-        END IF;
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'metadata', ARRAY['object', 'null'], 'a JSON object');
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'message', ARRAY['string', 'null'], 'a string');
         FOREACH k IN ARRAY ARRAY['agency_id', 'agent_mapping_id'] LOOP
             IF el ? k AND (jsonb_typeof(el->k) <> 'number' OR (el->>k) !~ '^[0-9]{1,18}$') THEN
                 RAISE EXCEPTION 'calls[%].% must be an id (a positive integer)', idx, k USING ERRCODE = '22P02';
@@ -283,8 +256,8 @@ END $$;
 CREATE FUNCTION dialer._promote_recurring(p_now timestamptz)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    r dialer.recurring_calls;
     n integer := 0;
+    r dialer.recurring_calls;
 BEGIN
     FOR r IN SELECT * FROM dialer.recurring_calls
               WHERE active AND next_run_at <= p_now
@@ -336,16 +309,29 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
         'expiresAt', c.expires_at)
 $$;
 
+-- A job (p_lock: locked FOR UPDATE), or P0002 when there is none.
+CREATE FUNCTION dialer._job(p_job_id bigint, p_lock boolean)
+RETURNS dialer.campaign_contacts LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts;
+BEGIN
+    IF p_lock THEN
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = p_job_id FOR UPDATE;
+    ELSE
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = p_job_id;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', coalesce(p_job_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    RETURN c;
+END $$;
+
 CREATE FUNCTION dialer.job_status(job_id bigint)
 RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    c dialer.campaign_contacts;
+    c dialer.campaign_contacts := dialer._job(job_id, false);
     b dialer.call_batches;
 BEGIN
-    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = job_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', coalesce(job_id::text, 'NULL') USING ERRCODE = 'P0002';
-    END IF;
     SELECT * INTO b FROM dialer.call_batches WHERE id = c.batch_id;
     RETURN dialer._job_json(c, b);
 END $$;
@@ -354,12 +340,8 @@ END $$;
 CREATE FUNCTION dialer.cancel_job(job_id bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    c dialer.campaign_contacts;
+    c dialer.campaign_contacts := dialer._job(job_id, true);
 BEGIN
-    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', coalesce(job_id::text, 'NULL') USING ERRCODE = 'P0002';
-    END IF;
     IF c.status = 'in_progress' THEN
         RAISE NOTICE 'job % is already dialing or in a call and cannot be cancelled', job_id;
         RETURN false;
@@ -379,12 +361,8 @@ END $$;
 CREATE FUNCTION dialer.retry_job(job_id bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    c dialer.campaign_contacts;
+    c dialer.campaign_contacts := dialer._job(job_id, true);
 BEGIN
-    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', coalesce(job_id::text, 'NULL') USING ERRCODE = 'P0002';
-    END IF;
     IF c.status <> 'failed' THEN
         RAISE NOTICE 'job % is %, only failed jobs can be retried', job_id, c.status;
         RETURN false;
@@ -449,6 +427,20 @@ BEGIN
          OFFSET start LIMIT "end" - start + 1;
 END $$;
 
+-- Contacts about to be deleted (clean_jobs, dialer._prune) leave their batches' counters.
+CREATE FUNCTION dialer._uncount_contacts(p_ids bigint[])
+RETURNS void LANGUAGE sql AS $$
+    UPDATE dialer.call_batches b
+       SET total_contacts = greatest(total_contacts - x.cnt, 0),
+           completed_count = greatest(completed_count - x.done, 0),
+           failed_count = greatest(failed_count - x.failed, 0)
+      FROM (SELECT c.batch_id, count(*) AS cnt,
+                   count(*) FILTER (WHERE c.status = 'completed') AS done,
+                   count(*) FILTER (WHERE c.status = 'failed') AS failed
+              FROM dialer.campaign_contacts c WHERE c.id = ANY (p_ids) GROUP BY c.batch_id) x
+     WHERE b.id = x.batch_id
+$$;
+
 -- Removes finished queue jobs (and their call records) older than grace. Returns how many.
 CREATE FUNCTION dialer.clean_jobs(grace interval, "limit" integer DEFAULT 1000, state text DEFAULT 'completed')
 RETURNS integer LANGUAGE plpgsql AS $$
@@ -479,15 +471,7 @@ BEGIN
     IF n = 0 THEN
         RETURN 0;
     END IF;
-    UPDATE dialer.call_batches b
-       SET total_contacts = greatest(total_contacts - x.cnt, 0),
-           completed_count = greatest(completed_count - x.done, 0),
-           failed_count = greatest(failed_count - x.failed, 0)
-      FROM (SELECT c.batch_id, count(*) AS cnt,
-                   count(*) FILTER (WHERE c.status = 'completed') AS done,
-                   count(*) FILTER (WHERE c.status = 'failed') AS failed
-              FROM dialer.campaign_contacts c WHERE c.id = ANY (doomed) GROUP BY c.batch_id) x
-     WHERE b.id = x.batch_id;
+    PERFORM dialer._uncount_contacts(doomed);
     UPDATE dialer.campaign_contacts SET call_id = NULL WHERE id = ANY (doomed);
     DELETE FROM dialer.calls WHERE contact_id = ANY (doomed);
     DELETE FROM dialer.campaign_contacts WHERE id = ANY (doomed);

@@ -1437,6 +1437,503 @@ AS 'MODULE_PATHNAME', '_pacing_next_slot_ms_wrapper';
 
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
+-- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name
+-- in errors: a JSON array of at most p_max elements (more: too many for one p_per of p_fn).
+CREATE FUNCTION dialer._check_json_list(p_list jsonb, p_name text, p_max integer, p_per text, p_fn text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_list IS NULL OR jsonb_typeof(p_list) <> 'array' THEN
+        RAISE EXCEPTION '% must be a JSON array of objects', p_name USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_array_length(p_list) > p_max THEN
+        RAISE EXCEPTION 'too many % in one %: % (at most %)', p_name, p_per, jsonb_array_length(p_list), p_max
+            USING ERRCODE = '54000', HINT = format('Split the list into several %s calls.', p_fn);
+    END IF;
+END $$;
+
+-- Element p_idx of such a list: a JSON object (with no key outside p_keys, when they are given)
+-- whose field p_phone is a number in E.164 form.
+CREATE FUNCTION dialer._check_json_element(p_el jsonb, p_name text, p_idx integer, p_phone text,
+    p_keys text[] DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    k text;
+BEGIN
+    IF jsonb_typeof(p_el) <> 'object' THEN
+        RAISE EXCEPTION '%[%] must be a JSON object, got %', p_name, p_idx, jsonb_typeof(p_el) USING ERRCODE = '22P02';
+    END IF;
+    IF p_keys IS NOT NULL THEN
+        FOR k IN SELECT jsonb_object_keys(p_el) LOOP
+            IF NOT k = ANY (p_keys) THEN
+                RAISE EXCEPTION '%[%] has unknown field %', p_name, p_idx, quote_literal(k) USING ERRCODE = '22P02';
+            END IF;
+        END LOOP;
+    END IF;
+    IF jsonb_typeof(p_el->p_phone) IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION '%[%].% is missing or not a string', p_name, p_idx, p_phone USING ERRCODE = '22P02';
+    END IF;
+    IF (p_el->>p_phone) !~ '^\+[1-9][0-9]{6,14}$' THEN
+        RAISE EXCEPTION '%[%].% % is not in E.164 form', p_name, p_idx, p_phone, quote_literal(p_el->>p_phone)
+            USING ERRCODE = '22023', HINT = 'Write it as + country code and number, e.g. +14155550123.';
+    END IF;
+END $$;
+
+-- An optional field of such an element: absent, or of one of the JSON types p_types (p_what names
+-- them in the error: 'a string', 'a JSON object').
+CREATE FUNCTION dialer._check_json_field(p_el jsonb, p_name text, p_idx integer, p_field text, p_types text[],
+    p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_el ? p_field AND NOT jsonb_typeof(p_el->p_field) = ANY (p_types) THEN
+        RAISE EXCEPTION '%[%].% must be %', p_name, p_idx, p_field, p_what USING ERRCODE = '22P02';
+    END IF;
+END $$;
+
+-- Contacts about to be deleted (clean_jobs, dialer._prune) leave their batches' counters.
+CREATE FUNCTION dialer._uncount_contacts(p_ids bigint[])
+RETURNS void LANGUAGE sql AS $$
+    UPDATE dialer.call_batches b
+       SET total_contacts = greatest(total_contacts - x.cnt, 0),
+           completed_count = greatest(completed_count - x.done, 0),
+           failed_count = greatest(failed_count - x.failed, 0)
+      FROM (SELECT c.batch_id, count(*) AS cnt,
+                   count(*) FILTER (WHERE c.status = 'completed') AS done,
+                   count(*) FILTER (WHERE c.status = 'failed') AS failed
+              FROM dialer.campaign_contacts c WHERE c.id = ANY (p_ids) GROUP BY c.batch_id) x
+     WHERE b.id = x.batch_id
+$$;
+
+-- A job (p_lock: locked FOR UPDATE), or P0002 when there is none.
+CREATE FUNCTION dialer._job(p_job_id bigint, p_lock boolean)
+RETURNS dialer.campaign_contacts LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts;
+BEGIN
+    IF p_lock THEN
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = p_job_id FOR UPDATE;
+    ELSE
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = p_job_id;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', coalesce(p_job_id::text, 'NULL') USING ERRCODE = 'P0002';
+    END IF;
+    RETURN c;
+END $$;
+
+-- A locked batch's calling window set (NULLs: cleared); contacts deferred by the old one go now.
+CREATE FUNCTION dialer._put_window(p_batch dialer.call_batches, p_start time, p_end time, p_days integer[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._release_window_deferrals(p_batch);
+    UPDATE dialer.call_batches SET window_start = p_start, window_end = p_end, window_days = p_days WHERE id = p_batch.id;
+    PERFORM dialer._wake_on_commit();
+END $$;
+
+-- All or nothing: every element is checked before any row is written. A number already in
+-- the batch is skipped (unique(batch_id, phone_number)); the count of rows added is returned.
+CREATE OR REPLACE FUNCTION dialer.add_contacts(batch_id bigint, contacts jsonb)
+RETURNS integer LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches;
+    el jsonb;
+    idx integer := 0;
+    added integer;
+    max_elements constant integer := 100000;
+BEGIN
+    b := dialer._batch_for_update(batch_id);
+    IF b.status IN ('completed', 'cancelled') THEN
+        RAISE EXCEPTION 'batch % is %; contacts can only be added to an open batch', b.id, b.status
+            USING ERRCODE = '55000';
+    END IF;
+    PERFORM dialer._check_json_list(contacts, 'contacts', max_elements, 'call', 'add_contacts');
+    FOR el IN SELECT value FROM jsonb_array_elements(contacts) LOOP
+        PERFORM dialer._check_json_element(el, 'contacts', idx, 'phone_number');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'name', ARRAY['string', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'variables', ARRAY['object', 'null'], 'a JSON object');
+        IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'number'
+                                OR (el->>'priority') !~ '^-?[0-9]{1,6}$') THEN
+            RAISE EXCEPTION 'contacts[%].priority must be an integer', idx USING ERRCODE = '22P02';
+        END IF;
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'lead_ref', ARRAY['string', 'number', 'null'], 'a string');
+        PERFORM dialer._check_json_field(el, 'contacts', idx, 'source', ARRAY['string', 'null'], 'a string');
+        IF el ? 'timezone' AND (jsonb_typeof(el->'timezone') <> 'string'
+                                OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = el->>'timezone')) THEN
+            RAISE EXCEPTION 'contacts[%].timezone % is not a known IANA time zone', idx, el->'timezone'
+                USING ERRCODE = '22023';
+        END IF;
+        idx := idx + 1;
+    END LOOP;
+
+    WITH ins AS (
+        INSERT INTO dialer.campaign_contacts (batch_id, phone_number, name, variables, priority, lead_ref, source, status,
+                                              timezone)
+        SELECT b.id, e->>'phone_number', e->>'name', coalesce(nullif(e->'variables', 'null'::jsonb), '{}'),
+               coalesce((e->>'priority')::integer, 2), e->>'lead_ref', e->>'source',
+               CASE WHEN b.status = 'processing' THEN 'queued' ELSE 'pending' END,
+               coalesce(e->>'timezone', dialer._zone_for_number(e->>'phone_number'))
+          FROM jsonb_array_elements(contacts) WITH ORDINALITY AS t(e, ord)
+         ORDER BY ord
+        ON CONFLICT (batch_id, phone_number) WHERE NOT is_job DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) INTO added FROM ins;
+
+    UPDATE dialer.call_batches
+       SET total_contacts = total_contacts + added, queued_count = queued_count + added
+     WHERE id = b.id;
+    IF added > 0 THEN
+        PERFORM dialer._wake_on_commit();
+    END IF;
+    RETURN added;
+END $$;
+
+-- All or nothing: every element is checked first (a bad one is named by its index), then each
+-- is scheduled; any error rolls all of them back.
+CREATE OR REPLACE FUNCTION dialer.schedule_bulk_calls(calls jsonb)
+RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    el jsonb;
+    idx integer := 0;
+    ids bigint[] := '{}';
+    max_elements constant integer := 10000;
+    k text;
+BEGIN
+    PERFORM dialer._check_json_list(calls, 'calls', max_elements, 'request', 'schedule_bulk_calls');
+    FOR el IN SELECT value FROM jsonb_array_elements(calls) LOOP
+        PERFORM dialer._check_json_element(el, 'calls', idx, 'to',
+            '{to,agency_id,agent_mapping_id,message,priority,run_at,delay,metadata,lead_id,dedupe_key,expires_at}');
+        IF el ? 'priority' AND (jsonb_typeof(el->'priority') <> 'string'
+                                OR lower(el->>'priority') NOT IN ('high', 'normal', 'low')) THEN
+            RAISE EXCEPTION 'calls[%].priority must be ''high'', ''normal'' or ''low''', idx USING ERRCODE = '22023';
+        END IF;
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'metadata', ARRAY['object', 'null'], 'a JSON object');
+        PERFORM dialer._check_json_field(el, 'calls', idx, 'message', ARRAY['string', 'null'], 'a string');
+        FOREACH k IN ARRAY ARRAY['agency_id', 'agent_mapping_id'] LOOP
+            IF el ? k AND (jsonb_typeof(el->k) <> 'number' OR (el->>k) !~ '^[0-9]{1,18}$') THEN
+                RAISE EXCEPTION 'calls[%].% must be an id (a positive integer)', idx, k USING ERRCODE = '22P02';
+            END IF;
+        END LOOP;
+        IF el ? 'run_at' AND el ? 'delay' THEN
+            RAISE EXCEPTION 'calls[%]: give run_at or delay, not both', idx USING ERRCODE = '22023';
+        END IF;
+        BEGIN
+            PERFORM (el->>'run_at')::timestamptz, (el->>'delay')::interval, (el->>'expires_at')::timestamptz;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'calls[%]: run_at and expires_at must be timestamps and delay an interval (%)', idx, SQLERRM
+                USING ERRCODE = '22023';
+        END;
+        IF (el->>'delay')::interval < interval '0' THEN
+            RAISE EXCEPTION 'calls[%].delay must not be negative', idx USING ERRCODE = '22023';
+        END IF;
+        idx := idx + 1;
+    END LOOP;
+
+    idx := 0;
+    FOR el IN SELECT value FROM jsonb_array_elements(calls) LOOP
+        BEGIN
+            ids := ids || dialer.schedule_call(
+                el->>'to', (el->>'agency_id')::bigint, (el->>'agent_mapping_id')::bigint, el->>'message',
+                coalesce(el->>'priority', 'normal'), (el->>'run_at')::timestamptz, (el->>'delay')::interval,
+                coalesce(nullif(el->'metadata', 'null'::jsonb), '{}'), el->>'lead_id', el->>'dedupe_key',
+                (el->>'expires_at')::timestamptz);
+        EXCEPTION WHEN OTHERS THEN
+            -- Re-raised with the element's index; the whole call rolls back.
+            RAISE EXCEPTION 'calls[%]: %', idx, SQLERRM USING ERRCODE = SQLSTATE;
+        END;
+        idx := idx + 1;
+    END LOOP;
+    RETURN ids;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.job_status(job_id bigint)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    c dialer.campaign_contacts := dialer._job(job_id, false);
+    b dialer.call_batches;
+BEGIN
+    SELECT * INTO b FROM dialer.call_batches WHERE id = c.batch_id;
+    RETURN dialer._job_json(c, b);
+END $$;
+
+-- Only a job not yet dialing can be cancelled; a call already placed goes on.
+CREATE OR REPLACE FUNCTION dialer.cancel_job(job_id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts := dialer._job(job_id, true);
+BEGIN
+    IF c.status = 'in_progress' THEN
+        RAISE NOTICE 'job % is already dialing or in a call and cannot be cancelled', job_id;
+        RETURN false;
+    ELSIF c.status NOT IN ('pending', 'queued') THEN
+        RAISE NOTICE 'job % is already % and cannot be cancelled', job_id, c.status;
+        RETURN false;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = 'cancelled', last_error = 'cancelled by cancel_job',
+           updated_at = clock_timestamp()
+     WHERE id = c.id;
+    PERFORM dialer._count_arrivals(c.batch_id);
+    UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = c.batch_id;
+    RETURN true;
+END $$;
+
+-- A failed job goes back to waiting with a fresh set of attempts.
+CREATE OR REPLACE FUNCTION dialer.retry_job(job_id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts := dialer._job(job_id, true);
+BEGIN
+    IF c.status <> 'failed' THEN
+        RAISE NOTICE 'job % is %, only failed jobs can be retried', job_id, c.status;
+        RETURN false;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = 'queued', attempts = 0, next_attempt_at = NULL,
+           updated_at = clock_timestamp()
+     WHERE id = c.id;
+    UPDATE dialer.call_batches
+       SET queued_count = queued_count + 1, failed_count = greatest(failed_count - 1, 0),
+           status = CASE WHEN status = 'completed' THEN 'processing' ELSE status END, completed_at = NULL
+     WHERE id = c.batch_id;
+    PERFORM dialer._wake_on_commit();
+    RETURN true;
+END $$;
+
+-- Removes finished queue jobs (and their call records) older than grace. Returns how many.
+CREATE OR REPLACE FUNCTION dialer.clean_jobs(grace interval, "limit" integer DEFAULT 1000, state text DEFAULT 'completed')
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    doomed bigint[];
+    n integer;
+BEGIN
+    IF state IS NULL OR state NOT IN ('completed', 'failed', 'cancelled', 'expired') THEN
+        RAISE EXCEPTION 'clean_jobs cleans completed, failed, cancelled or expired jobs, not %', coalesce(quote_literal(state), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'grace must not be negative' USING ERRCODE = '22023';
+    END IF;
+    IF "limit" IS NULL OR "limit" <= 0 THEN
+        RAISE EXCEPTION 'limit must be a positive integer' USING ERRCODE = '22023';
+    END IF;
+    SELECT coalesce(array_agg(id), '{}') INTO doomed FROM (
+        SELECT c.id FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
+         WHERE b.kind = 'queue'
+           AND c.status = ANY (CASE clean_jobs.state WHEN 'failed' THEN ARRAY['failed', 'in_doubt']
+                                                     ELSE ARRAY[clean_jobs.state] END)
+           AND c.updated_at < clock_timestamp() - grace
+         ORDER BY c.updated_at
+         LIMIT "limit"
+           FOR UPDATE OF c) d;
+    n := cardinality(doomed);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM dialer._uncount_contacts(doomed);
+    UPDATE dialer.campaign_contacts SET call_id = NULL WHERE id = ANY (doomed);
+    DELETE FROM dialer.calls WHERE contact_id = ANY (doomed);
+    DELETE FROM dialer.campaign_contacts WHERE id = ANY (doomed);
+    RETURN n;
+END $$;
+
+-- One retention pass: at most p_limit rows of each kind, oldest first, each in one statement.
+-- Never deleted: campaign contacts and call rows (only their stored request/response bodies
+-- are cleared), attempts not settled, queue jobs a human still has to follow up.
+-- Returns {"runs": n, "bodies": n, "webhook_events": n, "jobs": n}.
+CREATE OR REPLACE FUNCTION dialer._prune(p_runs text, p_bodies text, p_webhook_events text, p_jobs text, p_limit integer)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    keep_runs interval := dialer._retention_interval('dialer.retention_runs', p_runs);
+    keep_bodies interval := dialer._retention_interval('dialer.retention_bodies', p_bodies);
+    keep_events interval := dialer._retention_interval('dialer.retention_webhook_events', p_webhook_events);
+    keep_jobs interval := dialer._retention_interval('dialer.retention_jobs', p_jobs);
+    now_ts timestamptz := clock_timestamp();
+    ids bigint[];
+    n_runs integer := 0;
+    n_bodies integer := 0;
+    n_events integer := 0;
+    n_jobs integer := 0;
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
+        RAISE EXCEPTION 'a prune pass takes 1 to 100000 rows of each kind, not %', coalesce(p_limit::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+
+    IF keep_runs IS NOT NULL THEN
+        SELECT coalesce(array_agg(d.id), '{}') INTO ids FROM (
+            SELECT r.id FROM dialer.runs r WHERE r.started_at < now_ts - keep_runs
+             ORDER BY r.started_at LIMIT p_limit FOR UPDATE SKIP LOCKED) d;
+        IF cardinality(ids) > 0 THEN
+            PERFORM dialer._add_pruned(r.family, NULL, r.labels, r.bucket, r.n, r.s) FROM dialer._run_raw(ids) r;
+            DELETE FROM dialer.runs WHERE id = ANY (ids);
+            GET DIAGNOSTICS n_runs = ROW_COUNT;
+        END IF;
+    END IF;
+
+    IF keep_bodies IS NOT NULL THEN
+        UPDATE dialer.calls SET request = NULL, response = NULL
+         WHERE id IN (SELECT k.id FROM dialer.calls k
+                       WHERE (k.request IS NOT NULL OR k.response IS NOT NULL) AND k.created_at < now_ts - keep_bodies
+                         AND k.status NOT IN ('dialing', 'in_progress', 'in_doubt')
+                       ORDER BY k.created_at LIMIT p_limit FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS n_bodies = ROW_COUNT;
+    END IF;
+
+    IF keep_events IS NOT NULL THEN
+        DELETE FROM dialer.webhook_events
+         WHERE (provider, event_id) IN (SELECT e.provider, e.event_id FROM dialer.webhook_events e
+                                         WHERE e.received_at < now_ts - keep_events
+                                         ORDER BY e.received_at LIMIT p_limit FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS n_events = ROW_COUNT;
+    END IF;
+
+    IF keep_jobs IS NOT NULL THEN
+        SELECT coalesce(array_agg(d.id), '{}') INTO ids FROM (
+            SELECT c.id FROM dialer.campaign_contacts c JOIN dialer.call_batches b ON b.id = c.batch_id
+             WHERE c.is_job AND b.kind = 'queue' AND c.status IN ('completed', 'failed', 'cancelled', 'expired')
+               AND c.updated_at < now_ts - keep_jobs
+               AND c.handoff IS DISTINCT FROM 'manual_pending'
+               AND NOT EXISTS (SELECT 1 FROM dialer.followups f WHERE f.contact_id = c.id AND f.status = 'open')
+             ORDER BY c.updated_at LIMIT p_limit FOR UPDATE OF c SKIP LOCKED) d;
+        IF cardinality(ids) > 0 THEN
+            -- Their attempts go with them (as clean_jobs does): counted first.
+            PERFORM dialer._add_pruned(r.family, (r.labels->>'agency_id')::bigint, r.labels, r.bucket, r.n, r.s)
+               FROM dialer._call_raw(ids) r JOIN dialer._metric_families() f ON f.family = r.family
+              WHERE f.kind <> 'gauge';
+            PERFORM dialer._uncount_contacts(ids);
+            DELETE FROM dialer.calls WHERE contact_id = ANY (ids);
+            DELETE FROM dialer.campaign_contacts WHERE id = ANY (ids);
+            GET DIAGNOSTICS n_jobs = ROW_COUNT;
+        END IF;
+    END IF;
+
+    RETURN jsonb_build_object('runs', n_runs, 'bodies', n_bodies, 'webhook_events', n_events, 'jobs', n_jobs);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._attach_uninstall(p_attachment_id bigint)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t regclass;
+BEGIN
+    SELECT x.leads INTO t FROM dialer.lead_attachments x WHERE x.id = p_attachment_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t) THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pg_dialer_leads_' || p_attachment_id, t);
+    END IF;
+    EXECUTE format('DROP FUNCTION IF EXISTS dialer.%I(text, text[])', 'lead_writer_' || p_attachment_id);
+    UPDATE dialer.lead_attachments SET writer = NULL WHERE id = p_attachment_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._resolve_mapping(p_agency_id bigint, p_mapping_id bigint)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    m bigint := p_mapping_id;
+BEGIN
+    IF m IS NULL THEN
+        SELECT min(id) INTO m FROM dialer.agent_mappings WHERE agency_id = p_agency_id;
+        IF m IS NULL THEN
+            RAISE EXCEPTION 'agency % has no agent mapping', p_agency_id USING ERRCODE = 'P0002',
+                HINT = 'Create one with dialer.create_agent_mapping(agency_id, provider, external_agent_id).';
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM dialer.agent_mappings WHERE id = m AND agency_id = p_agency_id) THEN
+        RAISE EXCEPTION 'agent mapping % does not exist for agency %', m, p_agency_id USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM dialer._check_mapping_usable(m);
+    RETURN m;
+END $$;
+
+-- Each due occurrence becomes one job, exactly once (the row is locked while it is promoted).
+-- Occurrences missed while the worker was down give one catch-up job, not a burst.
+CREATE OR REPLACE FUNCTION dialer._promote_recurring(p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := 0;
+    r dialer.recurring_calls;
+BEGIN
+    FOR r IN SELECT * FROM dialer.recurring_calls
+              WHERE active AND next_run_at <= p_now
+              ORDER BY next_run_at
+                FOR UPDATE SKIP LOCKED LOOP
+        PERFORM dialer._enqueue(r.agency_id, r.agent_mapping_id, r.phone_number, r.template->>'message',
+            coalesce((r.template->>'priority')::integer, 2), NULL,
+            coalesce(r.template->'metadata', '{}')
+                || jsonb_build_object('recurring_call_id', r.id, 'occurrence', r.next_run_at),
+            r.template->>'lead_id',
+            format('recurring:%s:%s', r.id, extract(epoch FROM r.next_run_at)::bigint), r.id);
+        UPDATE dialer.recurring_calls
+           SET last_run_at = r.next_run_at,
+               next_run_at = dialer._cron_next(r.cron, r.timezone, greatest(p_now, r.next_run_at))
+         WHERE id = r.id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.set_calling_window(batch_id bigint, start_time time, end_time time,
+    days integer[] DEFAULT '{1,2,3,4,5,6,7}')
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(batch_id);
+BEGIN
+    PERFORM dialer._check_window(start_time, end_time, days);
+    PERFORM dialer._put_window(b, start_time, end_time, days);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.clear_calling_window(batch_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._put_window(dialer._batch_for_update(batch_id), NULL, NULL, NULL);
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.add_holiday(agency_id bigint, day date)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    IF day IS NULL THEN
+        RAISE EXCEPTION 'day must not be NULL' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO dialer.agency_holidays VALUES (add_holiday.agency_id, add_holiday.day) ON CONFLICT DO NOTHING;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.set_agency_limits(agency_id bigint, max_attempts_per_number_per_day integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dialer._check_agency(agency_id);
+    IF max_attempts_per_number_per_day IS NOT NULL AND max_attempts_per_number_per_day <= 0 THEN
+        RAISE EXCEPTION 'max_attempts_per_number_per_day must be a positive integer or NULL' USING ERRCODE = '22023';
+    END IF;
+    UPDATE dialer.agencies a SET max_attempts_per_number_per_day = set_agency_limits.max_attempts_per_number_per_day
+     WHERE a.id = set_agency_limits.agency_id;
+END $$;
+
+-- A function replaced above loses SECURITY DEFINER: the API's list is applied again (sql/security.sql).
+-- The API a tenant calls: SECURITY DEFINER as dialer_api, search_path pinned. The list is the
+-- contract of what a tenant may do; an upgrade script that replaces one of these functions
+-- must run this block again (CREATE OR REPLACE resets SECURITY DEFINER).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'dialer'::regnamespace AND p.proname IN (
+                  'add_contacts', 'add_do_not_call', 'add_holiday', 'add_telecaller', 'cancel_batch', 'cancel_job',
+                  'cancel_recurring_call', 'clean_jobs', 'clear_calling_window', 'create_agent_mapping', 'create_batch',
+                  'get_batch_contacts_to_call', 'job_status', 'list_jobs', 'pause_batch', 'pause_queue', 'queue_stats',
+                  'remove_do_not_call', 'remove_holiday', 'resolve_in_doubt', 'resume_batch', 'resume_queue', 'retry_job',
+                  'schedule_bulk_calls', 'schedule_call', 'schedule_recurring_call', 'set_agency_limits',
+                  'set_calling_window', 'set_disposition', 'set_provider_credentials', 'set_provider_rate_limit',
+                  'set_queue_calling_window', 'set_queue_options', 'set_retry_delays', 'set_telecaller_available',
+                  'update_batch_progress', 'why_not_dialed',
+                  'add_caller_id', 'remove_caller_id', 'use_caller_id_pool', 'set_batch_options', 'detach_leads',
+                  '_attach_register', '_attach_queue')
+              ORDER BY 1 LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO dialer_api', f);
+    END LOOP;
+END $$;
+
 -- The worker's own role: the dialer's tables, sequences and functions, nothing else.
 GRANT USAGE ON SCHEMA dialer TO dialer_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dialer TO dialer_worker;
