@@ -6,26 +6,20 @@ use crate::dispatch::{Job, JobResult};
 use crate::error::DialerError;
 use crate::tick::{self, Claimed, Counts, Pacing, TargetCache};
 
-/// Claim: batches whose start has come are promoted, then due contacts are claimed within
-/// pacing and the HTTP pool's room. None: another pass holds the tick (the worker, or a
-/// concurrent process_batches()).
-pub fn claim(
-    max_batches: i32,
-    pacing: &Pacing,
-    room_for: &dyn Fn(&str) -> usize,
-    cache: &mut TargetCache,
-) -> Result<Option<Claimed>, DialerError> {
-    if !tick::try_tick_lock()? {
-        return Ok(None);
-    }
-    tick::promote()?;
-    Ok(Some(tick::claim(max_batches, pacing, room_for, cache)?))
+/// What a claim takes from.
+pub enum ClaimFrom {
+    /// Every batch with work due (batches whose start has come are promoted first), up to this
+    /// many batches.
+    Due { max_batches: i32 },
+    /// One queue just given a job (the immediate-call path): that batch only, checked for
+    /// pacing, limits and compliance as any other.
+    Queue(i64),
 }
 
-/// Claim from one queue just given a job (the immediate-call path): that batch only, checked for
-/// pacing, limits and compliance as any other.
-pub fn claim_queue(
-    batch_id: i64,
+/// Claim: due contacts, within pacing and the HTTP pool's room. None: another pass holds the
+/// tick (the worker, or a concurrent process_batches()).
+pub fn claim(
+    from: ClaimFrom,
     pacing: &Pacing,
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
@@ -33,7 +27,14 @@ pub fn claim_queue(
     if !tick::try_tick_lock()? {
         return Ok(None);
     }
-    Ok(Some(tick::claim_one(batch_id, pacing, room_for, cache)?))
+    let claimed = match from {
+        ClaimFrom::Due { max_batches } => {
+            tick::promote()?;
+            tick::claim(max_batches, pacing, room_for, cache)?
+        }
+        ClaimFrom::Queue(batch_id) => tick::claim_one(batch_id, pacing, room_for, cache)?,
+    };
+    Ok(Some(claimed))
 }
 
 /// Record: the answers of placed calls, status polls and look-ups, and the batches whose

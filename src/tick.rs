@@ -689,23 +689,24 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
 }
 
 pub fn record_status(results: &[JobResult]) -> Result<i32, DialerError> {
-    let mut items = Vec::new();
+    let (mut call_ids, mut ended, mut end_reasons, mut answered_at, mut ended_at) = (vec![], vec![], vec![], vec![], vec![]);
     for r in results {
         let JobKind::Status { call_id, provider } = &r.kind else { continue };
         let Ok(resp) = &r.result else { continue };
         let Some(status) = providers::interpret_status_response(provider, resp) else { continue };
-        items.push(json!({
-            "call_id": call_id,
-            "ended": status.ended,
-            "end_reason": status.end_reason,
-            "answered_at": crate::api::webhooks::clean_timestamp(status.answered_at.as_deref()),
-            "ended_at": crate::api::webhooks::clean_timestamp(status.ended_at.as_deref()),
-        }));
+        call_ids.push(*call_id);
+        ended.push(status.ended);
+        end_reasons.push(status.end_reason);
+        answered_at.push(crate::api::webhooks::clean_timestamp(status.answered_at.as_deref()));
+        ended_at.push(crate::api::webhooks::clean_timestamp(status.ended_at.as_deref()));
     }
-    if items.is_empty() {
+    if call_ids.is_empty() {
         return Ok(0);
     }
-    one::<i32>("SELECT dialer._record_status($1)", &[JsonB(Value::Array(items)).into()])
+    one::<i32>(
+        "SELECT dialer._record_status($1, $2, $3, $4::text[]::timestamptz[], $5::text[]::timestamptz[])",
+        &[call_ids.into(), ended.into(), end_reasons.into(), answered_at.into(), ended_at.into()],
+    )
 }
 
 /// Step 5b: look-ups of attempts in doubt (timeouts, a worker that died mid-request).
@@ -742,20 +743,21 @@ pub fn lookup_jobs(limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, Dial
 }
 
 pub fn record_lookups(results: &[JobResult]) -> Result<i32, DialerError> {
-    let mut items = Vec::new();
+    let (mut call_ids, mut found, mut provider_call_ids) = (vec![], vec![], vec![]);
     for r in results {
         let JobKind::Lookup { attempt } = &r.kind else { continue };
         let Ok(resp) = &r.result else { continue };
-        match lookup::parse(attempt, resp) {
-            LookupResult::Found { provider_call_id } => {
-                items.push(json!({"call_id": attempt.call_id, "result": "found", "provider_call_id": provider_call_id}))
-            }
-            LookupResult::NotFound => items.push(json!({"call_id": attempt.call_id, "result": "not_found"})),
-            LookupResult::Unknown => {}
-        }
+        let (is_found, provider_call_id) = match lookup::parse(attempt, resp) {
+            LookupResult::Found { provider_call_id } => (true, provider_call_id),
+            LookupResult::NotFound => (false, None),
+            LookupResult::Unknown => continue,
+        };
+        call_ids.push(attempt.call_id);
+        found.push(is_found);
+        provider_call_ids.push(provider_call_id);
     }
-    if items.is_empty() {
+    if call_ids.is_empty() {
         return Ok(0);
     }
-    one::<i32>("SELECT dialer._record_lookup($1)", &[JsonB(Value::Array(items)).into()])
+    one::<i32>("SELECT dialer._record_lookup($1, $2, $3)", &[call_ids.into(), found.into(), provider_call_ids.into()])
 }

@@ -315,7 +315,7 @@ impl Worker {
         let epoch = wake::current(wake::Epoch::Holds);
         let max_batches = self.settings.max_batches_per_run;
         let Some(tick::Claimed { jobs, unbuildable, batches }) =
-            txn::run(|| pass::claim(max_batches, &pacing, &room_for, &mut self.targets))?
+            txn::run(|| pass::claim(pass::ClaimFrom::Due { max_batches }, &pacing, &room_for, &mut self.targets))?
         else {
             if !self.skipping {
                 self.skipping = true;
@@ -476,7 +476,7 @@ impl Worker {
         }
         let pacing = self.pacing();
         let epoch = wake::current(wake::Epoch::Holds);
-        let claimed = txn::run(|| pass::claim_queue(batch_id, &pacing, &room_for, &mut self.targets))?;
+        let claimed = txn::run(|| pass::claim(pass::ClaimFrom::Queue(batch_id), &pacing, &room_for, &mut self.targets))?;
         let Some(tick::Claimed { jobs, unbuildable, .. }) = claimed else { return Ok(()) };
         self.send_claimed(jobs, epoch);
         if !unbuildable.is_empty() {

@@ -1435,6 +1435,84 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_pacing_next_slot_ms_wrapper';
 
+-- Status polls and look-ups are recorded from typed arrays, no longer from JSON.
+DROP FUNCTION dialer._record_status(jsonb);
+DROP FUNCTION dialer._record_lookup(jsonb);
+-- Records provider status look-ups, one element per call in parallel arrays. An ended call
+-- completes its contact (whatever the outcome; the outcome is kept on the call). A live call's row
+-- is written only when something changed: a poll that learnt nothing new left a dead row version
+-- (and ten index entries) behind every few seconds.
+CREATE FUNCTION dialer._record_status(p_call_ids bigint[], p_ended boolean[], p_end_reasons text[],
+    p_answered_at timestamptz[], p_ended_at timestamptz[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    k dialer.calls;
+    n integer := 0;
+BEGIN
+    FOR r IN SELECT * FROM unnest(p_call_ids, p_ended, p_end_reasons, p_answered_at, p_ended_at)
+                       AS s(call_id, ended, end_reason, answered_at, ended_at) LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = r.call_id AND status = 'in_progress' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        IF r.ended THEN
+            -- _end_call writes answered_at with the end, in the same update
+            IF dialer._end_call(k.id, r.end_reason, r.answered_at, r.ended_at) THEN
+                n := n + 1;
+            END IF;
+        ELSIF k.answered_at IS NULL AND r.answered_at IS NOT NULL THEN
+            UPDATE dialer.calls SET answered_at = r.answered_at WHERE id = k.id;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Records look-ups, one element per call in parallel arrays (found, and the provider's call id
+-- when it was). Found → adopted: the call is in progress after all. Not found (the provider answered) → the attempt never happened:
+-- the contact is queued again, not counted as an attempt.
+CREATE FUNCTION dialer._record_lookup(p_call_ids bigint[], p_found boolean[], p_provider_call_ids text[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    k dialer.calls;
+    c dialer.campaign_contacts;
+    b dialer.call_batches;
+    n integer := 0;
+BEGIN
+    FOR r IN SELECT * FROM unnest(p_call_ids, p_found, p_provider_call_ids) AS l(call_id, found, provider_call_id) LOOP
+        SELECT * INTO k FROM dialer.calls WHERE id = r.call_id AND status = 'in_doubt' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        SELECT * INTO c FROM dialer.campaign_contacts WHERE id = k.contact_id FOR UPDATE;
+        SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
+        IF r.found THEN
+            UPDATE dialer.calls SET status = 'in_progress', provider_call_id = coalesce(r.provider_call_id, provider_call_id),
+                   error = 'adopted: found at the provider by idempotency key', last_polled_at = NULL
+             WHERE id = k.id;
+            IF c.status = 'in_doubt' AND c.call_id = k.id THEN
+                UPDATE dialer.campaign_contacts SET status = 'in_progress', updated_at = clock_timestamp(), last_error = NULL
+                 WHERE id = c.id;
+                PERFORM dialer._move_batch_counters(b.id, p_in_progress => 1);
+            END IF;
+            n := n + 1;
+        ELSE
+            UPDATE dialer.calls SET status = 'network_error', error = 'no answer, and not found at the provider: never placed'
+             WHERE id = k.id;
+            IF c.status = 'in_doubt' AND c.call_id = k.id THEN
+                UPDATE dialer.campaign_contacts
+                   SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                       next_attempt_at = clock_timestamp() + greatest(b.retry_delay, interval '1 second'),
+                       updated_at = clock_timestamp(), last_error = 'previous attempt never reached the provider'
+                 WHERE id = c.id;
+                UPDATE dialer.call_batches
+                   SET queued_count = queued_count + 1,
+                       status = CASE WHEN status = 'completed' THEN 'processing' ELSE status END, completed_at = NULL
+                 WHERE id = b.id;
+            END IF;
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
 -- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name

@@ -58,7 +58,9 @@ fn run_tick() -> Result<Value, DialerError> {
         catch_up_before_ms: None,
     };
     let mut cache = tick::TargetCache::default();
-    let Some(tick::Claimed { jobs, unbuildable, .. }) = pass::claim(settings.max_batches_per_run, &pacing, &unlimited, &mut cache)? else {
+    let Some(tick::Claimed { jobs, unbuildable, .. }) =
+        pass::claim(pass::ClaimFrom::Due { max_batches: settings.max_batches_per_run }, &pacing, &unlimited, &mut cache)?
+    else {
         tick::log_run(started, "function", Counts::default(), "SKIPPED_CONCURRENT", None)?;
         return Ok(json!({"status": "SKIPPED_CONCURRENT"}));
     };

@@ -174,7 +174,7 @@ impl Adapter for Twilio {
     }
 
     fn status_of(&self, v: &Value) -> Option<CallStatus> {
-        Some(call_status(&v, v.get("status").and_then(Value::as_str)?))
+        Some(call_status(v, v.get("status").and_then(Value::as_str)?))
     }
 
     /// Twilio keeps no metadata, so a lost attempt is searched by number: the calls to it, newest
