@@ -74,6 +74,8 @@ fn a_caller_id_pool_balances_prefers_local_numbers_and_holds_caps() {
     let counts = from_counts(&mut s);
     assert_eq!(counts.get(POOL[2]), Some(&100), "a capped number is never used: {counts:?}");
     assert_eq!(counts.len(), 3, "no call from a number outside the pool: {counts:?}");
+    // (Claimed is not yet posted: the worker holds each request until its pacing slot.)
+    wait_for("the six claimed calls posted", Duration::from_secs(10), || (call_posts(&s.sim).len() >= 306).then_some(()));
     assert_eq!(call_posts(&s.sim).len(), 306);
 
     // A number disabled is not used either; one added frees the waiting contacts.
