@@ -18,6 +18,7 @@ pub mod pass;
 pub mod providers;
 pub mod restores;
 pub mod retention;
+pub mod sealed;
 pub mod secrets;
 pub mod standbys;
 pub mod tick;
@@ -61,7 +62,7 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     wake::init_shmem();
-    api::credentials::ensure_keyring();
+    sealed::ensure_keyring();
     zones::warm_up();
     BackgroundWorkerBuilder::new("pg_dialer launcher")
         .set_type("pg_dialer launcher")

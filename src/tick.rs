@@ -242,7 +242,7 @@ impl TargetCache {
         let creds = match creds {
             Some((key, base_url, account_sid)) => Some(Credentials {
                 // A key that does not decrypt is this account's problem: its batches say so and wait.
-                api_key: crate::api::credentials::unseal(&key, agency_id, provider, "api_key").map_err(|e| {
+                api_key: crate::sealed::unseal(&key, agency_id, provider, "api_key").map_err(|e| {
                     DialerError::InvalidArgument(format!("the stored {provider} key of agency {agency_id} cannot be used: {e}"))
                 })?,
                 base_url,
@@ -697,8 +697,8 @@ pub fn record_status(results: &[JobResult]) -> Result<i32, DialerError> {
         call_ids.push(*call_id);
         ended.push(status.ended);
         end_reasons.push(status.end_reason);
-        answered_at.push(crate::api::webhooks::clean_timestamp(status.answered_at.as_deref()));
-        ended_at.push(crate::api::webhooks::clean_timestamp(status.ended_at.as_deref()));
+        answered_at.push(crate::webhooks::clean_timestamp(status.answered_at.as_deref()));
+        ended_at.push(crate::webhooks::clean_timestamp(status.ended_at.as_deref()));
     }
     if call_ids.is_empty() {
         return Ok(0);

@@ -388,6 +388,11 @@ pub fn parse_bland(body: &str) -> Result<Option<CallEvent>, String> {
     }))
 }
 
+/// Normalises a provider timestamp so a malformed one can never break the SQL that stores it.
+pub fn clean_timestamp(t: Option<&str>) -> Option<String> {
+    t.and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok()).map(|d| d.to_rfc3339())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

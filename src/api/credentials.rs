@@ -1,12 +1,13 @@
 //! Provider credentials as stored: `dialer._check_base_url(url)` checks a base_url against
 //! dialer.allowed_hosts when it is stored (as well as where each request is sent, in
 //! src/dispatch.rs); `_seal` / `_unseal` / `rotate_encryption_key` keep keys and webhook secrets
-//! encrypted at rest under the keyring of dialer.key_file (src/secrets.rs).
+//! encrypted at rest under the keyring of dialer.key_file (src/sealed.rs, src/secrets.rs).
 
 use crate::api::process::raise;
 use crate::error::DialerError;
 use crate::gucs::Settings;
-use crate::secrets::{binding, Keyring};
+use crate::sealed::{decrypt, install_keyring, seal_value, unseal};
+use crate::secrets::Keyring;
 use pgrx::prelude::*;
 
 #[pg_extern(stable, parallel_safe)]
@@ -19,76 +20,6 @@ fn _check_base_url(base_url: Option<&str>) {
     if let Err(why) = list.check_url(url) {
         raise(DialerError::InvalidArgument(format!("base_url refused: {why}")));
     }
-}
-
-/// The keyring of dialer.key_file, read once per backend and again after a rotation elsewhere.
-static KEYRING: std::sync::Mutex<Option<std::sync::Arc<Keyring>>> = std::sync::Mutex::new(None);
-
-fn keyring(reload: bool) -> Result<std::sync::Arc<Keyring>, DialerError> {
-    let mut cached = KEYRING.lock().map_err(|_| DialerError::database("the keyring lock is poisoned"))?;
-    if let (Some(k), false) = (cached.as_ref(), reload) {
-        return Ok(k.clone());
-    }
-    let ring = Keyring::load_or_create(std::path::Path::new(&Settings::key_file()))
-        .map(std::sync::Arc::new)
-        .map_err(|e| DialerError::database(format!("provider secrets cannot be encrypted or read: {e}")))?;
-    *cached = Some(ring.clone());
-    Ok(ring)
-}
-
-/// Creates the keyring at server start when it is missing (the postmaster, preloading). Not
-/// cached here: every backend reads the file itself, so none starts with a stale copy.
-pub fn ensure_keyring() {
-    if let Err(e) = Keyring::load_or_create(std::path::Path::new(&Settings::key_file())) {
-        pgrx::warning!("provider secrets cannot be encrypted or read: {e}");
-    }
-}
-
-/// A stored secret in the clear, for the worker and the functions that need it; never exposed
-/// to PUBLIC. Plaintext left from before encryption is returned as it is. A value
-/// `vault:<name>` names a Supabase Vault secret of the agency's own (`dialer._vault_secret`: the
-/// name starts with `agency_<id>_`, else 42501).
-pub fn unseal(stored: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
-    let plain = decrypt(stored, agency_id, provider, column)?;
-    match plain.strip_prefix(VAULT_PREFIX) {
-        Some(name) => from_vault(agency_id, name),
-        None => Ok(plain),
-    }
-}
-
-const VAULT_PREFIX: &str = "vault:";
-
-fn from_vault(agency_id: i64, name: &str) -> Result<String, DialerError> {
-    let prefix = format!("agency_{agency_id}_");
-    if !name.starts_with(&prefix) {
-        return Err(DialerError::Forbidden(format!(
-            "Vault secret {name:?} is not agency {agency_id}'s: its credentials may name only secrets whose names start with {prefix}"
-        )));
-    }
-    Spi::get_one_with_args::<String>("SELECT dialer._vault_secret($1, $2)", &[agency_id.into(), name.into()])
-        .map_err(|e| DialerError::database(e.to_string()))?
-        .ok_or_else(|| DialerError::NotFound(format!("Vault has no secret named {name:?}")))
-}
-
-fn decrypt(stored: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
-    if !Keyring::is_encrypted(stored) {
-        return Ok(stored.to_string());
-    }
-    let b = binding(agency_id, provider, column);
-    let ring = keyring(false)?;
-    let ring = match Keyring::key_id_of(stored) {
-        // Encrypted under a key this backend has not read yet (rotated in another session).
-        Some(id) if ring.decrypt(stored, &b).is_err() && id != ring.current_id() => keyring(true)?,
-        _ => ring,
-    };
-    ring.decrypt(stored, &b).map_err(DialerError::database)
-}
-
-fn seal_value(plaintext: &str, agency_id: i64, provider: &str, column: &str) -> Result<String, DialerError> {
-    if Keyring::is_encrypted(plaintext) {
-        return Ok(plaintext.to_string());
-    }
-    keyring(false)?.encrypt(plaintext, &binding(agency_id, provider, column)).map_err(DialerError::database)
 }
 
 /// Encrypts a secret for its row (the credentials trigger calls it on every write, so a key is
@@ -115,9 +46,7 @@ fn rotate_encryption_key() -> i64 {
         Ok(r) => std::sync::Arc::new(r),
         Err(e) => raise(DialerError::database(format!("the key could not be rotated: {e}"))),
     };
-    if let Ok(mut cached) = KEYRING.lock() {
-        *cached = Some(ring);
-    }
+    install_keyring(ring);
     let rows = Spi::connect_mut(|client| {
         let t =
             client.update("SELECT agency_id, provider, api_key, webhook_secret FROM dialer.provider_credentials FOR UPDATE", None, &[])?;

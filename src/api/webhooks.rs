@@ -1,9 +1,9 @@
 //! `dialer.ingest_webhook(provider, body, headers)`: provider call events, signature-checked,
 //! applied once.
 
-use crate::api::credentials::unseal;
 use crate::api::process::raise;
 use crate::error::DialerError;
+use crate::sealed::unseal;
 use crate::webhooks::{self, CallEvent};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -15,11 +15,6 @@ fn ingest_webhook(provider: &str, body: &str, headers: default!(JsonB, "'{}'")) 
         Ok(v) => JsonB(v),
         Err(e) => raise(e),
     }
-}
-
-/// Normalises a provider timestamp so a malformed one can never break the SQL that stores it.
-pub fn clean_timestamp(t: Option<&str>) -> Option<String> {
-    t.and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok()).map(|d| d.to_rfc3339())
 }
 
 fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerError> {
@@ -152,7 +147,7 @@ fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, Diale
     if !first {
         return Ok(json!({"status": "duplicate", "call_id": call_id}));
     }
-    let answered = clean_timestamp(event.answered_at.as_deref());
+    let answered = webhooks::clean_timestamp(event.answered_at.as_deref());
     if !event.ended {
         Spi::run_with_args(
             "UPDATE dialer.calls SET answered_at = coalesce(answered_at, $2::timestamptz) WHERE id = $1",
@@ -163,7 +158,7 @@ fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, Diale
     }
     let changed = Spi::get_one_with_args::<bool>(
         "SELECT dialer._end_call($1, $2, $3::timestamptz, $4::timestamptz)",
-        &[call_id.into(), event.end_reason.clone().into(), answered.into(), clean_timestamp(event.ended_at.as_deref()).into()],
+        &[call_id.into(), event.end_reason.clone().into(), answered.into(), webhooks::clean_timestamp(event.ended_at.as_deref()).into()],
     )
     .map_err(|e| DialerError::database(e.to_string()))?
     .unwrap_or(false);
