@@ -563,12 +563,40 @@ END $$;
 -- (the next round) at the earliest.
 -- (enable_sort off: the batches must come in index order, read only as far as needed; a sort
 -- would read them all.)
-CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
+-- The next time a batch may dial (NULL: none): the later of its pacing slot (or its account's, or a
+-- back-off) and its earliest queued contact. The worker claims pacing slots up to a second before
+-- this (src/pacing.rs); other due times (_next_due) it waits for. Batches are read in the order of
+-- their pacing slot (call_batches_next_slot_idx), a lower bound of that time, so the look-ups stop
+-- at the first batch that cannot beat what is found.
+CREATE FUNCTION dialer._next_slot(p_now timestamptz)
 RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
 DECLARE
     best timestamptz;
     r record;
     due timestamptz;
+BEGIN
+    FOR r IN SELECT b.id, b.next_slot_at,
+                    greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                             coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
+               FROM dialer.call_batches b
+               LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
+               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+              WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
+              ORDER BY b.next_slot_at NULLS FIRST LOOP
+        EXIT WHEN best IS NOT NULL AND (coalesce(r.next_slot_at, p_now) >= best OR best <= p_now);
+        CONTINUE WHEN best IS NOT NULL AND r.slot_at >= best;
+        due := dialer._batch_due_at(r.id, p_now);
+        IF due IS NOT NULL THEN
+            best := least(best, greatest(r.slot_at, due));
+        END IF;
+    END LOOP;
+    RETURN best;
+END $$;
+
+CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
+DECLARE
+    best timestamptz;
 BEGIN
     SELECT min(t) INTO best FROM (
         SELECT greatest(q.t, p_rounds_from) AS t FROM (
@@ -593,25 +621,7 @@ BEGIN
         UNION ALL
         SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
     ) due_at;
-    -- A batch is due at the later of its pacing / back-off time and its earliest queued contact.
-    -- Batches are read in the order of their pacing slot (call_batches_next_slot_idx), a lower
-    -- bound of that time, so the look-ups stop at the first batch that cannot beat what is found.
-    FOR r IN SELECT b.id, b.next_slot_at,
-                    greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
-                             coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
-               FROM dialer.call_batches b
-               LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
-               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
-              WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
-              ORDER BY b.next_slot_at NULLS FIRST LOOP
-        EXIT WHEN best IS NOT NULL AND (coalesce(r.next_slot_at, p_now) >= best OR best <= p_now);
-        CONTINUE WHEN best IS NOT NULL AND r.slot_at >= best;
-        due := dialer._batch_due_at(r.id, p_now);
-        IF due IS NOT NULL THEN
-            best := least(best, greatest(r.slot_at, due));
-        END IF;
-    END LOOP;
-    RETURN best;
+    RETURN least(best, dialer._next_slot(p_now));
 END $$;
 
 -- Calls the worker claimed for a pacing slot still to come wait in the worker, unsent (src/held.rs).

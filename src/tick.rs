@@ -90,16 +90,25 @@ pub fn complete_batches(by_counters: bool) -> Result<i32, DialerError> {
     one::<i32>("SELECT dialer._complete_batches(clock_timestamp(), $1)", &[by_counters.into()])
 }
 
-/// Milliseconds until the next pacing slot, retry, scheduled start, status poll or look-up (those
-/// two not before the next poll round); None when nothing waits.
-pub fn ms_until_next_due(poll_every_ms: f64, next_round_in_ms: f64) -> Result<Option<f64>, DialerError> {
-    Spi::get_one_with_args::<f64>(
-        "SELECT (extract(epoch FROM dialer._next_due(clock_timestamp(), make_interval(secs => $1 / 1000.0),
-                                                     clock_timestamp() + make_interval(secs => $2 / 1000.0))
-                 - clock_timestamp()) * 1000)::float8",
-        &[poll_every_ms.into(), next_round_in_ms.into()],
-    )
-    .map_err(db)
+/// Milliseconds until what is due next (a pacing slot, retry, scheduled start, status poll or
+/// look-up, those two not before the next poll round), and until the next pacing slot alone (the
+/// claim may take that one early); None when nothing waits.
+pub fn ms_until_next_due(poll_every_ms: f64, next_round_in_ms: f64) -> Result<(Option<f64>, Option<f64>), DialerError> {
+    Spi::connect(|client| {
+        let row = client.select(
+            "SELECT (extract(epoch FROM dialer._next_due(clock_timestamp(), make_interval(secs => $1 / 1000.0),
+                                                        clock_timestamp() + make_interval(secs => $2 / 1000.0))
+                     - clock_timestamp()) * 1000)::float8,
+                    (extract(epoch FROM dialer._next_slot(clock_timestamp()) - clock_timestamp()) * 1000)::float8",
+            Some(1),
+            &[poll_every_ms.into(), next_round_in_ms.into()],
+        )?;
+        let mut out = (None, None);
+        for r in row {
+            out = (r.get::<f64>(1)?, r.get::<f64>(2)?);
+        }
+        Ok::<_, DialerError>(out)
+    })
 }
 
 /// See `dialer._refresh_statistics`: ANALYZE a hot table that has outgrown its statistics.

@@ -89,6 +89,8 @@ struct Worker {
     pool: Pool,
     rebuild_pool: bool,
     next_due: Option<Instant>,
+    /// The next pacing slot (claimed up to pacing::WORKER_AHEAD_MS early; part of next_due too).
+    next_slot: Option<Instant>,
     next_poll_round: Instant,
     settled_at_start: bool,
     skipping: bool,
@@ -134,6 +136,7 @@ impl Worker {
             pool,
             rebuild_pool: false,
             next_due: None,
+            next_slot: None,
             next_poll_round: Instant::now(),
             settled_at_start: false,
             skipping: false,
@@ -222,9 +225,11 @@ impl Worker {
         let started = unix_ms();
         let now = Instant::now();
         let do_poll = now >= self.next_poll_round;
-        let slot_near = self.next_due.is_some_and(|due| due <= now + crate::pacing::claim_before_slot());
-        // Nothing new, no slot near, no poll round: this wake-up was for held calls or answers.
-        let full = std::mem::take(&mut self.latch_set) || do_poll || slot_near || self.pool_full;
+        let slot_near = self.next_slot.is_some_and(|slot| slot <= now + crate::pacing::claim_before_slot());
+        let due = self.next_due.is_some_and(|due| due <= now);
+        // Nothing new, nothing due, no slot near, no poll round: this wake-up was for held calls
+        // or answers.
+        let full = std::mem::take(&mut self.latch_set) || do_poll || slot_near || due || self.pool_full;
         self.take_answers();
         let (mut counts, ended) = self.record_answers(full)?;
         // (and again after recording, which can take a few milliseconds)
@@ -235,7 +240,7 @@ impl Worker {
         }
         if !full && !ended {
             self.log_pass(started, counts, false)?;
-            return Ok(self.between_passes(self.settings.poll_interval));
+            return Ok(self.between_passes(self.settings.poll_interval, crate::pacing::claim_before_slot()));
         }
         if do_poll {
             self.next_poll_round = now + POLL_ROUND_EVERY;
@@ -356,7 +361,7 @@ impl Worker {
         // Polls and look-ups go in rounds: one due before the next round waits for it.
         let poll_every_ms = upkeep.poll_every_ms;
         let next_round_in_ms = self.next_poll_round.saturating_duration_since(Instant::now()).as_secs_f64() * 1000.0;
-        let (polls, next_due_ms, lead_owners) = txn::run(|| {
+        let (polls, (next_due_ms, next_slot_ms), lead_owners) = txn::run(|| {
             let polls = if do_poll { pass::upkeep(&upkeep, &mut self.targets)? } else { Vec::new() };
             let next = tick::ms_until_next_due(poll_every_ms, next_round_in_ms)?;
             let lead_owners = if do_poll { lead_writer::due_owners(lead_writer::MAX_WRITERS)? } else { Vec::new() };
@@ -365,7 +370,9 @@ impl Worker {
         if check_every_batch {
             self.next_full_completion_check = now + FULL_COMPLETION_CHECK_EVERY;
         }
-        self.next_due = next_due_ms.map(|ms| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64));
+        let at = |ms: f64| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64);
+        self.next_due = next_due_ms.map(at);
+        self.next_slot = next_slot_ms.map(at);
         // Lead rows are written in their owners' sessions (outside this transaction: the
         // writers' handles outlive it).
         if do_poll {
@@ -398,7 +405,10 @@ impl Worker {
 
     /// How long to sleep after a full pass.
     fn next_wait(&mut self, progressed: bool) -> Duration {
-        let mut wait = self.between_passes(self.settings.poll_interval);
+        // Early only for what a claim can take early (pacing slots): a pass that found nothing
+        // to do ahead of time waits for the due time itself (a status poll, a retry).
+        let lead = if progressed { crate::pacing::claim_before_slot() } else { Duration::ZERO };
+        let mut wait = self.between_passes(self.settings.poll_interval, lead);
         if !progressed && wait < Duration::from_millis(1) {
             // Something is due that this pass could not do (a provider account's share of the
             // HTTP threads is full, or every queued number is on a live call elsewhere): back off
@@ -544,13 +554,17 @@ impl Worker {
         Ok((counts, more_than_accepted))
     }
 
-    /// How long to sleep at most, from what is known without a query: the next slot (less the
-    /// claim's lead), the next held call, answers waiting to be recorded, counts to be logged.
-    fn between_passes(&self, at_most: Duration) -> Duration {
+    /// How long to sleep at most, from what is known without a query: the next due time, the next
+    /// pacing slot less `lead`, the next held call, answers waiting to be recorded, counts to be
+    /// logged.
+    fn between_passes(&self, at_most: Duration, lead: Duration) -> Duration {
         let now = Instant::now();
         let mut wait = at_most;
         if let Some(due) = self.next_due {
-            wait = wait.min(due.saturating_duration_since(now + crate::pacing::claim_before_slot()));
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+        if let Some(slot) = self.next_slot {
+            wait = wait.min(slot.saturating_duration_since(now + lead));
         }
         if let Some(release_ms) = self.held.next_release_ms() {
             wait = wait.min(Duration::from_micros(((release_ms - unix_ms()).max(0.0) * 1000.0) as u64));

@@ -1513,6 +1513,67 @@ BEGIN
     RETURN n;
 END $$;
 
+-- The next time a batch may dial (NULL: none): the later of its pacing slot (or its account's, or a
+-- back-off) and its earliest queued contact. The worker claims pacing slots up to a second before
+-- this (src/pacing.rs); other due times (_next_due) it waits for. Batches are read in the order of
+-- their pacing slot (call_batches_next_slot_idx), a lower bound of that time, so the look-ups stop
+-- at the first batch that cannot beat what is found.
+CREATE FUNCTION dialer._next_slot(p_now timestamptz)
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
+DECLARE
+    best timestamptz;
+    r record;
+    due timestamptz;
+BEGIN
+    FOR r IN SELECT b.id, b.next_slot_at,
+                    greatest(coalesce(b.next_slot_at, p_now), coalesce(b.rate_limited_until, p_now),
+                             coalesce(pc.next_slot_at, p_now), coalesce(pc.rate_limited_until, p_now)) AS slot_at
+               FROM dialer.call_batches b
+               LEFT JOIN dialer.agent_mappings m ON m.id = b.agent_mapping_id
+               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = m.agency_id AND pc.provider = m.provider
+              WHERE b.status = 'processing' AND b.in_progress_count < b.max_concurrent
+              ORDER BY b.next_slot_at NULLS FIRST LOOP
+        EXIT WHEN best IS NOT NULL AND (coalesce(r.next_slot_at, p_now) >= best OR best <= p_now);
+        CONTINUE WHEN best IS NOT NULL AND r.slot_at >= best;
+        due := dialer._batch_due_at(r.id, p_now);
+        IF due IS NOT NULL THEN
+            best := least(best, greatest(r.slot_at, due));
+        END IF;
+    END LOOP;
+    RETURN best;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
+DECLARE
+    best timestamptz;
+BEGIN
+    SELECT min(t) INTO best FROM (
+        SELECT greatest(q.t, p_rounds_from) AS t FROM (
+            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+              WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
+            UNION ALL
+            SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
+              FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
+        ) q WHERE q.t IS NOT NULL
+        UNION ALL
+        -- a pending batch is due now, a scheduled one at its time; none: nothing to wake for
+        SELECT min(coalesce(scheduled_for, p_now)) FROM dialer.call_batches
+         WHERE status IN ('pending', 'scheduled')
+        UNION ALL
+        -- deadlines: the expiry pass runs when one passes (call_batches_expiry_idx, campaign_contacts_expiry_idx)
+        SELECT min(expires_at) FROM dialer.call_batches
+         WHERE expires_at > p_now AND status IN ('pending', 'scheduled', 'processing', 'paused')
+        UNION ALL
+        SELECT min(expires_at) FROM dialer.campaign_contacts
+         WHERE expires_at IS NOT NULL AND status IN ('pending', 'queued')
+        UNION ALL
+        SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
+    ) due_at;
+    RETURN least(best, dialer._next_slot(p_now));
+END $$;
+
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
 -- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name
