@@ -115,8 +115,8 @@ struct Worker {
     held: Held,
     /// Agent mappings and credentials, kept across passes until they change.
     targets: TargetCache,
-    /// Counts not yet in the tick log, and when its pass started; when the log was last written.
-    unlogged: Option<(f64, Counts)>,
+    /// Counts not yet in the tick log; when the log was last written.
+    unlogged: Option<Counts>,
     logged_at: Instant,
     /// Answers drained from the pool, not yet recorded, and when the first of them came.
     unrecorded: Vec<JobResult>,
@@ -389,18 +389,17 @@ impl Worker {
         Ok(n)
     }
 
-    /// The tick log (dialer.runs): what passes did, one row per full pass and at most one a
-    /// LOG_EVERY for the passes that only recorded answers in between.
+    /// The tick log (dialer.runs): what passes did, one row per full pass (its own start and
+    /// duration), which also carries the counts of the passes between that only recorded answers;
+    /// those are written at least every LOG_EVERY.
     fn log_pass(&mut self, started: f64, counts: Counts, full: bool) -> Result<(), DialerError> {
         if !counts.is_empty() {
-            let (first, unlogged) = self.unlogged.get_or_insert((started, Counts::default()));
-            *first = first.min(started);
-            unlogged.add(counts);
+            self.unlogged.get_or_insert_with(Counts::default).add(counts);
         }
         let due = full || self.logged_at.elapsed() >= LOG_EVERY;
-        let Some((first, unlogged)) = self.unlogged.take_if(|_| due) else { return Ok(()) };
+        let Some(unlogged) = self.unlogged.take_if(|_| due) else { return Ok(()) };
         self.logged_at = Instant::now();
-        txn::run(|| tick::log_run(first, "worker", unlogged, "COMPLETED", None))
+        txn::run(|| tick::log_run(started, "worker", unlogged, "COMPLETED", None))
     }
 
     /// How long to sleep after a full pass.
