@@ -12,7 +12,7 @@ pub static WOKEN_BATCH: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_dialer
 
 /// Bumped when a transaction that may stop claimed calls commits (a batch paused, cancelled or
 /// ended; a number listed as do-not-call): calls the worker holds for a later pacing slot are
-/// checked again before they leave (see `worker::Held`).
+/// checked again before they leave (see `held::Held`).
 pub static HOLDS_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_dialer_holds_epoch") };
 
 /// Bumped when a transaction that changed an agent mapping or provider credentials commits: the
