@@ -435,13 +435,7 @@ END $$;
 
 -- A batch that stops dialing, or a number listed as do-not-call: at commit the worker checks the
 -- calls it holds for a pacing slot still to come before they leave (dialer._withdraw_held).
-CREATE FUNCTION dialer._holds_changed()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM dialer._holds_changed_on_commit();
-    RETURN NULL;
-END $$;
 CREATE TRIGGER call_batches_holds AFTER UPDATE OF status ON dialer.call_batches
-    FOR EACH ROW WHEN (OLD.status = 'processing' AND NEW.status <> 'processing') EXECUTE FUNCTION dialer._holds_changed();
+    FOR EACH ROW WHEN (OLD.status = 'processing' AND NEW.status <> 'processing') EXECUTE FUNCTION dialer._changed_on_commit('holds');
 CREATE TRIGGER do_not_call_holds AFTER INSERT ON dialer.do_not_call
-    FOR EACH STATEMENT EXECUTE FUNCTION dialer._holds_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION dialer._changed_on_commit('holds');

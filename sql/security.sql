@@ -306,3 +306,5 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_worker', f);
     END LOOP;
 END $$;
+-- A trigger function no tenant calls (only its triggers fire it, without asking for EXECUTE).
+REVOKE EXECUTE ON FUNCTION dialer._changed_on_commit() FROM dialer_user;

@@ -846,13 +846,7 @@ END $$;
 
 -- The worker keeps agent mappings and credentials across passes (tick::TargetCache): a change
 -- to either tells it at commit to read them again.
-CREATE FUNCTION dialer._config_changed()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM dialer._config_changed_on_commit();
-    RETURN NULL;
-END $$;
 CREATE TRIGGER agent_mappings_changed AFTER INSERT OR UPDATE OR DELETE ON dialer.agent_mappings
-    FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION dialer._changed_on_commit('config');
 CREATE TRIGGER provider_credentials_changed AFTER INSERT OR DELETE OR UPDATE OF api_key, base_url, account_sid
-    ON dialer.provider_credentials FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
+    ON dialer.provider_credentials FOR EACH STATEMENT EXECUTE FUNCTION dialer._changed_on_commit('config');

@@ -31,7 +31,7 @@ pub mod zones;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema", api::queue::_config_changed_on_commit]);
+extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["schema", api::queue::_changed_on_commit]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["tick"]);
 extension_sql_file!("../sql/leads.sql", name = "leads", requires = ["queue"]);
 extension_sql_file!(
@@ -42,7 +42,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/compliance.sql",
     name = "compliance",
-    requires = ["leads", "queue", api::queue::_zone_for_number, api::queue::_holds_changed_on_commit]
+    requires = ["leads", "queue", api::queue::_zone_for_number, api::queue::_changed_on_commit]
 );
 extension_sql_file!("../sql/caller_ids.sql", name = "caller_ids", requires = ["compliance"]);
 extension_sql_file!("../sql/attach.sql", name = "attach", requires = ["caller_ids"]);

@@ -93,6 +93,16 @@ pub enum Epoch {
     Config,
 }
 
+impl Epoch {
+    /// Its bit in a set of epochs (a transaction's changes, api::queue).
+    pub fn bit(self) -> u8 {
+        match self {
+            Epoch::Holds => 1,
+            Epoch::Config => 2,
+        }
+    }
+}
+
 fn counter(epoch: Epoch) -> &'static PgAtomic<AtomicU64> {
     match epoch {
         Epoch::Holds => &HOLDS_EPOCH,
@@ -107,8 +117,8 @@ pub fn bump(epoch: Epoch) {
     }
 }
 
-/// The counter now (0 without shared memory: the worker then holds nothing and caches nothing
-/// for long, see held.rs and tick::TargetCache).
+/// The counter now; 0 when the library was not preloaded (no shared memory, and so no worker
+/// to read it).
 pub fn current(epoch: Epoch) -> u64 {
     if SHMEM_READY.load(Ordering::SeqCst) {
         counter(epoch).get().load(Ordering::SeqCst)

@@ -216,6 +216,8 @@ fn a_tenant_writes_only_through_the_api_and_only_its_own_rows() {
         "UPDATE dialer.pacing_state SET next_slot_at = now() + interval '1 day'".to_string(),
         "DELETE FROM dialer.do_not_call".to_string(),
         "SELECT dialer._notify('handoff', '{\"contact_id\": 1}')".to_string(),
+        // what makes the worker re-check the calls it holds fires as a trigger only
+        "SELECT dialer._changed_on_commit()".to_string(),
     ];
     for sql in &attacks {
         let e = t.batch_execute(sql).unwrap_err();

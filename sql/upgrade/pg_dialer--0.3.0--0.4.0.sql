@@ -1378,42 +1378,21 @@ BEGIN
     END IF;
 END $$;
 
--- Calls held for a later pacing slot (src/held.rs): a change that may stop them bumps a counter
--- the worker reads at commit.
-CREATE FUNCTION dialer."_holds_changed_on_commit"() RETURNS void
-STRICT VOLATILE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_holds_changed_on_commit_wrapper';
-
--- A batch that stops dialing, or a number listed as do-not-call: at commit the worker checks the
--- calls it holds for a pacing slot still to come before they leave (dialer._withdraw_held).
-CREATE FUNCTION dialer._holds_changed()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM dialer._holds_changed_on_commit();
-    RETURN NULL;
-END $$;
+-- A change that others must notice (src/api/queue.rs): a counter in shared memory is bumped at
+-- commit. 'holds': calls held for a later pacing slot (src/held.rs) are checked again before they
+-- leave; 'config': the worker reads agent mappings and credentials again (tick::TargetCache).
+CREATE FUNCTION dialer."_changed_on_commit"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', '_changed_on_commit_wrapper';
 CREATE TRIGGER call_batches_holds AFTER UPDATE OF status ON dialer.call_batches
-    FOR EACH ROW WHEN (OLD.status = 'processing' AND NEW.status <> 'processing') EXECUTE FUNCTION dialer._holds_changed();
+    FOR EACH ROW WHEN (OLD.status = 'processing' AND NEW.status <> 'processing') EXECUTE FUNCTION dialer._changed_on_commit('holds');
 CREATE TRIGGER do_not_call_holds AFTER INSERT ON dialer.do_not_call
-    FOR EACH STATEMENT EXECUTE FUNCTION dialer._holds_changed();
-
-CREATE FUNCTION dialer."_config_changed_on_commit"() RETURNS void
-STRICT VOLATILE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_config_changed_on_commit_wrapper';
--- The worker keeps agent mappings and credentials across passes (tick::TargetCache): a change
--- to either tells it at commit to read them again.
-CREATE FUNCTION dialer._config_changed()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM dialer._config_changed_on_commit();
-    RETURN NULL;
-END $$;
+    FOR EACH STATEMENT EXECUTE FUNCTION dialer._changed_on_commit('holds');
 CREATE TRIGGER agent_mappings_changed AFTER INSERT OR UPDATE OR DELETE ON dialer.agent_mappings
-    FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION dialer._changed_on_commit('config');
 CREATE TRIGGER provider_credentials_changed AFTER INSERT OR DELETE OR UPDATE OF api_key, base_url, account_sid
-    ON dialer.provider_credentials FOR EACH STATEMENT EXECUTE FUNCTION dialer._config_changed();
+    ON dialer.provider_credentials FOR EACH STATEMENT EXECUTE FUNCTION dialer._changed_on_commit('config');
 
 -- Pacing in one place (src/pacing.rs), for _claim_batch.
 CREATE FUNCTION dialer."_pacing_plan"(
@@ -2113,3 +2092,5 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO dialer_worker', f);
     END LOOP;
 END $$;
+-- A trigger function no tenant calls (only its triggers fire it, without asking for EXECUTE).
+REVOKE EXECUTE ON FUNCTION dialer._changed_on_commit() FROM dialer_user;

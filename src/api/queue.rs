@@ -1,6 +1,7 @@
 //! Rust helpers behind the call-queue SQL API (`sql/queue.sql`): cron evaluation and the
 //! wake-on-commit that makes immediate calls immediate.
 
+use crate::error::DialerError;
 use crate::{cron, wake};
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
@@ -19,10 +20,8 @@ thread_local! {
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
     /// The batch this transaction gave new work to: 0 none yet, -1 several.
     static WAKE_BATCH: Cell<i64> = const { Cell::new(0) };
-    /// This transaction may stop calls the worker holds for a later slot (see wake::HOLDS_EPOCH).
-    static HOLDS_CHANGED: Cell<bool> = const { Cell::new(false) };
-    /// This transaction changed agent mappings or provider credentials (see wake::CONFIG_EPOCH).
-    static CONFIG_CHANGED: Cell<bool> = const { Cell::new(false) };
+    /// The counters (wake::Epoch bits) this transaction bumps when it commits.
+    static CHANGED: Cell<u8> = const { Cell::new(0) };
 }
 
 /// Wakes the worker when the current transaction commits (so it sees the new rows), once per
@@ -40,21 +39,26 @@ fn _wake_on_commit_for(batch_id: i64) {
     wake_on_commit(Some(batch_id));
 }
 
-/// The trigger behind `call_batches_holds` and `do_not_call_holds`: a batch leaving
-/// 'processing' or a number listed as do-not-call; at commit the worker checks the calls it
-/// holds for later slots again before they leave.
-#[pg_extern]
-fn _holds_changed_on_commit() {
-    HOLDS_CHANGED.with(|h| h.set(true));
+/// The trigger behind `call_batches_holds` and `do_not_call_holds` (argument 'holds': a batch
+/// leaving 'processing', a number listed as do-not-call; the worker checks the calls it holds for
+/// later slots again before they leave) and `agent_mappings_changed` and
+/// `provider_credentials_changed` ('config': the worker reads them again). Either way the counter
+/// is bumped when the transaction commits, and the worker woken.
+#[pg_trigger]
+fn _changed_on_commit<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, DialerError> {
+    let args = trigger.extra_args().map_err(|e| DialerError::InvalidArgument(e.to_string()))?;
+    let epoch = match args.as_slice() {
+        [kind] if kind == "holds" => wake::Epoch::Holds,
+        [kind] if kind == "config" => wake::Epoch::Config,
+        _ => {
+            return Err(DialerError::InvalidArgument(format!(
+                "dialer._changed_on_commit takes one trigger argument, 'holds' or 'config', not {args:?}"
+            )))
+        }
+    };
+    CHANGED.with(|c| c.set(c.get() | epoch.bit()));
     wake_on_commit(None);
-}
-
-/// The trigger behind `agent_mappings_changed` and `provider_credentials_changed`: at commit the
-/// worker reads them again (and tries batches that waited for them).
-#[pg_extern]
-fn _config_changed_on_commit() {
-    CONFIG_CHANGED.with(|h| h.set(true));
-    wake_on_commit(None);
+    Ok(None)
 }
 
 fn wake_on_commit(batch_id: Option<i64>) {
@@ -76,19 +80,18 @@ fn wake_on_commit(batch_id: Option<i64>) {
         if b != 0 {
             wake::note_woken_batch(b);
         }
-        if HOLDS_CHANGED.with(|h| h.replace(false)) {
-            wake::bump(wake::Epoch::Holds);
-        }
-        if CONFIG_CHANGED.with(|h| h.replace(false)) {
-            wake::bump(wake::Epoch::Config);
+        let changed = CHANGED.with(|c| c.replace(0));
+        for epoch in [wake::Epoch::Holds, wake::Epoch::Config] {
+            if changed & epoch.bit() != 0 {
+                wake::bump(epoch);
+            }
         }
         wake::wake_worker();
     });
     register_xact_callback(PgXactCallbackEvent::Abort, || {
         WAKE_PENDING.with(|p| p.set(false));
         WAKE_BATCH.with(|w| w.set(0));
-        HOLDS_CHANGED.with(|h| h.set(false));
-        CONFIG_CHANGED.with(|h| h.set(false));
+        CHANGED.with(|c| c.set(0));
     });
 }
 
