@@ -30,13 +30,7 @@ fn bad_request(errors: &[String]) -> Response {
     error(StatusCode::BAD_REQUEST, &errors.join("; "))
 }
 
-const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Rate limit exceeded (simulated)",
-    capacity: "No capacity right now (simulated)",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| error(status, message),
-};
+const FAULTS: FaultAnswers = FaultAnswers::new("Rate limit exceeded (simulated)", |status, _, message| error(status, message));
 
 /// `Err` = the refusal of the `authorization` header.
 fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {

@@ -38,13 +38,7 @@ fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
     exchange::key_check(bearer_ok(st, headers), || error(StatusCode::UNAUTHORIZED, "Invalid API Key"))
 }
 
-const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Too many requests (simulated rate limit)",
-    capacity: "No capacity right now (simulated)",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| error(status, message),
-};
+const FAULTS: FaultAnswers = FaultAnswers::new("Too many requests (simulated rate limit)", |status, _, message| error(status, message));
 
 /// The agent a call uses when the request does not override it (the number's own agent).
 const DEFAULT_AGENT_ID: &str = "agent_provider_sim";

@@ -75,14 +75,12 @@ fn auth(st: &St, headers: &HeaderMap, path_sid: &str) -> Result<(), Refusal> {
 
 /// Twilio's error codes are 20000 + the status, but for 401.
 const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Too Many Requests",
     capacity: "Service Unavailable (simulated)",
     error: "Internal Server Error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| {
+    ..FaultAnswers::new("Too Many Requests", |status, _, message| {
         let status = status.as_u16();
         twilio_error(status, if status == 401 { 20003 } else { 20000 + status as u32 }, message)
-    },
+    })
 };
 
 fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {

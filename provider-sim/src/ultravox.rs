@@ -49,11 +49,8 @@ fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
 }
 
 const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Request was throttled. Expected available in {secs} seconds.",
     capacity: "No capacity available for new calls right now (simulated). Retry later.",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| detail(status, message),
+    ..FaultAnswers::new("Request was throttled. Expected available in {secs} seconds.", |status, _, message| detail(status, message))
 };
 
 /// `medium.<carrier>.outgoing`: (to, from).

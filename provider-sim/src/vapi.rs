@@ -44,13 +44,7 @@ fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
     })
 }
 
-const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Too Many Requests",
-    capacity: "No capacity right now (simulated)",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| error(status, json!(message)),
-};
+const FAULTS: FaultAnswers = FaultAnswers::new("Too Many Requests", |status, _, message| error(status, json!(message)));
 
 /// Vapi's `endedReason` for a simulated end reason (values from the spec's enum).
 pub(crate) fn ended_reason(end_reason: &str) -> &'static str {
