@@ -8,7 +8,7 @@ use crate::end_webhooks::{self, Delivery};
 use crate::exchange::{self, Body, Exchange, Refusal};
 use crate::faults::{ConnKill, FaultAnswers};
 use crate::mutex::lock;
-use crate::state::{CallState, NewCall, St};
+use crate::state::{CallState, NewCall, St, Stage};
 use crate::webhooks::retell_signature;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -59,16 +59,11 @@ pub(crate) fn disconnection_reason(end_reason: &str) -> &'static str {
 
 fn call_status(c: &CallState, now_us: i64) -> &'static str {
     let call = &c.call;
-    if now_us >= call.ended_at_us {
-        if matches!(call.end_reason.as_str(), "system_error" | "error") {
-            "error"
-        } else {
-            "ended"
-        }
-    } else if call.joined_at_us.is_some_and(|j| j <= now_us) {
-        "ongoing"
-    } else {
-        "registered"
+    match call.stage_at(now_us) {
+        Stage::Ended if matches!(call.end_reason.as_str(), "system_error" | "error") => "error",
+        Stage::Ended => "ended",
+        Stage::Answered => "ongoing",
+        Stage::Queued | Stage::Ringing => "registered",
     }
 }
 
