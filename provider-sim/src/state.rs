@@ -19,14 +19,12 @@ pub struct SimCall {
     pub call_id: String,
     pub provider: Provider,
     pub to: Option<String>,
-    #[serde(default)]
     pub from: Option<String>,
     /// Metadata sent at creation (`Value::Null` if none).
     #[serde(default)]
     pub metadata: Value,
     pub created_at_us: i64,
     /// When the callee "answers" (20% into the call); `None` if the call never connects.
-    #[serde(default)]
     pub joined_at_us: Option<i64>,
     /// Scheduled end (created + simulated duration).
     pub ended_at_us: i64,
@@ -34,7 +32,7 @@ pub struct SimCall {
     pub end_reason: String,
     /// The agent/assistant the request named (Ultravox agent id from the path, Vapi
     /// `assistantId`, Retell `override_agent_id`), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
 }
 
