@@ -55,6 +55,9 @@ fn ultravox_create_get_and_end() {
     let g = uv_get(&a, &sim, &format!("/api/calls/{id}"));
     assert_eq!(g.status, 200);
     assert_eq!(g.body["callId"], id.as_str());
+    let slash = uv_get(&a, &sim, &format!("/api/calls/{id}/"));
+    assert_eq!((slash.status, &slash.body["callId"]), (200, &g.body["callId"]), "Ultravox also answers with a trailing slash");
+    assert_eq!(uv_get(&a, &sim, "/api/calls/").status, 200);
 
     let ended = poll_until(Duration::from_secs(5), || {
         let g = uv_get(&a, &sim, &format!("/api/calls/{id}"));
