@@ -8,7 +8,7 @@ use crate::config::{Provider, SimConfig};
 use crate::end_webhooks::{self, Delivery};
 use crate::exchange::{self, Body, Exchange, Refusal};
 use crate::faults::{ConnKill, FaultAnswers};
-use crate::state::{CallState, NewCall, St};
+use crate::state::{CallState, NewCall, St, Stage};
 use crate::webhooks::bland_signature;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -30,13 +30,7 @@ fn bad_request(errors: &[String]) -> Response {
     error(StatusCode::BAD_REQUEST, &errors.join("; "))
 }
 
-const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Rate limit exceeded (simulated)",
-    capacity: "No capacity right now (simulated)",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| error(status, message),
-};
+const FAULTS: FaultAnswers = FaultAnswers::new("Rate limit exceeded (simulated)", |status, _, message| error(status, message));
 
 /// `Err` = the refusal of the `authorization` header.
 fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
@@ -59,18 +53,18 @@ fn auth_refusal(st: &St, headers: &HeaderMap) -> Result<(), &'static str> {
 
 fn status_of(c: &CallState, now_us: i64) -> (&'static str, &'static str) {
     let call = &c.call;
-    if now_us >= call.ended_at_us {
-        let s = match call.end_reason.as_str() {
-            "busy" => "busy",
-            "no-answer" | "no_answer" | "unjoined" => "no-answer",
-            "failed" | "connection_error" | "canceled" | "system_error" | "error" => "failed",
-            _ => "completed",
-        };
-        (s, "complete")
-    } else if now_us >= call.ringing_at_us() {
-        ("in-progress", "started")
-    } else {
-        ("queued", "queued")
+    match call.stage_at(now_us) {
+        Stage::Ended => {
+            let s = match call.end_reason.as_str() {
+                "busy" => "busy",
+                "no-answer" | "no_answer" | "unjoined" => "no-answer",
+                "failed" | "connection_error" | "canceled" | "system_error" | "error" => "failed",
+                _ => "completed",
+            };
+            (s, "complete")
+        }
+        Stage::Ringing | Stage::Answered => ("in-progress", "started"),
+        Stage::Queued => ("queued", "queued"),
     }
 }
 

@@ -335,48 +335,53 @@ pub fn parse_duration_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
+/// Declares a struct whose fields may each be absent from its JSON and are left out of it
+/// while unset (`None`, `false`), so that a rule reads back as short as it was written.
+macro_rules! sparse_json_struct {
+    ($(#[$attr:meta])* pub struct $name:ident { $($(#[$field_attr:meta])* pub $field:ident: $ty:ty,)* }) => {
+        $(#[$attr])*
+        pub struct $name {
+            $(
+                $(#[$field_attr])*
+                #[serde(skip_serializing_if = "is_unset")]
+                pub $field: $ty,
+            )*
+        }
+    };
 }
 
-/// A deterministic behaviour for create requests to one destination number.
-///
-/// First matching rule wins; it is consumed after `times` matches (absent = forever).
-/// A matching rule decides the outcome alone: random faults are not applied on top.
-/// Outcome precedence: `drop_connection`, then `hang`, then `status` >= 400
-/// (429 and 503 get `Retry-After`), else the call is created (with `duration_ms`/`end_reason`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// Destination number to match exactly; absent = every number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
-    /// Restrict to one provider; absent = all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<Provider>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub hang: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hang_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub drop_connection: bool,
-    /// Overrides the configured latency for matching requests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    /// e.g. "hangup" (default), "voicemail", "unjoined", "busy", "no-answer", "failed".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_reason: Option<String>,
-    /// Remaining uses; absent = forever.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub times: Option<u32>,
+fn is_unset<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+sparse_json_struct! {
+    /// A deterministic behaviour for create requests to one destination number.
+    ///
+    /// First matching rule wins; it is consumed after `times` matches (absent = forever).
+    /// A matching rule decides the outcome alone: random faults are not applied on top.
+    /// Outcome precedence: `drop_connection`, then `hang`, then `status` >= 400
+    /// (429 and 503 get `Retry-After`), else the call is created (with `duration_ms`/`end_reason`).
+    #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Rule {
+        /// Destination number to match exactly; absent = every number.
+        pub to: Option<String>,
+        /// Restrict to one provider; absent = all.
+        pub provider: Option<Provider>,
+        pub status: Option<u16>,
+        pub retry_after_secs: Option<u64>,
+        pub message: Option<String>,
+        pub hang: bool,
+        pub hang_secs: Option<u64>,
+        pub drop_connection: bool,
+        /// Overrides the configured latency for matching requests.
+        pub latency_ms: Option<u64>,
+        pub duration_ms: Option<u64>,
+        /// e.g. "hangup" (default), "voicemail", "unjoined", "busy", "no-answer", "failed".
+        pub end_reason: Option<String>,
+        /// Remaining uses; absent = forever.
+        pub times: Option<u32>,
+    }
 }
 
 /// `pub fn field(self, value) -> Rule` for each `Option` field of [`Rule`] named.
@@ -472,6 +477,14 @@ mod tests {
         assert!(c.apply_json(&json!({"capacity_rate": 0.25})).is_ok());
         c.apply_json(&json!({"call_duration_ms": "100..200"})).unwrap();
         assert_eq!((c.call_duration_ms_min, c.call_duration_ms_max), (100, 200));
+    }
+
+    #[test]
+    fn rules_json_holds_only_what_is_set() {
+        let r = Rule::new("+1").status(429).hang();
+        assert_eq!(serde_json::to_value(&r).unwrap(), json!({"to": "+1", "status": 429, "hang": true}));
+        assert_eq!(serde_json::from_value::<Rule>(json!({"to": "+1", "status": 429, "hang": true})).unwrap(), r);
+        assert!(serde_json::from_value::<Rule>(json!({"to": "+1", "stat": 429})).is_err());
     }
 
     #[test]

@@ -43,6 +43,20 @@ pub(crate) struct FaultAnswers {
     pub body: fn(StatusCode, &str, &str) -> Response,
 }
 
+impl FaultAnswers {
+    /// The answers in the wording the providers share but for the 429's, each provider's own;
+    /// one that words another fault its own way sets it over these (`..FaultAnswers::new(..)`).
+    pub const fn new(rate_limited: &'static str, body: fn(StatusCode, &str, &str) -> Response) -> FaultAnswers {
+        FaultAnswers {
+            rate_limited,
+            capacity: "No capacity right now (simulated)",
+            error: "Internal server error (simulated)",
+            hang: "Gateway timeout (simulated hang)",
+            body,
+        }
+    }
+}
+
 /// Applies rules/random faults and latency to a create request. `Ok` = create the call
 /// with this duration and end reason; `Err` = the provider's answer to the fault. A dropped
 /// connection never returns.

@@ -6,7 +6,7 @@ use crate::common::{bearer_ok, json, page_size, query_pairs, raw_body, rfc3339};
 use crate::config::Provider;
 use crate::exchange::{self, Body, Exchange, Refusal};
 use crate::faults::{ConnKill, FaultAnswers};
-use crate::state::{metadata_field_matches, never_connects, CallState, NewCall, St};
+use crate::state::{metadata_field_matches, never_connects, CallState, NewCall, St, Stage};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
@@ -49,16 +49,11 @@ const FAULTS: FaultAnswers = FaultAnswers {
 pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let call = &c.call;
     let ended = now_us >= call.ended_at_us;
-    let status = if ended {
-        if never_connects(&call.end_reason) {
-            "failed"
-        } else {
-            "completed"
-        }
-    } else if call.joined_at_us.is_some_and(|j| j <= now_us) {
-        "in_progress"
-    } else {
-        "queued"
+    let status = match call.stage_at(now_us) {
+        Stage::Ended if never_connects(&call.end_reason) => "failed",
+        Stage::Ended => "completed",
+        Stage::Answered => "in_progress",
+        Stage::Queued | Stage::Ringing => "queued",
     };
     json!({
         "id": call.call_id,

@@ -23,21 +23,16 @@ pub struct RequestRecord {
     pub provider: Provider,
     pub method: String,
     pub path: String,
-    #[serde(default)]
     pub query: Option<String>,
     /// Destination number, for create requests.
-    #[serde(default)]
     pub to: Option<String>,
     /// Parsed JSON body; Twilio form fields as an object; raw text (string) if unparseable.
     #[serde(default)]
     pub body: Value,
     pub auth_ok: bool,
     /// HTTP status answered; `None` while in flight, or if never answered (dropped/aborted).
-    #[serde(default)]
     pub status: Option<u16>,
-    #[serde(default)]
     pub answered_at_us: Option<i64>,
-    #[serde(default)]
     pub call_id: Option<String>,
     /// The JSON metadata sent with a create request, if any.
     #[serde(default)]
@@ -45,10 +40,8 @@ pub struct RequestRecord {
     /// Injected fault or abnormal end: "invalid_request" (refused by the request checks),
     /// "rate_limited", "capacity" (503), "error", "hang", "drop_connection",
     /// "client_gone" (the client went away before the answer).
-    #[serde(default)]
     pub fault: Option<String>,
     /// Why the request was refused (`fault: "invalid_request"`): the violations, `; `-separated.
-    #[serde(default)]
     pub error: Option<String>,
 }
 
@@ -299,5 +292,19 @@ impl Drop for RecordGuard {
         if !self.done {
             self.log.finalize(self.seq, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_options_read_as_none() {
+        // serde reads a missing `Option` field as `None`; only `body`/`metadata` need `default`.
+        let line = r#"{"seq":1,"received_at_us":5,"provider":"vapi","method":"GET","path":"/call","auth_ok":true}"#;
+        let r: RequestRecord = serde_json::from_str(line).unwrap();
+        assert_eq!((r.query, r.to, r.status, r.answered_at_us, r.call_id, r.fault, r.error), (None, None, None, None, None, None, None));
+        assert_eq!((r.body, r.metadata), (Value::Null, Value::Null));
     }
 }

@@ -8,7 +8,7 @@ use crate::end_webhooks::{self, Delivery};
 use crate::exchange::{self, Body, Exchange, Refusal};
 use crate::faults::{ConnKill, FaultAnswers};
 use crate::mutex::lock;
-use crate::state::{CallState, NewCall, St};
+use crate::state::{CallState, NewCall, St, Stage};
 use crate::webhooks::retell_signature;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -38,13 +38,7 @@ fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
     exchange::key_check(bearer_ok(st, headers), || error(StatusCode::UNAUTHORIZED, "Invalid API Key"))
 }
 
-const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Too many requests (simulated rate limit)",
-    capacity: "No capacity right now (simulated)",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| error(status, message),
-};
+const FAULTS: FaultAnswers = FaultAnswers::new("Too many requests (simulated rate limit)", |status, _, message| error(status, message));
 
 /// The agent a call uses when the request does not override it (the number's own agent).
 const DEFAULT_AGENT_ID: &str = "agent_provider_sim";
@@ -65,16 +59,11 @@ pub(crate) fn disconnection_reason(end_reason: &str) -> &'static str {
 
 fn call_status(c: &CallState, now_us: i64) -> &'static str {
     let call = &c.call;
-    if now_us >= call.ended_at_us {
-        if matches!(call.end_reason.as_str(), "system_error" | "error") {
-            "error"
-        } else {
-            "ended"
-        }
-    } else if call.joined_at_us.is_some_and(|j| j <= now_us) {
-        "ongoing"
-    } else {
-        "registered"
+    match call.stage_at(now_us) {
+        Stage::Ended if matches!(call.end_reason.as_str(), "system_error" | "error") => "error",
+        Stage::Ended => "ended",
+        Stage::Answered => "ongoing",
+        Stage::Queued | Stage::Ringing => "registered",
     }
 }
 

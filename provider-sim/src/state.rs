@@ -19,14 +19,12 @@ pub struct SimCall {
     pub call_id: String,
     pub provider: Provider,
     pub to: Option<String>,
-    #[serde(default)]
     pub from: Option<String>,
     /// Metadata sent at creation (`Value::Null` if none).
     #[serde(default)]
     pub metadata: Value,
     pub created_at_us: i64,
     /// When the callee "answers" (20% into the call); `None` if the call never connects.
-    #[serde(default)]
     pub joined_at_us: Option<i64>,
     /// Scheduled end (created + simulated duration).
     pub ended_at_us: i64,
@@ -34,7 +32,7 @@ pub struct SimCall {
     pub end_reason: String,
     /// The agent/assistant the request named (Ultravox agent id from the path, Vapi
     /// `assistantId`, Retell `override_agent_id`), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
 }
 
@@ -55,6 +53,28 @@ impl SimCall {
     pub fn ringing_at_us(&self) -> i64 {
         self.created_at_us + (self.ended_at_us - self.created_at_us) / 20
     }
+    /// Where the call stands at `t_us`; each provider's status names it in its own words.
+    pub(crate) fn stage_at(&self, t_us: i64) -> Stage {
+        if t_us >= self.ended_at_us {
+            Stage::Ended
+        } else if self.joined_at_us.is_some_and(|j| j <= t_us) {
+            Stage::Answered
+        } else if t_us >= self.ringing_at_us() {
+            Stage::Ringing
+        } else {
+            Stage::Queued
+        }
+    }
+}
+
+/// A call's stage at a moment ([`SimCall::stage_at`]): queued, ringing (from 5% into the
+/// call), answered (from `joined_at_us`, never for a call that does not connect), ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Queued,
+    Ringing,
+    Answered,
+    Ended,
 }
 
 /// Greatest number of calls simultaneously in progress (a call ending at `t` does not
@@ -429,6 +449,17 @@ mod tests {
         assert_eq!(max_concurrent_calls(&cs), 3);
         assert_eq!(max_concurrent_calls(&cs[..1]), 1);
         assert_eq!(max_concurrent_calls(&[]), 0);
+    }
+
+    #[test]
+    fn stages_follow_the_clock() {
+        // Rings 5% in (t=5), answered at 20% (t=20), ends at t=100.
+        let answered = SimCall { joined_at_us: Some(20), ..call(0, 100) };
+        let stages: Vec<Stage> = [0, 5, 19, 20, 99, 100].into_iter().map(|t| answered.stage_at(t)).collect();
+        use Stage::*;
+        assert_eq!(stages, [Queued, Ringing, Ringing, Answered, Answered, Ended]);
+        // A call that never connects rings until it ends.
+        assert_eq!(call(0, 100).stage_at(99), Ringing);
     }
 
     #[test]

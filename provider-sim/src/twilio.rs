@@ -10,7 +10,7 @@ use crate::config::Provider;
 use crate::exchange::{self, Body, Exchange, Refusal};
 use crate::faults::{ConnKill, FaultAnswers};
 use crate::mutex::lock;
-use crate::state::{CallState, NewCall, St};
+use crate::state::{CallState, NewCall, St, Stage};
 use crate::webhooks::{twilio_signature, Outgoing};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -75,14 +75,12 @@ fn auth(st: &St, headers: &HeaderMap, path_sid: &str) -> Result<(), Refusal> {
 
 /// Twilio's error codes are 20000 + the status, but for 401.
 const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Too Many Requests",
     capacity: "Service Unavailable (simulated)",
     error: "Internal Server Error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| {
+    ..FaultAnswers::new("Too Many Requests", |status, _, message| {
         let status = status.as_u16();
         twilio_error(status, if status == 401 { 20003 } else { 20000 + status as u32 }, message)
-    },
+    })
 };
 
 fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -143,15 +141,11 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let call = &c.call;
     let ringing_at = call.ringing_at_us();
     let ended = now_us >= call.ended_at_us;
-    let answered = call.joined_at_us.filter(|j| *j <= now_us);
-    let status = if ended {
-        final_status(&call.end_reason)
-    } else if now_us < ringing_at {
-        "queued"
-    } else if answered.is_some() {
-        "in-progress"
-    } else {
-        "ringing"
+    let status = match call.stage_at(now_us) {
+        Stage::Ended => final_status(&call.end_reason),
+        Stage::Answered => "in-progress",
+        Stage::Ringing => "ringing",
+        Stage::Queued => "queued",
     };
     let duration = if ended { Value::String(duration_secs(c).to_string()) } else { Value::Null };
     // Dialing starts when the call leaves the queue; until then start_time is empty.

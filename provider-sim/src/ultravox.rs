@@ -21,14 +21,15 @@ use provider_contract::{Contract, Operation};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// Each path also with a trailing slash, as Ultravox answers both.
 pub(crate) fn routes() -> Router<St> {
-    Router::new()
-        .route("/api/calls", post(create).get(list))
-        .route("/api/calls/", post(create).get(list))
-        .route("/api/agents/{agent_id}/calls", post(create_agent_call))
-        .route("/api/agents/{agent_id}/calls/", post(create_agent_call))
-        .route("/api/calls/{call_id}", get(get_call))
-        .route("/api/calls/{call_id}/", get(get_call))
+    [
+        ("/api/calls", post(create).get(list)),
+        ("/api/agents/{agent_id}/calls", post(create_agent_call)),
+        ("/api/calls/{call_id}", get(get_call)),
+    ]
+    .into_iter()
+    .fold(Router::new(), |router, (path, handler)| router.route(path, handler.clone()).route(&format!("{path}/"), handler))
 }
 
 fn detail(status: StatusCode, msg: &str) -> Response {
@@ -49,11 +50,8 @@ fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
 }
 
 const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Request was throttled. Expected available in {secs} seconds.",
     capacity: "No capacity available for new calls right now (simulated). Retry later.",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| detail(status, message),
+    ..FaultAnswers::new("Request was throttled. Expected available in {secs} seconds.", |status, _, message| detail(status, message))
 };
 
 /// `medium.<carrier>.outgoing`: (to, from).

@@ -11,7 +11,7 @@ use crate::end_webhooks::{self, Delivery};
 use crate::exchange::{self, Body, Exchange, Refusal};
 use crate::faults::{ConnKill, FaultAnswers};
 use crate::mutex::lock;
-use crate::state::{CallState, NewCall, St};
+use crate::state::{CallState, NewCall, St, Stage};
 use crate::webhooks::vapi_hmac_signature;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -44,13 +44,7 @@ fn auth(st: &St, headers: &HeaderMap) -> Result<(), Refusal> {
     })
 }
 
-const FAULTS: FaultAnswers = FaultAnswers {
-    rate_limited: "Too Many Requests",
-    capacity: "No capacity right now (simulated)",
-    error: "Internal server error (simulated)",
-    hang: "Gateway timeout (simulated hang)",
-    body: |status, _, message| error(status, json!(message)),
-};
+const FAULTS: FaultAnswers = FaultAnswers::new("Too Many Requests", |status, _, message| error(status, json!(message)));
 
 /// Vapi's `endedReason` for a simulated end reason (values from the spec's enum).
 pub(crate) fn ended_reason(end_reason: &str) -> &'static str {
@@ -73,15 +67,12 @@ pub(crate) fn call_json(c: &CallState, now_us: i64) -> Value {
     let ended = now_us >= call.ended_at_us;
     let joined = call.joined_at_us.filter(|j| *j <= now_us);
     let ringing = now_us >= call.ringing_at_us();
-    let status = if ended {
-        "ended"
-    } else if joined.is_some() {
-        "in-progress"
-    } else if ringing && !matches!(call.end_reason.as_str(), "failed" | "connection_error" | "canceled") {
+    let status = match call.stage_at(now_us) {
+        Stage::Ended => "ended",
+        Stage::Answered => "in-progress",
         // Calls that fail to connect never ring.
-        "ringing"
-    } else {
-        "queued"
+        Stage::Ringing if !matches!(call.end_reason.as_str(), "failed" | "connection_error" | "canceled") => "ringing",
+        Stage::Ringing | Stage::Queued => "queued",
     };
     let last_change = [Some(call.created_at_us), ringing.then(|| call.ringing_at_us()), joined, ended.then_some(call.ended_at_us)]
         .into_iter()

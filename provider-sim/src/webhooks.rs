@@ -26,12 +26,9 @@ pub struct WebhookRecord {
     /// When the request was sent (unix epoch µs).
     pub sent_at_us: i64,
     /// HTTP status the receiver answered; `None` if it did not answer or nothing was sent.
-    #[serde(default)]
     pub status: Option<u16>,
-    #[serde(default)]
     pub answered_at_us: Option<i64>,
     /// Why it failed or was not sent.
-    #[serde(default)]
     pub error: Option<String>,
     /// The body as sent (JSON for Ultravox, form for Twilio).
     #[serde(default)]

@@ -1,18 +1,18 @@
 //! Runs the `provider-sim` binary as a separate process and drives it with `SimClient`.
 #![allow(clippy::result_large_err)]
 
+mod support;
+
 use provider_sim::{Rule, SimClient};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{agent, fresh_temp_file, poll_until};
 
 #[test]
 fn binary_serves_logs_and_exits_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("provider-sim-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("log.jsonl");
-    let _ = std::fs::remove_file(&log);
+    let (dir, log) = fresh_temp_file("provider-sim-bin", "log.jsonl");
     let mut child = Command::new(env!("CARGO_BIN_EXE_provider-sim"))
         .args(["--port", "0", "--api-key", "bin-key", "--call-duration-ms", "100..200", "--quiet", "--log"])
         .arg(&log)
@@ -29,7 +29,7 @@ fn binary_serves_logs_and_exits_on_sigterm() {
     let c = SimClient::new(&base);
     c.wait_ready(Duration::from_secs(5)).unwrap();
     c.set_rules(vec![Rule::new("+15550000001").status(429).times(1)]).unwrap();
-    let a = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let a = agent();
     let body = json!({"medium": {"telnyx": {"outgoing": {"to": "+15550000001", "from": "+15550000000"}}}});
     let post = || a.post(&format!("{base}/api/calls")).set("X-API-Key", "bin-key").send_json(&body);
     match post() {
@@ -43,14 +43,7 @@ fn binary_serves_logs_and_exits_on_sigterm() {
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "provider-sim did not exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = poll_until(Duration::from_secs(10), || child.try_wait().unwrap());
     assert!(exit.success(), "{exit:?}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.lines().count(), 2);

@@ -1,45 +1,23 @@
 //! Drives an in-process simulator over real HTTP with ureq.
 #![allow(clippy::result_large_err)]
 
+mod support;
+
 use provider_sim::{max_concurrent_calls, Provider, Rule, SimClient, SimConfig, Simulator};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-const KEY: &str = "sk-test-SECRET-123";
-
-struct Resp {
-    status: u16,
-    retry_after: Option<String>,
-    body: Value,
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
-}
-
-fn finish(r: Result<ureq::Response, ureq::Error>) -> Result<Resp, ureq::Transport> {
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(ureq::Error::Transport(t)) => return Err(t),
-    };
-    let status = resp.status();
-    let retry_after = resp.header("retry-after").map(str::to_string);
-    let text = resp.into_string().unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(Resp { status, retry_after, body })
-}
+use support::{agent, basic, fresh_temp_file, poll_until, try_finish, Resp, KEY, SID};
 
 fn uv_post(a: &ureq::Agent, sim: &Simulator, key: Option<&str>, body: &Value) -> Result<Resp, ureq::Transport> {
     let mut req = a.post(&format!("{}/api/calls", sim.base_url()));
     if let Some(k) = key {
         req = req.set("X-API-Key", k);
     }
-    finish(req.send_json(body))
+    try_finish(req.send_json(body))
 }
 
 fn uv_get(a: &ureq::Agent, sim: &Simulator, path: &str) -> Resp {
-    finish(a.get(&format!("{}{}", sim.base_url(), path)).set("X-API-Key", KEY).call()).expect("transport")
+    try_finish(a.get(&format!("{}{}", sim.base_url(), path)).set("X-API-Key", KEY).call()).expect("transport")
 }
 
 /// A `StartCallRequest` the real API accepts: the medium says whom to dial.
@@ -52,21 +30,8 @@ fn uv_body(to: &str, idem: &str) -> Value {
     })
 }
 
-const SID: &str = "AC0123456789abcdef0123456789abcdef";
-
 fn keyed(config: SimConfig) -> Simulator {
     Simulator::start(SimConfig { api_key: Some(KEY.into()), ..config }, 0).expect("start simulator")
-}
-
-fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -90,6 +55,9 @@ fn ultravox_create_get_and_end() {
     let g = uv_get(&a, &sim, &format!("/api/calls/{id}"));
     assert_eq!(g.status, 200);
     assert_eq!(g.body["callId"], id.as_str());
+    let slash = uv_get(&a, &sim, &format!("/api/calls/{id}/"));
+    assert_eq!((slash.status, &slash.body["callId"]), (200, &g.body["callId"]), "Ultravox also answers with a trailing slash");
+    assert_eq!(uv_get(&a, &sim, "/api/calls/").status, 200);
 
     let ended = poll_until(Duration::from_secs(5), || {
         let g = uv_get(&a, &sim, &format!("/api/calls/{id}"));
@@ -136,13 +104,13 @@ fn ultravox_auth_and_bad_requests() {
     assert_eq!(r.status, 401);
     assert_eq!(r.body, json!({"detail": "Invalid API key"}));
     assert_eq!(uv_post(&a, &sim, None, &uv_body("+15551230002", "k")).unwrap().status, 401);
-    let g = finish(a.get(&format!("{}/api/calls/x", sim.base_url())).set("X-API-Key", "nope").call()).unwrap();
+    let g = try_finish(a.get(&format!("{}/api/calls/x", sim.base_url())).set("X-API-Key", "nope").call()).unwrap();
     assert_eq!(g.status, 401);
 
     // Malformed JSON, non-object, no destination: 400 with a JSON detail, never a panic.
     let url = format!("{}/api/calls", sim.base_url());
     for bad in ["{not json", "[1,2]", "{\"medium\":{}}", "{\"medium\":{\"telnyx\":{\"outgoing\":{\"to\":5}}}}", ""] {
-        let r = finish(a.post(&url).set("X-API-Key", KEY).set("Content-Type", "application/json").send_string(bad)).unwrap();
+        let r = try_finish(a.post(&url).set("X-API-Key", KEY).set("Content-Type", "application/json").send_string(bad)).unwrap();
         assert_eq!(r.status, 400, "body {bad:?} -> {:?}", r.body);
         assert!(r.body["detail"].is_string());
     }
@@ -201,7 +169,7 @@ fn drop_connection_is_a_transport_error() {
     let sim = keyed(SimConfig::default());
     sim.set_rules(vec![Rule::new("+15550000002").drop_connection().times(1)]);
     let a = agent();
-    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000002", "k")).err().expect("transport error");
+    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000002", "k")).expect_err("transport error");
     assert!(matches!(err.kind(), ureq::ErrorKind::Io | ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::BadStatus), "{err}");
     assert!(sim.calls().is_empty());
     let rec = poll_until(Duration::from_secs(5), || sim.requests().pop().filter(|r| r.fault.is_some()));
@@ -217,7 +185,7 @@ fn hang_makes_the_client_time_out_and_shutdown_is_prompt() {
     sim.set_rules(vec![Rule::new("+15550000003").hang()]);
     let a = ureq::AgentBuilder::new().timeout(Duration::from_millis(300)).build();
     let t0 = Instant::now();
-    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000003", "k")).err().expect("timeout");
+    let err = uv_post(&a, &sim, Some(KEY), &uv_body("+15550000003", "k")).expect_err("timeout");
     assert!(t0.elapsed() >= Duration::from_millis(300), "{err}");
     assert!(sim.calls().is_empty());
     assert_eq!(sim.requests()[0].fault.as_deref(), Some("hang"));
@@ -261,11 +229,6 @@ fn metadata_lookup_finds_the_call() {
     let _ = r1;
 }
 
-fn basic(user: &str, pass: &str) -> String {
-    use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
-}
-
 #[test]
 fn twilio_form_post_and_status_progression() {
     let sim = keyed(SimConfig { call_duration_ms_min: 300, call_duration_ms_max: 300, ..SimConfig::default() });
@@ -281,7 +244,7 @@ fn twilio_form_post_and_status_progression() {
         ("StatusCallbackEvent", "completed"),
         ("MachineDetection", "Enable"),
     ];
-    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
     assert_eq!(r.status, 201, "{:?}", r.body);
     let call_sid = r.body["sid"].as_str().unwrap().to_string();
     assert!(call_sid.starts_with("CA") && call_sid.len() == 34);
@@ -306,7 +269,7 @@ fn twilio_form_post_and_status_progression() {
     let get_url = format!("{}/2010-04-01/Accounts/{sid}/Calls/{call_sid}.json", sim.base_url());
     let mut seen = Vec::new();
     let done = poll_until(Duration::from_secs(5), || {
-        let g = finish(a.get(&get_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
+        let g = try_finish(a.get(&get_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
         assert_eq!(g.status, 200);
         let st = g.body["status"].as_str().unwrap().to_string();
         if seen.last() != Some(&st) {
@@ -322,10 +285,10 @@ fn twilio_form_post_and_status_progression() {
     }
 
     let list_url = format!("{}/2010-04-01/Accounts/{sid}/Calls.json?To=%2B15551230010&StartTime>=2000-01-01", sim.base_url());
-    let l = finish(a.get(&list_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
+    let l = try_finish(a.get(&list_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
     assert_eq!(l.body["calls"].as_array().unwrap().len(), 1);
     // `To=` alone is enough; the client filters by date_created itself.
-    let l = finish(
+    let l = try_finish(
         a.get(&format!("{}/2010-04-01/Accounts/{sid}/Calls.json?To=%2B15551230010", sim.base_url()))
             .set("Authorization", &basic(sid, KEY))
             .call(),
@@ -341,9 +304,10 @@ fn twilio_form_post_and_status_progression() {
     assert!(hooks.iter().all(|h| h.status.is_none() && h.error.as_deref().is_some_and(|e| e.contains("loopback"))));
     assert_eq!(sim.stats().webhooks_skipped, 2);
     assert_eq!(sim.stats().webhooks_sent, 0);
-    let l =
-        finish(a.get(&format!("{}&Bogus=1", list_url.replace("15551230010", "19999999999"))).set("Authorization", &basic(sid, KEY)).call())
-            .unwrap();
+    let l = try_finish(
+        a.get(&format!("{}&Bogus=1", list_url.replace("15551230010", "19999999999"))).set("Authorization", &basic(sid, KEY)).call(),
+    )
+    .unwrap();
     assert_eq!(l.body["calls"].as_array().unwrap().len(), 0);
 }
 
@@ -354,39 +318,39 @@ fn twilio_errors() {
     let sid = SID;
     let url = format!("{}/2010-04-01/Accounts/{sid}/Calls.json", sim.base_url());
     let form = [("To", "+15551230011"), ("From", "+15550001111"), ("Twiml", "<Response/>")];
-    let r = finish(a.post(&url).set("Authorization", &basic(sid, "wrong")).send_form(&form)).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &basic(sid, "wrong")).send_form(&form)).unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(r.body["code"], 20003);
     assert_eq!(r.body["status"], 401);
-    let r = finish(a.post(&url).set("Authorization", &basic("AC2", KEY)).send_form(&form)).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &basic("AC2", KEY)).send_form(&form)).unwrap();
     assert_eq!(r.status, 401, "user must match the path AccountSid");
     // An AccountSid that cannot exist is not found (and named).
     let bad = "AC1";
-    let r = finish(
+    let r = try_finish(
         a.post(&format!("{}/2010-04-01/Accounts/{bad}/Calls.json", sim.base_url())).set("Authorization", &basic(bad, KEY)).send_form(&form),
     )
     .unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (404, Some(20404)));
     assert!(r.body["message"].as_str().unwrap().contains("AccountSid"), "{:?}", r.body);
-    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form[..2])).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form[..2])).unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (400, Some(21201)));
-    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form[1..])).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form[1..])).unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (400, Some(21201)));
     sim.set_rules(vec![Rule::new("+15551230011").status(429).retry_after_secs(3).times(1)]);
-    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
     assert_eq!((r.status, r.body["code"].as_i64()), (429, Some(20429)));
     assert_eq!(r.retry_after.as_deref(), Some("3"));
     sim.set_rules(vec![Rule::new("+15551230011").duration_ms(50).end_reason("busy")]);
-    let r = finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &basic(sid, KEY)).send_form(&form)).unwrap();
     assert_eq!(r.status, 201);
     let get_url = format!("{}/2010-04-01/Accounts/{sid}/Calls/{}.json", sim.base_url(), r.body["sid"].as_str().unwrap());
     let st = poll_until(Duration::from_secs(5), || {
-        let g = finish(a.get(&get_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
+        let g = try_finish(a.get(&get_url).set("Authorization", &basic(sid, KEY)).call()).unwrap();
         let s = g.body["status"].as_str().unwrap().to_string();
         (s != "queued" && s != "ringing").then_some(s)
     });
     assert_eq!(st, "busy");
-    let g = finish(a.get(&get_url.replace("/Calls/CA", "/Calls/CAx")).set("Authorization", &basic(sid, KEY)).call()).unwrap();
+    let g = try_finish(a.get(&get_url.replace("/Calls/CA", "/Calls/CAx")).set("Authorization", &basic(sid, KEY)).call()).unwrap();
     assert_eq!((g.status, g.body["code"].as_i64()), (404, Some(20404)));
 }
 
@@ -398,38 +362,35 @@ fn generic_create_get_list() {
     let bearer = format!("Bearer {KEY}");
     let body = json!({"phone_number": "+15551230020", "lead_ref": "L1", "variables": {"x": 1},
                       "metadata": {"idempotency_key": "g-1", "batch_id": "b9"}});
-    let r = finish(a.post(&url).set("Authorization", "Bearer nope").send_json(&body)).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", "Bearer nope").send_json(&body)).unwrap();
     assert_eq!(r.status, 401);
-    let r = finish(a.post(&url).send_json(&body)).unwrap();
+    let r = try_finish(a.post(&url).send_json(&body)).unwrap();
     assert_eq!(r.status, 401);
-    let r = finish(a.post(&url).set("Authorization", &bearer).send_json(json!({"lead_ref": "x"}))).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &bearer).send_json(json!({"lead_ref": "x"}))).unwrap();
     assert_eq!(r.status, 400);
-    let r = finish(a.post(&url).set("Authorization", &bearer).send_json(&body)).unwrap();
+    let r = try_finish(a.post(&url).set("Authorization", &bearer).send_json(&body)).unwrap();
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["status"], "queued");
     let id = r.body["id"].as_str().unwrap().to_string();
     let done = poll_until(Duration::from_secs(5), || {
-        let g = finish(a.get(&format!("{url}/{id}")).set("Authorization", &bearer).call()).unwrap();
+        let g = try_finish(a.get(&format!("{url}/{id}")).set("Authorization", &bearer).call()).unwrap();
         assert_eq!(g.status, 200);
         (g.body["status"] == "completed").then_some(g.body)
     });
     assert_eq!(done["end_reason"], "hangup");
     assert_eq!(done["metadata"]["idempotency_key"], "g-1");
-    let l = finish(a.get(&format!("{url}?idempotency_key=g-1")).set("Authorization", &bearer).call()).unwrap();
+    let l = try_finish(a.get(&format!("{url}?idempotency_key=g-1")).set("Authorization", &bearer).call()).unwrap();
     assert_eq!(l.body["calls"][0]["id"], id.as_str());
-    let l = finish(a.get(&format!("{url}?idempotency_key=zzz")).set("Authorization", &bearer).call()).unwrap();
+    let l = try_finish(a.get(&format!("{url}?idempotency_key=zzz")).set("Authorization", &bearer).call()).unwrap();
     assert_eq!(l.body["calls"], json!([]));
-    let g = finish(a.get(&format!("{url}/nope")).set("Authorization", &bearer).call()).unwrap();
+    let g = try_finish(a.get(&format!("{url}/nope")).set("Authorization", &bearer).call()).unwrap();
     assert_eq!(g.status, 404);
     assert_eq!(sim.requests().iter().filter(|r| r.provider == Provider::Generic).count(), sim.requests().len());
 }
 
 #[test]
 fn log_never_contains_the_key_and_is_monotonic() {
-    let dir = std::env::temp_dir().join(format!("provider-sim-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("requests.jsonl");
-    let _ = std::fs::remove_file(&log_path);
+    let (dir, log_path) = fresh_temp_file("provider-sim-test", "requests.jsonl");
     let sim = keyed(SimConfig { log_file: Some(log_path.clone()), ..SimConfig::default() });
     let base = sim.base_url();
     let threads: Vec<_> = (0..4)
@@ -502,7 +463,7 @@ fn control_api_over_http() {
 
     let a = agent();
     let post = |to: &str, idem: &str| {
-        finish(a.post(&format!("{}/api/calls", sim.base_url())).set("X-API-Key", "k2").send_json(uv_body(to, idem))).unwrap()
+        try_finish(a.post(&format!("{}/api/calls", sim.base_url())).set("X-API-Key", "k2").send_json(uv_body(to, idem))).unwrap()
     };
     let r = post("+15550000005", "a");
     assert_eq!((r.status, r.body["detail"].as_str()), (500, Some("boom")));
@@ -530,7 +491,7 @@ fn control_api_over_http() {
 #[test]
 fn unknown_paths_are_json_404() {
     let sim = Simulator::start(SimConfig::default(), 0).unwrap();
-    let r = finish(agent().get(&format!("{}/nope", sim.base_url())).call()).unwrap();
+    let r = try_finish(agent().get(&format!("{}/nope", sim.base_url())).call()).unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.body["error"], "not found");
     assert!(sim.requests().is_empty());

@@ -1,11 +1,12 @@
 //! Helpers shared by the integration tests: a ureq client that returns any answer, polling,
-//! and a tiny loopback HTTP receiver for webhooks.
+//! a fresh temp file, and a tiny loopback HTTP receiver for webhooks.
 #![allow(dead_code, clippy::result_large_err)]
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,17 +25,24 @@ pub fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
 }
 
+/// Any answer, whatever its status; panics on a transport error.
 pub fn finish(r: Result<ureq::Response, ureq::Error>) -> Resp {
+    try_finish(r).unwrap_or_else(|t| panic!("transport error: {t}"))
+}
+
+/// Any answer, whatever its status; `Err` when none came (a dropped connection, a timeout),
+/// for the tests that expect that.
+pub fn try_finish(r: Result<ureq::Response, ureq::Error>) -> Result<Resp, ureq::Transport> {
     let resp = match r {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(ureq::Error::Transport(t)) => panic!("transport error: {t}"),
+        Err(ureq::Error::Transport(t)) => return Err(t),
     };
     let status = resp.status();
     let retry_after = resp.header("retry-after").map(str::to_string);
     let text = resp.into_string().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Resp { status, retry_after, body }
+    Ok(Resp { status, retry_after, body })
 }
 
 pub fn basic(user: &str, pass: &str) -> String {
@@ -51,6 +59,16 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `name` in a folder of its own for this test process (`{folder}-{pid}` in the temp
+/// directory, created), with no file there yet: the folder (to remove when done) and the path.
+pub fn fresh_temp_file(folder: &str, name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{folder}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp folder");
+    let file = dir.join(name);
+    let _ = std::fs::remove_file(&file);
+    (dir, file)
 }
 
 /// One HTTP request the receiver got.
