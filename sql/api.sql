@@ -1,62 +1,55 @@
 -- pg_dialer SQL API for campaigns (process-call-batches seed).
 -- Errors carry SQLSTATEs: 22023 bad argument value, P0002 unknown id, 22P02 malformed JSON element.
 
+-- Raises an error with its SQLSTATE, message and hint (NULL: none), for the checks below, which
+-- then say only what they check. VOLATILE: the planner never runs it ahead of the CASE around it.
+CREATE FUNCTION dialer._refuse(p_sqlstate text, p_message text, p_hint text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF p_hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, HINT = p_hint;
+END $$;
+
+-- (plpgsql, not sql like the checks after it: it runs once per job a bulk call schedules, and a
+-- sql function that cannot be inlined is planned again on every call.)
 CREATE FUNCTION dialer._check_e164(p_phone text, p_what text DEFAULT 'phone number')
 RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
-#variable_conflict use_column
 BEGIN
     IF p_phone IS NULL OR p_phone !~ '^\+[1-9][0-9]{6,14}$' THEN
-        RAISE EXCEPTION '% % is not in E.164 form', p_what, coalesce(quote_literal(p_phone), 'NULL')
-            USING ERRCODE = '22023',
-                  HINT = 'Write it as + country code and number, digits only, e.g. +14155550123.';
+        PERFORM dialer._refuse('22023', format('%s %s is not in E.164 form', p_what, coalesce(quote_literal(p_phone), 'NULL')),
+                               'Write it as + country code and number, digits only, e.g. +14155550123.');
     END IF;
     RETURN p_phone;
 END $$;
 
 CREATE FUNCTION dialer._check_timezone(p_tz text)
-RETURNS text LANGUAGE plpgsql STABLE AS $$
-#variable_conflict use_column
-BEGIN
-    IF p_tz IS NULL OR NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_tz) THEN
-        RAISE EXCEPTION 'unknown time zone %', coalesce(quote_literal(p_tz), 'NULL')
-            USING ERRCODE = '22023', HINT = 'Use an IANA zone name such as ''Europe/Berlin'' or ''UTC''.';
-    END IF;
-    RETURN p_tz;
-END $$;
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_tz) THEN p_tz
+           ELSE dialer._refuse('22023', format('unknown time zone %s', coalesce(quote_literal(p_tz), 'NULL')),
+                               'Use an IANA zone name such as ''Europe/Berlin'' or ''UTC''.') END
+$$;
 
 CREATE FUNCTION dialer._check_provider(p_provider text)
-RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
-#variable_conflict use_column
-BEGIN
-    IF p_provider IS NULL OR p_provider NOT IN ('ultravox', 'twilio', 'vapi', 'retell', 'bland', 'webhook') THEN
-        RAISE EXCEPTION 'unknown provider %', coalesce(quote_literal(p_provider), 'NULL')
-            USING ERRCODE = '22023',
-            HINT = 'The providers are ''ultravox'', ''twilio'', ''vapi'', ''retell'', ''bland'' and ''webhook''.';
-    END IF;
-    RETURN p_provider;
-END $$;
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_provider IN ('ultravox', 'twilio', 'vapi', 'retell', 'bland', 'webhook') THEN p_provider
+           ELSE dialer._refuse('22023', format('unknown provider %s', coalesce(quote_literal(p_provider), 'NULL')),
+                               'The providers are ''ultravox'', ''twilio'', ''vapi'', ''retell'', ''bland'' and ''webhook''.') END
+$$;
 
 CREATE FUNCTION dialer._check_agency(p_agency_id bigint)
-RETURNS bigint LANGUAGE plpgsql STABLE AS $$
-#variable_conflict use_column
-BEGIN
-    IF p_agency_id IS NULL OR NOT EXISTS (SELECT 1 FROM dialer.agencies WHERE id = p_agency_id) THEN
-        RAISE EXCEPTION 'agency % does not exist', coalesce(p_agency_id::text, 'NULL')
-            USING ERRCODE = 'P0002', HINT = 'Create it with dialer.create_agency(name).';
-    END IF;
-    RETURN p_agency_id;
-END $$;
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM dialer.agencies WHERE id = p_agency_id) THEN p_agency_id
+           ELSE dialer._refuse('P0002', format('agency %s does not exist', coalesce(p_agency_id::text, 'NULL')),
+                               'Create it with dialer.create_agency(name).')::bigint END
+$$;
 
 CREATE FUNCTION dialer._check_positive(p_value integer, p_name text)
-RETURNS integer LANGUAGE plpgsql IMMUTABLE AS $$
-#variable_conflict use_column
-BEGIN
-    IF p_value IS NULL OR p_value <= 0 THEN
-        RAISE EXCEPTION '% must be a positive integer, got %', p_name, coalesce(p_value::text, 'NULL')
-            USING ERRCODE = '22023';
-    END IF;
-    RETURN p_value;
-END $$;
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_value > 0 THEN p_value
+           ELSE dialer._refuse('22023', format('%s must be a positive integer, got %s', p_name, coalesce(p_value::text, 'NULL')))::integer END
+$$;
 
 CREATE FUNCTION dialer._batch_for_update(p_batch_id bigint)
 RETURNS dialer.call_batches LANGUAGE plpgsql AS $$
@@ -574,31 +567,31 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION dialer.pause_batch(batch_id bigint)
+-- A batch's status moves to p_to from one of p_from, the batch locked (an id not the caller's is
+-- P0002); from any other status nothing changes and the answer is false.
+CREATE FUNCTION dialer._move_batch(p_batch_id bigint, p_from text[], p_to text)
 RETURNS boolean LANGUAGE plpgsql AS $$
-#variable_conflict use_column
 DECLARE
-    b dialer.call_batches := dialer._batch_for_update(batch_id);
+    b dialer.call_batches := dialer._batch_for_update(p_batch_id);
 BEGIN
-    IF b.status NOT IN ('pending', 'scheduled', 'processing') THEN
-        RETURN false;
-    END IF;
-    UPDATE dialer.call_batches SET status = 'paused' WHERE id = b.id;
-    RETURN true;
+    UPDATE dialer.call_batches SET status = p_to WHERE id = b.id AND status = ANY (p_from);
+    RETURN FOUND;
 END $$;
 
+CREATE FUNCTION dialer.pause_batch(batch_id bigint)
+RETURNS boolean LANGUAGE sql AS $$
+    SELECT dialer._move_batch(batch_id, '{pending,scheduled,processing}', 'paused')
+$$;
+
+-- Back to pending so the next tick promotes it (and queues contacts added meanwhile). Slots
+-- skipped while paused are not made up.
 CREATE FUNCTION dialer.resume_batch(batch_id bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    b dialer.call_batches := dialer._batch_for_update(batch_id);
 BEGIN
-    IF b.status <> 'paused' THEN
+    IF NOT dialer._move_batch(resume_batch.batch_id, '{paused}', 'pending') THEN
         RETURN false;
     END IF;
-    -- Back to pending so the next tick promotes it (and queues contacts added meanwhile).
-    -- Slots skipped while paused are not made up.
-    UPDATE dialer.call_batches SET status = 'pending', next_slot_at = NULL WHERE id = b.id;
+    UPDATE dialer.call_batches b SET next_slot_at = NULL WHERE b.id = resume_batch.batch_id;
     PERFORM dialer._wake_on_commit();
     RETURN true;
 END $$;

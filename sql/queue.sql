@@ -336,40 +336,47 @@ BEGIN
     RETURN dialer._job_json(c, b);
 END $$;
 
+-- A job moves to p_to from one of p_from, locked (p_last_error, if given, says why); from any
+-- other status a notice says why not (p_refusal: a format() text given the job id and its status)
+-- and the answer is NULL.
+CREATE FUNCTION dialer._move_job(p_job_id bigint, p_from text[], p_to text, p_refusal text, p_last_error text DEFAULT NULL)
+RETURNS dialer.campaign_contacts LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts := dialer._job(p_job_id, true);
+BEGIN
+    IF c.status <> ALL (p_from) THEN
+        RAISE NOTICE '%', format(p_refusal, p_job_id, replace(c.status, 'in_progress', 'dialing or in a call'));
+        RETURN NULL;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = p_to, last_error = coalesce(p_last_error, last_error), updated_at = clock_timestamp()
+     WHERE id = c.id RETURNING * INTO c;
+    RETURN c;
+END $$;
+
 -- Only a job not yet dialing can be cancelled; a call already placed goes on.
 CREATE FUNCTION dialer.cancel_job(job_id bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    c dialer.campaign_contacts := dialer._job(job_id, true);
+    c dialer.campaign_contacts := dialer._move_job(job_id, '{pending,queued}', 'cancelled',
+                                                   'job %s is already %s and cannot be cancelled', 'cancelled by cancel_job');
 BEGIN
-    IF c.status = 'in_progress' THEN
-        RAISE NOTICE 'job % is already dialing or in a call and cannot be cancelled', job_id;
-        RETURN false;
-    ELSIF c.status NOT IN ('pending', 'queued') THEN
-        RAISE NOTICE 'job % is already % and cannot be cancelled', job_id, c.status;
-        RETURN false;
+    IF c.id IS NOT NULL THEN
+        PERFORM dialer._count_arrivals(c.batch_id);
+        UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = c.batch_id;
     END IF;
-    UPDATE dialer.campaign_contacts SET status = 'cancelled', last_error = 'cancelled by cancel_job',
-           updated_at = clock_timestamp()
-     WHERE id = c.id;
-    PERFORM dialer._count_arrivals(c.batch_id);
-    UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = c.batch_id;
-    RETURN true;
+    RETURN c.id IS NOT NULL;
 END $$;
 
 -- A failed job goes back to waiting with a fresh set of attempts.
 CREATE FUNCTION dialer.retry_job(job_id bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    c dialer.campaign_contacts := dialer._job(job_id, true);
+    c dialer.campaign_contacts := dialer._move_job(job_id, '{failed}', 'queued', 'job %s is %s, only failed jobs can be retried');
 BEGIN
-    IF c.status <> 'failed' THEN
-        RAISE NOTICE 'job % is %, only failed jobs can be retried', job_id, c.status;
+    IF c.id IS NULL THEN
         RETURN false;
     END IF;
-    UPDATE dialer.campaign_contacts SET status = 'queued', attempts = 0, next_attempt_at = NULL,
-           updated_at = clock_timestamp()
-     WHERE id = c.id;
+    UPDATE dialer.campaign_contacts SET attempts = 0, next_attempt_at = NULL WHERE id = c.id;
     UPDATE dialer.call_batches
        SET queued_count = queued_count + 1, failed_count = greatest(failed_count - 1, 0),
            status = CASE WHEN status = 'completed' THEN 'processing' ELSE status END, completed_at = NULL

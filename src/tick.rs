@@ -517,37 +517,66 @@ pub fn record_dispatch(results: &[JobResult]) -> Result<Counts, DialerError> {
 struct Accepted {
     call_ids: Vec<i64>,
     provider_call_ids: Vec<Option<String>>,
-    http_status: Vec<i32>,
-    latency_ms: Vec<f64>,
-    dispatched_at_ms: Vec<f64>,
-    requests: Vec<String>,
-    responses: Vec<String>,
+    exchanges: Exchanges,
 }
 
 impl Accepted {
     fn push(&mut self, call_id: i64, provider_call_id: &Option<String>, r: &JobResult, resp: &providers::HttpResponse) {
         self.call_ids.push(call_id);
         self.provider_call_ids.push(provider_call_id.clone());
-        self.http_status.push(resp.status as i32);
-        self.latency_ms.push(r.latency_ms);
-        self.dispatched_at_ms.push(r.sent_at_ms);
-        self.requests.push(r.request.audit.to_string());
-        self.responses.push(stored_response_text(&resp.body, &r.request.secrets));
+        self.exchanges.push(r);
+        self.exchanges.answered(resp.status, stored_response_text(&resp.body, &r.request.secrets));
     }
 
     fn record(self) -> Result<i32, DialerError> {
-        one::<i32>(
-            "SELECT dialer._record_accepted($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                self.call_ids.into(),
-                self.provider_call_ids.into(),
-                self.http_status.into(),
-                self.latency_ms.into(),
-                self.dispatched_at_ms.into(),
-                self.requests.into(),
-                self.responses.into(),
-            ],
-        )
+        let mut args = vec![self.call_ids.into(), self.provider_call_ids.into()];
+        args.extend(self.exchanges.into_args());
+        one::<i32>("SELECT dialer._record_accepted($1, $2, $3, $4, $5, $6, $7)", &args)
+    }
+}
+
+/// The exchange behind each recorded result, the columns both record functions take: the answer's
+/// HTTP status, the latency, when the request left, the request as sent (secrets out) and the
+/// answer as stored. NULL where there was no exchange (a request never built).
+#[derive(Default)]
+struct Exchanges {
+    http_status: Vec<Option<i32>>,
+    latency_ms: Vec<Option<f64>>,
+    dispatched_at_ms: Vec<Option<f64>>,
+    requests: Vec<Option<String>>,
+    responses: Vec<Option<String>>,
+}
+
+impl Exchanges {
+    /// A request that left (its answer, if any, follows with `answered`).
+    fn push(&mut self, r: &JobResult) {
+        self.http_status.push(None);
+        self.latency_ms.push(Some(r.latency_ms));
+        self.dispatched_at_ms.push(Some(r.sent_at_ms));
+        self.requests.push(Some(r.request.audit.to_string()));
+        self.responses.push(None);
+    }
+
+    /// A result without an exchange.
+    fn push_none(&mut self) {
+        self.http_status.push(None);
+        self.latency_ms.push(None);
+        self.dispatched_at_ms.push(None);
+        self.requests.push(None);
+        self.responses.push(None);
+    }
+
+    /// The answer to the request pushed last.
+    fn answered(&mut self, status: u16, stored: String) {
+        if let (Some(s), Some(r)) = (self.http_status.last_mut(), self.responses.last_mut()) {
+            *s = Some(i32::from(status));
+            *r = Some(stored);
+        }
+    }
+
+    /// In the order both functions take them, after their own columns.
+    fn into_args(self) -> [pgrx::datum::DatumWithOid<'static>; 5] {
+        [self.http_status.into(), self.latency_ms.into(), self.dispatched_at_ms.into(), self.requests.into(), self.responses.into()]
     }
 }
 
@@ -570,36 +599,29 @@ fn stored_response_text(body: &str, secrets: &[String]) -> String {
 pub struct Outcomes {
     call_ids: Vec<i64>,
     kinds: Vec<&'static str>,
-    http_status: Vec<Option<i32>>,
     errors: Vec<Option<String>>,
-    latency_ms: Vec<Option<f64>>,
-    dispatched_at_ms: Vec<Option<f64>>,
     retry_after_secs: Vec<Option<f64>>,
-    requests: Vec<Option<String>>,
-    responses: Vec<Option<String>>,
+    exchanges: Exchanges,
 }
 
 impl Outcomes {
-    fn push(&mut self, call_id: i64, kind: &'static str, error: Option<String>) {
+    fn push(&mut self, call_id: i64, kind: &'static str, error: Option<String>, retry_after_secs: Option<f64>) {
         self.call_ids.push(call_id);
         self.kinds.push(kind);
         self.errors.push(error);
-        self.http_status.push(None);
-        self.latency_ms.push(None);
-        self.dispatched_at_ms.push(None);
-        self.retry_after_secs.push(None);
-        self.requests.push(None);
-        self.responses.push(None);
+        self.retry_after_secs.push(retry_after_secs);
     }
 
     /// A claimed call whose request could not be built: failed (retried, then handed off).
     pub fn not_built(&mut self, call_id: i64, error: &str) {
-        self.push(call_id, "failed", Some(error.to_string()));
+        self.push(call_id, "failed", Some(error.to_string()), None);
+        self.exchanges.push_none();
     }
 
     /// A request without an answer in time: it may have reached the provider (held in doubt).
     pub fn unanswered(&mut self, call_id: i64) {
-        self.push(call_id, "timeout", Some("no answer within dialer.http_timeout".to_string()));
+        self.push(call_id, "timeout", Some("no answer within dialer.http_timeout".to_string()), None);
+        self.exchanges.push_none();
     }
 
     fn dispatched(&mut self, call_id: i64, r: &JobResult, outcome: &DispatchOutcome) {
@@ -610,8 +632,8 @@ impl Outcomes {
                 (Some(error.clone()), None)
             }
         };
-        self.push(call_id, outcome.kind(), error);
-        let last = self.call_ids.len() - 1;
+        self.push(call_id, outcome.kind(), error, retry_after);
+        self.exchanges.push(r);
         if let Ok(resp) = &r.result {
             // A provider that echoes the request (key included) must not put the key in our tables.
             let body = providers::scrub(&resp.body, &r.request.secrets);
@@ -621,13 +643,8 @@ impl Outcomes {
                 // A refusal keeps a short excerpt only: whatever answered, its page is not ours to keep.
                 json!({"excerpt": body.chars().take(300).collect::<String>()})
             };
-            self.http_status[last] = Some(resp.status as i32);
-            self.responses[last] = Some(stored.to_string());
+            self.exchanges.answered(resp.status, stored.to_string());
         }
-        self.latency_ms[last] = Some(r.latency_ms);
-        self.dispatched_at_ms[last] = Some(r.sent_at_ms);
-        self.retry_after_secs[last] = retry_after;
-        self.requests[last] = Some(r.request.audit.to_string());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -640,21 +657,14 @@ impl Outcomes {
             return Ok(Counts::default());
         }
         let kinds: Vec<String> = self.kinds.iter().map(|k| k.to_string()).collect();
+        let mut args = vec![self.call_ids.into(), kinds.into(), self.errors.into(), self.retry_after_secs.into()];
+        args.extend(self.exchanges.into_args());
         Spi::connect_mut(|client| {
+            // $5…$9: the exchanges (Exchanges::into_args).
             let table = client.update(
-                "SELECT n_failed, n_rate_limited FROM dialer._record_dispatch($1, $2::text[]::dialer.dispatch_outcome[], $3, $4, $5, $6, $7, $8, $9)",
+                "SELECT n_failed, n_rate_limited FROM dialer._record_dispatch($1, $2::text[]::dialer.dispatch_outcome[], $5, $3, $6, $7, $4, $8, $9)",
                 Some(1),
-                &[
-                    self.call_ids.into(),
-                    kinds.into(),
-                    self.http_status.into(),
-                    self.errors.into(),
-                    self.latency_ms.into(),
-                    self.dispatched_at_ms.into(),
-                    self.retry_after_secs.into(),
-                    self.requests.into(),
-                    self.responses.into(),
-                ],
+                &args,
             )?;
             let mut counts = Counts::default();
             for r in table {

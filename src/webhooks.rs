@@ -39,6 +39,21 @@ pub struct CallEvent {
     pub ended_at: Option<String>,
 }
 
+impl CallEvent {
+    /// A post-call report (Vapi, Retell, Bland): the call is over; its start counts as the answer
+    /// only if the call was connected (a report of a call nobody picked up still has a start).
+    fn end_report(event_id: String, provider_call_id: String, reason: &str, started: Option<&Value>, ended: Option<&Value>) -> Self {
+        CallEvent {
+            event_id,
+            provider_call_id,
+            ended: true,
+            end_reason: Some(reason.to_string()),
+            answered_at: provider_time(started).filter(|_| connected(reason)),
+            ended_at: provider_time(ended),
+        }
+    }
+}
+
 /// Header lookup, case-insensitive, from the JSON object the caller passes.
 pub fn headers_map(headers: &Value) -> HashMap<String, String> {
     let mut out = HashMap::new();
@@ -332,14 +347,7 @@ pub fn parse_vapi(body: &str) -> Result<Option<CallEvent>, String> {
     let id = call_id_text(call.get("id"), "message.call.id")?;
     let field = |k: &str| msg.get(k).filter(|x| !x.is_null()).or_else(|| call.get(k));
     let reason = outcome::vapi(field("endedReason").and_then(Value::as_str));
-    Ok(Some(CallEvent {
-        event_id: format!("end-of-call-report:{id}"),
-        provider_call_id: id,
-        ended: true,
-        end_reason: Some(reason.to_string()),
-        answered_at: provider_time(field("startedAt")).filter(|_| connected(reason)),
-        ended_at: provider_time(field("endedAt")),
-    }))
+    Ok(Some(CallEvent::end_report(format!("end-of-call-report:{id}"), id, reason, field("startedAt"), field("endedAt"))))
 }
 
 /// Retell's `call_ended` and, after it, `call_analyzed` (each settles the call; the second finds it
@@ -355,14 +363,7 @@ pub fn parse_retell(body: &str) -> Result<Option<CallEvent>, String> {
     let status = call.get("call_status").and_then(Value::as_str).unwrap_or("ended");
     let disconnection = call.get("disconnection_reason").and_then(Value::as_str);
     let reason = if status == "ended" || disconnection.is_some() { outcome::retell(disconnection) } else { outcome::FAILED };
-    Ok(Some(CallEvent {
-        event_id: format!("{event}:{id}"),
-        provider_call_id: id,
-        ended: true,
-        end_reason: Some(reason.to_string()),
-        answered_at: provider_time(call.get("start_timestamp")).filter(|_| connected(reason)),
-        ended_at: provider_time(call.get("end_timestamp")),
-    }))
+    Ok(Some(CallEvent::end_report(format!("{event}:{id}"), id, reason, call.get("start_timestamp"), call.get("end_timestamp"))))
 }
 
 /// Bland's post-call webhook: the call object (`call_id`, `status`, `completed`, `answered_by`,
@@ -378,14 +379,8 @@ pub fn parse_bland(body: &str) -> Result<Option<CallEvent>, String> {
     }
     let status = if status == "complete" { "completed" } else { status };
     let reason = outcome::bland(status, v.get("answered_by").and_then(Value::as_str));
-    Ok(Some(CallEvent {
-        event_id: format!("post-call:{id}"),
-        provider_call_id: id,
-        ended: true,
-        end_reason: Some(reason.to_string()),
-        answered_at: provider_time(v.get("started_at")).filter(|_| connected(reason)),
-        ended_at: provider_time(v.get("end_at").or_else(|| v.get("ended_at"))),
-    }))
+    let ended_at = v.get("end_at").or_else(|| v.get("ended_at"));
+    Ok(Some(CallEvent::end_report(format!("post-call:{id}"), id, reason, v.get("started_at"), ended_at)))
 }
 
 /// Normalises a provider timestamp so a malformed one can never break the SQL that stores it.
