@@ -6,13 +6,17 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, outcome, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials,
-    HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    check_fields, correlation_metadata, extend_object, outcome, template_variables, Adapter, CallSpec, CallStatus, Credentials,
+    HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget,
 };
-use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Value};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.bland.ai";
+const API: JsonApi = JsonApi {
+    default_base_url: "https://api.bland.ai",
+    auth: KeyHeader { name: "authorization", prefix: "" },
+    call_id_field: "call_id",
+    status_path: "/v1/calls",
+};
 
 /// Send Call parameters a template may set (from the documentation).
 pub const SEND_CALL_FIELDS: &[(&str, Kind)] = &[
@@ -55,9 +59,11 @@ const OURS: &[&str] = &["phone_number", "from", "pathway_id"];
 
 pub struct Bland;
 
-const AUTH: KeyHeader = KeyHeader { name: "authorization", prefix: "" };
-
 impl Adapter for Bland {
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        Some(&API)
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         let t = mapping.template()?;
         check_fields("Bland", "Bland's Send Call", t, SEND_CALL_FIELDS, OURS)?;
@@ -85,17 +91,7 @@ impl Adapter for Bland {
         }
         extend_object(&mut body, "request_data", template_variables(call));
         extend_object(&mut body, "metadata", correlation_metadata(call));
-        let url = format!("{}/v1/calls", base_url(&target.credentials, DEFAULT_BASE_URL));
-        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
-    }
-
-    fn call_id(&self, body: &str) -> Option<String> {
-        json_text(body, "call_id")
-    }
-
-    fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
-        let url = format!("{}/v1/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
-        AUTH.request(Method::Get, url, creds, None)
+        API.request(Method::Post, &target.credentials, "/v1/calls", Some(&Value::Object(body)))
     }
 
     /// `completed: true` (or a final `status`) → over; `answered_by` tells voicemail apart.

@@ -12,7 +12,7 @@ use super::lookup::{InDoubt, LookupResult};
 use super::KeyHeader;
 use super::{
     correlation_metadata, merge_json, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest,
-    HttpResponse, Mapping, Method, ProviderTarget,
+    HttpResponse, JsonApi, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Map, Value};
 
@@ -107,6 +107,12 @@ pub fn call_id_at(body: &str, pointer: &str) -> Option<String> {
 }
 
 impl Adapter for Webhook {
+    /// No official host (the credentials must name the endpoint) and the call id in any of
+    /// several fields: the AI caller writes its own.
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        None
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         check_template(mapping)
     }

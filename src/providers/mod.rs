@@ -21,14 +21,23 @@ pub trait Adapter: Sync {
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String>;
     /// The request that places one call.
     fn call_request(&self, target: &ProviderTarget, call: &CallSpec) -> Result<HttpRequest, String>;
+    /// The provider's JSON API, when its key rides in one header: the default `call_id` and
+    /// `status_request` follow it. None for an API that does not fit (the adapter then writes
+    /// both itself).
+    fn json_api(&self) -> Option<&'static JsonApi>;
     /// The provider's id of a call it accepted, from its answer.
-    fn call_id(&self, body: &str) -> Option<String>;
+    fn call_id(&self, body: &str) -> Option<String> {
+        json_text(body, self.json_api()?.call_id_field)
+    }
     /// A refusal that means "not now": the contact waits, the account is held, no attempt counts.
     fn is_capacity_wait(&self, response: &HttpResponse) -> bool {
         matches!(response.status, 429 | 503)
     }
-    /// The request that asks how a call is going.
-    fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String>;
+    /// The request that asks how a call is going: `GET {base}{status_path}/{id}`.
+    fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String> {
+        let api = self.json_api().ok_or_else(|| "this adapter has no JsonApi and writes no status request of its own".to_string())?;
+        api.request(Method::Get, creds, &format!("{}/{}", api.status_path, path_segment(provider_call_id)), None)
+    }
     /// What the provider said about a call; None when the answer says nothing usable. A 404 is
     /// a call the provider no longer knows (over); any other refusal says nothing.
     fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
@@ -214,6 +223,25 @@ impl KeyHeader {
     pub fn request(&self, method: Method, url: String, creds: &Credentials, body: Option<&Value>) -> Result<HttpRequest, String> {
         let header = (self.name.to_string(), format!("{}{}", self.prefix, creds.api_key));
         HttpRequest::json(method, url, vec![header], body, vec![creds.api_key.clone()])
+    }
+}
+
+/// A provider's JSON API at an official host, with the account's key in one header.
+pub struct JsonApi {
+    /// The official host, for credentials without a base_url.
+    pub default_base_url: &'static str,
+    pub auth: KeyHeader,
+    /// The field of the answer to a call request that holds the provider's call id.
+    pub call_id_field: &'static str,
+    /// Where a call's status is read: `GET {base}{status_path}/{id}`.
+    pub status_path: &'static str,
+}
+
+impl JsonApi {
+    /// A request to `path` (which follows the base URL) carrying the key.
+    pub fn request(&self, method: Method, creds: &Credentials, path: &str, body: Option<&Value>) -> Result<HttpRequest, String> {
+        let url = format!("{}{path}", base_url(creds, self.default_base_url));
+        self.auth.request(method, url, creds, body)
     }
 }
 

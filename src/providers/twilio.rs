@@ -6,8 +6,8 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, need_from_number, ok_json, outcome, path_segment, Adapter, CallSpec, CallStatus, Credentials, HttpRequest,
-    HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    base_url, check_fields, json_text, need_from_number, ok_json, outcome, path_segment, Adapter, CallSpec, CallStatus, Credentials,
+    HttpRequest, HttpResponse, JsonApi, Kind, Mapping, Method, ProviderTarget,
 };
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -99,6 +99,11 @@ fn auth_headers(creds: &Credentials) -> Result<Vec<(String, String)>, String> {
 }
 
 impl Adapter for Twilio {
+    /// Form-encoded calls, basic auth and the account in every path: Twilio writes its own.
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        None
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         need_from_number("Twilio", mapping)?;
         check_template(mapping.template()?)
@@ -157,8 +162,7 @@ impl Adapter for Twilio {
     }
 
     fn call_id(&self, body: &str) -> Option<String> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        v.get("sid").and_then(Value::as_str).map(str::to_string)
+        json_text(body, "sid")
     }
 
     /// Twilio reports its own rate limit as HTTP 429 or as error code 20429; 503 is a capacity wait too.

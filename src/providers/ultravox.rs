@@ -8,15 +8,18 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    check_fields, correlation_metadata, extend_object, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
+    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget,
 };
-use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Map, Value};
 
-const AUTH: KeyHeader = KeyHeader { name: "X-API-Key", prefix: "" };
+const API: JsonApi = JsonApi {
+    default_base_url: "https://api.ultravox.ai",
+    auth: KeyHeader { name: "X-API-Key", prefix: "" },
+    call_id_field: "callId",
+    status_path: "/api/calls",
+};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.ultravox.ai";
 pub const CARRIERS: [&str; 3] = ["telnyx", "twilio", "plivo"];
 pub const DEFAULT_CARRIER: &str = "telnyx";
 
@@ -129,6 +132,10 @@ fn check_metadata(m: &Map<String, Value>, at: &str) -> Result<(), String> {
 }
 
 impl Adapter for Ultravox {
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        Some(&API)
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         if let Some(id) = mapping.agent_id() {
             if !is_uuid(id) {
@@ -153,31 +160,21 @@ impl Adapter for Ultravox {
         metadata.extend(correlation_metadata(call));
         metadata.retain(|k, _| !k.starts_with("ultravox."));
         body.insert("metadata".into(), Value::Object(metadata));
-        let base = base_url(&target.credentials, DEFAULT_BASE_URL);
-        let url = match m.agent_id() {
+        let path = match m.agent_id() {
             Some(agent) => {
                 // templateContext: the template's defaults, then the contact's variables.
                 extend_object(&mut body, "templateContext", template_variables(call));
                 body.entry("firstSpeakerSettings").or_insert_with(|| json!({"agent": {}}));
-                format!("{base}/api/agents/{}/calls", path_segment(agent))
+                format!("/api/agents/{}/calls", path_segment(agent))
             }
             None => {
                 if !body.contains_key("firstSpeaker") {
                     body.entry("firstSpeakerSettings").or_insert_with(|| json!({"agent": {}}));
                 }
-                format!("{base}/api/calls")
+                "/api/calls".to_string()
             }
         };
-        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
-    }
-
-    fn call_id(&self, body: &str) -> Option<String> {
-        json_text(body, "callId")
-    }
-
-    fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String> {
-        let url = format!("{}/api/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(provider_call_id));
-        AUTH.request(Method::Get, url, creds, None)
+        API.request(Method::Post, &target.credentials, &path, Some(&Value::Object(body)))
     }
 
     /// `ended` set → the call is over; 404 → the provider no longer knows it (treated as ended).
@@ -194,12 +191,8 @@ impl Adapter for Ultravox {
 
     /// Calls carrying the attempt's idempotency key in their metadata.
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
-        let url = format!(
-            "{}/api/calls?metadata.idempotency_key={}&pageSize=10",
-            base_url(creds, DEFAULT_BASE_URL),
-            super::lookup::enc(&attempt.idempotency_key)
-        );
-        AUTH.request(Method::Get, url, creds, None)
+        let path = format!("/api/calls?metadata.idempotency_key={}&pageSize=10", super::lookup::enc(&attempt.idempotency_key));
+        API.request(Method::Get, creds, &path, None)
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
