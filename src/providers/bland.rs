@@ -7,7 +7,7 @@
 use super::lookup::{InDoubt, LookupResult};
 use super::{
     check_fields, correlation_metadata, extend_object, outcome, template_variables, Adapter, CallSpec, CallStatus, Credentials,
-    HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget,
+    HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
 use serde_json::{json, Value};
 
@@ -19,41 +19,41 @@ const API: JsonApi = JsonApi {
 };
 
 /// Send Call parameters a template may set (from the documentation).
-pub const SEND_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("task", Kind::String),
-    ("voice", Kind::String),
-    ("first_sentence", Kind::String),
-    ("wait_for_greeting", Kind::Boolean),
-    ("block_interruptions", Kind::Boolean),
-    ("interruption_threshold", Kind::Integer),
-    ("model", Kind::String),
-    ("temperature", Kind::Number),
-    ("keywords", Kind::Array),
-    ("pronunciation_guide", Kind::Array),
-    ("transfer_phone_number", Kind::String),
-    ("transfer_list", Kind::Object),
-    ("language", Kind::String),
-    ("timezone", Kind::String),
-    ("request_data", Kind::Object),
-    ("tools", Kind::Array),
-    ("dynamic_data", Kind::Array),
-    ("start_time", Kind::String),
-    ("voicemail_message", Kind::String),
-    ("voicemail_action", Kind::String),
-    ("retry", Kind::Object),
-    ("max_duration", Kind::Number),
-    ("record", Kind::Boolean),
-    ("webhook", Kind::String),
-    ("webhook_events", Kind::Array),
-    ("metadata", Kind::Object),
-    ("summary_prompt", Kind::String),
-    ("analysis_schema", Kind::Object),
-    ("answered_by_enabled", Kind::Boolean),
-    ("background_track", Kind::String),
-    ("noise_cancellation", Kind::Boolean),
-    ("ignore_button_press", Kind::Boolean),
-    ("pathway_version", Kind::Integer),
-    ("local_dialing", Kind::Boolean),
+pub const SEND_CALL_FIELDS: TemplateFields = &[
+    (
+        Kind::String,
+        &[
+            "task",
+            "voice",
+            "first_sentence",
+            "model",
+            "transfer_phone_number",
+            "language",
+            "timezone",
+            "start_time",
+            "voicemail_message",
+            "voicemail_action",
+            "webhook",
+            "summary_prompt",
+            "background_track",
+        ],
+    ),
+    (Kind::Number, &["temperature", "max_duration"]),
+    (Kind::Integer, &["interruption_threshold", "pathway_version"]),
+    (
+        Kind::Boolean,
+        &[
+            "wait_for_greeting",
+            "block_interruptions",
+            "record",
+            "answered_by_enabled",
+            "noise_cancellation",
+            "ignore_button_press",
+            "local_dialing",
+        ],
+    ),
+    (Kind::Object, &["transfer_list", "request_data", "retry", "metadata", "analysis_schema"]),
+    (Kind::Array, &["keywords", "pronunciation_guide", "tools", "dynamic_data", "webhook_events"]),
 ];
 const OURS: &[&str] = &["phone_number", "from", "pathway_id"];
 

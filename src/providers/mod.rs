@@ -441,20 +441,28 @@ pub fn need_agent_id<'a>(provider: &str, what: &str, mapping: &'a Mapping) -> Re
     mapping.agent_id().ok_or_else(|| format!("a {provider} agent mapping needs external_agent_id (the {what})"))
 }
 
-/// Checks a template's fields against a list of (name, JSON type) the provider accepts,
-/// naming the first unknown or mistyped field.
+/// The fields a provider lets a template set, by the JSON type they take.
+pub type TemplateFields = &'static [(Kind, &'static [&'static str])];
+
+/// The type a template field takes, or None when the provider has no such field.
+pub fn field_kind(fields: TemplateFields, name: &str) -> Option<Kind> {
+    fields.iter().find_map(|(kind, names)| names.contains(&name).then_some(*kind))
+}
+
+/// Checks a template's fields against the ones the provider accepts, naming the first unknown
+/// or mistyped field.
 pub fn check_fields(
     provider: &str,
     what: &str,
     template: &Map<String, Value>,
-    allowed: &[(&str, Kind)],
+    allowed: TemplateFields,
     ours: &[&str],
 ) -> Result<(), String> {
     for (k, v) in template {
         if ours.contains(&k.as_str()) {
             return Err(format!("request_template.{k} is set by pg_dialer for every call; remove it from the template"));
         }
-        let Some((_, kind)) = allowed.iter().find(|(name, _)| name == k) else {
+        let Some(kind) = field_kind(allowed, k) else {
             return Err(format!("request_template.{k}: {what} has no field named {k:?} ({provider} refuses unknown fields)"));
         };
         if !kind.accepts(v) {
@@ -694,13 +702,30 @@ mod tests {
         assert!(!Kind::Duration.accepts(&json!(30)));
         assert!(Kind::StringList.accepts(&json!(["a", "b"])));
         assert!(!Kind::StringList.accepts(&json!([1])));
-        let allowed = [("voice", Kind::String)];
+        let allowed: TemplateFields = &[(Kind::String, &["voice"])];
         let t = json!({"voice": 3}).as_object().cloned().unwrap();
-        assert!(check_fields("X", "X's request", &t, &allowed, &[]).unwrap_err().contains("request_template.voice must be a string"));
+        assert!(check_fields("X", "X's request", &t, allowed, &[]).unwrap_err().contains("request_template.voice must be a string"));
         let t = json!({"voise": "a"}).as_object().cloned().unwrap();
-        assert!(check_fields("X", "X's request", &t, &allowed, &[]).unwrap_err().contains("has no field named \"voise\""));
+        assert!(check_fields("X", "X's request", &t, allowed, &[]).unwrap_err().contains("has no field named \"voise\""));
         let t = json!({"medium": {}}).as_object().cloned().unwrap();
-        assert!(check_fields("X", "X's request", &t, &allowed, &["medium"]).unwrap_err().contains("set by pg_dialer"));
+        assert!(check_fields("X", "X's request", &t, allowed, &["medium"]).unwrap_err().contains("set by pg_dialer"));
+    }
+
+    #[test]
+    fn template_fields_name_each_field_once() {
+        let tables = [
+            bland::SEND_CALL_FIELDS,
+            retell::CREATE_CALL_FIELDS,
+            twilio::CREATE_CALL_FIELDS,
+            ultravox::AGENT_CALL_FIELDS,
+            ultravox::CALL_FIELDS,
+            vapi::CREATE_CALL_FIELDS,
+        ];
+        for fields in tables {
+            let names: Vec<&str> = fields.iter().flat_map(|(_, names)| names.iter().copied()).collect();
+            let distinct: std::collections::HashSet<&str> = names.iter().copied().collect();
+            assert_eq!(names.len(), distinct.len(), "a field listed under two kinds: {names:?}");
+        }
     }
 
     #[test]

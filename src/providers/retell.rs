@@ -7,7 +7,7 @@
 use super::lookup::{InDoubt, LookupResult};
 use super::{
     check_fields, correlation_metadata, extend_object, need_from_number, outcome, string_values, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget,
+    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
 use serde_json::{json, Value};
 
@@ -19,13 +19,10 @@ const API: JsonApi = JsonApi {
 };
 
 /// Fields of create-phone-call a template may set (the spec test checks them).
-pub const CREATE_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("override_agent_version", Kind::Integer),
-    ("agent_override", Kind::Object),
-    ("metadata", Kind::Object),
-    ("retell_llm_dynamic_variables", Kind::Object),
-    ("custom_sip_headers", Kind::Object),
-    ("ignore_e164_validation", Kind::Boolean),
+pub const CREATE_CALL_FIELDS: TemplateFields = &[
+    (Kind::Integer, &["override_agent_version"]),
+    (Kind::Boolean, &["ignore_e164_validation"]),
+    (Kind::Object, &["agent_override", "metadata", "retell_llm_dynamic_variables", "custom_sip_headers"]),
 ];
 const OURS: &[&str] = &["from_number", "to_number", "override_agent_id"];
 

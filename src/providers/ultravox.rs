@@ -9,7 +9,7 @@
 use super::lookup::{InDoubt, LookupResult};
 use super::{
     check_fields, correlation_metadata, extend_object, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget,
+    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
 use serde_json::{json, Map, Value};
 
@@ -25,53 +25,59 @@ pub const DEFAULT_CARRIER: &str = "telnyx";
 
 /// Fields of `ultravox.v1.StartAgentCallRequest` a template may set (the spec test checks this
 /// list against the published description).
-pub const AGENT_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("templateContext", Kind::Object),
-    ("initialMessages", Kind::Array),
-    ("metadata", Kind::Object),
-    ("joinTimeout", Kind::Duration),
-    ("maxDuration", Kind::Duration),
-    ("recordingEnabled", Kind::Boolean),
-    ("initialOutputMedium", Kind::String),
-    ("firstSpeakerSettings", Kind::Object),
-    ("dataConnection", Kind::Object),
-    ("experimentalSettings", Kind::Object),
-    ("callbacks", Kind::Object),
-    ("voice", Kind::String),
-    ("voiceOverrides", Kind::Object),
-    ("toolOverrides", Kind::Object),
-    ("retentionPolicy", Kind::String),
-    ("sharedSecrets", Kind::Array),
+pub const AGENT_CALL_FIELDS: TemplateFields = &[
+    (Kind::String, &["initialOutputMedium", "voice", "retentionPolicy"]),
+    (Kind::Duration, &["joinTimeout", "maxDuration"]),
+    (Kind::Boolean, &["recordingEnabled"]),
+    (
+        Kind::Object,
+        &[
+            "templateContext",
+            "metadata",
+            "firstSpeakerSettings",
+            "dataConnection",
+            "experimentalSettings",
+            "callbacks",
+            "voiceOverrides",
+            "toolOverrides",
+        ],
+    ),
+    (Kind::Array, &["initialMessages", "sharedSecrets"]),
 ];
 
 /// Fields of `ultravox.v1.StartCallRequest` a template may set (a call without an agent).
-pub const CALL_FIELDS: &[(&str, Kind)] = &[
-    ("systemPrompt", Kind::String),
-    ("temperature", Kind::Number),
-    ("model", Kind::String),
-    ("voice", Kind::String),
-    ("externalVoice", Kind::Object),
-    ("languageHint", Kind::String),
-    ("initialMessages", Kind::Array),
-    ("joinTimeout", Kind::Duration),
-    ("maxDuration", Kind::Duration),
-    ("timeExceededMessage", Kind::String),
-    ("inactivityMessages", Kind::Array),
-    ("selectedTools", Kind::Array),
-    ("recordingEnabled", Kind::Boolean),
-    ("firstSpeaker", Kind::String),
-    ("transcriptOptional", Kind::Boolean),
-    ("initialOutputMedium", Kind::String),
-    ("vadSettings", Kind::Object),
-    ("firstSpeakerSettings", Kind::Object),
-    ("experimentalSettings", Kind::Object),
-    ("metadata", Kind::Object),
-    ("initialState", Kind::Object),
-    ("dataConnection", Kind::Object),
-    ("callbacks", Kind::Object),
-    ("voiceOverrides", Kind::Object),
-    ("retentionPolicy", Kind::String),
-    ("sharedSecrets", Kind::Array),
+pub const CALL_FIELDS: TemplateFields = &[
+    (
+        Kind::String,
+        &[
+            "systemPrompt",
+            "model",
+            "voice",
+            "languageHint",
+            "timeExceededMessage",
+            "firstSpeaker",
+            "initialOutputMedium",
+            "retentionPolicy",
+        ],
+    ),
+    (Kind::Duration, &["joinTimeout", "maxDuration"]),
+    (Kind::Number, &["temperature"]),
+    (Kind::Boolean, &["recordingEnabled", "transcriptOptional"]),
+    (
+        Kind::Object,
+        &[
+            "externalVoice",
+            "vadSettings",
+            "firstSpeakerSettings",
+            "experimentalSettings",
+            "metadata",
+            "initialState",
+            "dataConnection",
+            "callbacks",
+            "voiceOverrides",
+        ],
+    ),
+    (Kind::Array, &["initialMessages", "inactivityMessages", "selectedTools", "sharedSecrets"]),
 ];
 
 /// Set by pg_dialer for every call, never by a template.

@@ -7,7 +7,7 @@
 use super::lookup::{InDoubt, LookupResult};
 use super::{
     check_fields, correlation_metadata, extend_object, need_agent_id, ok_json, outcome, template_variables, Adapter, CallSpec, CallStatus,
-    Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget,
+    Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
 use serde_json::{json, Value};
 
@@ -19,20 +19,22 @@ const API: JsonApi = JsonApi {
 };
 
 /// Fields of Vapi's CreateCallDTO a template may set (the spec test checks them).
-pub const CREATE_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("name", Kind::String),
-    ("transport", Kind::Object),
-    ("schedulePlan", Kind::Object),
-    ("assistant", Kind::Object),
-    ("assistantOverrides", Kind::Object),
-    ("squadId", Kind::String),
-    ("squad", Kind::Object),
-    ("squadOverrides", Kind::Object),
-    ("workflowId", Kind::String),
-    ("workflow", Kind::Object),
-    ("workflowOverrides", Kind::Object),
-    ("phoneNumberId", Kind::String),
-    ("phoneNumber", Kind::Object),
+pub const CREATE_CALL_FIELDS: TemplateFields = &[
+    (Kind::String, &["name", "squadId", "workflowId", "phoneNumberId"]),
+    (
+        Kind::Object,
+        &[
+            "transport",
+            "schedulePlan",
+            "assistant",
+            "assistantOverrides",
+            "squad",
+            "squadOverrides",
+            "workflow",
+            "workflowOverrides",
+            "phoneNumber",
+        ],
+    ),
 ];
 const OURS: &[&str] = &["assistantId", "customer", "customers", "customerId"];
 
