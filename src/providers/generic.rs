@@ -30,7 +30,7 @@ fn base_url(creds: &Credentials) -> Result<&str, String> {
         .ok_or_else(|| "webhook provider credentials need base_url (the AI caller's calls endpoint)".to_string())
 }
 
-const AUTH: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
+const AUTH: KeyHeader = KeyHeader::BEARER;
 
 /// Every `{{name}}` in a string.
 fn placeholders_in(s: &str) -> Vec<&str> {

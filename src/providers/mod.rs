@@ -219,6 +219,9 @@ pub struct KeyHeader {
 }
 
 impl KeyHeader {
+    /// `Authorization: Bearer <key>`, the most common form.
+    pub const BEARER: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
+
     /// A JSON request carrying the key (scrubbed from anything derived from the request).
     pub fn request(&self, method: Method, url: String, creds: &Credentials, body: Option<&Value>) -> Result<HttpRequest, String> {
         let header = (self.name.to_string(), format!("{}{}", self.prefix, creds.api_key));

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 const API: JsonApi = JsonApi {
     default_base_url: "https://api.retellai.com",
-    auth: KeyHeader { name: "Authorization", prefix: "Bearer " },
+    auth: KeyHeader::BEARER,
     call_id_field: "call_id",
     status_path: "/v2/get-call",
 };
