@@ -6,58 +6,64 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, outcome, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials,
-    HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    check_fields, correlation_metadata, extend_object, outcome, template_variables, Adapter, CallSpec, CallStatus, Credentials,
+    HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
-use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Value};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.bland.ai";
+const API: JsonApi = JsonApi {
+    default_base_url: "https://api.bland.ai",
+    auth: KeyHeader { name: "authorization", prefix: "" },
+    call_id_field: "call_id",
+    status_path: "/v1/calls",
+};
 
 /// Send Call parameters a template may set (from the documentation).
-pub const SEND_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("task", Kind::String),
-    ("voice", Kind::String),
-    ("first_sentence", Kind::String),
-    ("wait_for_greeting", Kind::Boolean),
-    ("block_interruptions", Kind::Boolean),
-    ("interruption_threshold", Kind::Integer),
-    ("model", Kind::String),
-    ("temperature", Kind::Number),
-    ("keywords", Kind::Array),
-    ("pronunciation_guide", Kind::Array),
-    ("transfer_phone_number", Kind::String),
-    ("transfer_list", Kind::Object),
-    ("language", Kind::String),
-    ("timezone", Kind::String),
-    ("request_data", Kind::Object),
-    ("tools", Kind::Array),
-    ("dynamic_data", Kind::Array),
-    ("start_time", Kind::String),
-    ("voicemail_message", Kind::String),
-    ("voicemail_action", Kind::String),
-    ("retry", Kind::Object),
-    ("max_duration", Kind::Number),
-    ("record", Kind::Boolean),
-    ("webhook", Kind::String),
-    ("webhook_events", Kind::Array),
-    ("metadata", Kind::Object),
-    ("summary_prompt", Kind::String),
-    ("analysis_schema", Kind::Object),
-    ("answered_by_enabled", Kind::Boolean),
-    ("background_track", Kind::String),
-    ("noise_cancellation", Kind::Boolean),
-    ("ignore_button_press", Kind::Boolean),
-    ("pathway_version", Kind::Integer),
-    ("local_dialing", Kind::Boolean),
+pub const SEND_CALL_FIELDS: TemplateFields = &[
+    (
+        Kind::String,
+        &[
+            "task",
+            "voice",
+            "first_sentence",
+            "model",
+            "transfer_phone_number",
+            "language",
+            "timezone",
+            "start_time",
+            "voicemail_message",
+            "voicemail_action",
+            "webhook",
+            "summary_prompt",
+            "background_track",
+        ],
+    ),
+    (Kind::Number, &["temperature", "max_duration"]),
+    (Kind::Integer, &["interruption_threshold", "pathway_version"]),
+    (
+        Kind::Boolean,
+        &[
+            "wait_for_greeting",
+            "block_interruptions",
+            "record",
+            "answered_by_enabled",
+            "noise_cancellation",
+            "ignore_button_press",
+            "local_dialing",
+        ],
+    ),
+    (Kind::Object, &["transfer_list", "request_data", "retry", "metadata", "analysis_schema"]),
+    (Kind::Array, &["keywords", "pronunciation_guide", "tools", "dynamic_data", "webhook_events"]),
 ];
 const OURS: &[&str] = &["phone_number", "from", "pathway_id"];
 
 pub struct Bland;
 
-const AUTH: KeyHeader = KeyHeader { name: "authorization", prefix: "" };
-
 impl Adapter for Bland {
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        Some(&API)
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         let t = mapping.template()?;
         check_fields("Bland", "Bland's Send Call", t, SEND_CALL_FIELDS, OURS)?;
@@ -85,17 +91,7 @@ impl Adapter for Bland {
         }
         extend_object(&mut body, "request_data", template_variables(call));
         extend_object(&mut body, "metadata", correlation_metadata(call));
-        let url = format!("{}/v1/calls", base_url(&target.credentials, DEFAULT_BASE_URL));
-        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
-    }
-
-    fn call_id(&self, body: &str) -> Option<String> {
-        json_text(body, "call_id")
-    }
-
-    fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
-        let url = format!("{}/v1/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
-        AUTH.request(Method::Get, url, creds, None)
+        API.request(Method::Post, &target.credentials, "/v1/calls", Some(&Value::Object(body)))
     }
 
     /// `completed: true` (or a final `status`) → over; `answered_by` tells voicemail apart.

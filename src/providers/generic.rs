@@ -12,7 +12,7 @@ use super::lookup::{InDoubt, LookupResult};
 use super::KeyHeader;
 use super::{
     correlation_metadata, merge_json, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest,
-    HttpResponse, Mapping, Method, ProviderTarget,
+    HttpResponse, JsonApi, Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Map, Value};
 
@@ -30,7 +30,7 @@ fn base_url(creds: &Credentials) -> Result<&str, String> {
         .ok_or_else(|| "webhook provider credentials need base_url (the AI caller's calls endpoint)".to_string())
 }
 
-const AUTH: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
+const AUTH: KeyHeader = KeyHeader::BEARER;
 
 /// Every `{{name}}` in a string.
 fn placeholders_in(s: &str) -> Vec<&str> {
@@ -107,6 +107,12 @@ pub fn call_id_at(body: &str, pointer: &str) -> Option<String> {
 }
 
 impl Adapter for Webhook {
+    /// No official host (the credentials must name the endpoint) and the call id in any of
+    /// several fields: the AI caller writes its own.
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        None
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         check_template(mapping)
     }

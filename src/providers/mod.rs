@@ -21,14 +21,23 @@ pub trait Adapter: Sync {
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String>;
     /// The request that places one call.
     fn call_request(&self, target: &ProviderTarget, call: &CallSpec) -> Result<HttpRequest, String>;
+    /// The provider's JSON API, when its key rides in one header: the default `call_id` and
+    /// `status_request` follow it. None for an API that does not fit (the adapter then writes
+    /// both itself).
+    fn json_api(&self) -> Option<&'static JsonApi>;
     /// The provider's id of a call it accepted, from its answer.
-    fn call_id(&self, body: &str) -> Option<String>;
+    fn call_id(&self, body: &str) -> Option<String> {
+        json_text(body, self.json_api()?.call_id_field)
+    }
     /// A refusal that means "not now": the contact waits, the account is held, no attempt counts.
     fn is_capacity_wait(&self, response: &HttpResponse) -> bool {
         matches!(response.status, 429 | 503)
     }
-    /// The request that asks how a call is going.
-    fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String>;
+    /// The request that asks how a call is going: `GET {base}{status_path}/{id}`.
+    fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String> {
+        let api = self.json_api().ok_or_else(|| "this adapter has no JsonApi and writes no status request of its own".to_string())?;
+        api.request(Method::Get, creds, &format!("{}/{}", api.status_path, path_segment(provider_call_id)), None)
+    }
     /// What the provider said about a call; None when the answer says nothing usable. A 404 is
     /// a call the provider no longer knows (over); any other refusal says nothing.
     fn parse_status(&self, response: &HttpResponse) -> Option<CallStatus> {
@@ -210,10 +219,32 @@ pub struct KeyHeader {
 }
 
 impl KeyHeader {
+    /// `Authorization: Bearer <key>`, the most common form.
+    pub const BEARER: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
+
     /// A JSON request carrying the key (scrubbed from anything derived from the request).
     pub fn request(&self, method: Method, url: String, creds: &Credentials, body: Option<&Value>) -> Result<HttpRequest, String> {
         let header = (self.name.to_string(), format!("{}{}", self.prefix, creds.api_key));
         HttpRequest::json(method, url, vec![header], body, vec![creds.api_key.clone()])
+    }
+}
+
+/// A provider's JSON API at an official host, with the account's key in one header.
+pub struct JsonApi {
+    /// The official host, for credentials without a base_url.
+    pub default_base_url: &'static str,
+    pub auth: KeyHeader,
+    /// The field of the answer to a call request that holds the provider's call id.
+    pub call_id_field: &'static str,
+    /// Where a call's status is read: `GET {base}{status_path}/{id}`.
+    pub status_path: &'static str,
+}
+
+impl JsonApi {
+    /// A request to `path` (which follows the base URL) carrying the key.
+    pub fn request(&self, method: Method, creds: &Credentials, path: &str, body: Option<&Value>) -> Result<HttpRequest, String> {
+        let url = format!("{}{path}", base_url(creds, self.default_base_url));
+        self.auth.request(method, url, creds, body)
     }
 }
 
@@ -413,20 +444,28 @@ pub fn need_agent_id<'a>(provider: &str, what: &str, mapping: &'a Mapping) -> Re
     mapping.agent_id().ok_or_else(|| format!("a {provider} agent mapping needs external_agent_id (the {what})"))
 }
 
-/// Checks a template's fields against a list of (name, JSON type) the provider accepts,
-/// naming the first unknown or mistyped field.
+/// The fields a provider lets a template set, by the JSON type they take.
+pub type TemplateFields = &'static [(Kind, &'static [&'static str])];
+
+/// The type a template field takes, or None when the provider has no such field.
+pub fn field_kind(fields: TemplateFields, name: &str) -> Option<Kind> {
+    fields.iter().find_map(|(kind, names)| names.contains(&name).then_some(*kind))
+}
+
+/// Checks a template's fields against the ones the provider accepts, naming the first unknown
+/// or mistyped field.
 pub fn check_fields(
     provider: &str,
     what: &str,
     template: &Map<String, Value>,
-    allowed: &[(&str, Kind)],
+    allowed: TemplateFields,
     ours: &[&str],
 ) -> Result<(), String> {
     for (k, v) in template {
         if ours.contains(&k.as_str()) {
             return Err(format!("request_template.{k} is set by pg_dialer for every call; remove it from the template"));
         }
-        let Some((_, kind)) = allowed.iter().find(|(name, _)| name == k) else {
+        let Some(kind) = field_kind(allowed, k) else {
             return Err(format!("request_template.{k}: {what} has no field named {k:?} ({provider} refuses unknown fields)"));
         };
         if !kind.accepts(v) {
@@ -666,13 +705,30 @@ mod tests {
         assert!(!Kind::Duration.accepts(&json!(30)));
         assert!(Kind::StringList.accepts(&json!(["a", "b"])));
         assert!(!Kind::StringList.accepts(&json!([1])));
-        let allowed = [("voice", Kind::String)];
+        let allowed: TemplateFields = &[(Kind::String, &["voice"])];
         let t = json!({"voice": 3}).as_object().cloned().unwrap();
-        assert!(check_fields("X", "X's request", &t, &allowed, &[]).unwrap_err().contains("request_template.voice must be a string"));
+        assert!(check_fields("X", "X's request", &t, allowed, &[]).unwrap_err().contains("request_template.voice must be a string"));
         let t = json!({"voise": "a"}).as_object().cloned().unwrap();
-        assert!(check_fields("X", "X's request", &t, &allowed, &[]).unwrap_err().contains("has no field named \"voise\""));
+        assert!(check_fields("X", "X's request", &t, allowed, &[]).unwrap_err().contains("has no field named \"voise\""));
         let t = json!({"medium": {}}).as_object().cloned().unwrap();
-        assert!(check_fields("X", "X's request", &t, &allowed, &["medium"]).unwrap_err().contains("set by pg_dialer"));
+        assert!(check_fields("X", "X's request", &t, allowed, &["medium"]).unwrap_err().contains("set by pg_dialer"));
+    }
+
+    #[test]
+    fn template_fields_name_each_field_once() {
+        let tables = [
+            bland::SEND_CALL_FIELDS,
+            retell::CREATE_CALL_FIELDS,
+            twilio::CREATE_CALL_FIELDS,
+            ultravox::AGENT_CALL_FIELDS,
+            ultravox::CALL_FIELDS,
+            vapi::CREATE_CALL_FIELDS,
+        ];
+        for fields in tables {
+            let names: Vec<&str> = fields.iter().flat_map(|(_, names)| names.iter().copied()).collect();
+            let distinct: std::collections::HashSet<&str> = names.iter().copied().collect();
+            assert_eq!(names.len(), distinct.len(), "a field listed under two kinds: {names:?}");
+        }
     }
 
     #[test]

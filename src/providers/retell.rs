@@ -6,34 +6,37 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_from_number, outcome, path_segment, string_values, template_variables, Adapter,
-    CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    check_fields, correlation_metadata, extend_object, need_from_number, outcome, string_values, template_variables, Adapter, CallSpec,
+    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
-use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Value};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.retellai.com";
+const API: JsonApi = JsonApi {
+    default_base_url: "https://api.retellai.com",
+    auth: KeyHeader::BEARER,
+    call_id_field: "call_id",
+    status_path: "/v2/get-call",
+};
 
 /// Fields of create-phone-call a template may set (the spec test checks them).
-pub const CREATE_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("override_agent_version", Kind::Integer),
-    ("agent_override", Kind::Object),
-    ("metadata", Kind::Object),
-    ("retell_llm_dynamic_variables", Kind::Object),
-    ("custom_sip_headers", Kind::Object),
-    ("ignore_e164_validation", Kind::Boolean),
+pub const CREATE_CALL_FIELDS: TemplateFields = &[
+    (Kind::Integer, &["override_agent_version"]),
+    (Kind::Boolean, &["ignore_e164_validation"]),
+    (Kind::Object, &["agent_override", "metadata", "retell_llm_dynamic_variables", "custom_sip_headers"]),
 ];
 const OURS: &[&str] = &["from_number", "to_number", "override_agent_id"];
 
 pub struct Retell;
-
-const AUTH: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
 
 fn ms_to_rfc3339(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_i64).and_then(chrono::DateTime::from_timestamp_millis).map(|d| d.to_rfc3339())
 }
 
 impl Adapter for Retell {
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        Some(&API)
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         need_from_number("Retell", mapping)?;
         check_fields("Retell", "Retell's create-phone-call", mapping.template()?, CREATE_CALL_FIELDS, OURS)
@@ -52,17 +55,7 @@ impl Adapter for Retell {
         vars.extend(string_values(&Value::Object(template_variables(call))));
         body.insert("retell_llm_dynamic_variables".into(), Value::Object(vars));
         extend_object(&mut body, "metadata", correlation_metadata(call));
-        let url = format!("{}/v2/create-phone-call", base_url(&target.credentials, DEFAULT_BASE_URL));
-        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
-    }
-
-    fn call_id(&self, body: &str) -> Option<String> {
-        json_text(body, "call_id")
-    }
-
-    fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
-        let url = format!("{}/v2/get-call/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
-        AUTH.request(Method::Get, url, creds, None)
+        API.request(Method::Post, &target.credentials, "/v2/create-phone-call", Some(&Value::Object(body)))
     }
 
     /// `call_status` ended | error | not_connected → over.
@@ -80,9 +73,8 @@ impl Adapter for Retell {
     }
 
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
-        let url = format!("{}/v2/list-calls", base_url(creds, DEFAULT_BASE_URL));
         let body = json!({"filter_criteria": {"metadata.idempotency_key": [attempt.idempotency_key]}, "limit": 10});
-        AUTH.request(Method::Post, url, creds, Some(&body))
+        API.request(Method::Post, creds, "/v2/list-calls", Some(&body))
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {

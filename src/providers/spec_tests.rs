@@ -4,7 +4,7 @@
 //! to check templates at mapping time are checked against the same descriptions.
 
 use super::test_support::{call, mapping, target, UUID};
-use super::{adapter, Kind, Mapping};
+use super::{adapter, field_kind, Kind, Mapping, TemplateFields};
 use provider_contract::{Contract, Operation};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -132,15 +132,17 @@ fn kind_matches(kind: Kind, spec_type: &str) -> bool {
 
 /// Every field an adapter lets a template set is in the spec with that type, and every field of
 /// the spec is either settable or one pg_dialer sets itself.
-fn same_fields(file: &str, schema: &str, ours: &[(&str, Kind)], set_by_us: &[&str]) {
+fn same_fields(file: &str, schema: &str, ours: TemplateFields, set_by_us: &[&str]) {
     let spec = spec_fields(file, schema);
-    for (name, kind) in ours {
-        let found = spec.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{schema} has no field {name}"));
-        assert!(kind_matches(*kind, &found.1), "{schema}.{name}: spec says {}, we check {kind:?}", found.1);
+    for (kind, names) in ours {
+        for name in *names {
+            let found = spec.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{schema} has no field {name}"));
+            assert!(kind_matches(*kind, &found.1), "{schema}.{name}: spec says {}, we check {kind:?}", found.1);
+        }
     }
     for (name, _) in &spec {
         assert!(
-            ours.iter().any(|(k, _)| k == name) || set_by_us.contains(&name.as_str()),
+            field_kind(ours, name).is_some() || set_by_us.contains(&name.as_str()),
             "{schema}.{name} is in the spec but neither allowed in templates nor set by the adapter"
         );
     }

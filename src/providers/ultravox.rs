@@ -8,67 +8,76 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    check_fields, correlation_metadata, extend_object, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
+    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
-use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Map, Value};
 
-const AUTH: KeyHeader = KeyHeader { name: "X-API-Key", prefix: "" };
+const API: JsonApi = JsonApi {
+    default_base_url: "https://api.ultravox.ai",
+    auth: KeyHeader { name: "X-API-Key", prefix: "" },
+    call_id_field: "callId",
+    status_path: "/api/calls",
+};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.ultravox.ai";
 pub const CARRIERS: [&str; 3] = ["telnyx", "twilio", "plivo"];
 pub const DEFAULT_CARRIER: &str = "telnyx";
 
 /// Fields of `ultravox.v1.StartAgentCallRequest` a template may set (the spec test checks this
 /// list against the published description).
-pub const AGENT_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("templateContext", Kind::Object),
-    ("initialMessages", Kind::Array),
-    ("metadata", Kind::Object),
-    ("joinTimeout", Kind::Duration),
-    ("maxDuration", Kind::Duration),
-    ("recordingEnabled", Kind::Boolean),
-    ("initialOutputMedium", Kind::String),
-    ("firstSpeakerSettings", Kind::Object),
-    ("dataConnection", Kind::Object),
-    ("experimentalSettings", Kind::Object),
-    ("callbacks", Kind::Object),
-    ("voice", Kind::String),
-    ("voiceOverrides", Kind::Object),
-    ("toolOverrides", Kind::Object),
-    ("retentionPolicy", Kind::String),
-    ("sharedSecrets", Kind::Array),
+pub const AGENT_CALL_FIELDS: TemplateFields = &[
+    (Kind::String, &["initialOutputMedium", "voice", "retentionPolicy"]),
+    (Kind::Duration, &["joinTimeout", "maxDuration"]),
+    (Kind::Boolean, &["recordingEnabled"]),
+    (
+        Kind::Object,
+        &[
+            "templateContext",
+            "metadata",
+            "firstSpeakerSettings",
+            "dataConnection",
+            "experimentalSettings",
+            "callbacks",
+            "voiceOverrides",
+            "toolOverrides",
+        ],
+    ),
+    (Kind::Array, &["initialMessages", "sharedSecrets"]),
 ];
 
 /// Fields of `ultravox.v1.StartCallRequest` a template may set (a call without an agent).
-pub const CALL_FIELDS: &[(&str, Kind)] = &[
-    ("systemPrompt", Kind::String),
-    ("temperature", Kind::Number),
-    ("model", Kind::String),
-    ("voice", Kind::String),
-    ("externalVoice", Kind::Object),
-    ("languageHint", Kind::String),
-    ("initialMessages", Kind::Array),
-    ("joinTimeout", Kind::Duration),
-    ("maxDuration", Kind::Duration),
-    ("timeExceededMessage", Kind::String),
-    ("inactivityMessages", Kind::Array),
-    ("selectedTools", Kind::Array),
-    ("recordingEnabled", Kind::Boolean),
-    ("firstSpeaker", Kind::String),
-    ("transcriptOptional", Kind::Boolean),
-    ("initialOutputMedium", Kind::String),
-    ("vadSettings", Kind::Object),
-    ("firstSpeakerSettings", Kind::Object),
-    ("experimentalSettings", Kind::Object),
-    ("metadata", Kind::Object),
-    ("initialState", Kind::Object),
-    ("dataConnection", Kind::Object),
-    ("callbacks", Kind::Object),
-    ("voiceOverrides", Kind::Object),
-    ("retentionPolicy", Kind::String),
-    ("sharedSecrets", Kind::Array),
+pub const CALL_FIELDS: TemplateFields = &[
+    (
+        Kind::String,
+        &[
+            "systemPrompt",
+            "model",
+            "voice",
+            "languageHint",
+            "timeExceededMessage",
+            "firstSpeaker",
+            "initialOutputMedium",
+            "retentionPolicy",
+        ],
+    ),
+    (Kind::Duration, &["joinTimeout", "maxDuration"]),
+    (Kind::Number, &["temperature"]),
+    (Kind::Boolean, &["recordingEnabled", "transcriptOptional"]),
+    (
+        Kind::Object,
+        &[
+            "externalVoice",
+            "vadSettings",
+            "firstSpeakerSettings",
+            "experimentalSettings",
+            "metadata",
+            "initialState",
+            "dataConnection",
+            "callbacks",
+            "voiceOverrides",
+        ],
+    ),
+    (Kind::Array, &["initialMessages", "inactivityMessages", "selectedTools", "sharedSecrets"]),
 ];
 
 /// Set by pg_dialer for every call, never by a template.
@@ -129,6 +138,10 @@ fn check_metadata(m: &Map<String, Value>, at: &str) -> Result<(), String> {
 }
 
 impl Adapter for Ultravox {
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        Some(&API)
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         if let Some(id) = mapping.agent_id() {
             if !is_uuid(id) {
@@ -153,31 +166,21 @@ impl Adapter for Ultravox {
         metadata.extend(correlation_metadata(call));
         metadata.retain(|k, _| !k.starts_with("ultravox."));
         body.insert("metadata".into(), Value::Object(metadata));
-        let base = base_url(&target.credentials, DEFAULT_BASE_URL);
-        let url = match m.agent_id() {
+        let path = match m.agent_id() {
             Some(agent) => {
                 // templateContext: the template's defaults, then the contact's variables.
                 extend_object(&mut body, "templateContext", template_variables(call));
                 body.entry("firstSpeakerSettings").or_insert_with(|| json!({"agent": {}}));
-                format!("{base}/api/agents/{}/calls", path_segment(agent))
+                format!("/api/agents/{}/calls", path_segment(agent))
             }
             None => {
                 if !body.contains_key("firstSpeaker") {
                     body.entry("firstSpeakerSettings").or_insert_with(|| json!({"agent": {}}));
                 }
-                format!("{base}/api/calls")
+                "/api/calls".to_string()
             }
         };
-        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
-    }
-
-    fn call_id(&self, body: &str) -> Option<String> {
-        json_text(body, "callId")
-    }
-
-    fn status_request(&self, creds: &Credentials, provider_call_id: &str) -> Result<HttpRequest, String> {
-        let url = format!("{}/api/calls/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(provider_call_id));
-        AUTH.request(Method::Get, url, creds, None)
+        API.request(Method::Post, &target.credentials, &path, Some(&Value::Object(body)))
     }
 
     /// `ended` set → the call is over; 404 → the provider no longer knows it (treated as ended).
@@ -194,12 +197,8 @@ impl Adapter for Ultravox {
 
     /// Calls carrying the attempt's idempotency key in their metadata.
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
-        let url = format!(
-            "{}/api/calls?metadata.idempotency_key={}&pageSize=10",
-            base_url(creds, DEFAULT_BASE_URL),
-            super::lookup::enc(&attempt.idempotency_key)
-        );
-        AUTH.request(Method::Get, url, creds, None)
+        let path = format!("/api/calls?metadata.idempotency_key={}&pageSize=10", super::lookup::enc(&attempt.idempotency_key));
+        API.request(Method::Get, creds, &path, None)
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {

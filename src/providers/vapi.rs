@@ -6,37 +6,41 @@
 
 use super::lookup::{InDoubt, LookupResult};
 use super::{
-    base_url, check_fields, correlation_metadata, need_agent_id, ok_json, outcome, path_segment, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, Kind, Mapping, Method, ProviderTarget,
+    check_fields, correlation_metadata, extend_object, need_agent_id, ok_json, outcome, template_variables, Adapter, CallSpec, CallStatus,
+    Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
-use super::{extend_object, json_text, KeyHeader};
 use serde_json::{json, Value};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.vapi.ai";
+const API: JsonApi =
+    JsonApi { default_base_url: "https://api.vapi.ai", auth: KeyHeader::BEARER, call_id_field: "id", status_path: "/call" };
 
 /// Fields of Vapi's CreateCallDTO a template may set (the spec test checks them).
-pub const CREATE_CALL_FIELDS: &[(&str, Kind)] = &[
-    ("name", Kind::String),
-    ("transport", Kind::Object),
-    ("schedulePlan", Kind::Object),
-    ("assistant", Kind::Object),
-    ("assistantOverrides", Kind::Object),
-    ("squadId", Kind::String),
-    ("squad", Kind::Object),
-    ("squadOverrides", Kind::Object),
-    ("workflowId", Kind::String),
-    ("workflow", Kind::Object),
-    ("workflowOverrides", Kind::Object),
-    ("phoneNumberId", Kind::String),
-    ("phoneNumber", Kind::Object),
+pub const CREATE_CALL_FIELDS: TemplateFields = &[
+    (Kind::String, &["name", "squadId", "workflowId", "phoneNumberId"]),
+    (
+        Kind::Object,
+        &[
+            "transport",
+            "schedulePlan",
+            "assistant",
+            "assistantOverrides",
+            "squad",
+            "squadOverrides",
+            "workflow",
+            "workflowOverrides",
+            "phoneNumber",
+        ],
+    ),
 ];
 const OURS: &[&str] = &["assistantId", "customer", "customers", "customerId"];
 
 pub struct Vapi;
 
-const AUTH: KeyHeader = KeyHeader { name: "Authorization", prefix: "Bearer " };
-
 impl Adapter for Vapi {
+    fn json_api(&self) -> Option<&'static JsonApi> {
+        Some(&API)
+    }
+
     fn check_mapping(&self, mapping: &Mapping) -> Result<(), String> {
         need_agent_id("vapi", "Vapi assistant id", mapping)?;
         let t = mapping.template()?;
@@ -57,17 +61,7 @@ impl Adapter for Vapi {
         extend_object(&mut overrides, "variableValues", template_variables(call));
         extend_object(&mut overrides, "metadata", correlation_metadata(call));
         body.insert("assistantOverrides".into(), Value::Object(overrides));
-        let url = format!("{}/call", base_url(&target.credentials, DEFAULT_BASE_URL));
-        AUTH.request(Method::Post, url, &target.credentials, Some(&Value::Object(body)))
-    }
-
-    fn call_id(&self, body: &str) -> Option<String> {
-        json_text(body, "id")
-    }
-
-    fn status_request(&self, creds: &Credentials, id: &str) -> Result<HttpRequest, String> {
-        let url = format!("{}/call/{}", base_url(creds, DEFAULT_BASE_URL), path_segment(id));
-        AUTH.request(Method::Get, url, creds, None)
+        API.request(Method::Post, &target.credentials, "/call", Some(&Value::Object(body)))
     }
 
     fn status_of(&self, v: &Value) -> Option<CallStatus> {
@@ -83,8 +77,8 @@ impl Adapter for Vapi {
 
     /// The calls created since the claim; the one whose overrides carry the key is ours.
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String> {
-        let url = format!("{}/call?createdAtGe={}&limit=100", base_url(creds, DEFAULT_BASE_URL), super::lookup::enc(&attempt.claimed_at));
-        AUTH.request(Method::Get, url, creds, None)
+        let path = format!("/call?createdAtGe={}&limit=100", super::lookup::enc(&attempt.claimed_at));
+        API.request(Method::Get, creds, &path, None)
     }
 
     fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
