@@ -51,6 +51,12 @@ RETURNS integer LANGUAGE sql IMMUTABLE AS $$
            ELSE dialer._refuse('22023', format('%s must be a positive integer, got %s', p_name, coalesce(p_value::text, 'NULL')))::integer END
 $$;
 
+-- An agency's account at a provider, as the functions that set one up name it.
+CREATE FUNCTION dialer._check_account(p_agency_id bigint, p_provider text)
+RETURNS void LANGUAGE sql STABLE AS $$
+    SELECT FROM dialer._check_agency(p_agency_id), dialer._check_provider(p_provider)
+$$;
+
 CREATE FUNCTION dialer._batch_for_update(p_batch_id bigint)
 RETURNS dialer.call_batches LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -92,8 +98,7 @@ RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     attempt integer;
 BEGIN
-    PERFORM dialer._check_agency(agency_id);
-    PERFORM dialer._check_provider(provider);
+    PERFORM dialer._check_account(agency_id, provider);
     IF api_key IS NULL OR length(api_key) = 0 THEN
         RAISE EXCEPTION 'api_key must not be empty' USING ERRCODE = '22023';
     END IF;
@@ -323,8 +328,7 @@ RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    PERFORM dialer._check_agency(agency_id);
-    PERFORM dialer._check_provider(provider);
+    PERFORM dialer._check_account(agency_id, provider);
     IF from_number IS NOT NULL THEN
         PERFORM dialer._check_e164(from_number, 'from_number');
     END IF;

@@ -696,8 +696,7 @@ RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     attempt integer;
 BEGIN
-    PERFORM dialer._check_agency(agency_id);
-    PERFORM dialer._check_provider(provider);
+    PERFORM dialer._check_account(agency_id, provider);
     IF api_key IS NULL OR length(api_key) = 0 THEN
         RAISE EXCEPTION 'api_key must not be empty' USING ERRCODE = '22023';
     END IF;
@@ -1553,6 +1552,119 @@ BEGIN
     RETURN least(best, dialer._next_slot(p_now));
 END $$;
 
+-- Raises an error with its SQLSTATE, message and hint (NULL: none), for the checks below, which
+-- then say only what they check. VOLATILE: the planner never runs it ahead of the CASE around it.
+CREATE FUNCTION dialer._refuse(p_sqlstate text, p_message text, p_hint text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF p_hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, HINT = p_hint;
+END $$;
+
+-- (plpgsql, not sql like the checks after it: it runs once per job a bulk call schedules, and a
+-- sql function that cannot be inlined is planned again on every call.)
+CREATE OR REPLACE FUNCTION dialer._check_e164(p_phone text, p_what text DEFAULT 'phone number')
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_phone IS NULL OR p_phone !~ '^\+[1-9][0-9]{6,14}$' THEN
+        PERFORM dialer._refuse('22023', format('%s %s is not in E.164 form', p_what, coalesce(quote_literal(p_phone), 'NULL')),
+                               'Write it as + country code and number, digits only, e.g. +14155550123.');
+    END IF;
+    RETURN p_phone;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._check_timezone(p_tz text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_tz) THEN p_tz
+           ELSE dialer._refuse('22023', format('unknown time zone %s', coalesce(quote_literal(p_tz), 'NULL')),
+                               'Use an IANA zone name such as ''Europe/Berlin'' or ''UTC''.') END
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._check_provider(p_provider text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_provider IN ('ultravox', 'twilio', 'vapi', 'retell', 'bland', 'webhook') THEN p_provider
+           ELSE dialer._refuse('22023', format('unknown provider %s', coalesce(quote_literal(p_provider), 'NULL')),
+                               'The providers are ''ultravox'', ''twilio'', ''vapi'', ''retell'', ''bland'' and ''webhook''.') END
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._check_agency(p_agency_id bigint)
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM dialer.agencies WHERE id = p_agency_id) THEN p_agency_id
+           ELSE dialer._refuse('P0002', format('agency %s does not exist', coalesce(p_agency_id::text, 'NULL')),
+                               'Create it with dialer.create_agency(name).')::bigint END
+$$;
+
+CREATE OR REPLACE FUNCTION dialer._check_positive(p_value integer, p_name text)
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_value > 0 THEN p_value
+           ELSE dialer._refuse('22023', format('%s must be a positive integer, got %s', p_name, coalesce(p_value::text, 'NULL')))::integer END
+$$;
+
+-- An agency's account at a provider, as the functions that set one up name it.
+CREATE FUNCTION dialer._check_account(p_agency_id bigint, p_provider text)
+RETURNS void LANGUAGE sql STABLE AS $$
+    SELECT FROM dialer._check_agency(p_agency_id), dialer._check_provider(p_provider)
+$$;
+
+-- A batch's status moves to p_to from one of p_from, the batch locked (an id not the caller's is
+-- P0002); from any other status nothing changes and the answer is false.
+CREATE FUNCTION dialer._move_batch(p_batch_id bigint, p_from text[], p_to text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    b dialer.call_batches := dialer._batch_for_update(p_batch_id);
+BEGIN
+    UPDATE dialer.call_batches SET status = p_to WHERE id = b.id AND status = ANY (p_from);
+    RETURN FOUND;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.pause_batch(batch_id bigint)
+RETURNS boolean LANGUAGE sql AS $$
+    SELECT dialer._move_batch(batch_id, '{pending,scheduled,processing}', 'paused')
+$$;
+
+-- Back to pending so the next tick promotes it (and queues contacts added meanwhile). Slots
+-- skipped while paused are not made up.
+CREATE OR REPLACE FUNCTION dialer.resume_batch(batch_id bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT dialer._move_batch(resume_batch.batch_id, '{paused}', 'pending') THEN
+        RETURN false;
+    END IF;
+    UPDATE dialer.call_batches b SET next_slot_at = NULL WHERE b.id = resume_batch.batch_id;
+    PERFORM dialer._wake_on_commit();
+    RETURN true;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer.create_agent_mapping(agency_id bigint, provider text, external_agent_id text,
+    agent_name text DEFAULT NULL, from_number text DEFAULT NULL, request_template jsonb DEFAULT '{}',
+    carrier text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    new_id bigint;
+BEGIN
+    PERFORM dialer._check_account(agency_id, provider);
+    IF from_number IS NOT NULL THEN
+        PERFORM dialer._check_e164(from_number, 'from_number');
+    END IF;
+    IF request_template IS NULL OR jsonb_typeof(request_template) <> 'object' THEN
+        RAISE EXCEPTION 'request_template must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF carrier IS NOT NULL AND provider <> 'ultravox' THEN
+        RAISE EXCEPTION 'carrier is for Ultravox mappings only (a % mapping dials through its own account)', provider
+            USING ERRCODE = '22023';
+    END IF;
+    -- The row's trigger checks the rest against the provider's API (dialer._check_agent_mapping).
+    INSERT INTO dialer.agent_mappings (agency_id, provider, external_agent_id, agent_name, from_number, request_template,
+                                       carrier)
+    VALUES (create_agent_mapping.agency_id, provider, nullif(btrim(external_agent_id), ''), agent_name, from_number,
+            request_template, CASE WHEN provider = 'ultravox' THEN coalesce(carrier, 'telnyx') END)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
+
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
 -- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name
@@ -1774,40 +1886,47 @@ BEGIN
     RETURN dialer._job_json(c, b);
 END $$;
 
+-- A job moves to p_to from one of p_from, locked (p_last_error, if given, says why); from any
+-- other status a notice says why not (p_refusal: a format() text given the job id and its status)
+-- and the answer is NULL.
+CREATE FUNCTION dialer._move_job(p_job_id bigint, p_from text[], p_to text, p_refusal text, p_last_error text DEFAULT NULL)
+RETURNS dialer.campaign_contacts LANGUAGE plpgsql AS $$
+DECLARE
+    c dialer.campaign_contacts := dialer._job(p_job_id, true);
+BEGIN
+    IF c.status <> ALL (p_from) THEN
+        RAISE NOTICE '%', format(p_refusal, p_job_id, replace(c.status, 'in_progress', 'dialing or in a call'));
+        RETURN NULL;
+    END IF;
+    UPDATE dialer.campaign_contacts SET status = p_to, last_error = coalesce(p_last_error, last_error), updated_at = clock_timestamp()
+     WHERE id = c.id RETURNING * INTO c;
+    RETURN c;
+END $$;
+
 -- Only a job not yet dialing can be cancelled; a call already placed goes on.
 CREATE OR REPLACE FUNCTION dialer.cancel_job(job_id bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    c dialer.campaign_contacts := dialer._job(job_id, true);
+    c dialer.campaign_contacts := dialer._move_job(job_id, '{pending,queued}', 'cancelled',
+                                                   'job %s is already %s and cannot be cancelled', 'cancelled by cancel_job');
 BEGIN
-    IF c.status = 'in_progress' THEN
-        RAISE NOTICE 'job % is already dialing or in a call and cannot be cancelled', job_id;
-        RETURN false;
-    ELSIF c.status NOT IN ('pending', 'queued') THEN
-        RAISE NOTICE 'job % is already % and cannot be cancelled', job_id, c.status;
-        RETURN false;
+    IF c.id IS NOT NULL THEN
+        PERFORM dialer._count_arrivals(c.batch_id);
+        UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = c.batch_id;
     END IF;
-    UPDATE dialer.campaign_contacts SET status = 'cancelled', last_error = 'cancelled by cancel_job',
-           updated_at = clock_timestamp()
-     WHERE id = c.id;
-    PERFORM dialer._count_arrivals(c.batch_id);
-    UPDATE dialer.call_batches SET queued_count = greatest(queued_count - 1, 0) WHERE id = c.batch_id;
-    RETURN true;
+    RETURN c.id IS NOT NULL;
 END $$;
 
 -- A failed job goes back to waiting with a fresh set of attempts.
 CREATE OR REPLACE FUNCTION dialer.retry_job(job_id bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    c dialer.campaign_contacts := dialer._job(job_id, true);
+    c dialer.campaign_contacts := dialer._move_job(job_id, '{failed}', 'queued', 'job %s is %s, only failed jobs can be retried');
 BEGIN
-    IF c.status <> 'failed' THEN
-        RAISE NOTICE 'job % is %, only failed jobs can be retried', job_id, c.status;
+    IF c.id IS NULL THEN
         RETURN false;
     END IF;
-    UPDATE dialer.campaign_contacts SET status = 'queued', attempts = 0, next_attempt_at = NULL,
-           updated_at = clock_timestamp()
-     WHERE id = c.id;
+    UPDATE dialer.campaign_contacts SET attempts = 0, next_attempt_at = NULL WHERE id = c.id;
     UPDATE dialer.call_batches
        SET queued_count = queued_count + 1, failed_count = greatest(failed_count - 1, 0),
            status = CASE WHEN status = 'completed' THEN 'processing' ELSE status END, completed_at = NULL

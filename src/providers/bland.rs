@@ -4,10 +4,10 @@
 //! `from` (the mapping's from number), `pathway_id` (the mapping's agent) or the template's
 //! `task`, `request_data` (the contact's variables) and `metadata`.
 
-use super::lookup::{InDoubt, LookupResult};
+use super::lookup::InDoubt;
 use super::{
     check_fields, correlation_metadata, extend_object, outcome, template_variables, Adapter, CallSpec, CallStatus, Credentials,
-    HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
+    HttpRequest, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
 use serde_json::{json, Value};
 
@@ -16,6 +16,7 @@ const API: JsonApi = JsonApi {
     auth: KeyHeader { name: "authorization", prefix: "" },
     call_id_field: "call_id",
     status_path: "/v1/calls",
+    lookup_by_metadata: None,
 };
 
 /// Send Call parameters a template may set (from the documentation).
@@ -113,16 +114,13 @@ impl Adapter for Bland {
     fn lookup_request(&self, _attempt: &InDoubt, _creds: &Credentials) -> Result<HttpRequest, String> {
         Err("bland calls cannot be looked up by idempotency key: the attempt stays in doubt for review".into())
     }
-
-    fn parse_lookup(&self, _attempt: &InDoubt, _response: &HttpResponse) -> LookupResult {
-        LookupResult::Unknown
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::providers::test_support::{body, call, mapping, target};
+    use crate::providers::HttpResponse;
 
     #[test]
     fn send_call_and_details() {

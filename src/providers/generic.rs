@@ -8,11 +8,11 @@
 //! `"Hi {{name}}"` has it spliced in. `"call_id_pointer": "/data/id"` says where the call id is
 //! in the answer. So an AI caller we have no adapter for can be used without code.
 
-use super::lookup::{InDoubt, LookupResult};
+use super::lookup::InDoubt;
 use super::KeyHeader;
 use super::{
-    correlation_metadata, merge_json, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest,
-    HttpResponse, JsonApi, Mapping, Method, ProviderTarget,
+    correlation_metadata, merge_json, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, JsonApi,
+    Mapping, Method, ProviderTarget,
 };
 use serde_json::{json, Map, Value};
 
@@ -195,8 +195,8 @@ impl Adapter for Webhook {
         AUTH.request(Method::Get, url, creds, None)
     }
 
-    fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
-        super::lookup::by_metadata_key(attempt, response, "/calls", "/id")
+    fn lookup_by_metadata(&self) -> Option<(&'static str, &'static str)> {
+        Some(("/calls", "/id"))
     }
 }
 
@@ -204,6 +204,7 @@ impl Adapter for Webhook {
 mod tests {
     use super::*;
     use crate::providers::test_support::{body, call, mapping, target};
+    use crate::providers::HttpResponse;
 
     #[test]
     fn default_body_and_bearer() {

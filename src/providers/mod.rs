@@ -48,7 +48,18 @@ pub trait Adapter: Sync {
     /// The request that looks for an attempt whose answer was lost; Err when this provider
     /// cannot be asked (the attempt then stays in doubt: never redialed blindly).
     fn lookup_request(&self, attempt: &InDoubt, creds: &Credentials) -> Result<HttpRequest, String>;
-    fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult;
+    /// For providers whose calls carry the idempotency key in their metadata: where a lookup's
+    /// answer lists the calls and, in each, its id (JSON pointers). None: `parse_lookup` is the
+    /// provider's own, or it cannot be asked.
+    fn lookup_by_metadata(&self) -> Option<(&'static str, &'static str)> {
+        self.json_api()?.lookup_by_metadata
+    }
+    fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
+        match self.lookup_by_metadata() {
+            Some((calls, id)) => lookup::by_metadata_key(attempt, response, calls, id),
+            None => LookupResult::Unknown,
+        }
+    }
 }
 
 /// The factory: the adapter for a provider name (`agent_mappings.provider`).
@@ -238,6 +249,8 @@ pub struct JsonApi {
     pub call_id_field: &'static str,
     /// Where a call's status is read: `GET {base}{status_path}/{id}`.
     pub status_path: &'static str,
+    /// See `Adapter::lookup_by_metadata`.
+    pub lookup_by_metadata: Option<(&'static str, &'static str)>,
 }
 
 impl JsonApi {

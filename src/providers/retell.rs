@@ -4,10 +4,10 @@
 //! `GET /v2/get-call/{call_id}` for status; `POST /v2/list-calls` filtered by metadata to find a
 //! lost attempt.
 
-use super::lookup::{InDoubt, LookupResult};
+use super::lookup::InDoubt;
 use super::{
     check_fields, correlation_metadata, extend_object, need_from_number, outcome, string_values, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
+    CallStatus, Credentials, HttpRequest, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
 use serde_json::{json, Value};
 
@@ -16,6 +16,7 @@ const API: JsonApi = JsonApi {
     auth: KeyHeader::BEARER,
     call_id_field: "call_id",
     status_path: "/v2/get-call",
+    lookup_by_metadata: Some(("", "/call_id")),
 };
 
 /// Fields of create-phone-call a template may set (the spec test checks them).
@@ -76,16 +77,13 @@ impl Adapter for Retell {
         let body = json!({"filter_criteria": {"metadata.idempotency_key": [attempt.idempotency_key]}, "limit": 10});
         API.request(Method::Post, creds, "/v2/list-calls", Some(&body))
     }
-
-    fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
-        super::lookup::by_metadata_key(attempt, response, "", "/call_id")
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::providers::test_support::{body, call, mapping, target};
+    use crate::providers::HttpResponse;
 
     #[test]
     fn create_phone_call_and_status() {

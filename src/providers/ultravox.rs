@@ -6,10 +6,10 @@
 //! messages and refuses any field its schema does not name, so templates are checked against
 //! the field lists below when a mapping is stored.
 
-use super::lookup::{InDoubt, LookupResult};
+use super::lookup::InDoubt;
 use super::{
     check_fields, correlation_metadata, extend_object, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
+    CallStatus, Credentials, HttpRequest, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
 };
 use serde_json::{json, Map, Value};
 
@@ -18,6 +18,7 @@ const API: JsonApi = JsonApi {
     auth: KeyHeader { name: "X-API-Key", prefix: "" },
     call_id_field: "callId",
     status_path: "/api/calls",
+    lookup_by_metadata: Some(("/results", "/callId")),
 };
 
 pub const CARRIERS: [&str; 3] = ["telnyx", "twilio", "plivo"];
@@ -200,16 +201,14 @@ impl Adapter for Ultravox {
         let path = format!("/api/calls?metadata.idempotency_key={}&pageSize=10", super::lookup::enc(&attempt.idempotency_key));
         API.request(Method::Get, creds, &path, None)
     }
-
-    fn parse_lookup(&self, attempt: &InDoubt, response: &HttpResponse) -> LookupResult {
-        super::lookup::by_metadata_key(attempt, response, "/results", "/callId")
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::lookup::LookupResult;
     use crate::providers::test_support::{body, call, mapping, target, UUID};
+    use crate::providers::HttpResponse;
 
     #[test]
     fn agent_call_to_the_published_shape() {

@@ -11,8 +11,13 @@ use super::{
 };
 use serde_json::{json, Value};
 
-const API: JsonApi =
-    JsonApi { default_base_url: "https://api.vapi.ai", auth: KeyHeader::BEARER, call_id_field: "id", status_path: "/call" };
+const API: JsonApi = JsonApi {
+    default_base_url: "https://api.vapi.ai",
+    auth: KeyHeader::BEARER,
+    call_id_field: "id",
+    status_path: "/call",
+    lookup_by_metadata: None,
+};
 
 /// Fields of Vapi's CreateCallDTO a template may set (the spec test checks them).
 pub const CREATE_CALL_FIELDS: TemplateFields = &[
