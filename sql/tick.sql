@@ -558,8 +558,8 @@ BEGIN
     RETURN n;
 END $$;
 
--- When the worker should look again: the earliest pacing slot, retry, back-off, scheduled start,
--- status poll or look-up. Polls and look-ups are done in rounds: they count from p_rounds_from
+-- When the worker should look again for anything but a pacing slot (dialer._next_slot): the
+-- earliest retry, back-off, scheduled start, deadline, status poll or look-up. Polls and look-ups are done in rounds: they count from p_rounds_from
 -- (the next round) at the earliest.
 -- (enable_sort off: the batches must come in index order, read only as far as needed; a sort
 -- would read them all.)
@@ -621,7 +621,7 @@ BEGIN
         UNION ALL
         SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
     ) due_at;
-    RETURN least(best, dialer._next_slot(p_now));
+    RETURN best;
 END $$;
 
 -- Calls the worker claimed for a pacing slot still to come wait in the worker, unsent (src/held.rs).

@@ -96,10 +96,11 @@ pub fn complete_batches(by_counters: bool) -> Result<i32, DialerError> {
 pub fn ms_until_next_due(poll_every_ms: f64, next_round_in_ms: f64) -> Result<(Option<f64>, Option<f64>), DialerError> {
     Spi::connect(|client| {
         let row = client.select(
-            "SELECT (extract(epoch FROM dialer._next_due(clock_timestamp(), make_interval(secs => $1 / 1000.0),
-                                                        clock_timestamp() + make_interval(secs => $2 / 1000.0))
-                     - clock_timestamp()) * 1000)::float8,
-                    (extract(epoch FROM dialer._next_slot(clock_timestamp()) - clock_timestamp()) * 1000)::float8",
+            "SELECT (extract(epoch FROM least(d.due, s.slot) - n.now) * 1000)::float8, (extract(epoch FROM s.slot - n.now) * 1000)::float8
+               FROM (SELECT clock_timestamp() AS now) n,
+                    LATERAL (SELECT dialer._next_slot(n.now) AS slot) s,
+                    LATERAL (SELECT dialer._next_due(n.now, make_interval(secs => $1 / 1000.0),
+                                                     n.now + make_interval(secs => $2 / 1000.0)) AS due) d",
             Some(1),
             &[poll_every_ms.into(), next_round_in_ms.into()],
         )?;

@@ -1521,6 +1521,7 @@ BEGIN
     RETURN best;
 END $$;
 
+-- Pacing slots are no longer in it: the worker asks dialer._next_slot once, beside it.
 CREATE OR REPLACE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
 RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
 DECLARE
@@ -1549,7 +1550,7 @@ BEGIN
         UNION ALL
         SELECT min(next_run_at) FROM dialer.recurring_calls WHERE active
     ) due_at;
-    RETURN least(best, dialer._next_slot(p_now));
+    RETURN best;
 END $$;
 
 -- Raises an error with its SQLSTATE, message and hint (NULL: none), for the checks below, which
