@@ -4,13 +4,7 @@
 //! `from` (the mapping's from number), `pathway_id` (the mapping's agent) or the template's
 //! `task`, `request_data` (the contact's variables) and `metadata`.
 
-use super::lookup::InDoubt;
-use super::{
-    check_fields, correlation_metadata, extend_object, outcome, template_variables, Adapter, CallSpec, CallStatus, Credentials,
-    HttpRequest, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
-};
-use serde_json::{json, Value};
-
+use super::prelude::*;
 const API: JsonApi = JsonApi {
     default_base_url: "https://api.bland.ai",
     auth: KeyHeader { name: "authorization", prefix: "" },

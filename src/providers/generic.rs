@@ -8,13 +8,8 @@
 //! `"Hi {{name}}"` has it spliced in. `"call_id_pointer": "/data/id"` says where the call id is
 //! in the answer. So an AI caller we have no adapter for can be used without code.
 
-use super::lookup::InDoubt;
-use super::KeyHeader;
-use super::{
-    correlation_metadata, merge_json, path_segment, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, JsonApi,
-    Mapping, Method, ProviderTarget,
-};
-use serde_json::{json, Map, Value};
+use super::merge_json;
+use super::prelude::*;
 
 pub struct Webhook;
 

@@ -62,6 +62,18 @@ pub trait Adapter: Sync {
     }
 }
 
+/// What an adapter file works with, in one line (`use super::prelude::*;`): the trait and its
+/// types, and the helpers several providers share.
+pub(crate) mod prelude {
+    pub(crate) use super::lookup::{InDoubt, LookupResult};
+    pub(crate) use super::{
+        check_fields, correlation_metadata, extend_object, json_text, need_agent_id, need_from_number, ok_json, outcome, path_segment,
+        string_values, template_variables, Adapter, CallSpec, CallStatus, Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind,
+        Mapping, Method, ProviderTarget, TemplateFields,
+    };
+    pub(crate) use serde_json::{json, Map, Value};
+}
+
 /// The factory: the adapter for a provider name (`agent_mappings.provider`).
 pub fn adapter(provider: &str) -> Option<&'static dyn Adapter> {
     Some(match provider {
@@ -385,7 +397,7 @@ fn not_found_status(response: &HttpResponse) -> Option<CallStatus> {
 }
 
 /// The JSON body of a successful answer.
-fn ok_json(response: &HttpResponse) -> Option<Value> {
+pub(crate) fn ok_json(response: &HttpResponse) -> Option<Value> {
     if !(200..300).contains(&response.status) {
         return None;
     }

@@ -4,13 +4,7 @@
 //! `GET /v2/get-call/{call_id}` for status; `POST /v2/list-calls` filtered by metadata to find a
 //! lost attempt.
 
-use super::lookup::InDoubt;
-use super::{
-    check_fields, correlation_metadata, extend_object, need_from_number, outcome, string_values, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
-};
-use serde_json::{json, Value};
-
+use super::prelude::*;
 const API: JsonApi = JsonApi {
     default_base_url: "https://api.retellai.com",
     auth: KeyHeader::BEARER,

@@ -4,13 +4,9 @@
 //! `request_template`; correlation fields ride on the `Url` / `StatusCallback` query strings,
 //! since Twilio has no metadata field.
 
-use super::lookup::{InDoubt, LookupResult};
-use super::{
-    base_url, check_fields, json_text, need_from_number, ok_json, outcome, path_segment, Adapter, CallSpec, CallStatus, Credentials,
-    HttpRequest, HttpResponse, JsonApi, Kind, Mapping, Method, ProviderTarget, TemplateFields,
-};
+use super::base_url;
+use super::prelude::*;
 use base64::Engine;
-use serde_json::{json, Map, Value};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 

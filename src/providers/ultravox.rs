@@ -6,13 +6,7 @@
 //! messages and refuses any field its schema does not name, so templates are checked against
 //! the field lists below when a mapping is stored.
 
-use super::lookup::InDoubt;
-use super::{
-    check_fields, correlation_metadata, extend_object, need_from_number, outcome, path_segment, template_variables, Adapter, CallSpec,
-    CallStatus, Credentials, HttpRequest, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
-};
-use serde_json::{json, Map, Value};
-
+use super::prelude::*;
 const API: JsonApi = JsonApi {
     default_base_url: "https://api.ultravox.ai",
     auth: KeyHeader { name: "X-API-Key", prefix: "" },

@@ -4,13 +4,7 @@
 //! and per-call `assistantOverrides.variableValues` / `.metadata`. `GET /call/{id}` for status;
 //! `GET /call?createdAtGe=…` to find a lost attempt by the metadata it carried.
 
-use super::lookup::{InDoubt, LookupResult};
-use super::{
-    check_fields, correlation_metadata, extend_object, need_agent_id, ok_json, outcome, template_variables, Adapter, CallSpec, CallStatus,
-    Credentials, HttpRequest, HttpResponse, JsonApi, KeyHeader, Kind, Mapping, Method, ProviderTarget, TemplateFields,
-};
-use serde_json::{json, Value};
-
+use super::prelude::*;
 const API: JsonApi = JsonApi {
     default_base_url: "https://api.vapi.ai",
     auth: KeyHeader::BEARER,
