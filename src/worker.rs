@@ -507,6 +507,10 @@ impl Worker {
     /// pause, a cancel, a do-not-call entry) has committed since they were claimed, the database
     /// first withdraws those that may no longer go.
     fn release_held(&mut self) -> Result<(), DialerError> {
+        // dialer.enabled off: nothing more leaves, not even what was claimed ahead.
+        if !self.settings.enabled {
+            return self.withdraw_all_held();
+        }
         let epoch = wake::current(wake::Epoch::Holds);
         if self.held.stale(epoch) {
             let held = self.held.calls();
@@ -516,6 +520,19 @@ impl Worker {
         for job in self.held.take_due(unix_ms()) {
             self.pool.submit(job);
         }
+        Ok(())
+    }
+
+    /// Every held call back to its queue, its batch given the unused slots (dialing turned off,
+    /// or the worker stopping).
+    fn withdraw_all_held(&mut self) -> Result<(), DialerError> {
+        let held = self.held.calls();
+        if held.0.is_empty() {
+            return Ok(());
+        }
+        let epoch = wake::current(wake::Epoch::Holds);
+        let withdrawn = txn::run(|| tick::withdraw_held(&held, true))?;
+        self.held.checked(epoch, &withdrawn);
         Ok(())
     }
 
@@ -650,11 +667,8 @@ impl Worker {
     /// SIGTERM: let requests in flight finish (or time out) and record them before exit.
     fn shutdown(&mut self) {
         // Held calls never left: back to their queues (else the next start holds them in doubt).
-        let held = self.held.calls();
-        if !held.0.is_empty() {
-            if let Err(e) = txn::run(|| tick::withdraw_held(&held, true)) {
-                warning!("pg_dialer: could not withdraw {} held call(s) at shutdown: {e}", held.0.len());
-            }
+        if let Err(e) = self.withdraw_all_held() {
+            warning!("pg_dialer: could not withdraw the held calls at shutdown: {e}");
         }
         let deadline = Instant::now() + self.settings.http_timeout + Duration::from_secs(1);
         let mut results = std::mem::take(&mut self.unrecorded);

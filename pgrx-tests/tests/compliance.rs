@@ -408,3 +408,29 @@ fn held_calls_honour_a_do_not_call_entry_a_pause_and_a_cancel_that_land_before_t
     assert_eq!(after, (false, "cancelled".into(), Some("batch cancelled".into())), "held call {call} to {number}");
     assert!(posts_to(&s.sim, &number).is_empty(), "a call held at the cancel was posted");
 }
+
+#[test]
+fn turning_dialing_off_withdraws_the_calls_held_for_later_slots() {
+    let mut s = Scenario::new("c-held-off", Scenario::sim_config(100, 200), &[]);
+    let batch = s.batch("held-off", 120, 50, 3);
+    s.add_numbers(batch, &numbers("+1555732", 60));
+
+    let (call, contact, number) = a_held_call(&mut s, batch);
+    s.db.execute("ALTER SYSTEM SET dialer.enabled = off", &[]).unwrap();
+    s.db.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    let after = wait_for("the held call settled", Duration::from_secs(10), || settled(&mut s, call, contact));
+    assert_eq!(after, (false, "queued".into(), None), "held call {call} to {number}");
+    wait_for("nothing dialing once dialing is off", Duration::from_secs(10), || {
+        let n: i64 =
+            s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'dialing'", &[&batch]).unwrap().get(0);
+        (n == 0).then_some(())
+    });
+    assert!(posts_to(&s.sim, &number).is_empty(), "a call held when dialing was turned off was posted");
+
+    // On again: the withdrawn contact is dialed.
+    s.db.execute("ALTER SYSTEM RESET dialer.enabled", &[]).unwrap();
+    s.db.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    wait_for("the withdrawn contact dialed once dialing is on", Duration::from_secs(20), || {
+        (!posts_to(&s.sim, &number).is_empty()).then_some(())
+    });
+}
