@@ -494,9 +494,14 @@ BEGIN
 END $$;
 
 -- Step 5: calls the provider accepted whose outcome we have not heard for a while.
+-- (plpgsql, as _calls_to_look_up and _log_run: a sql function that cannot be inlined is planned
+-- again on every call, several times a second here.)
 CREATE FUNCTION dialer._calls_to_poll(p_now timestamptz, p_every interval, p_limit integer)
 RETURNS TABLE (call_id bigint, agency_id bigint, provider text, provider_call_id text)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     UPDATE dialer.calls k SET last_polled_at = p_now
      WHERE k.id IN (SELECT id FROM dialer.calls
                      WHERE status = 'in_progress' AND provider_call_id IS NOT NULL
@@ -504,8 +509,8 @@ LANGUAGE sql AS $$
                      ORDER BY coalesce(last_polled_at, created_at)
                      LIMIT p_limit
                        FOR UPDATE SKIP LOCKED)
-    RETURNING k.id, k.agency_id, k.provider, k.provider_call_id
-$$;
+    RETURNING k.id, k.agency_id, k.provider, k.provider_call_id;
+END $$;
 
 -- Records provider status look-ups, one element per call in parallel arrays. An ended call
 -- completes its contact (whatever the outcome; the outcome is kept on the call). A live call's row
@@ -693,11 +698,12 @@ END $$;
 
 CREATE FUNCTION dialer._log_run(p_started timestamptz, p_mode text, p_batches integer, p_initiated integer,
     p_failed integer, p_rate_limited integer, p_status text, p_error text)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO dialer.runs (started_at, duration_ms, mode, batches, initiated, failed, rate_limited, status, error)
     VALUES (p_started, extract(epoch FROM clock_timestamp() - p_started) * 1000, p_mode, p_batches, p_initiated,
-            p_failed, p_rate_limited, p_status, p_error)
-$$;
+            p_failed, p_rate_limited, p_status, p_error);
+END $$;
 
 -- This database went back in time (restored from a backup, or from before a point in time; see
 -- src/restores.rs): claims committed after its restore point are gone, and the people they called
@@ -746,7 +752,10 @@ END $$;
 CREATE FUNCTION dialer._calls_to_look_up(p_now timestamptz, p_limit integer)
 RETURNS TABLE (call_id bigint, agency_id bigint, provider text, idempotency_key text, phone_number text,
                claimed_at text)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     UPDATE dialer.calls k SET last_polled_at = p_now, lookup_attempts = k.lookup_attempts + 1
       FROM dialer.campaign_contacts c
      WHERE c.id = k.contact_id
@@ -756,8 +765,8 @@ LANGUAGE sql AS $$
                      ORDER BY id LIMIT p_limit
                        FOR UPDATE SKIP LOCKED)
     RETURNING k.id, k.agency_id, k.provider, k.idempotency_key, c.phone_number,
-              to_char(k.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-$$;
+              to_char(k.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+END $$;
 
 -- Records look-ups, one element per call in parallel arrays (found, and the provider's call id
 -- when it was). Found → adopted: the call is in progress after all. Not found (the provider answered) → the attempt never happened:

@@ -43,7 +43,10 @@ pub fn record(results: &[JobResult]) -> Result<Counts, DialerError> {
     let counts = tick::record_dispatch(results)?;
     tick::record_status(results)?;
     tick::record_lookups(results)?;
-    tick::complete_batches(true)?;
+    // Calls accepted end nothing: a batch can be done only after another kind of answer.
+    if usize::try_from(counts.initiated).map_or(true, |accepted| accepted < results.len()) {
+        tick::complete_batches(true)?;
+    }
     Ok(counts)
 }
 

@@ -1666,6 +1666,51 @@ BEGIN
     RETURN new_id;
 END $$;
 
+-- Planned once a session, not on every call (plpgsql instead of sql).
+CREATE OR REPLACE FUNCTION dialer._calls_to_poll(p_now timestamptz, p_every interval, p_limit integer)
+RETURNS TABLE (call_id bigint, agency_id bigint, provider text, provider_call_id text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    UPDATE dialer.calls k SET last_polled_at = p_now
+     WHERE k.id IN (SELECT id FROM dialer.calls
+                     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL
+                       AND coalesce(last_polled_at, created_at) <= p_now - p_every
+                     ORDER BY coalesce(last_polled_at, created_at)
+                     LIMIT p_limit
+                       FOR UPDATE SKIP LOCKED)
+    RETURNING k.id, k.agency_id, k.provider, k.provider_call_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._calls_to_look_up(p_now timestamptz, p_limit integer)
+RETURNS TABLE (call_id bigint, agency_id bigint, provider text, idempotency_key text, phone_number text,
+               claimed_at text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    UPDATE dialer.calls k SET last_polled_at = p_now, lookup_attempts = k.lookup_attempts + 1
+      FROM dialer.campaign_contacts c
+     WHERE c.id = k.contact_id
+       AND k.id IN (SELECT id FROM dialer.calls
+                     WHERE status = 'in_doubt' AND lookup_attempts < 5
+                       AND coalesce(last_polled_at, created_at) <= p_now - interval '1 second' * (1 + lookup_attempts * lookup_attempts)
+                     ORDER BY id LIMIT p_limit
+                       FOR UPDATE SKIP LOCKED)
+    RETURNING k.id, k.agency_id, k.provider, k.idempotency_key, c.phone_number,
+              to_char(k.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+END $$;
+
+CREATE OR REPLACE FUNCTION dialer._log_run(p_started timestamptz, p_mode text, p_batches integer, p_initiated integer,
+    p_failed integer, p_rate_limited integer, p_status text, p_error text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO dialer.runs (started_at, duration_ms, mode, batches, initiated, failed, rate_limited, status, error)
+    VALUES (p_started, extract(epoch FROM clock_timestamp() - p_started) * 1000, p_mode, p_batches, p_initiated,
+            p_failed, p_rate_limited, p_status, p_error);
+END $$;
+
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
 -- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name
