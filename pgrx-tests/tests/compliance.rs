@@ -339,6 +339,12 @@ fn a_held_call(s: &mut Scenario, batch: i64) -> (i64, i64, String) {
     })
 }
 
+/// Some once no attempt of the batch is 'dialing' (claimed, not yet answered or withdrawn).
+fn nothing_dialing(s: &mut Scenario, batch: i64) -> Option<()> {
+    let n: i64 = s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'dialing'", &[&batch]).unwrap().get(0);
+    (n == 0).then_some(())
+}
+
 /// What became of a held call once it is settled: None while it is still held or dialing.
 fn settled(s: &mut Scenario, call_id: i64, contact_id: i64) -> Option<(bool, String, Option<String>)> {
     let call: Option<String> = s.db.query_opt("SELECT status FROM dialer.calls WHERE id = $1", &[&call_id]).unwrap().map(|r| r.get(0));
@@ -377,11 +383,7 @@ fn held_calls_honour_a_do_not_call_entry_a_pause_and_a_cancel_that_land_before_t
     s.db.execute("SELECT dialer.pause_batch($1)", &[&batch]).unwrap();
     let after = wait_for("the held call settled", Duration::from_secs(10), || settled(&mut s, call, contact));
     assert_eq!(after, (false, "queued".into(), None), "held call {call} to {number}");
-    wait_for("nothing dialing in the paused batch", Duration::from_secs(10), || {
-        let n: i64 =
-            s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'dialing'", &[&batch]).unwrap().get(0);
-        (n == 0).then_some(())
-    });
+    wait_for("nothing dialing in the paused batch", Duration::from_secs(10), || nothing_dialing(&mut s, batch));
     // At most a call already handed to the HTTP threads (its slot under RELEASE_AHEAD_MS away).
     assert!(pg_dialer_integration::call_posts(&s.sim).len() <= posts_before + 1, "calls left after the pause");
     assert!(posts_to(&s.sim, &number).is_empty(), "a call held at the pause was posted");
@@ -420,11 +422,7 @@ fn turning_dialing_off_withdraws_the_calls_held_for_later_slots() {
     s.db.execute("SELECT pg_reload_conf()", &[]).unwrap();
     let after = wait_for("the held call settled", Duration::from_secs(10), || settled(&mut s, call, contact));
     assert_eq!(after, (false, "queued".into(), None), "held call {call} to {number}");
-    wait_for("nothing dialing once dialing is off", Duration::from_secs(10), || {
-        let n: i64 =
-            s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'dialing'", &[&batch]).unwrap().get(0);
-        (n == 0).then_some(())
-    });
+    wait_for("nothing dialing once dialing is off", Duration::from_secs(10), || nothing_dialing(&mut s, batch));
     assert!(posts_to(&s.sim, &number).is_empty(), "a call held when dialing was turned off was posted");
 
     // On again: the withdrawn contact is dialed.
