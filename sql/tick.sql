@@ -563,16 +563,13 @@ BEGIN
     RETURN n;
 END $$;
 
--- When the worker should look again for anything but a pacing slot (dialer._next_slot): the
--- earliest retry, back-off, scheduled start, deadline, status poll or look-up. Polls and look-ups are done in rounds: they count from p_rounds_from
--- (the next round) at the earliest.
--- (enable_sort off: the batches must come in index order, read only as far as needed; a sort
--- would read them all.)
 -- The next time a batch may dial (NULL: none): the later of its pacing slot (or its account's, or a
 -- back-off) and its earliest queued contact. The worker claims pacing slots up to a second before
 -- this (src/pacing.rs); other due times (_next_due) it waits for. Batches are read in the order of
 -- their pacing slot (call_batches_next_slot_idx), a lower bound of that time, so the look-ups stop
 -- at the first batch that cannot beat what is found.
+-- (enable_sort off: the batches must come in index order, read only as far as needed; a sort
+-- would read them all.)
 CREATE FUNCTION dialer._next_slot(p_now timestamptz)
 RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
 DECLARE
@@ -598,6 +595,9 @@ BEGIN
     RETURN best;
 END $$;
 
+-- When the worker should look again for anything but a pacing slot (dialer._next_slot): the
+-- earliest retry, back-off, scheduled start, deadline, status poll or look-up. Polls and look-ups
+-- are done in rounds: they count from p_rounds_from (the next round) at the earliest.
 CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
 RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
 DECLARE

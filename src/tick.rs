@@ -525,8 +525,7 @@ impl Accepted {
     fn push(&mut self, call_id: i64, provider_call_id: &Option<String>, r: &JobResult, resp: &providers::HttpResponse) {
         self.call_ids.push(call_id);
         self.provider_call_ids.push(provider_call_id.clone());
-        self.exchanges.push(r);
-        self.exchanges.answered(resp.status, stored_response_text(&resp.body, &r.request.secrets));
+        self.exchanges.push(r, Some((resp.status, stored_response_text(&resp.body, &r.request.secrets))));
     }
 
     fn record(self) -> Result<i32, DialerError> {
@@ -549,13 +548,14 @@ struct Exchanges {
 }
 
 impl Exchanges {
-    /// A request that left (its answer, if any, follows with `answered`).
-    fn push(&mut self, r: &JobResult) {
-        self.http_status.push(None);
+    /// A request that left, and its answer (HTTP status, as stored) if one came.
+    fn push(&mut self, r: &JobResult, answer: Option<(u16, String)>) {
+        let (status, stored) = answer.unzip();
+        self.http_status.push(status.map(i32::from));
         self.latency_ms.push(Some(r.latency_ms));
         self.dispatched_at_ms.push(Some(r.sent_at_ms));
         self.requests.push(Some(r.request.audit.to_string()));
-        self.responses.push(None);
+        self.responses.push(stored);
     }
 
     /// A result without an exchange.
@@ -565,14 +565,6 @@ impl Exchanges {
         self.dispatched_at_ms.push(None);
         self.requests.push(None);
         self.responses.push(None);
-    }
-
-    /// The answer to the request pushed last.
-    fn answered(&mut self, status: u16, stored: String) {
-        if let (Some(s), Some(r)) = (self.http_status.last_mut(), self.responses.last_mut()) {
-            *s = Some(i32::from(status));
-            *r = Some(stored);
-        }
     }
 
     /// In the order both functions take them, after their own columns.
@@ -634,8 +626,7 @@ impl Outcomes {
             }
         };
         self.push(call_id, outcome.kind(), error, retry_after);
-        self.exchanges.push(r);
-        if let Ok(resp) = &r.result {
+        let answer = r.result.as_ref().ok().map(|resp| {
             // A provider that echoes the request (key included) must not put the key in our tables.
             let body = providers::scrub(&resp.body, &r.request.secrets);
             let stored = if (200..300).contains(&resp.status) {
@@ -644,8 +635,9 @@ impl Outcomes {
                 // A refusal keeps a short excerpt only: whatever answered, its page is not ours to keep.
                 json!({"excerpt": body.chars().take(300).collect::<String>()})
             };
-            self.exchanges.answered(resp.status, stored.to_string());
-        }
+            (resp.status, stored.to_string())
+        });
+        self.exchanges.push(r, answer);
     }
 
     pub fn is_empty(&self) -> bool {

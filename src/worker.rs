@@ -509,13 +509,10 @@ impl Worker {
     fn release_held(&mut self) -> Result<(), DialerError> {
         // dialer.enabled off: nothing more leaves, not even what was claimed ahead.
         if !self.settings.enabled {
-            return self.withdraw_all_held();
+            return self.withdraw_held(true);
         }
-        let epoch = wake::current(wake::Epoch::Holds);
-        if self.held.stale(epoch) {
-            let held = self.held.calls();
-            let withdrawn = txn::run(|| tick::withdraw_held(&held, false))?;
-            self.held.checked(epoch, &withdrawn);
+        if self.held.stale(wake::current(wake::Epoch::Holds)) {
+            self.withdraw_held(false)?;
         }
         for job in self.held.take_due(unix_ms()) {
             self.pool.submit(job);
@@ -523,15 +520,16 @@ impl Worker {
         Ok(())
     }
 
-    /// Every held call back to its queue, its batch given the unused slots (dialing turned off,
-    /// or the worker stopping).
-    fn withdraw_all_held(&mut self) -> Result<(), DialerError> {
+    /// The held calls that may no longer go back to their queues; with `all`, every one, its
+    /// batch given the unused slots (dialing turned off, or the worker stopping).
+    fn withdraw_held(&mut self, all: bool) -> Result<(), DialerError> {
         let held = self.held.calls();
         if held.0.is_empty() {
             return Ok(());
         }
+        // Read before the check: a change committed during it bumps the counter again.
         let epoch = wake::current(wake::Epoch::Holds);
-        let withdrawn = txn::run(|| tick::withdraw_held(&held, true))?;
+        let withdrawn = txn::run(|| tick::withdraw_held(&held, all))?;
         self.held.checked(epoch, &withdrawn);
         Ok(())
     }
@@ -667,7 +665,7 @@ impl Worker {
     /// SIGTERM: let requests in flight finish (or time out) and record them before exit.
     fn shutdown(&mut self) {
         // Held calls never left: back to their queues (else the next start holds them in doubt).
-        if let Err(e) = self.withdraw_all_held() {
+        if let Err(e) = self.withdraw_held(true) {
             warning!("pg_dialer: could not withdraw the held calls at shutdown: {e}");
         }
         let deadline = Instant::now() + self.settings.http_timeout + Duration::from_secs(1);
