@@ -58,9 +58,7 @@ pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// only the owner and dialer_admin may take (an advisory lock anyone could hold, and so hold the
 /// worker off).
 pub fn try_tick_lock() -> Result<bool, DialerError> {
-    Spi::get_one::<i64>("SELECT count(*) FROM (SELECT 1 FROM dialer.tick_lock WHERE id = 1 FOR UPDATE SKIP LOCKED) l")
-        .map(|v| v == Some(1))
-        .map_err(db)
+    one::<i64>("SELECT count(*) FROM (SELECT 1 FROM dialer.tick_lock WHERE id = 1 FOR UPDATE SKIP LOCKED) l", &[]).map(|v| v == 1)
 }
 
 pub fn promote() -> Result<i32, DialerError> {
@@ -94,8 +92,9 @@ pub fn complete_batches(by_counters: bool) -> Result<i32, DialerError> {
 /// look-up, those two not before the next poll round), and until the next pacing slot alone (the
 /// claim may take that one early); None when nothing waits.
 pub fn ms_until_next_due(poll_every_ms: f64, next_round_in_ms: f64) -> Result<(Option<f64>, Option<f64>), DialerError> {
-    Spi::connect(|client| {
-        let row = client.select(
+    Spi::connect_mut(|client| {
+        let row = crate::plans::run(
+            client,
             "SELECT (extract(epoch FROM least(d.due, s.slot) - n.now) * 1000)::float8, (extract(epoch FROM s.slot - n.now) * 1000)::float8
                FROM (SELECT clock_timestamp() AS now) n,
                     LATERAL (SELECT dialer._next_slot(n.now) AS slot) s,
@@ -142,19 +141,19 @@ impl Counts {
 }
 
 pub fn log_run(started: f64, mode: &str, counts: Counts, status: &str, error: Option<&str>) -> Result<(), DialerError> {
-    Spi::run_with_args(
-        "SELECT dialer._log_run(to_timestamp($1 / 1000.0), $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            started.into(),
-            mode.into(),
-            counts.batches.into(),
-            counts.initiated.into(),
-            counts.failed.into(),
-            counts.rate_limited.into(),
-            status.into(),
-            error.into(),
-        ],
-    )
+    let args = [
+        started.into(),
+        mode.into(),
+        counts.batches.into(),
+        counts.initiated.into(),
+        counts.failed.into(),
+        counts.rate_limited.into(),
+        status.into(),
+        error.into(),
+    ];
+    Spi::connect_mut(|client| {
+        crate::plans::run(client, "SELECT dialer._log_run(to_timestamp($1 / 1000.0), $2, $3, $4, $5, $6, $7, $8)", None, &args).map(|_| ())
+    })
     .map_err(db)
 }
 
@@ -318,9 +317,9 @@ pub fn claim_one(
     claim_from(due, pacing, room_for, cache)
 }
 
-fn batch_rows(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<DueBatch>, DialerError> {
-    Spi::connect(|client| {
-        let table = client.select(query, None, args).map_err(db)?;
+fn batch_rows(query: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<DueBatch>, DialerError> {
+    Spi::connect_mut(|client| {
+        let table = crate::plans::run(client, query, None, args).map_err(db)?;
         let mut out = Vec::new();
         for r in table {
             out.push(DueBatch { batch_id: required(&r, 1)?, agency_id: required(&r, 2)?, mapping_id: required(&r, 3)? });
@@ -330,9 +329,11 @@ fn batch_rows(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<Due
 }
 
 /// The one value a statement always returns: NULL is a bug between the Rust and the SQL of this
-/// library, said as such rather than read as 0.
-fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<T, DialerError> {
-    Spi::get_one_with_args::<T>(query, args).map_err(db)?.ok_or_else(|| DialerError::database(format!("no value from: {query}")))
+/// library, said as such rather than read as 0. (From a kept plan: plans.rs.)
+fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(query: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result<T, DialerError> {
+    Spi::connect_mut(|client| crate::plans::run(client, query, Some(1), args)?.first().get_one::<T>())
+        .map_err(db)?
+        .ok_or_else(|| DialerError::database(format!("no value from: {query}")))
 }
 
 /// A column the statement always fills: NULL (or a mismatched type) is a bug between the Rust
@@ -438,8 +439,8 @@ fn claim_from(
 /// The claimed calls, each with the caller ID the claim chose for it.
 fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
     Spi::connect_mut(|client| {
-        let table = client
-            .update(
+        let table = crate::plans::run(
+                client,
                 "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
                     agent_mapping_id, metadata, credential_key, credential_gap_ms, global_gap_ms, from_number
                FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0), $4,
@@ -477,7 +478,8 @@ fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallS
 /// one with `all` (at shutdown: their batches get their slots back). Returns the calls withdrawn.
 pub fn withdraw_held((call_ids, slots_ms): &(Vec<i64>, Vec<f64>), all: bool) -> Result<Vec<i64>, DialerError> {
     Spi::connect_mut(|client| {
-        let table = client.update(
+        let table = crate::plans::run(
+            client,
             "SELECT dialer._withdraw_held($1, $2, $3)",
             None,
             &[call_ids.clone().into(), slots_ms.clone().into(), all.into()],
@@ -654,7 +656,8 @@ impl Outcomes {
         args.extend(self.exchanges.into_args());
         Spi::connect_mut(|client| {
             // $5…$9: the exchanges (Exchanges::into_args).
-            let table = client.update(
+            let table = crate::plans::run(
+                client,
                 "SELECT n_failed, n_rate_limited FROM dialer._record_dispatch($1, $2::text[]::dialer.dispatch_outcome[], $5, $3, $6, $7, $4, $8, $9)",
                 Some(1),
                 &args,
@@ -672,7 +675,8 @@ impl Outcomes {
 /// Step 5: status look-ups for calls in progress that we have not heard about for a while.
 pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, DialerError> {
     let rows: Vec<(i64, i64, String, String)> = Spi::connect_mut(|client| {
-        let table = client.update(
+        let table = crate::plans::run(
+            client,
             "SELECT call_id, agency_id, provider, provider_call_id
                FROM dialer._calls_to_poll(clock_timestamp(), make_interval(secs => $1 / 1000.0), $2)",
             None,
@@ -724,7 +728,8 @@ pub fn record_status(results: &[JobResult]) -> Result<i32, DialerError> {
 /// Step 5b: look-ups of attempts in doubt (timeouts, a worker that died mid-request).
 pub fn lookup_jobs(limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, DialerError> {
     let rows: Vec<(i64, InDoubt)> = Spi::connect_mut(|client| {
-        let table = client.update(
+        let table = crate::plans::run(
+            client,
             "SELECT call_id, agency_id, provider, idempotency_key, phone_number, claimed_at
                FROM dialer._calls_to_look_up(clock_timestamp(), $1)",
             None,

@@ -6,6 +6,7 @@ use crate::error::DialerError;
 use crate::gucs::Settings;
 use crate::held::Held;
 use crate::tick::{self, Counts, TargetCache};
+use crate::wait_set::WaitSet;
 use crate::{lead_writer, pass, restores, retention, standbys, txn, wake};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -125,13 +126,17 @@ struct Worker {
     latch_set: bool,
     /// The HTTP pool had no room at the last pass: its answers wake the worker at once.
     pool_full: bool,
+    /// What the worker sleeps on: its latch, the postmaster, the HTTP pool's pipe.
+    wait_set: WaitSet,
 }
 
 impl Worker {
     fn new() -> std::io::Result<Worker> {
         let settings = Settings::read();
         let pool = Pool::new(settings.http_concurrency, settings.http_timeout, settings.allow_list())?;
+        let wait_set = WaitSet::new(pool.wake_fd());
         Ok(Worker {
+            wait_set,
             settings,
             pool,
             rebuild_pool: false,
@@ -258,6 +263,8 @@ impl Worker {
         if self.rebuild_pool && self.pool.in_flight() == 0 {
             if let Ok(pool) = Pool::new(self.settings.http_concurrency, self.settings.http_timeout, self.settings.allow_list()) {
                 self.pool = pool;
+                // (its pipe is a new one; a closed pipe's fd number may be reused, so never compared)
+                self.wait_set = WaitSet::new(self.pool.wake_fd());
             }
             self.rebuild_pool = false;
         }
@@ -648,17 +655,11 @@ impl Worker {
     /// Answers wake the worker (placed calls are recorded at once, polls and look-ups together
     /// RECORD_EVERY later).
     fn wait(&mut self, timeout: Duration) {
-        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH | pg_sys::WL_SOCKET_READABLE) as i32;
-        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
-        let rc = unsafe {
-            let rc = pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, self.pool.wake_fd(), timeout_ms, pg_sys::PG_WAIT_EXTENSION);
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-            rc
-        };
-        if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+        let woken = self.wait_set.wait(timeout);
+        if woken.postmaster_died {
             unsafe { pg_sys::proc_exit(1) };
         }
-        self.latch_set |= rc & pg_sys::WL_LATCH_SET as i32 != 0;
+        self.latch_set |= woken.latch;
         pgrx::check_for_interrupts!();
     }
 
