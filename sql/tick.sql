@@ -191,9 +191,10 @@ RETURNS TABLE (call_id bigint, contact_id bigint, phone_number text, name text, 
                credential_gap_ms double precision, global_gap_ms double precision, from_number text)
 -- The candidates must come from campaign_contacts_claim_idx in order, stopping at the limit; a
 -- bitmap scan would read and sort the whole batch (the planner cannot tell how many candidates
--- the live-call and do-not-call tests let through, and guesses one). Its plans are made once a
--- session (generic): planning the claim afresh on every call was a third of an immediate call's
--- claim, and the index in order is the plan for any batch and any limit.
+-- the live-call and do-not-call tests let through, and guesses one). A small claim (an immediate
+-- call, a paced campaign's next second) runs plans made once a session: planning it afresh was a
+-- third of an immediate call's claim. A large one is planned for its size (a plan made for any
+-- size took a third longer to claim 300 contacts).
 LANGUAGE plpgsql SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     b dialer.call_batches;
@@ -281,6 +282,10 @@ BEGIN
     END IF;
     IF n <= 0 THEN
         RETURN;
+    END IF;
+    -- (a queue's limit is its rate and concurrency, often far above the jobs it holds)
+    IF least(n, b.queued_count) > 32 THEN
+        PERFORM set_config('plan_cache_mode', 'auto', true);  -- until this function returns
     END IF;
     -- Compliance, against live tables: do-not-call, calling windows, attempt caps.
     PERFORM dialer._compliance_prepare(b, p_now, greatest(n * 4, 50));

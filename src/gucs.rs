@@ -164,6 +164,11 @@ fn ms(setting: &GucSetting<i32>) -> Duration {
     Duration::from_millis(setting.get().max(0) as u64)
 }
 
+/// dialer.max_execution_time alone (read on every claim: Settings::read parses the allow-list too).
+pub fn max_execution_time() -> Duration {
+    ms(&MAX_EXECUTION_TIME_MS)
+}
+
 /// A snapshot of the settings, read at the top of each loop (after a SIGHUP reload).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -172,7 +177,6 @@ pub struct Settings {
     pub max_batches_per_run: i32,
     pub http_concurrency: usize,
     pub http_timeout: Duration,
-    pub max_execution_time: Duration,
     pub max_calls_per_second: i32,
     pub call_timeout: Duration,
     pub status_poll_interval: Duration,
@@ -193,7 +197,6 @@ impl Settings {
             max_batches_per_run: MAX_BATCHES_PER_RUN.get(),
             http_concurrency: HTTP_CONCURRENCY.get().max(1) as usize,
             http_timeout: ms(&HTTP_TIMEOUT_MS),
-            max_execution_time: ms(&MAX_EXECUTION_TIME_MS),
             max_calls_per_second: MAX_CALLS_PER_SECOND.get(),
             call_timeout: ms(&CALL_TIMEOUT_MS),
             status_poll_interval: ms(&STATUS_POLL_INTERVAL_MS),

@@ -354,7 +354,7 @@ fn claim_from(
 ) -> Result<Claimed, DialerError> {
     let Claimed { mut jobs, mut unbuildable, mut batches } = Claimed::default();
     // dialer.max_execution_time bounds one tick: batches not reached wait for the next one.
-    let deadline = std::time::Instant::now() + crate::gucs::Settings::read().max_execution_time;
+    let deadline = std::time::Instant::now() + crate::gucs::max_execution_time();
     // What the HTTP pool can take (room_for("") is the pool's room across all accounts).
     let mut total_left = room_for("");
     let mut claimed_now: HashMap<String, usize> = HashMap::new();
