@@ -860,7 +860,11 @@ BEGIN
                                    'contact_id, batch_id, agency_id, status, phone_number, provider_call_id, created_at, last_polled_at, lookup_attempts'),
                                   ('dialer.call_batches'::regclass, NULL)) v(rel, cols)
                      JOIN pg_catalog.pg_class c ON c.oid = v.rel
-                    WHERE pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples) LOOP
+                    WHERE pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples)
+                      -- An ANALYZE of some columns leaves that count as it was (only autovacuum's
+                      -- resets it): without this, a busy table was analysed at every check (every
+                      -- 2 s), and each time every plan on it was made again.
+                      AND coalesce(pg_catalog.pg_stat_get_last_analyze_time(c.oid), '-infinity') < now() - interval '30 seconds' LOOP
         BEGIN
             EXECUTE format('ANALYZE %s %s', t, coalesce('(' || cols || ')', ''));
             n := n + 1;
