@@ -330,7 +330,10 @@ fn batch_rows(query: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result
 
 /// The one value a statement always returns: NULL is a bug between the Rust and the SQL of this
 /// library, said as such rather than read as 0. (From a kept plan: plans.rs.)
-fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(query: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result<T, DialerError> {
+fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    query: &'static str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<T, DialerError> {
     Spi::connect_mut(|client| crate::plans::run(client, query, Some(1), args)?.first().get_one::<T>())
         .map_err(db)?
         .ok_or_else(|| DialerError::database(format!("no value from: {query}")))
@@ -440,15 +443,15 @@ fn claim_from(
 fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
     Spi::connect_mut(|client| {
         let table = crate::plans::run(
-                client,
-                "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
+            client,
+            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
                     agent_mapping_id, metadata, credential_key, credential_gap_ms, global_gap_ms, from_number
                FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0), $4,
                                         to_timestamp($5 / 1000.0))",
-                None,
-                &[batch_id.into(), budget.into(), pacing.ahead_ms.into(), pacing.global_cps.into(), pacing.catch_up_before_ms.into()],
-            )
-            .map_err(db)?;
+            None,
+            &[batch_id.into(), budget.into(), pacing.ahead_ms.into(), pacing.global_cps.into(), pacing.catch_up_before_ms.into()],
+        )
+        .map_err(db)?;
         let mut out = Vec::new();
         for r in table {
             let spec = CallSpec {

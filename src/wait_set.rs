@@ -43,9 +43,8 @@ impl WaitSet {
         // clock until its deadline (a held call's release, every 33 ms at 30 calls/s).
         let timeout_ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as std::ffi::c_long;
         let mut events: [pg_sys::WaitEvent; 3] = unsafe { std::mem::zeroed() };
-        let n = unsafe {
-            pg_sys::WaitEventSetWait(self.set, timeout_ms, events.as_mut_ptr(), events.len() as i32, pg_sys::PG_WAIT_EXTENSION)
-        };
+        let n =
+            unsafe { pg_sys::WaitEventSetWait(self.set, timeout_ms, events.as_mut_ptr(), events.len() as i32, pg_sys::PG_WAIT_EXTENSION) };
         let mut woken = Woken::default();
         for e in events.iter().take(n.max(0) as usize) {
             woken.latch |= e.events & pg_sys::WL_LATCH_SET != 0;
