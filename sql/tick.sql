@@ -845,28 +845,20 @@ CREATE FUNCTION dialer._refresh_statistics()
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t regclass;
-    cols text;
     n integer := 0;
 BEGIN
     -- Never wait behind autovacuum (or anyone else) for the lock: try again next time.
     SET LOCAL lock_timeout = '20ms';
     SET LOCAL default_statistics_target = 10;
-    -- Only the columns the worker's queries filter and join on: the JSON columns are the costly
-    -- part of a sample and no plan here depends on them.
-    FOR t, cols IN SELECT c.oid::regclass, v.cols
-                     FROM (VALUES ('dialer.campaign_contacts'::regclass,
-                                   'batch_id, status, next_attempt_at, priority, phone_number, is_job, call_id'),
-                                  ('dialer.calls'::regclass,
-                                   'contact_id, batch_id, agency_id, status, phone_number, provider_call_id, created_at, last_polled_at, lookup_attempts'),
-                                  ('dialer.call_batches'::regclass, NULL)) v(rel, cols)
-                     JOIN pg_catalog.pg_class c ON c.oid = v.rel
-                    WHERE pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples)
-                      -- An ANALYZE of some columns leaves that count as it was (only autovacuum's
-                      -- resets it): without this, a busy table was analysed at every check (every
-                      -- 2 s), and each time every plan on it was made again.
-                      AND coalesce(pg_catalog.pg_stat_get_last_analyze_time(c.oid), '-infinity') < now() - interval '30 seconds' LOOP
+    -- Every column: an ANALYZE of some columns leaves the modification count as it was (only a
+    -- whole-table ANALYZE resets it), so a busy table was analysed again at every check (every
+    -- 2 s), and every plan on it was made again each time.
+    FOR t IN SELECT c.oid::regclass
+               FROM pg_catalog.pg_class c
+              WHERE c.oid IN ('dialer.campaign_contacts'::regclass, 'dialer.calls'::regclass, 'dialer.call_batches'::regclass)
+                AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples) LOOP
         BEGIN
-            EXECUTE format('ANALYZE %s %s', t, coalesce('(' || cols || ')', ''));
+            EXECUTE format('ANALYZE %s', t);
             n := n + 1;
         EXCEPTION WHEN lock_not_available THEN
             NULL;
