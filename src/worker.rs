@@ -12,8 +12,7 @@ use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
-/// Status look-ups are batched: at most this often, at most this many per round.
-const POLL_ROUND_EVERY: Duration = Duration::from_millis(250);
+/// Status polls and look-ups go in rounds of at most this many (how often: Settings::poll_round_every).
 const POLL_ROUND_LIMIT: i32 = 500;
 /// Requests claimed ahead of the HTTP threads, as a multiple of their number.
 const CLAIM_AHEAD: usize = 8;
@@ -248,7 +247,7 @@ impl Worker {
             return Ok(self.between_passes(self.settings.poll_interval, crate::pacing::claim_before_slot()));
         }
         if do_poll {
-            self.next_poll_round = now + POLL_ROUND_EVERY;
+            self.next_poll_round = now + self.settings.poll_round_every();
         }
         let Some(submitted) = self.claim(started, &mut counts)? else {
             return Ok(self.settings.poll_interval.min(Duration::from_millis(50)));
