@@ -27,12 +27,16 @@ pub fn restored(noted_claim_lsn: u64, insert_lsn: u64) -> bool {
     insert_lsn < noted_claim_lsn
 }
 
-/// Notes each claim (call right after it commits, before its requests leave). Written to a new
-/// file and renamed over the old one, so a reader never sees half a note.
+/// Notes each claim (call right after it commits, before its requests leave): one write of a
+/// fixed-width note over the last, to a file kept open (a new file renamed over the old one at
+/// every claim was a third of what an immediate call spent after its commit). One write of 21
+/// bytes at offset 0 is never half done when a process dies, and no reader runs while the worker
+/// does (the note is read only at its start).
 #[derive(Default)]
 pub struct Notebook {
     last_written: u64,
     warned: bool,
+    file: Option<std::fs::File>,
 }
 
 impl Notebook {
@@ -41,18 +45,36 @@ impl Notebook {
         if lsn == self.last_written {
             return;
         }
-        match write_note(lsn) {
+        match self.write(lsn) {
             Ok(()) => {
                 self.last_written = lsn;
                 self.warned = false;
             }
-            Err(e) if !self.warned => {
-                warning!("pg_dialer: cannot note the last claim in {} ({e}): a restore would not be noticed", note_path().display());
-                self.warned = true;
+            Err(e) => {
+                self.file = None;
+                if !self.warned {
+                    warning!("pg_dialer: cannot note the last claim in {} ({e}): a restore would not be noticed", note_path().display());
+                    self.warned = true;
+                }
             }
-            Err(_) => {}
         }
     }
+
+    fn write(&mut self, lsn: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.file.is_none() {
+            self.file = Some(std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(note_path())?);
+        }
+        match &self.file {
+            Some(f) => f.write_all_at(fixed_width_note(lsn).as_bytes(), 0),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A note as long as the longest one (u64::MAX has 20 digits), so that it covers any before it.
+pub fn fixed_width_note(lsn: u64) -> String {
+    format!("{lsn:020}\n")
 }
 
 fn write_note(lsn: u64) -> std::io::Result<()> {
@@ -94,7 +116,7 @@ pub fn check_at_start() -> Result<i32, DialerError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_note, restored};
+    use super::{fixed_width_note, parse_note, restored};
 
     #[test]
     fn a_server_behind_the_last_noted_claim_is_a_restored_copy() {
@@ -104,5 +126,7 @@ mod tests {
         assert_eq!(parse_note("12345\n"), Some(12345));
         assert_eq!(parse_note("garbage"), None);
         assert_eq!(parse_note(""), None);
+        assert_eq!(parse_note(&fixed_width_note(12345)), Some(12345));
+        assert_eq!(fixed_width_note(u64::MAX).len(), fixed_width_note(0).len(), "every note covers the one before");
     }
 }

@@ -23,6 +23,8 @@ const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Status polls and look-ups are recorded together, at most this long after the first of them
 /// came back (a pass that claims records them all first; placed calls are recorded at once).
 const RECORD_EVERY: Duration = Duration::from_millis(100);
+/// Status polls and look-ups recorded in one transaction at most (see record_answers).
+const RECORD_CHUNK: usize = 16;
 /// The tick log gets a row per full pass, and one at most this often for the passes between.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 /// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
@@ -562,9 +564,21 @@ impl Worker {
         }
         let answers = std::mem::take(&mut self.unrecorded);
         self.unrecorded_since = None;
-        let placed = answers.iter().filter(|r| matches!(r.kind, JobKind::Place { .. })).count();
-        let counts = self.record(answers.as_slice())?;
-        let more_than_accepted = placed > counts.initiated.max(0) as usize || answers.len() > placed;
+        let (placed, mut others): (Vec<JobResult>, Vec<JobResult>) =
+            answers.into_iter().partition(|r| matches!(r.kind, JobKind::Place { .. }));
+        let mut counts = self.record(&placed);
+        let more_than_accepted = placed.len() > counts.initiated.max(0) as usize || !others.is_empty();
+        // Status polls and look-ups (a round's worth, a hundred or more, ~0.1 ms each) are
+        // recorded a chunk at a time: an immediate call that comes meanwhile waits for one chunk.
+        while !others.is_empty() {
+            if let Err(e) = self.claim_woken() {
+                self.unrecorded = others;
+                self.unrecorded_since = Some(Instant::now());
+                return Err(e);
+            }
+            let chunk: Vec<JobResult> = others.drain(..others.len().min(RECORD_CHUNK)).collect();
+            counts.add(self.record(&chunk));
+        }
         if counts.initiated > 0 {
             // Calls now in progress are polled one status_poll_interval from now at the latest:
             // the next pass must not sleep past that on a next_due computed before they were.
@@ -621,13 +635,15 @@ impl Worker {
         self.retention.cap(Instant::now(), wait)
     }
 
-    fn record(&mut self, results: &[JobResult]) -> Result<Counts, DialerError> {
+    /// Records answers together, or one by one if that fails (so a bad one never holds back the
+    /// others; one that cannot be recorded is logged).
+    fn record(&mut self, results: &[JobResult]) -> Counts {
         if results.is_empty() {
-            return Ok(Counts::default());
+            return Counts::default();
         }
         let grouped = txn::run(|| pass::record(results));
         match grouped {
-            Ok(counts) => Ok(counts),
+            Ok(counts) => counts,
             Err(e) => {
                 // One bad result must not hold back the others: record them one by one.
                 warning!("pg_dialer: recording {} results together failed ({e}); recording one by one", results.len());
@@ -644,7 +660,7 @@ impl Worker {
                         Err(e) => warning!("pg_dialer: a result could not be recorded: {e}"),
                     }
                 }
-                Ok(counts)
+                counts
             }
         }
     }
@@ -672,13 +688,9 @@ impl Worker {
         let mut results = std::mem::take(&mut self.unrecorded);
         results.extend(self.pool.wait_all(deadline));
         let started = unix_ms();
-        match self.record(&results) {
-            Ok(counts) => {
-                if let Err(e) = self.log_pass(started, counts, true) {
-                    warning!("pg_dialer: could not write the tick log at shutdown: {e}");
-                }
-            }
-            Err(e) => warning!("pg_dialer: could not record requests in flight at shutdown: {e}"),
+        let counts = self.record(&results);
+        if let Err(e) = self.log_pass(started, counts, true) {
+            warning!("pg_dialer: could not write the tick log at shutdown: {e}");
         }
         log!("pg_dialer worker stopping");
     }
