@@ -212,14 +212,6 @@ impl Settings {
         }
     }
 
-    /// How often the worker runs a round of status polls and look-ups (and, with it, completion
-    /// checks and lead write-backs): a fifth of dialer.status_poll_interval, between 250 ms and 1 s.
-    /// A round is a full pass (4 ms or so); at the default 5 s interval, rounds every 250 ms were
-    /// two fifths of a 30 calls/s campaign's CPU; a call is polled at most a round late.
-    pub fn poll_round_every(&self) -> Duration {
-        (self.status_poll_interval / 5).clamp(Duration::from_millis(250), Duration::from_secs(1))
-    }
-
     /// dialer.key_file (the default when the library is not preloaded).
     pub fn key_file() -> String {
         KEY_FILE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "../pg_dialer.key".to_string())

@@ -12,8 +12,13 @@ use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
-/// Status polls and look-ups go in rounds of at most this many (how often: Settings::poll_round_every).
-const POLL_ROUND_LIMIT: i32 = 500;
+/// Status polls go in rounds: at most this often, at most this many a round, asked for a chunk at
+/// a time (look-ups: one chunk a round). A round is not a full pass (see iteration).
+const POLL_ROUND_EVERY: Duration = Duration::from_millis(250);
+const POLL_ROUND_LIMIT: usize = 500;
+const POLL_CHUNK: i32 = 32;
+/// A full pass (one that claims) runs at least this often while the worker is awake.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
 /// Requests claimed ahead of the HTTP threads, as a multiple of their number.
 const CLAIM_AHEAD: usize = 8;
 /// How often the hot tables' planner statistics are checked (see `dialer._refresh_statistics`).
@@ -24,7 +29,7 @@ const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// came back (a pass that claims records them all first; placed calls are recorded at once).
 const RECORD_EVERY: Duration = Duration::from_millis(100);
 /// Status polls and look-ups recorded in one transaction at most (see record_answers).
-const RECORD_CHUNK: usize = 16;
+const RECORD_CHUNK: usize = 8;
 /// The tick log gets a row per full pass, and one at most this often for the passes between.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 /// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
@@ -90,7 +95,11 @@ struct Worker {
     settings: Settings,
     pool: Pool,
     rebuild_pool: bool,
+    /// When something is due that a full pass does (a retry, a scheduled batch, a deadline).
     next_due: Option<Instant>,
+    /// When the next poll round has polls or look-ups to send.
+    next_poll_due: Option<Instant>,
+    last_full_pass: Instant,
     /// The next pacing slot (claimed up to pacing::WORKER_AHEAD_MS early; part of next_due too).
     next_slot: Option<Instant>,
     next_poll_round: Instant,
@@ -142,6 +151,8 @@ impl Worker {
             pool,
             rebuild_pool: false,
             next_due: None,
+            next_poll_due: None,
+            last_full_pass: Instant::now(),
             next_slot: None,
             next_poll_round: Instant::now(),
             settled_at_start: false,
@@ -233,30 +244,46 @@ impl Worker {
         let do_poll = now >= self.next_poll_round;
         let slot_near = self.next_slot.is_some_and(|slot| slot <= now + crate::pacing::claim_before_slot());
         let due = self.next_due.is_some_and(|due| due <= now);
-        // Nothing new, nothing due, no slot near, no poll round: this wake-up was for held calls
-        // or answers.
-        let full = std::mem::take(&mut self.latch_set) || do_poll || slot_near || due || self.pool_full;
+        // A full pass claims: something new, something due, a slot near. A poll round alone only
+        // polls (made full passes, rounds were a fifth of a 30 calls/s campaign's CPU). None of
+        // these: this wake-up was for held calls or answers.
+        // (And one a second at least, as a poll round did: for work that came without a wake-up.)
+        let full = std::mem::take(&mut self.latch_set)
+            || slot_near
+            || due
+            || self.pool_full
+            || now.saturating_duration_since(self.last_full_pass) >= FULL_PASS_EVERY;
         self.take_answers();
-        let (mut counts, ended) = self.record_answers(full)?;
+        let (mut counts, ended) = self.record_answers(full || do_poll)?;
         // (and again after recording, which can take a few milliseconds)
         self.claim_woken()?;
 
         if !self.settings.enabled {
             return Ok(self.prune_when_idle(self.settings.poll_interval));
         }
-        if !full && !ended {
+        // Calls that ended (or failed) may have freed a concurrency slot or set a retry: the
+        // upkeep below looks again, and the next pass claims if that made anything due.
+        if !full && !do_poll && !ended {
             self.log_pass(started, counts, false)?;
             return Ok(self.between_passes(self.settings.poll_interval, crate::pacing::claim_before_slot()));
         }
         if do_poll {
-            self.next_poll_round = now + self.settings.poll_round_every();
+            self.next_poll_round = now + POLL_ROUND_EVERY;
         }
-        let Some(submitted) = self.claim(started, &mut counts)? else {
-            return Ok(self.settings.poll_interval.min(Duration::from_millis(50)));
+        let submitted = if full {
+            self.last_full_pass = now;
+            let Some(submitted) = self.claim(started, &mut counts)? else {
+                return Ok(self.settings.poll_interval.min(Duration::from_millis(50)));
+            };
+            // (and between the phases that follow: an immediate call waits for one of them at most)
+            self.claim_woken()?;
+            submitted
+        } else {
+            0
         };
         let polls = self.upkeep(now, do_poll)?;
         let progressed = submitted > 0 || polls > 0 || !counts.is_empty();
-        self.log_pass(started, counts, true)?;
+        self.log_pass(started, counts, full)?;
         Ok(self.next_wait(progressed))
     }
 
@@ -357,7 +384,7 @@ impl Worker {
         let check_every_batch = do_poll && now >= self.next_full_completion_check;
         let upkeep = pass::Upkeep {
             poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
-            poll_limit: POLL_ROUND_LIMIT,
+            poll_limit: POLL_CHUNK,
             call_timeout_ms: settings.call_timeout.as_secs_f64() * 1000.0,
             // Requests that should have been answered by now but were not recorded: their
             // process died mid-request. Held in doubt, then looked up. Only when nothing of ours
@@ -379,7 +406,16 @@ impl Worker {
             self.next_full_completion_check = now + FULL_COMPLETION_CHECK_EVERY;
         }
         let at = |ms: f64| Instant::now() + Duration::from_micros((ms.max(0.0) * 1000.0) as u64);
-        self.next_due = next_due_ms.map(at);
+        // Polls and look-ups are due at a round (their times are moved to the next one): what is
+        // due then is a poll round's to do, not a full pass's. Anything else due by then is
+        // earlier, or found when that round looks again.
+        if next_due_ms.is_some_and(|ms| (ms - next_round_in_ms).abs() < 0.5) {
+            self.next_poll_due = next_due_ms.map(at);
+            self.next_due = None;
+        } else {
+            self.next_poll_due = None;
+            self.next_due = next_due_ms.map(at);
+        }
         self.next_slot = next_slot_ms.map(at);
         // Lead rows are written in their owners' sessions (outside this transaction: the
         // writers' handles outlive it).
@@ -388,11 +424,25 @@ impl Worker {
         }
         if do_poll && now >= self.next_statistics_check {
             self.next_statistics_check = now + STATISTICS_CHECK_EVERY;
+            self.claim_woken()?;
             txn::run(tick::refresh_statistics)?;
         }
-        let n = polls.len();
+        let mut n = polls.len();
+        let mut chunk_polls = polls.iter().filter(|j| matches!(j.kind, JobKind::Status { .. })).count();
         for job in polls {
             self.pool.submit(job);
+        }
+        // The rest of the round, a chunk at a time (an immediate call waits for one at most).
+        let mut polled = chunk_polls;
+        while do_poll && chunk_polls == POLL_CHUNK as usize && polled < POLL_ROUND_LIMIT {
+            self.claim_woken()?;
+            let more = txn::run(|| tick::poll_jobs(poll_every_ms, POLL_CHUNK, &mut self.targets))?;
+            chunk_polls = more.len();
+            polled += chunk_polls;
+            n += chunk_polls;
+            for job in more {
+                self.pool.submit(job);
+            }
         }
         Ok(n)
     }
@@ -583,7 +633,7 @@ impl Worker {
             // Calls now in progress are polled one status_poll_interval from now at the latest:
             // the next pass must not sleep past that on a next_due computed before they were.
             let poll_at = Instant::now() + self.settings.status_poll_interval;
-            self.next_due = Some(self.next_due.map_or(poll_at, |due| due.min(poll_at)));
+            self.next_poll_due = Some(self.next_poll_due.map_or(poll_at, |due| due.min(poll_at)));
         }
         Ok((counts, more_than_accepted))
     }
@@ -594,7 +644,7 @@ impl Worker {
     fn between_passes(&self, at_most: Duration, lead: Duration) -> Duration {
         let now = Instant::now();
         let mut wait = at_most;
-        if let Some(due) = self.next_due {
+        for due in [self.next_due, self.next_poll_due].into_iter().flatten() {
             wait = wait.min(due.saturating_duration_since(now));
         }
         if let Some(slot) = self.next_slot {
