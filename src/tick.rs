@@ -18,6 +18,9 @@ pub struct Claimed {
     pub jobs: Vec<Job>,
     pub unbuildable: Outcomes,
     pub batches: i32,
+    /// A batch got less than its budget, or nothing, because the HTTP threads (overall, or its
+    /// provider account's share) had no more room.
+    pub short_of_room: bool,
 }
 
 /// A batch with work due (`dialer._due_batches`).
@@ -88,14 +91,14 @@ pub fn complete_batches(by_counters: bool) -> Result<i32, DialerError> {
     one::<i32>("SELECT dialer._complete_batches(clock_timestamp(), $1)", &[by_counters.into()])
 }
 
-/// Milliseconds until what is due next (a pacing slot, retry, scheduled start, status poll or
-/// look-up, those two not before the next poll round), and until the next pacing slot alone (the
-/// claim may take that one early); None when nothing waits.
+/// Milliseconds until what is due next but a pacing slot (a retry, scheduled start, deadline,
+/// status poll or look-up, those two not before the next poll round), and until the next pacing
+/// slot (the claim may take that one early); None when nothing waits.
 pub fn ms_until_next_due(poll_every_ms: f64, next_round_in_ms: f64) -> Result<(Option<f64>, Option<f64>), DialerError> {
     Spi::connect_mut(|client| {
         let row = crate::plans::run(
             client,
-            "SELECT (extract(epoch FROM least(d.due, s.slot) - n.now) * 1000)::float8, (extract(epoch FROM s.slot - n.now) * 1000)::float8
+            "SELECT (extract(epoch FROM d.due - n.now) * 1000)::float8, (extract(epoch FROM s.slot - n.now) * 1000)::float8
                FROM (SELECT clock_timestamp() AS now) n,
                     LATERAL (SELECT dialer._next_slot(n.now) AS slot) s,
                     LATERAL (SELECT dialer._next_due(n.now, make_interval(secs => $1 / 1000.0),
@@ -355,7 +358,7 @@ fn claim_from(
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
 ) -> Result<Claimed, DialerError> {
-    let Claimed { mut jobs, mut unbuildable, mut batches } = Claimed::default();
+    let Claimed { mut jobs, mut unbuildable, mut batches, mut short_of_room } = Claimed::default();
     // dialer.max_execution_time bounds one tick: batches not reached wait for the next one.
     let deadline = std::time::Instant::now() + crate::gucs::max_execution_time();
     // What the HTTP pool can take (room_for("") is the pool's room across all accounts).
@@ -380,6 +383,7 @@ fn claim_from(
         let taken = claimed_now.get(&account).copied().unwrap_or(0);
         let room = room_for(&account).saturating_sub(taken).min(total_left);
         if room == 0 {
+            short_of_room = true;
             continue;
         }
         let budget = pacing.budget_per_batch.min(room.min(i32::MAX as usize) as i32);
@@ -399,6 +403,8 @@ fn claim_from(
         if specs.is_empty() {
             continue;
         }
+        // (all the room there was, and the batch could have taken more)
+        short_of_room |= budget < pacing.budget_per_batch && specs.len() >= budget as usize;
         *claimed_now.entry(account).or_insert(0) += specs.len();
         total_left = total_left.saturating_sub(specs.len());
         batches += 1;
@@ -436,7 +442,7 @@ fn claim_from(
             }
         }
     }
-    Ok(Claimed { jobs, unbuildable, batches })
+    Ok(Claimed { jobs, unbuildable, batches, short_of_room })
 }
 
 /// The claimed calls, each with the caller ID the claim chose for it.

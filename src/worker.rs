@@ -19,6 +19,8 @@ const POLL_ROUND_LIMIT: usize = 500;
 const POLL_CHUNK: i32 = 32;
 /// A full pass (one that claims) runs at least this often while the worker is awake.
 const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
+/// After a claim that ran out of room, the next waits this long at most for answers to make room.
+const SHORT_OF_ROOM_WAIT: Duration = Duration::from_millis(50);
 /// Requests claimed ahead of the HTTP threads, as a multiple of their number.
 const CLAIM_AHEAD: usize = 8;
 /// How often the hot tables' planner statistics are checked (see `dialer._refresh_statistics`).
@@ -100,7 +102,11 @@ struct Worker {
     /// When the next poll round has polls or look-ups to send.
     next_poll_due: Option<Instant>,
     last_full_pass: Instant,
-    /// The next pacing slot (claimed up to pacing::WORKER_AHEAD_MS early; part of next_due too).
+    /// The last claim ran out of room in the HTTP pool; when it ran; answers drained since.
+    short_of_room: bool,
+    claimed_at: Instant,
+    answers_since_claim: usize,
+    /// The next pacing slot (claimed up to pacing::WORKER_AHEAD_MS early; not in next_due).
     next_slot: Option<Instant>,
     next_poll_round: Instant,
     settled_at_start: bool,
@@ -153,6 +159,9 @@ impl Worker {
             next_due: None,
             next_poll_due: None,
             last_full_pass: Instant::now(),
+            short_of_room: false,
+            claimed_at: Instant::now(),
+            answers_since_claim: 0,
             next_slot: None,
             next_poll_round: Instant::now(),
             settled_at_start: false,
@@ -248,10 +257,10 @@ impl Worker {
         // polls (made full passes, rounds were a fifth of a 30 calls/s campaign's CPU). None of
         // these: this wake-up was for held calls or answers.
         // (And one a second at least, as a poll round did: for work that came without a wake-up.)
+        // A claim that ran out of room waits for room to come back (see claims_held_back).
         let full = std::mem::take(&mut self.latch_set)
-            || slot_near
             || due
-            || self.pool_full
+            || (self.claims_held_back(now).is_none() && (slot_near || self.pool_full))
             || now.saturating_duration_since(self.last_full_pass) >= FULL_PASS_EVERY;
         self.take_answers();
         let (mut counts, ended) = self.record_answers(full || do_poll)?;
@@ -347,6 +356,9 @@ impl Worker {
         let pacing = self.pacing();
         let (pool_room, room_for) = self.room();
         self.pool_full = pool_room == 0;
+        self.answers_since_claim = 0;
+        self.claimed_at = Instant::now();
+        self.short_of_room = pool_room == 0;
         if pool_room == 0 {
             counts.batches = 0;
             self.log_pass(started, std::mem::take(counts), true)?;
@@ -354,7 +366,7 @@ impl Worker {
         }
         let epoch = wake::current(wake::Epoch::Holds);
         let max_batches = self.settings.max_batches_per_run;
-        let Some(tick::Claimed { jobs, unbuildable, batches }) =
+        let Some(tick::Claimed { jobs, unbuildable, batches, short_of_room }) =
             txn::run(|| pass::claim(pass::ClaimFrom::Due { max_batches }, &pacing, &room_for, &mut self.targets))?
         else {
             if !self.skipping {
@@ -364,6 +376,7 @@ impl Worker {
             return Ok(None);
         };
         self.skipping = false;
+        self.short_of_room = short_of_room;
         // The claim is committed: only now may requests leave.
         let submitted = self.send_claimed(jobs, epoch);
         if !unbuildable.is_empty() {
@@ -484,6 +497,16 @@ impl Worker {
         wait
     }
 
+    /// Until when claims for pacing slots wait, if they do: the last claim ran out of room in the
+    /// HTTP pool (overall, or a provider account's share), and not enough answers have come back
+    /// since to make a claim worth its fixed cost. With a provider that answers in 100 ms, every
+    /// answer started a pass that claimed one or two calls: 0.84 CPU s per 1,000 calls.
+    fn claims_held_back(&self, now: Instant) -> Option<Instant> {
+        let until = self.claimed_at + SHORT_OF_ROOM_WAIT;
+        let room_back = self.answers_since_claim >= (self.settings.http_concurrency / 2).max(1);
+        (self.short_of_room && !room_back && now < until).then_some(until)
+    }
+
     /// What the HTTP pool can take: overall, and (the function) per provider account.
     fn room(&self) -> (usize, impl Fn(&str) -> usize + use<>) {
         let mut in_flight = self.pool.in_flight_by_account();
@@ -595,6 +618,7 @@ impl Worker {
     /// Moves the pool's answers into `unrecorded`.
     fn take_answers(&mut self) {
         let answers = self.pool.drain();
+        self.answers_since_claim += answers.len();
         if !answers.is_empty() && self.unrecorded.is_empty() {
             self.unrecorded_since = Some(Instant::now());
         }
@@ -647,8 +671,13 @@ impl Worker {
         for due in [self.next_due, self.next_poll_due].into_iter().flatten() {
             wait = wait.min(due.saturating_duration_since(now));
         }
-        if let Some(slot) = self.next_slot {
-            wait = wait.min(slot.saturating_duration_since(now + lead));
+        match self.claims_held_back(now) {
+            Some(until) => wait = wait.min(until.saturating_duration_since(now)),
+            None => {
+                if let Some(slot) = self.next_slot {
+                    wait = wait.min(slot.saturating_duration_since(now + lead));
+                }
+            }
         }
         if let Some(release_ms) = self.held.next_release_ms() {
             wait = wait.min(Duration::from_micros(((release_ms - unix_ms()).max(0.0) * 1000.0) as u64));
