@@ -253,11 +253,11 @@ impl Worker {
         let do_poll = now >= self.next_poll_round;
         let slot_near = self.next_slot.is_some_and(|slot| slot <= now + crate::pacing::claim_before_slot());
         let due = self.next_due.is_some_and(|due| due <= now);
-        // A full pass claims: something new, something due, a slot near. A poll round alone only
-        // polls (made full passes, rounds were a fifth of a 30 calls/s campaign's CPU). None of
-        // these: this wake-up was for held calls or answers.
-        // (And one a second at least, as a poll round did: for work that came without a wake-up.)
-        // A claim that ran out of room waits for room to come back (see claims_held_back).
+        // A full pass claims: something new or due, a slot near (unless the last claim ran out of
+        // room and too little has come back: claims_held_back), and one a second at least (work
+        // that came without a wake-up). A poll round alone only polls (as full passes, rounds were
+        // a fifth of a 30 calls/s campaign's CPU). None of these: a wake-up for held calls or
+        // answers.
         let full = std::mem::take(&mut self.latch_set)
             || due
             || (self.claims_held_back(now).is_none() && (slot_near || self.pool_full))
