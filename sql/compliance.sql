@@ -64,66 +64,6 @@ RETURNS integer LANGUAGE sql STABLE AS $$
        AND k.status NOT IN ('network_error', 'rate_limited')
 $$;
 
--- Before a batch's claim: contacts on the do-not-call list are cancelled ('dnc'); contacts outside
--- their calling window or over today's attempt cap are deferred to the moment they may be dialed.
--- Only the contacts the claim could take now are looked at.
-CREATE FUNCTION dialer._compliance_prepare(p_batch dialer.call_batches, p_now timestamptz, p_limit integer)
-RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    agency dialer.agencies;
-    n integer;
-BEGIN
-    SELECT * INTO agency FROM dialer.agencies WHERE id = p_batch.agency_id;
-    IF EXISTS (SELECT 1 FROM dialer.do_not_call) THEN
-        -- The contacts next in line only (the claim itself skips any listed number it meets):
-        -- a claim costs the same whatever the size of the batch.
-        WITH dnc AS (
-            UPDATE dialer.campaign_contacts c
-               SET status = 'cancelled', last_error = 'dnc', updated_at = p_now
-              FROM (SELECT c2.id FROM dialer.campaign_contacts c2
-                     WHERE c2.batch_id = p_batch.id AND c2.status = 'queued'
-                       AND (c2.next_attempt_at IS NULL OR c2.next_attempt_at <= p_now)
-                     ORDER BY c2.priority, c2.id
-                     LIMIT p_limit) o
-             WHERE c.id = o.id AND dialer._on_dnc(c.phone_number, p_batch.agency_id)
-            RETURNING 1
-        )
-        SELECT count(*) INTO n FROM dnc;
-        IF n > 0 THEN
-            UPDATE dialer.call_batches SET queued_count = greatest(queued_count - n, 0) WHERE id = p_batch.id;
-        END IF;
-    END IF;
-    IF p_batch.window_start IS NOT NULL THEN
-        -- No opening within a year (every day a holiday): not dialed; looked at again tomorrow.
-        UPDATE dialer.campaign_contacts c
-           SET next_attempt_at = coalesce(o.opening, p_now + interval '1 day'), updated_at = p_now
-          FROM (SELECT c2.id, dialer._next_opening(p_now, coalesce(c2.timezone, agency.timezone), p_batch.window_start,
-                                                  p_batch.window_end, p_batch.window_days, agency.id) AS opening
-                  FROM dialer.campaign_contacts c2
-                 WHERE c2.batch_id = p_batch.id AND c2.status = 'queued'
-                   AND (c2.next_attempt_at IS NULL OR c2.next_attempt_at <= p_now)
-                 ORDER BY c2.priority, c2.id
-                 LIMIT p_limit) o
-         WHERE c.id = o.id AND o.opening IS DISTINCT FROM p_now
-           AND (o.opening > p_now OR o.opening IS NULL);
-    END IF;
-    IF agency.max_attempts_per_number_per_day IS NOT NULL THEN
-        UPDATE dialer.campaign_contacts c
-           SET next_attempt_at = (date_trunc('day', p_now AT TIME ZONE agency.timezone) + interval '1 day')
-                                 AT TIME ZONE agency.timezone,
-               updated_at = p_now
-          FROM (SELECT c2.id FROM dialer.campaign_contacts c2
-                 WHERE c2.batch_id = p_batch.id AND c2.status = 'queued'
-                   AND (c2.next_attempt_at IS NULL OR c2.next_attempt_at <= p_now)
-                 ORDER BY c2.priority, c2.id
-                 LIMIT p_limit) o
-         WHERE c.id = o.id
-           AND dialer._attempts_today(agency.id, c.phone_number, p_now, agency.timezone)
-               >= agency.max_attempts_per_number_per_day;
-    END IF;
-END $$;
-
 CREATE FUNCTION dialer._check_window(p_start time, p_end time, p_days integer[])
 RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 #variable_conflict use_column
@@ -142,7 +82,7 @@ END $$;
 
 -- When a batch's window changes, the contacts its old window deferred are looked at again. They
 -- are those whose next_attempt_at is the opening the old window gave them when they were last
--- looked at (_compliance_prepare sets both at once); a job waiting for its own run_at, a retry
+-- looked at (the claim, sql/claim.sql, sets both at once); a job waiting for its own run_at, a retry
 -- waiting out its back-off and a contact held by the daily cap keep their time.
 CREATE FUNCTION dialer._release_window_deferrals(p_old dialer.call_batches)
 RETURNS void LANGUAGE plpgsql AS $$

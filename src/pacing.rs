@@ -1,5 +1,5 @@
 //! Pacing: when a batch's next calls may leave. One pure function decides the slots of a claim
-//! (`plan`, called by `dialer._claim_batch` through `dialer._pacing_plan`), one where the batch
+//! (`plan`, called by the claim, sql/claim.sql, through `dialer._pacing_plan`), one where the batch
 //! goes on from (`batch_next_slot_ms`), and the keys the HTTP pool spaces requests by at the
 //! moment of sending (`spacing_keys`). Times are unix milliseconds.
 

@@ -44,3 +44,30 @@ pub fn run<'conn>(
     };
     client.update(plan, limit, args)
 }
+
+/// Runs `body` with these settings, as a function's SET clause does: each in force until `body`
+/// returns, then the value before it back. (An ERROR in `body` aborts the (sub)transaction,
+/// which puts them back too.) Planner settings reach a kept plan only when it is planned: the
+/// first run, or a run after Postgres invalidated it.
+pub fn with_settings<R>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], body: impl FnOnce() -> R) -> R {
+    // SAFETY: GUC calls on the backend's own thread, inside a transaction; names and values are
+    // our literals, and elevel ERROR reports a bad one as a Postgres error.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    for (name, value) in settings {
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                pgrx::PgLogLevel::ERROR as i32,
+                false,
+            );
+        }
+    }
+    let out = body();
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    out
+}

@@ -306,7 +306,7 @@ pub struct Pacing {
 }
 
 /// The immediate-call path: claims from one batch (a queue just given a job) without reading
-/// any other; `_claim_batch` checks its pacing, limits and compliance as for any batch.
+/// any other; the claim (sql/claim.sql) checks its pacing, limits and compliance as for any batch.
 pub fn claim_one(
     batch_id: i64,
     pacing: &Pacing,
@@ -445,17 +445,33 @@ fn claim_from(
     Ok(Claimed { jobs, unbuildable, batches, short_of_room })
 }
 
+/// The claim statement (sql/claim.sql): one batch, one statement, its plan kept for the session.
+const CLAIM: &str = include_str!("../sql/claim.sql");
+
 /// The claimed calls, each with the caller ID the claim chose for it.
 fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
     Spi::connect_mut(|client| {
-        let table = crate::plans::run(
-            client,
-            "SELECT call_id, contact_id, phone_number, name, variables, lead_ref, idempotency_key, slot_at_ms, spacing_ms,
-                    agent_mapping_id, metadata, credential_key, credential_gap_ms, global_gap_ms, from_number
-               FROM dialer._claim_batch($1, clock_timestamp(), $2, make_interval(secs => $3 / 1000.0), $4,
-                                        to_timestamp($5 / 1000.0))",
-            None,
-            &[batch_id.into(), budget.into(), pacing.ahead_ms.into(), pacing.global_cps.into(), pacing.catch_up_before_ms.into()],
+        if pacing.global_cps > 0 {
+            // The server's pacing row, which the claim locks and moves on.
+            crate::plans::run(client, "INSERT INTO dialer.pacing_state (key) VALUES ('global') ON CONFLICT DO NOTHING", None, &[])
+                .map_err(db)?;
+        }
+        // The contacts must come from campaign_contacts_claim_idx in order, stopping at the
+        // limit: a bitmap scan reads and sorts the whole batch (the planner cannot tell how many
+        // candidates the live-call and do-not-call tests let through). One plan for every claim:
+        // the parameters do not change its shape, and planning it afresh costs more than running it.
+        // No JIT: the generic plan's estimates are above jit_above_cost, and compiling it took
+        // 1.6 s (at its first row: every claim) to run a statement of a millisecond.
+        let table = crate::plans::with_settings(
+            &[(c"enable_bitmapscan", c"off"), (c"plan_cache_mode", c"force_generic_plan"), (c"jit", c"off")],
+            || {
+                crate::plans::run(
+                    client,
+                    CLAIM,
+                    None,
+                    &[batch_id.into(), budget.into(), pacing.ahead_ms.into(), pacing.global_cps.into(), pacing.catch_up_before_ms.into()],
+                )
+            },
         )
         .map_err(db)?;
         let mut out = Vec::new();

@@ -48,6 +48,24 @@ fn time_step(db: &mut Client, setup: &str, sql: &str, n: usize) -> Result<f64> {
     Ok(percentile(&v, 50.0).unwrap_or(f64::NAN))
 }
 
+/// The worker's claim statement, timed as `time_step` times the others (prepared with the
+/// worker's argument types and settings, as src/tick.rs runs it).
+fn time_claim(db: &mut Client, setup: &str, batch_id: i64, n: usize) -> Result<f64> {
+    use postgres::types::Type;
+    let claim = db.prepare_typed(include_str!("../../sql/claim.sql"), &[Type::INT8, Type::INT4, Type::FLOAT8, Type::INT4, Type::FLOAT8])?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut tx = db.transaction()?;
+        tx.batch_execute(setup)?;
+        tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan")?;
+        let t = Instant::now();
+        tx.query(&claim, &[&batch_id, &10i32, &0f64, &0i32, &None::<f64>]).context("timing the claim")?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+        tx.rollback()?;
+    }
+    Ok(percentile(&v, 50.0).unwrap_or(f64::NAN))
+}
+
 pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Result<BacklogResult> {
     let per = contacts / batches;
     let cpm = (TOTAL_CPM / batches as i32).max(1);
@@ -88,9 +106,8 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
     // Tick steps, timed from a client with the worker off (median of rolled-back runs).
     let n = 30;
     let claim_setup = format!("UPDATE dialer.call_batches SET status = 'processing' WHERE id = {probe}");
-    let claim =
-        time_step(&mut s.db, &claim_setup, &format!("SELECT count(*) FROM dialer._claim_batch({probe}, clock_timestamp(), 10)"), n)?;
-    let mut steps = vec![("_claim_batch(probe, now, 10)".to_string(), claim)];
+    let claim = time_claim(&mut s.db, &claim_setup, probe, n)?;
+    let mut steps = vec![("claim (sql/claim.sql) of 10 from the probe".to_string(), claim)];
     for (name, sql) in [
         ("_promote_batches", "SELECT dialer._promote_batches(clock_timestamp())"),
         ("_due_batches(limit 10)", "SELECT count(*) FROM dialer._due_batches(clock_timestamp(), 10, interval '25 ms')"),

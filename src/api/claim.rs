@@ -1,4 +1,4 @@
-//! SQL functions the claim calls (`dialer._claim_batch`, sql/tick.sql): the pacing of `src/pacing.rs`, times in unix milliseconds.
+//! SQL functions the claim calls (sql/claim.sql): the pacing of `src/pacing.rs`, times in unix milliseconds.
 
 use crate::pacing::{self, Cap, Plan};
 use pgrx::prelude::*;
