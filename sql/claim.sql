@@ -5,7 +5,8 @@
 --   $1 batch id   $2 budget (most calls to claim)   $3 lead, ms (slots up to this far ahead are
 --   claimed now; each row carries its send time)   $4 the server's calls a second (0: no cap; its
 --   row in pacing_state must exist)   $5 the worker's start, unix ms (slots missed before it
---   are made up; NULL: none)
+--   are made up; NULL: none)   $6 take the tick lock here (the immediate-call path: its one
+--   statement; nothing is claimed while another pass holds the lock)
 -- Pacing is a schedule of send times: a batch's calls are spaced 60000 / calls_per_minute ms apart
 -- (next_slot_at, kept here so it survives restarts). Slots up to the lead ahead are claimed now
 -- and the request is held until its slot. A worker that is a little late takes the slot as now
@@ -21,11 +22,15 @@
 WITH t AS MATERIALIZED (
     SELECT clock_timestamp() AS now, make_interval(secs => $3 / 1000.0) AS lead
 ),
+tick AS MATERIALIZED (
+    SELECT 1 FROM dialer.tick_lock WHERE id = 1 AND $6 FOR UPDATE SKIP LOCKED
+),
 -- FOR NO KEY UPDATE: a transaction adding contacts or jobs to this batch holds a KEY SHARE lock
 -- on it (their foreign key), which must not make the claim pass the batch by.
 b AS MATERIALIZED (
-    SELECT x.* FROM dialer.call_batches x WHERE x.id = $1 AND x.status = 'processing'
-       FOR NO KEY UPDATE SKIP LOCKED
+    SELECT x.* FROM dialer.call_batches x
+     WHERE x.id = $1 AND x.status = 'processing' AND (NOT $6 OR EXISTS (SELECT 1 FROM tick))
+       FOR NO KEY UPDATE OF x SKIP LOCKED
 ),
 -- Jobs scheduled since the last count go into the counters (as dialer._count_arrivals does),
 -- under the batch's lock.

@@ -17,21 +17,22 @@ pub enum ClaimFrom {
 }
 
 /// Claim: due contacts, within pacing and the HTTP pool's room. None: another pass holds the
-/// tick (the worker, or a concurrent process_batches()).
+/// tick (the worker, or a concurrent process_batches()); from a queue, nothing claimed then.
 pub fn claim(
     from: ClaimFrom,
     pacing: &Pacing,
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
 ) -> Result<Option<Claimed>, DialerError> {
-    if !tick::try_tick_lock()? {
-        return Ok(None);
-    }
     let claimed = match from {
         ClaimFrom::Due { max_batches } => {
+            if !tick::try_tick_lock()? {
+                return Ok(None);
+            }
             tick::promote()?;
             tick::claim(max_batches, pacing, room_for, cache)?
         }
+        // (the claim takes the tick lock itself: nothing is claimed while another pass holds it)
         ClaimFrom::Queue(batch_id) => tick::claim_one(batch_id, pacing, room_for, cache)?,
     };
     Ok(Some(claimed))

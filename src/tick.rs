@@ -24,6 +24,7 @@ pub struct Claimed {
 }
 
 /// A batch with work due (`dialer._due_batches`).
+#[derive(Clone, Copy)]
 struct DueBatch {
     batch_id: i64,
     agency_id: i64,
@@ -167,6 +168,9 @@ pub fn log_run(started: f64, mode: &str, counts: Counts, status: &str, error: Op
 pub struct TargetCache {
     targets: HashMap<i64, Result<ProviderTarget, String>>,
     credentials: HashMap<(i64, String), Option<Credentials>>,
+    /// A queue's agency and agent mapping, for the immediate-call path: what the claim's room and
+    /// request need before it runs (a stale mapping costs nothing: each claimed row names its own).
+    queues: HashMap<i64, DueBatch>,
     read: Option<(u64, std::time::Instant)>,
 }
 
@@ -180,6 +184,7 @@ impl TargetCache {
         if !self.read.is_some_and(|(seen, at)| seen == epoch && now.duration_since(at) < CACHE_FOR) {
             self.targets.clear();
             self.credentials.clear();
+            self.queues.clear();
             self.read = Some((epoch, now));
         }
     }
@@ -292,7 +297,7 @@ pub fn claim(max_batches: i32, pacing: &Pacing, room_for: &dyn Fn(&str) -> usize
            FROM dialer._due_batches(clock_timestamp(), $1, make_interval(secs => $2 / 1000.0))",
         &[max_batches.into(), pacing.ahead_ms.into()],
     )?;
-    claim_from(due, pacing, room_for, cache)
+    claim_from(due, pacing, room_for, cache, TickLock::Held)
 }
 
 /// How a claim paces: slots up to `ahead_ms` ahead are claimed now (their requests held until
@@ -306,18 +311,37 @@ pub struct Pacing {
 }
 
 /// The immediate-call path: claims from one batch (a queue just given a job) without reading
-/// any other; the claim (sql/claim.sql) checks its pacing, limits and compliance as for any batch.
+/// any other; the claim (sql/claim.sql) checks its pacing, limits and compliance as for any batch,
+/// and takes the tick lock itself, so that a wake-up is one statement and one commit (the queue's
+/// agency and mapping are read once and kept).
 pub fn claim_one(
     batch_id: i64,
     pacing: &Pacing,
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
 ) -> Result<Claimed, DialerError> {
-    let due = batch_rows(
-        "SELECT id, agency_id, agent_mapping_id FROM dialer.call_batches WHERE id = $1 AND status = 'processing'",
-        &[batch_id.into()],
-    )?;
-    claim_from(due, pacing, room_for, cache)
+    let queue = match cache.queues.get(&batch_id) {
+        Some(&queue) => queue,
+        None => {
+            let Some(queue) = batch_rows(
+                "SELECT id, agency_id, agent_mapping_id FROM dialer.call_batches WHERE id = $1 AND status = 'processing'",
+                &[batch_id.into()],
+            )?
+            .pop() else {
+                return Ok(Claimed::default());
+            };
+            cache.queues.insert(batch_id, queue);
+            queue
+        }
+    };
+    claim_from(vec![queue], pacing, room_for, cache, TickLock::Take)
+}
+
+/// Whether the claim statement takes the tick lock (the immediate-call path) or its caller holds it.
+#[derive(Clone, Copy)]
+enum TickLock {
+    Held,
+    Take,
 }
 
 fn batch_rows(query: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<DueBatch>, DialerError> {
@@ -357,6 +381,7 @@ fn claim_from(
     pacing: &Pacing,
     room_for: &dyn Fn(&str) -> usize,
     cache: &mut TargetCache,
+    lock: TickLock,
 ) -> Result<Claimed, DialerError> {
     let Claimed { mut jobs, mut unbuildable, mut batches, mut short_of_room } = Claimed::default();
     // dialer.max_execution_time bounds one tick: batches not reached wait for the next one.
@@ -388,7 +413,7 @@ fn claim_from(
         }
         let budget = pacing.budget_per_batch.min(room.min(i32::MAX as usize) as i32);
         // One batch whose rows cannot be claimed is set aside with its error; the rest go on.
-        let specs = match crate::txn::isolated(|| claim_batch(batch_id, budget, pacing)) {
+        let specs = match crate::txn::isolated(|| claim_batch(batch_id, budget, pacing, lock)) {
             Ok(specs) => specs,
             Err(e) => {
                 // Noted in a subtransaction of its own: a batch row that cannot be written now
@@ -449,7 +474,7 @@ fn claim_from(
 const CLAIM: &str = include_str!("../sql/claim.sql");
 
 /// The claimed calls, each with the caller ID the claim chose for it.
-fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
+fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing, lock: TickLock) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
     Spi::connect_mut(|client| {
         if pacing.global_cps > 0 {
             // The server's pacing row, which the claim locks and moves on.
@@ -469,7 +494,14 @@ fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing) -> Result<Vec<(CallS
                     client,
                     CLAIM,
                     None,
-                    &[batch_id.into(), budget.into(), pacing.ahead_ms.into(), pacing.global_cps.into(), pacing.catch_up_before_ms.into()],
+                    &[
+                        batch_id.into(),
+                        budget.into(),
+                        pacing.ahead_ms.into(),
+                        pacing.global_cps.into(),
+                        pacing.catch_up_before_ms.into(),
+                        matches!(lock, TickLock::Take).into(),
+                    ],
                 )
             },
         )

@@ -52,14 +52,17 @@ fn time_step(db: &mut Client, setup: &str, sql: &str, n: usize) -> Result<f64> {
 /// worker's argument types and settings, as src/tick.rs runs it).
 fn time_claim(db: &mut Client, setup: &str, batch_id: i64, n: usize) -> Result<f64> {
     use postgres::types::Type;
-    let claim = db.prepare_typed(include_str!("../../sql/claim.sql"), &[Type::INT8, Type::INT4, Type::FLOAT8, Type::INT4, Type::FLOAT8])?;
+    let claim = db.prepare_typed(
+        include_str!("../../sql/claim.sql"),
+        &[Type::INT8, Type::INT4, Type::FLOAT8, Type::INT4, Type::FLOAT8, Type::BOOL],
+    )?;
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let mut tx = db.transaction()?;
         tx.batch_execute(setup)?;
-        tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan")?;
+        tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off")?;
         let t = Instant::now();
-        tx.query(&claim, &[&batch_id, &10i32, &0f64, &0i32, &None::<f64>]).context("timing the claim")?;
+        tx.query(&claim, &[&batch_id, &10i32, &0f64, &0i32, &None::<f64>, &false]).context("timing the claim")?;
         v.push(t.elapsed().as_secs_f64() * 1000.0);
         tx.rollback()?;
     }
