@@ -143,8 +143,8 @@ fn stages(sim: &SimProcess, db: &mut postgres::Client, sent: &[(String, i64)]) -
     };
     vec![
         format!("  stages of {} calls (one clock):", to_claim.len()),
-        line("COMMIT → claim started (the worker woke and began its claim)", &to_claim),
-        line("claim started → request sent (claim, commit, HTTP thread)", &to_send),
+        line("COMMIT → the claim's clock read (wake-up, and the claim statement's executor start)", &to_claim),
+        line("clock read → request sent (the rest of the claim, commit, HTTP thread)", &to_send),
         line("request sent → simulator received it (loopback, simulator)", &to_sim),
     ]
 }
