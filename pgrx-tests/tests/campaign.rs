@@ -230,3 +230,48 @@ fn bad_input_over_a_real_connection_gets_sqlstates_and_writes_nothing() {
     let batches: i64 = s.db.query_one("SELECT count(*) FROM dialer.call_batches", &[]).unwrap().get(0);
     assert_eq!((contacts, batches), (0, 1));
 }
+
+/// Every node of an EXPLAIN (FORMAT JSON) plan under `node`, itself included.
+fn plan_nodes<'a>(node: &'a Value, out: &mut Vec<&'a Value>) {
+    out.push(node);
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        plan_nodes(child, out);
+    }
+}
+
+/// The claim (sql/claim.sql) reads a batch's contacts from campaign_contacts_claim_idx in order
+/// and stops at its limit, however many the batch holds: no sort of the batch. Run as the worker
+/// runs it (one generic plan, no bitmap scans, no JIT).
+#[test]
+fn the_claim_reads_a_batch_in_index_order_and_stops_at_its_limit() {
+    let mut s = Scenario::new("claim-plan", Scenario::sim_config(200, 400), &["dialer.enabled = off"]);
+    let batch = s.batch("big", 600_000, 100, 3);
+    assert_eq!(s.add_numbers(batch, &numbers("+1555020", 3000)), 3000);
+    s.db.batch_execute("SELECT dialer._promote_batches(clock_timestamp()); ANALYZE dialer.campaign_contacts").unwrap();
+    let mut tx = s.db.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off;
+         PREPARE claim(bigint, integer, float8, integer, float8, boolean) AS {}",
+        include_str!("../../sql/claim.sql")
+    ))
+    .unwrap();
+    let explained: Value =
+        tx.query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim({batch}, 10, 1000, 0, NULL, false)"), &[]).unwrap().get(0);
+    let root = &explained[0]["Plan"];
+    assert_eq!(root["Actual Rows"], 10, "ten contacts claimed: {root}");
+    let candidates = root["Plans"]
+        .as_array()
+        .and_then(|ctes| ctes.iter().find(|n| n["Subplan Name"] == "CTE candidates"))
+        .unwrap_or_else(|| panic!("no candidates CTE in {root}"));
+    let mut nodes = Vec::new();
+    plan_nodes(candidates, &mut nodes);
+    assert!(!nodes.iter().any(|n| n["Node Type"] == "Sort"), "the candidates are sorted: {candidates}");
+    let scan = nodes
+        .iter()
+        .find(|n| n["Relation Name"] == "campaign_contacts")
+        .unwrap_or_else(|| panic!("no scan of campaign_contacts in {candidates}"));
+    assert_eq!(scan["Index Name"], "campaign_contacts_claim_idx", "{scan}");
+    let read = scan["Actual Rows"].as_f64().unwrap_or(f64::MAX);
+    assert!(read <= 11.0, "read {read} of 3,000 contacts to claim 10: {scan}");
+    tx.rollback().unwrap();
+}
