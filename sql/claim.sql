@@ -7,8 +7,8 @@
 --   row in pacing_state must exist)   $5 the worker's start, unix ms (slots missed before it
 --   are made up; NULL: none)   $6 take the tick lock here (the immediate-call path: its one
 --   statement; nothing is claimed while another pass holds the lock)
--- Pacing is a schedule of send times: a batch's calls are spaced 60000 / calls_per_minute ms apart
--- (next_slot_at, kept here so it survives restarts). Slots up to the lead ahead are claimed now
+-- Pacing is a schedule of send times: a batch's calls are spaced 60600 / calls_per_minute ms apart
+-- (1% under its limit; next_slot_at, kept here so it survives restarts). Slots up to the lead ahead are claimed now
 -- and the request is held until its slot. A worker that is a little late takes the slot as now
 -- (spacing is never shortened). Slots missed while no worker ran are made up at a quarter of the
 -- spacing, without ever letting more than calls_per_minute calls into any 60 seconds; slots a
