@@ -32,8 +32,13 @@ pub struct BacklogResult {
     pub details: Vec<String>,
 }
 
-/// Median ms of `sql` run `n` times, each in a transaction that is rolled back (after `setup`).
-fn time_step(db: &mut Client, setup: &str, sql: &str, n: usize) -> Result<f64> {
+/// Median ms of `run`, `n` times, each in a transaction that is rolled back (after `setup`).
+fn time_rolled_back(
+    db: &mut Client,
+    setup: &str,
+    n: usize,
+    mut run: impl FnMut(&mut postgres::Transaction<'_>) -> Result<()>,
+) -> Result<f64> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let mut tx = db.transaction()?;
@@ -41,11 +46,16 @@ fn time_step(db: &mut Client, setup: &str, sql: &str, n: usize) -> Result<f64> {
             tx.batch_execute(setup)?;
         }
         let t = Instant::now();
-        tx.batch_execute(sql).with_context(|| format!("timing {sql}"))?;
+        run(&mut tx)?;
         v.push(t.elapsed().as_secs_f64() * 1000.0);
         tx.rollback()?;
     }
     Ok(percentile(&v, 50.0).unwrap_or(f64::NAN))
+}
+
+/// Median ms of `sql` (see `time_rolled_back`).
+fn time_step(db: &mut Client, setup: &str, sql: &str, n: usize) -> Result<f64> {
+    time_rolled_back(db, setup, n, |tx| tx.batch_execute(sql).with_context(|| format!("timing {sql}")))
 }
 
 /// The worker's claim statement, timed as `time_step` times the others (prepared with the
@@ -56,17 +66,11 @@ fn time_claim(db: &mut Client, setup: &str, batch_id: i64, n: usize) -> Result<f
         include_str!("../../sql/claim.sql"),
         &[Type::INT8, Type::INT4, Type::FLOAT8, Type::INT4, Type::FLOAT8, Type::BOOL],
     )?;
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut tx = db.transaction()?;
-        tx.batch_execute(setup)?;
-        tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off")?;
-        let t = Instant::now();
+    let setup = format!("{setup}; SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off");
+    time_rolled_back(db, &setup, n, |tx| {
         tx.query(&claim, &[&batch_id, &10i32, &0f64, &0i32, &None::<f64>, &false]).context("timing the claim")?;
-        v.push(t.elapsed().as_secs_f64() * 1000.0);
-        tx.rollback()?;
-    }
-    Ok(percentile(&v, 50.0).unwrap_or(f64::NAN))
+        Ok(())
+    })
 }
 
 pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Result<BacklogResult> {
