@@ -336,25 +336,80 @@ END $$;
 -- completes its contact (whatever the outcome; the outcome is kept on the call). A live call's row
 -- is written only when something changed: a poll that learnt nothing new left a dead row version
 -- (and ten index entries) behind every few seconds.
+-- The common end (no retry, no voicemail policy, no hand-off: what a poll round mostly brings) is
+-- recorded for all its calls in one statement, as _end_call would record each; the others go
+-- through _end_call one by one.
 CREATE FUNCTION dialer._record_status(p_call_ids bigint[], p_ended boolean[], p_end_reasons text[],
     p_answered_at timestamptz[], p_ended_at timestamptz[])
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     r record;
-    k dialer.calls;
-    n integer := 0;
+    ended_ids bigint[];
+    batch_ids bigint[];
+    n integer;
 BEGIN
+    UPDATE dialer.calls k SET answered_at = s.answered_at
+      FROM unnest(p_call_ids, p_ended, p_answered_at) AS s(call_id, ended, answered_at)
+     WHERE k.id = s.call_id AND NOT s.ended AND s.answered_at IS NOT NULL
+       AND k.status = 'in_progress' AND k.answered_at IS NULL;
+
+    -- Calls locked in id order, so that two of these statements cannot deadlock.
+    WITH plain AS (
+        SELECT k.id, k.contact_id, s.end_reason, s.answered_at, s.ended_at,
+               dialer._outcome_of_end_reason(s.end_reason) AS outcome
+          FROM (SELECT DISTINCT ON (s.call_id) s.*   -- a call named twice: its first end counts
+                  FROM unnest(p_call_ids, p_ended, p_end_reasons, p_answered_at, p_ended_at) WITH ORDINALITY
+                       AS s(call_id, ended, end_reason, answered_at, ended_at, i)
+                 ORDER BY s.call_id, s.i) s
+          JOIN dialer.calls k ON k.id = s.call_id
+          JOIN dialer.call_batches b ON b.id = k.batch_id
+         WHERE s.ended AND k.status = 'in_progress'
+           AND (b.retry_delays ->> dialer._retry_outcome(s.end_reason)) IS NULL
+           AND dialer._retry_outcome(s.end_reason) IS DISTINCT FROM 'voicemail'
+           AND dialer._outcome_of_end_reason(s.end_reason) IS DISTINCT FROM 'ai_failed'
+           AND dialer._outcome_of_end_reason(s.end_reason) IS DISTINCT FROM 'not_interested'
+         ORDER BY k.id
+           FOR UPDATE OF k
+    ), ended AS (
+        UPDATE dialer.calls k
+           SET status = 'ended', end_reason = p.end_reason, answered_at = coalesce(k.answered_at, p.answered_at),
+               ended_at = coalesce(p.ended_at, clock_timestamp())
+          FROM plain p
+         WHERE k.id = p.id
+        RETURNING k.id
+    ), completed AS (
+        UPDATE dialer.campaign_contacts c
+           SET status = 'completed', updated_at = clock_timestamp(), outcome = coalesce(p.outcome, c.outcome)
+          FROM plain p
+         WHERE c.id = p.contact_id AND c.status IN ('in_progress', 'in_doubt') AND c.call_id = p.id
+        RETURNING c.batch_id
+    ), counted AS (
+        UPDATE dialer.call_batches b
+           SET in_progress_count = greatest(b.in_progress_count - x.n, 0), completed_count = b.completed_count + x.n
+          FROM (SELECT batch_id, count(*)::integer AS n FROM completed GROUP BY batch_id) x
+         WHERE b.id = x.batch_id
+        RETURNING b.id
+    )
+    SELECT (SELECT array_agg(id) FROM ended), (SELECT array_agg(id) FROM counted) INTO ended_ids, batch_ids;
+    n := coalesce(cardinality(ended_ids), 0);
+    IF n > 0 THEN
+        -- A campaign whose last call this was is complete now; a slot is free for the worker.
+        IF EXISTS (SELECT 1 FROM dialer.call_batches x
+                    WHERE x.id = ANY (batch_ids) AND x.kind = 'campaign' AND x.status = 'processing'
+                      AND x.queued_count <= 0 AND x.in_progress_count <= 0) THEN
+            PERFORM dialer._complete_batches(clock_timestamp(), true);
+        END IF;
+        PERFORM dialer._wake_on_commit();
+    END IF;
+
     FOR r IN SELECT * FROM unnest(p_call_ids, p_ended, p_end_reasons, p_answered_at, p_ended_at)
-                       AS s(call_id, ended, end_reason, answered_at, ended_at) LOOP
-        SELECT * INTO k FROM dialer.calls WHERE id = r.call_id AND status = 'in_progress' FOR UPDATE;
+                       AS s(call_id, ended, end_reason, answered_at, ended_at)
+              WHERE s.ended AND s.call_id <> ALL (coalesce(ended_ids, '{}')) LOOP
+        PERFORM 1 FROM dialer.calls WHERE id = r.call_id AND status = 'in_progress' FOR UPDATE;
         CONTINUE WHEN NOT FOUND;
-        IF r.ended THEN
-            -- _end_call writes answered_at with the end, in the same update
-            IF dialer._end_call(k.id, r.end_reason, r.answered_at, r.ended_at) THEN
-                n := n + 1;
-            END IF;
-        ELSIF k.answered_at IS NULL AND r.answered_at IS NOT NULL THEN
-            UPDATE dialer.calls SET answered_at = r.answered_at WHERE id = k.id;
+        -- _end_call writes answered_at with the end, in the same update
+        IF dialer._end_call(r.call_id, r.end_reason, r.answered_at, r.ended_at) THEN
+            n := n + 1;
         END IF;
     END LOOP;
     RETURN n;

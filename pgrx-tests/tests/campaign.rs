@@ -275,3 +275,126 @@ fn the_claim_reads_a_batch_in_index_order_and_stops_at_its_limit() {
     assert!(read <= 11.0, "read {read} of 3,000 contacts to claim 10: {scan}");
     tx.rollback().unwrap();
 }
+
+/// What a poll round's ends leave behind, per contact in order: the contact, its call, its
+/// hand-off; then the batch's counters.
+fn ends_left(s: &mut Scenario, batch: i64) -> (Vec<String>, String) {
+    let contacts = s
+        .db
+        .query(
+            "SELECT concat_ws(' | ', c.status, c.outcome, c.handoff, c.attempts, c.next_attempt_at IS NOT NULL, c.last_error,
+                              k.status, k.end_reason, k.answered_at AT TIME ZONE 'UTC', k.ended_at AT TIME ZONE 'UTC',
+                              (SELECT count(*) FROM dialer.followups f WHERE f.contact_id = c.id))
+               FROM dialer.campaign_contacts c JOIN dialer.calls k ON k.id = c.call_id
+              WHERE c.batch_id = $1 ORDER BY c.id",
+            &[&batch],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let counters = s
+        .db
+        .query_one(
+            "SELECT concat_ws(' | ', status, queued_count, in_progress_count, completed_count, failed_count, voicemail_count)
+               FROM dialer.call_batches WHERE id = $1",
+            &[&batch],
+        )
+        .unwrap()
+        .get(0);
+    (contacts, counters)
+}
+
+#[test]
+fn a_poll_round_ends_many_calls_in_one_statement_as_end_call_ends_each() {
+    // Calls that last an hour and are never polled: the test reports their ends itself.
+    let mut s = Scenario::new("c-ends", Scenario::sim_config(3_600_000, 3_600_000), &["dialer.status_poll_interval = '1h'"]);
+    // One of each kind of end, and a call still live that was answered.
+    let reasons = ["hangup", "invalid_number", "busy", "voicemail", "no-answer", "hangup", "live"];
+    let mut batches = Vec::new();
+    for (i, name) in ["one statement", "one by one"].iter().enumerate() {
+        let b = s.batch(name, 600, 10, 3);
+        s.db.execute("SELECT dialer.set_retry_delays($1, $2)", &[&b, &serde_json::json!({"busy": "1 hour"})]).unwrap();
+        s.db.execute("SELECT dialer.set_batch_options($1, 'done')", &[&b]).unwrap();
+        s.add_numbers(b, &numbers(&format!("+155502{i}"), reasons.len()));
+        batches.push(b);
+    }
+    s.wake();
+    let calls_of = |s: &mut Scenario, b: i64| -> Vec<i64> {
+        s.db.query(
+            "SELECT k.id FROM dialer.campaign_contacts c JOIN dialer.calls k ON k.id = c.call_id
+              WHERE c.batch_id = $1 AND k.status = 'in_progress' AND k.provider_call_id IS NOT NULL ORDER BY c.id",
+            &[&b],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let all = wait_for("every call in progress", Duration::from_secs(60), || {
+        let (a, b) = (calls_of(&mut s, batches[0]), calls_of(&mut s, batches[1]));
+        (a.len() == reasons.len() && b.len() == reasons.len()).then_some((a, b))
+    });
+    let ended: Vec<bool> = reasons.iter().map(|r| *r != "live").collect();
+    let end_reasons: Vec<Option<&str>> = reasons.iter().map(|r| (*r != "live").then_some(*r)).collect();
+    let answered = "2026-01-01 10:00:00+00";
+    let ended_at = "2026-01-01 10:05:00+00";
+    let answered_at: Vec<Option<&str>> = reasons.iter().map(|_| Some(answered)).collect();
+    let ended_ats: Vec<Option<&str>> = reasons.iter().map(|r| (*r != "live").then_some(ended_at)).collect();
+
+    // All at once, as a poll round records them (an ended call named twice counts once).
+    let mut ids = all.0.clone();
+    ids.push(all.0[0]);
+    let (mut e2, mut r2, mut a2, mut x2) = (ended.clone(), end_reasons.clone(), answered_at.clone(), ended_ats.clone());
+    e2.push(true);
+    r2.push(Some("hangup"));
+    a2.push(None);
+    x2.push(None);
+    let mut tx = s.db.transaction().unwrap();
+    tx.batch_execute("SET LOCAL track_functions = 'pl'").unwrap();
+    let n: i32 = tx
+        .query_one(
+            "SELECT dialer._record_status($1, $2, $3, $4::text[]::timestamptz[], $5::text[]::timestamptz[])",
+            &[&ids, &e2, &r2, &a2, &x2],
+        )
+        .unwrap()
+        .get(0);
+    let one_by_one: i64 = tx
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions WHERE schemaname = 'dialer' AND funcname = '_end_call'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert_eq!(n, 6, "six calls ended");
+    // The retry (busy), the voicemail policy and the hand-off (no-answer) are _end_call's; the
+    // two plain ends and the invalid number are the one statement's.
+    assert_eq!(one_by_one, 3, "only the ends with a policy go one by one");
+
+    // The reference: each end through _end_call.
+    for (i, id) in all.1.iter().enumerate() {
+        if ended[i] {
+            s.db.execute(
+                "SELECT dialer._end_call($1, $2, $3::text::timestamptz, $4::text::timestamptz)",
+                &[id, &end_reasons[i], &answered_at[i], &ended_ats[i]],
+            )
+            .unwrap();
+        } else {
+            s.db.execute("UPDATE dialer.calls SET answered_at = $2::text::timestamptz WHERE id = $1", &[id, &answered]).unwrap();
+        }
+    }
+    let (got, got_counters) = ends_left(&mut s, batches[0]);
+    let (want, want_counters) = ends_left(&mut s, batches[1]);
+    assert_eq!(got, want, "each contact as _end_call leaves it");
+    assert_eq!(got_counters, want_counters, "the batch's counters as _end_call leaves them");
+    // And what that is, plainly.
+    assert!(got[0].starts_with("completed | 1 | f | ended | hangup"), "{}", got[0]);
+    assert!(got[1].starts_with("completed | trashed | 1 | f | ended | invalid_number"), "{}", got[1]);
+    assert!(got[2].starts_with("queued | 1 | t | call ended: busy | ended | busy"), "{}", got[2]);
+    assert!(got[3].starts_with("completed | voicemail | 1 | f | ended | voicemail"), "{}", got[3]);
+    assert!(got[4].starts_with("completed | ai_failed | manual_pending | 1 | f | ended | no-answer"), "{}", got[4]);
+    assert!(got[6].starts_with("in_progress | 1 | f | in_progress |"), "{}", got[6]);
+    assert!(got.iter().all(|c| c.contains("2026-01-01 10:00:00")), "every call's answer time kept: {got:?}");
+    assert_eq!(got_counters, "processing | 1 | 1 | 5 | 0 | 1");
+}
