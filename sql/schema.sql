@@ -194,21 +194,19 @@ CREATE TABLE dialer.calls (
     -- In-doubt attempts are looked up at the provider by idempotency key this many times at most.
     lookup_attempts  integer NOT NULL DEFAULT 0,
     -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
-    from_number      text
-);
+    from_number      text,
+    -- Not settled yet (dialing, in_progress, in_doubt). The partial indexes test this, not status:
+    -- a call accepted or polled keeps it, so those updates change no indexed column and stay HOT.
+    live             boolean GENERATED ALWAYS AS (status IN ('dialing', 'in_progress', 'in_doubt')) STORED
+) WITH (fillfactor = 70);  -- room on each page for the accepted, polled and ended versions of its rows
 CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX ON dialer.calls (contact_id);
-CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
--- Attempts of a batch not yet settled (max_concurrent counts those in doubt; a batch with any
--- is not complete).
-CREATE INDEX calls_unsettled_idx ON dialer.calls (batch_id) WHERE status IN ('in_doubt', 'dialing');
--- Status polls: the calls heard from longest ago first.
-CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(last_polled_at, created_at)))
-    WHERE status = 'in_progress' AND provider_call_id IS NOT NULL;
+-- Live calls of a batch (max_concurrent counts those in doubt; a batch with any is not complete);
+-- polls, look-ups and reconciliation read all live calls through it (as many as are in flight).
+CREATE INDEX calls_live_idx ON dialer.calls (batch_id) WHERE live;
 CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
 -- Never two live calls to one number, whatever batch or agency: the database enforces it.
-CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number)
-    WHERE status IN ('dialing', 'in_progress', 'in_doubt');
+CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number) WHERE live;
 CREATE INDEX calls_number_day_idx ON dialer.calls (agency_id, phone_number, created_at);
 
 -- campaign_contacts.call_id (the latest attempt) is kept by the claim itself; a foreign key

@@ -55,7 +55,9 @@ pub fn record(results: &[JobResult]) -> Result<Counts, DialerError> {
 pub struct Upkeep {
     pub poll_every_ms: f64,
     pub poll_limit: i32,
-    pub call_timeout_ms: f64,
+    /// Calls in progress longer than twice this dialer.call_timeout are closed (None: not this
+    /// round; the worker closes them with its full checks, every 2 s, not at every poll round).
+    pub close_abandoned_ms: Option<f64>,
     /// Attempts left 'dialing' longer than this are held in doubt (None: not this time; the
     /// worker does it only when none of its own requests is in flight).
     pub settle_stale_ms: Option<f64>,
@@ -70,7 +72,9 @@ pub fn upkeep(policy: &Upkeep, cache: &mut TargetCache) -> Result<Vec<Job>, Dial
     if let Some(stale_ms) = policy.settle_stale_ms {
         tick::settle_stale_dialing(stale_ms)?;
     }
-    tick::close_abandoned(policy.call_timeout_ms)?;
+    if let Some(call_timeout_ms) = policy.close_abandoned_ms {
+        tick::close_abandoned(call_timeout_ms)?;
+    }
     let mut jobs = tick::poll_jobs(policy.poll_every_ms, policy.poll_limit, cache)?;
     jobs.extend(tick::lookup_jobs(policy.poll_limit, cache)?);
     if policy.check_every_batch {

@@ -398,7 +398,7 @@ impl Worker {
         let upkeep = pass::Upkeep {
             poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
             poll_limit: POLL_CHUNK,
-            call_timeout_ms: settings.call_timeout.as_secs_f64() * 1000.0,
+            close_abandoned_ms: check_every_batch.then_some(settings.call_timeout.as_secs_f64() * 1000.0),
             // Requests that should have been answered by now but were not recorded: their
             // process died mid-request. Held in doubt, then looked up. Only when nothing of ours
             // is in flight: under load our own requests may wait longer than that to be recorded.

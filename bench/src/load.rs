@@ -75,6 +75,35 @@ fn in_window(sim: &SimProcess, d: u64, details: &mut Vec<String>) -> Result<(usi
     Ok((times.len(), stats::max_in_window(&times, 1_000_000)))
 }
 
+/// How the worker wrote its hot tables: updates, and how many of them were HOT (no index entry).
+/// Statistics reach the view when a backend reports them (at most once a second): read as they
+/// stand at the end of the run.
+fn row_writes(db: &mut postgres::Client) -> Result<String> {
+    let rows = db.query(
+        "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+          WHERE schemaname = 'dialer' AND relname IN ('calls', 'campaign_contacts', 'call_batches') ORDER BY relname",
+        &[],
+    )?;
+    let parts: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let (ins, upd, hot): (i64, i64, i64) = (r.get(1), r.get(2), r.get(3));
+            format!("{} {ins} inserted, {upd} updated ({hot} HOT)", r.get::<_, String>(0))
+        })
+        .collect();
+    let widths = db.query_one(
+        "SELECT coalesce(avg(pg_column_size(k.*)), 0)::float8, coalesce(avg(pg_column_size(k.request)), 0)::float8,
+                coalesce(avg(pg_column_size(k.response)), 0)::float8
+           FROM dialer.calls k WHERE k.provider_call_id IS NOT NULL",
+        &[],
+    )?;
+    let (row, request, response): (f64, f64, f64) = (widths.get(0), widths.get(1), widths.get(2));
+    Ok(format!(
+        "row writes over the whole run: {}; an accepted call's row {row:.0} bytes (request {request:.0}, response {response:.0})",
+        parts.join("; ")
+    ))
+}
+
 fn pct(cpu_s: f64, d: u64) -> f64 {
     cpu_s / d as f64 * 100.0
 }
@@ -141,6 +170,7 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
         initiated as f64 / ticks.max(1) as f64
     ));
     details.push(format!("  {}", memory_line(worker)));
+    details.push(format!("  {}", row_writes(&mut s.db)?));
     details.extend(top.into_iter().map(|l| format!("  {l}")));
     let (anon_mb, hwm_mb) = (procstat::status_mb(worker, "RssAnon"), procstat::status_mb(worker, "VmHWM"));
     Ok(LoadResult { worker_cpu: Some(w1 - w0), system_cpu: dcpu.total(), sim_cpu: sim1 - sim0, placed, anon_mb, hwm_mb, details })

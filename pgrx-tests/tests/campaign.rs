@@ -279,9 +279,8 @@ fn the_claim_reads_a_batch_in_index_order_and_stops_at_its_limit() {
 /// What a poll round's ends leave behind, per contact in order: the contact, its call, its
 /// hand-off; then the batch's counters.
 fn ends_left(s: &mut Scenario, batch: i64) -> (Vec<String>, String) {
-    let contacts = s
-        .db
-        .query(
+    let contacts =
+        s.db.query(
             "SELECT concat_ws(' | ', c.status, c.outcome, c.handoff, c.attempts, c.next_attempt_at IS NOT NULL, c.last_error,
                               k.status, k.end_reason, k.answered_at AT TIME ZONE 'UTC', k.ended_at AT TIME ZONE 'UTC',
                               (SELECT count(*) FROM dialer.followups f WHERE f.contact_id = c.id))
@@ -293,9 +292,8 @@ fn ends_left(s: &mut Scenario, batch: i64) -> (Vec<String>, String) {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let counters = s
-        .db
-        .query_one(
+    let counters =
+        s.db.query_one(
             "SELECT concat_ws(' | ', status, queued_count, in_progress_count, completed_count, failed_count, voicemail_count)
                FROM dialer.call_batches WHERE id = $1",
             &[&batch],
@@ -397,4 +395,46 @@ fn a_poll_round_ends_many_calls_in_one_statement_as_end_call_ends_each() {
     assert!(got[6].starts_with("in_progress | 1 | f | in_progress |"), "{}", got[6]);
     assert!(got.iter().all(|c| c.contains("2026-01-01 10:00:00")), "every call's answer time kept: {got:?}");
     assert_eq!(got_counters, "processing | 1 | 1 | 5 | 0 | 1");
+}
+
+#[test]
+fn accepting_polling_and_answering_a_call_change_no_indexed_column() {
+    // Such updates of a call row are HOT (no index entry) when its page has room: no index of
+    // dialer.calls may name a column they write, in its key, an expression or its predicate.
+    let mut s = Scenario::new("c-hot", Scenario::sim_config(200, 300), &["dialer.status_poll_interval = '100ms'"]);
+    let written = ["status", "http_status", "latency_ms", "dispatched_at", "last_polled_at", "answered_at", "notes", "disposition"];
+    let rows =
+        s.db.query(
+            "SELECT i.indexrelid::regclass::text, a.attname
+               FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum > 0 AND NOT a.attisdropped
+              WHERE i.indrelid = 'dialer.calls'::regclass
+                AND (a.attnum = ANY (i.indkey::int2[])
+                     OR pg_get_expr(i.indexprs, i.indrelid) ~ ('\\m' || a.attname || '\\M')
+                     OR pg_get_expr(i.indpred, i.indrelid) ~ ('\\m' || a.attname || '\\M'))",
+            &[],
+        )
+        .unwrap();
+    let indexed: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(indexed.iter().any(|(_, c)| c == "live"), "the live-call indexes test `live`: {indexed:?}");
+    let offending: Vec<&(String, String)> = indexed.iter().filter(|(_, c)| written.contains(&c.as_str())).collect();
+    assert!(offending.is_empty(), "indexes naming a column that accepting, polling or answering a call writes: {offending:?}");
+    let fillfactor: Option<String> = s
+        .db
+        .query_one("SELECT option_value FROM pg_options_to_table((SELECT reloptions FROM pg_class WHERE oid = 'dialer.calls'::regclass)) WHERE option_name = 'fillfactor'", &[])
+        .map(|r| r.get(0))
+        .ok();
+    assert_eq!(fillfactor.as_deref(), Some("70"), "pages keep room for a row's next version");
+
+    // And so they are: a campaign's polls leave HOT updates behind (statistics are reported by
+    // the worker about once a second).
+    let batch = s.batch("hot", 600, 20, 1);
+    s.add_numbers(batch, &numbers("+1555030", 20));
+    s.wake();
+    s.wait_batch_completed(batch, Duration::from_secs(60));
+    wait_for("HOT updates of dialer.calls in its statistics", Duration::from_secs(30), || {
+        let hot: i64 =
+            s.db.query_one("SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'dialer.calls'::regclass", &[]).unwrap().get(0);
+        (hot > 0).then_some(())
+    });
 }

@@ -77,7 +77,7 @@ fn run_tick() -> Result<Value, DialerError> {
         &pass::Upkeep {
             poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
             poll_limit: 500,
-            call_timeout_ms: settings.call_timeout.as_secs_f64() * 1000.0,
+            close_abandoned_ms: Some(settings.call_timeout.as_secs_f64() * 1000.0),
             settle_stale_ms: None,
             check_every_batch: false,
         },
