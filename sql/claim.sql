@@ -67,7 +67,7 @@ pl AS MATERIALIZED (
            least(p.slots,
                  b.max_concurrent - b.in_progress_count
                    - (SELECT count(*) FROM dialer.calls k
-                       WHERE k.live AND k.batch_id = b.id AND k.status = 'in_doubt' AND k.lookup_attempts < 5)::integer,
+                       WHERE k.batch_id = b.id AND k.status = 'in_doubt' AND k.lookup_attempts < 5)::integer,
                  $2,
                  CASE WHEN p.catching_up THEN
                      b.calls_per_minute - (SELECT count(*) FROM dialer.calls k
@@ -139,7 +139,8 @@ candidates AS (
        AND (c.expires_at IS NULL OR c.expires_at > (SELECT now + lead FROM t))
        -- one live call per number, across every batch (the unique index enforces it); a scalar
        -- subquery, so that it stays one probe of that index per candidate
-       AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number AND k.live LIMIT 1) IS NULL
+       AND (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                          AND k.status IN ('dialing', 'in_progress', 'in_doubt') LIMIT 1) IS NULL
        -- never a number on the do-not-call list (look cancels those next in line)
        AND (NOT (SELECT p.has_dnc FROM pl p)
             OR (SELECT 1 FROM dialer.do_not_call d

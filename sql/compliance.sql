@@ -329,7 +329,8 @@ BEGIN
                 'until', c.next_attempt_at,
                 'message', CASE WHEN c.attempts > 0 THEN 'waiting to retry until ' ELSE 'scheduled for ' END || c.next_attempt_at);
         END IF;
-        IF EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number AND k.live) THEN
+        IF EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                    AND k.status IN ('dialing', 'in_progress', 'in_doubt')) THEN
             reasons := reasons || jsonb_build_object('code', 'live_call', 'message', 'another call to this number is in progress');
         END IF;
         IF b.status = 'processing' THEN

@@ -419,7 +419,7 @@ DECLARE
     n integer := 0;
 BEGIN
     FOR k IN SELECT id FROM dialer.calls
-              WHERE live AND status = 'in_progress' AND created_at < p_now - p_call_timeout * 2
+              WHERE status = 'in_progress' AND created_at < p_now - p_call_timeout * 2
               ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED LOOP
         IF dialer._end_call(k.id, 'no_outcome', NULL, NULL) THEN
             n := n + 1;

@@ -194,19 +194,20 @@ CREATE TABLE dialer.calls (
     -- In-doubt attempts are looked up at the provider by idempotency key this many times at most.
     lookup_attempts  integer NOT NULL DEFAULT 0,
     -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
-    from_number      text,
-    -- Not settled yet (dialing, in_progress, in_doubt). The partial indexes test this, not status:
-    -- a call accepted or polled keeps it, so those updates change no indexed column and stay HOT.
-    live             boolean GENERATED ALWAYS AS (status IN ('dialing', 'in_progress', 'in_doubt')) STORED
-) WITH (fillfactor = 70);  -- room on each page for the accepted, polled and ended versions of its rows
+    from_number      text
+) WITH (fillfactor = 70);  -- room on each page for a row's next version (a poll's is HOT: see below)
 CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX ON dialer.calls (contact_id);
--- Live calls of a batch (max_concurrent counts those in doubt; a batch with any is not complete);
--- polls, look-ups and reconciliation read all live calls through it (as many as are in flight).
-CREATE INDEX calls_live_idx ON dialer.calls (batch_id) WHERE live;
+-- Calls not settled, by status and batch: max_concurrent counts a batch's attempts in doubt, a
+-- batch with any is not complete; polls, look-ups and reconciliation read the calls in flight.
+-- No index names a column that a status poll or an answer writes (last_polled_at, answered_at):
+-- those updates are HOT where the page has room (accepting and ending a call are not: the
+-- provider's id is indexed for webhooks, and the status leaves these predicates at the end).
+CREATE INDEX calls_live_idx ON dialer.calls (status, batch_id) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
 CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
 -- Never two live calls to one number, whatever batch or agency: the database enforces it.
-CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number) WHERE live;
+CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number)
+    WHERE status IN ('dialing', 'in_progress', 'in_doubt');
 CREATE INDEX calls_number_day_idx ON dialer.calls (agency_id, phone_number, created_at);
 
 -- campaign_contacts.call_id (the latest attempt) is kept by the claim itself; a foreign key

@@ -324,7 +324,7 @@ BEGIN
     RETURN QUERY
     UPDATE dialer.calls k SET last_polled_at = p_now
      WHERE k.id IN (SELECT id FROM dialer.calls
-                     WHERE live AND status = 'in_progress' AND provider_call_id IS NOT NULL
+                     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL
                        AND coalesce(last_polled_at, created_at) <= p_now - p_every
                      ORDER BY coalesce(last_polled_at, created_at)
                      LIMIT p_limit
@@ -433,7 +433,7 @@ BEGIN
              WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress') LIMIT 1) IS NULL
        -- an attempt in doubt that is still being looked up may yet be dialed again
        AND (SELECT 1 FROM dialer.calls k
-             WHERE k.live AND k.batch_id = b.id AND k.status IN ('in_doubt', 'dialing') AND k.lookup_attempts < 5 LIMIT 1) IS NULL;
+             WHERE k.batch_id = b.id AND k.status IN ('in_doubt', 'dialing') AND k.lookup_attempts < 5 LIMIT 1) IS NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
@@ -480,11 +480,13 @@ DECLARE
 BEGIN
     SELECT min(t) INTO best FROM (
         SELECT greatest(q.t, p_rounds_from) AS t FROM (
+            -- (the calls in progress, read in full: no index names last_polled_at, so a poll's
+            -- update is HOT)
             SELECT min(coalesce(k.last_polled_at, k.created_at)) + p_poll_every AS t FROM dialer.calls k
-             WHERE k.live AND k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+             WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
             UNION ALL
             SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
-              FROM dialer.calls k WHERE k.live AND k.status = 'in_doubt' AND k.lookup_attempts < 5
+              FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
         ) q WHERE q.t IS NOT NULL
         UNION ALL
         -- a pending batch is due now, a scheduled one at its time; none: nothing to wake for
@@ -555,7 +557,7 @@ DECLARE
     k dialer.calls;
     n integer := 0;
 BEGIN
-    FOR k IN SELECT * FROM dialer.calls WHERE live AND status = 'dialing' AND created_at < p_older_than
+    FOR k IN SELECT * FROM dialer.calls WHERE status = 'dialing' AND created_at < p_older_than
               FOR UPDATE SKIP LOCKED LOOP
         UPDATE dialer.calls SET status = 'in_doubt', error = 'worker stopped while dialing; outcome unknown'
          WHERE id = k.id;
@@ -601,7 +603,8 @@ BEGIN
           JOIN dialer.call_batches b ON b.id = c.batch_id
           JOIN dialer.agent_mappings m ON m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id)
          WHERE c.status = 'queued' AND b.status = 'processing'
-           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number AND k.live)
+           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                                        AND k.status IN ('dialing', 'in_progress', 'in_doubt'))
          ORDER BY c.phone_number, c.priority, c.id
     LOOP
         WITH probe AS (
@@ -633,7 +636,7 @@ BEGIN
       FROM dialer.campaign_contacts c
      WHERE c.id = k.contact_id
        AND k.id IN (SELECT id FROM dialer.calls
-                     WHERE live AND status = 'in_doubt' AND lookup_attempts < 5
+                     WHERE status = 'in_doubt' AND lookup_attempts < 5
                        AND coalesce(last_polled_at, created_at) <= p_now - interval '1 second' * (1 + lookup_attempts * lookup_attempts)
                      ORDER BY id LIMIT p_limit
                        FOR UPDATE SKIP LOCKED)

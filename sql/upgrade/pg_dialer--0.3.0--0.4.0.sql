@@ -753,7 +753,8 @@ BEGIN
           JOIN dialer.call_batches b ON b.id = c.batch_id
           JOIN dialer.agent_mappings m ON m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id)
          WHERE c.status = 'queued' AND b.status = 'processing'
-           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number AND k.live)
+           AND NOT EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number
+                                                        AND k.status IN ('dialing', 'in_progress', 'in_doubt'))
          ORDER BY c.phone_number, c.priority, c.id
     LOOP
         WITH probe AS (
@@ -1402,11 +1403,13 @@ DECLARE
 BEGIN
     SELECT min(t) INTO best FROM (
         SELECT greatest(q.t, p_rounds_from) AS t FROM (
+            -- (the calls in progress, read in full: no index names last_polled_at, so a poll's
+            -- update is HOT)
             SELECT min(coalesce(k.last_polled_at, k.created_at)) + p_poll_every AS t FROM dialer.calls k
-             WHERE k.live AND k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+             WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
             UNION ALL
             SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
-              FROM dialer.calls k WHERE k.live AND k.status = 'in_doubt' AND k.lookup_attempts < 5
+              FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
         ) q WHERE q.t IS NOT NULL
         UNION ALL
         -- a pending batch is due now, a scheduled one at its time; none: nothing to wake for
@@ -1547,7 +1550,7 @@ BEGIN
     RETURN QUERY
     UPDATE dialer.calls k SET last_polled_at = p_now
      WHERE k.id IN (SELECT id FROM dialer.calls
-                     WHERE live AND status = 'in_progress' AND provider_call_id IS NOT NULL
+                     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL
                        AND coalesce(last_polled_at, created_at) <= p_now - p_every
                      ORDER BY coalesce(last_polled_at, created_at)
                      LIMIT p_limit
@@ -1566,7 +1569,7 @@ BEGIN
       FROM dialer.campaign_contacts c
      WHERE c.id = k.contact_id
        AND k.id IN (SELECT id FROM dialer.calls
-                     WHERE live AND status = 'in_doubt' AND lookup_attempts < 5
+                     WHERE status = 'in_doubt' AND lookup_attempts < 5
                        AND coalesce(last_polled_at, created_at) <= p_now - interval '1 second' * (1 + lookup_attempts * lookup_attempts)
                      ORDER BY id LIMIT p_limit
                        FOR UPDATE SKIP LOCKED)
@@ -1617,248 +1620,15 @@ BEGIN
     RETURN n;
 END $$;
 
--- Issue 23: live calls are marked by a stored generated column, and the partial indexes test it
--- rather than status: accepting a call or recording a poll changes no indexed column, so those
--- updates are HOT (with room left on each page). The poll and "open" indexes go: polls, look-ups
--- and reconciliation read the live calls, as many as are in flight.
-ALTER TABLE dialer.calls
-    ADD COLUMN live boolean GENERATED ALWAYS AS (status IN ('dialing', 'in_progress', 'in_doubt')) STORED;
-ALTER TABLE dialer.calls SET (fillfactor = 70);
+-- Issue 23: no index of dialer.calls names a column a status poll writes (calls_poll_idx keyed
+-- last_polled_at), so a poll's update is HOT where its page has room (fillfactor 70: new pages
+-- keep 30 % free). One index of the calls in flight, by status and batch, serves what
+-- calls_open_idx, calls_unsettled_idx and calls_poll_idx did.
 DROP INDEX dialer.calls_open_idx;
 DROP INDEX dialer.calls_unsettled_idx;
 DROP INDEX dialer.calls_poll_idx;
-DROP INDEX dialer.calls_one_live_call_per_number;
-CREATE INDEX calls_live_idx ON dialer.calls (batch_id) WHERE live;
-CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number) WHERE live;
--- (its `SELECT *` over calls is expanded when the view is made: made again, it has the new column)
-CREATE OR REPLACE VIEW dialer.health AS
-WITH r AS (
-    SELECT * FROM dialer.runs WHERE started_at > now() - interval '1 hour'
-), k AS (
-    SELECT * FROM dialer.calls WHERE created_at > now() - interval '1 hour' AND status <> 'dialing'
-), m (metric, value, threshold, ok, unit, alert) AS (
-    SELECT 'execution_duration', (SELECT max(duration_ms) FROM r WHERE status <> 'SKIPPED_CONCURRENT'),
-           20000::float8, coalesce((SELECT max(duration_ms) FROM r WHERE status <> 'SKIPPED_CONCURRENT'), 0) <= 20000,
-           'ms (max)', 'Check database load'
-    UNION ALL
-    SELECT 'posting_success_rate',
-           (SELECT 100.0 * count(*) FILTER (WHERE status IN ('in_progress', 'ended')) / nullif(count(*), 0) FROM k)::float8,
-           95, coalesce((SELECT 100.0 * count(*) FILTER (WHERE status IN ('in_progress', 'ended')) / nullif(count(*), 0) FROM k), 100) >= 95,
-           '% (min)', 'Investigate API errors'
-    UNION ALL
-    SELECT 'batch_size_variation',
-           (SELECT max(initiated)::float8 / nullif(avg(initiated), 0) FROM r WHERE initiated > 0),
-           2, coalesce((SELECT max(initiated)::float8 / nullif(avg(initiated), 0) FROM r WHERE initiated > 0), 1) <= 2,
-           'x normal (max)', 'Check lead queue buildup'
-    UNION ALL
-    SELECT 'provider_latency', (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM k WHERE latency_ms IS NOT NULL),
-           3000, coalesce((SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM k WHERE latency_ms IS NOT NULL), 0) <= 3000,
-           'ms (p95)', 'Contact AI provider'
-    UNION ALL
-    SELECT 'failed_lead_accumulation',
-           (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'failed' AND updated_at > now() - interval '1 day')::float8,
-           100, (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'failed' AND updated_at > now() - interval '1 day') <= 100,
-           'per day (max)', 'Review fallback process'
-    UNION ALL
-    SELECT 'concurrent_executions', (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT')::float8,
-           0, (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT') = 0,
-           'skipped ticks (max)', 'Critical - scheduler locking issue'
-    UNION ALL
-    -- Not one of the seed's: answering machines, counted apart from the failures (no threshold).
-    SELECT 'voicemail', (SELECT count(*) FROM dialer.calls v
-                          WHERE v.end_reason = 'voicemail' AND v.ended_at > now() - interval '1 hour')::float8,
-           NULL, true, 'calls (last hour)', 'See on_voicemail (dialer.set_batch_options)'
-)
-SELECT metric, value, threshold, ok, unit, alert FROM m;
-ALTER VIEW dialer.health SET (security_invoker = true);
-
--- Why a contact has not been dialed (yet), in plain words.
-CREATE OR REPLACE FUNCTION dialer.why_not_dialed(contact_id bigint)
-RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
-#variable_conflict use_column
-DECLARE
-    c dialer.campaign_contacts;
-    b dialer.call_batches;
-    a dialer.agencies;
-    account_held_until timestamptz;
-    zone text;
-    opening timestamptz;
-    now_ts timestamptz := clock_timestamp();
-    reasons jsonb := '[]';
-    dnc_reason text;
-BEGIN
-    SELECT * INTO c FROM dialer.campaign_contacts WHERE id = why_not_dialed.contact_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'contact % does not exist', coalesce(why_not_dialed.contact_id::text, 'NULL') USING ERRCODE = 'P0002';
-    END IF;
-    SELECT * INTO b FROM dialer.call_batches WHERE id = c.batch_id;
-    SELECT * INTO a FROM dialer.agencies WHERE id = b.agency_id;
-    zone := coalesce(c.timezone, a.timezone);
-
-    IF c.status IN ('completed', 'failed', 'cancelled', 'expired') THEN
-        reasons := reasons || jsonb_build_object('code', c.status,
-            'message', CASE c.status WHEN 'completed' THEN 'already called: the call has ended'
-                                     WHEN 'failed' THEN 'gave up after ' || c.attempts || ' attempt(s): ' || coalesce(c.last_error, 'failed')
-                                     WHEN 'expired' THEN 'expired at ' || coalesce(c.expires_at, b.expires_at) || ' before it was dialed'
-                                     ELSE 'cancelled' || coalesce(' (' || c.last_error || ')', '') END);
-    ELSIF c.status = 'in_progress' THEN
-        reasons := reasons || jsonb_build_object('code', 'in_progress', 'message', 'being dialed or in a call right now');
-    ELSIF c.status = 'in_doubt' THEN
-        reasons := reasons || jsonb_build_object('code', 'in_doubt',
-            'message', 'the last attempt may have reached the provider; it is being looked up, or needs dialer.resolve_in_doubt');
-    END IF;
-    SELECT d.reason INTO dnc_reason FROM dialer.do_not_call d
-     WHERE d.phone_number = c.phone_number AND (d.agency_id IS NULL OR d.agency_id = b.agency_id) LIMIT 1;
-    IF FOUND THEN
-        reasons := reasons || jsonb_build_object('code', 'dnc', 'message', 'on the do-not-call list' || coalesce(': ' || dnc_reason, ''));
-    END IF;
-    IF c.status IN ('pending', 'queued') THEN
-        IF b.status = 'paused' THEN
-            reasons := reasons || jsonb_build_object('code', CASE b.kind WHEN 'queue' THEN 'queue_paused' ELSE 'batch_paused' END,
-                'message', CASE b.kind WHEN 'queue' THEN 'the call queue is paused (dialer.resume_queue)'
-                                       ELSE 'batch ' || b.id || ' is paused (dialer.resume_batch)' END);
-        ELSIF b.status IN ('pending', 'scheduled') AND b.scheduled_for > now_ts THEN
-            reasons := reasons || jsonb_build_object('code', 'batch_scheduled', 'until', b.scheduled_for,
-                'message', 'batch ' || b.id || ' starts at ' || b.scheduled_for);
-        ELSIF b.status IN ('completed', 'cancelled') THEN
-            reasons := reasons || jsonb_build_object('code', 'batch_' || b.status, 'message', 'batch ' || b.id || ' is ' || b.status);
-        END IF;
-        IF coalesce(c.expires_at, b.expires_at) IS NOT NULL THEN
-            reasons := reasons || jsonb_build_object('code', 'expires', 'until', least(c.expires_at, b.expires_at),
-                'message', 'expires at ' || least(c.expires_at, b.expires_at) || ' if not dialed by then');
-        END IF;
-        IF EXISTS (SELECT 1 FROM dialer.agent_mappings m
-                    WHERE m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id) AND m.use_caller_id_pool)
-           AND dialer._caller_ids_left(a.id, (now_ts AT TIME ZONE a.timezone)::date) = 0 THEN
-            reasons := reasons || jsonb_build_object('code', 'caller_ids_exhausted',
-                'message', 'every caller ID in the agency''s pool is disabled or at its daily cap (dialer.add_caller_id)');
-        END IF;
-        IF b.window_start IS NOT NULL THEN
-            opening := dialer._next_opening(now_ts, zone, b.window_start, b.window_end, b.window_days, a.id);
-            IF opening IS NULL OR opening > now_ts THEN
-                reasons := reasons || jsonb_build_object('code', 'outside_window', 'until', opening, 'zone', zone,
-                    'message', format('outside its calling window (%s-%s %s local time) until %s',
-                                      b.window_start, b.window_end, zone, coalesce(opening::text, 'never (no opening within a year)')));
-            END IF;
-        END IF;
-        IF a.max_attempts_per_number_per_day IS NOT NULL
-           AND dialer._attempts_today(a.id, c.phone_number, now_ts, a.timezone) >= a.max_attempts_per_number_per_day THEN
-            opening := (date_trunc('day', now_ts AT TIME ZONE a.timezone) + interval '1 day') AT TIME ZONE a.timezone;
-            reasons := reasons || jsonb_build_object('code', 'attempt_cap', 'until', opening,
-                'message', format('reached %s attempt(s) today for this number; next attempt after %s',
-                                  a.max_attempts_per_number_per_day, opening));
-        END IF;
-        IF c.next_attempt_at > now_ts AND NOT reasons @> '[{"code": "outside_window"}]' AND NOT reasons @> '[{"code": "attempt_cap"}]' THEN
-            reasons := reasons || jsonb_build_object('code', CASE WHEN c.attempts > 0 THEN 'retry_wait' ELSE 'scheduled' END,
-                'until', c.next_attempt_at,
-                'message', CASE WHEN c.attempts > 0 THEN 'waiting to retry until ' ELSE 'scheduled for ' END || c.next_attempt_at);
-        END IF;
-        IF EXISTS (SELECT 1 FROM dialer.calls k WHERE k.phone_number = c.phone_number AND k.live) THEN
-            reasons := reasons || jsonb_build_object('code', 'live_call', 'message', 'another call to this number is in progress');
-        END IF;
-        IF b.status = 'processing' THEN
-            IF b.in_progress_count >= b.max_concurrent THEN
-                reasons := reasons || jsonb_build_object('code', 'max_concurrent',
-                    'message', format('batch is at max_concurrent (%s calls in progress)', b.in_progress_count));
-            END IF;
-            IF b.rate_limited_until > now_ts THEN
-                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', b.rate_limited_until,
-                    'message', 'the provider asked to wait (429) until ' || b.rate_limited_until);
-            END IF;
-            -- The account's state, never its secrets (this runs for tenants).
-            SELECT p.rate_limited_until INTO account_held_until FROM dialer.provider_credentials p
-              JOIN dialer.agent_mappings m ON m.agency_id = p.agency_id AND m.provider = p.provider
-             WHERE m.id = coalesce(c.agent_mapping_id, b.agent_mapping_id);
-            IF NOT FOUND THEN
-                reasons := reasons || jsonb_build_object('code', 'no_credentials',
-                    'message', 'no provider credentials for this agency (dialer.set_provider_credentials)');
-            ELSIF account_held_until > now_ts THEN
-                reasons := reasons || jsonb_build_object('code', 'rate_limited', 'until', account_held_until,
-                    'message', 'the provider account asked to wait (429) until ' || account_held_until);
-            END IF;
-            IF b.next_slot_at > now_ts THEN
-                reasons := reasons || jsonb_build_object('code', 'pacing', 'until', b.next_slot_at,
-                    'message', format('waiting for a pacing slot (%s calls/min) at %s', b.calls_per_minute, b.next_slot_at));
-            END IF;
-            IF EXISTS (SELECT 1 FROM dialer.campaign_contacts o
-                        WHERE o.batch_id = b.id AND o.status = 'queued' AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now_ts)
-                          AND (o.priority, o.id) < (c.priority, c.id)) THEN
-                reasons := reasons || jsonb_build_object('code', 'queued_behind', 'message', 'others are ahead of it in the queue');
-            END IF;
-        END IF;
-        IF coalesce(current_setting('dialer.enabled', true), 'on') = 'off' THEN
-            reasons := reasons || jsonb_build_object('code', 'worker_disabled', 'message', 'dialer.enabled is off');
-        END IF;
-    END IF;
-    RETURN jsonb_build_object('contact_id', c.id, 'status', c.status, 'phone_number', c.phone_number,
-        -- (a deadline still ahead is said, but does not hold the contact back)
-        'dialable_now', c.status = 'queued' AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(reasons) e WHERE e->>'code' <> 'expires'),
-        'reasons', reasons);
-END $$;
-
--- A call the provider never reports as ended (its webhook lost, its status stuck) is closed after
--- twice dialer.call_timeout, so nothing stays open forever. It was looked up all along by polling.
-CREATE OR REPLACE FUNCTION dialer._close_abandoned(p_now timestamptz, p_call_timeout interval)
-RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    k record;
-    n integer := 0;
-BEGIN
-    FOR k IN SELECT id FROM dialer.calls
-              WHERE live AND status = 'in_progress' AND created_at < p_now - p_call_timeout * 2
-              ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED LOOP
-        IF dialer._end_call(k.id, 'no_outcome', NULL, NULL) THEN
-            n := n + 1;
-        END IF;
-    END LOOP;
-    RETURN n;
-END $$;
-
--- Step 7: a batch is complete when nothing is left to dial and nothing is in progress. A batch
--- that has no contacts yet is waiting for them, not done.
--- With p_by_counters, only batches whose counters say nothing is queued or in progress are looked
--- at (a tick's quick pass, which then costs nothing per busy batch); the worker's poll rounds look
--- at every batch, so a counter that was ever wrong cannot keep a batch open.
-CREATE OR REPLACE FUNCTION dialer._complete_batches(p_now timestamptz, p_by_counters boolean DEFAULT false)
-RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    n integer;
-BEGIN
-    UPDATE dialer.call_batches b SET status = 'completed', completed_at = p_now
-     WHERE b.status = 'processing' AND b.kind = 'campaign' AND b.total_contacts > 0
-       AND (NOT p_by_counters OR (b.queued_count <= 0 AND b.in_progress_count <= 0))
-       -- (scalar subqueries: per-batch index probes, whatever the statistics say; see _due_batches)
-       AND (SELECT 1 FROM dialer.campaign_contacts c
-             WHERE c.batch_id = b.id AND c.status IN ('pending', 'queued', 'in_progress') LIMIT 1) IS NULL
-       -- an attempt in doubt that is still being looked up may yet be dialed again
-       AND (SELECT 1 FROM dialer.calls k
-             WHERE k.live AND k.batch_id = b.id AND k.status IN ('in_doubt', 'dialing') AND k.lookup_attempts < 5 LIMIT 1) IS NULL;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
-END $$;
-
--- At worker start: attempts left in 'dialing' by a dead backend may have reached the provider.
--- They are held in_doubt (never redialed blindly) until settled.
-CREATE OR REPLACE FUNCTION dialer._settle_stale_dialing(p_older_than timestamptz)
-RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    k dialer.calls;
-    n integer := 0;
-BEGIN
-    FOR k IN SELECT * FROM dialer.calls WHERE live AND status = 'dialing' AND created_at < p_older_than
-              FOR UPDATE SKIP LOCKED LOOP
-        UPDATE dialer.calls SET status = 'in_doubt', error = 'worker stopped while dialing; outcome unknown'
-         WHERE id = k.id;
-        UPDATE dialer.campaign_contacts SET status = 'in_doubt', updated_at = clock_timestamp(),
-               last_error = 'worker stopped while dialing; outcome unknown'
-         WHERE id = k.contact_id AND status = 'in_progress';
-        IF FOUND THEN
-            PERFORM dialer._move_batch_counters(k.batch_id, p_in_progress => -1);
-        END IF;
-        n := n + 1;
-    END LOOP;
-    RETURN n;
-END $$;
+CREATE INDEX calls_live_idx ON dialer.calls (status, batch_id) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
+ALTER TABLE dialer.calls SET (fillfactor = 70);
 
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
