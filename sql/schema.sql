@@ -195,15 +195,16 @@ CREATE TABLE dialer.calls (
     lookup_attempts  integer NOT NULL DEFAULT 0,
     -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
     from_number      text
-) WITH (fillfactor = 70);  -- room on each page for a row's next version (a poll's is HOT: see below)
+);
 CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX ON dialer.calls (contact_id);
--- Calls not settled, by status and batch: max_concurrent counts a batch's attempts in doubt, a
--- batch with any is not complete; polls, look-ups and reconciliation read the calls in flight.
--- No index names a column that a status poll or an answer writes (last_polled_at, answered_at):
--- those updates are HOT where the page has room (accepting and ending a call are not: the
--- provider's id is indexed for webhooks, and the status leaves these predicates at the end).
-CREATE INDEX calls_live_idx ON dialer.calls (status, batch_id) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
+CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
+-- Attempts of a batch not yet settled (max_concurrent counts those in doubt; a batch with any
+-- is not complete).
+CREATE INDEX calls_unsettled_idx ON dialer.calls (batch_id) WHERE status IN ('in_doubt', 'dialing');
+-- Status polls: the calls heard from longest ago first.
+CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(last_polled_at, created_at)))
+    WHERE status = 'in_progress' AND provider_call_id IS NOT NULL;
 CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
 -- Never two live calls to one number, whatever batch or agency: the database enforces it.
 CREATE UNIQUE INDEX calls_one_live_call_per_number ON dialer.calls (phone_number)

@@ -480,10 +480,9 @@ DECLARE
 BEGIN
     SELECT min(t) INTO best FROM (
         SELECT greatest(q.t, p_rounds_from) AS t FROM (
-            -- (the calls in progress, read in full: no index names last_polled_at, so a poll's
-            -- update is HOT)
-            SELECT min(coalesce(k.last_polled_at, k.created_at)) + p_poll_every AS t FROM dialer.calls k
-             WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+              WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
             UNION ALL
             SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
               FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5

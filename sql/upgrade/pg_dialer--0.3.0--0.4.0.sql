@@ -1403,10 +1403,9 @@ DECLARE
 BEGIN
     SELECT min(t) INTO best FROM (
         SELECT greatest(q.t, p_rounds_from) AS t FROM (
-            -- (the calls in progress, read in full: no index names last_polled_at, so a poll's
-            -- update is HOT)
-            SELECT min(coalesce(k.last_polled_at, k.created_at)) + p_poll_every AS t FROM dialer.calls k
-             WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+              WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
             UNION ALL
             SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
               FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
@@ -1619,16 +1618,6 @@ BEGIN
     END IF;
     RETURN n;
 END $$;
-
--- Issue 23: no index of dialer.calls names a column a status poll writes (calls_poll_idx keyed
--- last_polled_at), so a poll's update is HOT where its page has room (fillfactor 70: new pages
--- keep 30 % free). One index of the calls in flight, by status and batch, serves what
--- calls_open_idx, calls_unsettled_idx and calls_poll_idx did.
-DROP INDEX dialer.calls_open_idx;
-DROP INDEX dialer.calls_unsettled_idx;
-DROP INDEX dialer.calls_poll_idx;
-CREATE INDEX calls_live_idx ON dialer.calls (status, batch_id) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
-ALTER TABLE dialer.calls SET (fillfactor = 70);
 
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
