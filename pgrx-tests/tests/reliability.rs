@@ -371,3 +371,38 @@ fn hostile_input_gets_clean_errors_never_a_crash() {
     let e = s.db.query_one("SELECT dialer.add_contacts($1, $2)", &[&batch, &big]).unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "54000");
 }
+
+/// How many HTTP threads the worker process runs (named pg_dialer-http-N).
+fn http_threads(pid: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("pg_dialer-http")))
+        .count()
+}
+
+#[test]
+fn a_new_http_pool_after_a_reload_still_wakes_the_worker_with_its_answers() {
+    // The worker sleeps up to ten minutes here: only its latch and the HTTP pool's pipe wake it,
+    // so an answer is recorded at once only if the new pool's pipe is the one it waits on.
+    let mut s = Scenario::new(
+        "r-pool",
+        Scenario::sim_config(60_000, 60_000),
+        &["dialer.poll_interval = '10min'", "dialer.status_poll_interval = '10min'"],
+    );
+    let pid = worker_pid_retrying(&mut s);
+    wait_for("the worker's 16 HTTP threads", Duration::from_secs(30), || (http_threads(pid) == 16).then_some(()));
+    s.set_config("dialer.http_concurrency", "4");
+    wait_for("the HTTP pool made again with 4 threads", Duration::from_secs(30), || (http_threads(pid) == 4).then_some(()));
+    let job: i64 = s.db.query_one("SELECT dialer.schedule_call('+15551190001')", &[]).unwrap().get(0);
+    let db = &mut s.db;
+    wait_for("the call's acceptance recorded", Duration::from_secs(20), || {
+        let status: Option<String> = db
+            .query_opt("SELECT k.status FROM dialer.campaign_contacts c JOIN dialer.calls k ON k.id = c.call_id WHERE c.id = $1", &[&job])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        (status.as_deref() == Some("in_progress")).then_some(())
+    });
+    assert_eq!(call_posts(&s.sim).len(), 1, "one POST");
+}
