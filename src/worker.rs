@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 /// Status polls go in rounds: at most this often, at most this many a round, asked for a chunk at
 /// a time (look-ups: one chunk a round). A round is not a full pass (see iteration).
-const POLL_ROUND_EVERY: Duration = Duration::from_millis(250);
 const POLL_ROUND_LIMIT: usize = 500;
 const POLL_CHUNK: i32 = 32;
 /// A full pass (one that claims) runs at least this often while the worker is awake.
@@ -41,6 +40,14 @@ const LOCK_TIMEOUT: &std::ffi::CStr = c"500ms";
 
 /// After an error, wait this long before trying again (never a hot loop).
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How often status polls, look-ups and the upkeep that goes with them run: a tenth of the poll
+/// interval, from 250 ms to 1 s. Each round has a fixed cost (its queries, a transaction, the next
+/// due time), so rounds as often as a 100 ms poll interval needs would be most of a steady
+/// campaign's upkeep at the default 5 s; a poll is at most one round late.
+fn poll_round_every(status_poll_interval: Duration) -> Duration {
+    (status_poll_interval / 10).clamp(Duration::from_millis(250), Duration::from_secs(1))
+}
 
 /// Why a pass of the loop runs, and so what it does (see `Worker::iteration`).
 #[derive(Clone, Copy, Default)]
@@ -310,7 +317,7 @@ impl Worker {
             return Ok(self.between_passes(self.settings.poll_interval, crate::pacing::claim_before_slot()));
         }
         if do_poll {
-            self.next_poll_round = now + POLL_ROUND_EVERY;
+            self.next_poll_round = now + poll_round_every(self.settings.status_poll_interval);
         }
         let submitted = if full {
             self.last_full_pass = now;
@@ -833,6 +840,13 @@ mod tests {
         assert!(Woken { pool_full: true, ..quiet() }.full_pass());
         assert!(!Woken { slot_near: true, claims_held_back: true, ..quiet() }.full_pass());
         assert!(!Woken { pool_full: true, claims_held_back: true, ..quiet() }.full_pass());
+    }
+
+    #[test]
+    fn poll_rounds_come_a_tenth_of_the_poll_interval_apart_from_250_ms_to_1_s() {
+        assert_eq!(poll_round_every(Duration::from_millis(100)), Duration::from_millis(250));
+        assert_eq!(poll_round_every(Duration::from_secs(5)), Duration::from_millis(500));
+        assert_eq!(poll_round_every(Duration::from_secs(60)), Duration::from_secs(1));
     }
 
     #[test]
