@@ -12,8 +12,8 @@ use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
-/// Status polls go in rounds: at most this often, at most this many a round, asked for a chunk at
-/// a time (look-ups: one chunk a round). A round is not a full pass (see iteration).
+/// Status polls go in rounds (poll_round_every apart): at most this many a round, asked for a
+/// chunk at a time (look-ups: one chunk a round). A round is not a full pass (see iteration).
 const POLL_ROUND_LIMIT: usize = 500;
 const POLL_CHUNK: i32 = 32;
 /// A full pass (one that claims) runs at least this often while the worker is awake.
@@ -54,7 +54,8 @@ fn poll_round_every(status_poll_interval: Duration) -> Duration {
 struct Woken {
     /// The latch: a commit that gave work (or may stop held calls), or a signal.
     latch: bool,
-    /// Something other than a pacing slot is due (a retry, a start, a deadline, a poll).
+    /// Something other than a pacing slot or a poll round is due (a start, a deadline, a
+    /// recurring call).
     due: bool,
     /// A batch's pacing slot is within the claim's lead.
     slot_near: bool,
