@@ -216,13 +216,25 @@ fn path_str(p: &Path) -> &str {
 
 /// Polls `cond` until it returns Some or the deadline passes (then panics with `what`).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    wait_for_on(&mut (), what, timeout, |_| cond(), |_| String::new())
+}
+
+/// As `wait_for`, on a state the condition reads (a scenario, say); on timeout the panic adds
+/// `explain` of that state: what happened instead.
+pub fn wait_for_on<S, T>(
+    state: &mut S,
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut(&mut S) -> Option<T>,
+    explain: impl FnOnce(&mut S) -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = cond() {
+        if let Some(v) = cond(state) {
             return v;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", explain(state));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -3,7 +3,7 @@
 //! sent (dialer.allowed_hosts, base_url rights, keys bound to their host), webhooks that cannot
 //! be verified, and calling windows that never open.
 
-use pg_dialer_integration::{numbers, posts_to, wait_for, Scenario, AGENT_ID, API_KEY};
+use pg_dialer_integration::{numbers, posts_to, wait_for, wait_for_on, Scenario, AGENT_ID, API_KEY};
 use postgres::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -67,27 +67,26 @@ fn provider_keys_go_only_to_allowed_hosts_and_only_admins_move_them() {
     t.execute("SELECT dialer.add_contacts($1, $2)", &[&a_batch, &json!([{"phone_number": "+15558900001"}])]).unwrap();
     s.wake();
     s.wait_batch_completed(b_batch, Duration::from_secs(60));
-    // (polled with a deadline; on timeout, what A's attempts did instead: this wait timed out once
-    // on Postgres 17 in CI, cause not found)
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let error: String = loop {
-        let refused =
+    // (on timeout, what A's attempts did instead: this wait timed out once on Postgres 17 in CI,
+    // cause not found)
+    let error: String = wait_for_on(
+        &mut s,
+        "A's attempt refused before any connection",
+        Duration::from_secs(30),
+        |s| {
             s.db.query_one("SELECT error FROM dialer.calls WHERE batch_id = $1 AND status = 'network_error' LIMIT 1", &[&a_batch])
                 .ok()
                 .and_then(|r| r.get::<_, Option<String>>(0))
-                .filter(|e: &String| e.contains("internal address"));
-        if let Some(e) = refused {
-            break e;
-        }
-        if std::time::Instant::now() >= deadline {
+                .filter(|e: &String| e.contains("internal address"))
+        },
+        |s| {
             let attempts: Vec<String> =
                 s.db.query("SELECT concat_ws(' | ', id, status, error) FROM dialer.calls WHERE batch_id = $1 ORDER BY id", &[&a_batch])
                     .map(|rows| rows.iter().map(|r| r.get(0)).collect())
                     .unwrap_or_default();
-            panic!("A's attempt was not refused before any connection within 30 s; its attempts: {attempts:?}\n{}", s.describe(a_batch));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+            format!("A's attempts: {attempts:?}\n{}", s.describe(a_batch))
+        },
+    );
     assert!(error.contains("localhost"), "{error}");
     for n in &b_nums {
         assert_eq!(posts_to(&s.sim, n).len(), 1, "B's {n} dialed once");
