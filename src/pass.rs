@@ -8,9 +8,9 @@ use crate::tick::{self, Claimed, Counts, Pacing, TargetCache};
 
 /// What a claim takes from.
 pub enum ClaimFrom {
-    /// Every batch with work due (batches whose start has come are promoted first), up to this
-    /// many batches.
-    Due { max_batches: i32 },
+    /// Every batch with work due, up to `max_batches`; with `promote`, batches whose start has
+    /// come (and queue arrivals, recurring calls, deadlines passed) are promoted first.
+    Due { max_batches: i32, promote: bool },
     /// One queue just given a job (the immediate-call path): that batch only, checked for
     /// pacing, limits and compliance as any other.
     Queue(i64),
@@ -25,11 +25,13 @@ pub fn claim(
     cache: &mut TargetCache,
 ) -> Result<Option<Claimed>, DialerError> {
     let claimed = match from {
-        ClaimFrom::Due { max_batches } => {
+        ClaimFrom::Due { max_batches, promote } => {
             if !tick::try_tick_lock()? {
                 return Ok(None);
             }
-            tick::promote()?;
+            if promote {
+                tick::promote()?;
+            }
             tick::claim(max_batches, pacing, room_for, cache)?
         }
         // (the claim takes the tick lock itself: nothing is claimed while another pass holds it)

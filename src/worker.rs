@@ -24,10 +24,13 @@ const SHORT_OF_ROOM_WAIT: Duration = Duration::from_millis(50);
 const CLAIM_AHEAD: usize = 8;
 /// How often the hot tables' planner statistics are checked (see `dialer._refresh_statistics`).
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Batches are promoted (started, their new contacts queued: `dialer._promote_batches`) when a
+/// commit woke the worker or something is due, and at least this often (a change that did not).
+const PROMOTE_EVERY: Duration = Duration::from_secs(2);
 /// How often every processing batch is checked for completion, counters aside.
 const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
-/// Status polls and look-ups are recorded together, at most this long after the first of them
-/// came back (a pass that claims records them all first; placed calls are recorded at once).
+/// Answers (placed calls, status polls, look-ups) are recorded together, at most this long after
+/// the first of them came back (a pass that claims or polls records them all first).
 const RECORD_EVERY: Duration = Duration::from_millis(100);
 /// Status polls and look-ups recorded in one transaction at most (see record_answers).
 const RECORD_CHUNK: usize = 8;
@@ -67,6 +70,8 @@ struct Woken {
     since_full_pass: Duration,
     /// A status-poll round is due.
     poll_round: bool,
+    /// The next poll round is less than half its spacing away.
+    poll_round_near: bool,
 }
 
 impl Woken {
@@ -78,11 +83,18 @@ impl Woken {
         self.latch || self.due || (!self.claims_held_back && (self.slot_near || self.pool_full)) || self.since_full_pass >= FULL_PASS_EVERY
     }
 
+    /// Whether this pass polls: a round is due, or near on a full pass (which then does it, one
+    /// transaction and one look at the next due time for both, where a round of its own a
+    /// quarter second later would be another wake-up and another of each).
+    fn polls(&self) -> bool {
+        self.poll_round || (self.poll_round_near && self.full_pass())
+    }
+
     /// Whether upkeep (polls, look-ups, completion, when to look again) follows the answers
     /// recorded: on a full pass, a poll round, or when calls ended (a concurrency slot may be
     /// free, a retry set). None of these: a wake-up for held calls or answers only.
     fn upkeep(&self, calls_ended: bool) -> bool {
-        self.full_pass() || self.poll_round || calls_ended
+        self.full_pass() || self.polls() || calls_ended
     }
 }
 
@@ -162,6 +174,7 @@ struct Worker {
     version_warned: Option<String>,
     next_statistics_check: Instant,
     next_full_completion_check: Instant,
+    next_promote: Instant,
     /// When this worker started: pacing slots missed before it (no worker ran) are made up.
     started_ms: f64,
     /// When the next retention pass may run (passes run only when a tick found nothing to do).
@@ -215,6 +228,7 @@ impl Worker {
             version_warned: None,
             next_statistics_check: Instant::now(),
             next_full_completion_check: Instant::now(),
+            next_promote: Instant::now(),
             started_ms: unix_ms(),
             retention: retention::Schedule::new(Instant::now()),
             writers: lead_writer::Writers::default(),
@@ -302,9 +316,10 @@ impl Worker {
             claims_held_back: self.claims_held_back(now).is_some(),
             since_full_pass: now.saturating_duration_since(self.last_full_pass),
             poll_round: now >= self.next_poll_round,
+            poll_round_near: now + poll_round_every(self.settings.status_poll_interval) / 2 >= self.next_poll_round,
         };
         let full = woken.full_pass();
-        let do_poll = woken.poll_round;
+        let do_poll = woken.polls();
         self.take_answers();
         let (mut counts, ended) = self.record_answers(full || do_poll)?;
         // (and again after recording, which can take a few milliseconds)
@@ -322,7 +337,8 @@ impl Worker {
         }
         let submitted = if full {
             self.last_full_pass = now;
-            let Some(submitted) = self.claim(started, &mut counts)? else {
+            let promote = woken.latch || woken.due || now >= self.next_promote;
+            let Some(submitted) = self.claim(started, promote, &mut counts)? else {
                 return Ok(self.settings.poll_interval.min(Duration::from_millis(50)));
             };
             // (and between the phases that follow: an immediate call waits for one of them at most)
@@ -393,7 +409,7 @@ impl Worker {
     /// The claim phase, in its own short transaction so that requests leave as soon as it
     /// commits. Returns how many requests left (or are held for their slot); None when nothing
     /// could be claimed (the HTTP pool full, another pass holding the tick).
-    fn claim(&mut self, started: f64, counts: &mut Counts) -> Result<Option<usize>, DialerError> {
+    fn claim(&mut self, started: f64, promote: bool, counts: &mut Counts) -> Result<Option<usize>, DialerError> {
         let pacing = self.pacing();
         let (pool_room, room_for) = self.room();
         self.pool_full = pool_room == 0;
@@ -408,7 +424,7 @@ impl Worker {
         let epoch = wake::current(wake::Epoch::Holds);
         let max_batches = self.settings.max_batches_per_run;
         let Some(tick::Claimed { jobs, unbuildable, batches, short_of_room }) =
-            txn::run(|| pass::claim(pass::ClaimFrom::Due { max_batches }, &pacing, &room_for, &mut self.targets))?
+            txn::run(|| pass::claim(pass::ClaimFrom::Due { max_batches, promote }, &pacing, &room_for, &mut self.targets))?
         else {
             if !self.skipping {
                 self.skipping = true;
@@ -417,6 +433,9 @@ impl Worker {
             return Ok(None);
         };
         self.skipping = false;
+        if promote {
+            self.next_promote = Instant::now() + PROMOTE_EVERY;
+        }
         self.short_of_room = short_of_room;
         // The claim is committed: only now may requests leave.
         let submitted = self.send_claimed(jobs, epoch);
@@ -671,10 +690,9 @@ impl Worker {
     /// that ended, a look-up: a concurrency slot or a retry may be due).
     fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), DialerError> {
         let waited = self.unrecorded_since.is_some_and(|t| t.elapsed() >= RECORD_EVERY);
-        // A placed call's answer is recorded at once: its provider id is how its webhooks find
-        // it, and the first may come within milliseconds (Twilio's "answered").
-        let placed_any = self.unrecorded.iter().any(|r| matches!(r.kind, JobKind::Place { .. }));
-        if self.unrecorded.is_empty() || !(now || waited || placed_any) {
+        // Placed calls' answers wait too: at 30 calls/s, one statement and one commit for every
+        // three instead of each (a webhook that comes first waits for them: api/webhooks.rs).
+        if self.unrecorded.is_empty() || !(now || waited) {
             return Ok((Counts::default(), false));
         }
         let answers = std::mem::take(&mut self.unrecorded);
@@ -787,8 +805,7 @@ impl Worker {
 
     /// Sleeps on the latch and the HTTP pool's pipe (the process exits if the postmaster died;
     /// SIGTERM is seen at the top of the loop).
-    /// Answers wake the worker (placed calls are recorded at once, polls and look-ups together
-    /// RECORD_EVERY later).
+    /// Answers wake the worker (they are recorded together, RECORD_EVERY after the first).
     fn wait(&mut self, timeout: Duration) {
         let woken = self.wait_set.wait(timeout);
         if woken.postmaster_died {
@@ -848,6 +865,15 @@ mod tests {
         assert_eq!(poll_round_every(Duration::from_millis(100)), Duration::from_millis(250));
         assert_eq!(poll_round_every(Duration::from_secs(5)), Duration::from_millis(500));
         assert_eq!(poll_round_every(Duration::from_secs(60)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_full_pass_does_the_poll_round_that_is_near_a_quiet_pass_waits_for_it() {
+        let near = Woken { poll_round_near: true, ..quiet() };
+        assert!(!near.polls() && !near.upkeep(false));
+        assert!(Woken { latch: true, ..near }.polls());
+        assert!(Woken { slot_near: true, ..near }.polls());
+        assert!(!Woken { slot_near: true, ..quiet() }.polls());
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub fn pgss_conf(opts: &Opts) -> Vec<String> {
         "+preload pg_stat_statements".into(),
         format!("pg_stat_statements.track = {}", pgss_track(opts)),
         "pg_stat_statements.max = 1000".into(),
+        // (with --pgss: how often each statement was planned, and what that cost)
+        format!("pg_stat_statements.track_planning = {}", if opts.pgss { "on" } else { "off" }),
     ]
 }
 
@@ -85,7 +87,7 @@ pub fn pgss_track(opts: &Opts) -> &'static str {
 pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
     let track = pgss_track(opts);
     let rows = match db.query(
-        "SELECT calls, total_exec_time, mean_exec_time, rows,
+        "SELECT calls, total_exec_time, mean_exec_time, rows, plans, total_plan_time,
                 left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
            FROM pg_stat_statements
           WHERE query NOT ILIKE '%pg_stat_statements%'
@@ -101,14 +103,15 @@ pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
         "statements run inside functions are not counted apart"
     };
     let mut out = vec![format!("pg_stat_statements (track = {track}; {how}), top {n} by total time:")];
-    out.push(format!("{:>9} {:>11} {:>9} {:>9}  query", "calls", "total ms", "mean ms", "rows"));
+    out.push(format!("{:>9} {:>11} {:>9} {:>9} {:>7} {:>9}  query", "calls", "total ms", "mean ms", "rows", "plans", "plan ms"));
     for r in rows {
         let calls: i64 = r.get(0);
         let total: f64 = r.get(1);
         let mean: f64 = r.get(2);
         let nrows: i64 = r.get(3);
-        let q: String = r.get(4);
-        out.push(format!("{calls:>9} {total:>11.1} {mean:>9.3} {nrows:>9}  {q}"));
+        let (plans, plan_ms): (i64, f64) = (r.get(4), r.get(5));
+        let q: String = r.get(6);
+        out.push(format!("{calls:>9} {total:>11.1} {mean:>9.3} {nrows:>9} {plans:>7} {plan_ms:>9.1}  {q}"));
     }
     out
 }

@@ -405,6 +405,41 @@ fn bland_post_call_webhooks_settle_calls_once() {
     webhooks_end_to_end("bland", "+1555753000");
 }
 
+/// Calls that end within milliseconds of being placed: their end-of-call reports come before the
+/// worker has recorded the answers that carry their ids (it records answers together, up to
+/// 100 ms apart). Each delivery waits for its call to be recorded and settles it; none is
+/// ignored. Status polls are 10 minutes apart, so only the webhooks can end these calls.
+#[test]
+fn a_webhook_that_comes_before_its_call_is_recorded_waits_for_it() {
+    let mut s = Scenario::new("p-early-hooks", Scenario::sim_config(1, 5), &["dialer.status_poll_interval = '10min'"]);
+    let receiver = WebhookReceiver::start(&s.cluster, "vapi");
+    let url = receiver.url.clone();
+    s.sim.update(|c| {
+        c.vapi_webhook_url = Some(url);
+        c.vapi_webhook_secret = Some("vapi-server-secret".into());
+        c.vapi_webhook_auth = "hmac".into();
+    });
+    let m = mapping(&mut s, "vapi", Some(AGENT_ID), None, json!({"phoneNumberId": "6f1c2a9e-0b7d-4c1e-9a55-2f0e6d8b7c41"}));
+    let (agency, base) = (s.agency_id, s.sim.base_url());
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'vapi', $2, $3, NULL, 'vapi-server-secret')", &[&agency, &API_KEY, &base])
+        .unwrap();
+    let numbers: Vec<String> = (1..=6).map(|i| format!("+155575400{i:02}")).collect();
+    let b = batch(&mut s, m, "early hooks", &numbers.iter().map(String::as_str).collect::<Vec<_>>());
+    s.wait_batch_completed(b, Duration::from_secs(60));
+    let results = wait_for("a delivery per call", Duration::from_secs(20), || {
+        let r = receiver.results();
+        (r.len() >= numbers.len()).then_some(r)
+    });
+    let statuses: Vec<String> =
+        results.iter().map(|r| r.as_ref().map(|v| v["status"].as_str().unwrap_or("").to_string()).unwrap_or_else(|e| e.clone())).collect();
+    assert_eq!(statuses, vec!["applied"; numbers.len()], "{results:?}");
+    let ended: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.calls WHERE batch_id = $1 AND status = 'ended' AND end_reason IS NOT NULL", &[&b])
+            .unwrap()
+            .get(0);
+    assert_eq!(ended, numbers.len() as i64, "{}", s.describe(b));
+}
+
 /// Deliveries crafted by hand: unsigned, forged and stale ones are refused (28000) without
 /// touching the call; a good one settles it with the event's own times; its repeat is a duplicate.
 #[test]

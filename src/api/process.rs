@@ -59,7 +59,7 @@ fn run_tick() -> Result<Value, DialerError> {
     };
     let mut cache = tick::TargetCache::default();
     let Some(tick::Claimed { jobs, unbuildable, .. }) =
-        pass::claim(pass::ClaimFrom::Due { max_batches: settings.max_batches_per_run }, &pacing, &unlimited, &mut cache)?
+        pass::claim(pass::ClaimFrom::Due { max_batches: settings.max_batches_per_run, promote: true }, &pacing, &unlimited, &mut cache)?
     else {
         tick::log_run(started, "function", Counts::default(), "SKIPPED_CONCURRENT", None)?;
         return Ok(json!({"status": "SKIPPED_CONCURRENT"}));

@@ -8,6 +8,7 @@ use crate::webhooks::{self, CallEvent};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 #[pg_extern]
 fn ingest_webhook(provider: &str, body: &str, headers: default!(JsonB, "'{}'")) -> JsonB {
@@ -47,29 +48,7 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
     };
 
     // The call, and the secret of the agency that placed it.
-    let row = Spi::connect(|client| {
-        let t = client.select(
-            "SELECT k.id, k.agency_id, pc.webhook_secret, pc.api_key, coalesce(pc.allow_unsigned_webhooks, false)
-               FROM dialer.calls k
-               LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = k.agency_id AND pc.provider = k.provider
-              WHERE k.provider = $1 AND k.provider_call_id = $2
-              ORDER BY k.id DESC LIMIT 1",
-            None,
-            &[provider.into(), event.provider_call_id.as_str().into()],
-        )?;
-        let mut out = None;
-        for r in t {
-            out = Some((
-                r.get::<i64>(1)?.unwrap_or(0),
-                r.get::<i64>(2)?.unwrap_or(0),
-                r.get::<String>(3)?,
-                r.get::<String>(4)?,
-                r.get::<bool>(5)?.unwrap_or(false),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(|e| DialerError::database(e.to_string()))?;
+    let row = find_call(provider, &event.provider_call_id)?;
     let Some((call_id, agency_id, webhook_secret, api_key, allow_unsigned)) = row else {
         return Ok(json!({"status": "ignored", "reason": "no call with this provider call id"}));
     };
@@ -134,6 +113,57 @@ fn ingest(provider: &str, body: &str, headers: &Value) -> Result<Value, DialerEr
         return Err(DialerError::Unauthorized(format!("{provider} webhook refused: {why}")));
     }
     apply(provider, call_id, &event)
+}
+
+/// The call's id and agency, the agency's webhook secret and API key (sealed), and whether it
+/// takes unsigned webhooks.
+type CallRow = (i64, i64, Option<String>, Option<String>, bool);
+
+/// How long a webhook for a call not found waits for the worker to record its placed calls.
+const WAIT_FOR_PLACED: Duration = Duration::from_secs(2);
+const LOOK_AGAIN_EVERY: Duration = Duration::from_millis(5);
+
+/// The call with this provider id. A webhook may come before the worker has recorded the answer
+/// that gave the id (it records answers together, up to 100 ms apart, and the provider may send
+/// an event within milliseconds): while calls of this provider are sent and not yet recorded, it
+/// is looked for again, each time in a fresh snapshot, for up to WAIT_FOR_PLACED.
+fn find_call(provider: &str, provider_call_id: &str) -> Result<Option<CallRow>, DialerError> {
+    let deadline = Instant::now() + WAIT_FOR_PLACED;
+    Spi::connect_mut(|client| {
+        loop {
+            // (update, not select: a read-only SPI query would reuse the statement's snapshot and
+            // never see the worker's commit)
+            let mut t = client.update(
+                "SELECT k.id, k.agency_id, pc.webhook_secret, pc.api_key, coalesce(pc.allow_unsigned_webhooks, false)
+                   FROM dialer.calls k
+                   LEFT JOIN dialer.provider_credentials pc ON pc.agency_id = k.agency_id AND pc.provider = k.provider
+                  WHERE k.provider = $1 AND k.provider_call_id = $2
+                  ORDER BY k.id DESC LIMIT 1",
+                None,
+                &[provider.into(), provider_call_id.into()],
+            )?;
+            if let Some(r) = t.next() {
+                return Ok(Some((
+                    r.get::<i64>(1)?.unwrap_or(0),
+                    r.get::<i64>(2)?.unwrap_or(0),
+                    r.get::<String>(3)?,
+                    r.get::<String>(4)?,
+                    r.get::<bool>(5)?.unwrap_or(false),
+                )));
+            }
+            let placing = client
+                .update("SELECT EXISTS (SELECT 1 FROM dialer.calls WHERE status = 'dialing' AND provider = $1)", None, &[provider.into()])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            if !placing || Instant::now() >= deadline {
+                return Ok(None);
+            }
+            unsafe { pg_sys::pg_usleep(LOOK_AGAIN_EVERY.as_micros() as std::ffi::c_long) };
+            pgrx::check_for_interrupts!();
+        }
+    })
+    .map_err(|e: pgrx::spi::Error| DialerError::database(e.to_string()))
 }
 
 fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, DialerError> {
