@@ -103,7 +103,16 @@ pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
         "statements run inside functions are not counted apart"
     };
     let mut out = vec![format!("pg_stat_statements (track = {track}; {how}), top {n} by total time:")];
-    out.push(format!("{:>9} {:>11} {:>9} {:>9} {:>7} {:>9}  query", "calls", "total ms", "mean ms", "rows", "plans", "plan ms"));
+    // (plans are counted only with --pgss: track_planning)
+    let planning = |plans: String, plan_ms: String| if opts.pgss { format!(" {plans:>7} {plan_ms:>9}") } else { String::new() };
+    out.push(format!(
+        "{:>9} {:>11} {:>9} {:>9}{}  query",
+        "calls",
+        "total ms",
+        "mean ms",
+        "rows",
+        planning("plans".into(), "plan ms".into())
+    ));
     for r in rows {
         let calls: i64 = r.get(0);
         let total: f64 = r.get(1);
@@ -111,7 +120,8 @@ pub fn pgss_top(db: &mut Client, opts: &Opts, n: i64) -> Vec<String> {
         let nrows: i64 = r.get(3);
         let (plans, plan_ms): (i64, f64) = (r.get(4), r.get(5));
         let q: String = r.get(6);
-        out.push(format!("{calls:>9} {total:>11.1} {mean:>9.3} {nrows:>9} {plans:>7} {plan_ms:>9.1}  {q}"));
+        let planned = planning(plans.to_string(), format!("{plan_ms:.1}"));
+        out.push(format!("{calls:>9} {total:>11.1} {mean:>9.3} {nrows:>9}{planned}  {q}"));
     }
     out
 }
