@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -64,6 +65,10 @@ struct Shared {
     ready: Condvar,
     /// Most threads one provider account (Job::flight_key) may occupy at once.
     share: usize,
+    /// Answers sent to the worker and not yet drained.
+    answers_waiting: AtomicUsize,
+    /// Whether an answer pokes the pipe (see Pool::wake_on_answers).
+    wake_on_answer: AtomicBool,
 }
 
 #[derive(Default)]
@@ -118,7 +123,13 @@ impl Pool {
         let (wake_read, wake_write) = UnixStream::pair()?;
         wake_read.set_nonblocking(true)?;
         wake_write.set_nonblocking(true)?;
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), ready: Condvar::new(), share: account_share(threads) });
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            share: account_share(threads),
+            answers_waiting: AtomicUsize::new(0),
+            wake_on_answer: AtomicBool::new(true),
+        });
         let last_send: Arc<Mutex<HashMap<String, f64>>> = Arc::new(Mutex::new(HashMap::new()));
         let wake_write = Arc::new(wake_write);
         let allowed = Arc::new(RwLock::new(allowed));
@@ -166,11 +177,17 @@ impl Pool {
                         sent_at_ms,
                         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
                     };
+                    // (counted before it is sent, so never drained before it is counted; and
+                    // before the flag is read, where the worker sets the flag before it reads the
+                    // count: an answer is either poked or seen waiting)
+                    shared.answers_waiting.fetch_add(1, Ordering::SeqCst);
                     if res_tx.send(out).is_err() {
                         return;
                     }
-                    // A full pipe already means "wake up"; nothing to do on WouldBlock.
-                    let _ = (&*wake).write(&[1u8]);
+                    if shared.wake_on_answer.load(Ordering::SeqCst) {
+                        // A full pipe already means "wake up"; nothing to do on WouldBlock.
+                        let _ = (&*wake).write(&[1u8]);
+                    }
                 }
             })?;
             handles.push(handle);
@@ -211,9 +228,11 @@ impl Pool {
         }
     }
 
-    fn finished(&mut self, r: &JobResult) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        count_down(&mut self.in_flight_by_key, &r.flight_key);
+    /// Whether answers poke the pipe from now on (the worker's sleep ends at the next one).
+    /// Returns whether answers are waiting already (those that came while they did not poke).
+    pub fn wake_on_answers(&self, wake: bool) -> bool {
+        self.shared.wake_on_answer.store(wake, Ordering::SeqCst);
+        self.shared.answers_waiting.load(Ordering::SeqCst) > 0
     }
 
     /// Results that are ready now, without blocking.
@@ -229,6 +248,12 @@ impl Pool {
             self.finished(r);
         }
         out
+    }
+
+    fn finished(&mut self, r: &JobResult) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        count_down(&mut self.in_flight_by_key, &r.flight_key);
+        self.shared.answers_waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Waits up to `deadline` for every job in flight to finish (for SIGTERM and for
@@ -347,4 +372,57 @@ pub fn send(agent: &ureq::Agent, req: &HttpRequest) -> Result<HttpResponse, Tran
     // Provider bodies are small; cap what we keep so a hostile endpoint cannot exhaust memory.
     let _ = response.into_reader().take(256 * 1024).read_to_string(&mut body);
     Ok(HttpResponse { status, retry_after, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::Method;
+
+    /// A request the empty allow list refuses: its answer comes at once, with no network.
+    fn refused_job(call_id: i64) -> Job {
+        let request = HttpRequest::json(Method::Get, "http://127.0.0.1:9/calls".into(), Vec::new(), None, Vec::new())
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        Job {
+            kind: JobKind::Status { call_id, provider: "ultravox".into() },
+            request,
+            not_before_ms: None,
+            spacing: Vec::new(),
+            flight_key: None,
+        }
+    }
+
+    fn pipe_poked(pool: &Pool) -> bool {
+        let mut fds = [libc::pollfd { fd: pool.wake_fd(), events: libc::POLLIN, revents: 0 }];
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) == 1 }
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn answers_poke_the_pipe_only_while_the_worker_asks_and_are_seen_waiting_otherwise() {
+        let mut pool = Pool::new(1, Duration::from_secs(1), AllowList::parse("").unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("pool: {e}"));
+        // Not asked: the answer waits without a poke, and says so.
+        assert!(!pool.wake_on_answers(false));
+        pool.submit(refused_job(1));
+        wait_until("the answer counted", || pool.wake_on_answers(false));
+        assert!(!pipe_poked(&pool), "an answer the worker did not ask to be woken for poked the pipe");
+        // Asked again: the waiting answer is reported (the worker then does not sleep), and the
+        // next answer pokes the pipe.
+        assert!(pool.wake_on_answers(true));
+        pool.submit(refused_job(2));
+        wait_until("the pipe poked", || pipe_poked(&pool));
+        let answers = pool.drain();
+        assert_eq!(answers.len(), 2);
+        assert!(answers.iter().all(|a| matches!(a.result, Err(TransportError::Refused(_)))));
+        assert!(!pool.wake_on_answers(true), "nothing waits after a drain");
+        assert_eq!(pool.in_flight(), 0);
+    }
 }

@@ -805,8 +805,17 @@ impl Worker {
 
     /// Sleeps on the latch and the HTTP pool's pipe (the process exits if the postmaster died;
     /// SIGTERM is seen at the top of the loop).
-    /// Answers wake the worker (they are recorded together, RECORD_EVERY after the first).
+    /// An answer wakes the worker only when none is waiting to be recorded (the first starts
+    /// RECORD_EVERY's clock) or the last claim ran out of room (answers make room); the clock
+    /// wakes it for the others, so that 30 answers a second are not 30 wake-ups.
     fn wait(&mut self, timeout: Duration) {
+        let wake_on_answer = self.unrecorded_since.is_none() || self.pool_full || self.short_of_room;
+        let waiting = self.pool.wake_on_answers(wake_on_answer);
+        let timeout = match self.unrecorded_since {
+            _ if wake_on_answer && waiting => Duration::ZERO,
+            Some(since) => timeout.min((since + RECORD_EVERY).saturating_duration_since(Instant::now())),
+            None => timeout,
+        };
         let woken = self.wait_set.wait(timeout);
         if woken.postmaster_died {
             unsafe { pg_sys::proc_exit(1) };
