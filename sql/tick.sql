@@ -313,29 +313,30 @@ BEGIN
     RETURN n;
 END $$;
 
--- Step 5: calls the provider accepted whose outcome we have not heard for a while.
+-- Step 5: calls the provider accepted whose outcome we have not heard for a while, those heard
+-- from longest ago first. Read, not written: a call is marked polled when its answer is recorded
+-- (_record_status), so a poll that finds the call ended (most of them) costs no write of its own.
+-- p_in_flight: the caller's polls sent and not recorded yet, not asked for twice.
 -- (plpgsql, as _calls_to_look_up and _log_run: a sql function that cannot be inlined is planned
 -- again on every call, several times a second here.)
-CREATE FUNCTION dialer._calls_to_poll(p_now timestamptz, p_every interval, p_limit integer)
+CREATE FUNCTION dialer._calls_to_poll(p_now timestamptz, p_every interval, p_limit integer, p_in_flight bigint[])
 RETURNS TABLE (call_id bigint, agency_id bigint, provider text, provider_call_id text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    UPDATE dialer.calls k SET last_polled_at = p_now
-     WHERE k.id IN (SELECT id FROM dialer.calls
-                     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL
-                       AND coalesce(last_polled_at, created_at) <= p_now - p_every
-                     ORDER BY coalesce(last_polled_at, created_at)
-                     LIMIT p_limit
-                       FOR UPDATE SKIP LOCKED)
-    RETURNING k.id, k.agency_id, k.provider, k.provider_call_id;
+    SELECT k.id, k.agency_id, k.provider, k.provider_call_id FROM dialer.calls k
+     WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
+       AND coalesce(k.last_polled_at, k.created_at) <= p_now - p_every
+       AND k.id <> ALL (p_in_flight)
+     ORDER BY coalesce(k.last_polled_at, k.created_at)
+     LIMIT p_limit;
 END $$;
 
 -- Records provider status look-ups, one element per call in parallel arrays. An ended call
--- completes its contact (whatever the outcome; the outcome is kept on the call). A live call's row
--- is written only when something changed: a poll that learnt nothing new left a dead row version
--- (and ten index entries) behind every few seconds.
+-- completes its contact (whatever the outcome; the outcome is kept on the call). A call not ended
+-- (p_ended false: still live, or a poll that got no usable answer) is marked polled now, with its
+-- answer time if the provider gave one: its next poll is one interval away.
 -- The common end (no retry, no voicemail policy, no hand-off: what a poll round mostly brings) is
 -- recorded for all its calls in one statement, as _end_call would record each; the others go
 -- through _end_call one by one.
@@ -348,10 +349,9 @@ DECLARE
     batch_ids bigint[];
     n integer;
 BEGIN
-    UPDATE dialer.calls k SET answered_at = s.answered_at
+    UPDATE dialer.calls k SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at)
       FROM unnest(p_call_ids, p_ended, p_answered_at) AS s(call_id, ended, answered_at)
-     WHERE k.id = s.call_id AND NOT s.ended AND s.answered_at IS NOT NULL
-       AND k.status = 'in_progress' AND k.answered_at IS NULL;
+     WHERE k.id = s.call_id AND NOT s.ended AND k.status = 'in_progress';
 
     -- Calls locked in id order, so that two of these statements cannot deadlock.
     WITH plain AS (

@@ -16,6 +16,7 @@ pub mod lead_writer;
 pub mod pacing;
 pub mod pass;
 pub mod plans;
+pub mod polls;
 pub mod providers;
 pub mod restores;
 pub mod retention;

@@ -57,6 +57,8 @@ pub fn record(results: &[JobResult]) -> Result<Counts, DialerError> {
 pub struct Upkeep {
     pub poll_every_ms: f64,
     pub poll_limit: i32,
+    /// The caller's status polls sent and not yet recorded: not picked again.
+    pub polls_in_flight: Vec<i64>,
     /// Calls in progress longer than twice this dialer.call_timeout are closed (None: not this
     /// round; the worker closes them with its full checks, every 2 s, not at every poll round).
     pub close_abandoned_ms: Option<f64>,
@@ -77,7 +79,7 @@ pub fn upkeep(policy: &Upkeep, cache: &mut TargetCache) -> Result<Vec<Job>, Dial
     if let Some(call_timeout_ms) = policy.close_abandoned_ms {
         tick::close_abandoned(call_timeout_ms)?;
     }
-    let mut jobs = tick::poll_jobs(policy.poll_every_ms, policy.poll_limit, cache)?;
+    let mut jobs = tick::poll_jobs(policy.poll_every_ms, policy.poll_limit, &policy.polls_in_flight, cache)?;
     jobs.extend(tick::lookup_jobs(policy.poll_limit, cache)?);
     if policy.check_every_batch {
         tick::complete_batches(false)?;

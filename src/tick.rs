@@ -729,15 +729,18 @@ impl Outcomes {
     }
 }
 
-/// Step 5: status look-ups for calls in progress that we have not heard about for a while.
-pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<Vec<Job>, DialerError> {
+/// Step 5: status look-ups for calls in progress that we have not heard about for a while, but
+/// those in `in_flight` (asked already, the answer not yet recorded). A call that cannot be asked
+/// (its agency has no credentials for the provider) is marked polled: it waits a poll interval,
+/// not at the head of every round.
+pub fn poll_jobs(every_ms: f64, limit: i32, in_flight: &[i64], cache: &mut TargetCache) -> Result<Vec<Job>, DialerError> {
     let rows: Vec<(i64, i64, String, String)> = Spi::connect_mut(|client| {
         let table = crate::plans::run(
             client,
             "SELECT call_id, agency_id, provider, provider_call_id
-               FROM dialer._calls_to_poll(clock_timestamp(), make_interval(secs => $1 / 1000.0), $2)",
+               FROM dialer._calls_to_poll(clock_timestamp(), make_interval(secs => $1 / 1000.0), $2, $3)",
             None,
-            &[every_ms.into(), limit.into()],
+            &[every_ms.into(), limit.into(), in_flight.to_vec().into()],
         )?;
         let mut out = Vec::new();
         for r in table {
@@ -746,40 +749,89 @@ pub fn poll_jobs(every_ms: f64, limit: i32, cache: &mut TargetCache) -> Result<V
         Ok::<_, DialerError>(out)
     })?;
     let mut jobs = Vec::new();
+    let mut not_asked = StatusRows::default();
     for (call_id, agency_id, provider, provider_call_id) in rows {
-        let Ok(Some(creds)) = cache.credentials(agency_id, &provider) else { continue };
-        if let Ok(request) = providers::build_status_request(&provider, &creds, &provider_call_id) {
-            jobs.push(Job {
+        let request = match cache.credentials(agency_id, &provider) {
+            Ok(Some(creds)) => providers::build_status_request(&provider, &creds, &provider_call_id).ok(),
+            _ => None,
+        };
+        match request {
+            Some(request) => jobs.push(Job {
                 kind: JobKind::Status { call_id, provider },
                 request,
                 not_before_ms: None,
                 spacing: Vec::new(),
                 flight_key: None,
-            });
+            }),
+            None => not_asked.not_heard(call_id),
         }
     }
+    not_asked.record()?;
     Ok(jobs)
 }
 
+/// Status poll answers as `_record_status` takes them, one element per call.
+#[derive(Default)]
+struct StatusRows {
+    call_ids: Vec<i64>,
+    ended: Vec<bool>,
+    end_reasons: Vec<Option<String>>,
+    answered_at: Vec<Option<String>>,
+    ended_at: Vec<Option<String>>,
+}
+
+impl StatusRows {
+    /// A poll that learnt nothing (no answer, or one we could not read): the call counts as
+    /// polled, so it is asked again a poll interval later, not at every round.
+    fn not_heard(&mut self, call_id: i64) {
+        self.push(call_id, false, None, None, None);
+    }
+
+    fn push(&mut self, call_id: i64, ended: bool, end_reason: Option<String>, answered_at: Option<String>, ended_at: Option<String>) {
+        self.call_ids.push(call_id);
+        self.ended.push(ended);
+        self.end_reasons.push(end_reason);
+        self.answered_at.push(answered_at);
+        self.ended_at.push(ended_at);
+    }
+
+    fn record(self) -> Result<i32, DialerError> {
+        if self.call_ids.is_empty() {
+            return Ok(0);
+        }
+        one::<i32>(
+            "SELECT dialer._record_status($1, $2, $3, $4::text[]::timestamptz[], $5::text[]::timestamptz[])",
+            &[self.call_ids.into(), self.ended.into(), self.end_reasons.into(), self.answered_at.into(), self.ended_at.into()],
+        )
+    }
+}
+
+/// Records status polls' answers; a poll without a usable answer marks its call polled.
 pub fn record_status(results: &[JobResult]) -> Result<i32, DialerError> {
-    let (mut call_ids, mut ended, mut end_reasons, mut answered_at, mut ended_at) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut rows = StatusRows::default();
     for r in results {
         let JobKind::Status { call_id, provider } = &r.kind else { continue };
-        let Ok(resp) = &r.result else { continue };
-        let Some(status) = providers::interpret_status_response(provider, resp) else { continue };
-        call_ids.push(*call_id);
-        ended.push(status.ended);
-        end_reasons.push(status.end_reason);
-        answered_at.push(crate::webhooks::clean_timestamp(status.answered_at.as_deref()));
-        ended_at.push(crate::webhooks::clean_timestamp(status.ended_at.as_deref()));
+        match r.result.as_ref().ok().and_then(|resp| providers::interpret_status_response(provider, resp)) {
+            Some(status) => rows.push(
+                *call_id,
+                status.ended,
+                status.end_reason,
+                crate::webhooks::clean_timestamp(status.answered_at.as_deref()),
+                crate::webhooks::clean_timestamp(status.ended_at.as_deref()),
+            ),
+            None => rows.not_heard(*call_id),
+        }
     }
-    if call_ids.is_empty() {
-        return Ok(0);
+    rows.record()
+}
+
+/// Marks polled the calls whose polls got no answer at all (process_batches() stops waiting).
+pub fn record_unanswered_polls(call_ids: impl IntoIterator<Item = i64>) -> Result<i32, DialerError> {
+    let mut rows = StatusRows::default();
+    for call_id in call_ids {
+        rows.not_heard(call_id);
     }
-    one::<i32>(
-        "SELECT dialer._record_status($1, $2, $3, $4::text[]::timestamptz[], $5::text[]::timestamptz[])",
-        &[call_ids.into(), ended.into(), end_reasons.into(), answered_at.into(), ended_at.into()],
-    )
+    rows.record()
 }
 
 /// Step 5b: look-ups of attempts in doubt (timeouts, a worker that died mid-request).

@@ -5,6 +5,7 @@ use crate::dispatch::{unix_ms, JobKind, JobResult, Pool};
 use crate::error::DialerError;
 use crate::gucs::Settings;
 use crate::held::Held;
+use crate::polls::PollsInFlight;
 use crate::tick::{self, Counts, TargetCache};
 use crate::wait_set::WaitSet;
 use crate::{lead_writer, pass, restores, retention, standbys, txn, wake};
@@ -187,6 +188,8 @@ struct Worker {
     notebook: restores::Notebook,
     /// Claimed calls waiting for their pacing slot (not yet handed to the HTTP pool).
     held: Held,
+    /// Status polls sent whose answers are not recorded yet (their calls are not picked again).
+    polls_in_flight: PollsInFlight,
     /// Agent mappings and credentials, kept across passes until they change.
     targets: TargetCache,
     /// Counts not yet in the tick log; when the log was last written.
@@ -235,6 +238,7 @@ impl Worker {
             standbys: standbys::Standbys::default(),
             notebook: restores::Notebook::default(),
             held: Held::default(),
+            polls_in_flight: PollsInFlight::default(),
             targets: TargetCache::default(),
             unlogged: None,
             logged_at: Instant::now(),
@@ -455,9 +459,12 @@ impl Worker {
         // counters); every batch is looked at now and then as well (calls ended by webhooks,
         // contacts cancelled, a counter that was ever wrong).
         let check_every_batch = do_poll && now >= self.next_full_completion_check;
+        // Polls the pool has not answered yet are a round's worth: no more until it catches up.
+        let poll_limit = if self.polls_in_flight.len() >= POLL_ROUND_LIMIT { 0 } else { POLL_CHUNK };
         let upkeep = pass::Upkeep {
             poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
-            poll_limit: POLL_CHUNK,
+            poll_limit,
+            polls_in_flight: self.polls_in_flight.call_ids(now),
             close_abandoned_ms: check_every_batch.then_some(settings.call_timeout.as_secs_f64() * 1000.0),
             // Requests that should have been answered by now but were not recorded: their
             // process died mid-request. Held in doubt, then looked up. Only when nothing of ours
@@ -502,22 +509,30 @@ impl Worker {
         }
         let mut n = polls.len();
         let mut chunk_polls = polls.iter().filter(|j| matches!(j.kind, JobKind::Status { .. })).count();
-        for job in polls {
-            self.pool.submit(job);
-        }
+        self.submit_polls(polls);
         // The rest of the round, a chunk at a time (an immediate call waits for one at most).
         let mut polled = chunk_polls;
         while do_poll && chunk_polls == POLL_CHUNK as usize && polled < POLL_ROUND_LIMIT {
             self.claim_woken()?;
-            let more = txn::run(|| tick::poll_jobs(poll_every_ms, POLL_CHUNK, &mut self.targets))?;
+            let in_flight = self.polls_in_flight.call_ids(Instant::now());
+            let more = txn::run(|| tick::poll_jobs(poll_every_ms, POLL_CHUNK, &in_flight, &mut self.targets))?;
             chunk_polls = more.len();
             polled += chunk_polls;
             n += chunk_polls;
-            for job in more {
-                self.pool.submit(job);
-            }
+            self.submit_polls(more);
         }
         Ok(n)
+    }
+
+    /// Status polls and look-ups to the HTTP pool; the polls are noted in flight.
+    fn submit_polls(&mut self, jobs: Vec<crate::dispatch::Job>) {
+        let now = Instant::now();
+        for job in jobs {
+            if let JobKind::Status { call_id, .. } = job.kind {
+                self.polls_in_flight.sent(call_id, now);
+            }
+            self.pool.submit(job);
+        }
     }
 
     /// The tick log (dialer.runs): what passes did, one row per full pass (its own start and
@@ -778,6 +793,13 @@ impl Worker {
     fn record(&mut self, results: &[JobResult]) -> Counts {
         if results.is_empty() {
             return Counts::default();
+        }
+        // Whether they are recorded or not, these polls are no longer in flight (one that could
+        // not be recorded leaves its call due, asked again at the next round).
+        for r in results {
+            if let JobKind::Status { call_id, .. } = r.kind {
+                self.polls_in_flight.answered(call_id);
+            }
         }
         let grouped = txn::run(|| pass::record(results));
         match grouped {

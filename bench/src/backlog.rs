@@ -120,7 +120,7 @@ pub fn one(opts: &Opts, contacts: usize, batches: usize, measure_s: u64) -> Resu
         ("_due_batches(limit 10)", "SELECT count(*) FROM dialer._due_batches(clock_timestamp(), 10, interval '25 ms')"),
         ("_complete_batches", "SELECT dialer._complete_batches(clock_timestamp())"),
         ("_next_due", "SELECT least(dialer._next_due(clock_timestamp(), interval '1 s'), dialer._next_slot(clock_timestamp()))"),
-        ("_calls_to_poll(500)", "SELECT count(*) FROM dialer._calls_to_poll(clock_timestamp(), interval '1 s', 500)"),
+        ("_calls_to_poll(500)", "SELECT count(*) FROM dialer._calls_to_poll(clock_timestamp(), interval '1 s', 500, '{}')"),
     ] {
         steps.push((name.to_string(), time_step(&mut s.db, "", sql, n)?));
     }

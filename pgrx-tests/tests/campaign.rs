@@ -396,3 +396,42 @@ fn a_poll_round_ends_many_calls_in_one_statement_as_end_call_ends_each() {
     assert!(got.iter().all(|c| c.contains("2026-01-01 10:00:00")), "every call's answer time kept: {got:?}");
     assert_eq!(got_counters, "processing | 1 | 1 | 5 | 0 | 1");
 }
+
+#[test]
+fn a_poll_writes_a_call_only_while_it_is_live_and_never_asks_twice_in_one_interval() {
+    // Polls every 1 s, in rounds 250 ms apart. Short calls have ended by their first poll; long
+    // ones are live at two or three polls and ended at the next.
+    let mut s = Scenario::new("c-polls", Scenario::sim_config(400, 400), &["dialer.status_poll_interval = '1s'"]);
+    let short = numbers("+1555031", 4);
+    let long = numbers("+1555032", 4);
+    s.sim.set_rules(long.iter().map(|n| Rule::new(n).duration_ms(3300)).collect());
+    let batch = s.batch("polls", 6000, 10, 1);
+    s.add_numbers(batch, &short.iter().chain(&long).cloned().collect::<Vec<_>>());
+    s.wake();
+    s.wait_batch_completed(batch, Duration::from_secs(60));
+
+    let rows =
+        s.db.query(
+            "SELECT k.phone_number, k.provider_call_id, k.status, k.last_polled_at IS NOT NULL
+               FROM dialer.calls k WHERE k.batch_id = $1",
+            &[&batch],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 8, "one call per contact");
+    let gets = s.sim.requests();
+    for row in rows {
+        let (number, call_id, status, marked): (String, String, String, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(status, "ended", "{number}: ended by a poll");
+        let polls = gets.iter().filter(|r| r.method == "GET" && r.path.ends_with(&format!("/calls/{call_id}"))).count();
+        if short.contains(&number) {
+            // Its one poll found it ended: the end is its only write (the poll wrote nothing).
+            assert_eq!(polls, 1, "{number}: asked once");
+            assert!(!marked, "{number}: a poll that found the call ended did not mark it polled");
+        } else {
+            // Asked about once a second: a poll not marked (or asked for again while in flight)
+            // would be asked at every round, four times a second.
+            assert!((3..=5).contains(&polls), "{number}: asked {polls} times in 3.3 s at one poll a second");
+            assert!(marked, "{number}: the polls that found it live marked it polled");
+        }
+    }
+}

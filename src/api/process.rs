@@ -77,6 +77,8 @@ fn run_tick() -> Result<Value, DialerError> {
         &pass::Upkeep {
             poll_every_ms: settings.status_poll_interval.as_secs_f64() * 1000.0,
             poll_limit: 500,
+            // (its polls are recorded before it returns)
+            polls_in_flight: Vec::new(),
             close_abandoned_ms: Some(settings.call_timeout.as_secs_f64() * 1000.0),
             settle_stale_ms: None,
             check_every_batch: false,
@@ -88,20 +90,26 @@ fn run_tick() -> Result<Value, DialerError> {
         let threads = settings.http_concurrency.min(jobs.len() + polls.len()).max(1);
         let mut pool = Pool::new(threads, settings.http_timeout, settings.allow_list())
             .map_err(|e| DialerError::database(format!("could not start HTTP threads: {e}")))?;
-        let mut pending: HashSet<i64> = HashSet::new();
+        let (mut pending, mut polls_pending): (HashSet<i64>, HashSet<i64>) = (HashSet::new(), HashSet::new());
         for job in jobs.into_iter().chain(polls) {
-            if let JobKind::Place { call_id, .. } = job.kind {
-                pending.insert(call_id);
-            }
+            match job.kind {
+                JobKind::Place { call_id, .. } => pending.insert(call_id),
+                JobKind::Status { call_id, .. } => polls_pending.insert(call_id),
+                _ => false,
+            };
             pool.submit(job);
         }
         let results = pool.wait_all(Instant::now() + settings.http_timeout + Duration::from_secs(2));
         for r in &results {
-            if let JobKind::Place { call_id, .. } = r.kind {
-                pending.remove(&call_id);
-            }
+            match r.kind {
+                JobKind::Place { call_id, .. } => pending.remove(&call_id),
+                JobKind::Status { call_id, .. } => polls_pending.remove(&call_id),
+                _ => false,
+            };
         }
         counts.add(pass::record(&results)?);
+        // Polls still unanswered are asked again a poll interval from now, not at the next call.
+        tick::record_unanswered_polls(polls_pending)?;
         // Requests still without an answer may have reached the provider: hold them in doubt.
         let mut unanswered = tick::Outcomes::default();
         for call_id in pending {
