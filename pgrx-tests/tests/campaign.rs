@@ -276,6 +276,34 @@ fn the_claim_reads_a_batch_in_index_order_and_stops_at_its_limit() {
     tx.rollback().unwrap();
 }
 
+#[test]
+fn due_probes_read_the_index_when_statistics_still_count_dialed_contacts_as_queued() {
+    let mut s = Scenario::new("due-probes", Scenario::sim_config(200, 400), &["dialer.enabled = off"]);
+    let batch = s.batch("probed", 600_000, 100, 3);
+    assert_eq!(s.add_numbers(batch, &numbers("+1555021", 3000)), 3000);
+    // Statistics taken while every contact was queued; then the first 2,900 are dialed (as claims
+    // leave them) before the next ANALYZE.
+    s.db.batch_execute(
+        "SELECT dialer._promote_batches(clock_timestamp()); ANALYZE dialer.campaign_contacts;
+         UPDATE dialer.campaign_contacts SET status = 'in_progress'
+          WHERE id IN (SELECT id FROM dialer.campaign_contacts ORDER BY id LIMIT 2900)",
+    )
+    .unwrap();
+    let mut tx = s.db.transaction().unwrap();
+    let due: bool = tx.query_one("SELECT dialer._batch_due_at($1, clock_timestamp()) IS NOT NULL", &[&batch]).unwrap().get(0);
+    let promoted: i32 = tx.query_one("SELECT dialer._promote_batches(clock_timestamp())", &[]).unwrap().get(0);
+    // Counted in this transaction (pg_stat_xact_*): a sequential scan would read from the table's
+    // start, past the 2,900 contacts already dialed, at every pass.
+    let seq_scans: i64 = tx
+        .query_one("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'dialer.campaign_contacts'::regclass", &[])
+        .unwrap()
+        .get(0);
+    tx.rollback().unwrap();
+    assert!(due, "queued contacts are due");
+    assert_eq!(promoted, 0, "nothing pending to promote");
+    assert_eq!(seq_scans, 0, "the probes of campaign_contacts used its indexes");
+}
+
 /// What a poll round's ends leave behind, per contact in order: the contact, its call, its
 /// hand-off; then the batch's counters.
 fn ends_left(s: &mut Scenario, batch: i64) -> (Vec<String>, String) {
