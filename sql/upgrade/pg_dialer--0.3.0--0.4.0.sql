@@ -648,7 +648,7 @@ BEGIN
     FOR t IN SELECT c.oid::regclass
                FROM pg_catalog.pg_class c
               WHERE c.oid IN ('dialer.campaign_contacts'::regclass, 'dialer.calls'::regclass, 'dialer.call_batches'::regclass)
-                AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(500, c.reltuples) LOOP
+                AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(2000, c.reltuples) LOOP
         BEGIN
             EXECUTE format('ANALYZE %s', t);
             n := n + 1;
