@@ -756,8 +756,8 @@ impl Worker {
         if let Some(release_ms) = self.held.next_release_ms() {
             wait = wait.min(Duration::from_micros(((release_ms - unix_ms()).max(0.0) * 1000.0) as u64));
         }
-        if let Some(since) = self.unrecorded_since {
-            wait = wait.min((since + RECORD_EVERY).saturating_duration_since(now));
+        if let Some(until) = self.until_record(now) {
+            wait = wait.min(until);
         }
         if self.unlogged.is_some() {
             wait = wait.min((self.logged_at + LOG_EVERY).saturating_duration_since(now));
@@ -825,6 +825,11 @@ impl Worker {
         }
     }
 
+    /// How long until the answers waiting are to be recorded (None: none is waiting).
+    fn until_record(&self, now: Instant) -> Option<Duration> {
+        self.unrecorded_since.map(|since| (since + RECORD_EVERY).saturating_duration_since(now))
+    }
+
     /// Sleeps on the latch and the HTTP pool's pipe (the process exits if the postmaster died;
     /// SIGTERM is seen at the top of the loop).
     /// An answer wakes the worker only when none is waiting to be recorded (the first starts
@@ -833,9 +838,9 @@ impl Worker {
     fn wait(&mut self, timeout: Duration) {
         let wake_on_answer = self.unrecorded_since.is_none() || self.pool_full || self.short_of_room;
         let waiting = self.pool.wake_on_answers(wake_on_answer);
-        let timeout = match self.unrecorded_since {
+        let timeout = match self.until_record(Instant::now()) {
             _ if wake_on_answer && waiting => Duration::ZERO,
-            Some(since) => timeout.min((since + RECORD_EVERY).saturating_duration_since(Instant::now())),
+            Some(until) => timeout.min(until),
             None => timeout,
         };
         let woken = self.wait_set.wait(timeout);
