@@ -32,7 +32,7 @@ const PROMOTE_EVERY: Duration = Duration::from_secs(2);
 const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Answers (placed calls, status polls, look-ups) are recorded together, at most this long after
 /// the first of them came back (a pass that claims or polls records them all first).
-const RECORD_EVERY: Duration = Duration::from_millis(100);
+const RECORD_EVERY: Duration = Duration::from_millis(250);
 /// Status polls and look-ups recorded in one transaction at most (see record_answers).
 const RECORD_CHUNK: usize = 8;
 /// The tick log gets a row per full pass, and one at most this often for the passes between.

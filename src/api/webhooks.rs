@@ -124,7 +124,7 @@ const WAIT_FOR_PLACED: Duration = Duration::from_secs(2);
 const LOOK_AGAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// The call with this provider id. A webhook may come before the worker has recorded the answer
-/// that gave the id (it records answers together, up to 100 ms apart, and the provider may send
+/// that gave the id (it records answers together, up to 250 ms apart, and the provider may send
 /// an event within milliseconds): while calls of this provider are sent and not yet recorded, it
 /// is looked for again, each time in a fresh snapshot, for up to WAIT_FOR_PLACED.
 fn find_call(provider: &str, provider_call_id: &str) -> Result<Option<CallRow>, DialerError> {
