@@ -462,7 +462,7 @@ fn a_poll_writes_a_call_only_while_it_is_live_and_never_asks_twice_in_one_interv
         } else {
             // Asked about once a second: a poll not marked (or asked for again while in flight)
             // would be asked at every round, four times a second.
-            assert!((3..=5).contains(&polls), "{number}: asked {polls} times in 3.3 s at one poll a second");
+            assert!((2..=5).contains(&polls), "{number}: asked {polls} times in 3.3 s at one poll a second");
             assert!(marked, "{number}: the polls that found it live marked it polled");
         }
     }
