@@ -1226,6 +1226,8 @@ CREATE FUNCTION dialer."_pacing_plan"(
 IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_pacing_plan_wrapper';
+-- One row at most (the default estimate for a set-returning function is a thousand).
+ALTER FUNCTION dialer._pacing_plan(double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision) ROWS 1;
 
 CREATE FUNCTION dialer."_pacing_next_slot_ms"(
 	"slot_ms" double precision, "start_ms" double precision, "gap_ms" double precision,

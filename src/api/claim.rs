@@ -34,6 +34,15 @@ fn _pacing_plan(
     TableIterator::new(plan.map(|p| (p.slot_ms, p.start_ms, p.gap_ms, p.spacing_ms, p.batch_gap_ms, p.catching_up, p.slots)))
 }
 
+// One row at most: the planner's default for a set-returning function is a thousand, which
+// made every estimate of the claim after it a thousand times too high (a hash table sized for
+// ten thousand set-aside contacts was built and cleared at every claim).
+extension_sql!(
+    "ALTER FUNCTION dialer._pacing_plan(double precision, double precision, integer, double precision, double precision, double precision, double precision, double precision, double precision) ROWS 1;",
+    name = "pacing_plan_rows",
+    requires = [_pacing_plan]
+);
+
 /// Where a batch goes on from after a claim of `claimed` calls (see `Plan::batch_next_slot_ms`).
 #[pg_extern(immutable, parallel_safe)]
 fn _pacing_next_slot_ms(slot_ms: f64, start_ms: f64, gap_ms: f64, spacing_ms: f64, catching_up: bool, claimed: i32) -> f64 {
