@@ -87,8 +87,10 @@ impl Standbys {
 
 /// The standbys streaming now (by application_name), and whether each has flushed up to `lsn`.
 fn flushed_up_to(lsn: &str) -> Result<Vec<(String, bool)>, DialerError> {
-    Spi::connect(|client| {
-        let rows = client.select(
+    // (a kept plan: with no standby this runs once a second, and planning it cost more than running it)
+    Spi::connect_mut(|client| {
+        let rows = crate::plans::run(
+            client,
             "SELECT application_name::text, coalesce(bool_and(flush_lsn >= $1::pg_lsn), false)
                FROM pg_catalog.pg_stat_replication WHERE state = 'streaming' GROUP BY application_name",
             None,
