@@ -33,8 +33,10 @@ const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Answers (placed calls, status polls, look-ups) are recorded together, at most this long after
 /// the first of them came back (a pass that claims or polls records them all first).
 const RECORD_EVERY: Duration = Duration::from_millis(250);
-/// Status polls and look-ups recorded in one transaction at most (see record_answers).
-const RECORD_CHUNK: usize = 8;
+/// Status polls and look-ups recorded in one transaction at most (see record_answers): a poll
+/// round's worth at 30 calls/s and the default 5 s interval (about 15), so that the round is one
+/// statement and one commit; an immediate call waits for one chunk at most (about 1 ms).
+const RECORD_CHUNK: usize = 16;
 /// The tick log gets a row per full pass, and one at most this often for the passes between.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 /// A retention pass runs between pacing slots at least this far apart (a pass takes a few ms).
@@ -111,36 +113,15 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     // A claim must be durable before its request leaves: whatever synchronous_commit the server
     // runs with, this worker's commits wait for the WAL flush. (With it off, a crash could forget
     // a claim whose call was already placed, and the person would be called again.)
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"synchronous_commit".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
+    set_for_session(c"synchronous_commit", c"on", pg_sys::GucSource::PGC_S_OVERRIDE);
     // No tenant stops the worker by holding a row it must write (an API call in a transaction
     // left open): a longer wait fails that step, which is retried (a claim batch by batch, results
     // one by one, the rest next pass). A session value, so a step's own SET LOCAL still applies.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"lock_timeout".as_ptr(),
-            LOCK_TIMEOUT.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        );
-    }
-    // Every statement the worker runs is ours and runs several times a minute at least: one plan
-    // each, kept. (A custom plan made afresh at every run, which Postgres picks when the values
-    // make the estimate cheaper, was a tenth of a campaign's planning for statements of 10 µs.)
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"plan_cache_mode".as_ptr(),
-            c"force_generic_plan".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        );
-    }
+    set_for_session(c"lock_timeout", LOCK_TIMEOUT, pg_sys::GucSource::PGC_S_SESSION);
+    // Every statement the worker runs is ours and runs many times a minute: one plan each, kept.
+    // (Postgres otherwise makes a custom plan at every run when the values make it look cheaper:
+    // more than half of the worker's planning in a steady campaign, for statements of 10 µs.)
+    set_for_session(c"plan_cache_mode", c"force_generic_plan", pg_sys::GucSource::PGC_S_SESSION);
     wake::publish_worker_pid(unsafe { pg_sys::MyProcPid });
     log!("pg_dialer worker started, serving database \"{database}\"");
 
@@ -159,6 +140,13 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     // Exit code 1 so that the postmaster restarts us after pg_terminate_backend; during a
     // shutdown it does not restart anything.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Sets a setting for the worker's session (a value the server's configuration cannot undo with
+/// PGC_S_OVERRIDE).
+fn set_for_session(name: &std::ffi::CStr, value: &std::ffi::CStr, source: pg_sys::GucSource::Type) {
+    // SAFETY: the backend's own thread, after connecting; our literals, and a bad one is an ERROR.
+    unsafe { pg_sys::SetConfigOption(name.as_ptr(), value.as_ptr(), pg_sys::GucContext::PGC_SUSET, source) };
 }
 
 struct Worker {
@@ -723,10 +711,14 @@ impl Worker {
         }
         let answers = std::mem::take(&mut self.unrecorded);
         self.unrecorded_since = None;
-        let (placed, mut others): (Vec<JobResult>, Vec<JobResult>) =
+        let (mut first, mut others): (Vec<JobResult>, Vec<JobResult>) =
             answers.into_iter().partition(|r| matches!(r.kind, JobKind::Place { .. }));
-        let mut counts = self.record(&placed);
-        let more_than_accepted = placed.len() > counts.initiated.max(0) as usize || !others.is_empty();
+        let placed = first.len();
+        let more_than_accepted = !others.is_empty();
+        // The placed calls' answers and the first chunk of the others: one transaction.
+        first.extend(others.drain(..others.len().min(RECORD_CHUNK)));
+        let mut counts = self.record(&first);
+        let more_than_accepted = more_than_accepted || placed > counts.initiated.max(0) as usize;
         // Status polls and look-ups (a round's worth, a hundred or more, ~0.1 ms each) are
         // recorded a chunk at a time: an immediate call that comes meanwhile waits for one chunk.
         while !others.is_empty() {
