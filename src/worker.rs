@@ -118,10 +118,6 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     // left open): a longer wait fails that step, which is retried (a claim batch by batch, results
     // one by one, the rest next pass). A session value, so a step's own SET LOCAL still applies.
     set_for_session(c"lock_timeout", LOCK_TIMEOUT, pg_sys::GucSource::PGC_S_SESSION);
-    // Every statement the worker runs is ours and runs many times a minute: one plan each, kept.
-    // (Postgres otherwise makes a custom plan at every run when the values make it look cheaper:
-    // more than half of the worker's planning in a steady campaign, for statements of 10 µs.)
-    set_for_session(c"plan_cache_mode", c"force_generic_plan", pg_sys::GucSource::PGC_S_SESSION);
     wake::publish_worker_pid(unsafe { pg_sys::MyProcPid });
     log!("pg_dialer worker started, serving database \"{database}\"");
 
