@@ -35,7 +35,8 @@ const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 const RECORD_EVERY: Duration = Duration::from_millis(250);
 /// Status polls and look-ups recorded in one transaction at most (see record_answers): a poll
 /// round's worth at 30 calls/s and the default 5 s interval (about 15), so that the round is one
-/// statement and one commit; an immediate call waits for one chunk at most (about 1 ms).
+/// statement and one commit; an immediate call waits for one chunk at most (about 1.4 ms, and
+/// the placed calls' answers recorded with the first).
 const RECORD_CHUNK: usize = 16;
 /// The tick log gets a row per full pass, and one at most this often for the passes between.
 const LOG_EVERY: Duration = Duration::from_secs(1);
@@ -699,7 +700,7 @@ impl Worker {
     /// Returns their counts, and whether any was more than an accepted call (a failure, a call
     /// that ended, a look-up: a concurrency slot or a retry may be due).
     fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), DialerError> {
-        let waited = self.unrecorded_since.is_some_and(|t| t.elapsed() >= RECORD_EVERY);
+        let waited = self.until_record(Instant::now()) == Some(Duration::ZERO);
         // Placed calls' answers wait too: at 30 calls/s, one statement and one commit for every
         // three instead of each (a webhook that comes first waits for them: api/webhooks.rs).
         if self.unrecorded.is_empty() || !(now || waited) {
