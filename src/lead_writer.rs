@@ -41,13 +41,8 @@ unsafe extern "C-unwind" {
 /// worker can connect only as a role that may log in: the writes of other owners wait, noted on
 /// their attachments.
 pub fn due_owners(limit: usize) -> Result<Vec<pg_sys::Oid>, DialerError> {
-    // (a kept plan: this runs at every poll round)
-    let any = Spi::connect_mut(|client| {
-        crate::plans::run(client, "SELECT EXISTS (SELECT 1 FROM dialer.lead_writes)", Some(1), &[])?.first().get_one::<bool>()
-    })
-    .map_err(db)?
-    .unwrap_or(false);
-    if !any {
+    // (from a kept plan: this runs at every poll round)
+    if !crate::tick::one::<bool>("SELECT EXISTS (SELECT 1 FROM dialer.lead_writes)", &[])? {
         return Ok(Vec::new());
     }
     let rows: Vec<(Option<pg_sys::Oid>, Option<bool>)> = Spi::connect(|client| {

@@ -357,7 +357,7 @@ fn batch_rows(query: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result
 
 /// The one value a statement always returns: NULL is a bug between the Rust and the SQL of this
 /// library, said as such rather than read as 0. (From a kept plan: plans.rs.)
-fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+pub(crate) fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     query: &'static str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Result<T, DialerError> {

@@ -711,11 +711,11 @@ impl Worker {
         let (mut first, mut others): (Vec<JobResult>, Vec<JobResult>) =
             answers.into_iter().partition(|r| matches!(r.kind, JobKind::Place { .. }));
         let placed = first.len();
-        let more_than_accepted = !others.is_empty();
+        let polls_or_lookups = !others.is_empty();
         // The placed calls' answers and the first chunk of the others: one transaction.
         first.extend(others.drain(..others.len().min(RECORD_CHUNK)));
         let mut counts = self.record(&first);
-        let more_than_accepted = more_than_accepted || placed > counts.initiated.max(0) as usize;
+        let more_than_accepted = polls_or_lookups || placed > counts.initiated.max(0) as usize;
         // Status polls and look-ups (a round's worth, a hundred or more, ~0.1 ms each) are
         // recorded a chunk at a time: an immediate call that comes meanwhile waits for one chunk.
         while !others.is_empty() {
