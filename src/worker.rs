@@ -31,8 +31,9 @@ const PROMOTE_EVERY: Duration = Duration::from_secs(2);
 /// How often every processing batch is checked for completion, counters aside.
 const FULL_COMPLETION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Answers (placed calls, status polls, look-ups) are recorded together, at most this long after
-/// the first of them came back (a pass that claims or polls records them all first).
-const RECORD_EVERY: Duration = Duration::from_millis(250);
+/// the first of them came back (a pass that claims or polls records them all first if one of them
+/// is more than an accepted call). A call shows `dialing` this long after the provider took it.
+const RECORD_EVERY: Duration = Duration::from_millis(500);
 /// Status polls and look-ups recorded in one transaction at most (see record_answers): a poll
 /// round's worth at 30 calls/s and the default 5 s interval (about 15), so that the round is one
 /// statement and one commit; an immediate call waits for one chunk at most (about 1.4 ms, and
@@ -696,13 +697,17 @@ impl Worker {
         self.unrecorded.extend(answers);
     }
 
-    /// Records the answers waiting, if `now` or if the first of them has waited RECORD_EVERY.
+    /// Records the answers waiting, if the first of them has waited RECORD_EVERY, or if `now`
+    /// (a claim or a poll round follows) and one of them may change what it does.
     /// Returns their counts, and whether any was more than an accepted call (a failure, a call
     /// that ended, a look-up: a concurrency slot or a retry may be due).
     fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), DialerError> {
         let waited = self.until_record(Instant::now()) == Some(Duration::ZERO);
         // Placed calls' answers wait too: at 30 calls/s, one statement and one commit for every
-        // three instead of each (a webhook that comes first waits for them: api/webhooks.rs).
+        // fifteen instead of each (a webhook that comes first waits for them: api/webhooks.rs).
+        // A claim need not see them first: a call accepted frees no slot (it was counted in
+        // progress when claimed), and a poll round cannot ask for a call it does not know yet.
+        let now = now && self.unrecorded.iter().any(|r| !looks_accepted(r));
         if self.unrecorded.is_empty() || !(now || waited) {
             return Ok((Counts::default(), false));
         }
@@ -869,12 +874,47 @@ impl Worker {
     }
 }
 
+/// A provider's 2xx to a placed call: almost always accepted (the adapter decides when it is
+/// recorded; one that is not frees its slot RECORD_EVERY later, no more).
+fn looks_accepted(answer: &JobResult) -> bool {
+    matches!(answer.kind, JobKind::Place { .. }) && answer.result.as_ref().is_ok_and(|r| (200..300).contains(&r.status))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn quiet() -> Woken {
         Woken { since_full_pass: Duration::from_millis(200), ..Woken::default() }
+    }
+
+    fn answer(kind: JobKind, result: Result<u16, &str>) -> JobResult {
+        use crate::providers::{HttpRequest, HttpResponse, Method, TransportError};
+        let request = HttpRequest {
+            method: Method::Post,
+            url: "http://127.0.0.1/calls".into(),
+            headers: Vec::new(),
+            body: None,
+            audit: serde_json::Value::Null,
+            secrets: Vec::new(),
+            call_id_pointer: None,
+        };
+        let result = result
+            .map(|status| HttpResponse { status, retry_after: None, body: "{}".into() })
+            .map_err(|why| TransportError::Unknown(why.into()));
+        JobResult { kind, flight_key: None, request, result, sent_at_ms: 0.0, latency_ms: 0.0 }
+    }
+
+    #[test]
+    fn only_a_2xx_to_a_placed_call_waits_behind_a_claim() {
+        let place = || JobKind::Place { call_id: 1, batch_id: 1, provider: "ultravox".into() };
+        assert!(looks_accepted(&answer(place(), Ok(201))));
+        // a refusal, a 429 or a lost answer may free a slot or set a retry: recorded first
+        assert!(!looks_accepted(&answer(place(), Ok(429))));
+        assert!(!looks_accepted(&answer(place(), Ok(500))));
+        assert!(!looks_accepted(&answer(place(), Err("timed out"))));
+        // a poll's answer may end a call, even a 200
+        assert!(!looks_accepted(&answer(JobKind::Status { call_id: 1, provider: "ultravox".into() }, Ok(200))));
     }
 
     #[test]
