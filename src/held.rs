@@ -1,5 +1,5 @@
 //! Calls claimed for pacing slots still to come. A pass claims the slots of the next second
-//! (`pacing::WORKER_AHEAD_MS`), so a campaign at 30 calls/s is a couple of claims a second, not
+//! (`pacing::WORKER_AHEAD_MS`), so a campaign at 30 calls/s is about one claim a second, not
 //! thirty; the claimed requests wait here, in the worker, until their slot is RELEASE_AHEAD_MS
 //! away, and only then go to the HTTP pool (which sends each at its slot). Until then they can be
 //! taken back: a batch paused or cancelled, or a number listed as do-not-call, bumps a counter in

@@ -9,15 +9,15 @@
 pub const SPACING_MARGIN: f64 = 1.01;
 
 /// How far ahead the worker claims slots (their requests wait in the worker until the slot:
-/// held.rs), so that a paced campaign is a couple of claims a second however fast it dials; and
+/// held.rs), so that a paced campaign is about one claim a second however fast it dials; and
 /// process_batches(), which returns only when its calls are answered.
 pub const WORKER_AHEAD_MS: f64 = 1000.0;
 pub const FUNCTION_AHEAD_MS: f64 = 25.0;
 
-/// The worker's claim runs this long before the batch's next slot, so each claim takes about half
-/// of WORKER_AHEAD_MS of slots.
+/// The worker's claim runs this long before the batch's next slot, so each claim takes about four
+/// fifths of WORKER_AHEAD_MS of slots (a pass late by this much still sends on time).
 pub fn claim_before_slot() -> std::time::Duration {
-    std::time::Duration::from_micros((WORKER_AHEAD_MS * 500.0) as u64)
+    std::time::Duration::from_micros((WORKER_AHEAD_MS * 200.0) as u64)
 }
 
 /// Slots missed while no worker ran are made up at this fraction of the spacing.
