@@ -707,7 +707,9 @@ impl Worker {
         // fifteen instead of each (a webhook that comes first waits for them: api/webhooks.rs).
         // A claim need not see them first: a call accepted frees no slot (it was counted in
         // progress when claimed), and a poll round cannot ask for a call it does not know yet.
-        let now = now && self.unrecorded.iter().any(|r| !looks_accepted(r));
+        // A pool's worth goes first all the same: at thousands of calls a second, half a second
+        // of them was one statement of 1,700 rows (85 ms) that held up the next claims.
+        let now = now && (self.unrecorded.len() >= self.settings.http_concurrency || self.unrecorded.iter().any(|r| !looks_accepted(r)));
         if self.unrecorded.is_empty() || !(now || waited) {
             return Ok((Counts::default(), false));
         }
