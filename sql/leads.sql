@@ -412,6 +412,8 @@ END $$;
 
 -- A call the provider never reports as ended (its webhook lost, its status stuck) is closed after
 -- twice dialer.call_timeout, so nothing stays open forever. It was looked up all along by polling.
+-- Oldest first, in calls_open_idx's order: the plan reads only the calls past the limit, whatever
+-- the values (ORDER BY id had a generic plan that walked the primary key through every call).
 CREATE FUNCTION dialer._close_abandoned(p_now timestamptz, p_call_timeout interval)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -420,7 +422,7 @@ DECLARE
 BEGIN
     FOR k IN SELECT id FROM dialer.calls
               WHERE status = 'in_progress' AND created_at < p_now - p_call_timeout * 2
-              ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED LOOP
+              ORDER BY created_at LIMIT 500 FOR UPDATE SKIP LOCKED LOOP
         IF dialer._end_call(k.id, 'no_outcome', NULL, NULL) THEN
             n := n + 1;
         END IF;

@@ -1658,6 +1658,26 @@ ALTER TABLE dialer.calls ALTER COLUMN request SET STATISTICS 0, ALTER COLUMN res
 ALTER TABLE dialer.campaign_contacts ALTER COLUMN variables SET STATISTICS 0, ALTER COLUMN metadata SET STATISTICS 0,
     ALTER COLUMN message SET STATISTICS 0, ALTER COLUMN last_error SET STATISTICS 0;
 
+-- A call the provider never reports as ended (its webhook lost, its status stuck) is closed after
+-- twice dialer.call_timeout, so nothing stays open forever. It was looked up all along by polling.
+-- Oldest first, in calls_open_idx's order: the plan reads only the calls past the limit, whatever
+-- the values (ORDER BY id had a generic plan that walked the primary key through every call).
+CREATE OR REPLACE FUNCTION dialer._close_abandoned(p_now timestamptz, p_call_timeout interval)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+    n integer := 0;
+BEGIN
+    FOR k IN SELECT id FROM dialer.calls
+              WHERE status = 'in_progress' AND created_at < p_now - p_call_timeout * 2
+              ORDER BY created_at LIMIT 500 FOR UPDATE SKIP LOCKED LOOP
+        IF dialer._end_call(k.id, 'no_outcome', NULL, NULL) THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
 -- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name
