@@ -480,8 +480,10 @@ END $$;
 -- When the worker should look again for anything but a pacing slot (dialer._next_slot): the
 -- earliest retry, back-off, scheduled start, deadline, status poll or look-up. Polls and look-ups
 -- are done in rounds: they count from p_rounds_from (the next round) at the earliest.
+-- One generic plan, kept: each branch has one index to probe whatever the values, and Postgres
+-- otherwise planned it afresh at every call (1.2 ms against 0.14 with a thousand batches).
 CREATE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
-RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     best timestamptz;
 BEGIN

@@ -1400,8 +1400,10 @@ BEGIN
 END $$;
 
 -- Pacing slots are no longer in it: the worker asks dialer._next_slot once, beside it.
+-- One generic plan, kept: each branch has one index to probe whatever the values, and Postgres
+-- otherwise planned it afresh at every call (1.2 ms against 0.14 with a thousand batches).
 CREATE OR REPLACE FUNCTION dialer._next_due(p_now timestamptz, p_poll_every interval, p_rounds_from timestamptz DEFAULT NULL)
-RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off AS $$
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET enable_sort = off SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     best timestamptz;
 BEGIN
