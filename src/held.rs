@@ -101,15 +101,7 @@ mod tests {
     fn job(call_id: i64, slot: f64) -> Job {
         Job {
             kind: JobKind::Place { call_id, batch_id: 1, provider: "ultravox".into() },
-            request: HttpRequest {
-                method: Method::Post,
-                url: "http://127.0.0.1/".into(),
-                headers: Vec::new(),
-                body: None,
-                audit: serde_json::Value::Null,
-                secrets: Vec::new(),
-                call_id_pointer: None,
-            },
+            request: HttpRequest::json(Method::Post, "http://127.0.0.1/".into(), Vec::new(), None, Vec::new()).unwrap(),
             not_before_ms: Some(slot),
             spacing: Vec::new(),
             flight_key: Some("1:ultravox".into()),

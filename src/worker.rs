@@ -709,8 +709,8 @@ impl Worker {
         // progress when claimed), and a poll round cannot ask for a call it does not know yet.
         // A pool's worth goes first all the same: at thousands of calls a second, half a second
         // of them was one statement of 1,700 rows (85 ms) that held up the next claims.
-        let now = now && (self.unrecorded.len() >= self.settings.http_concurrency || self.unrecorded.iter().any(|r| !looks_accepted(r)));
-        if self.unrecorded.is_empty() || !(now || waited) {
+        let urgent = now && (self.unrecorded.len() >= self.settings.http_concurrency || self.unrecorded.iter().any(|r| !looks_accepted(r)));
+        if self.unrecorded.is_empty() || !(urgent || waited) {
             return Ok((Counts::default(), false));
         }
         let answers = std::mem::take(&mut self.unrecorded);
@@ -892,15 +892,7 @@ mod tests {
 
     fn answer(kind: JobKind, result: Result<u16, &str>) -> JobResult {
         use crate::providers::{HttpRequest, HttpResponse, Method, TransportError};
-        let request = HttpRequest {
-            method: Method::Post,
-            url: "http://127.0.0.1/calls".into(),
-            headers: Vec::new(),
-            body: None,
-            audit: serde_json::Value::Null,
-            secrets: Vec::new(),
-            call_id_pointer: None,
-        };
+        let request = HttpRequest::json(Method::Post, "http://127.0.0.1/calls".into(), Vec::new(), None, Vec::new()).unwrap();
         let result = result
             .map(|status| HttpResponse { status, retry_after: None, body: "{}".into() })
             .map_err(|why| TransportError::Unknown(why.into()));
