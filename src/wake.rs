@@ -19,6 +19,10 @@ pub static HOLDS_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_dialer
 /// worker's cache of them (`tick::TargetCache`) is read again.
 pub static CONFIG_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_dialer_config_epoch") };
 
+/// Set by a webhook that waits for its call's answer to be recorded (api/webhooks.rs): the worker
+/// records the answers it holds at once, not at its recording clock, and clears it when it has.
+pub static RECORD_ASKED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_dialer_record_asked") };
+
 /// Set in the postmaster by `_PG_init` when loaded through shared_preload_libraries, and so
 /// inherited by every backend: only then does the shared memory above exist.
 pub static SHMEM_READY: AtomicBool = AtomicBool::new(false);
@@ -28,6 +32,7 @@ pub fn init_shmem() {
     pgrx::pg_shmem_init!(WOKEN_BATCH);
     pgrx::pg_shmem_init!(HOLDS_EPOCH);
     pgrx::pg_shmem_init!(CONFIG_EPOCH);
+    pgrx::pg_shmem_init!(RECORD_ASKED);
     SHMEM_READY.store(true, Ordering::SeqCst);
 }
 
@@ -60,6 +65,26 @@ pub fn wake_worker() -> bool {
         pg_sys::SetLatch(&raw mut (*proc_).procLatch);
     }
     true
+}
+
+/// Asks the worker to record the answers it holds now (see RECORD_ASKED); its latch is set only
+/// when the request is new, so a webhook may ask at every look.
+pub fn ask_to_record() {
+    if SHMEM_READY.load(Ordering::SeqCst) && !RECORD_ASKED.get().swap(true, Ordering::SeqCst) {
+        wake_worker();
+    }
+}
+
+/// Whether a webhook is waiting for answers to be recorded.
+pub fn record_asked() -> bool {
+    SHMEM_READY.load(Ordering::SeqCst) && RECORD_ASKED.get().load(Ordering::SeqCst)
+}
+
+/// The worker recorded what it held: a webhook still not finding its call asks again.
+pub fn record_done() {
+    if SHMEM_READY.load(Ordering::SeqCst) {
+        RECORD_ASKED.get().store(false, Ordering::SeqCst);
+    }
 }
 
 /// Tells the worker which batch its next wake-up is for (see WOKEN_BATCH; -1: several).

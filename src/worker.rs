@@ -697,21 +697,29 @@ impl Worker {
         self.unrecorded.extend(answers);
     }
 
-    /// Records the answers waiting, if the first of them has waited RECORD_EVERY, or if `now`
-    /// (a claim or a poll round follows) and one of them may change what it does.
+    /// Records the answers waiting, if the first of them has waited RECORD_EVERY, if a webhook is
+    /// waiting for them (wake::ask_to_record), or if `now` (a claim or a poll round follows) and
+    /// one of them may change what it does.
     /// Returns their counts, and whether any was more than an accepted call (a failure, a call
     /// that ended, a look-up: a concurrency slot or a retry may be due).
     fn record_answers(&mut self, now: bool) -> Result<(Counts, bool), DialerError> {
         let waited = self.until_record(Instant::now()) == Some(Duration::ZERO);
         // Placed calls' answers wait too: at 30 calls/s, one statement and one commit for every
-        // fifteen instead of each (a webhook that comes first waits for them: api/webhooks.rs).
+        // fifteen instead of each (a webhook that comes first asks for them: api/webhooks.rs).
         // A claim need not see them first: a call accepted frees no slot (it was counted in
         // progress when claimed), and a poll round cannot ask for a call it does not know yet.
         // A pool's worth goes first all the same: at thousands of calls a second, half a second
         // of them was one statement of 1,700 rows (85 ms) that held up the next claims.
         let urgent = now && (self.unrecorded.len() >= self.settings.http_concurrency || self.unrecorded.iter().any(|r| !looks_accepted(r)));
-        if self.unrecorded.is_empty() || !(urgent || waited) {
+        // A webhook looks for its call every few milliseconds, holding a connection: it does not
+        // wait for the clock. Its request is cleared once something is recorded (a webhook whose
+        // call was not in it asks again).
+        let asked = wake::record_asked();
+        if self.unrecorded.is_empty() || !(urgent || waited || asked) {
             return Ok((Counts::default(), false));
+        }
+        if asked {
+            wake::record_done();
         }
         let answers = std::mem::take(&mut self.unrecorded);
         self.unrecorded_since = None;
@@ -840,10 +848,11 @@ impl Worker {
     /// Sleeps on the latch and the HTTP pool's pipe (the process exits if the postmaster died;
     /// SIGTERM is seen at the top of the loop).
     /// An answer wakes the worker only when none is waiting to be recorded (the first starts
-    /// RECORD_EVERY's clock) or the last claim ran out of room (answers make room); the clock
-    /// wakes it for the others, so that 30 answers a second are not 30 wake-ups.
+    /// RECORD_EVERY's clock), the last claim ran out of room (answers make room) or a webhook
+    /// waits for an answer; the clock wakes it for the others, so that 30 answers a second are
+    /// not 30 wake-ups.
     fn wait(&mut self, timeout: Duration) {
-        let wake_on_answer = self.unrecorded_since.is_none() || self.pool_full || self.short_of_room;
+        let wake_on_answer = self.unrecorded_since.is_none() || self.pool_full || self.short_of_room || wake::record_asked();
         let waiting = self.pool.wake_on_answers(wake_on_answer);
         let timeout = match self.until_record(Instant::now()) {
             _ if wake_on_answer && waiting => Duration::ZERO,

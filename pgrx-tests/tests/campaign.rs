@@ -335,6 +335,66 @@ fn ends_left(s: &mut Scenario, batch: i64) -> (Vec<String>, String) {
     (contacts, counters)
 }
 
+/// Two poll rounds recording the same calls at once (the worker's and a process_batches() one),
+/// one hearing that a call ended which the other still heard live: each locks the calls it names
+/// in id order before it writes, so neither waits on the other in a cycle (Postgres would end one
+/// with a deadlock error, 40P01, and its answers with it).
+#[test]
+fn two_poll_rounds_recording_the_same_calls_at_once_never_deadlock() {
+    let mut s = Scenario::new("c-poll-locks", Scenario::sim_config(3_600_000, 3_600_000), &["dialer.status_poll_interval = '1h'"]);
+    let b = s.batch("locks", 600, 10, 3);
+    s.add_numbers(b, &numbers("+1555031", 2));
+    s.wake();
+    let ids: Vec<i64> = wait_for("both calls in progress", Duration::from_secs(60), || {
+        let ids: Vec<i64> =
+            s.db.query(
+                "SELECT id FROM dialer.calls WHERE batch_id = $1 AND status = 'in_progress' AND provider_call_id IS NOT NULL ORDER BY id",
+                &[&b],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        (ids.len() == 2).then_some(ids)
+    });
+    // A third session holds both rows, so that the two rounds start writing at the same moment.
+    let mut holder = s.cluster.connect();
+    let mut hold = holder.transaction().unwrap();
+    hold.execute("SELECT 1 FROM dialer.calls WHERE id = ANY ($1) FOR UPDATE", &[&ids]).unwrap();
+    // Round one heard the first call end and the second still live; round two the other way round.
+    let rounds: Vec<_> = [[true, false], [false, true]]
+        .into_iter()
+        .map(|ended| {
+            let (mut db, ids) = (s.cluster.connect(), ids.clone());
+            std::thread::spawn(move || {
+                let reasons: Vec<Option<String>> = ended.iter().map(|e| e.then(|| "hangup".to_string())).collect();
+                db.query_one(
+                    "SELECT dialer._record_status($1, $2, $3, '{NULL,NULL}'::timestamptz[], '{NULL,NULL}'::timestamptz[])",
+                    &[&ids, &ended.to_vec(), &reasons],
+                )
+                .map(|r| r.get::<_, i32>(0))
+                .map_err(|e| e.as_db_error().map(|d| format!("{} {}", d.code().code(), d.message())).unwrap_or_else(|| e.to_string()))
+            })
+        })
+        .collect();
+    wait_for("both rounds waiting for the held rows", Duration::from_secs(30), || {
+        let waiting: i64 = s
+            .db
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%dialer._record_status%'", &[])
+            .unwrap()
+            .get(0);
+        (waiting == 2).then_some(())
+    });
+    hold.commit().unwrap();
+    let results: Vec<Result<i32, String>> = rounds.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(results.iter().all(Result::is_ok), "both rounds recorded: {results:?}");
+    let ended: i64 =
+        s.db.query_one("SELECT count(*) FROM dialer.calls WHERE id = ANY ($1) AND status = 'ended' AND end_reason = 'hangup'", &[&ids])
+            .unwrap()
+            .get(0);
+    assert_eq!(ended, 2, "each round ended the call it heard end: {}", s.describe(b));
+}
+
 #[test]
 fn a_poll_round_ends_many_calls_in_one_statement_as_end_call_ends_each() {
     // Calls that last an hour and are never polled: the test reports their ends itself.

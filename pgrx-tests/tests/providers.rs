@@ -407,8 +407,9 @@ fn bland_post_call_webhooks_settle_calls_once() {
 
 /// Calls that end within milliseconds of being placed: their end-of-call reports come before the
 /// worker has recorded the answers that carry their ids (it records answers together, up to
-/// 100 ms apart). Each delivery waits for its call to be recorded and settles it; none is
-/// ignored. Status polls are 10 minutes apart, so only the webhooks can end these calls.
+/// 500 ms apart, unless a delivery asks it to record them now). Each delivery waits for its call
+/// to be recorded and settles it; none is ignored. Status polls are 10 minutes apart, so only the
+/// webhooks can end these calls.
 #[test]
 fn a_webhook_that_comes_before_its_call_is_recorded_waits_for_it() {
     let mut s = Scenario::new("p-early-hooks", Scenario::sim_config(1, 5), &["dialer.status_poll_interval = '10min'"]);

@@ -1256,11 +1256,13 @@ DECLARE
     batch_ids bigint[];
     n integer;
 BEGIN
+    -- Every call named is locked first, in id order: two of these (the worker's poll round and a
+    -- process_batches() one) cannot deadlock, whichever of their answers say ended.
+    PERFORM 1 FROM dialer.calls WHERE id = ANY (p_call_ids) ORDER BY id FOR UPDATE;
     UPDATE dialer.calls k SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at)
       FROM unnest(p_call_ids, p_ended, p_answered_at) AS s(call_id, ended, answered_at)
      WHERE k.id = s.call_id AND NOT s.ended AND k.status = 'in_progress';
 
-    -- Calls locked in id order, so that two of these statements cannot deadlock.
     WITH plain AS (
         SELECT k.id, k.contact_id, s.end_reason, s.answered_at, s.ended_at,
                dialer._outcome_of_end_reason(s.end_reason) AS outcome

@@ -124,9 +124,10 @@ const WAIT_FOR_PLACED: Duration = Duration::from_secs(2);
 const LOOK_AGAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// The call with this provider id. A webhook may come before the worker has recorded the answer
-/// that gave the id (it records answers together, up to 250 ms apart, and the provider may send
-/// an event within milliseconds): while calls of this provider are sent and not yet recorded, it
-/// is looked for again, each time in a fresh snapshot, for up to WAIT_FOR_PLACED.
+/// that gave the id (it records answers together, up to half a second apart, and the provider may
+/// send an event within milliseconds): while calls of this provider are sent and not yet recorded,
+/// the worker is asked to record what it holds now (wake::ask_to_record), and the call is looked
+/// for again, each time in a fresh snapshot, for up to WAIT_FOR_PLACED.
 fn find_call(provider: &str, provider_call_id: &str) -> Result<Option<CallRow>, DialerError> {
     let deadline = Instant::now() + WAIT_FOR_PLACED;
     Spi::connect_mut(|client| {
@@ -159,6 +160,7 @@ fn find_call(provider: &str, provider_call_id: &str) -> Result<Option<CallRow>, 
             if !placing || Instant::now() >= deadline {
                 return Ok(None);
             }
+            crate::wake::ask_to_record();
             unsafe { pg_sys::pg_usleep(LOOK_AGAIN_EVERY.as_micros() as std::ffi::c_long) };
             pgrx::check_for_interrupts!();
         }
