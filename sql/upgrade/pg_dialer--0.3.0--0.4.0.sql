@@ -1662,6 +1662,10 @@ ALTER TABLE dialer.calls ALTER COLUMN request SET STATISTICS 0, ALTER COLUMN res
 ALTER TABLE dialer.campaign_contacts ALTER COLUMN variables SET STATISTICS 0, ALTER COLUMN metadata SET STATISTICS 0,
     ALTER COLUMN message SET STATISTICS 0, ALTER COLUMN last_error SET STATISTICS 0;
 
+-- A call's agency is checked through its batch's (calls_batch_of_agency, whose batch references
+-- the agency, both ON DELETE CASCADE): its own foreign key was a second look-up per call claimed.
+ALTER TABLE dialer.calls DROP CONSTRAINT calls_agency_id_fkey;
+
 -- A call the provider never reports as ended (its webhook lost, its status stuck) is closed after
 -- twice dialer.call_timeout, so nothing stays open forever. It was looked up all along by polling.
 -- Oldest first, in calls_open_idx's order: the plan reads only the calls past the limit, whatever
