@@ -460,7 +460,7 @@ pub fn need_from_number<'a>(provider: &str, mapping: &'a Mapping) -> Result<&'a 
     match mapping.from_number.as_deref() {
         Some(f) if is_e164(f) => Ok(f),
         Some(f) => Err(format!("from_number {f:?} is not an E.164 phone number (+ and 8 to 15 digits)")),
-        None => Err(format!("a {provider} phone call needs a from_number (the caller ID it dials from): give one to create_agent_mapping")),
+        None => Err(format!("{provider} phone calls need a from_number (the caller ID they dial from): give one to create_agent_mapping")),
     }
 }
 
