@@ -106,7 +106,7 @@ fn bad_arguments_are_refused_with_sqlstates() {
         "SELECT dialer.create_agent_mapping({agency}, 'ultravox', '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55', NULL, NULL)"
     ));
     assert_eq!(code, "ERRCODE_INVALID_PARAMETER_VALUE");
-    assert!(msg.contains("needs a from_number"), "{msg}");
+    assert!(msg.contains("need a from_number"), "{msg}");
     let (_, msg) = expect_error(&format!(
         "SELECT dialer.create_agent_mapping({agency}, 'ultravox', '5b7e2f0a-9c41-4d8e-b2a6-0f3c9d1e7a55', NULL, '+14155550100', '{{\"firstSpeaker\": \"FIRST_SPEAKER_AGENT\"}}')"
     ));
@@ -187,7 +187,7 @@ fn agent_mappings_are_checked_however_they_are_written() {
     assert_eq!(code, "ERRCODE_INVALID_PARAMETER_VALUE");
     assert!(msg.contains("request_template.agentId is set by pg_dialer"), "{msg}");
     let (_, msg) = expect_error(&format!("UPDATE dialer.agent_mappings SET from_number = NULL WHERE id = {mapping}"));
-    assert!(msg.contains("needs a from_number"), "{msg}");
+    assert!(msg.contains("need a from_number"), "{msg}");
     let carrier = Spi::get_one_with_args::<String>("SELECT carrier FROM dialer.agent_mappings WHERE id = $1", &[mapping.into()]).unwrap();
     assert_eq!(carrier.as_deref(), Some("telnyx"), "Ultravox mappings dial through Telnyx by default, as the seed");
 }

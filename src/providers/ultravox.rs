@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn mapping_checks_name_the_problem() {
         let check = |agent: Option<&str>, from: Option<&str>, t: Value| Ultravox.check_mapping(&mapping(agent, from, t)).unwrap_err();
-        assert!(check(Some(UUID), None, json!({})).contains("needs a from_number"));
+        assert!(check(Some(UUID), None, json!({})).contains("need a from_number"));
         assert!(check(Some("agent-1"), Some("+15559990000"), json!({})).contains("not an Ultravox agent id"));
         let e = check(Some(UUID), Some("+15559990000"), json!({"firstSpeaker": "FIRST_SPEAKER_AGENT"}));
         assert!(e.contains("has no field named \"firstSpeaker\""), "{e}");
