@@ -377,8 +377,6 @@ BEGIN
            AND dialer._retry_outcome(s.end_reason) IS DISTINCT FROM 'voicemail'
            AND dialer._outcome_of_end_reason(s.end_reason) IS DISTINCT FROM 'ai_failed'
            AND dialer._outcome_of_end_reason(s.end_reason) IS DISTINCT FROM 'not_interested'
-         ORDER BY k.id
-           FOR UPDATE OF k
     ), ended AS (
         UPDATE dialer.calls k
            SET status = 'ended', end_reason = p.end_reason, answered_at = coalesce(k.answered_at, p.answered_at),
