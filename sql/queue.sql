@@ -112,9 +112,13 @@ BEGIN
         RETURN job;
     END IF;
     INSERT INTO dialer.queue_arrivals (batch_id) VALUES (q);
-    -- Immediate: dialed at once (the worker claims from this queue first). Delayed: the worker
-    -- learns its next wake-up time.
-    PERFORM dialer._wake_on_commit_for(q);
+    -- Immediate: dialed at once (the worker claims from this queue first, and that claim is all
+    -- its wake-up does). Delayed: a full pass, where the worker learns its next wake-up time.
+    IF p_run_at IS NULL THEN
+        PERFORM dialer._wake_on_commit_for(q);
+    ELSE
+        PERFORM dialer._wake_on_commit();
+    END IF;
     RETURN job;
 END $$;
 

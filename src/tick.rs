@@ -703,6 +703,10 @@ impl Outcomes {
         self.call_ids.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.call_ids.len()
+    }
+
     /// Records them, in the caller's transaction.
     pub fn record(self) -> Result<Counts, DialerError> {
         if self.is_empty() {

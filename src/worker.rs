@@ -57,11 +57,21 @@ fn poll_round_every(status_poll_interval: Duration) -> Duration {
     (status_poll_interval / 10).clamp(Duration::from_millis(250), Duration::from_secs(1))
 }
 
+/// Whether a claim from a woken queue leaves work for a full pass: it took fewer than the
+/// immediate jobs noted for the queue (a pacing slot or a calling window not yet come, a limit
+/// reached: the full pass learns when they are due), or all it was allowed to (the HTTP pool's
+/// room, or the claim's budget: more may be due).
+fn woken_claim_leaves_work(taken: usize, noted: u64, short_of_room: bool, budget: i32) -> bool {
+    taken == 0 || (taken as u64) < noted || short_of_room || taken >= usize::try_from(budget).unwrap_or(0)
+}
+
 /// Why a pass of the loop runs, and so what it does (see `Worker::iteration`).
 #[derive(Clone, Copy, Default)]
 struct Woken {
-    /// The latch: a commit that gave work (or may stop held calls), or a signal.
-    latch: bool,
+    /// Asked for: a commit whose change needs a full pass (wake::PASS_ASKED), a queue's job its
+    /// own claim could not settle, a reload, or the last pass failed. A queue's immediate job
+    /// that its claim served, or a webhook's request to record, wakes the worker without one.
+    asked: bool,
     /// Something other than a pacing slot or a poll round is due (a start, a deadline, a
     /// recurring call).
     due: bool,
@@ -85,7 +95,7 @@ impl Woken {
     /// poll round alone only polls: as full passes, rounds were a fifth of a 30 calls/s
     /// campaign's CPU.
     fn full_pass(&self) -> bool {
-        self.latch || self.due || (!self.claims_held_back && (self.slot_near || self.pool_full)) || self.since_full_pass >= FULL_PASS_EVERY
+        self.asked || self.due || (!self.claims_held_back && (self.slot_near || self.pool_full)) || self.since_full_pass >= FULL_PASS_EVERY
     }
 
     /// Whether this pass polls: a round is due, or near on a full pass (which then does it, one
@@ -195,8 +205,8 @@ struct Worker {
     /// Answers drained from the pool, not yet recorded, and when the first of them came.
     unrecorded: Vec<JobResult>,
     unrecorded_since: Option<Instant>,
-    /// The latch was set (new work, a change, a signal) since the last pass: the next is a full one.
-    latch_set: bool,
+    /// The next pass is a full one (see Woken::asked): set by the worker itself.
+    pass_needed: bool,
     /// The HTTP pool had no room at the last pass: its answers wake the worker at once.
     pool_full: bool,
     /// What the worker sleeps on: its latch, the postmaster, the HTTP pool's pipe.
@@ -241,7 +251,7 @@ impl Worker {
             logged_at: Instant::now(),
             unrecorded: Vec::new(),
             unrecorded_since: None,
-            latch_set: true,
+            pass_needed: true,
             pool_full: false,
         })
     }
@@ -267,7 +277,7 @@ impl Worker {
                         }
                         self.extension_seen = false;
                     }
-                    self.latch_set = true;
+                    self.pass_needed = true;
                     ERROR_BACKOFF
                 }
             };
@@ -289,6 +299,8 @@ impl Worker {
             self.rebuild_pool = true;
         }
         self.settings = new;
+        // (dialer.enabled, the pool's size, the allowed hosts: what the last pass could not do)
+        self.pass_needed = true;
     }
 
     /// One pass of the loop, in named phases (the same ones process_batches() runs: pass.rs).
@@ -305,12 +317,12 @@ impl Worker {
         self.release_held()?;
         // A queue just given a job: claim from it before anything else (recording results,
         // promotions, other batches), so that an immediate call leaves within one short claim.
-        self.claim_woken()?;
+        let sent_woken = self.claim_woken()?;
 
         let started = unix_ms();
         let now = Instant::now();
         let woken = Woken {
-            latch: std::mem::take(&mut self.latch_set),
+            asked: wake::take_pass_asked() | std::mem::take(&mut self.pass_needed),
             due: self.next_due.is_some_and(|due| due <= now),
             slot_near: self.next_slot.is_some_and(|slot| slot <= now + crate::pacing::claim_before_slot()),
             pool_full: self.pool_full,
@@ -322,7 +334,9 @@ impl Worker {
         let full = woken.full_pass();
         let do_poll = woken.polls();
         self.take_answers();
-        let (mut counts, ended) = self.record_answers(full || do_poll)?;
+        // (after an immediate call too: answers recorded a few at a time, where half a second's
+        // in one statement held up the immediate calls that came meanwhile)
+        let (mut counts, ended) = self.record_answers(full || do_poll || sent_woken)?;
         // (and again after recording, which can take a few milliseconds)
         self.claim_woken()?;
 
@@ -338,7 +352,7 @@ impl Worker {
         }
         let submitted = if full {
             self.last_full_pass = now;
-            let promote = woken.latch || woken.due || now >= self.next_promote;
+            let promote = woken.asked || woken.due || now >= self.next_promote;
             let Some(submitted) = self.claim(started, promote, &mut counts)? else {
                 return Ok(self.settings.poll_interval.min(Duration::from_millis(50)));
             };
@@ -626,25 +640,38 @@ impl Worker {
     }
 
     /// The immediate-call path (see iteration): if a queue was just given a job, one claim from
-    /// it, committed, and its requests on their way. The full tick that follows does the rest.
-    fn claim_woken(&mut self) -> Result<(), DialerError> {
+    /// it, committed, and its requests on their way; a full pass follows only if this claim left
+    /// something to do (see Worker::pass_needed). Returns whether it sent anything.
+    fn claim_woken(&mut self) -> Result<bool, DialerError> {
         if !self.settings.enabled {
-            return Ok(());
+            return Ok(false);
         }
-        let Some(batch_id) = wake::take_woken_batch() else { return Ok(()) };
+        let Some((batch_id, noted)) = wake::take_woken_batch() else { return Ok(false) };
+        // What this claim does not settle goes to a full pass (see woken_claim_leaves_work; the
+        // tick lock held elsewhere, or no room in the pool, too). A claim that took the queue's
+        // due jobs needs none. (The commit that noted the queue set the latch too: the next
+        // pass comes without a sleep.)
         let (pool_room, room_for) = self.room();
         if pool_room == 0 {
-            return Ok(());
+            self.pass_needed = true;
+            return Ok(false);
         }
         let pacing = self.pacing();
         let epoch = wake::current(wake::Epoch::Holds);
         let claimed = txn::run(|| pass::claim(pass::ClaimFrom::Queue(batch_id), &pacing, &room_for, &mut self.targets))?;
-        let Some(tick::Claimed { jobs, unbuildable, .. }) = claimed else { return Ok(()) };
-        self.send_claimed(jobs, epoch);
+        let Some(tick::Claimed { jobs, unbuildable, short_of_room, .. }) = claimed else {
+            self.pass_needed = true;
+            return Ok(false);
+        };
+        let taken = jobs.len() + unbuildable.len();
+        if woken_claim_leaves_work(taken, noted, short_of_room, pacing.budget_per_batch) {
+            self.pass_needed = true;
+        }
+        let sent = self.send_claimed(jobs, epoch) > 0;
         if !unbuildable.is_empty() {
             txn::run(|| unbuildable.record())?;
         }
-        Ok(())
+        Ok(sent)
     }
 
     fn pacing(&self) -> tick::Pacing {
@@ -863,7 +890,6 @@ impl Worker {
         if woken.postmaster_died {
             unsafe { pg_sys::proc_exit(1) };
         }
-        self.latch_set |= woken.latch;
         pgrx::check_for_interrupts!();
     }
 
@@ -923,12 +949,27 @@ mod tests {
     #[test]
     fn a_wake_up_a_due_time_or_a_second_without_a_full_pass_makes_one() {
         assert!(!quiet().full_pass());
-        assert!(Woken { latch: true, ..quiet() }.full_pass());
+        assert!(Woken { asked: true, ..quiet() }.full_pass());
         assert!(Woken { due: true, ..quiet() }.full_pass());
         assert!(Woken { since_full_pass: FULL_PASS_EVERY, ..quiet() }.full_pass());
         // held back claims do not hold back what is due or new
         assert!(Woken { due: true, claims_held_back: true, ..quiet() }.full_pass());
-        assert!(Woken { latch: true, claims_held_back: true, ..quiet() }.full_pass());
+        assert!(Woken { asked: true, claims_held_back: true, ..quiet() }.full_pass());
+    }
+
+    #[test]
+    fn a_woken_queue_s_claim_settles_its_wake_up_only_when_it_took_its_due_jobs() {
+        // every immediate job noted claimed: no full pass
+        assert!(!woken_claim_leaves_work(1, 1, false, 300));
+        assert!(!woken_claim_leaves_work(299, 120, false, 300));
+        // some left behind: a pacing slot or a calling window to come, a limit reached
+        assert!(woken_claim_leaves_work(0, 1, false, 300));
+        assert!(woken_claim_leaves_work(1, 2, false, 300));
+        assert!(woken_claim_leaves_work(0, 0, false, 300));
+        // all it could take: more may be due
+        assert!(woken_claim_leaves_work(300, 300, false, 300));
+        assert!(woken_claim_leaves_work(5, 5, true, 300));
+        assert!(woken_claim_leaves_work(1, 1, false, 0));
     }
 
     #[test]
@@ -950,7 +991,7 @@ mod tests {
     fn a_full_pass_does_the_poll_round_that_is_near_a_quiet_pass_waits_for_it() {
         let near = Woken { poll_round_near: true, ..quiet() };
         assert!(!near.polls() && !near.upkeep(false));
-        assert!(Woken { latch: true, ..near }.polls());
+        assert!(Woken { asked: true, ..near }.polls());
         assert!(Woken { slot_near: true, ..near }.polls());
         assert!(!Woken { slot_near: true, ..quiet() }.polls());
     }

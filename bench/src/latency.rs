@@ -73,6 +73,10 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
     pgss_create(&mut s.db)?;
     s.db.execute("SELECT dialer.set_queue_options($1, calls_per_minute => 600000, max_concurrent => 10000)", &[&s.agency_id])?;
     let stmt = s.db.prepare("SELECT dialer.schedule_call($1, metadata => $2)")?;
+    let worker = s
+        .worker_pid()
+        .ok_or_else(|| anyhow!("the pg_dialer worker is not running (no pg_stat_activity row with backend_type 'pg_dialer')"))?;
+    let mut worker_cpu0 = None;
     let mut sent = Vec::with_capacity(n);
     let mut rtt = Vec::with_capacity(n);
     let start = Instant::now();
@@ -85,6 +89,9 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
         if crate::cleanup::interrupted() {
             bail!("interrupted");
         }
+        if i == WARMUP {
+            worker_cpu0 = crate::procstat::cpu_seconds(worker);
+        }
         let to = format!("+1666{i:07}");
         let meta = serde_json::json!({"bench": "latency", "i": i});
         let t0 = Instant::now();
@@ -96,12 +103,19 @@ pub fn pg(opts: &Opts) -> Result<LatResult> {
         }
     }
     sleep_checked(Duration::from_secs(2))?;
+    let worker_cpu = worker_cpu0.zip(crate::procstat::cpu_seconds(worker)).map(|(a, b)| b - a);
     let (lat, missing) = latencies(&sim, &sent)?;
     let mut details = vec![format!(
         "Latency, pg_dialer: dialer.schedule_call in autocommit at {RATE} calls/s, {n} measured after {WARMUP} warm-up calls; queue calls_per_minute 600,000, max_concurrent 10,000; default worker settings (http_concurrency 16, status_poll_interval 5s); simulated calls 1–2 s; schedule_call round trip p50 {:.2} ms, p99 {:.2} ms",
         percentile(&rtt, 50.0).unwrap_or(f64::NAN),
         percentile(&rtt, 99.0).unwrap_or(f64::NAN)
     )];
+    if let Some(cpu) = worker_cpu {
+        details.push(format!(
+            "  pg_dialer worker process CPU from the first measured call to 2 s after the last: {cpu:.2} s, {:.3} ms per call (its claim, sending, recording, and the status polls of calls that last 1–2 s)",
+            cpu * 1000.0 / n.max(1) as f64
+        ));
+    }
     for l in pgss_top(&mut s.db, opts, 12) {
         details.push(format!("  {l}"));
     }

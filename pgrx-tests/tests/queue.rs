@@ -60,6 +60,51 @@ fn a_delayed_call_waits_for_its_time_then_goes_at_once() {
 }
 
 #[test]
+fn an_immediate_and_a_delayed_call_in_one_transaction_each_go_at_their_time() {
+    // An immediate job's wake-up is only its queue's claim; a delayed job beside it must still
+    // reach the worker's next wake-up time (a full pass), or it waits for the worker's next poll.
+    let mut s = Scenario::new("q-mixed", Scenario::sim_config(200, 300), &[]);
+    fast_queue(&mut s);
+    // Polls far apart, as by default: the immediate call's poll must not be what wakes the worker.
+    s.set_config("dialer.status_poll_interval", "20s");
+    let scheduled_at: f64 = s.db.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[]).unwrap().get(0);
+    let mut tx = s.db.transaction().unwrap();
+    let now_job: i64 = tx.query_one("SELECT dialer.schedule_call('+15551125001')", &[]).unwrap().get(0);
+    let later_job: i64 = tx.query_one("SELECT dialer.schedule_call('+15551125002', delay => '1500 ms')", &[]).unwrap().get(0);
+    tx.commit().unwrap();
+    let now_post = wait_for("the immediate POST", Duration::from_secs(10), || posts_to(&s.sim, "+15551125001").into_iter().next());
+    let later_post = wait_for("the delayed POST", Duration::from_secs(15), || posts_to(&s.sim, "+15551125002").into_iter().next());
+    let now_s = now_post.received_at_us as f64 / 1e6 - scheduled_at;
+    let later_s = later_post.received_at_us as f64 / 1e6 - scheduled_at;
+    assert!(now_s < 1.5, "the immediate call waited {now_s:.3} s for the delayed one's time");
+    assert!(later_s >= 1.49, "dialed {later_s:.3} s after scheduling with a 1.5 s delay");
+    // poll_interval is 30 s: only a wake-up time learned at the commit dials it this soon
+    assert!(later_s < 4.0, "dialed {later_s:.3} s after scheduling: the worker did not learn its time");
+    s.wait_job_state(now_job, "completed", Duration::from_secs(40));
+    s.wait_job_state(later_job, "completed", Duration::from_secs(40));
+}
+
+#[test]
+fn immediate_calls_a_paced_queue_cannot_take_at_once_go_at_their_slots() {
+    // Two immediate jobs in one commit to a queue paced 3 s apart: the claim its wake-up makes
+    // takes the first; the worker must still learn the second's slot (a full pass), or it waits
+    // for the worker's next poll.
+    let mut s = Scenario::new("q-paced-pair", Scenario::sim_config(200, 300), &[]);
+    let agency = s.agency_id;
+    s.db.execute("SELECT dialer.set_queue_options($1, calls_per_minute => 20, max_concurrent => 10)", &[&agency]).unwrap();
+    s.set_config("dialer.status_poll_interval", "20s");
+    let mut tx = s.db.transaction().unwrap();
+    tx.execute("SELECT dialer.schedule_call('+15551126001')", &[]).unwrap();
+    tx.execute("SELECT dialer.schedule_call('+15551126002')", &[]).unwrap();
+    tx.commit().unwrap();
+    let first = wait_for("the first POST", Duration::from_secs(10), || posts_to(&s.sim, "+15551126001").into_iter().next());
+    let second = wait_for("the second POST", Duration::from_secs(25), || posts_to(&s.sim, "+15551126002").into_iter().next());
+    let apart_s = (second.received_at_us - first.received_at_us) as f64 / 1e6;
+    assert!(apart_s >= 2.9, "the second call went {apart_s:.3} s after the first, closer than the queue's pacing");
+    assert!(apart_s < 8.0, "the second call went {apart_s:.3} s after the first: the worker did not learn its slot");
+}
+
+#[test]
 fn bulk_is_all_or_nothing_and_dedupe_keys_schedule_once() {
     let mut s = Scenario::new("q-bulk", Scenario::sim_config(200, 300), &["dialer.enabled = off"]);
     let err =

@@ -1684,6 +1684,44 @@ BEGIN
     RETURN n;
 END $$;
 
+-- _enqueue: an immediate job wakes the worker for its queue alone (its claim is the whole wake-up);
+-- a delayed one asks for a full pass.
+CREATE OR REPLACE FUNCTION dialer._enqueue(p_agency_id bigint, p_mapping_id bigint, p_to text, p_message text,
+    p_priority integer, p_run_at timestamptz, p_metadata jsonb, p_lead_id text, p_dedupe_key text,
+    p_recurring_id bigint DEFAULT NULL, p_expires_at timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    q bigint := dialer._queue_batch(p_agency_id, p_mapping_id);
+    job bigint;
+BEGIN
+    IF p_dedupe_key IS NOT NULL THEN
+        SELECT id INTO job FROM dialer.campaign_contacts WHERE batch_id = q AND dedupe_key = p_dedupe_key;
+        IF job IS NOT NULL THEN
+            RETURN job;
+        END IF;
+    END IF;
+    INSERT INTO dialer.campaign_contacts (batch_id, phone_number, variables, lead_ref, priority, status,
+        next_attempt_at, is_job, agent_mapping_id, message, metadata, dedupe_key, recurring_call_id, timezone, expires_at)
+    VALUES (q, p_to, jsonb_strip_nulls(jsonb_build_object('message', p_message)), p_lead_id, p_priority, 'queued',
+            p_run_at, true, p_mapping_id, p_message, coalesce(p_metadata, '{}'), p_dedupe_key, p_recurring_id,
+            dialer._zone_for_number(p_to), p_expires_at)
+    ON CONFLICT (batch_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+    RETURNING id INTO job;
+    IF job IS NULL THEN  -- a concurrent caller used the same dedupe key first
+        SELECT id INTO job FROM dialer.campaign_contacts WHERE batch_id = q AND dedupe_key = p_dedupe_key;
+        RETURN job;
+    END IF;
+    INSERT INTO dialer.queue_arrivals (batch_id) VALUES (q);
+    -- Immediate: dialed at once (the worker claims from this queue first, and that claim is all
+    -- its wake-up does). Delayed: a full pass, where the worker learns its next wake-up time.
+    IF p_run_at IS NULL THEN
+        PERFORM dialer._wake_on_commit_for(q);
+    ELSE
+        PERFORM dialer._wake_on_commit();
+    END IF;
+    RETURN job;
+END $$;
+
 -- SQL written once (functions that shared repeated blocks, redefined here).
 
 -- The list a bulk function takes (add_contacts' contacts, schedule_bulk_calls' calls), named p_name

@@ -29,6 +29,7 @@ fn process_batches() -> JsonB {
 /// Wakes the worker now instead of at its next poll.
 #[pg_extern]
 fn wake() {
+    wake::ask_for_pass();
     wake::wake_worker();
 }
 

@@ -20,6 +20,8 @@ thread_local! {
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
     /// The batch this transaction gave new work to: 0 none yet, -1 several.
     static WAKE_BATCH: Cell<i64> = const { Cell::new(0) };
+    /// The immediate jobs it gave that batch.
+    static WAKE_JOBS: Cell<u64> = const { Cell::new(0) };
     /// The counters (wake::Epoch bits) this transaction bumps when it commits.
     static CHANGED: Cell<u8> = const { Cell::new(0) };
 }
@@ -31,8 +33,9 @@ fn _wake_on_commit() {
     wake_on_commit(None);
 }
 
-/// `_wake_on_commit` for new work in one batch (a queue's new job): the worker claims from that
-/// batch first. (A function of its own: the library of a new release must still serve the
+/// `_wake_on_commit` for new work in one batch (a queue's new immediate job): the worker claims
+/// from that batch first, and that claim is all the wake-up does if it takes every such job.
+/// (A function of its own: the library of a new release must still serve the
 /// previous release's SQL until ALTER EXTENSION UPDATE.)
 #[pg_extern]
 fn _wake_on_commit_for(batch_id: i64) {
@@ -71,14 +74,21 @@ fn wake_on_commit(batch_id: Option<i64>) {
             _ => -1,
         })
     });
+    if batch_id.is_some() {
+        WAKE_JOBS.with(|n| n.set(n.get().saturating_add(1)));
+    }
     if WAKE_PENDING.with(|p| p.replace(true)) {
         return;
     }
     register_xact_callback(PgXactCallbackEvent::Commit, || {
         WAKE_PENDING.with(|p| p.set(false));
+        // One queue given work: its own claim serves it. Anything else: a full pass.
         let b = WAKE_BATCH.with(|w| w.replace(0));
-        if b != 0 {
-            wake::note_woken_batch(b);
+        let jobs = WAKE_JOBS.with(|n| n.replace(0));
+        if b > 0 {
+            wake::note_woken_batch(b, jobs);
+        } else {
+            wake::ask_for_pass();
         }
         let changed = CHANGED.with(|c| c.replace(0));
         for epoch in [wake::Epoch::Holds, wake::Epoch::Config] {
@@ -91,6 +101,7 @@ fn wake_on_commit(batch_id: Option<i64>) {
     register_xact_callback(PgXactCallbackEvent::Abort, || {
         WAKE_PENDING.with(|p| p.set(false));
         WAKE_BATCH.with(|w| w.set(0));
+        WAKE_JOBS.with(|n| n.set(0));
         CHANGED.with(|c| c.set(0));
     });
 }
