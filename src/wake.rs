@@ -121,9 +121,11 @@ pub fn note_woken_batch(batch_id: i64, jobs: u64) {
     }
 }
 
-/// Asks for a full pass at the worker's next wake-up (see PASS_ASKED); set before the latch.
+/// Asks for a full pass at the worker's next wake-up (see PASS_ASKED); set before the latch. Not
+/// from the worker's own commits (a call it saw end): it looks again at the end of the pass it is
+/// in, as `wake_worker` does not wake it either.
 pub fn ask_for_pass() {
-    if SHMEM_READY.load(Ordering::SeqCst) {
+    if SHMEM_READY.load(Ordering::SeqCst) && WORKER_PID.get().load(Ordering::SeqCst) != unsafe { pg_sys::MyProcPid } {
         PASS_ASKED.get().store(true, Ordering::SeqCst);
     }
 }
