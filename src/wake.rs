@@ -116,8 +116,9 @@ pub fn note_woken_batch(batch_id: i64, jobs: u64) {
         b if b == batch_id => None,
         _ => Some(-1),
     });
+    // (asked even from the worker's own commit: another's note is then waiting for it)
     if matches!(seen, Ok(b) if b != 0) {
-        ask_for_pass();
+        PASS_ASKED.get().store(true, Ordering::SeqCst);
     }
 }
 
