@@ -12,13 +12,6 @@ pub struct WaitSet {
     set: *mut pg_sys::WaitEventSet,
 }
 
-/// What ended a wait.
-#[derive(Default)]
-pub struct Woken {
-    pub latch: bool,
-    pub postmaster_died: bool,
-}
-
 impl WaitSet {
     /// A set watching the latch, the postmaster and `fd` (readable).
     pub fn new(fd: RawFd) -> Self {
@@ -37,21 +30,18 @@ impl WaitSet {
     }
 
     /// Sleeps until the latch is set, `fd` is readable, the postmaster dies or `timeout` passes;
-    /// the latch is reset before returning.
-    pub fn wait(&mut self, timeout: Duration) -> Woken {
+    /// the latch is reset before returning. Returns whether the postmaster died. (Why the latch
+    /// was set is in shared memory, wake.rs: the latch itself only ends the sleep.)
+    pub fn wait(&mut self, timeout: Duration) -> bool {
         // Rounded up: a wait of 0.6 ms cut to 0 returned at once, and the loop spun on the
         // clock until its deadline (a held call's release, every 33 ms at 30 calls/s).
         let timeout_ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as std::ffi::c_long;
         let mut events: [pg_sys::WaitEvent; 3] = unsafe { std::mem::zeroed() };
         let n =
             unsafe { pg_sys::WaitEventSetWait(self.set, timeout_ms, events.as_mut_ptr(), events.len() as i32, pg_sys::PG_WAIT_EXTENSION) };
-        let mut woken = Woken::default();
-        for e in events.iter().take(n.max(0) as usize) {
-            woken.latch |= e.events & pg_sys::WL_LATCH_SET != 0;
-            woken.postmaster_died |= e.events & pg_sys::WL_POSTMASTER_DEATH != 0;
-        }
+        let postmaster_died = events.iter().take(n.max(0) as usize).any(|e| e.events & pg_sys::WL_POSTMASTER_DEATH != 0);
         unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-        woken
+        postmaster_died
     }
 }
 

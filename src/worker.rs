@@ -886,8 +886,7 @@ impl Worker {
             Some(until) => timeout.min(until),
             None => timeout,
         };
-        let woken = self.wait_set.wait(timeout);
-        if woken.postmaster_died {
+        if self.wait_set.wait(timeout) {
             unsafe { pg_sys::proc_exit(1) };
         }
         pgrx::check_for_interrupts!();
