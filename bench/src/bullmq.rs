@@ -268,6 +268,19 @@ impl<T> BullRuns<T> {
         }))
     }
 
+    /// Each backend's rounds merged (see common::merge_rounds).
+    pub fn merge(rounds: Vec<BullRuns<T>>, merge: impl Fn(Vec<T>) -> T) -> BullRuns<T> {
+        let mut by_backend: [Vec<Result<T>>; 2] = [Vec::new(), Vec::new()];
+        for round in rounds {
+            for (i, r) in round.0.into_iter().enumerate() {
+                if let Some(r) = r {
+                    by_backend[i].push(r);
+                }
+            }
+        }
+        BullRuns(by_backend.map(|rs| crate::common::merge_rounds(rs, &merge)))
+    }
+
     pub fn ok(&self, b: Backend) -> Option<&T> {
         self.0[b as usize].as_ref().and_then(|r| r.as_ref().ok())
     }

@@ -19,6 +19,28 @@ pub struct Opts {
     pub claim: i32,
     /// Simulator latencies of the pg_dialer throughput runs (0 and 100 by default).
     pub tp_latencies: Vec<u64>,
+    /// Rounds of the throughput (0 ms) and latency scenarios (see --rounds).
+    pub rounds: usize,
+}
+
+/// One system's rounds merged with `merge` (those that succeeded; a failed round is said on
+/// stderr as it happens); the first error if none succeeded, None if none ran.
+pub fn merge_rounds<T>(rounds: Vec<Result<T>>, merge: impl Fn(Vec<T>) -> T) -> Option<Result<T>> {
+    let mut ok = Vec::new();
+    let mut first_err = None;
+    for r in rounds {
+        match r {
+            Ok(t) => ok.push(t),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if ok.is_empty() {
+        first_err.map(Err)
+    } else {
+        Some(Ok(merge(ok)))
+    }
 }
 
 /// Extra postgresql.conf lines for every cluster (--pg-conf) and where to keep server logs

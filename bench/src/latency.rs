@@ -19,6 +19,38 @@ pub struct LatResult {
     pub p99: Option<f64>,
     pub max: Option<f64>,
     pub details: Vec<String>,
+    /// Who was measured, every call's latency (ms), and the calls that never arrived.
+    who: String,
+    lat: Vec<f64>,
+    missing: usize,
+}
+
+impl LatResult {
+    /// Several rounds of one system as one: the percentiles of all their calls together; the
+    /// first round's details, and every round's p50 and p99.
+    fn pooled(mut rounds: Vec<LatResult>) -> LatResult {
+        if rounds.len() == 1 {
+            return rounds.remove(0);
+        }
+        let listed = |f: fn(&LatResult) -> Option<f64>| {
+            rounds.iter().map(|r| f(r).map_or("—".to_string(), |v| format!("{v:.2}"))).collect::<Vec<_>>().join(" / ")
+        };
+        let line = format!(
+            "  {} rounds, each system in turn in every round: p50 {} ms, p99 {} ms; the table gives the percentiles of every round's calls together (below), the details above are the first round's",
+            rounds.len(),
+            listed(|r| r.p50),
+            listed(|r| r.p99)
+        );
+        let lat: Vec<f64> = rounds.iter().flat_map(|r| r.lat.iter().copied()).collect();
+        let missing = rounds.iter().map(|r| r.missing).sum();
+        let who = rounds[0].who.clone();
+        let mut details = std::mem::take(&mut rounds[0].details);
+        details.push(line);
+        let mut r = summarize(&who, &lat, missing, &mut Vec::new());
+        details.append(&mut r.details);
+        r.details = details;
+        r
+    }
 }
 
 fn count(opts: &Opts) -> usize {
@@ -61,7 +93,15 @@ fn summarize(who: &str, lat: &[f64], missing: usize, details: &mut Vec<String>) 
         p(100.0).unwrap_or(f64::NAN),
         percentile(lat, 0.0).unwrap_or(f64::NAN)
     ));
-    LatResult { p50: p(50.0), p99: p(99.0), max: p(100.0), details: std::mem::take(details) }
+    LatResult {
+        p50: p(50.0),
+        p99: p(99.0),
+        max: p(100.0),
+        details: std::mem::take(details),
+        who: who.to_string(),
+        lat: lat.to_vec(),
+        missing,
+    }
 }
 
 pub fn pg(opts: &Opts) -> Result<LatResult> {
@@ -196,8 +236,21 @@ pub fn bull(opts: &Opts, backend: Backend) -> Result<LatResult> {
 pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
     let sc = format!("2. Immediate-call latency, {RATE:.0}/s × {} calls", count(opts));
-    let pg = pg(opts);
-    let bull = BullRuns::run(opts, "latency", |b| bull(opts, b));
+    // Rounds: pg_dialer, then each BullMQ backend, and again (see --rounds).
+    let (mut pg_rounds, mut bull_rounds) = (Vec::new(), Vec::new());
+    for round in 0..opts.rounds {
+        if round > 0 && crate::cleanup::interrupted() {
+            break;
+        }
+        let r = pg(opts);
+        if let Err(e) = &r {
+            eprintln!("bench: latency (pg_dialer) failed: {e:#}");
+        }
+        pg_rounds.push(r);
+        bull_rounds.push(BullRuns::run(opts, "latency", |b| bull(opts, b)));
+    }
+    let pg = merge_rounds(pg_rounds, LatResult::pooled).unwrap_or_else(|| Err(anyhow!("not run")));
+    let bull = BullRuns::merge(bull_rounds, LatResult::pooled);
     match &pg {
         Ok(p) => {
             // The target is BullMQ's figure of the same run, against each backend (without it,
@@ -218,10 +271,7 @@ pub fn run(opts: &Opts) -> Outcome {
             out.rows.push(bull.fill(Row::new(&sc, "max ms", p.max, None, 2), |b| b.max));
             out.details.extend(p.details.iter().cloned());
         }
-        Err(e) => {
-            eprintln!("bench: latency (pg_dialer) failed: {e:#}");
-            out.rows.push(Row::failed(&sc, &format!("{e:#}")));
-        }
+        Err(e) => out.rows.push(Row::failed(&sc, &format!("{e:#}"))),
     }
     out.details.extend(bull.details("latency", |b| &b.details));
     out

@@ -52,6 +52,12 @@ struct Args {
     /// transaction long, smaller ones pay a tick's fixed costs more often).
     #[arg(long, default_value_t = 300)]
     claim: i32,
+    /// Rounds of the throughput (simulator at 0 ms) and latency scenarios, each system in turn
+    /// in every round, so that a slow spell of the machine falls on all of them (default 3; 1
+    /// with --quick). Throughput reports each figure's median round; latency, the percentiles of
+    /// every round's calls together.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Simulator latencies (ms) of the pg_dialer throughput runs.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100])]
     tp_latency: Vec<u64>,
@@ -108,6 +114,7 @@ fn run(args: Args) -> Result<bool> {
         node: None,
         claim: args.claim,
         tp_latencies: args.tp_latency.clone(),
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
     };
     let mut notes = Vec::new();
     let bull_needed = !args.skip_bullmq && ["throughput", "latency", "pacing", "load"].iter().any(|s| wanted(s));
@@ -212,9 +219,12 @@ fn markdown(date: &str, opts: &Opts, m: &machine::Machine, all: &Outcome, notes:
          `synchronous_commit = off` (the test harness's settings; the worker commits its claims synchronously whatever \
          the setting, which costs little without fsync), Redis with `--save '' --appendonly no`: neither side \
          pays for durability. Figures are measured, never asserted; `(MISSED)` marks a pg_dialer target not reached \
-         (targets relative to BullMQ are judged against both backends). \
+         (targets relative to BullMQ are judged against both backends). Throughput (at 0 ms) and latency run \
+         in {}, each system in turn in every round: throughput gives each figure's median round, latency \
+         the percentiles of every round's calls together. \
          Reproduce with `make bench` (`BENCH_ARGS=\"--quick\"` for the short run).\n",
-        m.nproc
+        m.nproc,
+        if opts.rounds == 1 { "one round".to_string() } else { format!("{} rounds", opts.rounds) }
     );
     s.push_str(&report::markdown_table(&all.rows));
     if let Some(p) = png {

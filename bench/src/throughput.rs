@@ -29,6 +29,43 @@ pub struct TpResult {
 
 const CALL_MS: (u64, u64) = (50, 100);
 
+impl TpResult {
+    /// Several rounds of one system as one: each figure's median round (memory: the most any
+    /// round used); the details of the round with the median rate, and every round's figures.
+    fn median(mut rounds: Vec<TpResult>) -> TpResult {
+        if rounds.len() == 1 {
+            return rounds.remove(0);
+        }
+        let median = |f: &dyn Fn(&TpResult) -> Option<f64>| stats::percentile(&rounds.iter().filter_map(f).collect::<Vec<_>>(), 50.0);
+        let max = |f: &dyn Fn(&TpResult) -> Option<f64>| rounds.iter().filter_map(f).reduce(f64::max);
+        let listed = |f: &dyn Fn(&TpResult) -> Option<f64>, digits: usize| {
+            rounds.iter().map(|r| f(r).map_or("—".to_string(), |v| crate::report::group(v, digits))).collect::<Vec<_>>().join(" / ")
+        };
+        let rate = median(&|r| r.rate);
+        let line = format!(
+            "  {} rounds, each system in turn in every round; calls/s {}; CPU s / 1k calls {}; the table gives each figure's median round, these details are the median-rate round's",
+            rounds.len(),
+            listed(&|r| r.rate, 0),
+            listed(&|r| Some(r.cpu_per_1k), 3)
+        );
+        let merged = TpResult {
+            rate,
+            rate_e2e: median(&|r| r.rate_e2e),
+            placed: rounds.iter().map(|r| r.placed).min().unwrap_or(0),
+            wanted: rounds[0].wanted,
+            cpu_per_1k: median(&|r| Some(r.cpu_per_1k)).unwrap_or(f64::NAN),
+            sim_cpu_per_1k: median(&|r| Some(r.sim_cpu_per_1k)).unwrap_or(f64::NAN),
+            hwm_mb: max(&|r| r.hwm_mb),
+            anon_mb: max(&|r| r.anon_mb),
+            details: Vec::new(),
+        };
+        let at = rounds.iter().position(|r| r.rate == rate).unwrap_or(0);
+        let mut details = rounds.swap_remove(at).details;
+        details.insert(details.len().min(1), line);
+        TpResult { details, ..merged }
+    }
+}
+
 fn shape(opts: &Opts) -> (usize, usize) {
     if opts.quick {
         (100, 100)
@@ -232,13 +269,23 @@ pub fn bull(opts: &Opts, backend: Backend) -> Result<TpResult> {
 
 pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
-    let pg0 = if opts.tp_latencies.contains(&0) { pg(opts, 0) } else { Err(anyhow::anyhow!("not run")) };
-    if let Err(e) = &pg0 {
-        if e.to_string() != "not run" {
-            eprintln!("bench: throughput (pg_dialer, 0 ms) failed: {e:#}");
+    // Rounds: pg_dialer, then each BullMQ backend, and again (see --rounds).
+    let (mut pg_rounds, mut bull_rounds) = (Vec::new(), Vec::new());
+    for round in 0..opts.rounds {
+        if round > 0 && crate::cleanup::interrupted() {
+            break;
         }
+        if opts.tp_latencies.contains(&0) {
+            let r = pg(opts, 0);
+            if let Err(e) = &r {
+                eprintln!("bench: throughput (pg_dialer, 0 ms) failed: {e:#}");
+            }
+            pg_rounds.push(r);
+        }
+        bull_rounds.push(BullRuns::run(opts, "throughput", |b| bull(opts, b)));
     }
-    let bull = BullRuns::run(opts, "throughput", |b| bull(opts, b));
+    let pg0 = merge_rounds(pg_rounds, TpResult::median).unwrap_or_else(|| Err(anyhow::anyhow!("not run")));
+    let bull = BullRuns::merge(bull_rounds, TpResult::median);
     let pg100 =
         if crate::cleanup::interrupted() || !opts.tp_latencies.contains(&100) { Err(anyhow::anyhow!("not run")) } else { pg(opts, 100) };
     if let Err(e) = &pg100 {
