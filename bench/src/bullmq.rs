@@ -268,8 +268,36 @@ impl<T> BullRuns<T> {
         }))
     }
 
+    /// A scenario in rounds (`opts.rounds`; see --rounds): pg_dialer (`ours`, unless None), then
+    /// each backend, and again, so that a slow spell of the machine falls on every system; each
+    /// system's rounds merged with `merge`. pg_dialer's result is an error "not run" without `ours`.
+    pub fn in_rounds(
+        opts: &Opts,
+        what: &str,
+        ours: Option<&dyn Fn() -> Result<T>>,
+        theirs: impl Fn(Backend) -> Result<T>,
+        merge: impl Fn(Vec<T>) -> T,
+    ) -> (Result<T>, BullRuns<T>) {
+        let (mut our_rounds, mut their_rounds) = (Vec::new(), Vec::new());
+        for round in 0..opts.rounds {
+            if round > 0 && cleanup::interrupted() {
+                break;
+            }
+            if let Some(ours) = ours {
+                let r = ours();
+                if let Err(e) = &r {
+                    eprintln!("bench: {what} (pg_dialer) failed: {e:#}");
+                }
+                our_rounds.push(r);
+            }
+            their_rounds.push(BullRuns::run(opts, what, &theirs));
+        }
+        let ours = crate::common::merge_rounds(our_rounds, &merge).unwrap_or_else(|| Err(anyhow!("not run")));
+        (ours, BullRuns::merge(their_rounds, merge))
+    }
+
     /// Each backend's rounds merged (see common::merge_rounds).
-    pub fn merge(rounds: Vec<BullRuns<T>>, merge: impl Fn(Vec<T>) -> T) -> BullRuns<T> {
+    fn merge(rounds: Vec<BullRuns<T>>, merge: impl Fn(Vec<T>) -> T) -> BullRuns<T> {
         let mut by_backend: [Vec<Result<T>>; 2] = [Vec::new(), Vec::new()];
         for round in rounds {
             for (i, r) in round.0.into_iter().enumerate() {

@@ -236,21 +236,7 @@ pub fn bull(opts: &Opts, backend: Backend) -> Result<LatResult> {
 pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
     let sc = format!("2. Immediate-call latency, {RATE:.0}/s × {} calls", count(opts));
-    // Rounds: pg_dialer, then each BullMQ backend, and again (see --rounds).
-    let (mut pg_rounds, mut bull_rounds) = (Vec::new(), Vec::new());
-    for round in 0..opts.rounds {
-        if round > 0 && crate::cleanup::interrupted() {
-            break;
-        }
-        let r = pg(opts);
-        if let Err(e) = &r {
-            eprintln!("bench: latency (pg_dialer) failed: {e:#}");
-        }
-        pg_rounds.push(r);
-        bull_rounds.push(BullRuns::run(opts, "latency", |b| bull(opts, b)));
-    }
-    let pg = merge_rounds(pg_rounds, LatResult::pooled).unwrap_or_else(|| Err(anyhow!("not run")));
-    let bull = BullRuns::merge(bull_rounds, LatResult::pooled);
+    let (pg, bull) = BullRuns::in_rounds(opts, "latency", Some(&|| pg(opts)), |b| bull(opts, b), LatResult::pooled);
     match &pg {
         Ok(p) => {
             // The target is BullMQ's figure of the same run, against each backend (without it,

@@ -269,23 +269,14 @@ pub fn bull(opts: &Opts, backend: Backend) -> Result<TpResult> {
 
 pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
-    // Rounds: pg_dialer, then each BullMQ backend, and again (see --rounds).
-    let (mut pg_rounds, mut bull_rounds) = (Vec::new(), Vec::new());
-    for round in 0..opts.rounds {
-        if round > 0 && crate::cleanup::interrupted() {
-            break;
-        }
-        if opts.tp_latencies.contains(&0) {
-            let r = pg(opts, 0);
-            if let Err(e) = &r {
-                eprintln!("bench: throughput (pg_dialer, 0 ms) failed: {e:#}");
-            }
-            pg_rounds.push(r);
-        }
-        bull_rounds.push(BullRuns::run(opts, "throughput", |b| bull(opts, b)));
-    }
-    let pg0 = merge_rounds(pg_rounds, TpResult::median).unwrap_or_else(|| Err(anyhow::anyhow!("not run")));
-    let bull = BullRuns::merge(bull_rounds, TpResult::median);
+    let ours = || pg(opts, 0);
+    let (pg0, bull) = BullRuns::in_rounds(
+        opts,
+        "throughput (0 ms)",
+        opts.tp_latencies.contains(&0).then_some(&ours as &dyn Fn() -> Result<TpResult>),
+        |b| bull(opts, b),
+        TpResult::median,
+    );
     let pg100 =
         if crate::cleanup::interrupted() || !opts.tp_latencies.contains(&100) { Err(anyhow::anyhow!("not run")) } else { pg(opts, 100) };
     if let Err(e) = &pg100 {
