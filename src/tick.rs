@@ -375,7 +375,17 @@ fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     row.get::<T>(column).map_err(db)?.ok_or_else(|| DialerError::database(format!("column {column} of a tick statement is NULL")))
 }
 
-/// Claims from the given batches, in order, as far as the HTTP pool's room goes.
+/// A due batch to claim from, with what its requests need.
+struct Asked {
+    due: DueBatch,
+    /// Its provider account as the HTTP pool counts it (`agency:provider`).
+    account: String,
+    target: ProviderTarget,
+}
+
+/// Claims from the given batches, in order, as far as the HTTP pool's room goes: all of them in
+/// one statement, then any the statement deferred (they share a pacing row or caller-ID pool with
+/// a batch before them) or gave less room than an earlier batch left unused, in the next.
 fn claim_from(
     due: Vec<DueBatch>,
     pacing: &Pacing,
@@ -383,41 +393,55 @@ fn claim_from(
     cache: &mut TargetCache,
     lock: TickLock,
 ) -> Result<Claimed, DialerError> {
-    let Claimed { mut jobs, mut unbuildable, mut batches, mut short_of_room } = Claimed::default();
+    let mut claimed = Claimed::default();
     // dialer.max_execution_time bounds one tick: batches not reached wait for the next one.
     let deadline = std::time::Instant::now() + crate::gucs::max_execution_time();
     // What the HTTP pool can take (room_for("") is the pool's room across all accounts).
     let mut total_left = room_for("");
     let mut claimed_now: HashMap<String, usize> = HashMap::new();
-    for DueBatch { batch_id, agency_id, mapping_id } in due {
-        if std::time::Instant::now() >= deadline {
-            break;
-        }
-        let target = match cache.target(mapping_id, agency_id) {
-            Ok(t) => t,
+    let mut pending = Vec::with_capacity(due.len());
+    for due in due {
+        match cache.target(due.mapping_id, due.agency_id) {
+            Ok(target) => pending.push(Asked { account: format!("{}:{}", due.agency_id, target.provider), due, target }),
             Err(e @ (DialerError::MissingCredentials { .. } | DialerError::NotFound(_) | DialerError::InvalidArgument(_))) => {
                 // Do not burn contacts on a configuration problem: say so on the batch and wait.
-                set_batch_error(batch_id, &e.to_string())?;
-                continue;
+                set_batch_error(due.batch_id, &e.to_string())?;
             }
             Err(e) => return Err(e),
-        };
+        }
+    }
+    // After a statement failed, each batch goes on its own, so that one batch whose rows cannot be
+    // claimed is set aside with its error while the rest go on.
+    let mut one_at_a_time = false;
+    // Every statement but a failed one serves its first batch for good (it is never deferred, and
+    // it comes back only if it took all its room, which then runs out): so at most one a batch.
+    for _ in 0..=pending.len() * 2 {
+        if pending.is_empty() || std::time::Instant::now() >= deadline {
+            break;
+        }
         // A provider account whose requests fill its share of the HTTP threads (it is slow or
         // hanging) gets no more until some come back; other accounts go on.
-        let account = format!("{agency_id}:{}", target.provider);
-        let taken = claimed_now.get(&account).copied().unwrap_or(0);
-        let room = room_for(&account).saturating_sub(taken).min(total_left);
-        if room == 0 {
-            short_of_room = true;
-            continue;
+        let room_of = |account: &str| room_for(account).saturating_sub(claimed_now.get(account).copied().unwrap_or(0)).min(total_left);
+        let before = pending.len();
+        pending.retain(|a| room_of(&a.account) > 0);
+        claimed.short_of_room |= pending.len() < before;
+        if pending.is_empty() {
+            break;
         }
-        let budget = pacing.budget_per_batch.min(room.min(i32::MAX as usize) as i32);
-        // One batch whose rows cannot be claimed is set aside with its error; the rest go on.
-        let specs = match crate::txn::isolated(|| claim_batch(batch_id, budget, pacing, lock)) {
-            Ok(specs) => specs,
+        let ask: Vec<Asked> = pending.drain(..if one_at_a_time { 1 } else { pending.len() }).collect();
+        let rooms: Vec<i32> = ask.iter().map(|a| room_of(&a.account).min(i32::MAX as usize) as i32).collect();
+        let total = total_left.min(i32::MAX as usize) as i32;
+        let out = match crate::txn::isolated(|| claim_batches(&ask, &rooms, total, pacing, lock)) {
+            Ok(out) => out,
+            Err(_) if ask.len() > 1 => {
+                one_at_a_time = true;
+                pending.splice(0..0, ask);
+                continue;
+            }
             Err(e) => {
                 // Noted in a subtransaction of its own: a batch row that cannot be written now
                 // (locked past lock_timeout) must not end the tick for the others either.
+                let batch_id = ask[0].due.batch_id;
                 let note = format!("could not claim from this batch: {e}");
                 if let Err(e) = crate::txn::isolated(|| set_batch_error(batch_id, &note)) {
                     pgrx::warning!("pg_dialer: batch {batch_id}: {note} ({e})");
@@ -425,56 +449,85 @@ fn claim_from(
                 continue;
             }
         };
-        if specs.is_empty() {
-            continue;
-        }
-        // (all the room there was, and the batch could have taken more)
-        short_of_room |= budget < pacing.budget_per_batch && specs.len() >= budget as usize;
-        *claimed_now.entry(account).or_insert(0) += specs.len();
-        total_left = total_left.saturating_sub(specs.len());
-        batches += 1;
-        for (spec, pool_number) in specs {
-            // A queue job may name its own agent; its target is looked up (once per tick) too.
-            let mut target = if spec.agent_mapping_id == mapping_id || spec.agent_mapping_id == 0 {
-                target.clone()
-            } else {
-                match cache.target(spec.agent_mapping_id, agency_id) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        unbuildable.not_built(spec.call_id, &e.to_string());
-                        continue;
-                    }
-                }
+        let mut taken: HashMap<i64, usize> = HashMap::new();
+        for (spec, pool_number) in out.calls {
+            let Some(asked) = ask.iter().find(|a| a.due.batch_id == spec.batch_id) else {
+                return Err(DialerError::database(format!("the claim returned a call of batch {}, which it was not given", spec.batch_id)));
             };
-            // The caller ID the claim chose (the mapping's own, or one from the agency's pool).
-            if target.mapping.use_caller_id_pool {
-                target.mapping.from_number = pool_number;
-            }
-            let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
-            match providers::build_call_request(&target, &spec) {
-                Ok(request) => {
-                    let account = spec.credential_key.as_deref().map(|key| (key, spec.credential_gap_ms));
-                    let spacing = crate::pacing::spacing_keys(batch_id, spec.spacing_ms, account, spec.global_gap_ms);
-                    jobs.push(Job {
-                        kind,
-                        request,
-                        not_before_ms: Some(spec.slot_at_ms),
-                        spacing,
-                        flight_key: Some(format!("{agency_id}:{}", target.provider)),
-                    })
-                }
-                Err(error) => unbuildable.not_built(spec.call_id, &error),
-            }
+            *taken.entry(spec.batch_id).or_insert(0) += 1;
+            *claimed_now.entry(asked.account.clone()).or_insert(0) += 1;
+            total_left = total_left.saturating_sub(1);
+            claimed.add_call(asked, spec, pool_number, cache);
         }
+        claimed.batches += taken.len() as i32;
+        // Deferred batches, and those that took all the room they were given (less than a batch's
+        // budget): the next statement, with the room left.
+        let again: Vec<i64> = out
+            .short
+            .iter()
+            .filter(|&&(batch_id, room)| room.is_none_or(|room| taken.get(&batch_id).copied().unwrap_or(0) as i64 >= room as i64))
+            .map(|&(batch_id, _)| batch_id)
+            .collect();
+        let mut back: Vec<Asked> = ask.into_iter().filter(|a| again.contains(&a.due.batch_id)).collect();
+        back.append(&mut pending);
+        pending = back;
     }
-    Ok(Claimed { jobs, unbuildable, batches, short_of_room })
+    Ok(claimed)
 }
 
-/// The claim statement (sql/claim.sql): one batch, one statement, its plan kept for the session.
+impl Claimed {
+    /// A claimed call as a job for the HTTP pool (or, if its request cannot be built, an outcome).
+    fn add_call(&mut self, asked: &Asked, spec: CallSpec, pool_number: Option<String>, cache: &mut TargetCache) {
+        let DueBatch { batch_id, agency_id, mapping_id } = asked.due;
+        // A queue job may name its own agent; its target is looked up (once per tick) too.
+        let mut target = if spec.agent_mapping_id == mapping_id || spec.agent_mapping_id == 0 {
+            asked.target.clone()
+        } else {
+            match cache.target(spec.agent_mapping_id, agency_id) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.unbuildable.not_built(spec.call_id, &e.to_string());
+                    return;
+                }
+            }
+        };
+        // The caller ID the claim chose (the mapping's own, or one from the agency's pool).
+        if target.mapping.use_caller_id_pool {
+            target.mapping.from_number = pool_number;
+        }
+        let kind = JobKind::Place { call_id: spec.call_id, batch_id, provider: target.provider.clone() };
+        match providers::build_call_request(&target, &spec) {
+            Ok(request) => {
+                let account = spec.credential_key.as_deref().map(|key| (key, spec.credential_gap_ms));
+                let spacing = crate::pacing::spacing_keys(batch_id, spec.spacing_ms, account, spec.global_gap_ms);
+                self.jobs.push(Job {
+                    kind,
+                    request,
+                    not_before_ms: Some(spec.slot_at_ms),
+                    spacing,
+                    flight_key: Some(format!("{agency_id}:{}", target.provider)),
+                })
+            }
+            Err(error) => self.unbuildable.not_built(spec.call_id, &error),
+        }
+    }
+}
+
+/// The claim statement (sql/claim.sql): the given batches, one statement, its plan kept for the session.
 const CLAIM: &str = include_str!("../sql/claim.sql");
 
-/// The claimed calls, each with the caller ID the claim chose for it.
-fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing, lock: TickLock) -> Result<Vec<(CallSpec, Option<String>)>, DialerError> {
+/// What one claim statement gave.
+struct ClaimedBatches {
+    /// The claimed calls, each with the caller ID the claim chose for it.
+    calls: Vec<(CallSpec, Option<String>)>,
+    /// Batches deferred to the next statement (None), or given less room than their budget (Some:
+    /// how much).
+    short: Vec<(i64, Option<i32>)>,
+}
+
+fn claim_batches(ask: &[Asked], rooms: &[i32], total_room: i32, pacing: &Pacing, lock: TickLock) -> Result<ClaimedBatches, DialerError> {
+    let batch_ids: Vec<i64> = ask.iter().map(|a| a.due.batch_id).collect();
+    let accounts: Vec<String> = ask.iter().map(|a| a.account.clone()).collect();
     Spi::connect_mut(|client| {
         if pacing.global_cps > 0 {
             // The server's pacing row, which the claim locks and moves on.
@@ -495,37 +548,53 @@ fn claim_batch(batch_id: i64, budget: i32, pacing: &Pacing, lock: TickLock) -> R
                     CLAIM,
                     None,
                     &[
-                        batch_id.into(),
-                        budget.into(),
+                        batch_ids.clone().into(),
+                        pacing.budget_per_batch.into(),
                         pacing.ahead_ms.into(),
                         pacing.global_cps.into(),
                         pacing.catch_up_before_ms.into(),
                         matches!(lock, TickLock::Take).into(),
+                        accounts.clone().into(),
+                        rooms.to_vec().into(),
+                        total_room.into(),
                     ],
                 )
             },
         )
         .map_err(db)?;
-        let mut out = Vec::new();
+        let mut out = ClaimedBatches { calls: Vec::new(), short: Vec::new() };
         for r in table {
+            let kind: String = required(&r, 1)?;
+            let batch_id: i64 = required(&r, 2)?;
+            match kind.as_str() {
+                "call" => {}
+                "deferred" => {
+                    out.short.push((batch_id, None));
+                    continue;
+                }
+                _ => {
+                    out.short.push((batch_id, Some(required(&r, 18)?)));
+                    continue;
+                }
+            }
             let spec = CallSpec {
-                call_id: required(&r, 1)?,
+                call_id: required(&r, 3)?,
                 batch_id,
-                contact_id: required(&r, 2)?,
-                phone_number: required(&r, 3)?,
-                name: r.get::<String>(4).map_err(db)?,
-                variables: r.get::<JsonB>(5).map_err(db)?.map(|j| j.0).unwrap_or_else(|| json!({})),
-                lead_ref: r.get::<String>(6).map_err(db)?,
-                idempotency_key: required(&r, 7)?,
-                slot_at_ms: required(&r, 8)?,
-                spacing_ms: required(&r, 9)?,
-                agent_mapping_id: required(&r, 10)?,
-                metadata: r.get::<JsonB>(11).map_err(db)?.map(|j| j.0).unwrap_or_else(|| json!({})),
-                credential_key: r.get::<String>(12).map_err(db)?,
-                credential_gap_ms: required(&r, 13)?,
-                global_gap_ms: required(&r, 14)?,
+                contact_id: required(&r, 4)?,
+                phone_number: required(&r, 5)?,
+                name: r.get::<String>(6).map_err(db)?,
+                variables: r.get::<JsonB>(7).map_err(db)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                lead_ref: r.get::<String>(8).map_err(db)?,
+                idempotency_key: required(&r, 9)?,
+                slot_at_ms: required(&r, 10)?,
+                spacing_ms: required(&r, 11)?,
+                agent_mapping_id: required(&r, 12)?,
+                metadata: r.get::<JsonB>(13).map_err(db)?.map(|j| j.0).unwrap_or_else(|| json!({})),
+                credential_key: r.get::<String>(14).map_err(db)?,
+                credential_gap_ms: required(&r, 15)?,
+                global_gap_ms: required(&r, 16)?,
             };
-            out.push((spec, r.get::<String>(15).map_err(db)?));
+            out.calls.push((spec, r.get::<String>(17).map_err(db)?));
         }
         Ok::<_, DialerError>(out)
     })

@@ -64,11 +64,12 @@ fn time_claim(db: &mut Client, setup: &str, batch_id: i64, n: usize) -> Result<f
     use postgres::types::Type;
     let claim = db.prepare_typed(
         include_str!("../../sql/claim.sql"),
-        &[Type::INT8, Type::INT4, Type::FLOAT8, Type::INT4, Type::FLOAT8, Type::BOOL],
+        &[Type::INT8_ARRAY, Type::INT4, Type::FLOAT8, Type::INT4, Type::FLOAT8, Type::BOOL, Type::TEXT_ARRAY, Type::INT4_ARRAY, Type::INT4],
     )?;
     let setup = format!("{setup}; SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off");
     time_rolled_back(db, &setup, n, |tx| {
-        tx.query(&claim, &[&batch_id, &10i32, &0f64, &0i32, &None::<f64>, &false]).context("timing the claim")?;
+        let (batches, accounts, rooms) = (vec![batch_id], vec!["probe"], vec![10i32]);
+        tx.query(&claim, &[&batches, &10i32, &0f64, &0i32, &None::<f64>, &false, &accounts, &rooms, &10i32]).context("timing the claim")?;
         Ok(())
     })
 }

@@ -21,6 +21,8 @@ pub struct Opts {
     pub tp_latencies: Vec<u64>,
     /// Rounds of the throughput (0 ms) and latency scenarios (see --rounds).
     pub rounds: usize,
+    /// Campaigns the realistic load is split over on the pg_dialer side (see --load-campaigns).
+    pub load_campaigns: usize,
 }
 
 /// One system's rounds merged with `merge` (those that succeeded; a failed round is said on

@@ -116,14 +116,21 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     let mut s = Setup::new("load", &sim.url, API_KEY, &conf)?;
     pgss_create(&mut s.db).context("CREATE EXTENSION pg_stat_statements")?;
     let contacts = (CPM as f64 / 60.0 * d as f64 * 1.2).ceil() as usize;
-    let batch = s.batch(&format!("load {CPM}/min"), CPM as i32, MAX_CONCURRENT)?;
-    s.add_contacts(batch, "+130", 0, contacts)?;
+    let campaigns = opts.load_campaigns.max(1);
+    let (cpm, per) = (CPM as usize / campaigns, contacts.div_ceil(campaigns));
+    let mut batches = Vec::with_capacity(campaigns);
+    for i in 0..campaigns {
+        let batch = s.batch(&format!("load {cpm}/min #{i}"), cpm as i32, MAX_CONCURRENT)?;
+        s.add_contacts(batch, "+130", i * per, per)?;
+        batches.push(batch);
+    }
     let pm = s.cluster.postmaster_pid()?;
     let worker = s.worker_pid().context("the pg_dialer worker is not running (no pg_stat_activity row with backend_type 'pg_dialer')")?;
     let mut details = vec![format!(
-        "pg_dialer: one campaign of {} contacts at {} calls/min, max_concurrent {MAX_CONCURRENT}; worker settings at their defaults; pg_stat_statements loaded (track = {track})",
-        group(contacts as f64, 0),
-        group(CPM as f64, 0)
+        "pg_dialer: {} of {} contacts at {} calls/min, max_concurrent {MAX_CONCURRENT}; worker settings at their defaults; pg_stat_statements loaded (track = {track})",
+        if campaigns == 1 { "one campaign".to_string() } else { format!("{campaigns} campaigns, each") },
+        group(per as f64, 0),
+        group(cpm as f64, 0)
     )];
     s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
     let enabled = Instant::now();
@@ -143,7 +150,9 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     let t1 = now_us();
     // Read before the bench's own statements below add to it.
     let top = pgss_top(&mut s.db, opts, PGSS_TOP);
-    let _ = s.db.execute("SELECT dialer.cancel_batch($1)", &[&batch]);
+    for batch in &batches {
+        let _ = s.db.execute("SELECT dialer.cancel_batch($1)", &[batch]);
+    }
 
     let mut dcpu = cpu1.delta(&cpu0);
     // The bench's own connection is not the engine's work.

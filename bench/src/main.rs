@@ -58,6 +58,11 @@ struct Args {
     /// every round's calls together.
     #[arg(long)]
     rounds: Option<usize>,
+    /// The realistic load's 30 calls/s as this many campaigns of 1,800/N calls a minute each
+    /// (pg_dialer only: BullMQ keeps its one queue), as a server of many tenants runs them; a
+    /// divisor of 1,800.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1800))]
+    load_campaigns: u16,
     /// Simulator latencies (ms) of the pg_dialer throughput runs.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100])]
     tp_latency: Vec<u64>,
@@ -103,6 +108,9 @@ fn run(args: Args) -> Result<bool> {
             bail!("unknown scenario {s:?} for --only (choose from {})", SCENARIOS.join(", "));
         }
     }
+    if 1800 % args.load_campaigns != 0 {
+        bail!("--load-campaigns {}: the load's 1,800 calls a minute must split evenly (a divisor of 1,800)", args.load_campaigns);
+    }
     let _ = common::EXTRA_CONF.set(args.pg_conf.clone());
     let _ = common::LOG_DIR.set(args.logs.clone());
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
@@ -115,6 +123,7 @@ fn run(args: Args) -> Result<bool> {
         claim: args.claim,
         tp_latencies: args.tp_latency.clone(),
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        load_campaigns: args.load_campaigns.into(),
     };
     let mut notes = Vec::new();
     let bull_needed = !args.skip_bullmq && ["throughput", "latency", "pacing", "load"].iter().any(|s| wanted(s));

@@ -251,12 +251,19 @@ fn the_claim_reads_a_batch_in_index_order_and_stops_at_its_limit() {
     let mut tx = s.db.transaction().unwrap();
     tx.batch_execute(&format!(
         "SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off;
-         PREPARE claim(bigint, integer, float8, integer, float8, boolean) AS {}",
+         PREPARE claim(bigint[], integer, float8, integer, float8, boolean, text[], integer[], integer) AS {}",
         include_str!("../../sql/claim.sql")
     ))
     .unwrap();
-    let explained: Value =
-        tx.query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim({batch}, 10, 1000, 0, NULL, false)"), &[]).unwrap().get(0);
+    let explained: Value = tx
+        .query_one(
+            &format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(ARRAY[{batch}::bigint], 10, 1000, 0, NULL, false, ARRAY['a'], ARRAY[10], 10)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
     let root = &explained[0]["Plan"];
     assert_eq!(root["Actual Rows"], 10, "ten contacts claimed: {root}");
     let candidates = root["Plans"]
@@ -274,6 +281,72 @@ fn the_claim_reads_a_batch_in_index_order_and_stops_at_its_limit() {
     let read = scan["Actual Rows"].as_f64().unwrap_or(f64::MAX);
     assert!(read <= 11.0, "read {read} of 3,000 contacts to claim 10: {scan}");
     tx.rollback().unwrap();
+}
+
+/// One claim statement serves many batches: each gets its own budget and pacing, the HTTP pool's
+/// room goes to them in order, and a batch that shares a capped provider account with one before
+/// it is deferred (nothing claimed from it) to a statement of its own. Run as the worker runs it.
+#[test]
+fn one_claim_serves_many_batches_and_defers_those_sharing_a_capped_account() {
+    let mut s = Scenario::new("claim-set", Scenario::sim_config(200, 400), &["dialer.enabled = off"]);
+    let (first, second) = (s.batch("first", 600_000, 100, 3), s.batch("second", 600_000, 100, 3));
+    assert_eq!(s.add_numbers(first, &numbers("+1555022", 20)), 20);
+    assert_eq!(s.add_numbers(second, &numbers("+1555023", 20)), 20);
+    s.db.batch_execute("SELECT dialer._promote_batches(clock_timestamp())").unwrap();
+    // (kind, batch) → rows, and the room rows' room, for one claim rolled back afterwards.
+    let mut claim = |rooms: [i32; 2], total: i32, cap: Option<i32>| {
+        use postgres::types::Type;
+        let mut tx = s.db.transaction().unwrap();
+        tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off").unwrap();
+        tx.execute("SELECT dialer.set_provider_rate_limit($1, 'ultravox', $2)", &[&s.agency_id, &cap]).unwrap();
+        let statement = tx
+            .prepare_typed(
+                include_str!("../../sql/claim.sql"),
+                &[
+                    Type::INT8_ARRAY,
+                    Type::INT4,
+                    Type::FLOAT8,
+                    Type::INT4,
+                    Type::FLOAT8,
+                    Type::BOOL,
+                    Type::TEXT_ARRAY,
+                    Type::INT4_ARRAY,
+                    Type::INT4,
+                ],
+            )
+            .unwrap();
+        let (batches, accounts) = (vec![first, second], vec!["acct", "acct"]);
+        let rows =
+            tx.query(&statement, &[&batches, &3i32, &1000f64, &0i32, &None::<f64>, &false, &accounts, &rooms.to_vec(), &total]).unwrap();
+        let mut got: HashMap<(String, i64), (usize, Option<i32>)> = HashMap::new();
+        for r in rows {
+            let e = got.entry((r.get(0), r.get(1))).or_insert((0, None));
+            e.0 += 1;
+            e.1 = r.get(17);
+        }
+        tx.rollback().unwrap();
+        got
+    };
+    let call = |b: i64| ("call".to_string(), b);
+    let room = |b: i64| ("room".to_string(), b);
+
+    let got = claim([10, 10], 10, None);
+    assert_eq!(got.get(&call(first)).map(|g| g.0), Some(3), "the first batch's budget of 3: {got:?}");
+    assert_eq!(got.get(&call(second)).map(|g| g.0), Some(3), "the second batch's, in the same statement: {got:?}");
+    assert_eq!(got.len(), 2, "nothing deferred or short of room: {got:?}");
+
+    // Room for 4 in all: the first batch takes its 3, the second the 1 left (and says so).
+    let got = claim([10, 10], 4, None);
+    assert_eq!(got.get(&call(first)).map(|g| g.0), Some(3), "{got:?}");
+    assert_eq!(got.get(&call(second)).map(|g| g.0), Some(1), "{got:?}");
+    assert_eq!(got.get(&room(second)).and_then(|g| g.1), Some(1), "{got:?}");
+
+    // Their account capped at 5 calls a second: the account's slots go to the first batch; the
+    // second is deferred, untouched.
+    let got = claim([10, 10], 10, Some(5));
+    assert!(got.get(&call(first)).is_some_and(|g| g.0 >= 1), "{got:?}");
+    assert_eq!(got.get(&call(second)), None, "a batch sharing the capped account is not claimed from: {got:?}");
+    assert!(got.contains_key(&("deferred".to_string(), second)), "it comes back deferred: {got:?}");
 }
 
 #[test]
