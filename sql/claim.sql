@@ -237,7 +237,7 @@ candidates AS (
     RETURNING 1
 ), paced_account AS (
     -- The account's and the server's next slot: a gap after this claim's last call (one batch
-    -- here at most takes from each: turns).
+    -- here at most takes from each: pl defers the others).
     UPDATE dialer.provider_credentials pc
        SET next_slot_at = to_timestamp((pl.start_ms + pl.gap_ms * (k.claimed - 1) + pl.c_gap_ms) / 1000.0)
       FROM pl JOIN k ON k.batch_id = pl.id
