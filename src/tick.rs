@@ -548,13 +548,13 @@ fn claim_batches(ask: &[Asked], rooms: &[i32], total_room: i32, pacing: &Pacing,
                     CLAIM,
                     None,
                     &[
-                        batch_ids.clone().into(),
+                        batch_ids.into(),
                         pacing.budget_per_batch.into(),
                         pacing.ahead_ms.into(),
                         pacing.global_cps.into(),
                         pacing.catch_up_before_ms.into(),
                         matches!(lock, TickLock::Take).into(),
-                        accounts.clone().into(),
+                        accounts.into(),
                         rooms.to_vec().into(),
                         total_room.into(),
                     ],
@@ -572,10 +572,11 @@ fn claim_batches(ask: &[Asked], rooms: &[i32], total_room: i32, pacing: &Pacing,
                     out.short.push((batch_id, None));
                     continue;
                 }
-                _ => {
+                "room" => {
                     out.short.push((batch_id, Some(required(&r, 18)?)));
                     continue;
                 }
+                other => return Err(DialerError::database(format!("the claim returned a row of unknown kind {other:?}"))),
             }
             let spec = CallSpec {
                 call_id: required(&r, 3)?,
