@@ -699,6 +699,17 @@ BEGIN
     RETURN n;
 END $$;
 
+-- The hot tables that have changed more than their own size since their last ANALYZE (at least
+-- 2,000 changes: see _refresh_statistics). The worker asks this every few seconds, and starts a
+-- session to analyse them only when there are some.
+CREATE FUNCTION dialer._outgrown_statistics()
+RETURNS SETOF regclass LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::regclass
+      FROM pg_catalog.pg_class c
+     WHERE c.oid IN ('dialer.campaign_contacts'::regclass, 'dialer.calls'::regclass, 'dialer.call_batches'::regclass)
+       AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(2000, c.reltuples)
+$$;
+
 -- Planner statistics of the hot tables, refreshed when a table has changed more than its own size
 -- since its last ANALYZE (a campaign loaded into an empty table, a first burst of calls, a campaign
 -- whose contacts all left 'pending'). Autovacuum catches up within a minute or so; until then the
@@ -722,10 +733,7 @@ BEGIN
     -- Every column: an ANALYZE of some columns leaves the modification count as it was (only a
     -- whole-table ANALYZE resets it), so a busy table was analysed again at every check (every
     -- 2 s), and every plan on it was made again each time.
-    FOR t IN SELECT c.oid::regclass
-               FROM pg_catalog.pg_class c
-              WHERE c.oid IN ('dialer.campaign_contacts'::regclass, 'dialer.calls'::regclass, 'dialer.call_batches'::regclass)
-                AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(2000, c.reltuples) LOOP
+    FOR t IN SELECT * FROM dialer._outgrown_statistics() LOOP
         BEGIN
             EXECUTE format('ANALYZE %s', t);
             n := n + 1;

@@ -162,6 +162,19 @@ unsafe extern "C-unwind" fn die_at_next_interrupt_check(_signal: std::ffi::c_int
     }
 }
 
+/// For a session the dialing worker starts: SIGTERM ends it at the next interrupt check, in the
+/// middle of a statement too (the ordinary backend handler), and signals are unblocked.
+pub(crate) fn end_at_sigterm() {
+    unsafe {
+        // Postgres 18 renamed the backend's pqsignal to pqsignal_be (pqsignal is now a macro).
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(libc::SIGTERM, Some(die_at_next_interrupt_check));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(libc::SIGTERM, Some(die_at_next_interrupt_check));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+}
+
 fn take() -> Result<Option<i64>, DialerError> {
     Spi::get_one::<i64>("SELECT dialer._lead_writes_take()").map_err(db)
 }
@@ -172,16 +185,8 @@ fn take() -> Result<Option<i64>, DialerError> {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_dialer_lead_writer_main(arg: pg_sys::Datum) {
-    // SIGTERM ends the session at the next interrupt check, inside a table's trigger too (the
-    // ordinary backend handler; the dialing worker sends it to a writer that runs too long).
-    unsafe {
-        // Postgres 18 renamed the backend's pqsignal to pqsignal_be (pqsignal is now a macro).
-        #[cfg(not(feature = "pg18"))]
-        pg_sys::pqsignal(libc::SIGTERM, Some(die_at_next_interrupt_check));
-        #[cfg(feature = "pg18")]
-        pg_sys::pqsignal_be(libc::SIGTERM, Some(die_at_next_interrupt_check));
-        pg_sys::BackgroundWorkerUnblockSignals();
-    }
+    // (inside a table's trigger too; the dialing worker sends SIGTERM to a writer that runs too long)
+    end_at_sigterm();
     let owner = pg_sys::Oid::from(arg.value() as u32);
     let Ok(database) = BackgroundWorker::get_extra().parse::<u32>() else {
         warning!("pg_dialer lead writer: no database given");

@@ -23,6 +23,7 @@ pub mod retention;
 pub mod sealed;
 pub mod secrets;
 pub mod standbys;
+pub mod statistics;
 pub mod tick;
 pub mod txn;
 pub mod wait_set;

@@ -120,6 +120,11 @@ pub fn refresh_statistics() -> Result<i32, DialerError> {
     one::<i32>("SELECT dialer._refresh_statistics()", &[])
 }
 
+/// Whether a hot table has outgrown its statistics (`dialer._outgrown_statistics`).
+pub fn statistics_outgrown() -> Result<bool, DialerError> {
+    one::<bool>("SELECT EXISTS (SELECT FROM dialer._outgrown_statistics())", &[])
+}
+
 pub fn settle_stale_dialing(older_than_ms: f64) -> Result<i32, DialerError> {
     one::<i32>("SELECT dialer._settle_stale_dialing(clock_timestamp() - make_interval(secs => $1 / 1000.0))", &[older_than_ms.into()])
 }
@@ -433,7 +438,9 @@ fn claim_from(
         let total = total_left.min(i32::MAX as usize) as i32;
         let out = match crate::txn::isolated(|| claim_batches(&ask, &rooms, total, pacing, lock)) {
             Ok(out) => out,
-            Err(_) if ask.len() > 1 => {
+            Err(e) if ask.len() > 1 => {
+                // The failing batch gets its error noted when it runs alone (below).
+                pgrx::debug1!("pg_dialer: a claim of {} batches failed ({e}); claiming them one at a time", ask.len());
                 one_at_a_time = true;
                 pending.splice(0..0, ask);
                 continue;

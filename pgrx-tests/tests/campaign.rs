@@ -381,6 +381,32 @@ fn due_probes_read_the_index_when_statistics_still_count_dialed_contacts_as_queu
     assert_eq!(scanned, 0, "the probes of campaign_contacts used its indexes");
 }
 
+/// A campaign loaded into an empty table has outgrown the table's planner statistics: they are
+/// refreshed in a session the worker starts for it (the postmaster says so at DEBUG1), not in the
+/// dialing loop, where an ANALYZE held up the immediate calls that came meanwhile.
+#[test]
+fn outgrown_statistics_are_refreshed_in_a_session_of_their_own() {
+    // (autovacuum off: its ANALYZE would leave nothing outgrown for the worker's)
+    let mut s = Scenario::new(
+        "stats-session",
+        Scenario::sim_config(200, 400),
+        &["log_min_messages = debug1", "autovacuum = off", "dialer.status_poll_interval = '1s'"],
+    );
+    let batch = s.batch("analysed", 600, 10, 1);
+    assert_eq!(s.add_numbers(batch, &numbers("+1555041", 3000)), 3000);
+    s.wake();
+    wait_for("campaign_contacts analysed", Duration::from_secs(60), || {
+        let analysed: i64 =
+            s.db.query_one("SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'dialer.campaign_contacts'::regclass", &[])
+                .unwrap()
+                .get(0);
+        (analysed > 0).then_some(())
+    });
+    let log = s.cluster.server_log();
+    assert!(log.contains("starting background worker process \"pg_dialer statistics\""), "no statistics session in the log");
+    assert!(!log.contains("statistics could not be refreshed"), "the statistics session failed");
+}
+
 /// What a poll round's ends leave behind, per contact in order: the contact, its call, its
 /// hand-off; then the batch's counters.
 fn ends_left(s: &mut Scenario, batch: i64) -> (Vec<String>, String) {

@@ -633,6 +633,17 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The hot tables that have changed more than their own size since their last ANALYZE (at least
+-- 2,000 changes: see _refresh_statistics). The worker asks this every few seconds, and starts a
+-- session to analyse them only when there are some.
+CREATE FUNCTION dialer._outgrown_statistics()
+RETURNS SETOF regclass LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::regclass
+      FROM pg_catalog.pg_class c
+     WHERE c.oid IN ('dialer.campaign_contacts'::regclass, 'dialer.calls'::regclass, 'dialer.call_batches'::regclass)
+       AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(2000, c.reltuples)
+$$;
+
 CREATE OR REPLACE FUNCTION dialer._refresh_statistics()
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -645,10 +656,7 @@ BEGIN
     -- Every column: an ANALYZE of some columns leaves the modification count as it was (only a
     -- whole-table ANALYZE resets it), so a busy table was analysed again at every check (every
     -- 2 s), and every plan on it was made again each time.
-    FOR t IN SELECT c.oid::regclass
-               FROM pg_catalog.pg_class c
-              WHERE c.oid IN ('dialer.campaign_contacts'::regclass, 'dialer.calls'::regclass, 'dialer.call_batches'::regclass)
-                AND pg_catalog.pg_stat_get_mod_since_analyze(c.oid) > greatest(2000, c.reltuples) LOOP
+    FOR t IN SELECT * FROM dialer._outgrown_statistics() LOOP
         BEGIN
             EXECUTE format('ANALYZE %s', t);
             n := n + 1;
