@@ -7,6 +7,7 @@
 //! writer that runs past `WRITER_MAX_RUN`.
 
 use crate::error::DialerError;
+use crate::sessions::{self, Session};
 use crate::tick::db;
 use crate::txn;
 use pgrx::bgworkers::*;
@@ -76,8 +77,7 @@ pub fn due_owners(limit: usize) -> Result<Vec<pg_sys::Oid>, DialerError> {
 
 struct Running {
     owner: pg_sys::Oid,
-    handle: Option<DynamicBackgroundWorker>,
-    started: Instant,
+    session: Session,
 }
 
 /// The writer sessions the dialing worker has started.
@@ -91,20 +91,10 @@ impl Writers {
     /// given that has none (up to MAX_WRITERS). Call outside a transaction: the handles must
     /// outlive it.
     pub fn start(&mut self, owners: &[pg_sys::Oid]) {
-        self.running.retain_mut(|w| {
-            let Some(handle) = &w.handle else { return false };
-            match handle.pid() {
-                Err(BackgroundWorkerStatus::Stopped) | Err(BackgroundWorkerStatus::PostmasterDied) => false,
-                _ if w.started.elapsed() > WRITER_MAX_RUN => {
-                    warning!("pg_dialer: the lead writer of role {} ran for over {:?}: ended", w.owner.to_u32(), WRITER_MAX_RUN);
-                    if let Some(h) = w.handle.take() {
-                        h.terminate();
-                    }
-                    false
-                }
-                _ => true,
-            }
-        });
+        self.running = std::mem::take(&mut self.running)
+            .into_iter()
+            .filter_map(|w| w.session.still_running().map(|session| Running { owner: w.owner, session }))
+            .collect();
         for &owner in owners {
             if self.running.len() >= MAX_WRITERS {
                 break;
@@ -113,19 +103,17 @@ impl Writers {
                 continue;
             }
             let database = unsafe { pg_sys::MyDatabaseId }.to_u32().to_string();
-            let started = BackgroundWorkerBuilder::new("pg_dialer lead writer")
-                .set_type("pg_dialer lead writer")
-                .set_library("pg_dialer")
-                .set_function("pg_dialer_lead_writer_main")
-                .set_argument(Some(pg_sys::Datum::from(owner.to_u32())))
-                .set_extra(&database)
-                .enable_spi_access()
-                .set_start_time(BgWorkerStartTime::RecoveryFinished)
-                .set_restart_time(None)
-                .load_dynamic();
+            let started = sessions::start(
+                "pg_dialer lead writer",
+                format!("lead writer of role {}", owner.to_u32()),
+                "pg_dialer_lead_writer_main",
+                Some(pg_sys::Datum::from(owner.to_u32())),
+                &database,
+                WRITER_MAX_RUN,
+            );
             match started {
-                Ok(handle) => self.running.push(Running { owner, handle: Some(handle), started: Instant::now() }),
-                Err(_) => break, // no free slot now: the next round tries again
+                Some(session) => self.running.push(Running { owner, session }),
+                None => break, // no free slot now: the next round tries again
             }
         }
     }
@@ -153,28 +141,6 @@ fn write_one(taken: &std::cell::Cell<Option<i64>>) -> Result<bool, DialerError> 
     Ok(true)
 }
 
-/// What Postgres's own `die` does: the session ends at the next CHECK_FOR_INTERRUPTS.
-unsafe extern "C-unwind" fn die_at_next_interrupt_check(_signal: std::ffi::c_int) {
-    unsafe {
-        pg_sys::InterruptPending = 1;
-        pg_sys::ProcDiePending = 1;
-        pg_sys::SetLatch(pg_sys::MyLatch);
-    }
-}
-
-/// For a session the dialing worker starts: SIGTERM ends it at the next interrupt check, in the
-/// middle of a statement too (the ordinary backend handler), and signals are unblocked.
-pub(crate) fn end_at_sigterm() {
-    unsafe {
-        // Postgres 18 renamed the backend's pqsignal to pqsignal_be (pqsignal is now a macro).
-        #[cfg(not(feature = "pg18"))]
-        pg_sys::pqsignal(libc::SIGTERM, Some(die_at_next_interrupt_check));
-        #[cfg(feature = "pg18")]
-        pg_sys::pqsignal_be(libc::SIGTERM, Some(die_at_next_interrupt_check));
-        pg_sys::BackgroundWorkerUnblockSignals();
-    }
-}
-
 fn take() -> Result<Option<i64>, DialerError> {
     Spi::get_one::<i64>("SELECT dialer._lead_writes_take()").map_err(db)
 }
@@ -186,7 +152,7 @@ fn take() -> Result<Option<i64>, DialerError> {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_dialer_lead_writer_main(arg: pg_sys::Datum) {
     // (inside a table's trigger too; the dialing worker sends SIGTERM to a writer that runs too long)
-    end_at_sigterm();
+    sessions::end_at_sigterm();
     let owner = pg_sys::Oid::from(arg.value() as u32);
     let Ok(database) = BackgroundWorker::get_extra().parse::<u32>() else {
         warning!("pg_dialer lead writer: no database given");

@@ -22,6 +22,7 @@ pub mod restores;
 pub mod retention;
 pub mod sealed;
 pub mod secrets;
+pub mod sessions;
 pub mod standbys;
 pub mod statistics;
 pub mod tick;

@@ -4,10 +4,11 @@
 
 use crate::error::DialerError;
 use crate::gucs::Settings;
+use crate::sessions::{self, Session};
 use crate::txn;
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A session still running after this is ended (an ANALYZE of a big table takes seconds).
 const MAX_RUN: Duration = Duration::from_secs(60);
@@ -15,7 +16,7 @@ const MAX_RUN: Duration = Duration::from_secs(60);
 /// The statistics session the dialing worker started, if it may still run.
 #[derive(Default)]
 pub struct Refresher {
-    running: Option<(DynamicBackgroundWorker, Instant)>,
+    running: Option<Session>,
 }
 
 impl Refresher {
@@ -23,38 +24,22 @@ impl Refresher {
     /// (connected as the dialing worker is); with no background worker slot free, analyses here.
     /// Call outside a transaction: the session's handle must outlive it.
     pub fn refresh(&mut self) -> Result<(), DialerError> {
-        if let Some((handle, started)) = &self.running {
-            match handle.pid() {
-                Err(BackgroundWorkerStatus::Stopped) | Err(BackgroundWorkerStatus::PostmasterDied) => {}
-                _ if started.elapsed() > MAX_RUN => {
-                    warning!("pg_dialer: the statistics session ran for over {MAX_RUN:?}: ended");
-                    if let Some((handle, _)) = self.running.take() {
-                        handle.terminate();
-                    }
-                }
-                _ => return Ok(()),
-            }
-            self.running = None;
-        }
-        if !txn::run(crate::tick::statistics_outgrown)? {
+        self.running = self.running.take().and_then(Session::still_running);
+        if self.running.is_some() || !txn::run(crate::tick::statistics_outgrown)? {
             return Ok(());
         }
-        let started = BackgroundWorkerBuilder::new("pg_dialer statistics")
-            .set_type("pg_dialer statistics")
-            .set_library("pg_dialer")
-            .set_function("pg_dialer_statistics_main")
-            .set_extra(&Settings::database())
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(None)
-            .load_dynamic();
-        match started {
-            Ok(handle) => {
-                self.running = Some((handle, Instant::now()));
-                Ok(())
-            }
+        self.running = sessions::start(
+            "pg_dialer statistics",
+            "statistics session".to_string(),
+            "pg_dialer_statistics_main",
+            None,
+            &Settings::database(),
+            MAX_RUN,
+        );
+        match self.running {
+            Some(_) => Ok(()),
             // (max_worker_processes taken: the planner's statistics matter more than a pause)
-            Err(_) => txn::run(crate::tick::refresh_statistics).map(|_| ()),
+            None => txn::run(crate::tick::refresh_statistics).map(|_| ()),
         }
     }
 }
@@ -64,7 +49,7 @@ impl Refresher {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_dialer_statistics_main(_arg: pg_sys::Datum) {
-    crate::lead_writer::end_at_sigterm();
+    sessions::end_at_sigterm();
     let database = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&database), Some(crate::launcher::WORKER_ROLE));
     if let Err(e) = txn::run(crate::tick::refresh_statistics) {
