@@ -160,8 +160,14 @@ set_aside AS (
     RETURNING l.batch_id, l.dnc
 ),
 candidates AS (
+    -- Each carries what the steps after it need of its batch, so that none of them joins pl again
+    -- (a CTE's rows are estimated at one: every such join was a nested loop, contacts × batches).
     SELECT cd.* FROM pl CROSS JOIN LATERAL (
-        SELECT c.id, c.batch_id, c.phone_number, c.priority, pl.ord FROM dialer.campaign_contacts c
+        SELECT c.id, c.batch_id, c.phone_number, c.priority, pl.ord, pl.n,
+               pl.agent_mapping_id AS batch_mapping_id, pl.agency_id, pl.agency_tz, pl.agency_day,
+               pl.start_ms, pl.gap_ms, pl.batch_gap_ms, pl.c_gap_ms, pl.g_gap_ms,
+               CASE WHEN pl.c_gap_ms > 0 THEN pl.cred_agency_id || ':' || pl.cred_provider END AS account_key
+          FROM dialer.campaign_contacts c
          WHERE c.batch_id = pl.id AND c.status = 'queued'
            AND pl.n > 0
            AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= (SELECT now FROM t))
@@ -185,43 +191,49 @@ candidates AS (
 ), picked AS (
     -- One contact a number (the first batch here that has it), then each batch's n, best first.
     -- The call row's id is drawn here so the contact can point at it in the same statement.
-    SELECT d.id, d.batch_id, nextval('dialer.calls_id_seq'::regclass) AS new_call_id
+    SELECT d.*, nextval('dialer.calls_id_seq'::regclass) AS new_call_id
       FROM (SELECT d.*, row_number() OVER (PARTITION BY d.batch_id ORDER BY d.priority, d.id) AS nth
-              FROM (SELECT DISTINCT ON (cd.phone_number) cd.id, cd.batch_id, cd.priority FROM candidates cd
+              FROM (SELECT DISTINCT ON (cd.phone_number) cd.* FROM candidates cd
                      ORDER BY cd.phone_number, cd.ord, cd.priority, cd.id) d) d
-      JOIN pl ON pl.id = d.batch_id
-     WHERE d.nth <= pl.n
+     WHERE d.nth <= d.n
      ORDER BY d.batch_id, d.priority, d.id
 ), claimed_contacts AS (
     UPDATE dialer.campaign_contacts c
-       SET status = 'in_progress', attempts = c.attempts + 1, updated_at = t.now, next_attempt_at = NULL,
-           call_id = picked.new_call_id
-      FROM picked JOIN pl ON pl.id = picked.batch_id, t
-     WHERE c.id = picked.id
+       SET status = 'in_progress', attempts = c.attempts + 1, updated_at = (SELECT now FROM t), next_attempt_at = NULL,
+           call_id = p.new_call_id
+      FROM picked p
+     WHERE c.id = p.id
     RETURNING c.id, c.batch_id, c.phone_number, c.name, c.variables, c.lead_ref, c.priority,
-              coalesce(c.agent_mapping_id, pl.agent_mapping_id) AS mapping_id, c.metadata,
-              coalesce(c.timezone, pl.agency_tz) AS zone, c.call_id AS new_call_id
-), new_calls AS (
+              coalesce(c.agent_mapping_id, p.batch_mapping_id) AS mapping_id, c.metadata,
+              coalesce(c.timezone, p.agency_tz) AS zone, c.call_id AS new_call_id,
+              p.agency_id, p.agency_day, p.start_ms, p.gap_ms, p.batch_gap_ms, p.c_gap_ms, p.g_gap_ms, p.account_key
+), claimed AS MATERIALIZED (
     -- The key names the attempt: its contact, and how many attempts the contact had before it
     -- (so it is unique even when a rate-limited attempt is repeated). A copy of this database
     -- restored from before the claim computes the same key for the same attempt, and can find it
-    -- at the provider (dialer._hold_after_restore).
+    -- at the provider (dialer._hold_after_restore). Computed here, not returned by the insert,
+    -- so that the rows this statement returns need no join back to the contacts.
+    SELECT cc.*, m.provider,
+           format('pgd-%s-%s', cc.id, 1 + (SELECT count(*) FROM dialer.calls k WHERE k.contact_id = cc.id)) AS idempotency_key,
+           CASE WHEN m.use_caller_id_pool THEN dialer._take_caller_id(cc.agency_id, cc.phone_number, cc.agency_day)
+                ELSE m.from_number END AS from_number
+      FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id
+), new_calls AS (
+    -- (run to completion whether or not anything reads it, as every data-modifying WITH)
     INSERT INTO dialer.calls (id, contact_id, batch_id, agency_id, provider, idempotency_key, status, created_at,
                               phone_number, local_time, timezone, from_number)
     OVERRIDING SYSTEM VALUE
-    SELECT cc.new_call_id, cc.id, pl.id, pl.agency_id, m.provider,
-           format('pgd-%s-%s', cc.id, 1 + (SELECT count(*) FROM dialer.calls k WHERE k.contact_id = cc.id)), 'dialing', t.now,
-           cc.phone_number, t.now AT TIME ZONE cc.zone, cc.zone,
-           CASE WHEN m.use_caller_id_pool THEN dialer._take_caller_id(pl.agency_id, cc.phone_number, pl.agency_day)
-                ELSE m.from_number END
-      FROM claimed_contacts cc JOIN dialer.agent_mappings m ON m.id = cc.mapping_id JOIN pl ON pl.id = cc.batch_id, t
-    RETURNING id, calls.contact_id, calls.batch_id, calls.idempotency_key, calls.from_number
+    SELECT o.new_call_id, o.id, o.batch_id, o.agency_id, o.provider, o.idempotency_key, 'dialing', t.now,
+           o.phone_number, t.now AT TIME ZONE o.zone, o.zone, o.from_number
+      FROM claimed o, t
 ), k AS MATERIALIZED (
-    SELECT b.id AS batch_id,
-           (SELECT count(*) FROM new_calls nc WHERE nc.batch_id = b.id)::integer AS claimed,
-           (SELECT count(*) FROM arrived a WHERE a.batch_id = b.id)::integer AS arrived,
-           (SELECT count(*) FROM set_aside s WHERE s.dnc AND s.batch_id = b.id)::integer AS cancelled
-      FROM b
+    -- What each batch claimed, got and had cancelled, counted in one pass over each.
+    SELECT x.batch_id, sum(x.claimed)::integer AS claimed, sum(x.arrived)::integer AS arrived,
+           sum(x.cancelled)::integer AS cancelled
+      FROM (SELECT o.batch_id, 1 AS claimed, 0 AS arrived, 0 AS cancelled FROM claimed o
+            UNION ALL SELECT a.batch_id, 0, 1, 0 FROM arrived a
+            UNION ALL SELECT s.batch_id, 0, 0, 1 FROM set_aside s WHERE s.dnc) x
+     GROUP BY x.batch_id
 ), counted AS (
     -- Each batch goes on a spacing after this claim's last call; its counters follow.
     UPDATE dialer.call_batches x
@@ -233,7 +245,7 @@ candidates AS (
            queued_count = greatest(greatest(x.queued_count + k.arrived - k.cancelled, 0) - k.claimed, 0),
            in_progress_count = x.in_progress_count + k.claimed
       FROM k LEFT JOIN pl ON pl.id = k.batch_id
-     WHERE x.id = k.batch_id AND (k.claimed > 0 OR k.arrived > 0 OR k.cancelled > 0)
+     WHERE x.id = k.batch_id
     RETURNING 1
 ), paced_account AS (
     -- The account's and the server's next slot: a gap after this claim's last call (one batch
@@ -253,12 +265,10 @@ candidates AS (
 -- A row a claimed call ('call'), then a row a batch that was deferred, or whose room ($8, $9) was
 -- less than $2 and than it could take ('room', with that room: the pass is short of room if the
 -- batch took all of it).
-SELECT 'call' AS kind, cc.batch_id, nc.id, cc.id, cc.phone_number, cc.name, cc.variables, cc.lead_ref, nc.idempotency_key,
-       pl.start_ms + pl.gap_ms * (row_number() OVER (PARTITION BY cc.batch_id ORDER BY cc.priority, cc.id) - 1),
-       pl.batch_gap_ms, cc.mapping_id, cc.metadata,
-       CASE WHEN pl.c_gap_ms > 0 THEN pl.cred_agency_id || ':' || pl.cred_provider END,
-       pl.c_gap_ms, pl.g_gap_ms, nc.from_number, NULL::integer
-  FROM claimed_contacts cc JOIN new_calls nc ON nc.contact_id = cc.id JOIN pl ON pl.id = cc.batch_id
+SELECT 'call' AS kind, o.batch_id, o.new_call_id, o.id, o.phone_number, o.name, o.variables, o.lead_ref, o.idempotency_key,
+       o.start_ms + o.gap_ms * (row_number() OVER (PARTITION BY o.batch_id ORDER BY o.priority, o.id) - 1),
+       o.batch_gap_ms, o.mapping_id, o.metadata, o.account_key, o.c_gap_ms, o.g_gap_ms, o.from_number, NULL::integer
+  FROM claimed o
 UNION ALL
 SELECT CASE WHEN pl.deferred THEN 'deferred' ELSE 'room' END, pl.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, pl.room_left
