@@ -110,14 +110,19 @@ want AS MATERIALIZED (
        AND NOT coalesce(cred.rate_limited_until > t.now, false)
 ),
 -- The room ($8, $9), to the batches in order, each counted for the most it may take.
+-- (Running sums over the batches before each, not a join of want to itself: that was a nested
+-- loop of batches × batches.)
 pl AS MATERIALIZED (
-    SELECT w.*, e.deferred, e.room_left, CASE WHEN e.deferred THEN 0 ELSE greatest(least(w.want, e.room_left), 0) END AS n,
+    SELECT e.*, CASE WHEN e.deferred THEN 0 ELSE greatest(least(e.want, e.room_left), 0) END AS n,
            EXISTS (SELECT 1 FROM dialer.do_not_call) AS has_dnc
-      FROM want w CROSS JOIN LATERAL (
-           SELECT coalesce(bool_or(e.shares = w.shares), false) AS deferred,
-                  least(w.account_room - coalesce(sum(e.want) FILTER (WHERE e.account = w.account), 0),
-                        $9 - coalesce(sum(e.want), 0))::integer AS room_left
-             FROM want e WHERE e.ord < w.ord) e
+      FROM (SELECT w.*,
+                   w.shares IS NOT NULL AND count(*) OVER same_shares > 0 AS deferred,
+                   least(w.account_room - CASE WHEN w.account IS NULL THEN 0 ELSE coalesce(sum(w.want) OVER same_account, 0) END,
+                         $9 - coalesce(sum(w.want) OVER earlier, 0))::integer AS room_left
+              FROM want w
+            WINDOW earlier AS (ORDER BY w.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                   same_account AS (PARTITION BY w.account ORDER BY w.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                   same_shares AS (PARTITION BY w.shares ORDER BY w.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) e
 ),
 -- Compliance, against live tables, for the contacts next in line only (a claim costs the same
 -- whatever the size of the batch): a number on the do-not-call list is cancelled ('dnc'); a

@@ -20,8 +20,11 @@ CREATE POLICY tenant ON dialer.pruned_totals USING (agency_id IN (SELECT a.id FR
 -- Grants to the roles: sql/security.sql (which creates them).
 
 -- Retention reads these in created/received order: old rows first, without a scan of the table.
--- Calls whose bodies are still stored (the index shrinks as they are pruned).
-CREATE INDEX calls_bodies_idx ON dialer.calls (created_at) WHERE request IS NOT NULL OR response IS NOT NULL;
+-- Settled calls whose bodies are still stored (the index shrinks as they are pruned). Not the live
+-- ones, which retention leaves alone: an accepted call's row (its bodies written, not settled) then
+-- adds no entry here.
+CREATE INDEX calls_bodies_idx ON dialer.calls (created_at)
+    WHERE (request IS NOT NULL OR response IS NOT NULL) AND status NOT IN ('dialing', 'in_progress', 'in_doubt');
 CREATE INDEX webhook_events_received_at_idx ON dialer.webhook_events (received_at);
 CREATE INDEX campaign_contacts_finished_jobs_idx ON dialer.campaign_contacts (updated_at)
     WHERE is_job AND status IN ('completed', 'failed', 'cancelled', 'expired');

@@ -98,8 +98,15 @@ fn row_writes(db: &mut postgres::Client) -> Result<String> {
         &[],
     )?;
     let (row, request, response): (f64, f64, f64) = (widths.get(0), widths.get(1), widths.get(2));
+    let size = db.query_one(
+        "SELECT pg_relation_size('dialer.calls')::float8 / 1048576, pg_indexes_size('dialer.calls')::float8 / 1048576,
+                (SELECT count(*) FROM dialer.calls)",
+        &[],
+    )?;
+    let (heap_mb, indexes_mb, calls): (f64, f64, i64) = (size.get(0), size.get(1), size.get(2));
     Ok(format!(
-        "row writes over the whole run: {}; an accepted call's row {row:.0} bytes (request {request:.0}, response {response:.0})",
+        "row writes over the whole run: {}; an accepted call's row {row:.0} bytes (request {request:.0}, response {response:.0}); \
+         dialer.calls {calls} rows, heap {heap_mb:.1} MB, indexes {indexes_mb:.1} MB at the end",
         parts.join("; ")
     ))
 }

@@ -622,6 +622,72 @@ fn a_tenants_slow_trigger_holds_up_nobody_else() {
 }
 
 #[test]
+fn a_trigger_that_swallows_its_timeout_is_ended_after_the_writers_time_and_nothing_else_waits() {
+    let mut s = Scenario::new("t-stubborn", Scenario::sim_config(100, 200), &[]);
+    let (a, mut t) = tenant(&mut s);
+    let att = tenant_leads(&mut s, &mut t, a);
+    // A trigger that catches the statement timeout meant to cut it, and sleeps on for ever: only
+    // the end of its session stops it.
+    t.batch_execute(
+        "CREATE SEQUENCE ta.swallowed;
+         CREATE FUNCTION ta.stubborn() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             LOOP
+                 BEGIN
+                     PERFORM pg_sleep(1);
+                 EXCEPTION WHEN query_canceled THEN
+                     PERFORM nextval('ta.swallowed');
+                 END;
+             END LOOP;
+         END $$;
+         CREATE TRIGGER stubborn AFTER UPDATE ON ta.leads FOR EACH ROW EXECUTE FUNCTION ta.stubborn();
+         INSERT INTO ta.leads (id, phone, status) VALUES (1, '+15558970001', 'Pending_AI_Call');",
+    )
+    .unwrap();
+    let worker = s.worker_pid().expect("the worker runs");
+    s.wake();
+    let db = &mut s.db;
+    let writer: i32 = wait_for("A's write-back stuck in A's writer session", Duration::from_secs(30), || {
+        db.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialer lead writer' AND usename = 'tenant_a'", &[])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    });
+    let db = &mut s.db;
+    wait_for("the write's statement timeout caught by the trigger", Duration::from_secs(30), || {
+        let n: i64 = db.query_one("SELECT last_value FROM ta.swallowed", &[]).ok()?.get(0);
+        let called: bool = db.query_one("SELECT is_called FROM ta.swallowed", &[]).ok()?.get(0);
+        (called && n >= 1).then_some(())
+    });
+    // Another agency's immediate call is placed meanwhile.
+    s.db.query_one("SELECT dialer.schedule_call('+15558970002', $1)", &[&s.agency_id]).unwrap();
+    let sim = &s.sim;
+    wait_for("B's immediate call posted while A's trigger runs", Duration::from_secs(10), || {
+        (!posts_to(sim, "+15558970002").is_empty()).then_some(())
+    });
+    // The writer ran past its 60 s: the worker ends it (the session, not the server).
+    let db = &mut s.db;
+    wait_for("the stuck writer session ended", Duration::from_secs(120), || {
+        let gone = db.query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&writer]).ok()?.is_none();
+        gone.then_some(())
+    });
+    let log = s.cluster.server_log();
+    assert!(log.contains("ran for over 60s: ended"), "the worker says why it ended the writer");
+    assert!(!log.contains("terminated by signal") && !log.contains("all server processes terminated"), "no crash restart");
+    assert_eq!(s.worker_pid(), Some(worker), "the same worker dials on");
+    // Once the trigger is gone, the lead is written back by a writer of its own.
+    t.batch_execute("DROP TRIGGER stubborn ON ta.leads").unwrap();
+    s.wake();
+    let db = &mut s.db;
+    wait_for("A's lead written back after the trigger went", Duration::from_secs(60), || {
+        let st: String = db.query_one("SELECT status FROM ta.leads WHERE id = 1", &[]).ok()?.get(0);
+        (st != "Pending_AI_Call").then_some(())
+    });
+    let err: Option<String> = s.db.query_one("SELECT last_error FROM dialer.lead_attachments WHERE id = $1", &[&att]).unwrap().get(0);
+    assert!(!err.unwrap_or_default().contains("sk-"), "no key in the attachment's error");
+}
+
+#[test]
 fn one_agencys_failing_batches_do_not_starve_another_agency() {
     let mut s = Scenario::new("t-fair", Scenario::sim_config(50, 100), &["dialer.max_batches_per_run = 10"]);
     let (a, mut t) = tenant(&mut s);

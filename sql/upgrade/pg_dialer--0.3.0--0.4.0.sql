@@ -38,6 +38,10 @@ GRANT INSERT ON dialer.lead_writes TO dialer_api;
 GRANT USAGE, SELECT ON SEQUENCE dialer.lead_writes_id_seq TO dialer_api, dialer_admin;
 SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes', '');
 SELECT pg_catalog.pg_extension_config_dump('dialer.lead_writes_id_seq', '');
+-- Retention's index holds settled calls only (an accepted call adds no entry to it).
+DROP INDEX dialer.calls_bodies_idx;
+CREATE INDEX calls_bodies_idx ON dialer.calls (created_at)
+    WHERE (request IS NOT NULL OR response IS NOT NULL) AND status NOT IN ('dialing', 'in_progress', 'in_doubt');
 DROP TRIGGER campaign_contacts_lead_sync ON dialer.campaign_contacts;
 DROP INDEX dialer.campaign_contacts_lead_sync_idx;
 ALTER TABLE dialer.campaign_contacts DROP COLUMN lead_sync_pending;
@@ -520,7 +524,14 @@ BEGIN
                AND NOT EXISTS (SELECT 1 FROM dialer.agent_mappings m JOIN dialer.provider_credentials pc
                                   ON pc.agency_id = m.agency_id AND pc.provider = m.provider
                                 WHERE m.id = b.agent_mapping_id AND pc.rate_limited_until > p_now)
-               AND dialer._batch_due_at(b.id, p_now) <= p_now) d
+               -- (dialer._batch_due_at(b.id, p_now) <= p_now, written out: a function call per batch
+               -- cost more than its two probes)
+               AND ((SELECT 1 FROM dialer.campaign_contacts c
+                      WHERE c.batch_id = b.id AND c.status = 'queued' AND c.next_attempt_at IS NULL
+                      ORDER BY c.batch_id, c.next_attempt_at LIMIT 1) IS NOT NULL
+                    OR (SELECT 1 FROM dialer.campaign_contacts c
+                         WHERE c.batch_id = b.id AND c.status = 'queued' AND c.next_attempt_at <= p_now
+                         ORDER BY c.batch_id, c.next_attempt_at LIMIT 1) IS NOT NULL)) d
      ORDER BY d.turn, d.priority, d.created_at, d.id
      LIMIT p_limit;
 END $$;
