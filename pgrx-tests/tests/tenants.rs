@@ -655,9 +655,9 @@ fn a_trigger_that_swallows_its_timeout_is_ended_after_the_writers_time_and_nothi
     });
     let db = &mut s.db;
     wait_for("the write's statement timeout caught by the trigger", Duration::from_secs(30), || {
-        let n: i64 = db.query_one("SELECT last_value FROM ta.swallowed", &[]).ok()?.get(0);
+        // (is_called: nextval has run, so the trigger caught a cancel at least once)
         let called: bool = db.query_one("SELECT is_called FROM ta.swallowed", &[]).ok()?.get(0);
-        (called && n >= 1).then_some(())
+        called.then_some(())
     });
     // Another agency's immediate call is placed meanwhile.
     s.db.query_one("SELECT dialer.schedule_call('+15558970002', $1)", &[&s.agency_id]).unwrap();
