@@ -86,8 +86,18 @@ impl Shared {
             let share = self.share;
             let pick = {
                 let working = &q.working;
+                // (a claim's jobs come a provider account at a time: its share is looked up once
+                // for each run of them, not once a job)
+                let mut last: Option<(&str, bool)> = None;
                 q.jobs.iter().position(|j| match &j.flight_key {
-                    Some(k) => working.get(k).copied().unwrap_or(0) < share,
+                    Some(k) => match last {
+                        Some((seen, free)) if seen == k.as_str() => free,
+                        _ => {
+                            let free = working.get(k).copied().unwrap_or(0) < share;
+                            last = Some((k.as_str(), free));
+                            free
+                        }
+                    },
                     None => true,
                 })
             };
@@ -217,14 +227,34 @@ impl Pool {
     }
 
     pub fn submit(&mut self, job: Job) {
-        let key = job.flight_key.clone();
+        self.submit_all(vec![job]);
+    }
+
+    /// Queues these jobs under one lock and wakes as many threads as there are jobs (all of them
+    /// with one call for a claim's worth: a wake-up per job was a system call per call placed).
+    pub fn submit_all(&mut self, jobs: Vec<Job>) {
+        let n = jobs.len();
+        if n == 0 {
+            return;
+        }
         let Ok(mut q) = self.shared.queue.lock() else { return };
-        q.jobs.push_back(job);
+        for job in jobs {
+            if let Some(k) = &job.flight_key {
+                match self.in_flight_by_key.get_mut(k) {
+                    Some(c) => *c += 1,
+                    None => {
+                        self.in_flight_by_key.insert(k.clone(), 1);
+                    }
+                }
+            }
+            q.jobs.push_back(job);
+        }
         drop(q);
-        self.shared.ready.notify_one();
-        self.in_flight += 1;
-        if let Some(k) = key {
-            *self.in_flight_by_key.entry(k).or_insert(0) += 1;
+        self.in_flight += n;
+        if n >= self.threads.len() {
+            self.shared.ready.notify_all();
+        } else {
+            (0..n).for_each(|_| self.shared.ready.notify_one());
         }
     }
 

@@ -690,7 +690,7 @@ impl Exchanges {
         self.http_status.push(status.map(i32::from));
         self.latency_ms.push(Some(r.latency_ms));
         self.dispatched_at_ms.push(Some(r.sent_at_ms));
-        self.requests.push(Some(r.request.audit.to_string()));
+        self.requests.push(Some(r.request.audit.clone()));
         self.responses.push(stored);
     }
 

@@ -542,12 +542,12 @@ impl Worker {
     /// Status polls and look-ups to the HTTP pool; the polls are noted in flight.
     fn submit_polls(&mut self, jobs: Vec<crate::dispatch::Job>) {
         let now = Instant::now();
-        for job in jobs {
+        for job in &jobs {
             if let JobKind::Status { call_id, .. } = job.kind {
                 self.polls_in_flight.sent(call_id, now);
             }
-            self.pool.submit(job);
         }
+        self.pool.submit_all(jobs);
     }
 
     /// The tick log (dialer.runs): what passes did, one row per full pass (its own start and
@@ -632,9 +632,8 @@ impl Worker {
                 warning!("pg_dialer: could not read the standbys' positions ({e}); the calls leave anyway");
             }
         }
-        for job in self.held.hold(jobs, unix_ms(), epoch) {
-            self.pool.submit(job);
-        }
+        let now = self.held.hold(jobs, unix_ms(), epoch);
+        self.pool.submit_all(now);
         if n > 0 {
             // Let an HTTP thread have the core before this thread's housekeeping: on a busy
             // machine that was most of an immediate call's wait (p90 0.9 ms → 0.15 ms).
@@ -698,9 +697,8 @@ impl Worker {
         if self.held.stale(wake::current(wake::Epoch::Holds)) {
             self.withdraw_held(false)?;
         }
-        for job in self.held.take_due(unix_ms()) {
-            self.pool.submit(job);
-        }
+        let due = self.held.take_due(unix_ms());
+        self.pool.submit_all(due);
         Ok(())
     }
 

@@ -205,7 +205,8 @@ pub struct HttpRequest {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<String>,
-    pub audit: Value,
+    /// The request as stored (`calls.request`): JSON text without the credentials.
+    pub audit: String,
     /// Secret strings to scrub from any error text derived from this request.
     pub secrets: Vec<String>,
     /// Where the provider's call id is in its answer (a JSON pointer), when the mapping says so.
@@ -227,9 +228,12 @@ impl HttpRequest {
             headers.push(("Content-Type".into(), "application/json".into()));
         }
         let verb = if method == Method::Post { "POST" } else { "GET" };
-        let audit = match body {
-            Some(b) => serde_json::json!({"method": verb, "url": url, "body": b}),
-            None => serde_json::json!({"method": verb, "url": url}),
+        // Written around the body's text, not as a second JSON value serialized again: the
+        // stored request is the body sent, byte for byte.
+        let url_json = serde_json::to_string(&url).map_err(|e| e.to_string())?;
+        let audit = match &text {
+            Some(b) => format!(r#"{{"method":"{verb}","url":{url_json},"body":{b}}}"#),
+            None => format!(r#"{{"method":"{verb}","url":{url_json}}}"#),
         };
         Ok(HttpRequest { method, url, headers, body: text, audit, secrets, call_id_pointer: None })
     }

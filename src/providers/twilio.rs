@@ -157,7 +157,7 @@ impl Adapter for Twilio {
         headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
         Ok(HttpRequest {
             method: Method::Post,
-            audit: json!({"method": "POST", "url": url, "form": audit_form}),
+            audit: json!({"method": "POST", "url": url, "form": audit_form}).to_string(),
             url,
             headers,
             body: Some(ser.finish()),
