@@ -284,10 +284,54 @@ pub fn extend_object(obj: &mut Map<String, Value>, key: &str, extra: Map<String,
     obj.insert(key.into(), Value::Object(merged));
 }
 
-/// A string field of a JSON answer (the provider's call id).
+/// A string field of a JSON answer (the provider's call id). Read as the text streams by: the other
+/// fields are skipped, not built into a value (a few microseconds a call on the worker's thread).
+/// As for a parsed value: None when the text is not one JSON object, the field is missing or not a
+/// string; the last of repeated fields counts.
 pub fn json_text(body: &str, key: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    v.get(key).and_then(Value::as_str).map(str::to_string)
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    /// Whether a key is the one looked for, without allocating it.
+    struct IsKey<'k>(&'k str);
+    impl<'de> DeserializeSeed<'de> for IsKey<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for IsKey<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == self.0)
+        }
+    }
+    /// The object's value at the key, if a string.
+    struct Field<'k>(&'k str);
+    impl<'de> Visitor<'de> for Field<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut found = None;
+            while let Some(is_key) = map.next_key_seed(IsKey(self.0))? {
+                if is_key {
+                    found = map.next_value::<Value>()?.as_str().map(str::to_string);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(body);
+    let found = de.deserialize_map(Field(key)).ok()?;
+    de.end().ok()?;
+    found
 }
 
 #[derive(Debug, Clone)]
@@ -647,6 +691,24 @@ mod tests {
             HttpRequest::json(Method::Post, "http://h/x".into(), vec![], None, secrets.iter().map(|s| s.to_string()).collect()).unwrap();
         r.call_id_pointer = None;
         r
+    }
+
+    #[test]
+    fn a_string_field_is_read_from_an_object_and_nothing_else() {
+        let body = r#"{"callId": "c-1", "nested": {"callId": "inner", "list": [1, "x", null]}, "n": 2.5}"#;
+        assert_eq!(json_text(body, "callId").as_deref(), Some("c-1"));
+        // escaped keys and values, as a parser reads them
+        assert_eq!(json_text(r#"{"call\u0049d": "c\"2"}"#, "callId").as_deref(), Some("c\"2"));
+        // the last of repeated fields, as serde_json's value keeps it
+        assert_eq!(json_text(r#"{"sid": "a", "sid": "b"}"#, "sid").as_deref(), Some("b"));
+        for none in [r#"{"callId": 7}"#, r#"{"other": "x"}"#, r#"["callId"]"#, r#"{"callId": "x"} trailing"#, "not json", ""] {
+            assert_eq!(json_text(none, "callId"), None, "{none}");
+        }
+        // the accepted answer as stored: the request's body text, unchanged, inside the audit
+        let r = HttpRequest::json(Method::Post, "http://h/x?a=\"b\"".into(), vec![], Some(&json!({"k": [1, "é"]})), vec![]).unwrap();
+        let audit: Value = serde_json::from_str(&r.audit).unwrap();
+        assert_eq!(audit, json!({"method": "POST", "url": "http://h/x?a=\"b\"", "body": {"k": [1, "é"]}}));
+        assert_eq!(r.body.as_deref(), Some(r#"{"k":[1,"é"]}"#));
     }
 
     #[test]
