@@ -228,8 +228,8 @@ impl HttpRequest {
             headers.push(("Content-Type".into(), "application/json".into()));
         }
         let verb = if method == Method::Post { "POST" } else { "GET" };
-        // Written around the body's text, not as a second JSON value serialized again: the
-        // stored request is the body sent, byte for byte.
+        // Written around the body's text, not as a copy of the body serialized a second time: the
+        // stored request holds the body as it was sent.
         let url_json = serde_json::to_string(&url).map_err(|e| e.to_string())?;
         let audit = match &text {
             Some(b) => format!(r#"{{"method":"{verb}","url":{url_json},"body":{b}}}"#),
@@ -704,7 +704,7 @@ mod tests {
         for none in [r#"{"callId": 7}"#, r#"{"other": "x"}"#, r#"["callId"]"#, r#"{"callId": "x"} trailing"#, "not json", ""] {
             assert_eq!(json_text(none, "callId"), None, "{none}");
         }
-        // the accepted answer as stored: the request's body text, unchanged, inside the audit
+        // the request as stored: the body's text as sent, inside method and URL
         let r = HttpRequest::json(Method::Post, "http://h/x?a=\"b\"".into(), vec![], Some(&json!({"k": [1, "é"]})), vec![]).unwrap();
         let audit: Value = serde_json::from_str(&r.audit).unwrap();
         assert_eq!(audit, json!({"method": "POST", "url": "http://h/x?a=\"b\"", "body": {"k": [1, "é"]}}));
