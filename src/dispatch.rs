@@ -226,10 +226,6 @@ impl Pool {
         self.in_flight_by_key.clone()
     }
 
-    pub fn submit(&mut self, job: Job) {
-        self.submit_all(vec![job]);
-    }
-
     /// Queues these jobs under one lock and wakes as many threads as there are jobs (all of them
     /// with one call for a claim's worth: a wake-up per job was a system call per call placed).
     pub fn submit_all(&mut self, jobs: Vec<Job>) {
@@ -441,13 +437,13 @@ mod tests {
             .unwrap_or_else(|e| panic!("pool: {e}"));
         // Not asked: the answer waits without a poke, and says so.
         assert!(!pool.wake_on_answers(false));
-        pool.submit(refused_job(1));
+        pool.submit_all(vec![refused_job(1)]);
         wait_until("the answer counted", || pool.wake_on_answers(false));
         assert!(!pipe_poked(&pool), "an answer the worker did not ask to be woken for poked the pipe");
         // Asked again: the waiting answer is reported (the worker then does not sleep), and the
         // next answer pokes the pipe.
         assert!(pool.wake_on_answers(true));
-        pool.submit(refused_job(2));
+        pool.submit_all(vec![refused_job(2)]);
         wait_until("the pipe poked", || pipe_poked(&pool));
         let answers = pool.drain();
         assert_eq!(answers.len(), 2);

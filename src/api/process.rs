@@ -92,14 +92,15 @@ fn run_tick() -> Result<Value, DialerError> {
         let mut pool = Pool::new(threads, settings.http_timeout, settings.allow_list())
             .map_err(|e| DialerError::database(format!("could not start HTTP threads: {e}")))?;
         let (mut pending, mut polls_pending): (HashSet<i64>, HashSet<i64>) = (HashSet::new(), HashSet::new());
-        for job in jobs.into_iter().chain(polls) {
+        let jobs: Vec<_> = jobs.into_iter().chain(polls).collect();
+        for job in &jobs {
             match job.kind {
                 JobKind::Place { call_id, .. } => pending.insert(call_id),
                 JobKind::Status { call_id, .. } => polls_pending.insert(call_id),
                 _ => false,
             };
-            pool.submit(job);
         }
+        pool.submit_all(jobs);
         let results = pool.wait_all(Instant::now() + settings.http_timeout + Duration::from_secs(2));
         for r in &results {
             match r.kind {
