@@ -412,7 +412,7 @@ END $$;
 
 -- A call the provider never reports as ended (its webhook lost, its status stuck) is closed after
 -- twice dialer.call_timeout, so nothing stays open forever. It was looked up all along by polling.
--- Oldest first, in calls_open_idx's order: the plan reads only the calls past the limit, whatever
+-- Oldest first, in calls_live_idx's order: the plan reads only the calls past the limit, whatever
 -- the values (ORDER BY id had a generic plan that walked the primary key through every call).
 CREATE FUNCTION dialer._close_abandoned(p_now timestamptz, p_call_timeout interval)
 RETURNS integer LANGUAGE plpgsql AS $$

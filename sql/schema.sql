@@ -169,7 +169,7 @@ CREATE TABLE dialer.calls (
     agency_id        bigint NOT NULL,
     provider         text NOT NULL,
     provider_call_id text,
-    idempotency_key  text NOT NULL UNIQUE,
+    idempotency_key  text NOT NULL,
     -- Audit: the number, and the contact's local time and zone when it was dialed.
     phone_number     text,
     local_time       timestamp,
@@ -197,12 +197,18 @@ CREATE TABLE dialer.calls (
     -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
     from_number      text
 );
+-- Every attempt is written twice (claimed, then accepted or failed), and neither write is a HOT
+-- update (the status is indexed), so each index here costs an entry per write: the indexes are
+-- only those a query needs, each holding the states it is read in.
+-- The idempotency key names its contact ('pgd-<contact>-<attempt>'): unique with its contact is
+-- unique, and the contact's attempts are found through the same index.
+ALTER TABLE dialer.calls ADD CONSTRAINT calls_attempt_key UNIQUE (contact_id, idempotency_key);
 CREATE INDEX ON dialer.calls (batch_id, created_at);
-CREATE INDEX ON dialer.calls (contact_id);
-CREATE INDEX calls_open_idx ON dialer.calls (status, created_at) WHERE status IN ('dialing', 'in_progress', 'in_doubt');
--- Attempts of a batch not yet settled (max_concurrent counts those in doubt; a batch with any
--- is not complete).
-CREATE INDEX calls_unsettled_idx ON dialer.calls (batch_id) WHERE status IN ('in_doubt', 'dialing');
+-- Attempts not settled, by state then batch: max_concurrent counts a batch's in doubt, a batch
+-- with any is not complete, the look-ups read those in doubt, a restart those still dialing.
+CREATE INDEX calls_unsettled_idx ON dialer.calls (status, batch_id) WHERE status IN ('in_doubt', 'dialing');
+-- Calls the provider accepted, oldest first (dialer._close_abandoned).
+CREATE INDEX calls_live_idx ON dialer.calls (created_at) WHERE status = 'in_progress';
 -- Status polls: the calls heard from longest ago first.
 CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(last_polled_at, created_at)))
     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL;

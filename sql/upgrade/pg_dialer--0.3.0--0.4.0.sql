@@ -1683,9 +1683,21 @@ ALTER TABLE dialer.campaign_contacts ALTER COLUMN variables SET STATISTICS 0, AL
 -- the agency, both ON DELETE CASCADE): its own foreign key was a second look-up per call claimed.
 ALTER TABLE dialer.calls DROP CONSTRAINT calls_agency_id_fkey;
 
+-- Every attempt is written twice (claimed, then accepted or failed), neither a HOT update: each
+-- index costs an entry per write, so the attempt's indexes are only those a query needs, each
+-- holding the states it is read in. The key names its contact: unique with its contact is unique,
+-- and the contact's attempts are found through the same index.
+ALTER TABLE dialer.calls DROP CONSTRAINT calls_idempotency_key_key,
+    ADD CONSTRAINT calls_attempt_key UNIQUE (contact_id, idempotency_key);
+DROP INDEX dialer.calls_contact_id_idx;
+DROP INDEX dialer.calls_open_idx;
+DROP INDEX dialer.calls_unsettled_idx;
+CREATE INDEX calls_unsettled_idx ON dialer.calls (status, batch_id) WHERE status IN ('in_doubt', 'dialing');
+CREATE INDEX calls_live_idx ON dialer.calls (created_at) WHERE status = 'in_progress';
+
 -- A call the provider never reports as ended (its webhook lost, its status stuck) is closed after
 -- twice dialer.call_timeout, so nothing stays open forever. It was looked up all along by polling.
--- Oldest first, in calls_open_idx's order: the plan reads only the calls past the limit, whatever
+-- Oldest first, in calls_live_idx's order: the plan reads only the calls past the limit, whatever
 -- the values (ORDER BY id had a generic plan that walked the primary key through every call).
 CREATE OR REPLACE FUNCTION dialer._close_abandoned(p_now timestamptz, p_call_timeout interval)
 RETURNS integer LANGUAGE plpgsql AS $$
