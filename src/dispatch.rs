@@ -190,11 +190,14 @@ impl Pool {
                     // (counted before it is sent, so never drained before it is counted; and
                     // before the flag is read, where the worker sets the flag before it reads the
                     // count: an answer is either poked or seen waiting)
-                    shared.answers_waiting.fetch_add(1, Ordering::SeqCst);
+                    let others_waiting = shared.answers_waiting.fetch_add(1, Ordering::SeqCst) > 0;
                     if res_tx.send(out).is_err() {
                         return;
                     }
-                    if shared.wake_on_answer.load(Ordering::SeqCst) {
+                    // One poke for a run of answers: one that finds others waiting is seen with
+                    // them (the worker reads the count before it sleeps), so a busy pool is not a
+                    // system call and a wake-up of the worker for every answer.
+                    if !others_waiting && shared.wake_on_answer.load(Ordering::SeqCst) {
                         // A full pipe already means "wake up"; nothing to do on WouldBlock.
                         let _ = (&*wake).write(&[1u8]);
                     }
@@ -432,21 +435,36 @@ mod tests {
     }
 
     #[test]
-    fn answers_poke_the_pipe_only_while_the_worker_asks_and_are_seen_waiting_otherwise() {
+    fn an_answer_pokes_the_pipe_only_while_the_worker_asks_and_none_is_waiting() {
         let mut pool = Pool::new(1, Duration::from_secs(1), AllowList::parse("").unwrap_or_else(|e| panic!("{e}")))
             .unwrap_or_else(|e| panic!("pool: {e}"));
-        // Not asked: the answer waits without a poke, and says so.
+        let waiting = |pool: &Pool| pool.shared.answers_waiting.load(Ordering::SeqCst);
+        // Not asked: the answers wait without a poke, and say so. (The one thread takes the jobs
+        // in turn: once it has counted an answer, it is past the poke of the one before.)
         assert!(!pool.wake_on_answers(false));
-        pool.submit_all(vec![refused_job(1)]);
-        wait_until("the answer counted", || pool.wake_on_answers(false));
+        pool.submit_all(vec![refused_job(1), refused_job(2)]);
+        wait_until("two answers counted", || waiting(&pool) == 2);
+        assert!(pool.wake_on_answers(false));
         assert!(!pipe_poked(&pool), "an answer the worker did not ask to be woken for poked the pipe");
-        // Asked again: the waiting answer is reported (the worker then does not sleep), and the
-        // next answer pokes the pipe.
+        // Asked again: the waiting answers are reported (the worker then does not sleep), and the
+        // next answers, finding them waiting, do not poke either.
         assert!(pool.wake_on_answers(true));
-        pool.submit_all(vec![refused_job(2)]);
+        pool.submit_all(vec![refused_job(3), refused_job(4)]);
+        wait_until("four answers counted", || waiting(&pool) == 4);
+        assert!(!pipe_poked(&pool), "an answer that found another waiting poked the pipe");
+        // (an answer is counted before it is handed over: drained until all four are in)
+        let (mut drained, deadline) = (0, Instant::now() + Duration::from_secs(10));
+        while drained < 4 {
+            assert!(Instant::now() < deadline, "timed out draining the answers");
+            drained += pool.drain().len();
+        }
+        assert_eq!(drained, 4);
+        // None waiting: the next answer pokes.
+        assert!(!pool.wake_on_answers(true), "nothing waits after a drain");
+        pool.submit_all(vec![refused_job(5)]);
         wait_until("the pipe poked", || pipe_poked(&pool));
         let answers = pool.drain();
-        assert_eq!(answers.len(), 2);
+        assert_eq!(answers.len(), 1);
         assert!(answers.iter().all(|a| matches!(a.result, Err(TransportError::Refused(_)))));
         assert!(!pool.wake_on_answers(true), "nothing waits after a drain");
         assert_eq!(pool.in_flight(), 0);
