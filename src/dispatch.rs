@@ -67,7 +67,7 @@ struct Shared {
     share: usize,
     /// Answers sent to the worker and not yet drained.
     answers_waiting: AtomicUsize,
-    /// Whether an answer pokes the pipe (see Pool::wake_on_answers).
+    /// Whether an answer that finds none waiting pokes the pipe (see Pool::wake_on_answers).
     wake_on_answer: AtomicBool,
 }
 
@@ -257,8 +257,9 @@ impl Pool {
         }
     }
 
-    /// Whether answers poke the pipe from now on (the worker's sleep ends at the next one).
-    /// Returns whether answers are waiting already (those that came while they did not poke).
+    /// Whether answers poke the pipe from now on: the first answer of a run does (the worker's
+    /// sleep ends at it), one that finds others waiting does not. Returns whether answers are
+    /// waiting already (they will poke no more: the caller must not sleep while any are).
     pub fn wake_on_answers(&self, wake: bool) -> bool {
         self.shared.wake_on_answer.store(wake, Ordering::SeqCst);
         self.shared.answers_waiting.load(Ordering::SeqCst) > 0
