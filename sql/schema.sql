@@ -195,7 +195,11 @@ CREATE TABLE dialer.calls (
     -- In-doubt attempts are looked up at the provider by idempotency key this many times at most.
     lookup_attempts  integer NOT NULL DEFAULT 0,
     -- The caller ID the call was placed from (the mapping's, or the one the pool chose).
-    from_number      text
+    from_number      text,
+    -- The next status poll comes a status_poll_interval after this (NULL: after created_at).
+    -- A poll that finds the call live sets it a quarter of the call's age (at most a minute)
+    -- past the poll, so a long call is asked less often as it goes on (dialer._poll_backoff).
+    poll_interval_from timestamptz
 );
 -- Every attempt is written twice (claimed, then accepted or failed), and neither write is a HOT
 -- update (the status is indexed), so each index here costs an entry per write: the indexes are
@@ -209,8 +213,8 @@ CREATE INDEX ON dialer.calls (batch_id, created_at);
 CREATE INDEX calls_unsettled_idx ON dialer.calls (status, batch_id) WHERE status IN ('in_doubt', 'dialing');
 -- Calls the provider accepted, oldest first (dialer._close_abandoned).
 CREATE INDEX calls_live_idx ON dialer.calls (created_at) WHERE status = 'in_progress';
--- Status polls: the calls heard from longest ago first.
-CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(last_polled_at, created_at)))
+-- Status polls: the calls whose next poll is nearest first.
+CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(poll_interval_from, created_at)))
     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL;
 CREATE INDEX ON dialer.calls (provider_call_id) WHERE provider_call_id IS NOT NULL;
 -- Never two live calls to one number, whatever batch or agency: the database enforces it.

@@ -329,9 +329,11 @@ BEGIN
     RETURN n;
 END $$;
 
--- Step 5: calls the provider accepted whose outcome we have not heard for a while, those heard
--- from longest ago first. Read, not written: a call is marked polled when its answer is recorded
--- (_record_status), so a poll that finds the call ended (most of them) costs no write of its own.
+-- Step 5: calls the provider accepted whose next status poll is due, the longest due first: a
+-- status_poll_interval after they were accepted, then after each poll that found them live a
+-- status_poll_interval plus a quarter of their age (dialer._poll_backoff). Read, not written: a
+-- call is marked polled when its answer is recorded (_record_status), so a poll that finds the
+-- call ended (most of them) costs no write of its own.
 -- p_in_flight: the caller's polls sent and not recorded yet, not asked for twice.
 -- (plpgsql, as _calls_to_look_up and _log_run: a sql function that cannot be inlined is planned
 -- again on every call, several times a second here.)
@@ -343,16 +345,26 @@ BEGIN
     RETURN QUERY
     SELECT k.id, k.agency_id, k.provider, k.provider_call_id FROM dialer.calls k
      WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
-       AND coalesce(k.last_polled_at, k.created_at) <= p_now - p_every
+       AND coalesce(k.poll_interval_from, k.created_at) <= p_now - p_every
        AND k.id <> ALL (p_in_flight)
-     ORDER BY coalesce(k.last_polled_at, k.created_at)
+     ORDER BY coalesce(k.poll_interval_from, k.created_at)
      LIMIT p_limit;
 END $$;
+
+-- How much longer than status_poll_interval a live call waits for its next poll: a quarter of its
+-- age, at most a minute. A call of a few seconds is asked every interval; one of minutes less and
+-- less often (every 5 s at first, every 35 s at two minutes, at the default), so calls in
+-- progress cost the provider and the worker a few polls each, not one every interval, and an end
+-- is heard at most a quarter of the call's age (plus the interval) late.
+CREATE FUNCTION dialer._poll_backoff(p_age interval)
+RETURNS interval LANGUAGE sql IMMUTABLE AS $$
+    SELECT least(greatest(p_age, interval '0') / 4, interval '1 minute')
+$$;
 
 -- Records provider status look-ups, one element per call in parallel arrays. An ended call
 -- completes its contact (whatever the outcome; the outcome is kept on the call). A call not ended
 -- (p_ended false: still live, or a poll that got no usable answer) is marked polled now, with its
--- answer time if the provider gave one: its next poll is one interval away.
+-- answer time if the provider gave one: its next poll is an interval and its back-off away.
 -- The common end (no retry, no voicemail policy, no hand-off: what a poll round mostly brings) is
 -- recorded for all its calls in one statement, as _end_call would record each; the others go
 -- through _end_call one by one.
@@ -368,7 +380,9 @@ BEGIN
     -- Every call named is locked first, in id order: two of these (the worker's poll round and a
     -- process_batches() one) cannot deadlock, whichever of their answers say ended.
     PERFORM 1 FROM dialer.calls WHERE id = ANY (p_call_ids) ORDER BY id FOR UPDATE;
-    UPDATE dialer.calls k SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at)
+    UPDATE dialer.calls k
+       SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at),
+           poll_interval_from = clock_timestamp() + dialer._poll_backoff(clock_timestamp() - k.created_at)
       FROM unnest(p_call_ids, p_ended, p_answered_at) AS s(call_id, ended, answered_at)
      WHERE k.id = s.call_id AND NOT s.ended AND k.status = 'in_progress';
 
@@ -498,9 +512,9 @@ DECLARE
 BEGIN
     SELECT min(t) INTO best FROM (
         SELECT greatest(q.t, p_rounds_from) AS t FROM (
-            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+            (SELECT coalesce(k.poll_interval_from, k.created_at) + p_poll_every AS t FROM dialer.calls k
               WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
-              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
+              ORDER BY coalesce(k.poll_interval_from, k.created_at) LIMIT 1)
             UNION ALL
             SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
               FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
@@ -680,7 +694,8 @@ BEGIN
         SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
         IF r.found THEN
             UPDATE dialer.calls SET status = 'in_progress', provider_call_id = coalesce(r.provider_call_id, provider_call_id),
-                   error = 'adopted: found at the provider by idempotency key', last_polled_at = NULL
+                   error = 'adopted: found at the provider by idempotency key', last_polled_at = NULL,
+                   poll_interval_from = NULL
              WHERE id = k.id;
             IF c.status = 'in_doubt' AND c.call_id = k.id THEN
                 UPDATE dialer.campaign_contacts SET status = 'in_progress', updated_at = clock_timestamp(), last_error = NULL

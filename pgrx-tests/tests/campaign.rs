@@ -626,3 +626,36 @@ fn a_poll_writes_a_call_only_while_it_is_live_and_never_asks_twice_in_one_interv
         }
     }
 }
+
+#[test]
+fn a_long_call_is_polled_less_often_as_it_goes_on_and_its_end_is_still_heard() {
+    // Polls every 200 ms (in rounds 250 ms apart). A poll that finds the call live puts the next
+    // one the interval plus a quarter of the call's age away: without that back-off, a call of
+    // 7 s would be asked at every round, about 28 times.
+    let interval_ms = 200.0;
+    let mut s = Scenario::new("c-poll-backoff", Scenario::sim_config(7000, 7000), &["dialer.status_poll_interval = '200ms'"]);
+    let number = numbers("+1555033", 1);
+    let batch = s.batch("poll back-off", 600, 1, 1);
+    s.add_numbers(batch, &number);
+    s.wake();
+    s.wait_batch_completed(batch, Duration::from_secs(60));
+
+    let status: String = s.db.query_one("SELECT status FROM dialer.calls WHERE batch_id = $1", &[&batch]).unwrap().get(0);
+    assert_eq!(status, "ended", "the end was heard by a poll");
+    let posts = posts_to_calls(&s);
+    assert_eq!(posts.len(), 1);
+    let placed_us = posts[0].received_at_us;
+    let polls: Vec<i64> =
+        s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).map(|r| r.received_at_us).collect();
+    assert!(polls.len() >= 3, "asked a few times while it lasted: {polls:?}");
+    assert!(polls.len() <= 14, "asked {} times in 7 s: no back-off", polls.len());
+    // Each poll that found the call live was recorded after it arrived, and the call was claimed
+    // before its POST: so the next poll comes at least the interval plus a quarter of the age the
+    // call had at this poll (as the POST saw it) later, whatever this machine's load.
+    for pair in polls.windows(2) {
+        let age_ms = (pair[0] - placed_us) as f64 / 1000.0;
+        let gap_ms = (pair[1] - pair[0]) as f64 / 1000.0;
+        let least_ms = interval_ms + age_ms / 4.0;
+        assert!(gap_ms >= least_ms - 5.0, "poll at {age_ms:.0} ms of age followed after {gap_ms:.0} ms, under {least_ms:.0} ms: {polls:?}");
+    }
+}

@@ -1259,10 +1259,75 @@ AS 'MODULE_PATHNAME', '_pacing_next_slot_ms_wrapper';
 -- Status polls and look-ups are recorded from typed arrays, no longer from JSON.
 DROP FUNCTION dialer._record_status(jsonb);
 DROP FUNCTION dialer._record_lookup(jsonb);
+
+-- A live call is polled less often as it goes on: its next poll counts from poll_interval_from.
+ALTER TABLE dialer.calls ADD COLUMN poll_interval_from timestamptz;
+UPDATE dialer.calls SET poll_interval_from = last_polled_at WHERE status = 'in_progress' AND last_polled_at IS NOT NULL;
+DROP INDEX dialer.calls_poll_idx;
+-- Status polls: the calls whose next poll is nearest first.
+CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(poll_interval_from, created_at)))
+    WHERE status = 'in_progress' AND provider_call_id IS NOT NULL;
+
+-- dialer.health read calls.*, fixed when it was made: it now names the columns it reads.
+-- (CREATE OR REPLACE resets a view's options: security_invoker is given again, so the view keeps
+-- reading calls with the tenant's row security, not its owner's rights.)
+-- The seed's six monitoring metrics against their thresholds (last hour; failed leads: last day).
+CREATE OR REPLACE VIEW dialer.health WITH (security_invoker = true) AS
+WITH r AS (
+    SELECT * FROM dialer.runs WHERE started_at > now() - interval '1 hour'
+), k AS (
+    -- (the columns read, not *: a view's * is fixed when it is made, and a column added to calls
+    -- would make an upgraded database's view differ from a fresh install's)
+    SELECT status, latency_ms FROM dialer.calls WHERE created_at > now() - interval '1 hour' AND status <> 'dialing'
+), m (metric, value, threshold, ok, unit, alert) AS (
+    SELECT 'execution_duration', (SELECT max(duration_ms) FROM r WHERE status <> 'SKIPPED_CONCURRENT'),
+           20000::float8, coalesce((SELECT max(duration_ms) FROM r WHERE status <> 'SKIPPED_CONCURRENT'), 0) <= 20000,
+           'ms (max)', 'Check database load'
+    UNION ALL
+    SELECT 'posting_success_rate',
+           (SELECT 100.0 * count(*) FILTER (WHERE status IN ('in_progress', 'ended')) / nullif(count(*), 0) FROM k)::float8,
+           95, coalesce((SELECT 100.0 * count(*) FILTER (WHERE status IN ('in_progress', 'ended')) / nullif(count(*), 0) FROM k), 100) >= 95,
+           '% (min)', 'Investigate API errors'
+    UNION ALL
+    SELECT 'batch_size_variation',
+           (SELECT max(initiated)::float8 / nullif(avg(initiated), 0) FROM r WHERE initiated > 0),
+           2, coalesce((SELECT max(initiated)::float8 / nullif(avg(initiated), 0) FROM r WHERE initiated > 0), 1) <= 2,
+           'x normal (max)', 'Check lead queue buildup'
+    UNION ALL
+    SELECT 'provider_latency', (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM k WHERE latency_ms IS NOT NULL),
+           3000, coalesce((SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM k WHERE latency_ms IS NOT NULL), 0) <= 3000,
+           'ms (p95)', 'Contact AI provider'
+    UNION ALL
+    SELECT 'failed_lead_accumulation',
+           (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'failed' AND updated_at > now() - interval '1 day')::float8,
+           100, (SELECT count(*) FROM dialer.campaign_contacts WHERE status = 'failed' AND updated_at > now() - interval '1 day') <= 100,
+           'per day (max)', 'Review fallback process'
+    UNION ALL
+    SELECT 'concurrent_executions', (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT')::float8,
+           0, (SELECT count(*) FROM r WHERE status = 'SKIPPED_CONCURRENT') = 0,
+           'skipped ticks (max)', 'Critical - scheduler locking issue'
+    UNION ALL
+    -- Not one of the seed's: answering machines, counted apart from the failures (no threshold).
+    SELECT 'voicemail', (SELECT count(*) FROM dialer.calls v
+                          WHERE v.end_reason = 'voicemail' AND v.ended_at > now() - interval '1 hour')::float8,
+           NULL, true, 'calls (last hour)', 'See on_voicemail (dialer.set_batch_options)'
+)
+SELECT metric, value, threshold, ok, unit, alert FROM m;
+
+-- How much longer than status_poll_interval a live call waits for its next poll: a quarter of its
+-- age, at most a minute. A call of a few seconds is asked every interval; one of minutes less and
+-- less often (every 5 s at first, every 35 s at two minutes, at the default), so calls in
+-- progress cost the provider and the worker a few polls each, not one every interval, and an end
+-- is heard at most a quarter of the call's age (plus the interval) late.
+CREATE FUNCTION dialer._poll_backoff(p_age interval)
+RETURNS interval LANGUAGE sql IMMUTABLE AS $$
+    SELECT least(greatest(p_age, interval '0') / 4, interval '1 minute')
+$$;
+
 -- Records provider status look-ups, one element per call in parallel arrays. An ended call
 -- completes its contact (whatever the outcome; the outcome is kept on the call). A call not ended
 -- (p_ended false: still live, or a poll that got no usable answer) is marked polled now, with its
--- answer time if the provider gave one: its next poll is one interval away.
+-- answer time if the provider gave one: its next poll is an interval and its back-off away.
 -- The common end (no retry, no voicemail policy, no hand-off: what a poll round mostly brings) is
 -- recorded for all its calls in one statement, as _end_call would record each; the others go
 -- through _end_call one by one.
@@ -1278,7 +1343,9 @@ BEGIN
     -- Every call named is locked first, in id order: two of these (the worker's poll round and a
     -- process_batches() one) cannot deadlock, whichever of their answers say ended.
     PERFORM 1 FROM dialer.calls WHERE id = ANY (p_call_ids) ORDER BY id FOR UPDATE;
-    UPDATE dialer.calls k SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at)
+    UPDATE dialer.calls k
+       SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at),
+           poll_interval_from = clock_timestamp() + dialer._poll_backoff(clock_timestamp() - k.created_at)
       FROM unnest(p_call_ids, p_ended, p_answered_at) AS s(call_id, ended, answered_at)
      WHERE k.id = s.call_id AND NOT s.ended AND k.status = 'in_progress';
 
@@ -1360,7 +1427,8 @@ BEGIN
         SELECT * INTO b FROM dialer.call_batches WHERE id = k.batch_id;
         IF r.found THEN
             UPDATE dialer.calls SET status = 'in_progress', provider_call_id = coalesce(r.provider_call_id, provider_call_id),
-                   error = 'adopted: found at the provider by idempotency key', last_polled_at = NULL
+                   error = 'adopted: found at the provider by idempotency key', last_polled_at = NULL,
+                   poll_interval_from = NULL
              WHERE id = k.id;
             IF c.status = 'in_doubt' AND c.call_id = k.id THEN
                 UPDATE dialer.campaign_contacts SET status = 'in_progress', updated_at = clock_timestamp(), last_error = NULL
@@ -1428,9 +1496,9 @@ DECLARE
 BEGIN
     SELECT min(t) INTO best FROM (
         SELECT greatest(q.t, p_rounds_from) AS t FROM (
-            (SELECT coalesce(k.last_polled_at, k.created_at) + p_poll_every AS t FROM dialer.calls k
+            (SELECT coalesce(k.poll_interval_from, k.created_at) + p_poll_every AS t FROM dialer.calls k
               WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
-              ORDER BY coalesce(k.last_polled_at, k.created_at) LIMIT 1)
+              ORDER BY coalesce(k.poll_interval_from, k.created_at) LIMIT 1)
             UNION ALL
             SELECT min(coalesce(k.last_polled_at, k.created_at) + interval '1 second' * (1 + k.lookup_attempts * k.lookup_attempts))
               FROM dialer.calls k WHERE k.status = 'in_doubt' AND k.lookup_attempts < 5
@@ -1567,9 +1635,11 @@ END $$;
 
 -- Polls are no longer written when they are picked (the caller names its polls in flight).
 DROP FUNCTION dialer._calls_to_poll(timestamptz, interval, integer);
--- Step 5: calls the provider accepted whose outcome we have not heard for a while, those heard
--- from longest ago first. Read, not written: a call is marked polled when its answer is recorded
--- (_record_status), so a poll that finds the call ended (most of them) costs no write of its own.
+-- Step 5: calls the provider accepted whose next status poll is due, the longest due first: a
+-- status_poll_interval after they were accepted, then after each poll that found them live a
+-- status_poll_interval plus a quarter of their age (dialer._poll_backoff). Read, not written: a
+-- call is marked polled when its answer is recorded (_record_status), so a poll that finds the
+-- call ended (most of them) costs no write of its own.
 -- p_in_flight: the caller's polls sent and not recorded yet, not asked for twice.
 -- (plpgsql, as _calls_to_look_up and _log_run: a sql function that cannot be inlined is planned
 -- again on every call, several times a second here.)
@@ -1581,9 +1651,9 @@ BEGIN
     RETURN QUERY
     SELECT k.id, k.agency_id, k.provider, k.provider_call_id FROM dialer.calls k
      WHERE k.status = 'in_progress' AND k.provider_call_id IS NOT NULL
-       AND coalesce(k.last_polled_at, k.created_at) <= p_now - p_every
+       AND coalesce(k.poll_interval_from, k.created_at) <= p_now - p_every
        AND k.id <> ALL (p_in_flight)
-     ORDER BY coalesce(k.last_polled_at, k.created_at)
+     ORDER BY coalesce(k.poll_interval_from, k.created_at)
      LIMIT p_limit;
 END $$;
 
