@@ -23,6 +23,10 @@ pub struct Opts {
     pub rounds: usize,
     /// Campaigns the realistic load is split over on the pg_dialer side (see --load-campaigns).
     pub load_campaigns: usize,
+    /// The realistic load's simulated call length, ms (see --load-call-s).
+    pub load_call_ms: (u64, u64),
+    /// Seconds the realistic load runs before its window is measured (see --load-warmup).
+    pub load_warmup_s: u64,
 }
 
 /// One system's rounds merged with `merge` (those that succeeded; a failed round is said on

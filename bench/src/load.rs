@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const CPM: u32 = 1800;
-const CALL_MS: (u64, u64) = (2000, 4000);
-const MAX_CONCURRENT: i32 = 250;
+/// Room for the calls in progress at the load's rate (250 with the default calls of 2–4 s).
+fn max_concurrent(opts: &Opts) -> i32 {
+    250.max((CPM as f64 / 60.0 * opts.load_call_ms.1 as f64 / 1000.0 * 1.2).ceil() as i32)
+}
 /// The top statements by total time printed into the details.
 const PGSS_TOP: i64 = 10;
 
@@ -67,11 +69,12 @@ fn wait_first_call(sim: &SimProcess, cap: Duration) -> Result<()> {
     }
 }
 
-/// POSTs in [first POST, first POST + d s), and the most in any 1 s of them (even pacing: 30).
-fn in_window(sim: &SimProcess, d: u64, details: &mut Vec<String>) -> Result<(usize, usize)> {
+/// POSTs in [first POST + warm-up, that + d s), and the most in any 1 s of them (even pacing: 30).
+fn in_window(sim: &SimProcess, warmup: u64, d: u64, details: &mut Vec<String>) -> Result<(usize, usize)> {
     let times = post_times(sim, details)?;
     let Some(first) = times.iter().min().copied() else { return Ok((0, 0)) };
-    let times: Vec<i64> = times.into_iter().filter(|t| *t < first + d as i64 * 1_000_000).collect();
+    let from = first + warmup as i64 * 1_000_000;
+    let times: Vec<i64> = times.into_iter().filter(|t| (from..from + d as i64 * 1_000_000).contains(t)).collect();
     Ok((times.len(), stats::max_in_window(&times, 1_000_000)))
 }
 
@@ -116,25 +119,26 @@ fn pct(cpu_s: f64, d: u64) -> f64 {
 }
 
 fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
-    let sim = SimProcess::start(0, CALL_MS)?;
+    let sim = SimProcess::start(0, opts.load_call_ms)?;
     let track = pgss_track(opts);
     let mut conf = pgss_conf(opts);
     conf.insert(0, "dialer.enabled = off".into());
     let mut s = Setup::new("load", &sim.url, API_KEY, &conf)?;
     pgss_create(&mut s.db).context("CREATE EXTENSION pg_stat_statements")?;
-    let contacts = (CPM as f64 / 60.0 * d as f64 * 1.2).ceil() as usize;
+    let (warmup, max_concurrent) = (opts.load_warmup_s, max_concurrent(opts));
+    let contacts = (CPM as f64 / 60.0 * (warmup + d) as f64 * 1.2).ceil() as usize;
     let campaigns = opts.load_campaigns.max(1);
     let (cpm, per) = (CPM as usize / campaigns, contacts.div_ceil(campaigns));
     let mut batches = Vec::with_capacity(campaigns);
     for i in 0..campaigns {
-        let batch = s.batch(&format!("load {cpm}/min #{i}"), cpm as i32, MAX_CONCURRENT)?;
+        let batch = s.batch(&format!("load {cpm}/min #{i}"), cpm as i32, max_concurrent)?;
         s.add_contacts(batch, "+130", i * per, per)?;
         batches.push(batch);
     }
     let pm = s.cluster.postmaster_pid()?;
     let worker = s.worker_pid().context("the pg_dialer worker is not running (no pg_stat_activity row with backend_type 'pg_dialer')")?;
     let mut details = vec![format!(
-        "pg_dialer: {} of {} contacts at {} calls/min, max_concurrent {MAX_CONCURRENT}; worker settings at their defaults; pg_stat_statements loaded (track = {track})",
+        "pg_dialer: {} of {} contacts at {} calls/min, max_concurrent {max_concurrent}; worker settings at their defaults; pg_stat_statements loaded (track = {track})",
         if campaigns == 1 { "one campaign".to_string() } else { format!("{campaigns} campaigns, each") },
         group(per as f64, 0),
         group(cpm as f64, 0)
@@ -144,6 +148,10 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     s.set_config("dialer.enabled", "on")?;
     wait_first_call(&sim, Duration::from_secs(30))?;
     let startup_s = enabled.elapsed().as_secs_f64();
+    if warmup > 0 {
+        sleep_checked(Duration::from_secs(warmup))?;
+        s.db.batch_execute("SELECT pg_stat_statements_reset()")?;
+    }
     let cpu0 = procstat::pg_cpu(pm);
     let w0 = cpu_of(worker, "the pg_dialer worker")?;
     let thr0 = procstat::threads_cpu(worker);
@@ -168,9 +176,10 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     for (name, v) in &thr1 {
         thr.insert(name.clone(), v - thr0.get(name).copied().unwrap_or(0.0));
     }
-    let (placed, max_1s) = in_window(&sim, d, &mut details)?;
+    let (placed, max_1s) = in_window(&sim, opts.load_warmup_s, d, &mut details)?;
     details.push(format!(
-        "  first call {startup_s:.2} s after the worker was enabled; measured over the {d} s from then: {placed} calls ({:.2}/s), most in any 1 s {max_1s}",
+        "  first call {startup_s:.2} s after the worker was enabled; measured over the {d} s from {}: {placed} calls ({:.2}/s), most in any 1 s {max_1s}",
+        window_start(opts),
         placed as f64 / d as f64
     ));
     details.push(format!("  pg_dialer worker process CPU {:.2} s ({:.1}% of one core)", w1 - w0, pct(w1 - w0, d)));
@@ -194,11 +203,11 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
 
 fn bull(opts: &Opts, d: u64, backend: Backend) -> Result<LoadResult> {
     let Some(node) = &opts.node else { bail!("BullMQ side not prepared") };
-    let sim = SimProcess::start(0, CALL_MS)?;
+    let sim = SimProcess::start(0, opts.load_call_ms)?;
     let store = Store::start(backend, "bull-load", opts)?;
     let mut cfg = serde_json::json!({
         "mode": "pacing", "sim_url": sim.url, "api_key": API_KEY,
-        "rates": [CPM], "duration_s": d, "concurrency": 64, "limit_duration_ms": 1000,
+        "rates": [CPM], "duration_s": opts.load_warmup_s + d, "concurrency": 64, "limit_duration_ms": 1000,
     });
     store.configure(&mut cfg);
     let mut run = NodeRun::start(node, &cfg)?;
@@ -207,6 +216,7 @@ fn bull(opts: &Opts, d: u64, backend: Backend) -> Result<LoadResult> {
     run.send_line("go")?;
     wait_first_call(&sim, Duration::from_secs(30))?;
     let startup_s = go.elapsed().as_secs_f64();
+    sleep_checked(Duration::from_secs(opts.load_warmup_s))?;
     let node_pid = run.pid();
     cpu_of(node_pid, "node")?;
     let c0 = store.cpu(node_pid);
@@ -222,18 +232,19 @@ fn bull(opts: &Opts, d: u64, backend: Backend) -> Result<LoadResult> {
         details.push(format!("  BullMQ load: {e:#}"));
     }
     run.finish();
-    let (placed, max_1s) = in_window(&sim, d, &mut details)?;
+    let (placed, max_1s) = in_window(&sim, opts.load_warmup_s, d, &mut details)?;
     details.insert(
         0,
         format!(
             "{}: pacing mode, one queue of {} jobs, Worker concurrency 64, limiter {{max: {}, duration: 1,000}} (the provider's 30 calls per second, as a BullMQ user would write it)",
             backend.label(),
-            group((CPM as f64 * d as f64 / 60.0 * 1.2).ceil() + 10.0, 0),
+            group((CPM as f64 * (opts.load_warmup_s + d) as f64 / 60.0 * 1.2).ceil() + 10.0, 0),
             CPM / 60
         ),
     );
     details.push(format!(
-        "  first call {startup_s:.2} s after \"go\"; measured over the {d} s from then: {placed} calls ({:.2}/s), most in any 1 s {max_1s}",
+        "  first call {startup_s:.2} s after \"go\"; measured over the {d} s from {}: {placed} calls ({:.2}/s), most in any 1 s {max_1s}",
+        window_start(opts),
         placed as f64 / d as f64
     ));
     let dcpu = c1.delta(&c0);
@@ -243,16 +254,29 @@ fn bull(opts: &Opts, d: u64, backend: Backend) -> Result<LoadResult> {
     Ok(LoadResult { worker_cpu: None, system_cpu: dcpu.total(), sim_cpu: sim1 - sim0, placed, anon_mb: None, hwm_mb: None, details })
 }
 
+fn window_start(opts: &Opts) -> String {
+    match opts.load_warmup_s {
+        0 => "then".to_string(),
+        w => format!("{w} s after it (the warm-up)"),
+    }
+}
+
 pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
     let d = duration_s(opts);
-    let sc = format!("5. Realistic load, {} calls/s for {d} s", CPM / 60);
+    let (call_min, call_max) = opts.load_call_ms;
+    let mut sc = format!("5. Realistic load, {} calls/s for {d} s", CPM / 60);
+    if (call_min, call_max, opts.load_warmup_s) != (2000, 4000, 0) {
+        sc += &format!(" (calls of {}–{} s, after {} s)", call_min / 1000, call_max / 1000, opts.load_warmup_s);
+    }
     out.details.push(format!(
-        "Realistic load: {} calls/min ({} calls/s, the most a Telnyx account allows) for {d} s, simulated calls {}–{} ms; pg_dialer first, then BullMQ (never both at once). Each is measured over the {d} s from the first call the simulator saw.",
+        "Realistic load: {} calls/min ({} calls/s, the most a Telnyx account allows) for {d} s, simulated calls {call_min}–{call_max} ms; pg_dialer first, then BullMQ (never both at once). Each is measured over the {d} s from {}the first call the simulator saw.",
         group(CPM as f64, 0),
         CPM / 60,
-        CALL_MS.0,
-        CALL_MS.1
+        match opts.load_warmup_s {
+            0 => String::new(),
+            w => format!("{w} s after "),
+        }
     ));
     let p = pg(opts, d);
     match &p {

@@ -63,6 +63,15 @@ struct Args {
     /// divisor of 1,800.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1800))]
     load_campaigns: u16,
+    /// The realistic load's simulated call length in seconds, MIN,MAX (default 2,4). Real AI calls
+    /// last minutes: pg_dialer polls each call in progress at the provider until it ends (BullMQ
+    /// tracks no call), so longer calls cost it more polls. Use with --load-warmup.
+    #[arg(long, value_delimiter = ',', default_values_t = [2u64, 4])]
+    load_call_s: Vec<u64>,
+    /// Seconds the realistic load runs before its measured window opens: calls in progress build
+    /// up for about a call's length before the cost is steady (default 0).
+    #[arg(long, default_value_t = 0)]
+    load_warmup: u64,
     /// Simulator latencies (ms) of the pg_dialer throughput runs.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100])]
     tp_latency: Vec<u64>,
@@ -111,6 +120,10 @@ fn run(args: Args) -> Result<bool> {
     if 1800 % args.load_campaigns != 0 {
         bail!("--load-campaigns {}: the load's 1,800 calls a minute must split evenly (a divisor of 1,800)", args.load_campaigns);
     }
+    let load_call_ms = match args.load_call_s[..] {
+        [min, max] if 1 <= min && min <= max && max <= 3600 => (min * 1000, max * 1000),
+        _ => bail!("--load-call-s {:?}: give MIN,MAX seconds, 1 ≤ MIN ≤ MAX ≤ 3600", args.load_call_s),
+    };
     let _ = common::EXTRA_CONF.set(args.pg_conf.clone());
     let _ = common::LOG_DIR.set(args.logs.clone());
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
@@ -124,6 +137,8 @@ fn run(args: Args) -> Result<bool> {
         tp_latencies: args.tp_latency.clone(),
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
         load_campaigns: args.load_campaigns.into(),
+        load_call_ms,
+        load_warmup_s: args.load_warmup,
     };
     let mut notes = Vec::new();
     let bull_needed = !args.skip_bullmq && ["throughput", "latency", "pacing", "load"].iter().any(|s| wanted(s));
