@@ -48,6 +48,9 @@ impl PgCpu {
     }
 
     /// after - before, per role (roles that appear in only one side count as 0 on the other).
+    /// A role that lost CPU lost processes: once reaped, their whole lifetime's CPU is counted in
+    /// the postmaster's line, so the part they had used before is taken off that line (the
+    /// total is the same; no line is negative, or counts time from before the window).
     pub fn delta(&self, before: &PgCpu) -> PgCpu {
         let mut out = BTreeMap::new();
         for (k, v) in &self.by_role {
@@ -56,9 +59,16 @@ impl PgCpu {
         for (k, v) in &before.by_role {
             out.entry(k.clone()).or_insert(-v);
         }
+        let exited: f64 = out.iter().filter(|(k, v)| k.as_str() != POSTMASTER && **v < 0.0).map(|(_, v)| *v).sum();
+        if exited < 0.0 {
+            out.retain(|k, v| k.as_str() == POSTMASTER || *v >= 0.0);
+            *out.entry(POSTMASTER.to_string()).or_default() += exited;
+        }
         PgCpu { by_role: out }
     }
 }
+
+const POSTMASTER: &str = "postmaster (+ exited children)";
 
 fn role_of(title: &str) -> String {
     // "postgres: pg_dialer " / "postgres: postgres postgres 127.0.0.1(5123) idle" / "postgres: walwriter"
@@ -81,7 +91,7 @@ pub fn pg_cpu(postmaster: i32) -> PgCpu {
     let mut by_role: BTreeMap<String, f64> = BTreeMap::new();
     if let Ok(text) = std::fs::read_to_string(format!("/proc/{postmaster}/stat")) {
         if let Some((_, u, s, cu, cs)) = parse_stat(&text) {
-            *by_role.entry("postmaster (+ exited children)".into()).or_default() += (u + s + cu + cs) as f64 / tck;
+            *by_role.entry(POSTMASTER.into()).or_default() += (u + s + cu + cs) as f64 / tck;
         }
     }
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -147,5 +157,22 @@ mod tests {
         assert_eq!(role_of("postgres: postgres postgres 127.0.0.1(4242) idle"), "client backends");
         assert_eq!(role_of("postgres: walwriter"), "walwriter");
         assert_eq!(role_of("postgres: autovacuum worker postgres"), "autovacuum");
+    }
+
+    fn cpu(roles: &[(&str, f64)]) -> PgCpu {
+        PgCpu { by_role: roles.iter().map(|(k, v)| (k.to_string(), *v)).collect() }
+    }
+
+    #[test]
+    fn backends_that_exit_in_the_window_count_only_their_time_in_it_under_the_postmaster() {
+        // Client backends had used 5 s before the window and 2 s in it, then exited and were
+        // reaped: the postmaster's line grew by all 7 s.
+        let before = cpu(&[(POSTMASTER, 1.0), ("client backends", 5.0), ("walwriter", 0.5)]);
+        let after = cpu(&[(POSTMASTER, 8.5), ("walwriter", 0.75)]);
+        let d = after.delta(&before);
+        assert_eq!(d.by_role.get(POSTMASTER).copied(), Some(2.5));
+        assert_eq!(d.by_role.get("client backends"), None);
+        assert_eq!(d.by_role.get("walwriter").copied(), Some(0.25));
+        assert_eq!(d.total(), 2.75);
     }
 }
