@@ -48,9 +48,12 @@ impl PgCpu {
     }
 
     /// after - before, per role (roles that appear in only one side count as 0 on the other).
-    /// A role that lost CPU lost processes: once reaped, their whole lifetime's CPU is counted in
-    /// the postmaster's line, so the part they had used before is taken off that line (the
-    /// total is the same; no line is negative, or counts time from before the window).
+    /// A process that exits is reaped by the postmaster, whose line then counts its whole
+    /// lifetime: its role loses what it had used before the window and the postmaster's line
+    /// gains it. The total is right either way; a role left negative (all its processes gone) is
+    /// dropped and its deficit taken off the postmaster's line, so no line is negative. (A role
+    /// that also gained processes keeps the two effects netted in its own and the postmaster's
+    /// lines.)
     pub fn delta(&self, before: &PgCpu) -> PgCpu {
         let mut out = BTreeMap::new();
         for (k, v) in &self.by_role {
