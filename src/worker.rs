@@ -130,6 +130,11 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     // left open): a longer wait fails that step, which is retried (a claim batch by batch, results
     // one by one, the rest next pass). A session value, so a step's own SET LOCAL still applies.
     set_for_session(c"lock_timeout", LOCK_TIMEOUT, pg_sys::GucSource::PGC_S_SESSION);
+    // The worker's SQL names the extension's objects with their schema, but an operator whose
+    // operand types pg_catalog has no exact match for (interval / integer) is looked up along the
+    // search path: with the default one ("$user", public), an operator a tenant made in a public
+    // it may write to would run here. Nothing but pg_catalog, then (and temporary objects last).
+    set_for_session(c"search_path", c"pg_catalog, pg_temp", pg_sys::GucSource::PGC_S_OVERRIDE);
     wake::publish_worker_pid(unsafe { pg_sys::MyProcPid });
     log!("pg_dialer worker started, serving database \"{database}\"");
 

@@ -922,3 +922,50 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
         .collect();
     assert!(internal_public.is_empty(), "internal functions PUBLIC may run: {internal_public:?}");
 }
+
+#[test]
+fn a_tenants_operator_on_the_default_search_path_never_runs_in_the_worker() {
+    // A database whose owner lets tenants create in `public` (as every database did before
+    // Postgres 15) puts their objects on the default search path. An operator for operand types
+    // pg_catalog has no exact match for (interval / integer, interval * integer: the worker's
+    // SQL uses both) would be chosen over pg_catalog's, and run in the worker's session.
+    let mut s = Scenario::new("t-operator", Scenario::sim_config(1500, 1500), &["dialer.status_poll_interval = '300ms'"]);
+    let (_a, mut t) = tenant(&mut s);
+    s.db.batch_execute("GRANT CREATE ON SCHEMA public TO tenant_a").unwrap();
+    t.batch_execute(
+        "CREATE TABLE public.ran_as (who text, op text);
+         GRANT INSERT ON public.ran_as TO PUBLIC;
+         CREATE FUNCTION public.divided(a interval, b integer) RETURNS interval LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.ran_as VALUES (current_user, '/'); RETURN a / b::float8; END $$;
+         CREATE FUNCTION public.times(a interval, b integer) RETURNS interval LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.ran_as VALUES (current_user, '*'); RETURN a * b::float8; END $$;
+         CREATE OPERATOR public./ (leftarg = interval, rightarg = integer, function = public.divided);
+         CREATE OPERATOR public.* (leftarg = interval, rightarg = integer, function = public.times);",
+    )
+    .unwrap();
+    // The trap works: the tenant's own session (public on its path) takes the operators.
+    t.execute("SELECT interval '1 minute' / 4, interval '1 second' * 2", &[]).unwrap();
+    let mine: i64 = s.db.query_one("SELECT count(*) FROM public.ran_as WHERE who = 'tenant_a'", &[]).unwrap().get(0);
+    assert_eq!(mine, 2, "the tenant's operators are chosen on a search path with public");
+    // A worker session that starts now plans every statement with the operators in place.
+    let old = s.worker_pid().expect("the worker runs");
+    s.db.execute("SELECT pg_terminate_backend($1)", &[&old]).unwrap();
+    wait_for("the worker started again", Duration::from_secs(60), || s.worker_pid().filter(|p| *p != old));
+    // Calls of 1.5 s polled every 300 ms: polls find them live (dialer._poll_backoff divides an
+    // interval by an integer), then ended.
+    let (b, nums) = b_campaign(&mut s, 3);
+    s.wake();
+    s.wait_batch_completed(b, Duration::from_secs(60));
+    for n in &nums {
+        assert_eq!(posts_to(&s.sim, n).len(), 1, "{n} dialed once");
+    }
+    let live_polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).count();
+    assert!(live_polls > nums.len(), "some polls found calls live ({live_polls} polls of {} calls)", nums.len());
+    let others: Vec<(String, String)> =
+        s.db.query("SELECT who, op FROM public.ran_as WHERE who <> 'tenant_a'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert!(others.is_empty(), "the tenant's operators ran in another role's session: {others:?}");
+}
