@@ -6,7 +6,7 @@
 use pg_dialer_integration::{numbers, posts_to, wait_for, wait_for_on, Scenario, AGENT_ID, API_KEY};
 use postgres::Client;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Agency A (the tenant, as login role `tenant_a`) beside the scenario's agency, which plays B.
 fn tenant(s: &mut Scenario) -> (i64, Client) {
@@ -931,6 +931,61 @@ fn a_tenants_operator_on_the_default_search_path_never_runs_in_the_worker() {
     // SQL uses both) would be chosen over pg_catalog's, and run in the worker's session.
     let mut s = Scenario::new("t-operator", Scenario::sim_config(1500, 1500), &["dialer.status_poll_interval = '300ms'"]);
     let (_a, mut t) = tenant(&mut s);
+    plant_operators_in_public(&mut s, &mut t);
+    // A worker session that starts now plans every statement with the operators in place.
+    let old = s.worker_pid().expect("the worker runs");
+    s.db.execute("SELECT pg_terminate_backend($1)", &[&old]).unwrap();
+    wait_for("the worker started again", Duration::from_secs(60), || s.worker_pid().filter(|p| *p != old));
+    // Calls of 1.5 s polled every 300 ms: polls find them live (dialer._poll_backoff divides an
+    // interval by an integer), then ended.
+    let (b, nums) = b_campaign(&mut s, 3);
+    s.wake();
+    s.wait_batch_completed(b, Duration::from_secs(60));
+    for n in &nums {
+        assert_eq!(posts_to(&s.sim, n).len(), 1, "{n} dialed once");
+    }
+    let live_polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).count();
+    assert!(live_polls > nums.len(), "some polls found calls live ({live_polls} polls of {} calls)", nums.len());
+    let others = operators_run_by_others(&mut s);
+    assert!(others.is_empty(), "the tenant's operators ran in another role's session: {others:?}");
+}
+
+#[test]
+fn a_tenants_operator_on_the_callers_search_path_never_runs_in_process_batches() {
+    // pg_cron runs `SELECT dialer.process_batches()` as the job's owner, on that owner's search
+    // path ("$user", public by default). The function's own SQL must not take a tenant's
+    // operator from it: its path is pinned as the worker's is.
+    let mut s = Scenario::new(
+        "t-operator-fn",
+        Scenario::sim_config(1500, 1500),
+        &["dialer.enabled = off", "dialer.status_poll_interval = '100ms'"],
+    );
+    let (_a, mut t) = tenant(&mut s);
+    plant_operators_in_public(&mut s, &mut t);
+    let path: String = s.db.query_one("SHOW search_path", &[]).unwrap().get(0);
+    assert!(path.contains("public"), "the caller's path has public: {path}");
+    // Calls of 1.5 s polled from 100 ms on: ticks place them, then polls find them live
+    // (dialer._poll_backoff divides an interval by an integer), then ended.
+    let (b, nums) = b_campaign(&mut s, 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.batch_status(b) != "completed" {
+        assert!(Instant::now() < deadline, "the campaign was not done by ticks in 60 s\n{}", s.describe(b));
+        let _: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in &nums {
+        assert_eq!(posts_to(&s.sim, n).len(), 1, "{n} dialed once");
+    }
+    let live_polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).count();
+    assert!(live_polls > nums.len(), "some polls found calls live ({live_polls} polls of {} calls)", nums.len());
+    let others = operators_run_by_others(&mut s);
+    assert!(others.is_empty(), "the tenant's operators ran in the caller's process_batches(): {others:?}");
+}
+
+/// A database whose owner lets tenants create in `public` (as every database did before Postgres
+/// 15): the tenant makes `/` and `*` for (interval, integer), which pg_catalog has no exact match
+/// for and the dialer's SQL uses, each recording who ran it in `public.ran_as`.
+fn plant_operators_in_public(s: &mut Scenario, t: &mut Client) {
     s.db.batch_execute("GRANT CREATE ON SCHEMA public TO tenant_a").unwrap();
     t.batch_execute(
         "CREATE TABLE public.ran_as (who text, op text);
@@ -947,25 +1002,13 @@ fn a_tenants_operator_on_the_default_search_path_never_runs_in_the_worker() {
     t.execute("SELECT interval '1 minute' / 4, interval '1 second' * 2", &[]).unwrap();
     let mine: i64 = s.db.query_one("SELECT count(*) FROM public.ran_as WHERE who = 'tenant_a'", &[]).unwrap().get(0);
     assert_eq!(mine, 2, "the tenant's operators are chosen on a search path with public");
-    // A worker session that starts now plans every statement with the operators in place.
-    let old = s.worker_pid().expect("the worker runs");
-    s.db.execute("SELECT pg_terminate_backend($1)", &[&old]).unwrap();
-    wait_for("the worker started again", Duration::from_secs(60), || s.worker_pid().filter(|p| *p != old));
-    // Calls of 1.5 s polled every 300 ms: polls find them live (dialer._poll_backoff divides an
-    // interval by an integer), then ended.
-    let (b, nums) = b_campaign(&mut s, 3);
-    s.wake();
-    s.wait_batch_completed(b, Duration::from_secs(60));
-    for n in &nums {
-        assert_eq!(posts_to(&s.sim, n).len(), 1, "{n} dialed once");
-    }
-    let live_polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).count();
-    assert!(live_polls > nums.len(), "some polls found calls live ({live_polls} polls of {} calls)", nums.len());
-    let others: Vec<(String, String)> =
-        s.db.query("SELECT who, op FROM public.ran_as WHERE who <> 'tenant_a'", &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-    assert!(others.is_empty(), "the tenant's operators ran in another role's session: {others:?}");
+}
+
+/// Who, other than the tenant, ran its operators (role, operator).
+fn operators_run_by_others(s: &mut Scenario) -> Vec<(String, String)> {
+    s.db.query("SELECT who, op FROM public.ran_as WHERE who <> 'tenant_a'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }

@@ -2371,3 +2371,8 @@ BEGIN
 END $$;
 -- A trigger function no tenant calls (only its triggers fire it, without asking for EXECUTE).
 REVOKE EXECUTE ON FUNCTION dialer._changed_on_commit() FROM dialer_user;
+-- The Rust functions a caller runs plan their SQL on a pinned path, not the caller's: a tenant's
+-- operator in a writable schema on it would otherwise run with the caller's rights.
+ALTER FUNCTION dialer.process_batches() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialer.ingest_webhook(text, text, jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialer.rotate_encryption_key() SET search_path = pg_catalog, pg_temp;

@@ -40,6 +40,7 @@ fn _unseal(stored: Option<&str>, agency_id: i64, provider: &str, column: &str) -
 /// Puts a new key at the head of the keyring and re-encrypts every stored secret under it.
 /// Returns how many values were re-encrypted. Owner only (EXECUTE revoked from PUBLIC).
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn rotate_encryption_key() -> i64 {
     let path = Settings::key_file();
     let ring = match Keyring::add_key(std::path::Path::new(&path)) {

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 ///
 /// It runs inside the caller's transaction, so its provider requests are sent before that
 /// transaction commits; the worker, which commits each claim first, is the crash-safe path.
+/// Its SQL is planned on a pinned search_path, as the worker's is: a tenant's operator in a
+/// writable schema on the caller's path would otherwise run with the caller's rights.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn process_batches() -> JsonB {
     match run_tick() {
         Ok(v) => JsonB(v),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn ingest_webhook(provider: &str, body: &str, headers: default!(JsonB, "'{}'")) -> JsonB {
     match ingest(provider, body, &headers.0) {
         Ok(v) => JsonB(v),
