@@ -134,7 +134,8 @@ pub extern "C-unwind" fn pg_dialer_worker_main(_arg: pg_sys::Datum) {
     // operand types pg_catalog has no exact match for (interval / integer) is looked up along the
     // search path: with the default one ("$user", public), an operator a tenant made in a public
     // it may write to would run here. Nothing but pg_catalog, then (and temporary objects last).
-    set_for_session(c"search_path", c"pg_catalog, pg_temp", pg_sys::GucSource::PGC_S_OVERRIDE);
+    // (A session value, as lock_timeout: a function's own SET search_path still applies in it.)
+    set_for_session(c"search_path", c"pg_catalog, pg_temp", pg_sys::GucSource::PGC_S_SESSION);
     wake::publish_worker_pid(unsafe { pg_sys::MyProcPid });
     log!("pg_dialer worker started, serving database \"{database}\"");
 

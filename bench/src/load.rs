@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const CPM: u32 = 1800;
+/// The default warm-up (--load-warmup), in s: past BullMQ's start-up (about a third of its CPU in
+/// a first minute) and past the first calls' ends, so every system is measured steady.
+pub const WARMUP_S: u64 = 30;
 /// Room for the calls in progress at the load's rate (250 with the default calls of 2–4 s).
 fn max_concurrent(opts: &Opts) -> i32 {
     250.max((CPM as f64 / 60.0 * opts.load_call_ms.1 as f64 / 1000.0 * 1.2).ceil() as i32)
@@ -126,7 +129,7 @@ fn pg(opts: &Opts, d: u64) -> Result<LoadResult> {
     let mut s = Setup::new("load", &sim.url, API_KEY, &conf)?;
     pgss_create(&mut s.db).context("CREATE EXTENSION pg_stat_statements")?;
     let (warmup, max_concurrent) = (opts.load_warmup_s, max_concurrent(opts));
-    let contacts = (CPM as f64 / 60.0 * (warmup + d) as f64 * 1.2).ceil() as usize;
+    let contacts = (CPM as f64 / 60.0 * run_s(opts, d) as f64 * 1.2).ceil() as usize;
     let campaigns = opts.load_campaigns.max(1);
     let (cpm, per) = (CPM as usize / campaigns, contacts.div_ceil(campaigns));
     let mut batches = Vec::with_capacity(campaigns);
@@ -207,7 +210,7 @@ fn bull(opts: &Opts, d: u64, backend: Backend) -> Result<LoadResult> {
     let store = Store::start(backend, "bull-load", opts)?;
     let mut cfg = serde_json::json!({
         "mode": "pacing", "sim_url": sim.url, "api_key": API_KEY,
-        "rates": [CPM], "duration_s": opts.load_warmup_s + d, "concurrency": 64, "limit_duration_ms": 1000,
+        "rates": [CPM], "duration_s": run_s(opts, d), "concurrency": 64, "limit_duration_ms": 1000,
     });
     store.configure(&mut cfg);
     let mut run = NodeRun::start(node, &cfg)?;
@@ -238,7 +241,7 @@ fn bull(opts: &Opts, d: u64, backend: Backend) -> Result<LoadResult> {
         format!(
             "{}: pacing mode, one queue of {} jobs, Worker concurrency 64, limiter {{max: {}, duration: 1,000}} (the provider's 30 calls per second, as a BullMQ user would write it)",
             backend.label(),
-            group((CPM as f64 * (opts.load_warmup_s + d) as f64 / 60.0 * 1.2).ceil() + 10.0, 0),
+            group((CPM as f64 * run_s(opts, d) as f64 / 60.0 * 1.2).ceil() + 10.0, 0),
             CPM / 60
         ),
     );
@@ -261,12 +264,17 @@ fn window_start(opts: &Opts) -> String {
     }
 }
 
+/// How long the load runs: the warm-up, then the measured window of `d` s.
+fn run_s(opts: &Opts, d: u64) -> u64 {
+    opts.load_warmup_s + d
+}
+
 pub fn run(opts: &Opts) -> Outcome {
     let mut out = Outcome::default();
     let d = duration_s(opts);
     let (call_min, call_max) = opts.load_call_ms;
     let mut sc = format!("5. Realistic load, {} calls/s for {d} s", CPM / 60);
-    if (call_min, call_max, opts.load_warmup_s) != (2000, 4000, 0) {
+    if (call_min, call_max, opts.load_warmup_s) != (2000, 4000, WARMUP_S) {
         sc += &format!(" (calls of {}–{} s, after {} s)", call_min / 1000, call_max / 1000, opts.load_warmup_s);
     }
     out.details.push(format!(

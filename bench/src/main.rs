@@ -69,8 +69,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [2u64, 4])]
     load_call_s: Vec<u64>,
     /// Seconds the realistic load runs before its measured window opens: calls in progress build
-    /// up for about a call's length before the cost is steady (default 0).
-    #[arg(long, default_value_t = 0)]
+    /// up for about a call's length, and BullMQ gets past its start-up, before the cost is steady.
+    #[arg(long, default_value_t = load::WARMUP_S)]
     load_warmup: u64,
     /// Simulator latencies (ms) of the pg_dialer throughput runs.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100])]

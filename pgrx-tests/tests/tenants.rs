@@ -1006,9 +1006,5 @@ fn plant_operators_in_public(s: &mut Scenario, t: &mut Client) {
 
 /// Who, other than the tenant, ran its operators (role, operator).
 fn operators_run_by_others(s: &mut Scenario) -> Vec<(String, String)> {
-    s.db.query("SELECT who, op FROM public.ran_as WHERE who <> 'tenant_a'", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    s.db.query("SELECT who, op FROM public.ran_as WHERE who <> 'tenant_a'", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
 }
