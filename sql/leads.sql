@@ -37,6 +37,9 @@ CREATE TABLE dialer.webhook_events (
     payload     jsonb,
     PRIMARY KEY (provider, event_id)
 );
+-- A call's events: whether its webhooks reach us (a poll of it is then the safety net only,
+-- dialer._poll_backoff), and the foreign key's cascade when a call is deleted.
+CREATE INDEX webhook_events_call_idx ON dialer.webhook_events (call_id);
 
 -- NOTIFY dialer_events with a JSON payload (delivered when the transaction commits).
 -- Anyone may LISTEN on a channel, so an event carries ids and states only: never a phone number,

@@ -355,10 +355,12 @@ END $$;
 -- age, at most a minute. A call of a few seconds is asked every interval; one of minutes less and
 -- less often (every 5 s at first, every 35 s at two minutes, at the default), so calls in
 -- progress cost the provider and the worker a few polls each, not one every interval, and an end
--- is heard at most a quarter of the call's age (plus the interval) late.
-CREATE FUNCTION dialer._poll_backoff(p_age interval)
+-- is heard at most a quarter of the call's age (plus the interval) late. A call the provider's
+-- webhooks reach (p_heard: an event of it came in) will have its end delivered the same way, so
+-- its polls are only the safety net for a lost webhook: a minute apart from the start.
+CREATE FUNCTION dialer._poll_backoff(p_age interval, p_heard boolean)
 RETURNS interval LANGUAGE sql IMMUTABLE AS $$
-    SELECT least(greatest(p_age, interval '0') / 4, interval '1 minute')
+    SELECT CASE WHEN p_heard THEN interval '1 minute' ELSE least(greatest(p_age, interval '0') / 4, interval '1 minute') END
 $$;
 
 -- Records provider status look-ups, one element per call in parallel arrays. An ended call
@@ -382,7 +384,8 @@ BEGIN
     PERFORM 1 FROM dialer.calls WHERE id = ANY (p_call_ids) ORDER BY id FOR UPDATE;
     UPDATE dialer.calls k
        SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at),
-           poll_interval_from = clock_timestamp() + dialer._poll_backoff(clock_timestamp() - k.created_at)
+           poll_interval_from = clock_timestamp() + dialer._poll_backoff(clock_timestamp() - k.created_at,
+               EXISTS (SELECT 1 FROM dialer.webhook_events e WHERE e.call_id = k.id))
       FROM unnest(p_call_ids, p_ended, p_answered_at) AS s(call_id, ended, answered_at)
      WHERE k.id = s.call_id AND NOT s.ended AND k.status = 'in_progress';
 

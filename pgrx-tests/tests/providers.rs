@@ -105,6 +105,38 @@ fn every_adapter_dials_the_strict_simulator_and_follows_calls_to_their_end() {
 }
 
 #[test]
+fn a_call_whose_webhooks_arrive_is_polled_only_as_a_safety_net() {
+    // Polls 300 ms apart at first: a call of 6 s that no webhook reaches is asked about eight
+    // times (the interval plus a quarter of its age between polls). This one's call.started comes
+    // in as it is placed, so its next poll is a minute off, and its end comes by webhook first.
+    let mut s = Scenario::new("p-uv-heard", Scenario::sim_config(6000, 6000), &["dialer.status_poll_interval = '300ms'"]);
+    let receiver = WebhookReceiver::start(&s.cluster, "ultravox");
+    s.sim.update(|c| {
+        c.ultravox_webhook_url = Some(receiver.url.clone());
+        c.ultravox_webhook_secret = Some("whsec_heard".into());
+    });
+    let (agency, base) = (s.agency_id, s.sim.base_url());
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_heard')", &[&agency, &API_KEY, &base])
+        .unwrap();
+    let m = s.mapping_id;
+    let b = batch(&mut s, m, "heard", &["+15557200011"]);
+    s.wait_batch_completed(b, Duration::from_secs(60));
+    let (call_id, provider_call_id): (i64, String) =
+        s.db.query_one("SELECT id, provider_call_id FROM dialer.calls WHERE batch_id = $1", &[&b]).map(|r| (r.get(0), r.get(1))).unwrap();
+    let events: Vec<String> =
+        s.db.query("SELECT split_part(event_id, ':', 1) FROM dialer.webhook_events WHERE call_id = $1 ORDER BY received_at", &[&call_id])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert!(events.contains(&"call.started".to_string()) && events.contains(&"call.ended".to_string()), "{events:?}");
+    let polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains(&provider_call_id)).count();
+    // (At most one: a poll round may pick the call between its accept being recorded and its
+    // call.started being applied, a few milliseconds.)
+    assert!(polls <= 1, "the call was polled {polls} times while its webhooks arrived");
+}
+
+#[test]
 fn ultravox_webhooks_carry_outcomes_end_to_end() {
     let mut s = Scenario::new("p-uv-hooks", Scenario::sim_config(400, 800), &["dialer.status_poll_interval = '10min'"]);
     let receiver = WebhookReceiver::start(&s.cluster, "ultravox");

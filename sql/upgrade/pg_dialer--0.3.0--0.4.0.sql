@@ -1267,6 +1267,9 @@ DROP INDEX dialer.calls_poll_idx;
 -- Status polls: the calls whose next poll is nearest first.
 CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(poll_interval_from, created_at)))
     WHERE status = 'in_progress' AND provider_call_id IS NOT NULL;
+-- A call's events: whether its webhooks reach us (a poll of it is then the safety net only,
+-- dialer._poll_backoff), and the foreign key's cascade when a call is deleted.
+CREATE INDEX webhook_events_call_idx ON dialer.webhook_events (call_id);
 
 -- dialer.health read calls.*, fixed when it was made: it now names the columns it reads.
 -- (CREATE OR REPLACE resets a view's options: security_invoker is given again, so the view keeps
@@ -1318,10 +1321,12 @@ SELECT metric, value, threshold, ok, unit, alert FROM m;
 -- age, at most a minute. A call of a few seconds is asked every interval; one of minutes less and
 -- less often (every 5 s at first, every 35 s at two minutes, at the default), so calls in
 -- progress cost the provider and the worker a few polls each, not one every interval, and an end
--- is heard at most a quarter of the call's age (plus the interval) late.
-CREATE FUNCTION dialer._poll_backoff(p_age interval)
+-- is heard at most a quarter of the call's age (plus the interval) late. A call the provider's
+-- webhooks reach (p_heard: an event of it came in) will have its end delivered the same way, so
+-- its polls are only the safety net for a lost webhook: a minute apart from the start.
+CREATE FUNCTION dialer._poll_backoff(p_age interval, p_heard boolean)
 RETURNS interval LANGUAGE sql IMMUTABLE AS $$
-    SELECT least(greatest(p_age, interval '0') / 4, interval '1 minute')
+    SELECT CASE WHEN p_heard THEN interval '1 minute' ELSE least(greatest(p_age, interval '0') / 4, interval '1 minute') END
 $$;
 
 -- Records provider status look-ups, one element per call in parallel arrays. An ended call
@@ -1345,7 +1350,8 @@ BEGIN
     PERFORM 1 FROM dialer.calls WHERE id = ANY (p_call_ids) ORDER BY id FOR UPDATE;
     UPDATE dialer.calls k
        SET last_polled_at = clock_timestamp(), answered_at = coalesce(k.answered_at, s.answered_at),
-           poll_interval_from = clock_timestamp() + dialer._poll_backoff(clock_timestamp() - k.created_at)
+           poll_interval_from = clock_timestamp() + dialer._poll_backoff(clock_timestamp() - k.created_at,
+               EXISTS (SELECT 1 FROM dialer.webhook_events e WHERE e.call_id = k.id))
       FROM unnest(p_call_ids, p_ended, p_answered_at) AS s(call_id, ended, answered_at)
      WHERE k.id = s.call_id AND NOT s.ended AND k.status = 'in_progress';
 
