@@ -104,20 +104,26 @@ fn every_adapter_dials_the_strict_simulator_and_follows_calls_to_their_end() {
     assert!(call_posts(&s.sim).iter().all(|p| p.fault.is_none()), "no request refused or faulted");
 }
 
+/// The simulator's Ultravox account sends its webhooks, signed with `secret`, to a receiver that
+/// hands them to `dialer.ingest_webhook`; the agency's credentials hold the same secret.
+fn ultravox_webhooks(s: &mut Scenario, secret: &str) -> WebhookReceiver {
+    let receiver = WebhookReceiver::start(&s.cluster, "ultravox");
+    s.sim.update(|c| {
+        c.ultravox_webhook_url = Some(receiver.url.clone());
+        c.ultravox_webhook_secret = Some(secret.into());
+    });
+    let (agency, base) = (s.agency_id, s.sim.base_url());
+    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, $4)", &[&agency, &API_KEY, &base, &secret]).unwrap();
+    receiver
+}
+
 #[test]
 fn a_call_whose_webhooks_arrive_is_polled_only_as_a_safety_net() {
     // Polls 300 ms apart at first: a call of 6 s that no webhook reaches is asked about eight
     // times (the interval plus a quarter of its age between polls). This one's call.started comes
     // in as it is placed, so its next poll is a minute off, and its end comes by webhook first.
     let mut s = Scenario::new("p-uv-heard", Scenario::sim_config(6000, 6000), &["dialer.status_poll_interval = '300ms'"]);
-    let receiver = WebhookReceiver::start(&s.cluster, "ultravox");
-    s.sim.update(|c| {
-        c.ultravox_webhook_url = Some(receiver.url.clone());
-        c.ultravox_webhook_secret = Some("whsec_heard".into());
-    });
-    let (agency, base) = (s.agency_id, s.sim.base_url());
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_heard')", &[&agency, &API_KEY, &base])
-        .unwrap();
+    let receiver = ultravox_webhooks(&mut s, "whsec_heard");
     let m = s.mapping_id;
     let b = batch(&mut s, m, "heard", &["+15557200011"]);
     s.wait_batch_completed(b, Duration::from_secs(60));
@@ -139,14 +145,7 @@ fn a_call_whose_webhooks_arrive_is_polled_only_as_a_safety_net() {
 #[test]
 fn ultravox_webhooks_carry_outcomes_end_to_end() {
     let mut s = Scenario::new("p-uv-hooks", Scenario::sim_config(400, 800), &["dialer.status_poll_interval = '10min'"]);
-    let receiver = WebhookReceiver::start(&s.cluster, "ultravox");
-    s.sim.update(|c| {
-        c.ultravox_webhook_url = Some(receiver.url.clone());
-        c.ultravox_webhook_secret = Some("whsec_e2e_42".into());
-    });
-    let (agency, base) = (s.agency_id, s.sim.base_url());
-    s.db.execute("SELECT dialer.set_provider_credentials($1, 'ultravox', $2, $3, NULL, 'whsec_e2e_42')", &[&agency, &API_KEY, &base])
-        .unwrap();
+    let receiver = ultravox_webhooks(&mut s, "whsec_e2e_42");
     s.sim.set_rules(vec![Rule::new("+15557200003").end_reason("unjoined")]);
     let m = s.mapping_id;
     let b = batch(&mut s, m, "hooks", &["+15557200001", "+15557200002", "+15557200003"]);

@@ -941,11 +941,7 @@ fn a_tenants_operator_on_the_default_search_path_never_runs_in_the_worker() {
     let (b, nums) = b_campaign(&mut s, 3);
     s.wake();
     s.wait_batch_completed(b, Duration::from_secs(60));
-    for n in &nums {
-        assert_eq!(posts_to(&s.sim, n).len(), 1, "{n} dialed once");
-    }
-    let live_polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).count();
-    assert!(live_polls > nums.len(), "some polls found calls live ({live_polls} polls of {} calls)", nums.len());
+    dialed_once_and_polled_live(&mut s, &nums);
     let others = operators_run_by_others(&mut s);
     assert!(others.is_empty(), "the tenant's operators ran in another role's session: {others:?}");
 }
@@ -973,11 +969,7 @@ fn a_tenants_operator_on_the_callers_search_path_never_runs_in_process_batches()
         let _: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
         std::thread::sleep(Duration::from_millis(50));
     }
-    for n in &nums {
-        assert_eq!(posts_to(&s.sim, n).len(), 1, "{n} dialed once");
-    }
-    let live_polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).count();
-    assert!(live_polls > nums.len(), "some polls found calls live ({live_polls} polls of {} calls)", nums.len());
+    dialed_once_and_polled_live(&mut s, &nums);
     let others = operators_run_by_others(&mut s);
     assert!(others.is_empty(), "the tenant's operators ran in the caller's process_batches(): {others:?}");
 }
@@ -1002,6 +994,15 @@ fn plant_operators_in_public(s: &mut Scenario, t: &mut Client) {
     t.execute("SELECT interval '1 minute' / 4, interval '1 second' * 2", &[]).unwrap();
     let mine: i64 = s.db.query_one("SELECT count(*) FROM public.ran_as WHERE who = 'tenant_a'", &[]).unwrap().get(0);
     assert_eq!(mine, 2, "the tenant's operators are chosen on a search path with public");
+}
+
+/// Each number was dialed once, and some polls found calls live (so `_poll_backoff` ran).
+fn dialed_once_and_polled_live(s: &mut Scenario, nums: &[String]) {
+    for n in nums {
+        assert_eq!(posts_to(&s.sim, n).len(), 1, "{n} dialed once");
+    }
+    let live_polls = s.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/calls/")).count();
+    assert!(live_polls > nums.len(), "some polls found calls live ({live_polls} polls of {} calls)", nums.len());
 }
 
 /// Who, other than the tenant, ran its operators (role, operator).
