@@ -23,6 +23,10 @@ CREATE TABLE dialer.followups (
 );
 CREATE INDEX ON dialer.followups (telecaller_id) WHERE status = 'open';
 CREATE UNIQUE INDEX followups_one_open_per_contact ON dialer.followups (contact_id) WHERE status = 'open';
+-- Every follow-up of a contact, open or done: deleting a contact (retention of finished jobs,
+-- clean_jobs) cascades here by contact, one look-up per contact (without it, a read of the whole
+-- table each: 1,000 jobs beside 100,000 done follow-ups took 6 s, not 40 ms).
+CREATE INDEX followups_contact_idx ON dialer.followups (contact_id);
 -- A follow-up's telecaller, and a queue job's own agent mapping, are of the contact's agency.
 CREATE TRIGGER followups_same_agency BEFORE INSERT OR UPDATE OF telecaller_id, contact_id ON dialer.followups
     FOR EACH ROW EXECUTE FUNCTION dialer._same_agency();

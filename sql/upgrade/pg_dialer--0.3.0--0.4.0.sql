@@ -1270,6 +1270,10 @@ CREATE INDEX calls_poll_idx ON dialer.calls ((coalesce(poll_interval_from, creat
 -- A call's events: whether its webhooks reach us (a poll of it is then the safety net only,
 -- dialer._poll_backoff), and the foreign key's cascade when a call is deleted.
 CREATE INDEX webhook_events_call_idx ON dialer.webhook_events (call_id);
+-- Every follow-up of a contact, open or done: deleting a contact (retention of finished jobs,
+-- clean_jobs) cascades here by contact, one look-up per contact (without it, a read of the whole
+-- table each: 1,000 jobs beside 100,000 done follow-ups took 6 s, not 40 ms).
+CREATE INDEX followups_contact_idx ON dialer.followups (contact_id);
 
 -- dialer.health read calls.*, fixed when it was made: it now names the columns it reads.
 -- (CREATE OR REPLACE resets a view's options: security_invoker is given again, so the view keeps
