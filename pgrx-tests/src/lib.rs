@@ -214,6 +214,11 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
 
+/// The first column of every row a catalog query returns, as text (a list a test asserts on).
+pub fn texts(db: &mut Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect()
+}
+
 /// Polls `cond` until it returns Some or the deadline passes (then panics with `what`).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
     wait_for_on(&mut (), what, timeout, |_| cond(), |_| String::new())

@@ -2,7 +2,7 @@
 //! simulator, what a tenant and an operator see of it, and retention (the worker's idle passes
 //! and dialer.prune()) keeping history tables level while every contact keeps its final state.
 
-use pg_dialer_integration::{call_posts, numbers, wait_for, Scenario, AGENT_ID, API_KEY};
+use pg_dialer_integration::{call_posts, numbers, texts, wait_for, Scenario, AGENT_ID, API_KEY};
 use postgres::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -364,23 +364,17 @@ fn retention_keeps_history_level_and_every_final_state() {
 #[test]
 fn every_key_onto_the_rows_retention_deletes_has_an_index() {
     let mut s = Scenario::new("o-fk-index", Scenario::sim_config(100, 200), &["dialer.enabled = off"]);
-    let unindexed: Vec<String> = s
-        .db
-        .query(
-            "SELECT c.conrelid::regclass::text || '.' || c.conname FROM pg_constraint c
-              WHERE c.contype = 'f' AND c.confrelid IN ('dialer.calls'::regclass, 'dialer.campaign_contacts'::regclass)
-                AND NOT EXISTS (
-                    SELECT 1 FROM pg_index i
-                     WHERE i.indrelid = c.conrelid AND i.indkey[0] = ANY (c.conkey)
-                       AND (i.indpred IS NULL OR pg_get_expr(i.indpred, i.indrelid) =
-                            '(' || (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.conrelid AND a.attnum = i.indkey[0]) || ' IS NOT NULL)'))
-              ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unindexed = texts(
+        &mut s.db,
+        "SELECT c.conrelid::regclass::text || '.' || c.conname FROM pg_constraint c
+          WHERE c.contype = 'f' AND c.confrelid IN ('dialer.calls'::regclass, 'dialer.campaign_contacts'::regclass)
+            AND NOT EXISTS (
+                SELECT 1 FROM pg_index i
+                 WHERE i.indrelid = c.conrelid AND i.indkey[0] = ANY (c.conkey)
+                   AND (i.indpred IS NULL OR pg_get_expr(i.indpred, i.indrelid) =
+                        '(' || (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.conrelid AND a.attnum = i.indkey[0]) || ' IS NOT NULL)'))
+          ORDER BY 1",
+    );
     let keys: i64 = s
         .db
         .query_one(

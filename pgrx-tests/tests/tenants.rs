@@ -3,7 +3,7 @@
 //! sent (dialer.allowed_hosts, base_url rights, keys bound to their host), webhooks that cannot
 //! be verified, and calling windows that never open.
 
-use pg_dialer_integration::{numbers, posts_to, wait_for, wait_for_on, Scenario, AGENT_ID, API_KEY};
+use pg_dialer_integration::{numbers, posts_to, texts, wait_for, wait_for_on, Scenario, AGENT_ID, API_KEY};
 use postgres::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -893,18 +893,13 @@ fn what_a_tenant_stores_is_bounded_and_small_holes_are_shut() {
         "_lead_writes_read",
         "_lead_writes_take",
     ];
-    let public_definers: Vec<String> =
-        s.db.query(
-            "SELECT p.proname::text FROM pg_proc p
-              WHERE p.pronamespace = 'dialer'::regnamespace AND p.prosecdef
-                AND aclcontains(coalesce(p.proacl, acldefault('f', p.proowner)), makeaclitem(0, p.proowner, 'EXECUTE', false))
-              ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let public_definers = texts(
+        &mut s.db,
+        "SELECT p.proname::text FROM pg_proc p
+          WHERE p.pronamespace = 'dialer'::regnamespace AND p.prosecdef
+            AND aclcontains(coalesce(p.proacl, acldefault('f', p.proowner)), makeaclitem(0, p.proowner, 'EXECUTE', false))
+          ORDER BY 1",
+    );
     let unexpected: Vec<&String> = public_definers.iter().filter(|f| !allowed.contains(&f.as_str())).collect();
     assert!(unexpected.is_empty(), "SECURITY DEFINER functions PUBLIC may run, not on the allowlist: {unexpected:?}");
     let internal_public: Vec<String> =
