@@ -123,7 +123,7 @@ fn a_call_whose_webhooks_arrive_is_polled_only_as_a_safety_net() {
     // times (the interval plus a quarter of its age between polls). This one's call.started comes
     // in as it is placed, so its next poll is a minute off, and its end comes by webhook first.
     let mut s = Scenario::new("p-uv-heard", Scenario::sim_config(6000, 6000), &["dialer.status_poll_interval = '300ms'"]);
-    let receiver = ultravox_webhooks(&mut s, "whsec_heard");
+    let _receiver = ultravox_webhooks(&mut s, "whsec_heard"); // (kept: it receives the webhooks)
     let m = s.mapping_id;
     let b = batch(&mut s, m, "heard", &["+15557200011"]);
     s.wait_batch_completed(b, Duration::from_secs(60));

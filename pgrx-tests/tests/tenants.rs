@@ -6,7 +6,7 @@
 use pg_dialer_integration::{numbers, posts_to, texts, wait_for, wait_for_on, Scenario, AGENT_ID, API_KEY};
 use postgres::Client;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Agency A (the tenant, as login role `tenant_a`) beside the scenario's agency, which plays B.
 fn tenant(s: &mut Scenario) -> (i64, Client) {
@@ -958,12 +958,16 @@ fn a_tenants_operator_on_the_callers_search_path_never_runs_in_process_batches()
     // Calls of 1.5 s polled from 100 ms on: ticks place them, then polls find them live
     // (dialer._poll_backoff divides an interval by an integer), then ended.
     let (b, nums) = b_campaign(&mut s, 2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.batch_status(b) != "completed" {
-        assert!(Instant::now() < deadline, "the campaign was not done by ticks in 60 s\n{}", s.describe(b));
-        let _: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_on(
+        &mut s,
+        "the campaign done by ticks of process_batches()",
+        Duration::from_secs(60),
+        |s| {
+            let _: Value = s.db.query_one("SELECT dialer.process_batches()", &[]).unwrap().get(0);
+            (s.batch_status(b) == "completed").then_some(())
+        },
+        |s| s.describe(b),
+    );
     dialed_once_and_polled_live(&mut s, &nums);
     let others = operators_run_by_others(&mut s);
     assert!(others.is_empty(), "the tenant's operators ran in the caller's process_batches(): {others:?}");

@@ -183,12 +183,12 @@ fn apply(provider: &str, call_id: i64, event: &CallEvent) -> Result<Value, Diale
     let answered = webhooks::clean_timestamp(event.answered_at.as_deref());
     if !event.ended {
         // This call's events reach us, so its end will too: its next poll is only the safety net
-        // for a lost webhook, as far off as the poll back-off goes.
+        // for a lost webhook, as far off as the poll back-off goes (never nearer than a poll
+        // already put it: that is at most the same back-off from an earlier time).
         Spi::run_with_args(
             "UPDATE dialer.calls
                 SET answered_at = coalesce(answered_at, $2::timestamptz),
-                    poll_interval_from = greatest(coalesce(poll_interval_from, created_at),
-                        clock_timestamp() + dialer._poll_backoff(clock_timestamp() - created_at, true))
+                    poll_interval_from = clock_timestamp() + dialer._poll_backoff(clock_timestamp() - created_at, true)
               WHERE id = $1",
             &[call_id.into(), answered.into()],
         )
